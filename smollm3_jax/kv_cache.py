@@ -1,0 +1,79 @@
+"""The functional KV cache: a pytree passed into the model and returned updated.
+
+All rows write at the same slot (``index``): prompts are left-padded to a common length, and
+row b's real tokens start at slot ``start[b]``. The cache length is fixed at compile time and
+chosen from a small set of buckets, so prompts of different lengths share one compiled program.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from smollm3_jax.config import SmolLM3Config
+
+# Lengths (tokens) that prompts and caches are rounded up to; beyond the last, multiples of it.
+DEFAULT_BUCKETS = (64, 128, 256, 512, 1024, 2048, 4096, 8192)
+
+
+def bucket_length(n: int, buckets: Sequence[int] = DEFAULT_BUCKETS, limit: int | None = None) -> int:
+  """The smallest bucket >= n (capped at ``limit`` when given and n <= limit)."""
+  if n < 1:
+    raise ValueError(f"length must be >= 1, got {n}")
+  chosen = next((b for b in sorted(buckets) if b >= n), None)
+  if chosen is None:
+    step = max(buckets)
+    chosen = -(-n // step) * step
+  if limit is not None and n <= limit:
+    chosen = min(chosen, limit)
+  return chosen
+
+
+@flax.struct.dataclass
+class KVCache:
+  """Keys and values of every layer.
+
+  k, v: tuples (one per layer) of [B, S, KVH, D] arrays; start: [B] int32, first real slot per row;
+  index: [] int32, the next slot to write (shared by all rows).
+  """
+
+  k: tuple[jax.Array, ...]
+  v: tuple[jax.Array, ...]
+  start: jax.Array
+  index: jax.Array
+
+  @classmethod
+  def init(cls, config: SmolLM3Config, batch: int, length: int, dtype=jnp.float32,
+           start: jax.Array | None = None) -> "KVCache":
+    shape = (batch, length, config.num_key_value_heads, config.head_dim)
+    zeros = lambda: tuple(jnp.zeros(shape, dtype) for _ in range(config.num_hidden_layers))
+    start = jnp.zeros((batch,), jnp.int32) if start is None else jnp.asarray(start, jnp.int32)
+    return cls(k=zeros(), v=zeros(), start=start, index=jnp.zeros((), jnp.int32))
+
+  @property
+  def batch(self) -> int:
+    return self.k[0].shape[0]
+
+  @property
+  def length(self) -> int:
+    """Capacity in tokens (static)."""
+    return self.k[0].shape[1]
+
+  @property
+  def lengths(self) -> jax.Array:
+    """Per-row number of real tokens held, [B] int32."""
+    return jnp.maximum(self.index - self.start, 0)
+
+  def attention_mask(self, num_new: int) -> jax.Array:
+    """[B, num_new, S] bool: new token t of row b sees slots start[b] .. index + t."""
+    slots = jnp.arange(self.length, dtype=jnp.int32)
+    query_slots = self.index + jnp.arange(num_new, dtype=jnp.int32)
+    causal = slots[None, :] <= query_slots[:, None]
+    valid = slots[None, :] >= self.start[:, None]
+    return causal[None, :, :] & valid[:, None, :]
+
+  def nbytes(self) -> int:
+    return sum(x.size * x.dtype.itemsize for x in self.k + self.v)
