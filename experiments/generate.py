@@ -1,0 +1,94 @@
+"""Generate completions from the command line.
+
+  python experiments/generate.py --checkpoint=demo --prompt="What is the capital of France?" --stream
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from absl import app, flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("checkpoint", "demo", "'demo', a local HF dir, a .gguf file, an Orbax dir, or a hub id.")
+flags.DEFINE_multi_string("prompt", ["What is the capital of France?"], "Prompt (repeatable).")
+flags.DEFINE_bool("chat", True, "Render each prompt as one user message through the chat template.")
+flags.DEFINE_bool("thinking", False, "Thinking mode (the chat template's enable_thinking).")
+flags.DEFINE_float("temperature", 0.0, "0 = greedy.")
+flags.DEFINE_integer("top_k", 0, "0 = off.")
+flags.DEFINE_float("top_p", 1.0, "1 = off.")
+flags.DEFINE_float("min_p", 0.0, "0 = off.")
+flags.DEFINE_float("repetition_penalty", 1.0, "1 = off.")
+flags.DEFINE_integer("max_new_tokens", 128, "Token budget per prompt.")
+flags.DEFINE_integer("newline_limit", 0, "Stop after this many consecutive newline tokens (0 = off).")
+flags.DEFINE_integer("seed", 0, "Base seed; each row derives its own from it and its index.")
+flags.DEFINE_bool("stream", False, "Stream the (first) prompt's answer as it decodes.")
+flags.DEFINE_bool("show_thinking", True, "When streaming, also print the thinking part.")
+flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Parameter and activation dtype.")
+flags.DEFINE_string("output_json", None, "Write prompts, token ids, texts, stop reasons and stats here.")
+
+
+def main(argv):
+  del argv
+  import jax.numpy as jnp
+
+  import smollm3_jax
+
+  dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[FLAGS.dtype]
+  kwargs = dict(chat=FLAGS.chat, thinking=FLAGS.thinking, temperature=FLAGS.temperature, top_k=FLAGS.top_k,
+                top_p=FLAGS.top_p, min_p=FLAGS.min_p, repetition_penalty=FLAGS.repetition_penalty,
+                max_new_tokens=FLAGS.max_new_tokens, seed=FLAGS.seed,
+                newline_limit=FLAGS.newline_limit or None)
+  # Validate arguments before loading or compiling anything.
+  smollm3_jax.sampling.SamplingParams.make(
+      1, temperature=FLAGS.temperature, top_k=FLAGS.top_k, top_p=FLAGS.top_p, min_p=FLAGS.min_p,
+      repetition_penalty=FLAGS.repetition_penalty)
+  if FLAGS.max_new_tokens < 1:
+    raise app.UsageError("--max_new_tokens must be >= 1")
+
+  tokenizer = smollm3_jax.Tokenizer.from_pretrained(FLAGS.checkpoint)
+  model = smollm3_jax.from_pretrained(FLAGS.checkpoint, dtype=dtype)
+
+  if FLAGS.stream:
+    streams = []
+    for prompt in FLAGS.prompt:
+      print(f">>> {prompt}", flush=True)
+      s = smollm3_jax.stream(model, tokenizer, prompt, hide_thinking=not FLAGS.show_thinking, **kwargs)
+      for piece in s:
+        print(piece, end="", flush=True)
+      print()
+      streams.append(s.result)
+    completions = [r.completions[0] for r in streams]
+    stats = streams[-1].stats
+  else:
+    result = smollm3_jax.generate(model, tokenizer, FLAGS.prompt, **kwargs)
+    completions, stats = result.completions, result.stats
+    for c, prompt in zip(completions, FLAGS.prompt):
+      print(f">>> {prompt}")
+      if c.thinking:
+        print(f"[thinking] {c.thinking}")
+      print(c.answer)
+      print(f"[{len(c.token_ids)} tokens, stop: {c.stop_reason}]\n")
+
+  print("stats: " + ", ".join(
+      f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in stats.as_dict().items()))
+  if FLAGS.output_json:
+    out = dict(
+        checkpoint=FLAGS.checkpoint, settings=kwargs,
+        completions=[dict(prompt=p, rendered_prompt=c.prompt, prompt_token_ids=c.prompt_token_ids,
+                          token_ids=c.token_ids, text=c.text, thinking=c.thinking, answer=c.answer,
+                          stop_reason=c.stop_reason) for p, c in zip(FLAGS.prompt, completions)],
+        stats=stats.as_dict())
+    tmp = FLAGS.output_json + ".tmp"
+    with open(tmp, "w") as f:
+      json.dump(out, f, indent=2, ensure_ascii=False)
+    os.replace(tmp, FLAGS.output_json)  # never leave a half-written file
+    print(f"wrote {FLAGS.output_json}")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,589 @@
+"""Generation: batched prefill, a jitted ``lax.while_loop`` decode, per-row sampling and stops.
+
+One compiled program serves every prompt and setting in a shape bucket:
+
+* static (recompile): batch size, prompt bucket ``P``, cache bucket ``S``, the model's structure;
+* traced (never recompile): tokens, per-row sampling parameters, seeds, token budgets, stop ids,
+  newline guard, context limit, and the decode step limit (so streaming reuses the same program).
+
+Prompts are left-padded to ``P``; row b's real tokens start at slot ``start[b]`` and its positions
+count from there. The first token is sampled at the end of prefill; each decode step feeds the last
+token, samples the next and records it.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import functools
+import time
+from typing import Any, Iterator, Sequence
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from smollm3_jax import sampling
+from smollm3_jax.kv_cache import DEFAULT_BUCKETS, KVCache, bucket_length
+from smollm3_jax.model import SmolLM3
+
+STOP_REASONS = ("", "eos", "max_tokens", "newlines", "context")
+_EOS, _MAX_TOKENS, _NEWLINES, _CONTEXT = 1, 2, 3, 4
+_MAX_STOP_IDS = 8  # stop ids travel as a fixed-size traced array, padded with -1
+
+# How many times each jitted function was traced/compiled in this process (tests read it).
+COMPILE_COUNTS: collections.Counter = collections.Counter()
+
+
+# --------------------------------------------------------------------------------------------
+# Results
+# --------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Completion:
+  """One prompt's generation. ``token_ids`` include the stop token when one ended the row."""
+
+  prompt: str
+  prompt_token_ids: list[int]
+  token_ids: list[int]
+  text: str
+  thinking: str
+  answer: str
+  stop_reason: str
+  settings: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class GenerationStats:
+  """Timings of one call, in seconds; throughput in tokens per second."""
+
+  prompt_tokens: int = 0
+  generated_tokens: int = 0
+  compile_seconds: float = 0.0
+  prefill_seconds: float = 0.0
+  time_to_first_token: float = 0.0
+  decode_seconds: float = 0.0
+  decode_tokens_per_second: float = 0.0
+  batch_size: int = 0
+  prompt_bucket: int = 0
+  cache_length: int = 0
+
+  def as_dict(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class GenerationResult:
+  completions: list[Completion]
+  stats: GenerationStats
+
+  def __iter__(self):
+    return iter(self.completions)
+
+  def __len__(self):
+    return len(self.completions)
+
+  def __getitem__(self, i):
+    return self.completions[i]
+
+
+# --------------------------------------------------------------------------------------------
+# Decode state and the two jitted functions
+# --------------------------------------------------------------------------------------------
+@flax.struct.dataclass
+class DecodeState:
+  """Everything the decode loop carries. Shapes: B rows, N = output buffer length."""
+
+  cache: KVCache
+  tokens: jax.Array          # [B, N] int32 generated tokens (pad after a row stops)
+  last: jax.Array            # [B] int32 last sampled token
+  step: jax.Array            # [] int32 tokens sampled so far (rows share it)
+  num_generated: jax.Array   # [B] int32
+  done: jax.Array            # [B] bool
+  reason: jax.Array          # [B] int32 index into STOP_REASONS
+  newline_run: jax.Array     # [B] int32 consecutive newline tokens
+  presence: jax.Array        # [B, V] bool tokens seen (prompt + generated), for repetition penalty
+  keys: jax.Array            # [B] per-row PRNG keys
+  params: sampling.SamplingParams
+  prompt_len: jax.Array      # [B] int32 real prompt tokens
+  max_new: jax.Array         # [B] int32 token budget
+  newline_limit: jax.Array   # [B] int32, 0 = no guard
+  context_limit: jax.Array   # [] int32 positions available
+  stop_ids: jax.Array        # [_MAX_STOP_IDS] int32, -1 padded
+  newline_ids: jax.Array     # [M] int32 tokens that are only newlines
+  pad_id: jax.Array          # [] int32
+
+
+def _record(s: DecodeState, logits: jax.Array) -> DecodeState:
+  """Samples one token per active row from logits [B, V] and applies the stop rules."""
+  keys = sampling.step_keys(s.keys, s.step)
+  tok = sampling.sample_tokens(logits.astype(jnp.float32), s.presence, s.params, keys)
+  active = ~s.done
+  tok = jnp.where(active, tok, s.pad_id).astype(jnp.int32)
+  tokens = jax.lax.dynamic_update_slice(s.tokens, tok[:, None], (jnp.zeros((), jnp.int32), s.step))
+  n = s.num_generated + active.astype(jnp.int32)
+  is_stop = jnp.any(tok[:, None] == s.stop_ids[None, :], axis=-1)
+  is_newline = jnp.any(tok[:, None] == s.newline_ids[None, :], axis=-1)
+  newline_run = jnp.where(is_newline, s.newline_run + 1, 0)
+  reason = s.reason
+  undecided = active & (reason == 0)
+  reason = jnp.where(undecided & is_stop, _EOS, reason)
+  reason = jnp.where(active & (reason == 0) & (n >= s.max_new), _MAX_TOKENS, reason)
+  reason = jnp.where(active & (reason == 0) & (s.newline_limit > 0) & (newline_run >= s.newline_limit),
+                     _NEWLINES, reason)
+  reason = jnp.where(active & (reason == 0) & (s.prompt_len + n >= s.context_limit), _CONTEXT, reason)
+  return s.replace(
+      tokens=tokens, last=tok, step=s.step + 1, num_generated=n, done=reason != 0, reason=reason,
+      newline_run=newline_run, presence=sampling.update_presence(s.presence, tok, active))
+
+
+def _prefill(graphdef, state, tokens, start, cache, rest: DecodeState):
+  """Runs the left-padded prompts [B, P] through the model, fills the cache, samples token 0."""
+  COMPILE_COUNTS["prefill"] += 1
+  model = nnx.merge(graphdef, state)
+  b, p = tokens.shape
+  slot = jnp.arange(p, dtype=jnp.int32)[None, :]
+  positions = jnp.maximum(slot - start[:, None], 0)
+  hidden, cache = model.hidden_states(tokens, positions, cache)
+  logits = model.logits(hidden[:, -1, :])  # only the last position is needed
+  valid = slot >= start[:, None]
+  presence = sampling.presence_from_tokens(tokens, valid, model.config.vocab_size)
+  s = rest.replace(cache=cache, presence=presence)
+  return _record(s, logits)
+
+
+def _decode(graphdef, state, s: DecodeState, step_limit):
+  """Decodes until every row stopped, ``step_limit`` tokens were sampled, or the buffer is full."""
+  COMPILE_COUNTS["decode"] += 1
+  model = nnx.merge(graphdef, state)
+  capacity = s.tokens.shape[1]
+
+  def cond(s):
+    return (s.step < jnp.minimum(step_limit, capacity)) & ~jnp.all(s.done)
+
+  def body(s):
+    positions = (s.prompt_len + s.step - 1)[:, None]
+    hidden, cache = model.hidden_states(s.last[:, None], positions, s.cache)
+    logits = model.logits(hidden[:, 0, :])
+    return _record(s.replace(cache=cache), logits)
+
+  return jax.lax.while_loop(cond, body, s)
+
+
+_prefill_jit = jax.jit(_prefill, static_argnums=(0,), donate_argnums=(4,))
+_decode_jit = jax.jit(_decode, static_argnums=(0,), donate_argnums=(2,))
+
+
+def _aval_key(tree) -> tuple:
+  leaves, treedef = jax.tree.flatten(tree)
+  return (treedef, tuple((tuple(x.shape), str(x.dtype), str(getattr(x, "sharding", None)))
+                         for x in leaves))
+
+
+# --------------------------------------------------------------------------------------------
+# Engine: compiled programs per shape bucket for one model
+# --------------------------------------------------------------------------------------------
+class Engine:
+  """Holds a model split into (graphdef, state) and its compiled prefill/decode programs.
+
+  ``buckets`` are the lengths prompts and caches round up to. ``batch_buckets`` the batch sizes
+  (requests are padded with idle rows up to the next one).
+  """
+
+  def __init__(self, model: SmolLM3, tokenizer=None, *, buckets: Sequence[int] = DEFAULT_BUCKETS,
+               batch_buckets: Sequence[int] = (1, 2, 4, 8, 16, 32, 64, 128, 256),
+               cache_dtype=None, sharding=None):
+    self.model = model
+    self.tokenizer = tokenizer
+    self.config = model.config
+    self.graphdef, self.state = nnx.split(model)
+    self.buckets = tuple(buckets)
+    self.batch_buckets = tuple(sorted(batch_buckets))
+    self.cache_dtype = cache_dtype or model.dtype
+    self.sharding = sharding  # optional smollm3_jax.sharding helper (places cache and batch)
+    self._compiled: dict[tuple, Any] = {}
+    self._state_key = _aval_key(self.state)
+    self._newline_ids: np.ndarray | None = None
+
+  # -- compile ------------------------------------------------------------------------------
+  def _compiled_fn(self, name, fn, *args) -> tuple[Any, float]:
+    """AOT-compiles fn for these argument shapes once; returns (executable, seconds spent)."""
+    key = (name, self.graphdef, self._state_key, _aval_key(args[1:]))
+    exe = self._compiled.get(key)
+    if exe is not None:
+      return exe, 0.0
+    t0 = time.perf_counter()
+    exe = fn.lower(self.graphdef, *args).compile()
+    self._compiled[key] = exe
+    return exe, time.perf_counter() - t0
+
+  # -- host-side preparation ----------------------------------------------------------------
+  def newline_ids(self) -> np.ndarray:
+    """Ids of tokens whose text is only newlines (for the newline guard)."""
+    if self._newline_ids is None:
+      ids = []
+      if self.tokenizer is not None:
+        for i in range(self.tokenizer.vocab_size):
+          text = self.tokenizer.decode([i])
+          if text and set(text) <= {"\n"}:
+            ids.append(i)
+      self._newline_ids = np.asarray(ids or [-1], np.int32)
+    return self._newline_ids
+
+  def prepare(self, prompt_ids: Sequence[Sequence[int]], *, params: sampling.SamplingParams,
+              seeds: np.ndarray, max_new_tokens: np.ndarray, newline_limit: np.ndarray,
+              stop_ids: Sequence[int], context_length: int | None = None):
+    """Validates and pads a batch; returns the arguments of the prefill program (host side, cheap)."""
+    cfg = self.config
+    n = len(prompt_ids)
+    if n == 0:
+      raise ValueError("prompts: need at least one prompt")
+    lengths = np.asarray([len(p) for p in prompt_ids], np.int32)
+    for i, p in enumerate(prompt_ids):
+      if len(p) == 0:
+        raise ValueError(f"prompt {i} is empty: nothing to condition on")
+    context = int(context_length or cfg.max_position_embeddings)
+    if context > cfg.max_position_embeddings:
+      raise ValueError(f"context_length {context} exceeds the model's max_position_embeddings "
+                       f"{cfg.max_position_embeddings}")
+    too_long = [i for i in range(n) if lengths[i] >= context]
+    if too_long:
+      i = too_long[0]
+      raise ValueError(f"prompt {i} has {lengths[i]} tokens, which does not fit the context of "
+                       f"{context} tokens (it needs room for at least one new token)")
+    stop_ids = [int(t) for t in stop_ids]
+    if len(stop_ids) > _MAX_STOP_IDS:
+      raise ValueError(f"stop_ids: at most {_MAX_STOP_IDS} stop ids, got {len(stop_ids)}")
+
+    batch = next((b for b in self.batch_buckets if b >= n), n)
+    p_len = bucket_length(int(lengths.max()), self.buckets)
+    new_max = int(min(max_new_tokens.max(), context - lengths.min()))
+    cache_len = bucket_length(p_len + new_max - 1, self.buckets) if new_max > 1 else p_len
+    capacity = cache_len - p_len + 1
+
+    pad = cfg.pad_token_id if cfg.pad_token_id is not None else 0
+    tokens = np.full((batch, p_len), pad, np.int32)
+    start = np.full((batch,), p_len - 1, np.int32)
+    for i, p in enumerate(prompt_ids):
+      tokens[i, p_len - len(p):] = p
+      start[i] = p_len - len(p)
+    full_lengths = np.ones((batch,), np.int32)
+    full_lengths[:n] = lengths
+
+    def rows(x, fill):
+      out = np.full((batch,) + np.shape(x)[1:], fill, np.asarray(x).dtype)
+      out[:n] = x
+      return out
+
+    params = params.pad_to(batch)
+    max_new = rows(max_new_tokens.astype(np.int32), 1)
+    done = np.arange(batch) >= n  # padding rows never run
+    stop_arr = np.full((_MAX_STOP_IDS,), -1, np.int32)
+    stop_arr[:len(stop_ids)] = stop_ids
+    cache = KVCache.init(cfg, batch, cache_len, self.cache_dtype, start=start)
+    rest = DecodeState(
+        cache=cache,
+        tokens=jnp.full((batch, capacity), pad, jnp.int32),
+        last=jnp.zeros((batch,), jnp.int32),
+        step=jnp.zeros((), jnp.int32),
+        num_generated=jnp.zeros((batch,), jnp.int32),
+        done=jnp.asarray(done),
+        reason=jnp.zeros((batch,), jnp.int32),
+        newline_run=jnp.zeros((batch,), jnp.int32),
+        presence=jnp.zeros((batch, cfg.vocab_size), bool),
+        keys=sampling.row_keys(jnp.asarray(rows(seeds.astype(np.uint32), 0))),
+        params=params,
+        prompt_len=jnp.asarray(full_lengths),
+        max_new=jnp.asarray(max_new),
+        newline_limit=jnp.asarray(rows(newline_limit.astype(np.int32), 0)),
+        context_limit=jnp.asarray(context, jnp.int32),
+        stop_ids=jnp.asarray(stop_arr),
+        newline_ids=jnp.asarray(self.newline_ids() if newline_limit.any() else np.asarray([-1], np.int32)),
+        pad_id=jnp.asarray(pad, jnp.int32),
+    )
+    tokens, start = jnp.asarray(tokens), jnp.asarray(start)
+    if self.sharding is not None:
+      tokens, start, cache, rest = self.sharding.place_batch(tokens, start, cache, rest)
+    rest = rest.replace(cache=None)
+    return n, (tokens, start, cache, rest)
+
+  # -- run ------------------------------------------------------------------------------------
+  def run(self, n: int, args, *, chunk_steps: int | None = None) -> Iterator[tuple[DecodeState, dict]]:
+    """Runs prefill then decode, yielding (host-fetched state, timings) after prefill and after
+    every ``chunk_steps`` decode steps (one chunk = whole generation when None)."""
+    t_call = time.perf_counter()
+    tokens, start, cache, rest = args
+    prefill, c1 = self._compiled_fn("prefill", _prefill_jit, self.state, tokens, start, cache, rest)
+    t0 = time.perf_counter()
+    s = prefill(self.state, tokens, start, cache, rest)
+    jax.block_until_ready(s.tokens)
+    t1 = time.perf_counter()
+    timings = dict(compile_seconds=c1, prefill_seconds=t1 - t0, time_to_first_token=t1 - t_call,
+                   decode_seconds=0.0)
+    yield s, timings
+    capacity = s.tokens.shape[1]
+    limit = np.int32(capacity if chunk_steps is None else 1)
+    decode, c2 = self._compiled_fn("decode", _decode_jit, self.state, s, limit)
+    timings["compile_seconds"] += c2
+    while not bool(np.all(np.asarray(s.done)[:n])) and int(s.step) < capacity:
+      limit = np.int32(capacity if chunk_steps is None else int(s.step) + chunk_steps)
+      t0 = time.perf_counter()
+      s = decode(self.state, s, limit)
+      jax.block_until_ready(s.tokens)
+      timings["decode_seconds"] += time.perf_counter() - t0
+      yield s, timings
+
+
+# --------------------------------------------------------------------------------------------
+# Public API
+# --------------------------------------------------------------------------------------------
+_ENGINES: dict[int, Engine] = {}
+
+
+def get_engine(model: SmolLM3, tokenizer=None, **kwargs) -> Engine:
+  """The cached Engine of a model (compiled programs are reused across calls)."""
+  eng = _ENGINES.get(id(model))
+  if eng is None or eng.model is not model or kwargs:
+    eng = Engine(model, tokenizer, **kwargs)
+    _ENGINES[id(model)] = eng
+  if tokenizer is not None and eng.tokenizer is None:
+    eng.tokenizer = tokenizer
+  return eng
+
+
+def _per_row(name: str, value, n: int, dtype) -> np.ndarray:
+  arr = np.asarray(value, dtype=dtype)
+  if arr.ndim == 0:
+    return np.full((n,), arr, dtype)
+  if arr.shape != (n,):
+    raise ValueError(f"{name}: expected a scalar or {n} values (one per prompt), got shape {arr.shape}")
+  return arr
+
+
+def row_seeds(seed, n: int) -> np.ndarray:
+  """Per-row seeds: given per row, or derived from a base seed and the row's index."""
+  arr = np.asarray(seed)
+  if arr.ndim == 1:
+    return _per_row("seed", arr, n, np.int64).astype(np.uint32)
+  base = np.uint64(int(seed) & 0xFFFFFFFF)
+  idx = np.arange(n, dtype=np.uint64)
+  mixed = (base * np.uint64(0x9E3779B1) + idx * np.uint64(0x85EBCA77) + np.uint64(0x165667B1))
+  return (mixed & np.uint64(0xFFFFFFFF)).astype(np.uint32)
+
+
+def render_prompts(tokenizer, prompts, *, chat: bool = True, thinking=True) -> tuple[list[str], list[list[int]]]:
+  """Prompt texts and ids. A prompt is a string (one user message when ``chat``), a message list,
+  or a sequence of token ids (used as is)."""
+  if isinstance(prompts, str) or _is_messages(prompts) or _is_ids(prompts):
+    prompts = [prompts]
+  prompts = list(prompts)
+  thinking = _per_row("thinking", thinking, len(prompts), bool)
+  texts, ids = [], []
+  for i, p in enumerate(prompts):
+    if _is_ids(p) or (isinstance(p, (list, tuple, np.ndarray)) and len(p) == 0):
+      if len(p) == 0:
+        raise ValueError(f"prompt {i} is empty")
+      ids.append([int(t) for t in p])
+      texts.append(tokenizer.decode(ids[-1]) if tokenizer is not None else "")
+      continue
+    if tokenizer is None:
+      raise ValueError("a tokenizer is needed for text prompts (or pass token ids)")
+    if isinstance(p, str) and not p.strip():
+      raise ValueError(f"prompt {i} is empty (or only whitespace)")
+    if chat:
+      messages = [{"role": "user", "content": p}] if isinstance(p, str) else list(p)
+      if not messages:
+        raise ValueError(f"prompt {i} is an empty message list")
+      text = tokenizer.apply_chat_template(messages, add_generation_prompt=True,
+                                           enable_thinking=bool(thinking[i]), tokenize=False)
+    else:
+      if not isinstance(p, str):
+        raise ValueError(f"prompt {i}: raw (chat=False) prompts must be strings")
+      text = p
+    texts.append(text)
+    ids.append(tokenizer.encode(text))
+  return texts, ids
+
+
+def _is_messages(p) -> bool:
+  return isinstance(p, (list, tuple)) and len(p) > 0 and isinstance(p[0], dict)
+
+
+def _is_ids(p) -> bool:
+  return (isinstance(p, np.ndarray) and p.ndim == 1) or (
+      isinstance(p, (list, tuple)) and len(p) > 0 and isinstance(p[0], (int, np.integer)))
+
+
+def _finish(tokenizer, engine_state: DecodeState, n, texts, prompt_ids, stop_ids, settings) -> list[Completion]:
+  from smollm3_jax.tokenizer import split_thinking
+
+  toks = np.asarray(engine_state.tokens)
+  counts = np.asarray(engine_state.num_generated)
+  reasons = np.asarray(engine_state.reason)
+  out = []
+  for i in range(n):
+    ids = toks[i, :counts[i]].tolist()
+    body = ids[:-1] if ids and reasons[i] == _EOS and ids[-1] in stop_ids else ids
+    text = tokenizer.decode(body) if tokenizer is not None else ""
+    thinking, answer = split_thinking(text) if tokenizer is not None else ("", "")
+    out.append(Completion(prompt=texts[i], prompt_token_ids=list(prompt_ids[i]), token_ids=ids, text=text,
+                          thinking=thinking, answer=answer, stop_reason=STOP_REASONS[reasons[i]],
+                          settings={k: (v[i].item() if hasattr(v[i], "item") else v[i]) for k, v in settings.items()}))
+  return out
+
+
+def _setup(model, tokenizer, prompts, *, chat, thinking, temperature, top_k, top_p, min_p,
+           repetition_penalty, max_new_tokens, seed, newline_limit, stop_ids, context_length, engine):
+  texts, prompt_ids = render_prompts(tokenizer, prompts, chat=chat, thinking=thinking)
+  n = len(prompt_ids)
+  max_new = _per_row("max_new_tokens", max_new_tokens, n, np.int64)
+  if (max_new < 1).any():
+    raise ValueError(f"max_new_tokens must be >= 1, got {max_new.min()}")
+  nl = _per_row("newline_limit", 0 if newline_limit is None else newline_limit, n, np.int64)
+  if (nl < 0).any():
+    raise ValueError("newline_limit must be >= 0 (0 disables the guard)")
+  params = sampling.SamplingParams.make(n, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                                        repetition_penalty=repetition_penalty)
+  seeds = row_seeds(seed, n)
+  if stop_ids is None:
+    stop_ids = tuple(tokenizer.stop_token_ids) if tokenizer is not None else tuple(model.config.eos_token_id)
+  engine = engine or get_engine(model, tokenizer)
+  n, args = engine.prepare(prompt_ids, params=params, seeds=seeds, max_new_tokens=max_new,
+                           newline_limit=nl, stop_ids=stop_ids, context_length=context_length)
+  settings = dict(temperature=np.asarray(params.temperature)[:n], top_k=np.asarray(params.top_k)[:n],
+                  top_p=np.asarray(params.top_p)[:n], min_p=np.asarray(params.min_p)[:n],
+                  repetition_penalty=np.asarray(params.repetition_penalty)[:n], seed=seeds,
+                  thinking=_per_row("thinking", thinking, n, bool))
+  return engine, n, args, texts, prompt_ids, tuple(stop_ids), settings
+
+
+def _stats(state: DecodeState, n, prompt_ids, timings) -> GenerationStats:
+  gen = int(np.asarray(state.num_generated)[:n].sum())
+  decode_tokens = max(gen - n, 0)  # the first token of each row comes from prefill
+  dt = timings["decode_seconds"]
+  return GenerationStats(
+      prompt_tokens=int(sum(len(p) for p in prompt_ids)), generated_tokens=gen,
+      compile_seconds=timings["compile_seconds"], prefill_seconds=timings["prefill_seconds"],
+      time_to_first_token=timings["time_to_first_token"], decode_seconds=dt,
+      decode_tokens_per_second=decode_tokens / dt if dt > 0 else 0.0,
+      batch_size=int(state.tokens.shape[0]), prompt_bucket=int(state.cache.length - state.tokens.shape[1] + 1),
+      cache_length=int(state.cache.length))
+
+
+def generate(model: SmolLM3, tokenizer, prompts, *, chat: bool = True, thinking=True,
+             temperature=0.0, top_k=0, top_p=1.0, min_p=0.0, repetition_penalty=1.0,
+             max_new_tokens=256, seed=0, newline_limit=None, stop_ids=None,
+             context_length: int | None = None, engine: Engine | None = None) -> GenerationResult:
+  """Generates one completion per prompt.
+
+  ``prompts``: a string, a list of strings, or message lists (``chat=True`` renders them with the
+  chat template; ``thinking`` maps to its ``enable_thinking``). Every sampling argument, the seed,
+  ``thinking``, ``max_new_tokens`` and ``newline_limit`` may be a scalar or one value per prompt.
+  ``temperature=0`` is greedy. ``newline_limit=N`` stops a row after N consecutive newline tokens.
+  """
+  engine, n, args, texts, prompt_ids, stop_ids, settings = _setup(
+      model, tokenizer, prompts, chat=chat, thinking=thinking, temperature=temperature, top_k=top_k,
+      top_p=top_p, min_p=min_p, repetition_penalty=repetition_penalty, max_new_tokens=max_new_tokens,
+      seed=seed, newline_limit=newline_limit, stop_ids=stop_ids, context_length=context_length,
+      engine=engine)
+  state = timings = None
+  for state, timings in engine.run(n, args):
+    pass
+  return GenerationResult(_finish(tokenizer, state, n, texts, prompt_ids, stop_ids, settings),
+                          _stats(state, n, prompt_ids, timings))
+
+
+class Stream:
+  """Iterates over text pieces of one prompt's completion as it decodes; ``.result`` afterwards.
+
+  Runs the same compiled decode program in chunks of ``chunk_steps`` tokens.
+  """
+
+  def __init__(self, model, tokenizer, prompt, *, hide_thinking: bool = False, chunk_steps: int = 4, **kwargs):
+    from smollm3_jax.tokenizer import IncrementalDecoder
+
+    if chunk_steps < 1:
+      raise ValueError(f"chunk_steps must be >= 1, got {chunk_steps}")
+    if not (isinstance(prompt, str) or _is_messages(prompt) or _is_ids(prompt)):
+      raise ValueError("stream() takes one prompt: a string, a message list or token ids")
+    self._setup = _setup(model, tokenizer, [prompt], **{**_DEFAULTS, **kwargs})
+    self._tokenizer = tokenizer
+    self._decoder = IncrementalDecoder(tokenizer)
+    self._hide = hide_thinking
+    self._chunk = chunk_steps
+    self.result: GenerationResult | None = None
+    self.cancelled = False
+
+  def cancel(self):
+    """Stops decoding after the current chunk (the result then holds what was decoded)."""
+    self.cancelled = True
+
+  def __iter__(self) -> Iterator[str]:
+    engine, n, args, texts, prompt_ids, stop_ids, settings = self._setup
+    fed = 0
+    shown = _VisibleText(self._hide)
+    state = timings = None
+    for state, timings in engine.run(n, args, chunk_steps=self._chunk):
+      count = int(np.asarray(state.num_generated)[0])
+      ids = np.asarray(state.tokens)[0, fed:count].tolist()
+      finished = bool(np.asarray(state.done)[0])
+      if finished and int(np.asarray(state.reason)[0]) == _EOS and ids and ids[-1] in stop_ids:
+        ids = ids[:-1]
+      fed = count
+      piece = "".join(self._decoder.push(t) for t in ids)
+      out = shown.feed(piece)
+      if out:
+        yield out
+      if self.cancelled:
+        break
+    tail = shown.feed(self._decoder.flush(), final=True)
+    if tail:
+      yield tail
+    self.result = GenerationResult(_finish(self._tokenizer, state, n, texts, prompt_ids, stop_ids, settings),
+                                   _stats(state, n, prompt_ids, timings))
+
+
+_DEFAULTS = dict(chat=True, thinking=True, temperature=0.0, top_k=0, top_p=1.0, min_p=0.0,
+                 repetition_penalty=1.0, max_new_tokens=256, seed=0, newline_limit=None, stop_ids=None,
+                 context_length=None, engine=None)
+
+
+class _VisibleText:
+  """Filters streamed text: with ``hide`` the <think>...</think> part is never emitted."""
+
+  OPEN, CLOSE = "<think>", "</think>"
+
+  def __init__(self, hide: bool):
+    self.hide = hide
+    self.buffer = ""
+    self.inside = False
+
+  def feed(self, text: str, final: bool = False) -> str:
+    if not self.hide:
+      return text
+    self.buffer += text
+    out = []
+    while True:
+      tag = self.CLOSE if self.inside else self.OPEN
+      i = self.buffer.find(tag)
+      if i >= 0:
+        if not self.inside:
+          out.append(self.buffer[:i])
+        self.buffer = self.buffer[i + len(tag):]
+        self.inside = not self.inside
+        if not self.inside:
+          self.buffer = self.buffer.lstrip("\n")  # the newline after </think> belongs to the tag
+        continue
+      # keep back a possible partial tag at the end
+      keep = 0 if final else max((k for k in range(1, len(tag)) if self.buffer.endswith(tag[:k])), default=0)
+      emit, self.buffer = self.buffer[:len(self.buffer) - keep], self.buffer[len(self.buffer) - keep:]
+      if not self.inside:
+        out.append(emit)
+      return "".join(out)
+
+
+def stream(model: SmolLM3, tokenizer, prompt, *, hide_thinking: bool = False, chunk_steps: int = 4,
+           **kwargs) -> Stream:
+  """Streams one prompt's completion as text pieces (same arguments as :func:`generate`)."""
+  return Stream(model, tokenizer, prompt, hide_thinking=hide_thinking, chunk_steps=chunk_steps, **kwargs)
