@@ -1,7 +1,22 @@
-"""smollm3-jax: SmolLM3 in JAX/Flax NNX."""
+"""smollm3-jax: SmolLM3 in JAX/Flax NNX.
 
+    model = smollm3_jax.from_pretrained("demo")            # or a HF dir, .gguf, Orbax dir, hub id
+    tok = smollm3_jax.Tokenizer.from_pretrained("demo")
+    result = smollm3_jax.generate(model, tok, ["Hello!"], temperature=0.6, top_p=0.95)
+"""
+
+from smollm3_jax import sampling
 from smollm3_jax.config import SmolLM3Config
 from smollm3_jax.kv_cache import KVCache
 from smollm3_jax.model import SmolLM3
 
-__all__ = ["SmolLM3Config", "SmolLM3", "KVCache"]
+# Note: the functions shadow their modules' names as package attributes on purpose
+# (`smollm3_jax.generate(...)`); import module members with `from smollm3_jax.generate import ...`.
+from smollm3_jax.generate import Completion, Engine, GenerationResult, GenerationStats, generate, stream  # noqa: E402
+from smollm3_jax.tokenizer import Tokenizer, split_thinking  # noqa: E402
+from smollm3_jax.checkpoints import from_pretrained, load_config  # noqa: E402
+
+__all__ = [
+    "SmolLM3Config", "SmolLM3", "KVCache", "sampling", "generate", "stream", "Engine", "Completion",
+    "GenerationResult", "GenerationStats", "Tokenizer", "split_thinking", "from_pretrained", "load_config",
+]

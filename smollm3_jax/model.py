@@ -105,7 +105,7 @@ class RMSNorm(nnx.Module):
     x32 = x.astype(jnp.float32)
     var = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
     normed = (x32 * jax.lax.rsqrt(var + self.eps)).astype(x.dtype)
-    return (self.scale.value.astype(self.dtype) * normed).astype(self.dtype)
+    return (self.scale[...].astype(self.dtype) * normed).astype(self.dtype)
 
 
 def _linear(d_in, d_out, bias, *, dtype, param_dtype, rngs):
