@@ -201,7 +201,9 @@ class Engine:
     self.buckets = tuple(buckets)
     self.batch_buckets = tuple(sorted(batch_buckets))
     self.cache_dtype = cache_dtype or model.dtype
-    self.sharding = sharding  # optional smollm3_jax.sharding helper (places cache and batch)
+    self.sharding = sharding  # optional smollm3_jax.sharding.MeshSharding (places params, cache, batch)
+    if sharding is not None:
+      self.state = sharding.shard_state(self.state)  # a no-op when the model is already on the mesh
     self._compiled: dict[tuple, Any] = {}
     self._state_key = _aval_key(self.state)
     self._newline_ids: np.ndarray | None = None
@@ -281,7 +283,8 @@ class Engine:
     done = np.arange(batch) >= n  # padding rows never run
     stop_arr = np.full((_MAX_STOP_IDS,), -1, np.int32)
     stop_arr[:len(stop_ids)] = stop_ids
-    cache = KVCache.init(cfg, batch, cache_len, self.cache_dtype, start=start)
+    init_cache = self.sharding.init_cache if self.sharding is not None else KVCache.init
+    cache = init_cache(cfg, batch, cache_len, self.cache_dtype, start=start)
     rest = DecodeState(
         cache=cache,
         tokens=jnp.full((batch, capacity), pad, jnp.int32),
@@ -341,11 +344,20 @@ class Engine:
 _ENGINES: dict[int, Engine] = {}
 
 
-def get_engine(model: SmolLM3, tokenizer=None, **kwargs) -> Engine:
-  """The cached Engine of a model (compiled programs are reused across calls)."""
+def get_engine(model: SmolLM3, tokenizer=None, *, mesh=None, **kwargs) -> Engine:
+  """The cached Engine of a model (compiled programs are reused across calls).
+
+  ``mesh``: a ``jax.sharding.Mesh``, a ``sharding.MeshSharding`` or a spec like "data=2,model=4";
+  by default the mesh the model's parameters already live on (none on a single device).
+  """
+  from smollm3_jax.sharding import engine_sharding
+
   eng = _ENGINES.get(id(model))
-  if eng is None or eng.model is not model or kwargs:
-    eng = Engine(model, tokenizer, **kwargs)
+  if eng is None or eng.model is not model or kwargs or mesh is not None:
+    sharding = kwargs.pop("sharding") if "sharding" in kwargs else engine_sharding(model, mesh)
+    if eng is None or eng.model is not model or kwargs or eng.sharding != sharding:
+      kwargs = {**(sharding.engine_kwargs() if sharding is not None else {}), **kwargs}
+      eng = Engine(model, tokenizer, **{"sharding": sharding, **kwargs})
     _ENGINES[id(model)] = eng
   if tokenizer is not None and eng.tokenizer is None:
     eng.tokenizer = tokenizer
@@ -434,7 +446,8 @@ def _finish(tokenizer, engine_state: DecodeState, n, texts, prompt_ids, stop_ids
 
 
 def _setup(model, tokenizer, prompts, *, chat, thinking, temperature, top_k, top_p, min_p,
-           repetition_penalty, max_new_tokens, seed, newline_limit, stop_ids, context_length, engine):
+           repetition_penalty, max_new_tokens, seed, newline_limit, stop_ids, context_length, engine,
+           mesh=None):
   texts, prompt_ids = render_prompts(tokenizer, prompts, chat=chat, thinking=thinking)
   n = len(prompt_ids)
   max_new = _per_row("max_new_tokens", max_new_tokens, n, np.int64)
@@ -448,7 +461,7 @@ def _setup(model, tokenizer, prompts, *, chat, thinking, temperature, top_k, top
   seeds = row_seeds(seed, n)
   if stop_ids is None:
     stop_ids = tuple(tokenizer.stop_token_ids) if tokenizer is not None else tuple(model.config.eos_token_id)
-  engine = engine or get_engine(model, tokenizer)
+  engine = engine or get_engine(model, tokenizer, mesh=mesh)
   n, args = engine.prepare(prompt_ids, params=params, seeds=seeds, max_new_tokens=max_new,
                            newline_limit=nl, stop_ids=stop_ids, context_length=context_length)
   settings = dict(temperature=np.asarray(params.temperature)[:n], top_k=np.asarray(params.top_k)[:n],
@@ -474,19 +487,20 @@ def _stats(state: DecodeState, n, prompt_ids, timings) -> GenerationStats:
 def generate(model: SmolLM3, tokenizer, prompts, *, chat: bool = True, thinking=True,
              temperature=0.0, top_k=0, top_p=1.0, min_p=0.0, repetition_penalty=1.0,
              max_new_tokens=256, seed=0, newline_limit=None, stop_ids=None,
-             context_length: int | None = None, engine: Engine | None = None) -> GenerationResult:
+             context_length: int | None = None, engine: Engine | None = None, mesh=None) -> GenerationResult:
   """Generates one completion per prompt.
 
   ``prompts``: a string, a list of strings, or message lists (``chat=True`` renders them with the
   chat template; ``thinking`` maps to its ``enable_thinking``). Every sampling argument, the seed,
   ``thinking``, ``max_new_tokens`` and ``newline_limit`` may be a scalar or one value per prompt.
   ``temperature=0`` is greedy. ``newline_limit=N`` stops a row after N consecutive newline tokens.
+  ``mesh`` (a Mesh or "data=D,model=M") shards the run; by default the model's own mesh, if any.
   """
   engine, n, args, texts, prompt_ids, stop_ids, settings = _setup(
       model, tokenizer, prompts, chat=chat, thinking=thinking, temperature=temperature, top_k=top_k,
       top_p=top_p, min_p=min_p, repetition_penalty=repetition_penalty, max_new_tokens=max_new_tokens,
       seed=seed, newline_limit=newline_limit, stop_ids=stop_ids, context_length=context_length,
-      engine=engine)
+      engine=engine, mesh=mesh)
   state = timings = None
   for state, timings in engine.run(n, args):
     pass
@@ -546,7 +560,7 @@ class Stream:
 
 _DEFAULTS = dict(chat=True, thinking=True, temperature=0.0, top_k=0, top_p=1.0, min_p=0.0,
                  repetition_penalty=1.0, max_new_tokens=256, seed=0, newline_limit=None, stop_ids=None,
-                 context_length=None, engine=None)
+                 context_length=None, engine=None, mesh=None)
 
 
 class _VisibleText:
@@ -558,12 +572,16 @@ class _VisibleText:
     self.hide = hide
     self.buffer = ""
     self.inside = False
+    self.after_close = False  # newlines right after </think> belong to the tag
 
   def feed(self, text: str, final: bool = False) -> str:
     if not self.hide:
       return text
     self.buffer += text
     out = []
+    if self.after_close:
+      self.buffer = self.buffer.lstrip("\n")
+      self.after_close = not self.buffer
     while True:
       tag = self.CLOSE if self.inside else self.OPEN
       i = self.buffer.find(tag)
@@ -573,7 +591,8 @@ class _VisibleText:
         self.buffer = self.buffer[i + len(tag):]
         self.inside = not self.inside
         if not self.inside:
-          self.buffer = self.buffer.lstrip("\n")  # the newline after </think> belongs to the tag
+          self.buffer = self.buffer.lstrip("\n")
+          self.after_close = not self.buffer
         continue
       # keep back a possible partial tag at the end
       keep = 0 if final else max((k for k in range(1, len(tag)) if self.buffer.endswith(tag[:k])), default=0)

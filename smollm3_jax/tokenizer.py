@@ -1,0 +1,712 @@
+"""Tokenizer: the `tokenizers` library plus the checkpoint's special tokens, stop ids and chat template.
+
+``Tokenizer.from_pretrained`` accepts a local Hugging Face directory, a hub id (only the tokenizer and
+config JSON files are fetched, through the Hugging Face cache), a ``.gguf`` file, or "demo". Token ids
+match ``transformers.AutoTokenizer`` on the same checkpoint, and ``apply_chat_template`` renders the
+checkpoint's jinja template the way ``transformers`` does. Checkpoints without a template fall back to
+the SmolLM3 format written in Python (``smollm3_jax.chat_format``).
+"""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import json
+import os
+import re
+from typing import Any, Iterable, Mapping, Sequence
+
+import tokenizers
+from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers, processors
+
+from smollm3_jax import chat_format
+from smollm3_jax.checkpoints import demo
+
+TOKENIZER_FILE = "tokenizer.json"
+TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
+SPECIAL_TOKENS_MAP_FILE = "special_tokens_map.json"
+GENERATION_CONFIG_FILE = "generation_config.json"
+MODEL_CONFIG_FILE = "config.json"
+CHAT_TEMPLATE_FILE = "chat_template.jinja"
+CHAT_TEMPLATE_JSON_FILE = "chat_template.json"
+# The only files a hub download fetches: never weights.
+HUB_ALLOW_PATTERNS = (TOKENIZER_FILE, TOKENIZER_CONFIG_FILE, SPECIAL_TOKENS_MAP_FILE,
+                      GENERATION_CONFIG_FILE, MODEL_CONFIG_FILE, CHAT_TEMPLATE_FILE,
+                      CHAT_TEMPLATE_JSON_FILE)
+
+# Tokens that end a turn or a document in the ChatML / Llama-3 families: stop tokens whenever present.
+STOP_TOKEN_NAMES = ("<|im_end|>", "<|endoftext|>", "<|end_of_text|>")
+THINK_START = "<think>"
+THINK_END = "</think>"
+REPLACEMENT_CHAR = "\ufffd"
+
+# GGUF token types (llama.cpp's llama_token_type).
+_GGUF_TOKEN_CONTROL = 3
+_GGUF_TOKEN_USER_DEFINED = 4
+
+# Pre-tokenizer split patterns for `tokenizer.ggml.pre`; names not listed (gpt2, smollm, ...) get the
+# GPT-2 byte-level regex, as transformers' GGUF loader does (we match its ids).
+_LLAMA3_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+                   r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_QWEN2_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+                  r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+# llama.cpp's "smollm" (and SmolLM2's own tokenizer.json) first splits digits one by one, which
+# changes how a run of spaces before a digit is cut ("x  1": x ĠĠ 1, transformers: x Ġ Ġ 1).
+# transformers' GGUF loader ignores that; ``match_transformers=False`` restores it.
+GGUF_DIGIT_SPLIT_PRES = ("smollm",)
+GGUF_SPLIT_PATTERNS = {
+    "llama-bpe": _LLAMA3_PATTERN,
+    "llama3": _LLAMA3_PATTERN,
+    "llama-v3": _LLAMA3_PATTERN,
+    "smaug-bpe": _LLAMA3_PATTERN,
+    "dbrx": _LLAMA3_PATTERN,
+    "falcon3": _LLAMA3_PATTERN,
+    "pixtral": _LLAMA3_PATTERN,
+    "qwen2": _QWEN2_PATTERN,
+    "deepseek-r1-qwen": _QWEN2_PATTERN,
+}
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+# --------------------------------------------------------------------------------------------------
+# small helpers
+
+
+def _read_json(path: str) -> dict:
+  try:
+    with open(path, encoding="utf-8") as f:
+      data = json.load(f)
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{path} is not valid JSON: {e}") from e
+  if not isinstance(data, dict):
+    raise ValueError(f"{path} must hold a JSON object, got {type(data).__name__}")
+  return data
+
+
+def _read_optional_json(directory: str, name: str) -> dict:
+  path = os.path.join(directory, name)
+  return _read_json(path) if os.path.isfile(path) else {}
+
+
+def _token_content(value: Any) -> str | None:
+  """A special token as tokenizer_config.json stores it: a string, an AddedToken dict, or null."""
+  if value is None or isinstance(value, str):
+    return value
+  if isinstance(value, Mapping) and isinstance(value.get("content"), str):
+    return value["content"]
+  return None
+
+
+def _id_list(value: Any) -> list[int]:
+  if value is None:
+    return []
+  if isinstance(value, int) and not isinstance(value, bool):
+    return [value]
+  if isinstance(value, (list, tuple)):
+    return [int(v) for v in value if isinstance(v, int) and not isinstance(v, bool)]
+  return []
+
+
+def _byte_alphabet() -> dict[int, str]:
+  """GPT-2's byte -> printable character map used by byte-level BPE vocabularies."""
+  printable = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("\xa1"), ord("\xac") + 1))
+               + list(range(ord("\xae"), ord("\xff") + 1)))
+  mapping = {b: chr(b) for b in printable}
+  extra = 0
+  for b in range(256):
+    if b not in mapping:
+      mapping[b] = chr(256 + extra)
+      extra += 1
+  return mapping
+
+
+def _post_processor(bos: str | None, bos_id: int | None, add_bos: bool,
+                    eos: str | None, eos_id: int | None, add_eos: bool) -> processors.PostProcessor:
+  """BOS/EOS insertion for ``add_special_tokens=True``, built as transformers builds it."""
+  add_bos = bool(add_bos and bos is not None and bos_id is not None)
+  add_eos = bool(add_eos and eos is not None and eos_id is not None)
+  single = f"{bos + ':0 ' if add_bos else ''}$A:0{' ' + eos + ':0' if add_eos else ''}"
+  pair = f"{single}{' ' + bos + ':1' if add_bos else ''} $B:1{' ' + eos + ':1' if add_eos else ''}"
+  special = ([(bos, bos_id)] if add_bos else []) + ([(eos, eos_id)] if add_eos else [])
+  return processors.TemplateProcessing(single=single, pair=pair, special_tokens=special)
+
+
+# --------------------------------------------------------------------------------------------------
+# chat templates, rendered like transformers.utils.chat_template_utils
+
+
+@functools.lru_cache(maxsize=16)
+def _compile_template(template: str):
+  import jinja2
+  from jinja2 import nodes
+  from jinja2.ext import Extension, loopcontrols
+  from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+  class GenerationBlock(Extension):
+    """``{% generation %}...{% endgeneration %}`` marks assistant text; rendering keeps it unchanged."""
+    tags = {"generation"}
+
+    def parse(self, parser):
+      lineno = next(parser.stream).lineno
+      body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+      return nodes.CallBlock(self.call_method("_render_body"), [], [], body).set_lineno(lineno)
+
+    def _render_body(self, caller):
+      return caller()
+
+  class SafeNamespace(jinja2.utils.Namespace):
+    # No underscore attributes: keeps templates away from Python internals.
+    def __init__(*args, **kwargs):
+      self, args = args[0], args[1:]
+      attrs = dict(*args, **kwargs)
+      for key in attrs:
+        SafeNamespace._check(key)
+      jinja2.utils.Namespace.__init__(self, attrs)
+
+    def __setitem__(self, key, value):
+      SafeNamespace._check(key)
+      jinja2.utils.Namespace.__setitem__(self, key, value)
+
+    @staticmethod
+    def _check(key):
+      if isinstance(key, str) and key.startswith("_"):
+        raise jinja2.exceptions.SecurityError(
+            f"chat templates may not set underscore attributes on a namespace, got {key!r}")
+
+  def raise_exception(message):
+    raise jinja2.exceptions.TemplateError(message)
+
+  def tojson(value, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+    # Unlike jinja's own filter: no HTML escaping, and json.dumps' options exposed.
+    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators,
+                      sort_keys=sort_keys)
+
+  def strftime_now(fmt):
+    return datetime.datetime.now().strftime(fmt)
+
+  env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                      extensions=[GenerationBlock, loopcontrols])
+  env.filters["tojson"] = tojson
+  env.globals["raise_exception"] = raise_exception
+  env.globals["strftime_now"] = strftime_now
+  env.globals["namespace"] = SafeNamespace
+  env.globals["dict"] = lambda *args, **kwargs: dict(*args, **kwargs)
+  return env.from_string(template)
+
+
+def _plain(value: Any) -> Any:
+  """A JSON-like copy of template inputs (the template never sees the caller's objects)."""
+  if value is None or isinstance(value, (bool, int, float, str)):
+    return value
+  if isinstance(value, Mapping):
+    return {_plain(k): _plain(v) for k, v in value.items()}
+  if isinstance(value, list):
+    return [_plain(v) for v in value]
+  if isinstance(value, tuple):
+    return tuple(_plain(v) for v in value)
+  if hasattr(value, "item") and callable(value.item):  # numpy scalars
+    return _plain(value.item())
+  return f"<{type(value).__name__}>"
+
+
+_REASONING_KEYS = ("reasoning_content", "thinking", "reasoning")
+
+
+def _normalize_messages(messages: Sequence[Mapping[str, Any]]) -> list[dict]:
+  """Messages as transformers hands them to a template: None values dropped, reasoning aliased."""
+  if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
+    raise ValueError("messages must be a list of dicts with 'role' and 'content'")
+  out = []
+  for i, message in enumerate(messages):
+    if not isinstance(message, Mapping):
+      raise ValueError(f"messages[{i}] must be a dict, got {type(message).__name__}")
+    message = {k: _plain(v) for k, v in message.items() if v is not None}
+    reasoning = next((message[k] for k in _REASONING_KEYS if message.get(k) is not None), None)
+    if reasoning is not None:
+      message = {"thinking": reasoning, **message, "reasoning_content": reasoning}
+    out.append(message)
+  return out
+
+
+def render_chat_template(template: str, messages: Sequence[Mapping[str, Any]],
+                         add_generation_prompt: bool = False, **variables: Any) -> str:
+  """Renders a jinja chat template as ``transformers``' ``apply_chat_template(tokenize=False)``."""
+  compiled = _compile_template(template)
+  variables = {k: _plain(v) for k, v in variables.items()}
+  variables.setdefault("tools", None)
+  variables.setdefault("documents", None)
+  return compiled.render(messages=_normalize_messages(messages),
+                         add_generation_prompt=add_generation_prompt, **variables)
+
+
+# --------------------------------------------------------------------------------------------------
+# thinking
+
+
+def split_thinking(text: str) -> tuple[str, str]:
+  """Splits a completion into ``(thinking, answer)``, both stripped.
+
+  "<think>a</think>b" -> ("a", "b"); an unclosed "<think>a" -> ("a", ""); text with no tags (e.g. a
+  completion of a no-think prompt, which already holds the empty think block) -> ("", text). A lone
+  "</think>" (the prompt opened the block) ends the thinking.
+  """
+  start = text.find(THINK_START)
+  end = text.find(THINK_END, start + len(THINK_START) if start >= 0 else 0)
+  if start >= 0:
+    before = text[:start]
+    if end < 0:
+      return text[start + len(THINK_START):].strip(), before.strip()
+    thinking = text[start + len(THINK_START):end]
+    return thinking.strip(), (before + text[end + len(THINK_END):]).strip()
+  if end >= 0:
+    return text[:end].strip(), text[end + len(THINK_END):].strip()
+  return "", text.strip()
+
+
+# --------------------------------------------------------------------------------------------------
+# the tokenizer
+
+
+class Tokenizer:
+  """A `tokenizers.Tokenizer` plus special tokens, stop ids and a chat template.
+
+  Attributes: ``bos_token_id``, ``eos_token_id``, ``pad_token_id`` (eos when the checkpoint names no
+  pad), ``stop_token_ids`` (tuple of ints), ``vocab_size`` (added tokens included), ``chat_template``
+  (str or None), ``think_start_id`` / ``think_end_id`` (None when absent), and the token strings
+  ``bos_token`` / ``eos_token`` / ``pad_token`` / ``unk_token``.
+  """
+
+  def __init__(self, backend: tokenizers.Tokenizer, *,
+               bos_token: str | None = None,
+               eos_token: str | None = None,
+               pad_token: str | None = None,
+               unk_token: str | None = None,
+               chat_template: str | None = None,
+               bos_token_id: int | None = None,
+               eos_token_ids: Iterable[int] = (),
+               pad_token_id: int | None = None,
+               name_or_path: str | None = None):
+    """``*_token`` strings come from tokenizer_config.json; ``*_id``s from generation_config.json /
+    config.json fill in tokens the tokenizer config leaves out. ``eos_token_ids`` lists every stop id
+    the checkpoint declares (generation_config's ``eos_token_id``)."""
+    if not isinstance(backend, tokenizers.Tokenizer):
+      raise ValueError(f"backend must be a tokenizers.Tokenizer, got {type(backend).__name__}")
+    self._backend = backend
+    self.name_or_path = name_or_path
+    # The strings the checkpoint names (what transformers hands a chat template), before any id fallback.
+    self._named_tokens = {"bos_token": bos_token, "eos_token": eos_token, "unk_token": unk_token,
+                          "pad_token": pad_token}
+    self.chat_template = chat_template or None
+
+    def lookup(token):
+      return backend.token_to_id(token) if token is not None else None
+
+    def name_of(token_id):
+      return backend.id_to_token(token_id) if token_id is not None else None
+
+    eos_token_ids = [int(i) for i in eos_token_ids]
+    self.bos_token_id = lookup(bos_token)
+    if self.bos_token_id is None and bos_token_id is not None:
+      self.bos_token_id = int(bos_token_id)
+    self.eos_token_id = lookup(eos_token)
+    if self.eos_token_id is None and eos_token_ids:
+      self.eos_token_id = eos_token_ids[0]
+    self.pad_token_id = lookup(pad_token)
+    if self.pad_token_id is None:
+      self.pad_token_id = int(pad_token_id) if pad_token_id is not None else self.eos_token_id
+    self.unk_token_id = lookup(unk_token)
+    self.bos_token = name_of(self.bos_token_id)
+    self.eos_token = name_of(self.eos_token_id)
+    self.pad_token = name_of(self.pad_token_id)
+    self.unk_token = name_of(self.unk_token_id)
+
+    stops = list(eos_token_ids)
+    if self.eos_token_id is not None:
+      stops.append(self.eos_token_id)
+    stops += [i for i in map(backend.token_to_id, STOP_TOKEN_NAMES) if i is not None]
+    self.stop_token_ids: tuple[int, ...] = tuple(dict.fromkeys(stops))
+    self.think_start_id = backend.token_to_id(THINK_START)
+    self.think_end_id = backend.token_to_id(THINK_END)
+
+  # ---- loading ------------------------------------------------------------------------------------
+
+  @classmethod
+  def from_pretrained(cls, checkpoint: str | os.PathLike, *, revision: str | None = None,
+                      cache_dir: str | None = None, local_files_only: bool = False,
+                      match_transformers: bool = True) -> "Tokenizer":
+    """Loads from a local directory, a hub id, a ``.gguf`` file or "demo".
+
+    Hub ids fetch only the tokenizer/config JSON files with ``huggingface_hub.snapshot_download``
+    (its cache, ``HF_HUB_OFFLINE`` and ``local_files_only`` are honoured). ``match_transformers``
+    only matters for GGUF files (see ``from_gguf``).
+    """
+    if demo.is_demo(checkpoint):
+      return cls.from_gguf(demo.demo_gguf_path(), match_transformers=match_transformers)
+    if not isinstance(checkpoint, (str, os.PathLike)):
+      raise ValueError(f"checkpoint must be a path, a hub id or 'demo', got {type(checkpoint).__name__}")
+    path = os.fspath(checkpoint)
+    if path.lower().endswith(".gguf"):
+      if not os.path.isfile(path):
+        raise FileNotFoundError(f"GGUF file not found: {path}")
+      return cls.from_gguf(path, match_transformers=match_transformers)
+    if os.path.isdir(path):
+      return cls.from_directory(path)
+    if os.path.exists(path):
+      raise ValueError(f"checkpoint {path!r} is a file but not a .gguf; pass its directory instead")
+    if not _HUB_ID.match(path) or path.count("/") > 1:
+      raise FileNotFoundError(f"checkpoint directory not found: {path}")
+    return cls.from_directory(_download(path, revision=revision, cache_dir=cache_dir,
+                                        local_files_only=local_files_only), name_or_path=path)
+
+  @classmethod
+  def from_directory(cls, directory: str, name_or_path: str | None = None) -> "Tokenizer":
+    """Loads a Hugging Face tokenizer directory (tokenizer.json required)."""
+    tokenizer_file = os.path.join(directory, TOKENIZER_FILE)
+    if not os.path.isfile(tokenizer_file):
+      raise FileNotFoundError(
+          f"tokenizer file not found: {tokenizer_file} (only fast tokenizers saved as "
+          f"{TOKENIZER_FILE} are supported)")
+    backend = tokenizers.Tokenizer.from_file(tokenizer_file)
+    config = _read_optional_json(directory, TOKENIZER_CONFIG_FILE)
+    special_map = _read_optional_json(directory, SPECIAL_TOKENS_MAP_FILE)
+    generation = _read_optional_json(directory, GENERATION_CONFIG_FILE)
+    model_config = _read_optional_json(directory, MODEL_CONFIG_FILE)
+
+    def token(name):
+      value = _token_content(config.get(name))
+      return value if value is not None else _token_content(special_map.get(name))
+
+    bos, eos = token("bos_token"), token("eos_token")
+    # transformers rebuilds the post-processor when the config states add_bos/add_eos explicitly.
+    if "add_bos_token" in config or "add_eos_token" in config or backend.post_processor is None:
+      backend.post_processor = _post_processor(
+          bos, backend.token_to_id(bos) if bos else None, config.get("add_bos_token", False),
+          eos, backend.token_to_id(eos) if eos else None, config.get("add_eos_token", False))
+
+    def first_id(key):
+      for source in (generation, model_config):
+        ids = _id_list(source.get(key))
+        if ids:
+          return ids[0]
+      return None
+
+    eos_ids = _id_list(generation.get("eos_token_id")) or _id_list(model_config.get("eos_token_id"))
+    return cls(backend, bos_token=bos, eos_token=eos, pad_token=token("pad_token"),
+               unk_token=token("unk_token"), chat_template=_read_chat_template(directory, config),
+               bos_token_id=first_id("bos_token_id"), eos_token_ids=eos_ids,
+               pad_token_id=first_id("pad_token_id"), name_or_path=name_or_path or directory)
+
+  @classmethod
+  def from_gguf(cls, path: str, match_transformers: bool = True) -> "Tokenizer":
+    """Builds the byte-level BPE tokenizer a GGUF file describes (tokenizer.ggml.* metadata).
+
+    With ``match_transformers`` (default) ids equal ``transformers.AutoTokenizer(..., gguf_file=)``;
+    otherwise the "smollm" pre-tokenizer splits digits first, like llama.cpp and SmolLM2's
+    tokenizer.json (they differ only on spaces before digits).
+    """
+    if not os.path.isfile(path):
+      raise FileNotFoundError(f"GGUF file not found: {path}")
+    meta = _read_gguf_tokenizer_metadata(path)
+    backend = _gguf_backend(meta, path, match_transformers)
+    tokens = meta["tokens"]
+
+    def name(key):
+      token_id = meta.get(key)
+      if token_id is None:
+        return None
+      if not 0 <= token_id < len(tokens):
+        raise ValueError(f"{path}: tokenizer.ggml.{key} = {token_id} is outside the vocabulary")
+      return backend.id_to_token(token_id)
+
+    bos, eos = name("bos_token_id"), name("eos_token_id")
+    backend.post_processor = _post_processor(
+        bos, meta.get("bos_token_id"), meta.get("add_bos_token", False),
+        eos, meta.get("eos_token_id"), meta.get("add_eos_token", False))
+    return cls(backend, bos_token=bos, eos_token=eos, pad_token=name("padding_token_id"),
+               unk_token=name("unknown_token_id"), chat_template=meta.get("chat_template"),
+               eos_token_ids=_id_list(meta.get("eos_token_id")), name_or_path=path)
+
+  # ---- saving -------------------------------------------------------------------------------------
+
+  def save_pretrained(self, directory: str | os.PathLike) -> None:
+    """Writes tokenizer.json, tokenizer_config.json and the token ids of generation_config.json
+    (other fields of an existing generation_config.json are kept)."""
+    directory = os.fspath(directory)
+    os.makedirs(directory, exist_ok=True)
+    self._backend.save(os.path.join(directory, TOKENIZER_FILE))
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", **self._named_tokens,
+              "clean_up_tokenization_spaces": False}
+    if self.chat_template is not None:
+      config["chat_template"] = self.chat_template
+    with open(os.path.join(directory, TOKENIZER_CONFIG_FILE), "w", encoding="utf-8") as f:
+      json.dump(config, f, indent=2, ensure_ascii=False)
+    # A chat_template.jinja left by an earlier save would win over tokenizer_config.json on loading.
+    jinja_path = os.path.join(directory, CHAT_TEMPLATE_FILE)
+    if os.path.isfile(jinja_path):
+      if self.chat_template is None:
+        os.remove(jinja_path)
+      else:
+        with open(jinja_path, "w", encoding="utf-8") as f:
+          f.write(self.chat_template)
+    generation_path = os.path.join(directory, GENERATION_CONFIG_FILE)
+    generation = _read_json(generation_path) if os.path.isfile(generation_path) else {}
+    generation.update(bos_token_id=self.bos_token_id, eos_token_id=list(self.stop_token_ids),
+                      pad_token_id=self.pad_token_id)
+    with open(generation_path, "w", encoding="utf-8") as f:
+      json.dump(generation, f, indent=2)
+
+  # ---- encoding -----------------------------------------------------------------------------------
+
+  @property
+  def backend(self) -> tokenizers.Tokenizer:
+    return self._backend
+
+  @property
+  def vocab_size(self) -> int:
+    return self._backend.get_vocab_size(with_added_tokens=True)
+
+  def __len__(self) -> int:
+    return self.vocab_size
+
+  def token_to_id(self, token: str) -> int | None:
+    return self._backend.token_to_id(token)
+
+  def id_to_token(self, token_id: int) -> str | None:
+    return self._backend.id_to_token(int(token_id))
+
+  def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+    """Token ids of ``text``; special tokens written in the text become their ids."""
+    if not isinstance(text, str):
+      raise ValueError(f"text must be a str, got {type(text).__name__}")
+    return self._backend.encode(text, add_special_tokens=add_special_tokens).ids
+
+  def encode_batch(self, texts: Sequence[str], add_special_tokens: bool = False) -> list[list[int]]:
+    if isinstance(texts, str) or any(not isinstance(t, str) for t in texts):
+      raise ValueError("texts must be a list of str")
+    return [e.ids for e in self._backend.encode_batch(list(texts), add_special_tokens=add_special_tokens)]
+
+  def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
+    return self._backend.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
+
+  def decode_batch(self, batch: Iterable[Iterable[int]], skip_special_tokens: bool = False) -> list[str]:
+    return [self.decode(ids, skip_special_tokens) for ids in batch]
+
+  def incremental_decoder(self, skip_special_tokens: bool = False) -> "IncrementalDecoder":
+    return IncrementalDecoder(self, skip_special_tokens=skip_special_tokens)
+
+  # ---- chat ---------------------------------------------------------------------------------------
+
+  def special_tokens_map(self) -> dict[str, str]:
+    """The token strings a chat template sees (bos_token, eos_token, unk_token, pad_token)."""
+    return {k: v for k, v in self._named_tokens.items() if v is not None}
+
+  def apply_chat_template(self, messages: Sequence[Mapping[str, Any]],
+                          add_generation_prompt: bool = False, enable_thinking: bool = True,
+                          tokenize: bool = False, chat_template: str | None = None,
+                          **template_kwargs: Any) -> str | list[int]:
+    """The prompt for ``messages`` as a string, or its ids when ``tokenize`` (no BOS added).
+
+    Renders ``chat_template`` or the checkpoint's template like ``transformers`` (special token
+    strings and ``template_kwargs`` are template variables); without any template, the SmolLM3
+    format (``chat_format.format_smollm3_chat``; it reads ``xml_tools`` / ``python_tools``).
+    """
+    template = chat_template if chat_template is not None else self.chat_template
+    if template is not None:
+      variables = {**self.special_tokens_map(), "enable_thinking": enable_thinking, **template_kwargs}
+      text = render_chat_template(template, messages, add_generation_prompt=add_generation_prompt,
+                                  **variables)
+    else:
+      text = chat_format.format_smollm3_chat(
+          _normalize_messages(messages), add_generation_prompt=add_generation_prompt,
+          enable_thinking=enable_thinking, xml_tools=template_kwargs.get("xml_tools"),
+          python_tools=template_kwargs.get("python_tools"))
+    return self.encode(text) if tokenize else text
+
+  def __repr__(self) -> str:
+    return (f"Tokenizer({self.name_or_path!r}, vocab_size={self.vocab_size}, "
+            f"stop_token_ids={self.stop_token_ids})")
+
+
+class IncrementalDecoder:
+  """Streams text token by token without ever emitting a broken multi-byte character.
+
+  ``push(id)`` returns the newly printable text; ``flush()`` the rest. All pushes plus the flush equal
+  ``tokenizer.decode(all_ids)``. Each push decodes only the tokens since the last clean point.
+  """
+
+  def __init__(self, tokenizer: Tokenizer, skip_special_tokens: bool = False):
+    self._tokenizer = tokenizer
+    self._skip = skip_special_tokens
+    self.reset()
+
+  def reset(self) -> None:
+    self._ids: list[int] = []
+    self._emitted: list[str] = []
+    # ids[prefix:read] were already emitted; they are decoded again as context so that decoders that
+    # treat a sequence's start specially (leading-space stripping) give the right text for the rest.
+    self._prefix = 0
+    self._read = 0
+
+  @property
+  def token_ids(self) -> list[int]:
+    return list(self._ids)
+
+  def push(self, token_id: int) -> str:
+    self._ids.append(int(token_id))
+    decode = functools.partial(self._tokenizer.decode, skip_special_tokens=self._skip)
+    before = decode(self._ids[self._prefix:self._read])
+    now = decode(self._ids[self._prefix:])
+    # A trailing U+FFFD means the last token ended inside a UTF-8 character: wait for the rest.
+    if len(now) > len(before) and not now.endswith(REPLACEMENT_CHAR) and now.startswith(before):
+      new = now[len(before):]
+      self._prefix, self._read = self._read, len(self._ids)
+      self._emitted.append(new)
+      return new
+    return ""
+
+  def flush(self) -> str:
+    """The text not yet returned (a truly incomplete character comes out as U+FFFD)."""
+    full = self._tokenizer.decode(self._ids, skip_special_tokens=self._skip)
+    done = "".join(self._emitted)
+    if full.startswith(done):
+      rest = full[len(done):]
+    else:  # cannot happen with byte-level decoders; never emit text twice
+      before = self._tokenizer.decode(self._ids[self._prefix:self._read], skip_special_tokens=self._skip)
+      rest = self._tokenizer.decode(self._ids[self._prefix:], skip_special_tokens=self._skip)[len(before):]
+    self._emitted.append(rest)
+    self._prefix = self._read = len(self._ids)
+    return rest
+
+
+# --------------------------------------------------------------------------------------------------
+# loading helpers
+
+
+def _read_chat_template(directory: str, config: Mapping[str, Any]) -> str | None:
+  """chat_template.jinja, then chat_template.json, then tokenizer_config.json's "chat_template"."""
+  path = os.path.join(directory, CHAT_TEMPLATE_FILE)
+  if os.path.isfile(path):
+    with open(path, encoding="utf-8") as f:
+      return f.read()
+  template = _read_optional_json(directory, CHAT_TEMPLATE_JSON_FILE).get("chat_template")
+  if template is None:
+    template = config.get("chat_template")
+  if isinstance(template, list):  # named templates: [{"name": ..., "template": ...}]
+    named = {t.get("name"): t.get("template") for t in template if isinstance(t, Mapping)}
+    template = named.get("default")
+  return template if isinstance(template, str) else None
+
+
+def _download(repo_id: str, revision: str | None, cache_dir: str | None, local_files_only: bool) -> str:
+  """The snapshot folder holding the tokenizer/config files of a hub repo (cache first)."""
+  import huggingface_hub
+  from huggingface_hub import constants, errors
+
+  offline = local_files_only or constants.is_offline_mode() or (
+      os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE"))
+  try:
+    return huggingface_hub.snapshot_download(repo_id, revision=revision, cache_dir=cache_dir,
+                                             allow_patterns=list(HUB_ALLOW_PATTERNS),
+                                             local_files_only=offline)
+  except (errors.LocalEntryNotFoundError, errors.OfflineModeIsEnabled) as e:
+    cache = cache_dir or constants.HF_HUB_CACHE
+    raise FileNotFoundError(
+        f"the tokenizer of hub id {repo_id!r} is not in the Hugging Face cache ({cache}) and "
+        f"{'downloads are disabled (HF_HUB_OFFLINE / local_files_only)' if offline else 'the hub is unreachable'}; "
+        f"download it while online or pass a local directory (no directory {repo_id!r} exists "
+        f"here either)") from e
+  except errors.HfHubHTTPError as e:
+    raise FileNotFoundError(f"could not fetch the tokenizer of hub id {repo_id!r}: {e}") from e
+
+
+def _read_gguf_tokenizer_metadata(path: str) -> dict[str, Any]:
+  """The tokenizer.* metadata of a GGUF file, keys without the "tokenizer.ggml." prefix (cached:
+  parsing a GGUF takes seconds; callers must not mutate the result)."""
+  stat = os.stat(path)
+  return _read_gguf_tokenizer_metadata_cached(os.path.realpath(path), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=4)
+def _read_gguf_tokenizer_metadata_cached(path: str, mtime_ns: int, size: int) -> dict[str, Any]:
+  del mtime_ns, size  # cache keys only
+  import gguf
+
+  reader = gguf.GGUFReader(path)
+  fields = reader.fields
+
+  def value(key):
+    field = fields.get(key)
+    return field.contents() if field is not None else None
+
+  meta: dict[str, Any] = {}
+  for key in ("model", "pre", "tokens", "merges", "token_type", "bos_token_id", "eos_token_id",
+              "padding_token_id", "unknown_token_id", "add_bos_token", "add_eos_token"):
+    v = value(f"tokenizer.ggml.{key}")
+    if v is not None:
+      meta[key] = v
+  template = value("tokenizer.chat_template")
+  if template is not None:
+    meta["chat_template"] = template
+  if "tokens" not in meta:
+    raise ValueError(f"{path} has no tokenizer (metadata tokenizer.ggml.tokens is missing)")
+  return meta
+
+
+def _gguf_backend(meta: Mapping[str, Any], path: str, match_transformers: bool = True
+                  ) -> tokenizers.Tokenizer:
+  """Byte-level BPE from GGUF vocab/merges, split like `tokenizer.ggml.pre`, special tokens added."""
+  model_type = meta.get("model")
+  if model_type != "gpt2":
+    raise ValueError(f"{path}: tokenizer.ggml.model = {model_type!r}; only byte-level BPE ('gpt2') "
+                     "GGUF tokenizers are supported")
+  if "merges" not in meta:
+    raise ValueError(f"{path}: tokenizer.ggml.merges is missing")
+  byte_chars = _byte_alphabet()
+  alphabet = set(byte_chars.values())
+
+  def spelled(token: str) -> str:
+    # Tokens stored as raw text (not in the byte alphabet) are respelled byte by byte.
+    if set(token) <= alphabet:
+      return token
+    return "".join(byte_chars[b] for b in token.encode("utf-8"))
+
+  tokens = [spelled(t) for t in meta["tokens"]]
+  vocab = {t: i for i, t in enumerate(tokens)}
+  merges = []
+  for m in meta["merges"]:
+    pair = m.split(" ")
+    if len(pair) != 2:
+      raise ValueError(f"{path}: malformed merge {m!r} in tokenizer.ggml.merges")
+    merges.append((pair[0], pair[1]))
+  backend = tokenizers.Tokenizer(models.BPE(vocab=vocab, merges=merges, dropout=None,
+                                            continuing_subword_prefix="", end_of_word_suffix="",
+                                            fuse_unk=False))
+  pattern = GGUF_SPLIT_PATTERNS.get(meta.get("pre"))
+  if pattern is None:
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    if not match_transformers and meta.get("pre") in GGUF_DIGIT_SPLIT_PRES:
+      byte_level = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+    backend.pre_tokenizer = byte_level
+  else:
+    backend.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(pattern), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+  backend.decoder = decoders.ByteLevel()
+
+  types = list(meta.get("token_type") or ())
+  raw = meta["tokens"]
+  # Control tokens become special added tokens (matched whole, skippable); a "control" token outside
+  # the byte alphabet is a converter mislabel and is left alone, as transformers does.
+  control = [AddedToken(t, special=True, normalized=False)
+             for t, kind in zip(raw, types) if kind == _GGUF_TOKEN_CONTROL and set(t) <= alphabet]
+  if control:
+    backend.add_special_tokens(control)
+  user_defined = [AddedToken(t, special=False, normalized=False)
+                  for t, kind in zip(raw, types) if kind == _GGUF_TOKEN_USER_DEFINED and t in vocab]
+  if user_defined:
+    backend.add_tokens(user_defined)
+  return backend
+
+
+__all__ = ["Tokenizer", "IncrementalDecoder", "split_thinking", "render_chat_template"]

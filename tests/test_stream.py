@@ -1,0 +1,93 @@
+"""Streaming and thinking mode on a tiny random model with a SmolLM3-format tokenizer."""
+
+from __future__ import annotations
+
+import copy
+import os
+
+import jax.numpy as jnp
+import pytest
+from flax import nnx
+
+import smollm3_jax
+from smollm3_jax import config as C
+from smollm3_jax.generate import _VisibleText
+
+TEMPLATE = os.path.join(os.path.dirname(__file__), "data", "smollm3_chat_template.jinja")
+
+
+@pytest.fixture(scope="module")
+def tok():
+  """The demo tokenizer with SmolLM3's own chat template (thinking mode)."""
+  t = copy.copy(smollm3_jax.Tokenizer.from_pretrained("demo"))
+  with open(TEMPLATE) as f:
+    t.chat_template = f.read()
+  return t
+
+
+@pytest.fixture(scope="module")
+def model(tok):
+  cfg = C.tiny(vocab_size=tok.vocab_size)
+  return smollm3_jax.SmolLM3(cfg, dtype=jnp.float32, rngs=nnx.Rngs(1))
+
+
+def test_thinking_flag_maps_to_enable_thinking(model, tok):
+  res = smollm3_jax.generate(model, tok, ["Hi there", "Hi there"], thinking=[True, False], max_new_tokens=3)
+  on, off = res
+  assert on.prompt == tok.apply_chat_template([{"role": "user", "content": "Hi there"}],
+                                              add_generation_prompt=True, enable_thinking=True)
+  assert on.prompt.endswith("<|im_start|>assistant\n") and "/think" in on.prompt
+  assert off.prompt.endswith("<|im_start|>assistant\n<think>\n\n</think>\n") and "/no_think" in off.prompt
+  for c in res:
+    assert (c.thinking, c.answer) == smollm3_jax.split_thinking(c.text)
+    assert c.settings["thinking"] in (True, False)
+  assert on.settings["thinking"] is True and off.settings["thinking"] is False
+
+
+def test_stream_pieces_concatenate_to_generated_text(model, tok):
+  kw = dict(temperature=1.0, seed=5, max_new_tokens=40, thinking=False)
+  full = smollm3_jax.generate(model, tok, ["Tell me something"], **kw)[0]
+  s = smollm3_jax.stream(model, tok, "Tell me something", chunk_steps=3, **kw)
+  pieces = list(s)
+  assert len(pieces) > 1
+  assert "".join(pieces) == full.text == s.result[0].text
+  assert s.result[0].token_ids == full.token_ids
+  # Random sampling over the byte-level vocabulary produces characters split over several tokens.
+  assert any(ord(ch) > 127 for ch in full.text)
+  assert all("\ufffd" not in p for p in pieces[:-1])
+
+
+def test_stream_reuses_compiled_programs(model, tok):
+  from smollm3_jax.generate import COMPILE_COUNTS
+
+  list(smollm3_jax.stream(model, tok, "warm up", max_new_tokens=12, chunk_steps=2))
+  before = dict(COMPILE_COUNTS)
+  for chunk in (1, 2, 5):
+    list(smollm3_jax.stream(model, tok, "again", max_new_tokens=12, chunk_steps=chunk, temperature=0.5))
+  assert dict(COMPILE_COUNTS) == before
+
+
+@pytest.mark.parametrize("pieces", [
+    ["<think>\nabc", " def\n</think>\n", "The answer"],
+    ["<th", "ink>\nabc</th", "ink>\nThe", " answer"],
+    ["<think>", "abc", "<", "/", "think>", "\n", "The answer"],
+])
+def test_hidden_thinking_never_reaches_the_stream(pieces):
+  v = _VisibleText(hide=True)
+  out = "".join(v.feed(p) for p in pieces) + v.feed("", final=True)
+  assert out == "The answer"
+  assert smollm3_jax.split_thinking("".join(pieces))[1] == "The answer"
+
+
+def test_visible_text_passes_everything_when_not_hiding():
+  v = _VisibleText(hide=False)
+  assert v.feed("<think>x</think>y") == "<think>x</think>y"
+
+
+def test_stream_rejects_bad_input_before_compiling(model, tok):
+  with pytest.raises(ValueError, match="chunk_steps"):
+    smollm3_jax.stream(model, tok, "hi", chunk_steps=0)
+  with pytest.raises(ValueError, match="top_p"):
+    smollm3_jax.stream(model, tok, "hi", top_p=2.0)
+  with pytest.raises(ValueError, match="empty"):
+    smollm3_jax.stream(model, tok, "   ")
