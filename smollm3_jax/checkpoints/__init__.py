@@ -1,1 +1,77 @@
+"""Loading SmolLM3 weights: ``from_pretrained("demo" | file.gguf | local HF dir | hub id)``."""
 
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from smollm3_jax.checkpoints import demo, hub
+from smollm3_jax.checkpoints import gguf as gguf_ckpt
+from smollm3_jax.checkpoints import orbax as orbax_ckpt
+from smollm3_jax.checkpoints import safetensors as st_ckpt
+from smollm3_jax.checkpoints.mapping import build_model, check_float_dtype
+from smollm3_jax.config import SmolLM3Config
+from smollm3_jax.model import SmolLM3
+
+__all__ = ["from_pretrained", "load_config", "resolve"]
+
+
+def resolve(checkpoint: str | os.PathLike, *, revision: str | None = None,
+            config_only: bool = False) -> tuple[str, str]:
+  """(kind, local path) with kind "gguf" (a file) or "dir" (an HF checkpoint directory).
+
+  "demo" is the bundled GGUF; an existing ``.gguf`` file or directory is used as is; any other
+  ``name`` / ``org/name`` string is a Hugging Face Hub id (cache first, download unless offline).
+  """
+  if demo.is_demo(checkpoint):
+    return "gguf", demo.demo_gguf_path()
+  path = os.fspath(checkpoint)
+  if os.path.isdir(path):
+    return "dir", path
+  if os.path.isfile(path):
+    if path.endswith(".gguf"):
+      return "gguf", path
+    with open(path, "rb") as f:
+      if f.read(4) == b"GGUF":
+        return "gguf", path
+    raise ValueError(f"checkpoint {path!r} is a file but not a GGUF; pass a .gguf file, a "
+                     "checkpoint directory (config.json + *.safetensors) or a Hub id")
+  if hub.looks_like_repo_id(path):
+    return "dir", hub.snapshot(path, revision=revision, config_only=config_only)
+  raise FileNotFoundError(f"checkpoint {path!r}: no such file or directory (and not a Hub id)")
+
+
+def load_config(checkpoint: str | os.PathLike, *, revision: str | None = None) -> SmolLM3Config:
+  """The config of a checkpoint, without reading any weights."""
+  kind, path = resolve(checkpoint, revision=revision, config_only=True)
+  if kind == "gguf":
+    return gguf_ckpt.load_config(path)
+  return st_ckpt.load_config(path)
+
+
+def from_pretrained(checkpoint: str | os.PathLike, *, dtype=jnp.float32, param_dtype=None,
+                    place: Callable[[tuple, np.ndarray], jax.Array] | None = None,
+                    revision: str | None = None) -> SmolLM3:
+  """Loads a :class:`SmolLM3` from "demo", a ``.gguf`` file, a local HF directory or a Hub id.
+
+  dtype: activation dtype; param_dtype: weight storage dtype (default ``dtype``). Quantized GGUF
+  tensors are dequantized to ``param_dtype``. ``place(param_path, host_array)`` puts one tensor on
+  device(s) (default ``jax.device_put``); tensors are read, converted and placed one at a time.
+  """
+  check_float_dtype(dtype, "dtype")
+  if param_dtype is not None:
+    check_float_dtype(param_dtype, "param_dtype")
+  kind, path = resolve(checkpoint, revision=revision)
+  if kind == "dir" and orbax_ckpt.is_orbax_dir(path):  # converted by experiments/convert.py
+    return orbax_ckpt.restore(path, dtype=dtype, param_dtype=param_dtype, place=place)
+  if kind == "gguf":
+    config, tensors = gguf_ckpt.load(path)
+  else:
+    config = st_ckpt.load_config(path)
+    tensors = st_ckpt.tensor_source(path)
+  return build_model(config, tensors, dtype=dtype, param_dtype=param_dtype, place=place,
+                     source=path)

@@ -1,0 +1,83 @@
+"""Shared, session-scoped fixtures: tiny random transformers SmolLM3 checkpoints saved to disk."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+
+TINY = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=8,
+            num_attention_heads=8, num_key_value_heads=2, head_dim=16, max_position_embeddings=512,
+            rms_norm_eps=1e-6, no_rope_layer_interval=4, bos_token_id=1, eos_token_id=2,
+            pad_token_id=0, rope_parameters={"rope_type": "default", "rope_theta": 10000.0})
+
+
+@dataclasses.dataclass
+class HFCheckpoint:
+  """A saved tiny checkpoint: its directory and the transformers model (f32, eval mode)."""
+
+  path: str
+  model: object  # transformers.SmolLM3ForCausalLM
+
+  @property
+  def config(self):
+    return self.model.config
+
+
+def make_hf_model(seed: int = 0, **overrides):
+  """A random transformers SmolLM3ForCausalLM with O(1) activations (HF's std-0.02 init would make
+  every logit ~0 and hide errors): linear weights ~ N(0, 1/fan_in), norms ~ 1 + N(0, 0.1^2)."""
+  import torch
+  import transformers
+  cfg = transformers.SmolLM3Config(**{**TINY, **overrides})
+  torch.manual_seed(seed)
+  model = transformers.SmolLM3ForCausalLM(cfg).eval()
+  with torch.no_grad():
+    for name, p in model.named_parameters():
+      if name.endswith("norm.weight"):
+        p.copy_(1 + 0.1 * torch.randn_like(p))
+      elif name.endswith("bias"):
+        p.copy_(0.1 * torch.randn_like(p))
+      elif "embed_tokens" in name:
+        p.normal_(0.0, 1.0)
+      else:
+        p.normal_(0.0, 1.0 / math.sqrt(p.shape[1]))
+  return model
+
+
+@pytest.fixture(scope="session", name="make_hf_model")
+def make_hf_model_fixture():
+  """:func:`make_hf_model` as a fixture (for tests that build their own shapes)."""
+  return make_hf_model
+
+
+@pytest.fixture(scope="session")
+def hf_checkpoints(tmp_path_factory):
+  """Factory ``get(name) -> HFCheckpoint``; each variant is built and saved once per session.
+
+  Variants: "tied", "untied" (separate lm_head, attention and MLP biases), "yarn" (rope_type yarn,
+  factor 2, original_max_position_embeddings 256), "sharded" (the tied weights in several files).
+  """
+  cache: dict[str, HFCheckpoint] = {}
+  variants = {
+      "tied": dict(seed=0, tie_word_embeddings=True),
+      "untied": dict(seed=1, tie_word_embeddings=False, attention_bias=True, mlp_bias=True),
+      "yarn": dict(seed=2, tie_word_embeddings=True, rope_parameters={
+          "rope_type": "yarn", "rope_theta": 10000.0, "factor": 2.0,
+          "original_max_position_embeddings": 256}),
+  }
+
+  def get(name: str) -> HFCheckpoint:
+    if name not in cache:
+      path = str(tmp_path_factory.mktemp(f"hf_{name}"))
+      if name == "sharded":
+        model = get("tied").model
+        model.save_pretrained(path, max_shard_size="100KB")
+      else:
+        model = make_hf_model(**variants[name])
+        model.save_pretrained(path)
+      cache[name] = HFCheckpoint(path, model)
+    return cache[name]
+
+  return get
