@@ -24,6 +24,7 @@ install: $(VENV)/.installed
 demo: install
 	$(PY) experiments/generate.py --checkpoint=demo --stream \
 	  --prompt="What is the capital of France?"
+	$(PY) experiments/sweep.py --config=configs/sweep.py:demo --workdir=out/sweep_demo
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -81,3 +81,33 @@ def hf_checkpoints(tmp_path_factory):
     return cache[name]
 
   return get
+
+
+# --------------------------------------------------------------------------------------------
+# The bundled demo checkpoint, loaded once per session (ours and transformers' GGUF loader)
+# --------------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def demo_model():
+  import jax.numpy as jnp
+
+  import smollm3_jax
+  return smollm3_jax.from_pretrained("demo", dtype=jnp.float32)
+
+
+@pytest.fixture(scope="session")
+def demo_tokenizer():
+  import smollm3_jax
+  return smollm3_jax.Tokenizer.from_pretrained("demo")
+
+
+@pytest.fixture(scope="session")
+def demo_hf_model():
+  """transformers' own GGUF loading of the demo file (f32, eval): the numerical reference."""
+  import os
+
+  import torch
+  from transformers import AutoModelForCausalLM
+
+  from smollm3_jax.checkpoints.demo import demo_gguf_path
+  directory, name = os.path.split(demo_gguf_path())
+  return AutoModelForCausalLM.from_pretrained(directory, gguf_file=name, dtype=torch.float32).eval()

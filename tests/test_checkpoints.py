@@ -461,16 +461,15 @@ def test_gguf_integer_tensor(hf_checkpoints, tmp_path):
 # The bundled demo checkpoint vs transformers' own GGUF loader
 # --------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def demo():
-  from transformers import AutoModelForCausalLM, AutoTokenizer
+def demo(demo_model, demo_hf_model):
+  from transformers import AutoTokenizer
 
   from smollm3_jax.checkpoints.demo import demo_gguf_path
   directory, name = os.path.split(demo_gguf_path())
   tok = AutoTokenizer.from_pretrained(directory, gguf_file=name)
   ids = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
                                 add_generation_prompt=True, return_dict=False)
-  hf = AutoModelForCausalLM.from_pretrained(directory, gguf_file=name, dtype=torch.float32).eval()
-  return from_pretrained("demo"), hf, np.asarray([ids])
+  return demo_model, demo_hf_model, np.asarray([ids])
 
 
 def test_demo_config(demo):

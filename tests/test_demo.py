@@ -2,27 +2,21 @@
 
 from __future__ import annotations
 
-import os
-
-import jax.numpy as jnp
 import pytest
 import torch
 import transformers
 
 import smollm3_jax
-from smollm3_jax.checkpoints.demo import demo_gguf_path
 
 
 @pytest.fixture(scope="module")
-def ours():
-  return smollm3_jax.from_pretrained("demo", dtype=jnp.float32), smollm3_jax.Tokenizer.from_pretrained("demo")
+def ours(demo_model, demo_tokenizer):
+  return demo_model, demo_tokenizer
 
 
 @pytest.fixture(scope="module")
-def theirs():
-  path = demo_gguf_path()
-  return transformers.AutoModelForCausalLM.from_pretrained(
-      os.path.dirname(path), gguf_file=os.path.basename(path), dtype=torch.float32).eval()
+def theirs(demo_hf_model):
+  return demo_hf_model
 
 
 def test_greedy_48_tokens_equal_transformers(ours, theirs):

@@ -1,0 +1,233 @@
+"""Sampling sweeps on a tiny random model with the demo tokenizer's vocabulary."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from smollm3_jax import metrics as M
+from smollm3_jax import sweep
+from smollm3_jax.generate import COMPILE_COUNTS, generate
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _config_module():
+  spec = importlib.util.spec_from_file_location("sweep_config", os.path.join(ROOT, "configs", "sweep.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+  """(model, tokenizer, tokenizer_dir): the "tiny" preset's random model; the demo tokenizer saved
+  as a directory (loads in well under a second in the subprocess test)."""
+  cfg = _config_module().get_config("tiny")
+  model, tokenizer = sweep.build_model(cfg.model)
+  tok_dir = str(tmp_path_factory.mktemp("tok"))
+  tokenizer.save_pretrained(tok_dir)
+  return model, tokenizer, tok_dir
+
+
+def _tiny_config(tok_dir, **changes):
+  cfg = _config_module().get_config("tiny")
+  cfg.model.tokenizer = tok_dir
+  cfg.progress = False
+  # 2 temperatures x 2 penalties x 2 thinking modes, 3 prompts (one per kind): 24 rows; 5 batches of
+  # 5 rows, the last one padded.
+  cfg.prompts.limit = 3
+  cfg.batch_size = 5
+  cfg.max_new_tokens = 5
+  for k, v in changes.items():
+    node = cfg
+    *parents, leaf = k.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = v
+  return cfg
+
+
+def _lines(path):
+  with open(path, "rb") as f:
+    return f.read().split(b"\n")
+
+
+@pytest.fixture(scope="module")
+def tiny_sweep(tiny, tmp_path_factory):
+  """One finished tiny sweep: (config, workdir, outcome, compile counts it added)."""
+  model, tokenizer, tok_dir = tiny
+  cfg = _tiny_config(tok_dir)
+  workdir = tmp_path_factory.mktemp("sweep")
+  before = dict(COMPILE_COUNTS)
+  out = sweep.run_sweep(cfg, str(workdir), model=model, tokenizer=tokenizer, log=lambda s: None)
+  compiles = {k: COMPILE_COUNTS[k] - before.get(k, 0) for k in ("prefill", "decode")}
+  return cfg, workdir, out, compiles
+
+
+def test_sweep_writes_rows_summary_plots_and_compiles_once(tiny, tiny_sweep):
+  model, tokenizer, tok_dir = tiny
+  cfg, tmp_path, out, compiles = tiny_sweep
+  assert compiles == {"prefill": 1, "decode": 1}  # 5 batches, one compiled program
+  assert (out.total_rows, out.new_rows, out.batches) == (24, 24, 5)
+
+  rows = [json.loads(l) for l in _lines(tmp_path / "generations.jsonl") if l]
+  assert len(rows) == 24 and len({r["key"] for r in rows}) == 24
+  cells = {(r["settings"]["thinking"], r["settings"]["temperature"], r["settings"]["repetition_penalty"])
+           for r in rows}
+  assert cells == {(th, t, rp) for th in (False, True) for t in (0.0, 1.0) for rp in (1.0, 1.3)}
+  assert {r["prompt_id"] for r in rows} == {"capital_france", "add_small", "story_lighthouse"}
+  for r in rows:
+    assert r["num_tokens"] == len(r["token_ids"]) and 1 <= r["num_tokens"] <= 5
+    assert r["stop_reason"] in ("eos", "max_tokens")
+    assert r["settings"]["max_new_tokens"] == 5 and r["timing"]["batch_size"] == 5
+    for field in ("text", "thinking", "answer", "prompt", "seed", "sample", "correct"):
+      assert field in r
+  # a prompt with a reference is scored, an open one is not
+  assert {r["correct"] is None for r in rows if r["prompt_id"] == "story_lighthouse"} == {True}
+  assert {r["correct"] is None for r in rows if r["prompt_id"] == "add_small"} == {False}
+
+  with open(tmp_path / "summary.csv") as f:
+    summary = list(csv.DictReader(f))
+  assert len(summary) == 8
+  assert all(s["rows"] == "3" for s in summary)
+  for s in summary:
+    mine = [r for r in rows if r["cell_key"] == s["cell_key"]]
+    assert float(s["mean_tokens"]) == pytest.approx(sum(r["num_tokens"] for r in mine) / 3)
+    d1 = [M.distinct_n(M.words(r["text"]), 1) for r in mine]
+    assert float(s["distinct_1"]) == pytest.approx(sum(d1) / 3)
+    assert s["scored"] == "2"
+  assert "rep_pen" in out.table and out.table.count("\n") == 9
+  names = sorted(os.listdir(tmp_path / "plots"))
+  assert names == sorted(f"{m}.png" for m in sweep.METRICS)
+  for n in names:
+    with open(tmp_path / "plots" / n, "rb") as f:
+      assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+  record = json.loads((tmp_path / "config.json").read_text())
+  assert record["config"]["sweep"]["temperature"] == [0.0, 1.0]
+
+  # Rerunning with the same config runs nothing and compiles nothing.
+  before = dict(COMPILE_COUNTS)
+  again = sweep.run_sweep(cfg, str(tmp_path), model=model, tokenizer=tokenizer, log=lambda s: None)
+  assert (again.skipped_rows, again.new_rows, again.batches) == (24, 0, 0)
+  assert dict(COMPILE_COUNTS) == before
+  assert len([l for l in _lines(tmp_path / "generations.jsonl") if l]) == 24
+
+  # Another config in the same workdir is refused with a message naming the difference.
+  other = _tiny_config(tok_dir, **{"sweep.temperature": (0.0, 0.7)})
+  with pytest.raises(sweep.ConfigMismatchError, match=r"sweep\.temperature"):
+    sweep.run_sweep(other, str(tmp_path), model=model, tokenizer=tokenizer, log=lambda s: None)
+
+
+def test_rows_equal_generating_each_setting_alone(tiny, tiny_sweep):
+  model, tokenizer, tok_dir = tiny
+  _, tmp_path, _, _ = tiny_sweep
+  rows = [json.loads(l) for l in _lines(tmp_path / "generations.jsonl") if l]
+  greedy = next(r for r in rows if r["settings"]["temperature"] == 0.0 and r["settings"]["thinking"])
+  sampled = [r for r in rows if r["settings"]["temperature"] == 1.0 and r["settings"]["repetition_penalty"] == 1.3]
+  for r in [greedy] + sampled[:2]:
+    s = r["settings"]
+    alone = generate(model, tokenizer, r["prompt"], thinking=s["thinking"], temperature=s["temperature"],
+                     repetition_penalty=s["repetition_penalty"], top_p=s["top_p"], top_k=s["top_k"],
+                     min_p=s["min_p"], seed=[r["seed"]], max_new_tokens=s["max_new_tokens"])
+    assert alone.completions[0].token_ids == r["token_ids"], r["key"]
+    assert alone.completions[0].text == r["text"]
+  # Seeds depend on (prompt, cell, sample), not on the batch position: distinct per row.
+  assert len({r["seed"] for r in rows}) == len(rows)
+  assert sweep.row_seed(0, "p", "c", 1) == sweep.row_seed(0, "p", "c", 1) != sweep.row_seed(0, "p", "c", 2)
+
+
+def test_sigkill_then_resume_completes_without_gaps_or_duplicates(tiny, tmp_path):
+  model, tokenizer, tok_dir = tiny
+  workdir = tmp_path / "wd"
+  gens = workdir / "generations.jsonl"
+  overrides = ["--config.model.tokenizer=" + tok_dir, "--config.progress=False", "--config.prompts.limit=3",
+               "--config.batch_size=5", "--config.max_new_tokens=5"]
+  cmd = [sys.executable, os.path.join(ROOT, "experiments", "sweep.py"),
+         "--config=" + os.path.join(ROOT, "configs", "sweep.py") + ":tiny", f"--workdir={workdir}", *overrides]
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+  try:
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+      if gens.exists() and gens.read_bytes().count(b"\n") >= 5:
+        break
+      time.sleep(0.02)
+    assert proc.poll() is None, "the sweep finished (or failed) before it could be killed: " + \
+        proc.stderr.read().decode()[-2000:]
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+      proc.wait()
+  assert proc.returncode == -signal.SIGKILL
+  kept = [json.loads(l) for l in _lines(gens) if l]
+  assert 5 <= len(kept) < 24
+  # Also leave a torn last line, as a kill in the middle of a write would.
+  with open(gens, "ab") as f:
+    f.write(b'{"key": "torn|row", "text": "half a li')
+
+  cfg = _tiny_config(tok_dir)
+  out = sweep.run_sweep(cfg, str(workdir), model=model, tokenizer=tokenizer, log=lambda s: None)
+  assert out.skipped_rows == len(kept) and out.new_rows == 24 - len(kept)
+  lines = [l for l in _lines(gens) if l]
+  rows = [json.loads(l) for l in lines]  # every line parses: the torn one is gone
+  keys = [r["key"] for r in rows]
+  assert len(keys) == 24 and len(set(keys)) == 24
+  assert set(keys) == {r["key"] for r in sweep.make_rows(
+      sweep.load_prompts("data/prompts/sweep.jsonl", limit=3),
+      sweep.expand_grid(sweep.to_plain(cfg)["sweep"]), samples=1, seed=0)}
+  assert rows[:len(kept)] == kept  # finished rows are never rewritten
+  with open(workdir / "summary.csv") as f:
+    assert sum(1 for _ in csv.DictReader(f)) == 8
+
+
+def test_results_file_torn_line_and_duplicates(tmp_path):
+  path = tmp_path / "g.jsonl"
+  path.write_bytes(b'{"key": "a", "v": 1}\n{"key": "a", "v": 2}\nnot json\n{"key": "b", "v": 3}\n{"key": "c"')
+  rf = sweep.ResultsFile(str(path))
+  rows = rf.load()
+  assert rows == {"a": {"key": "a", "v": 1}, "b": {"key": "b", "v": 3}}
+  assert path.read_bytes().endswith(b'"v": 3}\n')  # the torn line was cut off
+  rf.append([{"key": "c", "v": 4}])
+  assert sweep.ResultsFile(str(path)).load()["c"] == {"key": "c", "v": 4}
+
+
+def test_grid_expansion_and_validation(tmp_path):
+  cfg = sweep.to_plain(_config_module().get_config("demo"))
+  cells = sweep.expand_grid(cfg["sweep"])
+  assert len(cells) == 18 and cells[0] == dict(thinking=False, temperature=0.0, repetition_penalty=1.0,
+                                               top_p=0.95, top_k=0, min_p=0.0)
+  rows = sweep.make_rows([{"id": "p"}], cells, samples=3, seed=0)
+  assert len(rows) == 6 * 1 + 12 * 3  # greedy cells run once
+  bad = dict(cfg["sweep"], temperature=[-1.0])
+  with pytest.raises(ValueError, match="temperature"):
+    sweep.expand_grid(bad)
+  with pytest.raises(ValueError, match="batch_size"):
+    sweep.validate_config(dict(cfg, batch_size=0))
+  with pytest.raises(FileNotFoundError, match="prompts.path"):
+    sweep.load_prompts(str(tmp_path / "missing.jsonl"))
+  prompts = sweep.load_prompts("data/prompts/sweep.jsonl")
+  assert len(prompts) >= 40
+  kinds = {p["kind"] for p in prompts}
+  assert kinds == {"open", "factual", "math"}
+  assert all(p["reference"] is not None for p in prompts if p["kind"] != "open")
+
+
+def test_cli_typo_fails_with_ml_collections_error(tmp_path):
+  cmd = [sys.executable, os.path.join(ROOT, "experiments", "sweep.py"),
+         "--config=" + os.path.join(ROOT, "configs", "sweep.py") + ":tiny", f"--workdir={tmp_path}",
+         "--config.sweep.temprature=(0.0,)"]
+  res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert res.returncode != 0
+  assert 'Did you mean "temperature"' in res.stderr
+  assert not os.listdir(tmp_path)  # failed before writing anything
