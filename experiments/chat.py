@@ -1,0 +1,67 @@
+"""Chat with a checkpoint in the terminal; answers stream as they decode.
+
+  python experiments/chat.py --checkpoint=demo
+  python experiments/chat.py --checkpoint=/path/to/SmolLM3-3B --thinking --temperature=0.6 --top_p=0.95
+
+Commands: /think, /no_think, /reset, /stats, /help, /quit. Ctrl-C stops the current answer.
+``--checkpoint=tiny`` is a random-weight tiny model (instant start, gibberish answers) for smoke tests.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from absl import app, flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("checkpoint", "demo", "'demo', a local HF dir, a .gguf file, a hub id, or 'tiny' (random).")
+flags.DEFINE_string("tokenizer", None, "Tokenizer checkpoint (default: the model's; 'demo' for tiny).")
+flags.DEFINE_bool("thinking", False, "Start in thinking mode (/think and /no_think switch it).")
+flags.DEFINE_bool("show_thinking", True, "Print the thinking text (dimmed) before the answer.")
+flags.DEFINE_string("system", None, "System prompt.")
+flags.DEFINE_float("temperature", 0.6, "0 = greedy.")
+flags.DEFINE_integer("top_k", 0, "0 = off.")
+flags.DEFINE_float("top_p", 0.95, "1 = off.")
+flags.DEFINE_float("min_p", 0.0, "0 = off.")
+flags.DEFINE_float("repetition_penalty", 1.0, "1 = off.")
+flags.DEFINE_integer("max_new_tokens", 1024, "Token budget per answer.")
+flags.DEFINE_integer("seed", 0, "Base seed; turn t samples with seed + t.")
+flags.DEFINE_integer("context_length", None, "Tokens of history + answer (default: the model's maximum).")
+flags.DEFINE_integer("chunk_steps", 4, "Decode steps between streamed pieces.")
+flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Parameter and activation dtype.")
+
+
+def main(argv):
+  del argv
+  from smollm3_jax import chat, sampling
+
+  # Check the settings before loading or compiling anything.
+  try:
+    sampling.validate_sampling_args(temperature=FLAGS.temperature, top_k=FLAGS.top_k, top_p=FLAGS.top_p,
+                                    min_p=FLAGS.min_p, repetition_penalty=FLAGS.repetition_penalty)
+  except ValueError as e:
+    raise app.UsageError(str(e))
+  if FLAGS.max_new_tokens < 1:
+    raise app.UsageError("--max_new_tokens must be >= 1")
+  if FLAGS.chunk_steps < 1:
+    raise app.UsageError("--chunk_steps must be >= 1")
+
+  print(f"loading {FLAGS.checkpoint} ...", flush=True)
+  model, tokenizer = chat.load_chat_model(FLAGS.checkpoint, tokenizer=FLAGS.tokenizer, dtype=FLAGS.dtype)
+  session = chat.ChatSession(
+      model, tokenizer, system=FLAGS.system, thinking=FLAGS.thinking, context_length=FLAGS.context_length,
+      max_new_tokens=FLAGS.max_new_tokens, chunk_steps=FLAGS.chunk_steps, seed=FLAGS.seed,
+      temperature=FLAGS.temperature, top_k=FLAGS.top_k, top_p=FLAGS.top_p, min_p=FLAGS.min_p,
+      repetition_penalty=FLAGS.repetition_penalty)
+  try:
+    import readline  # noqa: F401  (line editing and history for input())
+  except ImportError:
+    pass
+  chat.run_terminal(session, show_thinking=FLAGS.show_thinking)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,469 @@
+"""Multi-turn chat on top of :func:`smollm3_jax.stream`: history, context trimming, thinking split.
+
+    session = ChatSession(model, tokenizer, thinking=False, max_new_tokens=256)
+    reply = session.ask("Hello!")
+    for kind, text in reply:          # kind: "thinking" | "answer", pieces as they decode
+      print(text, end="")
+    print(reply.stats)                # tokens, time to first token, tokens/s
+
+``run_terminal(session)`` is the interactive loop behind ``experiments/chat.py`` (/think, /no_think,
+/reset, /stats; Ctrl-C stops the current answer). ``ThinkingSplitter`` is shared with the server.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import signal
+import sys
+import threading
+import time
+from typing import Any, Callable, Iterator, Sequence, TextIO
+
+THINK_START = "<think>"
+THINK_END = "</think>"
+ROLES = ("system", "user", "assistant", "tool")
+
+
+# --------------------------------------------------------------------------------------------
+# Thinking / answer separation of streamed text
+# --------------------------------------------------------------------------------------------
+class _Stripper:
+  """Streams text with leading and trailing whitespace removed (trailing space is held back)."""
+
+  def __init__(self):
+    self.started = False
+    self.pending = ""
+
+  def push(self, text: str) -> str:
+    if not self.started:
+      text = text.lstrip()
+      if not text:
+        return ""
+      self.started = True
+    text = self.pending + text
+    body = text.rstrip()
+    self.pending = text[len(body):]
+    return body
+
+
+class ThinkingSplitter:
+  """Splits streamed completion text into ("thinking", text) and ("answer", text) pieces.
+
+  Gives the same parts as ``tokenizer.split_thinking`` on the whole text (both stripped): the first
+  "<think>...</think>" block is thinking, everything else the answer; an unclosed block is thinking
+  to the end. ``inside=True`` when the prompt itself opened the block (the text starts as thinking).
+  A tag split across pieces is held back until it is complete.
+  """
+
+  def __init__(self, inside: bool = False):
+    self._state = "inside" if inside else "before"  # before -> inside -> after
+    self._buffer = ""
+    self._strip = {"thinking": _Stripper(), "answer": _Stripper()}
+
+  def _emit(self, kind: str, text: str, out: list):
+    text = self._strip[kind].push(text)
+    if text:
+      out.append((kind, text))
+
+  def feed(self, text: str) -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
+    self._buffer += text
+    while self._buffer:
+      if self._state == "after":
+        self._emit("answer", self._buffer, out)
+        self._buffer = ""
+        break
+      tag = THINK_START if self._state == "before" else THINK_END
+      kind = "answer" if self._state == "before" else "thinking"
+      i = self._buffer.find(tag)
+      if i >= 0:
+        self._emit(kind, self._buffer[:i], out)
+        self._buffer = self._buffer[i + len(tag):]
+        self._state = "inside" if self._state == "before" else "after"
+        continue
+      # Hold back a suffix that may be the start of the tag.
+      keep = max((k for k in range(1, len(tag)) if self._buffer.endswith(tag[:k])), default=0)
+      self._emit(kind, self._buffer[:len(self._buffer) - keep], out)
+      self._buffer = self._buffer[len(self._buffer) - keep:]
+      break
+    return out
+
+  def finish(self) -> list[tuple[str, str]]:
+    """The held-back text (a partial tag is just text); trailing whitespace is dropped."""
+    out: list[tuple[str, str]] = []
+    if self._buffer:
+      self._emit("thinking" if self._state == "inside" else "answer", self._buffer, out)
+      self._buffer = ""
+    return out
+
+  @classmethod
+  def split(cls, text: str, inside: bool = False) -> tuple[str, str]:
+    """(thinking, answer) of a whole text, exactly as streaming it would give."""
+    parts = {"thinking": [], "answer": []}
+    splitter = cls(inside)
+    for kind, piece in splitter.feed(text) + splitter.finish():
+      parts[kind].append(piece)
+    return "".join(parts["thinking"]), "".join(parts["answer"])
+
+
+def prompt_opens_thinking(prompt_text: str) -> bool:
+  """Whether a rendered prompt ends inside an open <think> block (the model continues thinking)."""
+  stripped = prompt_text.rstrip()
+  return stripped.endswith(THINK_START)
+
+
+# --------------------------------------------------------------------------------------------
+# Chat session
+# --------------------------------------------------------------------------------------------
+class PromptTooLong(ValueError):
+  """The newest message alone (with the system prompt) does not fit the context."""
+
+
+@dataclasses.dataclass
+class TurnStats:
+  """One reply. Seconds; ``tokens_per_second`` is the decode rate (first token excluded)."""
+
+  prompt_tokens: int = 0
+  generated_tokens: int = 0
+  time_to_first_token: float = 0.0
+  tokens_per_second: float = 0.0
+  total_seconds: float = 0.0
+  compile_seconds: float = 0.0
+  stop_reason: str = ""
+  trimmed_turns: int = 0
+
+  def describe(self) -> str:
+    return (f"{self.generated_tokens} tokens (prompt {self.prompt_tokens}), "
+            f"time to first token {self.time_to_first_token:.3f} s, {self.tokens_per_second:.1f} tokens/s, "
+            f"total {self.total_seconds:.2f} s (compile {self.compile_seconds:.2f} s), "
+            f"stop: {self.stop_reason}")
+
+
+def check_messages(messages: Any) -> list[dict]:
+  """Validates a chat message list; returns plain {"role", "content"} dicts. ValueError names the
+  offending message."""
+  if not isinstance(messages, (list, tuple)) or not messages:
+    raise ValueError("messages must be a non-empty list of {role, content} objects")
+  out = []
+  for i, m in enumerate(messages):
+    if not isinstance(m, dict):
+      raise ValueError(f"messages[{i}] must be an object with 'role' and 'content', got {type(m).__name__}")
+    role = m.get("role")
+    if role not in ROLES:
+      raise ValueError(f"messages[{i}].role must be one of {', '.join(ROLES)}; got {role!r}")
+    content = m.get("content")
+    if isinstance(content, list):  # OpenAI content parts: only text parts are understood
+      texts = []
+      for j, part in enumerate(content):
+        if not (isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)):
+          raise ValueError(f"messages[{i}].content[{j}] must be a text part {{'type': 'text', 'text': str}}")
+        texts.append(part["text"])
+      content = "".join(texts)
+    if not isinstance(content, str):
+      raise ValueError(f"messages[{i}].content must be a string, got {type(content).__name__}")
+    out.append({"role": role, "content": content})
+  return out
+
+
+def render_chat(tokenizer, messages: Sequence[dict], thinking: bool) -> tuple[str, list[int]]:
+  """The generation prompt for ``messages`` (text, ids) exactly as ``generate`` renders it."""
+  text = tokenizer.apply_chat_template(list(messages), add_generation_prompt=True,
+                                       enable_thinking=bool(thinking), tokenize=False)
+  return text, tokenizer.encode(text)
+
+
+def _turn_starts(history: Sequence[dict]) -> list[int]:
+  """Indices in ``history`` where a turn (a user message and what follows it) begins."""
+  starts = [i for i, m in enumerate(history) if m["role"] == "user"]
+  if not starts or starts[0] != 0:
+    starts.insert(0, 0)
+  return starts
+
+
+class ChatSession:
+  """A conversation with one model: history, thinking mode and sampling settings.
+
+  ``context_length`` (default: the model's) bounds prompt + answer; before each turn the oldest turns
+  are dropped until the prompt plus ``min(max_new_tokens, context // 2)`` tokens fit.
+  ``seed`` is the base seed; turn t samples with ``seed + t``.
+  """
+
+  def __init__(self, model, tokenizer, *, system: str | None = None, thinking: bool = False,
+               context_length: int | None = None, max_new_tokens: int = 512, chunk_steps: int = 4,
+               seed: int = 0, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
+               min_p: float = 0.0, repetition_penalty: float = 1.0):
+    from smollm3_jax import sampling
+
+    sampling.validate_sampling_args(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                                    repetition_penalty=repetition_penalty)
+    limit = model.config.max_position_embeddings
+    context = int(context_length or limit)
+    if not 2 <= context <= limit:
+      raise ValueError(f"context_length must be in [2, {limit}] (the model's max_position_embeddings), "
+                       f"got {context_length}")
+    if max_new_tokens < 1:
+      raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if chunk_steps < 1:
+      raise ValueError(f"chunk_steps must be >= 1, got {chunk_steps}")
+    self.model = model
+    self.tokenizer = tokenizer
+    self.system = system
+    self.thinking = bool(thinking)
+    self.context_length = context
+    self.max_new_tokens = int(max_new_tokens)
+    self.chunk_steps = int(chunk_steps)
+    self.seed = int(seed)
+    self.sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                         repetition_penalty=repetition_penalty)
+    self.history: list[dict] = []
+    self.turns = 0
+    self.last_stats: TurnStats | None = None
+
+  @property
+  def reserve_tokens(self) -> int:
+    """Room kept for the answer when trimming history."""
+    return max(1, min(self.max_new_tokens, self.context_length // 2))
+
+  def reset(self):
+    self.history = []
+    self.last_stats = None
+
+  def _messages(self, history: Sequence[dict], user_text: str) -> list[dict]:
+    head = [{"role": "system", "content": self.system}] if self.system else []
+    return head + list(history) + [{"role": "user", "content": user_text}]
+
+  def build_prompt(self, user_text: str) -> tuple[list[dict], str, list[int], int]:
+    """(messages, prompt text, prompt ids, turns dropped). Drops the oldest turns from the history
+    (in place) until the prompt fits; raises PromptTooLong if even the new message alone does not."""
+    budget = self.context_length - self.reserve_tokens
+    starts = _turn_starts(self.history)
+    for dropped, start in enumerate(starts + [len(self.history)]):
+      kept = self.history[start:] if dropped else self.history
+      messages = self._messages(kept, user_text)
+      text, ids = render_chat(self.tokenizer, messages, self.thinking)
+      if len(ids) <= budget:
+        if dropped:
+          self.history = list(kept)
+        return messages, text, ids, dropped
+    raise PromptTooLong(
+        f"the message is too long: its prompt has {len(ids)} tokens but the context of "
+        f"{self.context_length} tokens leaves {budget} for it (after {self.reserve_tokens} for the answer)")
+
+  def ask(self, user_text: str) -> "Reply":
+    """Starts a reply to ``user_text`` (nothing runs until it is iterated)."""
+    if not isinstance(user_text, str) or not user_text.strip():
+      raise ValueError("the message is empty")
+    messages, text, ids, dropped = self.build_prompt(user_text)
+    return Reply(self, user_text, text, ids, dropped)
+
+
+class Reply:
+  """One streaming answer: iterate for ("thinking" | "answer", text) pieces; ``cancel()`` stops it
+  after the current chunk. When iteration ends the turn joins the history (a stopped answer with
+  its partial text; one stopped before any answer text is dropped)."""
+
+  def __init__(self, session: ChatSession, user_text: str, prompt_text: str, prompt_ids: list[int],
+               trimmed_turns: int):
+    self.session = session
+    self.user_text = user_text
+    self.prompt_text = prompt_text
+    self.prompt_ids = prompt_ids
+    self.trimmed_turns = trimmed_turns
+    self.thinking = ""
+    self.answer = ""
+    self.cancelled = False
+    self.stats: TurnStats | None = None
+    self._stream = None
+
+  def cancel(self):
+    self.cancelled = True
+    if self._stream is not None:
+      self._stream.cancel()
+
+  def __iter__(self) -> Iterator[tuple[str, str]]:
+    import smollm3_jax
+
+    s = self.session
+    t0 = time.perf_counter()
+    self._stream = smollm3_jax.stream(
+        s.model, s.tokenizer, self.prompt_ids, hide_thinking=False, chunk_steps=s.chunk_steps,
+        thinking=s.thinking, max_new_tokens=s.max_new_tokens, seed=s.seed + s.turns,
+        context_length=s.context_length, **s.sampling)
+    if self.cancelled:
+      self._stream.cancel()
+    s.turns += 1
+    splitter = ThinkingSplitter(inside=prompt_opens_thinking(self.prompt_text))
+    parts = {"thinking": [], "answer": []}
+    for piece in self._stream:
+      for kind, text in splitter.feed(piece):
+        parts[kind].append(text)
+        yield kind, text
+    for kind, text in splitter.finish():
+      parts[kind].append(text)
+      yield kind, text
+    self.thinking, self.answer = "".join(parts["thinking"]), "".join(parts["answer"])
+    result = self._stream.result
+    st = result.stats
+    c = result.completions[0]
+    self.stats = TurnStats(
+        prompt_tokens=st.prompt_tokens, generated_tokens=st.generated_tokens,
+        time_to_first_token=st.time_to_first_token, tokens_per_second=st.decode_tokens_per_second,
+        total_seconds=time.perf_counter() - t0, compile_seconds=st.compile_seconds,
+        stop_reason="cancelled" if self.cancelled else c.stop_reason, trimmed_turns=self.trimmed_turns)
+    s.last_stats = self.stats
+    if self.answer or not self.cancelled:
+      s.history += [{"role": "user", "content": self.user_text},
+                    {"role": "assistant", "content": self.answer}]
+
+
+# --------------------------------------------------------------------------------------------
+# Loading (shared by experiments/chat.py and experiments/serve.py)
+# --------------------------------------------------------------------------------------------
+TINY = "tiny"
+
+
+def load_chat_model(checkpoint: str, *, tokenizer: str | None = None, dtype: str = "float32",
+                    tiny_context: int = 2048, seed: int = 0):
+  """(model, tokenizer) for a checkpoint ("demo", .gguf, HF dir, hub id).
+
+  ``checkpoint="tiny"`` builds a random-weight tiny model (``config.tiny``) with the vocabulary of
+  ``tokenizer`` (default "demo") and ``tiny_context`` positions: it starts in seconds, for smoke tests.
+  """
+  import jax.numpy as jnp
+  from flax import nnx
+
+  import smollm3_jax
+  from smollm3_jax import config as config_lib
+
+  dtypes = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+  if dtype not in dtypes:
+    raise ValueError(f"dtype must be one of {sorted(dtypes)}, got {dtype!r}")
+  if checkpoint == TINY:
+    tok = smollm3_jax.Tokenizer.from_pretrained(tokenizer or "demo")
+    cfg = config_lib.tiny(vocab_size=tok.vocab_size, max_position_embeddings=tiny_context,
+                          eos_token_id=tuple(tok.stop_token_ids[:1]) or (tok.vocab_size - 1,),
+                          pad_token_id=tok.pad_token_id or 0)
+    return smollm3_jax.SmolLM3(cfg, dtype=dtypes[dtype], rngs=nnx.Rngs(seed)), tok
+  tok = smollm3_jax.Tokenizer.from_pretrained(tokenizer or checkpoint)
+  return smollm3_jax.from_pretrained(checkpoint, dtype=dtypes[dtype]), tok
+
+
+# --------------------------------------------------------------------------------------------
+# Terminal loop
+# --------------------------------------------------------------------------------------------
+HELP = """commands:
+  /think      thinking mode on        /no_think  thinking mode off
+  /reset      clear the history       /stats     statistics of the last reply
+  /help       this text               /quit      leave (or Ctrl-D)
+Ctrl-C stops the current answer."""
+
+_DIM, _BOLD, _RESET = "\x1b[2m", "\x1b[1m", "\x1b[0m"
+
+
+class _Interrupts:
+  """During an answer: the first Ctrl-C cancels it (after the current chunk), a second one raises."""
+
+  def __init__(self, reply: Reply):
+    self.reply = reply
+    self.count = 0
+
+  def __call__(self, signum, frame):
+    self.count += 1
+    if self.count > 1:
+      raise KeyboardInterrupt
+    self.reply.cancel()
+
+  def __enter__(self):
+    # Signal handlers can only be set from the main thread; elsewhere Ctrl-C keeps its default.
+    self._previous = None
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGINT, self)
+    return self
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGINT, self._previous)
+    return False
+
+
+def run_terminal(session: ChatSession, *, show_thinking: bool = True, input_fn: Callable[[str], str] = input,
+                 out: TextIO | None = None, color: bool | None = None) -> None:
+  """Interactive chat on a terminal until /quit or end of input."""
+  out = out or sys.stdout
+  if color is None:  # ANSI styles only on a real terminal that wants them
+    import os
+    color = out.isatty() and os.environ.get("TERM") != "dumb" and "NO_COLOR" not in os.environ
+  dim, bold, reset = (_DIM, _BOLD, _RESET) if color else ("", "", "")
+
+  def say(text: str = "", end: str = "\n"):
+    out.write(text + end)
+    out.flush()
+
+  say(f"chat: thinking {'on' if session.thinking else 'off'}, context {session.context_length} tokens. "
+      "/help for commands, Ctrl-C stops an answer, Ctrl-D quits.")
+  while True:
+    try:
+      line = input_fn("you> ")
+    except EOFError:
+      say()
+      return
+    except KeyboardInterrupt:  # Ctrl-C at the prompt: drop the line, stay in the chat
+      say("\n(Ctrl-C: the line was dropped; /quit or Ctrl-D leaves)")
+      continue
+    line = line.strip()
+    if not line:
+      continue
+    if line.startswith("/"):
+      command = line.split()[0].lower()
+      if command in ("/quit", "/exit"):
+        return
+      elif command == "/think":
+        session.thinking = True
+        say("[thinking mode on]")
+      elif command == "/no_think":
+        session.thinking = False
+        say("[thinking mode off]")
+      elif command == "/reset":
+        session.reset()
+        say("[history cleared]")
+      elif command == "/stats":
+        say(f"[{session.last_stats.describe()}]" if session.last_stats else "[no reply yet]")
+      elif command == "/help":
+        say(HELP)
+      else:
+        say(f"[unknown command {command}; /help lists them]")
+      continue
+
+    try:
+      reply = session.ask(line)
+    except PromptTooLong as e:
+      say(f"[not sent: {e}]")
+      continue
+    if reply.trimmed_turns:
+      say(f"[history trimmed: dropped the {reply.trimmed_turns} oldest turn(s) to fit the context of "
+          f"{session.context_length} tokens]")
+    say(f"{bold}assistant>{reset} ", end="")
+    kind_shown = None
+    try:
+      with _Interrupts(reply):
+        for kind, text in reply:
+          if kind == "thinking" and not show_thinking:
+            if kind_shown != "thinking":
+              say(f"{dim}[thinking…]{reset} ", end="")
+              kind_shown = "thinking"
+            continue
+          if kind != kind_shown:
+            if kind == "thinking":
+              say(f"{dim}[thinking] ", end="")
+            elif kind_shown == "thinking":
+              say(f"{reset}\n{bold}answer>{reset} " if show_thinking else "\n", end="")
+            kind_shown = kind
+          say(text, end="")
+    except KeyboardInterrupt:  # a second Ctrl-C: abandon the answer at once
+      say(f"{reset}\n[answer abandoned]")
+      continue
+    say(reset if kind_shown == "thinking" else "", end="")
+    if reply.cancelled:
+      say("\n[stopped]")
+    else:
+      say()

@@ -1,0 +1,542 @@
+"""A local chat server: an OpenAI-style ``/v1/chat/completions`` API and a one-page web chat.
+
+    app = create_app(model, tokenizer)            # a Starlette app; serve it with uvicorn
+    uvicorn.run(app, host="127.0.0.1", port=3000)
+
+Routes: ``GET /`` (the page), ``POST /v1/chat/completions`` (the shape vLLM and llama.cpp's server
+speak: messages, temperature, top_p, top_k, min_p, repetition_penalty, max_tokens, seed, stream,
+``chat_template_kwargs.enable_thinking``; the thinking goes to ``reasoning_content``, the answer to
+``content``; ``stream: true`` sends server-sent events ending with a usage record and ``[DONE]``),
+``GET /v1/models``, ``GET /health``.
+
+One model serves every request. Generation runs on a single worker thread, one request at a time in
+arrival order (a request waits in the queue, it never shares another's cache), so each request gets
+exactly the text ``generate`` gives it alone. A client that disconnects cancels its request, queued or
+running (a running one stops after its current chunk of ``chunk_steps`` tokens). Bad requests get a
+4xx JSON error ``{"error": {"message", "type", "param", "code"}}`` before anything is queued.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import importlib.resources
+import json
+import math
+import queue
+import secrets
+import threading
+import time
+import uuid
+from typing import Any, AsyncIterator
+
+import anyio
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from smollm3_jax import sampling
+from smollm3_jax.chat import ThinkingSplitter, check_messages, prompt_opens_thinking, render_chat
+
+FINISH_REASONS = {"eos": "stop", "newlines": "stop", "max_tokens": "length", "context": "length",
+                  "cancelled": "stop"}
+MAX_BODY_BYTES = 16 * 1024 * 1024
+
+
+class RequestError(Exception):
+  """A client error: becomes a 4xx JSON response."""
+
+  def __init__(self, message: str, *, param: str | None = None, code: str | None = None, status: int = 400):
+    super().__init__(message)
+    self.message, self.param, self.code, self.status = message, param, code, status
+
+
+def error_response(status: int, message: str, *, param: str | None = None, code: str | None = None,
+                   kind: str | None = None) -> JSONResponse:
+  kind = kind or ("invalid_request_error" if status < 500 else "server_error")
+  return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": code}},
+                      status_code=status)
+
+
+# --------------------------------------------------------------------------------------------
+# Request parsing
+# --------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class ChatRequest:
+  messages: list[dict]
+  thinking: bool
+  sampling: dict[str, float]
+  max_tokens: int | None
+  seed: int
+  stream: bool
+
+
+def _number(body: dict, name: str, default, *, low=None, high=None, low_open=False, integer=False):
+  value = body.get(name)
+  if value is None:
+    return default
+  if isinstance(value, bool) or not isinstance(value, (int, float)):
+    raise RequestError(f"'{name}' must be {'an integer' if integer else 'a number'}, got {json.dumps(value)}",
+                       param=name)
+  if integer and (not float(value).is_integer()):
+    raise RequestError(f"'{name}' must be an integer, got {value}", param=name)
+  if not math.isfinite(value):
+    raise RequestError(f"'{name}' must be finite", param=name)
+  if low is not None and (value <= low if low_open else value < low):
+    raise RequestError(f"'{name}' must be {'>' if low_open else '>='} {low}, got {value}", param=name)
+  if high is not None and value > high:
+    raise RequestError(f"'{name}' must be <= {high}, got {value}", param=name)
+  return int(value) if integer else float(value)
+
+
+def parse_request(body: Any, defaults: dict) -> ChatRequest:
+  """Validates a chat-completions body (before any work); RequestError names the bad field."""
+  if not isinstance(body, dict):
+    raise RequestError(f"the request body must be a JSON object, got {type(body).__name__}")
+  if "messages" not in body:
+    raise RequestError("'messages' is required", param="messages")
+  try:
+    messages = check_messages(body["messages"])
+  except ValueError as e:
+    raise RequestError(str(e), param="messages") from None
+
+  n = body.get("n")
+  if n is not None and n != 1:
+    raise RequestError("only 'n': 1 is supported", param="n")
+  if body.get("stop"):
+    raise RequestError("'stop' sequences are not supported", param="stop")
+  if body.get("tools"):
+    raise RequestError("'tools' are not supported by this server", param="tools")
+  if body.get("logprobs"):
+    raise RequestError("'logprobs' are not supported", param="logprobs")
+  for name in ("frequency_penalty", "presence_penalty"):
+    if body.get(name):
+      raise RequestError(f"'{name}' is not supported; use 'repetition_penalty'", param=name)
+  stream = body.get("stream", False)
+  if stream is None:
+    stream = False
+  if not isinstance(stream, bool):
+    raise RequestError("'stream' must be true or false", param="stream")
+
+  kwargs = body.get("chat_template_kwargs")
+  if kwargs is None:
+    kwargs = {}
+  if not isinstance(kwargs, dict):
+    raise RequestError("'chat_template_kwargs' must be an object", param="chat_template_kwargs")
+  thinking = kwargs.get("enable_thinking", defaults["thinking"])
+  if not isinstance(thinking, bool):
+    raise RequestError("'chat_template_kwargs.enable_thinking' must be true or false",
+                       param="chat_template_kwargs.enable_thinking")
+
+  settings = dict(
+      temperature=_number(body, "temperature", defaults["temperature"], low=0.0, high=2.0),
+      top_p=_number(body, "top_p", defaults["top_p"], low=0.0, high=1.0, low_open=True),
+      top_k=_number(body, "top_k", defaults["top_k"], low=-1, integer=True),
+      min_p=_number(body, "min_p", defaults["min_p"], low=0.0, high=1.0),
+      repetition_penalty=_number(body, "repetition_penalty", defaults["repetition_penalty"], low=0.0,
+                                 high=10.0, low_open=True),
+  )
+  settings["top_k"] = max(settings["top_k"], 0)  # vLLM's -1 means off, as our 0 does
+  try:
+    sampling.validate_sampling_args(**settings)
+  except ValueError as e:
+    raise RequestError(str(e)) from None
+
+  max_name = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
+  max_tokens = _number(body, max_name, None, low=1, integer=True)
+  seed = _number(body, "seed", None, low=-(2 ** 63), high=2 ** 64 - 1, integer=True)
+  if seed is None:
+    seed = defaults["seed"] if defaults["seed"] is not None else secrets.randbits(32)
+  return ChatRequest(messages=messages, thinking=thinking, sampling=settings, max_tokens=max_tokens,
+                     seed=seed, stream=stream)
+
+
+# --------------------------------------------------------------------------------------------
+# The generation worker: one thread, one request at a time
+# --------------------------------------------------------------------------------------------
+class Job:
+  """One request's generation. Events go to ``events`` (an asyncio queue on the server's loop):
+  ("text", str) pieces, then ("done", GenerationResult) or ("error", Exception)."""
+
+  def __init__(self, loop: asyncio.AbstractEventLoop, prompt_ids: list[int], kwargs: dict):
+    self.loop = loop
+    self.prompt_ids = prompt_ids
+    self.kwargs = kwargs
+    self.events: asyncio.Queue = asyncio.Queue()
+    self.cancelled = threading.Event()
+    self.stream = None
+    self.submitted = time.perf_counter()
+    self.started: float | None = None
+    self.finished: float | None = None
+    self.outcome: str = "queued"  # -> running -> done | cancelled | error
+
+  def cancel(self):
+    self.cancelled.set()
+    s = self.stream
+    if s is not None:
+      s.cancel()
+
+  def post(self, kind: str, value: Any):
+    try:
+      self.loop.call_soon_threadsafe(self.events.put_nowait, (kind, value))
+    except RuntimeError:  # the event loop is gone (server shutting down)
+      pass
+
+
+class Worker:
+  """Runs jobs one at a time on a daemon thread, in submission order."""
+
+  def __init__(self, model, tokenizer, *, chunk_steps: int):
+    self.model = model
+    self.tokenizer = tokenizer
+    self.chunk_steps = chunk_steps
+    self._jobs: queue.Queue = queue.Queue()
+    self.history: list[Job] = []  # finished jobs, newest last (bounded; tests and /health read it)
+    self.busy = False
+    self._thread = threading.Thread(target=self._loop, name="smollm3-generation", daemon=True)
+    self._thread.start()
+
+  def submit(self, job: Job):
+    self._jobs.put(job)
+
+  def pending(self) -> int:
+    return self._jobs.qsize() + int(self.busy)
+
+  def stop(self):
+    self._jobs.put(None)
+
+  def _loop(self):
+    import smollm3_jax
+
+    while True:
+      job = self._jobs.get()
+      if job is None:
+        return
+      self.busy = True
+      try:
+        if job.cancelled.is_set():  # the client left while the job was queued
+          job.outcome = "cancelled"
+          job.post("cancelled", None)
+          continue
+        job.started = time.perf_counter()
+        job.outcome = "running"
+        job.stream = smollm3_jax.stream(self.model, self.tokenizer, job.prompt_ids, hide_thinking=False,
+                                        chunk_steps=self.chunk_steps, **job.kwargs)
+        if job.cancelled.is_set():
+          job.stream.cancel()
+        for piece in job.stream:
+          job.post("text", piece)
+        job.outcome = "cancelled" if job.cancelled.is_set() else "done"
+        job.post("done", job.stream.result)
+      except Exception as e:  # noqa: BLE001  (report to the client; keep serving)
+        job.outcome = "error"
+        job.post("error", e)
+      finally:
+        job.finished = time.perf_counter()
+        self.busy = False
+        self.history = (self.history + [job])[-64:]
+
+
+def warmup(app: Starlette, text: str = "Hi") -> None:
+  """Compiles the programs a short default request uses (prefill and one decode chunk), so the
+  first real request does not wait for them. Runs on the caller's thread, before serving."""
+  import smollm3_jax
+
+  defaults, context = app.state.defaults, app.state.context_length
+  tokenizer, model = app.state.tokenizer, app.state.model
+  _, ids = render_chat(tokenizer, [{"role": "user", "content": text}], defaults["thinking"])
+  s = smollm3_jax.stream(model, tokenizer, ids, chunk_steps=1,
+                         max_new_tokens=min(defaults["max_tokens"], context - len(ids)), context_length=context)
+  for i, _ in enumerate(s):
+    if i >= 1:  # the first piece comes from prefill, the second from the (now compiled) decode loop
+      s.cancel()
+
+
+class _DisconnectAwareStream(StreamingResponse):
+  """Streams and, whatever ASGI spec version the server reports, watches for the client leaving:
+  then the body iterator is cancelled (its ``finally`` cancels the generation)."""
+
+  async def __call__(self, scope, receive, send):
+    async with anyio.create_task_group() as tg:
+
+      async def run_body():
+        with contextlib.suppress(OSError):
+          await self.stream_response(send)
+        tg.cancel_scope.cancel()
+
+      async def watch():
+        await self.listen_for_disconnect(receive)
+        tg.cancel_scope.cancel()
+
+      tg.start_soon(run_body)
+      tg.start_soon(watch)
+
+
+# --------------------------------------------------------------------------------------------
+# The app
+# --------------------------------------------------------------------------------------------
+def _sse(data: Any) -> bytes:
+  text = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)
+  return f"data: {text}\n\n".encode("utf-8")
+
+
+def create_app(model, tokenizer, *, model_name: str = "smollm3-jax", temperature: float = 0.6,
+               top_p: float = 0.95, top_k: int = 0, min_p: float = 0.0, repetition_penalty: float = 1.0,
+               max_tokens: int = 2048, thinking: bool = True, seed: int | None = None,
+               context_length: int | None = None, chunk_steps: int = 4) -> Starlette:
+  """The Starlette app serving ``model``. Keyword arguments are the defaults for requests that leave
+  a setting out (``seed=None``: a fresh random seed per request); ``context_length`` (default: the
+  model's) bounds prompt + answer; ``chunk_steps`` decode steps run between streamed pieces."""
+  sampling.validate_sampling_args(temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
+                                  repetition_penalty=repetition_penalty)
+  limit = model.config.max_position_embeddings
+  context = int(context_length or limit)
+  if not 2 <= context <= limit:
+    raise ValueError(f"context_length must be in [2, {limit}], got {context_length}")
+  if max_tokens < 1:
+    raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+  if chunk_steps < 1:
+    raise ValueError(f"chunk_steps must be >= 1, got {chunk_steps}")
+  defaults = dict(temperature=float(temperature), top_p=float(top_p), top_k=int(top_k), min_p=float(min_p),
+                  repetition_penalty=float(repetition_penalty), max_tokens=int(max_tokens),
+                  thinking=bool(thinking), seed=seed)
+  worker: Worker | None = None
+
+  def get_worker() -> Worker:
+    nonlocal worker
+    if worker is None:
+      worker = Worker(model, tokenizer, chunk_steps=chunk_steps)
+      app.state.worker = worker
+    return worker
+
+  # ---- helpers ------------------------------------------------------------------------------
+  def prepare(req: ChatRequest) -> tuple[str, list[int], int]:
+    try:
+      text, ids = render_chat(tokenizer, req.messages, req.thinking)
+    except Exception as e:  # a template may reject a conversation (e.g. role order)
+      raise RequestError(f"the chat template could not render these messages: {e}", param="messages")
+    if len(ids) >= context:
+      raise RequestError(f"the prompt has {len(ids)} tokens, but the context is {context} tokens (it needs "
+                         "room for at least one new token); shorten the messages",
+                         param="messages", code="context_length_exceeded")
+    room = context - len(ids)
+    if req.max_tokens is None:
+      max_new = min(defaults["max_tokens"], room)
+    elif req.max_tokens > room:
+      raise RequestError(f"max_tokens={req.max_tokens} is too large: the prompt has {len(ids)} tokens and the "
+                         f"context is {context}, so at most {room} new tokens fit",
+                         param="max_tokens", code="context_length_exceeded")
+    else:
+      max_new = req.max_tokens
+    return text, ids, max_new
+
+  def timings(job: Job, result) -> dict:
+    st = result.stats
+    return dict(queue_ms=1000 * ((job.started or job.submitted) - job.submitted),
+                prompt_n=st.prompt_tokens, prompt_ms=1000 * st.prefill_seconds,
+                time_to_first_token_ms=1000 * st.time_to_first_token,
+                compile_ms=1000 * st.compile_seconds,
+                predicted_n=st.generated_tokens, predicted_ms=1000 * st.decode_seconds,
+                predicted_per_second=st.decode_tokens_per_second)
+
+  def usage(result) -> dict:
+    p, c = result.stats.prompt_tokens, result.stats.generated_tokens
+    return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+
+  def finish_reason(job: Job, result) -> str:
+    if job.cancelled.is_set():
+      return "stop"
+    return FINISH_REASONS.get(result.completions[0].stop_reason, "stop")
+
+  # ---- routes -------------------------------------------------------------------------------
+  async def index(request: Request) -> Response:
+    page = importlib.resources.files("smollm3_jax").joinpath("static/index.html").read_text("utf-8")
+    config = dict(model=model_name, context_length=context, **defaults)
+    page = page.replace("/*SERVER_CONFIG*/null", json.dumps(config).replace("</", "<\\/"))
+    return HTMLResponse(page)
+
+  async def health(request: Request) -> Response:
+    w = worker
+    return JSONResponse({"status": "ok", "model": model_name, "pending": w.pending() if w else 0})
+
+  async def models(request: Request) -> Response:
+    return JSONResponse({"object": "list", "data": [
+        {"id": model_name, "object": "model", "created": 0, "owned_by": "smollm3-jax",
+         "max_model_len": context}]})
+
+  async def chat_completions(request: Request) -> Response:
+    try:
+      length = int(request.headers.get("content-length") or 0)
+      if length > MAX_BODY_BYTES:
+        raise RequestError(f"the request body is {length} bytes; the limit is {MAX_BODY_BYTES}", status=413)
+      raw = await request.body()
+      try:
+        body = json.loads(raw)
+      except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RequestError(f"the request body is not valid JSON: {e}") from None
+      req = parse_request(body, defaults)
+      prompt_text, ids, max_new = await run_in_threadpool(prepare, req)
+    except RequestError as e:
+      return error_response(e.status, e.message, param=e.param, code=e.code)
+
+    job = Job(asyncio.get_running_loop(), ids, dict(
+        thinking=req.thinking, max_new_tokens=max_new, seed=req.seed, context_length=context, **req.sampling))
+    get_worker().submit(job)
+    rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+    inside = prompt_opens_thinking(prompt_text)
+    if req.stream:
+      return _DisconnectAwareStream(_stream_events(job, rid, created, inside), media_type="text/event-stream",
+                                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return await _complete(request, job, rid, created, inside)
+
+  async def _complete(request: Request, job: Job, rid: str, created: int, inside: bool) -> Response:
+    pieces: list[str] = []
+
+    async def consume():
+      while True:
+        kind, value = await job.events.get()
+        if kind == "text":
+          pieces.append(value)
+        else:
+          return kind, value
+
+    async def disconnected():
+      while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+          return
+
+    consumer = asyncio.ensure_future(consume())
+    watcher = asyncio.ensure_future(disconnected())
+    try:
+      await asyncio.wait({consumer, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+      if not consumer.done():  # the client left (or the server is stopping)
+        job.cancel()
+        consumer.cancel()
+      watcher.cancel()
+    if consumer.cancelled():
+      return Response(status_code=499)
+    kind, value = consumer.result()
+    if kind == "error":
+      return error_response(500, f"generation failed: {type(value).__name__}: {value}")
+    if kind == "cancelled":
+      return Response(status_code=499)
+    thinking, answer = ThinkingSplitter.split("".join(pieces), inside=inside)
+    message = {"role": "assistant", "content": answer}
+    if thinking:
+      message["reasoning_content"] = thinking
+    return JSONResponse({
+        "id": rid, "object": "chat.completion", "created": created, "model": model_name,
+        "choices": [{"index": 0, "message": message, "finish_reason": finish_reason(job, value)}],
+        "usage": usage(value), "timings": timings(job, value)})
+
+  async def _stream_events(job: Job, rid: str, created: int, inside: bool) -> AsyncIterator[bytes]:
+    def chunk(delta: dict, finish: str | None = None) -> bytes:
+      return _sse({"id": rid, "object": "chat.completion.chunk", "created": created, "model": model_name,
+                   "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+
+    def deltas(parts):
+      for kind, text in parts:
+        yield chunk({"reasoning_content" if kind == "thinking" else "content": text})
+
+    splitter = ThinkingSplitter(inside=inside)
+    try:
+      yield chunk({"role": "assistant", "content": ""})
+      while True:
+        kind, value = await job.events.get()
+        if kind == "text":
+          for event in deltas(splitter.feed(value)):
+            yield event
+        elif kind == "done":
+          for event in deltas(splitter.finish()):
+            yield event
+          yield chunk({}, finish_reason(job, value))
+          yield _sse({"id": rid, "object": "chat.completion.chunk", "created": created, "model": model_name,
+                      "choices": [], "usage": usage(value), "timings": timings(job, value)})
+          yield _sse("[DONE]")
+          return
+        elif kind == "error":
+          yield _sse({"error": {"message": f"generation failed: {type(value).__name__}: {value}",
+                                "type": "server_error", "param": None, "code": None}})
+          yield _sse("[DONE]")
+          return
+        else:  # cancelled before it started
+          return
+    finally:
+      job.cancel()  # a no-op when the job finished; otherwise the client left
+
+  # ---- errors and lifecycle -----------------------------------------------------------------
+  async def http_error(request: Request, exc: HTTPException) -> Response:
+    return error_response(exc.status_code, exc.detail or "error",
+                          kind="not_found_error" if exc.status_code == 404 else None)
+
+  async def server_error(request: Request, exc: Exception) -> Response:
+    return error_response(500, f"internal error: {type(exc).__name__}: {exc}")
+
+  @contextlib.asynccontextmanager
+  async def lifespan(app):
+    yield
+    if worker is not None:
+      worker.stop()
+
+  app = Starlette(
+      routes=[
+          Route("/", index, methods=["GET"]),
+          Route("/health", health, methods=["GET"]),
+          Route("/v1/models", models, methods=["GET"]),
+          Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+      ],
+      exception_handlers={HTTPException: http_error, Exception: server_error},
+      lifespan=lifespan)
+  app.state.worker = None
+  app.state.get_worker = get_worker
+  app.state.defaults = defaults
+  app.state.context_length = context
+  app.state.model, app.state.tokenizer, app.state.chunk_steps = model, tokenizer, chunk_steps
+  return app
+
+
+# --------------------------------------------------------------------------------------------
+# Running in the background (notebooks, tests)
+# --------------------------------------------------------------------------------------------
+class BackgroundServer:
+  """uvicorn serving ``app`` on a daemon thread: ``.url``, ``.stop()``; a context manager."""
+
+  def __init__(self, app: Starlette, *, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning",
+               start_timeout: float = 30.0):
+    import socket
+
+    import uvicorn
+
+    self.app = app
+    self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    self._socket.bind((host, port))  # port 0: a free port
+    self.host, self.port = self._socket.getsockname()[:2]
+    self.url = f"http://{self.host}:{self.port}"
+    self._server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, lifespan="on"))
+    self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._socket]},
+                                    name="smollm3-uvicorn", daemon=True)
+    self._thread.start()
+    deadline = time.monotonic() + start_timeout
+    while not self._server.started:
+      if not self._thread.is_alive() or time.monotonic() > deadline:
+        raise RuntimeError(f"the server on {self.url} did not start")
+      time.sleep(0.02)
+
+  def stop(self, timeout: float = 10.0):
+    self._server.should_exit = True
+    self._thread.join(timeout)
+    self._socket.close()
+
+  def __enter__(self) -> "BackgroundServer":
+    return self
+
+  def __exit__(self, *exc):
+    self.stop()
+    return False
