@@ -29,7 +29,10 @@ flags.DEFINE_integer("seed", 0, "Base seed; each row derives its own from it and
 flags.DEFINE_bool("stream", False, "Stream the (first) prompt's answer as it decodes.")
 flags.DEFINE_bool("show_thinking", True, "When streaming, also print the thinking part.")
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Parameter and activation dtype.")
+flags.DEFINE_string("mesh", "", "Device mesh, e.g. 'data=2,model=4' ('' = all devices on the data axis).")
 flags.DEFINE_string("output_json", None, "Write prompts, token ids, texts, stop reasons and stats here.")
+flags.DEFINE_bool("compilation_cache", True, "Persistent compilation cache (faster start-up from the second run; "
+                  "directory: $SMOLLM3_JAX_CACHE_DIR or ~/.cache/smollm3_jax/jax).")
 
 
 def main(argv):
@@ -37,7 +40,10 @@ def main(argv):
   import jax.numpy as jnp
 
   import smollm3_jax
+  from smollm3_jax import runtime
 
+  if FLAGS.compilation_cache:
+    runtime.enable_compilation_cache()
   dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[FLAGS.dtype]
   kwargs = dict(chat=FLAGS.chat, thinking=FLAGS.thinking, temperature=FLAGS.temperature, top_k=FLAGS.top_k,
                 top_p=FLAGS.top_p, min_p=FLAGS.min_p, repetition_penalty=FLAGS.repetition_penalty,
@@ -51,7 +57,9 @@ def main(argv):
     raise app.UsageError("--max_new_tokens must be >= 1")
 
   tokenizer = smollm3_jax.Tokenizer.from_pretrained(FLAGS.checkpoint)
-  model = smollm3_jax.from_pretrained(FLAGS.checkpoint, dtype=dtype)
+  from smollm3_jax import sharding
+
+  model = sharding.load(FLAGS.checkpoint, mesh=sharding.mesh_from_flag(FLAGS.mesh), dtype=dtype)
 
   if FLAGS.stream:
     streams = []

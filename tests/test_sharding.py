@@ -1,0 +1,251 @@
+"""Sharded generation on 8 fake CPU devices: same greedy tokens as one device, intended shardings.
+
+The multi-device part runs once, in a subprocess that sets
+``XLA_FLAGS=--xla_force_host_platform_device_count=8`` before JAX starts (running this file as a
+script); it reports tokens and shardings as JSON and the tests below assert on them. Everything
+else in the suite keeps its single CPU device.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+MESHES = ["8,1", "2,4", "1,8"]
+NEW = 12
+
+
+# --------------------------------------------------------------------------------------------
+# Child process (8 devices)
+# --------------------------------------------------------------------------------------------
+def _write_hf_dir(model, path):
+  """Saves an NNX SmolLM3 as an HF checkpoint dir (config.json + model.safetensors)."""
+  import numpy as np
+  from flax import nnx
+  from safetensors.numpy import save_file
+
+  from smollm3_jax.checkpoints.mapping import hf_to_param, param_to_hf
+
+  os.makedirs(path, exist_ok=True)
+  tensors = {}
+  for p, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+    name = param_to_hf(tuple(p))
+    x = np.asarray(var.get_value())
+    tensors[name] = np.ascontiguousarray(x.T if hf_to_param(name)[1] else x)
+  save_file(tensors, os.path.join(path, "model.safetensors"))
+  with open(os.path.join(path, "config.json"), "w") as f:
+    json.dump(model.config.to_hf_dict(), f)
+
+
+def _child(workdir: str) -> dict:
+  import jax
+  import numpy as np
+  from flax import nnx
+
+  import smollm3_jax
+  from smollm3_jax import config as C
+  from smollm3_jax import sharding as S
+  from smollm3_jax.generate import Engine, get_engine
+  from smollm3_jax.model import SmolLM3
+
+  out: dict = {"devices": len(jax.devices())}
+  # 8 query heads, 4 kv heads: kv heads split on model=4 but must be replicated on model=8.
+  cfg = C.tiny(num_layers=4, num_key_value_heads=4)
+  ckpt = os.path.join(workdir, "tiny")
+  _write_hf_dir(SmolLM3(cfg, rngs=nnx.Rngs(0)), ckpt)
+  rs = np.random.RandomState(0)
+  prompts = [rs.randint(1, 500, n).tolist() for n in (5, 11, 3)]
+  kw = dict(max_new_tokens=NEW, stop_ids=[])
+
+  ref = smollm3_jax.from_pretrained(ckpt)
+  out["reference"] = [c.token_ids for c in smollm3_jax.generate(ref, None, prompts, **kw)]
+  out["reference_one"] = smollm3_jax.generate(ref, None, prompts[:1], **kw)[0].token_ids
+  out["reference_engine_sharding"] = repr(get_engine(ref).sharding)
+
+  def specs(tree):
+    return {jax.tree_util.keystr(p): [str(x.sharding.spec), list(x.addressable_shards[0].data.shape)]
+            for p, x in jax.tree_util.tree_leaves_with_path(tree)}
+
+  for spec in MESHES:
+    d, m = spec.split(",")
+    model = S.load(ckpt, mesh=f"data={d},model={m}")  # placed shard by shard by the loader hook
+    res = smollm3_jax.generate(model, None, prompts, **kw)
+    eng = get_engine(model)
+    _, (tokens, start, cache, rest) = eng.prepare(
+        prompts, params=smollm3_jax.sampling.SamplingParams.make(3), seeds=np.zeros(3, np.uint32),
+        max_new_tokens=np.full(3, NEW), newline_limit=np.zeros(3, np.int64), stop_ids=[])
+    placed = dict(cache=specs(cache.k[0]), tokens_in=specs(tokens), presence=specs(rest.presence))
+    s = None
+    for s, _ in eng.run(3, (tokens, start, cache, rest)):  # donates the cache
+      pass
+    one = smollm3_jax.generate(model, None, prompts[:1], **kw) if m != "8" else res
+    out[spec] = dict(
+        tokens=[c.token_ids for c in res], one=one[0].token_ids, batch=res.stats.batch_size,
+        batch_one=one.stats.batch_size,
+        params={k: v for k, v in specs(nnx.state(model, nnx.Param)).items() if "layers'][0]" in k
+                or "layers" not in k},
+        cache_after=specs(s.cache.k[0]), mesh=S.describe(S.mesh_of(model)), **placed)
+
+  # An already-loaded single-device model moved onto a mesh; streaming on it.
+  moved = smollm3_jax.from_pretrained(ckpt)
+  res = smollm3_jax.generate(moved, None, prompts, mesh="data=2,model=4", **kw)
+  out["moved"] = dict(tokens=[c.token_ids for c in res], mesh=S.describe(S.mesh_of(moved)))
+  # Chunked decoding (what stream() runs) on the mesh.
+  eng = get_engine(moved)
+  n, args = eng.prepare(prompts[:1], params=smollm3_jax.sampling.SamplingParams.make(1),
+                        seeds=np.zeros(1, np.uint32), max_new_tokens=np.full(1, NEW),
+                        newline_limit=np.zeros(1, np.int64), stop_ids=[])
+  chunks = [np.asarray(s.tokens)[0, :int(np.asarray(s.num_generated)[0])].tolist()
+            for s, _ in eng.run(n, args, chunk_steps=3)]
+  out["stream"] = dict(tokens=chunks[-1], chunks=len(chunks))
+
+  # Uneven cases: refused with a clear error, before any compile.
+  errors = {}
+  sh = S.MeshSharding(S.make_mesh(4, 2), cfg)
+  try:
+    eng = Engine(moved, None, sharding=sh, batch_buckets=(1, 2, 3))
+    eng.prepare(prompts, params=smollm3_jax.sampling.SamplingParams.make(3), seeds=np.zeros(3, np.uint32),
+                max_new_tokens=np.full(3, 4), newline_limit=np.zeros(3, np.int64), stop_ids=[])
+  except ValueError as e:
+    errors["batch"] = str(e)
+  for bad in ("data=16,model=1", "data=3", "data=x", "pipe=2"):
+    try:
+      S.mesh_from_flag(bad)
+    except ValueError as e:
+      errors[bad] = str(e)
+  out["errors"] = errors
+  return out
+
+
+if __name__ == "__main__":
+  print("RESULT " + json.dumps(_child(sys.argv[1])))
+  sys.exit(0)
+
+
+# --------------------------------------------------------------------------------------------
+# Tests (single-device parent)
+# --------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def multi(tmp_path_factory):
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+  proc = subprocess.run([sys.executable, os.path.abspath(__file__), str(tmp_path_factory.mktemp("shard"))],
+                        env=env, capture_output=True, text=True, timeout=900)
+  line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
+  assert proc.returncode == 0 and line, f"child failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+  return json.loads(line[len("RESULT "):])
+
+
+def test_child_sees_eight_devices(multi):
+  assert multi["devices"] == 8
+  assert multi["reference_engine_sharding"] == "None"  # one device: no sharding at all
+
+
+@pytest.mark.parametrize("mesh", MESHES)
+def test_sharded_greedy_tokens_equal_single_device(multi, mesh):
+  assert multi[mesh]["tokens"] == multi["reference"]
+  assert all(len(t) == NEW for t in multi["reference"])
+  # one prompt: the batch is padded up to a multiple of the data axis
+  if mesh != "1,8":
+    assert multi[mesh]["one"] == multi["reference_one"]
+  data = int(mesh.split(",")[0])
+  assert multi[mesh]["batch_one"] % data == 0 and multi[mesh]["batch"] % data == 0
+
+
+def _param(multi, mesh, suffix):
+  hits = [v for k, v in multi[mesh]["params"].items() if k.endswith(suffix)]
+  assert len(hits) == 1, (suffix, list(multi[mesh]["params"]))
+  return hits[0]
+
+
+def test_parameter_shardings_on_2x4(multi):
+  # tiny config: hidden 64, 8 heads x 16, 4 kv heads x 16, mlp 128, vocab 512 (4 layers)
+  expect = {
+      "['embed_tokens']['embedding'].value": ["P('model', None)", [128, 64]],
+      "['q_proj']['kernel'].value": ["P(None, 'model')", [64, 32]],
+      "['k_proj']['kernel'].value": ["P(None, 'model')", [64, 16]],
+      "['v_proj']['kernel'].value": ["P(None, 'model')", [64, 16]],
+      "['o_proj']['kernel'].value": ["P('model', None)", [32, 64]],
+      "['gate_proj']['kernel'].value": ["P(None, 'model')", [64, 32]],
+      "['up_proj']['kernel'].value": ["P(None, 'model')", [64, 32]],
+      "['down_proj']['kernel'].value": ["P('model', None)", [32, 64]],
+      "['input_layernorm']['scale'].value": ["P(None,)", [64]],
+  }
+  for suffix, want in expect.items():
+    assert _param(multi, "2,4", suffix) == want, suffix
+
+
+def test_parameter_shardings_on_1x8_replicate_what_does_not_divide(multi):
+  assert _param(multi, "1,8", "['q_proj']['kernel'].value") == ["P(None, 'model')", [64, 16]]
+  # 4 kv heads cannot split 8 ways: replicated, not split inside a head
+  assert _param(multi, "1,8", "['k_proj']['kernel'].value") == ["P(None, None)", [64, 64]]
+  assert _param(multi, "1,8", "['down_proj']['kernel'].value") == ["P('model', None)", [16, 64]]
+  # pure data parallelism: everything replicated
+  assert _param(multi, "8,1", "['q_proj']['kernel'].value") == ["P(None, None)", [64, 128]]
+
+
+@pytest.mark.parametrize("mesh,cache_spec,shard_shape", [
+    ("8,1", "P('data', None, None, None)", [1, 128, 4, 16]),
+    ("2,4", "P('data', None, 'model', None)", [2, 128, 1, 16]),
+    ("1,8", "P(None, None, None, None)", [4, 128, 4, 16]),
+])
+def test_cache_and_batch_shardings(multi, mesh, cache_spec, shard_shape):
+  r = multi[mesh]
+  (spec, shape), = r["cache"].values()
+  assert spec == cache_spec and shape == shard_shape
+  # the compiled programs keep the cache in that layout
+  (spec_after, shape_after), = r["cache_after"].values()
+  assert shape_after == shard_shape
+  data = int(mesh.split(",")[0])
+  (tok_spec, tok_shape), = r["tokens_in"].values()
+  assert tok_shape[0] == r["batch"] // data
+  (p_spec, p_shape), = r["presence"].values()
+  assert p_shape == [r["batch"] // data, 512]
+
+
+def test_model_moved_onto_mesh_and_streaming(multi):
+  assert multi["moved"]["mesh"].startswith("data=2,model=4 (8 x cpu)")
+  assert multi["moved"]["tokens"] == multi["reference"]
+  assert multi["stream"]["tokens"] == multi["reference"][0]
+  assert multi["stream"]["chunks"] >= NEW // 3
+
+
+def test_uneven_cases_are_refused_clearly(multi):
+  e = multi["errors"]
+  assert "does not divide the mesh's data axis (4)" in e["batch"]
+  assert "needs 16 devices, only 8 available" in e["data=16,model=1"]
+  assert "data=3 does not divide the 8 available devices" in e["data=3"]
+  assert "'data' size must be an integer" in e["data=x"]
+  assert "unknown axis 'pipe'" in e["pipe=2"]
+
+
+def test_parse_mesh_forms():
+  from smollm3_jax.sharding import parse_mesh
+
+  assert parse_mesh("data=2,model=4") == (2, 4)
+  assert parse_mesh("(data=2, model=4)") == (2, 4)
+  assert parse_mesh("model=8") == (None, 8)
+  assert parse_mesh("(2,4)") == (2, 4)
+  assert parse_mesh("") == (None, None) and parse_mesh("auto") == (None, None) and parse_mesh(None) == (None, None)
+  assert parse_mesh((1, 8)) == (1, 8)
+
+
+def test_single_device_mesh_leaves_generation_untouched():
+  import jax
+  from flax import nnx
+
+  from smollm3_jax import config as C
+  from smollm3_jax import sharding as S
+  from smollm3_jax.model import SmolLM3
+
+  model = SmolLM3(C.tiny(num_layers=2), rngs=nnx.Rngs(0))
+  mesh = S.make_mesh()
+  assert mesh.shape == {"data": len(jax.devices()), "model": 1}
+  if len(jax.devices()) == 1:
+    assert S.engine_sharding(model, mesh) is None
+    assert S.engine_sharding(model) is None
