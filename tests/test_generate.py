@@ -157,3 +157,38 @@ def test_stats_are_filled(tiny):
   assert s.prompt_tokens == 12 and s.generated_tokens == 12
   assert s.prefill_seconds > 0 and s.time_to_first_token >= s.prefill_seconds
   assert s.decode_tokens_per_second > 0 and s.compile_seconds >= 0
+
+
+class _NewlineTokenizer:
+  """Decodes a chosen set of ids as "\\n" (everything else as "x"): drives the newline guard."""
+
+  def __init__(self, vocab_size, newline_ids):
+    self.vocab_size = vocab_size
+    self.newline_ids = set(newline_ids)
+    self.stop_token_ids = ()
+
+  def decode(self, ids, skip_special_tokens=False):
+    return "".join("\n" if i in self.newline_ids else "x" for i in ids)
+
+
+def test_newline_guard_stops_after_n_consecutive_newline_tokens(tiny):
+  model, _ = tiny
+  prompt = _prompts([7])[0]
+  free = smollm3_jax.generate(model, None, [prompt], max_new_tokens=24, stop_ids=[])[0].token_ids
+  newline_ids = {free[5], free[6]}
+  limit = 2
+  run, expected = 0, None
+  for i, t in enumerate(free):
+    run = run + 1 if t in newline_ids else 0
+    if run >= limit:
+      expected = i + 1
+      break
+  tok = _NewlineTokenizer(model.config.vocab_size, newline_ids)
+  engine = Engine(model, tok)
+  res = smollm3_jax.generate(model, tok, [prompt, prompt], engine=engine, max_new_tokens=24, stop_ids=[],
+                             newline_limit=[limit, 0])
+  guarded, unguarded = res
+  assert guarded.stop_reason == "newlines"
+  assert guarded.token_ids == free[:expected]
+  assert guarded.text.endswith("\n" * limit)
+  assert unguarded.stop_reason == "max_tokens" and unguarded.token_ids == free
