@@ -22,13 +22,19 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Sweep config file, e.g. configs/sweep.py:demo (argument: model preset).",
     lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (created; reused to resume).")
+_COMPILATION_CACHE = flags.DEFINE_bool(
+    "compilation_cache", True, "Persistent compilation cache (faster start-up from the second run; "
+    "directory: $SMOLLM3_JAX_CACHE_DIR or ~/.cache/smollm3_jax/jax).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from smollm3_jax import sweep
+  from smollm3_jax import runtime, sweep
+
+  if _COMPILATION_CACHE.value:
+    runtime.enable_compilation_cache()
 
   try:
     outcome = sweep.run_sweep(_CONFIG.value, _WORKDIR.value)

@@ -1,0 +1,515 @@
+"""Throughput benchmark of smollm3-jax, optionally side by side with transformers.
+
+  python experiments/benchmark.py --checkpoint=demo --compare=transformers --output_json=/tmp/bench.json
+  python experiments/benchmark.py --checkpoint=random --preset=smollm3_3b --dtype=bfloat16   # GPU, no download
+  python experiments/benchmark.py --checkpoint=demo --startup        # fresh-process start-up, cold vs warm cache
+
+Rows: prefill (one prompt of each --prompt_lengths), decode (--batch_sizes chat prompts, greedy,
+--new_tokens tokens each, no early stop), and a sweep (3 temperatures x 3 repetition penalties x
+2 thinking modes over 8 prompts: ours as ONE batched call, transformers setting by setting).
+Timings are best-of --repeats, ours and theirs interleaved so both see the same machine load.
+Decode bandwidth = (weight bytes + KV bytes of the filled prefix) per step / step time, as a
+fraction of --bandwidth_gbps (measured on the same device when 0).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+from absl import app, flags
+
+_T_START = time.time()
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("checkpoint", "demo", "'demo', a .gguf, a local HF dir, a hub id, or 'random' (--preset shape).")
+flags.DEFINE_string("preset", "smollm2_135m", "Config preset for --checkpoint=random (smollm2_135m, smollm3_3b, tiny).")
+flags.DEFINE_integer("num_layers", 0, "Override the preset's layer count (random weights only; 0 = preset's).")
+flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Parameter and activation dtype (both sides).")
+flags.DEFINE_list("prompt_lengths", ["128", "512", "2048"], "Prefill rows: prompt lengths in tokens.")
+flags.DEFINE_list("batch_sizes", ["1", "8", "32"], "Decode rows: batch sizes.")
+flags.DEFINE_integer("new_tokens", 128, "Decode rows: new tokens per prompt (no early stop).")
+flags.DEFINE_bool("sweep", True, "Add the 3x3x2-settings x 8-prompts sweep row.")
+flags.DEFINE_integer("sweep_new_tokens", 32, "Sweep row: new tokens per row.")
+flags.DEFINE_enum("compare", "none", ["none", "transformers"], "Also run transformers generate on the same weights.")
+flags.DEFINE_integer("repeats", 3, "Timed repetitions per row (best is reported; all are in the JSON).")
+flags.DEFINE_float("bandwidth_gbps", 0.0, "Device memory bandwidth for the roofline; 0 = measure it.")
+flags.DEFINE_integer("seed", 0, "Seed of random weights and synthetic prompts.")
+flags.DEFINE_integer("torch_threads", 0, "torch.set_num_threads for transformers (0 = torch's default).")
+flags.DEFINE_bool("compilation_cache", True, "Use the persistent compilation cache (smollm3_jax.runtime).")
+flags.DEFINE_string("cache_dir", None, "Compilation cache directory (default: runtime.default_cache_dir()).")
+flags.DEFINE_bool("startup", False, "Measure fresh-process start-up instead: time to first token and to the "
+                  "end of the first generation, without / with a cold / with a warm compilation cache.")
+flags.DEFINE_bool("startup_child", False, "(internal) one fresh-process start-up measurement.")
+flags.DEFINE_string("output_json", None, "Write all figures here.")
+
+CHAT_PROMPTS = [
+    "Write a short story about a robot learning to paint.",
+    "What is the capital of France?",
+    "Explain photosynthesis to a ten-year-old.",
+    "Give me three tips for writing clean Python code.",
+    "How do vaccines work?",
+    "Summarize the plot of Romeo and Juliet in a few sentences.",
+    "What are the main differences between a list and a tuple?",
+    "Describe a sunset over the ocean.",
+]
+SWEEP_TEMPERATURES = (0.0, 0.7, 1.0)
+SWEEP_PENALTIES = (1.0, 1.1, 1.3)
+SWEEP_THINKING = (False, True)
+
+
+# --------------------------------------------------------------------------------------------
+# Models and prompts
+# --------------------------------------------------------------------------------------------
+def _dtype(name):
+  import jax.numpy as jnp
+  return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[name]
+
+
+def load_ours(checkpoint: str, preset: str, dtype, seed: int, num_layers: int = 0):
+  """(model, tokenizer or None, description)."""
+  import smollm3_jax
+  from flax import nnx
+  from smollm3_jax import config as config_lib
+
+  if checkpoint == "random":
+    if preset not in config_lib.PRESETS:
+      raise app.UsageError(f"--preset={preset!r} is not one of {sorted(config_lib.PRESETS)}")
+    cfg = config_lib.PRESETS[preset]()
+    if num_layers:
+      cfg = cfg.replace(num_hidden_layers=num_layers,
+                        no_rope_layers=tuple(cfg.no_rope_layers[i % len(cfg.no_rope_layers)]
+                                             for i in range(num_layers)))
+    model = smollm3_jax.SmolLM3(cfg, dtype=dtype, rngs=nnx.Rngs(seed))
+    return model, None, f"random weights, {preset} shape"
+  model = smollm3_jax.from_pretrained(checkpoint, dtype=dtype)
+  tokenizer = smollm3_jax.Tokenizer.from_pretrained(checkpoint)
+  return model, tokenizer, checkpoint
+
+
+def hf_model_from(model, dtype_name: str):
+  """A transformers SmolLM3ForCausalLM holding exactly our model's weights (on CUDA if torch has it)."""
+  import numpy as np
+  import torch
+  import transformers
+  from flax import nnx
+  from smollm3_jax.checkpoints.mapping import param_to_hf
+
+  hf_cfg = transformers.SmolLM3Config(**{k: v for k, v in model.config.to_hf_dict().items()
+                                         if k != "architectures"})
+  torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype_name]
+  hm = transformers.SmolLM3ForCausalLM(hf_cfg)
+  state = {}
+  for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+    arr = np.asarray(var.get_value()).astype(np.float32)
+    if path[-1] == "kernel":
+      arr = arr.T
+    state[param_to_hf(path)] = torch.from_numpy(np.ascontiguousarray(arr))
+  missing, unexpected = hm.load_state_dict(state, strict=False)
+  missing = [k for k in missing if not (k == "lm_head.weight" and model.config.tie_word_embeddings)]
+  if missing or unexpected:
+    raise RuntimeError(f"transformers model: missing {missing}, unexpected {unexpected}")
+  hm = hm.to(torch_dtype).eval()
+  hm.generation_config.eos_token_id = None  # rows never stop early: same work as ours
+  hm.generation_config.pad_token_id = model.config.pad_token_id or 0
+  if torch.cuda.is_available():
+    hm = hm.cuda()
+  return hm
+
+
+def chat_prompt_ids(tokenizer, vocab_size: int, n: int, *, thinking: bool = False, seed: int = 0):
+  """n chat prompts as token ids (synthetic ids of chat-prompt length without a tokenizer)."""
+  import numpy as np
+  if tokenizer is None:
+    rs = np.random.RandomState(seed)
+    return [rs.randint(1, vocab_size, 24 + 5 * (i % 8)).tolist() for i in range(n)]
+  out = []
+  for i in range(n):
+    text = tokenizer.apply_chat_template([{"role": "user", "content": CHAT_PROMPTS[i % len(CHAT_PROMPTS)]}],
+                                         add_generation_prompt=True, enable_thinking=thinking, tokenize=False)
+    out.append(tokenizer.encode(text))
+  return out
+
+
+# --------------------------------------------------------------------------------------------
+# Runners
+# --------------------------------------------------------------------------------------------
+class Ours:
+  def __init__(self, model, tokenizer):
+    import importlib
+    self.gen = importlib.import_module("smollm3_jax.generate")  # the package attribute is the function
+    self.model = model
+    self.tokenizer = tokenizer
+
+  def run(self, prompt_ids, new_tokens, **settings):
+    """GenerationResult of a greedy (unless settings say otherwise) run of exactly new_tokens per row."""
+    return self.gen.generate(self.model, self.tokenizer, prompt_ids, max_new_tokens=new_tokens,
+                             stop_ids=[], **settings)
+
+
+class Theirs:
+  def __init__(self, hm, pad_id: int):
+    import torch
+    self.torch = torch
+    self.hm = hm
+    self.pad_id = pad_id
+    self.device = next(hm.parameters()).device
+
+  def _batch(self, prompt_ids):
+    torch = self.torch
+    width = max(len(p) for p in prompt_ids)
+    ids = torch.full((len(prompt_ids), width), self.pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompt_ids), width), dtype=torch.long)
+    for i, p in enumerate(prompt_ids):
+      ids[i, width - len(p):] = torch.tensor(p)
+      mask[i, width - len(p):] = 1
+    return ids.to(self.device), mask.to(self.device)
+
+  def run(self, prompt_ids, new_tokens, *, temperature=0.0, repetition_penalty=1.0, seed=0):
+    """(seconds, generated ids [B, new_tokens] as lists)."""
+    torch = self.torch
+    ids, mask = self._batch(prompt_ids)
+    kw = dict(do_sample=False) if temperature == 0 else dict(do_sample=True, temperature=float(temperature),
+                                                               top_k=0, top_p=1.0)
+    torch.manual_seed(seed)
+    self._sync()
+    t0 = time.perf_counter()
+    with torch.no_grad():
+      out = self.hm.generate(ids, attention_mask=mask, max_new_tokens=new_tokens,
+                             repetition_penalty=float(repetition_penalty), **kw)
+    self._sync()
+    dt = time.perf_counter() - t0
+    return dt, out[:, ids.shape[1]:].tolist()
+
+  def _sync(self):
+    if self.device.type == "cuda":
+      self.torch.cuda.synchronize()
+
+
+def _best(xs):
+  return min(xs) if xs else float("nan")
+
+
+def _ratio(a, b):
+  return a / b if a and b and b == b else None
+
+
+def bench_prefill(ours, theirs, cfg, lengths, repeats, seed):
+  import numpy as np
+  rows = []
+  rs = np.random.RandomState(seed + 1)
+  for length in lengths:
+    if length >= cfg.max_position_embeddings:
+      print(f"skipping prompt length {length}: beyond max_position_embeddings {cfg.max_position_embeddings}")
+      continue
+    ids = [rs.randint(1, cfg.vocab_size, length).tolist()]
+    first = ours.run(ids, 1)
+    row = dict(kind="prefill", prompt_length=length, batch=1, compile_seconds=first.stats.compile_seconds,
+               ours_seconds=[], ours_ttft=[], theirs_seconds=[])
+    if theirs is not None:
+      theirs.run(ids, 1)  # warm-up
+    for _ in range(repeats):
+      r = ours.run(ids, 1)
+      row["ours_seconds"].append(r.stats.prefill_seconds)
+      row["ours_ttft"].append(r.stats.time_to_first_token)
+      if theirs is not None:
+        row["theirs_seconds"].append(theirs.run(ids, 1)[0])
+    row["ours_tokens_per_second"] = length / _best(row["ours_seconds"])
+    row["time_to_first_token"] = _best(row["ours_ttft"])
+    if theirs is not None:
+      row["theirs_tokens_per_second"] = length / _best(row["theirs_seconds"])
+      row["ratio"] = _ratio(row["ours_tokens_per_second"], row["theirs_tokens_per_second"])
+    rows.append(row)
+    _print_row(row)
+  return rows
+
+
+def decode_bytes_per_step(model, batch, filled, cache_length, cache_itemsize):
+  """(weight bytes read per decode step, KV bytes of ``filled`` slots, KV bytes of the whole cache)."""
+  from flax import nnx
+  from smollm3_jax import runtime
+  cfg = model.config
+  weights = runtime.tree_nbytes(nnx.state(model, nnx.Param))
+  if not cfg.tie_word_embeddings:  # only B rows of an untied embedding table are read
+    emb = model.embed_tokens.embedding.get_value()
+    weights -= runtime.tree_nbytes(emb) - batch * cfg.hidden_size * emb.dtype.itemsize
+  per_slot = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim * cache_itemsize * batch
+  return weights, per_slot * filled, per_slot * cache_length
+
+
+def bench_decode(ours, theirs, model, tokenizer, batch_sizes, new_tokens, repeats, bandwidth, seed):
+  import numpy as np
+  rows = []
+  cfg = model.config
+  steps = new_tokens - 1  # the first token comes from prefill
+  for b in batch_sizes:
+    ids = chat_prompt_ids(tokenizer, cfg.vocab_size, b, seed=seed)
+    first = ours.run(ids, new_tokens)
+    row = dict(kind="decode", batch=b, new_tokens=new_tokens, prompt_tokens=[len(p) for p in ids],
+               compile_seconds=first.stats.compile_seconds, ours_decode_seconds=[], ours_ttft=[],
+               theirs_decode_seconds=[])
+    if theirs is not None:
+      theirs.run(ids, min(new_tokens, 8))  # warm-up
+    for _ in range(repeats):
+      r = ours.run(ids, new_tokens)
+      row["ours_decode_seconds"].append(r.stats.decode_seconds)
+      row["ours_ttft"].append(r.stats.time_to_first_token)
+      if theirs is not None:
+        # Their decode time: a full generate minus a 1-token generate (its prefill + first token).
+        t_full, toks = theirs.run(ids, new_tokens)
+        t_one, _ = theirs.run(ids, 1)
+        row["theirs_decode_seconds"].append(max(t_full - t_one, 1e-9))
+    step = _best(row["ours_decode_seconds"]) / steps
+    row["ours_tokens_per_second"] = b / step
+    row["time_to_first_token"] = _best(row["ours_ttft"])
+    row["cache_length"] = r.stats.cache_length
+    itemsize = np.dtype(model.dtype).itemsize  # the engine's cache dtype defaults to the model's
+    avg_real = float(np.mean(row["prompt_tokens"])) + steps / 2
+    w, kv_real, kv_full = decode_bytes_per_step(model, b, avg_real, r.stats.cache_length, itemsize)
+    row.update(weight_bytes=w, kv_bytes_per_step=kv_real, kv_bytes_read_per_step=kv_full,
+               achieved_gbps=(w + kv_real) / step / 1e9)
+    if bandwidth:
+      row["roofline_fraction"] = row["achieved_gbps"] / bandwidth
+    if theirs is not None:
+      row["theirs_tokens_per_second"] = b * steps / _best(row["theirs_decode_seconds"])
+      row["ratio"] = _ratio(row["ours_tokens_per_second"], row["theirs_tokens_per_second"])
+      row["greedy_match_row0"] = r.completions[0].token_ids == toks[0]
+    rows.append(row)
+    _print_row(row)
+  return rows
+
+
+def bench_sweep(ours, theirs, model, tokenizer, new_tokens, repeats, seed):
+  """3 temperatures x 3 penalties x 2 thinking modes x 8 prompts: ours in one call, theirs per setting."""
+  cfg = model.config
+  prompts = {th: chat_prompt_ids(tokenizer, cfg.vocab_size, 8, thinking=th, seed=seed) for th in SWEEP_THINKING}
+  grid = [(t, r, th) for t in SWEEP_TEMPERATURES for r in SWEEP_PENALTIES for th in SWEEP_THINKING]
+  ids, temps, pens = [], [], []
+  for t, r, th in grid:
+    for p in prompts[th]:
+      ids.append(p)
+      temps.append(t)
+      pens.append(r)
+  total = len(ids) * new_tokens
+  first = ours.run(ids, new_tokens, temperature=temps, repetition_penalty=pens, seed=seed)
+  row = dict(kind="sweep", settings=len(grid), prompts=8, rows=len(ids), new_tokens=new_tokens,
+             batch=first.stats.batch_size, compile_seconds=first.stats.compile_seconds, ours_seconds=[],
+             theirs_seconds=[])
+  if theirs is not None:
+    theirs.run(prompts[False], 2)  # warm-up
+  for rep in range(repeats):
+    t0 = time.perf_counter()
+    ours.run(ids, new_tokens, temperature=temps, repetition_penalty=pens, seed=seed + rep)
+    row["ours_seconds"].append(time.perf_counter() - t0)
+    if theirs is not None and rep == 0:  # setting by setting is slow: one timed pass
+      t_theirs = 0.0
+      for t, r, th in grid:
+        t_theirs += theirs.run(prompts[th], new_tokens, temperature=t, repetition_penalty=r, seed=seed)[0]
+      row["theirs_seconds"].append(t_theirs)
+  row["ours_tokens_per_second"] = total / _best(row["ours_seconds"])
+  if theirs is not None:
+    row["theirs_tokens_per_second"] = total / _best(row["theirs_seconds"])
+    row["ratio"] = _ratio(row["ours_tokens_per_second"], row["theirs_tokens_per_second"])
+  _print_row(row)
+  return [row]
+
+
+def _print_row(row):
+  print("  " + json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()
+                           if not isinstance(v, list)}), flush=True)
+
+
+def format_table(rows, bandwidth) -> str:
+  head = (f"{'row':<26}{'ours tok/s':>12}{'theirs tok/s':>14}{'ratio':>8}{'TTFT s':>9}{'compile s':>11}"
+          f"{'GB/s':>8}{'roofline':>10}")
+  lines = [head, "-" * len(head)]
+  for r in rows:
+    if r["kind"] == "prefill":
+      name = f"prefill {r['prompt_length']} tok"
+    elif r["kind"] == "decode":
+      name = f"decode batch {r['batch']}"
+    else:
+      name = f"sweep {r['settings']}x{r['prompts']} ({r['rows']} rows)"
+    def fmt(v, spec):
+      width = int(spec.split(".")[0])
+      return format(v, spec) if isinstance(v, (int, float)) else "-".rjust(width)
+    lines.append(f"{name:<26}{fmt(r.get('ours_tokens_per_second'), '12.1f')}"
+                 f"{fmt(r.get('theirs_tokens_per_second'), '14.1f')}{fmt(r.get('ratio'), '8.2f')}"
+                 f"{fmt(r.get('time_to_first_token'), '9.3f')}{fmt(r.get('compile_seconds'), '11.2f')}"
+                 f"{fmt(r.get('achieved_gbps'), '8.2f')}{fmt(r.get('roofline_fraction'), '10.1%')}")
+  if bandwidth:
+    lines.append(f"roofline = (weight bytes + KV bytes of the filled prefix) per decode step / step time "
+                 f"/ {bandwidth:.2f} GB/s")
+  return "\n".join(lines)
+
+
+def targets_text(rows) -> str:
+  """The issue's CPU targets for the demo checkpoint (f32, 128 new tokens), met or not."""
+  by = {(r["kind"], r.get("batch")): r for r in rows}
+  out = []
+
+  def check(name, value, goal, fmt="{:.2f}"):
+    if value is None:
+      return
+    out.append(f"  {name}: {fmt.format(value)} (target >= {fmt.format(goal)}) "
+               f"{'OK' if value >= goal else 'MISSED'}")
+
+  d1, d8 = by.get(("decode", 1)), by.get(("decode", 8))
+  sweep = next((r for r in rows if r["kind"] == "sweep"), None)
+  if d1:
+    check("decode batch 1 vs transformers", d1.get("ratio"), 4.0)
+    check("decode batch 1 roofline", d1.get("roofline_fraction"), 0.65, "{:.0%}")
+  if d8:
+    check("decode batch 8 vs transformers", d8.get("ratio"), 3.0)
+  if sweep:
+    check("sweep vs transformers", sweep.get("ratio"), 5.0)
+  return "targets (demo checkpoint, 2-core CPU, f32):\n" + "\n".join(out) if out else ""
+
+
+# --------------------------------------------------------------------------------------------
+# Start-up (fresh processes)
+# --------------------------------------------------------------------------------------------
+def startup_child():
+  """One fresh-process run: load, stream the first prompt; prints a JSON line of timings."""
+  import jax
+  from smollm3_jax import runtime
+  t_import = time.time() - _T_START
+  if FLAGS.compilation_cache:
+    runtime.enable_compilation_cache(FLAGS.cache_dir)
+  import smollm3_jax
+  model, tokenizer, _ = load_ours(FLAGS.checkpoint, FLAGS.preset, _dtype(FLAGS.dtype), FLAGS.seed,
+                                  FLAGS.num_layers)
+  jax.block_until_ready(jax.tree.leaves(model))
+  t_load = time.time() - _T_START
+  ids = chat_prompt_ids(tokenizer, model.config.vocab_size, 1)[0]
+  s = smollm3_jax.stream(model, tokenizer, ids, max_new_tokens=FLAGS.new_tokens, stop_ids=[], chunk_steps=8)
+  t_first = None
+  for _ in s:
+    if t_first is None:
+      t_first = time.time() - _T_START
+  t_done = time.time() - _T_START
+  print("STARTUP_JSON " + json.dumps(dict(
+      import_seconds=t_import, loaded_seconds=t_load, first_token_seconds=t_first or t_done,
+      first_generation_seconds=t_done, compile_seconds=s.result.stats.compile_seconds,
+      new_tokens=FLAGS.new_tokens)), flush=True)
+
+
+def run_startup():
+  """Fresh processes: no cache, an empty (cold) cache, then the warm cache."""
+  results = {}
+  with tempfile.TemporaryDirectory(prefix="smollm3_jax_cache_") as tmp:
+    for name, cache_flags in [("no_cache", ["--nocompilation_cache"]),
+                              ("cold_cache", ["--compilation_cache", f"--cache_dir={tmp}"]),
+                              ("warm_cache", ["--compilation_cache", f"--cache_dir={tmp}"])]:
+      cmd = [sys.executable, os.path.abspath(__file__), "--startup_child", f"--checkpoint={FLAGS.checkpoint}",
+             f"--preset={FLAGS.preset}", f"--dtype={FLAGS.dtype}", f"--new_tokens={FLAGS.new_tokens}",
+             f"--num_layers={FLAGS.num_layers}", f"--seed={FLAGS.seed}"] + cache_flags
+      t0 = time.time()
+      proc = subprocess.run(cmd, capture_output=True, text=True)
+      wall = time.time() - t0
+      line = next((l for l in proc.stdout.splitlines() if l.startswith("STARTUP_JSON ")), None)
+      if proc.returncode != 0 or line is None:
+        raise RuntimeError(f"start-up child ({name}) failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+      results[name] = dict(json.loads(line[len("STARTUP_JSON "):]), process_seconds=wall)
+      r = results[name]
+      print(f"{name:<11} import {r['import_seconds']:.1f}s  loaded {r['loaded_seconds']:.1f}s  "
+            f"first token {r['first_token_seconds']:.1f}s  first generation ({r['new_tokens']} tokens) "
+            f"{r['first_generation_seconds']:.1f}s  compile {r['compile_seconds']:.1f}s", flush=True)
+  cold, warm = results["cold_cache"], results["warm_cache"]
+  results["warm_speedup_first_token"] = cold["first_token_seconds"] / warm["first_token_seconds"]
+  results["warm_speedup_after_load"] = ((cold["first_token_seconds"] - cold["loaded_seconds"])
+                                        / max(warm["first_token_seconds"] - warm["loaded_seconds"], 1e-9))
+  print(f"warm cache: first token {results['warm_speedup_first_token']:.2f}x sooner "
+        f"({results['warm_speedup_after_load']:.2f}x counting from the end of loading)")
+  return results
+
+
+# --------------------------------------------------------------------------------------------
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  try:
+    lengths = [int(x) for x in FLAGS.prompt_lengths]
+    batches = [int(x) for x in FLAGS.batch_sizes]
+  except ValueError as e:
+    raise app.UsageError(f"--prompt_lengths / --batch_sizes must be integers: {e}")
+  if any(x < 1 for x in lengths + batches) or FLAGS.new_tokens < 2 or FLAGS.sweep_new_tokens < 1:
+    raise app.UsageError("lengths and batch sizes must be >= 1, --new_tokens >= 2")
+  if FLAGS.repeats < 1:
+    raise app.UsageError("--repeats must be >= 1")
+  if FLAGS.startup_child:
+    return startup_child()
+
+  import jax
+  from smollm3_jax import runtime
+
+  report = dict(checkpoint=FLAGS.checkpoint, dtype=FLAGS.dtype,
+                device=str(jax.devices()[0]), backend=jax.default_backend(), argv=sys.argv[1:])
+  if FLAGS.startup:
+    report["startup"] = run_startup()
+    _write(report)
+    return
+  if FLAGS.compilation_cache:
+    report["compilation_cache"] = runtime.enable_compilation_cache(FLAGS.cache_dir)
+
+  bw = FLAGS.bandwidth_gbps
+  if not bw:
+    probe = runtime.measure_bandwidth()
+    report["bandwidth_probe"] = probe
+    bw = probe["gbps"]
+    print(f"bandwidth probe: sum {probe['sum_gbps']:.1f} GB/s, gemv {probe['gemv_gbps']:.1f} GB/s "
+          f"-> roofline {bw:.1f} GB/s", flush=True)
+  report["bandwidth_gbps"] = bw
+
+  t0 = time.time()
+  model, tokenizer, desc = load_ours(FLAGS.checkpoint, FLAGS.preset, _dtype(FLAGS.dtype), FLAGS.seed,
+                                     FLAGS.num_layers)
+  report.update(model=desc, load_seconds=time.time() - t0, config=model.config.to_hf_dict())
+  theirs = None
+  if FLAGS.compare == "transformers":
+    import torch
+    if FLAGS.torch_threads:
+      torch.set_num_threads(FLAGS.torch_threads)
+    theirs = Theirs(hf_model_from(model, FLAGS.dtype), model.config.pad_token_id or 0)
+    report["torch_threads"] = torch.get_num_threads()
+  ours = Ours(model, tokenizer)
+
+  print(f"model: {desc}, {FLAGS.dtype}; device {report['device']}", flush=True)
+  rows = []
+  rows += bench_prefill(ours, theirs, model.config, lengths, FLAGS.repeats, FLAGS.seed)
+  rows += bench_decode(ours, theirs, model, tokenizer, batches, FLAGS.new_tokens, FLAGS.repeats, bw, FLAGS.seed)
+  if FLAGS.sweep:
+    rows += bench_sweep(ours, theirs, model, tokenizer, FLAGS.sweep_new_tokens, FLAGS.repeats, FLAGS.seed)
+  report["rows"] = rows
+  report["peak_device_memory_bytes"] = runtime.peak_memory_bytes()
+  report["host_peak_rss_bytes"] = runtime.host_peak_rss_bytes()
+  table = format_table(rows, bw)
+  print()
+  print(table)
+  mem = report["peak_device_memory_bytes"]
+  print(f"peak device memory: {mem / 2**20:.0f} MiB" if mem else
+        f"peak device memory: not reported by the backend (process peak RSS "
+        f"{(report['host_peak_rss_bytes'] or 0) / 2**20:.0f} MiB)")
+  if FLAGS.checkpoint == "demo" and FLAGS.dtype == "float32" and theirs is not None:
+    text = targets_text(rows)
+    if text:
+      print(text)
+  _write(report)
+
+
+def _write(report):
+  if FLAGS.output_json:
+    tmp = FLAGS.output_json + ".tmp"
+    with open(tmp, "w") as f:
+      json.dump(report, f, indent=2, default=str)
+    os.replace(tmp, FLAGS.output_json)
+    print(f"wrote {FLAGS.output_json}")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,126 @@
+"""Process-level runtime helpers: the persistent compilation cache and a memory-bandwidth probe.
+
+    from smollm3_jax import runtime
+    runtime.enable_compilation_cache()          # before the first compile; later processes start sooner
+    gbps = runtime.measure_bandwidth()["gbps"]  # device memory bandwidth, GB/s (for rooflines)
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+CACHE_ENV = "SMOLLM3_JAX_CACHE_DIR"
+
+
+def default_cache_dir() -> str:
+  """``$SMOLLM3_JAX_CACHE_DIR``, else ``$XDG_CACHE_HOME/smollm3_jax/jax`` (``~/.cache/...``)."""
+  env = os.environ.get(CACHE_ENV)
+  if env:
+    return os.path.expanduser(env)
+  base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+  return os.path.join(base, "smollm3_jax", "jax")
+
+
+def enable_compilation_cache(path: str | os.PathLike | None = None) -> str:
+  """Turns on JAX's persistent compilation cache in ``path`` (default :func:`default_cache_dir`).
+
+  Every compiled program is written to disk (no minimum compile time or size), so a second
+  process with the same model shapes skips XLA compilation. Safe to call more than once; a new
+  path takes effect for later compiles. Returns the directory used.
+  """
+  path = os.path.abspath(os.path.expanduser(os.fspath(path))) if path else default_cache_dir()
+  os.makedirs(path, exist_ok=True)
+  if jax.config.jax_compilation_cache_dir != path:
+    jax.config.update("jax_compilation_cache_dir", path)
+    try:  # the cache object is created lazily on first use; drop one bound to an older dir
+      from jax._src import compilation_cache as _cc
+      _cc.reset_cache()
+    except Exception:  # pragma: no cover - private API moved; the config update still applies
+      pass
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+  return path
+
+
+def disable_compilation_cache() -> None:
+  """Turns the persistent compilation cache off for later compiles in this process."""
+  jax.config.update("jax_compilation_cache_dir", None)
+  try:
+    from jax._src import compilation_cache as _cc
+    _cc.reset_cache()
+  except Exception:  # pragma: no cover
+    pass
+
+
+def _time_best(fn, args, repeats: int) -> float:
+  jax.block_until_ready(fn(*args))  # compile + warm
+  best = float("inf")
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    best = min(best, time.perf_counter() - t0)
+  return best
+
+
+def measure_bandwidth(nbytes: int | None = None, *, repeats: int = 10, device=None) -> dict[str, Any]:
+  """Measures readable memory bandwidth of ``device`` (default: the first device), in GB/s.
+
+  Two read-dominated kernels over an f32 array of ``nbytes`` (default 256 MiB on CPU, 1 GiB on
+  accelerators, far beyond any cache): a full reduction ``sum(x)`` and a matrix-vector product
+  ``x.reshape(R, 4096) @ v`` (the access pattern of batch-1 decode). Each is timed best-of-``repeats``;
+  ``gbps`` is the larger of the two (the conservative denominator for a roofline fraction).
+  Returns ``dict(gbps, sum_gbps, gemv_gbps, nbytes, device)``.
+  """
+  device = device or jax.devices()[0]
+  if nbytes is None:
+    nbytes = (256 if device.platform == "cpu" else 1024) * 2**20
+  cols = 4096
+  rows = max(int(nbytes) // (4 * cols), 1)
+  x = jax.device_put(jnp.ones((rows, cols), jnp.float32), device)
+  v = jax.device_put(jnp.ones((cols,), jnp.float32), device)
+  size = x.size * 4
+  sum_s = _time_best(jax.jit(jnp.sum), (x,), repeats)
+  gemv_s = _time_best(jax.jit(lambda a, b: a @ b), (x, v), repeats)
+  out = dict(sum_gbps=size / sum_s / 1e9, gemv_gbps=size / gemv_s / 1e9, nbytes=int(size),
+             device=str(device))
+  out["gbps"] = max(out["sum_gbps"], out["gemv_gbps"])
+  del x, v
+  return out
+
+
+def peak_memory_bytes(device=None) -> int | None:
+  """Peak bytes in use on ``device`` as its backend reports it (None where it reports nothing)."""
+  device = device or jax.devices()[0]
+  try:
+    stats = device.memory_stats()
+  except Exception:
+    return None
+  if not stats:
+    return None
+  for key in ("peak_bytes_in_use", "bytes_in_use"):
+    if key in stats:
+      return int(stats[key])
+  return None
+
+
+def host_peak_rss_bytes() -> int | None:
+  """Peak resident memory of this process (the CPU backend's memory), where the OS reports it."""
+  try:
+    import resource
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+  except Exception:  # pragma: no cover - non-POSIX
+    return None
+  import sys
+  return int(rss if sys.platform == "darwin" else rss * 1024)
+
+
+def tree_nbytes(tree) -> int:
+  """Total bytes of the array leaves of a pytree."""
+  return int(sum(np.prod(x.shape) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree)
+                 if hasattr(x, "shape") and hasattr(x, "dtype")))

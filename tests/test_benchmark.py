@@ -1,0 +1,82 @@
+"""Smoke tests of experiments/benchmark.py and smollm3_jax.runtime (no timing assertions)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import pytest
+
+from smollm3_jax import runtime
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "experiments", "benchmark.py")
+
+
+def _run(args, tmp_path):
+  env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  proc = subprocess.run([sys.executable, SCRIPT, *args], capture_output=True, text=True, env=env,
+                        cwd=str(tmp_path), timeout=600)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+  return proc
+
+
+def test_benchmark_tiny_vs_transformers(tmp_path):
+  out = tmp_path / "bench.json"
+  proc = _run(["--checkpoint=random", "--preset=tiny", "--num_layers=2", "--prompt_lengths=16",
+               "--batch_sizes=1,2", "--new_tokens=3", "--sweep_new_tokens=2", "--repeats=1",
+               "--compare=transformers", "--bandwidth_gbps=10", f"--cache_dir={tmp_path / 'cc'}",
+               f"--output_json={out}"], tmp_path)
+  assert "decode batch 2" in proc.stdout and "ratio" in proc.stdout
+  report = json.loads(out.read_text())
+  assert report["bandwidth_gbps"] == 10
+  kinds = [r["kind"] for r in report["rows"]]
+  assert kinds == ["prefill", "decode", "decode", "sweep"]
+  prefill, d1, d2, sweep = report["rows"]
+  assert prefill["prompt_length"] == 16
+  for row in report["rows"]:
+    for key in ("ours_tokens_per_second", "theirs_tokens_per_second", "ratio", "compile_seconds"):
+      assert row[key] is not None and row[key] >= 0, (row["kind"], key)
+  for row in (d1, d2):
+    assert row["weight_bytes"] > 0 and row["kv_bytes_per_step"] > 0
+    assert 0 < row["roofline_fraction"]
+    assert row["time_to_first_token"] > 0
+    # Same weights, greedy, f32: our tokens equal transformers'.
+    assert row["greedy_match_row0"] is True
+  assert (d1["batch"], d2["batch"]) == (1, 2)
+  assert sweep["settings"] == 18 and sweep["rows"] == 144
+  assert os.listdir(tmp_path / "cc")  # the persistent compilation cache was written
+
+
+def test_benchmark_rejects_bad_flags(tmp_path):
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  proc = subprocess.run([sys.executable, SCRIPT, "--checkpoint=random", "--preset=tiny",
+                         "--batch_sizes=0"], capture_output=True, text=True, env=env, cwd=str(tmp_path))
+  assert proc.returncode != 0 and "batch sizes must be >= 1" in proc.stderr
+
+
+def test_enable_compilation_cache(tmp_path, monkeypatch):
+  old = jax.config.jax_compilation_cache_dir
+  try:
+    monkeypatch.setenv(runtime.CACHE_ENV, str(tmp_path / "env_cache"))
+    assert runtime.default_cache_dir() == str(tmp_path / "env_cache")
+    path = runtime.enable_compilation_cache(tmp_path / "cache")
+    assert path == str(tmp_path / "cache") and os.path.isdir(path)
+    assert jax.config.jax_compilation_cache_dir == path
+    assert jax.config.jax_persistent_cache_min_compile_time_secs == 0
+    jax.jit(lambda x: x * 3 + 1)(jax.numpy.arange(7.0)).block_until_ready()
+    assert os.listdir(path), "nothing was written to the compilation cache"
+  finally:
+    if old:
+      runtime.enable_compilation_cache(old)
+    else:
+      runtime.disable_compilation_cache()
+
+
+def test_measure_bandwidth_small():
+  probe = runtime.measure_bandwidth(4 * 2**20, repeats=2)
+  assert probe["gbps"] > 0 and probe["gbps"] == max(probe["sum_gbps"], probe["gemv_gbps"])
+  assert probe["nbytes"] == 4 * 2**20
