@@ -36,7 +36,8 @@ def bucket_length(n: int, buckets: Sequence[int] = DEFAULT_BUCKETS, limit: int |
 class KVCache:
   """Keys and values of every layer.
 
-  k, v: tuples (one per layer) of [B, S, KVH, D] arrays; start: [B] int32, first real slot per row;
+  k, v: tuples (one per layer) of [B, KVH, S, D] arrays (head-major: attention reads them without
+  a transpose); start: [B] int32, first real slot per row;
   index: [] int32, the next slot to write (shared by all rows).
   """
 
@@ -45,10 +46,15 @@ class KVCache:
   start: jax.Array
   index: jax.Array
 
+  @staticmethod
+  def layer_shape(config: SmolLM3Config, batch: int, length: int) -> tuple[int, int, int, int]:
+    """Shape of one layer's keys (or values): [B, KVH, S, D]."""
+    return (batch, config.num_key_value_heads, length, config.head_dim)
+
   @classmethod
   def init(cls, config: SmolLM3Config, batch: int, length: int, dtype=jnp.float32,
            start: jax.Array | None = None) -> "KVCache":
-    shape = (batch, length, config.num_key_value_heads, config.head_dim)
+    shape = cls.layer_shape(config, batch, length)
     zeros = lambda: tuple(jnp.zeros(shape, dtype) for _ in range(config.num_hidden_layers))
     start = jnp.zeros((batch,), jnp.int32) if start is None else jnp.asarray(start, jnp.int32)
     return cls(k=zeros(), v=zeros(), start=start, index=jnp.zeros((), jnp.int32))
@@ -60,7 +66,7 @@ class KVCache:
   @property
   def length(self) -> int:
     """Capacity in tokens (static)."""
-    return self.k[0].shape[1]
+    return self.k[0].shape[2]
 
   @property
   def lengths(self) -> jax.Array:

@@ -115,18 +115,22 @@ def _linear(d_in, d_out, bias, *, dtype, param_dtype, rngs):
 def attend(q: Array, k: Array, v: Array, mask: Array) -> Array:
   """Grouped-query attention.
 
-  q: [B, T, H, D]; k, v: [B, S, KVH, D]; mask: [B, T, S] bool (True = may attend).
+  q: [B, T, H, D]; k, v: [B, KVH, S, D] (head-major, as the cache stores them, so that the two
+  products read the cache without a transpose); mask: [B, T, S] bool (True = may attend).
   Query head h reads kv head h // (H // KVH). Returns [B, T, H * D].
   """
   b, t, h, d = q.shape
-  kvh = k.shape[2]
-  q = q.reshape(b, t, kvh, h // kvh, d)
-  scores = jnp.einsum("btkgd,bskd->bkgts", q, k) * jnp.asarray(d ** -0.5, q.dtype)
-  scores = scores.astype(jnp.float32)
-  scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
-  probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-  out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
-  return out.reshape(b, t, h * d)
+  kvh, s = k.shape[1], k.shape[2]
+  g = h // kvh
+  # One [t*g, d] x [d, s] product per (row, kv head): on CPU this plain batched form runs 2-2.5x
+  # faster than an einsum that keeps t and g apart (which XLA lowers with extra transposes).
+  q = q.reshape(b, t, kvh, g, d).transpose(0, 2, 1, 3, 4).reshape(b, kvh, t * g, d)
+  scores = jnp.einsum("bkqd,bksd->bkqs", q, k) * jnp.asarray(d ** -0.5, q.dtype)
+  scores = scores.astype(jnp.float32).reshape(b, kvh, t, g, s)
+  scores = jnp.where(mask[:, None, :, None, :], scores, jnp.finfo(jnp.float32).min)
+  probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype).reshape(b, kvh, t * g, s)
+  out = jnp.einsum("bkqs,bksd->bkqd", probs, v)
+  return out.reshape(b, kvh, t, g, d).transpose(0, 2, 1, 3, 4).reshape(b, t, h * d)
 
 
 class Attention(nnx.Module):
@@ -143,7 +147,7 @@ class Attention(nnx.Module):
     self.o_proj = _linear(c.num_attention_heads * c.head_dim, c.hidden_size, c.attention_bias, **kw)
 
   def __call__(self, x, cos, sin, mask, k_cache=None, v_cache=None, write_index=None):
-    """x: [B, T, hidden]. With a cache ([B, S, KVH, D] each), the new keys/values are written at
+    """x: [B, T, hidden]. With a cache ([B, KVH, S, D] each), the new keys/values are written at
     slots [write_index, write_index + T) and attention reads the whole cache."""
     c = self.config
     b, t, _ = x.shape
@@ -152,10 +156,11 @@ class Attention(nnx.Module):
     v = self.v_proj(x).reshape(b, t, c.num_key_value_heads, c.head_dim)
     if self.use_rope:
       q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, KVH, T, D]
     if k_cache is not None:
       zero = jnp.zeros((), jnp.int32)
-      k_cache = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), (zero, write_index, zero, zero))
-      v_cache = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), (zero, write_index, zero, zero))
+      k_cache = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), (zero, zero, write_index, zero))
+      v_cache = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), (zero, zero, write_index, zero))
       k, v = k_cache.astype(q.dtype), v_cache.astype(q.dtype)
     return self.o_proj(attend(q, k, v, mask)), k_cache, v_cache
 

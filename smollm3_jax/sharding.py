@@ -64,7 +64,7 @@ PARAM_AXES: dict[tuple[str, str], tuple[str, ...]] = {
     ("down_proj", "kernel"): ("mlp", "embed"),
     ("down_proj", "bias"): ("embed",),
 }
-CACHE_AXES = ("batch", "length", "kv_heads", "head_dim")  # KVCache.k[i] / .v[i]: [B, S, KVH, D]
+CACHE_AXES = ("batch", "kv_heads", "length", "head_dim")  # KVCache.k[i] / .v[i]: [B, KVH, S, D]
 # Activation axes, for sharding constraints (jax.lax.with_sharding_constraint) where they help.
 ACTIVATION_AXES = {
     "tokens": ("batch", "length"),
@@ -273,7 +273,7 @@ class MeshSharding:
 
   # -- KV cache and decode batch -------------------------------------------------------------
   def cache_sharding(self, shape: Sequence[int]) -> NamedSharding:
-    """[B, S, KVH, D]: batch on data, kv heads on model when they divide it, else replicated."""
+    """[B, KVH, S, D]: batch on data, kv heads on model when they divide it, else replicated."""
     return self.named(CACHE_AXES, shape)
 
   def check_batch(self, batch: int):
@@ -289,7 +289,7 @@ class MeshSharding:
 
     self.check_batch(batch)
     start = np.zeros((batch,), np.int32) if start is None else np.asarray(start, np.int32)
-    shape = (batch, length, config.num_key_value_heads, config.head_dim)
+    shape = KVCache.layer_shape(config, batch, length)
     kv = self.cache_sharding(shape)
     zeros = jax.jit(lambda: jnp.zeros(shape, dtype), out_shardings=kv)
     layers = config.num_hidden_layers
