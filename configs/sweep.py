@@ -53,6 +53,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.prompts.ids = ()        # explicit prompt ids; empty = all
 
   c.batch_size = 16         # rows per batch (fixed: the last batch is padded, one compile)
+  c.mesh = ""               # device mesh, e.g. 'data=2,model=4'; '' = all devices on the data axis
   c.plots = True
   c.progress = True
 

@@ -46,6 +46,7 @@ flags.DEFINE_string("cache_dir", None, "Compilation cache directory (default: ru
 flags.DEFINE_bool("startup", False, "Measure fresh-process start-up instead: time to first token and to the "
                   "end of the first generation, without / with a cold / with a warm compilation cache.")
 flags.DEFINE_bool("startup_child", False, "(internal) one fresh-process start-up measurement.")
+flags.DEFINE_string("mesh", "", "Device mesh for ours, e.g. 'data=2,model=4' ('' = all devices on the data axis).")
 flags.DEFINE_string("output_json", None, "Write all figures here.")
 
 CHAT_PROMPTS = [
@@ -71,11 +72,12 @@ def _dtype(name):
   return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[name]
 
 
-def load_ours(checkpoint: str, preset: str, dtype, seed: int, num_layers: int = 0):
-  """(model, tokenizer or None, description)."""
+def load_ours(checkpoint: str, preset: str, dtype, seed: int, num_layers: int = 0, mesh: str = ""):
+  """(model, tokenizer or None, description); the weights are placed on ``mesh`` as they load."""
   import smollm3_jax
   from flax import nnx
   from smollm3_jax import config as config_lib
+  from smollm3_jax import sharding
 
   if checkpoint == "random":
     if preset not in config_lib.PRESETS:
@@ -86,8 +88,9 @@ def load_ours(checkpoint: str, preset: str, dtype, seed: int, num_layers: int = 
                         no_rope_layers=tuple(cfg.no_rope_layers[i % len(cfg.no_rope_layers)]
                                              for i in range(num_layers)))
     model = smollm3_jax.SmolLM3(cfg, dtype=dtype, rngs=nnx.Rngs(seed))
+    sharding.engine_sharding(model, mesh or None)  # onto a multi-device mesh; one device: untouched
     return model, None, f"random weights, {preset} shape"
-  model = smollm3_jax.from_pretrained(checkpoint, dtype=dtype)
+  model = sharding.load(checkpoint, mesh=mesh or None, dtype=dtype)
   tokenizer = smollm3_jax.Tokenizer.from_pretrained(checkpoint)
   return model, tokenizer, checkpoint
 
@@ -383,7 +386,7 @@ def startup_child():
     runtime.enable_compilation_cache(FLAGS.cache_dir)
   import smollm3_jax
   model, tokenizer, _ = load_ours(FLAGS.checkpoint, FLAGS.preset, _dtype(FLAGS.dtype), FLAGS.seed,
-                                  FLAGS.num_layers)
+                              num_layers=FLAGS.num_layers, mesh=FLAGS.mesh)
   jax.block_until_ready(jax.tree.leaves(model))
   t_load = time.time() - _T_START
   ids = chat_prompt_ids(tokenizer, model.config.vocab_size, 1)[0]
@@ -468,7 +471,7 @@ def main(argv):
 
   t0 = time.time()
   model, tokenizer, desc = load_ours(FLAGS.checkpoint, FLAGS.preset, _dtype(FLAGS.dtype), FLAGS.seed,
-                                     FLAGS.num_layers)
+                              num_layers=FLAGS.num_layers, mesh=FLAGS.mesh)
   report.update(model=desc, load_seconds=time.time() - t0, config=model.config.to_hf_dict())
   theirs = None
   if FLAGS.compare == "transformers":

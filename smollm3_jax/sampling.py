@@ -244,9 +244,60 @@ def process_logits(logits: jax.Array, presence: jax.Array, params: SamplingParam
   return jnp.where(greedy, x, _warp(x, params))
 
 
+_BLOCK = 256  # vocabulary block for the two-level argmax / inverse-CDF below
+
+
+def _blocks(x: jax.Array, fill) -> jax.Array:
+  """[B, V] -> [B, V / _BLOCK, _BLOCK], padding the vocabulary with ``fill``."""
+  b, v = x.shape
+  pad = -v % _BLOCK
+  if pad:
+    x = jnp.pad(x, ((0, 0), (0, pad)), constant_values=fill)
+  return x.reshape(b, -1, _BLOCK)
+
+
+def _first_true(mask: jax.Array, fallback: jax.Array) -> jax.Array:
+  """Index of the first True along the last axis, or ``fallback`` where there is none."""
+  return jnp.where(jnp.any(mask, -1), jnp.argmax(mask, -1), fallback).astype(jnp.int32)
+
+
+def _last_true(mask: jax.Array) -> jax.Array:
+  n = mask.shape[-1]
+  return (n - 1 - jnp.argmax(mask[..., ::-1], -1)).astype(jnp.int32)
+
+
+def argmax_rows(x: jax.Array) -> jax.Array:
+  """[B, V] -> [B] int32, the first maximal index per row (as jnp.argmax).
+
+  Two levels (block maxima, then the winning block): on CPU a flat argmax over a large
+  vocabulary is ~10x slower than this.
+  """
+  xb = _blocks(x, -jnp.inf)
+  j = jnp.argmax(jnp.max(xb, -1), -1)
+  inner = jnp.take_along_axis(xb, j[:, None, None], 1)[:, 0]
+  return (j * _BLOCK + jnp.argmax(inner, -1)).astype(jnp.int32)
+
+
 def _categorical_rows(keys: jax.Array, logits: jax.Array) -> jax.Array:
-  # vmap over rows: each row's draw depends only on its own key and logits.
-  return jax.vmap(lambda k, l: jax.random.categorical(k, l))(keys, logits)
+  """One draw per row from softmax(logits) [B, V] (-inf = never) by inverse-CDF sampling.
+
+  One uniform per row (from the row's own key, so a row's draw never depends on other rows)
+  instead of V Gumbel variates: on CPU that is ~40x cheaper at batch 160 x 49k vocabulary. The CDF
+  is walked in two levels (block sums, then one block) and the pick is restricted to tokens with
+  positive probability, so rounding can never select a filtered token.
+  """
+  p = _blocks(jnp.exp(logits - jnp.max(logits, -1, keepdims=True)), 0.0)  # [B, NB, BLOCK]
+  block_mass = jnp.sum(p, -1)
+  block_cdf = jnp.cumsum(block_mass, -1)
+  u = jax.vmap(jax.random.uniform)(keys) * block_cdf[:, -1]
+  alive = block_mass > 0
+  j = _first_true((block_cdf > u[:, None]) & alive, _last_true(alive))
+  before = jnp.where(j > 0, jnp.take_along_axis(block_cdf, jnp.maximum(j - 1, 0)[:, None], -1)[:, 0], 0.0)
+  inner = jnp.take_along_axis(p, j[:, None, None], 1)[:, 0]  # [B, BLOCK]
+  inner_alive = inner > 0
+  k = _first_true((before[:, None] + jnp.cumsum(inner, -1) > u[:, None]) & inner_alive,
+                  _last_true(inner_alive))
+  return j * _BLOCK + k
 
 
 def sample_tokens(logits: jax.Array, presence: jax.Array, params: SamplingParams,
@@ -258,7 +309,7 @@ def sample_tokens(logits: jax.Array, presence: jax.Array, params: SamplingParams
   the processed logits. When every row is greedy no warping work is done.
   """
   x = apply_repetition_penalty(logits.astype(jnp.float32), presence, params.repetition_penalty)
-  greedy_tok = jnp.argmax(x, axis=-1).astype(jnp.int32)
+  greedy_tok = argmax_rows(x)
 
   def sampled(x):
     tok = _categorical_rows(keys, _warp(x, params)).astype(jnp.int32)

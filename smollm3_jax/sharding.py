@@ -327,8 +327,11 @@ class MeshSharding:
     rest = jax.tree_util.tree_map_with_path(put, rest.replace(cache=None)).replace(cache=cache)
     return tokens, start, cache, rest
 
-  def engine_kwargs(self, batch_buckets: Sequence[int] = (1, 2, 4, 8, 16, 32, 64, 128, 256)) -> dict:
+  def engine_kwargs(self, batch_buckets: Sequence[int] | None = None) -> dict:
     """Engine arguments that keep every padded batch a multiple of the data axis."""
+    from smollm3_jax.generate import DEFAULT_BATCH_BUCKETS
+
+    batch_buckets = DEFAULT_BATCH_BUCKETS if batch_buckets is None else batch_buckets
     d = self.data_size
     buckets = sorted({-(-b // d) * d for b in batch_buckets})
     return dict(batch_buckets=tuple(buckets), sharding=self)

@@ -35,7 +35,7 @@ from smollm3_jax import metrics as M
 AXES = ("thinking", "temperature", "repetition_penalty", "top_p", "top_k", "min_p")
 # Config fields that may change between a run and its resumption (they do not change results
 # beyond float noise from another batch shape).
-RESUMABLE_FIELDS = ("batch_size", "prompts.path", "progress")
+RESUMABLE_FIELDS = ("batch_size", "prompts.path", "progress", "mesh")
 FORMAT_VERSION = 1
 
 # name -> (column header, description); order = column order of summary.csv and the table.
@@ -310,15 +310,16 @@ class ResultsFile:
 # --------------------------------------------------------------------------------------------
 # Model building
 # --------------------------------------------------------------------------------------------
-def build_model(model_cfg: Mapping):
+def build_model(model_cfg: Mapping, mesh: str = ""):
   """(model, tokenizer) from a model config: ``checkpoint`` ("demo", a dir, .gguf or hub id), or an
   empty checkpoint and ``random`` (preset, num_layers, seed) for a random model whose vocabulary
-  matches ``tokenizer``."""
+  matches ``tokenizer``. ``mesh`` (e.g. "data=2,model=4"; "" = all devices on the data axis) places
+  the weights shard by shard as they load; on one device nothing is sharded."""
   import jax.numpy as jnp
   from flax import nnx
 
   from smollm3_jax import config as config_lib
-  from smollm3_jax.checkpoints import from_pretrained
+  from smollm3_jax import sharding
   from smollm3_jax.model import SmolLM3
   from smollm3_jax.tokenizer import Tokenizer
 
@@ -332,7 +333,7 @@ def build_model(model_cfg: Mapping):
     raise ValueError("model.tokenizer: a random model needs a tokenizer (e.g. 'demo')")
   tokenizer = Tokenizer.from_pretrained(tok_source)
   if checkpoint:
-    return from_pretrained(checkpoint, dtype=dtype), tokenizer
+    return sharding.load(checkpoint, mesh=mesh or None, dtype=dtype), tokenizer
   rnd = model_cfg.get("random") or {}
   preset = rnd.get("preset", "tiny")
   if preset not in config_lib.PRESETS:
@@ -343,7 +344,9 @@ def build_model(model_cfg: Mapping):
     cfg = config_lib.tiny(num_layers=int(rnd.get("num_layers", 2)), **changes)
   else:
     cfg = config_lib.PRESETS[preset]().replace(**changes)
-  return SmolLM3(cfg, dtype=dtype, rngs=nnx.Rngs(int(rnd.get("seed", 0)))), tokenizer
+  model = SmolLM3(cfg, dtype=dtype, rngs=nnx.Rngs(int(rnd.get("seed", 0))))
+  sharding.engine_sharding(model, mesh or None)  # moves the weights onto a multi-device mesh
+  return model, tokenizer
 
 
 # --------------------------------------------------------------------------------------------
@@ -407,7 +410,7 @@ def run_sweep(config, workdir: str, *, model=None, tokenizer=None, progress: boo
   if todo:
     if model is None or tokenizer is None:
       t0 = time.perf_counter()
-      model, tokenizer = build_model(cfg["model"])
+      model, tokenizer = build_model(cfg["model"], mesh=cfg.get("mesh", ""))
       log(f"loaded model {cfg['model'].get('name', '')!r} in {time.perf_counter() - t0:.1f}s")
     batches = _run_rows(model, tokenizer, cfg, prompts, cells, todo, results, progress, log, max_batches)
 
