@@ -630,10 +630,9 @@ def _read_gguf_tokenizer_metadata(path: str) -> dict[str, Any]:
 @functools.lru_cache(maxsize=4)
 def _read_gguf_tokenizer_metadata_cached(path: str, mtime_ns: int, size: int) -> dict[str, Any]:
   del mtime_ns, size  # cache keys only
-  import gguf
+  from smollm3_jax.checkpoints.gguf import open_reader  # shared with the model loader
 
-  reader = gguf.GGUFReader(path)
-  fields = reader.fields
+  fields = open_reader(path).fields
 
   def value(key):
     field = fields.get(key)

@@ -9,6 +9,7 @@ weights match the Hugging Face rotate-half layout.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 
@@ -39,9 +40,19 @@ _BLOCK_RE = re.compile(r"^blk\.(\d+)\.([a-z_]+)\.(weight|bias)$")
 _INT_TYPES = {QT.I8, QT.I16, QT.I32, QT.I64}
 
 
-def _open(path: str) -> gguflib.GGUFReader:
+def open_reader(path: str) -> gguflib.GGUFReader:
+  """A (memory-mapped) GGUFReader of ``path``, shared by the model loader and the tokenizer:
+  parsing a file's metadata (its whole vocabulary) takes seconds, so it is done once per file
+  version in a process."""
   if not os.path.isfile(path):
     raise FileNotFoundError(f"GGUF file not found: {path}")
+  stat = os.stat(path)
+  return _open_cached(os.path.realpath(path), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=2)
+def _open_cached(path: str, mtime_ns: int, size: int) -> gguflib.GGUFReader:
+  del mtime_ns, size  # cache keys only: a rewritten file is parsed again
   try:
     return gguflib.GGUFReader(path, "r")
   except Exception as e:  # the reader raises ValueError/IndexError/... on short or garbled files
@@ -148,7 +159,7 @@ def _tensor_shapes(reader, path) -> dict[str, tuple]:
 
 def load_config(path: str | os.PathLike) -> SmolLM3Config:
   path = os.fspath(path)
-  reader = _open(path)
+  reader = open_reader(path)
   return _config_from_meta(_fields(reader, path), _tensor_shapes(reader, path), path)
 
 
@@ -207,7 +218,7 @@ def _reader_fn(t, shape, qtype, n_head):
 def load(path: str | os.PathLike) -> tuple[SmolLM3Config, dict[str, TensorInfo]]:
   """(config, HF-named tensor source) of a GGUF file; checks every tensor header first."""
   path = os.fspath(path)
-  reader = _open(path)
+  reader = open_reader(path)
   shapes = _tensor_shapes(reader, path)
   config = _config_from_meta(_fields(reader, path), shapes, path)
   size = os.path.getsize(path)
