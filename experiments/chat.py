@@ -15,6 +15,7 @@ import sys
 from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from smollm3_jax import cli  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("checkpoint", "demo", "'demo', a local HF dir, a .gguf file, a hub id, or 'tiny' (random).")
@@ -22,11 +23,7 @@ flags.DEFINE_string("tokenizer", None, "Tokenizer checkpoint (default: the model
 flags.DEFINE_bool("thinking", False, "Start in thinking mode (/think and /no_think switch it).")
 flags.DEFINE_bool("show_thinking", True, "Print the thinking text (dimmed) before the answer.")
 flags.DEFINE_string("system", None, "System prompt.")
-flags.DEFINE_float("temperature", 0.6, "0 = greedy.")
-flags.DEFINE_integer("top_k", 0, "0 = off.")
-flags.DEFINE_float("top_p", 0.95, "1 = off.")
-flags.DEFINE_float("min_p", 0.0, "0 = off.")
-flags.DEFINE_float("repetition_penalty", 1.0, "1 = off.")
+cli.define_sampling_flags(temperature=0.6, top_p=0.95)  # the model card's recommendation
 flags.DEFINE_integer("max_new_tokens", 1024, "Token budget per answer.")
 flags.DEFINE_integer("seed", 0, "Base seed; turn t samples with seed + t.")
 flags.DEFINE_integer("context_length", None, "Tokens of history + answer (default: the model's maximum).")
@@ -36,12 +33,11 @@ flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Parameter and ac
 
 def main(argv):
   del argv
-  from smollm3_jax import chat, sampling
+  from smollm3_jax import chat
 
   # Check the settings before loading or compiling anything.
   try:
-    sampling.validate_sampling_args(temperature=FLAGS.temperature, top_k=FLAGS.top_k, top_p=FLAGS.top_p,
-                                    min_p=FLAGS.min_p, repetition_penalty=FLAGS.repetition_penalty)
+    sampling_kwargs = cli.sampling_flag_values()
   except ValueError as e:
     raise app.UsageError(str(e))
   if FLAGS.max_new_tokens < 1:
@@ -54,8 +50,7 @@ def main(argv):
   session = chat.ChatSession(
       model, tokenizer, system=FLAGS.system, thinking=FLAGS.thinking, context_length=FLAGS.context_length,
       max_new_tokens=FLAGS.max_new_tokens, chunk_steps=FLAGS.chunk_steps, seed=FLAGS.seed,
-      temperature=FLAGS.temperature, top_k=FLAGS.top_k, top_p=FLAGS.top_p, min_p=FLAGS.min_p,
-      repetition_penalty=FLAGS.repetition_penalty)
+      **sampling_kwargs)
   try:
     import readline  # noqa: F401  (line editing and history for input())
   except ImportError:

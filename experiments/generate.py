@@ -12,17 +12,14 @@ import sys
 from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from smollm3_jax import cli  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("checkpoint", "demo", "'demo', a local HF dir, a .gguf file, an Orbax dir, or a hub id.")
 flags.DEFINE_multi_string("prompt", ["What is the capital of France?"], "Prompt (repeatable).")
 flags.DEFINE_bool("chat", True, "Render each prompt as one user message through the chat template.")
 flags.DEFINE_bool("thinking", False, "Thinking mode (the chat template's enable_thinking).")
-flags.DEFINE_float("temperature", 0.0, "0 = greedy.")
-flags.DEFINE_integer("top_k", 0, "0 = off.")
-flags.DEFINE_float("top_p", 1.0, "1 = off.")
-flags.DEFINE_float("min_p", 0.0, "0 = off.")
-flags.DEFINE_float("repetition_penalty", 1.0, "1 = off.")
+cli.define_sampling_flags(temperature=0.0, top_p=1.0)
 flags.DEFINE_integer("max_new_tokens", 128, "Token budget per prompt.")
 flags.DEFINE_integer("newline_limit", 0, "Stop after this many consecutive newline tokens (0 = off).")
 flags.DEFINE_integer("seed", 0, "Base seed; each row derives its own from it and its index.")
@@ -45,20 +42,20 @@ def main(argv):
   if FLAGS.compilation_cache:
     runtime.enable_compilation_cache()
   dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[FLAGS.dtype]
-  kwargs = dict(chat=FLAGS.chat, thinking=FLAGS.thinking, temperature=FLAGS.temperature, top_k=FLAGS.top_k,
-                top_p=FLAGS.top_p, min_p=FLAGS.min_p, repetition_penalty=FLAGS.repetition_penalty,
-                max_new_tokens=FLAGS.max_new_tokens, seed=FLAGS.seed,
-                newline_limit=FLAGS.newline_limit or None)
   # Validate arguments before loading or compiling anything.
-  smollm3_jax.sampling.SamplingParams.make(
-      1, temperature=FLAGS.temperature, top_k=FLAGS.top_k, top_p=FLAGS.top_p, min_p=FLAGS.min_p,
-      repetition_penalty=FLAGS.repetition_penalty)
+  try:
+    sampling_kwargs = cli.sampling_flag_values()
+  except ValueError as e:
+    raise app.UsageError(str(e))
   if FLAGS.max_new_tokens < 1:
     raise app.UsageError("--max_new_tokens must be >= 1")
+  kwargs = dict(chat=FLAGS.chat, thinking=FLAGS.thinking, **sampling_kwargs,
+                max_new_tokens=FLAGS.max_new_tokens, seed=FLAGS.seed,
+                newline_limit=FLAGS.newline_limit or None)
 
-  tokenizer = smollm3_jax.Tokenizer.from_pretrained(FLAGS.checkpoint)
   from smollm3_jax import sharding
 
+  tokenizer = smollm3_jax.Tokenizer.from_pretrained(FLAGS.checkpoint)
   model = sharding.load(FLAGS.checkpoint, mesh=sharding.mesh_from_flag(FLAGS.mesh), dtype=dtype)
 
   if FLAGS.stream:

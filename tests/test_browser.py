@@ -19,6 +19,7 @@ import time
 
 import httpx
 import pytest
+from _helpers import SlowTokenizer
 
 from smollm3_jax import chat, server
 
@@ -142,20 +143,6 @@ class Page:
                                            "windowsVirtualKeyCode": 13, "nativeVirtualKeyCode": 13})
 
 
-class _SlowTokenizer:
-  """Slows decoding a little so the reply streams over about a second."""
-
-  def __init__(self, tok, delay):
-    self._tok, self._delay = tok, delay
-
-  def decode(self, *args, **kwargs):
-    time.sleep(self._delay)
-    return self._tok.decode(*args, **kwargs)
-
-  def __getattr__(self, name):
-    return getattr(self._tok, name)
-
-
 # Records every change of the newest assistant message (its state and answer text).
 OBSERVER = """(() => {
   window.__snapshots = [];
@@ -188,7 +175,7 @@ def browser(tmp_path_factory):
 @pytest.fixture(scope="module")
 def served():
   model, tok = chat.load_chat_model("tiny", tiny_context=512)
-  app = server.create_app(model, _SlowTokenizer(tok, 0.02), model_name="tiny", temperature=0.6, top_p=0.95,
+  app = server.create_app(model, SlowTokenizer(tok, 0.02), model_name="tiny", temperature=0.6, top_p=0.95,
                           max_tokens=MAX_TOKENS, thinking=False, chunk_steps=1)
   server.warmup(app)
   with server.BackgroundServer(app) as srv:

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 
 import numpy as np
 import pytest
+from _helpers import run_multidevice_child
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # experiments/
@@ -67,14 +67,7 @@ if __name__ == "__main__":
 
 @pytest.fixture(scope="module")
 def multi(tmp_path_factory):
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-  proc = subprocess.run([sys.executable, os.path.abspath(__file__), str(tmp_path_factory.mktemp("orbax8"))],
-                        env=env, capture_output=True, text=True, timeout=600)
-  line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
-  assert proc.returncode == 0 and line, f"child failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
-  return json.loads(line[len("RESULT "):])
+  return run_multidevice_child(__file__, str(tmp_path_factory.mktemp("orbax8")), timeout=600)
 
 
 @pytest.fixture(scope="module")

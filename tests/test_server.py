@@ -12,6 +12,7 @@ import time
 
 import httpx
 import pytest
+from _helpers import SlowTokenizer
 
 import smollm3_jax
 from smollm3_jax import chat, server
@@ -201,20 +202,6 @@ def test_other_routes(base_url):
     assert '"model": "tiny"' in page.text and 'id="stop"' in page.text
 
 
-class _SlowTokenizer:
-  """The demo tokenizer with a slow decode, so a generation lasts long enough to walk away from."""
-
-  def __init__(self, tok, delay):
-    self._tok, self._delay = tok, delay
-
-  def decode(self, *args, **kwargs):
-    time.sleep(self._delay)
-    return self._tok.decode(*args, **kwargs)
-
-  def __getattr__(self, name):
-    return getattr(self._tok, name)
-
-
 def _wait_for(predicate, timeout=30.0):
   deadline = time.monotonic() + timeout
   while not predicate():
@@ -224,7 +211,7 @@ def _wait_for(predicate, timeout=30.0):
 
 def test_client_disconnect_stops_generation(model_and_tokenizer):
   model, tok = model_and_tokenizer
-  slow = server.create_app(model, _SlowTokenizer(tok, 0.05), temperature=0.0, max_tokens=MAX_TOKENS,
+  slow = server.create_app(model, SlowTokenizer(tok, 0.05), temperature=0.0, max_tokens=MAX_TOKENS,
                            chunk_steps=1)
   full = MAX_TOKENS
   with server.BackgroundServer(slow) as srv, httpx.Client(base_url=srv.url, timeout=60) as client:

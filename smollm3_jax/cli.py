@@ -1,0 +1,25 @@
+"""absl flags shared by the experiment scripts."""
+
+from __future__ import annotations
+
+from absl import flags
+
+SAMPLING_FLAGS = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty")
+
+
+def define_sampling_flags(*, temperature: float = 0.0, top_p: float = 1.0) -> None:
+  """--temperature, --top_k, --top_p, --min_p, --repetition_penalty (transformers' meanings)."""
+  flags.DEFINE_float("temperature", temperature, "0 = greedy.")
+  flags.DEFINE_integer("top_k", 0, "0 = off.")
+  flags.DEFINE_float("top_p", top_p, "1 = off.")
+  flags.DEFINE_float("min_p", 0.0, "0 = off.")
+  flags.DEFINE_float("repetition_penalty", 1.0, "1 = off.")
+
+
+def sampling_flag_values() -> dict:
+  """The sampling flags as keyword arguments, validated (a ValueError names a bad one)."""
+  from smollm3_jax import sampling
+
+  values = {name: flags.FLAGS[name].value for name in SAMPLING_FLAGS}
+  sampling.validate_sampling_args(**values)
+  return values

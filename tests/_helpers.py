@@ -1,0 +1,38 @@
+"""Small helpers shared by several test modules (imported as a plain module from tests/)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+
+def run_multidevice_child(script: str, arg: str, *, devices: int = 8, timeout: int = 900) -> dict:
+  """Runs ``script`` (a test module's ``__main__``) in a fresh process that sees ``devices`` fake
+  CPU devices (set before JAX starts) and returns the JSON it prints after ``RESULT ``."""
+  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+             JAX_PLATFORMS="cpu")
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+  proc = subprocess.run([sys.executable, os.path.abspath(script), arg], env=env, capture_output=True,
+                        text=True, timeout=timeout)
+  line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
+  assert proc.returncode == 0 and line, f"child failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+  return json.loads(line[len("RESULT "):])
+
+
+class SlowTokenizer:
+  """Wraps a tokenizer with a slow ``decode``, so a generation lasts long enough to watch it stream
+  (or to walk away from it)."""
+
+  def __init__(self, tok, delay):
+    self._tok, self._delay = tok, delay
+
+  def decode(self, *args, **kwargs):
+    time.sleep(self._delay)
+    return self._tok.decode(*args, **kwargs)
+
+  def __getattr__(self, name):
+    return getattr(self._tok, name)
