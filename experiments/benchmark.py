@@ -299,7 +299,7 @@ def bench_sweep(ours, theirs, model, tokenizer, new_tokens, repeats, seed):
       temps.append(t)
       pens.append(r)
   total = len(ids) * new_tokens
-  first = ours.run(ids, new_tokens, temperature=temps, repetition_penalty=pens, seed=seed)
+  first = ours.run(ids, new_tokens, temperature=temps, repetition_penalty=pens, seed=seed, share_prefill=True)
   row = dict(kind="sweep", settings=len(grid), prompts=8, rows=len(ids), new_tokens=new_tokens,
              batch=first.stats.batch_size, compile_seconds=first.stats.compile_seconds, ours_seconds=[],
              theirs_seconds=[])
@@ -307,7 +307,8 @@ def bench_sweep(ours, theirs, model, tokenizer, new_tokens, repeats, seed):
     theirs.run(prompts[False], 2)  # warm-up
   for rep in range(repeats):
     t0 = time.perf_counter()
-    ours.run(ids, new_tokens, temperature=temps, repetition_penalty=pens, seed=seed + rep)
+    ours.run(ids, new_tokens, temperature=temps, repetition_penalty=pens, seed=seed + rep,
+             share_prefill=True)
     row["ours_seconds"].append(time.perf_counter() - t0)
     if theirs is not None and rep == 0:  # setting by setting is slow: one timed pass
       t_theirs = 0.0

@@ -141,15 +141,29 @@ def _record(s: DecodeState, logits: jax.Array) -> DecodeState:
       newline_run=newline_run, presence=sampling.update_presence(s.presence, tok, active))
 
 
-def _prefill(graphdef, state, tokens, start, cache, rest: DecodeState):
-  """Runs the left-padded prompts [B, P] through the model, fills the cache, samples token 0."""
+def _prefill(graphdef, state, tokens, start, cache, rest: DecodeState, row_index=None):
+  """Runs the left-padded prompts [B, P] through the model, fills the cache, samples token 0.
+
+  With ``row_index`` [B], ``tokens``/``start`` hold only the distinct prompts [U, P]: each is run
+  once and row b takes the keys, values and logits of prompt ``row_index[b]`` (a sweep repeats
+  every prompt once per setting, so this divides its prefill work by the number of settings).
+  """
   COMPILE_COUNTS["prefill"] += 1
   model = nnx.merge(graphdef, state)
   b, p = tokens.shape
   slot = jnp.arange(p, dtype=jnp.int32)[None, :]
   positions = jnp.maximum(slot - start[:, None], 0)
-  hidden, cache = model.hidden_states(tokens, positions, cache)
-  logits = model.logits(hidden[:, -1, :])  # only the last position is needed
+  if row_index is None:
+    hidden, cache = model.hidden_states(tokens, positions, cache)
+    logits = model.logits(hidden[:, -1, :])  # only the last position is needed
+  else:
+    distinct = KVCache.init(model.config, b, cache.length, cache.k[0].dtype, start=start)
+    hidden, distinct = model.hidden_states(tokens, positions, distinct)
+    take = lambda x: jnp.take(x, row_index, axis=0)
+    cache = cache.replace(k=tuple(map(take, distinct.k)), v=tuple(map(take, distinct.v)),
+                          index=distinct.index)
+    logits = take(model.logits(hidden[:, -1, :]))
+    tokens, start = take(tokens), take(start)
   valid = slot >= start[:, None]
   presence = sampling.presence_from_tokens(tokens, valid, model.config.vocab_size)
   s = rest.replace(cache=cache, presence=presence)
@@ -176,6 +190,26 @@ def _decode(graphdef, state, s: DecodeState, step_limit):
 
 _prefill_jit = jax.jit(_prefill, static_argnums=(0,), donate_argnums=(4,))
 _decode_jit = jax.jit(_decode, static_argnums=(0,), donate_argnums=(2,))
+
+
+def _distinct_prompts(tokens: np.ndarray, start: np.ndarray, n: int, batch_buckets):
+  """The distinct rows among the first n of tokens [B, P], padded to a batch bucket, their start
+  slots, and each row's index into them ([B]; idle rows point at row 0). Returns the inputs and
+  None when every prompt is distinct (nothing to share)."""
+  first: dict[bytes, int] = {}
+  index = np.zeros((tokens.shape[0],), np.int32)
+  for i in range(n):
+    index[i] = first.setdefault(tokens[i].tobytes(), len(first))
+  u = len(first)
+  rows = next((b for b in batch_buckets if b >= u), u)
+  if rows >= tokens.shape[0]:
+    return tokens, start, None
+  seen_at = np.zeros((u,), np.int64)  # a row holding each distinct prompt
+  seen_at[index[:n]] = np.arange(n)
+  out_tokens = np.repeat(tokens[:1], rows, axis=0)
+  out_start = np.repeat(start[:1], rows, axis=0)
+  out_tokens[:u], out_start[:u] = tokens[seen_at], start[seen_at]
+  return out_tokens, out_start, jnp.asarray(index)
 
 
 def _aval_key(tree) -> tuple:
@@ -241,7 +275,7 @@ class Engine:
 
   def prepare(self, prompt_ids: Sequence[Sequence[int]], *, params: sampling.SamplingParams,
               seeds: np.ndarray, max_new_tokens: np.ndarray, newline_limit: np.ndarray,
-              stop_ids: Sequence[int], context_length: int | None = None):
+              stop_ids: Sequence[int], context_length: int | None = None, share_prefill: bool = False):
     """Validates and pads a batch; returns the arguments of the prefill program (host side, cheap)."""
     cfg = self.config
     n = len(prompt_ids)
@@ -311,21 +345,24 @@ class Engine:
         newline_ids=jnp.asarray(self.newline_ids() if newline_limit.any() else np.asarray([-1], np.int32)),
         pad_id=jnp.asarray(pad, jnp.int32),
     )
+    row_index = None
+    if share_prefill and self.sharding is None:
+      tokens, start, row_index = _distinct_prompts(tokens, start, n, self.batch_buckets)
     tokens, start = jnp.asarray(tokens), jnp.asarray(start)
     if self.sharding is not None:
       tokens, start, cache, rest = self.sharding.place_batch(tokens, start, cache, rest)
     rest = rest.replace(cache=None)
-    return n, (tokens, start, cache, rest)
+    return n, (tokens, start, cache, rest, row_index)
 
   # -- run ------------------------------------------------------------------------------------
   def run(self, n: int, args, *, chunk_steps: int | None = None) -> Iterator[tuple[DecodeState, dict]]:
     """Runs prefill then decode, yielding (host-fetched state, timings) after prefill and after
     every ``chunk_steps`` decode steps (one chunk = whole generation when None)."""
     t_call = time.perf_counter()
-    tokens, start, cache, rest = args
-    prefill, c1 = self._compiled_fn("prefill", _prefill_jit, self.state, tokens, start, cache, rest)
+    tokens, start, cache, rest, row_index = args
+    prefill, c1 = self._compiled_fn("prefill", _prefill_jit, self.state, tokens, start, cache, rest, row_index)
     t0 = time.perf_counter()
-    s = prefill(self.state, tokens, start, cache, rest)
+    s = prefill(self.state, tokens, start, cache, rest, row_index)
     jax.block_until_ready(s.tokens)
     t1 = time.perf_counter()
     timings = dict(compile_seconds=c1, prefill_seconds=t1 - t0, time_to_first_token=t1 - t_call,
@@ -453,6 +490,7 @@ def _finish(tokenizer, engine_state: DecodeState, n, texts, prompt_ids, stop_ids
 
 def _setup(model, tokenizer, prompts, *, chat, thinking, temperature, top_k, top_p, min_p,
            repetition_penalty, max_new_tokens, seed, newline_limit, stop_ids, context_length, engine,
+           share_prefill=False,
            mesh=None):
   texts, prompt_ids = render_prompts(tokenizer, prompts, chat=chat, thinking=thinking)
   n = len(prompt_ids)
@@ -469,7 +507,8 @@ def _setup(model, tokenizer, prompts, *, chat, thinking, temperature, top_k, top
     stop_ids = tuple(tokenizer.stop_token_ids) if tokenizer is not None else tuple(model.config.eos_token_id)
   engine = engine or get_engine(model, tokenizer, mesh=mesh)
   n, args = engine.prepare(prompt_ids, params=params, seeds=seeds, max_new_tokens=max_new,
-                           newline_limit=nl, stop_ids=stop_ids, context_length=context_length)
+                           newline_limit=nl, stop_ids=stop_ids, context_length=context_length,
+                           share_prefill=share_prefill)
   settings = dict(temperature=np.asarray(params.temperature)[:n], top_k=np.asarray(params.top_k)[:n],
                   top_p=np.asarray(params.top_p)[:n], min_p=np.asarray(params.min_p)[:n],
                   repetition_penalty=np.asarray(params.repetition_penalty)[:n], seed=seeds,
@@ -493,7 +532,8 @@ def _stats(state: DecodeState, n, prompt_ids, timings) -> GenerationStats:
 def generate(model: SmolLM3, tokenizer, prompts, *, chat: bool = True, thinking=True,
              temperature=0.0, top_k=0, top_p=1.0, min_p=0.0, repetition_penalty=1.0,
              max_new_tokens=256, seed=0, newline_limit=None, stop_ids=None,
-             context_length: int | None = None, engine: Engine | None = None, mesh=None) -> GenerationResult:
+             context_length: int | None = None, engine: Engine | None = None, mesh=None,
+             share_prefill: bool = False) -> GenerationResult:
   """Generates one completion per prompt.
 
   ``prompts``: a string, a list of strings, or message lists (``chat=True`` renders them with the
@@ -501,12 +541,15 @@ def generate(model: SmolLM3, tokenizer, prompts, *, chat: bool = True, thinking=
   ``thinking``, ``max_new_tokens`` and ``newline_limit`` may be a scalar or one value per prompt.
   ``temperature=0`` is greedy. ``newline_limit=N`` stops a row after N consecutive newline tokens.
   ``mesh`` (a Mesh or "data=D,model=M") shards the run; by default the model's own mesh, if any.
+  ``share_prefill=True`` runs each distinct prompt through prefill once and shares its cache among
+  the rows that repeat it (a grid of settings over a few prompts); the number of distinct prompts
+  then sets the prefill program's batch bucket, so it may compile once per such bucket.
   """
   engine, n, args, texts, prompt_ids, stop_ids, settings = _setup(
       model, tokenizer, prompts, chat=chat, thinking=thinking, temperature=temperature, top_k=top_k,
       top_p=top_p, min_p=min_p, repetition_penalty=repetition_penalty, max_new_tokens=max_new_tokens,
       seed=seed, newline_limit=newline_limit, stop_ids=stop_ids, context_length=context_length,
-      engine=engine, mesh=mesh)
+      engine=engine, mesh=mesh, share_prefill=share_prefill)
   state = timings = None
   for state, timings in engine.run(n, args):
     pass
@@ -566,7 +609,7 @@ class Stream:
 
 _DEFAULTS = dict(chat=True, thinking=True, temperature=0.0, top_k=0, top_p=1.0, min_p=0.0,
                  repetition_penalty=1.0, max_new_tokens=256, seed=0, newline_limit=None, stop_ids=None,
-                 context_length=None, engine=None, mesh=None)
+                 context_length=None, engine=None, mesh=None, share_prefill=False)
 
 
 class _VisibleText:

@@ -192,3 +192,18 @@ def test_newline_guard_stops_after_n_consecutive_newline_tokens(tiny):
   assert guarded.token_ids == free[:expected]
   assert guarded.text.endswith("\n" * limit)
   assert unguarded.stop_reason == "max_tokens" and unguarded.token_ids == free
+
+
+def test_shared_prefill_gives_the_same_tokens(tiny):
+  model, _ = tiny
+  distinct = _prompts([5, 12, 9])
+  prompts = [distinct[i % 3] for i in range(10)]
+  kw = dict(max_new_tokens=12, stop_ids=[], temperature=[0.0, 0.8] * 5, repetition_penalty=[1.0] * 5 + [1.3] * 5,
+            seed=list(range(10)))
+  plain = smollm3_jax.generate(model, None, prompts, **kw)
+  before = dict(COMPILE_COUNTS)
+  shared = smollm3_jax.generate(model, None, prompts, share_prefill=True, **kw)
+  assert [c.token_ids for c in shared] == [c.token_ids for c in plain]
+  assert COMPILE_COUNTS["prefill"] - before.get("prefill", 0) == 1  # its own program: 3 distinct -> 4 rows
+  smollm3_jax.generate(model, None, prompts[::-1], share_prefill=True, **kw)
+  assert COMPILE_COUNTS["prefill"] - before.get("prefill", 0) == 1  # same buckets: reused
