@@ -17,7 +17,7 @@ import collections
 import dataclasses
 import functools
 import time
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, NamedTuple, Sequence
 
 import flax.struct
 import jax
@@ -192,6 +192,17 @@ _prefill_jit = jax.jit(_prefill, static_argnums=(0,), donate_argnums=(4,))
 _decode_jit = jax.jit(_decode, static_argnums=(0,), donate_argnums=(2,))
 
 
+class Batch(NamedTuple):
+  """What ``Engine.prepare`` hands to ``Engine.run``: padded prompts [B or U, P], their start slots,
+  the empty cache, the rest of the decode state and (shared prefill) each row's distinct prompt."""
+
+  tokens: jax.Array
+  start: jax.Array
+  cache: KVCache
+  rest: DecodeState
+  row_index: jax.Array | None = None
+
+
 def _distinct_prompts(tokens: np.ndarray, start: np.ndarray, n: int, batch_buckets):
   """The distinct rows among the first n of tokens [B, P], padded to a batch bucket, their start
   slots, and each row's index into them ([B]; idle rows point at row 0). Returns the inputs and
@@ -352,14 +363,14 @@ class Engine:
     if self.sharding is not None:
       tokens, start, cache, rest = self.sharding.place_batch(tokens, start, cache, rest)
     rest = rest.replace(cache=None)
-    return n, (tokens, start, cache, rest, row_index)
+    return n, Batch(tokens, start, cache, rest, row_index)
 
   # -- run ------------------------------------------------------------------------------------
   def run(self, n: int, args, *, chunk_steps: int | None = None) -> Iterator[tuple[DecodeState, dict]]:
     """Runs prefill then decode, yielding (host-fetched state, timings) after prefill and after
     every ``chunk_steps`` decode steps (one chunk = whole generation when None)."""
     t_call = time.perf_counter()
-    tokens, start, cache, rest, row_index = args
+    tokens, start, cache, rest, row_index = Batch(*args)
     prefill, c1 = self._compiled_fn("prefill", _prefill_jit, self.state, tokens, start, cache, rest, row_index)
     t0 = time.perf_counter()
     s = prefill(self.state, tokens, start, cache, rest, row_index)

@@ -75,7 +75,7 @@ def _child(workdir: str) -> dict:
     model = S.load(ckpt, mesh=f"data={d},model={m}")  # placed shard by shard by the loader hook
     res = smollm3_jax.generate(model, None, prompts, **kw)
     eng = get_engine(model)
-    _, (tokens, start, cache, rest) = eng.prepare(
+    _, (tokens, start, cache, rest, _) = eng.prepare(
         prompts, params=smollm3_jax.sampling.SamplingParams.make(3), seeds=np.zeros(3, np.uint32),
         max_new_tokens=np.full(3, NEW), newline_limit=np.zeros(3, np.int64), stop_ids=[])
     placed = dict(cache=specs(cache.k[0]), tokens_in=specs(tokens), presence=specs(rest.presence))
