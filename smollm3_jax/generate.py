@@ -245,7 +245,8 @@ class Engine:
     self.model = model
     self.tokenizer = tokenizer
     self.config = model.config
-    self.graphdef, self.state = nnx.split(model)
+    self.graphdef, state = nnx.split(model)
+    self._source_leaves = jax.tree.leaves(state)
     self.buckets = tuple(buckets)
     self.batch_buckets = tuple(sorted(batch_buckets or DEFAULT_BATCH_BUCKETS))
     self.cache_dtype = cache_dtype or model.dtype
@@ -253,11 +254,24 @@ class Engine:
       from smollm3_jax.sharding import engine_sharding
       sharding = engine_sharding(model)
     self.sharding = sharding  # optional smollm3_jax.sharding.MeshSharding (places params, cache, batch)
-    if sharding is not None:
-      self.state = sharding.shard_state(self.state)  # a no-op when the model is already on the mesh
+    self._set_state(state)
     self._compiled: dict[tuple, Any] = {}
-    self._state_key = _aval_key(self.state)
     self._newline_ids: np.ndarray | None = None
+
+  def _set_state(self, state):
+    if self.sharding is not None:
+      state = self.sharding.shard_state(state)  # a no-op when the model is already on the mesh
+    self.state = state
+    self._state_key = _aval_key(state)
+
+  def sync(self) -> None:
+    """Picks up parameter values assigned to the model since the engine split it (say, a weight
+    ablation between two calls); same shapes and dtypes reuse the compiled programs."""
+    state = nnx.state(self.model)
+    leaves = jax.tree.leaves(state)
+    if len(leaves) != len(self._source_leaves) or any(a is not b for a, b in zip(leaves, self._source_leaves)):
+      self._source_leaves = leaves
+      self._set_state(state)
 
   # -- compile ------------------------------------------------------------------------------
   def _compiled_fn(self, name, fn, *args) -> tuple[Any, float]:
@@ -517,6 +531,7 @@ def _setup(model, tokenizer, prompts, *, chat, thinking, temperature, top_k, top
   if stop_ids is None:
     stop_ids = tuple(tokenizer.stop_token_ids) if tokenizer is not None else tuple(model.config.eos_token_id)
   engine = engine or get_engine(model, tokenizer, mesh=mesh)
+  engine.sync()
   n, args = engine.prepare(prompt_ids, params=params, seeds=seeds, max_new_tokens=max_new,
                            newline_limit=nl, stop_ids=stop_ids, context_length=context_length,
                            share_prefill=share_prefill)

@@ -207,3 +207,20 @@ def test_shared_prefill_gives_the_same_tokens(tiny):
   assert COMPILE_COUNTS["prefill"] - before.get("prefill", 0) == 1  # its own program: 3 distinct -> 4 rows
   smollm3_jax.generate(model, None, prompts[::-1], share_prefill=True, **kw)
   assert COMPILE_COUNTS["prefill"] - before.get("prefill", 0) == 1  # same buckets: reused
+
+
+def test_weights_assigned_after_a_call_are_used_by_the_next(tiny):
+  model, _ = tiny
+  prompt = _prompts([6])[0]
+  before = smollm3_jax.generate(model, None, [prompt], max_new_tokens=8, stop_ids=[])[0].token_ids
+  layer = model.norm.scale
+  original = layer[...]
+  try:
+    layer[...] = original * 0  # ablate the final norm: every logit becomes 0, argmax token 0
+    ablated = smollm3_jax.generate(model, None, [prompt], max_new_tokens=8, stop_ids=[])[0].token_ids
+    fresh = smollm3_jax.generate(model, None, [prompt], max_new_tokens=8, stop_ids=[], engine=Engine(model))
+    assert ablated == fresh[0].token_ids
+  finally:
+    layer[...] = original
+  assert smollm3_jax.generate(model, None, [prompt], max_new_tokens=8, stop_ids=[])[0].token_ids == before
+  assert ablated == [0] * 8 and ablated != before
