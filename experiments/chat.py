@@ -24,10 +24,10 @@ flags.DEFINE_bool("thinking", False, "Start in thinking mode (/think and /no_thi
 flags.DEFINE_bool("show_thinking", True, "Print the thinking text (dimmed) before the answer.")
 flags.DEFINE_string("system", None, "System prompt.")
 cli.define_sampling_flags(temperature=0.6, top_p=0.95)  # the model card's recommendation
-flags.DEFINE_integer("max_new_tokens", 1024, "Token budget per answer.")
+flags.DEFINE_integer("max_new_tokens", 1024, "Token budget per answer.", lower_bound=1)
 flags.DEFINE_integer("seed", 0, "Base seed; turn t samples with seed + t.")
 flags.DEFINE_integer("context_length", None, "Tokens of history + answer (default: the model's maximum).")
-flags.DEFINE_integer("chunk_steps", 4, "Decode steps between streamed pieces.")
+flags.DEFINE_integer("chunk_steps", 4, "Decode steps between streamed pieces.", lower_bound=1)
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Parameter and activation dtype.")
 
 
@@ -35,15 +35,7 @@ def main(argv):
   del argv
   from smollm3_jax import chat
 
-  # Check the settings before loading or compiling anything.
-  try:
-    sampling_kwargs = cli.sampling_flag_values()
-  except ValueError as e:
-    raise app.UsageError(str(e))
-  if FLAGS.max_new_tokens < 1:
-    raise app.UsageError("--max_new_tokens must be >= 1")
-  if FLAGS.chunk_steps < 1:
-    raise app.UsageError("--chunk_steps must be >= 1")
+  sampling_kwargs = cli.sampling_flag_values()  # validated when the flags were parsed
 
   print(f"loading {FLAGS.checkpoint} ...", flush=True)
   model, tokenizer = chat.load_chat_model(FLAGS.checkpoint, tokenizer=FLAGS.tokenizer, dtype=FLAGS.dtype)

@@ -20,7 +20,7 @@ flags.DEFINE_multi_string("prompt", ["What is the capital of France?"], "Prompt 
 flags.DEFINE_bool("chat", True, "Render each prompt as one user message through the chat template.")
 flags.DEFINE_bool("thinking", False, "Thinking mode (the chat template's enable_thinking).")
 cli.define_sampling_flags(temperature=0.0, top_p=1.0)
-flags.DEFINE_integer("max_new_tokens", 128, "Token budget per prompt.")
+flags.DEFINE_integer("max_new_tokens", 128, "Token budget per prompt.", lower_bound=1)
 flags.DEFINE_integer("newline_limit", 0, "Stop after this many consecutive newline tokens (0 = off).")
 flags.DEFINE_integer("seed", 0, "Base seed; each row derives its own from it and its index.")
 flags.DEFINE_bool("stream", False, "Stream the (first) prompt's answer as it decodes.")
@@ -42,13 +42,7 @@ def main(argv):
   if FLAGS.compilation_cache:
     runtime.enable_compilation_cache()
   dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[FLAGS.dtype]
-  # Validate arguments before loading or compiling anything.
-  try:
-    sampling_kwargs = cli.sampling_flag_values()
-  except ValueError as e:
-    raise app.UsageError(str(e))
-  if FLAGS.max_new_tokens < 1:
-    raise app.UsageError("--max_new_tokens must be >= 1")
+  sampling_kwargs = cli.sampling_flag_values()  # validated when the flags were parsed
   kwargs = dict(chat=FLAGS.chat, thinking=FLAGS.thinking, **sampling_kwargs,
                 max_new_tokens=FLAGS.max_new_tokens, seed=FLAGS.seed,
                 newline_limit=FLAGS.newline_limit or None)

@@ -7,19 +7,29 @@ from absl import flags
 SAMPLING_FLAGS = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty")
 
 
+def _validator(name: str):
+  def check(value) -> bool:
+    from smollm3_jax import sampling
+    try:
+      sampling.validate_sampling_args(**{name: value})
+    except ValueError as e:
+      raise flags.ValidationError(str(e)) from None
+    return True
+  return check
+
+
 def define_sampling_flags(*, temperature: float = 0.0, top_p: float = 1.0) -> None:
-  """--temperature, --top_k, --top_p, --min_p, --repetition_penalty (transformers' meanings)."""
+  """--temperature, --top_k, --top_p, --min_p, --repetition_penalty (transformers' meanings), each
+  checked by the sampling module's own rules when the command line is parsed."""
   flags.DEFINE_float("temperature", temperature, "0 = greedy.")
   flags.DEFINE_integer("top_k", 0, "0 = off.")
   flags.DEFINE_float("top_p", top_p, "1 = off.")
   flags.DEFINE_float("min_p", 0.0, "0 = off.")
   flags.DEFINE_float("repetition_penalty", 1.0, "1 = off.")
+  for name in SAMPLING_FLAGS:
+    flags.register_validator(name, _validator(name))
 
 
 def sampling_flag_values() -> dict:
-  """The sampling flags as keyword arguments, validated (a ValueError names a bad one)."""
-  from smollm3_jax import sampling
-
-  values = {name: flags.FLAGS[name].value for name in SAMPLING_FLAGS}
-  sampling.validate_sampling_args(**values)
-  return values
+  """The sampling flags as keyword arguments."""
+  return {name: flags.FLAGS[name].value for name in SAMPLING_FLAGS}
