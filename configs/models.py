@@ -2,7 +2,8 @@
 
 Fields: ``name``; ``checkpoint`` ("demo", a local HF dir, a .gguf file or a hub id; empty = a
 random model); ``tokenizer`` (empty = the checkpoint's own); ``dtype`` ("float32" | "bfloat16");
-``random`` (preset, num_layers, seed: only used when ``checkpoint`` is empty).
+``quantize`` ("none" | "int8", see smollm3_jax.quantize); ``random`` (preset, num_layers, seed: only
+used when ``checkpoint`` is empty).
 """
 
 from __future__ import annotations
@@ -23,6 +24,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   name = arg or "demo"
   if name not in PRESETS:
     raise ValueError(f"unknown model preset {name!r}; expected one of {sorted(PRESETS)}")
-  cfg = ml_collections.ConfigDict(dict(name=name, **PRESETS[name]))
+  cfg = ml_collections.ConfigDict(dict(name=name, quantize="none", **PRESETS[name]))
   cfg.random = ml_collections.ConfigDict(dict(preset="tiny", num_layers=2, seed=0))
   return cfg

@@ -31,6 +31,8 @@ flags.DEFINE_string("checkpoint", "demo", "'demo', a .gguf, a local HF dir, a hu
 flags.DEFINE_string("preset", "smollm2_135m", "Config preset for --checkpoint=random (smollm2_135m, smollm3_3b, tiny).")
 flags.DEFINE_integer("num_layers", 0, "Override the preset's layer count (random weights only; 0 = preset's).")
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Parameter and activation dtype (both sides).")
+flags.DEFINE_enum("quantize", "none", ["none", "int8"], "Ours only: 'int8' quantizes our weights after "
+                  "loading (smollm3_jax.quantize); transformers keeps --dtype weights.")
 flags.DEFINE_list("prompt_lengths", ["128", "512", "2048"], "Prefill rows: prompt lengths in tokens.")
 flags.DEFINE_list("batch_sizes", ["1", "8", "32"], "Decode rows: batch sizes.")
 flags.DEFINE_integer("new_tokens", 128, "Decode rows: new tokens per prompt (no early stop).")
@@ -239,8 +241,8 @@ def decode_bytes_per_step(model, batch, filled, cache_length, cache_itemsize):
   cfg = model.config
   weights = runtime.tree_nbytes(nnx.state(model, nnx.Param))
   if not cfg.tie_word_embeddings:  # only B rows of an untied embedding table are read
-    emb = model.embed_tokens.embedding.get_value()
-    weights -= runtime.tree_nbytes(emb) - batch * cfg.hidden_size * emb.dtype.itemsize
+    table = runtime.tree_nbytes(nnx.state(model.embed_tokens, nnx.Param))  # (int8: + row scales)
+    weights -= table - batch * table // cfg.vocab_size
   per_slot = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim * cache_itemsize * batch
   return weights, per_slot * filled, per_slot * cache_length
 
@@ -352,7 +354,7 @@ def format_table(rows, bandwidth) -> str:
   return "\n".join(lines)
 
 
-def targets_text(rows) -> str:
+def targets_text(rows, quantize: str = "none") -> str:
   """The issue's CPU targets for the demo checkpoint (f32, 128 new tokens), met or not."""
   by = {(r["kind"], r.get("batch")): r for r in rows}
   out = []
@@ -372,7 +374,8 @@ def targets_text(rows) -> str:
     check("decode batch 8 vs transformers", d8.get("ratio"), 3.0)
   if sweep:
     check("sweep vs transformers", sweep.get("ratio"), 5.0)
-  return "targets (demo checkpoint, 2-core CPU, f32):\n" + "\n".join(out) if out else ""
+  mode = "f32" if quantize == "none" else f"ours {quantize} weights, transformers f32"
+  return f"targets (demo checkpoint, 2-core CPU, {mode}):\n" + "\n".join(out) if out else ""
 
 
 # --------------------------------------------------------------------------------------------
@@ -452,7 +455,7 @@ def main(argv):
   import jax
   from smollm3_jax import runtime
 
-  report = dict(checkpoint=FLAGS.checkpoint, dtype=FLAGS.dtype,
+  report = dict(checkpoint=FLAGS.checkpoint, dtype=FLAGS.dtype, quantize=FLAGS.quantize,
                 device=str(jax.devices()[0]), backend=jax.default_backend(), argv=sys.argv[1:])
   if FLAGS.startup:
     report["startup"] = run_startup()
@@ -481,6 +484,12 @@ def main(argv):
       torch.set_num_threads(FLAGS.torch_threads)
     theirs = Theirs(hf_model_from(model, FLAGS.dtype), model.config.pad_token_id or 0)
     report["torch_threads"] = torch.get_num_threads()
+  if FLAGS.quantize != "none":  # after transformers copied the unquantized weights
+    from smollm3_jax import quantize
+    t0 = time.time()
+    quantize.apply(model, FLAGS.quantize)
+    report["quantize_seconds"] = time.time() - t0
+    desc += f", {FLAGS.quantize} weights"
   ours = Ours(model, tokenizer)
 
   print(f"model: {desc}, {FLAGS.dtype}; device {report['device']}", flush=True)
@@ -500,7 +509,7 @@ def main(argv):
         f"peak device memory: not reported by the backend (process peak RSS "
         f"{(report['host_peak_rss_bytes'] or 0) / 2**20:.0f} MiB)")
   if FLAGS.checkpoint == "demo" and FLAGS.dtype == "float32" and theirs is not None:
-    text = targets_text(rows)
+    text = targets_text(rows, FLAGS.quantize)
     if text:
       print(text)
   _write(report)

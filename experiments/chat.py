@@ -29,6 +29,7 @@ flags.DEFINE_integer("seed", 0, "Base seed; turn t samples with seed + t.")
 flags.DEFINE_integer("context_length", None, "Tokens of history + answer (default: the model's maximum).")
 flags.DEFINE_integer("chunk_steps", 4, "Decode steps between streamed pieces.", lower_bound=1)
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Parameter and activation dtype.")
+cli.define_quantize_flag()
 
 
 def main(argv):
@@ -38,7 +39,8 @@ def main(argv):
   sampling_kwargs = cli.sampling_flag_values()  # validated when the flags were parsed
 
   print(f"loading {FLAGS.checkpoint} ...", flush=True)
-  model, tokenizer = chat.load_chat_model(FLAGS.checkpoint, tokenizer=FLAGS.tokenizer, dtype=FLAGS.dtype)
+  model, tokenizer = chat.load_chat_model(FLAGS.checkpoint, tokenizer=FLAGS.tokenizer, dtype=FLAGS.dtype,
+                                          quantize=FLAGS.quantize)
   session = chat.ChatSession(
       model, tokenizer, system=FLAGS.system, thinking=FLAGS.thinking, context_length=FLAGS.context_length,
       max_new_tokens=FLAGS.max_new_tokens, chunk_steps=FLAGS.chunk_steps, seed=FLAGS.seed,

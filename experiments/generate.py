@@ -26,6 +26,7 @@ flags.DEFINE_integer("seed", 0, "Base seed; each row derives its own from it and
 flags.DEFINE_bool("stream", False, "Stream the (first) prompt's answer as it decodes.")
 flags.DEFINE_bool("show_thinking", True, "When streaming, also print the thinking part.")
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Parameter and activation dtype.")
+cli.define_quantize_flag()
 flags.DEFINE_string("mesh", "", "Device mesh, e.g. 'data=2,model=4' ('' = all devices on the data axis).")
 flags.DEFINE_string("output_json", None, "Write prompts, token ids, texts, stop reasons and stats here.")
 flags.DEFINE_bool("compilation_cache", True, "Persistent compilation cache (faster start-up from the second run; "
@@ -50,7 +51,8 @@ def main(argv):
   from smollm3_jax import sharding
 
   tokenizer = smollm3_jax.Tokenizer.from_pretrained(FLAGS.checkpoint)
-  model = sharding.load(FLAGS.checkpoint, mesh=sharding.mesh_from_flag(FLAGS.mesh), dtype=dtype)
+  model = sharding.load(FLAGS.checkpoint, mesh=sharding.mesh_from_flag(FLAGS.mesh), dtype=dtype,
+                        quantize=FLAGS.quantize)
 
   if FLAGS.stream:
     streams = []

@@ -15,6 +15,7 @@ import sys
 from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from smollm3_jax import cli  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("checkpoint", "demo", "'demo', a local HF dir, a .gguf file, a hub id, or 'tiny' (random).")
@@ -31,6 +32,7 @@ flags.DEFINE_integer("seed", None, "Default seed (unset: a random seed per reque
 flags.DEFINE_integer("context_length", None, "Prompt + answer tokens (default: the model's maximum).")
 flags.DEFINE_integer("chunk_steps", 4, "Decode steps between streamed pieces.")
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Parameter and activation dtype.")
+cli.define_quantize_flag()
 flags.DEFINE_bool("warmup", True, "Compile the first shape bucket before accepting requests.")
 
 
@@ -48,7 +50,8 @@ def main(argv):
     raise app.UsageError(f"--port must be in 1..65535, got {FLAGS.port}")
 
   print(f"loading {FLAGS.checkpoint} ...", flush=True)
-  model, tokenizer = chat.load_chat_model(FLAGS.checkpoint, tokenizer=FLAGS.tokenizer, dtype=FLAGS.dtype)
+  model, tokenizer = chat.load_chat_model(FLAGS.checkpoint, tokenizer=FLAGS.tokenizer, dtype=FLAGS.dtype,
+                                          quantize=FLAGS.quantize)
   name = FLAGS.model_name or os.path.basename(os.path.normpath(FLAGS.checkpoint))
   application = server.create_app(
       model, tokenizer, model_name=name, temperature=FLAGS.temperature, top_p=FLAGS.top_p, top_k=FLAGS.top_k,

@@ -30,6 +30,14 @@ def define_sampling_flags(*, temperature: float = 0.0, top_p: float = 1.0) -> No
     flags.register_validator(name, _validator(name))
 
 
+def define_quantize_flag() -> None:
+  """--quantize: "none" or "int8" (int8 weights x int8 activations, see smollm3_jax.quantize)."""
+  from smollm3_jax import quantize
+  flags.DEFINE_enum("quantize", "none", list(quantize.MODES),
+                    "Weight quantization after loading: 'int8' reads 4x fewer weight bytes per "
+                    "decode step than float32 (activations quantized per token; see README).")
+
+
 def sampling_flag_values() -> dict:
   """The sampling flags as keyword arguments."""
   return {name: flags.FLAGS[name].value for name in SAMPLING_FLAGS}

@@ -64,6 +64,16 @@ PARAM_AXES: dict[tuple[str, str], tuple[str, ...]] = {
     ("down_proj", "kernel"): ("mlp", "embed"),
     ("down_proj", "bias"): ("embed",),
 }
+# int8 mode (quantize.py): kernels stored [out, in] with one scale per output; embedding rows scaled.
+PARAM_AXES.update({(name, "qkernel"): axes[::-1] for (name, kind), axes in list(PARAM_AXES.items())
+                   if kind == "kernel"})
+PARAM_AXES.update({(name, "qscale"): axes[-1:] for (name, kind), axes in list(PARAM_AXES.items())
+                   if kind == "kernel"})
+PARAM_AXES[("embed_tokens", "qembedding")] = ("vocab", "embed")
+PARAM_AXES[("embed_tokens", "qscale")] = ("vocab",)
+PARAM_AXES[("gate_up_proj", "qkernel")] = ("mlp", "embed")  # gate/up rows interleaved
+PARAM_AXES[("gate_up_proj", "qscale")] = ("mlp",)
+PARAM_AXES[("gate_up_proj", "bias")] = ("mlp",)
 CACHE_AXES = ("batch", "kv_heads", "length", "head_dim")  # KVCache.k[i] / .v[i]: [B, KVH, S, D]
 # Activation axes, for sharding constraints (jax.lax.with_sharding_constraint) where they help.
 ACTIVATION_AXES = {
@@ -346,7 +356,7 @@ class MeshSharding:
 # --------------------------------------------------------------------------------------------
 def mesh_of(model: nnx.Module) -> Mesh | None:
   """The multi-device mesh the model's parameters live on (from its embedding), else None."""
-  x = model.embed_tokens.embedding.get_value()
+  x = jax.tree.leaves(nnx.state(model.embed_tokens))[0]
   s = getattr(x, "sharding", None)
   if isinstance(s, NamedSharding) and s.mesh.size > 1:
     return s.mesh
@@ -377,8 +387,11 @@ def load(checkpoint, *, mesh=None, dtype=jnp.float32, param_dtype=None, **kwargs
   config = checkpoints.load_config(checkpoint)
   sharding = MeshSharding.of(mesh, config)
   place = sharding if sharding.mesh.size > 1 else None  # one device: exactly the plain loader
-  return checkpoints.from_pretrained(checkpoint, dtype=dtype, param_dtype=param_dtype, place=place,
-                                     **kwargs)
+  model = checkpoints.from_pretrained(checkpoint, dtype=dtype, param_dtype=param_dtype, place=place,
+                                      **kwargs)
+  if place is not None and not sharding.is_placed(model):  # int8 weights are made after loading
+    sharding.shard_model(model)
+  return model
 
 
 def tree_shardings(tree) -> Any:

@@ -319,6 +319,7 @@ def build_model(model_cfg: Mapping, mesh: str = ""):
   from flax import nnx
 
   from smollm3_jax import config as config_lib
+  from smollm3_jax import quantize as quantize_lib
   from smollm3_jax import sharding
   from smollm3_jax.model import SmolLM3
   from smollm3_jax.tokenizer import Tokenizer
@@ -327,13 +328,14 @@ def build_model(model_cfg: Mapping, mesh: str = ""):
   if model_cfg.get("dtype", "float32") not in dtypes:
     raise ValueError(f"model.dtype must be one of {sorted(dtypes)}, got {model_cfg.get('dtype')!r}")
   dtype = dtypes[model_cfg.get("dtype", "float32")]
+  quantize = quantize_lib.check_mode(model_cfg.get("quantize", "none"))
   checkpoint = model_cfg.get("checkpoint") or ""
   tok_source = model_cfg.get("tokenizer") or checkpoint
   if not tok_source:
     raise ValueError("model.tokenizer: a random model needs a tokenizer (e.g. 'demo')")
   tokenizer = Tokenizer.from_pretrained(tok_source)
   if checkpoint:
-    return sharding.load(checkpoint, mesh=mesh or None, dtype=dtype), tokenizer
+    return sharding.load(checkpoint, mesh=mesh or None, dtype=dtype, quantize=quantize), tokenizer
   rnd = model_cfg.get("random") or {}
   preset = rnd.get("preset", "tiny")
   if preset not in config_lib.PRESETS:
@@ -346,7 +348,7 @@ def build_model(model_cfg: Mapping, mesh: str = ""):
     cfg = config_lib.PRESETS[preset]().replace(**changes)
   model = SmolLM3(cfg, dtype=dtype, rngs=nnx.Rngs(int(rnd.get("seed", 0))))
   sharding.engine_sharding(model, mesh or None)  # moves the weights onto a multi-device mesh
-  return model, tokenizer
+  return quantize_lib.apply(model, quantize), tokenizer
 
 
 # --------------------------------------------------------------------------------------------

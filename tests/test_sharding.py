@@ -48,6 +48,7 @@ def _child(workdir: str) -> dict:
 
   import smollm3_jax
   from smollm3_jax import config as C
+  from smollm3_jax import quantize
   from smollm3_jax import sharding as S
   from smollm3_jax.generate import Engine, get_engine
   from smollm3_jax.model import SmolLM3
@@ -102,6 +103,20 @@ def _child(workdir: str) -> dict:
   chunks = [np.asarray(s.tokens)[0, :int(np.asarray(s.num_generated)[0])].tolist()
             for s, _ in eng.run(n, args, chunk_steps=3)]
   out["stream"] = dict(tokens=chunks[-1], chunks=len(chunks))
+
+  # int8 mode on a mesh: the quantized weights follow the logical-axis rules; tokens unchanged.
+  ref8 = smollm3_jax.from_pretrained(ckpt, quantize="int8")
+  on_mesh8 = S.load(ckpt, mesh="data=2,model=4", quantize="int8")
+  moved8 = smollm3_jax.from_pretrained(ckpt)
+  S.engine_sharding(moved8, "data=2,model=4")
+  quantize.quantize_int8(moved8)  # quantized where it lives: stays on its mesh
+  out["int8"] = dict(
+      reference=[c.token_ids for c in smollm3_jax.generate(ref8, None, prompts, **kw)],
+      mesh=[c.token_ids for c in smollm3_jax.generate(on_mesh8, None, prompts, **kw)],
+      moved=[c.token_ids for c in smollm3_jax.generate(moved8, None, prompts, **kw)],
+      params={k: v for k, v in specs(nnx.state(on_mesh8, nnx.Param)).items() if "layers'][0]" in k
+              or "layers" not in k},
+      moved_mesh=S.describe(S.mesh_of(moved8)))
 
   # Uneven cases: refused with a clear error, before any compile.
   errors = {}
@@ -173,6 +188,26 @@ def test_parameter_shardings_on_2x4(multi):
     assert _param(multi, "2,4", suffix) == want, suffix
 
 
+def test_int8_weights_on_a_mesh(multi):
+  r = multi["int8"]
+  assert r["mesh"] == r["reference"] and r["moved"] == r["reference"]
+  assert r["moved_mesh"].startswith("data=2,model=4")
+  expect = {  # int8 kernels are stored [out, in]; gate/up fused (rows interleaved) on the mlp axis
+      "['embed_tokens']['qembedding'].value": ["P('model', None)", [128, 64]],
+      "['embed_tokens']['qscale'].value": ["P('model',)", [128]],
+      "['q_proj']['qkernel'].value": ["P('model', None)", [32, 64]],
+      "['q_proj']['qscale'].value": ["P('model',)", [32]],
+      "['k_proj']['qkernel'].value": ["P('model', None)", [16, 64]],
+      "['o_proj']['qkernel'].value": ["P(None, 'model')", [64, 32]],
+      "['gate_up_proj']['qkernel'].value": ["P('model', None)", [64, 64]],
+      "['down_proj']['qkernel'].value": ["P(None, 'model')", [64, 32]],
+      "['down_proj']['qscale'].value": ["P(None,)", [64]],
+  }
+  for suffix, want in expect.items():
+    hits = [v for k, v in r["params"].items() if k.endswith(suffix)]
+    assert hits == [want], (suffix, hits)
+
+
 def test_parameter_shardings_on_1x8_replicate_what_does_not_divide(multi):
   assert _param(multi, "1,8", "['q_proj']['kernel'].value") == ["P(None, 'model')", [64, 16]]
   # 4 kv heads cannot split 8 ways: replicated, not split inside a head
@@ -233,6 +268,7 @@ def test_single_device_mesh_leaves_generation_untouched():
   from flax import nnx
 
   from smollm3_jax import config as C
+  from smollm3_jax import quantize
   from smollm3_jax import sharding as S
   from smollm3_jax.model import SmolLM3
 

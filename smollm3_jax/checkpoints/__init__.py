@@ -16,6 +16,7 @@ from smollm3_jax.checkpoints import safetensors as st_ckpt
 from smollm3_jax.checkpoints.mapping import build_model, check_float_dtype
 from smollm3_jax.config import SmolLM3Config
 from smollm3_jax.model import SmolLM3
+from smollm3_jax import quantize as quantize_lib
 
 __all__ = ["from_pretrained", "load_config", "resolve"]
 
@@ -55,23 +56,27 @@ def load_config(checkpoint: str | os.PathLike, *, revision: str | None = None) -
 
 def from_pretrained(checkpoint: str | os.PathLike, *, dtype=jnp.float32, param_dtype=None,
                     place: Callable[[tuple, np.ndarray], jax.Array] | None = None,
-                    revision: str | None = None) -> SmolLM3:
+                    revision: str | None = None, quantize: str | None = None) -> SmolLM3:
   """Loads a :class:`SmolLM3` from "demo", a ``.gguf`` file, a local HF directory or a Hub id.
 
   dtype: activation dtype; param_dtype: weight storage dtype (default ``dtype``). Quantized GGUF
   tensors are dequantized to ``param_dtype``. ``place(param_path, host_array)`` puts one tensor on
   device(s) (default ``jax.device_put``); tensors are read, converted and placed one at a time.
+  quantize: None / "none", or "int8" (:func:`smollm3_jax.quantize.quantize_int8` after loading).
   """
   check_float_dtype(dtype, "dtype")
   if param_dtype is not None:
     check_float_dtype(param_dtype, "param_dtype")
+  quantize = quantize_lib.check_mode(quantize)
   kind, path = resolve(checkpoint, revision=revision)
   if kind == "dir" and orbax_ckpt.is_orbax_dir(path):  # converted by experiments/convert.py
-    return orbax_ckpt.restore(path, dtype=dtype, param_dtype=param_dtype, place=place)
-  if kind == "gguf":
-    config, tensors = gguf_ckpt.load(path)
+    model = orbax_ckpt.restore(path, dtype=dtype, param_dtype=param_dtype, place=place)
   else:
-    config = st_ckpt.load_config(path)
-    tensors = st_ckpt.tensor_source(path)
-  return build_model(config, tensors, dtype=dtype, param_dtype=param_dtype, place=place,
-                     source=path)
+    if kind == "gguf":
+      config, tensors = gguf_ckpt.load(path)
+    else:
+      config = st_ckpt.load_config(path)
+      tensors = st_ckpt.tensor_source(path)
+    model = build_model(config, tensors, dtype=dtype, param_dtype=param_dtype, place=place,
+                        source=path)
+  return quantize_lib.apply(model, quantize)
