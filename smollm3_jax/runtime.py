@@ -1,8 +1,19 @@
-"""Process-level runtime helpers: the persistent compilation cache and a memory-bandwidth probe.
+"""Process-level runtime helpers: the on-disk start-up caches and a memory-bandwidth probe.
 
     from smollm3_jax import runtime
     runtime.enable_compilation_cache()          # before the first compile; later processes start sooner
     gbps = runtime.measure_bandwidth()["gbps"]  # device memory bandwidth, GB/s (for rooflines)
+
+Start-up caches, both off until enabled, both in one directory (default
+``$SMOLLM3_JAX_CACHE_DIR``, else ``~/.cache/smollm3_jax/jax``):
+
+* JAX's persistent compilation cache (compiled programs), in the directory itself;
+* the GGUF header index (:mod:`smollm3_jax.checkpoints.gguf`: metadata, vocabulary and tensor
+  offsets of each GGUF file, so later processes skip seconds of header parsing), in its
+  ``gguf_index/`` subdirectory (JAX only touches its own ``*-cache`` files).
+
+:func:`enable_compilation_cache` turns on both, :func:`disable_compilation_cache` turns off both;
+:func:`enable_gguf_index` / :func:`disable_gguf_index` switch the index alone.
 """
 
 from __future__ import annotations
@@ -16,6 +27,9 @@ import jax.numpy as jnp
 import numpy as np
 
 CACHE_ENV = "SMOLLM3_JAX_CACHE_DIR"
+GGUF_INDEX_SUBDIR = "gguf_index"
+
+_gguf_index_dir: str | None = None  # None: off (the default)
 
 
 def default_cache_dir() -> str:
@@ -31,11 +45,13 @@ def enable_compilation_cache(path: str | os.PathLike | None = None) -> str:
   """Turns on JAX's persistent compilation cache in ``path`` (default :func:`default_cache_dir`).
 
   Every compiled program is written to disk (no minimum compile time or size), so a second
-  process with the same model shapes skips XLA compilation. Safe to call more than once; a new
-  path takes effect for later compiles. Returns the directory used.
+  process with the same model shapes skips XLA compilation. Also turns on the GGUF header index
+  in ``<path>/gguf_index`` (:func:`enable_gguf_index`). Safe to call more than once; a new path
+  takes effect for later compiles and GGUF loads. Returns the directory used.
   """
   path = os.path.abspath(os.path.expanduser(os.fspath(path))) if path else default_cache_dir()
   os.makedirs(path, exist_ok=True)
+  enable_gguf_index(os.path.join(path, GGUF_INDEX_SUBDIR))
   if jax.config.jax_compilation_cache_dir != path:
     jax.config.update("jax_compilation_cache_dir", path)
     try:  # the cache object is created lazily on first use; drop one bound to an older dir
@@ -49,13 +65,36 @@ def enable_compilation_cache(path: str | os.PathLike | None = None) -> str:
 
 
 def disable_compilation_cache() -> None:
-  """Turns the persistent compilation cache off for later compiles in this process."""
+  """Turns the persistent compilation cache (and the GGUF header index) off for this process."""
+  disable_gguf_index()
   jax.config.update("jax_compilation_cache_dir", None)
   try:
     from jax._src import compilation_cache as _cc
     _cc.reset_cache()
   except Exception:  # pragma: no cover
     pass
+
+
+def enable_gguf_index(path: str | os.PathLike | None = None) -> str:
+  """Turns on the on-disk GGUF header index in ``path`` (default ``<default_cache_dir()>/gguf_index``)
+  for later GGUF loads in this process: the first load of a file writes its index, later
+  processes read it instead of parsing the header. The directory is created on first write.
+  Returns the directory used."""
+  global _gguf_index_dir
+  _gguf_index_dir = (os.path.abspath(os.path.expanduser(os.fspath(path))) if path
+                     else os.path.join(default_cache_dir(), GGUF_INDEX_SUBDIR))
+  return _gguf_index_dir
+
+
+def disable_gguf_index() -> None:
+  """Turns the GGUF header index off: later loads parse headers and write nothing to disk."""
+  global _gguf_index_dir
+  _gguf_index_dir = None
+
+
+def gguf_index_dir() -> str | None:
+  """The directory of the GGUF header index, or None while it is off."""
+  return _gguf_index_dir
 
 
 def _time_best(fn, args, repeats: int) -> float:

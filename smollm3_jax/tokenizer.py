@@ -630,14 +630,10 @@ def _read_gguf_tokenizer_metadata(path: str) -> dict[str, Any]:
 @functools.lru_cache(maxsize=4)
 def _read_gguf_tokenizer_metadata_cached(path: str, mtime_ns: int, size: int) -> dict[str, Any]:
   del mtime_ns, size  # cache keys only
-  from smollm3_jax.checkpoints.gguf import open_reader  # shared with the model loader
+  # Shared with the model loader; parsed once, or read from the on-disk GGUF header index.
+  from smollm3_jax.checkpoints.gguf import read_header
 
-  fields = open_reader(path).fields
-
-  def value(key):
-    field = fields.get(key)
-    return field.contents() if field is not None else None
-
+  value = read_header(path).fields.get
   meta: dict[str, Any] = {}
   for key in ("model", "pre", "tokens", "merges", "token_type", "bos_token_id", "eos_token_id",
               "padding_token_id", "unknown_token_id", "add_bos_token", "add_eos_token"):

@@ -1,29 +1,47 @@
 """GGUF checkpoints (llama.cpp): architectures ``llama`` and ``smollm3``.
 
 The config comes from the metadata (``{arch}.block_count`` etc.), tensors from llama.cpp names
-(``blk.N.attn_q.weight`` ...). Quantized tensors are dequantized with ``gguf.quants`` one at a
-time. llama.cpp's converter permutes the rows of q/k projections (per head: [first half, second
-half] -> interleaved pairs, for its interleaved RoPE); that permutation is undone here so that the
-weights match the Hugging Face rotate-half layout.
+(``blk.N.attn_q.weight`` ...). Quantized tensors are dequantized one at a time with ``gguf.quants``.
+llama.cpp's converter permutes the rows of q/k projections (per head: [first half, second half] ->
+interleaved pairs, for its interleaved RoPE); that permutation is undone here so that the weights
+match the Hugging Face rotate-half layout.
+
+Header index (a start-up cache): parsing a GGUF header with ``gguf.GGUFReader`` takes seconds (it
+walks the whole vocabulary field by field). :func:`read_header` parses it once per file version
+and process; where :func:`smollm3_jax.runtime.gguf_index_dir` names a directory (on together with
+the persistent compilation cache, in ``<compilation cache dir>/gguf_index``; off by default), it
+also writes a JSON index there (the metadata values, and per tensor its name, GGML type, shape,
+data offset and byte count) that later processes read in milliseconds instead. An index is used
+only while the file's real path, size, mtime and inode are unchanged; an unreadable or stale index
+is ignored and rewritten. Tensor bytes are memory-mapped from the GGUF file itself.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import hashlib
+import json
+import logging
 import os
 import re
+import tempfile
+from typing import Any, Mapping
 
 import gguf as gguflib
 import ml_dtypes
 import numpy as np
 from gguf import GGMLQuantizationType as QT
 
+from smollm3_jax import runtime
 from smollm3_jax.checkpoints.mapping import TensorInfo
 from smollm3_jax.config import RopeScaling, SmolLM3Config
 
 SUPPORTED_ARCHITECTURES = ("llama", "smollm3")
 # SmolLM3 GGUFs carry no NoPE key (llama.cpp hard-codes the step): every 4th layer skips RoPE.
 DEFAULT_NO_ROPE_INTERVAL = 4
+# Bump when the index layout or the meaning of a stored value changes: older indexes are ignored.
+INDEX_VERSION = 1
 
 _TOP_NAMES = {
     "token_embd.weight": "model.embed_tokens.weight",
@@ -38,38 +56,179 @@ _BLOCK_NAMES = {
 }
 _BLOCK_RE = re.compile(r"^blk\.(\d+)\.([a-z_]+)\.(weight|bias)$")
 _INT_TYPES = {QT.I8, QT.I16, QT.I32, QT.I64}
+# Stored dtypes that are read by reinterpreting the bytes (everything else goes through gguf.quants).
+_VIEW_DTYPES = {QT.F32: np.float32, QT.F16: np.float16, QT.F64: np.float64,
+                QT.BF16: ml_dtypes.bfloat16, QT.I8: np.int8, QT.I16: np.int16, QT.I32: np.int32,
+                QT.I64: np.int64}
+# Metadata arrays nothing here reads (the vocabulary's scores: ~49k floats for SmolLM3).
+_UNUSED_FIELDS = ("tokenizer.ggml.scores",)
+# Big vocabulary arrays: the tokenizer reads them, the config does not.
+_VOCAB_FIELDS = ("tokens", "scores", "token_type", "merges")
+
+_log = logging.getLogger(__name__)
 
 
-def open_reader(path: str) -> gguflib.GGUFReader:
-  """A (memory-mapped) GGUFReader of ``path``, shared by the model loader and the tokenizer:
-  parsing a file's metadata (its whole vocabulary) takes seconds, so it is done once per file
-  version in a process."""
+# --------------------------------------------------------------------------------------------
+# The header: metadata + tensor directory, parsed once or read from the on-disk index
+# --------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class TensorHeader:
+  """One tensor of a GGUF file: numpy (row-major) ``shape``, GGML type, absolute byte ``offset``
+  of its data in the file and its size ``nbytes``."""
+
+  name: str
+  qtype: QT
+  shape: tuple[int, ...]
+  offset: int
+  nbytes: int
+
+
+@dataclasses.dataclass(frozen=True)
+class GGUFHeader:
+  """What this package reads of a GGUF file besides tensor data: ``fields`` maps every metadata key
+  (but ``tokenizer.ggml.scores``) to its value as plain Python (str/int/float/bool or lists of
+  them); ``tensors`` lists the tensors in file order. ``path`` is the real path; ``size``,
+  ``mtime_ns`` and ``inode`` identify the file version the header describes."""
+
+  path: str
+  size: int
+  mtime_ns: int
+  inode: int
+  fields: Mapping[str, Any]
+  tensors: tuple[TensorHeader, ...]
+
+  def tensor_bytes(self, t: TensorHeader) -> np.ndarray:
+    """The raw bytes of ``t``: a read-only uint8 memory map [nbytes] of the file."""
+    if t.nbytes == 0:  # mmap cannot map zero bytes
+      return np.zeros((0,), np.uint8)
+    return np.memmap(self.path, dtype=np.uint8, mode="r", offset=t.offset, shape=(t.nbytes,))
+
+
+def read_header(path: str | os.PathLike) -> GGUFHeader:
+  """The :class:`GGUFHeader` of ``path``, shared by the model loader and the tokenizer: cached per
+  file version in this process, and in the on-disk index where one is enabled (see the module
+  docstring). Raises FileNotFoundError, or ValueError for a truncated/corrupt file."""
+  path = os.fspath(path)
   if not os.path.isfile(path):
     raise FileNotFoundError(f"GGUF file not found: {path}")
-  stat = os.stat(path)
-  return _open_cached(os.path.realpath(path), stat.st_mtime_ns, stat.st_size)
+  st = os.stat(path)
+  return _read_header_cached(os.path.realpath(path), st.st_size, st.st_mtime_ns, st.st_ino)
 
 
-@functools.lru_cache(maxsize=2)
-def _open_cached(path: str, mtime_ns: int, size: int) -> gguflib.GGUFReader:
-  del mtime_ns, size  # cache keys only: a rewritten file is parsed again
+@functools.lru_cache(maxsize=4)
+def _read_header_cached(path: str, size: int, mtime_ns: int, inode: int) -> GGUFHeader:
+  key = dict(path=path, size=size, mtime_ns=mtime_ns, inode=inode)
+  index_dir = runtime.gguf_index_dir()
+  index_path = _index_path(index_dir, path) if index_dir else None
+  if index_path is not None:
+    header = _read_index(index_path, key)
+    if header is not None:
+      return header
+  header = _parse(**key)
+  if index_path is not None and _file_version(path) == key:  # not rewritten while being parsed
+    _write_index(index_path, header)
+  return header
+
+
+def _file_version(path: str) -> dict | None:
   try:
-    return gguflib.GGUFReader(path, "r")
+    st = os.stat(path)
+  except OSError:
+    return None
+  return dict(path=path, size=st.st_size, mtime_ns=st.st_mtime_ns, inode=st.st_ino)
+
+
+def _parse(path: str, size: int, mtime_ns: int, inode: int) -> GGUFHeader:
+  """Parses the header with ``gguf.GGUFReader`` (seconds for a 49k-token vocabulary)."""
+  try:
+    reader = gguflib.GGUFReader(path, "r")
   except Exception as e:  # the reader raises ValueError/IndexError/... on short or garbled files
     raise ValueError(f"{path}: truncated or corrupt GGUF file ({type(e).__name__}: {e})") from e
-
-
-def _fields(reader: gguflib.GGUFReader, path: str) -> dict:
-  out = {}
+  if reader.byte_order != "I":
+    raise ValueError(f"{path}: big-endian GGUF files are not supported")
+  fields = {}
   for key, field in reader.fields.items():
-    if key.startswith("tokenizer.ggml.") and key.rsplit(".", 1)[-1] in (
-        "tokens", "scores", "token_type", "merges"):
-      continue  # big vocab arrays, not needed for the config
+    if key in _UNUSED_FIELDS:
+      continue
     try:
-      out[key] = field.contents()
+      fields[key] = field.contents()
     except Exception as e:
       raise ValueError(f"{path}: corrupt GGUF metadata field {key!r}: {e}") from e
-  return out
+  tensors = tuple(
+      TensorHeader(name=t.name, qtype=QT(int(t.tensor_type)),
+                   shape=tuple(int(d) for d in reversed(t.shape.tolist())),  # GGUF: innermost first
+                   offset=int(t.data_offset), nbytes=int(t.data.nbytes))
+      for t in reader.tensors)
+  return GGUFHeader(path, size, mtime_ns, inode, fields, tensors)
+
+
+def _index_path(index_dir: str, path: str) -> str:
+  # One index per GGUF path (a rewritten file replaces its stale index rather than adding one).
+  digest = hashlib.sha256(path.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+  return os.path.join(index_dir, f"{digest}.v{INDEX_VERSION}.json")
+
+
+def _read_index(index_path: str, key: dict) -> GGUFHeader | None:
+  """The header stored at ``index_path`` if it describes exactly the file version ``key``; None if
+  it is missing, stale or unreadable in any way (the caller parses the file and rewrites it)."""
+  try:
+    with open(index_path, "rb") as f:
+      record = json.loads(f.read())
+  except FileNotFoundError:
+    return None
+  except Exception as e:  # garbled, half-written by a foreign tool, unreadable...
+    _log.info("ignoring unreadable GGUF index %s: %s", index_path, e)
+    return None
+  try:
+    if record.get("version") != INDEX_VERSION or any(record.get(k) != v for k, v in key.items()):
+      return None
+    fields = record["fields"]
+    if not isinstance(fields, dict):
+      raise TypeError("fields is not an object")
+    tensors = tuple(
+        TensorHeader(name=str(name), qtype=QT(int(qtype)), shape=tuple(int(d) for d in shape),
+                     offset=int(offset), nbytes=int(nbytes))
+        for name, qtype, shape, offset, nbytes in record["tensors"])
+  except Exception as e:
+    _log.info("ignoring malformed GGUF index %s: %s", index_path, e)
+    return None
+  return GGUFHeader(key["path"], key["size"], key["mtime_ns"], key["inode"], fields, tensors)
+
+
+def _write_index(index_path: str, header: GGUFHeader) -> None:
+  """Writes the index atomically (temporary file + rename); failures only cost the next process
+  a parse, so they are logged, never raised."""
+  record = dict(version=INDEX_VERSION, path=header.path, size=header.size,
+                mtime_ns=header.mtime_ns, inode=header.inode, fields=dict(header.fields),
+                tensors=[[t.name, int(t.qtype), list(t.shape), t.offset, t.nbytes]
+                         for t in header.tensors])
+  tmp = None
+  try:
+    data = json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    directory = os.path.dirname(index_path)
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
+    with os.fdopen(fd, "wb") as f:
+      f.write(data)
+    os.replace(tmp, index_path)
+    tmp = None
+  except Exception as e:  # read-only cache, full disk, a value JSON cannot hold...
+    _log.warning("could not write the GGUF index %s: %s", index_path, e)
+  finally:
+    if tmp is not None:
+      try:
+        os.unlink(tmp)
+      except OSError:
+        pass
+
+
+# --------------------------------------------------------------------------------------------
+# Config
+# --------------------------------------------------------------------------------------------
+def _fields(header: GGUFHeader) -> dict:
+  """The metadata without the big vocabulary arrays (not needed for the config)."""
+  return {k: v for k, v in header.fields.items()
+          if not (k.startswith("tokenizer.ggml.") and k.rsplit(".", 1)[-1] in _VOCAB_FIELDS)}
 
 
 def _architecture(meta: dict, path: str) -> str:
@@ -148,19 +307,14 @@ def _config_from_meta(meta: dict, tensor_shapes: dict[str, tuple], path: str) ->
       pad_token_id=token_id("padding_token_id"))
 
 
-def _hf_shape(t) -> tuple[int, ...]:
-  """numpy (row-major) shape: GGUF lists dimensions innermost first."""
-  return tuple(int(d) for d in reversed(list(t.shape)))
-
-
-def _tensor_shapes(reader, path) -> dict[str, tuple]:
-  return {t.name: _hf_shape(t) for t in reader.tensors}
+def _tensor_shapes(header: GGUFHeader) -> dict[str, tuple]:
+  return {t.name: t.shape for t in header.tensors}
 
 
 def load_config(path: str | os.PathLike) -> SmolLM3Config:
   path = os.fspath(path)
-  reader = open_reader(path)
-  return _config_from_meta(_fields(reader, path), _tensor_shapes(reader, path), path)
+  header = read_header(path)
+  return _config_from_meta(_fields(header), _tensor_shapes(header), path)
 
 
 def hf_name(name: str) -> str | None:
@@ -192,23 +346,17 @@ def permute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
 
 
 def _dequantizable(qtype) -> bool:
-  return qtype in (QT.F32, QT.F16, QT.F64, QT.BF16) or qtype in gguflib.quants._type_traits
+  return qtype in _VIEW_DTYPES or qtype in gguflib.quants._type_traits
 
 
-def _reader_fn(t, shape, qtype, n_head):
+def _reader_fn(header: GGUFHeader, t: TensorHeader, n_head: int | None):
   def read():
-    data = t.data
-    if qtype == QT.F32:
-      out = data.view(np.float32)
-    elif qtype == QT.F16:
-      out = data.view(np.float16)
-    elif qtype == QT.F64:
-      out = data.view(np.float64)
-    elif qtype == QT.BF16:
-      out = data.view(ml_dtypes.bfloat16)
+    data = header.tensor_bytes(t)
+    if t.qtype in _VIEW_DTYPES:
+      out = data.view(_VIEW_DTYPES[t.qtype])
     else:
-      out = gguflib.quants.dequantize(data, qtype)
-    out = out.reshape(shape)
+      out = gguflib.quants.dequantize(data, t.qtype)
+    out = out.reshape(t.shape)
     if n_head is not None:
       out = unpermute_qk(out, n_head)
     return out
@@ -218,34 +366,33 @@ def _reader_fn(t, shape, qtype, n_head):
 def load(path: str | os.PathLike) -> tuple[SmolLM3Config, dict[str, TensorInfo]]:
   """(config, HF-named tensor source) of a GGUF file; checks every tensor header first."""
   path = os.fspath(path)
-  reader = open_reader(path)
-  shapes = _tensor_shapes(reader, path)
-  config = _config_from_meta(_fields(reader, path), shapes, path)
-  size = os.path.getsize(path)
+  header = read_header(path)
+  shapes = _tensor_shapes(header)
+  config = _config_from_meta(_fields(header), shapes, path)
+  size = header.size
   tensors: dict[str, TensorInfo] = {}
   unknown = []
-  for t in reader.tensors:
+  for t in header.tensors:
     name = hf_name(t.name)
     if name is None:
       unknown.append(t.name)
       continue
-    qtype = t.tensor_type
-    shape = shapes[t.name]
+    qtype, shape = t.qtype, t.shape
     if qtype not in _INT_TYPES and not _dequantizable(qtype):
       raise ValueError(f"{path}: tensor {t.name!r} has type {qtype.name}, which gguf.quants "
                        f"cannot dequantize")
     block, type_size = gguflib.GGML_QUANT_SIZES[qtype]
     n = int(np.prod(shape, dtype=np.int64))
     expected_bytes = n // block * type_size
-    if n % block or t.data.nbytes != expected_bytes or t.data_offset + expected_bytes > size:
+    if n % block or t.nbytes != expected_bytes or t.offset + expected_bytes > size:
       raise ValueError(f"{path}: truncated or corrupt GGUF file: tensor {t.name!r} ({qtype.name} "
-                       f"{shape}) needs {expected_bytes} bytes at offset {t.data_offset}, file has "
+                       f"{shape}) needs {expected_bytes} bytes at offset {t.offset}, file has "
                        f"{size} bytes")
     n_head = None
     if t.name.startswith("blk.") and (".attn_q." in t.name or ".attn_k." in t.name):
       n_head = config.num_attention_heads if ".attn_q." in t.name else config.num_key_value_heads
     tensors[name] = TensorInfo(shape, qtype.name, qtype not in _INT_TYPES,
-                               _reader_fn(t, shape, qtype, n_head), path)
+                               _reader_fn(header, t, n_head), path)
   if unknown:
     raise ValueError(f"{path}: unexpected tensors (not part of a llama/smollm3 model): "
                      f"{sorted(unknown)[:10]}")

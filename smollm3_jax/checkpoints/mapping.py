@@ -9,7 +9,10 @@ near one tensor beyond what ``place`` keeps.
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import dataclasses
+import os
 import re
 from typing import Any, Callable, Mapping
 
@@ -101,7 +104,7 @@ def build_model(config: SmolLM3Config, tensors: Mapping[str, TensorInfo], *, dty
 
   Every check (names, shapes, stored dtypes) runs before the first tensor is read. Each tensor is
   then read, transposed to [in, out] where needed, converted to ``param_dtype`` (default ``dtype``)
-  on the host, handed to ``place(path, array)`` and dropped.
+  on the host (a few at once, on worker threads), handed to ``place(path, array)`` and dropped.
   """
   dtype = check_float_dtype(dtype, "dtype")
   param_dtype = check_float_dtype(param_dtype if param_dtype is not None else dtype, "param_dtype")
@@ -146,20 +149,32 @@ def build_model(config: SmolLM3Config, tensors: Mapping[str, TensorInfo], *, dty
       raise ValueError(f"{source}: tensor {name!r} is stored as {info.dtype}, which cannot be "
                        f"converted to {param_dtype.name} weights")
 
-  # -- read -> convert -> place -> drop, one tensor at a time --------------------------------
-  loaded = []
-  for path, var in nnx.to_flat_state(params):
+  # -- read -> convert -> place -> drop, a few tensors at a time ------------------------------
+  # Reading and converting (dequantizing, transposing, casting: numpy, which releases the GIL) runs
+  # on worker threads a small window ahead of placement, so host memory holds at most `window`
+  # converted tensors at once.
+  def convert(path):
     name, transpose = plan[tuple(path)]
     host = tensors[name].read()
     if transpose:
       host = host.T
     # An owned, contiguous copy in the parameter dtype: never a view of a memory-mapped file.
-    host = np.array(host, dtype=param_dtype, order="C", copy=True)
-    value = place(tuple(path), host)
-    del host
-    if tuple(value.shape) != tuple(var.shape):
-      raise ValueError(f"place() returned shape {value.shape} for {path}, expected {var.shape}")
-    loaded.append((path, var.replace(value)))
+    return np.array(host, dtype=param_dtype, order="C", copy=True)
+
+  flat = list(nnx.to_flat_state(params))
+  window = max(1, min(4, os.cpu_count() or 1))
+  loaded = []
+  with concurrent.futures.ThreadPoolExecutor(window) as pool:
+    pending = collections.deque(pool.submit(convert, path) for path, _ in flat[:window])
+    for i, (path, var) in enumerate(flat):
+      host = pending.popleft().result()
+      if i + window < len(flat):
+        pending.append(pool.submit(convert, flat[i + window][0]))
+      value = place(tuple(path), host)
+      del host
+      if tuple(value.shape) != tuple(var.shape):
+        raise ValueError(f"place() returned shape {value.shape} for {path}, expected {var.shape}")
+      loaded.append((path, var.replace(value)))
   return nnx.merge(graphdef, nnx.from_flat_state(loaded))
 
 
