@@ -33,6 +33,10 @@ flags.DEFINE_integer("num_layers", 0, "Override the preset's layer count (random
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Parameter and activation dtype (both sides).")
 flags.DEFINE_enum("quantize", "none", ["none", "int8"], "Ours only: 'int8' quantizes our weights after "
                   "loading (smollm3_jax.quantize); transformers keeps --dtype weights.")
+flags.DEFINE_string("quality_text", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                                 "data", "eval", "quality.txt"),
+                    "With --quantize: a text scored teacher-forced by the model before and after quantizing "
+                    "(top-1 agreement, KL, perplexities).")
 flags.DEFINE_list("prompt_lengths", ["128", "512", "2048"], "Prefill rows: prompt lengths in tokens.")
 flags.DEFINE_list("batch_sizes", ["1", "8", "32"], "Decode rows: batch sizes.")
 flags.DEFINE_integer("new_tokens", 128, "Decode rows: new tokens per prompt (no early stop).")
@@ -125,6 +129,21 @@ def hf_model_from(model, dtype_name: str):
   if torch.cuda.is_available():
     hm = hm.cuda()
   return hm
+
+
+def quality_scorer(model, tokenizer, path: str, max_tokens: int = 1024):
+  """Scores ``path``'s text with the model as it is now; returns a function that scores it again
+  (after quantizing) and compares the two (smollm3_jax.quantize.compare_logits). None without a
+  tokenizer or text."""
+  import numpy as np
+  from smollm3_jax import quantize
+  if tokenizer is None or not path:
+    return None
+  with open(path) as f:
+    ids = np.asarray([tokenizer.encode(f.read())[:max_tokens]])
+  reference = np.asarray(model(ids)[0][0, :-1])
+  return lambda: dict(tokens=int(ids.shape[1]), **quantize.compare_logits(
+      reference, np.asarray(model(ids)[0][0, :-1]), ids[0, 1:]))
 
 
 def chat_prompt_ids(tokenizer, vocab_size: int, n: int, *, thinking: bool = False, seed: int = 0):
@@ -486,10 +505,15 @@ def main(argv):
     report["torch_threads"] = torch.get_num_threads()
   if FLAGS.quantize != "none":  # after transformers copied the unquantized weights
     from smollm3_jax import quantize
+    score = quality_scorer(model, tokenizer, FLAGS.quality_text)
     t0 = time.time()
     quantize.apply(model, FLAGS.quantize)
     report["quantize_seconds"] = time.time() - t0
     desc += f", {FLAGS.quantize} weights"
+    if score is not None:
+      report["quality"] = score()
+      print("quality vs unquantized (teacher-forced on --quality_text): " + ", ".join(
+          f"{k} {v:.4g}" for k, v in report["quality"].items()), flush=True)
   ours = Ours(model, tokenizer)
 
   print(f"model: {desc}, {FLAGS.dtype}; device {report['device']}", flush=True)

@@ -155,6 +155,29 @@ class Int8Embed(nnx.Module):
     return int8_matmul(x.astype(self.dtype), self.qembedding[...], self.qscale[...])
 
 
+def compare_logits(reference: np.ndarray, logits: np.ndarray, targets: np.ndarray | None = None) -> dict:
+  """How far ``logits`` (e.g. the int8 model's) are from ``reference`` (the unquantized model's),
+  both [T, vocab] for the same T positions of a teacher-forced text.
+
+  Returns top1_agreement (fraction of positions with the same argmax), mean_kl (KL(reference ||
+  logits) in nats, averaged over positions) and, when ``targets`` [T] (the next tokens) are given,
+  the perplexity of each.
+  """
+  def log_softmax(x):
+    x = np.asarray(x, np.float64)
+    x = x - x.max(-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+  ref, got = log_softmax(reference), log_softmax(logits)
+  out = dict(top1_agreement=float(np.mean(ref.argmax(-1) == got.argmax(-1))),
+             mean_kl=float(np.mean((np.exp(ref) * (ref - got)).sum(-1))))
+  if targets is not None:
+    rows = np.arange(len(targets))
+    out["perplexity_reference"] = float(np.exp(-ref[rows, targets].mean()))
+    out["perplexity"] = float(np.exp(-got[rows, targets].mean()))
+  return out
+
+
 def is_quantized(model: nnx.Module) -> bool:
   """True if :func:`quantize_int8` was applied to ``model``."""
   return isinstance(model.embed_tokens, Int8Embed)

@@ -3,6 +3,7 @@ quality on the demo checkpoint, and the engine's guarantees (row independence, o
 
 from __future__ import annotations
 
+import os
 import warnings
 
 import numpy as np
@@ -44,6 +45,22 @@ def test_int8_matmul_equals_integer_reference(lead):
   ref = (xq @ q.astype(np.int64).T).astype(np.float64) * xs * scale
   assert got.shape == (*lead, 20)
   np.testing.assert_allclose(got.reshape(-1, 20), ref, rtol=1e-6, atol=1e-6)
+
+
+def test_compare_logits_equals_torch():
+  rs = np.random.RandomState(5)
+  ref, got = rs.randn(7, 30) * 3, rs.randn(7, 30) * 3
+  got[:3] = ref[:3] + 0.01 * rs.randn(3, 30)
+  targets = rs.randint(0, 30, 7)
+  q = Q.compare_logits(ref, got, targets)
+  r, g = torch.from_numpy(ref), torch.from_numpy(got)
+  kl = torch.nn.functional.kl_div(g.log_softmax(-1), r.log_softmax(-1), log_target=True, reduction="batchmean")
+  assert q["mean_kl"] == pytest.approx(kl.item(), rel=1e-9)
+  assert q["top1_agreement"] == pytest.approx(np.mean(ref.argmax(-1) == got.argmax(-1)))
+  ce = torch.nn.functional.cross_entropy(g, torch.from_numpy(targets))
+  assert q["perplexity"] == pytest.approx(np.exp(ce.item()), rel=1e-9)
+  assert q["perplexity_reference"] == pytest.approx(
+      np.exp(torch.nn.functional.cross_entropy(r, torch.from_numpy(targets)).item()), rel=1e-9)
 
 
 def test_bad_mode_is_refused_before_loading():
@@ -113,17 +130,11 @@ def test_int8_logits_equal_transformers_with_the_same_scheme(make_hf_model, tmp_
 def test_int8_demo_quality_and_answer(demo_model, demo_tokenizer):
   """Teacher-forced on a fixed English text: int8 agrees with f32 on most next-token choices."""
   ours8 = smollm3_jax.from_pretrained("demo", quantize="int8")
-  text = ("The history of the printing press begins in the fifteenth century, when Johannes "
-          "Gutenberg combined movable metal type, oil-based ink and a wooden press. Within decades, "
-          "printing spread across Europe, books became cheaper, and literacy rose. Scholars could "
-          "compare identical copies of a text, which changed how knowledge was checked and shared. ") * 2
+  text = open(os.path.join(os.path.dirname(__file__), "..", "data", "eval", "quality.txt")).read()
   ids = np.asarray([demo_tokenizer.encode(text)])
-  l32 = np.asarray(demo_model(ids)[0][0], np.float64)
-  l8 = np.asarray(ours8(ids)[0][0], np.float64)
-  lsm = lambda l: l - l.max(-1, keepdims=True) - np.log(np.exp(l - l.max(-1, keepdims=True)).sum(-1, keepdims=True))
-  kl = (np.exp(lsm(l32)) * (lsm(l32) - lsm(l8))).sum(-1).mean()
-  agree = (l32.argmax(-1) == l8.argmax(-1)).mean()
-  assert agree > 0.8 and kl < 0.1, (agree, kl)
+  q = Q.compare_logits(np.asarray(demo_model(ids)[0][0, :-1]), np.asarray(ours8(ids)[0][0, :-1]), ids[0, 1:])
+  assert q["top1_agreement"] > 0.8 and q["mean_kl"] < 0.1, q
+  assert q["perplexity"] < 1.2 * q["perplexity_reference"], q
   prompt = demo_tokenizer.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
                                               add_generation_prompt=True)
   res = smollm3_jax.generate(ours8, demo_tokenizer, [prompt], max_new_tokens=16)
