@@ -32,9 +32,10 @@ from smollm3_jax.model import SmolLM3
 STOP_REASONS = ("", "eos", "max_tokens", "newlines", "context")
 _EOS, _MAX_TOKENS, _NEWLINES, _CONTEXT = 1, 2, 3, 4
 _MAX_STOP_IDS = 8  # stop ids travel as a fixed-size traced array, padded with -1
-# Batch sizes a request is padded up to. Powers of two up to 32, then steps of at most a third, so
-# a large grid (e.g. 144 rows) wastes little compute on idle rows (160, not 256).
-DEFAULT_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 48, 64, 96, 128, 160, 192, 256)
+# Batch sizes a request is padded up to: powers of two up to 16, then steps of 8 to 32, 16 to 256
+# and 32 to 512 (each bucket compiles only when used). Large batches are compute-bound on CPU, so
+# idle rows cost their full share: a 144-row grid ran 12-21 % faster as 144 rows than padded to 160.
+DEFAULT_BATCH_BUCKETS = (1, 2, 4, 8, 16, 24, 32, *range(48, 257, 16), *range(288, 513, 32))
 
 # How many times each jitted function was traced/compiled in this process (tests read it).
 COMPILE_COUNTS: collections.Counter = collections.Counter()
