@@ -13,6 +13,20 @@ TINY = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_la
             pad_token_id=0, rope_parameters={"rope_type": "default", "rope_theta": 10000.0})
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache_dir(tmp_path_factory):
+  """Scripts the tests run (subprocesses inherit the environment) keep their start-up caches here,
+  not in the user's ~/.cache."""
+  import os
+  old = os.environ.get("SMOLLM3_JAX_CACHE_DIR")
+  os.environ["SMOLLM3_JAX_CACHE_DIR"] = str(tmp_path_factory.mktemp("smollm3_jax_cache"))
+  yield os.environ["SMOLLM3_JAX_CACHE_DIR"]
+  if old is None:
+    os.environ.pop("SMOLLM3_JAX_CACHE_DIR", None)
+  else:
+    os.environ["SMOLLM3_JAX_CACHE_DIR"] = old
+
+
 @dataclasses.dataclass
 class HFCheckpoint:
   """A saved tiny checkpoint: its directory and the transformers model (f32, eval mode)."""
