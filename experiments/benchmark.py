@@ -74,8 +74,8 @@ SWEEP_THINKING = (False, True)
 # Models and prompts
 # --------------------------------------------------------------------------------------------
 def _dtype(name):
-  import jax.numpy as jnp
-  return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[name]
+  from smollm3_jax.checkpoints.mapping import dtype_from_name
+  return dtype_from_name(name)
 
 
 def load_ours(checkpoint: str, preset: str, dtype, seed: int, num_layers: int = 0, mesh: str = ""):

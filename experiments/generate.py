@@ -35,14 +35,14 @@ flags.DEFINE_bool("compilation_cache", True, "Persistent compilation cache (fast
 
 def main(argv):
   del argv
-  import jax.numpy as jnp
 
   import smollm3_jax
   from smollm3_jax import runtime
+  from smollm3_jax.checkpoints.mapping import dtype_from_name
 
   if FLAGS.compilation_cache:
     runtime.enable_compilation_cache()
-  dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[FLAGS.dtype]
+  dtype = dtype_from_name(FLAGS.dtype)
   sampling_kwargs = cli.sampling_flag_values()  # validated when the flags were parsed
   kwargs = dict(chat=FLAGS.chat, thinking=FLAGS.thinking, **sampling_kwargs,
                 max_new_tokens=FLAGS.max_new_tokens, seed=FLAGS.seed,

@@ -387,11 +387,9 @@ def load(checkpoint, *, mesh=None, dtype=jnp.float32, param_dtype=None, **kwargs
   config = checkpoints.load_config(checkpoint)
   sharding = MeshSharding.of(mesh, config)
   place = sharding if sharding.mesh.size > 1 else None  # one device: exactly the plain loader
-  model = checkpoints.from_pretrained(checkpoint, dtype=dtype, param_dtype=param_dtype, place=place,
-                                      **kwargs)
-  if place is not None and not sharding.is_placed(model):  # int8 weights are made after loading
-    sharding.shard_model(model)
-  return model
+  # (quantize="int8" builds its int8 weights after loading, on the mesh the model is on.)
+  return checkpoints.from_pretrained(checkpoint, dtype=dtype, param_dtype=param_dtype, place=place,
+                                     **kwargs)
 
 
 def tree_shardings(tree) -> Any:

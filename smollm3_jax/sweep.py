@@ -315,19 +315,16 @@ def build_model(model_cfg: Mapping, mesh: str = ""):
   empty checkpoint and ``random`` (preset, num_layers, seed) for a random model whose vocabulary
   matches ``tokenizer``. ``mesh`` (e.g. "data=2,model=4"; "" = all devices on the data axis) places
   the weights shard by shard as they load; on one device nothing is sharded."""
-  import jax.numpy as jnp
   from flax import nnx
 
   from smollm3_jax import config as config_lib
   from smollm3_jax import quantize as quantize_lib
+  from smollm3_jax.checkpoints.mapping import dtype_from_name
   from smollm3_jax import sharding
   from smollm3_jax.model import SmolLM3
   from smollm3_jax.tokenizer import Tokenizer
 
-  dtypes = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-  if model_cfg.get("dtype", "float32") not in dtypes:
-    raise ValueError(f"model.dtype must be one of {sorted(dtypes)}, got {model_cfg.get('dtype')!r}")
-  dtype = dtypes[model_cfg.get("dtype", "float32")]
+  dtype = dtype_from_name(model_cfg.get("dtype", "float32"), "model.dtype")
   quantize = quantize_lib.check_mode(model_cfg.get("quantize", "none"))
   checkpoint = model_cfg.get("checkpoint") or ""
   tok_source = model_cfg.get("tokenizer") or checkpoint

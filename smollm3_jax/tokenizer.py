@@ -621,16 +621,9 @@ def _download(repo_id: str, revision: str | None, cache_dir: str | None, local_f
 
 
 def _read_gguf_tokenizer_metadata(path: str) -> dict[str, Any]:
-  """The tokenizer.* metadata of a GGUF file, keys without the "tokenizer.ggml." prefix (cached:
-  parsing a GGUF takes seconds; callers must not mutate the result)."""
-  stat = os.stat(path)
-  return _read_gguf_tokenizer_metadata_cached(os.path.realpath(path), stat.st_mtime_ns, stat.st_size)
-
-
-@functools.lru_cache(maxsize=4)
-def _read_gguf_tokenizer_metadata_cached(path: str, mtime_ns: int, size: int) -> dict[str, Any]:
-  del mtime_ns, size  # cache keys only
-  # Shared with the model loader; parsed once, or read from the on-disk GGUF header index.
+  """The tokenizer.* metadata of a GGUF file, keys without the "tokenizer.ggml." prefix. The
+  header is shared with the model loader (parsed once per file version, or read from the on-disk
+  GGUF header index)."""
   from smollm3_jax.checkpoints.gguf import read_header
 
   value = read_header(path).fields.get

@@ -29,7 +29,6 @@ TEXTS = ["Hello world, how are you?", "The capital of France is Paris. 12345 + 6
 
 def _clear_process_caches():
   g._read_header_cached.cache_clear()
-  tokenizer_mod._read_gguf_tokenizer_metadata_cached.cache_clear()
 
 
 @pytest.fixture

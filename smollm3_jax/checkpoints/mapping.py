@@ -82,6 +82,16 @@ def param_to_hf(path: ParamPath) -> str:
   raise KeyError(f"no Hugging Face name for parameter {path}")
 
 
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}  # the names configs and flags accept
+
+
+def dtype_from_name(name: str, field: str = "dtype"):
+  """The jnp dtype a config/flag name stands for; ValueError naming ``field`` otherwise."""
+  if name not in DTYPES:
+    raise ValueError(f"{field} must be one of {sorted(DTYPES)}, got {name!r}")
+  return DTYPES[name]
+
+
 def check_float_dtype(dtype, name: str):
   """Returns np.dtype(dtype); ValueError naming ``name`` unless it is a floating dtype."""
   try:
