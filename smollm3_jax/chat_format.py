@@ -15,6 +15,7 @@ tests/test_tokenizer.py against that template rendered the way ``transformers`` 
 from __future__ import annotations
 
 import datetime
+import os
 from typing import Any, Mapping, Sequence
 
 IM_START = "<|im_start|>"
@@ -58,9 +59,47 @@ PYTHON_TOOLS_FOOTER = (
     "are still available thereafter.")
 
 
-def today_string(now: datetime.datetime | None = None) -> str:
-  """Today's date the way the template writes it ("%d %B %Y", local time), e.g. "05 March 2026"."""
-  return (now or datetime.datetime.now()).strftime(DATE_FORMAT)
+# The date every chat template sees when no ``date=`` is passed (ISO "YYYY-MM-DD"), instead of the
+# clock: tests pin it, so a rendered prompt (and what the model writes) never depends on the day.
+DATE_ENV = "SMOLLM3_JAX_CHAT_DATE"
+
+DateLike = datetime.date | str | None  # a datetime.datetime is a date too
+
+
+def resolve_date(date: DateLike = None) -> datetime.datetime:
+  """The moment a chat template's ``strftime_now`` sees.
+
+  ``date``: a ``datetime.datetime`` (used as is), a ``datetime.date`` or an ISO string "YYYY-MM-DD"
+  (midnight of that day), or None: ``$SMOLLM3_JAX_CHAT_DATE`` when set, else now (local time, as
+  ``transformers`` renders templates). ValueError names a malformed date.
+  """
+  if date is None:
+    date = os.environ.get(DATE_ENV) or None
+    if date is None:
+      return datetime.datetime.now()
+  if isinstance(date, datetime.datetime):
+    return date
+  if isinstance(date, datetime.date):
+    return datetime.datetime(date.year, date.month, date.day)
+  if isinstance(date, str):
+    try:
+      day = datetime.date.fromisoformat(date.strip())
+    except ValueError:
+      raise ValueError(f"date must be an ISO date 'YYYY-MM-DD', got {date!r}") from None
+    return datetime.datetime(day.year, day.month, day.day)
+  raise ValueError(f"date must be a datetime.date, a datetime.datetime or 'YYYY-MM-DD', got "
+                   f"{type(date).__name__}")
+
+
+def iso_date(date: DateLike = None) -> str:
+  """``date`` (see :func:`resolve_date`) as "YYYY-MM-DD": what a sweep stores to render alike later."""
+  return resolve_date(date).date().isoformat()
+
+
+def today_string(now: DateLike = None) -> str:
+  """The date the way the template writes it ("%d %B %Y"), e.g. "05 March 2026"; ``now`` as
+  :func:`resolve_date` takes it (None: the pinned date or today)."""
+  return resolve_date(now).strftime(DATE_FORMAT)
 
 
 def _tool_list(name: str, tools: Any) -> list:
@@ -82,10 +121,10 @@ def format_smollm3_chat(messages: Sequence[Mapping[str, Any]],
                         enable_thinking: bool = True,
                         xml_tools: Sequence[Any] | None = None,
                         python_tools: Sequence[Any] | None = None,
-                        today: str | None = None) -> str:
+                        today: str | None = None, date: DateLike = None) -> str:
   """Renders ``messages`` (dicts with "role" and "content") as a SmolLM3 prompt string.
 
-  ``today`` is the date string for the metadata block (default: ``today_string()``). Tools are written
+  ``today`` is the date string for the metadata block (default: ``today_string(date)``). Tools are written
   with ``str(tool)``, as the template's ``string`` filter does.
   """
   if not messages:
@@ -119,7 +158,7 @@ def format_smollm3_chat(messages: Sequence[Mapping[str, Any]],
   else:
     parts.append("## Metadata\n\n")
     parts.append(f"Knowledge Cutoff Date: {KNOWLEDGE_CUTOFF}\n")
-    parts.append(f"Today Date: {today if today is not None else today_string()}\n")
+    parts.append(f"Today Date: {today if today is not None else today_string(date)}\n")
     parts.append(f"Reasoning Mode: {mode}\n\n")
     parts.append("## Custom Instructions\n\n")
     if instructions:

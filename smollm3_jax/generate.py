@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from smollm3_jax import sampling
+from smollm3_jax import sampling, validation
 from smollm3_jax.kv_cache import DEFAULT_BUCKETS, KVCache, bucket_length
 from smollm3_jax.model import SmolLM3
 
@@ -433,39 +433,39 @@ def get_engine(model: SmolLM3, tokenizer=None, *, mesh=None, **kwargs) -> Engine
   return eng
 
 
-def _per_row(name: str, value, n: int, dtype) -> np.ndarray:
-  arr = np.asarray(value, dtype=dtype)
-  if arr.ndim == 0:
-    return np.full((n,), arr, dtype)
-  if arr.shape != (n,):
-    raise ValueError(f"{name}: expected a scalar or {n} values (one per prompt), got shape {arr.shape}")
-  return arr
-
-
 def row_seeds(seed, n: int) -> np.ndarray:
-  """Per-row seeds: given per row, or derived from a base seed and the row's index."""
-  arr = np.asarray(seed)
-  if arr.ndim == 1:
-    return _per_row("seed", arr, n, np.int64).astype(np.uint32)
-  base = np.uint64(int(seed) & 0xFFFFFFFF)
+  """Per-row seeds [n] uint32: given per row, or derived from a base seed and the row's index.
+  Seeds are integers in [0, 2**32 - 1] (ValueError otherwise: never truncated or wrapped)."""
+  if isinstance(seed, (list, tuple, np.ndarray)) and np.ndim(seed) == 1:
+    return validation.as_seeds("seed", seed, n).astype(np.uint32)
+  base = np.uint64(validation.as_count("seed", seed, low=0, high=validation.UINT32_MAX))
   idx = np.arange(n, dtype=np.uint64)
   mixed = (base * np.uint64(0x9E3779B1) + idx * np.uint64(0x85EBCA77) + np.uint64(0x165667B1))
   return (mixed & np.uint64(0xFFFFFFFF)).astype(np.uint32)
 
 
-def render_prompts(tokenizer, prompts, *, chat: bool = True, thinking=True) -> tuple[list[str], list[list[int]]]:
+def render_prompts(tokenizer, prompts, *, chat: bool = True, thinking=True, date=None,
+                   vocab_size: int | None = None) -> tuple[list[str], list[list[int]]]:
   """Prompt texts and ids. A prompt is a string (one user message when ``chat``), a message list,
-  or a sequence of token ids (used as is)."""
+  or a sequence of token ids (used as is, each checked to lie in ``[0, vocab_size)``; default the
+  tokenizer's vocabulary). ``date``: the day the chat template sees (see
+  ``Tokenizer.apply_chat_template``)."""
   if isinstance(prompts, str) or _is_messages(prompts) or _is_ids(prompts):
     prompts = [prompts]
+  if not isinstance(prompts, (list, tuple)):
+    raise ValueError(f"prompts must be a string, a message list, token ids or a list of those, "
+                     f"got {type(prompts).__name__}")
   prompts = list(prompts)
-  thinking = _per_row("thinking", thinking, len(prompts), bool)
+  if not prompts:
+    raise ValueError("prompts: need at least one prompt, got an empty list")
+  thinking = validation.as_bools("thinking", thinking, len(prompts))
   texts, ids = [], []
   for i, p in enumerate(prompts):
     if _is_ids(p) or (isinstance(p, (list, tuple, np.ndarray)) and len(p) == 0):
       if len(p) == 0:
         raise ValueError(f"prompt {i} is empty")
-      ids.append([int(t) for t in p])
+      limit = vocab_size or (tokenizer.vocab_size if tokenizer is not None else 2**31 - 1)
+      ids.append(validation.check_token_ids(f"prompt {i}", p, limit))
       texts.append(tokenizer.decode(ids[-1]) if tokenizer is not None else "")
       continue
     if tokenizer is None:
@@ -473,18 +473,27 @@ def render_prompts(tokenizer, prompts, *, chat: bool = True, thinking=True) -> t
     if isinstance(p, str) and not p.strip():
       raise ValueError(f"prompt {i} is empty (or only whitespace)")
     if chat:
-      messages = [{"role": "user", "content": p}] if isinstance(p, str) else list(p)
-      if not messages:
-        raise ValueError(f"prompt {i} is an empty message list")
+      if isinstance(p, str):
+        messages = [{"role": "user", "content": p}]
+      else:
+        try:
+          messages = validation.check_messages(p)
+        except ValueError as e:
+          raise ValueError(f"prompt {i}: {e}") from None
       text = tokenizer.apply_chat_template(messages, add_generation_prompt=True,
-                                           enable_thinking=bool(thinking[i]), tokenize=False)
+                                           enable_thinking=bool(thinking[i]), tokenize=False, date=date)
     else:
       if not isinstance(p, str):
-        raise ValueError(f"prompt {i}: raw (chat=False) prompts must be strings")
+        raise ValueError(f"prompt {i}: raw (chat=False) prompts must be strings or token ids")
       text = p
     texts.append(text)
     ids.append(tokenizer.encode(text))
   return texts, ids
+
+
+def _plain_number(v):
+  """A Python int / float for a setting as the caller gave it (numpy scalars unwrapped)."""
+  return v.item() if hasattr(v, "item") else v
 
 
 def _is_messages(p) -> bool:
@@ -516,30 +525,38 @@ def _finish(tokenizer, engine_state: DecodeState, n, texts, prompt_ids, stop_ids
 
 def _setup(model, tokenizer, prompts, *, chat, thinking, temperature, top_k, top_p, min_p,
            repetition_penalty, max_new_tokens, seed, newline_limit, stop_ids, context_length, engine,
-           share_prefill=False,
-           mesh=None):
-  texts, prompt_ids = render_prompts(tokenizer, prompts, chat=chat, thinking=thinking)
+           share_prefill=False, mesh=None, date=None):
+  """Checks every argument (before any compile), renders the prompts and prepares the batch."""
+  vocab = model.config.vocab_size
+  texts, prompt_ids = render_prompts(tokenizer, prompts, chat=chat, thinking=thinking, date=date,
+                                     vocab_size=vocab)
   n = len(prompt_ids)
-  max_new = _per_row("max_new_tokens", max_new_tokens, n, np.int64)
-  if (max_new < 1).any():
-    raise ValueError(f"max_new_tokens must be >= 1, got {max_new.min()}")
-  nl = _per_row("newline_limit", 0 if newline_limit is None else newline_limit, n, np.int64)
-  if (nl < 0).any():
-    raise ValueError("newline_limit must be >= 0 (0 disables the guard)")
+  for i, ids in enumerate(prompt_ids):  # a tokenizer's added tokens may lie beyond the model's
+    prompt_ids[i] = validation.check_token_ids(f"prompt {i}", ids, vocab)
+  max_new = validation.as_counts("max_new_tokens", max_new_tokens, n, low=1)
+  nl = validation.as_counts("newline_limit", 0 if newline_limit is None else newline_limit, n)
+  if context_length is not None:
+    context_length = validation.as_count("context_length", context_length, low=2,
+                                         high=model.config.max_position_embeddings)
   params = sampling.SamplingParams.make(n, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                                         repetition_penalty=repetition_penalty)
   seeds = row_seeds(seed, n)
   if stop_ids is None:
     stop_ids = tuple(tokenizer.stop_token_ids) if tokenizer is not None else tuple(model.config.eos_token_id)
+  if isinstance(stop_ids, (int, np.integer)):
+    stop_ids = (stop_ids,)
+  stop_ids = tuple(validation.check_token_ids("stop_ids", list(stop_ids), vocab))
   engine = engine or get_engine(model, tokenizer, mesh=mesh)
   engine.sync()
   n, args = engine.prepare(prompt_ids, params=params, seeds=seeds, max_new_tokens=max_new,
                            newline_limit=nl, stop_ids=stop_ids, context_length=context_length,
                            share_prefill=share_prefill)
-  settings = dict(temperature=np.asarray(params.temperature)[:n], top_k=np.asarray(params.top_k)[:n],
-                  top_p=np.asarray(params.top_p)[:n], min_p=np.asarray(params.min_p)[:n],
-                  repetition_penalty=np.asarray(params.repetition_penalty)[:n], seed=seeds,
-                  thinking=_per_row("thinking", thinking, n, bool))
+  # Settings echoed as given (0.7, not its float32 value 0.699999988079071).
+  given = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+               repetition_penalty=repetition_penalty)
+  settings = {name: [_plain_number(v) for v in validation.per_row(name, value, n)]
+              for name, value in given.items()}
+  settings.update(seed=seeds, thinking=validation.as_bools("thinking", thinking, n))
   return engine, n, args, texts, prompt_ids, tuple(stop_ids), settings
 
 
@@ -560,7 +577,7 @@ def generate(model: SmolLM3, tokenizer, prompts, *, chat: bool = True, thinking=
              temperature=0.0, top_k=0, top_p=1.0, min_p=0.0, repetition_penalty=1.0,
              max_new_tokens=256, seed=0, newline_limit=None, stop_ids=None,
              context_length: int | None = None, engine: Engine | None = None, mesh=None,
-             share_prefill: bool = False) -> GenerationResult:
+             share_prefill: bool = False, date=None) -> GenerationResult:
   """Generates one completion per prompt.
 
   ``prompts``: a string, a list of strings, or message lists (``chat=True`` renders them with the
@@ -571,12 +588,15 @@ def generate(model: SmolLM3, tokenizer, prompts, *, chat: bool = True, thinking=
   ``share_prefill=True`` runs each distinct prompt through prefill once and shares its cache among
   the rows that repeat it (a grid of settings over a few prompts); the number of distinct prompts
   then sets the prefill program's batch bucket, so it may compile once per such bucket.
+  ``date`` is the day the chat template sees (SmolLM3 writes it into the prompt): a date,
+  "YYYY-MM-DD", or None for ``$SMOLLM3_JAX_CHAT_DATE`` when set, else today.
+  Every argument is checked before anything compiles (ValueError naming it).
   """
   engine, n, args, texts, prompt_ids, stop_ids, settings = _setup(
       model, tokenizer, prompts, chat=chat, thinking=thinking, temperature=temperature, top_k=top_k,
       top_p=top_p, min_p=min_p, repetition_penalty=repetition_penalty, max_new_tokens=max_new_tokens,
       seed=seed, newline_limit=newline_limit, stop_ids=stop_ids, context_length=context_length,
-      engine=engine, mesh=mesh, share_prefill=share_prefill)
+      engine=engine, mesh=mesh, share_prefill=share_prefill, date=date)
   state = timings = None
   for state, timings in engine.run(n, args):
     pass
@@ -636,7 +656,7 @@ class Stream:
 
 _DEFAULTS = dict(chat=True, thinking=True, temperature=0.0, top_k=0, top_p=1.0, min_p=0.0,
                  repetition_penalty=1.0, max_new_tokens=256, seed=0, newline_limit=None, stop_ids=None,
-                 context_length=None, engine=None, mesh=None, share_prefill=False)
+                 context_length=None, engine=None, mesh=None, share_prefill=False, date=None)
 
 
 class _VisibleText:

@@ -72,6 +72,8 @@ def validate_sampling_args(*, batch: int | None = None, **kwargs: Any) -> None:
     arr = _as_host_array(name, value, batch)
     if not np.all(np.isfinite(arr)):
       raise ValueError(f"`{name}` must be finite, got {value!r}")
+    if np.any(np.abs(arr) > np.finfo(np.float32).max):  # becomes inf in the f32 program
+      raise ValueError(f"`{name}` is too large for float32, got {value!r}")
     if name == "temperature" and np.any(arr < 0):
       raise ValueError(f"`temperature` must be >= 0 (0 = greedy), got {value!r}")
     elif name == "top_k":

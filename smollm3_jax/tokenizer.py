@@ -9,7 +9,6 @@ the SmolLM3 format written in Python (``smollm3_jax.chat_format``).
 
 from __future__ import annotations
 
-import datetime
 import functools
 import json
 import os
@@ -182,8 +181,8 @@ def _compile_template(template: str):
     return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators,
                       sort_keys=sort_keys)
 
-  def strftime_now(fmt):
-    return datetime.datetime.now().strftime(fmt)
+  def strftime_now(fmt):  # replaced per render by the pinned date (render_chat_template)
+    return chat_format.resolve_date(None).strftime(fmt)
 
   env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
                                       extensions=[GenerationBlock, loopcontrols])
@@ -230,14 +229,21 @@ def _normalize_messages(messages: Sequence[Mapping[str, Any]]) -> list[dict]:
 
 
 def render_chat_template(template: str, messages: Sequence[Mapping[str, Any]],
-                         add_generation_prompt: bool = False, **variables: Any) -> str:
-  """Renders a jinja chat template as ``transformers``' ``apply_chat_template(tokenize=False)``."""
+                         add_generation_prompt: bool = False, *, date=None, **variables: Any) -> str:
+  """Renders a jinja chat template as ``transformers``' ``apply_chat_template(tokenize=False)``.
+
+  ``date`` is what the template's ``strftime_now`` sees (see ``chat_format.resolve_date``: a date,
+  "YYYY-MM-DD", or None for ``$SMOLLM3_JAX_CHAT_DATE`` / today).
+  """
   compiled = _compile_template(template)
+  now = chat_format.resolve_date(date)
+  messages = _normalize_messages(messages)
   variables = {k: _plain(v) for k, v in variables.items()}
   variables.setdefault("tools", None)
   variables.setdefault("documents", None)
-  return compiled.render(messages=_normalize_messages(messages),
-                         add_generation_prompt=add_generation_prompt, **variables)
+  # A render-time variable shadows the environment's global of the same name.
+  return compiled.render(messages=messages, add_generation_prompt=add_generation_prompt,
+                         strftime_now=lambda fmt: now.strftime(fmt), **variables)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -504,8 +510,12 @@ class Tokenizer:
   def apply_chat_template(self, messages: Sequence[Mapping[str, Any]],
                           add_generation_prompt: bool = False, enable_thinking: bool = True,
                           tokenize: bool = False, chat_template: str | None = None,
-                          **template_kwargs: Any) -> str | list[int]:
+                          date=None, **template_kwargs: Any) -> str | list[int]:
     """The prompt for ``messages`` as a string, or its ids when ``tokenize`` (no BOS added).
+
+    ``date``: the day the template's ``strftime_now`` sees (SmolLM3 writes it into the system turn):
+    a ``datetime.date`` / ``datetime.datetime``, "YYYY-MM-DD", or None for ``$SMOLLM3_JAX_CHAT_DATE``
+    when set, else today. Pin it to render the same prompt on any day.
 
     Renders ``chat_template`` or the checkpoint's template like ``transformers`` (special token
     strings and ``template_kwargs`` are template variables); without any template, the SmolLM3
@@ -515,12 +525,12 @@ class Tokenizer:
     if template is not None:
       variables = {**self.special_tokens_map(), "enable_thinking": enable_thinking, **template_kwargs}
       text = render_chat_template(template, messages, add_generation_prompt=add_generation_prompt,
-                                  **variables)
+                                  date=date, **variables)
     else:
       text = chat_format.format_smollm3_chat(
           _normalize_messages(messages), add_generation_prompt=add_generation_prompt,
           enable_thinking=enable_thinking, xml_tools=template_kwargs.get("xml_tools"),
-          python_tools=template_kwargs.get("python_tools"))
+          python_tools=template_kwargs.get("python_tools"), date=date)
     return self.encode(text) if tokenize else text
 
   def __repr__(self) -> str:

@@ -27,6 +27,45 @@ def _private_cache_dir(tmp_path_factory):
     os.environ["SMOLLM3_JAX_CACHE_DIR"] = old
 
 
+# The day every chat template sees in the tests (SmolLM3's writes it into the prompt): a fixed date,
+# so what a test renders and generates is the same on any day. Tests of the date itself pass their own.
+PINNED_CHAT_DATE = "2025-06-15"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _pinned_chat_date():
+  """Pins the chat templates' date for the whole session, subprocesses included (environment)."""
+  import os
+
+  from smollm3_jax.chat_format import DATE_ENV
+  old = os.environ.get(DATE_ENV)
+  os.environ[DATE_ENV] = PINNED_CHAT_DATE
+  yield PINNED_CHAT_DATE
+  if old is None:
+    os.environ.pop(DATE_ENV, None)
+  else:
+    os.environ[DATE_ENV] = old
+
+
+@pytest.fixture
+def pinned_transformers_clock(monkeypatch, _pinned_chat_date):
+  """Makes transformers' chat templates see the pinned date too (its ``strftime_now`` reads
+  ``datetime.now()`` of its own module), so their renderings can be compared with ours."""
+  import datetime
+
+  from transformers.utils import chat_template_utils
+
+  pinned = datetime.datetime.fromisoformat(_pinned_chat_date)
+
+  class PinnedDatetime(datetime.datetime):
+    @classmethod
+    def now(cls, tz=None):
+      return pinned
+
+  monkeypatch.setattr(chat_template_utils, "datetime", PinnedDatetime)
+  return pinned
+
+
 @dataclasses.dataclass
 class HFCheckpoint:
   """A saved tiny checkpoint: its directory and the transformers model (f32, eval mode)."""
