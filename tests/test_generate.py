@@ -2,28 +2,39 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
 import transformers
 
 import smollm3_jax
-from smollm3_jax import config as C
 from smollm3_jax.generate import COMPILE_COUNTS, Engine
 
 NEW = 32
 
 
+PAD_PROMPT = [17, 203, 88]  # the fixture makes its greedy first token the pad id
+
+
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-  """A tiny random SmolLM3 (8 layers, NoPE every 4th, GQA 4) saved by transformers, loaded by us."""
-  cfg = C.tiny(vocab_size=256)
-  hf_cfg = transformers.SmolLM3Config(**{k: v for k, v in cfg.to_hf_dict().items() if k != "architectures"})
-  torch.manual_seed(0)
-  ref = transformers.SmolLM3ForCausalLM(hf_cfg).eval()
+def tiny(tmp_path_factory, make_hf_model):
+  """A tiny random SmolLM3 (8 layers, NoPE every 4th, GQA 4, vocabulary 512 = two sampling blocks)
+  saved by transformers, loaded by us, with decisive logits: conftest's O(1) activations and the LM
+  head scaled x4 give |logit| <= ~16 and a median top-two gap of 0.85 (Hugging Face's default
+  init gives |logit| <= 0.57 and a gap of 0.08, on which a flipped RoPE sign still passes).
+
+  Its pad id is the greedy first token of PAD_PROMPT, so a pad slot counted as a seen token
+  changes that prompt's first token under a repetition penalty."""
+  ref = make_hf_model(seed=5, tie_word_embeddings=False)
+  with torch.no_grad():
+    ref.lm_head.weight.mul_(4.0)
+  ref.config.pad_token_id = _hf_greedy(ref, PAD_PROMPT, new=1)[0]
   path = tmp_path_factory.mktemp("tiny_generate")
   ref.save_pretrained(path)
   model = smollm3_jax.from_pretrained(str(path))
+  assert model.config.pad_token_id == ref.config.pad_token_id
   return model, ref
 
 
@@ -123,7 +134,7 @@ def test_context_stop_and_context_error(tiny):
   assert [len(c.token_ids) for c in res] == [14, 20]  # prompt + generated == context
   with pytest.raises(ValueError, match="prompt 1 has 30 tokens.*context of 24"):
     smollm3_jax.generate(model, None, _prompts([5, 30]), max_new_tokens=4, context_length=24)
-  with pytest.raises(ValueError, match="max_position_embeddings"):
+  with pytest.raises(ValueError, match=r"context_length.*\[2, 512\]"):  # 512 = max_position_embeddings
     smollm3_jax.generate(model, None, prompts, max_new_tokens=4, context_length=10**6)
 
 
@@ -224,3 +235,95 @@ def test_weights_assigned_after_a_call_are_used_by_the_next(tiny):
     layer[...] = original
   assert smollm3_jax.generate(model, None, [prompt], max_new_tokens=8, stop_ids=[])[0].token_ids == before
   assert ablated == [0] * 8 and ablated != before
+
+
+# --------------------------------------------------------------------------------------------
+# Stop rules and penalties at their edges (each of these once let a planted bug through)
+# --------------------------------------------------------------------------------------------
+def test_pad_slots_are_not_penalised(tiny):
+  """Prompts are left-padded to a bucket: only the real prompt counts as seen for the penalty.
+  The pad id here is PAD_PROMPT's greedy first token, and a penalty of 3 would demote it."""
+  model, ref = tiny
+  pad = model.config.pad_token_id
+  assert pad not in PAD_PROMPT
+  with torch.no_grad():
+    first = ref(torch.tensor([PAD_PROMPT])).logits[0, -1]
+  top2 = first.topk(2).values
+  assert int(first.argmax()) == pad and top2[0] / 3 < top2[1]  # a penalised pad would lose the argmax
+  long = _prompts([20], seed=3)[0]
+  res = smollm3_jax.generate(model, None, [PAD_PROMPT, long], max_new_tokens=6, stop_ids=[],
+                             repetition_penalty=[3.0, 1.0])
+  assert res[0].token_ids == _hf_greedy(ref, PAD_PROMPT, new=6, repetition_penalty=3.0)
+  assert res[0].token_ids[0] == pad
+
+
+def test_stop_token_on_the_last_allowed_step_is_eos(tiny):
+  """A row whose budget ends exactly on a stop token stopped on the stop token (eos), not on
+  its budget."""
+  model, _ = tiny
+  prompt = _prompts([7], seed=4)[0]
+  free = smollm3_jax.generate(model, None, [prompt], max_new_tokens=12, stop_ids=[])[0].token_ids
+  k = max(i for i in range(1, 12) if free[i] not in free[:i])  # a token's first appearance
+  res = smollm3_jax.generate(model, None, [prompt, prompt], max_new_tokens=[k + 1, k + 2],
+                             stop_ids=[free[k]])
+  for c in res:
+    assert (c.stop_reason, c.token_ids) == ("eos", free[:k + 1])
+
+
+class _IdTokenizer:
+  """Decodes every id as "<id>" (stop ids included): shows which ids reached the text."""
+
+  vocab_size = 512
+  stop_token_ids = ()
+
+  def decode(self, ids, skip_special_tokens=False):
+    return "".join(f"<{i}>" for i in ids)
+
+
+def test_stop_token_is_reported_but_not_in_the_text(tiny):
+  model, _ = tiny
+  prompt = _prompts([8], seed=5)[0]
+  free = smollm3_jax.generate(model, None, [prompt], max_new_tokens=10, stop_ids=[])[0].token_ids
+  k = next(i for i in range(2, 10) if free[i] not in free[:i])
+  tok = _IdTokenizer()
+  c = smollm3_jax.generate(model, tok, [prompt], max_new_tokens=10, stop_ids=[free[k]], engine=Engine(model, tok))[0]
+  assert c.stop_reason == "eos" and c.token_ids == free[:k + 1]
+  assert c.text == tok.decode(free[:k]) and c.answer == c.text
+
+
+def _newline_stop(tokens, newline_ids, limit):
+  """Reference guard: (stop index + 1) after ``limit`` consecutive newline tokens, else None."""
+  run = 0
+  for i, t in enumerate(tokens):
+    run = run + 1 if t in newline_ids else 0
+    if run >= limit:
+      return i + 1
+  return None
+
+
+def test_newline_guard_counts_consecutive_newlines_only(tiny):
+  """A newline token that appears alone, before a later one, does not start a run."""
+  model, _ = tiny
+  prompt = _prompts([7])[0]
+  free = smollm3_jax.generate(model, None, [prompt], max_new_tokens=24, stop_ids=[])[0].token_ids
+  # Two "newline" tokens that each appear but never next to one another: a guard with limit 2
+  # must not fire (one that never resets its count stops at the second).
+  newline_ids = next({a, b} for a, b in itertools.combinations(sorted(set(free)), 2)
+                     if _newline_stop(free, {a, b}, 2) is None)
+  tok = _NewlineTokenizer(model.config.vocab_size, newline_ids)
+  res = smollm3_jax.generate(model, tok, [prompt], engine=Engine(model, tok), max_new_tokens=24,
+                             stop_ids=[], newline_limit=2)
+  assert res[0].stop_reason == "max_tokens" and res[0].token_ids == free
+
+
+def test_row_seeds_are_distinct_and_reproducible():
+  """Per-row seeds from a base seed: distinct across 4096 rows, the same on every call, different
+  for another base; explicit per-row seeds pass through unchanged."""
+  from smollm3_jax.generate import row_seeds
+
+  a = row_seeds(11, 4096)
+  assert a.dtype == np.uint32 and len(set(a.tolist())) == 4096
+  np.testing.assert_array_equal(a, row_seeds(11, 4096))
+  np.testing.assert_array_equal(a[:5], row_seeds(11, 5))  # a row's seed does not depend on n
+  assert not set(a.tolist()) & set(row_seeds(12, 4096).tolist()[:16])
+  assert row_seeds([5, 5, 2**32 - 1], 3).tolist() == [5, 5, 2**32 - 1]

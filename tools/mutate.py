@@ -1,0 +1,255 @@
+"""Mutation check: plants known bugs one at a time in a scratch copy and runs the tests meant to catch each.
+
+Usage (from the repository root; not part of ``make test``, takes ~15 minutes on 2 CPU cores):
+
+  .venv/bin/python tools/mutate.py              # every mutation, after a baseline run
+  .venv/bin/python tools/mutate.py --list       # names only
+  .venv/bin/python tools/mutate.py rope_sign eos_after_budget   # a selection (no baseline)
+
+Each mutation is an exact text replacement in one library file. The text to replace must occur
+exactly once in the current code, else the script stops before running anything: the list has to
+follow the code. The scratch copy holds the working tree's tracked and untracked (not ignored)
+files, so uncommitted tests are checked too; the repository itself is never modified.
+
+A mutation is "caught" when its tests fail (pytest exit status 1) and "survived" when they pass.
+Before the mutations, the union of all selected tests runs once unmutated and must pass, or a
+failure would count as a catch. Exit status: 0 when every mutation was caught.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+G, S, C = "tests/test_generate.py::", "tests/test_sampling.py::", "tests/test_checkpoints.py::"
+
+
+@dataclasses.dataclass(frozen=True)
+class Mutation:
+  name: str
+  path: str  # library file, relative to the repository root
+  old: str   # exact text, occurring once
+  new: str
+  tests: tuple[str, ...]  # pytest node ids expected to fail
+
+
+MUTATIONS = (
+    # ---- bugs that once survived the suite (issue 22) ----------------------------------------
+    Mutation("pads_in_presence", "smollm3_jax/generate.py",
+             "  valid = slot >= start[:, None]\n", "  valid = slot >= 0\n",
+             (G + "test_pad_slots_are_not_penalised",)),
+    Mutation("eos_after_budget", "smollm3_jax/generate.py",
+             "  reason = jnp.where(undecided & is_stop, _EOS, reason)\n"
+             "  reason = jnp.where(active & (reason == 0) & (n >= s.max_new), _MAX_TOKENS, reason)\n",
+             "  reason = jnp.where(active & (reason == 0) & (n >= s.max_new), _MAX_TOKENS, reason)\n"
+             "  reason = jnp.where(active & (reason == 0) & is_stop, _EOS, reason)\n",
+             (G + "test_stop_token_on_the_last_allowed_step_is_eos",)),
+    Mutation("newline_run_never_reset", "smollm3_jax/generate.py",
+             "newline_run = jnp.where(is_newline, s.newline_run + 1, 0)",
+             "newline_run = s.newline_run + is_newline.astype(jnp.int32)",
+             (G + "test_newline_guard_counts_consecutive_newlines_only",)),
+    Mutation("stop_token_in_text", "smollm3_jax/generate.py",
+             "body = ids[:-1] if ids and reasons[i] == _EOS and ids[-1] in stop_ids else ids",
+             "body = ids",
+             (G + "test_stop_token_is_reported_but_not_in_the_text",)),
+    Mutation("cdf_block_offset_zero", "smollm3_jax/sampling.py",
+             "  before = jnp.where(j > 0,", "  before = 0.0 * jnp.where(j > 0,",
+             (S + "test_draws_over_a_real_vocabulary_match_softmax_frequencies",)),
+    Mutation("rmsnorm_variance_bf16", "smollm3_jax/model.py",
+             "var = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)",
+             "var = jnp.mean(jnp.square(x), axis=-1, keepdims=True).astype(jnp.float32)",
+             (C + "test_bf16_rmsnorm_equals_transformers_bf16",
+              C + "test_bf16_logits_match_transformers_bf16")),
+    Mutation("softmax_bf16", "smollm3_jax/model.py",
+             "probs = jax.nn.softmax(scores, axis=-1)",
+             "probs = jax.nn.softmax(scores.astype(v.dtype), axis=-1)",
+             (C + "test_bf16_attention_equals_transformers_bf16",
+              C + "test_bf16_logits_match_transformers_bf16")),
+    # ---- bugs the suite already caught; kept so it keeps catching them ----------------------
+    Mutation("rope_sign", "smollm3_jax/model.py",
+             "rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)",
+             "rotated = jnp.concatenate([x[..., half:], -x[..., :half]], axis=-1)",
+             (G + "test_greedy_single_prompt_equals_transformers",)),
+    Mutation("rope_on_every_layer", "smollm3_jax/model.py",
+             "Attention(config, config.uses_rope(layer),", "Attention(config, True,",
+             (G + "test_greedy_single_prompt_equals_transformers",)),
+    Mutation("nope_index_off_by_one", "smollm3_jax/config.py",
+             "return bool(self.no_rope_layers[layer])", "return bool(self.no_rope_layers[layer - 1])",
+             (G + "test_greedy_single_prompt_equals_transformers",)),
+    Mutation("yarn_factor_ignored", "smollm3_jax/model.py",
+             "inv_freq_interp = 1.0 / (np.float32(factor) * pos_freqs)",
+             "inv_freq_interp = 1.0 / pos_freqs",
+             (C + "test_f32_logits_match_transformers[yarn]",)),
+    Mutation("yarn_ramp_swapped", "smollm3_jax/model.py",
+             "blended = inv_freq_interp * (1 - extrapolation_weight) + inv_freq * extrapolation_weight",
+             "blended = inv_freq_interp * extrapolation_weight + inv_freq * (1 - extrapolation_weight)",
+             (C + "test_f32_logits_match_transformers[yarn]",)),
+    Mutation("linear_rope_factor_ignored", "smollm3_jax/model.py",
+             "return (inv_freq / np.float32(rs.factor)).astype(np.float32), 1.0",
+             "return inv_freq, 1.0",
+             (C + "test_linear_rope_scaling_matches_transformers",)),
+    Mutation("left_padding_visible", "smollm3_jax/kv_cache.py",
+             "valid = slots[None, :] >= self.start[:, None]", "valid = slots[None, :] >= 0",
+             (G + "test_greedy_batch_of_different_lengths_equals_transformers_row_by_row",)),
+    Mutation("decode_position_off_by_one", "smollm3_jax/generate.py",
+             "positions = (s.prompt_len + s.step - 1)[:, None]", "positions = (s.prompt_len + s.step)[:, None]",
+             (G + "test_greedy_single_prompt_equals_transformers",)),
+    Mutation("context_stop_late", "smollm3_jax/generate.py",
+             "(s.prompt_len + n >= s.context_limit)", "(s.prompt_len + n > s.context_limit)",
+             (G + "test_context_stop_and_context_error",)),
+    Mutation("penalty_direction_swapped", "smollm3_jax/sampling.py",
+             "jnp.where(logits < 0, logits * p, logits / p)", "jnp.where(logits < 0, logits / p, logits * p)",
+             (S + "test_repetition_penalty_matches_transformers",)),
+    Mutation("generated_tokens_not_penalised", "smollm3_jax/generate.py",
+             "presence=sampling.update_presence(s.presence, tok, active)", "presence=s.presence",
+             (G + "test_greedy_single_prompt_equals_transformers",)),
+    Mutation("top_p_ignores_top_k_mask", "smollm3_jax/sampling.py",
+             "  s = _mask_below(s, cut_k)\n", "",
+             (S + "test_full_chain_matches_generate_processors",)),
+    Mutation("top_p_drops_crossing_token", "smollm3_jax/sampling.py",
+             "first = jnp.argmax(~remove, axis=-1)",
+             "first = jnp.minimum(jnp.argmax(~remove, axis=-1) + 1, sorted_asc.shape[-1] - 1)",
+             (S + "test_top_p_matches_transformers",)),
+    Mutation("top_k_off_by_one", "smollm3_jax/sampling.py",
+             "(v - k)[:, None]", "jnp.maximum(v - k - 1, 0)[:, None]",
+             (S + "test_top_k_matches_transformers",)),
+    Mutation("min_p_absolute", "smollm3_jax/sampling.py",
+             "return probs < min_p[:, None] * top", "return probs < min_p[:, None]",
+             (S + "test_min_p_matches_transformers",)),
+    Mutation("gguf_q_not_unpermuted", "smollm3_jax/checkpoints/gguf.py",
+             '(".attn_q." in t.name or ".attn_k." in t.name)', '(".attn_k." in t.name)',
+             (C + "test_gguf_matches_safetensors",)),
+    Mutation("gguf_k_not_unpermuted", "smollm3_jax/checkpoints/gguf.py",
+             '(".attn_q." in t.name or ".attn_k." in t.name)', '(".attn_q." in t.name)',
+             (C + "test_gguf_matches_safetensors",)),
+    Mutation("gguf_k_unpermuted_with_q_heads", "smollm3_jax/checkpoints/gguf.py",
+             'n_head = config.num_attention_heads if ".attn_q." in t.name else config.num_key_value_heads',
+             "n_head = config.num_attention_heads",
+             (C + "test_gguf_matches_safetensors",)),
+    Mutation("shared_prefill_row_mapping", "smollm3_jax/generate.py",
+             "seen_at[index[:n]] = np.arange(n)", "seen_at[:] = np.arange(u)",
+             (G + "test_shared_prefill_gives_the_same_tokens",)),
+    Mutation("int8_per_tensor_scale", "smollm3_jax/quantize.py",
+             "amax = np.max(np.abs(w), axis=axis, keepdims=True)", "amax = np.max(np.abs(w), keepdims=True)",
+             ("tests/test_quantize.py::test_quantize_rows_matches_torch_per_channel",)),
+    Mutation("row_seeds_ignore_row_index", "smollm3_jax/generate.py",
+             "idx * np.uint64(0x85EBCA77)", "idx * np.uint64(0)",
+             (G + "test_row_seeds_are_distinct_and_reproducible",)),
+)
+
+
+def _source_files() -> list[str]:
+  """Tracked and untracked-but-not-ignored files of the working tree (deleted ones skipped)."""
+  out = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                       capture_output=True, check=True).stdout.decode()
+  return [p for p in out.split("\0") if p and os.path.isfile(os.path.join(ROOT, p))]
+
+
+def _copy_tree(dst: str) -> None:
+  for rel in _source_files():
+    os.makedirs(os.path.dirname(os.path.join(dst, rel)), exist_ok=True)
+    shutil.copy2(os.path.join(ROOT, rel), os.path.join(dst, rel))
+
+
+def _check_texts(mutations) -> None:
+  """Every ``old`` text occurs exactly once in its file: fail loudly before running anything."""
+  problems = []
+  for m in mutations:
+    with open(os.path.join(ROOT, m.path)) as f:
+      count = f.read().count(m.old)
+    if count != 1:
+      problems.append(f"{m.name}: {m.path} contains the text to replace {count} times (need 1):\n  {m.old!r}")
+  if problems:
+    sys.exit("mutation list out of step with the code:\n" + "\n".join(problems))
+
+
+def _pytest(scratch: str, tests, timeout: int) -> tuple[int, float, str]:
+  env = dict(os.environ, PYTHONPATH=scratch + os.pathsep + os.environ.get("PYTHONPATH", ""),
+             JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu"))
+  cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-o", f"timeout={timeout}",
+         *tests]
+  t0 = time.time()
+  try:
+    proc = subprocess.run(cmd, cwd=scratch, env=env, capture_output=True, text=True, timeout=timeout + 120)
+    return proc.returncode, time.time() - t0, proc.stdout + proc.stderr
+  except subprocess.TimeoutExpired as e:
+    return -1, time.time() - t0, f"timed out after {timeout + 120} s\n{e.stdout or ''}"
+
+
+def main() -> int:
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("names", nargs="*", help="mutations to run (default: all)")
+  parser.add_argument("--list", action="store_true", help="list the mutations and exit")
+  parser.add_argument("--no-baseline", action="store_true", help="skip the unmutated run")
+  parser.add_argument("--timeout", type=int, default=600, help="per-test timeout, seconds")
+  parser.add_argument("--keep", action="store_true", help="keep the scratch copy")
+  args = parser.parse_args()
+
+  by_name = {m.name: m for m in MUTATIONS}
+  unknown = [n for n in args.names if n not in by_name]
+  if unknown:
+    sys.exit(f"unknown mutation(s) {unknown}; --list shows the names")
+  selected = [by_name[n] for n in args.names] if args.names else list(MUTATIONS)
+  if args.list:
+    for m in selected:
+      print(f"{m.name:34s} {m.path:36s} {' '.join(m.tests)}")
+    return 0
+  _check_texts(selected)
+
+  scratch = tempfile.mkdtemp(prefix="smollm3_mutate_")
+  try:
+    _copy_tree(scratch)
+    probe = subprocess.run([sys.executable, "-c", "import smollm3_jax; print(smollm3_jax.__file__)"], cwd=scratch,
+                           env=dict(os.environ, PYTHONPATH=scratch), capture_output=True, text=True)
+    if not probe.stdout.startswith(scratch):
+      sys.exit(f"the scratch copy does not shadow the installed package: {probe.stdout}{probe.stderr}")
+    print(f"scratch copy: {scratch}", flush=True)
+
+    if not (args.no_baseline or args.names):
+      union = list(dict.fromkeys(t for m in selected for t in m.tests))
+      rc, secs, out = _pytest(scratch, union, args.timeout)
+      print(f"baseline (no mutation, {len(union)} tests): {'pass' if rc == 0 else 'FAIL'} in {secs:.0f} s", flush=True)
+      if rc != 0:
+        print(out[-4000:])
+        return 2
+
+    results = []
+    for m in selected:
+      path = os.path.join(scratch, m.path)
+      with open(path) as f:
+        original = f.read()
+      try:
+        with open(path, "w") as f:
+          f.write(original.replace(m.old, m.new))
+        rc, secs, out = _pytest(scratch, m.tests, args.timeout)
+      finally:
+        with open(path, "w") as f:
+          f.write(original)
+      verdict = {0: "SURVIVED", 1: "caught"}.get(rc, f"ERROR (pytest exit {rc})")
+      failed = [l.split(" ")[1] for l in out.splitlines() if l.startswith("FAILED ")]
+      print(f"{verdict:10s} {m.name:34s} {secs:5.0f} s  {', '.join(f.split('::')[-1] for f in failed)}",
+            flush=True)
+      if rc not in (0, 1):
+        print(out[-3000:])
+      results.append((m, rc))
+    caught = sum(rc == 1 for _, rc in results)
+    print(f"\n{caught}/{len(results)} caught; survived: "
+          f"{[m.name for m, rc in results if rc == 0] or 'none'}; errors: "
+          f"{[m.name for m, rc in results if rc not in (0, 1)] or 'none'}")
+    return 0 if caught == len(results) else 1
+  finally:
+    if args.keep:
+      print(f"kept {scratch}")
+    else:
+      shutil.rmtree(scratch, ignore_errors=True)
+
+
+if __name__ == "__main__":
+  sys.exit(main())
