@@ -16,6 +16,10 @@ import os
 
 import ml_collections
 
+# The prompt set shipped with the project, located from this file (not from the working directory).
+PROMPT_SET = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "prompts",
+                          "sweep.jsonl")
+
 
 def _models():
   # Loaded by path: config files are imported by file name, not as a package.
@@ -45,9 +49,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.max_new_tokens = 128
   c.newline_limit = 0       # stop a row after this many consecutive newline tokens (0 = off)
   c.chat = True             # render prompts with the chat template
+  c.date = ""               # the day the chat template sees, "YYYY-MM-DD"; "" = the day of the first
+                            # run (stored in config.json, so a resume renders the same prompts)
 
   c.prompts = ml_collections.ConfigDict()
-  c.prompts.path = "data/prompts/sweep.jsonl"
+  c.prompts.path = PROMPT_SET
   c.prompts.limit = 0       # keep the first N selected prompts (0 = all)
   c.prompts.kinds = ()      # e.g. ('math',) ; empty = all kinds (open, factual, math)
   c.prompts.ids = ()        # explicit prompt ids; empty = all

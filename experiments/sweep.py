@@ -17,6 +17,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from smollm3_jax import cli  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Sweep config file, e.g. configs/sweep.py:demo (argument: model preset).",
@@ -36,9 +37,13 @@ def main(argv):
   if _COMPILATION_CACHE.value:
     runtime.enable_compilation_cache()
 
+  try:  # the config's own checks: a usage error, before loading anything
+    sweep.validate_config(sweep.to_plain(_CONFIG.value))
+  except ValueError as e:
+    raise app.UsageError(f"--config: {e}") from None
   try:
     outcome = sweep.run_sweep(_CONFIG.value, _WORKDIR.value)
-  except sweep.ConfigMismatchError as e:
+  except (sweep.ConfigMismatchError, sweep.LockedError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
   print()
@@ -55,4 +60,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

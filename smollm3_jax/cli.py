@@ -1,8 +1,47 @@
-"""absl flags shared by the experiment scripts."""
+"""absl flags shared by the experiment scripts, and ``run``, their common entry point."""
 
 from __future__ import annotations
 
-from absl import flags
+import ast
+import logging
+import sys
+
+from absl import app, flags
+
+# Libraries whose INFO lines ("Unable to initialize backend 'tpu'", "Resetting cache") are noise on
+# every script run; their warnings and errors still show.
+QUIET_LOGGERS = ("jax", "jax._src.xla_bridge", "jax._src.compilation_cache", "absl", "orbax", "httpx")
+
+
+def quiet_logs() -> None:
+  """Raises the level of the noisy library loggers to WARNING."""
+  for name in QUIET_LOGGERS:
+    logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's parser (usage errors as absl prints them), with config-override errors (a misspelt
+  ``--config.x``: ml_collections raises AttributeError / KeyError) printed as one message and exit
+  status 1 instead of a traceback."""
+  try:
+    return app.parse_flags_with_usage(argv)
+  except (AttributeError, KeyError, TypeError, ValueError) as e:
+    message = e.args[0] if e.args and isinstance(e.args[0], str) else str(e)
+    while message[:1] in "'\"" and message[:1]:  # ml_collections wraps a KeyError's repr
+      try:
+        message = str(ast.literal_eval(message))
+      except (SyntaxError, ValueError):
+        break
+    print(f"FATAL Flags parsing error: {message}", file=sys.stderr)
+    print("Pass --helpshort or --helpfull to see help on flags.", file=sys.stderr)
+    sys.exit(1)
+
+
+def run(main) -> None:
+  """``absl.app.run(main)`` for the scripts: quiet library logs, and clear one-line errors for bad
+  config overrides."""
+  quiet_logs()
+  app.run(main, flags_parser=_parse_flags)
 
 SAMPLING_FLAGS = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty")
 

@@ -36,3 +36,34 @@ class SlowTokenizer:
 
   def __getattr__(self, name):
     return getattr(self._tok, name)
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def sweep_config(preset: str):
+  """configs/sweep.py's ``get_config(preset)`` (config files are loaded by path, as absl does)."""
+  import importlib.util
+  spec = importlib.util.spec_from_file_location("sweep_config", os.path.join(ROOT, "configs", "sweep.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(preset)
+
+
+def tiny_sweep_config(tok_dir, **changes):
+  """The "tiny" preset on the tokenizer saved in ``tok_dir``, no progress bar: 2 temperatures x 2
+  penalties x 2 thinking modes, 3 prompts (one per kind) = 24 rows; 5 batches of 5 rows, the last
+  one padded. ``changes``: dotted field -> value."""
+  cfg = sweep_config("tiny")
+  cfg.model.tokenizer = tok_dir
+  cfg.progress = False
+  cfg.prompts.limit = 3
+  cfg.batch_size = 5
+  cfg.max_new_tokens = 5
+  for k, v in changes.items():
+    node = cfg
+    *parents, leaf = k.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = v
+  return cfg

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import os
 import signal
@@ -17,43 +16,20 @@ from smollm3_jax import metrics as M
 from smollm3_jax import sweep
 from smollm3_jax.generate import COMPILE_COUNTS, generate
 
+from _helpers import sweep_config, tiny_sweep_config as _tiny_config
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _config_module():
-  spec = importlib.util.spec_from_file_location("sweep_config", os.path.join(ROOT, "configs", "sweep.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
   """(model, tokenizer, tokenizer_dir): the "tiny" preset's random model; the demo tokenizer saved
   as a directory (loads in well under a second in the subprocess test)."""
-  cfg = _config_module().get_config("tiny")
-  model, tokenizer = sweep.build_model(cfg.model)
+  cfg = sweep_config("tiny")
+  model, tokenizer = sweep.load_model_and_tokenizer(cfg.model)
   tok_dir = str(tmp_path_factory.mktemp("tok"))
   tokenizer.save_pretrained(tok_dir)
   return model, tokenizer, tok_dir
-
-
-def _tiny_config(tok_dir, **changes):
-  cfg = _config_module().get_config("tiny")
-  cfg.model.tokenizer = tok_dir
-  cfg.progress = False
-  # 2 temperatures x 2 penalties x 2 thinking modes, 3 prompts (one per kind): 24 rows; 5 batches of
-  # 5 rows, the last one padded.
-  cfg.prompts.limit = 3
-  cfg.batch_size = 5
-  cfg.max_new_tokens = 5
-  for k, v in changes.items():
-    node = cfg
-    *parents, leaf = k.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = v
-  return cfg
 
 
 def _lines(path):
@@ -203,7 +179,7 @@ def test_results_file_torn_line_and_duplicates(tmp_path):
 
 
 def test_grid_expansion_and_validation(tmp_path):
-  cfg = sweep.to_plain(_config_module().get_config("demo"))
+  cfg = sweep.to_plain(sweep_config("demo"))
   cells = sweep.expand_grid(cfg["sweep"])
   assert len(cells) == 18 and cells[0] == dict(thinking=False, temperature=0.0, repetition_penalty=1.0,
                                                top_p=0.95, top_k=0, min_p=0.0)

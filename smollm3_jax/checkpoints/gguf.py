@@ -25,7 +25,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 from typing import Any, Mapping
 
 import gguf as gguflib
@@ -34,6 +33,7 @@ import numpy as np
 from gguf import GGMLQuantizationType as QT
 
 from smollm3_jax import runtime
+from smollm3_jax.files import atomic_write
 from smollm3_jax.checkpoints.mapping import TensorInfo
 from smollm3_jax.config import RopeScaling, SmolLM3Config
 
@@ -202,24 +202,12 @@ def _write_index(index_path: str, header: GGUFHeader) -> None:
                 mtime_ns=header.mtime_ns, inode=header.inode, fields=dict(header.fields),
                 tensors=[[t.name, int(t.qtype), list(t.shape), t.offset, t.nbytes]
                          for t in header.tensors])
-  tmp = None
   try:
-    data = json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-    directory = os.path.dirname(index_path)
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
-    with os.fdopen(fd, "wb") as f:
-      f.write(data)
-    os.replace(tmp, index_path)
-    tmp = None
+    data = json.dumps(record, ensure_ascii=False, separators=(",", ":"))
+    os.makedirs(os.path.dirname(index_path), exist_ok=True)
+    atomic_write(index_path, data, fsync=False)
   except Exception as e:  # read-only cache, full disk, a value JSON cannot hold...
     _log.warning("could not write the GGUF index %s: %s", index_path, e)
-  finally:
-    if tmp is not None:
-      try:
-        os.unlink(tmp)
-      except OSError:
-        pass
 
 
 # --------------------------------------------------------------------------------------------

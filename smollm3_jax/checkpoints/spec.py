@@ -1,0 +1,49 @@
+"""One loader of a (model, tokenizer) pair from a spec: the sweep, the chat, the server and the
+benchmark all load through :func:`load_model_and_tokenizer`.
+
+A spec is a mapping: ``checkpoint`` ("demo", a directory, a .gguf, an Orbax directory or a hub id;
+empty for a random model), ``tokenizer`` (default: the checkpoint), ``dtype`` ("float32" /
+"bfloat16"), ``quantize`` ("none" / "int8") and, for a random model, ``random`` (``preset``,
+``num_layers``, ``seed``).
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+
+def load_model_and_tokenizer(spec: Mapping, mesh: str = ""):
+  """(model, tokenizer) from a spec (see the module docstring; a random model's vocabulary matches
+  its tokenizer). ``mesh`` (e.g. "data=2,model=4"; "" = all devices on the data axis) places
+  the weights shard by shard as they load; on one device nothing is sharded."""
+  from flax import nnx
+
+  from smollm3_jax import config as config_lib
+  from smollm3_jax import quantize as quantize_lib
+  from smollm3_jax.checkpoints.mapping import dtype_from_name
+  from smollm3_jax import sharding
+  from smollm3_jax.model import SmolLM3
+  from smollm3_jax.tokenizer import Tokenizer
+
+  dtype = dtype_from_name(spec.get("dtype", "float32"), "model.dtype")
+  quantize = quantize_lib.check_mode(spec.get("quantize", "none"))
+  checkpoint = spec.get("checkpoint") or ""
+  tok_source = spec.get("tokenizer") or checkpoint
+  if not tok_source:
+    raise ValueError("model.tokenizer: a random model needs a tokenizer (e.g. 'demo')")
+  tokenizer = Tokenizer.from_pretrained(tok_source)
+  if checkpoint:
+    return sharding.load(checkpoint, mesh=mesh or None, dtype=dtype, quantize=quantize), tokenizer
+  rnd = spec.get("random") or {}
+  preset = rnd.get("preset", "tiny")
+  if preset not in config_lib.PRESETS:
+    raise ValueError(f"model.random.preset must be one of {sorted(config_lib.PRESETS)}, got {preset!r}")
+  changes = dict(vocab_size=tokenizer.vocab_size, eos_token_id=(int(tokenizer.eos_token_id),),
+                 pad_token_id=int(tokenizer.pad_token_id))
+  if preset == "tiny":
+    cfg = config_lib.tiny(num_layers=int(rnd.get("num_layers", 2)), **changes)
+  else:
+    cfg = config_lib.PRESETS[preset]().replace(**changes)
+  model = SmolLM3(cfg, dtype=dtype, rngs=nnx.Rngs(int(rnd.get("seed", 0))))
+  sharding.engine_sharding(model, mesh or None)  # moves the weights onto a multi-device mesh
+  return quantize_lib.apply(model, quantize), tokenizer

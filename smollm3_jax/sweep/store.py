@@ -1,0 +1,265 @@
+"""A sweep's workdir: who may write it, which run its results belong to, and the results file.
+
+* ``Workdir`` holds an exclusive lock (``files.DirectoryLock``) for the whole run: a second run on the
+  same directory is refused at once, naming the holder's pid; a lock left by a killed run never blocks.
+* ``config.json`` records the config (with the chat date the prompts were rendered with), a hash of
+  the prompt set, and the provenance of every run (library versions, git commit, backend, device,
+  dtype). A resume with another config is refused (:class:`ConfigMismatchError`), as is a workdir
+  whose ``generations.jsonl`` has rows but whose ``config.json`` is missing or unreadable.
+* ``generations.jsonl`` (:class:`ResultsFile`): one JSON line per finished row, appended and fsync'ed
+  batch by batch. A torn last line (a run killed mid-write) is cut off and its row redone; a corrupt
+  line elsewhere is reported with its line number; a row whose settings or seed differ from the plan's
+  row of the same key is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from typing import Any, Iterable, Mapping, Sequence
+
+from smollm3_jax.files import DirectoryLock, LockedError, atomic_write
+
+FORMAT_VERSION = 2
+# Config fields that may change between a run and its resumption (they do not change results
+# beyond float noise from another batch shape).
+RESUMABLE_FIELDS = ("batch_size", "prompts.path", "progress", "mesh", "plots")
+CONFIG_FILE = "config.json"
+RESULTS_FILE = "generations.jsonl"
+# What identifies a row's results besides its key: compared row by row on resume.
+ROW_IDENTITY = ("prompt_id", "cell_key", "sample", "seed", "settings")
+
+
+class ConfigMismatchError(ValueError):
+  """The workdir holds results of another config (or of a config it cannot read)."""
+
+
+__all__ = ["ConfigMismatchError", "LockedError", "ResultsFile", "Workdir", "provenance"]
+
+
+def _drop(d: dict, dotted: str) -> None:
+  parts = dotted.split(".")
+  for part in parts[:-1]:
+    d = d.get(part, {})
+    if not isinstance(d, dict):
+      return
+  d.pop(parts[-1], None)
+
+
+def _comparable(record: Mapping) -> dict:
+  cfg = json.loads(json.dumps(record.get("config", {})))
+  for field in RESUMABLE_FIELDS:
+    _drop(cfg, field)
+  return dict(config=cfg, prompts_sha256=record.get("prompts_sha256"), version=record.get("version"))
+
+
+def _diff(a, b, prefix="") -> list[str]:
+  if isinstance(a, dict) and isinstance(b, dict):
+    out = []
+    for k in sorted(set(a) | set(b)):
+      out += _diff(a.get(k, "<missing>"), b.get(k, "<missing>"), f"{prefix}{k}.")
+    return out
+  return [] if a == b else [f"{prefix[:-1]}: {a!r} -> {b!r}"]
+
+
+# --------------------------------------------------------------------------------------------
+# Provenance
+# --------------------------------------------------------------------------------------------
+_PACKAGES = ("jax", "jaxlib", "flax", "numpy", "tokenizers", "smollm3-jax")
+
+
+def _git_commit() -> str | None:
+  """The project's git commit (with "-dirty" when the tree has changes), when it runs from a clone."""
+  here = os.path.dirname(os.path.abspath(__file__))
+  try:
+    run = lambda *args: subprocess.run(["git", *args], cwd=here, capture_output=True, text=True,
+                                       timeout=5)
+    head = run("rev-parse", "HEAD")
+    if head.returncode != 0:
+      return None
+    dirty = run("status", "--porcelain", "--untracked-files=no").stdout.strip()
+    return head.stdout.strip() + ("-dirty" if dirty else "")
+  except (OSError, subprocess.SubprocessError):
+    return None
+
+
+def provenance(dtype: str | None = None) -> dict[str, Any]:
+  """What produced a run: package versions, the project's git commit, the JAX backend and devices,
+  the model dtype, and the time (UTC)."""
+  import datetime
+  from importlib import metadata
+
+  import jax
+
+  versions = {}
+  for name in _PACKAGES:
+    try:
+      versions[name] = metadata.version(name)
+    except metadata.PackageNotFoundError:
+      versions[name] = None
+  devices = jax.devices()
+  return dict(versions=versions, git_commit=_git_commit(), backend=jax.default_backend(),
+              device_kind=devices[0].device_kind, device_count=len(devices),
+              process_count=jax.process_count(), dtype=dtype,
+              started_utc=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+
+
+# --------------------------------------------------------------------------------------------
+# The workdir
+# --------------------------------------------------------------------------------------------
+class Workdir:
+  """A sweep's output directory, locked for one run at a time (a context manager).
+
+  ``open(config, prompts_sha256)`` checks or writes ``config.json`` and returns the config the run
+  must use (a resumed run takes the stored chat date). ``results`` is the :class:`ResultsFile`.
+  """
+
+  def __init__(self, path: str):
+    self.path = path
+    self.config_path = os.path.join(path, CONFIG_FILE)
+    self.results = ResultsFile(os.path.join(path, RESULTS_FILE))
+    self._lock = DirectoryLock(path)
+
+  def __enter__(self) -> "Workdir":
+    self._lock.acquire()
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self._lock.release()
+
+  def _read_record(self) -> dict | None:
+    """The stored record; None when there is none. Refuses an unreadable one."""
+    if not os.path.exists(self.config_path):
+      return None
+    try:
+      with open(self.config_path, encoding="utf-8") as f:
+        record = json.load(f)
+      if not isinstance(record, dict) or not isinstance(record.get("config"), dict):
+        raise ValueError("not a sweep record")
+      return record
+    except (OSError, ValueError) as e:
+      raise ConfigMismatchError(
+          f"{self.config_path} is unreadable ({e}); the rows in this workdir cannot be matched to a "
+          f"config. Use a new --workdir, or delete {self.path!r} to start over.") from None
+
+  def open(self, config: Mapping, prompts_sha256: str) -> dict:
+    """Checks ``config`` against the stored one (or stores it).
+
+    ``config["date"] == ""`` means "the chat date of the first run": a new workdir stores today's
+    date, a resumed one keeps its stored date. Returns the config to run with.
+    """
+    from smollm3_jax import chat_format
+
+    config = json.loads(json.dumps(config))
+    old = self._read_record()
+    if old is None and self.results.has_rows():
+      raise ConfigMismatchError(
+          f"{self.results.path} has rows but {self.config_path} is missing: they cannot be matched "
+          f"to a config (max_new_tokens, seed, ...). Use a new --workdir, or delete {self.path!r}.")
+    if not config.get("date"):
+      stored = (old or {}).get("config", {}).get("date")
+      config["date"] = stored or chat_format.iso_date(None)
+    else:
+      config["date"] = chat_format.iso_date(config["date"])
+    record = dict(version=FORMAT_VERSION, config=config, prompts_sha256=prompts_sha256,
+                  runs=list((old or {}).get("runs", [])))
+    if old is not None:
+      diffs = _diff(_comparable(old), _comparable(record))
+      if diffs:
+        raise ConfigMismatchError(
+            f"workdir {self.path!r} holds results of a different config ({'; '.join(diffs[:8])}"
+            f"{' ...' if len(diffs) > 8 else ''}). Use a new --workdir, or delete {self.path!r} to start over.")
+    self._write_record(record)
+    return config
+
+  def add_run(self, info: Mapping) -> None:
+    """Appends one run's provenance (:func:`provenance`) to ``config.json``'s ``runs``."""
+    record = self._read_record()
+    record.setdefault("runs", []).append(dict(info))
+    self._write_record(record)
+
+  def _write_record(self, record: Mapping) -> None:
+    os.makedirs(self.path, exist_ok=True)
+    atomic_write(self.config_path, json.dumps(record, indent=2, sort_keys=True) + "\n")
+
+  def write(self, name: str, data: str | bytes) -> str:
+    """Writes ``name`` in the workdir atomically; returns its path."""
+    path = os.path.join(self.path, name)
+    atomic_write(path, data)
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# The results file
+# --------------------------------------------------------------------------------------------
+class CorruptResultsError(ValueError):
+  """generations.jsonl has lines that do not parse (not only a torn last line)."""
+
+
+class ResultsFile:
+  """Append-only JSONL of finished rows, made durable batch by batch.
+
+  A run killed mid-write leaves at most one torn (newline-less) last line: ``load`` drops it
+  (truncating the file so later appends start on a fresh line). A complete line that does not parse
+  is never skipped in silence: ``load`` lists them in ``corrupt`` (1-based line numbers) and the
+  caller reports them (their rows are redone).
+  """
+
+  def __init__(self, path: str):
+    self.path = path
+    self.corrupt: list[int] = []
+
+  def has_rows(self) -> bool:
+    return os.path.exists(self.path) and os.path.getsize(self.path) > 0
+
+  def load(self) -> dict[str, dict]:
+    """Finished rows by key (the first line of a key wins)."""
+    self.corrupt = []
+    if not os.path.exists(self.path):
+      return {}
+    with open(self.path, "rb") as f:
+      data = f.read()
+    end = data.rfind(b"\n") + 1
+    if end < len(data):  # torn last line: drop it so the row is redone
+      with open(self.path, "r+b") as f:
+        f.truncate(end)
+        f.flush()
+        os.fsync(f.fileno())
+    rows: dict[str, dict] = {}
+    for lineno, line in enumerate(data[:end].split(b"\n")[:-1], 1):
+      if not line.strip():
+        continue
+      try:
+        row = json.loads(line)
+      except (json.JSONDecodeError, UnicodeDecodeError):
+        row = None
+      if not isinstance(row, dict) or "key" not in row:
+        self.corrupt.append(lineno)
+        continue
+      rows.setdefault(row["key"], row)
+    return rows
+
+  def append(self, rows: Iterable[Mapping]) -> None:
+    blob = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode()
+    with open(self.path, "ab") as f:
+      f.write(blob)
+      f.flush()
+      os.fsync(f.fileno())
+
+
+def check_rows(done: Mapping[str, Mapping], planned: Sequence[Mapping], max_new_tokens: int) -> None:
+  """Refuses finished rows whose identity (prompt, cell, sample, seed, settings with the token
+  budget) differs from the planned row of the same key: results of another run mixed in."""
+  bad = []
+  for row in planned:
+    got = done.get(row["key"])
+    if got is None:
+      continue
+    want = dict(row, settings=dict(row["settings"], max_new_tokens=max_new_tokens))
+    if any(got.get(k) != want.get(k) for k in ROW_IDENTITY):
+      bad.append(row["key"])
+  if bad:
+    raise ConfigMismatchError(
+        f"{len(bad)} finished rows differ from this config's rows of the same key (settings or seed), "
+        f"e.g. {bad[0]!r}: the results file mixes runs. Use a new --workdir.")
