@@ -1,9 +1,11 @@
 """Chat with a checkpoint in the terminal; answers stream as they decode.
 
   python experiments/chat.py --checkpoint=demo
-  python experiments/chat.py --checkpoint=/path/to/SmolLM3-3B --thinking --temperature=0.6 --top_p=0.95
+  python experiments/chat.py --checkpoint=/path/to/SmolLM3-3B --no_thinking --temperature=0.6 --top_p=0.95
 
 Commands: /think, /no_think, /reset, /stats, /help, /quit. Ctrl-C stops the current answer.
+Sampling flags left unset take the checkpoint's defaults (its generation_config.json, else the table in
+smollm3_jax/generation_defaults.py); thinking starts on, as the chat template defaults it.
 ``--checkpoint=tiny`` is a random-weight tiny model (instant start, gibberish answers) for smoke tests.
 """
 
@@ -15,35 +17,42 @@ import sys
 from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from smollm3_jax import cli  # noqa: E402
+from smollm3_jax import chat, cli, generation_defaults  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("checkpoint", "demo", "'demo', a local HF dir, a .gguf file, a hub id, or 'tiny' (random).")
 flags.DEFINE_string("tokenizer", None, "Tokenizer checkpoint (default: the model's; 'demo' for tiny).")
-flags.DEFINE_bool("thinking", False, "Start in thinking mode (/think and /no_think switch it).")
+flags.DEFINE_bool("thinking", generation_defaults.THINKING,
+                  "Start in thinking mode (the template's default; /think and /no_think switch it).")
 flags.DEFINE_bool("show_thinking", True, "Print the thinking text (dimmed) before the answer.")
 flags.DEFINE_string("system", None, "System prompt.")
-cli.define_sampling_flags(temperature=0.6, top_p=0.95)  # the model card's recommendation
-flags.DEFINE_integer("max_new_tokens", 1024, "Token budget per answer.", lower_bound=1)
-flags.DEFINE_integer("seed", 0, "Base seed; turn t samples with seed + t.")
-flags.DEFINE_integer("context_length", None, "Tokens of history + answer (default: the model's maximum).")
+cli.define_sampling_flags()  # unset: the checkpoint's defaults
+flags.DEFINE_integer("max_new_tokens", None, "Token budget per answer (unset: the checkpoint's default).",
+                     lower_bound=1)
+flags.DEFINE_integer("seed", 0, "Base seed; turn t samples with seed + t.", lower_bound=0, upper_bound=2**32 - 1)
+flags.DEFINE_integer("context_length", None, "Tokens of history + answer (default: the model's maximum).",
+                     lower_bound=2)
 flags.DEFINE_integer("chunk_steps", 4, "Decode steps between streamed pieces.", lower_bound=1)
-flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Parameter and activation dtype.")
+flags.DEFINE_string("date", None, "The day the chat template sees, YYYY-MM-DD (default: today).")
+flags.register_validator("date", chat.check_date_flag)
+flags.DEFINE_enum("dtype", "auto", ["auto", "float32", "bfloat16"],
+                  "Parameter and activation dtype (auto: float32 on CPU, bfloat16 on GPU/TPU).")
 cli.define_quantize_flag()
 
 
 def main(argv):
   del argv
-  from smollm3_jax import chat
-
   sampling_kwargs = cli.sampling_flag_values()  # validated when the flags were parsed
+  limit = chat.context_limit(FLAGS.checkpoint)
+  if FLAGS.context_length is not None and FLAGS.context_length > limit:
+    raise app.UsageError(f"--context_length={FLAGS.context_length} exceeds the model's {limit} positions")
 
   print(f"loading {FLAGS.checkpoint} ...", flush=True)
   model, tokenizer = chat.load_chat_model(FLAGS.checkpoint, tokenizer=FLAGS.tokenizer, dtype=FLAGS.dtype,
                                           quantize=FLAGS.quantize)
   session = chat.ChatSession(
       model, tokenizer, system=FLAGS.system, thinking=FLAGS.thinking, context_length=FLAGS.context_length,
-      max_new_tokens=FLAGS.max_new_tokens, chunk_steps=FLAGS.chunk_steps, seed=FLAGS.seed,
+      max_new_tokens=FLAGS.max_new_tokens, chunk_steps=FLAGS.chunk_steps, seed=FLAGS.seed, date=FLAGS.date,
       **sampling_kwargs)
   try:
     import readline  # noqa: F401  (line editing and history for input())

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import signal
 import sys
 import threading
@@ -21,7 +22,6 @@ from typing import Any, Callable, Iterator, Sequence, TextIO
 
 THINK_START = "<think>"
 THINK_END = "</think>"
-ROLES = ("system", "user", "assistant", "tool")
 
 
 # --------------------------------------------------------------------------------------------
@@ -139,36 +139,11 @@ class TurnStats:
             f"stop: {self.stop_reason}")
 
 
-def check_messages(messages: Any) -> list[dict]:
-  """Validates a chat message list; returns plain {"role", "content"} dicts. ValueError names the
-  offending message."""
-  if not isinstance(messages, (list, tuple)) or not messages:
-    raise ValueError("messages must be a non-empty list of {role, content} objects")
-  out = []
-  for i, m in enumerate(messages):
-    if not isinstance(m, dict):
-      raise ValueError(f"messages[{i}] must be an object with 'role' and 'content', got {type(m).__name__}")
-    role = m.get("role")
-    if role not in ROLES:
-      raise ValueError(f"messages[{i}].role must be one of {', '.join(ROLES)}; got {role!r}")
-    content = m.get("content")
-    if isinstance(content, list):  # OpenAI content parts: only text parts are understood
-      texts = []
-      for j, part in enumerate(content):
-        if not (isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)):
-          raise ValueError(f"messages[{i}].content[{j}] must be a text part {{'type': 'text', 'text': str}}")
-        texts.append(part["text"])
-      content = "".join(texts)
-    if not isinstance(content, str):
-      raise ValueError(f"messages[{i}].content must be a string, got {type(content).__name__}")
-    out.append({"role": role, "content": content})
-  return out
-
-
-def render_chat(tokenizer, messages: Sequence[dict], thinking: bool) -> tuple[str, list[int]]:
-  """The generation prompt for ``messages`` (text, ids) exactly as ``generate`` renders it."""
+def render_chat(tokenizer, messages: Sequence[dict], thinking: bool, date=None) -> tuple[str, list[int]]:
+  """The generation prompt for ``messages`` (text, ids) exactly as ``generate`` renders it;
+  ``date``: the day the template sees (None: today, or ``$SMOLLM3_JAX_CHAT_DATE``)."""
   text = tokenizer.apply_chat_template(list(messages), add_generation_prompt=True,
-                                       enable_thinking=bool(thinking), tokenize=False)
+                                       enable_thinking=bool(thinking), tokenize=False, date=date)
   return text, tokenizer.encode(text)
 
 
@@ -180,41 +155,57 @@ def _turn_starts(history: Sequence[dict]) -> list[int]:
   return starts
 
 
+def check_limits(model, *, context_length: int | None, max_new_tokens: Any, chunk_steps: Any,
+                 max_name: str = "max_new_tokens", **sampling_settings: Any) -> int:
+  """Checks the settings a chat session and the server share; returns the context length (default:
+  the model's ``max_position_embeddings``). ValueError names the bad setting."""
+  from smollm3_jax import sampling, validation
+
+  sampling.validate_sampling_args(**sampling_settings)
+  limit = model.config.max_position_embeddings
+  context = limit if context_length is None else validation.as_count("context_length", context_length, low=2,
+                                                                      high=limit)
+  validation.as_count(max_name, max_new_tokens, low=1)
+  validation.as_count("chunk_steps", chunk_steps, low=1)
+  return context
+
+
 class ChatSession:
   """A conversation with one model: history, thinking mode and sampling settings.
 
+  Settings left as None take the checkpoint's defaults (:mod:`smollm3_jax.generation_defaults`:
+  its generation_config.json, else the documented table; thinking on, the template's default).
   ``context_length`` (default: the model's) bounds prompt + answer; before each turn the oldest turns
   are dropped until the prompt plus ``min(max_new_tokens, context // 2)`` tokens fit.
-  ``seed`` is the base seed; turn t samples with ``seed + t``.
+  ``seed`` is the base seed; turn t samples with ``seed + t``. ``date`` is the day the chat template
+  sees (None: today).
   """
 
-  def __init__(self, model, tokenizer, *, system: str | None = None, thinking: bool = False,
-               context_length: int | None = None, max_new_tokens: int = 512, chunk_steps: int = 4,
-               seed: int = 0, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
-               min_p: float = 0.0, repetition_penalty: float = 1.0):
-    from smollm3_jax import sampling
+  def __init__(self, model, tokenizer, *, system: str | None = None, thinking: bool | None = None,
+               context_length: int | None = None, max_new_tokens: int | None = None, chunk_steps: int = 4,
+               seed: int = 0, temperature: float | None = None, top_k: int | None = None,
+               top_p: float | None = None, min_p: float | None = None, repetition_penalty: float | None = None,
+               date=None):
+    from smollm3_jax import chat_format, generation_defaults, validation
 
-    sampling.validate_sampling_args(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-                                    repetition_penalty=repetition_penalty)
-    limit = model.config.max_position_embeddings
-    context = int(context_length or limit)
-    if not 2 <= context <= limit:
-      raise ValueError(f"context_length must be in [2, {limit}] (the model's max_position_embeddings), "
-                       f"got {context_length}")
-    if max_new_tokens < 1:
-      raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    if chunk_steps < 1:
-      raise ValueError(f"chunk_steps must be >= 1, got {chunk_steps}")
+    self.defaults = generation_defaults.for_tokenizer(tokenizer)
+    settings = self.defaults.fill(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                                  repetition_penalty=repetition_penalty, max_new_tokens=max_new_tokens,
+                                  thinking=thinking)
+    thinking, max_new_tokens = settings.pop("thinking"), settings.pop("max_new_tokens")
+    self.context_length = check_limits(model, context_length=context_length, max_new_tokens=max_new_tokens,
+                                       chunk_steps=chunk_steps, **settings)
+    if date is not None:
+      chat_format.resolve_date(date)  # a malformed date fails here, not at the first turn
     self.model = model
     self.tokenizer = tokenizer
     self.system = system
-    self.thinking = bool(thinking)
-    self.context_length = context
+    self.thinking = validation.as_bool("thinking", thinking)
     self.max_new_tokens = int(max_new_tokens)
     self.chunk_steps = int(chunk_steps)
-    self.seed = int(seed)
-    self.sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-                         repetition_penalty=repetition_penalty)
+    self.seed = validation.as_count("seed", seed, low=0, high=validation.UINT32_MAX)
+    self.sampling = settings
+    self.date = date
     self.history: list[dict] = []
     self.turns = 0
     self.last_stats: TurnStats | None = None
@@ -240,7 +231,7 @@ class ChatSession:
     for dropped, start in enumerate(starts + [len(self.history)]):
       kept = self.history[start:] if dropped else self.history
       messages = self._messages(kept, user_text)
-      text, ids = render_chat(self.tokenizer, messages, self.thinking)
+      text, ids = render_chat(self.tokenizer, messages, self.thinking, self.date)
       if len(ids) <= budget:
         if dropped:
           self.history = list(kept)
@@ -287,7 +278,7 @@ class Reply:
     t0 = time.perf_counter()
     self._stream = smollm3_jax.stream(
         s.model, s.tokenizer, self.prompt_ids, hide_thinking=False, chunk_steps=s.chunk_steps,
-        thinking=s.thinking, max_new_tokens=s.max_new_tokens, seed=s.seed + s.turns,
+        thinking=s.thinking, max_new_tokens=s.max_new_tokens, seed=(s.seed + s.turns) % 2**32,
         context_length=s.context_length, **s.sampling)
     if self.cancelled:
       self._stream.cancel()
@@ -322,10 +313,11 @@ class Reply:
 TINY = "tiny"
 
 
-def load_chat_model(checkpoint: str, *, tokenizer: str | None = None, dtype: str = "float32",
+def load_chat_model(checkpoint: str, *, tokenizer: str | None = None, dtype: str | None = None,
                     tiny_context: int = 2048, seed: int = 0, quantize: str | None = None):
   """(model, tokenizer) for a checkpoint ("demo", .gguf, HF dir, hub id).
 
+  ``dtype``: "float32", "bfloat16", or None / "auto" (float32 on CPU, bfloat16 on GPU/TPU).
   ``checkpoint="tiny"`` builds a random-weight tiny model (``config.tiny``) with the vocabulary of
   ``tokenizer`` (default "demo") and ``tiny_context`` positions: it starts in seconds, for smoke tests.
   ``quantize``: None / "none" or "int8" (:mod:`smollm3_jax.quantize`).
@@ -333,11 +325,12 @@ def load_chat_model(checkpoint: str, *, tokenizer: str | None = None, dtype: str
   from flax import nnx
 
   import smollm3_jax
+  from smollm3_jax import checkpoints
   from smollm3_jax import config as config_lib
   from smollm3_jax import quantize as quantize_lib
   from smollm3_jax.checkpoints.mapping import dtype_from_name
 
-  dtype = dtype_from_name(dtype)
+  dtype = checkpoints.default_dtype() if dtype in (None, "auto") else dtype_from_name(dtype)
   quantize_lib.check_mode(quantize)
   if checkpoint == TINY:
     tok = smollm3_jax.Tokenizer.from_pretrained(tokenizer or "demo")
@@ -348,6 +341,29 @@ def load_chat_model(checkpoint: str, *, tokenizer: str | None = None, dtype: str
     return quantize_lib.apply(model, quantize), tok
   tok = smollm3_jax.Tokenizer.from_pretrained(tokenizer or checkpoint)
   return smollm3_jax.from_pretrained(checkpoint, dtype=dtype, quantize=quantize), tok
+
+
+def check_date_flag(value: str | None) -> bool:
+  """absl validator of the scripts' ``--date`` (None: today); the message says what is wrong."""
+  if value is None:
+    return True
+  from absl import flags
+
+  from smollm3_jax import chat_format
+  try:
+    chat_format.resolve_date(value)
+  except ValueError as e:
+    raise flags.ValidationError(str(e)) from None
+  return True
+
+
+def context_limit(checkpoint: str, *, tiny_context: int = 2048) -> int:
+  """The most positions a checkpoint's model takes, read from its config without loading weights
+  (so a script can refuse a too-long ``--context_length`` before the slow part)."""
+  if checkpoint == TINY:
+    return tiny_context
+  from smollm3_jax import checkpoints
+  return checkpoints.load_config(checkpoint).max_position_embeddings
 
 
 # --------------------------------------------------------------------------------------------
@@ -380,12 +396,34 @@ class _Interrupts:
     self._previous = None
     if threading.current_thread() is threading.main_thread():
       self._previous = signal.signal(signal.SIGINT, self)
+    self._tty = _without_echoctl(sys.stdin)
     return self
 
   def __exit__(self, *exc):
     if self._previous is not None:
       signal.signal(signal.SIGINT, self._previous)
+    if self._tty is not None:
+      import termios
+      fd, attributes = self._tty
+      termios.tcsetattr(fd, termios.TCSANOW, attributes)
     return False
+
+
+def _without_echoctl(stream) -> tuple[int, list] | None:
+  """Stops the terminal from echoing Ctrl-C as "^C" into the answer being printed (the ECHOCTL
+  flag); returns (fd, previous attributes) to restore, or None when ``stream`` is not a terminal."""
+  try:
+    import termios
+    fd = stream.fileno()
+    if not os.isatty(fd):
+      return None
+    attributes = termios.tcgetattr(fd)
+    quiet = list(attributes)
+    quiet[3] &= ~termios.ECHOCTL  # lflag
+    termios.tcsetattr(fd, termios.TCSANOW, quiet)
+    return fd, attributes
+  except (ImportError, AttributeError, OSError, ValueError):  # no termios (Windows), no real fd
+    return None
 
 
 def run_terminal(session: ChatSession, *, show_thinking: bool = True, input_fn: Callable[[str], str] = input,
@@ -393,7 +431,6 @@ def run_terminal(session: ChatSession, *, show_thinking: bool = True, input_fn: 
   """Interactive chat on a terminal until /quit or end of input."""
   out = out or sys.stdout
   if color is None:  # ANSI styles only on a real terminal that wants them
-    import os
     color = out.isatty() and os.environ.get("TERM") != "dumb" and "NO_COLOR" not in os.environ
   dim, bold, reset = (_DIM, _BOLD, _RESET) if color else ("", "", "")
 
@@ -401,7 +438,9 @@ def run_terminal(session: ChatSession, *, show_thinking: bool = True, input_fn: 
     out.write(text + end)
     out.flush()
 
-  say(f"chat: thinking {'on' if session.thinking else 'off'}, context {session.context_length} tokens. "
+  settings = ", ".join(f"{k} {v}" for k, v in session.sampling.items())
+  say(f"chat: thinking {'on' if session.thinking else 'off'}, {settings}, up to {session.max_new_tokens} "
+      f"tokens per answer, context {session.context_length} tokens (defaults from {session.defaults.source}).\n"
       "/help for commands, Ctrl-C stops an answer, Ctrl-D quits.")
   while True:
     try:

@@ -573,9 +573,9 @@ def _stats(state: DecodeState, n, prompt_ids, timings) -> GenerationStats:
       cache_length=int(state.cache.length))
 
 
-def generate(model: SmolLM3, tokenizer, prompts, *, chat: bool = True, thinking=True,
-             temperature=0.0, top_k=0, top_p=1.0, min_p=0.0, repetition_penalty=1.0,
-             max_new_tokens=256, seed=0, newline_limit=None, stop_ids=None,
+def generate(model: SmolLM3, tokenizer, prompts, *, chat: bool = True, thinking=None,
+             temperature=None, top_k=None, top_p=None, min_p=None, repetition_penalty=None,
+             max_new_tokens=None, seed=0, newline_limit=None, stop_ids=None,
              context_length: int | None = None, engine: Engine | None = None, mesh=None,
              share_prefill: bool = False, date=None) -> GenerationResult:
   """Generates one completion per prompt.
@@ -583,7 +583,9 @@ def generate(model: SmolLM3, tokenizer, prompts, *, chat: bool = True, thinking=
   ``prompts``: a string, a list of strings, or message lists (``chat=True`` renders them with the
   chat template; ``thinking`` maps to its ``enable_thinking``). Every sampling argument, the seed,
   ``thinking``, ``max_new_tokens`` and ``newline_limit`` may be a scalar or one value per prompt.
-  ``temperature=0`` is greedy. ``newline_limit=N`` stops a row after N consecutive newline tokens.
+  Sampling arguments, ``max_new_tokens`` and ``thinking`` left as None take the checkpoint's
+  defaults (:func:`smollm3_jax.generation_defaults.for_tokenizer`: its generation_config.json, else
+  the documented table; without a tokenizer, greedy; thinking on). ``temperature=0`` is greedy. ``newline_limit=N`` stops a row after N consecutive newline tokens.
   ``mesh`` (a Mesh or "data=D,model=M") shards the run; by default the model's own mesh, if any.
   ``share_prefill=True`` runs each distinct prompt through prefill once and shares its cache among
   the rows that repeat it (a grid of settings over a few prompts); the number of distinct prompts
@@ -592,11 +594,15 @@ def generate(model: SmolLM3, tokenizer, prompts, *, chat: bool = True, thinking=
   "YYYY-MM-DD", or None for ``$SMOLLM3_JAX_CHAT_DATE`` when set, else today.
   Every argument is checked before anything compiles (ValueError naming it).
   """
+  from smollm3_jax import generation_defaults
+
+  filled = generation_defaults.for_tokenizer(tokenizer).fill(
+      thinking=thinking, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+      repetition_penalty=repetition_penalty, max_new_tokens=max_new_tokens)
   engine, n, args, texts, prompt_ids, stop_ids, settings = _setup(
-      model, tokenizer, prompts, chat=chat, thinking=thinking, temperature=temperature, top_k=top_k,
-      top_p=top_p, min_p=min_p, repetition_penalty=repetition_penalty, max_new_tokens=max_new_tokens,
-      seed=seed, newline_limit=newline_limit, stop_ids=stop_ids, context_length=context_length,
-      engine=engine, mesh=mesh, share_prefill=share_prefill, date=date)
+      model, tokenizer, prompts, chat=chat, **filled, seed=seed, newline_limit=newline_limit,
+      stop_ids=stop_ids, context_length=context_length, engine=engine, mesh=mesh,
+      share_prefill=share_prefill, date=date)
   state = timings = None
   for state, timings in engine.run(n, args):
     pass
@@ -611,13 +617,19 @@ class Stream:
   """
 
   def __init__(self, model, tokenizer, prompt, *, hide_thinking: bool = False, chunk_steps: int = 4, **kwargs):
+    from smollm3_jax import generation_defaults
     from smollm3_jax.tokenizer import IncrementalDecoder
 
-    if chunk_steps < 1:
-      raise ValueError(f"chunk_steps must be >= 1, got {chunk_steps}")
+    unknown = sorted(set(kwargs) - set(_DEFAULTS))
+    if unknown:
+      raise TypeError(f"stream() got unexpected keyword argument(s): {', '.join(unknown)}")
+    validation.as_count("chunk_steps", chunk_steps, low=1)
     if not (isinstance(prompt, str) or _is_messages(prompt) or _is_ids(prompt)):
       raise ValueError("stream() takes one prompt: a string, a message list or token ids")
-    self._setup = _setup(model, tokenizer, [prompt], **{**_DEFAULTS, **kwargs})
+    args = {**_DEFAULTS, **kwargs}
+    args.update(generation_defaults.for_tokenizer(tokenizer).fill(
+        **{name: args[name] for name in (*generation_defaults.FIELDS, "thinking")}))
+    self._setup = _setup(model, tokenizer, [prompt], **args)
     self._tokenizer = tokenizer
     self._decoder = IncrementalDecoder(tokenizer)
     self._hide = hide_thinking
@@ -654,8 +666,9 @@ class Stream:
                                    _stats(state, n, prompt_ids, timings))
 
 
-_DEFAULTS = dict(chat=True, thinking=True, temperature=0.0, top_k=0, top_p=1.0, min_p=0.0,
-                 repetition_penalty=1.0, max_new_tokens=256, seed=0, newline_limit=None, stop_ids=None,
+# stream()'s keyword arguments and their defaults (None: the checkpoint's, as in generate()).
+_DEFAULTS = dict(chat=True, thinking=None, temperature=None, top_k=None, top_p=None, min_p=None,
+                 repetition_penalty=None, max_new_tokens=None, seed=0, newline_limit=None, stop_ids=None,
                  context_length=None, engine=None, mesh=None, share_prefill=False, date=None)
 
 

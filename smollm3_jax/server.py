@@ -3,11 +3,18 @@
     app = create_app(model, tokenizer)            # a Starlette app; serve it with uvicorn
     uvicorn.run(app, host="127.0.0.1", port=3000)
 
-Routes: ``GET /`` (the page), ``POST /v1/chat/completions`` (the shape vLLM and llama.cpp's server
-speak: messages, temperature, top_p, top_k, min_p, repetition_penalty, max_tokens, seed, stream,
-``chat_template_kwargs.enable_thinking``; the thinking goes to ``reasoning_content``, the answer to
-``content``; ``stream: true`` sends server-sent events ending with a usage record and ``[DONE]``),
-``GET /v1/models``, ``GET /health``.
+Routes (one method each of :class:`ChatServer`): ``GET /`` (the page), ``POST /v1/chat/completions``
+(the shape vLLM and llama.cpp's server speak: messages, temperature, top_p, top_k, min_p,
+repetition_penalty, max_tokens, seed, stream, ``chat_template_kwargs.enable_thinking``; the thinking
+goes to ``reasoning_content``, the answer to ``content``; ``stream: true`` sends server-sent events
+ending with a usage record and ``[DONE]``), ``GET /v1/models``, ``GET /health``.
+
+Settings a request leaves out take the server's defaults, and those the checkpoint's
+(:mod:`smollm3_jax.generation_defaults`). A request field the server does not implement is refused
+with a 400 naming it, unless it is set to the value that means "off" (``n: 1``, ``logprobs: false``,
+...) or is purely informational (``user``, ``metadata``): see :data:`APPLIED_FIELDS`,
+:data:`INFORMATIONAL_FIELDS`, :data:`NEUTRAL_VALUES`. Each response echoes the settings applied
+(``settings``), as given.
 
 One model serves every request. Generation runs on a single worker thread, one request at a time in
 arrival order (a request waits in the queue, it never shares another's cache), so each request gets
@@ -23,6 +30,7 @@ import contextlib
 import dataclasses
 import importlib.resources
 import json
+import logging
 import math
 import queue
 import secrets
@@ -35,16 +43,18 @@ import anyio
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from smollm3_jax import sampling
-from smollm3_jax.chat import ThinkingSplitter, check_messages, prompt_opens_thinking, render_chat
+from smollm3_jax.chat import ThinkingSplitter, check_limits, prompt_opens_thinking, render_chat
+from smollm3_jax.validation import check_messages
 
 FINISH_REASONS = {"eos": "stop", "newlines": "stop", "max_tokens": "length", "context": "length",
                   "cancelled": "stop"}
 MAX_BODY_BYTES = 16 * 1024 * 1024
+_LOG = logging.getLogger("smollm3_jax.server")
 
 
 class RequestError(Exception):
@@ -73,6 +83,28 @@ class ChatRequest:
   max_tokens: int | None
   seed: int
   stream: bool
+  include_usage: bool = True  # stream_options.include_usage (a usage record ends the stream)
+
+
+# What the server does with each field of a chat-completions request (OpenAI's, as the official
+# client sends them, plus vLLM's extras). A null value is the same as leaving the field out.
+APPLIED_FIELDS = frozenset({
+    "messages", "model", "temperature", "top_p", "top_k", "min_p", "repetition_penalty", "max_tokens",
+    "max_completion_tokens", "seed", "stream", "stream_options", "chat_template_kwargs"})
+# Accepted and without effect on the text: labels and hints for a hosted service's bookkeeping.
+INFORMATIONAL_FIELDS = frozenset({"user", "metadata", "safety_identifier", "prompt_cache_key",
+                                  "prompt_cache_retention", "prompt_cache_options"})
+# Not implemented: accepted only at the value that means "off" (the same as leaving them out);
+# any other value is refused with a 400 naming the field.
+NEUTRAL_VALUES: dict[str, tuple] = {
+    "n": (1,), "stop": ("", []), "logprobs": (False,), "top_logprobs": (), "logit_bias": ({},),
+    "frequency_penalty": (0,), "presence_penalty": (0,), "tools": ([],), "functions": ([],),
+    "tool_choice": ("none",), "function_call": ("none",), "parallel_tool_calls": (),
+    "response_format": ({"type": "text"},), "store": (False,), "modalities": (["text"],), "audio": (),
+    "prediction": (), "reasoning_effort": (), "service_tier": (), "verbosity": (), "web_search_options": (),
+    "moderation": ()}
+_HINTS = {"frequency_penalty": "; use 'repetition_penalty'", "presence_penalty": "; use 'repetition_penalty'",
+          "n": ": only 'n': 1 is supported"}
 
 
 def _number(body: dict, name: str, default, *, low=None, high=None, low_open=False, integer=False):
@@ -90,11 +122,47 @@ def _number(body: dict, name: str, default, *, low=None, high=None, low_open=Fal
     raise RequestError(f"'{name}' must be {'>' if low_open else '>='} {low}, got {value}", param=name)
   if high is not None and value > high:
     raise RequestError(f"'{name}' must be <= {high}, got {value}", param=name)
-  return int(value) if integer else float(value)
+  return int(value) if integer else value
 
 
-def parse_request(body: Any, defaults: dict) -> ChatRequest:
-  """Validates a chat-completions body (before any work); RequestError names the bad field."""
+def _same(value: Any, off: Any) -> bool:
+  """JSON equality that keeps booleans apart from numbers (0 == false in Python, not in JSON)."""
+  if isinstance(off, bool) or isinstance(value, bool):
+    return value is off
+  return value == off
+
+
+def _check_fields(body: dict) -> None:
+  """Refuses every field the server would otherwise ignore (unknown, or not implemented and not off)."""
+  for name, value in body.items():
+    if value is None or name in APPLIED_FIELDS or name in INFORMATIONAL_FIELDS:
+      continue
+    if name not in NEUTRAL_VALUES:
+      raise RequestError(f"unknown field '{name}': this server does not implement it", param=name)
+    if not any(_same(value, off) for off in NEUTRAL_VALUES[name]):
+      raise RequestError(f"'{name}' is not supported by this server{_HINTS.get(name, '')}", param=name)
+
+
+def _object(body: dict, name: str, keys: dict) -> dict:
+  """An optional object field whose keys must all be known (``keys``: key -> its check)."""
+  value = body.get(name)
+  if value is None:
+    return {}
+  if not isinstance(value, dict):
+    raise RequestError(f"'{name}' must be an object", param=name)
+  for key, item in value.items():
+    if key not in keys:
+      raise RequestError(f"'{name}.{key}' is not supported by this server (known: {', '.join(keys)})",
+                         param=f"{name}.{key}")
+    if item is not None and not keys[key](item):
+      raise RequestError(f"'{name}.{key}' must be true or false", param=f"{name}.{key}")
+  return {k: v for k, v in value.items() if v is not None}
+
+
+def parse_request(body: Any, defaults: dict, model_name: str | None = None) -> ChatRequest:
+  """Validates a chat-completions body (before any work); RequestError names the bad field.
+  ``defaults``: the values of unset settings; ``model_name``: the one model served (another
+  ``model`` gets a 404)."""
   if not isinstance(body, dict):
     raise RequestError(f"the request body must be a JSON object, got {type(body).__name__}")
   if "messages" not in body:
@@ -103,34 +171,23 @@ def parse_request(body: Any, defaults: dict) -> ChatRequest:
     messages = check_messages(body["messages"])
   except ValueError as e:
     raise RequestError(str(e), param="messages") from None
+  _check_fields(body)
+  model = body.get("model")
+  if model is not None and model_name is not None and model != model_name:
+    raise RequestError(f"the model {json.dumps(model)} does not exist; this server serves {json.dumps(model_name)}",
+                       param="model", code="model_not_found", status=404)
 
-  n = body.get("n")
-  if n is not None and n != 1:
-    raise RequestError("only 'n': 1 is supported", param="n")
-  if body.get("stop"):
-    raise RequestError("'stop' sequences are not supported", param="stop")
-  if body.get("tools"):
-    raise RequestError("'tools' are not supported by this server", param="tools")
-  if body.get("logprobs"):
-    raise RequestError("'logprobs' are not supported", param="logprobs")
-  for name in ("frequency_penalty", "presence_penalty"):
-    if body.get(name):
-      raise RequestError(f"'{name}' is not supported; use 'repetition_penalty'", param=name)
   stream = body.get("stream", False)
   if stream is None:
     stream = False
   if not isinstance(stream, bool):
     raise RequestError("'stream' must be true or false", param="stream")
-
-  kwargs = body.get("chat_template_kwargs")
-  if kwargs is None:
-    kwargs = {}
-  if not isinstance(kwargs, dict):
-    raise RequestError("'chat_template_kwargs' must be an object", param="chat_template_kwargs")
+  is_bool = lambda v: isinstance(v, bool)
+  options = _object(body, "stream_options", {"include_usage": is_bool})
+  if options and not stream:
+    raise RequestError("'stream_options' is only allowed with 'stream': true", param="stream_options")
+  kwargs = _object(body, "chat_template_kwargs", {"enable_thinking": is_bool})
   thinking = kwargs.get("enable_thinking", defaults["thinking"])
-  if not isinstance(thinking, bool):
-    raise RequestError("'chat_template_kwargs.enable_thinking' must be true or false",
-                       param="chat_template_kwargs.enable_thinking")
 
   settings = dict(
       temperature=_number(body, "temperature", defaults["temperature"], low=0.0, high=2.0),
@@ -146,13 +203,17 @@ def parse_request(body: Any, defaults: dict) -> ChatRequest:
   except ValueError as e:
     raise RequestError(str(e)) from None
 
-  max_name = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
-  max_tokens = _number(body, max_name, None, low=1, integer=True)
-  seed = _number(body, "seed", None, low=-(2 ** 63), high=2 ** 64 - 1, integer=True)
+  max_tokens = _number(body, "max_tokens", None, low=1, integer=True)
+  max_completion = _number(body, "max_completion_tokens", None, low=1, integer=True)
+  if max_tokens is not None and max_completion is not None and max_tokens != max_completion:
+    raise RequestError(f"'max_tokens' ({max_tokens}) and 'max_completion_tokens' ({max_completion}) differ; "
+                       "send one of them", param="max_completion_tokens")
+  max_tokens = max_completion if max_completion is not None else max_tokens
+  seed = _number(body, "seed", None, low=0, high=2 ** 32 - 1, integer=True)
   if seed is None:
     seed = defaults["seed"] if defaults["seed"] is not None else secrets.randbits(32)
   return ChatRequest(messages=messages, thinking=thinking, sampling=settings, max_tokens=max_tokens,
-                     seed=seed, stream=stream)
+                     seed=seed, stream=stream, include_usage=options.get("include_usage", True))
 
 
 # --------------------------------------------------------------------------------------------
@@ -246,11 +307,13 @@ def warmup(app: Starlette, text: str = "Hi") -> None:
   first real request does not wait for them. Runs on the caller's thread, before serving."""
   import smollm3_jax
 
-  defaults, context = app.state.defaults, app.state.context_length
-  tokenizer, model = app.state.tokenizer, app.state.model
-  _, ids = render_chat(tokenizer, [{"role": "user", "content": text}], defaults["thinking"])
-  s = smollm3_jax.stream(model, tokenizer, ids, chunk_steps=1,
-                         max_new_tokens=min(defaults["max_tokens"], context - len(ids)), context_length=context)
+  srv: ChatServer = app.state.server
+  defaults, context = srv.defaults, srv.context_length
+  _, ids = render_chat(srv.tokenizer, [{"role": "user", "content": text}], defaults["thinking"], srv.date)
+  settings = {k: defaults[k] for k in SAMPLING_SETTINGS}
+  s = smollm3_jax.stream(srv.model, srv.tokenizer, ids, chunk_steps=1, thinking=defaults["thinking"],
+                         max_new_tokens=min(defaults["max_tokens"], context - len(ids)), context_length=context,
+                         **settings)
   for i, _ in enumerate(s):
     if i >= 1:  # the first piece comes from prefill, the second from the (now compiled) decode loop
       s.cancel()
@@ -279,44 +342,77 @@ class _DisconnectAwareStream(StreamingResponse):
 # --------------------------------------------------------------------------------------------
 # The app
 # --------------------------------------------------------------------------------------------
+SAMPLING_SETTINGS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
+
+
 def _sse(data: Any) -> bytes:
   text = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)
   return f"data: {text}\n\n".encode("utf-8")
 
 
-def create_app(model, tokenizer, *, model_name: str = "smollm3-jax", temperature: float = 0.6,
-               top_p: float = 0.95, top_k: int = 0, min_p: float = 0.0, repetition_penalty: float = 1.0,
-               max_tokens: int = 2048, thinking: bool = True, seed: int | None = None,
-               context_length: int | None = None, chunk_steps: int = 4) -> Starlette:
-  """The Starlette app serving ``model``. Keyword arguments are the defaults for requests that leave
-  a setting out (``seed=None``: a fresh random seed per request); ``context_length`` (default: the
-  model's) bounds prompt + answer; ``chunk_steps`` decode steps run between streamed pieces."""
-  sampling.validate_sampling_args(temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
-                                  repetition_penalty=repetition_penalty)
-  limit = model.config.max_position_embeddings
-  context = int(context_length or limit)
-  if not 2 <= context <= limit:
-    raise ValueError(f"context_length must be in [2, {limit}], got {context_length}")
-  if max_tokens < 1:
-    raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
-  if chunk_steps < 1:
-    raise ValueError(f"chunk_steps must be >= 1, got {chunk_steps}")
-  defaults = dict(temperature=float(temperature), top_p=float(top_p), top_k=int(top_k), min_p=float(min_p),
-                  repetition_penalty=float(repetition_penalty), max_tokens=int(max_tokens),
-                  thinking=bool(thinking), seed=seed)
-  worker: Worker | None = None
+def _timings(job: Job, result) -> dict:
+  """llama.cpp-style timings of a finished job (milliseconds, tokens, tokens per second)."""
+  st = result.stats
+  return dict(queue_ms=1000 * ((job.started or job.submitted) - job.submitted),
+              prompt_n=st.prompt_tokens, prompt_ms=1000 * st.prefill_seconds,
+              time_to_first_token_ms=1000 * st.time_to_first_token,
+              compile_ms=1000 * st.compile_seconds,
+              predicted_n=st.generated_tokens, predicted_ms=1000 * st.decode_seconds,
+              predicted_per_second=st.decode_tokens_per_second)
 
-  def get_worker() -> Worker:
-    nonlocal worker
-    if worker is None:
-      worker = Worker(model, tokenizer, chunk_steps=chunk_steps)
-      app.state.worker = worker
-    return worker
 
-  # ---- helpers ------------------------------------------------------------------------------
-  def prepare(req: ChatRequest) -> tuple[str, list[int], int]:
+def _usage(result) -> dict:
+  p, c = result.stats.prompt_tokens, result.stats.generated_tokens
+  return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+
+
+def _finish_reason(job: Job, result) -> str:
+  if job.cancelled.is_set():
+    return "stop"
+  return FINISH_REASONS.get(result.completions[0].stop_reason, "stop")
+
+
+class ChatServer:
+  """One model behind the routes: one method per route, and the owner of the generation worker
+  (started on the first request) and its queue. ``create_app`` builds it and its Starlette app."""
+
+  def __init__(self, model, tokenizer, *, model_name: str, defaults: dict, context_length: int,
+               chunk_steps: int, date=None):
+    self.model, self.tokenizer, self.model_name = model, tokenizer, model_name
+    self.defaults, self.context_length, self.chunk_steps, self.date = defaults, context_length, chunk_steps, date
+    self._worker: Worker | None = None
+    self.app = Starlette(
+        routes=[
+            Route("/", self.index, methods=["GET"]),
+            Route("/health", self.health, methods=["GET"]),
+            Route("/v1/models", self.models, methods=["GET"]),
+            Route("/v1/chat/completions", self.chat_completions, methods=["POST"]),
+        ],
+        exception_handlers={HTTPException: self.http_error, Exception: self.server_error},
+        lifespan=self.lifespan)
+    self.app.state.server = self
+    self.app.state.worker = None  # set when the worker starts (tests read its history)
+
+  # ---- the worker -----------------------------------------------------------------------------
+  @property
+  def worker(self) -> Worker:
+    if self._worker is None:
+      self._worker = Worker(self.model, self.tokenizer, chunk_steps=self.chunk_steps)
+      self.app.state.worker = self._worker
+    return self._worker
+
+  @contextlib.asynccontextmanager
+  async def lifespan(self, app):
+    yield
+    if self._worker is not None:
+      self._worker.stop()
+
+  # ---- request -> job ------------------------------------------------------------------------
+  def prepare(self, req: ChatRequest) -> tuple[str, list[int], int]:
+    """(prompt text, prompt ids, token budget) of a request; RequestError when it does not fit."""
+    context = self.context_length
     try:
-      text, ids = render_chat(tokenizer, req.messages, req.thinking)
+      text, ids = render_chat(self.tokenizer, req.messages, req.thinking, self.date)
     except Exception as e:  # a template may reject a conversation (e.g. role order)
       raise RequestError(f"the chat template could not render these messages: {e}", param="messages")
     if len(ids) >= context:
@@ -325,7 +421,7 @@ def create_app(model, tokenizer, *, model_name: str = "smollm3-jax", temperature
                          param="messages", code="context_length_exceeded")
     room = context - len(ids)
     if req.max_tokens is None:
-      max_new = min(defaults["max_tokens"], room)
+      max_new = min(self.defaults["max_tokens"], room)
     elif req.max_tokens > room:
       raise RequestError(f"max_tokens={req.max_tokens} is too large: the prompt has {len(ids)} tokens and the "
                          f"context is {context}, so at most {room} new tokens fit",
@@ -334,66 +430,64 @@ def create_app(model, tokenizer, *, model_name: str = "smollm3-jax", temperature
       max_new = req.max_tokens
     return text, ids, max_new
 
-  def timings(job: Job, result) -> dict:
-    st = result.stats
-    return dict(queue_ms=1000 * ((job.started or job.submitted) - job.submitted),
-                prompt_n=st.prompt_tokens, prompt_ms=1000 * st.prefill_seconds,
-                time_to_first_token_ms=1000 * st.time_to_first_token,
-                compile_ms=1000 * st.compile_seconds,
-                predicted_n=st.generated_tokens, predicted_ms=1000 * st.decode_seconds,
-                predicted_per_second=st.decode_tokens_per_second)
-
-  def usage(result) -> dict:
-    p, c = result.stats.prompt_tokens, result.stats.generated_tokens
-    return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
-
-  def finish_reason(job: Job, result) -> str:
-    if job.cancelled.is_set():
-      return "stop"
-    return FINISH_REASONS.get(result.completions[0].stop_reason, "stop")
+  async def _read_json(self, request: Request) -> Any:
+    length = request.headers.get("content-length") or "0"
+    if length.isdigit() and int(length) > MAX_BODY_BYTES:
+      raise RequestError(f"the request body is {length} bytes; the limit is {MAX_BODY_BYTES}", status=413)
+    raw = await request.body()
+    try:
+      return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+      raise RequestError(f"the request body is not valid JSON: {e}") from None
+    except RecursionError:
+      raise RequestError("the request body is nested too deeply") from None
 
   # ---- routes -------------------------------------------------------------------------------
-  async def index(request: Request) -> Response:
+  async def index(self, request: Request) -> Response:
     page = importlib.resources.files("smollm3_jax").joinpath("static/index.html").read_text("utf-8")
-    config = dict(model=model_name, context_length=context, **defaults)
+    config = dict(model=self.model_name, context_length=self.context_length, **self.defaults)
     page = page.replace("/*SERVER_CONFIG*/null", json.dumps(config).replace("</", "<\\/"))
     return HTMLResponse(page)
 
-  async def health(request: Request) -> Response:
-    w = worker
-    return JSONResponse({"status": "ok", "model": model_name, "pending": w.pending() if w else 0})
+  async def health(self, request: Request) -> Response:
+    w = self._worker
+    return JSONResponse({"status": "ok", "model": self.model_name, "pending": w.pending() if w else 0})
 
-  async def models(request: Request) -> Response:
+  async def models(self, request: Request) -> Response:
     return JSONResponse({"object": "list", "data": [
-        {"id": model_name, "object": "model", "created": 0, "owned_by": "smollm3-jax",
-         "max_model_len": context}]})
+        {"id": self.model_name, "object": "model", "created": 0, "owned_by": "smollm3-jax",
+         "max_model_len": self.context_length}]})
 
-  async def chat_completions(request: Request) -> Response:
+  async def chat_completions(self, request: Request) -> Response:
     try:
-      length = int(request.headers.get("content-length") or 0)
-      if length > MAX_BODY_BYTES:
-        raise RequestError(f"the request body is {length} bytes; the limit is {MAX_BODY_BYTES}", status=413)
-      raw = await request.body()
+      body = await self._read_json(request)
       try:
-        body = json.loads(raw)
-      except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise RequestError(f"the request body is not valid JSON: {e}") from None
-      req = parse_request(body, defaults)
-      prompt_text, ids, max_new = await run_in_threadpool(prepare, req)
+        req = parse_request(body, self.defaults, self.model_name)
+      except RecursionError:
+        raise RequestError("the request body is nested too deeply") from None
+      prompt_text, ids, max_new = await run_in_threadpool(self.prepare, req)
     except RequestError as e:
       return error_response(e.status, e.message, param=e.param, code=e.code)
+    except ClientDisconnect:
+      client = request.client
+      _LOG.warning("client %s disconnected while sending its request", f"{client.host}:{client.port}" if client else "?")
+      return Response(status_code=499)
 
+    settings = dict(req.sampling, max_tokens=max_new, seed=req.seed, thinking=req.thinking)
     job = Job(asyncio.get_running_loop(), ids, dict(
-        thinking=req.thinking, max_new_tokens=max_new, seed=req.seed, context_length=context, **req.sampling))
-    get_worker().submit(job)
+        thinking=req.thinking, max_new_tokens=max_new, seed=req.seed, context_length=self.context_length,
+        **req.sampling))
+    self.worker.submit(job)
     rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     inside = prompt_opens_thinking(prompt_text)
     if req.stream:
-      return _DisconnectAwareStream(_stream_events(job, rid, created, inside), media_type="text/event-stream",
+      events = self._stream_events(job, rid, created, inside, settings, req.include_usage)
+      return _DisconnectAwareStream(events, media_type="text/event-stream",
                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-    return await _complete(request, job, rid, created, inside)
+    return await self._complete(request, job, rid, created, inside, settings)
 
-  async def _complete(request: Request, job: Job, rid: str, created: int, inside: bool) -> Response:
+  async def _complete(self, request: Request, job: Job, rid: str, created: int, inside: bool,
+                      settings: dict) -> Response:
     pieces: list[str] = []
 
     async def consume():
@@ -431,14 +525,16 @@ def create_app(model, tokenizer, *, model_name: str = "smollm3-jax", temperature
     if thinking:
       message["reasoning_content"] = thinking
     return JSONResponse({
-        "id": rid, "object": "chat.completion", "created": created, "model": model_name,
-        "choices": [{"index": 0, "message": message, "finish_reason": finish_reason(job, value)}],
-        "usage": usage(value), "timings": timings(job, value)})
+        "id": rid, "object": "chat.completion", "created": created, "model": self.model_name,
+        "choices": [{"index": 0, "message": message, "finish_reason": _finish_reason(job, value)}],
+        "usage": _usage(value), "timings": _timings(job, value), "settings": settings})
 
-  async def _stream_events(job: Job, rid: str, created: int, inside: bool) -> AsyncIterator[bytes]:
-    def chunk(delta: dict, finish: str | None = None) -> bytes:
-      return _sse({"id": rid, "object": "chat.completion.chunk", "created": created, "model": model_name,
-                   "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+  async def _stream_events(self, job: Job, rid: str, created: int, inside: bool, settings: dict,
+                           include_usage: bool) -> AsyncIterator[bytes]:
+    head = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": self.model_name}
+
+    def chunk(delta: dict, finish: str | None = None, **extra) -> bytes:
+      return _sse({**head, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra})
 
     def deltas(parts):
       for kind, text in parts:
@@ -455,9 +551,9 @@ def create_app(model, tokenizer, *, model_name: str = "smollm3-jax", temperature
         elif kind == "done":
           for event in deltas(splitter.finish()):
             yield event
-          yield chunk({}, finish_reason(job, value))
-          yield _sse({"id": rid, "object": "chat.completion.chunk", "created": created, "model": model_name,
-                      "choices": [], "usage": usage(value), "timings": timings(job, value)})
+          yield chunk({}, _finish_reason(job, value), settings=settings)
+          if include_usage:
+            yield _sse({**head, "choices": [], "usage": _usage(value), "timings": _timings(job, value)})
           yield _sse("[DONE]")
           return
         elif kind == "error":
@@ -470,35 +566,41 @@ def create_app(model, tokenizer, *, model_name: str = "smollm3-jax", temperature
     finally:
       job.cancel()  # a no-op when the job finished; otherwise the client left
 
-  # ---- errors and lifecycle -----------------------------------------------------------------
-  async def http_error(request: Request, exc: HTTPException) -> Response:
+  # ---- errors -------------------------------------------------------------------------------
+  async def http_error(self, request: Request, exc: HTTPException) -> Response:
     return error_response(exc.status_code, exc.detail or "error",
                           kind="not_found_error" if exc.status_code == 404 else None)
 
-  async def server_error(request: Request, exc: Exception) -> Response:
+  async def server_error(self, request: Request, exc: Exception) -> Response:
     return error_response(500, f"internal error: {type(exc).__name__}: {exc}")
 
-  @contextlib.asynccontextmanager
-  async def lifespan(app):
-    yield
-    if worker is not None:
-      worker.stop()
 
-  app = Starlette(
-      routes=[
-          Route("/", index, methods=["GET"]),
-          Route("/health", health, methods=["GET"]),
-          Route("/v1/models", models, methods=["GET"]),
-          Route("/v1/chat/completions", chat_completions, methods=["POST"]),
-      ],
-      exception_handlers={HTTPException: http_error, Exception: server_error},
-      lifespan=lifespan)
-  app.state.worker = None
-  app.state.get_worker = get_worker
-  app.state.defaults = defaults
-  app.state.context_length = context
-  app.state.model, app.state.tokenizer, app.state.chunk_steps = model, tokenizer, chunk_steps
-  return app
+def create_app(model, tokenizer, *, model_name: str = "smollm3-jax", temperature: float | None = None,
+               top_p: float | None = None, top_k: int | None = None, min_p: float | None = None,
+               repetition_penalty: float | None = None, max_tokens: int | None = None,
+               thinking: bool | None = None, seed: int | None = None, context_length: int | None = None,
+               chunk_steps: int = 4, date=None) -> Starlette:
+  """The Starlette app serving ``model``. Keyword arguments are the defaults for requests that leave
+  a setting out; None takes the checkpoint's (:mod:`smollm3_jax.generation_defaults`; ``seed=None``:
+  a fresh random seed per request). ``context_length`` (default: the model's) bounds prompt +
+  answer; ``chunk_steps`` decode steps run between streamed pieces; ``date`` is the day the chat
+  template sees (None: the day of each request)."""
+  from smollm3_jax import chat_format, generation_defaults, validation
+
+  filled = generation_defaults.for_tokenizer(tokenizer).fill(
+      temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p, repetition_penalty=repetition_penalty,
+      max_new_tokens=max_tokens, thinking=thinking)
+  max_tokens = filled.pop("max_new_tokens")
+  thinking = validation.as_bool("thinking", filled.pop("thinking"))
+  context = check_limits(model, context_length=context_length, max_new_tokens=max_tokens, chunk_steps=chunk_steps,
+                         max_name="max_tokens", **filled)
+  if seed is not None:
+    seed = validation.as_count("seed", seed, low=0, high=validation.UINT32_MAX)
+  if date is not None:
+    chat_format.resolve_date(date)  # a malformed date fails now, not at the first request
+  defaults = dict(filled, max_tokens=int(max_tokens), thinking=thinking, seed=seed)
+  return ChatServer(model, tokenizer, model_name=model_name, defaults=defaults, context_length=context,
+                    chunk_steps=int(chunk_steps), date=date).app
 
 
 # --------------------------------------------------------------------------------------------
@@ -508,7 +610,7 @@ class BackgroundServer:
   """uvicorn serving ``app`` on a daemon thread: ``.url``, ``.stop()``; a context manager."""
 
   def __init__(self, app: Starlette, *, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning",
-               start_timeout: float = 30.0):
+               access_log: bool = False, start_timeout: float = 30.0):
     import socket
 
     import uvicorn
@@ -519,7 +621,7 @@ class BackgroundServer:
     self._socket.bind((host, port))  # port 0: a free port
     self.host, self.port = self._socket.getsockname()[:2]
     self.url = f"http://{self.host}:{self.port}"
-    self._server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, lifespan="on"))
+    self._server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, access_log=access_log, lifespan="on"))
     self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._socket]},
                                     name="smollm3-uvicorn", daemon=True)
     self._thread.start()

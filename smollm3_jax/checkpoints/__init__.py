@@ -18,7 +18,7 @@ from smollm3_jax.config import SmolLM3Config
 from smollm3_jax.model import SmolLM3
 from smollm3_jax import quantize as quantize_lib
 
-__all__ = ["from_pretrained", "load_config", "resolve"]
+__all__ = ["default_dtype", "from_pretrained", "load_config", "resolve"]
 
 
 def resolve(checkpoint: str | os.PathLike, *, revision: str | None = None,
@@ -54,16 +54,24 @@ def load_config(checkpoint: str | os.PathLike, *, revision: str | None = None) -
   return st_ckpt.load_config(path)
 
 
-def from_pretrained(checkpoint: str | os.PathLike, *, dtype=jnp.float32, param_dtype=None,
+def default_dtype():
+  """The dtype when none is given: float32 on CPU (XLA:CPU decodes bfloat16 ~3x slower than
+  float32: 5.9 vs 16.7 tokens/s on the demo), bfloat16 on GPU and TPU (half the bytes per step)."""
+  return jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
+
+
+def from_pretrained(checkpoint: str | os.PathLike, *, dtype=None, param_dtype=None,
                     place: Callable[[tuple, np.ndarray], jax.Array] | None = None,
                     revision: str | None = None, quantize: str | None = None) -> SmolLM3:
   """Loads a :class:`SmolLM3` from "demo", a ``.gguf`` file, a local HF directory or a Hub id.
 
-  dtype: activation dtype; param_dtype: weight storage dtype (default ``dtype``). Quantized GGUF
+  dtype: activation dtype (None: :func:`default_dtype`, float32 on CPU, bfloat16 on GPU/TPU);
+  param_dtype: weight storage dtype (default ``dtype``). Quantized GGUF
   tensors are dequantized to ``param_dtype``. ``place(param_path, host_array)`` puts one tensor on
   device(s) (default ``jax.device_put``); tensors are read, converted and placed one at a time.
   quantize: None / "none", or "int8" (:func:`smollm3_jax.quantize.quantize_int8` after loading).
   """
+  dtype = default_dtype() if dtype is None else dtype
   check_float_dtype(dtype, "dtype")
   if param_dtype is not None:
     check_float_dtype(param_dtype, "param_dtype")
