@@ -18,23 +18,49 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("checkpoint", "demo", "'demo', a local HF dir, a .gguf file, an Orbax dir, or a hub id.")
 flags.DEFINE_multi_string("prompt", ["What is the capital of France?"], "Prompt (repeatable).")
 flags.DEFINE_bool("chat", True, "Render each prompt as one user message through the chat template.")
-flags.DEFINE_bool("thinking", False, "Thinking mode (the chat template's enable_thinking).")
-cli.define_sampling_flags(temperature=0.0, top_p=1.0)
-flags.DEFINE_integer("max_new_tokens", 128, "Token budget per prompt.", lower_bound=1)
-flags.DEFINE_integer("newline_limit", 0, "Stop after this many consecutive newline tokens (0 = off).")
-flags.DEFINE_integer("seed", 0, "Base seed; each row derives its own from it and its index.")
+flags.DEFINE_bool("thinking", None, "Thinking mode (the chat template's enable_thinking); unset: the "
+                  "template's default (on).")
+cli.define_sampling_flags()
+flags.DEFINE_integer("max_new_tokens", None, "Token budget per prompt; unset: the checkpoint's default.",
+                     lower_bound=1)
+flags.DEFINE_integer("newline_limit", 0, "Stop after this many consecutive newline tokens (0 = off).",
+                     lower_bound=0)
+flags.DEFINE_integer("seed", 0, "Base seed; each row derives its own from it and its index.",
+                     lower_bound=0, upper_bound=2**32 - 1)
+cli.define_date_flag()
 flags.DEFINE_bool("stream", False, "Stream the (first) prompt's answer as it decodes.")
 flags.DEFINE_bool("show_thinking", True, "When streaming, also print the thinking part.")
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Parameter and activation dtype.")
 cli.define_quantize_flag()
-flags.DEFINE_string("mesh", "", "Device mesh, e.g. 'data=2,model=4' ('' = all devices on the data axis).")
+cli.define_mesh_flag()
 flags.DEFINE_string("output_json", None, "Write prompts, token ids, texts, stop reasons and stats here.")
 flags.DEFINE_bool("compilation_cache", True, "Persistent compilation cache (faster start-up from the second run; "
                   "directory: $SMOLLM3_JAX_CACHE_DIR or ~/.cache/smollm3_jax/jax).")
 
 
+def _nonblank_prompts(prompts) -> bool:
+  if any(not p.strip() for p in prompts):
+    raise flags.ValidationError("--prompt must not be empty (or only whitespace)")
+  return True
+
+
+def _writable_output(path) -> bool:
+  from smollm3_jax.files import check_writable_file
+  if path is not None:
+    try:
+      check_writable_file(path, "--output_json")
+    except ValueError as e:
+      raise flags.ValidationError(str(e)) from None
+  return True
+
+
+flags.register_validator("prompt", _nonblank_prompts)
+flags.register_validator("output_json", _writable_output)
+
+
 def main(argv):
-  del argv
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
 
   import smollm3_jax
   from smollm3_jax import runtime
@@ -46,7 +72,7 @@ def main(argv):
   sampling_kwargs = cli.sampling_flag_values()  # validated when the flags were parsed
   kwargs = dict(chat=FLAGS.chat, thinking=FLAGS.thinking, **sampling_kwargs,
                 max_new_tokens=FLAGS.max_new_tokens, seed=FLAGS.seed,
-                newline_limit=FLAGS.newline_limit or None)
+                newline_limit=FLAGS.newline_limit or None, date=FLAGS.date)
 
   from smollm3_jax import sharding
 
@@ -84,12 +110,10 @@ def main(argv):
                           token_ids=c.token_ids, text=c.text, thinking=c.thinking, answer=c.answer,
                           stop_reason=c.stop_reason) for p, c in zip(FLAGS.prompt, completions)],
         stats=stats.as_dict())
-    tmp = FLAGS.output_json + ".tmp"
-    with open(tmp, "w") as f:
-      json.dump(out, f, indent=2, ensure_ascii=False)
-    os.replace(tmp, FLAGS.output_json)  # never leave a half-written file
+    from smollm3_jax.files import atomic_write
+    atomic_write(FLAGS.output_json, json.dumps(out, indent=2, ensure_ascii=False))
     print(f"wrote {FLAGS.output_json}")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

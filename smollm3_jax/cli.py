@@ -49,6 +49,8 @@ SAMPLING_FLAGS = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty"
 def _validator(name: str):
   def check(value) -> bool:
     from smollm3_jax import sampling
+    if value is None:  # unset: the checkpoint's default
+      return True
     try:
       sampling.validate_sampling_args(**{name: value})
     except ValueError as e:
@@ -57,16 +59,52 @@ def _validator(name: str):
   return check
 
 
-def define_sampling_flags(*, temperature: float = 0.0, top_p: float = 1.0) -> None:
+_UNSET = "unset: the checkpoint's default (see smollm3_jax/generation_defaults.py)"
+
+
+def define_sampling_flags(**defaults) -> None:
   """--temperature, --top_k, --top_p, --min_p, --repetition_penalty (transformers' meanings), each
-  checked by the sampling module's own rules when the command line is parsed."""
-  flags.DEFINE_float("temperature", temperature, "0 = greedy.")
-  flags.DEFINE_integer("top_k", 0, "0 = off.")
-  flags.DEFINE_float("top_p", top_p, "1 = off.")
-  flags.DEFINE_float("min_p", 0.0, "0 = off.")
-  flags.DEFINE_float("repetition_penalty", 1.0, "1 = off.")
+  checked by the sampling module's own rules when the command line is parsed. Unset flags (None,
+  unless ``defaults`` names a value) take the checkpoint's generation defaults."""
+  unknown = set(defaults) - set(SAMPLING_FLAGS)
+  if unknown:
+    raise TypeError(f"define_sampling_flags: unknown flags {sorted(unknown)}")
+  flags.DEFINE_float("temperature", defaults.get("temperature"), f"0 = greedy; {_UNSET}.")
+  flags.DEFINE_integer("top_k", defaults.get("top_k"), f"0 = off; {_UNSET}.")
+  flags.DEFINE_float("top_p", defaults.get("top_p"), f"1 = off; {_UNSET}.")
+  flags.DEFINE_float("min_p", defaults.get("min_p"), f"0 = off; {_UNSET}.")
+  flags.DEFINE_float("repetition_penalty", defaults.get("repetition_penalty"), f"1 = off; {_UNSET}.")
   for name in SAMPLING_FLAGS:
     flags.register_validator(name, _validator(name))
+
+
+def define_date_flag() -> None:
+  """--date: the day the chat template sees ("YYYY-MM-DD"; unset: $SMOLLM3_JAX_CHAT_DATE, else today)."""
+  def check(value) -> bool:
+    from smollm3_jax import chat_format
+    if value:
+      try:
+        chat_format.resolve_date(value)
+      except ValueError as e:
+        raise flags.ValidationError(str(e)) from None
+    return True
+  flags.DEFINE_string("date", None, "The date the chat template writes into the prompt (SmolLM3 does), "
+                      "'YYYY-MM-DD'; unset: $SMOLLM3_JAX_CHAT_DATE when set, else today. Pin it to "
+                      "render the same prompt on any day.")
+  flags.register_validator("date", check)
+
+
+def define_mesh_flag() -> None:
+  """--mesh: a device mesh spec, checked when the command line is parsed."""
+  def check(value) -> bool:
+    from smollm3_jax import sharding
+    try:
+      sharding.parse_mesh(value)
+    except ValueError as e:
+      raise flags.ValidationError(str(e)) from None
+    return True
+  flags.DEFINE_string("mesh", "", "Device mesh, e.g. 'data=2,model=4' ('' = all devices on the data axis).")
+  flags.register_validator("mesh", check)
 
 
 def define_quantize_flag() -> None:
@@ -78,5 +116,5 @@ def define_quantize_flag() -> None:
 
 
 def sampling_flag_values() -> dict:
-  """The sampling flags as keyword arguments."""
+  """The sampling flags as keyword arguments (None: unset, the checkpoint's default)."""
   return {name: flags.FLAGS[name].value for name in SAMPLING_FLAGS}
