@@ -201,6 +201,23 @@ def test_full_chain_matches_generate_processors(data):
   assert all(np.isfinite(r[b, tok[b]]) for b in range(B))
 
 
+def test_top_p_sees_the_top_k_output():
+  """top-p renormalises over what top-k kept: on flat logits top-k 10 then top-p 0.5 keeps about
+  half of the 10 (top-p over the whole vocabulary would keep hundreds, and top-k would win)."""
+  logits = (np.random.default_rng(4).standard_normal((2, V)) * 0.5).astype(np.float32)
+  rows = [(1.0, 10, 0.5, 0.0, 1.0), (0.8, 20, 0.7, 0.0, 1.0)]
+  ours = np.asarray(jax.jit(S.process_logits)(jnp.asarray(logits), jnp.zeros((2, V), bool), _params(rows)))
+  f32 = lambda v: float(np.float32(v))
+
+  def ref(b, s):
+    t, k, p, mp, rp = rows[b]
+    return _generate_processors(f32(t), k, f32(p), f32(mp), f32(rp), 1)(torch.zeros((1, 1), dtype=torch.long), s)
+
+  r = _torch_rows(logits, ref)
+  _assert_same(ours, r)
+  assert all(1 < n < k for n, (_, k, *_) in zip(np.isfinite(r).sum(-1), rows))
+
+
 # ----------------------------------------------------------------------------
 # Sampling.
 # ----------------------------------------------------------------------------
