@@ -121,33 +121,53 @@ def test_rows_equal_generating_each_setting_alone(tiny, tiny_sweep):
   assert sweep.row_seed(0, "p", "c", 1) == sweep.row_seed(0, "p", "c", 1) != sweep.row_seed(0, "p", "c", 2)
 
 
+# Runs experiments/sweep.py with one change: after the first batch's rows are durable, the child
+# touches a marker file and waits to be killed. The kill lands at a point the test chose, on any
+# machine speed (no sleep-and-hope).
+_STOP_AFTER_FIRST_BATCH = """
+import os, runpy, sys, time
+from smollm3_jax.sweep import store
+_append = store.ResultsFile.append
+def append(self, rows):
+  _append(self, rows)
+  open(os.environ["SWEEP_TEST_MARKER"], "w").close()
+  time.sleep(3600)
+store.ResultsFile.append = append
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
 def test_sigkill_then_resume_completes_without_gaps_or_duplicates(tiny, tmp_path):
   model, tokenizer, tok_dir = tiny
   workdir = tmp_path / "wd"
   gens = workdir / "generations.jsonl"
+  marker = tmp_path / "first_batch_written"
+  wrapper = tmp_path / "stop_after_first_batch.py"
+  wrapper.write_text(_STOP_AFTER_FIRST_BATCH)
   overrides = ["--config.model.tokenizer=" + tok_dir, "--config.progress=False", "--config.prompts.limit=3",
                "--config.batch_size=5", "--config.max_new_tokens=5"]
-  cmd = [sys.executable, os.path.join(ROOT, "experiments", "sweep.py"),
+  cmd = [sys.executable, str(wrapper), os.path.join(ROOT, "experiments", "sweep.py"),
          "--config=" + os.path.join(ROOT, "configs", "sweep.py") + ":tiny", f"--workdir={workdir}", *overrides]
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env = dict(os.environ, JAX_PLATFORMS="cpu", SWEEP_TEST_MARKER=str(marker),
+             PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
   proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
   try:
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-      if gens.exists() and gens.read_bytes().count(b"\n") >= 5:
-        break
-      time.sleep(0.02)
-    assert proc.poll() is None, "the sweep finished (or failed) before it could be killed: " + \
-        proc.stderr.read().decode()[-2000:]
+    deadline = time.monotonic() + 240
+    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+      time.sleep(0.05)
+    assert marker.exists() and proc.poll() is None, \
+        "the sweep did not reach its first batch: " + (proc.stderr.read().decode()[-2000:] if proc.poll() is not None else "timeout")
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
   finally:
     if proc.poll() is None:
       proc.kill()
       proc.wait()
+    proc.stderr.close()
   assert proc.returncode == -signal.SIGKILL
   kept = [json.loads(l) for l in _lines(gens) if l]
-  assert 5 <= len(kept) < 24
+  assert len(kept) == 5  # exactly the first batch
   # Also leave a torn last line, as a kill in the middle of a write would.
   with open(gens, "ab") as f:
     f.write(b'{"key": "torn|row", "text": "half a li')
@@ -207,3 +227,70 @@ def test_cli_typo_fails_with_ml_collections_error(tmp_path):
   assert res.returncode != 0
   assert 'Did you mean "temperature"' in res.stderr
   assert not os.listdir(tmp_path)  # failed before writing anything
+
+
+def test_summary_columns_recomputed_from_rows(tmp_path):
+  """summary.csv's accuracy, eos share and rep4 share equal values worked out by hand from rows
+  built for the purpose (every column non-trivial), and the tiny sweep's columns equal the same
+  formulas applied to its generations.jsonl."""
+  cells = sweep.expand_grid(dict(temperature=[0.0, 1.0], repetition_penalty=[1.0], thinking=[False],
+                                 top_p=[1.0], top_k=[0], min_p=[0.0]))
+  keys = [sweep.cell_key(c) for c in cells]
+  prompts = [dict(id="sum", prompt="2+2?", kind="math", answer_type="numeric", reference=4),
+             dict(id="open", prompt="Tell a story.", kind="open", answer_type=None, reference=None)]
+
+  def row(cell, prompt_id, text, answer, stop):
+    return dict(cell_key=keys[cell], prompt_id=prompt_id, text=text, answer=answer, stop_reason=stop,
+                num_tokens=len(text.split()), thinking_tokens=0,
+                timing=dict(decode_tokens_per_second=10.0))
+
+  rows = [
+      row(0, "sum", "the answer is 4", "4", "eos"),
+      row(0, "sum", "a b c d a b c d", "5", "max_tokens"),      # 5 four-grams, 1 repeats one
+      row(0, "open", "x y z w x y z w x y z w", "", "eos"),      # 9 four-grams, 5 repeat
+      row(1, "sum", "4", "4", "newlines"),
+      row(1, "sum", "four is 4 and 4", "4", "eos"),
+  ]
+  path = tmp_path / "summary.csv"
+  path.write_text(sweep.summary_csv(sweep.summarize(rows, cells, prompts)))
+  with open(path) as f:
+    got = {r["cell_key"]: r for r in csv.DictReader(f)}
+  expected = {keys[0]: dict(rows=3, accuracy=1 / 2, eos_share=2 / 3, rep4_share=(0 + 1 / 5 + 5 / 9) / 3),
+              keys[1]: dict(rows=2, accuracy=1.0, eos_share=1 / 2, rep4_share=(0 + 0) / 2)}
+  for key, want in expected.items():
+    assert int(got[key]["rows"]) == want["rows"]
+    for col in ("accuracy", "eos_share", "rep4_share"):
+      assert float(got[key][col]) == pytest.approx(want[col]), (key, col)
+
+
+def test_tiny_sweep_summary_matches_its_rows(tiny_sweep):
+  cfg, workdir, _, _ = tiny_sweep
+  rows = [json.loads(l) for l in _lines(workdir / "generations.jsonl") if l]
+  with open(workdir / "summary.csv") as f:
+    summary = list(csv.DictReader(f))
+  for s in summary:
+    mine = [r for r in rows if r["cell_key"] == s["cell_key"]]
+    scored = [r["correct"] for r in mine if r["correct"] is not None]
+    assert float(s["eos_share"]) == pytest.approx(sum(r["stop_reason"] == "eos" for r in mine) / len(mine))
+    assert float(s["accuracy"]) == pytest.approx(sum(scored) / len(scored))
+    assert int(s["scored"]) == len(scored)
+
+
+def test_resume_with_another_batch_size_gives_the_same_rows(tiny, tiny_sweep, tmp_path):
+  """batch_size may change between runs of one workdir: two batches of 5, then the rest in
+  batches of 7; every row equals the uninterrupted sweep's row of the same key."""
+  model, tokenizer, tok_dir = tiny
+  _, full_dir, _, _ = tiny_sweep
+  full = {r["key"]: r for r in map(json.loads, filter(None, _lines(full_dir / "generations.jsonl")))}
+  first = sweep.run_sweep(_tiny_config(tok_dir), str(tmp_path), model=model, tokenizer=tokenizer,
+                          log=lambda s: None, max_batches=2)
+  assert first.new_rows == 10
+  out = sweep.run_sweep(_tiny_config(tok_dir, batch_size=7), str(tmp_path), model=model, tokenizer=tokenizer,
+                        log=lambda s: None)
+  assert (out.skipped_rows, out.new_rows, out.batches) == (10, 14, 2)
+  rows = [json.loads(l) for l in _lines(tmp_path / "generations.jsonl") if l]
+  assert sorted(r["key"] for r in rows) == sorted(full)
+  assert {r["timing"]["batch_size"] for r in rows} == {5, 7}
+  for r in rows:
+    assert (r["token_ids"], r["text"], r["stop_reason"]) == \
+        (full[r["key"]]["token_ids"], full[r["key"]]["text"], full[r["key"]]["stop_reason"]), r["key"]

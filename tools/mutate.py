@@ -29,6 +29,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 G, S, C = "tests/test_generate.py::", "tests/test_sampling.py::", "tests/test_checkpoints.py::"
+W = "tests/test_sweep.py::"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,6 +147,23 @@ MUTATIONS = (
     Mutation("int8_per_tensor_scale", "smollm3_jax/quantize.py",
              "amax = np.max(np.abs(w), axis=axis, keepdims=True)", "amax = np.max(np.abs(w), keepdims=True)",
              ("tests/test_quantize.py::test_quantize_rows_matches_torch_per_channel",)),
+    # ---- sweeps ---------------------------------------------------------------------------------
+    Mutation("summary_eos_share_counts_other_stops", "smollm3_jax/sweep/report.py",
+             'float(r["stop_reason"] == "eos")', 'float(r["stop_reason"] != "max_tokens")',
+             (W + "test_summary_columns_recomputed_from_rows",)),
+    Mutation("summary_accuracy_over_all_rows", "smollm3_jax/sweep/report.py",
+             "accuracy=M.mean(float(s) for s in scored if s is not None)",
+             "accuracy=sum(float(bool(s)) for s in scored) / max(len(rs), 1)",
+             (W + "test_summary_columns_recomputed_from_rows",)),
+    Mutation("summary_rep4_on_3grams", "smollm3_jax/sweep/report.py",
+             "M.repeated_ngram_share(w, 4)", "M.repeated_ngram_share(w, 3)",
+             (W + "test_summary_columns_recomputed_from_rows",)),
+    Mutation("resume_refuses_new_batch_size", "smollm3_jax/sweep/store.py",
+             'RESUMABLE_FIELDS = ("batch_size", ', "RESUMABLE_FIELDS = (",
+             (W + "test_resume_with_another_batch_size_gives_the_same_rows",)),
+    Mutation("torn_line_kept", "smollm3_jax/sweep/store.py",
+             "if end < len(data):  # torn last line", "if False:  # torn last line",
+             (W + "test_sigkill_then_resume_completes_without_gaps_or_duplicates",)),
     Mutation("row_seeds_ignore_row_index", "smollm3_jax/generate.py",
              "idx * np.uint64(0x85EBCA77)", "idx * np.uint64(0)",
              (G + "test_row_seeds_are_distinct_and_reproducible",)),
@@ -206,7 +224,7 @@ def main() -> int:
   selected = [by_name[n] for n in args.names] if args.names else list(MUTATIONS)
   if args.list:
     for m in selected:
-      print(f"{m.name:34s} {m.path:36s} {' '.join(m.tests)}")
+      print(f"{m.name:40s} {m.path:36s} {' '.join(m.tests)}")
     return 0
   _check_texts(selected)
 
@@ -241,7 +259,7 @@ def main() -> int:
           f.write(original)
       verdict = {0: "SURVIVED", 1: "caught"}.get(rc, f"ERROR (pytest exit {rc})")
       failed = [l.split(" ")[1] for l in out.splitlines() if l.startswith("FAILED ")]
-      print(f"{verdict:10s} {m.name:34s} {secs:5.0f} s  {', '.join(f.split('::')[-1] for f in failed)}",
+      print(f"{verdict:10s} {m.name:40s} {secs:5.0f} s  {', '.join(f.split('::')[-1] for f in failed)}",
             flush=True)
       if rc not in (0, 1):
         print(out[-3000:])
