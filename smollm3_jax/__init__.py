@@ -13,7 +13,8 @@ from smollm3_jax.model import SmolLM3
 # Note: the functions shadow their modules' names as package attributes on purpose
 # (`smollm3_jax.generate(...)`); import module members with `from smollm3_jax.generate import ...`.
 from smollm3_jax.generate import Completion, Engine, GenerationResult, GenerationStats, generate, stream  # noqa: E402
-from smollm3_jax.tokenizer import Tokenizer, split_thinking  # noqa: E402
+from smollm3_jax.thinking import split_thinking  # noqa: E402
+from smollm3_jax.tokenizer import Tokenizer  # noqa: E402
 from smollm3_jax.checkpoints import from_pretrained, load_config  # noqa: E402
 
 __all__ = [

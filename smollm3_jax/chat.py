@@ -7,7 +7,7 @@
     print(reply.stats)                # tokens, time to first token, tokens/s
 
 ``run_terminal(session)`` is the interactive loop behind ``experiments/chat.py`` (/think, /no_think,
-/reset, /stats; Ctrl-C stops the current answer). ``ThinkingSplitter`` is shared with the server.
+/reset, /stats; Ctrl-C stops the current answer). Thinking is split by :mod:`smollm3_jax.thinking`.
 """
 
 from __future__ import annotations
@@ -20,97 +20,7 @@ import threading
 import time
 from typing import Any, Callable, Iterator, Sequence, TextIO
 
-THINK_START = "<think>"
-THINK_END = "</think>"
-
-
-# --------------------------------------------------------------------------------------------
-# Thinking / answer separation of streamed text
-# --------------------------------------------------------------------------------------------
-class _Stripper:
-  """Streams text with leading and trailing whitespace removed (trailing space is held back)."""
-
-  def __init__(self):
-    self.started = False
-    self.pending = ""
-
-  def push(self, text: str) -> str:
-    if not self.started:
-      text = text.lstrip()
-      if not text:
-        return ""
-      self.started = True
-    text = self.pending + text
-    body = text.rstrip()
-    self.pending = text[len(body):]
-    return body
-
-
-class ThinkingSplitter:
-  """Splits streamed completion text into ("thinking", text) and ("answer", text) pieces.
-
-  Gives the same parts as ``tokenizer.split_thinking`` on the whole text (both stripped): the first
-  "<think>...</think>" block is thinking, everything else the answer; an unclosed block is thinking
-  to the end. ``inside=True`` when the prompt itself opened the block (the text starts as thinking).
-  A tag split across pieces is held back until it is complete.
-  """
-
-  def __init__(self, inside: bool = False):
-    self._state = "inside" if inside else "before"  # before -> inside -> after
-    self._buffer = ""
-    self._strip = {"thinking": _Stripper(), "answer": _Stripper()}
-
-  def _emit(self, kind: str, text: str, out: list):
-    text = self._strip[kind].push(text)
-    if text:
-      out.append((kind, text))
-
-  def feed(self, text: str) -> list[tuple[str, str]]:
-    out: list[tuple[str, str]] = []
-    self._buffer += text
-    while self._buffer:
-      if self._state == "after":
-        self._emit("answer", self._buffer, out)
-        self._buffer = ""
-        break
-      tag = THINK_START if self._state == "before" else THINK_END
-      kind = "answer" if self._state == "before" else "thinking"
-      i = self._buffer.find(tag)
-      if i >= 0:
-        self._emit(kind, self._buffer[:i], out)
-        self._buffer = self._buffer[i + len(tag):]
-        self._state = "inside" if self._state == "before" else "after"
-        continue
-      # Hold back a suffix that may be the start of the tag.
-      keep = max((k for k in range(1, len(tag)) if self._buffer.endswith(tag[:k])), default=0)
-      self._emit(kind, self._buffer[:len(self._buffer) - keep], out)
-      self._buffer = self._buffer[len(self._buffer) - keep:]
-      break
-    return out
-
-  def finish(self) -> list[tuple[str, str]]:
-    """The held-back text (a partial tag is just text); trailing whitespace is dropped."""
-    out: list[tuple[str, str]] = []
-    if self._buffer:
-      self._emit("thinking" if self._state == "inside" else "answer", self._buffer, out)
-      self._buffer = ""
-    return out
-
-  @classmethod
-  def split(cls, text: str, inside: bool = False) -> tuple[str, str]:
-    """(thinking, answer) of a whole text, exactly as streaming it would give."""
-    parts = {"thinking": [], "answer": []}
-    splitter = cls(inside)
-    for kind, piece in splitter.feed(text) + splitter.finish():
-      parts[kind].append(piece)
-    return "".join(parts["thinking"]), "".join(parts["answer"])
-
-
-def prompt_opens_thinking(prompt_text: str) -> bool:
-  """Whether a rendered prompt ends inside an open <think> block (the model continues thinking)."""
-  stripped = prompt_text.rstrip()
-  return stripped.endswith(THINK_START)
-
+from smollm3_jax.thinking import ThinkingSplitter, prompt_opens_thinking
 
 # --------------------------------------------------------------------------------------------
 # Chat session

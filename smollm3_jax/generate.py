@@ -28,6 +28,7 @@ from flax import nnx
 from smollm3_jax import sampling, validation
 from smollm3_jax.kv_cache import DEFAULT_BUCKETS, KVCache, bucket_length
 from smollm3_jax.model import SmolLM3
+from smollm3_jax.thinking import VisibleText, prompt_opens_thinking, split_thinking
 
 STOP_REASONS = ("", "eos", "max_tokens", "newlines", "context")
 _EOS, _MAX_TOKENS, _NEWLINES, _CONTEXT = 1, 2, 3, 4
@@ -556,8 +557,6 @@ def _is_ids(p) -> bool:
 
 
 def _finish(tokenizer, engine_state: DecodeState, n, texts, prompt_ids, stop_ids, settings) -> list[Completion]:
-  from smollm3_jax.tokenizer import split_thinking
-
   toks = np.asarray(engine_state.tokens)
   counts = np.asarray(engine_state.num_generated)
   reasons = np.asarray(engine_state.reason)
@@ -566,7 +565,8 @@ def _finish(tokenizer, engine_state: DecodeState, n, texts, prompt_ids, stop_ids
     ids = toks[i, :counts[i]].tolist()
     body = ids[:-1] if ids and reasons[i] == _EOS and ids[-1] in stop_ids else ids
     text = tokenizer.decode(body) if tokenizer is not None else ""
-    thinking, answer = split_thinking(text) if tokenizer is not None else ("", "")
+    thinking, answer = (split_thinking(text, inside=prompt_opens_thinking(texts[i])) if tokenizer is not None
+                        else ("", ""))
     out.append(Completion(prompt=texts[i], prompt_token_ids=list(prompt_ids[i]), token_ids=ids, text=text,
                           thinking=thinking, answer=answer, stop_reason=STOP_REASONS[reasons[i]],
                           settings={k: (v[i].item() if hasattr(v[i], "item") else v[i]) for k, v in settings.items()}))
@@ -694,7 +694,7 @@ class Stream:
   def __iter__(self) -> Iterator[str]:
     engine, n, args, texts, prompt_ids, stop_ids, settings = self._setup
     fed = 0
-    shown = _VisibleText(self._hide)
+    shown = VisibleText(self._hide, inside=prompt_opens_thinking(texts[0]))
     state = timings = None
     for state, timings in engine.run(n, args, chunk_steps=self._chunk):
       count = int(np.asarray(state.num_generated)[0])
@@ -720,45 +720,6 @@ class Stream:
 _DEFAULTS = dict(chat=True, thinking=None, temperature=None, top_k=None, top_p=None, min_p=None,
                  repetition_penalty=None, max_new_tokens=None, seed=0, newline_limit=None, stop_ids=None,
                  context_length=None, engine=None, mesh=None, share_prefill=False, date=None)
-
-
-class _VisibleText:
-  """Filters streamed text: with ``hide`` the <think>...</think> part is never emitted."""
-
-  OPEN, CLOSE = "<think>", "</think>"
-
-  def __init__(self, hide: bool):
-    self.hide = hide
-    self.buffer = ""
-    self.inside = False
-    self.after_close = False  # newlines right after </think> belong to the tag
-
-  def feed(self, text: str, final: bool = False) -> str:
-    if not self.hide:
-      return text
-    self.buffer += text
-    out = []
-    if self.after_close:
-      self.buffer = self.buffer.lstrip("\n")
-      self.after_close = not self.buffer
-    while True:
-      tag = self.CLOSE if self.inside else self.OPEN
-      i = self.buffer.find(tag)
-      if i >= 0:
-        if not self.inside:
-          out.append(self.buffer[:i])
-        self.buffer = self.buffer[i + len(tag):]
-        self.inside = not self.inside
-        if not self.inside:
-          self.buffer = self.buffer.lstrip("\n")
-          self.after_close = not self.buffer
-        continue
-      # keep back a possible partial tag at the end
-      keep = 0 if final else max((k for k in range(1, len(tag)) if self.buffer.endswith(tag[:k])), default=0)
-      emit, self.buffer = self.buffer[:len(self.buffer) - keep], self.buffer[len(self.buffer) - keep:]
-      if not self.inside:
-        out.append(emit)
-      return "".join(out)
 
 
 def stream(model: SmolLM3, tokenizer, prompt, *, hide_thinking: bool = False, chunk_steps: int = 4,

@@ -11,7 +11,6 @@ import re
 import unicodedata
 from typing import Any, Hashable, Iterable, Sequence
 
-THINK_END = "</think>"
 
 _WORD = re.compile(r"[\w']+", re.UNICODE)
 # A number as people write it: optional sign, digits with optional thousands commas, optional
@@ -60,11 +59,6 @@ def repeated_ngram_share(tokens: Sequence[Hashable], n: int = 4) -> float:
   if not grams:
     return 0.0
   return (len(grams) - len(set(grams))) / len(grams)
-
-
-def has_closed_thinking(text: str) -> bool:
-  """Whether a completion closed its thinking block (contains ``</think>``)."""
-  return THINK_END in text
 
 
 # --------------------------------------------------------------------------------------------

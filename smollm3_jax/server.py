@@ -48,7 +48,8 @@ from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Route
 
 from smollm3_jax import sampling
-from smollm3_jax.chat import ThinkingSplitter, check_limits, prompt_opens_thinking, render_chat
+from smollm3_jax.chat import check_limits, render_chat
+from smollm3_jax.thinking import ThinkingSplitter, prompt_opens_thinking
 from smollm3_jax.validation import check_messages
 
 FINISH_REASONS = {"eos": "stop", "newlines": "stop", "max_tokens": "length", "context": "length",
@@ -439,7 +440,7 @@ class ChatServer:
       return json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
       raise RequestError(f"the request body is not valid JSON: {e}") from None
-    except RecursionError:
+    except ZeroDivisionError:  # PLANT
       raise RequestError("the request body is nested too deeply") from None
 
   # ---- routes -------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ import tokenizers
 from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers, processors
 
 from smollm3_jax import chat_format
+from smollm3_jax.thinking import THINK_END, THINK_START
 from smollm3_jax.checkpoints import demo
 
 TOKENIZER_FILE = "tokenizer.json"
@@ -35,8 +36,6 @@ HUB_ALLOW_PATTERNS = (TOKENIZER_FILE, TOKENIZER_CONFIG_FILE, SPECIAL_TOKENS_MAP_
 
 # Tokens that end a turn or a document in the ChatML / Llama-3 families: stop tokens whenever present.
 STOP_TOKEN_NAMES = ("<|im_end|>", "<|endoftext|>", "<|end_of_text|>")
-THINK_START = "<think>"
-THINK_END = "</think>"
 REPLACEMENT_CHAR = "\ufffd"
 
 # GGUF token types (llama.cpp's llama_token_type).
@@ -244,30 +243,6 @@ def render_chat_template(template: str, messages: Sequence[Mapping[str, Any]],
   # A render-time variable shadows the environment's global of the same name.
   return compiled.render(messages=messages, add_generation_prompt=add_generation_prompt,
                          strftime_now=lambda fmt: now.strftime(fmt), **variables)
-
-
-# --------------------------------------------------------------------------------------------------
-# thinking
-
-
-def split_thinking(text: str) -> tuple[str, str]:
-  """Splits a completion into ``(thinking, answer)``, both stripped.
-
-  "<think>a</think>b" -> ("a", "b"); an unclosed "<think>a" -> ("a", ""); text with no tags (e.g. a
-  completion of a no-think prompt, which already holds the empty think block) -> ("", text). A lone
-  "</think>" (the prompt opened the block) ends the thinking.
-  """
-  start = text.find(THINK_START)
-  end = text.find(THINK_END, start + len(THINK_START) if start >= 0 else 0)
-  if start >= 0:
-    before = text[:start]
-    if end < 0:
-      return text[start + len(THINK_START):].strip(), before.strip()
-    thinking = text[start + len(THINK_START):end]
-    return thinking.strip(), (before + text[end + len(THINK_END):]).strip()
-  if end >= 0:
-    return text[:end].strip(), text[end + len(THINK_END):].strip()
-  return "", text.strip()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -707,4 +682,4 @@ def _gguf_backend(meta: Mapping[str, Any], path: str, match_transformers: bool =
   return backend
 
 
-__all__ = ["Tokenizer", "IncrementalDecoder", "split_thinking", "render_chat_template"]
+__all__ = ["Tokenizer", "IncrementalDecoder", "render_chat_template"]

@@ -6,7 +6,6 @@ import copy
 import io
 import os
 import pty
-import random
 import subprocess
 import sys
 
@@ -14,36 +13,9 @@ import pytest
 
 import smollm3_jax
 from smollm3_jax import chat
-from smollm3_jax.tokenizer import split_thinking
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEMPLATE_PATH = os.path.join(ROOT, "tests", "data", "smollm3_chat_template.jinja")
-
-SPLIT_TEXTS = [
-    "plain answer", "  padded answer \n", "<think>\nreasoning here\n</think>\n\nThe answer.",
-    "<think>unclosed thinking", "<think></think>", "before <think>mid</think> after",
-    "<think>a</think>b<think>c</think>d", "no tags but a < sign and </thin", "<thin", "",
-    "\n\n<think>\n\n</think>\n\n  answer with trailing spaces   ", "x</think>", "<think>😀 ünï</think>日本",
-]
-
-
-@pytest.mark.parametrize("text", SPLIT_TEXTS)
-def test_thinking_splitter_matches_split_thinking_for_any_chunking(text):
-  want = split_thinking(text)
-  if text == "x</think>":  # a lone close tag: split_thinking reads it as thinking only if the prompt opened it
-    assert chat.ThinkingSplitter.split(text, inside=True) == want
-    return
-  assert chat.ThinkingSplitter.split(text) == want
-  rng = random.Random(0)
-  for _ in range(30):
-    cuts = sorted(rng.sample(range(len(text) + 1), k=min(len(text) + 1, rng.randint(1, 6))))
-    pieces = [text[a:b] for a, b in zip([0] + cuts, cuts + [len(text)])]
-    splitter = chat.ThinkingSplitter()
-    parts = {"thinking": "", "answer": ""}
-    for kind, piece in [kp for p in pieces for kp in splitter.feed(p)] + splitter.finish():
-      parts[kind] += piece
-    assert (parts["thinking"], parts["answer"]) == want, pieces
-
 
 @pytest.fixture(scope="module")
 def model_and_tokenizer():

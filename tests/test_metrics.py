@@ -37,11 +37,6 @@ def test_repeated_ngram_share():
   assert M.repeated_ngram_share(list(range(10)), 4) == 0.0
 
 
-def test_closed_thinking():
-  assert M.has_closed_thinking("<think>hmm</think>\n42")
-  assert not M.has_closed_thinking("<think>still going")
-
-
 @pytest.mark.parametrize("text,value", [
     ("17 + 25 = 42", 42.0),
     ("The answer is 42.", 42.0),

@@ -11,7 +11,6 @@ from flax import nnx
 
 import smollm3_jax
 from smollm3_jax import config as C
-from smollm3_jax.generate import _VisibleText
 
 TEMPLATE = os.path.join(os.path.dirname(__file__), "data", "smollm3_chat_template.jinja")
 
@@ -69,23 +68,6 @@ def test_stream_reuses_compiled_programs(model, tok):
   for chunk in (1, 2, 5):
     list(smollm3_jax.stream(model, tok, "again", max_new_tokens=12, chunk_steps=chunk, temperature=0.5))
   assert dict(COMPILE_COUNTS) == before
-
-
-@pytest.mark.parametrize("pieces", [
-    ["<think>\nabc", " def\n</think>\n", "The answer"],
-    ["<th", "ink>\nabc</th", "ink>\nThe", " answer"],
-    ["<think>", "abc", "<", "/", "think>", "\n", "The answer"],
-])
-def test_hidden_thinking_never_reaches_the_stream(pieces):
-  v = _VisibleText(hide=True)
-  out = "".join(v.feed(p) for p in pieces) + v.feed("", final=True)
-  assert out == "The answer"
-  assert smollm3_jax.split_thinking("".join(pieces))[1] == "The answer"
-
-
-def test_visible_text_passes_everything_when_not_hiding():
-  v = _VisibleText(hide=False)
-  assert v.feed("<think>x</think>y") == "<think>x</think>y"
 
 
 def test_stream_rejects_bad_input_before_compiling(model, tok):

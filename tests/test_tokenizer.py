@@ -10,9 +10,12 @@ import pytest
 
 from smollm3_jax import chat_format
 from smollm3_jax.checkpoints import demo
-from smollm3_jax.tokenizer import IncrementalDecoder, Tokenizer, split_thinking
+from smollm3_jax.tokenizer import IncrementalDecoder, Tokenizer
 
-transformers = pytest.importorskip("transformers")
+if os.environ.get("CI"):  # CI installs the test extra: a missing reference fails instead of skipping
+  import transformers
+else:
+  transformers = pytest.importorskip("transformers")
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
 TEMPLATE_PATH = os.path.join(DATA, "smollm3_chat_template.jinja")
@@ -358,14 +361,3 @@ def test_incremental_decoder_random_ids(ours):
   ids = ours.encode("😀")[:-1]
   pieces, rest = _stream(ours, ids)
   assert pieces == [""] * len(ids) and rest == ours.decode(ids)
-
-
-def test_split_thinking():
-  assert split_thinking("<think>\nLet me see.\n</think>\n\nParis.") == ("Let me see.", "Paris.")
-  assert split_thinking("<think>\nstill thinking") == ("still thinking", "")
-  assert split_thinking("Just the answer.\n") == ("", "Just the answer.")
-  # a no-think prompt already holds "<think>\n\n</think>\n": the completion has no tags
-  assert split_thinking("Paris.") == ("", "Paris.")
-  assert split_thinking("<think>\n\n</think>\nParis.") == ("", "Paris.")
-  # the prompt opened the block: only the closing tag is in the completion
-  assert split_thinking("reasoning</think>answer") == ("reasoning", "answer")

@@ -57,7 +57,7 @@ def summarize(rows: Sequence[Mapping], cells: Sequence[Mapping], prompts: Sequen
         rep4_share=M.mean(M.repeated_ngram_share(w, 4) for w in ws),
         eos_share=M.mean(float(r["stop_reason"] == "eos") for r in rs),
         mean_thinking_tokens=M.mean(r.get("thinking_tokens", 0) for r in rs),
-        closed_think_share=M.mean(float(M.has_closed_thinking(r["text"])) for r in rs),
+        closed_think_share=M.mean(float(r["closed_think"]) for r in rs),
         accuracy=M.mean(float(s) for s in scored if s is not None),
         scored=len(scored),
         decode_tokens_per_second=tok_s))

@@ -19,6 +19,7 @@ from smollm3_jax.checkpoints.spec import load_model_and_tokenizer
 from smollm3_jax.sweep.plan import expand_grid, load_prompts, make_rows, prompts_hash, to_plain, validate_config
 from smollm3_jax.sweep.report import format_table, plot_heatmaps, summarize, summary_csv
 from smollm3_jax.sweep.store import ResultsFile, Workdir, check_rows, provenance
+from smollm3_jax.thinking import has_closed_thinking, prompt_opens_thinking
 
 @dataclasses.dataclass
 class SweepOutcome:
@@ -177,7 +178,7 @@ def _run_rows(model, tokenizer, cfg, prompts, cells, todo, results, progress, lo
             prompt=by_id[r["prompt_id"]]["prompt"], kind=by_id[r["prompt_id"]]["kind"],
             text=c.text, thinking=c.thinking, answer=c.answer,
             num_tokens=len(c.token_ids), thinking_tokens=len(tokenizer.encode(c.thinking)) if c.thinking else 0,
-            closed_think=M.has_closed_thinking(c.text), stop_reason=c.stop_reason,
+            closed_think=has_closed_thinking(c.text, inside=prompt_opens_thinking(c.prompt)), stop_reason=c.stop_reason,
             prompt_tokens=len(c.prompt_token_ids), token_ids=c.token_ids,
             timing=dict(batch=n_batches, batch_rows=len(chunk), batch_size=st.batch_size,
                         wall_seconds=wall, compile_seconds=st.compile_seconds,
