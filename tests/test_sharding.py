@@ -264,17 +264,26 @@ def test_parse_mesh_forms():
 
 
 def test_single_device_mesh_leaves_generation_untouched():
+  """The default mesh (every device on "data") generates the same tokens as no mesh; on one
+  device it is no sharding at all."""
   import jax
   from flax import nnx
 
   from smollm3_jax import config as C
-  from smollm3_jax import quantize
   from smollm3_jax import sharding as S
+  from smollm3_jax.generate import generate
   from smollm3_jax.model import SmolLM3
 
   model = SmolLM3(C.tiny(num_layers=2), rngs=nnx.Rngs(0))
   mesh = S.make_mesh()
-  assert mesh.shape == {"data": len(jax.devices()), "model": 1}
-  if len(jax.devices()) == 1:
+  devices = len(jax.devices())
+  assert mesh.shape == {"data": devices, "model": 1}
+  if devices == 1:
     assert S.engine_sharding(model, mesh) is None
     assert S.engine_sharding(model) is None
+  prompts = [[5 + i, 6, 7 + i, 9][:2 + i % 3] for i in range(2 * devices)]
+  kw = dict(max_new_tokens=6, stop_ids=[], temperature=[0.0, 1.0] * devices, seed=list(range(2 * devices)))
+  plain = generate(model, None, prompts, **kw)
+  meshed = generate(model, None, prompts, mesh=mesh, **kw)
+  assert [c.token_ids for c in meshed] == [c.token_ids for c in plain]
+  assert [len(c.token_ids) for c in plain] == [6] * (2 * devices)
