@@ -440,7 +440,7 @@ class ChatServer:
       return json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
       raise RequestError(f"the request body is not valid JSON: {e}") from None
-    except ZeroDivisionError:  # PLANT
+    except RecursionError:
       raise RequestError("the request body is nested too deeply") from None
 
   # ---- routes -------------------------------------------------------------------------------
