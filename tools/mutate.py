@@ -29,7 +29,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 G, S, C = "tests/test_generate.py::", "tests/test_sampling.py::", "tests/test_checkpoints.py::"
-W = "tests/test_sweep.py::"
+W, R = "tests/test_sweep.py::", "tests/test_server_requests.py::"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,6 +147,18 @@ MUTATIONS = (
     Mutation("int8_per_tensor_scale", "smollm3_jax/quantize.py",
              "amax = np.max(np.abs(w), axis=axis, keepdims=True)", "amax = np.max(np.abs(w), keepdims=True)",
              ("tests/test_quantize.py::test_quantize_rows_matches_torch_per_channel",)),
+    # ---- server request checks ------------------------------------------------------------------
+    Mutation("server_top_k_floor", "smollm3_jax/server.py",
+             'top_k=_number(body, "top_k", defaults["top_k"], low=-1, integer=True)',
+             'top_k=_number(body, "top_k", defaults["top_k"], low=-100, integer=True)',
+             (R + "test_out_of_range_settings_are_refused_naming_the_field",)),
+    Mutation("server_min_p_unbounded", "smollm3_jax/server.py",
+             'min_p=_number(body, "min_p", defaults["min_p"], low=0.0, high=1.0)',
+             'min_p=_number(body, "min_p", defaults["min_p"])',
+             (R + "test_out_of_range_settings_are_refused_naming_the_field",)),
+    Mutation("server_max_completion_tokens_zero", "smollm3_jax/server.py",
+             '"max_completion_tokens", None, low=1, integer=True)', '"max_completion_tokens", None, low=0, integer=True)',
+             (R + "test_out_of_range_settings_are_refused_naming_the_field",)),
     # ---- sweeps ---------------------------------------------------------------------------------
     Mutation("summary_eos_share_counts_other_stops", "smollm3_jax/sweep/report.py",
              'float(r["stop_reason"] == "eos")', 'float(r["stop_reason"] != "max_tokens")',
