@@ -22,14 +22,14 @@ def _run(*args, tmp_path):
 def test_generate_script_writes_the_json_it_promises(tmp_path, demo_model, demo_tokenizer):
   out = tmp_path / "gen.json"
   proc = _run("--checkpoint=demo", "--prompt=What is the capital of France?", "--prompt=Name a colour.",
-              "--max_new_tokens=12", f"--output_json={out}", tmp_path=tmp_path)
+              "--max_new_tokens=12", "--temperature=0", f"--output_json={out}", tmp_path=tmp_path)
   assert proc.returncode == 0, proc.stderr[-3000:]
   record = json.loads(out.read_text())
   assert set(record["stats"]) >= {"prompt_tokens", "generated_tokens", "compile_seconds", "prefill_seconds",
                                   "time_to_first_token", "decode_tokens_per_second"}
   assert [c["prompt"] for c in record["completions"]] == ["What is the capital of France?", "Name a colour."]
   ref = smollm3_jax.generate(demo_model, demo_tokenizer, ["What is the capital of France?", "Name a colour."],
-                             thinking=False, max_new_tokens=12)
+                             thinking=False, max_new_tokens=12, temperature=0.0)
   for c, r in zip(record["completions"], ref):
     assert set(c) >= {"prompt_token_ids", "token_ids", "text", "thinking", "answer", "stop_reason"}
     assert c["token_ids"] == r.token_ids and c["text"] == r.text and c["stop_reason"] == r.stop_reason
