@@ -128,6 +128,7 @@ def test_terminal_chat_in_a_pseudo_terminal(tmp_path):
     child.expect(r"\w\w")  # the answer has started streaming
     child.send("\x03")  # Ctrl-C
     child.expect(r"\[stopped\]")
+    assert "^C" not in child.before  # the terminal does not echo it into the answer
     child.expect("you> ")
     child.sendline("/stats")
     child.expect(r"\[(\d+) tokens .*stop: (\w+)\]")
