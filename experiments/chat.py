@@ -1,7 +1,7 @@
 """Chat with a checkpoint in the terminal; answers stream as they decode.
 
   python experiments/chat.py --checkpoint=demo
-  python experiments/chat.py --checkpoint=/path/to/SmolLM3-3B --no_thinking --temperature=0.6 --top_p=0.95
+  python experiments/chat.py --checkpoint=/path/to/SmolLM3-3B --nothinking --temperature=0.6 --top_p=0.95
 
 Commands: /think, /no_think, /reset, /stats, /help, /quit. Ctrl-C stops the current answer.
 Sampling flags left unset take the checkpoint's defaults (its generation_config.json, else the table in
