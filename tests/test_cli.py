@@ -1,4 +1,5 @@
-"""experiments/generate.py end to end on the demo checkpoint (a fresh process, as a user runs it)."""
+"""experiments/generate.py end to end (a fresh process, as a user runs it) on a tiny checkpoint: a
+random 2-layer SmolLM3 with the demo tokenizer's vocabulary, saved with that tokenizer."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import json
 import os
 import subprocess
 import sys
+
+import pytest
 
 import smollm3_jax
 
@@ -33,7 +36,7 @@ def test_generate_script_writes_the_json_it_promises(tmp_path, demo_model, demo_
   for c, r in zip(record["completions"], ref):
     assert set(c) >= {"prompt_token_ids", "token_ids", "text", "thinking", "answer", "stop_reason"}
     assert c["token_ids"] == r.token_ids and c["text"] == r.text and c["stop_reason"] == r.stop_reason
-  assert "Paris" in record["completions"][0]["answer"]
+  assert all(len(c["token_ids"]) >= 1 for c in record["completions"])
   assert "stats:" in proc.stdout
 
 
