@@ -25,6 +25,8 @@ from absl import app, flags
 
 _T_START = time.time()
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import probes  # noqa: E402  (experiments/probes.py, beside this script)
+from smollm3_jax import cli  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("checkpoint", "demo", "'demo', a .gguf, a local HF dir, a hub id, or 'random' (--preset shape).")
@@ -73,31 +75,18 @@ SWEEP_THINKING = (False, True)
 # --------------------------------------------------------------------------------------------
 # Models and prompts
 # --------------------------------------------------------------------------------------------
-def _dtype(name):
-  from smollm3_jax.checkpoints.mapping import dtype_from_name
-  return dtype_from_name(name)
-
-
 def load_ours(checkpoint: str, preset: str, dtype, seed: int, num_layers: int = 0, mesh: str = ""):
   """(model, tokenizer or None, description); the weights are placed on ``mesh`` as they load."""
-  import smollm3_jax
-  from flax import nnx
   from smollm3_jax import config as config_lib
-  from smollm3_jax import sharding
+  from smollm3_jax.checkpoints.spec import load_model_and_tokenizer
 
   if checkpoint == "random":
     if preset not in config_lib.PRESETS:
       raise app.UsageError(f"--preset={preset!r} is not one of {sorted(config_lib.PRESETS)}")
-    cfg = config_lib.PRESETS[preset]()
-    if num_layers:
-      cfg = cfg.replace(num_hidden_layers=num_layers,
-                        no_rope_layers=tuple(cfg.no_rope_layers[i % len(cfg.no_rope_layers)]
-                                             for i in range(num_layers)))
-    model = smollm3_jax.SmolLM3(cfg, dtype=dtype, rngs=nnx.Rngs(seed))
-    sharding.engine_sharding(model, mesh or None)  # onto a multi-device mesh; one device: untouched
+    spec = dict(dtype=dtype, random=dict(preset=preset, num_layers=num_layers, seed=seed))
+    model, _ = load_model_and_tokenizer(spec, mesh=mesh)
     return model, None, f"random weights, {preset} shape"
-  model = sharding.load(checkpoint, mesh=mesh or None, dtype=dtype)
-  tokenizer = smollm3_jax.Tokenizer.from_pretrained(checkpoint)
+  model, tokenizer = load_model_and_tokenizer(dict(checkpoint=checkpoint, dtype=dtype), mesh=mesh)
   return model, tokenizer, checkpoint
 
 
@@ -256,11 +245,10 @@ def bench_prefill(ours, theirs, cfg, lengths, repeats, seed):
 def decode_bytes_per_step(model, batch, filled, cache_length, cache_itemsize):
   """(weight bytes read per decode step, KV bytes of ``filled`` slots, KV bytes of the whole cache)."""
   from flax import nnx
-  from smollm3_jax import runtime
   cfg = model.config
-  weights = runtime.tree_nbytes(nnx.state(model, nnx.Param))
+  weights = probes.tree_nbytes(nnx.state(model, nnx.Param))
   if not cfg.tie_word_embeddings:  # only B rows of an untied embedding table are read
-    table = runtime.tree_nbytes(nnx.state(model.embed_tokens, nnx.Param))  # (int8: + row scales)
+    table = probes.tree_nbytes(nnx.state(model.embed_tokens, nnx.Param))  # (int8: + row scales)
     weights -= table - batch * table // cfg.vocab_size
   per_slot = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim * cache_itemsize * batch
   return weights, per_slot * filled, per_slot * cache_length
@@ -408,7 +396,7 @@ def startup_child():
   if FLAGS.compilation_cache:
     runtime.enable_compilation_cache(FLAGS.cache_dir)
   import smollm3_jax
-  model, tokenizer, _ = load_ours(FLAGS.checkpoint, FLAGS.preset, _dtype(FLAGS.dtype), FLAGS.seed,
+  model, tokenizer, _ = load_ours(FLAGS.checkpoint, FLAGS.preset, FLAGS.dtype, FLAGS.seed,
                               num_layers=FLAGS.num_layers, mesh=FLAGS.mesh)
   jax.block_until_ready(jax.tree.leaves(model))
   t_load = time.time() - _T_START
@@ -485,7 +473,7 @@ def main(argv):
 
   bw = FLAGS.bandwidth_gbps
   if not bw:
-    probe = runtime.measure_bandwidth()
+    probe = probes.measure_bandwidth()
     report["bandwidth_probe"] = probe
     bw = probe["gbps"]
     print(f"bandwidth probe: sum {probe['sum_gbps']:.1f} GB/s, gemv {probe['gemv_gbps']:.1f} GB/s "
@@ -493,7 +481,7 @@ def main(argv):
   report["bandwidth_gbps"] = bw
 
   t0 = time.time()
-  model, tokenizer, desc = load_ours(FLAGS.checkpoint, FLAGS.preset, _dtype(FLAGS.dtype), FLAGS.seed,
+  model, tokenizer, desc = load_ours(FLAGS.checkpoint, FLAGS.preset, FLAGS.dtype, FLAGS.seed,
                               num_layers=FLAGS.num_layers, mesh=FLAGS.mesh)
   report.update(model=desc, load_seconds=time.time() - t0, config=model.config.to_hf_dict())
   theirs = None
@@ -523,8 +511,8 @@ def main(argv):
   if FLAGS.sweep:
     rows += bench_sweep(ours, theirs, model, tokenizer, FLAGS.sweep_new_tokens, FLAGS.repeats, FLAGS.seed)
   report["rows"] = rows
-  report["peak_device_memory_bytes"] = runtime.peak_memory_bytes()
-  report["host_peak_rss_bytes"] = runtime.host_peak_rss_bytes()
+  report["peak_device_memory_bytes"] = probes.peak_memory_bytes()
+  report["host_peak_rss_bytes"] = probes.host_peak_rss_bytes()
   table = format_table(rows, bw)
   print()
   print(table)
@@ -541,12 +529,10 @@ def main(argv):
 
 def _write(report):
   if FLAGS.output_json:
-    tmp = FLAGS.output_json + ".tmp"
-    with open(tmp, "w") as f:
-      json.dump(report, f, indent=2, default=str)
-    os.replace(tmp, FLAGS.output_json)
+    from smollm3_jax.files import atomic_write
+    atomic_write(FLAGS.output_json, json.dumps(report, indent=2, default=str))
     print(f"wrote {FLAGS.output_json}")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

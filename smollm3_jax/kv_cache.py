@@ -68,11 +68,6 @@ class KVCache:
     """Capacity in tokens (static)."""
     return self.k[0].shape[2]
 
-  @property
-  def lengths(self) -> jax.Array:
-    """Per-row number of real tokens held, [B] int32."""
-    return jnp.maximum(self.index - self.start, 0)
-
   def attention_mask(self, num_new: int) -> jax.Array:
     """[B, num_new, S] bool: new token t of row b sees slots start[b] .. index + t."""
     slots = jnp.arange(self.length, dtype=jnp.int32)
@@ -80,6 +75,3 @@ class KVCache:
     causal = slots[None, :] <= query_slots[:, None]
     valid = slots[None, :] >= self.start[:, None]
     return causal[None, :, :] & valid[:, None, :]
-
-  def nbytes(self) -> int:
-    return sum(x.size * x.dtype.itemsize for x in self.k + self.v)

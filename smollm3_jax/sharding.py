@@ -75,12 +75,6 @@ PARAM_AXES[("gate_up_proj", "qkernel")] = ("mlp", "embed")  # gate/up rows inter
 PARAM_AXES[("gate_up_proj", "qscale")] = ("mlp",)
 PARAM_AXES[("gate_up_proj", "bias")] = ("mlp",)
 CACHE_AXES = ("batch", "kv_heads", "length", "head_dim")  # KVCache.k[i] / .v[i]: [B, KVH, S, D]
-# Activation axes, for sharding constraints (jax.lax.with_sharding_constraint) where they help.
-ACTIVATION_AXES = {
-    "tokens": ("batch", "length"),
-    "hidden": ("batch", "length", "embed"),
-    "logits": ("batch", "vocab"),
-}
 # DecodeState fields that are not per row (everything else has a leading batch dimension).
 _REPLICATED_FIELDS = {"step", "context_limit", "stop_ids", "newline_ids", "pad_id"}
 
@@ -346,10 +340,6 @@ class MeshSharding:
     buckets = sorted({-(-b // d) * d for b in batch_buckets})
     return dict(batch_buckets=tuple(buckets), sharding=self)
 
-  def constrain(self, x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:
-    """``with_sharding_constraint`` by logical axes (use inside jit where propagation needs help)."""
-    return jax.lax.with_sharding_constraint(x, self.named(logical_axes, x.shape))
-
 
 # --------------------------------------------------------------------------------------------
 # Helpers for generate() / CLIs
@@ -390,8 +380,3 @@ def load(checkpoint, *, mesh=None, dtype=jnp.float32, param_dtype=None, **kwargs
   # (quantize="int8" builds its int8 weights after loading, on the mesh the model is on.)
   return checkpoints.from_pretrained(checkpoint, dtype=dtype, param_dtype=param_dtype, place=place,
                                      **kwargs)
-
-
-def tree_shardings(tree) -> Any:
-  """The ``.sharding`` of every array leaf (for inspection and tests)."""
-  return jax.tree.map(lambda x: getattr(x, "sharding", None), tree)

@@ -470,12 +470,6 @@ class Tokenizer:
   def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
     return self._backend.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
 
-  def decode_batch(self, batch: Iterable[Iterable[int]], skip_special_tokens: bool = False) -> list[str]:
-    return [self.decode(ids, skip_special_tokens) for ids in batch]
-
-  def incremental_decoder(self, skip_special_tokens: bool = False) -> "IncrementalDecoder":
-    return IncrementalDecoder(self, skip_special_tokens=skip_special_tokens)
-
   # ---- chat ---------------------------------------------------------------------------------------
 
   def special_tokens_map(self) -> dict[str, str]:

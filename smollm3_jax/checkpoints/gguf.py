@@ -327,12 +327,6 @@ def unpermute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
   return w.reshape(n_head, half, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def permute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
-  """llama.cpp's ``LlamaModel.permute`` (for writing GGUFs in tests and tools)."""
-  half = w.shape[0] // n_head // 2
-  return w.reshape(n_head, 2, half, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
-
-
 def _dequantizable(qtype) -> bool:
   return qtype in _VIEW_DTYPES or qtype in gguflib.quants._type_traits
 

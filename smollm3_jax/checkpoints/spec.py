@@ -2,9 +2,10 @@
 benchmark all load through :func:`load_model_and_tokenizer`.
 
 A spec is a mapping: ``checkpoint`` ("demo", a directory, a .gguf, an Orbax directory or a hub id;
-empty for a random model), ``tokenizer`` (default: the checkpoint), ``dtype`` ("float32" /
-"bfloat16"), ``quantize`` ("none" / "int8") and, for a random model, ``random`` (``preset``,
-``num_layers``, ``seed``).
+empty for a random model), ``tokenizer`` (default: the checkpoint), ``dtype`` ("float32",
+"bfloat16", or "auto" / empty: float32 on CPU, bfloat16 on GPU/TPU), ``quantize`` ("none" /
+"int8") and, for a random model, ``random`` (``preset``, ``num_layers``, ``seed``; without a
+tokenizer the model keeps the preset's vocabulary and no tokenizer is returned).
 """
 
 from __future__ import annotations
@@ -20,30 +21,37 @@ def load_model_and_tokenizer(spec: Mapping, mesh: str = ""):
 
   from smollm3_jax import config as config_lib
   from smollm3_jax import quantize as quantize_lib
+  from smollm3_jax.checkpoints import default_dtype
   from smollm3_jax.checkpoints.mapping import dtype_from_name
   from smollm3_jax import sharding
   from smollm3_jax.model import SmolLM3
   from smollm3_jax.tokenizer import Tokenizer
 
-  dtype = dtype_from_name(spec.get("dtype", "float32"), "model.dtype")
+  name = spec.get("dtype") or "auto"
+  dtype = default_dtype() if name == "auto" else dtype_from_name(name, "model.dtype")
   quantize = quantize_lib.check_mode(spec.get("quantize", "none"))
   checkpoint = spec.get("checkpoint") or ""
   tok_source = spec.get("tokenizer") or checkpoint
-  if not tok_source:
-    raise ValueError("model.tokenizer: a random model needs a tokenizer (e.g. 'demo')")
-  tokenizer = Tokenizer.from_pretrained(tok_source)
+  tokenizer = Tokenizer.from_pretrained(tok_source) if tok_source else None
   if checkpoint:
     return sharding.load(checkpoint, mesh=mesh or None, dtype=dtype, quantize=quantize), tokenizer
   rnd = spec.get("random") or {}
   preset = rnd.get("preset", "tiny")
   if preset not in config_lib.PRESETS:
     raise ValueError(f"model.random.preset must be one of {sorted(config_lib.PRESETS)}, got {preset!r}")
-  changes = dict(vocab_size=tokenizer.vocab_size, eos_token_id=(int(tokenizer.eos_token_id),),
-                 pad_token_id=int(tokenizer.pad_token_id))
+  # With a tokenizer, the random model takes its vocabulary and special ids (to decode its text).
+  changes = {} if tokenizer is None else dict(
+      vocab_size=tokenizer.vocab_size, eos_token_id=(int(tokenizer.eos_token_id),),
+      pad_token_id=int(tokenizer.pad_token_id))
+  num_layers = int(rnd.get("num_layers", 2 if preset == "tiny" else 0))
   if preset == "tiny":
-    cfg = config_lib.tiny(num_layers=int(rnd.get("num_layers", 2)), **changes)
+    cfg = config_lib.tiny(num_layers=num_layers, **changes)
   else:
     cfg = config_lib.PRESETS[preset]().replace(**changes)
+    if num_layers:  # the preset's widths, fewer layers (its RoPE / NoPE pattern repeated)
+      cfg = cfg.replace(num_hidden_layers=num_layers,
+                        no_rope_layers=tuple(cfg.no_rope_layers[i % len(cfg.no_rope_layers)]
+                                             for i in range(num_layers)))
   model = SmolLM3(cfg, dtype=dtype, rngs=nnx.Rngs(int(rnd.get("seed", 0))))
   sharding.engine_sharding(model, mesh or None)  # moves the weights onto a multi-device mesh
   return quantize_lib.apply(model, quantize), tokenizer
