@@ -146,3 +146,36 @@ def test_terminal_chat_in_a_pseudo_terminal(tmp_path):
       proc.wait()
     child.close()  # closes the pty master
     log.close()
+
+
+def test_the_pinned_date_reaches_the_template(model_and_tokenizer):
+  """ChatSession(date=...) and create_app(date=...) render the day given, not today (the suite pins
+  today to another day through the environment)."""
+  from smollm3_jax import server
+
+  model, tok = model_and_tokenizer
+  tok = copy.copy(tok)
+  with open(TEMPLATE_PATH, encoding="utf-8") as f:
+    tok.chat_template = f.read()
+  session = chat.ChatSession(model, tok, date="2024-02-29")
+  text = session.build_prompt("hi")[1]
+  assert "Today Date: 29 February 2024" in text
+  srv = server.create_app(model, tok, date="2024-02-29").state.server
+  req = server.parse_request({"messages": [{"role": "user", "content": "hi"}]}, srv.defaults)
+  assert srv.prepare(req)[0] == text
+  with pytest.raises(ValueError, match="date"):
+    chat.ChatSession(model, tok, date="2024-02-30")
+  with pytest.raises(ValueError, match="date"):
+    server.create_app(model, tok, date="yesterday")
+
+
+@pytest.mark.parametrize("flag,needle", [("--max_new_tokens=0", "max_new_tokens"),
+                                         ("--context_length=99999", "context_length"),
+                                         ("--date=2024-02-30", "date"), ("--temprature=0.5", "temprature")])
+def test_chat_script_refuses_bad_flags_before_loading(flag, needle):
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
+  proc = subprocess.run([sys.executable, os.path.join(ROOT, "experiments", "chat.py"), "--checkpoint=demo", flag],
+                        capture_output=True, text=True, timeout=300, env=env, stdin=subprocess.DEVNULL)
+  assert proc.returncode != 0
+  assert needle in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+  assert "loading" not in proc.stdout
