@@ -253,20 +253,6 @@ def load_chat_model(checkpoint: str, *, tokenizer: str | None = None, dtype: str
   return smollm3_jax.from_pretrained(checkpoint, dtype=dtype, quantize=quantize), tok
 
 
-def check_date_flag(value: str | None) -> bool:
-  """absl validator of the scripts' ``--date`` (None: today); the message says what is wrong."""
-  if value is None:
-    return True
-  from absl import flags
-
-  from smollm3_jax import chat_format
-  try:
-    chat_format.resolve_date(value)
-  except ValueError as e:
-    raise flags.ValidationError(str(e)) from None
-  return True
-
-
 def context_limit(checkpoint: str, *, tiny_context: int = 2048) -> int:
   """The most positions a checkpoint's model takes, read from its config without loading weights
   (so a script can refuse a too-long ``--context_length`` before the slow part)."""
