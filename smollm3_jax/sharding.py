@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
-import re
 from typing import Any, Sequence
 
 import jax

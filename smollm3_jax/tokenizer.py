@@ -16,11 +16,11 @@ import re
 from typing import Any, Iterable, Mapping, Sequence
 
 import tokenizers
-from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers, processors
+from tokenizers import processors
 
 from smollm3_jax import chat_format
+from smollm3_jax.chat_template import normalize_messages, render_chat_template
 from smollm3_jax.thinking import THINK_END, THINK_START
-from smollm3_jax.checkpoints import demo
 
 TOKENIZER_FILE = "tokenizer.json"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
@@ -37,32 +37,6 @@ HUB_ALLOW_PATTERNS = (TOKENIZER_FILE, TOKENIZER_CONFIG_FILE, SPECIAL_TOKENS_MAP_
 # Tokens that end a turn or a document in the ChatML / Llama-3 families: stop tokens whenever present.
 STOP_TOKEN_NAMES = ("<|im_end|>", "<|endoftext|>", "<|end_of_text|>")
 REPLACEMENT_CHAR = "\ufffd"
-
-# GGUF token types (llama.cpp's llama_token_type).
-_GGUF_TOKEN_CONTROL = 3
-_GGUF_TOKEN_USER_DEFINED = 4
-
-# Pre-tokenizer split patterns for `tokenizer.ggml.pre`; names not listed (gpt2, smollm, ...) get the
-# GPT-2 byte-level regex, as transformers' GGUF loader does (we match its ids).
-_LLAMA3_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
-                   r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
-_QWEN2_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
-                  r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
-# llama.cpp's "smollm" (and SmolLM2's own tokenizer.json) first splits digits one by one, which
-# changes how a run of spaces before a digit is cut ("x  1": x ĠĠ 1, transformers: x Ġ Ġ 1).
-# transformers' GGUF loader ignores that; ``match_transformers=False`` restores it.
-GGUF_DIGIT_SPLIT_PRES = ("smollm",)
-GGUF_SPLIT_PATTERNS = {
-    "llama-bpe": _LLAMA3_PATTERN,
-    "llama3": _LLAMA3_PATTERN,
-    "llama-v3": _LLAMA3_PATTERN,
-    "smaug-bpe": _LLAMA3_PATTERN,
-    "dbrx": _LLAMA3_PATTERN,
-    "falcon3": _LLAMA3_PATTERN,
-    "pixtral": _LLAMA3_PATTERN,
-    "qwen2": _QWEN2_PATTERN,
-    "deepseek-r1-qwen": _QWEN2_PATTERN,
-}
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
@@ -106,19 +80,6 @@ def _id_list(value: Any) -> list[int]:
   return []
 
 
-def _byte_alphabet() -> dict[int, str]:
-  """GPT-2's byte -> printable character map used by byte-level BPE vocabularies."""
-  printable = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("\xa1"), ord("\xac") + 1))
-               + list(range(ord("\xae"), ord("\xff") + 1)))
-  mapping = {b: chr(b) for b in printable}
-  extra = 0
-  for b in range(256):
-    if b not in mapping:
-      mapping[b] = chr(256 + extra)
-      extra += 1
-  return mapping
-
-
 def _post_processor(bos: str | None, bos_id: int | None, add_bos: bool,
                     eos: str | None, eos_id: int | None, add_eos: bool) -> processors.PostProcessor:
   """BOS/EOS insertion for ``add_special_tokens=True``, built as transformers builds it."""
@@ -128,121 +89,6 @@ def _post_processor(bos: str | None, bos_id: int | None, add_bos: bool,
   pair = f"{single}{' ' + bos + ':1' if add_bos else ''} $B:1{' ' + eos + ':1' if add_eos else ''}"
   special = ([(bos, bos_id)] if add_bos else []) + ([(eos, eos_id)] if add_eos else [])
   return processors.TemplateProcessing(single=single, pair=pair, special_tokens=special)
-
-
-# --------------------------------------------------------------------------------------------------
-# chat templates, rendered like transformers.utils.chat_template_utils
-
-
-@functools.lru_cache(maxsize=16)
-def _compile_template(template: str):
-  import jinja2
-  from jinja2 import nodes
-  from jinja2.ext import Extension, loopcontrols
-  from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-  class GenerationBlock(Extension):
-    """``{% generation %}...{% endgeneration %}`` marks assistant text; rendering keeps it unchanged."""
-    tags = {"generation"}
-
-    def parse(self, parser):
-      lineno = next(parser.stream).lineno
-      body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
-      return nodes.CallBlock(self.call_method("_render_body"), [], [], body).set_lineno(lineno)
-
-    def _render_body(self, caller):
-      return caller()
-
-  class SafeNamespace(jinja2.utils.Namespace):
-    # No underscore attributes: keeps templates away from Python internals.
-    def __init__(*args, **kwargs):
-      self, args = args[0], args[1:]
-      attrs = dict(*args, **kwargs)
-      for key in attrs:
-        SafeNamespace._check(key)
-      jinja2.utils.Namespace.__init__(self, attrs)
-
-    def __setitem__(self, key, value):
-      SafeNamespace._check(key)
-      jinja2.utils.Namespace.__setitem__(self, key, value)
-
-    @staticmethod
-    def _check(key):
-      if isinstance(key, str) and key.startswith("_"):
-        raise jinja2.exceptions.SecurityError(
-            f"chat templates may not set underscore attributes on a namespace, got {key!r}")
-
-  def raise_exception(message):
-    raise jinja2.exceptions.TemplateError(message)
-
-  def tojson(value, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
-    # Unlike jinja's own filter: no HTML escaping, and json.dumps' options exposed.
-    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators,
-                      sort_keys=sort_keys)
-
-  def strftime_now(fmt):  # replaced per render by the pinned date (render_chat_template)
-    return chat_format.resolve_date(None).strftime(fmt)
-
-  env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                      extensions=[GenerationBlock, loopcontrols])
-  env.filters["tojson"] = tojson
-  env.globals["raise_exception"] = raise_exception
-  env.globals["strftime_now"] = strftime_now
-  env.globals["namespace"] = SafeNamespace
-  env.globals["dict"] = lambda *args, **kwargs: dict(*args, **kwargs)
-  return env.from_string(template)
-
-
-def _plain(value: Any) -> Any:
-  """A JSON-like copy of template inputs (the template never sees the caller's objects)."""
-  if value is None or isinstance(value, (bool, int, float, str)):
-    return value
-  if isinstance(value, Mapping):
-    return {_plain(k): _plain(v) for k, v in value.items()}
-  if isinstance(value, list):
-    return [_plain(v) for v in value]
-  if isinstance(value, tuple):
-    return tuple(_plain(v) for v in value)
-  if hasattr(value, "item") and callable(value.item):  # numpy scalars
-    return _plain(value.item())
-  return f"<{type(value).__name__}>"
-
-
-_REASONING_KEYS = ("reasoning_content", "thinking", "reasoning")
-
-
-def _normalize_messages(messages: Sequence[Mapping[str, Any]]) -> list[dict]:
-  """Messages as transformers hands them to a template: None values dropped, reasoning aliased."""
-  if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
-    raise ValueError("messages must be a list of dicts with 'role' and 'content'")
-  out = []
-  for i, message in enumerate(messages):
-    if not isinstance(message, Mapping):
-      raise ValueError(f"messages[{i}] must be a dict, got {type(message).__name__}")
-    message = {k: _plain(v) for k, v in message.items() if v is not None}
-    reasoning = next((message[k] for k in _REASONING_KEYS if message.get(k) is not None), None)
-    if reasoning is not None:
-      message = {"thinking": reasoning, **message, "reasoning_content": reasoning}
-    out.append(message)
-  return out
-
-
-def render_chat_template(template: str, messages: Sequence[Mapping[str, Any]],
-                         add_generation_prompt: bool = False, *, date=None, **variables: Any) -> str:
-  """Renders a jinja chat template as ``transformers``' ``apply_chat_template(tokenize=False)``.
-
-  ``date`` is what the template's ``strftime_now`` sees (see ``chat_format.resolve_date``: a date,
-  "YYYY-MM-DD", or None for ``$SMOLLM3_JAX_CHAT_DATE`` / today).
-  """
-  compiled = _compile_template(template)
-  now = chat_format.resolve_date(date)
-  messages = _normalize_messages(messages)
-  variables = {k: _plain(v) for k, v in variables.items()}
-  variables.setdefault("tools", None)
-  variables.setdefault("documents", None)
-  # A render-time variable shadows the environment's global of the same name.
-  return compiled.render(messages=messages, add_generation_prompt=add_generation_prompt,
-                         strftime_now=lambda fmt: now.strftime(fmt), **variables)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -322,6 +168,8 @@ class Tokenizer:
     (its cache, ``HF_HUB_OFFLINE`` and ``local_files_only`` are honoured). ``match_transformers``
     only matters for GGUF files (see ``from_gguf``).
     """
+    from smollm3_jax.checkpoints import demo  # (a path lookup; the weight loaders are not imported)
+
     if demo.is_demo(checkpoint):
       return cls.from_gguf(demo.demo_gguf_path(), match_transformers=match_transformers)
     if not isinstance(checkpoint, (str, os.PathLike)):
@@ -388,8 +236,10 @@ class Tokenizer:
     """
     if not os.path.isfile(path):
       raise FileNotFoundError(f"GGUF file not found: {path}")
-    meta = _read_gguf_tokenizer_metadata(path)
-    backend = _gguf_backend(meta, path, match_transformers)
+    from smollm3_jax.checkpoints import gguf_tokenizer
+
+    meta = gguf_tokenizer.read_metadata(path)
+    backend = gguf_tokenizer.build_backend(meta, path, match_transformers)
     tokens = meta["tokens"]
 
     def name(key):
@@ -497,7 +347,7 @@ class Tokenizer:
                                   date=date, **variables)
     else:
       text = chat_format.format_smollm3_chat(
-          _normalize_messages(messages), add_generation_prompt=add_generation_prompt,
+          normalize_messages(messages), add_generation_prompt=add_generation_prompt,
           enable_thinking=enable_thinking, xml_tools=template_kwargs.get("xml_tools"),
           python_tools=template_kwargs.get("python_tools"), date=date)
     return self.encode(text) if tokenize else text
@@ -599,81 +449,4 @@ def _download(repo_id: str, revision: str | None, cache_dir: str | None, local_f
     raise FileNotFoundError(f"could not fetch the tokenizer of hub id {repo_id!r}: {e}") from e
 
 
-def _read_gguf_tokenizer_metadata(path: str) -> dict[str, Any]:
-  """The tokenizer.* metadata of a GGUF file, keys without the "tokenizer.ggml." prefix. The
-  header is shared with the model loader (parsed once per file version, or read from the on-disk
-  GGUF header index)."""
-  from smollm3_jax.checkpoints.gguf import read_header
-
-  value = read_header(path).fields.get
-  meta: dict[str, Any] = {}
-  for key in ("model", "pre", "tokens", "merges", "token_type", "bos_token_id", "eos_token_id",
-              "padding_token_id", "unknown_token_id", "add_bos_token", "add_eos_token"):
-    v = value(f"tokenizer.ggml.{key}")
-    if v is not None:
-      meta[key] = v
-  template = value("tokenizer.chat_template")
-  if template is not None:
-    meta["chat_template"] = template
-  if "tokens" not in meta:
-    raise ValueError(f"{path} has no tokenizer (metadata tokenizer.ggml.tokens is missing)")
-  return meta
-
-
-def _gguf_backend(meta: Mapping[str, Any], path: str, match_transformers: bool = True
-                  ) -> tokenizers.Tokenizer:
-  """Byte-level BPE from GGUF vocab/merges, split like `tokenizer.ggml.pre`, special tokens added."""
-  model_type = meta.get("model")
-  if model_type != "gpt2":
-    raise ValueError(f"{path}: tokenizer.ggml.model = {model_type!r}; only byte-level BPE ('gpt2') "
-                     "GGUF tokenizers are supported")
-  if "merges" not in meta:
-    raise ValueError(f"{path}: tokenizer.ggml.merges is missing")
-  byte_chars = _byte_alphabet()
-  alphabet = set(byte_chars.values())
-
-  def spelled(token: str) -> str:
-    # Tokens stored as raw text (not in the byte alphabet) are respelled byte by byte.
-    if set(token) <= alphabet:
-      return token
-    return "".join(byte_chars[b] for b in token.encode("utf-8"))
-
-  tokens = [spelled(t) for t in meta["tokens"]]
-  vocab = {t: i for i, t in enumerate(tokens)}
-  merges = []
-  for m in meta["merges"]:
-    pair = m.split(" ")
-    if len(pair) != 2:
-      raise ValueError(f"{path}: malformed merge {m!r} in tokenizer.ggml.merges")
-    merges.append((pair[0], pair[1]))
-  backend = tokenizers.Tokenizer(models.BPE(vocab=vocab, merges=merges, dropout=None,
-                                            continuing_subword_prefix="", end_of_word_suffix="",
-                                            fuse_unk=False))
-  pattern = GGUF_SPLIT_PATTERNS.get(meta.get("pre"))
-  if pattern is None:
-    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    if not match_transformers and meta.get("pre") in GGUF_DIGIT_SPLIT_PRES:
-      byte_level = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
-    backend.pre_tokenizer = byte_level
-  else:
-    backend.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(pattern), behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
-  backend.decoder = decoders.ByteLevel()
-
-  types = list(meta.get("token_type") or ())
-  raw = meta["tokens"]
-  # Control tokens become special added tokens (matched whole, skippable); a "control" token outside
-  # the byte alphabet is a converter mislabel and is left alone, as transformers does.
-  control = [AddedToken(t, special=True, normalized=False)
-             for t, kind in zip(raw, types) if kind == _GGUF_TOKEN_CONTROL and set(t) <= alphabet]
-  if control:
-    backend.add_special_tokens(control)
-  user_defined = [AddedToken(t, special=False, normalized=False)
-                  for t, kind in zip(raw, types) if kind == _GGUF_TOKEN_USER_DEFINED and t in vocab]
-  if user_defined:
-    backend.add_tokens(user_defined)
-  return backend
-
-
-__all__ = ["Tokenizer", "IncrementalDecoder", "render_chat_template"]
+__all__ = ["Tokenizer", "IncrementalDecoder"]

@@ -13,7 +13,7 @@ import pytest
 
 import smollm3_jax
 from smollm3_jax import chat, generation_defaults, server
-from smollm3_jax.tokenizer import render_chat_template
+from smollm3_jax.chat_template import render_chat_template
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEMPLATE_PATH = os.path.join(ROOT, "tests", "data", "smollm3_chat_template.jinja")

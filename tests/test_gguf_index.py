@@ -17,7 +17,7 @@ import pytest
 from flax import nnx
 
 from smollm3_jax import Tokenizer, from_pretrained, runtime
-from smollm3_jax import tokenizer as tokenizer_mod
+from smollm3_jax.checkpoints import gguf_tokenizer
 from smollm3_jax.checkpoints import gguf as g
 from smollm3_jax.checkpoints.demo import demo_gguf_path
 from smollm3_jax.model import SmolLM3, abstract_model
@@ -245,7 +245,7 @@ def test_disabled_index_writes_nothing(index_dir, tmp_path):
   assert runtime.gguf_index_dir() is None
   path = write_tiny_gguf(tmp_path / "tiny.gguf")
   from_pretrained(path)
-  assert tokenizer_mod._read_gguf_tokenizer_metadata(path)["tokens"][:2] == ["t0", "t1"]
+  assert gguf_tokenizer.read_metadata(path)["tokens"][:2] == ["t0", "t1"]
   assert not os.path.exists(directory)
   assert len(parses) == 1
 

@@ -14,7 +14,7 @@ import concurrent.futures
 import dataclasses
 import os
 import re
-from typing import Any, Callable, Mapping
+from typing import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
