@@ -182,3 +182,24 @@ def test_unknown_keyword_arguments_are_refused(tiny_model_and_tokenizer):
     chat.ChatSession(model, tok, temprature=0.5)
   with pytest.raises(TypeError, match="temprature"):
     server.create_app(model, tok, temprature=0.5)
+
+
+def test_hub_id_reads_the_cached_file_without_network(tmp_path, monkeypatch):
+  """A tokenizer loaded from a hub id knows only the id: its generation_config.json comes from the
+  local Hugging Face cache (the tokenizer's download fetched it); nothing is downloaded."""
+  from huggingface_hub import constants
+
+  commit = "0" * 40
+  repo = tmp_path / "models--org--tiny-chat"
+  (repo / "refs").mkdir(parents=True)
+  (repo / "refs" / "main").write_text(commit)
+  snapshot = repo / "snapshots" / commit
+  snapshot.mkdir(parents=True)
+  (snapshot / "generation_config.json").write_text(json.dumps({"do_sample": True, "temperature": 0.3}))
+  monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+  monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+  tok = types.SimpleNamespace(name_or_path="org/tiny-chat")
+  d = generation_defaults.for_tokenizer(tok)
+  assert (d.temperature, d.top_k, d.source) == (0.3, 50, str(snapshot / "generation_config.json"))
+  # Not in the cache: the table (as for a checkpoint without the file).
+  assert generation_defaults.for_tokenizer(types.SimpleNamespace(name_or_path="org/absent")).source == "table"
