@@ -115,10 +115,11 @@ def _number(body: dict, name: str, default, *, low=None, high=None, low_open=Fal
   if isinstance(value, bool) or not isinstance(value, (int, float)):
     raise RequestError(f"'{name}' must be {'an integer' if integer else 'a number'}, got {json.dumps(value)}",
                        param=name)
-  if integer and (not float(value).is_integer()):
-    raise RequestError(f"'{name}' must be an integer, got {value}", param=name)
-  if not math.isfinite(value):
-    raise RequestError(f"'{name}' must be finite", param=name)
+  if isinstance(value, float):  # (a JSON integer stays a Python int of any size: never float() it)
+    if not math.isfinite(value):
+      raise RequestError(f"'{name}' must be finite", param=name)
+    if integer and not value.is_integer():
+      raise RequestError(f"'{name}' must be an integer, got {value}", param=name)
   if low is not None and (value <= low if low_open else value < low):
     raise RequestError(f"'{name}' must be {'>' if low_open else '>='} {low}, got {value}", param=name)
   if high is not None and value > high:

@@ -178,6 +178,9 @@ BAD_REQUESTS = [
     ("deeply nested field", b'{"messages": [{"role": "user", "content": "hi"}], "metadata": '
      + b'{"a": ' * 500 + b"1" + b"}" * 500 + b"}", 200, ""),
     ("seed out of range", {"messages": _messages("hi"), "seed": 2 ** 32}, 400, "'seed' must be <="),
+    ("seed of 400 digits", b'{"messages": [{"role": "user", "content": "hi"}], "seed": 1' + b"0" * 400 + b"}",
+     400, "'seed' must be <="),
+    ("max_tokens overflowing", {"messages": _messages("hi"), "max_tokens": 1e400}, 400, "'max_tokens' must be finite"),
     ("unknown field", {"messages": _messages("hi"), "typical_p": 0.5}, 400, "unknown field 'typical_p'"),
     ("both token limits", {"messages": _messages("hi"), "max_tokens": 3, "max_completion_tokens": 4}, 400, "differ"),
 ]
