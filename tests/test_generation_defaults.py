@@ -161,7 +161,11 @@ def test_one_thinking_default_the_templates(tiny_model_and_tokenizer):
   assert own_default == on and generation_defaults.THINKING is True
   assert smollm3_jax.generate(model, tok, ["Hi"], max_new_tokens=1)[0].settings["thinking"] is True
   assert chat.ChatSession(model, tok).thinking is True
-  assert server.create_app(model, tok).state.server.defaults["thinking"] is True
+  app = server.create_app(model, tok)
+  assert app.state.server.defaults["thinking"] is True
+  from starlette.testclient import TestClient
+  with TestClient(app) as client:  # the page's thinking checkbox starts from the server's default
+    assert '"thinking": true' in client.get("/").text
 
 
 def test_settings_are_echoed_as_given(tiny_model_and_tokenizer):
