@@ -9,6 +9,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from flax import nnx
 
 import smollm3_jax
 from smollm3_jax import quantize as Q
@@ -128,8 +129,10 @@ def test_int8_logits_equal_transformers_with_the_same_scheme(make_hf_model, tmp_
 
 
 def test_int8_demo_quality_and_answer(demo_model, demo_tokenizer):
-  """Teacher-forced on a fixed English text: int8 agrees with f32 on most next-token choices."""
-  ours8 = smollm3_jax.from_pretrained("demo", quantize="int8")
+  """Teacher-forced on a fixed English text: int8 agrees with f32 on most next-token choices.
+  The int8 model is the session's demo model copied and quantized (the same weights as
+  ``from_pretrained("demo", quantize="int8")``, without reading the file again)."""
+  ours8 = Q.quantize_int8(nnx.clone(demo_model))
   text = open(os.path.join(os.path.dirname(__file__), "..", "data", "eval", "quality.txt")).read()
   ids = np.asarray([demo_tokenizer.encode(text)])
   q = Q.compare_logits(np.asarray(demo_model(ids)[0][0, :-1]), np.asarray(ours8(ids)[0][0, :-1]), ids[0, 1:])
@@ -137,7 +140,11 @@ def test_int8_demo_quality_and_answer(demo_model, demo_tokenizer):
   assert q["perplexity"] < 1.2 * q["perplexity_reference"], q
   prompt = demo_tokenizer.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
                                               add_generation_prompt=True)
-  res = smollm3_jax.generate(ours8, demo_tokenizer, [prompt], max_new_tokens=16)
+  # Plain greedy (the checkpoint's defaults sample with a penalty). The rendered text goes in as the
+  # user message, as before: with the question rendered once, int8 greedy answers
+  # "L'Étoile, la France, est la maquette de la" (f32: "The capital of France is Paris.").
+  res = smollm3_jax.generate(ours8, demo_tokenizer, [prompt], max_new_tokens=16, temperature=0.0,
+                             repetition_penalty=1.0, top_p=1.0)
   assert "Paris" in res[0].text
 
 
