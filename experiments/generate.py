@@ -77,8 +77,8 @@ def main(argv):
   from smollm3_jax import sharding
 
   tokenizer = smollm3_jax.Tokenizer.from_pretrained(FLAGS.checkpoint)
-  model = sharding.load(FLAGS.checkpoint, mesh=sharding.mesh_from_flag(FLAGS.mesh), dtype=dtype,
-                        quantize=FLAGS.quantize)
+  model = smollm3_jax.from_pretrained(FLAGS.checkpoint, mesh=sharding.mesh_from_flag(FLAGS.mesh),
+                                      dtype=dtype, quantize=FLAGS.quantize)
 
   if FLAGS.stream:
     streams = []

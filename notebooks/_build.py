@@ -314,7 +314,7 @@ if ON_ACCELERATOR and ORBAX_DIR:
 
 t0 = time.perf_counter()
 tokenizer = smollm3_jax.Tokenizer.from_pretrained(source)
-model = sharding.load(source, mesh=mesh, dtype=DTYPE)
+model = smollm3_jax.from_pretrained(source, mesh=mesh, dtype=DTYPE)
 print(f"loaded {source!r} onto {sharding.describe(mesh)} in {time.perf_counter() - t0:.1f}s")
 q = model.layers[0].self_attn.q_proj.kernel.get_value()
 print("q_proj:", q.sharding, "per-chip slice:", q.addressable_shards[0].data.shape)'''),

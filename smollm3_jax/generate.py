@@ -25,17 +25,13 @@ import numpy as np
 from flax import nnx
 
 from smollm3_jax import sampling, validation
-from smollm3_jax.kv_cache import DEFAULT_BUCKETS, KVCache, bucket_length
+from smollm3_jax.kv_cache import DEFAULT_BATCH_BUCKETS, DEFAULT_BUCKETS, KVCache, bucket_length
 from smollm3_jax.model import SmolLM3
 from smollm3_jax.thinking import VisibleText, prompt_opens_thinking, split_thinking
 
 STOP_REASONS = ("", "eos", "max_tokens", "newlines", "context")
 _EOS, _MAX_TOKENS, _NEWLINES, _CONTEXT = 1, 2, 3, 4
 _MAX_STOP_IDS = 8  # stop ids travel as a fixed-size traced array, padded with -1
-# Batch sizes a request is padded up to: powers of two up to 16, then steps of 8 to 32, 16 to 256
-# and 32 to 512 (each bucket compiles only when used). Large batches are compute-bound on CPU, so
-# idle rows cost their full share: a 144-row grid ran 12-21 % faster as 144 rows than padded to 160.
-DEFAULT_BATCH_BUCKETS = (1, 2, 4, 8, 16, 24, 32, *range(48, 257, 16), *range(288, 513, 32))
 
 # How many times each jitted function was traced/compiled in this process (tests read it).
 COMPILE_COUNTS: collections.Counter = collections.Counter()

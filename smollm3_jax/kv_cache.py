@@ -17,6 +17,10 @@ from smollm3_jax.config import SmolLM3Config
 
 # Lengths (tokens) that prompts and caches are rounded up to; beyond the last, multiples of it.
 DEFAULT_BUCKETS = (64, 128, 256, 512, 1024, 2048, 4096, 8192)
+# Batch sizes a request is padded up to: powers of two up to 16, then steps of 8 to 32, 16 to 256
+# and 32 to 512 (each bucket compiles only when used). Large batches are compute-bound on CPU, so
+# idle rows cost their full share: a 144-row grid ran 12-21 % faster as 144 rows than padded to 160.
+DEFAULT_BATCH_BUCKETS = (1, 2, 4, 8, 16, 24, 32, *range(48, 257, 16), *range(288, 513, 32))
 
 
 def bucket_length(n: int, buckets: Sequence[int] = DEFAULT_BUCKETS, limit: int | None = None) -> int:

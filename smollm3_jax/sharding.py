@@ -331,7 +331,7 @@ class MeshSharding:
 
   def engine_kwargs(self, batch_buckets: Sequence[int] | None = None) -> dict:
     """Engine arguments that keep every padded batch a multiple of the data axis."""
-    from smollm3_jax.generate import DEFAULT_BATCH_BUCKETS
+    from smollm3_jax.kv_cache import DEFAULT_BATCH_BUCKETS
 
     batch_buckets = DEFAULT_BATCH_BUCKETS if batch_buckets is None else batch_buckets
     d = self.data_size
@@ -365,16 +365,3 @@ def engine_sharding(model: nnx.Module, mesh=None) -> MeshSharding | None:
   if not sharding.is_placed(model):
     sharding.shard_model(model)
   return sharding
-
-
-def load(checkpoint, *, mesh=None, dtype=jnp.float32, param_dtype=None, **kwargs):
-  """``from_pretrained`` straight onto a mesh (a Mesh, MeshSharding, flag string or None for all
-  devices on the data axis): tensors are placed shard by shard as they are read."""
-  from smollm3_jax import checkpoints
-
-  config = checkpoints.load_config(checkpoint)
-  sharding = MeshSharding.of(mesh, config)
-  place = sharding if sharding.mesh.size > 1 else None  # one device: exactly the plain loader
-  # (quantize="int8" builds its int8 weights after loading, on the mesh the model is on.)
-  return checkpoints.from_pretrained(checkpoint, dtype=dtype, param_dtype=param_dtype, place=place,
-                                     **kwargs)

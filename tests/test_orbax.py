@@ -39,7 +39,7 @@ def _child(workdir: str) -> dict:
   original = _params(SmolLM3(cfg, rngs=nnx.Rngs(1)))
   hf = os.path.join(workdir, "hf")
   _write_hf_dir(SmolLM3(cfg, rngs=nnx.Rngs(1)), hf)
-  src = S.load(hf, mesh="data=2,model=4")
+  src = smollm3_jax.from_pretrained(hf, mesh="data=2,model=4")
   out = os.path.join(workdir, "orbax")
   O.save(out, src)  # saved from sharded arrays
   result = {"devices": len(jax.devices())}

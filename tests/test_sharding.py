@@ -73,7 +73,7 @@ def _child(workdir: str) -> dict:
 
   for spec in MESHES:
     d, m = spec.split(",")
-    model = S.load(ckpt, mesh=f"data={d},model={m}")  # placed shard by shard by the loader hook
+    model = smollm3_jax.from_pretrained(ckpt, mesh=f"data={d},model={m}")  # placed shard by shard by the loader hook
     res = smollm3_jax.generate(model, None, prompts, **kw)
     eng = get_engine(model)
     _, (tokens, start, cache, rest, _) = eng.prepare(
@@ -106,7 +106,7 @@ def _child(workdir: str) -> dict:
 
   # int8 mode on a mesh: the quantized weights follow the logical-axis rules; tokens unchanged.
   ref8 = smollm3_jax.from_pretrained(ckpt, quantize="int8")
-  on_mesh8 = S.load(ckpt, mesh="data=2,model=4", quantize="int8")
+  on_mesh8 = smollm3_jax.from_pretrained(ckpt, mesh="data=2,model=4", quantize="int8")
   moved8 = smollm3_jax.from_pretrained(ckpt)
   S.engine_sharding(moved8, "data=2,model=4")
   quantize.quantize_int8(moved8)  # quantized where it lives: stays on its mesh

@@ -17,6 +17,7 @@ from smollm3_jax.checkpoints.mapping import build_model, check_float_dtype
 from smollm3_jax.config import SmolLM3Config
 from smollm3_jax.model import SmolLM3
 from smollm3_jax import quantize as quantize_lib
+from smollm3_jax.sharding import MeshSharding
 
 __all__ = ["default_dtype", "from_pretrained", "load_config", "resolve"]
 
@@ -62,7 +63,7 @@ def default_dtype():
 
 def from_pretrained(checkpoint: str | os.PathLike, *, dtype=None, param_dtype=None,
                     place: Callable[[tuple, np.ndarray], jax.Array] | None = None,
-                    revision: str | None = None, quantize: str | None = None) -> SmolLM3:
+                    revision: str | None = None, quantize: str | None = None, mesh=None) -> SmolLM3:
   """Loads a :class:`SmolLM3` from "demo", a ``.gguf`` file, a local HF directory or a Hub id.
 
   dtype: activation dtype (None: :func:`default_dtype`, float32 on CPU, bfloat16 on GPU/TPU);
@@ -70,12 +71,20 @@ def from_pretrained(checkpoint: str | os.PathLike, *, dtype=None, param_dtype=No
   tensors are dequantized to ``param_dtype``. ``place(param_path, host_array)`` puts one tensor on
   device(s) (default ``jax.device_put``); tensors are read, converted and placed one at a time.
   quantize: None / "none", or "int8" (:func:`smollm3_jax.quantize.quantize_int8` after loading).
+  mesh: load straight onto a device mesh (a ``Mesh``, a ``sharding.MeshSharding`` or a spec such as
+  "data=2,model=4"; "" / "auto": all devices on the data axis): tensors are placed shard by shard as
+  they are read, by the logical-axis rules of :mod:`smollm3_jax.sharding`. None: one device.
   """
   dtype = default_dtype() if dtype is None else dtype
   check_float_dtype(dtype, "dtype")
   if param_dtype is not None:
     check_float_dtype(param_dtype, "param_dtype")
   quantize = quantize_lib.check_mode(quantize)
+  if mesh is not None:
+    if place is not None:
+      raise ValueError("from_pretrained: pass mesh or place, not both")
+    sharding = MeshSharding.of(mesh, load_config(checkpoint, revision=revision))
+    place = sharding if sharding.mesh.size > 1 else None  # one device: exactly the plain loader
   kind, path = resolve(checkpoint, revision=revision)
   if kind == "dir" and orbax_ckpt.is_orbax_dir(path):  # converted by experiments/convert.py
     model = orbax_ckpt.restore(path, dtype=dtype, param_dtype=param_dtype, place=place)

@@ -21,7 +21,7 @@ def load_model_and_tokenizer(spec: Mapping, mesh: str = ""):
 
   from smollm3_jax import config as config_lib
   from smollm3_jax import quantize as quantize_lib
-  from smollm3_jax.checkpoints import default_dtype
+  from smollm3_jax.checkpoints import default_dtype, from_pretrained
   from smollm3_jax.checkpoints.mapping import dtype_from_name
   from smollm3_jax import sharding
   from smollm3_jax.model import SmolLM3
@@ -34,7 +34,7 @@ def load_model_and_tokenizer(spec: Mapping, mesh: str = ""):
   tok_source = spec.get("tokenizer") or checkpoint
   tokenizer = Tokenizer.from_pretrained(tok_source) if tok_source else None
   if checkpoint:
-    return sharding.load(checkpoint, mesh=mesh or None, dtype=dtype, quantize=quantize), tokenizer
+    return from_pretrained(checkpoint, mesh=mesh or "auto", dtype=dtype, quantize=quantize), tokenizer
   rnd = spec.get("random") or {}
   preset = rnd.get("preset", "tiny")
   if preset not in config_lib.PRESETS:
