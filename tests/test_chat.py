@@ -169,9 +169,7 @@ def test_the_pinned_date_reaches_the_template(model_and_tokenizer):
     server.create_app(model, tok, date="yesterday")
 
 
-@pytest.mark.parametrize("flag,needle", [("--max_new_tokens=0", "max_new_tokens"),
-                                         ("--context_length=99999", "context_length"),
-                                         ("--date=2024-02-30", "date"), ("--temprature=0.5", "temprature")])
+@pytest.mark.parametrize("flag,needle", [("--context_length=99999", "context_length"), ("--date=2024-02-30", "date")])
 def test_chat_script_refuses_bad_flags_before_loading(flag, needle):
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
   proc = subprocess.run([sys.executable, os.path.join(ROOT, "experiments", "chat.py"), "--checkpoint=demo", flag],
