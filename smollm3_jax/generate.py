@@ -719,5 +719,10 @@ _DEFAULTS = dict(chat=True, thinking=None, temperature=None, top_k=None, top_p=N
 
 def stream(model: SmolLM3, tokenizer, prompt, *, hide_thinking: bool = False, chunk_steps: int = 4,
            **kwargs) -> Stream:
-  """Streams one prompt's completion as text pieces (same arguments as :func:`generate`)."""
+  """Streams one prompt's completion as text pieces (same arguments as :func:`generate`).
+
+      s = stream(model, tok, "Tell me a story.")
+      for piece in s: print(piece, end="")
+      s.result          # after the loop: the GenerationResult, as generate() returns it (stats included)
+  """
   return Stream(model, tokenizer, prompt, hide_thinking=hide_thinking, chunk_steps=chunk_steps, **kwargs)
