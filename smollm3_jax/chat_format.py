@@ -10,6 +10,8 @@ tests/test_tokenizer.py against that template rendered the way ``transformers`` 
 - without tools the system turn is left unclosed (no <|im_end|>): a quirk of the official template;
 - past assistant turns in no-think mode get an empty "<think>\\n\\n</think>\\n" prefix;
 - tool messages are rendered as user turns; system messages after the first one are dropped.
+
+Imports nothing from the package.
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""absl flags shared by the experiment scripts, and ``run``, their common entry point."""
+"""absl flags shared by the experiment scripts, and ``run``, their common entry point.
+
+Library modules are imported inside the validators (flag parsing stays cheap); nothing imports this.
+"""
 
 from __future__ import annotations
 

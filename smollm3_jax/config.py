@@ -3,6 +3,8 @@
 Only fields that change the computation are kept. Both ``config.json`` layouts
 load: the published SmolLM3-3B one (``rope_theta`` / ``rope_scaling`` at the
 top level) and the one current ``transformers`` writes (``rope_parameters``).
+
+Imports nothing from the package.
 """
 
 from __future__ import annotations

@@ -9,6 +9,9 @@ One compiled program serves every prompt and setting in a shape bucket:
 Prompts are left-padded to ``P``; row b's real tokens start at slot ``start[b]`` and its positions
 count from there. The first token is sampled at the end of prefill; each decode step feeds the last
 token, samples the next and records it.
+
+Imports the model, cache, sampling, sharding, thinking, validation and generation defaults; never
+the loaders, the sweep or the serving modules.
 """
 
 from __future__ import annotations

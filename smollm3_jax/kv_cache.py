@@ -3,6 +3,9 @@
 All rows write at the same slot (``index``): prompts are left-padded to a common length, and
 row b's real tokens start at slot ``start[b]``. The cache length is fixed at compile time and
 chosen from a small set of buckets, so prompts of different lengths share one compiled program.
+
+Imports only the config. The default batch buckets live here too, beside the length buckets, so
+that both the engine and :mod:`smollm3_jax.sharding` can use them without importing each other.
 """
 
 from __future__ import annotations

@@ -2,6 +2,8 @@
 
 Plain functions over strings / token lists (no JAX). "Words" are lower-cased runs of letters,
 digits and apostrophes (``words``), so the diversity metrics do not depend on a tokenizer.
+
+Imports nothing from the package (no JAX).
 """
 
 from __future__ import annotations

@@ -12,6 +12,8 @@ forward and returns ``(logits, None)``.
 
 Parameter names mirror the Hugging Face tensor names (``layers[i].self_attn.q_proj.kernel`` is
 ``model.layers.i.self_attn.q_proj.weight`` transposed), so checkpoint mapping is mechanical.
+
+Imports only the config and the cache (never the engine, the loaders or sharding).
 """
 
 from __future__ import annotations
@@ -146,9 +148,12 @@ class Attention(nnx.Module):
     self.v_proj = _linear(c.hidden_size, c.num_key_value_heads * c.head_dim, c.attention_bias, **kw)
     self.o_proj = _linear(c.num_attention_heads * c.head_dim, c.hidden_size, c.attention_bias, **kw)
 
-  def __call__(self, x, cos, sin, mask, k_cache=None, v_cache=None, write_index=None):
-    """x: [B, T, hidden]. With a cache ([B, KVH, S, D] each), the new keys/values are written at
-    slots [write_index, write_index + T) and attention reads the whole cache."""
+  def __call__(self, x: Array, cos: Array, sin: Array, mask: Array, k_cache: Array | None = None,
+               v_cache: Array | None = None, write_index: Array | None = None
+               ) -> tuple[Array, Array | None, Array | None]:
+    """x: [B, T, hidden]; cos, sin: [B, T, D] RoPE tables; mask: [B, T, S] bool. With a cache
+    ([B, KVH, S, D] each), the new keys/values are written at slots [write_index, write_index + T)
+    and attention reads the whole cache. Returns (out [B, T, hidden], k_cache, v_cache)."""
     c = self.config
     b, t, _ = x.shape
     q = self.q_proj(x).reshape(b, t, c.num_attention_heads, c.head_dim)
@@ -188,7 +193,10 @@ class DecoderLayer(nnx.Module):
     self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, **kw)
     self.mlp = MLP(config, rngs=rngs, **kw)
 
-  def __call__(self, x, cos, sin, mask, k_cache=None, v_cache=None, write_index=None):
+  def __call__(self, x: Array, cos: Array, sin: Array, mask: Array, k_cache: Array | None = None,
+               v_cache: Array | None = None, write_index: Array | None = None
+               ) -> tuple[Array, Array | None, Array | None]:
+    """x: [B, T, hidden] -> (x [B, T, hidden], k_cache, v_cache), as :meth:`Attention.__call__`."""
     h, k_cache, v_cache = self.self_attn(self.input_layernorm(x), cos, sin, mask, k_cache, v_cache,
                                          write_index)
     x = x + h

@@ -13,6 +13,8 @@ Start-up caches, both off until enabled, both in one directory (default
 
 :func:`enable_compilation_cache` turns on both, :func:`disable_compilation_cache` turns off both;
 :func:`enable_gguf_index` / :func:`disable_gguf_index` switch the index alone.
+
+Imports nothing from the package.
 """
 
 from __future__ import annotations

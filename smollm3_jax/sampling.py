@@ -14,6 +14,8 @@ top-k, top-p and min-p share ONE ascending value sort (no argsort, no scatter)
 and end in a single ``where(x < cutoff, -inf, x)``. Ties with the cut-off value
 are kept (transformers' top-k does the same; for top-p / min-p a tie across the
 cut-off is resolved by torch's sort order, which is unspecified anyway).
+
+Imports nothing from the package: pure functions over arrays, used by the decode loop.
 """
 
 from __future__ import annotations

@@ -12,6 +12,9 @@
   generation engine (batch on ``data``, kv heads on ``model`` when divisible).
 
 On a single device nothing is sharded and generation runs exactly as without a mesh.
+
+Imports only the config and the cache: never the engine, the loaders or the model's users (the
+loaders and ``quantize`` import this module, never the reverse).
 """
 
 from __future__ import annotations

@@ -5,6 +5,9 @@ config JSON files are fetched, through the Hugging Face cache), a ``.gguf`` file
 match ``transformers.AutoTokenizer`` on the same checkpoint, and ``apply_chat_template`` renders the
 checkpoint's jinja template the way ``transformers`` does. Checkpoints without a template fall back to
 the SmolLM3 format written in Python (``smollm3_jax.chat_format``).
+
+Module-level imports: ``chat_format``, ``chat_template`` and ``thinking`` only; the GGUF tokenizer rebuild
+and the demo path are imported when used, so importing the tokenizer never loads JAX or the model.
 """
 
 from __future__ import annotations

@@ -1,4 +1,8 @@
-"""Loading SmolLM3 weights: ``from_pretrained("demo" | file.gguf | local HF dir | hub id)``."""
+"""Loading SmolLM3 weights: ``from_pretrained("demo" | file.gguf | local HF dir | Orbax dir | hub id)``,
+optionally straight onto a device mesh (``mesh=``); :mod:`.spec` loads a (model, tokenizer) pair.
+
+Imports the config, the model, ``sharding`` and ``quantize``; never the engine, the sweep or serving.
+"""
 
 from __future__ import annotations
 
