@@ -1,6 +1,6 @@
 """Multi-turn chat on top of :func:`smollm3_jax.stream`: history, context trimming, thinking split.
 
-    session = ChatSession(model, tokenizer, thinking=False, max_new_tokens=256)
+    session = ChatSession(model, tokenizer)    # unset settings: the checkpoint's defaults, thinking on
     reply = session.ask("Hello!")
     for kind, text in reply:          # kind: "thinking" | "answer", pieces as they decode
       print(text, end="")
