@@ -47,24 +47,16 @@ LOGICAL_RULES: dict[str, str | None] = {
 }
 
 # Param path suffix -> logical axes of its dimensions. Paths mirror HF names (see model.py).
-PARAM_AXES: dict[tuple[str, str], tuple[str, ...]] = {
-    ("embed_tokens", "embedding"): ("vocab", "embed"),
-    ("lm_head", "kernel"): ("embed", "vocab"),
-    ("q_proj", "kernel"): ("embed", "heads"),
-    ("q_proj", "bias"): ("heads",),
-    ("k_proj", "kernel"): ("embed", "kv_heads"),
-    ("k_proj", "bias"): ("kv_heads",),
-    ("v_proj", "kernel"): ("embed", "kv_heads"),
-    ("v_proj", "bias"): ("kv_heads",),
-    ("o_proj", "kernel"): ("heads", "embed"),
-    ("o_proj", "bias"): ("embed",),
-    ("gate_proj", "kernel"): ("embed", "mlp"),
-    ("gate_proj", "bias"): ("mlp",),
-    ("up_proj", "kernel"): ("embed", "mlp"),
-    ("up_proj", "bias"): ("mlp",),
-    ("down_proj", "kernel"): ("mlp", "embed"),
-    ("down_proj", "bias"): ("embed",),
+# Kernels are stored [in, out]; a bias is split like its kernel's output axis.
+_KERNEL_AXES = {
+    "lm_head": ("embed", "vocab"),
+    "q_proj": ("embed", "heads"), "k_proj": ("embed", "kv_heads"), "v_proj": ("embed", "kv_heads"),
+    "o_proj": ("heads", "embed"),
+    "gate_proj": ("embed", "mlp"), "up_proj": ("embed", "mlp"), "down_proj": ("mlp", "embed"),
 }
+PARAM_AXES: dict[tuple[str, str], tuple[str, ...]] = {("embed_tokens", "embedding"): ("vocab", "embed")}
+PARAM_AXES.update({(name, "kernel"): axes for name, axes in _KERNEL_AXES.items()})
+PARAM_AXES.update({(name, "bias"): axes[-1:] for name, axes in _KERNEL_AXES.items() if name != "lm_head"})
 # int8 mode (quantize.py): kernels stored [out, in] with one scale per output; embedding rows scaled.
 PARAM_AXES.update({(name, "qkernel"): axes[::-1] for (name, kind), axes in list(PARAM_AXES.items())
                    if kind == "kernel"})
