@@ -18,7 +18,8 @@ own fallback, ``max_length=20`` for prompt and answer together, is no budget for
 of the file (``max_length``, ``num_beams``, ...) are not read. Thinking mode defaults to
 :data:`THINKING` everywhere: on, as SmolLM3's chat template itself defaults ``enable_thinking``.
 
-Imports nothing from the package but :mod:`smollm3_jax.validation`.
+Imports from the package only :mod:`smollm3_jax.validation` and :mod:`smollm3_jax.sampling`, inside
+the functions that need them (no module-level dependency; generate, chat and server import this).
 """
 
 from __future__ import annotations
