@@ -230,7 +230,7 @@ def test_cli_typo_fails_with_ml_collections_error(tmp_path):
 
 
 def test_summary_columns_recomputed_from_rows(tmp_path):
-  """summary.csv's accuracy, eos share and rep4 share equal values worked out by hand from rows
+  """summary.csv's accuracy, eos, rep4 and closed-think shares equal values worked out by hand from rows
   built for the purpose (every column non-trivial), and the tiny sweep's columns equal the same
   formulas applied to its generations.jsonl."""
   cells = sweep.expand_grid(dict(temperature=[0.0, 1.0], repetition_penalty=[1.0], thinking=[False],
@@ -239,13 +239,13 @@ def test_summary_columns_recomputed_from_rows(tmp_path):
   prompts = [dict(id="sum", prompt="2+2?", kind="math", answer_type="numeric", reference=4),
              dict(id="open", prompt="Tell a story.", kind="open", answer_type=None, reference=None)]
 
-  def row(cell, prompt_id, text, answer, stop):
+  def row(cell, prompt_id, text, answer, stop, closed=False):
     return dict(cell_key=keys[cell], prompt_id=prompt_id, text=text, answer=answer, stop_reason=stop,
-                num_tokens=len(text.split()), thinking_tokens=0,
+                num_tokens=len(text.split()), thinking_tokens=0, closed_think=closed,
                 timing=dict(decode_tokens_per_second=10.0))
 
   rows = [
-      row(0, "sum", "the answer is 4", "4", "eos"),
+      row(0, "sum", "the answer is 4", "4", "eos", closed=True),
       row(0, "sum", "a b c d a b c d", "5", "max_tokens"),      # 5 four-grams, 1 repeats one
       row(0, "open", "x y z w x y z w x y z w", "", "eos"),      # 9 four-grams, 5 repeat
       row(1, "sum", "4", "4", "newlines"),
@@ -255,11 +255,12 @@ def test_summary_columns_recomputed_from_rows(tmp_path):
   path.write_text(sweep.summary_csv(sweep.summarize(rows, cells, prompts)))
   with open(path) as f:
     got = {r["cell_key"]: r for r in csv.DictReader(f)}
-  expected = {keys[0]: dict(rows=3, accuracy=1 / 2, eos_share=2 / 3, rep4_share=(0 + 1 / 5 + 5 / 9) / 3),
-              keys[1]: dict(rows=2, accuracy=1.0, eos_share=1 / 2, rep4_share=(0 + 0) / 2)}
+  expected = {keys[0]: dict(rows=3, accuracy=1 / 2, eos_share=2 / 3, rep4_share=(0 + 1 / 5 + 5 / 9) / 3,
+                            closed_think_share=1 / 3),
+              keys[1]: dict(rows=2, accuracy=1.0, eos_share=1 / 2, rep4_share=(0 + 0) / 2, closed_think_share=0.0)}
   for key, want in expected.items():
     assert int(got[key]["rows"]) == want["rows"]
-    for col in ("accuracy", "eos_share", "rep4_share"):
+    for col in ("accuracy", "eos_share", "rep4_share", "closed_think_share"):
       assert float(got[key][col]) == pytest.approx(want[col]), (key, col)
 
 
