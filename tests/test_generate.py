@@ -7,7 +7,6 @@ import itertools
 import numpy as np
 import pytest
 import torch
-import transformers
 
 import smollm3_jax
 from smollm3_jax.generate import COMPILE_COUNTS, Engine

@@ -44,7 +44,8 @@ class Mutation:
 MUTATIONS = (
     # ---- bugs that once survived the suite (issue 22) ----------------------------------------
     Mutation("pads_in_presence", "smollm3_jax/generate.py",
-             "  valid = slot >= start[:, None]\n", "  valid = slot >= 0\n",
+             "valid = jnp.arange(p, dtype=jnp.int32)[None, :] >= start[:, None]",
+             "valid = jnp.arange(p, dtype=jnp.int32)[None, :] >= 0",
              (G + "test_pad_slots_are_not_penalised",)),
     Mutation("eos_after_budget", "smollm3_jax/generate.py",
              "  reason = jnp.where(undecided & is_stop, _EOS, reason)\n"
