@@ -22,7 +22,8 @@ def theirs(demo_hf_model):
 def test_greedy_48_tokens_equal_transformers(ours, theirs):
   model, tok = ours
   prompt = "Give me three tips for learning to play the guitar."
-  res = smollm3_jax.generate(model, tok, [prompt], max_new_tokens=48, stop_ids=[])
+  res = smollm3_jax.generate(model, tok, [prompt], max_new_tokens=48, stop_ids=[], temperature=0.0,
+                             repetition_penalty=1.0, top_p=1.0)  # plain greedy (the demo's defaults sample)
   ids = res[0].prompt_token_ids
   with torch.no_grad():
     out = theirs.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
@@ -34,7 +35,7 @@ def test_greedy_48_tokens_equal_transformers(ours, theirs):
 
 def test_capital_of_france_is_paris(ours):
   model, tok = ours
-  res = smollm3_jax.generate(model, tok, ["What is the capital of France?"], max_new_tokens=32)
+  res = smollm3_jax.generate(model, tok, ["What is the capital of France?"], max_new_tokens=32, temperature=0.0)
   c = res[0]
   assert "Paris" in c.answer
   assert c.stop_reason == "eos"
