@@ -111,14 +111,21 @@ MUTATIONS = (
              "presence=sampling.update_presence(s.presence, tok, active)", "presence=s.presence",
              (G + "test_greedy_single_prompt_equals_transformers",)),
     Mutation("top_p_ignores_top_k_mask", "smollm3_jax/sampling.py",
-             "  s = _mask_below(s, cut_k)\n", "",
+             "  x = jax.lax.cond(jnp.any(params.top_k > 0),\n"
+             "                   lambda: jnp.where(_top_k_keep(keys, params.top_k), x, -jnp.inf), lambda: x)\n"
+             "  x = jax.lax.cond(jnp.any(params.top_p < 1.0),\n"
+             "                   lambda: jnp.where(_top_p_keep(x, keys, params.top_p), x, -jnp.inf), lambda: x)\n",
+             "  x0 = x\n"
+             "  x = jax.lax.cond(jnp.any(params.top_k > 0),\n"
+             "                   lambda: jnp.where(_top_k_keep(keys, params.top_k), x, -jnp.inf), lambda: x)\n"
+             "  x = jax.lax.cond(jnp.any(params.top_p < 1.0),\n"
+             "                   lambda: jnp.where(_top_p_keep(x0, keys, params.top_p), x, -jnp.inf), lambda: x)\n",
              (S + "test_top_p_sees_the_top_k_output",)),
     Mutation("top_p_drops_crossing_token", "smollm3_jax/sampling.py",
-             "first = jnp.argmax(~remove, axis=-1)",
-             "first = jnp.minimum(jnp.argmax(~remove, axis=-1) + 1, sorted_asc.shape[-1] - 1)",
+             "jnp.where(keys <= t[:, None], probs, 0.0)", "jnp.where(keys < t[:, None], probs, 0.0)",
              (S + "test_top_p_matches_transformers",)),
     Mutation("top_k_off_by_one", "smollm3_jax/sampling.py",
-             "(v - k)[:, None]", "jnp.maximum(v - k - 1, 0)[:, None]",
+             "dtype=jnp.int32)[:, None] >= k\n", "dtype=jnp.int32)[:, None] >= k + 1\n",
              (S + "test_top_k_matches_transformers",)),
     Mutation("min_p_absolute", "smollm3_jax/sampling.py",
              "return probs < min_p[:, None] * top", "return probs < min_p[:, None]",
