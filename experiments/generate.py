@@ -30,12 +30,12 @@ flags.DEFINE_integer("seed", 0, "Base seed; each row derives its own from it and
 cli.define_date_flag()
 flags.DEFINE_bool("stream", False, "Stream the (first) prompt's answer as it decodes.")
 flags.DEFINE_bool("show_thinking", True, "When streaming, also print the thinking part.")
-flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Parameter and activation dtype.")
+flags.DEFINE_enum("dtype", "auto", ["auto", "float32", "bfloat16"],
+                  "Parameter and activation dtype (auto: float32 on CPU, bfloat16 on GPU/TPU).")
 cli.define_quantize_flag()
 cli.define_mesh_flag()
 flags.DEFINE_string("output_json", None, "Write prompts, token ids, texts, stop reasons and stats here.")
-flags.DEFINE_bool("compilation_cache", True, "Persistent compilation cache (faster start-up from the second run; "
-                  "directory: $SMOLLM3_JAX_CACHE_DIR or ~/.cache/smollm3_jax/jax).")
+cli.define_compilation_cache_flag()
 
 
 def _nonblank_prompts(prompts) -> bool:
@@ -63,12 +63,9 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
 
   import smollm3_jax
-  from smollm3_jax import runtime
   from smollm3_jax.checkpoints.mapping import dtype_from_name
 
-  if FLAGS.compilation_cache:
-    runtime.enable_compilation_cache()
-  dtype = dtype_from_name(FLAGS.dtype)
+  dtype = None if FLAGS.dtype == "auto" else dtype_from_name(FLAGS.dtype)
   sampling_kwargs = cli.sampling_flag_values()  # validated when the flags were parsed
   kwargs = dict(chat=FLAGS.chat, thinking=FLAGS.thinking, **sampling_kwargs,
                 max_new_tokens=FLAGS.max_new_tokens, seed=FLAGS.seed,

@@ -38,8 +38,7 @@ cli.define_date_flag()
 flags.DEFINE_enum("dtype", "auto", ["auto", "float32", "bfloat16"],
                   "Parameter and activation dtype (auto: float32 on CPU, bfloat16 on GPU/TPU).")
 cli.define_quantize_flag()
-flags.DEFINE_bool("compilation_cache", True, "Persistent compilation cache (the second start compiles in a "
-                  "fraction of the time; directory: $SMOLLM3_JAX_CACHE_DIR or ~/.cache/smollm3_jax/jax).")
+cli.define_compilation_cache_flag()
 flags.DEFINE_bool("warmup", True, "Compile the first shape bucket before accepting requests.")
 flags.DEFINE_bool("access_log", False, "Log one line per HTTP request (uvicorn's access log).")
 
@@ -55,9 +54,6 @@ def main(argv):
   if FLAGS.context_length is not None and FLAGS.context_length > limit:
     raise app.UsageError(f"--context_length={FLAGS.context_length} exceeds the model's {limit} positions")
 
-  if FLAGS.compilation_cache:
-    from smollm3_jax import runtime
-    runtime.enable_compilation_cache()
   print(f"loading {FLAGS.checkpoint} ...", flush=True)
   model, tokenizer = chat.load_chat_model(FLAGS.checkpoint, tokenizer=FLAGS.tokenizer, dtype=FLAGS.dtype,
                                           quantize=FLAGS.quantize)

@@ -23,19 +23,14 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Sweep config file, e.g. configs/sweep.py:demo (argument: model preset).",
     lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (created; reused to resume).")
-_COMPILATION_CACHE = flags.DEFINE_bool(
-    "compilation_cache", True, "Persistent compilation cache (faster start-up from the second run; "
-    "directory: $SMOLLM3_JAX_CACHE_DIR or ~/.cache/smollm3_jax/jax).")
+cli.define_compilation_cache_flag()
 flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from smollm3_jax import runtime, sweep
-
-  if _COMPILATION_CACHE.value:
-    runtime.enable_compilation_cache()
+  from smollm3_jax import sweep
 
   try:  # the config's own checks: a usage error, before loading anything
     sweep.validate_config(sweep.to_plain(_CONFIG.value))
