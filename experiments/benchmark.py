@@ -43,6 +43,10 @@ flags.DEFINE_list("prompt_lengths", ["128", "512", "2048"], "Prefill rows: promp
 flags.DEFINE_list("batch_sizes", ["1", "8", "32"], "Decode rows: batch sizes.")
 flags.DEFINE_integer("new_tokens", 128, "Decode rows: new tokens per prompt (no early stop).")
 flags.DEFINE_bool("sweep", True, "Add the 3x3x2-settings x 8-prompts sweep row.")
+flags.DEFINE_list("cache_budgets", ["256", "1024", "4096"], "Cache-budget rows: allocated cache lengths (batch 8, "
+                  "the same prompt and 48 decode steps), each with the read window and with the whole cache read "
+                  "every step (the engine before read windows); empty = no budget rows.")
+flags.DEFINE_bool("sampled", True, "Add the sampled-vs-greedy decode rows (batch 32, T=0.7, top_p=0.95, min_p=0.05).")
 flags.DEFINE_integer("sweep_new_tokens", 32, "Sweep row: new tokens per row.")
 flags.DEFINE_enum("compare", "none", ["none", "transformers"], "Also run transformers generate on the same weights.")
 flags.DEFINE_integer("repeats", 3, "Timed repetitions per row (best is reported; all are in the JSON).")
@@ -161,8 +165,9 @@ class Ours:
 
   def run(self, prompt_ids, new_tokens, **settings):
     """GenerationResult of a greedy (unless settings say otherwise) run of exactly new_tokens per row."""
+    from smollm3_jax.generation_defaults import GREEDY  # not the checkpoint's (sampled) defaults
     return self.gen.generate(self.model, self.tokenizer, prompt_ids, max_new_tokens=new_tokens,
-                             stop_ids=[], **settings)
+                             stop_ids=[], **{**GREEDY, **settings})
 
 
 class Theirs:
@@ -332,6 +337,49 @@ def bench_sweep(ours, theirs, model, tokenizer, new_tokens, repeats, seed):
   return [row]
 
 
+def bench_budget(model, tokenizer, budgets, repeats, seed, batch=8, steps=48):
+  """Decode tokens/s at allocated caches ``budgets`` for the same prompt and steps, with the read
+  window (this engine) and with the whole cache read every step; greedy tokens must agree."""
+  import smollm3_jax
+  from smollm3_jax.generate import Engine
+
+  cfg = model.config
+  ids = chat_prompt_ids(tokenizer, cfg.vocab_size, 1, seed=seed) * batch
+  rows, reference = [], None
+  for budget in budgets:
+    for label, windows in (("window", None), ("whole cache", ())):
+      kw = {} if windows is None else dict(window_buckets=windows)
+      engine = Engine(model, tokenizer, buckets=(64, budget), batch_buckets=(batch,), **kw)
+      run = lambda: smollm3_jax.generate(model, tokenizer, ids, max_new_tokens=steps + 1, stop_ids=[],
+                                         temperature=0.0, engine=engine)
+      first = run()
+      times = [run().stats.decode_seconds for _ in range(repeats)]
+      toks = [c.token_ids for c in first]
+      reference = reference or toks
+      row = dict(kind="budget", cache=budget, read=label, batch=batch, steps=steps,
+                 cache_length=first.stats.cache_length, compile_seconds=first.stats.compile_seconds,
+                 ours_decode_seconds=times, ours_tokens_per_second=batch * steps / _best(times),
+                 same_tokens=toks == reference)
+      rows.append(row)
+      _print_row(row)
+  return rows
+
+
+def bench_sampled(ours, model, tokenizer, repeats, seed, batch=32, new_tokens=40):
+  """Decode tokens/s at batch ``batch``: greedy, and sampled with T=0.7, top_p=0.95, min_p=0.05."""
+  ids = chat_prompt_ids(tokenizer, model.config.vocab_size, batch, seed=seed)
+  rows = []
+  for label, settings in (("greedy", dict(temperature=0.0)),
+                          ("sampled", dict(temperature=0.7, top_p=0.95, min_p=0.05, seed=seed))):
+    first = ours.run(ids, new_tokens, **settings)
+    times = [ours.run(ids, new_tokens, **settings).stats.decode_seconds for _ in range(repeats)]
+    row = dict(kind="sampling", mode=label, batch=batch, compile_seconds=first.stats.compile_seconds,
+               ours_decode_seconds=times, ours_tokens_per_second=batch * (new_tokens - 1) / _best(times))
+    rows.append(row)
+    _print_row(row)
+  return rows
+
+
 def _print_row(row):
   print("  " + json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()
                            if not isinstance(v, list)}), flush=True)
@@ -346,6 +394,10 @@ def format_table(rows, bandwidth) -> str:
       name = f"prefill {r['prompt_length']} tok"
     elif r["kind"] == "decode":
       name = f"decode batch {r['batch']}"
+    elif r["kind"] == "budget":
+      name = f"cache {r['cache']}, {r['read']}"
+    elif r["kind"] == "sampling":
+      name = f"decode b{r['batch']} {r['mode']}"
     else:
       name = f"sweep {r['settings']}x{r['prompts']} ({r['rows']} rows)"
     def fmt(v, spec):
@@ -361,8 +413,8 @@ def format_table(rows, bandwidth) -> str:
   return "\n".join(lines)
 
 
-def targets_text(rows, quantize: str = "none") -> str:
-  """The issue's CPU targets for the demo checkpoint (f32, 128 new tokens), met or not."""
+def targets_text(rows, quantize: str = "none", dtype: str = "float32") -> str:
+  """The issues' CPU targets for the demo checkpoint, met or not (those whose rows ran)."""
   by = {(r["kind"], r.get("batch")): r for r in rows}
   out = []
 
@@ -381,7 +433,14 @@ def targets_text(rows, quantize: str = "none") -> str:
     check("decode batch 8 vs transformers", d8.get("ratio"), 3.0)
   if sweep:
     check("sweep vs transformers", sweep.get("ratio"), 5.0)
-  mode = "f32" if quantize == "none" else f"ours {quantize} weights, transformers f32"
+  windowed = {r["cache"]: r for r in rows if r["kind"] == "budget" and r["read"] == "window"}
+  if windowed:
+    small, large = windowed[min(windowed)], windowed[max(windowed)]
+    check(f"decode with a {large['cache']}-slot cache vs {small['cache']} (read window)",
+          large["ours_tokens_per_second"] / small["ours_tokens_per_second"], 0.85)
+    out.append(f"  greedy tokens identical across the cache budgets: "
+               f"{all(r['same_tokens'] for r in rows if r['kind'] == 'budget')}")
+  mode = dtype if quantize == "none" else f"ours {quantize} weights, transformers {dtype}"
   return f"targets (demo checkpoint, 2-core CPU, {mode}):\n" + "\n".join(out) if out else ""
 
 
@@ -510,6 +569,10 @@ def main(argv):
   rows += bench_decode(ours, theirs, model, tokenizer, batches, FLAGS.new_tokens, FLAGS.repeats, bw, FLAGS.seed)
   if FLAGS.sweep:
     rows += bench_sweep(ours, theirs, model, tokenizer, FLAGS.sweep_new_tokens, FLAGS.repeats, FLAGS.seed)
+  if FLAGS.cache_budgets:
+    rows += bench_budget(model, tokenizer, [int(b) for b in FLAGS.cache_budgets], FLAGS.repeats, FLAGS.seed)
+  if FLAGS.sampled:
+    rows += bench_sampled(ours, model, tokenizer, FLAGS.repeats, FLAGS.seed)
   report["rows"] = rows
   report["peak_device_memory_bytes"] = probes.peak_memory_bytes()
   report["host_peak_rss_bytes"] = probes.host_peak_rss_bytes()
@@ -520,8 +583,8 @@ def main(argv):
   print(f"peak device memory: {mem / 2**20:.0f} MiB" if mem else
         f"peak device memory: not reported by the backend (process peak RSS "
         f"{(report['host_peak_rss_bytes'] or 0) / 2**20:.0f} MiB)")
-  if FLAGS.checkpoint == "demo" and FLAGS.dtype == "float32" and theirs is not None:
-    text = targets_text(rows, FLAGS.quantize)
+  if FLAGS.checkpoint == "demo":
+    text = targets_text(rows, FLAGS.quantize, FLAGS.dtype)
     if text:
       print(text)
   _write(report)

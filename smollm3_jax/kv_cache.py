@@ -1,8 +1,13 @@
 """The functional KV cache: a pytree passed into the model and returned updated.
 
-All rows write at the same slot (``index``): prompts are left-padded to a common length, and
-row b's real tokens start at slot ``start[b]``. The cache length is fixed at compile time and
-chosen from a small set of buckets, so prompts of different lengths share one compiled program.
+Each row has its own length: row b's tokens sit at slots ``[0, lengths[b])`` and slot s holds
+position s (prompts are left-aligned; a batch's shorter prompts are padded on the right, and those
+pad slots are overwritten as the row generates). New tokens of row b are written at
+``lengths[b]``, so rows advance independently (what continuous batching needs). Attention may read
+only a window ``[0, W)`` of the slots, a static bucket covering every row's length: the cost of a
+decode step then follows the text written, not the allocated cache. The cache length is fixed at
+compile time and chosen from a small set of buckets, so prompts of different lengths share one
+compiled program.
 
 Imports only the config. The default batch buckets live here too, beside the length buckets, so
 that both the engine and :mod:`smollm3_jax.sharding` can use them without importing each other.
@@ -44,14 +49,12 @@ class KVCache:
   """Keys and values of every layer.
 
   k, v: tuples (one per layer) of [B, KVH, S, D] arrays (head-major: attention reads them without
-  a transpose); start: [B] int32, first real slot per row;
-  index: [] int32, the next slot to write (shared by all rows).
+  a transpose); lengths: [B] int32, the slots filled in each row (= the next slot it writes).
   """
 
   k: tuple[jax.Array, ...]
   v: tuple[jax.Array, ...]
-  start: jax.Array
-  index: jax.Array
+  lengths: jax.Array
 
   @staticmethod
   def layer_shape(config: SmolLM3Config, batch: int, length: int) -> tuple[int, int, int, int]:
@@ -60,11 +63,11 @@ class KVCache:
 
   @classmethod
   def init(cls, config: SmolLM3Config, batch: int, length: int, dtype=jnp.float32,
-           start: jax.Array | None = None) -> "KVCache":
+           lengths: jax.Array | None = None) -> "KVCache":
     shape = cls.layer_shape(config, batch, length)
     zeros = lambda: tuple(jnp.zeros(shape, dtype) for _ in range(config.num_hidden_layers))
-    start = jnp.zeros((batch,), jnp.int32) if start is None else jnp.asarray(start, jnp.int32)
-    return cls(k=zeros(), v=zeros(), start=start, index=jnp.zeros((), jnp.int32))
+    lengths = jnp.zeros((batch,), jnp.int32) if lengths is None else jnp.asarray(lengths, jnp.int32)
+    return cls(k=zeros(), v=zeros(), lengths=lengths)
 
   @property
   def batch(self) -> int:
@@ -75,10 +78,19 @@ class KVCache:
     """Capacity in tokens (static)."""
     return self.k[0].shape[2]
 
-  def attention_mask(self, num_new: int) -> jax.Array:
-    """[B, num_new, S] bool: new token t of row b sees slots start[b] .. index + t."""
-    slots = jnp.arange(self.length, dtype=jnp.int32)
-    query_slots = self.index + jnp.arange(num_new, dtype=jnp.int32)
-    causal = slots[None, :] <= query_slots[:, None]
-    valid = slots[None, :] >= self.start[:, None]
-    return causal[None, :, :] & valid[:, None, :]
+  def attention_mask(self, num_new: int, window: int | None = None) -> jax.Array:
+    """[B, num_new, W] bool: new token t of row b (written at slot lengths[b] + t) sees slots
+    0 .. lengths[b] + t of the first W (default: all) slots."""
+    slots = jnp.arange(window or self.length, dtype=jnp.int32)
+    query_slots = self.lengths[:, None] + jnp.arange(num_new, dtype=jnp.int32)[None, :]
+    return slots[None, None, :] <= query_slots[:, :, None]
+
+  def write(self, cache: jax.Array, new: jax.Array) -> jax.Array:
+    """One layer's cache [B, KVH, S, D] with ``new`` [B, KVH, T, D] written at each row's length."""
+    put = lambda c, x, i: jax.lax.dynamic_update_slice(c, x.astype(c.dtype), (0, i, 0))
+    return jax.vmap(put)(cache, new, self.lengths)
+
+
+def window_length(needed: int, length: int, buckets: Sequence[int] = DEFAULT_BUCKETS) -> int:
+  """The read window for ``needed`` slots: the smallest length bucket >= needed, at most the cache."""
+  return min(bucket_length(max(needed, 1), buckets), length)

@@ -149,11 +149,12 @@ class Attention(nnx.Module):
     self.o_proj = _linear(c.num_attention_heads * c.head_dim, c.hidden_size, c.attention_bias, **kw)
 
   def __call__(self, x: Array, cos: Array, sin: Array, mask: Array, k_cache: Array | None = None,
-               v_cache: Array | None = None, write_index: Array | None = None
+               v_cache: Array | None = None, cache: KVCache | None = None
                ) -> tuple[Array, Array | None, Array | None]:
-    """x: [B, T, hidden]; cos, sin: [B, T, D] RoPE tables; mask: [B, T, S] bool. With a cache
-    ([B, KVH, S, D] each), the new keys/values are written at slots [write_index, write_index + T)
-    and attention reads the whole cache. Returns (out [B, T, hidden], k_cache, v_cache)."""
+    """x: [B, T, hidden]; cos, sin: [B, T, D] RoPE tables; mask: [B, T, W] bool. With a cache
+    (this layer's k/v [B, KVH, S, D] and ``cache`` for the rows' lengths), the new keys/values are
+    written at each row's slots [lengths[b], lengths[b] + T) and attention reads the first W slots
+    (W = the mask's width). Returns (out [B, T, hidden], k_cache, v_cache)."""
     c = self.config
     b, t, _ = x.shape
     q = self.q_proj(x).reshape(b, t, c.num_attention_heads, c.head_dim)
@@ -163,10 +164,9 @@ class Attention(nnx.Module):
       q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
     k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, KVH, T, D]
     if k_cache is not None:
-      zero = jnp.zeros((), jnp.int32)
-      k_cache = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), (zero, zero, write_index, zero))
-      v_cache = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), (zero, zero, write_index, zero))
-      k, v = k_cache.astype(q.dtype), v_cache.astype(q.dtype)
+      k_cache, v_cache = cache.write(k_cache, k), cache.write(v_cache, v)
+      w = mask.shape[-1]  # the read window: only slots that can hold this batch's tokens
+      k, v = k_cache[:, :, :w].astype(q.dtype), v_cache[:, :, :w].astype(q.dtype)
     return self.o_proj(attend(q, k, v, mask)), k_cache, v_cache
 
 
@@ -194,11 +194,10 @@ class DecoderLayer(nnx.Module):
     self.mlp = MLP(config, rngs=rngs, **kw)
 
   def __call__(self, x: Array, cos: Array, sin: Array, mask: Array, k_cache: Array | None = None,
-               v_cache: Array | None = None, write_index: Array | None = None
+               v_cache: Array | None = None, cache: KVCache | None = None
                ) -> tuple[Array, Array | None, Array | None]:
     """x: [B, T, hidden] -> (x [B, T, hidden], k_cache, v_cache), as :meth:`Attention.__call__`."""
-    h, k_cache, v_cache = self.self_attn(self.input_layernorm(x), cos, sin, mask, k_cache, v_cache,
-                                         write_index)
+    h, k_cache, v_cache = self.self_attn(self.input_layernorm(x), cos, sin, mask, k_cache, v_cache, cache)
     x = x + h
     x = x + self.mlp(self.post_attention_layernorm(x))
     return x, k_cache, v_cache
@@ -229,16 +228,18 @@ class SmolLM3(nnx.Module):
       self.lm_head = _linear(config.hidden_size, config.vocab_size, False, rngs=rngs, **kw)
 
   def hidden_states(self, tokens: Array, positions: Array | None = None,
-                    cache: KVCache | None = None) -> tuple[Array, KVCache | None]:
+                    cache: KVCache | None = None, window: int | None = None) -> tuple[Array, KVCache | None]:
     """Final-normed hidden states [B, T, hidden] and the updated cache.
 
-    tokens, positions: int32 [B, T]. Positions default to 0..T-1. With a cache, the tokens are written
-    at slots ``cache.index .. cache.index + T - 1``; slot s of row b is visible to query t iff
-    ``cache.start[b] <= s <= cache.index + t`` (left padding lies before ``start``).
+    tokens, positions: int32 [B, T]. Positions default to 0..T-1, or with a cache to each row's
+    ``lengths[b] .. lengths[b] + T - 1`` (its slots). With a cache, row b's tokens are written at
+    slots ``lengths[b] ..`` and query t sees slots ``0 .. lengths[b] + t``; ``window`` (static, default
+    the whole cache) bounds the slots attention reads: it must cover every row's new slots.
     """
     b, t = tokens.shape
     if positions is None:
-      positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+      offset = cache.lengths[:, None] if cache is not None else 0
+      positions = offset + jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
     x = self.embed_tokens(tokens).astype(self.dtype)
     cos, sin = rope_tables(positions, self.config, self.dtype)
 
@@ -249,13 +250,13 @@ class SmolLM3(nnx.Module):
         x, _, _ = layer(x, cos, sin, mask)
       return self.norm(x), None
 
-    mask = cache.attention_mask(t)
+    mask = cache.attention_mask(t, window)
     new_k, new_v = [], []
     for layer, k_c, v_c in zip(self.layers, cache.k, cache.v):
-      x, k_c, v_c = layer(x, cos, sin, mask, k_c, v_c, cache.index)
+      x, k_c, v_c = layer(x, cos, sin, mask, k_c, v_c, cache)
       new_k.append(k_c)
       new_v.append(v_c)
-    return self.norm(x), cache.replace(k=tuple(new_k), v=tuple(new_v), index=cache.index + t)
+    return self.norm(x), cache.replace(k=tuple(new_k), v=tuple(new_v), lengths=cache.lengths + t)
 
   def logits(self, hidden: Array) -> Array:
     """LM head: [..., hidden] -> [..., vocab] logits (tied to the embedding unless configured)."""
@@ -264,9 +265,9 @@ class SmolLM3(nnx.Module):
     return self.lm_head(hidden)
 
   def __call__(self, tokens: Array, positions: Array | None = None,
-               cache: KVCache | None = None) -> tuple[Array, KVCache | None]:
+               cache: KVCache | None = None, window: int | None = None) -> tuple[Array, KVCache | None]:
     """logits [B, T, vocab] and the updated cache (None without a cache)."""
-    hidden, cache = self.hidden_states(tokens, positions, cache)
+    hidden, cache = self.hidden_states(tokens, positions, cache, window)
     return self.logits(hidden), cache
 
 

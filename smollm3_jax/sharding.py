@@ -280,19 +280,18 @@ class MeshSharding:
           f"buckets that are multiples of it (MeshSharding.engine_kwargs() gives them) or a smaller "
           f"data axis")
 
-  def init_cache(self, config: SmolLM3Config, batch: int, length: int, dtype=jnp.float32, start=None):
+  def init_cache(self, config: SmolLM3Config, batch: int, length: int, dtype=jnp.float32, lengths=None):
     """An empty KVCache created directly in its sharding (never whole on one device)."""
     from smollm3_jax.kv_cache import KVCache
 
     self.check_batch(batch)
-    start = np.zeros((batch,), np.int32) if start is None else np.asarray(start, np.int32)
+    lengths = np.zeros((batch,), np.int32) if lengths is None else np.asarray(lengths, np.int32)
     shape = KVCache.layer_shape(config, batch, length)
     kv = self.cache_sharding(shape)
     zeros = jax.jit(lambda: jnp.zeros(shape, dtype), out_shardings=kv)
     layers = config.num_hidden_layers
     return KVCache(k=tuple(zeros() for _ in range(layers)), v=tuple(zeros() for _ in range(layers)),
-                   start=jax.device_put(start, self.batch_sharding(1)),
-                   index=jax.device_put(np.zeros((), np.int32), self.replicated()))
+                   lengths=jax.device_put(lengths, self.batch_sharding(1)))
 
   def batch_sharding(self, ndim: int) -> NamedSharding:
     """Leading (batch) dimension on data, the rest replicated."""
@@ -303,16 +302,15 @@ class MeshSharding:
     kv = self.cache_sharding(cache.k[0].shape)
     return cache.replace(k=tuple(jax.device_put(x, kv) for x in cache.k),
                          v=tuple(jax.device_put(x, kv) for x in cache.v),
-                         start=jax.device_put(cache.start, self.batch_sharding(1)),
-                         index=jax.device_put(cache.index, self.replicated()))
+                         lengths=jax.device_put(cache.lengths, self.batch_sharding(1)))
 
-  def place_batch(self, tokens, start, cache, rest):
-    """The engine's hook: prompt tokens [B, P], start [B], the KV cache and the DecodeState
+  def place_batch(self, tokens, lengths, cache, rest):
+    """The engine's hook: prompt tokens [B, P], their lengths [B], the KV cache and the DecodeState
     (per-row fields on data, shared scalars/tables replicated)."""
     batch = tokens.shape[0]
     self.check_batch(batch)
     tokens = jax.device_put(tokens, self.batch_sharding(2))
-    start = jax.device_put(start, self.batch_sharding(1))
+    lengths = jax.device_put(lengths, self.batch_sharding(1))
     cache = self.place_cache(cache)
 
     def put(path, x):
@@ -322,7 +320,7 @@ class MeshSharding:
       return jax.device_put(x, self.batch_sharding(x.ndim))
 
     rest = jax.tree_util.tree_map_with_path(put, rest.replace(cache=None)).replace(cache=cache)
-    return tokens, start, cache, rest
+    return tokens, lengths, cache, rest
 
   def engine_kwargs(self, batch_buckets: Sequence[int] | None = None) -> dict:
     """Engine arguments that keep every padded batch a multiple of the data axis."""

@@ -29,15 +29,22 @@ def test_benchmark_tiny_vs_transformers(tmp_path):
   proc = _run(["--checkpoint=random", "--preset=tiny", "--num_layers=2", "--prompt_lengths=16",
                "--batch_sizes=1,2", "--new_tokens=3", "--sweep_new_tokens=2", "--repeats=1",
                "--compare=transformers", "--bandwidth_gbps=10", f"--cache_dir={tmp_path / 'cc'}",
-               f"--output_json={out}"], tmp_path)
+               "--cache_budgets=256,1024", f"--output_json={out}"], tmp_path)
   assert "decode batch 2" in proc.stdout and "ratio" in proc.stdout
   report = json.loads(out.read_text())
   assert report["bandwidth_gbps"] == 10
   kinds = [r["kind"] for r in report["rows"]]
-  assert kinds == ["prefill", "decode", "decode", "sweep"]
-  prefill, d1, d2, sweep = report["rows"]
+  assert kinds == ["prefill", "decode", "decode", "sweep"] + ["budget"] * 4 + ["sampling"] * 2
+  prefill, d1, d2, sweep = report["rows"][:4]
+  budget, sampling_rows = report["rows"][4:8], report["rows"][8:]
+  # The cache-budget rows: each allocated cache read through the window and whole; same greedy tokens.
+  assert [(r["cache"], r["read"]) for r in budget] == [(256, "window"), (256, "whole cache"),
+                                                        (1024, "window"), (1024, "whole cache")]
+  assert all(r["same_tokens"] and r["ours_tokens_per_second"] > 0 for r in budget)
+  assert [r["mode"] for r in sampling_rows] == ["greedy", "sampled"]
+  assert all(r["ours_tokens_per_second"] > 0 and r["batch"] == 32 for r in sampling_rows)
   assert prefill["prompt_length"] == 16
-  for row in report["rows"]:
+  for row in report["rows"][:4]:
     for key in ("ours_tokens_per_second", "theirs_tokens_per_second", "ratio", "compile_seconds"):
       assert row[key] is not None and row[key] >= 0, (row["kind"], key)
   for row in (d1, d2):

@@ -20,7 +20,7 @@ def _decode_hlo(params) -> str:
   n, args = engine.prepare([[5, 6, 7]] * 4, params=params, seeds=np.arange(4, dtype=np.uint32),
                            max_new_tokens=np.full(4, 8), newline_limit=np.zeros(4, np.int64), stop_ids=[])
   state, _ = next(iter(engine.run(n, args)))
-  return _decode_jit.lower(engine.graphdef, engine.state, state, np.int32(8)).compile().as_text()
+  return _decode_jit.lower(engine.graphdef, engine.state, state, np.int32(8), window=32).compile().as_text()
 
 
 def test_decode_program_has_no_vocabulary_sort():
