@@ -158,8 +158,8 @@ def chat_prompt_ids(tokenizer, vocab_size: int, n: int, *, thinking: bool = Fals
 # --------------------------------------------------------------------------------------------
 class Ours:
   def __init__(self, model, tokenizer):
-    import importlib
-    self.gen = importlib.import_module("smollm3_jax.generate")  # the package attribute is the function
+    from smollm3_jax import api
+    self.gen = api
     self.model = model
     self.tokenizer = tokenizer
 
@@ -341,7 +341,7 @@ def bench_budget(model, tokenizer, budgets, repeats, seed, batch=8, steps=48):
   """Decode tokens/s at allocated caches ``budgets`` for the same prompt and steps, with the read
   window (this engine) and with the whole cache read every step; greedy tokens must agree."""
   import smollm3_jax
-  from smollm3_jax.generate import Engine
+  from smollm3_jax.engine import Engine
 
   cfg = model.config
   ids = chat_prompt_ids(tokenizer, cfg.vocab_size, 1, seed=seed) * batch

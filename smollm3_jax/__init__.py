@@ -10,14 +10,13 @@ from smollm3_jax.config import SmolLM3Config
 from smollm3_jax.kv_cache import KVCache
 from smollm3_jax.model import SmolLM3
 
-# Note: the functions shadow their modules' names as package attributes on purpose
-# (`smollm3_jax.generate(...)`); import module members with `from smollm3_jax.generate import ...`.
-from smollm3_jax.generate import Completion, Engine, GenerationResult, GenerationStats, generate, stream  # noqa: E402
+from smollm3_jax.api import Completion, GenerationResult, GenerationStats, Stream, generate, stream  # noqa: E402
+from smollm3_jax.engine import Engine  # noqa: E402
 from smollm3_jax.thinking import split_thinking  # noqa: E402
 from smollm3_jax.tokenizer import Tokenizer  # noqa: E402
 from smollm3_jax.checkpoints import from_pretrained, load_config  # noqa: E402
 
 __all__ = [
     "SmolLM3Config", "SmolLM3", "KVCache", "sampling", "generate", "stream", "Engine", "Completion",
-    "GenerationResult", "GenerationStats", "Tokenizer", "split_thinking", "from_pretrained", "load_config",
+    "GenerationResult", "GenerationStats", "Stream", "Tokenizer", "split_thinking", "from_pretrained", "load_config",
 ]

@@ -68,8 +68,6 @@ PARAM_AXES[("gate_up_proj", "qkernel")] = ("mlp", "embed")  # gate/up rows inter
 PARAM_AXES[("gate_up_proj", "qscale")] = ("mlp",)
 PARAM_AXES[("gate_up_proj", "bias")] = ("mlp",)
 CACHE_AXES = ("batch", "kv_heads", "length", "head_dim")  # KVCache.k[i] / .v[i]: [B, KVH, S, D]
-# DecodeState fields that are not per row (everything else has a leading batch dimension).
-_REPLICATED_FIELDS = {"step", "context_limit", "stop_ids", "newline_ids", "pad_id"}
 
 _log = logging.getLogger(__name__)
 
@@ -304,23 +302,19 @@ class MeshSharding:
                          v=tuple(jax.device_put(x, kv) for x in cache.v),
                          lengths=jax.device_put(cache.lengths, self.batch_sharding(1)))
 
-  def place_batch(self, tokens, lengths, cache, rest):
-    """The engine's hook: prompt tokens [B, P], their lengths [B], the KV cache and the DecodeState
-    (per-row fields on data, shared scalars/tables replicated)."""
-    batch = tokens.shape[0]
-    self.check_batch(batch)
-    tokens = jax.device_put(tokens, self.batch_sharding(2))
-    lengths = jax.device_put(lengths, self.batch_sharding(1))
-    cache = self.place_cache(cache)
+  def place_batch(self, per_row, shared):
+    """The engine's hook: ``per_row`` (a pytree whose array leaves all lead with the batch
+    dimension; scalars among them are replicated) goes on the data axis, ``shared`` (a pytree of
+    batch-wide values) is replicated. Returns both placed."""
 
-    def put(path, x):
-      field = getattr(path[0], "name", None) if path else None
-      if field in _REPLICATED_FIELDS or np.ndim(x) == 0 or x.shape[0] != batch:
+    def put_row(x):
+      if np.ndim(x) == 0:
         return jax.device_put(x, self.replicated())
-      return jax.device_put(x, self.batch_sharding(x.ndim))
+      self.check_batch(x.shape[0])
+      return jax.device_put(x, self.batch_sharding(np.ndim(x)))
 
-    rest = jax.tree_util.tree_map_with_path(put, rest.replace(cache=None)).replace(cache=cache)
-    return tokens, lengths, cache, rest
+    return (jax.tree.map(put_row, per_row),
+            jax.tree.map(lambda x: jax.device_put(x, self.replicated()), shared))
 
   def engine_kwargs(self, batch_buckets: Sequence[int] | None = None) -> dict:
     """Engine arguments that keep every padded batch a multiple of the data axis."""

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import smollm3_jax
-from smollm3_jax.generate import COMPILE_COUNTS, Engine
+from smollm3_jax.engine import COMPILE_COUNTS, Engine
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from flax import nnx
 
 import smollm3_jax
 from smollm3_jax import quantize as Q
-from smollm3_jax.generate import COMPILE_COUNTS, Engine
+from smollm3_jax.engine import COMPILE_COUNTS, Engine
 
 
 def test_quantize_rows_matches_torch_per_channel():

@@ -50,7 +50,7 @@ def _child(workdir: str) -> dict:
   from smollm3_jax import config as C
   from smollm3_jax import quantize
   from smollm3_jax import sharding as S
-  from smollm3_jax.generate import Engine, get_engine
+  from smollm3_jax.engine import Engine, get_engine
   from smollm3_jax.model import SmolLM3
 
   out: dict = {"devices": len(jax.devices())}
@@ -76,12 +76,13 @@ def _child(workdir: str) -> dict:
     model = smollm3_jax.from_pretrained(ckpt, mesh=f"data={d},model={m}")  # placed shard by shard by the loader hook
     res = smollm3_jax.generate(model, None, prompts, **kw)
     eng = get_engine(model)
-    _, (tokens, start, cache, rest, _) = eng.prepare(
+    _, batch = eng.prepare(
         prompts, params=smollm3_jax.sampling.SamplingParams.make(3), seeds=np.zeros(3, np.uint32),
         max_new_tokens=np.full(3, NEW), newline_limit=np.zeros(3, np.int64), stop_ids=[])
-    placed = dict(cache=specs(cache.k[0]), tokens_in=specs(tokens), presence=specs(rest.presence))
+    placed = dict(cache=specs(batch.cache.k[0]), tokens_in=specs(batch.tokens),
+                  presence=specs(batch.carry.presence))
     s = None
-    for s, _ in eng.run(3, (tokens, start, cache, rest)):  # donates the cache
+    for s, _ in eng.run(3, batch):  # donates the cache
       pass
     one = smollm3_jax.generate(model, None, prompts[:1], **kw) if m != "8" else res
     out[spec] = dict(
@@ -271,7 +272,7 @@ def test_single_device_mesh_leaves_generation_untouched():
 
   from smollm3_jax import config as C
   from smollm3_jax import sharding as S
-  from smollm3_jax.generate import generate
+  from smollm3_jax.api import generate
   from smollm3_jax.model import SmolLM3
 
   model = SmolLM3(C.tiny(num_layers=2), rngs=nnx.Rngs(0))

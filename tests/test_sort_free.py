@@ -11,16 +11,18 @@ from flax import nnx
 import smollm3_jax
 from smollm3_jax import config as C
 from smollm3_jax import sampling
-from smollm3_jax.generate import Engine, _decode_jit
+from smollm3_jax.engine import Engine
+from smollm3_jax.decode import decode_jit
 
 
 def _decode_hlo(params) -> str:
   model = smollm3_jax.SmolLM3(C.tiny(vocab_size=1000), dtype=jnp.float32, rngs=nnx.Rngs(0))
   engine = Engine(model, None, buckets=(16, 32), batch_buckets=(4,))
-  n, args = engine.prepare([[5, 6, 7]] * 4, params=params, seeds=np.arange(4, dtype=np.uint32),
-                           max_new_tokens=np.full(4, 8), newline_limit=np.zeros(4, np.int64), stop_ids=[])
-  state, _ = next(iter(engine.run(n, args)))
-  return _decode_jit.lower(engine.graphdef, engine.state, state, np.int32(8), window=32).compile().as_text()
+  n, batch = engine.prepare([[5, 6, 7]] * 4, params=params, seeds=np.arange(4, dtype=np.uint32),
+                            max_new_tokens=np.full(4, 8), newline_limit=np.zeros(4, np.int64), stop_ids=[])
+  state, _ = next(iter(engine.run(n, batch)))
+  return decode_jit.lower(engine.graphdef, engine.state, state, batch.rows, batch.shared, np.int32(8),
+                          window=32).compile().as_text()
 
 
 def test_decode_program_has_no_vocabulary_sort():

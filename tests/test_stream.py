@@ -61,7 +61,7 @@ def test_stream_pieces_concatenate_to_generated_text(model, tok):
 
 
 def test_stream_reuses_compiled_programs(model, tok):
-  from smollm3_jax.generate import COMPILE_COUNTS
+  from smollm3_jax.engine import COMPILE_COUNTS
 
   # (the same prompt: another length may reach another read-window bucket, one more program)
   list(smollm3_jax.stream(model, tok, "again", max_new_tokens=12, chunk_steps=2))

@@ -14,7 +14,8 @@ import pytest
 
 from smollm3_jax import metrics as M
 from smollm3_jax import sweep
-from smollm3_jax.generate import COMPILE_COUNTS, generate
+from smollm3_jax.engine import COMPILE_COUNTS
+from smollm3_jax.api import generate
 
 from _helpers import sweep_config, tiny_sweep_config as _tiny_config
 

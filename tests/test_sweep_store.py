@@ -13,7 +13,6 @@ import types
 
 import pytest
 
-import smollm3_jax
 from smollm3_jax import chat_format, files, sweep
 
 from _helpers import ROOT, tiny_sweep_config

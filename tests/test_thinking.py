@@ -90,7 +90,7 @@ def test_chat_session_and_sweep_rows_use_the_same_rule():
 
   from smollm3_jax import chat
   from smollm3_jax.sweep import run
-  gen_module = sys.modules["smollm3_jax.generate"]  # the module (the package exports the function)
+  gen_module = sys.modules["smollm3_jax.api"]
 
   assert chat.ThinkingSplitter is ThinkingSplitter and chat.prompt_opens_thinking is thinking.prompt_opens_thinking
   assert run.has_closed_thinking is has_closed_thinking

@@ -9,7 +9,7 @@ from flax import nnx
 
 import smollm3_jax
 from smollm3_jax import config as C
-from smollm3_jax.generate import COMPILE_COUNTS
+from smollm3_jax.engine import COMPILE_COUNTS
 from smollm3_jax import validation
 
 

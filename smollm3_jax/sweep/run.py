@@ -1,7 +1,7 @@
 """Runs (or resumes) a sweep: plan, lock the workdir, run the missing rows in fixed-shape batches,
 write the summary and plots.
 
-Rows run in batches of one fixed size through one :class:`~smollm3_jax.generate.Engine` whose
+Rows run in batches of one fixed size through one :class:`~smollm3_jax.engine.Engine` whose
 prompt and cache buckets are fixed for the whole sweep, so prefill and decode compile once.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from typing import Any, Callable, Mapping
+from typing import Callable, Mapping
 
 import numpy as np
 
@@ -35,7 +35,7 @@ class SweepOutcome:
 
 def _render(tokenizer, prompts, cells, chat: bool, date: str) -> dict[tuple[str, bool], list[int]]:
   """Token ids of every (prompt id, thinking) pair used by the grid, rendered on chat day ``date``."""
-  from smollm3_jax.generate import render_prompts
+  from smollm3_jax.api import render_prompts
 
   out = {}
   for think in sorted({c["thinking"] for c in cells}):
@@ -110,27 +110,9 @@ def _run_locked(wd, cfg, prompts, cells, rows, model, tokenizer, progress, log, 
                       table=table)
 
 
-_ENGINES: dict[tuple, Any] = {}
-
-
-def _engine(model, tokenizer, p_len: int, cache_len: int, batch: int):
-  """An Engine with one prompt bucket, one cache length and one batch size, reused by later sweeps
-  of the same model and shapes in this process (so a resumed sweep does not recompile)."""
-  from smollm3_jax.generate import Engine
-
-  key = (id(model), id(tokenizer), p_len, cache_len, batch)
-  eng = _ENGINES.get(key)
-  if eng is None or eng.model is not model or eng.tokenizer is not tokenizer:
-    eng = Engine(model, tokenizer, buckets=(p_len, cache_len), batch_buckets=(batch,))
-    while len(_ENGINES) >= 4:  # engines hold their model: keep only the latest few
-      _ENGINES.pop(next(iter(_ENGINES)))
-    _ENGINES[key] = eng
-  return eng
-
-
 def _run_rows(model, tokenizer, cfg, prompts, cells, todo, results, progress, log, max_batches) -> int:
-  # (the package's `generate` attribute is the function; import the module's members)
-  from smollm3_jax.generate import generate
+  from smollm3_jax.api import generate
+  from smollm3_jax.engine import get_engine
 
   chat = cfg.get("chat", True)
   by_id = {p["id"]: p for p in prompts}
@@ -143,7 +125,8 @@ def _run_rows(model, tokenizer, cfg, prompts, cells, todo, results, progress, lo
   if p_len + max_new > context:
     raise ValueError(f"max_new_tokens {max_new} + the longest prompt ({p_len} tokens) exceed the "
                      f"model's context of {context} tokens")
-  engine = _engine(model, tokenizer, p_len, p_len + max_new - 1, batch)
+  # (the package's engine cache: a resumed sweep of the same model and shapes does not recompile)
+  engine = get_engine(model, tokenizer, buckets=(p_len, p_len + max_new - 1), batch_buckets=(batch,))
   nl = cfg.get("newline_limit", 0) or None
 
   bar = None
