@@ -123,7 +123,7 @@ def prefill(graphdef, state, tokens, lengths, cache, s: DecodeState, rows: RowSe
     hidden, cache = model.hidden_states(window, None, cache.replace(lengths=first))
     logits = model.logits(jnp.take_along_axis(hidden, last, axis=1)[:, 0, :])
   else:
-    distinct = KVCache.init(model.config, b, cache.length, cache.k[0].dtype)
+    distinct = KVCache.init(model.config, b, cache.length, cache.dtype)
     hidden, distinct = model.hidden_states(window, None, distinct)
     take = lambda x: jnp.take(x, row_index, axis=0)
     cache = cache.replace(k=tuple(map(take, distinct.k)), v=tuple(map(take, distinct.v)))

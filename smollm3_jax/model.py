@@ -166,7 +166,7 @@ class Attention(nnx.Module):
     if k_cache is not None:
       k_cache, v_cache = cache.write(k_cache, k), cache.write(v_cache, v)
       w = mask.shape[-1]  # the read window: only slots that can hold this batch's tokens
-      k, v = k_cache[:, :, :w].astype(q.dtype), v_cache[:, :, :w].astype(q.dtype)
+      k, v = cache.read(k_cache, w).astype(q.dtype), cache.read(v_cache, w).astype(q.dtype)
     return self.o_proj(attend(q, k, v, mask)), k_cache, v_cache
 
 

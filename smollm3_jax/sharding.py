@@ -286,10 +286,10 @@ class MeshSharding:
     lengths = np.zeros((batch,), np.int32) if lengths is None else np.asarray(lengths, np.int32)
     shape = KVCache.layer_shape(config, batch, length)
     kv = self.cache_sharding(shape)
-    zeros = jax.jit(lambda: jnp.zeros(shape, dtype), out_shardings=kv)
+    zeros = jax.jit(lambda: jnp.zeros(shape, KVCache.storage_dtype(dtype)), out_shardings=kv)
     layers = config.num_hidden_layers
     return KVCache(k=tuple(zeros() for _ in range(layers)), v=tuple(zeros() for _ in range(layers)),
-                   lengths=jax.device_put(lengths, self.batch_sharding(1)))
+                   lengths=jax.device_put(lengths, self.batch_sharding(1)), dtype=jnp.dtype(dtype).name)
 
   def batch_sharding(self, ndim: int) -> NamedSharding:
     """Leading (batch) dimension on data, the rest replicated."""
