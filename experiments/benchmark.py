@@ -46,6 +46,12 @@ flags.DEFINE_bool("sweep", True, "Add the 3x3x2-settings x 8-prompts sweep row."
 flags.DEFINE_list("cache_budgets", ["256", "1024", "4096"], "Cache-budget rows: allocated cache lengths (batch 8, "
                   "the same prompt and 48 decode steps), each with the read window and with the whole cache read "
                   "every step (the engine before read windows); empty = no budget rows.")
+flags.DEFINE_bool("accelerator_check", False, "Only the accelerator check: decode tokens/s, roofline and compile "
+                  "seconds at --check_batches x --check_budgets, greedy and sampled (T=0.6, top_p=0.95). "
+                  "On a GPU/TPU: --checkpoint=random --preset=smollm3_3b --dtype=bfloat16 --accelerator_check.")
+flags.DEFINE_list("check_batches", ["1", "8", "64"], "Accelerator check: batch sizes.")
+flags.DEFINE_list("check_budgets", ["1024", "8192"], "Accelerator check: allocated cache lengths (token budgets).")
+flags.DEFINE_integer("check_steps", 64, "Accelerator check: decode steps per run.")
 flags.DEFINE_bool("sampled", True, "Add the sampled-vs-greedy decode rows (batch 32, T=0.7, top_p=0.95, min_p=0.05).")
 flags.DEFINE_integer("sweep_new_tokens", 32, "Sweep row: new tokens per row.")
 flags.DEFINE_enum("compare", "none", ["none", "transformers"], "Also run transformers generate on the same weights.")
@@ -380,6 +386,42 @@ def bench_sampled(ours, model, tokenizer, repeats, seed, batch=32, new_tokens=40
   return rows
 
 
+def bench_accelerator(model, tokenizer, batches, budgets, steps, repeats, bandwidth, seed):
+  """Decode at each batch size and allocated cache (budget), greedy and sampled: tokens/s, the
+  roofline fraction (weights + the filled KV per step), compile seconds of the first run."""
+  import numpy as np
+
+  import smollm3_jax
+  from smollm3_jax.engine import Engine
+  from smollm3_jax.generation_defaults import GREEDY
+
+  cfg = model.config
+  itemsize = np.dtype(model.dtype).itemsize
+  rows = []
+  for budget in budgets:
+    for b in batches:
+      ids = chat_prompt_ids(tokenizer, cfg.vocab_size, b, seed=seed)
+      prompt_bucket = max(64, 1 << (max(len(p) for p in ids) - 1).bit_length())
+      # Two buckets: the prompts' and the budget, so the cache allocated is the budget itself.
+      engine = Engine(model, tokenizer, buckets=(prompt_bucket, budget), batch_buckets=(b,))
+      for mode, settings in (("greedy", GREEDY), ("sampled", dict(GREEDY, temperature=0.6, top_p=0.95))):
+        run = lambda: smollm3_jax.generate(model, tokenizer, ids, max_new_tokens=steps + 1, stop_ids=[],
+                                           engine=engine, seed=seed, **settings)
+        first = run()
+        times = [run().stats.decode_seconds for _ in range(repeats)]
+        step = _best(times) / steps
+        filled = float(np.mean([len(p) for p in ids])) + steps / 2
+        w, kv, _ = decode_bytes_per_step(model, b, filled, first.stats.cache_length, itemsize)
+        row = dict(kind="accelerator", batch=b, budget=budget, mode=mode, cache_length=first.stats.cache_length,
+                   compile_seconds=first.stats.compile_seconds, step_ms=step * 1e3,
+                   ours_tokens_per_second=b / step, achieved_gbps=(w + kv) / step / 1e9)
+        if bandwidth:
+          row["roofline_fraction"] = row["achieved_gbps"] / bandwidth
+        rows.append(row)
+        _print_row(row)
+  return rows
+
+
 def _print_row(row):
   print("  " + json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()
                            if not isinstance(v, list)}), flush=True)
@@ -398,6 +440,8 @@ def format_table(rows, bandwidth) -> str:
       name = f"cache {r['cache']}, {r['read']}"
     elif r["kind"] == "sampling":
       name = f"decode b{r['batch']} {r['mode']}"
+    elif r["kind"] == "accelerator":
+      name = f"b{r['batch']} budget {r['budget']} {r['mode']}"
     else:
       name = f"sweep {r['settings']}x{r['prompts']} ({r['rows']} rows)"
     def fmt(v, spec):
@@ -503,6 +547,18 @@ def run_startup():
 
 
 # --------------------------------------------------------------------------------------------
+def _main_rows(ours, theirs, model, tokenizer, lengths, batches, bw):
+  rows = bench_prefill(ours, theirs, model.config, lengths, FLAGS.repeats, FLAGS.seed)
+  rows += bench_decode(ours, theirs, model, tokenizer, batches, FLAGS.new_tokens, FLAGS.repeats, bw, FLAGS.seed)
+  if FLAGS.sweep:
+    rows += bench_sweep(ours, theirs, model, tokenizer, FLAGS.sweep_new_tokens, FLAGS.repeats, FLAGS.seed)
+  if FLAGS.cache_budgets:
+    rows += bench_budget(model, tokenizer, [int(b) for b in FLAGS.cache_budgets], FLAGS.repeats, FLAGS.seed)
+  if FLAGS.sampled:
+    rows += bench_sampled(ours, model, tokenizer, FLAGS.repeats, FLAGS.seed)
+  return rows
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -565,14 +621,16 @@ def main(argv):
 
   print(f"model: {desc}, {FLAGS.dtype}; device {report['device']}", flush=True)
   rows = []
-  rows += bench_prefill(ours, theirs, model.config, lengths, FLAGS.repeats, FLAGS.seed)
-  rows += bench_decode(ours, theirs, model, tokenizer, batches, FLAGS.new_tokens, FLAGS.repeats, bw, FLAGS.seed)
-  if FLAGS.sweep:
-    rows += bench_sweep(ours, theirs, model, tokenizer, FLAGS.sweep_new_tokens, FLAGS.repeats, FLAGS.seed)
-  if FLAGS.cache_budgets:
-    rows += bench_budget(model, tokenizer, [int(b) for b in FLAGS.cache_budgets], FLAGS.repeats, FLAGS.seed)
-  if FLAGS.sampled:
-    rows += bench_sampled(ours, model, tokenizer, FLAGS.repeats, FLAGS.seed)
+  if FLAGS.accelerator_check:
+    try:
+      check = ([int(x) for x in FLAGS.check_batches], [int(x) for x in FLAGS.check_budgets])
+    except ValueError as e:
+      raise app.UsageError(f"--check_batches / --check_budgets must be integers: {e}")
+    rows += bench_accelerator(model, tokenizer, *check, FLAGS.check_steps, FLAGS.repeats, bw, FLAGS.seed)
+  else:
+    rows += _main_rows(ours, theirs, model, tokenizer, lengths, batches, bw)
+  report["rows"] = rows
+  report["peak_device_memory_bytes"] = probes.peak_memory_bytes()
   report["rows"] = rows
   report["peak_device_memory_bytes"] = probes.peak_memory_bytes()
   report["host_peak_rss_bytes"] = probes.host_peak_rss_bytes()

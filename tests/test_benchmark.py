@@ -89,3 +89,19 @@ def test_measure_bandwidth_small():
   probe = probes.measure_bandwidth(4 * 2**20, repeats=2)
   assert probe["gbps"] > 0 and probe["gbps"] == max(probe["sum_gbps"], probe["gemv_gbps"])
   assert probe["nbytes"] == 4 * 2**20
+
+
+def test_accelerator_check_on_the_tiny_preset(tmp_path):
+  """The GPU/TPU check's command, on the tiny preset: every batch x budget x mode row, with the
+  budget really allocated, a roofline fraction and compile seconds."""
+  out = tmp_path / "check.json"
+  _run(["--checkpoint=random", "--preset=tiny", "--num_layers=2", "--dtype=bfloat16", "--accelerator_check",
+        "--check_batches=1,4", "--check_budgets=256,512", "--check_steps=4", "--repeats=1",
+        "--bandwidth_gbps=10", f"--cache_dir={tmp_path / 'cc'}", f"--output_json={out}"], tmp_path)
+  rows = json.loads(out.read_text())["rows"]
+  assert [(r["budget"], r["batch"], r["mode"]) for r in rows] == [
+      (budget, b, mode) for budget in (256, 512) for b in (1, 4) for mode in ("greedy", "sampled")]
+  for r in rows:
+    assert r["kind"] == "accelerator" and r["cache_length"] == r["budget"]
+    assert r["ours_tokens_per_second"] > 0 and 0 < r["roofline_fraction"] and r["compile_seconds"] >= 0
+  assert all(r["compile_seconds"] > 0 for r in rows if r["mode"] == "greedy")  # a new engine per shape
