@@ -66,6 +66,41 @@ def pinned_transformers_clock(monkeypatch, _pinned_chat_date):
   return pinned
 
 
+@pytest.fixture
+def clock(monkeypatch):
+  """Sets the system clock the chat templates read when no date is pinned (the suite's pin is
+  removed for the test): ``clock("2031-02-03")`` makes "today" that day."""
+  import datetime
+  import types
+
+  from smollm3_jax import chat_format
+  monkeypatch.delenv(chat_format.DATE_ENV, raising=False)
+
+  def set_day(day: str):
+    moment = datetime.datetime.fromisoformat(day + "T13:45:00")
+
+    class Fake(datetime.datetime):
+      @classmethod
+      def now(cls, tz=None):
+        return moment
+
+    monkeypatch.setattr(chat_format, "datetime", types.SimpleNamespace(datetime=Fake, date=datetime.date))
+  return set_day
+
+
+@pytest.fixture(scope="session")
+def smollm3_template_tokenizer():
+  """The demo tokenizer with SmolLM3's own chat template (thinking mode, the date in the prompt)."""
+  import copy
+  import os
+
+  import smollm3_jax
+  t = copy.copy(smollm3_jax.Tokenizer.from_pretrained("demo"))
+  with open(os.path.join(os.path.dirname(__file__), "data", "smollm3_chat_template.jinja")) as f:
+    t.chat_template = f.read()
+  return t
+
+
 @dataclasses.dataclass
 class HFCheckpoint:
   """A saved tiny checkpoint: its directory and the transformers model (f32, eval mode)."""

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import datetime
-import os
-import types
 
 import jax.numpy as jnp
 import pytest
@@ -14,34 +12,12 @@ import smollm3_jax
 from smollm3_jax import chat_format
 from smollm3_jax import config as C
 
-TEMPLATE = os.path.join(os.path.dirname(__file__), "data", "smollm3_chat_template.jinja")
 MESSAGES = [{"role": "user", "content": "What day is it?"}]
 
 
 @pytest.fixture(scope="module")
-def tok():
-  import copy
-  t = copy.copy(smollm3_jax.Tokenizer.from_pretrained("demo"))
-  with open(TEMPLATE) as f:
-    t.chat_template = f.read()
-  return t
-
-
-@pytest.fixture
-def clock(monkeypatch):
-  """Sets the system clock chat_format reads (the date env var removed): ``clock("2031-02-03")``."""
-  monkeypatch.delenv(chat_format.DATE_ENV, raising=False)
-
-  def set_day(day: str):
-    moment = datetime.datetime.fromisoformat(day + "T13:45:00")
-
-    class Fake(datetime.datetime):
-      @classmethod
-      def now(cls, tz=None):
-        return moment
-
-    monkeypatch.setattr(chat_format, "datetime", types.SimpleNamespace(datetime=Fake, date=datetime.date))
-  return set_day
+def tok(smollm3_template_tokenizer):
+  return smollm3_template_tokenizer
 
 
 def test_resolve_date_forms(monkeypatch):

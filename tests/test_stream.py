@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import copy
-import os
 
 import jax.numpy as jnp
 import pytest
@@ -12,16 +10,12 @@ from flax import nnx
 import smollm3_jax
 from smollm3_jax import config as C
 
-TEMPLATE = os.path.join(os.path.dirname(__file__), "data", "smollm3_chat_template.jinja")
 
 
 @pytest.fixture(scope="module")
-def tok():
+def tok(smollm3_template_tokenizer):
   """The demo tokenizer with SmolLM3's own chat template (thinking mode)."""
-  t = copy.copy(smollm3_jax.Tokenizer.from_pretrained("demo"))
-  with open(TEMPLATE) as f:
-    t.chat_template = f.read()
-  return t
+  return smollm3_template_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -3,31 +3,25 @@ reuse or loss of rows, no stray temporary files."""
 
 from __future__ import annotations
 
-import copy
-import datetime
 import json
 import os
 import subprocess
 import sys
-import types
 
 import pytest
 
-from smollm3_jax import chat_format, files, sweep
+from smollm3_jax import files, sweep
 
 from _helpers import ROOT, tiny_sweep_config
 
-TEMPLATE = os.path.join(os.path.dirname(__file__), "data", "smollm3_chat_template.jinja")
 QUIET = dict(log=lambda s: None)
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def tiny(tmp_path_factory, smollm3_template_tokenizer):
   """(model, tokenizer with SmolLM3's template, which writes the date, and its saved directory)."""
-  model, tokenizer = sweep.load_model_and_tokenizer(tiny_sweep_config("").model.to_dict() | {"tokenizer": "demo"})
-  tokenizer = copy.copy(tokenizer)
-  with open(TEMPLATE) as f:
-    tokenizer.chat_template = f.read()
+  model, _ = sweep.load_model_and_tokenizer(tiny_sweep_config("").model.to_dict() | {"tokenizer": "demo"})
+  tokenizer = smollm3_template_tokenizer
   tok_dir = str(tmp_path_factory.mktemp("tok"))
   tokenizer.save_pretrained(tok_dir)
   return model, tokenizer, tok_dir
@@ -41,23 +35,6 @@ def _rows(workdir):
 def _record(workdir):
   with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
     return json.load(f)
-
-
-@pytest.fixture
-def clock(monkeypatch):
-  """Sets the day the chat templates see when no date is pinned (the env pin removed)."""
-  monkeypatch.delenv(chat_format.DATE_ENV, raising=False)
-
-  def set_day(day: str):
-    moment = datetime.datetime.fromisoformat(day + "T10:00:00")
-
-    class Fake(datetime.datetime):
-      @classmethod
-      def now(cls, tz=None):
-        return moment
-
-    monkeypatch.setattr(chat_format, "datetime", types.SimpleNamespace(datetime=Fake, date=datetime.date))
-  return set_day
 
 
 def test_resume_on_another_day_renders_the_first_days_prompts(tiny, tmp_path, clock):
