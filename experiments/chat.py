@@ -34,8 +34,7 @@ flags.DEFINE_integer("context_length", None, "Tokens of history + answer (defaul
                      lower_bound=2)
 flags.DEFINE_integer("chunk_steps", 4, "Decode steps between streamed pieces.", lower_bound=1)
 cli.define_date_flag()
-flags.DEFINE_enum("dtype", "auto", ["auto", "float32", "bfloat16"],
-                  "Parameter and activation dtype (auto: float32 on CPU, bfloat16 on GPU/TPU).")
+cli.define_dtype_flag()
 cli.define_quantize_flag()
 cli.define_compilation_cache_flag()
 

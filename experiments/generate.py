@@ -30,8 +30,7 @@ flags.DEFINE_integer("seed", 0, "Base seed; each row derives its own from it and
 cli.define_date_flag()
 flags.DEFINE_bool("stream", False, "Stream the (first) prompt's answer as it decodes.")
 flags.DEFINE_bool("show_thinking", True, "When streaming, also print the thinking part.")
-flags.DEFINE_enum("dtype", "auto", ["auto", "float32", "bfloat16"],
-                  "Parameter and activation dtype (auto: float32 on CPU, bfloat16 on GPU/TPU).")
+cli.define_dtype_flag()
 cli.define_quantize_flag()
 cli.define_mesh_flag()
 flags.DEFINE_string("output_json", None, "Write prompts, token ids, texts, stop reasons and stats here.")

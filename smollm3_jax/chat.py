@@ -20,6 +20,7 @@ import threading
 import time
 from typing import Any, Callable, Iterator, Sequence, TextIO
 
+from smollm3_jax.api import GenerationStats
 from smollm3_jax.thinking import ThinkingSplitter, prompt_opens_thinking
 
 # --------------------------------------------------------------------------------------------
@@ -31,16 +32,20 @@ class PromptTooLong(ValueError):
 
 @dataclasses.dataclass
 class TurnStats:
-  """One reply. Seconds; ``tokens_per_second`` is the decode rate (first token excluded)."""
+  """One reply: the stream's :class:`~smollm3_jax.api.GenerationStats` (tokens, compile, time to
+  first token, decode rate; seconds) plus the turn's wall time, stop reason and trimmed turns."""
 
-  prompt_tokens: int = 0
-  generated_tokens: int = 0
-  time_to_first_token: float = 0.0
-  tokens_per_second: float = 0.0
+  generation: GenerationStats
   total_seconds: float = 0.0
-  compile_seconds: float = 0.0
   stop_reason: str = ""
   trimmed_turns: int = 0
+
+  prompt_tokens = property(lambda self: self.generation.prompt_tokens)
+  generated_tokens = property(lambda self: self.generation.generated_tokens)
+  time_to_first_token = property(lambda self: self.generation.time_to_first_token)
+  compile_seconds = property(lambda self: self.generation.compile_seconds)
+  tokens_per_second = property(lambda self: self.generation.decode_tokens_per_second,
+                               doc="the decode rate (first token excluded)")
 
   def describe(self) -> str:
     return (f"{self.generated_tokens} tokens (prompt {self.prompt_tokens}), "
@@ -207,9 +212,7 @@ class Reply:
     st = result.stats
     c = result.completions[0]
     self.stats = TurnStats(
-        prompt_tokens=st.prompt_tokens, generated_tokens=st.generated_tokens,
-        time_to_first_token=st.time_to_first_token, tokens_per_second=st.decode_tokens_per_second,
-        total_seconds=time.perf_counter() - t0, compile_seconds=st.compile_seconds,
+        st, total_seconds=time.perf_counter() - t0,
         stop_reason="cancelled" if self.cancelled else c.stop_reason, trimmed_turns=self.trimmed_turns)
     s.last_stats = self.stats
     if self.answer or not self.cancelled:

@@ -124,6 +124,12 @@ def define_mesh_flag() -> None:
   flags.register_validator("mesh", check)
 
 
+def define_dtype_flag() -> None:
+  """--dtype: "auto" (float32 on CPU, bfloat16 on GPU/TPU), "float32" or "bfloat16"."""
+  flags.DEFINE_enum("dtype", "auto", ["auto", "float32", "bfloat16"],
+                    "Parameter and activation dtype (auto: float32 on CPU, bfloat16 on GPU/TPU).")
+
+
 def define_quantize_flag() -> None:
   """--quantize: "none" or "int8" (int8 weights x int8 activations, see smollm3_jax.quantize)."""
   from smollm3_jax import quantize
