@@ -235,25 +235,14 @@ def load_chat_model(checkpoint: str, *, tokenizer: str | None = None, dtype: str
   ``tokenizer`` (default "demo") and ``tiny_context`` positions: it starts in seconds, for smoke tests.
   ``quantize``: None / "none" or "int8" (:mod:`smollm3_jax.quantize`).
   """
-  from flax import nnx
+  from smollm3_jax.checkpoints.spec import load_model_and_tokenizer
 
-  import smollm3_jax
-  from smollm3_jax import checkpoints
-  from smollm3_jax import config as config_lib
-  from smollm3_jax import quantize as quantize_lib
-  from smollm3_jax.checkpoints.mapping import dtype_from_name
-
-  dtype = checkpoints.default_dtype() if dtype in (None, "auto") else dtype_from_name(dtype)
-  quantize_lib.check_mode(quantize)
   if checkpoint == TINY:
-    tok = smollm3_jax.Tokenizer.from_pretrained(tokenizer or "demo")
-    cfg = config_lib.tiny(vocab_size=tok.vocab_size, max_position_embeddings=tiny_context,
-                          eos_token_id=tuple(tok.stop_token_ids[:1]) or (tok.vocab_size - 1,),
-                          pad_token_id=tok.pad_token_id or 0)
-    model = smollm3_jax.SmolLM3(cfg, dtype=dtype, rngs=nnx.Rngs(seed))
-    return quantize_lib.apply(model, quantize), tok
-  tok = smollm3_jax.Tokenizer.from_pretrained(tokenizer or checkpoint)
-  return smollm3_jax.from_pretrained(checkpoint, dtype=dtype, quantize=quantize), tok
+    spec = dict(tokenizer=tokenizer or "demo",
+                random=dict(preset="tiny", num_layers=8, seed=seed, max_position_embeddings=tiny_context))
+  else:
+    spec = dict(checkpoint=checkpoint, tokenizer=tokenizer)
+  return load_model_and_tokenizer(dict(spec, dtype=dtype or "auto", quantize=quantize or "none"))
 
 
 def context_limit(checkpoint: str, *, tiny_context: int = 2048) -> int:

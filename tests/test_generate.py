@@ -327,3 +327,21 @@ def test_row_seeds_are_distinct_and_reproducible():
   np.testing.assert_array_equal(a[:5], row_seeds(11, 5))  # a row's seed does not depend on n
   assert not set(a.tolist()) & set(row_seeds(12, 4096).tolist()[:16])
   assert row_seeds([5, 5, 2**32 - 1], 3).tolist() == [5, 5, 2**32 - 1]
+
+
+def test_one_decode_program_per_read_window_used(tiny):
+  """A row that writes past slot 256 moves from the 256-slot read window to the 512 one: two decode
+  programs, each compiled once; a second run compiles nothing. Tokens equal an engine that reads the
+  whole cache every step."""
+  model, _ = tiny
+  prompt = _prompts([250])[0]
+  kw = dict(max_new_tokens=12, stop_ids=[], temperature=0.0)
+  engine = Engine(model, None, buckets=(256, 512), batch_buckets=(1,))
+  before = dict(COMPILE_COUNTS)
+  windowed = smollm3_jax.generate(model, None, [prompt], engine=engine, **kw)[0].token_ids
+  assert COMPILE_COUNTS["decode"] - before.get("decode", 0) == 2
+  again = dict(COMPILE_COUNTS)
+  assert smollm3_jax.generate(model, None, [prompt], engine=engine, **kw)[0].token_ids == windowed
+  assert dict(COMPILE_COUNTS) == again
+  whole = Engine(model, None, buckets=(256, 512), batch_buckets=(1,), window_buckets=())
+  assert smollm3_jax.generate(model, None, [prompt], engine=whole, **kw)[0].token_ids == windowed

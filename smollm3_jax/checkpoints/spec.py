@@ -4,7 +4,8 @@ benchmark all load through :func:`load_model_and_tokenizer`.
 A spec is a mapping: ``checkpoint`` ("demo", a directory, a .gguf, an Orbax directory or a hub id;
 empty for a random model), ``tokenizer`` (default: the checkpoint), ``dtype`` ("float32",
 "bfloat16", or "auto" / empty: float32 on CPU, bfloat16 on GPU/TPU), ``quantize`` ("none" /
-"int8") and, for a random model, ``random`` (``preset``, ``num_layers``, ``seed``; without a
+"int8") and, for a random model, ``random`` (``preset``, ``num_layers``, ``seed``,
+``max_position_embeddings``; without a
 tokenizer the model keeps the preset's vocabulary and no tokenizer is returned).
 """
 
@@ -44,6 +45,8 @@ def load_model_and_tokenizer(spec: Mapping, mesh: str = ""):
       vocab_size=tokenizer.vocab_size, eos_token_id=(int(tokenizer.eos_token_id),),
       pad_token_id=int(tokenizer.pad_token_id))
   num_layers = int(rnd.get("num_layers", 2 if preset == "tiny" else 0))
+  if rnd.get("max_position_embeddings"):
+    changes["max_position_embeddings"] = int(rnd["max_position_embeddings"])
   if preset == "tiny":
     cfg = config_lib.tiny(num_layers=num_layers, **changes)
   else:
