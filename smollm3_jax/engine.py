@@ -303,7 +303,7 @@ class Engine:
     yield s, timings
     capacity = s.tokens.shape[1]
     while not bool(np.all(np.asarray(s.done)[:n])) and int(s.step) < capacity:
-      limit = np.int32(capacity if chunk_steps is None else int(s.step) + chunk_steps)
+      limit = np.int32(capacity if chunk_steps is None else min(capacity, int(s.step) + chunk_steps))
       decode, c2 = self._compiled_fn("decode", decode_jit, self.state, s, rows, shared, limit,
                                      window=self._window(s, n))
       timings["compile_seconds"] += c2

@@ -36,3 +36,18 @@ def test_decode_program_has_no_vocabulary_sort():
   import jax
   text = jax.jit(lambda x: jnp.sort(x, axis=-1)).lower(jnp.zeros((4, 1000))).compile().as_text()
   assert any(re.search(r"\bsort\(", line) for line in text.splitlines())
+
+
+def test_signed_zero_ties_are_kept_like_transformers():
+  """-0.0 and +0.0 are equal values: a top-k cut-off at zero keeps both, as TopKLogitsWarper does
+  (order keys that told them apart dropped one)."""
+  import torch
+  from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
+
+  logits = np.asarray([[0.0, -0.0, -1.0, -2.0], [-0.0, 0.0, 1.0, -3.0]], np.float32)
+  ours = np.asarray(sampling.apply_top_k(jnp.asarray(logits), jnp.asarray([1, 2], jnp.int32)))
+  for row, k in enumerate((1, 2)):
+    ref = TopKLogitsWarper(k)(None, torch.tensor(logits[row:row + 1])).numpy()
+    np.testing.assert_array_equal(np.isinf(ours[row:row + 1]), np.isinf(ref))
+  ours_p = np.asarray(sampling.apply_top_p(jnp.asarray(logits[:1]), jnp.asarray([0.3], jnp.float32)))
+  assert np.isfinite(ours_p[0, :2]).all()  # the two zeros are one value: both kept or both dropped

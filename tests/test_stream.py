@@ -72,3 +72,9 @@ def test_stream_rejects_bad_input_before_compiling(model, tok):
     smollm3_jax.stream(model, tok, "hi", top_p=2.0)
   with pytest.raises(ValueError, match="empty"):
     smollm3_jax.stream(model, tok, "   ")
+
+
+def test_the_largest_chunk_is_one_chunk(model, tok):
+  # (the step limit of a chunk is capped at the buffer: step + 2**31 - 1 would overflow int32)
+  s = smollm3_jax.stream(model, tok, "hi", max_new_tokens=3, chunk_steps=2**31 - 1, temperature=0.0)
+  assert "".join(s) == s.result[0].text and 1 <= len(s.result[0].token_ids) <= 3

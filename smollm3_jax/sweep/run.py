@@ -2,7 +2,8 @@
 write the summary and plots.
 
 Rows run in batches of one fixed size through one :class:`~smollm3_jax.engine.Engine` whose
-prompt and cache buckets are fixed for the whole sweep, so prefill and decode compile once.
+prompt and cache buckets are fixed for the whole sweep, so prefill compiles once and decode once per
+read window its rows reach.
 """
 
 from __future__ import annotations
