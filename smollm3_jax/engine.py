@@ -302,18 +302,19 @@ class Engine:
                    decode_seconds=0.0)
     yield s, timings
     capacity = s.tokens.shape[1]
-    while not bool(np.all(np.asarray(s.done)[:n])) and int(s.step) < capacity:
-      limit = np.int32(capacity if chunk_steps is None else min(capacity, int(s.step) + chunk_steps))
+    step = int(s.step)
+    while step < capacity and not bool(np.all(np.asarray(s.done)[:n])):
+      limit = np.int32(capacity if chunk_steps is None else min(capacity, step + chunk_steps))
       decode, c2 = self._compiled_fn("decode", decode_jit, self.state, s, rows, shared, limit,
                                      window=self._window(s, n))
       timings["compile_seconds"] += c2
       t0 = time.perf_counter()
-      before = int(s.step)
       s = decode(self.state, s, rows, shared, limit)
       jax.block_until_ready(s.tokens)
-      if int(s.step) == before:  # cannot happen: the window always holds the next slot
-        raise RuntimeError("decode made no progress (read window smaller than a row's next slot)")
       timings["decode_seconds"] += time.perf_counter() - t0
+      before, step = step, int(s.step)
+      if step == before:  # the window always holds the next slot; a guard against a host loop without end
+        raise RuntimeError("decode made no progress (read window smaller than a row's next slot)")
       yield s, timings
 
 

@@ -193,10 +193,6 @@ class Workdir:
 # --------------------------------------------------------------------------------------------
 # The results file
 # --------------------------------------------------------------------------------------------
-class CorruptResultsError(ValueError):
-  """generations.jsonl has lines that do not parse (not only a torn last line)."""
-
-
 class ResultsFile:
   """Append-only JSONL of finished rows, made durable batch by batch.
 
