@@ -43,7 +43,7 @@ lock:
 	rm -rf .venv-lock
 	$(PYTHON) -m venv .venv-lock
 	.venv-lock/bin/python -m pip install --quiet --upgrade pip
-	.venv-lock/bin/python -m pip install --quiet -e '.[test,serve]'
+	.venv-lock/bin/python -m pip install --quiet -e '.[test,serve,eval]'
 	.venv-lock/bin/python -m pip install --quiet --no-deps $(DEMO_WHEEL)
 	{ echo "# Exact versions installed by make test / make demo (pip install --no-deps -r)."; \
 	  echo "# Refresh: make lock (resolves pyproject.toml afresh), then make test, then commit."; \
