@@ -264,15 +264,26 @@ def _warp(x: jax.Array, params: SamplingParams) -> jax.Array:
   return jax.lax.cond(_needs_filter(params), _filter_chain, lambda y, _: y, x, params)
 
 
-def process_logits(logits: jax.Array, presence: jax.Array, params: SamplingParams) -> jax.Array:
-  """Full chain in generate's order -> [B, V] f32.
+def process_logits(logits: jax.Array, ctx: "TokenContext | jax.Array", params: SamplingParams, *,
+                   num_generated: jax.Array | None = None, stop_ids: jax.Array | None = None) -> jax.Array:
+  """Full chain in generate's order -> [B, V] f32: the distribution each row is sampled from.
 
-  Greedy rows (temperature 0) get only the repetition penalty, as
-  ``do_sample=False``; sampled rows get penalty, temperature, top-k, top-p, min-p.
+  Greedy rows (temperature 0) get only the logits processors (no temperature or filters), as
+  ``do_sample=False``; sampled rows get the processors, then temperature, top-k, top-p, min-p.
+  ``ctx``: the rows' :class:`TokenContext` (a bare [B, V] presence mask is accepted too);
+  ``num_generated`` [B] int32 tokens each row generated before this one; ``stop_ids`` [K] int32
+  (-1 padded).
   """
-  x = apply_repetition_penalty(logits.astype(jnp.float32), presence, params.repetition_penalty)
+  x = _process(logits, _context(ctx), params, num_generated, stop_ids)
   greedy = (params.temperature == 0)[:, None]
   return jnp.where(greedy, x, _warp(x, params))
+
+
+def _process(logits: jax.Array, ctx: "TokenContext", params: SamplingParams,
+             num_generated: jax.Array | None, stop_ids: jax.Array | None) -> jax.Array:
+  """The logits processors (greedy and sampled rows alike) -> [B, V] f32."""
+  del num_generated, stop_ids  # used by the processors of issue 18
+  return apply_repetition_penalty(logits.astype(jnp.float32), ctx.presence, params.repetition_penalty)
 
 
 _BLOCK = 256  # vocabulary block for the two-level argmax / inverse-CDF below
@@ -331,15 +342,19 @@ def _categorical_rows(keys: jax.Array, logits: jax.Array) -> jax.Array:
   return j * _BLOCK + k
 
 
-def sample_tokens(logits: jax.Array, presence: jax.Array, params: SamplingParams,
-                  keys: jax.Array) -> jax.Array:
+def sample_tokens(logits: jax.Array, ctx: "TokenContext | jax.Array", params: SamplingParams,
+                  keys: jax.Array, *, num_generated: jax.Array | None = None,
+                  stop_ids: jax.Array | None = None) -> jax.Array:
   """Next token per row -> [B] int32.
 
-  keys: [B] typed PRNG keys or [B, 2] uint32 raw keys (one per row, per step).
-  Greedy rows take the argmax of the penalised logits; the others draw from
-  the processed logits. When every row is greedy no warping work is done.
+  logits [B, V]; ctx: the rows' :class:`TokenContext` (or a bare [B, V] presence mask);
+  keys: [B] typed PRNG keys or [B, 2] uint32 raw keys (one per row, for this step, see
+  :func:`step_keys`); num_generated [B] int32 tokens this row generated before this one;
+  stop_ids [K] int32 padded with -1 (the ids ``min_new_tokens`` masks).
+  Greedy rows take the argmax of the processed logits; the others draw from the warped
+  logits. When every row is greedy no warping work is done.
   """
-  x = apply_repetition_penalty(logits.astype(jnp.float32), presence, params.repetition_penalty)
+  x = _process(logits, _context(ctx), params, num_generated, stop_ids)
   greedy_tok = argmax_rows(x)
 
   def sampled(x):
@@ -362,9 +377,66 @@ def row_keys(seeds: jax.Array | Sequence[int]) -> jax.Array:
   return jax.vmap(jax.random.key)(seeds)
 
 
-def step_keys(keys: jax.Array, step: jax.Array | int) -> jax.Array:
-  """Per-step keys: fold_in(row_key, step) for every row ([B] keys, scalar step)."""
-  return jax.vmap(lambda k: jax.random.fold_in(k, step))(keys)
+def step_keys(keys: jax.Array, steps: jax.Array | int) -> jax.Array:
+  """Per-step keys: fold_in(row_key, step) per row. keys [B]; steps [B] int32, each row's OWN
+  count of tokens sampled (a scalar is broadcast to every row)."""
+  steps = jnp.broadcast_to(jnp.asarray(steps, jnp.int32), keys.shape[:1])
+  return jax.vmap(jax.random.fold_in)(keys, steps)
+
+
+# ----------------------------------------------------------------------------
+# What the processors know of each row's text.
+# ----------------------------------------------------------------------------
+
+
+@flax.struct.dataclass
+class TokenContext:
+  """What the processors know of each row's text so far. Every leaf has the batch [B] as its
+  first axis (the engine gathers/scatters rows of it by slot)."""
+
+  presence: jax.Array  # [B, V] bool, prompt + generated tokens (repetition penalty)
+  counts: jax.Array    # [B, V] int32, generated tokens only (frequency / presence penalties)
+  history: jax.Array   # [B, L] int32 token id at each position (slot = position, as the KV cache), -1 = none
+  length: jax.Array    # [B] int32 1 + the last position observed (tokens of the row so far)
+
+
+def init_context(batch: int, vocab_size: int, length: int) -> TokenContext:
+  """Empty rows: ``batch`` rows, vocabulary ``vocab_size``, ``length`` positions."""
+  return TokenContext(presence=jnp.zeros((batch, vocab_size), bool),
+                      counts=jnp.zeros((batch, vocab_size), jnp.int32),
+                      history=jnp.full((batch, length), -1, jnp.int32),
+                      length=jnp.zeros((batch,), jnp.int32))
+
+
+def observe(ctx: TokenContext, tokens: jax.Array, positions: jax.Array, valid: jax.Array, *,
+            generated: bool) -> TokenContext:
+  """Records tokens [B, T] at positions [B, T] where valid [B, T]: prompt chunks
+  (``generated=False``) or the sampled token (T = 1, ``generated=True``, also counted).
+  Out-of-range ids and positions are dropped."""
+  b, v = ctx.presence.shape
+  tokens = jnp.asarray(tokens, jnp.int32)
+  positions = jnp.asarray(positions, jnp.int32)
+  ok = valid & (tokens >= 0) & (tokens < v)
+  rows = jnp.broadcast_to(jnp.arange(b)[:, None], tokens.shape)
+  idx = jnp.where(ok, tokens, v)  # past the vocabulary: dropped
+  presence = ctx.presence.at[rows, idx].set(True, mode="drop")
+  counts = ctx.counts.at[rows, idx].add(1, mode="drop") if generated else ctx.counts
+  l = ctx.history.shape[1]
+  at = jnp.where(ok & (positions >= 0) & (positions < l), positions, l)
+  history = ctx.history.at[rows, at].set(tokens, mode="drop")
+  end = jnp.max(jnp.where(ok, positions + 1, 0), axis=1)
+  return TokenContext(presence=presence, counts=counts, history=history,
+                      length=jnp.maximum(ctx.length, end))
+
+
+def _context(ctx: "TokenContext | jax.Array") -> TokenContext:
+  """A TokenContext; a bare [B, V] presence mask (the pre-TokenContext interface) gets empty
+  counts and history."""
+  if isinstance(ctx, TokenContext):
+    return ctx
+  b, _ = ctx.shape
+  return TokenContext(presence=ctx, counts=jnp.zeros(ctx.shape, jnp.int32),
+                      history=jnp.full((b, 0), -1, jnp.int32), length=jnp.zeros((b,), jnp.int32))
 
 
 def update_presence(presence: jax.Array, tokens: jax.Array, valid: jax.Array) -> jax.Array:

@@ -439,6 +439,37 @@ def test_presence_helpers():
   np.testing.assert_array_equal(upd, expect)
 
 
+def test_token_context_observe():
+  """observe: prompt chunks set presence and history; sampled tokens are also counted; invalid
+  entries, ids outside the vocabulary and positions outside the history are dropped."""
+  ctx = S.init_context(2, 8, 6)
+  ctx = S.observe(ctx, jnp.asarray([[1, 2, 2], [0, 5, -1]]), jnp.asarray([[0, 1, 2], [0, 1, 2]]),
+                  jnp.asarray([[True, True, True], [False, True, True]]), generated=False)
+  ctx = S.observe(ctx, jnp.asarray([[2, 9, 4], [6, 6, 6]]), jnp.asarray([[3, 4, 9], [2, 3, 4]]),
+                  jnp.asarray([[True, True, True], [True, True, False]]), generated=False)
+  ctx = S.observe(ctx, jnp.asarray([[7], [6]]), jnp.asarray([[5], [4]]), jnp.asarray([[True], [True]]),
+                  generated=True)
+  ctx = S.observe(ctx, jnp.asarray([[7], [3]]), jnp.asarray([[6], [5]]), jnp.asarray([[True], [False]]),
+                  generated=True)
+  presence = np.zeros((2, 8), bool)
+  presence[0, [1, 2, 4, 7]] = True
+  presence[1, [5, 6]] = True
+  np.testing.assert_array_equal(ctx.presence, presence)
+  counts = np.zeros((2, 8), np.int32)
+  counts[0, 7] = 2  # position 6 is outside the history, the token still counts
+  counts[1, 6] = 1
+  np.testing.assert_array_equal(ctx.counts, counts)
+  np.testing.assert_array_equal(ctx.history, [[1, 2, 2, 2, -1, 7], [-1, 5, 6, 6, 6, -1]])
+  np.testing.assert_array_equal(ctx.length, [10, 5])  # position 9 was observed (outside the history)
+
+
+def test_step_keys_per_row_steps():
+  keys = S.row_keys(jnp.arange(3))
+  mixed = jax.random.key_data(S.step_keys(keys, jnp.asarray([4, 0, 9])))
+  for b, step in enumerate([4, 0, 9]):
+    np.testing.assert_array_equal(mixed[b], jax.random.key_data(S.step_keys(keys, step))[b])
+
+
 def test_changing_values_does_not_retrace(data):
   logits, ids, valid = data
   traces = {"sample": 0, "process": 0}
