@@ -12,6 +12,7 @@ from smollm3_jax.model import SmolLM3
 
 from smollm3_jax.api import Completion, GenerationResult, GenerationStats, Stream, generate, stream  # noqa: E402
 from smollm3_jax.engine import Engine  # noqa: E402
+from smollm3_jax.scoring import RollingScore, Score, score, score_rolling  # noqa: E402
 from smollm3_jax.thinking import split_thinking  # noqa: E402
 from smollm3_jax.tokenizer import Tokenizer  # noqa: E402
 from smollm3_jax.checkpoints import from_pretrained, load_config  # noqa: E402
@@ -19,4 +20,5 @@ from smollm3_jax.checkpoints import from_pretrained, load_config  # noqa: E402
 __all__ = [
     "SmolLM3Config", "SmolLM3", "KVCache", "sampling", "generate", "stream", "Engine", "Completion",
     "GenerationResult", "GenerationStats", "Stream", "Tokenizer", "split_thinking", "from_pretrained", "load_config",
+    "score", "score_rolling", "Score", "RollingScore",
 ]
