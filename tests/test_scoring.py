@@ -181,3 +181,39 @@ def test_rolling_bad_input(tiny, kwargs, message):
   kwargs = {"texts": [[1, 2, 3]], "prefix_token_id": 1, **kwargs}
   with pytest.raises(ValueError, match=message):
     smollm3_jax.score_rolling(model, None, **kwargs)
+
+
+def _run_score_script(*args):
+  import os
+  import subprocess
+  import sys
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  return subprocess.run([sys.executable, os.path.join(root, "experiments", "score.py"), *args],
+                        capture_output=True, text=True, timeout=300, cwd=root)
+
+
+def test_score_script_writes_jsonl(tmp_path, demo_model, demo_tokenizer):
+  import json
+  rows = [{"id": "a", "prompt": "The capital of France is", "continuation": " Paris."},
+          {"id": "b", "prompt": "Water boils at", "continuation": [220, 1135]}]
+  (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+  out = tmp_path / "out.jsonl"
+  proc = _run_score_script("--checkpoint=demo", f"--input={tmp_path / 'in.jsonl'}", f"--output={out}",
+                           "--noprogress", "--dtype=float32")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  got = [json.loads(line) for line in out.read_text().splitlines()]
+  ref = smollm3_jax.score(demo_model, demo_tokenizer, [r["prompt"] for r in rows], [r["continuation"] for r in rows])
+  assert [g["id"] for g in got] == ["a", "b"]
+  for g, s in zip(got, ref):
+    assert g["token_ids"] == s.token_ids and g["is_greedy"] == s.is_greedy and g["num_tokens"] == len(s.token_ids)
+    np.testing.assert_allclose(g["logprobs"], s.logprobs, atol=1e-5)
+    assert g["log_likelihood"] == pytest.approx(s.log_likelihood, abs=1e-4)
+  assert "scored 2 continuations" in proc.stdout
+
+
+def test_score_script_refuses_bad_lines_before_loading(tmp_path):
+  (tmp_path / "in.jsonl").write_text('{"prompt": "a", "continuation": "b"}\n{"prompt": "c"}\n')
+  proc = _run_score_script(f"--input={tmp_path / 'in.jsonl'}", f"--output={tmp_path / 'o.jsonl'}")
+  assert proc.returncode != 0 and "in.jsonl:2: expected an object with 'prompt', 'continuation'" in proc.stderr
+  proc = _run_score_script(f"--input={tmp_path / 'in.jsonl'}", f"--output={tmp_path / 'o.jsonl'}", "--rolling")
+  assert proc.returncode != 0 and "in.jsonl:1: expected an object with 'text'" in proc.stderr
