@@ -1,47 +1,108 @@
 """Per-row logits processing and token sampling, equal to ``transformers`` generate.
 
-Every sampling setting is a traced ``[B]`` array, so a grid of settings runs as
-one batch inside a jitted decode loop and changing a value never recompiles.
+Every sampling setting is a traced ``[B]`` array (``logit_bias``: ``[B, MAX_LOGIT_BIAS]`` pairs), so
+a grid of settings runs as one batch inside a jitted decode loop and changing a value never
+recompiles. :data:`SETTINGS` is the one registry of settings (name, off value, dtype, range, help):
+``SamplingParams.make``, :func:`validate_sampling_args`, ``pad_to`` and the CLI flags all read it.
 
-The chain follows ``GenerationMixin._get_logits_processor``: repetition penalty
-(applied for greedy and sampled rows), then, for sampled rows only
-(``do_sample=True``), temperature -> top-k -> top-p -> min-p, all with
-``filter_value=-inf`` and ``min_tokens_to_keep=1``. Rows with temperature 0 are
-greedy: argmax of the repetition-penalised logits, as ``do_sample=False``.
+The chain, in ``GenerationMixin._get_logits_processor``'s order (each step skipped when no row uses
+it; all filters with ``filter_value=-inf`` and ``min_tokens_to_keep=1``):
+
+  Logits processors (greedy and sampled rows):
+    1. ``logit_bias``           SequenceBiasLogitsProcessor with one-token sequences (OpenAI's logit_bias)
+    2. ``repetition_penalty``   RepetitionPenaltyLogitsProcessor (prompt + generated tokens)
+    3. ``frequency_penalty``,   vLLM's OpenAI penalties: logit - f * count - p * [count > 0], counts over
+       ``presence_penalty``     generated tokens (transformers has none; vLLM applies them right after
+                                the repetition penalty, and so do we)
+    4. ``no_repeat_ngram_size`` NoRepeatNGramLogitsProcessor (prompt + generated tokens)
+    5. ``min_new_tokens``       MinNewTokensLengthLogitsProcessor (the stop ids masked until then)
+  Warpers (sampled rows only, ``do_sample=True``):
+    6. ``temperature`` -> 7. ``top_k`` -> 8. ``top_p`` -> 9. ``min_p`` -> 10. ``typical_p``
+       -> 11. ``epsilon_cutoff`` -> 12. ``eta_cutoff``
+
+Rows with temperature 0 are greedy: argmax of the processed logits (1-5), as ``do_sample=False``.
 
 Each filter keeps the tokens at or above a per-row cut-off value. Top-k and top-p find
 their cut-offs without sorting the vocabulary: 32 rounds of bisection over order-preserving
 integer keys of the values, each a compare-and-count (top-k) or compare-and-sum (top-p) over
-the row, as TPU serving stacks do; min-p is elementwise. Ties with the cut-off value are kept
-(transformers' top-k does the same; for top-p a tie across the cut-off is resolved by torch's
-sort order, which is unspecified anyway). See ``_top_p_keep`` for the rounding at the cut-off.
+the row, as TPU serving stacks do; typical-p is top-p over another order (the distance of each
+token's surprisal from the entropy) and bisects the same way; min-p, epsilon and eta are
+elementwise. Ties with the cut-off value are kept (transformers' top-k does the same; for top-p
+and typical-p a tie across the cut-off is resolved by torch's sort order, which is unspecified
+anyway). See ``_top_p_keep`` for the rounding at the cut-off.
+
+What the processors know of each row's text is a :class:`TokenContext` (presence, generated-token
+counts, token history by position), kept up to date with :func:`observe`.
 
 Imports nothing from the package: pure functions over arrays, used by the decode loop.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+import dataclasses
+from typing import Any, Callable, Mapping, Sequence
 
 import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-# "Off" value of each parameter, in the order of SamplingParams' fields.
-_OFF = {
-    "temperature": 0.0,
-    "top_k": 0,
-    "top_p": 1.0,
-    "min_p": 0.0,
-    "repetition_penalty": 1.0,
-}
-_DTYPES = {
-    "temperature": np.float32,
-    "top_k": np.int32,
-    "top_p": np.float32,
-    "min_p": np.float32,
-    "repetition_penalty": np.float32,
+MAX_LOGIT_BIAS = 16  # (id, bias) pairs per row for ``logit_bias``
+_F32_MAX = float(np.finfo(np.float32).max)
+_I32_MAX = int(np.iinfo(np.int32).max)
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+  """One sampling setting: its off value, dtype, help line and range check.
+
+  ``check(arr)`` gets the values as float64 numpy (finite, checked before) and returns an error
+  message, or None when they are in range. ``integer``: values must be whole numbers."""
+
+  off: Any
+  dtype: type
+  help: str
+  check: Callable[[np.ndarray], str | None]
+  integer: bool = False
+
+
+def _rule(ok: Callable[[np.ndarray], np.ndarray], message: str) -> Callable[[np.ndarray], str | None]:
+  return lambda arr: None if np.all(ok(arr)) else message
+
+
+# The registry, in the order of SamplingParams' fields (logit_bias last: two fields, ids and values).
+SETTINGS: dict[str, Setting] = {
+    "temperature": Setting(0.0, np.float32, "0 = greedy (argmax of the processed logits).",
+                           _rule(lambda a: a >= 0, "must be >= 0 (0 = greedy)")),
+    "top_k": Setting(0, np.int32, "Keep the k most likely tokens; 0 = off.",
+                     _rule(lambda a: a >= 0, "must be >= 0 (0 = off)"), integer=True),
+    "top_p": Setting(1.0, np.float32, "Nucleus: keep the smallest set with this mass; 1 = off.",
+                     _rule(lambda a: (a > 0) & (a <= 1), "must be in (0, 1] (1 = off)")),
+    "min_p": Setting(0.0, np.float32, "Drop tokens below min_p x the top probability; 0 = off.",
+                     _rule(lambda a: (a >= 0) & (a <= 1), "must be in [0, 1] (0 = off)")),
+    "repetition_penalty": Setting(1.0, np.float32, "Divide (logit > 0) or multiply the logits of prompt and "
+                                  "generated tokens; 1 = off.", _rule(lambda a: a > 0, "must be > 0 (1 = off)")),
+    "typical_p": Setting(1.0, np.float32, "Locally typical sampling (Meister et al. 2022): keep the tokens "
+                         "closest to the entropy up to this mass; 1 = off.",
+                         _rule(lambda a: (a > 0) & (a <= 1), "must be in (0, 1] (1 = off)")),
+    "epsilon_cutoff": Setting(0.0, np.float32, "Drop tokens with probability < epsilon (Hewitt et al. 2022); "
+                              "0 = off.", _rule(lambda a: (a >= 0) & (a < 1), "must be in [0, 1) (0 = off)")),
+    "eta_cutoff": Setting(0.0, np.float32, "Drop tokens with probability < min(eta, sqrt(eta) exp(-entropy)) "
+                          "(Hewitt et al. 2022); 0 = off.",
+                          _rule(lambda a: (a >= 0) & (a < 1), "must be in [0, 1) (0 = off)")),
+    "no_repeat_ngram_size": Setting(0, np.int32, "Ban every token that would repeat an n-gram of the prompt "
+                                    "or the answer; 0 = off.", _rule(lambda a: a >= 0, "must be >= 0 (0 = off)"),
+                                    integer=True),
+    "frequency_penalty": Setting(0.0, np.float32, "OpenAI / vLLM: subtract penalty x count of each generated "
+                                 "token from its logit; in [-2, 2], 0 = off.",
+                                 _rule(lambda a: (a >= -2) & (a <= 2), "must be in [-2, 2] (0 = off)")),
+    "presence_penalty": Setting(0.0, np.float32, "OpenAI / vLLM: subtract penalty from the logit of every token "
+                                "generated so far; in [-2, 2], 0 = off.",
+                                _rule(lambda a: (a >= -2) & (a <= 2), "must be in [-2, 2] (0 = off)")),
+    "min_new_tokens": Setting(0, np.int32, "The stop ids are masked until a row generated this many tokens; "
+                              "0 = off.", _rule(lambda a: a >= 0, "must be >= 0 (0 = off)"), integer=True),
+    "logit_bias": Setting({}, np.float32, f"OpenAI: {{token id: bias}} added to the logits (at most "
+                          f"{MAX_LOGIT_BIAS} ids per row); empty = off.", lambda a: None),
 }
 
 
@@ -60,61 +121,110 @@ def _as_host_array(name: str, value: Any, batch: int | None) -> np.ndarray:
   return np.atleast_1d(arr)
 
 
-def validate_sampling_args(*, batch: int | None = None, **kwargs: Any) -> None:
+def _bias_pairs(value: Any, batch: int | None, vocab_size: int | None) -> tuple[np.ndarray, np.ndarray]:
+  """``logit_bias`` -> ids [R, MAX_LOGIT_BIAS] int32 (-1 = none) and biases [R, MAX_LOGIT_BIAS] f32.
+
+  ``value``: None / one mapping {token id: bias} for every row, or a sequence of per-row mappings
+  (R = its length; with ``batch``, one mapping is repeated to ``batch`` rows). Ids are ints >= 0
+  (< ``vocab_size`` when given); a bias is a finite float32 number."""
+  if value is None or isinstance(value, Mapping):
+    rows = [value or {}] * (1 if batch is None else batch)
+  elif isinstance(value, (list, tuple)) and all(v is None or isinstance(v, Mapping) for v in value):
+    rows = [v or {} for v in value]
+    if batch is not None and len(rows) != batch:
+      raise ValueError(f"`logit_bias` has length {len(rows)}, expected batch size {batch}")
+  else:
+    raise ValueError(f"`logit_bias` must be a mapping {{token id: bias}} or a sequence of them, got {value!r}")
+  ids = np.full((len(rows), MAX_LOGIT_BIAS), -1, np.int32)
+  bias = np.zeros((len(rows), MAX_LOGIT_BIAS), np.float32)
+  for r, row in enumerate(rows):
+    if len(row) > MAX_LOGIT_BIAS:
+      raise ValueError(f"`logit_bias` has {len(row)} ids in a row, at most {MAX_LOGIT_BIAS} are supported")
+    for j, (tok, b) in enumerate(row.items()):
+      if isinstance(tok, str) and tok.strip().isdigit():  # JSON keys arrive as strings
+        tok_i = int(tok)
+      elif isinstance(tok, (int, np.integer)) and not isinstance(tok, bool) and tok >= 0:
+        tok_i = int(tok)
+      else:
+        raise ValueError(f"`logit_bias` token ids must be integers >= 0, got {tok!r}")
+      if tok_i > _I32_MAX:
+        raise ValueError(f"`logit_bias` token id {tok_i} is too large")
+      if vocab_size is not None and tok_i >= vocab_size:
+        raise ValueError(f"`logit_bias` token id {tok_i} is outside the vocabulary (size {vocab_size})")
+      if isinstance(b, bool) or not isinstance(b, (int, float, np.integer, np.floating)) \
+          or not np.isfinite(b) or abs(b) > _F32_MAX:
+        raise ValueError(f"`logit_bias` biases must be finite numbers, got {b!r} for id {tok_i}")
+      ids[r, j], bias[r, j] = tok_i, b
+  return ids, bias
+
+
+def validate_sampling_args(*, batch: int | None = None, vocab_size: int | None = None, **kwargs: Any) -> None:
   """Host-side check of sampling settings; raises ValueError naming the parameter.
 
-  Each keyword (temperature, top_k, top_p, min_p, repetition_penalty) is a
-  scalar or a length-``batch`` sequence. Runs in numpy: call it before jit.
+  Each keyword is a name of :data:`SETTINGS`, a scalar or a length-``batch`` sequence
+  (``logit_bias``: a mapping {id: bias} or a sequence of them). ``vocab_size``, when given, bounds
+  the ``logit_bias`` ids. Runs in numpy: call it before jit.
   """
   if batch is not None and (isinstance(batch, bool) or not isinstance(batch, (int, np.integer))
                             or batch < 1):
     raise ValueError(f"`batch` must be a positive int, got {batch!r}")
   for name, value in kwargs.items():
-    if name not in _OFF:
-      raise ValueError(f"unknown sampling parameter `{name}`; expected one of {sorted(_OFF)}")
+    if name not in SETTINGS:
+      raise ValueError(f"unknown sampling parameter `{name}`; expected one of {sorted(SETTINGS)}")
+    if name == "logit_bias":
+      _bias_pairs(value, batch, vocab_size)
+      continue
+    setting = SETTINGS[name]
     arr = _as_host_array(name, value, batch)
     if not np.all(np.isfinite(arr)):
       raise ValueError(f"`{name}` must be finite, got {value!r}")
-    if np.any(np.abs(arr) > np.finfo(np.float32).max):  # becomes inf in the f32 program
+    if np.any(np.abs(arr) > _F32_MAX):  # becomes inf in the f32 program
       raise ValueError(f"`{name}` is too large for float32, got {value!r}")
-    if name == "temperature" and np.any(arr < 0):
-      raise ValueError(f"`temperature` must be >= 0 (0 = greedy), got {value!r}")
-    elif name == "top_k":
-      if np.any(arr < 0):
-        raise ValueError(f"`top_k` must be >= 0 (0 = off), got {value!r}")
+    if setting.integer:
       if np.any(arr != np.round(arr)):
-        raise ValueError(f"`top_k` must be an integer, got {value!r}")
-      if np.any(arr > np.iinfo(np.int32).max):
-        raise ValueError(f"`top_k` is too large, got {value!r}")
-    elif name == "top_p" and np.any((arr <= 0) | (arr > 1)):
-      raise ValueError(f"`top_p` must be in (0, 1] (1 = off), got {value!r}")
-    elif name == "min_p" and np.any((arr < 0) | (arr > 1)):
-      raise ValueError(f"`min_p` must be in [0, 1] (0 = off), got {value!r}")
-    elif name == "repetition_penalty" and np.any(arr <= 0):
-      raise ValueError(f"`repetition_penalty` must be > 0 (1 = off), got {value!r}")
+        raise ValueError(f"`{name}` must be an integer, got {value!r}")
+      if np.any(np.abs(arr) > _I32_MAX):
+        raise ValueError(f"`{name}` is too large, got {value!r}")
+    message = setting.check(arr)
+    if message:
+      raise ValueError(f"`{name}` {message}, got {value!r}")
 
 
 @flax.struct.dataclass
 class SamplingParams:
-  """Per-row sampling settings; every field has shape [B]."""
+  """Per-row sampling settings: every field has the batch [B] as its first axis. See
+  :data:`SETTINGS` for the meanings and off values."""
 
-  temperature: jax.Array  # f32, 0.0 = greedy
-  top_k: jax.Array  # int32, 0 = off
-  top_p: jax.Array  # f32 in (0, 1], 1.0 = off
-  min_p: jax.Array  # f32 in [0, 1], 0.0 = off
-  repetition_penalty: jax.Array  # f32 > 0, 1.0 = off
+  temperature: jax.Array           # [B] f32, 0.0 = greedy
+  top_k: jax.Array                 # [B] int32, 0 = off
+  top_p: jax.Array                 # [B] f32 in (0, 1], 1.0 = off
+  min_p: jax.Array                 # [B] f32 in [0, 1], 0.0 = off
+  repetition_penalty: jax.Array    # [B] f32 > 0, 1.0 = off
+  typical_p: jax.Array             # [B] f32 in (0, 1], 1.0 = off
+  epsilon_cutoff: jax.Array        # [B] f32 in [0, 1), 0.0 = off
+  eta_cutoff: jax.Array            # [B] f32 in [0, 1), 0.0 = off
+  no_repeat_ngram_size: jax.Array  # [B] int32 >= 0, 0 = off
+  frequency_penalty: jax.Array     # [B] f32 in [-2, 2], 0.0 = off
+  presence_penalty: jax.Array      # [B] f32 in [-2, 2], 0.0 = off
+  min_new_tokens: jax.Array        # [B] int32 >= 0, 0 = off
+  logit_bias_ids: jax.Array        # [B, MAX_LOGIT_BIAS] int32, -1 = no pair
+  logit_bias_values: jax.Array     # [B, MAX_LOGIT_BIAS] f32
 
   @classmethod
-  def make(cls, batch: int, *, temperature: Any = 0.0, top_k: Any = 0, top_p: Any = 1.0,
-           min_p: Any = 0.0, repetition_penalty: Any = 1.0) -> "SamplingParams":
-    """Validated params; each arg is a scalar or a length-``batch`` sequence."""
-    values = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-                  repetition_penalty=repetition_penalty)
-    validate_sampling_args(batch=batch, **values)
-    return cls(**{
-        name: jnp.asarray(_as_host_array(name, v, batch).astype(_DTYPES[name]))
-        for name, v in values.items()
-    })
+  def make(cls, batch: int, *, vocab_size: int | None = None, **settings: Any) -> "SamplingParams":
+    """Validated params. Each keyword is a name of :data:`SETTINGS` (unknown names raise a
+    ValueError naming them), a scalar or a length-``batch`` sequence; ``logit_bias`` is a mapping
+    {token id: bias} or a sequence of ``batch`` mappings. Unset settings are off."""
+    validate_sampling_args(batch=batch, vocab_size=vocab_size, **settings)
+    fields = {}
+    for name, setting in SETTINGS.items():
+      value = settings.get(name, setting.off)
+      if name == "logit_bias":
+        ids, bias = _bias_pairs(value, batch, vocab_size)
+        fields.update(logit_bias_ids=jnp.asarray(ids), logit_bias_values=jnp.asarray(bias))
+      else:
+        fields[name] = jnp.asarray(_as_host_array(name, value, batch).astype(setting.dtype))
+    return cls(**fields)
 
   @property
   def batch_size(self) -> int:
@@ -125,15 +235,14 @@ class SamplingParams:
     return jax.tree_util.tree_map(lambda a: a[idx], self)
 
   def pad_to(self, batch: int) -> "SamplingParams":
-    """Append "off" rows (greedy, no filters) up to ``batch`` rows."""
+    """Append "off" rows (greedy, every processor off) up to ``batch`` rows."""
     n = self.batch_size
     if batch < n:
       raise ValueError(f"`batch` ({batch}) is smaller than the current batch size ({n})")
-    return SamplingParams(**{
-        name: jnp.concatenate([getattr(self, name),
-                               jnp.full((batch - n,), off, getattr(self, name).dtype)])
-        for name, off in _OFF.items()
-    })
+    if batch == n:
+      return self
+    off = SamplingParams.make(batch - n)
+    return jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a, b.astype(a.dtype)]), self, off)
 
 
 # ----------------------------------------------------------------------------
@@ -239,29 +348,142 @@ def apply_min_p(logits: jax.Array, min_p: jax.Array) -> jax.Array:
   return jnp.where(_min_p_remove(logits, min_p), -jnp.inf, logits)
 
 
+def _typical_keep(x: jax.Array, mass: jax.Array) -> jax.Array:
+  """[B, V] bool: TypicalLogitsWarper's kept set on logits ``x`` (-inf = already removed).
+
+  transformers sorts the tokens by d = |-log p - H| (H the entropy) and keeps those with d at or
+  below the d where the cumulative mass first reaches ``mass``. That cut-off is the smallest d whose
+  mass at or below it is >= ``mass``: found by bisection over the order keys of d (the masses are
+  summed in another order than torch's cumulative sum: the rounding note of ``_top_p_keep``
+  applies). A sort of the vocabulary per row and step is what this avoids. mass == 1: every entry.
+  """
+  logp = jax.nn.log_softmax(x, axis=-1)
+  p = jnp.exp(logp)
+  entropy = -jnp.sum(jnp.where(p > 0, logp * p, 0.0), -1, keepdims=True)  # torch: nansum
+  keys = _order_keys(jnp.abs(-logp - entropy))  # +inf (highest) where p == 0
+  # The largest key whose mass at or below it is still < mass; the cut-off is the next key above.
+  below = jnp.min(keys, -1) - 1  # keys of d >= 0 are >= 2**31: no wrap-around
+  short = lambda t: jnp.sum(jnp.where(keys <= t[:, None], p, 0.0), -1) < mass
+  last_short = _bisect(below, jnp.max(keys, -1), lambda t: (t == below) | short(t))
+  cut = jnp.min(jnp.where(keys > last_short[:, None], keys, jnp.uint32(0xFFFFFFFF)), -1)
+  return (keys <= cut[:, None]) | (mass >= 1.0)[:, None]
+
+
+def _epsilon_remove(x: jax.Array, epsilon: jax.Array) -> jax.Array:
+  """[B, V] bool: EpsilonLogitsWarper's removal mask (prob < epsilon, the top logit kept)."""
+  probs = jax.nn.softmax(x, axis=-1)
+  return (probs < epsilon[:, None]) & (x < jnp.max(x, -1, keepdims=True))
+
+
+def _eta_remove(x: jax.Array, eta: jax.Array) -> jax.Array:
+  """[B, V] bool: EtaLogitsWarper's removal mask: prob < min(eta, sqrt(eta) exp(-H)), H the
+  entropy as torch's ``Categorical(logits=x).entropy()`` (log-probs clamped to the f32 minimum), the
+  top logit kept. eta == 0: nothing removed."""
+  logp = jax.nn.log_softmax(x, axis=-1)
+  probs = jnp.exp(logp)
+  entropy = -jnp.sum(jnp.maximum(logp, jnp.finfo(jnp.float32).min) * probs, -1)
+  cut = jnp.minimum(eta, jnp.sqrt(eta) * jnp.exp(-entropy))[:, None]
+  return (probs < cut) & (x < jnp.max(x, -1, keepdims=True))
+
+
+def apply_typical_p(logits: jax.Array, typical_p: jax.Array) -> jax.Array:
+  """Locally typical filter as TypicalLogitsWarper; typical_p == 1: row unchanged."""
+  return jnp.where(_typical_keep(logits, typical_p), logits, -jnp.inf)
+
+
+def apply_epsilon_cutoff(logits: jax.Array, epsilon: jax.Array) -> jax.Array:
+  """-inf where prob < epsilon, the top token kept (EpsilonLogitsWarper); 0: row unchanged."""
+  return jnp.where(_epsilon_remove(logits, epsilon), -jnp.inf, logits)
+
+
+def apply_eta_cutoff(logits: jax.Array, eta: jax.Array) -> jax.Array:
+  """EtaLogitsWarper; eta == 0: row unchanged."""
+  return jnp.where(_eta_remove(logits, eta), -jnp.inf, logits)
+
+
 def _filter_chain(x: jax.Array, params: SamplingParams) -> jax.Array:
-  """top-k -> top-p -> min-p on temperature-scaled logits, by bisection over order keys (no sort
-  of the vocabulary: sorting 49k-128k values per row per step is slow on TPUs and GPUs). Each
-  filter is skipped when no row uses it."""
+  """top-k -> top-p -> min-p -> typical -> epsilon -> eta on temperature-scaled logits, by
+  bisection over order keys or elementwise (no sort of the vocabulary: sorting 49k-128k values
+  per row per step is slow on TPUs and GPUs). Each filter is skipped when no row uses it."""
   keys = _order_keys(x)
   x = jax.lax.cond(jnp.any(params.top_k > 0),
                    lambda: jnp.where(_top_k_keep(keys, params.top_k), x, -jnp.inf), lambda: x)
   x = jax.lax.cond(jnp.any(params.top_p < 1.0),
                    lambda: jnp.where(_top_p_keep(x, keys, params.top_p), x, -jnp.inf), lambda: x)
   # min-p needs only an elementwise softmax of the top-k/top-p output.
-  return jnp.where(_min_p_remove(x, params.min_p), -jnp.inf, x)
+  x = jnp.where(_min_p_remove(x, params.min_p), -jnp.inf, x)
+  x = jax.lax.cond(jnp.any(params.typical_p < 1.0), apply_typical_p, lambda y, _: y, x, params.typical_p)
+  x = jax.lax.cond(jnp.any(params.epsilon_cutoff > 0), apply_epsilon_cutoff, lambda y, _: y, x,
+                   params.epsilon_cutoff)
+  return jax.lax.cond(jnp.any(params.eta_cutoff > 0), apply_eta_cutoff, lambda y, _: y, x, params.eta_cutoff)
 
 
 def _needs_filter(params: SamplingParams) -> jax.Array:
   sampled = params.temperature > 0
-  return jnp.any(sampled & ((params.top_k > 0) | (params.top_p < 1.0) | (params.min_p > 0)))
+  return jnp.any(sampled & ((params.top_k > 0) | (params.top_p < 1.0) | (params.min_p > 0)
+                            | (params.typical_p < 1.0) | (params.epsilon_cutoff > 0) | (params.eta_cutoff > 0)))
 
 
 def _warp(x: jax.Array, params: SamplingParams) -> jax.Array:
   """Temperature then (only if some sampled row uses one) the filters."""
   x = apply_temperature(x, params.temperature)
-  # Skip the sort when no row filters (e.g. plain temperature sampling).
+  # Skip the filters when no row uses one (e.g. plain temperature sampling).
   return jax.lax.cond(_needs_filter(params), _filter_chain, lambda y, _: y, x, params)
+
+
+def apply_logit_bias(logits: jax.Array, ids: jax.Array, values: jax.Array) -> jax.Array:
+  """logits[b, ids[b, j]] += values[b, j] (SequenceBiasLogitsProcessor with one-token sequences,
+  OpenAI's logit_bias); ids [B, M] int32, -1 (or outside the vocabulary) = no pair."""
+  b, v = logits.shape
+  idx = jnp.where((ids >= 0) & (ids < v), ids, v)  # past the vocabulary: dropped
+  return logits.at[jnp.arange(b)[:, None], idx].add(values.astype(logits.dtype), mode="drop")
+
+
+def apply_openai_penalties(logits: jax.Array, counts: jax.Array, frequency_penalty: jax.Array,
+                           presence_penalty: jax.Array) -> jax.Array:
+  """vLLM's frequency and presence penalties: logit - f * count - p * [count > 0]; counts [B, V]
+  int32 of the generated tokens (not the prompt), penalties [B]."""
+  counts = counts.astype(logits.dtype)
+  logits = logits - frequency_penalty.astype(logits.dtype)[:, None] * counts
+  return logits - presence_penalty.astype(logits.dtype)[:, None] * (counts > 0)
+
+
+def _ngram_banned(history: jax.Array, length: jax.Array, n: jax.Array, vocab_size: int) -> jax.Array:
+  """[B, V] bool: NoRepeatNGramLogitsProcessor's banned tokens. history [B, L] token ids by position,
+  length [B] tokens so far, n [B] n-gram sizes (0 = off).
+
+  The window starting at position j (j + n <= length) bans its last token history[j + n - 1] when
+  its first n - 1 tokens equal the row's last n - 1 tokens (n = 1: every token seen). One
+  compare over the history per n-gram position: O(L x max n) per step, no host loop."""
+  b, l = history.shape
+  cur = jnp.minimum(length, l)
+  j = jnp.arange(l, dtype=jnp.int32)[None, :]
+  padded = jnp.concatenate([history, jnp.full((b, l), -2, history.dtype)], axis=1)
+
+  def compare(k, match):
+    window = jax.lax.dynamic_slice_in_dim(padded, k, l, axis=1)  # history[:, j + k]
+    target = jnp.take_along_axis(history, jnp.clip(cur - n + 1 + k, 0, l - 1)[:, None], axis=1)
+    return match & ((k >= n - 1)[:, None] | (window == target))
+
+  match = jax.lax.fori_loop(0, jnp.max(n) - 1, compare, jnp.ones((b, l), bool))
+  ok = match & (n > 0)[:, None] & (j <= (cur - n)[:, None])
+  last = jnp.take_along_axis(history, jnp.clip(j + n[:, None] - 1, 0, l - 1), axis=1)
+  idx = jnp.where(ok & (last >= 0) & (last < vocab_size), last, vocab_size)
+  return jnp.zeros((b, vocab_size), bool).at[jnp.arange(b)[:, None], idx].set(True, mode="drop")
+
+
+def apply_no_repeat_ngram(logits: jax.Array, ctx: "TokenContext", n: jax.Array) -> jax.Array:
+  """-inf on the tokens that would repeat an n-gram of the row's history; n == 0: unchanged."""
+  return jnp.where(_ngram_banned(ctx.history, ctx.length, n, logits.shape[1]), -jnp.inf, logits)
+
+
+def apply_min_new_tokens(logits: jax.Array, num_generated: jax.Array, min_new_tokens: jax.Array,
+                         stop_ids: jax.Array) -> jax.Array:
+  """-inf on the stop ids [K] (-1 padded) of rows that generated fewer than min_new_tokens tokens
+  (MinNewTokensLengthLogitsProcessor)."""
+  v = logits.shape[1]
+  stop = jnp.zeros((v + 1,), bool).at[jnp.where((stop_ids >= 0) & (stop_ids < v), stop_ids, v)].set(True)
+  return jnp.where((num_generated < min_new_tokens)[:, None] & stop[None, :v], -jnp.inf, logits)
 
 
 def process_logits(logits: jax.Array, ctx: "TokenContext | jax.Array", params: SamplingParams, *,
@@ -269,10 +491,10 @@ def process_logits(logits: jax.Array, ctx: "TokenContext | jax.Array", params: S
   """Full chain in generate's order -> [B, V] f32: the distribution each row is sampled from.
 
   Greedy rows (temperature 0) get only the logits processors (no temperature or filters), as
-  ``do_sample=False``; sampled rows get the processors, then temperature, top-k, top-p, min-p.
+  ``do_sample=False``; sampled rows get the processors, then the warpers (module docstring).
   ``ctx``: the rows' :class:`TokenContext` (a bare [B, V] presence mask is accepted too);
   ``num_generated`` [B] int32 tokens each row generated before this one; ``stop_ids`` [K] int32
-  (-1 padded).
+  (-1 padded). Without them ``min_new_tokens`` masks nothing.
   """
   x = _process(logits, _context(ctx), params, num_generated, stop_ids)
   greedy = (params.temperature == 0)[:, None]
@@ -281,9 +503,21 @@ def process_logits(logits: jax.Array, ctx: "TokenContext | jax.Array", params: S
 
 def _process(logits: jax.Array, ctx: "TokenContext", params: SamplingParams,
              num_generated: jax.Array | None, stop_ids: jax.Array | None) -> jax.Array:
-  """The logits processors (greedy and sampled rows alike) -> [B, V] f32."""
-  del num_generated, stop_ids  # used by the processors of issue 18
-  return apply_repetition_penalty(logits.astype(jnp.float32), ctx.presence, params.repetition_penalty)
+  """The logits processors 1-5 (greedy and sampled rows alike) -> [B, V] f32."""
+  x = logits.astype(jnp.float32)
+  x = jax.lax.cond(jnp.any(params.logit_bias_ids >= 0), apply_logit_bias, lambda y, *_: y, x,
+                   params.logit_bias_ids, params.logit_bias_values)
+  x = apply_repetition_penalty(x, ctx.presence, params.repetition_penalty)
+  x = jax.lax.cond(jnp.any((params.frequency_penalty != 0) | (params.presence_penalty != 0)),
+                   apply_openai_penalties, lambda y, *_: y, x, ctx.counts, params.frequency_penalty,
+                   params.presence_penalty)
+  if ctx.history.shape[1]:  # static: a context without history (a bare presence mask) has no n-grams
+    x = jax.lax.cond(jnp.any(params.no_repeat_ngram_size > 0), apply_no_repeat_ngram, lambda y, *_: y, x,
+                     ctx, params.no_repeat_ngram_size)
+  if num_generated is not None and stop_ids is not None:
+    x = jax.lax.cond(jnp.any(params.min_new_tokens > 0), apply_min_new_tokens, lambda y, *_: y, x,
+                     num_generated, params.min_new_tokens, jnp.asarray(stop_ids, jnp.int32))
+  return x
 
 
 _BLOCK = 256  # vocabulary block for the two-level argmax / inverse-CDF below

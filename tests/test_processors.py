@@ -1,0 +1,343 @@
+"""The processors of issue 18 against transformers' logits processors (and vLLM's formula for the
+OpenAI penalties), each on random logits with different settings per row, off rows included; the
+whole chain against the LogitsProcessorList transformers' generate builds, in its order."""
+
+from __future__ import annotations
+
+import types
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from transformers import GenerationConfig
+from transformers.generation.logits_process import (
+    EpsilonLogitsWarper,
+    EtaLogitsWarper,
+    LogitsProcessor,
+    MinNewTokensLengthLogitsProcessor,
+    NoRepeatNGramLogitsProcessor,
+    RepetitionPenaltyLogitsProcessor,
+    SequenceBiasLogitsProcessor,
+    TypicalLogitsWarper,
+)
+from transformers.generation.utils import GenerationMixin
+
+from smollm3_jax import sampling as S
+
+B, V, L = 8, 400, 48
+STOP_IDS = np.array([7, 11, -1, -1], np.int32)  # -1: padding of the fixed-size array
+
+
+@pytest.fixture(scope="module")
+def data():
+  """Random logits [B, V] (scale 3: peaked and flat rows), each row's prompt and generated ids
+  drawn from 6 ids (so n-grams repeat), and the row's TokenContext."""
+  rng = np.random.default_rng(18)
+  logits = (rng.standard_normal((B, V)) * rng.uniform(0.5, 4.0, (B, 1))).astype(np.float32)
+  logits[:, 200:203] = -300.0  # probabilities that underflow to 0
+  prompt_len = rng.integers(3, 20, B)
+  gen_len = rng.integers(0, 20, B)
+  gen_len[0] = 0
+  ids = [rng.integers(0, 6, prompt_len[b] + gen_len[b]) for b in range(B)]
+  ids[3][-1] = 201  # a token whose probability underflows to 0
+  tokens = np.full((B, L), 0, np.int32)
+  for b in range(B):
+    tokens[b, :len(ids[b])] = ids[b]
+  pos = np.broadcast_to(np.arange(L), (B, L))
+  is_prompt = pos < prompt_len[:, None]
+  is_gen = (pos >= prompt_len[:, None]) & (pos < (prompt_len + gen_len)[:, None])
+  ctx = S.init_context(B, V, L)
+  ctx = S.observe(ctx, jnp.asarray(tokens), jnp.asarray(pos), jnp.asarray(is_prompt), generated=False)
+  ctx = S.observe(ctx, jnp.asarray(tokens), jnp.asarray(pos), jnp.asarray(is_gen), generated=True)
+  return types.SimpleNamespace(logits=logits, ids=ids, prompt_len=prompt_len, gen_len=gen_len, ctx=ctx)
+
+
+def _rows(d, fn):
+  """fn(b, input_ids [1, T], scores [1, V]) per row -> [B, V] numpy."""
+  return np.concatenate([fn(b, torch.tensor(d.ids[b][None, :]), torch.from_numpy(d.logits[b:b + 1].copy()))
+                         .numpy() for b in range(B)])
+
+
+def _assert_same(ours, ref, rtol=1e-6):
+  ours, ref = np.asarray(ours), np.asarray(ref)
+  np.testing.assert_array_equal(np.isneginf(ours), np.isneginf(ref))
+  fin = np.isfinite(ref)
+  np.testing.assert_allclose(ours[fin], ref[fin], rtol=rtol, atol=1e-5)
+
+
+def _f32(x):
+  return float(np.float32(x))
+
+
+def _changed_rows(ours, logits):
+  return [b for b in range(B) if not np.array_equal(np.asarray(ours)[b], logits[b])]
+
+
+# ----------------------------------------------------------------------------
+# Warpers (sampled rows): typical, epsilon, eta.
+# ----------------------------------------------------------------------------
+
+TYPICAL = [1.0, 0.2, 0.5, 0.9, 0.95, 1.0, 0.05, 0.7]
+EPSILON = [0.0, 3e-4, 1e-3, 0.0, 0.01, 0.05, 0.2, 0.0009]
+ETA = [0.0, 3e-4, 1e-3, 0.0, 0.01, 0.05, 0.2, 0.0009]
+
+
+def test_typical_p_matches_transformers(data):
+  ours = jax.jit(S.apply_typical_p)(jnp.asarray(data.logits), jnp.asarray(TYPICAL, jnp.float32))
+  ref = _rows(data, lambda b, i, s: s if TYPICAL[b] == 1.0 else TypicalLogitsWarper(_f32(TYPICAL[b]))(i, s))
+  _assert_same(ours, ref)
+  kept = np.isfinite(ref).sum(-1)
+  assert kept[0] == V and all(1 <= kept[b] < V - 3 for b in range(B) if TYPICAL[b] < 1)
+  assert len(set(kept)) > 4  # the cut-offs differ per row
+
+
+def test_typical_p_after_other_filters(data):
+  """On logits another filter already cut (-inf entries), as in the chain."""
+  x = data.logits.copy()
+  x[:, ::3] = -np.inf
+  ours = S.apply_typical_p(jnp.asarray(x), jnp.asarray(TYPICAL, jnp.float32))
+  ref = np.concatenate([(torch.from_numpy(x[b:b + 1].copy()) if TYPICAL[b] == 1.0 else
+                         TypicalLogitsWarper(_f32(TYPICAL[b]))(None, torch.from_numpy(x[b:b + 1].copy()))).numpy()
+                        for b in range(B)])
+  _assert_same(ours, ref)
+
+
+def test_epsilon_cutoff_matches_transformers(data):
+  ours = jax.jit(S.apply_epsilon_cutoff)(jnp.asarray(data.logits), jnp.asarray(EPSILON, jnp.float32))
+  ref = _rows(data, lambda b, i, s: s if EPSILON[b] == 0 else EpsilonLogitsWarper(_f32(EPSILON[b]))(i, s))
+  _assert_same(ours, ref)
+  assert _changed_rows(ours, data.logits) == [b for b in range(B) if EPSILON[b] > 0]
+
+
+def test_eta_cutoff_matches_transformers(data):
+  ours = jax.jit(S.apply_eta_cutoff)(jnp.asarray(data.logits), jnp.asarray(ETA, jnp.float32))
+  ref = _rows(data, lambda b, i, s: s if ETA[b] == 0 else EtaLogitsWarper(_f32(ETA[b]))(i, s))
+  _assert_same(ours, ref)
+  assert _changed_rows(ours, data.logits) == [b for b in range(B) if ETA[b] > 0]
+  # eta's cut-off is below epsilon's where the entropy is high: the two differ somewhere.
+  eps = np.asarray(S.apply_epsilon_cutoff(jnp.asarray(data.logits), jnp.asarray(ETA, jnp.float32)))
+  assert not np.array_equal(np.isfinite(eps), np.isfinite(np.asarray(ours)))
+
+
+# ----------------------------------------------------------------------------
+# Processors (greedy and sampled rows).
+# ----------------------------------------------------------------------------
+
+NGRAM = [0, 1, 2, 3, 2, 4, 0, 3]
+
+
+def test_no_repeat_ngram_matches_transformers(data):
+  ours = jax.jit(S.apply_no_repeat_ngram)(jnp.asarray(data.logits), data.ctx, jnp.asarray(NGRAM, jnp.int32))
+  ref = _rows(data, lambda b, i, s: s if NGRAM[b] == 0 else NoRepeatNGramLogitsProcessor(NGRAM[b])(i, s))
+  _assert_same(ours, ref)
+  banned = np.isneginf(ref).sum(-1)
+  assert banned[1] > 1 and sum(banned[b] > 0 for b in range(B) if NGRAM[b] > 1) >= 2  # n-grams repeat
+  assert banned[0] == 0 and banned[6] == 0, banned
+
+
+def test_no_repeat_ngram_history_shorter_than_n():
+  """A row with fewer than n tokens bans nothing; with exactly n - 1 tokens neither (transformers:
+  no complete n-gram yet); the first window that completes bans its successor once it recurs."""
+  ctx = S.init_context(3, 10, 8)
+  toks = jnp.asarray([[1, 2, 1, 0], [1, 2, 0, 0], [1, 2, 1, 2]])
+  valid = jnp.asarray([[True, True, True, False], [True, True, False, False], [True] * 4])
+  ctx = S.observe(ctx, toks, jnp.broadcast_to(jnp.arange(4), (3, 4)), valid, generated=False)
+  out = np.asarray(S.apply_no_repeat_ngram(jnp.zeros((3, 10)), ctx, jnp.asarray([2, 3, 3])))
+  for b, row in enumerate([[1, 2, 1], [1, 2], [1, 2, 1, 2]]):
+    ref = NoRepeatNGramLogitsProcessor([2, 3, 3][b])(torch.tensor([row]), torch.zeros((1, 10))).numpy()[0]
+    np.testing.assert_array_equal(out[b], ref)
+  assert np.isneginf(out[0, 2]) and np.isneginf(out[2, 1])
+
+
+FREQ = [0.0, 0.5, -0.5, 2.0, 0.0, 1.0, -2.0, 0.3]
+PRES = [0.0, 0.0, 1.0, -1.0, 2.0, 0.7, 0.5, -2.0]
+
+
+def _vllm_penalties(logits, ids, prompt_len, freq, pres):
+  """vLLM's apply_penalties (frequency and presence parts) in numpy: counts over output tokens."""
+  out = logits.astype(np.float32).copy()
+  for b in range(len(out)):
+    counts = np.bincount(ids[b][prompt_len[b]:], minlength=out.shape[1]).astype(np.float32)
+    out[b] -= np.float32(freq[b]) * counts
+    out[b] -= np.float32(pres[b]) * (counts > 0)
+  return out
+
+
+def test_frequency_and_presence_penalties_match_vllm_formula(data):
+  ours = jax.jit(S.apply_openai_penalties)(jnp.asarray(data.logits), data.ctx.counts,
+                                           jnp.asarray(FREQ, jnp.float32), jnp.asarray(PRES, jnp.float32))
+  ref = _vllm_penalties(data.logits, data.ids, data.prompt_len, FREQ, PRES)
+  np.testing.assert_allclose(np.asarray(ours), ref, rtol=1e-6, atol=1e-5)
+  # Prompt tokens are not penalised, generated ones are, repeats count.
+  assert _changed_rows(ours, data.logits) == [b for b in range(B) if (FREQ[b] or PRES[b]) and data.gen_len[b]]
+  assert int(np.asarray(data.ctx.counts).max()) > 1
+
+
+MIN_NEW = [0, 5, 30, 0, 1, 100, 3, 19]
+
+
+def test_min_new_tokens_matches_transformers(data):
+  fn = jax.jit(S.apply_min_new_tokens)
+  ours = fn(jnp.asarray(data.logits), jnp.asarray(data.gen_len, jnp.int32), jnp.asarray(MIN_NEW, jnp.int32),
+            jnp.asarray(STOP_IDS))
+  eos = [int(t) for t in STOP_IDS if t >= 0]
+  ref = _rows(data, lambda b, i, s: s if MIN_NEW[b] == 0 else MinNewTokensLengthLogitsProcessor(
+      int(data.prompt_len[b]), MIN_NEW[b], eos)(i, s))
+  _assert_same(ours, ref)
+  masked = [b for b in range(B) if np.isneginf(np.asarray(ours)[b, 7])]
+  assert masked == [b for b in range(B) if data.gen_len[b] < MIN_NEW[b]] and 0 < len(masked) < B - 2
+
+
+BIAS = [{}, {5: 3.5, 11: -100.0}, {0: 1e3}, {}, {399: -2.5, 1: 0.25, 2: -0.5}, {7: 5.0}, {}, {3: -1.0}]
+
+
+def test_logit_bias_matches_sequence_bias(data):
+  p = S.SamplingParams.make(B, logit_bias=BIAS)
+  ours = jax.jit(S.apply_logit_bias)(jnp.asarray(data.logits), p.logit_bias_ids, p.logit_bias_values)
+  ref = _rows(data, lambda b, i, s: s if not BIAS[b] else SequenceBiasLogitsProcessor(
+      [[[tok], bias] for tok, bias in BIAS[b].items()])(i, s))
+  _assert_same(ours, ref)
+  assert _changed_rows(ours, data.logits) == [b for b in range(B) if BIAS[b]]
+
+
+# ----------------------------------------------------------------------------
+# The whole chain, everything on, in transformers' order.
+# ----------------------------------------------------------------------------
+
+
+class _VLLMPenalties(LogitsProcessor):
+  """Frequency and presence penalties as vLLM applies them (torch), for the chain test."""
+
+  def __init__(self, freq, pres, prompt_len):
+    self.freq, self.pres, self.prompt_len = freq, pres, prompt_len
+
+  def __call__(self, input_ids, scores):
+    counts = torch.bincount(input_ids[0, self.prompt_len:], minlength=scores.shape[-1]).to(scores.dtype)
+    return scores - _f32(self.freq) * counts - _f32(self.pres) * (counts > 0).to(scores.dtype)
+
+
+# Per row: temperature, top_k, top_p, min_p, repetition_penalty, typical_p, epsilon, eta, ngram,
+# frequency, presence, min_new_tokens, logit_bias. Row 0: everything off; row 7: greedy.
+CHAIN = [
+    (1.0, 0, 1.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0, 0.0, 0.0, 0, {}),
+    (0.8, 40, 0.95, 0.02, 1.2, 0.9, 3e-4, 0.0, 2, 0.5, 0.3, 30, {5: 2.0, 11: -1.0}),
+    (1.3, 0, 1.0, 0.0, 1.1, 0.6, 0.0, 1e-3, 3, -0.5, 1.0, 2, {}),
+    (0.6, 100, 0.9, 0.0, 0.9, 0.95, 1e-3, 2e-3, 1, 1.0, 0.0, 0, {3: 4.0}),
+    (1.0, 0, 0.8, 0.05, 1.0, 0.8, 0.0, 0.0, 0, 0.0, -1.0, 50, {}),
+    (2.0, 200, 1.0, 0.0, 1.3, 0.5, 2e-4, 5e-4, 2, 0.2, 0.2, 5, {0: -3.0}),
+    (0.9, 0, 1.0, 0.0, 1.0, 1.0, 0.0, 3e-4, 4, 0.0, 0.0, 0, {9: 1.5}),
+    (0.0, 10, 0.5, 0.2, 1.5, 0.3, 0.01, 0.01, 2, 0.7, 0.4, 40, {4: 6.0}),
+]
+NAMES = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty", "typical_p", "epsilon_cutoff",
+         "eta_cutoff", "no_repeat_ngram_size", "frequency_penalty", "presence_penalty", "min_new_tokens",
+         "logit_bias")
+
+
+def _chain_params(rows):
+  return S.SamplingParams.make(len(rows), **{n: list(col) for n, col in zip(NAMES, zip(*rows))})
+
+
+def _generate_list(row, prompt_len):
+  """The LogitsProcessorList transformers' generate builds for one row, with vLLM's penalties
+  inserted right after the repetition penalty (transformers has none)."""
+  t, k, p, mp, rp, typ, eps, eta, ngram, freq, pres, min_new, bias = row
+  holder = object.__new__(type("_Holder", (GenerationMixin,), {}))
+  holder.config = types.SimpleNamespace(is_encoder_decoder=False)
+  common = dict(repetition_penalty=_f32(rp), no_repeat_ngram_size=ngram, min_new_tokens=min_new,
+                sequence_bias=[[[tok], b] for tok, b in bias.items()] or None)
+  if t == 0:
+    gc = GenerationConfig(do_sample=False, temperature=None, top_k=None, top_p=None, **common)
+  else:
+    gc = GenerationConfig(do_sample=True, temperature=_f32(t), top_k=k, top_p=_f32(p),
+                          min_p=_f32(mp) if mp else None, typical_p=_f32(typ), epsilon_cutoff=_f32(eps),
+                          eta_cutoff=_f32(eta), **common)
+  gc._eos_token_tensor = torch.tensor([int(i) for i in STOP_IDS if i >= 0])
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    procs = GenerationMixin._get_logits_processor(holder, generation_config=gc, input_ids_seq_length=prompt_len,
+                                                  device="cpu")
+  at = max([i + 1 for i, q in enumerate(procs)
+            if isinstance(q, (SequenceBiasLogitsProcessor, RepetitionPenaltyLogitsProcessor))], default=0)
+  procs.insert(at, _VLLMPenalties(freq, pres, prompt_len))
+  return procs
+
+
+def test_full_chain_matches_transformers_order(data):
+  params = _chain_params(CHAIN)
+  fn = jax.jit(lambda x, c, p, n: S.process_logits(x, c, p, num_generated=n, stop_ids=jnp.asarray(STOP_IDS)))
+  ours = np.asarray(fn(jnp.asarray(data.logits), data.ctx, params, jnp.asarray(data.gen_len, jnp.int32)))
+  lists = [_generate_list(CHAIN[b], int(data.prompt_len[b])) for b in range(B)]
+  kinds = [type(q).__name__ for q in lists[1]]
+  assert kinds == ["SequenceBiasLogitsProcessor", "RepetitionPenaltyLogitsProcessor", "_VLLMPenalties",
+                   "NoRepeatNGramLogitsProcessor", "MinNewTokensLengthLogitsProcessor", "TemperatureLogitsWarper",
+                   "TopKLogitsWarper", "TopPLogitsWarper", "MinPLogitsWarper", "TypicalLogitsWarper",
+                   "EpsilonLogitsWarper"], kinds
+  ref = _rows(data, lambda b, i, s: lists[b](i, s))
+  _assert_same(ours, ref, rtol=2e-6)
+  assert all(np.isfinite(ref[b]).sum() > 1 for b in range(B))  # active, not degenerate
+  # Greedy row: sample_tokens takes the argmax of the processed logits.
+  tok = jax.jit(lambda x, c, p, k, n: S.sample_tokens(x, c, p, k, num_generated=n, stop_ids=jnp.asarray(STOP_IDS)))(
+      jnp.asarray(data.logits), data.ctx, params, S.step_keys(S.row_keys(jnp.arange(B)), 0),
+      jnp.asarray(data.gen_len, jnp.int32))
+  tok = np.asarray(tok)
+  assert tok[7] == int(np.argmax(ref[7]))
+  assert all(np.isfinite(ref[b, tok[b]]) for b in range(B))
+
+
+def test_off_settings_leave_the_chain_unchanged(data):
+  """Every new setting at its off value: the chain equals the one of the old five settings."""
+  old = _chain_params([r[:5] + (1.0, 0.0, 0.0, 0, 0.0, 0.0, 0, {}) for r in CHAIN])
+  ours = S.process_logits(jnp.asarray(data.logits), data.ctx, old, num_generated=jnp.asarray(data.gen_len),
+                          stop_ids=jnp.asarray(STOP_IDS))
+  base = S.process_logits(jnp.asarray(data.logits), data.ctx.presence, old)
+  np.testing.assert_array_equal(np.asarray(ours), np.asarray(base))
+
+
+# ----------------------------------------------------------------------------
+# The registry: make, validation, pad_to.
+# ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name,value,match", [
+    ("typical_p", 0.0, "typical_p"), ("typical_p", 1.5, "typical_p"),
+    ("epsilon_cutoff", 1.0, "epsilon_cutoff"), ("epsilon_cutoff", -0.1, "epsilon_cutoff"),
+    ("eta_cutoff", [0.1, 1.0], "eta_cutoff"),
+    ("no_repeat_ngram_size", -1, "no_repeat_ngram_size"), ("no_repeat_ngram_size", 2.5, "integer"),
+    ("frequency_penalty", 2.5, "frequency_penalty"), ("presence_penalty", -2.01, "presence_penalty"),
+    ("presence_penalty", float("nan"), "finite"),
+    ("min_new_tokens", -3, "min_new_tokens"), ("min_new_tokens", 1.5, "min_new_tokens"),
+    ("logit_bias", {"x": 1.0}, "logit_bias"), ("logit_bias", {-1: 1.0}, "logit_bias"),
+    ("logit_bias", {3: float("inf")}, "logit_bias"), ("logit_bias", {1.5: 1.0}, "logit_bias"),
+    ("logit_bias", {i: 1.0 for i in range(S.MAX_LOGIT_BIAS + 1)}, "at most"),
+    ("logit_bias", [{1: 1.0}], "length"), ("logit_bias", 3.0, "logit_bias"),
+    ("top_q", 0.5, "top_q"),
+])
+def test_validation_names_the_setting(name, value, match):
+  with pytest.raises(ValueError, match=match):
+    S.SamplingParams.make(2, **{name: value})
+
+
+def test_logit_bias_ids_checked_against_the_vocabulary():
+  with pytest.raises(ValueError, match="vocabulary"):
+    S.SamplingParams.make(1, vocab_size=100, logit_bias={100: 1.0})
+  p = S.SamplingParams.make(1, vocab_size=100, logit_bias={"99": -1.0})  # JSON keys are strings
+  assert p.logit_bias_ids[0, 0] == 99
+
+
+def test_make_and_pad_with_every_setting():
+  p = S.SamplingParams.make(2, typical_p=[0.9, 1.0], no_repeat_ngram_size=3, frequency_penalty=[0.5, -0.5],
+                            min_new_tokens=[4, 0], logit_bias=[{3: 1.5}, None])
+  assert p.no_repeat_ngram_size.dtype == jnp.int32 and p.no_repeat_ngram_size.tolist() == [3, 3]
+  assert p.logit_bias_ids.shape == (2, S.MAX_LOGIT_BIAS) and p.logit_bias_ids[0, :2].tolist() == [3, -1]
+  assert p.logit_bias_ids[1].tolist() == [-1] * S.MAX_LOGIT_BIAS
+  q = p.pad_to(4)
+  off = S.SamplingParams.make(2)
+  for name in S.SamplingParams.__dataclass_fields__:
+    np.testing.assert_array_equal(getattr(q, name)[2:], getattr(off, name))
+    np.testing.assert_array_equal(getattr(q, name)[:2], getattr(p, name))
+  # One registry: every setting is a field (logit_bias as ids + values) and has an off value.
+  assert set(S.SETTINGS) - {"logit_bias"} | {"logit_bias_ids", "logit_bias_values"} == \
+      set(S.SamplingParams.__dataclass_fields__)
