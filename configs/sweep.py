@@ -43,8 +43,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.sweep.top_p = (0.95,)                     # 1 = off
   c.sweep.top_k = (0,)                        # 0 = off
   c.sweep.min_p = (0.0,)                      # 0 = off
+  # (every axis of smollm3_jax.sweep.AXES may be given; one left out is fixed at its "off" value)
 
-  c.samples = 1             # samples (seeds) per sampled cell; greedy cells always run once
+  c.samples = 1             # samples (seeds) per sampled cell; greedy cells always run once (and greedy
+                            # cells differing only in top_p / top_k / min_p share that run). samples > 1
+                            # adds majority-vote accuracy, pass@k and self-BLEU to the summary
   c.seed = 0                # base seed; each row's seed hashes (seed, prompt id, cell, sample)
   c.max_new_tokens = 128
   c.newline_limit = 0       # stop a row after this many consecutive newline tokens (0 = off)
@@ -61,6 +64,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.batch_size = 16         # rows per batch (fixed: the last batch is padded, one compile)
   c.mesh = ""               # device mesh, e.g. 'data=2,model=4'; '' = all devices on the data axis
   c.plots = True
+  c.plot_axes = ()          # the two axes of the heatmaps and line plots, e.g. ('temperature', 'min_p');
+                            # () = the two swept axes with most values; panels for the other swept axes
+
+  # Per-cell statistics (report only: may change on resume). Percentile bootstrap over prompts and
+  # their samples; the same seed for every cell, so intervals are reproducible.
+  c.stats = ml_collections.ConfigDict()
+  c.stats.resamples = 1000
+  c.stats.level = 0.95
+  c.stats.seed = 0
   c.progress = True
 
   if preset == "demo":

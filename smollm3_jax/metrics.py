@@ -141,3 +141,113 @@ def mean(values: Iterable[float | None]) -> float:
   """Mean of the non-None values (NaN when there is none)."""
   vals = [float(v) for v in values if v is not None]
   return sum(vals) / len(vals) if vals else float("nan")
+
+
+# --------------------------------------------------------------------------------------------
+# Statistics over samples: pass@k, self-consistency, self-BLEU, bootstrap intervals
+# --------------------------------------------------------------------------------------------
+def pass_at_k(n: int, c: int, k: int) -> float:
+  """Unbiased pass@k (Chen et al. 2021, eq. 1): ``1 - C(n-c, k) / C(n, k)``, the chance that at least
+  one of k samples drawn without replacement from n (c of them correct) is correct.
+
+  Computed as ``1 - prod_{i=n-c+1}^{n} (1 - k/i)`` (the paper's numerically stable form).
+  """
+  for name, v in (("n", n), ("c", c), ("k", k)):
+    if isinstance(v, bool) or not isinstance(v, int):
+      raise ValueError(f"pass_at_k: {name} must be an int, got {v!r}")
+  if not 0 <= c <= n or not 1 <= k <= n:
+    raise ValueError(f"pass_at_k: needs 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}")
+  if n - c < k:
+    return 1.0
+  prod = 1.0
+  for i in range(n - c + 1, n + 1):
+    prod *= 1.0 - k / i
+  return 1.0 - prod
+
+
+def vote_key(answer: str, kind: str):
+  """What self-consistency votes on: the extracted number ("numeric") or the normalized text
+  ("text"); None when the answer states nothing to vote for."""
+  if kind == "numeric":
+    return extract_number(answer)
+  if kind == "text":
+    return normalize_text(answer) or None
+  raise ValueError(f"kind must be 'numeric' or 'text', got {kind!r}")
+
+
+def majority_vote(answers: Sequence[str], kind: str) -> int | None:
+  """Index of the answer self-consistency picks: the first answer of the most common vote key
+  (:func:`vote_key`; ties go to the key seen first), or None when no answer has a key."""
+  counts: dict = {}
+  first: dict = {}
+  for i, a in enumerate(answers):
+    key = vote_key(a, kind)
+    if key is None:
+      continue
+    counts[key] = counts.get(key, 0) + 1
+    first.setdefault(key, i)
+  if not counts:
+    return None
+  best = max(counts.values())
+  return min(first[k] for k, c in counts.items() if c == best)
+
+
+def self_bleu(texts: Sequence[str]) -> float:
+  """Self-BLEU of one prompt's samples (Zhu et al. 2018, Texygen): the mean over samples of
+  sacrebleu's sentence BLEU (0-100) of the sample against the other samples as references. NaN with
+  fewer than two samples. Higher = samples more alike. Needs ``sacrebleu`` (the ``eval`` extra)."""
+  import sacrebleu
+
+  texts = list(texts)
+  if len(texts) < 2:
+    return float("nan")
+  return sum(sacrebleu.sentence_bleu(t, texts[:i] + texts[i + 1:]).score
+             for i, t in enumerate(texts)) / len(texts)
+
+
+BOOTSTRAP_BLOCK = 2_000_000  # draws per block of resamples (memory bound: ~50 MB of temporaries)
+
+
+def bootstrap_interval(groups: Sequence[Sequence[float | None]], *, resamples: int = 1000,
+                       level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+  """Percentile bootstrap interval of the pooled mean of ``groups`` (one group per prompt, one value
+  per sample), resampling prompts and then samples within each drawn prompt (a two-stage cluster
+  bootstrap). None values are dropped; empty groups are dropped. (NaN, NaN) when nothing is left.
+
+  Draws (``numpy.random.default_rng(seed)``), in blocks of ``b = max(1, BOOTSTRAP_BLOCK // (P * N))``
+  resamples (P prompts, N = the largest group; one block unless the data are large): ``p =
+  integers(0, P, (b, P))`` picks the prompts, then ``u = random((b, P, N))`` picks sample
+  ``floor(u * n_p)`` of each drawn prompt p's n_p values (only the first n_p columns are used). Each
+  resample's statistic is the mean of its drawn values; the interval is numpy's (linear) quantiles
+  ``(1 - level) / 2`` and ``(1 + level) / 2`` of the ``resamples`` statistics.
+  """
+  import numpy as np
+
+  if not 0 < level < 1:
+    raise ValueError(f"level must be in (0, 1), got {level}")
+  if isinstance(resamples, bool) or not isinstance(resamples, int) or resamples < 1:
+    raise ValueError(f"resamples must be a positive int, got {resamples!r}")
+  kept = [[float(v) for v in g if v is not None] for g in groups]
+  kept = [g for g in kept if g]
+  if not kept:
+    return float("nan"), float("nan")
+  sizes = np.array([len(g) for g in kept])
+  width = int(sizes.max())
+  vals = np.zeros((len(kept), width))
+  for i, g in enumerate(kept):
+    vals[i, :len(g)] = g
+  rng = np.random.default_rng(seed)
+  stats = np.empty(resamples)
+  # Blocks of resamples bound the memory of the (block, P, N) draws.
+  chunk = max(1, BOOTSTRAP_BLOCK // (len(kept) * width))
+  for start in range(0, resamples, chunk):
+    b = min(chunk, resamples - start)
+    p = rng.integers(0, len(kept), (b, len(kept)))
+    u = rng.random((b, len(kept), width))
+    n = sizes[p]                                           # (b, P)
+    j = np.minimum((u * n[..., None]).astype(np.int64), width - 1)
+    used = np.arange(width)[None, None, :] < n[..., None]  # (b, P, N)
+    drawn = np.take_along_axis(vals[p], j, axis=2)
+    stats[start:start + b] = np.where(used, drawn, 0.0).sum(axis=(1, 2)) / n.sum(axis=1)
+  lo, hi = np.quantile(stats, [(1 - level) / 2, (1 + level) / 2])
+  return float(lo), float(hi)

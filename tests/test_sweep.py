@@ -77,16 +77,20 @@ def test_sweep_writes_rows_summary_plots_and_compiles_once(tiny, tiny_sweep):
   assert len(summary) == 8
   assert all(s["rows"] == "3" for s in summary)
   for s in summary:
-    mine = [r for r in rows if r["cell_key"] == s["cell_key"]]
+    mine = [r for r in rows if r["cell_key"] == s["run_key"]]
     assert float(s["mean_tokens"]) == pytest.approx(sum(r["num_tokens"] for r in mine) / 3)
     d1 = [M.distinct_n(M.words(r["text"]), 1) for r in mine]
     assert float(s["distinct_1"]) == pytest.approx(sum(d1) / 3)
     assert s["scored"] == "2"
   assert "rep_pen" in out.table and out.table.count("\n") == 9
+  # one heatmap and one line plot per metric with a value (one sample: no majority vote, self-BLEU,
+  # pass@k), and the throughput apart
+  quality = [m for m in sweep.METRICS if m not in ("majority_accuracy", "self_bleu")]
   names = sorted(os.listdir(tmp_path / "plots"))
-  assert names == sorted(f"{m}.png" for m in sweep.METRICS)
-  for n in names:
-    with open(tmp_path / "plots" / n, "rb") as f:
+  assert names == sorted([f"{m}.png" for m in quality] + [f"{m}.lines.png" for m in quality] + ["throughput.png"])
+  assert sorted(out.plots) == [str(tmp_path / "plots" / n) for n in names]
+  for n in out.plots:
+    with open(n, "rb") as f:
       assert f.read(8) == b"\x89PNG\r\n\x1a\n"
   record = json.loads((tmp_path / "config.json").read_text())
   assert record["config"]["sweep"]["temperature"] == [0.0, 1.0]
@@ -271,7 +275,7 @@ def test_tiny_sweep_summary_matches_its_rows(tiny_sweep):
   with open(workdir / "summary.csv") as f:
     summary = list(csv.DictReader(f))
   for s in summary:
-    mine = [r for r in rows if r["cell_key"] == s["cell_key"]]
+    mine = [r for r in rows if r["cell_key"] == s["run_key"]]
     scored = [r["correct"] for r in mine if r["correct"] is not None]
     assert float(s["eos_share"]) == pytest.approx(sum(r["stop_reason"] == "eos" for r in mine) / len(mine))
     assert float(s["accuracy"]) == pytest.approx(sum(scored) / len(scored))

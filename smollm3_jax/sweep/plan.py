@@ -7,13 +7,51 @@ one combination of them; a *row* is (prompt, cell, sample).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import json
 import os
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
-AXES = ("thinking", "temperature", "repetition_penalty", "top_p", "top_k", "min_p")
+
+@dataclasses.dataclass(frozen=True)
+class Axis:
+  """One swept setting: ``sweep.<name>`` in the config, ``settings[name]`` in a row.
+
+  ``kind``: bool, int or float (values are cast to it). ``off``: the value that turns the setting
+  off (an axis missing from the config is ``(off,)``); None = a required axis. ``label``: its name in
+  cell keys. ``always_keyed``: in every cell key (the first six, so keys of older workdirs stay
+  valid); other axes appear in a key only when not ``off``. ``greedy_free``: a greedy row (temperature
+  0) does not depend on it (a warper applied to sampled rows only: greedy is the argmax of the
+  processed logits), so greedy cells that differ only in such axes share one run.
+  """
+  name: str
+  kind: type
+  off: Any = None
+  label: str = ""
+  always_keyed: bool = False
+  greedy_free: bool = False
+
+  @property
+  def key_label(self) -> str:
+    return self.label or self.name
+
+
+# The axes of a grid, in cell order (thinking-major). A new sampling setting is one line here
+# (its check lives in sampling.validate_sampling_args).
+SWEEP_AXES = (
+    Axis("thinking", bool, label="think", always_keyed=True),
+    Axis("temperature", float, label="t", always_keyed=True),
+    Axis("repetition_penalty", float, off=1.0, label="rp", always_keyed=True),
+    Axis("top_p", float, off=1.0, always_keyed=True, greedy_free=True),
+    Axis("top_k", int, off=0, always_keyed=True, greedy_free=True),
+    Axis("min_p", float, off=0.0, always_keyed=True, greedy_free=True),
+)
+AXES = tuple(a.name for a in SWEEP_AXES)
+AXIS = {a.name: a for a in SWEEP_AXES}
+# The axes passed to the sampler (all but the chat template's thinking switch).
+SAMPLING_AXES = tuple(a.name for a in SWEEP_AXES if a.name != "thinking")
 
 
 # --------------------------------------------------------------------------------------------
@@ -52,6 +90,16 @@ def validate_config(cfg: Mapping) -> None:
       chat_format.resolve_date(cfg["date"])
     except ValueError as e:
       raise ValueError(f"date: {e}") from None
+  stats = cfg.get("stats", {})
+  validation.as_count("stats.resamples", stats.get("resamples", 1000), low=1)
+  validation.as_count("stats.seed", stats.get("seed", 0), high=validation.UINT32_MAX)
+  level = stats.get("level", 0.95)
+  if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0 < level < 1:
+    raise ValueError(f"stats.level: must be a number in (0, 1), got {level!r}")
+  plot_axes = list(cfg.get("plot_axes", ()))
+  bad = [a for a in plot_axes if a not in AXES]
+  if bad or len(set(plot_axes)) != len(plot_axes) or len(plot_axes) > 2:
+    raise ValueError(f"plot_axes: at most two distinct axes of {list(AXES)}, got {plot_axes!r}")
   expand_grid(cfg["sweep"])
 
 
@@ -106,40 +154,89 @@ def prompts_hash(prompts: Sequence[Mapping]) -> str:
 # --------------------------------------------------------------------------------------------
 # Grid and rows
 # --------------------------------------------------------------------------------------------
-def expand_grid(sweep: Mapping) -> list[dict]:
-  """The cells of the grid, thinking-major then temperature, penalty, top_p, top_k, min_p."""
-  axes = {}
-  for name in AXES:
-    if name not in sweep:
+def _raw_values(sweep: Mapping, name: str) -> tuple:
+  axis = AXIS[name]
+  if name not in sweep:
+    if axis.off is None:
       raise ValueError(f"sweep.{name}: missing axis")
-    axes[name] = _as_tuple(name, sweep[name])
+    return (axis.off,)
+  return _as_tuple(name, sweep[name])
+
+
+def _cast(axis: Axis, value):
+  return bool(value) if axis.kind is bool else axis.kind(value)
+
+
+def axis_values(sweep: Mapping, name: str) -> tuple:
+  """The values of axis ``name`` in ``sweep`` cast to its kind (``(off,)`` when an optional axis
+  is missing); not validated (:func:`expand_grid` does that)."""
+  return tuple(_cast(AXIS[name], v) for v in _raw_values(sweep, name))
+
+
+def expand_grid(sweep: Mapping) -> list[dict]:
+  """The cells of the grid: every combination of the axes' values, in ``AXES`` order (thinking-major).
+
+  An optional axis missing from ``sweep`` is fixed at its ``off`` value; an unknown one is an error."""
+  from smollm3_jax import validation
   from smollm3_jax.sampling import validate_sampling_args
 
-  from smollm3_jax import validation
-
-  for i, value in enumerate(axes["thinking"]):
+  unknown = sorted(set(sweep) - set(AXES))
+  if unknown:
+    raise ValueError(f"sweep: unknown axes {unknown}; known: {list(AXES)}")
+  raw = {name: _raw_values(sweep, name) for name in AXES}
+  for i, value in enumerate(raw["thinking"]):
     validation.as_bool(f"sweep.thinking[{i}]", value)
-  for name in AXES[1:]:
+  for name in SAMPLING_AXES:
     try:
-      validate_sampling_args(**{name: list(axes[name])})
+      validate_sampling_args(**{name: list(raw[name])})
     except ValueError as e:
       raise ValueError(f"sweep.{name}: {e}") from None
   cells = []
-  for values in itertools.product(*(axes[a] for a in AXES)):
-    cell = dict(zip(AXES, values))
-    cell["thinking"] = bool(cell["thinking"])
-    cell["top_k"] = int(cell["top_k"])
-    for name in ("temperature", "repetition_penalty", "top_p", "min_p"):
-      cell[name] = float(cell[name])
+  for values in itertools.product(*(raw[a] for a in AXES)):
+    cell = {a: _cast(AXIS[a], v) for a, v in zip(AXES, values)}
     if cell not in cells:
       cells.append(cell)
   return cells
 
 
+def swept_axes(cells: Sequence[Mapping]) -> list[str]:
+  """The axes with more than one value among ``cells``, in ``AXES`` order."""
+  return [a for a in AXES if len({c[a] for c in cells}) > 1]
+
+
+def complete_settings(settings: Mapping) -> dict:
+  """``settings`` with every optional axis it lacks set to ``off`` (rows written before that axis
+  existed ran with it off)."""
+  out = {a.name: a.off for a in SWEEP_AXES if a.off is not None}
+  out.update(settings)
+  return out
+
+
+def run_cell(cell: Mapping) -> dict:
+  """The settings a cell's rows run with: a greedy cell (temperature 0) has its greedy-free axes
+  (top-p, top-k, min-p, ...) set to ``off``, so greedy cells differing only in them share rows."""
+  if cell["temperature"] != 0.0:
+    return dict(cell)
+  return {k: (AXIS[k].off if k in AXIS and AXIS[k].greedy_free else v) for k, v in cell.items()}
+
+
+def _key_value(axis: Axis, value) -> str:
+  if axis.kind is bool:
+    return str(int(value))
+  if axis.kind is int:
+    return str(int(value))
+  return f"{value:g}"
+
+
 def cell_key(cell: Mapping) -> str:
-  """A short stable name, e.g. ``think=1,t=0.6,rp=1.1,top_p=0.95,top_k=0,min_p=0``."""
-  return (f"think={int(cell['thinking'])},t={cell['temperature']:g},rp={cell['repetition_penalty']:g},"
-          f"top_p={cell['top_p']:g},top_k={cell['top_k']},min_p={cell['min_p']:g}")
+  """A short stable name, e.g. ``think=1,t=0.6,rp=1.1,top_p=0.95,top_k=0,min_p=0`` (axes other than
+  the first six appear only when not off)."""
+  parts = []
+  for a in SWEEP_AXES:
+    value = cell.get(a.name, a.off)
+    if a.always_keyed or value != a.off:
+      parts.append(f"{a.key_label}={_key_value(a, value)}")
+  return ",".join(parts)
 
 
 def row_seed(seed: int, prompt_id: str, key: str, sample: int) -> int:
@@ -151,15 +248,23 @@ def row_seed(seed: int, prompt_id: str, key: str, sample: int) -> int:
 
 def make_rows(prompts: Sequence[Mapping], cells: Sequence[Mapping], *, samples: int, seed: int) -> list[dict]:
   """Rows in run order (cell-major, so a batch mostly holds one cell). Greedy cells
-  (temperature 0) get one sample: more would repeat it."""
-  rows = []
+  (temperature 0) get one sample (more would repeat it) and run once per :func:`run_cell`: their
+  rows carry the shared cell's key and settings (``cell``: the index of the first cell using them)."""
+  rows, seen = [], set()
   for ci, cell in enumerate(cells):
-    ck = cell_key(cell)
+    settings = run_cell(cell)
+    ck = cell_key(settings)
+    if ck in seen:
+      continue
+    seen.add(ck)
     n = 1 if cell["temperature"] == 0.0 else samples
     for p in prompts:
       for s in range(n):
         rows.append(dict(key=f"{p['id']}|{ck}|s{s}", prompt_id=p["id"], cell=ci, cell_key=ck, sample=s,
-                         seed=row_seed(seed, p["id"], ck, s), settings=dict(cell)))
+                         seed=row_seed(seed, p["id"], ck, s), settings=dict(settings)))
   return rows
 
 
+def sampling_kwargs(settings: Sequence[Mapping]) -> dict[str, list]:
+  """Per-row sampler keywords of ``generate`` for rows with these settings (every sampling axis)."""
+  return {name: [s[name] for s in settings] for name in SAMPLING_AXES}

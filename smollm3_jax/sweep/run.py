@@ -19,7 +19,7 @@ from smollm3_jax.checkpoints.spec import load_model_and_tokenizer
 from smollm3_jax.sweep.plan import expand_grid, load_prompts, make_rows, prompts_hash, to_plain, validate_config
 from smollm3_jax.sweep.execute import run_rows
 from smollm3_jax.sweep.report import format_table, plot_heatmaps, summarize, summary_csv
-from smollm3_jax.sweep.store import ResultsFile, Workdir, check_rows, provenance
+from smollm3_jax.sweep.store import SUMMARY_FILE, ResultsFile, Workdir, check_rows, provenance
 
 @dataclasses.dataclass
 class SweepOutcome:
@@ -80,12 +80,14 @@ def _run_locked(wd, cfg, prompts, cells, rows, model, tokenizer, progress, log, 
   extra = len(set(done) - wanted)
   if extra:
     log(f"note: {extra} rows in generations.jsonl are not part of this grid; ignored")
-  summary = summarize(finished, cells, prompts)
-  wd.write("summary.csv", summary_csv(summary))
+  stats = cfg.get("stats", {})
+  summary = summarize(finished, cells, prompts, samples=cfg["samples"], resamples=stats.get("resamples", 1000),
+                      level=stats.get("level", 0.95), seed=stats.get("seed", 0), log=log)
+  wd.write(SUMMARY_FILE, summary_csv(summary))
   table = format_table(summary)
   plots = []
   if cfg.get("plots", True) and finished:
-    plots = plot_heatmaps(summary, os.path.join(workdir, "plots"))
+    plots = plot_heatmaps(summary, os.path.join(workdir, "plots"), axes=cfg.get("plot_axes", ()))
   return SweepOutcome(workdir=workdir, total_rows=len(rows), skipped_rows=skipped,
                       new_rows=len(finished) - skipped, batches=batches, summary=summary, plots=plots,
                       table=table)

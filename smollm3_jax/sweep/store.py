@@ -24,9 +24,13 @@ from smollm3_jax.files import DirectoryLock, LockedError, atomic_write
 FORMAT_VERSION = 2
 # Config fields that may change between a run and its resumption (they do not change results
 # beyond float noise from another batch shape).
-RESUMABLE_FIELDS = ("batch_size", "prompts.path", "progress", "mesh", "plots")
+RESUMABLE_FIELDS = ("batch_size", "prompts.path", "progress", "mesh", "plots", "plot_axes", "stats")
+# Config fields a finished sweep may grow (never shrink): they add rows, never change existing ones
+# (a row's key and seed depend on its prompt, cell and sample only).
+GROWABLE_FIELDS = ("samples", "sweep")
 CONFIG_FILE = "config.json"
 RESULTS_FILE = "generations.jsonl"
+SUMMARY_FILE = "summary.csv"
 # What identifies a row's results besides its key: compared row by row on resume.
 ROW_IDENTITY = ("prompt_id", "cell_key", "sample", "seed", "settings")
 
@@ -49,7 +53,7 @@ def _drop(d: dict, dotted: str) -> None:
 
 def _comparable(record: Mapping) -> dict:
   cfg = json.loads(json.dumps(record.get("config", {})))
-  for field in RESUMABLE_FIELDS:
+  for field in RESUMABLE_FIELDS + GROWABLE_FIELDS:
     _drop(cfg, field)
   return dict(config=cfg, prompts_sha256=record.get("prompts_sha256"), version=record.get("version"))
 
@@ -61,6 +65,27 @@ def _diff(a, b, prefix="") -> list[str]:
       out += _diff(a.get(k, "<missing>"), b.get(k, "<missing>"), f"{prefix}{k}.")
     return out
   return [] if a == b else [f"{prefix[:-1]}: {a!r} -> {b!r}"]
+
+
+def _shrunk(old: Mapping, new: Mapping) -> list[str]:
+  """What a grown config lost of the stored one: fewer ``samples``, or values missing from an axis
+  (values compared after the axis cast, so 1 and 1.0 are one value)."""
+  from smollm3_jax.sweep.plan import AXES, axis_values
+
+  out = []
+  if new.get("samples", 1) < old.get("samples", 1):
+    out.append(f"samples: {old.get('samples')!r} -> {new.get('samples')!r} (a sweep may add samples, not drop them)")
+  old_axes, new_axes = old.get("sweep", {}), new.get("sweep", {})
+  for name in sorted(set(old_axes) | set(new_axes)):
+    if name not in AXES:
+      out += _diff(old_axes.get(name, "<missing>"), new_axes.get(name, "<missing>"), f"sweep.{name}.")
+      continue
+    was, now = axis_values(old_axes, name), axis_values(new_axes, name)
+    lost = [v for v in was if v not in now]
+    if lost:
+      out.append(f"sweep.{name}: {list(was)!r} -> {list(now)!r} (values {lost!r} are missing; a sweep may add "
+                 f"values to an axis, not drop them)")
+  return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -165,7 +190,7 @@ class Workdir:
     record = dict(version=FORMAT_VERSION, config=config, prompts_sha256=prompts_sha256,
                   runs=list((old or {}).get("runs", [])))
     if old is not None:
-      diffs = _diff(_comparable(old), _comparable(record))
+      diffs = _diff(_comparable(old), _comparable(record)) + _shrunk(old["config"], config)
       if diffs:
         raise ConfigMismatchError(
             f"workdir {self.path!r} holds results of a different config ({'; '.join(diffs[:8])}"
@@ -209,15 +234,16 @@ class ResultsFile:
   def has_rows(self) -> bool:
     return os.path.exists(self.path) and os.path.getsize(self.path) > 0
 
-  def load(self) -> dict[str, dict]:
-    """Finished rows by key (the first line of a key wins)."""
+  def load(self, repair: bool = True) -> dict[str, dict]:
+    """Finished rows by key (the first line of a key wins). ``repair=False``: read only (a torn last
+    line is skipped, not cut off; for readers of a sweep that may still be running)."""
     self.corrupt = []
     if not os.path.exists(self.path):
       return {}
     with open(self.path, "rb") as f:
       data = f.read()
     end = data.rfind(b"\n") + 1
-    if end < len(data):  # torn last line: drop it so the row is redone
+    if end < len(data) and repair:  # torn last line: drop it so the row is redone
       with open(self.path, "r+b") as f:
         f.truncate(end)
         f.flush()
@@ -247,12 +273,16 @@ class ResultsFile:
 def check_rows(done: Mapping[str, Mapping], planned: Sequence[Mapping], max_new_tokens: int) -> None:
   """Refuses finished rows whose identity (prompt, cell, sample, seed, settings with the token
   budget) differs from the planned row of the same key: results of another run mixed in."""
+  from smollm3_jax.sweep.plan import complete_settings
+
   bad = []
   for row in planned:
     got = done.get(row["key"])
     if got is None:
       continue
     want = dict(row, settings=dict(row["settings"], max_new_tokens=max_new_tokens))
+    # (a row written before an axis existed ran with that axis off)
+    got = dict(got, settings=complete_settings(got.get("settings") or {}))
     if any(got.get(k) != want.get(k) for k in ROW_IDENTITY):
       bad.append(row["key"])
   if bad:
