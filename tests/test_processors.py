@@ -138,18 +138,20 @@ def test_no_repeat_ngram_matches_transformers(data):
   assert banned[0] == 0 and banned[6] == 0, banned
 
 
-def test_no_repeat_ngram_history_shorter_than_n():
-  """A row with fewer than n tokens bans nothing; with exactly n - 1 tokens neither (transformers:
-  no complete n-gram yet); the first window that completes bans its successor once it recurs."""
-  ctx = S.init_context(3, 10, 8)
-  toks = jnp.asarray([[1, 2, 1, 0], [1, 2, 0, 0], [1, 2, 1, 2]])
-  valid = jnp.asarray([[True, True, True, False], [True, True, False, False], [True] * 4])
-  ctx = S.observe(ctx, toks, jnp.broadcast_to(jnp.arange(4), (3, 4)), valid, generated=False)
-  out = np.asarray(S.apply_no_repeat_ngram(jnp.zeros((3, 10)), ctx, jnp.asarray([2, 3, 3])))
-  for b, row in enumerate([[1, 2, 1], [1, 2], [1, 2, 1, 2]]):
-    ref = NoRepeatNGramLogitsProcessor([2, 3, 3][b])(torch.tensor([row]), torch.zeros((1, 10))).numpy()[0]
+def test_no_repeat_ngram_edge_cases():
+  """Fewer than n tokens: nothing banned; exactly n - 1 neither (no complete n-gram yet); the last
+  window counts ("3 3", n = 2 bans 3; n = 1 bans the last token too)."""
+  rows = [[1, 2, 1], [1, 2], [1, 2, 1, 2], [3, 3], [4, 5]]
+  sizes = [2, 3, 3, 2, 1]
+  ctx = S.init_context(len(rows), 10, 8)
+  toks = jnp.asarray([r + [0] * (4 - len(r)) for r in rows])
+  valid = jnp.asarray([[i < len(r) for i in range(4)] for r in rows])
+  ctx = S.observe(ctx, toks, jnp.broadcast_to(jnp.arange(4), toks.shape), valid, generated=False)
+  out = np.asarray(S.apply_no_repeat_ngram(jnp.zeros((len(rows), 10)), ctx, jnp.asarray(sizes)))
+  for b, row in enumerate(rows):
+    ref = NoRepeatNGramLogitsProcessor(sizes[b])(torch.tensor([row]), torch.zeros((1, 10))).numpy()[0]
     np.testing.assert_array_equal(out[b], ref)
-  assert np.isneginf(out[0, 2]) and np.isneginf(out[2, 1])
+  assert np.isneginf(out).sum(-1).tolist() == [1, 0, 1, 1, 2]
 
 
 FREQ = [0.0, 0.5, -0.5, 2.0, 0.0, 1.0, -2.0, 0.3]
