@@ -1,0 +1,297 @@
+"""The fine-tuning run: a workdir, a data set of conversations, the training loop with a progress bar,
+held-out evaluation, Orbax checkpoints of parameters and optimiser state, resume, and the export.
+
+Workdir layout (``run(config, workdir)``; ``experiments/finetune.py`` is its command line):
+
+    config.json        the run's config (plus the chat date used); a resume must match it
+    .lock              held while a run is in progress (files.DirectoryLock)
+    checkpoints/<n>/   Orbax CheckpointManager steps: {"params", "opt_state"} and "meta" (JSON)
+    metrics.jsonl      one line per logged step ({"step", "loss", "ce", "ul", "grad_norm", "lr",
+                       "tokens_per_second"}) and per evaluation ({"step", "eval_loss", "eval_tokens"})
+    export/            the final parameters as an Orbax conversion (checkpoints/orbax.py) with the
+                       config and tokenizer: ``from_pretrained(export)`` and the sweep load it
+
+A run killed at any moment resumes from its last saved checkpoint with the same config: the data
+order is a function of (seed, step) (:mod:`smollm3_jax.train_data`), so the resumed run reaches
+the parameters of an uninterrupted one.
+
+Imports the trainer, the data, the loaders and the file helpers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+from typing import Any, Mapping
+
+import numpy as np
+
+from smollm3_jax import files, train, train_data
+
+CONFIG_NAME = "config.json"
+METRICS_NAME = "metrics.jsonl"
+CHECKPOINTS_DIR = "checkpoints"
+EXPORT_DIR = "export"
+# Fields that may change between a run and its resumption (they do not change what is computed).
+RESUMABLE_FIELDS = ("progress", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints",
+                    "mesh", "export", "data.path", "data.eval_path")
+
+_log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Outcome:
+  workdir: str
+  steps: int                     # optimiser steps reached
+  resumed_from: int | None       # the checkpoint step a resumed run started from
+  train_loss: list               # (step, loss) per logged step of this process
+  eval_loss: list                # (step, eval cross-entropy) per evaluation of this process
+  export: str | None             # the export directory (None when stopped early or export=False)
+  params: dict                   # the final parameters (flat dict of arrays)
+
+
+def to_plain(config) -> dict:
+  """A ConfigDict (or mapping) as plain JSON-able values (tuples as lists)."""
+  if hasattr(config, "to_dict"):
+    config = config.to_dict()
+  return json.loads(json.dumps(config, default=list))
+
+
+def _flat(d: Mapping, prefix: str = "") -> dict:
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, Mapping):
+      out.update(_flat(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
+def validate_config(c: Mapping) -> None:
+  """The config's own checks (before anything loads); ValueError names the field."""
+  def count(name, low=1):
+    v = _flat(c)[name]
+    if not isinstance(v, int) or isinstance(v, bool) or v < low:
+      raise ValueError(f"{name} must be an integer >= {low}, got {v!r}")
+    return v
+
+  for name in ("steps", "batch_size", "data.max_length", "log_every", "keep_checkpoints"):
+    count(name)
+  for name in ("eval_every", "checkpoint_every", "seed"):
+    count(name, 0)
+  train.OptimConfig.from_mapping(optim_fields(c))
+  alpha = c["unlikelihood_alpha"]
+  if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha) or alpha < 0:
+    raise ValueError(f"unlikelihood_alpha must be a finite number >= 0, got {alpha!r}")
+  d = c["data"]
+  if not os.path.isfile(d["path"]):
+    raise ValueError(f"data.path: {d['path']!r} does not exist")
+  if d["eval_path"] and not os.path.isfile(d["eval_path"]):
+    raise ValueError(f"data.eval_path: {d['eval_path']!r} does not exist")
+  if not (isinstance(d["eval_fraction"], (int, float)) and 0 <= d["eval_fraction"] < 1):
+    raise ValueError(f"data.eval_fraction must lie in [0, 1), got {d['eval_fraction']!r}")
+  for name in ("train_thinking", "thinking_default"):
+    if not isinstance(d[name], bool):
+      raise ValueError(f"data.{name} must be True or False, got {d[name]!r}")
+  if c["date"]:
+    from smollm3_jax import chat_format
+    chat_format.resolve_date(c["date"])
+  from smollm3_jax import sharding
+  sharding.parse_mesh(c["mesh"])
+
+
+def optim_fields(c: Mapping) -> dict:
+  """The OptimConfig of a run config (total steps and accumulation come from the run's fields)."""
+  return dict(c["optim"], total_steps=c["steps"], accumulation=c["accumulation"])
+
+
+def _check_resume(workdir: str, plain: dict) -> dict:
+  """Writes config.json on the first run; on a resume checks the config matches (except
+  :data:`RESUMABLE_FIELDS`) and returns the stored one (its chat date is reused)."""
+  path = os.path.join(workdir, CONFIG_NAME)
+  has_ckpt = os.path.isdir(os.path.join(workdir, CHECKPOINTS_DIR)) and any(
+      n.isdigit() for n in os.listdir(os.path.join(workdir, CHECKPOINTS_DIR)))
+  if not os.path.isfile(path):
+    if has_ckpt:
+      raise ValueError(f"{workdir}: checkpoints without a {CONFIG_NAME}; cannot tell which config they are of")
+    return {}
+  with open(path, encoding="utf-8") as f:
+    stored = json.load(f)
+  old, new = _flat(stored.get("config", {})), _flat(plain)
+  diff = sorted(k for k in set(old) | set(new)
+                if k not in RESUMABLE_FIELDS and old.get(k, "<missing>") != new.get(k, "<missing>"))
+  if diff:
+    lines = "; ".join(f"{k}: {old.get(k, '<missing>')!r} -> {new.get(k, '<missing>')!r}" for k in diff[:8])
+    raise ValueError(f"{workdir} holds a run with a different config ({lines}); use another workdir")
+  return stored
+
+
+def _metrics_lines(workdir: str, keep_until: int) -> None:
+  """Drops metric lines past ``keep_until`` (a resumed run logs those steps again)."""
+  path = os.path.join(workdir, METRICS_NAME)
+  if not os.path.isfile(path):
+    return
+  kept = []
+  with open(path, encoding="utf-8") as f:
+    for line in f:
+      try:
+        if json.loads(line)["step"] <= keep_until:
+          kept.append(line if line.endswith("\n") else line + "\n")
+      except (json.JSONDecodeError, KeyError, TypeError):
+        continue  # a torn last line
+  files.atomic_write(path, "".join(kept))
+
+
+def _append_metrics(workdir: str, record: dict) -> None:
+  with open(os.path.join(workdir, METRICS_NAME), "a", encoding="utf-8") as f:
+    f.write(json.dumps(record) + "\n")
+
+
+def _checkpoint_manager(workdir: str, keep: int):
+  import orbax.checkpoint as ocp
+
+  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                         # Synchronous: the step donates the arrays a save reads.
+                                         enable_async_checkpointing=False)
+  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), CHECKPOINTS_DIR), options=options)
+
+
+def evaluate(trainer: train.Trainer, params, examples, *, batch_size: int, pad_id: int,
+             max_length: int) -> tuple[float, int]:
+  """Cross-entropy per target token over ``examples`` (batches padded with empty rows), and the count."""
+  ce, n = 0.0, 0
+  for i in range(0, len(examples), batch_size):
+    tokens, mask = train_data.pad_batch(examples[i:i + batch_size], pad_id, rows=batch_size,
+                                        max_length=max_length)
+    sums = trainer.eval_sums(params, trainer.place_batch(tokens, mask))
+    ce += float(sums["ce"])
+    n += int(sums["tokens"])
+  return ce / max(n, 1), n
+
+
+def run(config, workdir: str, *, stop_after: int | None = None) -> Outcome:
+  """Fine-tunes as ``config`` (configs/finetune.py) says, in ``workdir``; resumes a run found there.
+
+  ``stop_after``: leave after this many optimiser steps of this process (no extra checkpoint: it
+  stands for a run killed there; the next run resumes from the last saved step).
+  """
+  from tqdm.auto import tqdm
+
+  plain = to_plain(config)
+  validate_config(plain)
+  workdir = os.path.abspath(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  with files.DirectoryLock(workdir):
+    stored = _check_resume(workdir, plain)
+    from smollm3_jax import chat_format
+    date = stored.get("date") or chat_format.iso_date(plain["date"] or None)
+    files.atomic_write(os.path.join(workdir, CONFIG_NAME),
+                       json.dumps(dict(config=plain, date=date), indent=2) + "\n")
+    return _run(plain, workdir, date, stop_after, tqdm)
+
+
+def _run(c: dict, workdir: str, date: str, stop_after: int | None, tqdm) -> Outcome:
+  import orbax.checkpoint as ocp
+
+  from smollm3_jax.checkpoints import orbax as orbax_ckpt
+  from smollm3_jax.checkpoints.spec import load_model_and_tokenizer
+
+  d = c["data"]
+  records = train_data.load_conversations(d["path"])
+  if d["eval_path"]:
+    train_recs, eval_recs = records, train_data.load_conversations(d["eval_path"])
+  else:
+    train_recs, eval_recs = train_data.split(records, d["eval_fraction"], c["seed"])
+
+  model, tokenizer = load_model_and_tokenizer(c["model"], mesh=c["mesh"])
+  if tokenizer is None:
+    raise ValueError("model: fine-tuning needs a tokenizer (set model.tokenizer for a random model)")
+  pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
+  enc = dict(max_length=d["max_length"], thinking_default=d["thinking_default"],
+             train_thinking=d["train_thinking"], date=date)
+  train_ex, cut = train_data.encode_records(tokenizer, train_recs, **enc)
+  eval_ex, _ = train_data.encode_records(tokenizer, eval_recs, **enc)
+  if not train_ex:
+    raise ValueError(f"{d['path']}: no conversation has a target token within data.max_length")
+  if cut:
+    _log.warning("%d training conversations were cut to data.max_length=%d", cut, d["max_length"])
+
+  trainer = train.Trainer(model, train.OptimConfig.from_mapping(optim_fields(c)),
+                          unlikelihood_alpha=c["unlikelihood_alpha"], mesh=c["mesh"] or None)
+  accum, total = c["accumulation"], c["steps"]
+  mngr = _checkpoint_manager(workdir, c["keep_checkpoints"])
+  start = mngr.latest_step()
+  if start is not None:
+    restored = mngr.restore(start, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(trainer.abstract_state()), meta=ocp.args.JsonRestore()))
+    params, opt_state = restored["state"]["params"], restored["state"]["opt_state"]
+    _metrics_lines(workdir, start)
+  else:
+    params = trainer.params(model)
+    opt_state = trainer.init_opt_state(params)
+    _metrics_lines(workdir, 0)
+  del model
+  step = start or 0
+
+  def save(at: int):
+    mngr.save(at, args=ocp.args.Composite(
+        state=ocp.args.StandardSave({"params": params, "opt_state": opt_state}),
+        meta=ocp.args.JsonSave(dict(step=at, micro_steps=at * accum, date=date))))
+    mngr.wait_until_finished()
+
+  def run_eval(at: int):
+    if not eval_ex:
+      return None
+    loss, n = evaluate(trainer, params, eval_ex, batch_size=c["batch_size"], pad_id=pad_id,
+                       max_length=d["max_length"])
+    _append_metrics(workdir, dict(step=at, eval_loss=loss, eval_tokens=n))
+    return loss
+
+  train_losses, eval_losses = [], []
+  bar = tqdm(total=total, initial=step, desc="fine-tune", unit="step", disable=not c["progress"])
+  done_here = 0
+  t0, tokens_seen = time.perf_counter(), 0
+  try:
+    while step < total and (stop_after is None or done_here < stop_after):
+      sums = {}
+      for micro in range(step * accum, (step + 1) * accum):
+        idx = train_data.batch_indices(len(train_ex), c["batch_size"], c["seed"], micro)
+        tokens, mask = train_data.pad_batch([train_ex[i] for i in idx], pad_id, max_length=d["max_length"])
+        params, opt_state, metrics = trainer.step(params, opt_state, trainer.place_batch(tokens, mask))
+        for k, v in metrics.items():
+          sums[k] = sums.get(k, 0.0) + float(v) / accum
+        tokens_seen += sum(len(train_ex[i]) for i in idx)
+      step += 1
+      done_here += 1
+      rate = tokens_seen / max(time.perf_counter() - t0, 1e-9)
+      bar.update(1)
+      bar.set_postfix(loss=f"{sums['loss']:.4f}", tok_s=f"{rate:.0f}")
+      if step % c["log_every"] == 0 or step == total:
+        train_losses.append((step, sums["loss"]))
+        _append_metrics(workdir, dict(step=step, loss=sums["loss"], ce=sums["ce"], ul=sums["ul"],
+                                      grad_norm=sums["grad_norm"], lr=trainer.learning_rate(step - 1),
+                                      tokens_per_second=rate))
+      if c["eval_every"] and step % c["eval_every"] == 0 and step < total:
+        eval_losses.append((step, run_eval(step)))
+        bar.set_postfix(loss=f"{sums['loss']:.4f}", eval=f"{eval_losses[-1][1]:.4f}", tok_s=f"{rate:.0f}")
+      if c["checkpoint_every"] and step % c["checkpoint_every"] == 0 and step < total:
+        save(step)
+  finally:
+    bar.close()
+
+  export = None
+  if step == total:
+    if mngr.latest_step() != total:
+      save(total)
+    eval_losses.append((total, run_eval(total)))
+    if c["export"]:
+      export = orbax_ckpt.save(os.path.join(workdir, EXPORT_DIR), trainer.model(params), tokenizer=tokenizer,
+                               source=f"fine-tuned from {c['model']['checkpoint'] or 'a random model'}",
+                               overwrite=True)
+  mngr.close()
+  return Outcome(workdir=workdir, steps=step, resumed_from=start, train_loss=train_losses,
+                 eval_loss=[e for e in eval_losses if e[1] is not None], export=export, params=params)
