@@ -14,13 +14,14 @@ the tokenizer is passed in (never imported at module level), and nothing here lo
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Any, Iterator
 
 import numpy as np
 
 from smollm3_jax import sampling, validation
-from smollm3_jax.decode import EOS, STOP_REASONS, DecodeState
-from smollm3_jax.engine import Engine, get_engine
+from smollm3_jax.decode import EOS, MAX_STOP_IDS, STOP, STOP_REASONS
+from smollm3_jax.engine import CHUNK_STEPS, Engine, Request, get_engine
 from smollm3_jax.model import SmolLM3
 from smollm3_jax.thinking import VisibleText, prompt_opens_thinking, split_thinking
 
@@ -49,9 +50,13 @@ class GenerationStats:
   time_to_first_token: float = 0.0
   decode_seconds: float = 0.0
   decode_tokens_per_second: float = 0.0
-  batch_size: int = 0
-  prompt_bucket: int = 0
-  cache_length: int = 0
+  batch_size: int = 0          # slots of the pool
+  cache_length: int = 0        # cache slots per row
+  decode_steps: int = 0
+  prefilled_prompts: int = 0     # prompts run through prefill (repeats share one)
+  slot_utilization: float = 0.0  # generated tokens / (slots x decode steps)
+  queue_seconds: float = 0.0     # mean wait of a row for a slot
+  max_queue_seconds: float = 0.0
 
   def as_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
@@ -144,90 +149,209 @@ def _is_ids(p) -> bool:
       isinstance(p, (list, tuple)) and len(p) > 0 and isinstance(p[0], (int, np.integer)))
 
 
-def _finish(tokenizer, engine_state: DecodeState, n, texts, prompt_ids, stop_ids, settings) -> list[Completion]:
-  toks = np.asarray(engine_state.tokens)
-  counts = np.asarray(engine_state.num_generated)
-  reasons = np.asarray(engine_state.reason)
+def _finish(tokenizer, requests, texts, prompt_ids, stop_ids, settings, stop=()) -> list[Completion]:
+  """Completions of finished requests (``tag`` = the row's index into texts/prompt_ids/settings)."""
   out = []
-  for i in range(n):
-    ids = toks[i, :counts[i]].tolist()
-    body = ids[:-1] if ids and reasons[i] == EOS and ids[-1] in stop_ids else ids
+  for r in requests:
+    i = r.tag
+    ids = list(r.token_ids)
+    body = ids[:-1] if ids and r.reason == EOS and ids[-1] in stop_ids else ids
     text = tokenizer.decode(body) if tokenizer is not None else ""
+    if r.reason == STOP:  # cut the stop string (and anything after it) from the text
+      text = _cut_stop(text, stop)
     thinking, answer = (split_thinking(text, inside=prompt_opens_thinking(texts[i])) if tokenizer is not None
                         else ("", ""))
     out.append(Completion(prompt=texts[i], prompt_token_ids=list(prompt_ids[i]), token_ids=ids, text=text,
-                          thinking=thinking, answer=answer, stop_reason=STOP_REASONS[reasons[i]],
+                          thinking=thinking, answer=answer, stop_reason=STOP_REASONS[r.reason],
                           settings={k: (v[i].item() if hasattr(v[i], "item") else v[i]) for k, v in settings.items()}))
   return out
 
 
-def _setup(model, tokenizer, prompts, *, chat, thinking, temperature, top_k, top_p, min_p,
-           repetition_penalty, max_new_tokens, seed, newline_limit, stop_ids, context_length, engine,
-           share_prefill=False, mesh=None, date=None):
-  """Checks every argument (before any compile), renders the prompts and prepares the batch."""
+MAX_STOP_STRINGS = 4  # stop strings per call (OpenAI's limit)
+
+
+def _check_stop(stop) -> tuple[str, ...]:
+  if stop is None:
+    return ()
+  if isinstance(stop, str):
+    stop = (stop,)
+  if not isinstance(stop, (list, tuple)) or not all(isinstance(x, str) and x for x in stop):
+    raise ValueError(f"stop: a non-empty string or a list of them, got {stop!r}")
+  if len(stop) > MAX_STOP_STRINGS:
+    raise ValueError(f"stop: at most {MAX_STOP_STRINGS} strings, got {len(stop)}")
+  return tuple(stop)
+
+
+def _cut_stop(text: str, stop) -> str:
+  hits = [text.find(x) for x in stop if x in text]
+  return text[:min(hits)] if hits else text
+
+
+def _stop_string_hit(tokenizer, ids: list[int], stop, checked: int) -> int | None:
+  """The smallest k > checked with a stop string in the text of ids[:k] (the token that completes
+  it ends the row, as ``transformers``' stop strings), else None."""
+  longest = max(len(x) for x in stop)
+  for k in range(checked + 1, len(ids) + 1):
+    # The stop string ends within token k-1: decoding a tail of a few tokens is enough.
+    tail = tokenizer.decode(ids[max(0, k - longest - 4):k])
+    if any(x in tail for x in stop):
+      return k
+  return None
+
+
+@dataclasses.dataclass
+class _Call:
+  """A checked generate/stream call: its rows as pool requests, and how to build the results."""
+
+  engine: Engine
+  requests: list
+  texts: list
+  prompt_ids: list
+  stop_ids: tuple
+  settings: dict
+  slots: int
+  length: int
+  context: int | None
+  newline_guard: bool
+  stop: tuple = ()
+
+  def pool(self, chunk_steps: int = CHUNK_STEPS):
+    pool = self.engine.pool(self.slots, self.length, stop_ids=self.stop_ids, context_length=self.context,
+                            newline_guard=self.newline_guard, chunk_steps=chunk_steps)
+    pool.submit(self.requests)
+    return pool
+
+
+def _setup(model, tokenizer, prompts, *, chat, thinking, max_new_tokens, seed, newline_limit, stop_ids,
+           context_length, engine, share_prefill=True, mesh=None, date=None, num_return_sequences=1, slots=None,
+           stop=None, **sampling_settings) -> _Call:
+  """Checks every argument (before any compile), renders the prompts and makes one request per row."""
   vocab = model.config.vocab_size
   texts, prompt_ids = render_prompts(tokenizer, prompts, chat=chat, thinking=thinking, date=date,
                                      vocab_size=vocab)
-  n = len(prompt_ids)
+  repeats = validation.as_count("num_return_sequences", num_return_sequences, low=1)
+  n_prompts = len(prompt_ids)
   for i, ids in enumerate(prompt_ids):  # a tokenizer's added tokens may lie beyond the model's
     prompt_ids[i] = validation.check_token_ids(f"prompt {i}", ids, vocab)
-  max_new = validation.as_counts("max_new_tokens", max_new_tokens, n, low=1)
-  nl = validation.as_counts("newline_limit", 0 if newline_limit is None else newline_limit, n)
+  per_prompt = lambda x: x if repeats == 1 else [v for v in x for _ in range(repeats)]
+  thinking = validation.as_bools("thinking", thinking, n_prompts)
+  texts, prompt_ids, thinking = per_prompt(texts), per_prompt(prompt_ids), per_prompt(list(thinking))
+  n = len(prompt_ids)
+  expand = lambda name, value: per_prompt(validation.per_row(name, value, n_prompts))
+  max_new = validation.as_counts("max_new_tokens", expand("max_new_tokens", max_new_tokens), n, low=1)
+  nl = validation.as_counts("newline_limit", expand("newline_limit", 0 if newline_limit is None else newline_limit), n)
+  cfg = model.config
+  context = None
   if context_length is not None:
-    context_length = validation.as_count("context_length", context_length, low=2,
-                                         high=model.config.max_position_embeddings)
-  params = sampling.SamplingParams.make(n, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-                                        repetition_penalty=repetition_penalty)
+    context = validation.as_count("context_length", context_length, low=2, high=cfg.max_position_embeddings)
+  unknown = sorted(set(sampling_settings) - set(sampling.SETTINGS))
+  if unknown:
+    raise TypeError(f"unknown sampling setting(s): {', '.join(unknown)} (known: {', '.join(sampling.SETTINGS)})")
+  given = {k: v for k, v in sampling_settings.items() if v is not None}
+  rows = {k: (expand(k, v) if not isinstance(v, dict) else v) for k, v in given.items()}
+  sampling.SamplingParams.make(n, vocab_size=vocab, **rows)  # checks every value (ValueError naming it)
   seeds = row_seeds(seed, n)
   if stop_ids is None:
-    stop_ids = tuple(tokenizer.stop_token_ids) if tokenizer is not None else tuple(model.config.eos_token_id)
+    stop_ids = tuple(tokenizer.stop_token_ids) if tokenizer is not None else tuple(cfg.eos_token_id)
   if isinstance(stop_ids, (int, np.integer)):
     stop_ids = (stop_ids,)
   stop_ids = tuple(validation.check_token_ids("stop_ids", list(stop_ids), vocab))
+  if len(stop_ids) > MAX_STOP_IDS:
+    raise ValueError(f"stop_ids: at most {MAX_STOP_IDS} stop ids, got {len(stop_ids)}")
+  stop = _check_stop(stop)
+  if stop and tokenizer is None:
+    raise ValueError("stop: stop strings need a tokenizer")
+  limit = context or cfg.max_position_embeddings
+  for i, p in enumerate(prompt_ids):
+    if len(p) >= limit:
+      raise ValueError(f"prompt {i} has {len(p)} tokens, which does not fit the context of {limit} tokens "
+                       f"(it needs room for at least one new token)")
+  if slots is not None:
+    slots = validation.as_count("slots", slots, low=1)
   engine = engine or get_engine(model, tokenizer, mesh=mesh)
   engine.sync()
-  n, args = engine.prepare(prompt_ids, params=params, seeds=seeds, max_new_tokens=max_new,
-                           newline_limit=nl, stop_ids=stop_ids, context_length=context_length,
-                           share_prefill=share_prefill)
+  share = 0 if share_prefill else None
+  requests = []
+  for i in range(n):
+    row = {k: (v[i] if isinstance(v, list) else v) for k, v in rows.items()}
+    requests.append(Request(prompt=prompt_ids[i], settings=row, seed=int(seeds[i]), max_new=int(max_new[i]),
+                            newline_limit=int(nl[i]), share=share, tag=i))
+  need = max(len(p) + min(int(m), limit - len(p)) - 1 for p, m in zip(prompt_ids, max_new))
   # Settings echoed as given (0.7, not its float32 value 0.699999988079071).
-  given = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-               repetition_penalty=repetition_penalty)
-  settings = {name: [_plain_number(v) for v in validation.per_row(name, value, n)]
-              for name, value in given.items()}
-  settings.update(seed=seeds, thinking=validation.as_bools("thinking", thinking, n))
-  return engine, n, args, texts, prompt_ids, tuple(stop_ids), settings
+  settings = {name: [_plain_number(v) for v in expand(name, given.get(name, sampling.SETTINGS[name].off))]
+              for name in _ECHOED}
+  settings.update({k: [_plain_number(v) for v in expand(k, val)] for k, val in given.items()
+                   if k not in _ECHOED and not isinstance(val, dict)})
+  settings.update(seed=seeds, thinking=thinking)
+  return _Call(engine=engine, requests=requests, texts=texts, prompt_ids=prompt_ids, stop_ids=stop_ids,
+               settings=settings, slots=engine.slots_for(min(n, slots or n)), length=engine.cache_length_for(need),
+               context=context, newline_guard=bool(nl.any()), stop=stop)
 
 
-def _stats(state: DecodeState, n, prompt_ids, timings) -> GenerationStats:
-  gen = int(np.asarray(state.num_generated)[:n].sum())
-  decode_tokens = max(gen - n, 0)  # the first token of each row comes from prefill
-  dt = timings["decode_seconds"]
+# Settings every Completion echoes (the rest only when given).
+_ECHOED = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty")
+
+
+def _stats(call: _Call, pool, t_call: float) -> GenerationStats:
+  reqs = call.requests
+  st = pool.stats
+  gen = sum(len(r.token_ids) for r in reqs)
+  dt = st["decode_seconds"]
+  firsts = [r.first_token for r in reqs if r.first_token is not None]
   return GenerationStats(
-      prompt_tokens=int(sum(len(p) for p in prompt_ids)), generated_tokens=gen,
-      compile_seconds=timings["compile_seconds"], prefill_seconds=timings["prefill_seconds"],
-      time_to_first_token=timings["time_to_first_token"], decode_seconds=dt,
-      decode_tokens_per_second=decode_tokens / dt if dt > 0 else 0.0,
-      batch_size=int(state.tokens.shape[0]), prompt_bucket=int(state.cache.length - state.tokens.shape[1] + 1),
-      cache_length=int(state.cache.length))
+      prompt_tokens=int(sum(len(p) for p in call.prompt_ids)), generated_tokens=gen,
+      compile_seconds=st["compile_seconds"], prefill_seconds=st["prefill_seconds"] + st["insert_seconds"],
+      time_to_first_token=(min(firsts) - t_call) if firsts else 0.0, decode_seconds=dt,
+      decode_tokens_per_second=gen / dt if dt > 0 else 0.0, batch_size=pool.slots, cache_length=pool.length,
+      slot_utilization=pool.utilization(), decode_steps=int(st["decode_steps"]),
+      prefilled_prompts=int(st["prefilled_prompts"]),
+      queue_seconds=float(np.mean([r.queue_seconds for r in reqs])),
+      max_queue_seconds=float(max(r.queue_seconds for r in reqs)))
+
+
+def _steps(call: _Call, pool) -> Iterator[list]:
+  """Steps the pool until every request of the call finished, cutting rows at stop strings;
+  yields each step's changed requests."""
+  checked = {}
+  while not pool.idle:
+    changed = pool.step()
+    if call.stop:
+      for r in changed:
+        if r.done and r.cancelled:
+          continue
+        k = _stop_string_hit(call.engine.tokenizer, r.token_ids, call.stop, checked.get(r.tag, 0))
+        checked[r.tag] = len(r.token_ids)
+        if k is not None:
+          r.token_ids = r.token_ids[:k]
+          if not r.done:
+            pool.cancel(r, STOP)
+          r.reason, r.done = STOP, True
+    yield changed
 
 
 def generate(model: SmolLM3, tokenizer, prompts, *, chat: bool = True, thinking=None,
              temperature=None, top_k=None, top_p=None, min_p=None, repetition_penalty=None,
-             max_new_tokens=None, seed=0, newline_limit=None, stop_ids=None,
+             max_new_tokens=None, seed=0, newline_limit=None, stop_ids=None, stop=None,
              context_length: int | None = None, engine: Engine | None = None, mesh=None,
-             share_prefill: bool = False, date=None) -> GenerationResult:
-  """Generates one completion per prompt.
+             share_prefill: bool = True, date=None, num_return_sequences: int = 1, slots: int | None = None,
+             progress: bool = False, **sampling_settings) -> GenerationResult:
+  """Generates one completion per prompt (``num_return_sequences`` per prompt: prompt-major).
 
   ``prompts``: a string, a list of strings, or message lists (``chat=True`` renders them with the
   chat template; ``thinking`` maps to its ``enable_thinking``). Every sampling argument, the seed,
   ``thinking``, ``max_new_tokens`` and ``newline_limit`` may be a scalar or one value per prompt.
   Sampling arguments, ``max_new_tokens`` and ``thinking`` left as None take the checkpoint's
   defaults (:func:`smollm3_jax.generation_defaults.for_tokenizer`: its generation_config.json, else
-  the documented table; without a tokenizer, greedy; thinking on). ``temperature=0`` is greedy. ``newline_limit=N`` stops a row after N consecutive newline tokens.
+  the documented table; without a tokenizer, greedy; thinking on). ``temperature=0`` is greedy.
+  More settings (``typical_p``, ``frequency_penalty``, ``logit_bias``, ...: see
+  :data:`smollm3_jax.sampling.SETTINGS`) are keyword arguments too, off unless given.
+  ``newline_limit=N`` stops a row after N consecutive newline tokens; ``stop``: up to 4 strings
+  that end a row (cut from its text; stop reason "stop").
+  Rows run through a pool of ``slots`` slots (default: one per row): when there are more rows than
+  slots, a row starts as soon as another finishes. A row's tokens do not depend on its slot, its
+  neighbours or when it starts. Rows that repeat a prompt (``num_return_sequences``, a grid of
+  settings) run its prefill once (``share_prefill``).
   ``mesh`` (a Mesh or "data=D,model=M") shards the run; by default the model's own mesh, if any.
-  ``share_prefill=True`` runs each distinct prompt through prefill once and shares its cache among
-  the rows that repeat it (a grid of settings over a few prompts); the number of distinct prompts
-  then sets the prefill program's batch bucket, so it may compile once per such bucket.
   ``date`` is the day the chat template sees (SmolLM3 writes it into the prompt): a date,
   "YYYY-MM-DD", or None for ``$SMOLLM3_JAX_CHAT_DATE`` when set, else today.
   Every argument is checked before anything compiles (ValueError naming it).
@@ -237,28 +361,37 @@ def generate(model: SmolLM3, tokenizer, prompts, *, chat: bool = True, thinking=
   filled = generation_defaults.for_tokenizer(tokenizer).fill(
       thinking=thinking, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
       repetition_penalty=repetition_penalty, max_new_tokens=max_new_tokens)
-  engine, n, args, texts, prompt_ids, stop_ids, settings = _setup(
-      model, tokenizer, prompts, chat=chat, **filled, seed=seed, newline_limit=newline_limit,
-      stop_ids=stop_ids, context_length=context_length, engine=engine, mesh=mesh,
-      share_prefill=share_prefill, date=date)
-  state = timings = None
-  for state, timings in engine.run(n, args):
-    pass
-  return GenerationResult(_finish(tokenizer, state, n, texts, prompt_ids, stop_ids, settings),
-                          _stats(state, n, prompt_ids, timings))
+  t_call = time.perf_counter()
+  call = _setup(model, tokenizer, prompts, chat=chat, **filled, seed=seed, newline_limit=newline_limit,
+                stop_ids=stop_ids, context_length=context_length, engine=engine, mesh=mesh,
+                share_prefill=share_prefill, date=date, num_return_sequences=num_return_sequences, slots=slots,
+                stop=stop, **sampling_settings)
+  pool = call.pool()
+  bar = None
+  if progress:
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(call.requests), unit="row", desc="generate", dynamic_ncols=True)
+  for changed in _steps(call, pool):
+    if bar is not None:
+      bar.update(sum(r.done for r in changed))
+  if bar is not None:
+    bar.close()
+  return GenerationResult(_finish(tokenizer, call.requests, call.texts, call.prompt_ids, call.stop_ids,
+                                  call.settings, call.stop), _stats(call, pool, t_call))
 
 
 class Stream:
   """Iterates over text pieces of one prompt's completion as it decodes; ``.result`` afterwards.
 
-  Runs the same compiled decode program in chunks of ``chunk_steps`` tokens.
+  Runs the decode program in chunks of ``chunk_steps`` tokens.
   """
 
   def __init__(self, model, tokenizer, prompt, *, hide_thinking: bool = False, chunk_steps: int = 4, **kwargs):
     from smollm3_jax import generation_defaults
     from smollm3_jax.tokenizer import IncrementalDecoder
 
-    unknown = sorted(set(kwargs) - set(_DEFAULTS))
+    unknown = sorted(set(kwargs) - set(_DEFAULTS) - set(sampling.SETTINGS))
     if unknown:
       raise TypeError(f"stream() got unexpected keyword argument(s): {', '.join(unknown)}")
     validation.as_count("chunk_steps", chunk_steps, low=1)
@@ -267,7 +400,8 @@ class Stream:
     args = {**_DEFAULTS, **kwargs}
     args.update(generation_defaults.for_tokenizer(tokenizer).fill(
         **{name: args[name] for name in (*generation_defaults.FIELDS, "thinking")}))
-    self._setup = _setup(model, tokenizer, [prompt], **args)
+    self._t_call = time.perf_counter()
+    self._call = _setup(model, tokenizer, [prompt], **args)
     self._tokenizer = tokenizer
     self._decoder = IncrementalDecoder(tokenizer)
     self._hide = hide_thinking
@@ -280,19 +414,26 @@ class Stream:
     self.cancelled = True
 
   def __iter__(self) -> Iterator[str]:
-    engine, n, args, texts, prompt_ids, stop_ids, settings = self._setup
+    call = self._call
+    r = call.requests[0]
+    pool = call.pool(self._chunk)
+    shown = VisibleText(self._hide, inside=prompt_opens_thinking(call.texts[0]))
     fed = 0
-    shown = VisibleText(self._hide, inside=prompt_opens_thinking(texts[0]))
-    state = timings = None
-    for state, timings in engine.run(n, args, chunk_steps=self._chunk):
-      count = int(np.asarray(state.num_generated)[0])
-      ids = np.asarray(state.tokens)[0, fed:count].tolist()
-      finished = bool(np.asarray(state.done)[0])
-      if finished and int(np.asarray(state.reason)[0]) == EOS and ids and ids[-1] in stop_ids:
+    # With stop strings the text shows once the row ended (a stop string may still cut it).
+    hold = bool(call.stop)
+    for changed in _steps(call, pool):
+      if self.cancelled and not r.done:
+        pool.cancel(r)
+        pool.step()  # frees the slot
+      if r not in changed or (hold and not r.done):
+        if self.cancelled:
+          break
+        continue
+      ids = r.token_ids[fed:]
+      if r.done and r.reason == EOS and ids and ids[-1] in call.stop_ids:
         ids = ids[:-1]
-      fed = count
-      piece = "".join(self._decoder.push(t) for t in ids)
-      out = shown.feed(piece)
+      fed = len(r.token_ids)
+      out = shown.feed("".join(self._decoder.push(t) for t in ids))
       if out:
         yield out
       if self.cancelled:
@@ -300,14 +441,15 @@ class Stream:
     tail = shown.feed(self._decoder.flush(), final=True)
     if tail:
       yield tail
-    self.result = GenerationResult(_finish(self._tokenizer, state, n, texts, prompt_ids, stop_ids, settings),
-                                   _stats(state, n, prompt_ids, timings))
+    self.result = GenerationResult(_finish(self._tokenizer, call.requests, call.texts, call.prompt_ids,
+                                           call.stop_ids, call.settings, call.stop),
+                                   _stats(call, pool, self._t_call))
 
 
 # stream()'s keyword arguments and their defaults (None: the checkpoint's, as in generate()).
 _DEFAULTS = dict(chat=True, thinking=None, temperature=None, top_k=None, top_p=None, min_p=None,
                  repetition_penalty=None, max_new_tokens=None, seed=0, newline_limit=None, stop_ids=None,
-                 context_length=None, engine=None, mesh=None, share_prefill=False, date=None)
+                 stop=None, context_length=None, engine=None, mesh=None, share_prefill=True, date=None)
 
 
 def stream(model: SmolLM3, tokenizer, prompt, *, hide_thinking: bool = False, chunk_steps: int = 4,

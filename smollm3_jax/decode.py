@@ -1,20 +1,29 @@
-"""What runs under jit: the decode loop's carry, the per-call constants, prefill, the decode loop,
-and the sample-and-stop step they share.
+"""What runs under jit: the slot pool's state, the per-pool constants, and the three programs of
+continuous batching (prefill a chunk of prompts into slots, insert rows into slots, decode).
 
-* :class:`DecodeState` is the loop carry (changes every step, donated to each program);
-* :class:`RowSettings` are per-row constants (``[B]``: sampling parameters, prompt lengths, token
-  budgets, newline guard) and :class:`SharedSettings` the constants of the whole batch (context
-  limit, stop ids, newline ids, pad id). All are traced: changing a value never recompiles.
-* static (recompile): batch size, prompt bucket ``P``, cache length ``S``, the read window, the
-  tokens per row of prefill's last pass, and the model's structure.
+A pool has B *slots*; each holds one row (a prompt and its generation) or nothing. Rows come and
+go between programs, never inside one:
 
-Prompts are left-aligned and right-padded to ``P``; row b's tokens sit at slots ``[0, len_b)`` of its
-cache and slot = position, and each row writes its next token at its own length (see
-:mod:`smollm3_jax.kv_cache`). The first token is sampled at the end of prefill; each decode step feeds
-the last token, samples the next and records it.
+* :func:`prefill_slots` writes a fixed-size chunk ``[U, C]`` of U prompts into their slots' cache
+  (a prompt of any length is written chunk after chunk; nothing is sampled);
+* :func:`insert` starts rows in slots: it copies a prefilled prompt's cache and token context to the
+  other slots that repeat it (shared prefill), and sets each row's settings, seed and counters;
+* :func:`decode` runs the decode loop over all B slots until K steps ran, a slot frees up while
+  rows wait, every row stopped, or a row outgrows the read window.
 
-Imports the model, the cache and sampling only; the host side (buckets, padding, compiled-program
-cache, placement) is :mod:`smollm3_jax.engine`.
+The last prompt token is not prefilled: the first decode step feeds it and samples token 0, so a
+row's every token comes from the same step function whatever slot, batch or moment it runs in. A
+row's random key for its i-th token is ``fold_in(key(seed), i)``: never the slot or a global step.
+
+* :class:`DecodeState` is the carry (changes every step, donated to every program); its
+  :class:`RowSettings` change only at insert. :class:`SharedSettings` are the pool's constants.
+  All are traced: changing a value never recompiles.
+* static (recompile): B, the cache length S, the prefill chunk ``[U, C]``, the read window, and the
+  model's structure.
+
+Slot = position: row b's tokens sit at cache slots ``[0, lengths[b])`` (see
+:mod:`smollm3_jax.kv_cache`). Imports the model, the cache and sampling only; the host side (queue,
+slots, buckets, compiled programs, placement) is :mod:`smollm3_jax.engine`.
 """
 
 from __future__ import annotations
@@ -27,30 +36,14 @@ from flax import nnx
 from smollm3_jax import sampling
 from smollm3_jax.kv_cache import KVCache
 
-STOP_REASONS = ("", "eos", "max_tokens", "newlines", "context")
-EOS, MAX_TOKENS, NEWLINES, CONTEXT = 1, 2, 3, 4  # indices into STOP_REASONS
+STOP_REASONS = ("", "eos", "max_tokens", "newlines", "context", "stop", "cancelled")
+EOS, MAX_TOKENS, NEWLINES, CONTEXT, STOP, CANCELLED = 1, 2, 3, 4, 5, 6  # indices into STOP_REASONS
 MAX_STOP_IDS = 8  # stop ids travel as a fixed-size traced array, padded with -1
 
 
 @flax.struct.dataclass
-class DecodeState:
-  """The loop carry. B rows, N = output buffer length, V = vocabulary."""
-
-  cache: KVCache
-  tokens: jax.Array          # [B, N] int32 generated tokens (pad after a row stops)
-  last: jax.Array            # [B] int32 last sampled token
-  step: jax.Array            # [] int32 tokens sampled so far (rows share it)
-  num_generated: jax.Array   # [B] int32
-  done: jax.Array            # [B] bool
-  reason: jax.Array          # [B] int32 index into STOP_REASONS
-  newline_run: jax.Array     # [B] int32 consecutive newline tokens
-  presence: jax.Array        # [B, V] bool tokens seen (prompt + generated), for repetition penalty
-  keys: jax.Array            # [B] per-row PRNG keys
-
-
-@flax.struct.dataclass
 class RowSettings:
-  """Per-row constants of one call, each ``[B]``."""
+  """Each slot's row constants, ``[B]`` (set by :func:`insert`)."""
 
   params: sampling.SamplingParams
   prompt_len: jax.Array      # [B] int32 real prompt tokens
@@ -59,105 +52,152 @@ class RowSettings:
 
 
 @flax.struct.dataclass
-class SharedSettings:
-  """Constants of one call shared by every row."""
+class DecodeState:
+  """The pool's carry. B slots, S cache slots, N = S output slots per row, V = vocabulary."""
 
-  context_limit: jax.Array   # [] int32 positions available
+  cache: KVCache                    # [B, KVH, S, D] per layer; lengths [B]
+  rows: RowSettings
+  context: sampling.TokenContext    # what the processors know of each row's text
+  tokens: jax.Array                 # [B, N] int32 generated tokens, token i of a row at index i
+  last: jax.Array                   # [B] int32 the token the next step feeds
+  num_generated: jax.Array          # [B] int32
+  done: jax.Array                   # [B] bool (an empty slot is done)
+  reason: jax.Array                 # [B] int32 index into STOP_REASONS
+  newline_run: jax.Array            # [B] int32 consecutive newline tokens
+  keys: jax.Array                   # [B] per-row PRNG keys (from the row's seed)
+
+
+@flax.struct.dataclass
+class SharedSettings:
+  """Constants of a pool, shared by every slot."""
+
+  context_limit: jax.Array   # [] int32 positions a row may fill (prompt + generated)
   stop_ids: jax.Array        # [MAX_STOP_IDS] int32, -1 padded
   newline_ids: jax.Array     # [M] int32 tokens that are only newlines
   pad_id: jax.Array          # [] int32
 
 
-def sample_and_stop(s: DecodeState, rows: RowSettings, shared: SharedSettings, logits: jax.Array) -> DecodeState:
-  """Samples one token per active row from logits [B, V] and applies the stop rules (in this
+def sample_and_stop(s: DecodeState, shared: SharedSettings, logits: jax.Array) -> DecodeState:
+  """Samples one token per active slot from logits [B, V] and applies the stop rules (in this
   order: a stop id, the token budget, the newline guard, the context limit)."""
-  keys = sampling.step_keys(s.keys, s.step)
-  tok = sampling.sample_tokens(logits.astype(jnp.float32), s.presence, rows.params, keys)
+  rows = s.rows
+  keys = sampling.step_keys(s.keys, s.num_generated)
+  tok = sampling.sample_tokens(logits.astype(jnp.float32), s.context, rows.params, keys,
+                               num_generated=s.num_generated, stop_ids=shared.stop_ids)
   active = ~s.done
   tok = jnp.where(active, tok, shared.pad_id).astype(jnp.int32)
-  tokens = jax.lax.dynamic_update_slice(s.tokens, tok[:, None], (jnp.zeros((), jnp.int32), s.step))
+  b, capacity = s.tokens.shape
+  at = jnp.where(active, s.num_generated, capacity)  # finished rows write nothing
+  tokens = s.tokens.at[jnp.arange(b), at].set(tok, mode="drop")
   n = s.num_generated + active.astype(jnp.int32)
+  position = rows.prompt_len + n - 1  # where the new token sits in its row's text
+  context = sampling.observe(s.context, tok[:, None], position[:, None], active[:, None], generated=True)
   is_stop = jnp.any(tok[:, None] == shared.stop_ids[None, :], axis=-1)
   is_newline = jnp.any(tok[:, None] == shared.newline_ids[None, :], axis=-1)
   newline_run = jnp.where(is_newline, s.newline_run + 1, 0)
   reason = s.reason
-  undecided = active & (reason == 0)
-  reason = jnp.where(undecided & is_stop, EOS, reason)
+  reason = jnp.where(active & (reason == 0) & is_stop, EOS, reason)
   reason = jnp.where(active & (reason == 0) & (n >= rows.max_new), MAX_TOKENS, reason)
   reason = jnp.where(active & (reason == 0) & (rows.newline_limit > 0) & (newline_run >= rows.newline_limit),
                      NEWLINES, reason)
   reason = jnp.where(active & (reason == 0) & (rows.prompt_len + n >= shared.context_limit), CONTEXT, reason)
-  return s.replace(
-      tokens=tokens, last=tok, step=s.step + 1, num_generated=n, done=reason != 0, reason=reason,
-      newline_run=newline_run, presence=sampling.update_presence(s.presence, tok, active))
+  return s.replace(tokens=tokens, last=tok, num_generated=n, done=reason != 0, reason=reason,
+                   newline_run=newline_run, context=context)
 
 
-def prefill_chunk(graphdef, state, tokens, cache):
-  """Writes one chunk of the prompts, [B, C] tokens, at every row's ``cache.lengths`` (the same
-  offset for all rows: a long prompt's first chunks; no logits, nothing sampled). Returns the cache."""
+def _gather(tree, index):
+  """Rows ``index`` [U] (clipped into range) of every leaf of ``tree`` (batch-first leaves)."""
+  return jax.tree.map(lambda x: jnp.take(x, index, axis=0, mode="clip"), tree)
+
+
+def _scatter(tree, index, rows):
+  """``tree`` with rows ``index`` [U] set to ``rows``; an index past the batch writes nothing."""
+  return jax.tree.map(lambda x, r: x.at[index].set(r if r.dtype == x.dtype else r.astype(x.dtype), mode="drop"),
+                      tree, rows)
+
+
+def prefill_slots(graphdef, state, s: DecodeState, tokens, slots, starts, counts, window: int) -> DecodeState:
+  """Writes a chunk of prompt tokens ``tokens`` [U, C] into slots ``slots`` [U] (B = no row) at
+  positions ``starts[u] ..`` (``counts[u]`` real tokens, the rest padding). Attention reads the
+  slots' first ``window`` cache slots (static; it covers every ``starts + C``). A row whose start
+  is 0 begins with an empty token context. Nothing is sampled."""
   model = nnx.merge(graphdef, state)
-  _, cache = model.hidden_states(tokens, None, cache)
-  return cache
+  u, c = tokens.shape
+  cache = s.cache
+  rows_k = tuple(jnp.take(k, slots, axis=0, mode="clip")[:, :, :window] for k in cache.k)
+  rows_v = tuple(jnp.take(v, slots, axis=0, mode="clip")[:, :, :window] for v in cache.v)
+  part = KVCache(k=rows_k, v=rows_v, lengths=starts, dtype=cache.dtype)
+  _, part = model.hidden_states(tokens, None, part)
+  put = lambda full, rows: full.at[slots, :, :window].set(rows, mode="drop")
+  cache = cache.replace(k=tuple(map(put, cache.k, part.k)), v=tuple(map(put, cache.v, part.v)),
+                        lengths=cache.lengths.at[slots].set(starts + counts, mode="drop"))
+  context = _gather(s.context, slots)
+  fresh = sampling.init_context(u, model.config.vocab_size, cache.length)
+  context = jax.tree.map(lambda f, x: jnp.where((starts == 0).reshape((u,) + (1,) * (x.ndim - 1)), f, x),
+                         fresh, context)
+  offsets = jnp.arange(c, dtype=jnp.int32)[None, :]
+  context = sampling.observe(context, tokens, starts[:, None] + offsets, offsets < counts[:, None], generated=False)
+  return s.replace(cache=cache, context=_scatter(s.context, slots, context))
 
 
-def prefill(graphdef, state, tokens, lengths, cache, s: DecodeState, rows: RowSettings,
-            shared: SharedSettings, row_index=None, tail=None) -> DecodeState:
-  """Runs the right-padded prompts [B, P] (``lengths`` [B] real tokens) through the model, fills the
-  cache, samples token 0. ``s`` is the initial carry (its cache is ignored).
+def insert(s: DecodeState, slots, source, last, rows: RowSettings, seeds, pad_id) -> DecodeState:
+  """Starts rows in slots ``slots`` [U] (B = no row): each copies the prefilled prompt of slot
+  ``source[u]`` (itself, or the slot that prefilled the same prompt: shared prefill), feeds
+  ``last[u]`` (its prompt's last token) at the next step, and takes ``rows`` [U] and a key from
+  ``seeds[u]`` (uint32). A one-token prompt starts from an empty cache row and context."""
+  cache = s.cache
+  copy = jnp.any((source != slots) & (slots < cache.batch))
 
-  With ``tail`` (static), row b runs only its last ``tail`` tokens here (from slot
-  ``max(len_b - tail, 0)``): :func:`prefill_chunk` has written the slots before. Either way all P
-  tokens count for the repetition penalty.
+  def copy_rows(cache):
+    put = lambda x: x.at[slots].set(jnp.take(x, source, axis=0, mode="clip"), mode="drop")
+    return cache.replace(k=tuple(map(put, cache.k)), v=tuple(map(put, cache.v)))
 
-  With ``row_index`` [B], ``tokens``/``lengths`` hold only the distinct prompts [U, P]: each is run
-  once and row b takes the keys, values and logits of prompt ``row_index[b]`` (a sweep repeats
-  every prompt once per setting, so this divides its prefill work by the number of settings).
-  """
+  cache = jax.lax.cond(copy, copy_rows, lambda c: c, cache)
+  u = slots.shape[0]
+  context = _gather(s.context, source)
+  fresh = sampling.init_context(u, s.context.presence.shape[-1], cache.length)
+  empty = rows.prompt_len <= 1
+  context = jax.tree.map(lambda f, x: jnp.where(empty.reshape((u,) + (1,) * (x.ndim - 1)), f, x), fresh, context)
+  context = sampling.observe(context, last[:, None], (rows.prompt_len - 1)[:, None], jnp.ones((u, 1), bool),
+                             generated=False)
+  zeros = jnp.zeros((u,), jnp.int32)
+  started = dict(
+      rows=rows, context=context, last=last.astype(jnp.int32), num_generated=zeros, done=jnp.zeros((u,), bool),
+      reason=zeros, newline_run=zeros, keys=sampling.row_keys(seeds),
+      tokens=jnp.full((u, s.tokens.shape[1]), pad_id, jnp.int32))
+  s = s.replace(cache=cache.replace(lengths=cache.lengths.at[slots].set(rows.prompt_len - 1, mode="drop")))
+  return s.replace(**{name: _scatter(getattr(s, name), slots, value) for name, value in started.items()})
+
+
+def decode(graphdef, state, s: DecodeState, shared: SharedSettings, step_limit, free_target, stop_rows,
+           window: int) -> tuple[DecodeState, jax.Array]:
+  """Decodes every slot until ``step_limit`` steps ran, ``free_target`` slots are done (the host
+  has rows waiting for them), every row stopped, or an active row's next slot falls outside the
+  read ``window`` (static: attention reads only the cache's first ``window`` slots). First, the
+  rows with ``stop_rows`` [B] > 0 stop with that reason (the host's stops: a stop string, a
+  cancelled request). Returns the state and the number of steps run."""
   model = nnx.merge(graphdef, state)
-  b, p = tokens.shape
-  t = p if tail is None else tail
-  first = jnp.clip(lengths - t, 0, p - t)  # [B] the slot each row's pass starts at
-  window = jnp.take_along_axis(tokens, first[:, None] + jnp.arange(t, dtype=jnp.int32)[None, :], axis=1)
-  last = (lengths - 1 - first)[:, None, None]  # each row's last real token within its pass
-  if row_index is None:
-    hidden, cache = model.hidden_states(window, None, cache.replace(lengths=first))
-    logits = model.logits(jnp.take_along_axis(hidden, last, axis=1)[:, 0, :])
-  else:
-    distinct = KVCache.init(model.config, b, cache.length, cache.dtype)
-    hidden, distinct = model.hidden_states(window, None, distinct)
-    take = lambda x: jnp.take(x, row_index, axis=0)
-    cache = cache.replace(k=tuple(map(take, distinct.k)), v=tuple(map(take, distinct.v)))
-    logits = take(model.logits(jnp.take_along_axis(hidden, last, axis=1)[:, 0, :]))
-    tokens, lengths = take(tokens), take(lengths)
-  cache = cache.replace(lengths=lengths)
-  valid = jnp.arange(p, dtype=jnp.int32)[None, :] < lengths[:, None]
-  presence = sampling.presence_from_tokens(tokens, valid, model.config.vocab_size)
-  return sample_and_stop(s.replace(cache=cache, presence=presence), rows, shared, logits)
+  stopped = (stop_rows > 0) & ~s.done
+  s = s.replace(done=s.done | stopped, reason=jnp.where(stopped, stop_rows, s.reason))
 
-
-def decode(graphdef, state, s: DecodeState, rows: RowSettings, shared: SharedSettings, step_limit,
-           window: int) -> DecodeState:
-  """Decodes until every row stopped, ``step_limit`` tokens were sampled, the buffer is full, or
-  an active row's next slot falls outside the read ``window`` (static): attention reads only the
-  cache's first ``window`` slots."""
-  model = nnx.merge(graphdef, state)
-  capacity = s.tokens.shape[1]
-
-  def cond(s):
+  def cond(carry):
+    s, i = carry
     fits = jnp.all(s.done | (s.cache.lengths < window))
-    return (s.step < jnp.minimum(step_limit, capacity)) & ~jnp.all(s.done) & fits
+    waiting = jnp.sum(s.done) >= free_target
+    return (i < step_limit) & ~jnp.all(s.done) & fits & ~waiting
 
-  def body(s):
+  def body(carry):
+    s, i = carry
     hidden, cache = model.hidden_states(s.last[:, None], None, s.cache, window)
     # A finished row keeps its length (its writes land on the slot after its text, unread).
     cache = cache.replace(lengths=jnp.where(s.done, s.cache.lengths, cache.lengths))
     logits = model.logits(hidden[:, 0, :])
-    return sample_and_stop(s.replace(cache=cache), rows, shared, logits)
+    return sample_and_stop(s.replace(cache=cache), shared, logits), i + 1
 
-  return jax.lax.while_loop(cond, body, s)
+  return jax.lax.while_loop(cond, body, (s, jnp.zeros((), jnp.int32)))
 
 
-# Jitted with the model's graphdef static and the carry donated (updated in place).
-prefill_jit = jax.jit(prefill, static_argnums=(0,), static_argnames=("tail",), donate_argnums=(4, 5))
-prefill_chunk_jit = jax.jit(prefill_chunk, static_argnums=(0,), donate_argnums=(3,))
+# Jitted with the model's graphdef static and the pool's state donated (updated in place).
+prefill_slots_jit = jax.jit(prefill_slots, static_argnums=(0,), static_argnames=("window",), donate_argnums=(2,))
+insert_jit = jax.jit(insert, donate_argnums=(0,))
 decode_jit = jax.jit(decode, static_argnums=(0,), static_argnames=("window",), donate_argnums=(2,))

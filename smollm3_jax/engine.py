@@ -1,18 +1,23 @@
-"""The host side of generation: shape buckets, padding, the compiled-program cache, placement on a
-mesh, and the loop that runs prefill and the decode programs (:class:`Engine`), plus one bounded
-cache of engines for the package (:func:`get_engine`).
+"""The host side of generation: the slot pool and its queue (:class:`Pool`), shape buckets, the
+compiled-program cache and placement on a mesh (:class:`Engine`), and one bounded cache of engines
+for the package (:func:`get_engine`).
+
+Continuous batching. A :class:`Pool` holds B slots over one cache of S slots per row. Rows
+(:class:`Request`) wait in its queue; between decode chunks the host takes finished rows out and
+puts waiting rows in: their prompts are written chunk by chunk into the free slots' cache
+(:func:`~smollm3_jax.decode.prefill_slots`, ``[U, C]`` tokens a call, C = ``prefill_chunk``), and
+one call of :func:`~smollm3_jax.decode.insert` starts them (rows that repeat a prompt copy its
+cache: the prompt is prefilled once). A pool's programs are one prefill program per (rows bucket U,
+read window), one insert program and one decode program per read window: each compiles once per
+engine (and lands in the persistent compilation cache), and :meth:`Pool.warmup` compiles them all
+before a user waits.
 
 Decode cost follows the text, not the budget: a decode program reads only a window ``[0, W)`` of the
 cache, W a static bucket (:data:`WINDOW_BUCKETS`) that covers every active row's length. The loop
-leaves when a row is about to outgrow the window, and the host continues with the next bucket, so a
-generation compiles one decode program per window bucket it reaches (each once per engine, and kept
-in the persistent compilation cache). Measured on the demo (batch 8, the same prompt, 48 steps, f32):
-with the whole 4096-slot cache read every step, 92 tokens/s; with the window, 273, as with a 256-slot
-cache (287); bf16 alike (the README's performance section). Why windows and not the other design the
-issue names, an attention loop over fixed-size KV blocks with a dynamic trip count (one program, no
-extra compiles): the window keeps attention one plain product per (row, kv head), the form measured
-fastest on CPU in session 1 (54 -> 44 ms per step at batch 8), and with buckets of 2x at most half the
-window is unread. The blocked loop was not built here, so the two were not measured side by side.
+leaves when a row is about to outgrow the window, and the host continues with the next bucket.
+Measured on the demo (batch 8, the same prompt, 48 steps, f32): with the whole 4096-slot cache read
+every step, 92 tokens/s; with the window, 273, as with a 256-slot cache (287). The window keeps
+attention one plain product per (row, kv head), the form measured fastest on CPU.
 
 Imports the programs of :mod:`smollm3_jax.decode`, the cache, sampling and sharding; never the user
 API (:mod:`smollm3_jax.api`), the loaders, the sweep or serving.
@@ -22,7 +27,9 @@ from __future__ import annotations
 
 import collections
 import time
-from typing import Any, Iterator, NamedTuple, Sequence
+import dataclasses
+import threading
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -30,55 +37,26 @@ import numpy as np
 from flax import nnx
 
 from smollm3_jax import sampling
-from smollm3_jax.decode import (MAX_STOP_IDS, DecodeState, RowSettings, SharedSettings, decode_jit,
-                                prefill_chunk_jit, prefill_jit)
+from smollm3_jax.decode import (CANCELLED, MAX_STOP_IDS, DecodeState, RowSettings, SharedSettings, decode_jit, insert_jit,
+                                prefill_slots_jit)
 from smollm3_jax.kv_cache import DEFAULT_BATCH_BUCKETS, DEFAULT_BUCKETS, KVCache, bucket_length, window_length
 from smollm3_jax.model import SmolLM3
 from smollm3_jax.sharding import engine_sharding
 
-# How many programs the engines compiled in this process, by name ("prefill", "prefill_chunk",
-# "decode"; each read window is a decode program). Tests read it.
+# How many programs the engines compiled in this process, by name ("prefill", "insert", "decode";
+# each read window and rows bucket is a program of its own). Tests read it.
 COMPILE_COUNTS: collections.Counter = collections.Counter()
-# Prompts longer than this many slots are prefilled in chunks of it, with a progress bar: the
-# user sees the work advance.
-PREFILL_CHUNK = 512
+# Prompt tokens a prefill call writes per row. A row's chunks depend on its own prompt only (so its
+# numbers do not depend on what else runs); long prompts take several calls. 128 keeps a short
+# chat prompt's padding small on CPU and a long prompt's calls few.
+PREFILL_CHUNK = 128
+# A prefill of at least this many calls shows a progress bar.
+PREFILL_BAR_CALLS = 4
+# Tokens a decode chunk runs before the host looks at the pool again (streaming granularity).
+CHUNK_STEPS = 16
 # Read windows of the decode programs (slots); the last one used is the cache length itself.
 WINDOW_BUCKETS = (256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
 MAX_ENGINES = 4  # engines hold their model and compiled programs: keep the latest few
-
-
-class Batch(NamedTuple):
-  """What ``Engine.prepare`` hands to ``Engine.run``: right-padded prompts [B or U, P], their
-  lengths, the empty cache, the initial carry (without its cache), the per-row and shared settings,
-  and (shared prefill) each row's distinct prompt."""
-
-  tokens: jax.Array
-  lengths: jax.Array
-  cache: KVCache
-  carry: DecodeState
-  rows: RowSettings
-  shared: SharedSettings
-  row_index: jax.Array | None = None
-
-
-def _distinct_prompts(tokens: np.ndarray, lengths: np.ndarray, n: int, batch_buckets):
-  """The distinct prompts among the first n rows of tokens [B, P] (with their lengths), padded to a
-  batch bucket, and each row's index into them ([B]; idle rows point at row 0). Returns the inputs
-  and None when every prompt is distinct (nothing to share)."""
-  first: dict[bytes, int] = {}
-  index = np.zeros((tokens.shape[0],), np.int32)
-  for i in range(n):
-    index[i] = first.setdefault(tokens[i, :lengths[i]].tobytes(), len(first))
-  u = len(first)
-  rows = next((b for b in batch_buckets if b >= u), u)
-  if rows >= tokens.shape[0]:
-    return tokens, lengths, None
-  seen_at = np.zeros((u,), np.int64)  # a row holding each distinct prompt
-  seen_at[index[:n]] = np.arange(n)
-  out_tokens = np.repeat(tokens[:1], rows, axis=0)
-  out_lengths = np.repeat(lengths[:1], rows, axis=0)
-  out_tokens[:u], out_lengths[:u] = tokens[seen_at], lengths[seen_at]
-  return out_tokens, out_lengths, jnp.asarray(index)
 
 
 def _aval_key(tree) -> tuple:
@@ -90,11 +68,44 @@ def _aval_key(tree) -> tuple:
 # --------------------------------------------------------------------------------------------
 # Engine: compiled programs per shape bucket for one model
 # --------------------------------------------------------------------------------------------
-class Engine:
-  """Holds a model split into (graphdef, state) and its compiled prefill/decode programs.
+@dataclasses.dataclass(eq=False)
+class Request:
+  """One row to generate, and (filled in by the pool) what it produced. Host side.
 
-  ``buckets`` are the lengths prompts and caches round up to. ``batch_buckets`` the batch sizes
-  (requests are padded with idle rows up to the next one).
+  ``settings``: the row's sampling settings (names of :class:`~smollm3_jax.sampling.SamplingParams`;
+  missing ones are off). Rows with the same ``share`` key (not None) and the same prompt run its
+  prefill once. ``tag``: anything the caller wants back.
+  """
+
+  prompt: Sequence[int]
+  settings: dict = dataclasses.field(default_factory=dict)
+  seed: int = 0
+  max_new: int = 1
+  newline_limit: int = 0
+  share: Any = None
+  tag: Any = None
+  # -- filled in by the pool --
+  token_ids: list = dataclasses.field(default_factory=list)  # generated so far (all of them once done)
+  reason: int = 0               # index into decode.STOP_REASONS once done
+  done: bool = False
+  cancelled: bool = False
+  submitted: float = 0.0        # perf_counter times
+  admitted: float | None = None
+  first_token: float | None = None
+  finished: float | None = None
+
+  @property
+  def queue_seconds(self) -> float:
+    """Seconds from submission to the start of its prefill."""
+    return (self.admitted or time.perf_counter()) - self.submitted
+
+
+class Engine:
+  """Holds a model split into (graphdef, state) and its compiled programs.
+
+  ``buckets`` are the lengths prompts and caches round up to; ``batch_buckets`` the slot counts
+  (and prefill row counts) pools round up to; ``prefill_chunk`` the prompt tokens a prefill call
+  writes per row; ``window_buckets`` the read windows of the programs (() = the whole cache).
   """
 
   def __init__(self, model: SmolLM3, tokenizer=None, *, buckets: Sequence[int] = DEFAULT_BUCKETS,
@@ -109,7 +120,9 @@ class Engine:
     self.buckets = tuple(buckets)
     self.batch_buckets = tuple(sorted(batch_buckets or DEFAULT_BATCH_BUCKETS))
     self.cache_dtype = cache_dtype or model.dtype
-    self.prefill_chunk = prefill_chunk  # prompts of more slots prefill in chunks of it (0 = never)
+    if prefill_chunk < 1 or prefill_chunk & (prefill_chunk - 1):
+      raise ValueError(f"prefill_chunk must be a power of two, got {prefill_chunk}")
+    self.prefill_chunk = prefill_chunk
     self.window_buckets = tuple(window_buckets)  # () = every decode step reads the whole cache
     if sharding is None:  # a model loaded onto a mesh brings its mesh (None on one device)
       sharding = engine_sharding(model)
@@ -117,6 +130,7 @@ class Engine:
     self._set_state(state)
     self._compiled: dict[tuple, Any] = {}
     self._newline_ids: np.ndarray | None = None
+    self._lock = threading.Lock()  # one compile of a program, whichever thread asks first
 
   def _set_state(self, state):
     if self.sharding is not None:
@@ -134,20 +148,26 @@ class Engine:
       self._set_state(state)
 
   # -- compile ------------------------------------------------------------------------------
-  def _compiled_fn(self, name, fn, *args, **static) -> tuple[Any, float]:
+  def _compiled_fn(self, name, fn, *args, with_model: bool = True, **static) -> tuple[Any, float]:
     """AOT-compiles fn for these argument shapes (and static keyword values) once; returns
-    (executable, seconds spent). Each compile counts in :data:`COMPILE_COUNTS` under ``name``."""
-    key = (name, self.graphdef, self._state_key, _aval_key(args[1:]), tuple(sorted(static.items())))
+    (executable, seconds spent). ``with_model``: fn takes (graphdef, state, ...) and ``args[0]`` is
+    the state. Each compile counts in :data:`COMPILE_COUNTS` under ``name``."""
+    shapes = args[1:] if with_model else args
+    key = (name, self.graphdef, self._state_key, _aval_key(shapes), tuple(sorted(static.items())))
     exe = self._compiled.get(key)
     if exe is not None:
       return exe, 0.0
-    t0 = time.perf_counter()
-    exe = fn.lower(self.graphdef, *args, **static).compile()
-    COMPILE_COUNTS[name] += 1
-    self._compiled[key] = exe
-    return exe, time.perf_counter() - t0
+    with self._lock:
+      exe = self._compiled.get(key)
+      if exe is not None:
+        return exe, 0.0
+      t0 = time.perf_counter()
+      lowered = fn.lower(self.graphdef, *args, **static) if with_model else fn.lower(*args, **static)
+      exe = lowered.compile()
+      COMPILE_COUNTS[name] += 1
+      self._compiled[key] = exe
+      return exe, time.perf_counter() - t0
 
-  # -- host-side preparation ----------------------------------------------------------------
   def newline_ids(self) -> np.ndarray:
     """Ids of tokens whose text is only newlines (for the newline guard)."""
     if self._newline_ids is None:
@@ -160,162 +180,329 @@ class Engine:
       self._newline_ids = np.asarray(ids or [-1], np.int32)
     return self._newline_ids
 
-  def prepare(self, prompt_ids: Sequence[Sequence[int]], *, params: sampling.SamplingParams,
-              seeds: np.ndarray, max_new_tokens: np.ndarray, newline_limit: np.ndarray,
-              stop_ids: Sequence[int], context_length: int | None = None, share_prefill: bool = False):
-    """Validates and pads a batch; returns the arguments of the prefill program (host side, cheap)."""
-    cfg = self.config
-    n = len(prompt_ids)
-    if n == 0:
-      raise ValueError("prompts: need at least one prompt")
-    lengths = np.asarray([len(p) for p in prompt_ids], np.int32)
-    for i, p in enumerate(prompt_ids):
-      if len(p) == 0:
-        raise ValueError(f"prompt {i} is empty: nothing to condition on")
-    context = int(context_length or cfg.max_position_embeddings)
-    if context > cfg.max_position_embeddings:
-      raise ValueError(f"context_length {context} exceeds the model's max_position_embeddings "
-                       f"{cfg.max_position_embeddings}")
-    too_long = [i for i in range(n) if lengths[i] >= context]
-    if too_long:
-      i = too_long[0]
-      raise ValueError(f"prompt {i} has {lengths[i]} tokens, which does not fit the context of "
-                       f"{context} tokens (it needs room for at least one new token)")
+  def slots_for(self, n: int) -> int:
+    """The slot count (batch bucket) for n rows."""
+    return next((b for b in self.batch_buckets if b >= n), n)
+
+  def cache_length_for(self, tokens: int) -> int:
+    """The cache length (a length bucket, a multiple of ``prefill_chunk``) holding ``tokens``."""
+    length = bucket_length(max(tokens, 1), self.buckets)
+    return -(-length // self.prefill_chunk) * self.prefill_chunk
+
+  def pool(self, slots: int, length: int, **kwargs) -> "Pool":
+    """A :class:`Pool` of ``slots`` rows over a cache of ``length`` slots (see there)."""
+    return Pool(self, slots, length, **kwargs)
+
+
+# --------------------------------------------------------------------------------------------
+# Pool: B slots, a queue, and the host loop that refills the slots between decode chunks
+# --------------------------------------------------------------------------------------------
+class Pool:
+  """B slots decoding together over one cache of S slots per row, fed from a queue.
+
+  ``stop_ids``: the ids that end a row (at most :data:`~smollm3_jax.decode.MAX_STOP_IDS`);
+  ``context_length``: positions a row may fill (default: the model's); ``refill``: start waiting
+  rows as soon as slots free up (False: only once every slot is free, i.e. fixed batches that wait
+  for their longest row; for measurements); ``chunk_steps``: decode steps between two looks at the
+  pool; ``prefill_rows``: row counts a prefill call rounds up to (default the engine's batch
+  buckets up to B).
+
+  Not thread-safe: one thread drives a pool (:meth:`step`); :meth:`submit` and :meth:`cancel` may be
+  called from others only while holding :attr:`lock`.
+  """
+
+  def __init__(self, engine: Engine, slots: int, length: int, *, stop_ids: Sequence[int] = (),
+               context_length: int | None = None, newline_guard: bool = False, refill: bool = True,
+               chunk_steps: int = CHUNK_STEPS, prefill_rows: Sequence[int] | None = None):
+    cfg = engine.config
+    self.engine = engine
+    self.slots = int(slots)
+    self.length = int(length)
+    if self.length % engine.prefill_chunk:
+      raise ValueError(f"cache length {length} is not a multiple of the prefill chunk {engine.prefill_chunk}")
     stop_ids = [int(t) for t in stop_ids]
     if len(stop_ids) > MAX_STOP_IDS:
       raise ValueError(f"stop_ids: at most {MAX_STOP_IDS} stop ids, got {len(stop_ids)}")
-
-    batch = next((b for b in self.batch_buckets if b >= n), n)
-    p_len = bucket_length(int(lengths.max()), self.buckets)
-    new_max = int(min(max_new_tokens.max(), context - lengths.min()))
-    cache_len = bucket_length(p_len + new_max - 1, self.buckets) if new_max > 1 else p_len
-    capacity = cache_len - p_len + 1
-
-    pad = cfg.pad_token_id if cfg.pad_token_id is not None else 0
-    tokens = np.full((batch, p_len), pad, np.int32)
-    for i, p in enumerate(prompt_ids):
-      tokens[i, :len(p)] = p  # left-aligned: slot = position
-    full_lengths = np.ones((batch,), np.int32)  # idle rows: one pad token
-    full_lengths[:n] = lengths
-
-    def rows(x, fill):
-      out = np.full((batch,) + np.shape(x)[1:], fill, np.asarray(x).dtype)
-      out[:n] = x
-      return out
-
-    params = params.pad_to(batch)
-    max_new = rows(max_new_tokens.astype(np.int32), 1)
-    done = np.arange(batch) >= n  # padding rows never run
+    self.context = int(context_length or cfg.max_position_embeddings)
+    if self.context > cfg.max_position_embeddings:
+      raise ValueError(f"context_length {self.context} exceeds the model's max_position_embeddings "
+                       f"{cfg.max_position_embeddings}")
+    self.refill = refill
+    self.chunk_steps = int(chunk_steps)
+    self.prefill_rows = tuple(sorted(prefill_rows or [b for b in engine.batch_buckets if b < self.slots] + [self.slots]))
+    self.pad_id = cfg.pad_token_id if cfg.pad_token_id is not None else 0
+    self.lock = threading.Lock()
+    self.queue: collections.deque[Request] = collections.deque()
+    self.rows: list[Request | None] = [None] * self.slots  # the request in each slot
+    self.stats = collections.Counter()  # seconds, steps and tokens of this pool's work
     stop_arr = np.full((MAX_STOP_IDS,), -1, np.int32)
     stop_arr[:len(stop_ids)] = stop_ids
-    init_cache = self.sharding.init_cache if self.sharding is not None else KVCache.init
-    cache = init_cache(cfg, batch, cache_len, self.cache_dtype)
-    carry = DecodeState(
-        cache=cache,
-        tokens=jnp.full((batch, capacity), pad, jnp.int32),
-        last=jnp.zeros((batch,), jnp.int32),
-        step=jnp.zeros((), jnp.int32),
-        num_generated=jnp.zeros((batch,), jnp.int32),
-        done=jnp.asarray(done),
-        reason=jnp.zeros((batch,), jnp.int32),
-        newline_run=jnp.zeros((batch,), jnp.int32),
-        presence=jnp.zeros((batch, cfg.vocab_size), bool),
-        keys=sampling.row_keys(jnp.asarray(rows(seeds.astype(np.uint32), 0))),
-    )
-    row_settings = RowSettings(
-        params=params,
-        prompt_len=jnp.asarray(full_lengths),
-        max_new=jnp.asarray(max_new),
-        newline_limit=jnp.asarray(rows(newline_limit.astype(np.int32), 0)),
-    )
-    shared = SharedSettings(
-        context_limit=jnp.asarray(context, jnp.int32),
-        stop_ids=jnp.asarray(stop_arr),
-        newline_ids=jnp.asarray(self.newline_ids() if newline_limit.any() else np.asarray([-1], np.int32)),
-        pad_id=jnp.asarray(pad, jnp.int32),
-    )
-    row_index = None
-    prompt_lengths = full_lengths
-    if share_prefill and self.sharding is None:
-      tokens, prompt_lengths, row_index = _distinct_prompts(tokens, full_lengths, n, self.batch_buckets)
-    tokens, prompt_lengths = jnp.asarray(tokens), jnp.asarray(prompt_lengths)
-    carry = carry.replace(cache=None)  # the cache travels apart, into prefill
-    if self.sharding is not None:
-      cache = self.sharding.place_cache(cache)
-      (tokens, prompt_lengths, carry, row_settings), shared = self.sharding.place_batch(
-          (tokens, prompt_lengths, carry, row_settings), shared)
-    return n, Batch(tokens, prompt_lengths, cache, carry, row_settings, shared, row_index)
+    self.stop_ids = tuple(stop_ids)
+    newline_ids = engine.newline_ids() if newline_guard else np.asarray([-1], np.int32)
+    self.shared = SharedSettings(context_limit=jnp.asarray(min(self.context, self.length + 1), jnp.int32),
+                                 stop_ids=jnp.asarray(stop_arr), newline_ids=jnp.asarray(newline_ids),
+                                 pad_id=jnp.asarray(self.pad_id, jnp.int32))
+    self.state = self._empty_state()
+    self._lengths = np.zeros((self.slots,), np.int64)  # host copy of the cache lengths of active rows
+    self._stop = np.zeros((self.slots,), np.int32)  # reasons the next decode call stops slots with
 
-  # -- run ------------------------------------------------------------------------------------
-  def _prefill_chunks(self, tokens, lengths, cache, row_index):
-    """Writes long prompts into the cache chunk by chunk, with a progress bar, up to each row's
-    last ``prefill_chunk`` tokens (which the prefill program runs). Returns (cache, the tokens per
-    row the prefill program runs, or None for the whole prompt, compile seconds, run seconds)."""
-    chunk = self.prefill_chunk
-    p = tokens.shape[1]
-    if row_index is not None or not chunk or p <= chunk or p % chunk:
-      return cache, None, 0.0, 0.0
+  # -- state ----------------------------------------------------------------------------------
+  def _empty_state(self) -> DecodeState:
+    eng, cfg, b = self.engine, self.engine.config, self.slots
+    init_cache = eng.sharding.init_cache if eng.sharding is not None else KVCache.init
+    cache = init_cache(cfg, b, self.length, eng.cache_dtype)
+    state = DecodeState(
+        cache=None, rows=self._row_settings([None] * b),
+        context=sampling.init_context(b, cfg.vocab_size, self.length),
+        tokens=jnp.full((b, self.length), self.pad_id, jnp.int32),
+        last=jnp.zeros((b,), jnp.int32), num_generated=jnp.zeros((b,), jnp.int32),
+        done=jnp.ones((b,), bool), reason=jnp.zeros((b,), jnp.int32),
+        newline_run=jnp.zeros((b,), jnp.int32), keys=sampling.row_keys(jnp.zeros((b,), jnp.uint32)))
+    if eng.sharding is not None:
+      (state,), self.shared = eng.sharding.place_batch((state,), self.shared)
+    return state.replace(cache=cache)
+
+  def _row_settings(self, requests: Sequence[Request | None]) -> RowSettings:
+    """RowSettings [len(requests)] (None = an idle row)."""
+    live = [r for r in requests if r is not None]
+    names = sorted({k for r in live for k in r.settings})
+    n = len(requests)
+    values = {k: [r.settings.get(k, sampling.SETTINGS[k].off) if r is not None else sampling.SETTINGS[k].off
+                  for r in requests] for k in names}
+    col = lambda f, fill: np.asarray([f(r) if r is not None else fill for r in requests], np.int32)
+    return RowSettings(params=sampling.SamplingParams.make(n, vocab_size=self.engine.config.vocab_size, **values),
+                       prompt_len=jnp.asarray(col(lambda r: len(r.prompt), 1)),
+                       max_new=jnp.asarray(col(lambda r: r.max_new, 1)),
+                       newline_limit=jnp.asarray(col(lambda r: r.newline_limit, 0)))
+
+  # -- queue ----------------------------------------------------------------------------------
+  def check(self, request: Request) -> None:
+    """ValueError when the request cannot run in this pool (before it waits in the queue)."""
+    p = len(request.prompt)
+    if p == 0:
+      raise ValueError("prompt is empty: nothing to condition on")
+    if p >= self.context:
+      raise ValueError(f"the prompt has {p} tokens, which does not fit the context of {self.context} tokens "
+                       f"(it needs room for at least one new token)")
+    if request.max_new < 1:
+      raise ValueError(f"max_new_tokens must be >= 1, got {request.max_new}")
+    if p + min(request.max_new, self.context - p) - 1 > self.length:
+      raise ValueError(f"the prompt ({p} tokens) and max_new_tokens ({request.max_new}) need "
+                       f"{p + request.max_new - 1} cache slots; this pool has {self.length}")
+
+  def submit(self, requests: Sequence[Request]) -> None:
+    """Queues rows (checked first: nothing is queued when one is bad)."""
+    for r in requests:
+      self.check(r)
+    now = time.perf_counter()
+    for r in requests:
+      r.submitted = now
+      r.prompt = np.asarray(r.prompt, np.int32)
+    self.queue.extend(requests)
+
+  def cancel(self, request: Request, reason: int = CANCELLED) -> None:
+    """Stops a row at the next look at the pool (its slot is freed; its tokens so far stay)."""
+    request.cancelled = True
+    request.reason = reason
+
+  @property
+  def active(self) -> int:
+    return sum(r is not None for r in self.rows)
+
+  @property
+  def idle(self) -> bool:
+    return not self.queue and not self.active
+
+  # -- programs -------------------------------------------------------------------------------
+  def _window(self, needed: int) -> int:
+    eng = self.engine
+    if not eng.window_buckets:
+      return self.length
+    return window_length(needed, self.length, eng.window_buckets)
+
+  def _prefill(self, rows: list[tuple[int, Request]]) -> None:
+    """Writes the prompts (all but their last token) of ``rows`` [(slot, request)] into their slots,
+    chunk by chunk: each call takes up to the largest rows bucket of rows, C tokens each."""
+    eng, c = self.engine, self.engine.prefill_chunk
+    todo = [(slot, r.prompt[:-1]) for slot, r in rows if len(r.prompt) > 1]
+    u = self.prefill_rows[-1]
+    calls = sum(max(-(-len(ids) // c) for _, ids in todo[i:i + u]) for i in range(0, len(todo), u))
     from tqdm.auto import tqdm
 
-    longest = int(np.max(np.asarray(lengths)))
-    steps = max(-(-(longest - chunk) // chunk), 0)  # chunks before the longest row's last one
-    with tqdm(total=steps * chunk + chunk, unit="tok", desc="prefill", leave=False, dynamic_ncols=True,
-              disable=steps == 0) as bar:
-      bar.set_postfix_str("compiling", refresh=True)
-      compile_s = 0.0
-      exe = None
-      if steps:
-        exe, compile_s = self._compiled_fn("prefill_chunk", prefill_chunk_jit, self.state, tokens[:, :chunk],
-                                           cache)
-      bar.set_postfix_str("", refresh=False)
-      t0 = time.perf_counter()
-      for i in range(steps):
-        cache = exe(self.state, tokens[:, i * chunk:(i + 1) * chunk], cache)
-        jax.block_until_ready(cache.lengths)
-        bar.update(chunk)
-      bar.update(chunk)  # the last chunk runs in the prefill program, with the first token
-    return cache, chunk, compile_s, time.perf_counter() - t0
+    bar = tqdm(total=sum(len(ids) for _, ids in todo), unit="tok", desc="prefill", leave=False,
+               dynamic_ncols=True, disable=calls < PREFILL_BAR_CALLS)
+    start = 0
+    while todo:
+      group, todo = todo[:self.prefill_rows[-1]], todo[self.prefill_rows[-1]:]
+      while group:
+        u = next(b for b in self.prefill_rows if b >= len(group))
+        tokens = np.full((u, c), self.pad_id, np.int32)
+        slots = np.full((u,), self.slots, np.int32)
+        starts = np.zeros((u,), np.int32)
+        counts = np.zeros((u,), np.int32)
+        for i, (slot, ids) in enumerate(group):
+          piece = ids[start:start + c]
+          tokens[i, :len(piece)], slots[i], starts[i], counts[i] = piece, slot, start, len(piece)
+        window = self._window(start + c)
+        args = (self.state, *map(jnp.asarray, (tokens, slots, starts, counts)))
+        exe, secs = eng._compiled_fn("prefill", prefill_slots_jit, eng.state, *args, window=window)
+        self.stats["compile_seconds"] += secs
+        t0 = time.perf_counter()
+        self.state = exe(eng.state, *args)
+        jax.block_until_ready(self.state.cache.lengths)
+        self.stats["prefill_seconds"] += time.perf_counter() - t0
+        self.stats["prefill_calls"] += 1
+        bar.update(int(counts.sum()))
+        start += c
+        group = [(slot, ids) for slot, ids in group if len(ids) > start]
+      start = 0
+    bar.close()
 
-  def _window(self, s: DecodeState, n: int) -> int:
-    """The smallest read window (a :data:`WINDOW_BUCKETS` value, or the cache length) that holds the
-    next slot of every active row."""
-    lengths = np.asarray(s.cache.lengths)[:n]
-    active = ~np.asarray(s.done)[:n]
-    needed = int(lengths[active].max()) + 1 if active.any() else 1
-    if not self.window_buckets:
-      return s.cache.length
-    return window_length(needed, s.cache.length, self.window_buckets)
-
-  def run(self, n: int, args, *, chunk_steps: int | None = None) -> Iterator[tuple[DecodeState, dict]]:
-    """Runs prefill then decode, yielding (host-fetched state, timings) after prefill and after
-    every ``chunk_steps`` decode steps (one chunk = whole generation when None)."""
-    t_call = time.perf_counter()
-    tokens, lengths, cache, carry, rows, shared, row_index = Batch(*args)
-    cache, tail, c0, t_chunks = self._prefill_chunks(tokens, lengths, cache, row_index)
-    prefill, c1 = self._compiled_fn("prefill", prefill_jit, self.state, tokens, lengths, cache, carry, rows,
-                                    shared, row_index, tail=tail)
+  def _admit(self) -> None:
+    """Starts waiting rows in the free slots: prefill (once per shared prompt), then one insert."""
+    free = [i for i, r in enumerate(self.rows) if r is None]
+    if not self.queue or not free or (not self.refill and len(free) < self.slots):
+      return
+    taken = []
+    while self.queue and len(taken) < len(free):
+      r = self.queue.popleft()
+      if not r.cancelled:
+        taken.append(r)
+    if not taken:
+      return
+    now = time.perf_counter()
+    placed, sources, first = [], [], {}
+    for slot, r in zip(free, taken):
+      r.admitted = now
+      self.rows[slot] = r
+      self._stop[slot] = 0
+      key = (r.share, r.prompt.tobytes()) if r.share is not None else None
+      src = first.setdefault(key, slot) if key is not None else slot
+      placed.append((slot, r))
+      sources.append(src)
+    firsts = [(slot, r) for (slot, r), src in zip(placed, sources) if src == slot]
+    self.stats["prefilled_prompts"] += len(firsts)
+    self._prefill(firsts)
+    b = self.slots
+    slots = np.full((b,), b, np.int32)
+    source = np.full((b,), b, np.int32)
+    last = np.zeros((b,), np.int32)
+    seeds = np.zeros((b,), np.uint32)
+    requests: list[Request | None] = [None] * b
+    for i, ((slot, r), src) in enumerate(zip(placed, sources)):
+      slots[i], source[i], last[i], seeds[i], requests[i] = slot, src, r.prompt[-1], r.seed, r
+      self._lengths[slot] = len(r.prompt) - 1
+    rows = self._row_settings(requests)
+    args = (self.state, *map(jnp.asarray, (slots, source, last)), rows, jnp.asarray(seeds), self.shared.pad_id)
+    eng = self.engine
+    exe, secs = eng._compiled_fn("insert", insert_jit, *args, with_model=False)
+    self.stats["compile_seconds"] += secs
     t0 = time.perf_counter()
-    s = prefill(self.state, tokens, lengths, cache, carry, rows, shared, row_index)
-    jax.block_until_ready(s.tokens)
-    t1 = time.perf_counter()
-    timings = dict(compile_seconds=c0 + c1, prefill_seconds=t_chunks + t1 - t0, time_to_first_token=t1 - t_call,
-                   decode_seconds=0.0)
-    yield s, timings
-    capacity = s.tokens.shape[1]
-    step = int(s.step)
-    while step < capacity and not bool(np.all(np.asarray(s.done)[:n])):
-      limit = np.int32(capacity if chunk_steps is None else min(capacity, step + chunk_steps))
-      decode, c2 = self._compiled_fn("decode", decode_jit, self.state, s, rows, shared, limit,
-                                     window=self._window(s, n))
-      timings["compile_seconds"] += c2
-      t0 = time.perf_counter()
-      s = decode(self.state, s, rows, shared, limit)
-      jax.block_until_ready(s.tokens)
-      timings["decode_seconds"] += time.perf_counter() - t0
-      before, step = step, int(s.step)
-      if step == before:  # the window always holds the next slot; a guard against a host loop without end
-        raise RuntimeError("decode made no progress (read window smaller than a row's next slot)")
-      yield s, timings
+    self.state = exe(*args)
+    jax.block_until_ready(self.state.done)
+    self.stats["insert_seconds"] += time.perf_counter() - t0
+
+  def _decode(self) -> None:
+    """One decode chunk over the pool; returns after at most ``chunk_steps`` steps (sooner when a
+    slot frees up while rows wait)."""
+    eng = self.engine
+    active = [i for i, r in enumerate(self.rows) if r is not None]
+    window = self._window(int(self._lengths[active].max()) + 1)
+    done_now = self.slots - len(active)
+    free_target = done_now + 1 if (self.queue and self.refill) else self.slots + 1
+    args = (self.state, self.shared, jnp.asarray(self.chunk_steps, jnp.int32), jnp.asarray(free_target, jnp.int32),
+            jnp.asarray(self._stop))
+    self._stop[:] = 0
+    exe, secs = eng._compiled_fn("decode", decode_jit, eng.state, *args, window=window)
+    self.stats["compile_seconds"] += secs
+    t0 = time.perf_counter()
+    self.state, steps = exe(eng.state, *args)
+    steps = int(steps)
+    self.stats["decode_seconds"] += time.perf_counter() - t0
+    self.stats["decode_steps"] += steps
+    self.stats["slot_steps"] += steps * self.slots
+    if steps == 0:  # the window always holds the next slot; a guard against a host loop without end
+      raise RuntimeError("decode made no progress (read window smaller than a row's next slot)")
+
+  def _harvest(self) -> list[Request]:
+    """Copies new tokens to the requests; frees the slots of finished (and cancelled) rows."""
+    s = self.state
+    counts, done, reason, lengths = jax.device_get((s.num_generated, s.done, s.reason, s.cache.lengths))
+    active = [i for i, r in enumerate(self.rows) if r is not None]
+    if not active:
+      return []
+    tokens = np.array(jax.device_get(s.tokens))
+    now = time.perf_counter()
+    changed = []
+    for i in active:
+      r = self.rows[i]
+      n = int(counts[i])
+      if n > len(r.token_ids):
+        if r.first_token is None:
+          r.first_token = now
+        self.stats["generated"] += n - len(r.token_ids)
+        r.token_ids = tokens[i, :n].tolist()
+        changed.append(r)
+      self._lengths[i] = lengths[i]
+      if done[i] or r.cancelled:
+        r.done, r.finished = True, now
+        r.reason = r.reason if r.cancelled else int(reason[i])
+        if r.cancelled:
+          self._stop[i] = r.reason or CANCELLED
+        self.rows[i] = None
+        if r not in changed:
+          changed.append(r)
+    return changed
+
+  def _free_cancelled(self) -> None:
+    """Frees the slots of cancelled rows; the next decode call stops them on the device."""
+    for i, r in enumerate(self.rows):
+      if r is not None and r.cancelled:
+        r.done, r.finished = True, time.perf_counter()
+        self._stop[i] = r.reason or CANCELLED
+        self.rows[i] = None
+
+  def step(self) -> list[Request]:
+    """Admits waiting rows, runs one decode chunk and returns the requests that got new tokens or
+    finished (``done``) since the last step."""
+    with self.lock:
+      self._free_cancelled()
+      self._admit()
+    if not self.active:
+      return []
+    self._decode()
+    return self._harvest()
+
+  def run(self) -> None:
+    """Steps until the queue is empty and every row finished."""
+    while not self.idle:
+      self.step()
+
+  def utilization(self) -> float:
+    """Generated tokens / (slots x decode steps) of this pool's work so far."""
+    return self.stats["generated"] / self.stats["slot_steps"] if self.stats["slot_steps"] else 0.0
+
+  def warmup(self) -> float:
+    """Compiles every program this pool can need (each prefill rows bucket x read window, insert,
+    each decode window); returns the seconds spent compiling. Nothing runs."""
+    eng, c = self.engine, self.engine.prefill_chunk
+    windows = sorted({self._window(n) for n in range(c, self.length + 1, c)} | {self._window(1)})
+    total = 0.0
+    for u in self.prefill_rows:
+      z = jnp.zeros((u,), jnp.int32)
+      for w in windows:
+        if w >= c:
+          total += eng._compiled_fn("prefill", prefill_slots_jit, eng.state, self.state, jnp.zeros((u, c), jnp.int32),
+                                    z, z, z, window=w)[1]
+    b = self.slots
+    z = jnp.zeros((b,), jnp.int32)
+    total += eng._compiled_fn("insert", insert_jit, self.state, z, z, z, self._row_settings([None] * b),
+                              jnp.zeros((b,), jnp.uint32), self.shared.pad_id, with_model=False)[1]
+    for w in windows:
+      total += eng._compiled_fn("decode", decode_jit, eng.state, self.state, self.shared, jnp.asarray(1, jnp.int32),
+                                jnp.asarray(1, jnp.int32), jnp.asarray(self._stop), window=w)[1]
+    self.stats["compile_seconds"] += total
+    return total
 
 
 _ENGINES: collections.OrderedDict[tuple, Engine] = collections.OrderedDict()

@@ -211,13 +211,15 @@ def test_shared_prefill_gives_the_same_tokens(tiny):
   prompts = [distinct[i] for i in (0, 0, 1, 0, 2, 1, 2, 2, 0, 1)]
   kw = dict(max_new_tokens=12, stop_ids=[], temperature=[0.0, 0.8] * 5, repetition_penalty=[1.0] * 5 + [1.3] * 5,
             seed=list(range(10)))
-  plain = smollm3_jax.generate(model, None, prompts, **kw)
-  before = dict(COMPILE_COUNTS)
+  plain = smollm3_jax.generate(model, None, prompts, share_prefill=False, **kw)
   shared = smollm3_jax.generate(model, None, prompts, share_prefill=True, **kw)
   assert [c.token_ids for c in shared] == [c.token_ids for c in plain]
-  assert COMPILE_COUNTS["prefill"] - before.get("prefill", 0) == 1  # its own program: 3 distinct -> 4 rows
-  smollm3_jax.generate(model, None, prompts[::-1], share_prefill=True, **kw)
-  assert COMPILE_COUNTS["prefill"] - before.get("prefill", 0) == 1  # same buckets: reused
+  assert (plain.stats.prefilled_prompts, shared.stats.prefilled_prompts) == (10, 3)
+  before = dict(COMPILE_COUNTS)
+  flipped = {k: (v[::-1] if isinstance(v, list) and k != "stop_ids" else v) for k, v in kw.items()}
+  again = smollm3_jax.generate(model, None, prompts[::-1], share_prefill=True, **flipped)
+  assert [c.token_ids for c in again] == [c.token_ids for c in shared][::-1]
+  assert dict(COMPILE_COUNTS) == before  # same shapes: every program reused
 
 
 def test_weights_assigned_after_a_call_are_used_by_the_next(tiny):

@@ -50,7 +50,7 @@ def _child(workdir: str) -> dict:
   from smollm3_jax import config as C
   from smollm3_jax import quantize
   from smollm3_jax import sharding as S
-  from smollm3_jax.engine import Engine, get_engine
+  from smollm3_jax.engine import Engine, Request, get_engine
   from smollm3_jax.model import SmolLM3
 
   out: dict = {"devices": len(jax.devices())}
@@ -76,14 +76,12 @@ def _child(workdir: str) -> dict:
     model = smollm3_jax.from_pretrained(ckpt, mesh=f"data={d},model={m}")  # placed shard by shard by the loader hook
     res = smollm3_jax.generate(model, None, prompts, **kw)
     eng = get_engine(model)
-    _, batch = eng.prepare(
-        prompts, params=smollm3_jax.sampling.SamplingParams.make(3), seeds=np.zeros(3, np.uint32),
-        max_new_tokens=np.full(3, NEW), newline_limit=np.zeros(3, np.int64), stop_ids=[])
-    placed = dict(cache=specs(batch.cache.k[0]), tokens_in=specs(batch.tokens),
-                  presence=specs(batch.carry.presence))
-    s = None
-    for s, _ in eng.run(3, batch):  # donates the cache
-      pass
+    pool = eng.pool(eng.slots_for(3), eng.cache_length_for(max(map(len, prompts)) + NEW))
+    placed = dict(cache=specs(pool.state.cache.k[0]), tokens_in=specs(pool.state.tokens),
+                  presence=specs(pool.state.context.presence))
+    pool.submit([Request(prompt=p, max_new=NEW) for p in prompts])
+    pool.run()  # donates the state to each program
+    s = pool.state
     one = smollm3_jax.generate(model, None, prompts[:1], **kw) if m != "8" else res
     out[spec] = dict(
         tokens=[c.token_ids for c in res], one=one[0].token_ids, batch=res.stats.batch_size,
@@ -98,11 +96,13 @@ def _child(workdir: str) -> dict:
   out["moved"] = dict(tokens=[c.token_ids for c in res], mesh=S.describe(S.mesh_of(moved)))
   # Chunked decoding (what stream() runs) on the mesh.
   eng = get_engine(moved)
-  n, args = eng.prepare(prompts[:1], params=smollm3_jax.sampling.SamplingParams.make(1),
-                        seeds=np.zeros(1, np.uint32), max_new_tokens=np.full(1, NEW),
-                        newline_limit=np.zeros(1, np.int64), stop_ids=[])
-  chunks = [np.asarray(s.tokens)[0, :int(np.asarray(s.num_generated)[0])].tolist()
-            for s, _ in eng.run(n, args, chunk_steps=3)]
+  pool = eng.pool(eng.slots_for(1), eng.cache_length_for(len(prompts[0]) + NEW), chunk_steps=3)
+  row = Request(prompt=prompts[0], max_new=NEW)
+  pool.submit([row])
+  chunks = []
+  while not pool.idle:
+    pool.step()
+    chunks.append(list(row.token_ids))
   out["stream"] = dict(tokens=chunks[-1], chunks=len(chunks))
 
   # int8 mode on a mesh: the quantized weights follow the logical-axis rules; tokens unchanged.
@@ -124,8 +124,7 @@ def _child(workdir: str) -> dict:
   sh = S.MeshSharding(S.make_mesh(4, 2), cfg)
   try:
     eng = Engine(moved, None, sharding=sh, batch_buckets=(1, 2, 3))
-    eng.prepare(prompts, params=smollm3_jax.sampling.SamplingParams.make(3), seeds=np.zeros(3, np.uint32),
-                max_new_tokens=np.full(3, 4), newline_limit=np.zeros(3, np.int64), stop_ids=[])
+    eng.pool(3, 128)
   except ValueError as e:
     errors["batch"] = str(e)
   for bad in ("data=16,model=1", "data=3", "data=x", "pipe=2"):
