@@ -84,7 +84,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   elif preset == "tiny":
     c.steps = 4
     c.batch_size = 2
-    c.data.max_length = 128
+    c.data.max_length = 64   # one length bucket: one compiled step
     c.optim.learning_rate = 1e-3
     c.optim.warmup_steps = 1
     c.eval_every = 2

@@ -21,6 +21,7 @@ Imports the model and sharding only (the data, the loop and the checkpoints are
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 from typing import Any, Mapping
@@ -192,6 +193,9 @@ class ModelDef:
                        "model? train the float model and quantize after)")
     self.config = model.config
     self.keys = [param_key(p) for p, _ in flat]
+    # What the compiled programs depend on: the graph and every parameter's shape and dtype.
+    self.signature = (self.graphdef, tuple((param_key(p), tuple(v.get_value().shape), str(v.get_value().dtype))
+                                           for p, v in flat))
     # Shape-only templates: merging replaces their values (no reference to the loaded arrays).
     self._templates = [(p, v.replace(jax.ShapeDtypeStruct(v.get_value().shape, v.get_value().dtype)))
                        for p, v in flat]
@@ -234,8 +238,14 @@ class Trainer:
     self.defn = ModelDef(model)
     self.optim = optim
     self.alpha = alpha
-    self.tx = make_optimizer(optim)
     self.lr_schedule = schedule(optim)
+    key = (self.defn.signature, optim, alpha, self.sharding)
+    cached = _PROGRAMS.get(key)
+    if cached is not None:  # a Trainer of the same model, settings and mesh: reuse its compiled programs
+      _PROGRAMS.move_to_end(key)
+      self.__dict__.update(cached)
+      return
+    self.tx = make_optimizer(optim)
     abstract = self._abstract = self.defn.abstract()
     self.abstract_opt_state = jax.eval_shape(self.tx.init, _f32(abstract))
     if self.sharding is None:
@@ -256,6 +266,9 @@ class Trainer:
                          donate_argnums=(0, 1))
     self._eval = jax.jit(functools.partial(_eval_sums, self.defn),
                          in_shardings=(self.param_shardings, batch_s), out_shardings=self.replicated)
+    _PROGRAMS[key] = {k: v for k, v in self.__dict__.items() if k not in ("defn", "sharding")}
+    while len(_PROGRAMS) > _MAX_PROGRAMS:
+      _PROGRAMS.popitem(last=False)
 
   def _opt_leaf_sharding(self, path, leaf):
     """A parameter-shaped leaf (under the parameter's key) shares its sharding; the rest (counts,
@@ -317,6 +330,12 @@ class Trainer:
   def eval_sums(self, params: Params, batch: Batch) -> dict:
     """Sums over the batch's targets: ``ce`` (cross-entropy) and ``tokens`` (how many)."""
     return self._eval(params, batch)
+
+
+# Trainers' programs by (model signature, optimiser config, alpha, mesh): a second run in the same
+# process (a resumed run, a notebook cell run again) compiles nothing new. Bounded: oldest dropped.
+_PROGRAMS: "collections.OrderedDict[tuple, dict]" = collections.OrderedDict()
+_MAX_PROGRAMS = 4
 
 
 def _train_step(defn: ModelDef, tx, alpha: float, params: Params, opt_state, batch: Batch):
