@@ -7,7 +7,8 @@
 
 A pair (prompt, continuation) runs as one sequence ``prompt + continuation[:-1]``; position t's
 logits score token t + 1. Requests are sorted by length and run in batches padded to a batch bucket
-(``kv_cache.DEFAULT_BATCH_BUCKETS``) and a length bucket (``kv_cache.bucket_length``): one compiled
+(``kv_cache.DEFAULT_BATCH_BUCKETS``) and a length bucket (``kv_cache.bucket_length`` over
+:data:`BUCKETS`): one compiled
 program per (batch, length) shape, whatever the texts. Inside the program the sequence runs in
 chunks of :data:`CHUNK` positions through a KV cache (attention memory and the ``[B, chunk, vocab]``
 logits stay bounded for long windows), and only each position's target log-probability
@@ -39,6 +40,9 @@ from smollm3_jax.kv_cache import DEFAULT_BATCH_BUCKETS, DEFAULT_BUCKETS, KVCache
 from smollm3_jax.model import SmolLM3
 
 CHUNK = 256  # positions per pass through the model inside the scoring program
+# Length buckets: the cache's, plus two short ones (multiple-choice requests are often ~10-30 tokens,
+# and padding them to 64 quadrupled the work).
+BUCKETS = (16, 32, *DEFAULT_BUCKETS)
 # Traces of the scoring program by name (one per compiled shape: tests read it).
 TRACE_COUNTS: collections.Counter = collections.Counter()
 
@@ -87,7 +91,7 @@ def _score_program(graphdef, state, tokens, targets):
   model = nnx.merge(graphdef, state)
   b, length = tokens.shape
   c = min(length, CHUNK)
-  n = length // c  # lengths are buckets: multiples of 64, of CHUNK beyond it
+  n = length // c  # lengths are buckets: below CHUNK one pass, beyond it multiples of CHUNK
 
   def body(cache, xs):
     tok, tgt = xs  # [B, c]
@@ -127,7 +131,7 @@ def score_token_ids(model: SmolLM3, pairs: Sequence[tuple[Sequence[int], Sequenc
   with tqdm(total=len(pairs), desc=desc, unit="seq", disable=not progress, dynamic_ncols=True) as bar:
     for idx in _batches(order, batch_size):
       rows = next((b for b in DEFAULT_BATCH_BUCKETS if b >= len(idx)), len(idx))
-      length = bucket_length(max(totals[i] for i in idx), DEFAULT_BUCKETS)
+      length = bucket_length(max(totals[i] for i in idx), BUCKETS)
       tokens = np.full((rows, length), pad, np.int32)
       targets = np.zeros((rows, length), np.int32)
       for r, i in enumerate(idx):

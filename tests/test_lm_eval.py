@@ -1,0 +1,186 @@
+"""The lm-eval model (smollm3_jax.lm_eval_model) against lm-eval's own `hf` backend, offline.
+
+The tasks are YAML files over JSONL files in tests/data/lm_eval (their `custom_dataset` reads the
+files from disk): a multiple-choice task (loglikelihood), a generate_until task and a perplexity task
+(loglikelihood_rolling). lm-eval never touches the network here (HF_*_OFFLINE, a private datasets cache).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+lm_eval = pytest.importorskip("lm_eval")
+
+DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "lm_eval")
+TASKS = ["smollm3_jax_capitals", "smollm3_jax_arithmetic", "smollm3_jax_documents"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def offline(tmp_path_factory):
+  keys = {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1",
+          "HF_DATASETS_CACHE": str(tmp_path_factory.mktemp("hf_datasets"))}
+  old = {k: os.environ.get(k) for k in keys}
+  os.environ.update(keys)
+  yield
+  for k, v in old.items():
+    if v is None:
+      os.environ.pop(k, None)
+    else:
+      os.environ[k] = v
+
+
+@pytest.fixture(scope="module")
+def task_manager(offline):
+  from lm_eval.tasks import TaskManager
+  return TaskManager(include_path=DATA, include_defaults=False)
+
+
+def _evaluate(lm, task_manager, tasks=TASKS, **kwargs):
+  return lm_eval.simple_evaluate(model=lm, tasks=tasks, task_manager=task_manager, log_samples=True,
+                                 bootstrap_iters=0, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def ours(demo_model, demo_tokenizer, task_manager):
+  from smollm3_jax.lm_eval_model import SmolLM3JaxLM
+  lm = SmolLM3JaxLM(model=demo_model, tokenizer=demo_tokenizer, batch_size=32, progress=False)
+  return _evaluate(lm, task_manager)
+
+
+@pytest.fixture(scope="module")
+def theirs(demo_hf_model, task_manager):
+  from lm_eval.models.huggingface import HFLM
+  from transformers import AutoTokenizer
+
+  from smollm3_jax.checkpoints.demo import demo_gguf_path
+  directory, name = os.path.split(demo_gguf_path())
+  tok = AutoTokenizer.from_pretrained(directory, gguf_file=name)
+  return _evaluate(HFLM(pretrained=demo_hf_model, tokenizer=tok, batch_size=32), task_manager)
+
+
+def _samples(results, task):
+  return sorted(results["samples"][task], key=lambda s: s["doc_id"])
+
+
+def test_loglikelihoods_and_accuracy_equal_hf(ours, theirs):
+  task = "smollm3_jax_capitals"
+  a, b = _samples(ours, task), _samples(theirs, task)
+  assert len(a) == len(b) == 6
+  for x, y in zip(a, b):
+    assert x["arguments"] == y["arguments"]  # the same requests
+    ll_x = np.array([r[0][0] for r in x["resps"]])
+    ll_y = np.array([r[0][0] for r in y["resps"]])
+    np.testing.assert_allclose(ll_x, ll_y, atol=1e-4, rtol=0)
+    assert [r[0][1] for r in x["resps"]] == [r[0][1] for r in y["resps"]]  # is_greedy
+    assert x["acc"] == y["acc"]
+  acc = ours["results"][task]["acc,none"]
+  assert acc == theirs["results"][task]["acc,none"] and 0 < acc < 1  # a score that can move both ways
+
+
+def test_rolling_loglikelihoods_equal_hf(ours, theirs):
+  task = "smollm3_jax_documents"
+  a, b = _samples(ours, task), _samples(theirs, task)
+  for x, y in zip(a, b):
+    # A sum over ~30 tokens of log-probabilities each within 1e-4 of hf's.
+    assert x["resps"][0][0] == pytest.approx(y["resps"][0][0], abs=1e-3)
+  for metric in ("word_perplexity,none", "byte_perplexity,none", "bits_per_byte,none"):
+    assert ours["results"][task][metric] == pytest.approx(theirs["results"][task][metric], rel=1e-5)
+
+
+def test_generate_until_greedy_equals_hf(ours, theirs):
+  task = "smollm3_jax_arithmetic"
+  a, b = _samples(ours, task), _samples(theirs, task)
+  texts = [x["filtered_resps"][0] for x in a]
+  assert texts == [y["filtered_resps"][0] for y in b]
+  assert any(t.strip() for t in texts)  # not all empty
+  assert all("\n" not in t and "Question:" not in t for t in texts)  # `until` cut
+  assert ours["results"][task]["exact_match,none"] == theirs["results"][task]["exact_match,none"]
+
+
+# --------------------------------------------------------------------------------------------
+# gen_kwargs, seeds, the chat template (no comparison run needed)
+# --------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def lm(demo_model, demo_tokenizer):
+  from smollm3_jax.lm_eval_model import SmolLM3JaxLM
+  return SmolLM3JaxLM(model=demo_model, tokenizer=demo_tokenizer, batch_size=4, progress=False, seed=7)
+
+
+def test_gen_kwargs_mapping(lm):
+  greedy = lm.generation_settings({"until": ["\n"], "do_sample": False, "temperature": 0.7})
+  assert greedy["settings"]["temperature"] == 0.0
+  assert greedy["until"] == ["\n", "<|im_end|>"]  # lm-eval's eos added, as hf
+  s = lm.generation_settings({"temperature": 0.6, "top_p": 0.9, "top_k": 20, "min_p": 0.05,
+                              "repetition_penalty": 1.2, "max_gen_toks": 33, "until": "Q:"})
+  assert s["settings"] == dict(temperature=0.6, top_p=0.9, top_k=20, min_p=0.05, repetition_penalty=1.2,
+                               max_new_tokens=33)
+  assert s["until"] == ["Q:", "<|im_end|>"]
+  # Unset: what transformers.generate uses for a checkpoint without generation_config.json (the demo).
+  s = lm.generation_settings({"do_sample": True, "max_new_tokens": 5})
+  assert s["settings"] == dict(temperature=1.0, top_p=1.0, top_k=50, min_p=0.0, repetition_penalty=1.0,
+                               max_new_tokens=5)
+  assert lm.generation_settings({})["settings"]["max_new_tokens"] == 256  # lm-eval's default budget
+
+
+@pytest.mark.parametrize("gen_kwargs, message", [
+    ({"num_beams": 4}, "num_beams not supported"),
+    ({"do_sample": True, "temperature": 0.0}, "temperature > 0"),
+    ({"temperature": 0.5, "top_p": 1.5}, "top_p"),
+    ({"max_gen_toks": 8192}, "max_gen_toks"),
+])
+def test_bad_gen_kwargs_are_refused(lm, gen_kwargs, message):
+  with pytest.raises(ValueError, match=message):
+    lm.generation_settings(gen_kwargs)
+
+
+def test_sampled_rows_do_not_depend_on_their_batch(lm, demo_model, demo_tokenizer):
+  from lm_eval.api.instance import Instance
+
+  from smollm3_jax.lm_eval_model import SmolLM3JaxLM
+  # The arithmetic task's shapes (4 rows, 12 new tokens): no new compile.
+  kwargs = {"temperature": 1.0, "max_gen_toks": 12, "until": []}
+  contexts = ["Once upon a time", "The weather today", "Once upon a time", "My favourite food"]
+
+  def reqs(order):
+    return [Instance("generate_until", {}, (contexts[i], dict(kwargs)), i) for i in order]
+
+  first = lm.generate_until(reqs([0, 1, 2]))
+  again = lm.generate_until(reqs([3, 1, 0, 2]))  # other rows, other neighbours
+  assert again[1:] == [first[1], first[0], first[2]]
+  assert first[0] != first[2]  # a repeated request samples anew
+  other_seed = SmolLM3JaxLM(model=demo_model, tokenizer=demo_tokenizer, batch_size=4, progress=False, seed=8)
+  assert other_seed.generate_until(reqs([0, 1, 2])) != first
+
+
+def test_chat_template_matches_transformers(smollm3_template_tokenizer, demo_model, pinned_transformers_clock):
+  from transformers import AutoTokenizer
+
+  from smollm3_jax.checkpoints.demo import demo_gguf_path
+  from smollm3_jax.lm_eval_model import SmolLM3JaxLM
+  directory, name = os.path.split(demo_gguf_path())
+  hf = AutoTokenizer.from_pretrained(directory, gguf_file=name)
+  hf.chat_template = smollm3_template_tokenizer.chat_template
+  chat = [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "What is 2 + 2?"}]
+  prefixed = chat + [{"role": "assistant", "content": "The answer is"}]
+  for thinking in (True, False):
+    lm = SmolLM3JaxLM(model=demo_model, tokenizer=smollm3_template_tokenizer, enable_thinking=thinking,
+                      progress=False)
+    assert lm.apply_chat_template(chat) == hf.apply_chat_template(
+        chat, tokenize=False, add_generation_prompt=True, enable_thinking=thinking)
+    # A task's gen_prefix: lm-eval asks for no generation prompt; the assistant turn stays open.
+    assert lm.apply_chat_template(prefixed, add_generation_prompt=False) == hf.apply_chat_template(
+        prefixed, tokenize=False, add_generation_prompt=False, continue_final_message=True,
+        enable_thinking=thinking)
+    assert lm.think_end_token == ("</think>" if thinking else None)
+
+
+def test_thinking_is_stripped_before_until(lm, demo_model, smollm3_template_tokenizer):
+  from smollm3_jax.lm_eval_model import SmolLM3JaxLM
+  tok = smollm3_template_tokenizer
+  thinking = SmolLM3JaxLM(model=demo_model, tokenizer=tok, enable_thinking=True, progress=False)
+  ids = tok.encode("<think>\nQ: let me think. 4\n</think>\n\nThe answer is 4.\nQ: next") + [tok.eos_token_id]
+  assert thinking.postprocess(ids, ["Q:", "\n"]) == "The answer is 4."
+  assert lm.postprocess(ids, ["Q:"]) == "<think>\n"  # without thinking mode: hf's plain cut
