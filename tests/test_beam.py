@@ -1,0 +1,119 @@
+"""Beam search against transformers' generate(num_beams=4, do_sample=False): the returned beams'
+tokens and sequences_scores, on a tiny random SmolLM3 and on the demo checkpoint."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import smollm3_jax
+from smollm3_jax.beam import beam_search
+
+NEW = 12
+BEAMS = 4
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():
+  """transformers' beam search on a tiny model is all per-step overhead: torch's thread pool makes it
+  ~30x slower on a busy 2-core machine."""
+  threads = torch.get_num_threads()
+  torch.set_num_threads(1)
+  yield
+  torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory, make_hf_model):
+  """A tiny random SmolLM3 with decisive logits (LM head x4, as test_generate's) whose eos id is a
+  token the search meets often, so hypotheses finish at different lengths."""
+  ref = make_hf_model(seed=7, tie_word_embeddings=False)
+  with torch.no_grad():
+    ref.lm_head.weight.mul_(4.0)
+    counts = np.bincount(ref.generate(torch.tensor([[5, 9, 33]]), max_new_tokens=40, do_sample=False,
+                                      eos_token_id=None, pad_token_id=0, top_k=None, top_p=None)[0, 3:],
+                         minlength=512)
+  ref.config.eos_token_id = int(np.argmax(counts))  # the commonest greedy token
+  ref.generation_config.eos_token_id = ref.config.eos_token_id
+  path = tmp_path_factory.mktemp("tiny_beam")
+  ref.save_pretrained(path)
+  return smollm3_jax.from_pretrained(str(path)), ref
+
+
+def _prompts(n=5, seed=3):
+  rs = np.random.RandomState(seed)
+  return [rs.randint(3, 500, rs.randint(2, 12)).tolist() for _ in range(n)]
+
+
+def _hf_beams(ref, prompt, stop_ids, length_penalty, early_stopping, new=NEW):
+  """transformers' returned beams (generated tokens, trimmed at their length) and scores."""
+  with torch.no_grad():
+    out = ref.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                       max_new_tokens=new, num_beams=BEAMS, num_return_sequences=BEAMS, do_sample=False,
+                       length_penalty=length_penalty, early_stopping=early_stopping, eos_token_id=list(stop_ids) or None,
+                       pad_token_id=0, top_k=None, top_p=None, temperature=None,
+                       return_dict_in_generate=True, output_scores=True)
+  lengths = (out.beam_indices >= 0).sum(-1).tolist()
+  seqs = [out.sequences[j, len(prompt):len(prompt) + lengths[j]].tolist() for j in range(BEAMS)]
+  return seqs, out.sequences_scores.tolist()
+
+
+def _check(res, refs):
+  for i, (seqs, scores) in enumerate(refs):
+    assert res.beams[i] == seqs, (i, res.beams[i], seqs)
+    np.testing.assert_allclose(res.beam_scores[i], scores, atol=1e-4, rtol=0)
+    assert res.sequences[i] == seqs[0] and res.scores[i] == res.beam_scores[i][0]
+
+
+@pytest.mark.parametrize("length_penalty,early_stopping", [(1.0, False), (-0.5, False), (0.5, True),
+                                                           (1.5, "never")])
+def test_tiny_beam_search_equals_transformers(tiny, length_penalty, early_stopping):
+  model, ref = tiny
+  stop = [ref.config.eos_token_id]
+  prompts = _prompts()
+  res = beam_search(model, None, prompts, num_beams=BEAMS, length_penalty=length_penalty,
+                    early_stopping=early_stopping, max_new_tokens=NEW, stop_ids=stop, num_return_sequences=BEAMS)
+  refs = [_hf_beams(ref, p, stop, length_penalty, early_stopping) for p in prompts]
+  _check(res, refs)
+  lengths = {len(s) for seqs, _ in refs for s in seqs}
+  if length_penalty <= 1.0:
+    assert len(lengths) > 1 and min(lengths) < NEW  # hypotheses finished on the stop id, and at the budget
+
+
+def test_beam_search_without_stop_ids_runs_to_the_budget(tiny):
+  model, ref = tiny
+  prompts = _prompts(5, seed=4)  # as many prompts as above: the same compiled program
+  res = beam_search(model, None, prompts, num_beams=BEAMS, max_new_tokens=NEW, stop_ids=[],
+                    num_return_sequences=2)
+  refs = [_hf_beams(ref, p, [], 1.0, False) for p in prompts]
+  for i, (seqs, scores) in enumerate(refs):
+    assert res.beams[i] == seqs[:2] and all(len(s) == NEW for s in res.beams[i])
+    np.testing.assert_allclose(res.beam_scores[i], scores[:2], atol=1e-4, rtol=0)
+
+
+def test_demo_beam_search_equals_transformers(demo_model, demo_tokenizer, demo_hf_model):
+  texts = ["The capital of France is", "def fibonacci(n):", "Once upon a time", "1, 2, 3, 4,",
+           "The best way to learn"]
+  prompts = [demo_tokenizer.encode(t) for t in texts]
+  stop = list(demo_tokenizer.stop_token_ids)
+  for length_penalty in (1.0, 0.0):
+    res = beam_search(demo_model, demo_tokenizer, prompts, num_beams=BEAMS, length_penalty=length_penalty,
+                      max_new_tokens=8, stop_ids=stop, num_return_sequences=BEAMS)
+    _check(res, [_hf_beams(demo_hf_model, p, stop, length_penalty, False, new=8) for p in prompts])
+    assert res.texts[0] == demo_tokenizer.decode(res.sequences[0])
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(num_beams=0), "num_beams"), (dict(num_return_sequences=5), "num_return_sequences"),
+    (dict(length_penalty=float("nan")), "length_penalty"), (dict(early_stopping="sometimes"), "early_stopping"),
+    (dict(max_new_tokens=0), "max_new_tokens"), (dict(stop_ids=[10_000]), "stop_ids"),
+    (dict(prompt_ids=[[]]), "prompt_ids"), (dict(prompt_ids=[[1, 600]]), "prompt_ids"),
+    (dict(max_new_tokens=600), "context"),
+])
+def test_bad_arguments_raise_before_compiling(tiny, kwargs, match):
+  model, _ = tiny
+  args = dict(prompt_ids=[[1, 2, 3]], num_beams=BEAMS, max_new_tokens=4, stop_ids=[2])
+  args.update(kwargs)
+  with pytest.raises(ValueError, match=match):
+    beam_search(model, None, args.pop("prompt_ids"), **args)
