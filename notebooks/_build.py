@@ -124,22 +124,21 @@ def sweep_analysis():
       new_markdown_cell(
           "# Sweep analysis\n\n"
           "Load a sweep's outputs (`experiments/sweep.py` writes `generations.jsonl`, `summary.csv` and "
-          "`plots/` into its workdir), or run a small one here; then plot and compare cells and read "
-          "example generations side by side.\n\n"
+          "`plots/` into its workdir), or run a small one here; then plot metrics with their bootstrap "
+          "intervals over the swept axes, and read example generations side by side.\n\n"
           "Point `SWEEP_DIR` at your own workdir to analyse a finished sweep."),
       new_code_cell(SETUP + '''
-import json, csv, importlib.util
-import numpy as np
+import importlib.util
 
 SWEEP_DIR = os.environ.get("SMOLLM3_SWEEP_DIR", os.path.join(ROOT, "out", "sweep_notebook"))
 CHECKPOINT = os.environ.get("SMOLLM3_CHECKPOINT")  # None: the preset's own model
 PRESET = "tiny" if FAST else "demo"
+SAMPLES = 2  # samples per sampled cell: majority vote, pass@k and self-BLEU need more than one
 print("workdir:", SWEEP_DIR)'''),
       new_code_cell('''\
 from smollm3_jax import sweep
 
-have = os.path.isfile(os.path.join(SWEEP_DIR, "summary.csv"))
-if not have:
+if not os.path.isfile(os.path.join(SWEEP_DIR, "summary.csv")):
   # Run a small sweep (configs/sweep.py is loaded by path, like --config=configs/sweep.py:PRESET).
   spec = importlib.util.spec_from_file_location("sweep_config", os.path.join(ROOT, "configs", "sweep.py"))
   mod = importlib.util.module_from_spec(spec)
@@ -148,94 +147,73 @@ if not have:
   if CHECKPOINT:
     config.model.checkpoint = CHECKPOINT
     config.model.tokenizer = ""
+  config.samples = SAMPLES
   config.progress = False
   outcome = sweep.run_sweep(config, SWEEP_DIR)
   print(outcome.table)
 else:
   print("loading the existing sweep in", SWEEP_DIR)'''),
+      new_markdown_cell(
+          "## The rows and the summary as DataFrames\n\n"
+          "`sweep.load` returns one row per generation (its settings as columns: `temperature`, `min_p`, ..., "
+          "`thinking`; the thinking text is `thinking_text`) and one row per cell of `summary.csv` (each "
+          "metric with its 95 % bootstrap interval `<metric>_lo` / `<metric>_hi`)."),
       new_code_cell('''\
-with open(os.path.join(SWEEP_DIR, "summary.csv")) as f:
-  summary = list(csv.DictReader(f))
-with open(os.path.join(SWEEP_DIR, "generations.jsonl")) as f:
-  rows = [json.loads(line) for line in f if line.strip()]
+rows, summary = sweep.load(SWEEP_DIR)
+cells = summary.to_dict("records")  # the plotting functions take the summary as records
+metrics = [m for m in sweep.metric_names(cells) if summary[m].notna().any()]
+axes = sweep.swept_axes(cells)
+print(f"{len(summary)} cells, {len(rows)} generations; swept axes: {', '.join(axes)}")
+print("metrics:", ", ".join(metrics))
+summary[axes + ["rows"] + [c for m in metrics[:3] for c in (m, m + "_lo", m + "_hi")]]'''),
+      new_markdown_cell(
+          "## Metrics against the swept axes\n\n"
+          "One line per value of the second axis, error bars from the bootstrap interval, one panel per "
+          "value of any other swept axis. Change `X` / `HUE` to any two axes of the sweep."),
+      new_code_cell('''\
+from IPython.display import display
 
-def num(v):
-  try:
-    return float(v)
-  except (TypeError, ValueError):
-    return float("nan")
-
-metrics = [m for m in sweep.METRICS if m in summary[0]]
-print(f"{len(summary)} cells, {len(rows)} generations; metrics: {', '.join(metrics)}")
-for s in summary:
-  print(s["cell_key"], " ".join(f"{m}={num(s[m]):.3g}" for m in metrics[:4]))'''),
-      new_markdown_cell("## Metrics across the grid\n\nOne line per repetition penalty, temperature on the x "
-                        "axis, one panel per thinking mode."),
+X, HUE = sweep.plot_pair(cells)  # the axes with most values; or e.g. X, HUE = "temperature", "min_p"
+for metric in ("accuracy", "distinct_2", "mean_tokens"):
+  if metric in metrics:
+    display(sweep.line_figure(cells, metric, X, HUE))'''),
+      new_markdown_cell(
+          "## Heatmaps\n\n"
+          "A metric over two axes, one panel per value of the others, one colour scale for all panels; "
+          "each square shows the value, its interval and the row count. The sweep wrote one per metric "
+          "into `plots/` (and the throughput apart, in `throughput.png`)."),
+      new_code_cell('''\
+for metric in metrics[:2]:
+  display(sweep.heatmap_figure(cells, metric))
+print(f"{len(os.listdir(os.path.join(SWEEP_DIR, 'plots')))} PNGs in {os.path.join(SWEEP_DIR, 'plots')}")'''),
+      new_markdown_cell(
+          "## Your own plots from the rows\n\n"
+          "Any grouping of the generations, e.g. the lengths per temperature (pyplot works as usual here: "
+          "the sweep draws its figures without touching the notebook's matplotlib backend)."),
       new_code_cell('''\
 import matplotlib.pyplot as plt
 
-def plot_metric(metric):
-  modes = sorted({s["thinking"] for s in summary})
-  fig, axes = plt.subplots(1, len(modes), figsize=(4 * len(modes), 3), squeeze=False, sharey=True)
-  for ax, mode in zip(axes[0], modes):
-    cells = [s for s in summary if s["thinking"] == mode]
-    for pen in sorted({s["repetition_penalty"] for s in cells}, key=float):
-      line = sorted((num(s["temperature"]), num(s[metric])) for s in cells if s["repetition_penalty"] == pen)
-      ax.plot([t for t, _ in line], [v for _, v in line], marker="o", label=f"rep. penalty {pen}")
-    ax.set_title(f"thinking={mode}")
-    ax.set_xlabel("temperature")
-  axes[0][0].set_ylabel(sweep.METRICS[metric][1][:40])
-  axes[0][-1].legend(fontsize=8)
-  fig.suptitle(metric)
-  plt.tight_layout()
-  plt.show()
-
-for metric in ("distinct_2", "mean_tokens", "eos_share"):
-  if metric in metrics:
-    plot_metric(metric)'''),
-      new_code_cell('''\
-# The heatmaps the sweep wrote (temperature x repetition penalty per thinking mode).
-from IPython.display import Image, display
-
-plots = sorted(p for p in os.listdir(os.path.join(SWEEP_DIR, "plots")) if p.endswith(".png")) \\
-    if os.path.isdir(os.path.join(SWEEP_DIR, "plots")) else []
-for p in plots[:2]:
-  display(Image(filename=os.path.join(SWEEP_DIR, "plots", p)))
-print(f"{len(plots)} heatmaps in {os.path.join(SWEEP_DIR, 'plots')}")'''),
-      new_markdown_cell("## Compare two cells\n\nGreedy decoding against the most random cell of the grid."),
-      new_code_cell('''\
-greedy = min(summary, key=lambda s: (num(s["temperature"]), num(s["repetition_penalty"])))
-hottest = max(summary, key=lambda s: (num(s["temperature"]), num(s["repetition_penalty"])))
-a, b = greedy["cell_key"], hottest["cell_key"]
-x = np.arange(len(metrics))
-va = [num(greedy[m]) for m in metrics]
-vb = [num(hottest[m]) for m in metrics]
-scale = [max(abs(p), abs(q), 1e-9) if np.isfinite(p) and np.isfinite(q) else 1.0 for p, q in zip(va, vb)]
-fig, ax = plt.subplots(figsize=(8, 3))
-ax.bar(x - 0.2, np.divide(va, scale), 0.4, label=a)
-ax.bar(x + 0.2, np.divide(vb, scale), 0.4, label=b)
-ax.set_xticks(x, [sweep.METRICS[m][0] for m in metrics], rotation=30)
-ax.set_ylabel("relative to the larger")
-ax.legend(fontsize=7)
-plt.tight_layout()
+fig, ax = plt.subplots(figsize=(6, 3))
+for t, group in rows.groupby("temperature"):
+  ax.hist(group["num_tokens"], bins=range(0, int(rows["num_tokens"].max()) + 2), alpha=0.5, label=f"T={t:g}")
+ax.set_xlabel("generated tokens")
+ax.set_ylabel("rows")
+ax.legend(fontsize=8)
 plt.show()
-for m, p, q in zip(metrics, va, vb):
-  print(f"{m:28s} {p:10.4g} {q:10.4g}")'''),
+print(rows.groupby(["temperature", "stop_reason"]).size().unstack(fill_value=0))'''),
       new_markdown_cell("## Example generations side by side\n\nThe same prompt across cells (first sample of each)."),
       new_code_cell('''\
 import html
-from IPython.display import HTML, display
+from IPython.display import HTML
 
-prompt_id = rows[0]["prompt_id"]
-chosen = [r for r in rows if r["prompt_id"] == prompt_id and r["sample"] == 0]
-chosen.sort(key=lambda r: r["cell"])
-print("prompt:", chosen[0]["prompt"])
-cols = chosen[:6]
-head = "".join(f"<th style='text-align:left'>{html.escape(r['cell_key'])}</th>" for r in cols)
+prompt_id = rows["prompt_id"].iloc[0]
+chosen = rows[(rows["prompt_id"] == prompt_id) & (rows["sample"] == 0)].sort_values("cell").head(6)
+print("prompt:", chosen["prompt"].iloc[0])
+head = "".join(f"<th style='text-align:left'>{html.escape(k)}</th>" for k in chosen["cell_key"])
 body = "".join(
     "<td style='vertical-align:top;text-align:left;white-space:pre-wrap'>"
-    f"{html.escape(r['text'][:600])}<br><i>{r['num_tokens']} tokens, {r['stop_reason']}</i></td>"
-    for r in cols)
+    f"{html.escape(r.text[:600])}<br><i>{r.num_tokens} tokens, {r.stop_reason}</i></td>"
+    for r in chosen.itertuples())
 display(HTML(f"<table><tr>{head}</tr><tr>{body}</tr></table>"))'''),
   ]
 

@@ -48,7 +48,11 @@ def test_notebook_runs(name, tiny_checkpoint, tmp_path, monkeypatch):
   monkeypatch.setenv("SMOLLM3_CHECKPOINT", tiny_checkpoint)
   monkeypatch.setenv("SMOLLM3_NOTEBOOK_FAST", "1")
   monkeypatch.setenv("SMOLLM3_SWEEP_DIR", str(tmp_path / "sweep"))
-  monkeypatch.setenv("MPLBACKEND", "Agg")
+  if name == "sweep_analysis":
+    # the kernel's own (inline) backend: figures must reach the cell outputs after the sweep ran
+    monkeypatch.delenv("MPLBACKEND", raising=False)
+  else:
+    monkeypatch.setenv("MPLBACKEND", "Agg")
   monkeypatch.setenv("JAX_PLATFORMS", "cpu")
   monkeypatch.setenv("HF_HUB_OFFLINE", "1")
   nb = nbformat.read(os.path.join(NOTEBOOKS, f"{name}.ipynb"), as_version=4)
@@ -61,6 +65,12 @@ def test_notebook_runs(name, tiny_checkpoint, tmp_path, monkeypatch):
   elif name == "sweep_analysis":
     assert os.path.isfile(tmp_path / "sweep" / "summary.csv")
     assert "cells," in text and "generations" in text
+    # The figures are in the outputs: the library's line plots and heatmaps, and the notebook's own
+    # pyplot figure drawn after the sweep ran in this kernel (the sweep left the backend alone).
+    images = {marker: sum("image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code"
+                          and marker in c.source for o in c.outputs)
+              for marker in ("sweep.line_figure(", "sweep.heatmap_figure(", "plt.show()")}
+    assert images == {"sweep.line_figure(": 3, "sweep.heatmap_figure(": 2, "plt.show()": 1}, images
   else:
     assert "not on Colab: skipping the install cell" in text
     assert "mesh: data=" in text and "loaded" in text

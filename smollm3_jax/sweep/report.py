@@ -286,7 +286,16 @@ def _new_figure(width, height):
 
   fig = Figure(figsize=(width, height), layout="constrained")
   FigureCanvasAgg(fig)  # its own canvas: pyplot and the process's backend are not involved
+  # shown as a PNG by IPython's display / a cell's last expression, whatever the notebook's backend
+  fig._repr_png_ = lambda: png_bytes(fig)
   return fig
+
+
+def png_bytes(fig) -> bytes:
+  """The PNG of a figure (100 dpi)."""
+  buf = io.BytesIO()
+  fig.savefig(buf, format="png", dpi=100)
+  return buf.getvalue()
 
 
 def _title(others, combo) -> str:
@@ -393,9 +402,7 @@ def line_figure(summary: Sequence[Mapping], metric: str, x: str, hue: str | None
 
 
 def _save(fig, path: str) -> str:
-  buf = io.BytesIO()
-  fig.savefig(buf, format="png", dpi=100)
-  atomic_write(path, buf.getvalue())
+  atomic_write(path, png_bytes(fig))
   return path
 
 
