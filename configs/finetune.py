@@ -71,6 +71,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.optim.warmup_steps = 3
     c.eval_every = 10
     c.checkpoint_every = 10
+    c.keep_checkpoints = 1  # 1.4 GB each (parameters and Adam state in float32)
   elif preset == "smollm3_3b":
     c.steps = 200
     c.batch_size = 16
@@ -79,6 +80,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.optim.learning_rate = 1e-5
     c.optim.warmup_steps = 20
     c.optim.weight_decay = 0.01
+    c.mesh = "data=1"  # every chip on the model axis: parameters and Adam state shard only there
     c.eval_every = 50
     c.checkpoint_every = 50
   elif preset == "tiny":

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -35,6 +35,8 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   from smollm3_jax import finetune
   from smollm3_jax.files import LockedError
+
+  logging.set_verbosity(logging.WARNING)  # Orbax logs every checkpoint step at INFO
 
   try:  # the config's own checks: a usage error, before loading anything
     finetune.validate_config(finetune.to_plain(_CONFIG.value))

@@ -254,20 +254,25 @@ def _run(c: dict, workdir: str, date: str, stop_after: int | None, tqdm) -> Outc
   train_losses, eval_losses = [], []
   bar = tqdm(total=total, initial=step, desc="fine-tune", unit="step", disable=not c["progress"])
   done_here = 0
-  t0, tokens_seen = time.perf_counter(), 0
+  # tokens/s of the training steps only (not evaluation or checkpoints), from the second step of this
+  # process on (the first one compiles); the first step shows its own.
+  step_seconds, step_tokens = [], []
   try:
     while step < total and (stop_after is None or done_here < stop_after):
-      sums = {}
+      sums, t_step, n_tokens = {}, time.perf_counter(), 0
       for micro in range(step * accum, (step + 1) * accum):
         idx = train_data.batch_indices(len(train_ex), c["batch_size"], c["seed"], micro)
         tokens, mask = train_data.pad_batch([train_ex[i] for i in idx], pad_id, max_length=d["max_length"])
         params, opt_state, metrics = trainer.step(params, opt_state, trainer.place_batch(tokens, mask))
         for k, v in metrics.items():
           sums[k] = sums.get(k, 0.0) + float(v) / accum
-        tokens_seen += sum(len(train_ex[i]) for i in idx)
+        n_tokens += sum(len(train_ex[i]) for i in idx)
+      step_seconds.append(time.perf_counter() - t_step)
+      step_tokens.append(n_tokens)
       step += 1
       done_here += 1
-      rate = tokens_seen / max(time.perf_counter() - t0, 1e-9)
+      recent = slice(1, None) if len(step_seconds) > 1 else slice(0, 1)
+      rate = sum(step_tokens[recent]) / max(sum(step_seconds[recent]), 1e-9)
       bar.update(1)
       bar.set_postfix(loss=f"{sums['loss']:.4f}", tok_s=f"{rate:.0f}")
       if step % c["log_every"] == 0 or step == total:
