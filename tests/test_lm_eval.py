@@ -184,3 +184,84 @@ def test_thinking_is_stripped_before_until(lm, demo_model, smollm3_template_toke
   ids = tok.encode("<think>\nQ: let me think. 4\n</think>\n\nThe answer is 4.\nQ: next") + [tok.eos_token_id]
   assert thinking.postprocess(ids, ["Q:", "\n"]) == "The answer is 4."
   assert lm.postprocess(ids, ["Q:"]) == "<think>\n"  # without thinking mode: hf's plain cut
+
+
+# --------------------------------------------------------------------------------------------
+# A grid of gen_kwargs (smollm3_jax.evaluation, what experiments/evaluate.py runs)
+# --------------------------------------------------------------------------------------------
+def test_grid_resumes_a_killed_run(tmp_path, demo_model, demo_tokenizer, task_manager, ours):
+  import csv
+  import json
+
+  from smollm3_jax import evaluation
+  from smollm3_jax.lm_eval_model import SmolLM3JaxLM
+  made = []
+
+  def make_lm(cell):
+    made.append(evaluation.cell_name(cell))
+    return SmolLM3JaxLM(model=demo_model, tokenizer=demo_tokenizer, batch_size=32, progress=False)
+
+  class Killed(Exception):
+    pass
+
+  def kill(name):
+    raise Killed(name)
+
+  wd = tmp_path / "wd"
+  kwargs = dict(workdir=str(wd), tasks=["smollm3_jax_arithmetic"], config={"checkpoint": "demo"},
+                evaluate_kwargs=dict(task_manager=task_manager, bootstrap_iters=0), log=lambda s: None)
+  grid = evaluation.parse_grid(["temperature=0.0,0.7"])
+  with pytest.raises(Killed):  # killed after the first cell
+    evaluation.run_grid(make_lm, grid=grid, on_cell_done=kill, **kwargs)
+  done = wd / "cells" / "temperature=0.0" / "results.json"
+  stamp = done.stat().st_mtime_ns
+  assert not (wd / "cells" / "temperature=0.7").exists()
+  out = evaluation.run_grid(make_lm, grid=grid, **kwargs)
+  assert out["ran"] == ["temperature=0.7"] and out["skipped"] == ["temperature=0.0"]
+  assert made == ["temperature=0.0", "temperature=0.7"] and done.stat().st_mtime_ns == stamp
+  rows = list(csv.DictReader(open(out["summary"])))
+  assert [r["cell"] for r in rows] == ["temperature=0.0", "temperature=0.7"]
+  assert "smollm3_jax_arithmetic/exact_match,none" in rows[0]
+  results = json.loads(done.read_text())
+  assert results["cell"] == {"temperature": 0.0} and "smollm3_jax_arithmetic" in results["results"]
+  greedy = [json.loads(l) for l in open(wd / "cells" / "temperature=0.0" / "samples_smollm3_jax_arithmetic.jsonl")]
+  sampled = [json.loads(l) for l in open(wd / "cells" / "temperature=0.7" / "samples_smollm3_jax_arithmetic.jsonl")]
+  assert len(greedy) == 4 and greedy[0]["arguments"][0][1]["do_sample"] is False
+  assert sampled[0]["arguments"][0][1]["temperature"] == 0.7
+  assert sampled[0]["arguments"][0][1]["do_sample"] is True  # the YAML's do_sample: false overridden
+  # The greedy cell decodes as the plain run (the hf-checked texts).
+  plain = {s["doc_id"]: s["filtered_resps"][0] for s in ours["samples"]["smollm3_jax_arithmetic"]}
+  assert {s["doc_id"]: s["filtered_resps"][0] for s in greedy} == plain
+  # A grown axis runs only its new cell; other settings are refused before anything runs.
+  out = evaluation.run_grid(make_lm, grid=evaluation.parse_grid(["temperature=0.0,0.7,1.0"]), **kwargs)
+  assert out["ran"] == ["temperature=1.0"] and len(made) == 3
+  with pytest.raises(ValueError, match="other settings .*tasks"):
+    evaluation.run_grid(make_lm, grid=grid, **{**kwargs, "tasks": ["smollm3_jax_capitals"]})
+  with pytest.raises(ValueError, match="grid axes"):
+    evaluation.run_grid(make_lm, grid=evaluation.parse_grid(["top_p=0.9"]), **kwargs)
+  assert len(made) == 3
+
+
+@pytest.mark.parametrize("spec, message", [
+    (["temprature=0.1"], "unknown axis 'temprature'"), (["temperature=0.1,abc"], "not a number"),
+    (["thinking=yes"], "true or false"), (["top_k=1.5"], "not an integer"), (["temperature"], "name=v1"),
+    (["temperature=0.1,0.1"], "repeated value"),
+])
+def test_bad_grid_specs(spec, message):
+  from smollm3_jax import evaluation
+  with pytest.raises(ValueError, match=message):
+    evaluation.parse_grid(spec)
+
+
+def test_evaluate_script_refuses_bad_flags_before_loading(tmp_path):
+  import subprocess
+  import sys
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  script = os.path.join(root, "experiments", "evaluate.py")
+  for args, message in [(["--grid=temprature=0.1"], "unknown axis 'temprature'"),
+                        (["--gen_kwargs=num_beams=4"], "num_beams not supported")]:
+    base = ["--checkpoint=/nonexistent/never/loaded", f"--workdir={tmp_path / 'wd'}", "--tasks=smollm3_jax_capitals"]
+    proc = subprocess.run([sys.executable, script, *base, *args], capture_output=True, text=True, timeout=120,
+                          cwd=root, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    assert proc.returncode == 1 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+  assert not (tmp_path / "wd").exists()
