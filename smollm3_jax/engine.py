@@ -204,8 +204,8 @@ class Pool:
   ``context_length``: positions a row may fill (default: the model's); ``refill``: start waiting
   rows as soon as slots free up (False: only once every slot is free, i.e. fixed batches that wait
   for their longest row; for measurements); ``chunk_steps``: decode steps between two looks at the
-  pool; ``prefill_rows``: row counts a prefill call rounds up to (default the engine's batch
-  buckets up to B).
+  pool; ``prefill_rows``: the row counts of prefill calls (default 1 and B: a full pool starts in
+  one call, refills row by row; each count is one more program).
 
   Not thread-safe: one thread drives a pool (:meth:`step`); :meth:`submit` and :meth:`cancel` may be
   called from others only while holding :attr:`lock`.
@@ -229,7 +229,7 @@ class Pool:
                        f"{cfg.max_position_embeddings}")
     self.refill = refill
     self.chunk_steps = int(chunk_steps)
-    self.prefill_rows = tuple(sorted(prefill_rows or [b for b in engine.batch_buckets if b < self.slots] + [self.slots]))
+    self.prefill_rows = tuple(sorted(set(prefill_rows or (1, self.slots))))
     self.pad_id = cfg.pad_token_id if cfg.pad_token_id is not None else 0
     self.lock = threading.Lock()
     self.queue: collections.deque[Request] = collections.deque()
@@ -322,28 +322,29 @@ class Pool:
 
   def _prefill(self, rows: list[tuple[int, Request]]) -> None:
     """Writes the prompts (all but their last token) of ``rows`` [(slot, request)] into their slots,
-    chunk by chunk: each call takes up to the largest rows bucket of rows, C tokens each."""
+    C tokens per row and call. Each round advances every unfinished prompt by one chunk, in calls
+    whose row counts are the :attr:`prefill_rows` buckets (largest first, so little is padding)."""
     eng, c = self.engine, self.engine.prefill_chunk
-    todo = [(slot, r.prompt[:-1]) for slot, r in rows if len(r.prompt) > 1]
-    u = self.prefill_rows[-1]
-    calls = sum(max(-(-len(ids) // c) for _, ids in todo[i:i + u]) for i in range(0, len(todo), u))
+    pending = [(slot, r.prompt[:-1], 0) for slot, r in rows if len(r.prompt) > 1]
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=sum(len(ids) for _, ids in todo), unit="tok", desc="prefill", leave=False,
-               dynamic_ncols=True, disable=calls < PREFILL_BAR_CALLS)
-    start = 0
-    while todo:
-      group, todo = todo[:self.prefill_rows[-1]], todo[self.prefill_rows[-1]:]
-      while group:
-        u = next(b for b in self.prefill_rows if b >= len(group))
+    rounds = max((-(-len(ids) // c) for _, ids, _ in pending), default=0)
+    bar = tqdm(total=sum(len(ids) for _, ids, _ in pending), unit="tok", desc="prefill", leave=False,
+               dynamic_ncols=True, disable=rounds < PREFILL_BAR_CALLS)
+    while pending:
+      i = 0
+      while i < len(pending):
+        left = len(pending) - i
+        u = max((b for b in self.prefill_rows if b <= left), default=self.prefill_rows[0])
+        group, i = pending[i:i + u], i + u
         tokens = np.full((u, c), self.pad_id, np.int32)
         slots = np.full((u,), self.slots, np.int32)
         starts = np.zeros((u,), np.int32)
         counts = np.zeros((u,), np.int32)
-        for i, (slot, ids) in enumerate(group):
+        for j, (slot, ids, start) in enumerate(group):
           piece = ids[start:start + c]
-          tokens[i, :len(piece)], slots[i], starts[i], counts[i] = piece, slot, start, len(piece)
-        window = self._window(start + c)
+          tokens[j, :len(piece)], slots[j], starts[j], counts[j] = piece, slot, start, len(piece)
+        window = self._window(int(starts.max()) + c)
         args = (self.state, *map(jnp.asarray, (tokens, slots, starts, counts)))
         exe, secs = eng._compiled_fn("prefill", prefill_slots_jit, eng.state, *args, window=window)
         self.stats["compile_seconds"] += secs
@@ -353,9 +354,7 @@ class Pool:
         self.stats["prefill_seconds"] += time.perf_counter() - t0
         self.stats["prefill_calls"] += 1
         bar.update(int(counts.sum()))
-        start += c
-        group = [(slot, ids) for slot, ids in group if len(ids) > start]
-      start = 0
+      pending = [(slot, ids, start + c) for slot, ids, start in pending if len(ids) > start + c]
     bar.close()
 
   def _admit(self) -> None:

@@ -5,7 +5,7 @@ The rest of the sweep (plan, workdir, summary, plots) is :mod:`smollm3_jax.sweep
 
 from __future__ import annotations
 
-import time
+import dataclasses
 from typing import Mapping
 
 from smollm3_jax import metrics as M
@@ -31,71 +31,100 @@ def _score(row: Mapping, prompt: Mapping) -> dict:
   return dict(correct=correct, extracted=extracted)
 
 
-def run_rows(model, tokenizer, cfg, prompts, todo, results, *, progress, log, max_batches=None) -> int:
-  from smollm3_jax.api import generate
-  from smollm3_jax.engine import get_engine
+# Rows are appended (and fsync'ed) in groups of at least this many, or at the end: a crash loses at
+# most the rows in flight and the unwritten group.
+WRITE_EVERY = 8
+
+
+def run_rows(model, tokenizer, cfg, prompts, todo, results, *, progress, log, max_batches=None,
+             refill: bool = True) -> int:
+  """Runs ``todo`` rows through one slot pool of ``cfg["batch_size"]`` slots: a row starts as soon
+  as a slot frees up, and is appended to ``results`` soon after it finishes. Rows that repeat a
+  prompt (the grid's cells) run its prefill once when they start together, so the queue holds each
+  prompt's rows side by side. ``max_batches``: run only the first ``max_batches x batch_size``
+  rows (tests). ``refill=False``: fixed batches that wait for their longest row (for measurements).
+  Returns the number of groups written."""
+  from smollm3_jax import sampling
+  from smollm3_jax.engine import Request, get_engine
 
   chat = cfg.get("chat", True)
   by_id = {p["id"]: p for p in prompts}
   ids = _render(tokenizer, prompts, {r["settings"]["thinking"] for r in todo}, chat, cfg["date"])
   max_new = cfg["max_new_tokens"]
-  batch = cfg["batch_size"]
-  # One prompt bucket and one cache length for the whole sweep: every batch has the same shapes.
+  slots = cfg["batch_size"]
   p_len = max(len(v) for v in ids.values())
   context = model.config.max_position_embeddings
   if p_len + max_new > context:
     raise ValueError(f"max_new_tokens {max_new} + the longest prompt ({p_len} tokens) exceed the "
                      f"model's context of {context} tokens")
-  # (the package's engine cache: a resumed sweep of the same model and shapes does not recompile)
-  engine = get_engine(model, tokenizer, buckets=(p_len, p_len + max_new - 1), batch_buckets=(batch,))
-  nl = cfg.get("newline_limit", 0) or None
+  # (the package's engine cache: a resumed sweep of the same model does not recompile)
+  engine = get_engine(model, tokenizer)
+  engine.sync()
+  nl = int(cfg.get("newline_limit", 0) or 0)
+  if max_batches is not None:
+    todo = todo[:max_batches * slots]
+  # Each prompt's rows side by side (stable: the plan's order otherwise), so they share its prefill.
+  first_seen: dict = {}
+  for r in todo:
+    first_seen.setdefault((r["prompt_id"], r["settings"]["thinking"]), len(first_seen))
+  queue = sorted(todo, key=lambda r: first_seen[(r["prompt_id"], r["settings"]["thinking"])])
+  requests = [Request(prompt=ids[(r["prompt_id"], r["settings"]["thinking"])],
+                      settings={k: v for k, v in r["settings"].items() if k in sampling.SETTINGS},
+                      seed=int(r["seed"]), max_new=max_new, newline_limit=nl, share=0, tag=r) for r in queue]
+  if engine.sharding is not None:  # a multiple of the data axis
+    slots = -(-slots // engine.sharding.data_size) * engine.sharding.data_size
+  pool = engine.pool(slots, engine.cache_length_for(p_len + max_new - 1),
+                     stop_ids=tokenizer.stop_token_ids, newline_guard=nl > 0, refill=refill, chunk_steps=32)
+  pool.submit(requests)
 
   bar = None
   if progress is None:
     progress = cfg.get("progress", True)
-  total = len(todo)
   if progress:
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=total, unit="row", desc="sweep", dynamic_ncols=True, smoothing=0.1)
-  n_batches = 0
+    bar = tqdm(total=len(requests), unit="row", desc="sweep", dynamic_ncols=True, smoothing=0.1)
+  groups, pending = 0, []
   try:
-    for start in range(0, total, batch):
-      if max_batches is not None and n_batches >= max_batches:
-        break
-      chunk = todo[start:start + batch]
-      sets = [r["settings"] for r in chunk]
-      t0 = time.perf_counter()
-      res = generate(
-          model, tokenizer, [ids[(r["prompt_id"], s["thinking"])] for r, s in zip(chunk, sets)], chat=chat,
-          thinking=[s["thinking"] for s in sets], temperature=[s["temperature"] for s in sets],
-          top_k=[s["top_k"] for s in sets], top_p=[s["top_p"] for s in sets],
-          min_p=[s["min_p"] for s in sets], repetition_penalty=[s["repetition_penalty"] for s in sets],
-          seed=[r["seed"] for r in chunk], max_new_tokens=max_new, newline_limit=nl, engine=engine,
-          date=cfg["date"])
-      wall = time.perf_counter() - t0
-      st = res.stats
-      out = []
-      for r, c in zip(chunk, res.completions):
-        row = dict(r, settings=dict(r["settings"], max_new_tokens=max_new))
-        row.update(
-            prompt=by_id[r["prompt_id"]]["prompt"], kind=by_id[r["prompt_id"]]["kind"],
-            text=c.text, thinking=c.thinking, answer=c.answer,
-            num_tokens=len(c.token_ids), thinking_tokens=len(tokenizer.encode(c.thinking)) if c.thinking else 0,
-            closed_think=has_closed_thinking(c.text, inside=prompt_opens_thinking(c.prompt)), stop_reason=c.stop_reason,
-            prompt_tokens=len(c.prompt_token_ids), token_ids=c.token_ids,
-            timing=dict(batch=n_batches, batch_rows=len(chunk), batch_size=st.batch_size,
-                        wall_seconds=wall, compile_seconds=st.compile_seconds,
-                        prefill_seconds=st.prefill_seconds, decode_seconds=st.decode_seconds,
-                        decode_tokens_per_second=st.decode_tokens_per_second))
-        row.update(_score(row, by_id[r["prompt_id"]]))
-        out.append(row)
-      results.append(out)
-      n_batches += 1
-      if bar is not None:
-        bar.update(len(chunk))
-        bar.set_postfix_str(f"{st.decode_tokens_per_second:.0f} tok/s", refresh=False)
+    while not pool.idle:
+      finished = [r for r in pool.step() if r.done]
+      pending.extend(_row(tokenizer, r, by_id, max_new, pool) for r in finished)
+      if pending and (len(pending) >= WRITE_EVERY or pool.idle):
+        results.append(pending)
+        groups += 1
+        pending = []
+      if bar is not None and finished:
+        bar.update(len(finished))
+        bar.set_postfix_str(f"{pool.stats['generated'] / max(pool.stats['decode_seconds'], 1e-9):.0f} tok/s, "
+                            f"slots used {pool.utilization():.0%}", refresh=False)
   finally:
     if bar is not None:
       bar.close()
-  return n_batches
+  log(f"sweep: {len(requests)} rows through {pool.slots} slots: slot utilization {pool.utilization():.2f}, "
+      f"{pool.stats['generated']} tokens in {pool.stats['decode_seconds']:.1f}s of decode")
+  return groups
+
+
+def _row(tokenizer, req, by_id, max_new, pool) -> dict:
+  """The results line of a finished request (its ``tag`` is the planned row)."""
+  from smollm3_jax.api import _finish
+
+  r = req.tag
+  prompt = by_id[r["prompt_id"]]
+  c, = _finish(tokenizer, [dataclasses.replace(req, tag=0)], [tokenizer.decode(list(req.prompt))],
+               [list(req.prompt)], pool.stop_ids, {})
+  row = dict(r, settings=dict(r["settings"], max_new_tokens=max_new))
+  st = pool.stats
+  row.update(
+      prompt=prompt["prompt"], kind=prompt["kind"], text=c.text, thinking=c.thinking, answer=c.answer,
+      num_tokens=len(c.token_ids), thinking_tokens=len(tokenizer.encode(c.thinking)) if c.thinking else 0,
+      closed_think=has_closed_thinking(c.text, inside=prompt_opens_thinking(c.prompt)), stop_reason=c.stop_reason,
+      prompt_tokens=len(c.prompt_token_ids), token_ids=c.token_ids,
+      # This row's wait and run, and the pool's figures when it finished (the sweep's throughput).
+      timing=dict(queue_seconds=req.admitted - req.submitted, wall_seconds=req.finished - req.admitted,
+                  slots=pool.slots, slot_utilization=pool.utilization(),
+                  decode_seconds=st["decode_seconds"], compile_seconds=st["compile_seconds"],
+                  prefill_seconds=st["prefill_seconds"],
+                  decode_tokens_per_second=st["generated"] / st["decode_seconds"] if st["decode_seconds"] else 0.0))
+  row.update(_score(row, prompt))
+  return row
