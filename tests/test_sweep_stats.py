@@ -124,7 +124,8 @@ def _lines(path):
 
 def test_a_finished_sweep_grows_by_its_new_rows_only(tiny, tmp_path):  # noqa: F811
   model, tokenizer, tok_dir = tiny
-  small = {"sweep.thinking": (False,), "sweep.repetition_penalty": (1.0,), "sweep.temperature": (0.0, 1.0)}
+  small = {"sweep.thinking": (False,), "sweep.repetition_penalty": (1.0,), "sweep.temperature": (0.0, 1.0),
+           "plots": False}  # (plots: test_sweep_plots.py)
   first = sweep.run_sweep(tiny_sweep_config(tok_dir, **small), str(tmp_path), model=model, tokenizer=tokenizer,
                           **QUIET)
   assert (first.total_rows, first.new_rows) == (6, 6)
