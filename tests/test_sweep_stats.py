@@ -99,7 +99,6 @@ def test_greedy_cells_run_once_and_are_shared():
   # the axes come from one list: its names are the grid's, sampling axes are all but thinking
   assert sweep.AXES == tuple(a.name for a in sweep.SWEEP_AXES)
   assert set(sweep.SAMPLING_AXES) == set(sweep.AXES) - {"thinking"}
-  assert sweep.sampling_kwargs([cells[0], cells[-1]])["min_p"] == [cells[0]["min_p"], cells[-1]["min_p"]]
 
 
 def test_config_checks_of_the_new_fields(tmp_path):

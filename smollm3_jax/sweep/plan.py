@@ -263,8 +263,3 @@ def make_rows(prompts: Sequence[Mapping], cells: Sequence[Mapping], *, samples: 
         rows.append(dict(key=f"{p['id']}|{ck}|s{s}", prompt_id=p["id"], cell=ci, cell_key=ck, sample=s,
                          seed=row_seed(seed, p["id"], ck, s), settings=dict(settings)))
   return rows
-
-
-def sampling_kwargs(settings: Sequence[Mapping]) -> dict[str, list]:
-  """Per-row sampler keywords of ``generate`` for rows with these settings (every sampling axis)."""
-  return {name: [s[name] for s in settings] for name in SAMPLING_AXES}

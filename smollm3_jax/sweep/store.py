@@ -4,8 +4,9 @@
   same directory is refused at once, naming the holder's pid; a lock left by a killed run never blocks.
 * ``config.json`` records the config (with the chat date the prompts were rendered with), a hash of
   the prompt set, and the provenance of every run (library versions, git commit, backend, device,
-  dtype). A resume with another config is refused (:class:`ConfigMismatchError`), as is a workdir
-  whose ``generations.jsonl`` has rows but whose ``config.json`` is missing or unreadable.
+  dtype). A resume may grow the sweep (more ``samples``, new values on an axis: only new rows); any
+  other change of config is refused (:class:`ConfigMismatchError`), as is a workdir whose
+  ``generations.jsonl`` has rows but whose ``config.json`` is missing or unreadable.
 * ``generations.jsonl`` (:class:`ResultsFile`): one JSON line per finished row, appended and fsync'ed
   batch by batch. A torn last line (a run killed mid-write) is cut off and its row redone; a corrupt
   line elsewhere is reported with its line number; a row whose settings or seed differ from the plan's
