@@ -106,6 +106,8 @@ def test_line_plot_of_a_metric_against_one_axis_per_value_of_another(t_x_minp):
 def test_plot_axes_chosen_by_the_config_or_by_value_counts(t_x_minp):
   _, out = t_x_minp
   assert sweep.plot_pair(out.summary) == ("temperature", "min_p")  # 3 values each: AXES order
+  two_minp = [s for s in out.summary if s["min_p"] != 0.1]  # min_p and thinking with 2 values each
+  assert sweep.plot_pair(two_minp) == ("temperature", "min_p")  # thinking makes the panels
   assert sweep.plot_pair(out.summary, ("min_p", "thinking")) == ("min_p", "thinking")
   assert sweep.plot_pair(out.summary, ("thinking",)) == ("thinking", "temperature")
   fig = sweep.heatmap_figure(out.summary, "accuracy", ("min_p", "thinking"))

@@ -19,7 +19,7 @@ import numpy as np
 
 from smollm3_jax import metrics as M
 from smollm3_jax.files import atomic_write
-from smollm3_jax.sweep.plan import AXES, cell_key, run_cell, swept_axes
+from smollm3_jax.sweep.plan import AXES, SAMPLING_AXES, cell_key, run_cell, swept_axes
 
 # Quality metrics: name -> (short header, description); order = column order of summary.csv and the
 # table. Each has a 95 % bootstrap interval (``<name>_lo``, ``<name>_hi``).
@@ -237,17 +237,19 @@ def format_table(summary: Sequence[Mapping]) -> str:
 # Plots
 # --------------------------------------------------------------------------------------------
 def plot_pair(summary: Sequence[Mapping], named: Sequence[str] = ()) -> tuple[str | None, str | None]:
-  """The two axes plots are drawn over: ``named`` (one or two axis names; the rest filled in), else
-  the swept axes with most values (ties: ``AXES`` order). The first has the most values: the heatmap's
-  rows and the line plot's x axis; the second (None when only one axis is swept) the heatmap's
-  columns and the lines."""
+  """The two axes plots are drawn over: ``named`` (one or two axis names; the rest filled in), then
+  the swept axes with most values first (ties: sampling settings before ``thinking``, then ``AXES``
+  order). The first gives the heatmap's rows and the line plot's x axis; the second (None when only
+  one axis is swept) the heatmap's columns and the lines."""
   for a in named:
     if a not in AXES:
       raise ValueError(f"plot_axes: unknown axis {a!r}; known: {list(AXES)}")
   if len(set(named)) != len(named) or len(named) > 2:
     raise ValueError(f"plot_axes: at most two distinct axes, got {list(named)}")
   counts = {a: len({s[a] for s in summary}) for a in AXES}
-  rest = sorted((a for a in swept_axes(summary) if a not in named), key=lambda a: (-counts[a], AXES.index(a)))
+  # ties: sampling settings before the thinking switch (a mode reads best as panels), then AXES order
+  rest = sorted((a for a in swept_axes(summary) if a not in named),
+                key=lambda a: (-counts[a], a not in SAMPLING_AXES, AXES.index(a)))
   pair = (list(named) + rest + [None, None])[:2]
   if pair[0] is None:
     pair[0] = "temperature"
