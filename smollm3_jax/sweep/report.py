@@ -96,9 +96,13 @@ def _self_bleu_available(log) -> bool:
 
 def _group_stats(rs: Sequence[Mapping], by_id: Mapping, *, greedy: bool, ks: Sequence[int],
                  bleu: bool, boot: Mapping) -> dict:
-  """Metrics, intervals and counts of the rows of one run key (one cell, or greedy cells sharing rows)."""
+  """Metrics, intervals and counts of the rows of one run key (one cell, or greedy cells sharing rows).
+
+  Rows are grouped by prompt in the prompt set's order, then by sample: the bootstrap draws do not
+  depend on the order rows were finished and written in."""
+  order = {pid: i for i, pid in enumerate(by_id)}
   by_prompt: dict[str, list[Mapping]] = {}
-  for r in sorted(rs, key=lambda r: r.get("sample", 0)):
+  for r in sorted(rs, key=lambda r: (order.get(r["prompt_id"], len(order)), r["prompt_id"], r.get("sample", 0))):
     by_prompt.setdefault(r["prompt_id"], []).append(r)
   out: dict = dict(rows=len(rs), prompts=len(by_prompt))
 
