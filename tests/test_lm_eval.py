@@ -51,14 +51,26 @@ def ours(demo_model, demo_tokenizer, task_manager):
 
 
 @pytest.fixture(scope="module")
-def theirs(demo_hf_model, task_manager):
-  from lm_eval.models.huggingface import HFLM
+def hf_tokenizer():
+  """transformers' own tokenizer of the demo GGUF."""
   from transformers import AutoTokenizer
 
   from smollm3_jax.checkpoints.demo import demo_gguf_path
   directory, name = os.path.split(demo_gguf_path())
-  tok = AutoTokenizer.from_pretrained(directory, gguf_file=name)
-  return _evaluate(HFLM(pretrained=demo_hf_model, tokenizer=tok, batch_size=32), task_manager)
+  return AutoTokenizer.from_pretrained(directory, gguf_file=name)
+
+
+@pytest.fixture(scope="module")
+def theirs(demo_hf_model, hf_tokenizer, task_manager):
+  from lm_eval.models.huggingface import HFLM
+  return _evaluate(HFLM(pretrained=demo_hf_model, tokenizer=hf_tokenizer, batch_size=32), task_manager)
+
+
+def test_registered_with_lm_eval():
+  from lm_eval.api.registry import get_model
+
+  from smollm3_jax.lm_eval_model import SmolLM3JaxLM
+  assert get_model("smollm3_jax") is SmolLM3JaxLM
 
 
 def _samples(results, task):
@@ -155,13 +167,12 @@ def test_sampled_rows_do_not_depend_on_their_batch(lm, demo_model, demo_tokenize
   assert other_seed.generate_until(reqs([0, 1, 2])) != first
 
 
-def test_chat_template_matches_transformers(smollm3_template_tokenizer, demo_model, pinned_transformers_clock):
-  from transformers import AutoTokenizer
+def test_chat_template_matches_transformers(smollm3_template_tokenizer, demo_model, hf_tokenizer,
+                                           pinned_transformers_clock):
+  import copy
 
-  from smollm3_jax.checkpoints.demo import demo_gguf_path
   from smollm3_jax.lm_eval_model import SmolLM3JaxLM
-  directory, name = os.path.split(demo_gguf_path())
-  hf = AutoTokenizer.from_pretrained(directory, gguf_file=name)
+  hf = copy.deepcopy(hf_tokenizer)
   hf.chat_template = smollm3_template_tokenizer.chat_template
   chat = [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "What is 2 + 2?"}]
   prefixed = chat + [{"role": "assistant", "content": "The answer is"}]
