@@ -169,3 +169,19 @@ def test_a_finished_sweep_grows_by_its_new_rows_only(tiny, tmp_path):  # noqa: F
   assert summary["accuracy_lo"].tolist() == pytest.approx([float(t["accuracy_lo"]) for t in table], nan_ok=True)
   with pytest.raises(FileNotFoundError, match="summary.csv"):
     sweep.load(str(tmp_path / "nothing"))
+
+
+def test_rows_written_before_an_axis_existed_still_match():
+  """A row without a setting ran with it off: it matches the planned row where that axis is off, and
+  is refused where the plan turns it on."""
+  from smollm3_jax.sweep.store import check_rows
+
+  cells = sweep.expand_grid(dict(temperature=[1.0], repetition_penalty=[1.0], thinking=[False], top_p=[1.0],
+                                 top_k=[0], min_p=[0.0]))
+  (planned,) = sweep.make_rows(PROMPTS[:1], cells, samples=1, seed=0)
+  old = dict(planned, settings={k: v for k, v in planned["settings"].items() if k != "min_p"})
+  old["settings"]["max_new_tokens"] = 5
+  check_rows({planned["key"]: old}, [planned], 5)
+  on = dict(planned, settings=dict(planned["settings"], min_p=0.1))
+  with pytest.raises(sweep.ConfigMismatchError, match="differ"):
+    check_rows({planned["key"]: old}, [on], 5)
