@@ -57,8 +57,9 @@ def main(argv):
   print(f"steps: {out.steps}; metrics: {os.path.join(out.workdir, 'metrics.jsonl')}")
   if out.export:
     print(f"export: {out.export}")
-    print(f"sweep it: python experiments/sweep.py --config=configs/sweep.py:demo "
-          f"--workdir=out/sweep_ft --config.model.checkpoint={out.export}")
+    preset = _CONFIG.value.model.get("name", "demo")
+    print(f"sweep it: python experiments/sweep.py --config=configs/sweep.py:{preset} "
+          f"--workdir=<dir> --config.model.checkpoint={out.export}")
 
 
 if __name__ == "__main__":

@@ -26,9 +26,7 @@ import logging
 import math
 import os
 import time
-from typing import Any, Mapping
-
-import numpy as np
+from typing import Mapping
 
 from smollm3_jax import files, train, train_data
 
@@ -97,6 +95,9 @@ def validate_config(c: Mapping) -> None:
   for name in ("train_thinking", "thinking_default"):
     if not isinstance(d[name], bool):
       raise ValueError(f"data.{name} must be True or False, got {d[name]!r}")
+  if c["model"].get("quantize", "none") not in ("none", "", None):
+    raise ValueError(f"model.quantize must be 'none' to fine-tune (got {c['model']['quantize']!r}); "
+                     "quantize the export instead")
   if c["date"]:
     from smollm3_jax import chat_format
     chat_format.resolve_date(c["date"])
@@ -280,7 +281,7 @@ def _run(c: dict, workdir: str, date: str, stop_after: int | None, tqdm) -> Outc
         _append_metrics(workdir, dict(step=step, loss=sums["loss"], ce=sums["ce"], ul=sums["ul"],
                                       grad_norm=sums["grad_norm"], lr=trainer.learning_rate(step - 1),
                                       tokens_per_second=rate))
-      if c["eval_every"] and step % c["eval_every"] == 0 and step < total:
+      if eval_ex and c["eval_every"] and step % c["eval_every"] == 0 and step < total:
         eval_losses.append((step, run_eval(step)))
         bar.set_postfix(loss=f"{sums['loss']:.4f}", eval=f"{eval_losses[-1][1]:.4f}", tok_s=f"{rate:.0f}")
       if c["checkpoint_every"] and step % c["checkpoint_every"] == 0 and step < total:
@@ -290,9 +291,10 @@ def _run(c: dict, workdir: str, date: str, stop_after: int | None, tqdm) -> Outc
 
   export = None
   if step == total:
-    if mngr.latest_step() != total:
-      save(total)
-    eval_losses.append((total, run_eval(total)))
+    if start != total:  # (a run that had already finished only exports again)
+      if mngr.latest_step() != total:
+        save(total)
+      eval_losses.append((total, run_eval(total)))
     if c["export"]:
       export = orbax_ckpt.save(os.path.join(workdir, EXPORT_DIR), trainer.model(params), tokenizer=tokenizer,
                                source=f"fine-tuned from {c['model']['checkpoint'] or 'a random model'}",

@@ -288,7 +288,9 @@ class Trainer:
 
   # -- state ------------------------------------------------------------------------------------
   def params(self, model: nnx.Module) -> Params:
-    """The model's parameters as the flat dict the step takes (placed on the mesh)."""
+    """The model's parameters as the flat dict the step takes (placed on the mesh). They are the
+    model's own arrays, and :meth:`step` donates its inputs: after the first step the model's
+    arrays are gone (use :meth:`model` on the new parameters)."""
     return self.defn.params(model)
 
   def init_opt_state(self, params: Params):

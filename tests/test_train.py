@@ -490,3 +490,14 @@ def test_script_refuses_a_bad_config_before_loading(tmp_path):
         env=dict(os.environ, JAX_PLATFORMS="cpu"))
     assert proc.returncode == 1 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert not os.path.exists(tmp_path / "wd")
+
+
+def test_rerunning_a_finished_run_changes_nothing(runs):
+  from smollm3_jax import finetune
+
+  whole = runs["whole"]
+  metrics = open(os.path.join(whole.workdir, "metrics.jsonl")).read()
+  again = finetune.run(runs["cfg"], whole.workdir)
+  assert again.resumed_from == 4 and again.steps == 4 and again.train_loss == [] and again.eval_loss == []
+  assert open(os.path.join(whole.workdir, "metrics.jsonl")).read() == metrics
+  assert all(np.array_equal(np.asarray(again.params[k]), np.asarray(v)) for k, v in whole.params.items())
