@@ -38,8 +38,10 @@ class Axis:
     return self.label or self.name
 
 
-# The axes of a grid, in cell order (thinking-major). A new sampling setting is one line here
-# (its check lives in sampling.validate_sampling_args).
+# The axes of a grid, in cell order (thinking-major). A new sampling setting is one line here, e.g.
+# ``Axis("typical_p", float, off=1.0, greedy_free=True)`` for a warper of sampled rows, or
+# ``Axis("frequency_penalty", float, off=0.0)`` for a processor that changes greedy rows too (its
+# check lives in sampling.validate_sampling_args).
 SWEEP_AXES = (
     Axis("thinking", bool, label="think", always_keyed=True),
     Axis("temperature", float, label="t", always_keyed=True),
@@ -221,11 +223,7 @@ def run_cell(cell: Mapping) -> dict:
 
 
 def _key_value(axis: Axis, value) -> str:
-  if axis.kind is bool:
-    return str(int(value))
-  if axis.kind is int:
-    return str(int(value))
-  return f"{value:g}"
+  return str(int(value)) if axis.kind in (bool, int) else f"{value:g}"
 
 
 def cell_key(cell: Mapping) -> str:
