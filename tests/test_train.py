@@ -245,6 +245,28 @@ def test_loss_mask_covers_the_assistant_turns(smollm3_template_tokenizer, enable
           + ("" if train_thinking or start == runs[-1] else "<think>\n2 + 3 = 5.\n</think>\n"))
 
 
+@pytest.mark.parametrize("enable_thinking", [True, False])
+def test_loss_mask_is_transformers_assistant_mask_less_the_generation_prompt(
+    smollm3_template_tokenizer, pinned_transformers_clock, tmp_path, enable_thinking):
+  """transformers' ``return_assistant_tokens_mask`` marks the template's {% generation %} blocks, which
+  include the turn's header; ours is the same tokens less what the generation prompt already holds."""
+  from transformers import PreTrainedTokenizerFast
+
+  from smollm3_jax import train_data
+
+  tok = smollm3_template_tokenizer
+  tok.save_pretrained(tmp_path)
+  hf = PreTrainedTokenizerFast.from_pretrained(str(tmp_path))
+  out = hf.apply_chat_template(CHAT, tokenize=True, return_dict=True, return_assistant_tokens_mask=True,
+                               enable_thinking=enable_thinking)
+  ex = train_data.encode_conversation(tok, CHAT, enable_thinking=enable_thinking)
+  assert ex.tokens.tolist() == list(out["input_ids"])
+  theirs = np.asarray(out["assistant_masks"], bool)
+  assert theirs[ex.loss_mask].all()
+  header = "<|im_start|>assistant\n" + ("" if enable_thinking else "<think>\n\n</think>\n")
+  assert hf.decode(ex.tokens[theirs & ~ex.loss_mask]) == header * 2
+
+
 def test_data_errors_name_the_line(tmp_path):
   from smollm3_jax import train_data
 
