@@ -33,7 +33,8 @@ flags.DEFINE_integer("window", None, "--rolling: tokens per window (unset: the m
 flags.DEFINE_integer("context_len", 1, "--rolling: least context each later window keeps (lm-eval's "
                      "context_len; 1 = disjoint windows).", lower_bound=1)
 flags.DEFINE_bool("chat", False, "Render prompts with the chat template (continuations are the assistant's reply).")
-flags.DEFINE_bool("thinking", True, "--chat: the template's enable_thinking.")
+flags.DEFINE_bool("thinking", False, "--chat: the template's enable_thinking (off: the continuation is "
+                  "scored as the answer, after an empty think block).")
 flags.DEFINE_integer("batch_size", 8, "Rows per compiled call.", lower_bound=1)
 flags.DEFINE_bool("progress", True, "Show a progress bar.")
 cli.define_date_flag()

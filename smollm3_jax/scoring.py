@@ -187,15 +187,16 @@ def _check_fits(model: SmolLM3, prompt_ids, continuation_ids) -> None:
                        "long texts in windows)")
 
 
-def score(model: SmolLM3, tokenizer, prompts, continuations, *, chat: bool = False, thinking=True,
+def score(model: SmolLM3, tokenizer, prompts, continuations, *, chat: bool = False, thinking=False,
           date=None, batch_size: int = 8, progress: bool = False) -> list[Score]:
   """Log-probabilities of each continuation given its prompt (teacher-forced).
 
   ``prompts``: strings, token id lists or (``chat=True``) message lists, as
   :func:`smollm3_jax.api.render_prompts` takes them: with ``chat`` a prompt is rendered with the
   chat template and its generation prompt (``thinking``: the template's ``enable_thinking``, per
-  prompt or one value; ``date``: the day it writes), so a continuation is scored as the assistant's
-  reply; without, text is encoded as is (no BOS added). ``continuations``: one per prompt, a
+  prompt or one value, default off: SmolLM3's template then closes an empty think block in the
+  prompt, so the continuation is scored as the answer itself; ``date``: the day it writes), so a
+  continuation is scored as the assistant's reply; without, text is encoded as is (no BOS added). ``continuations``: one per prompt, a
   string (encoded on its own: tokens do not merge across the boundary; pass ids for any other
   split) or token ids. Returns one :class:`Score` per pair, in order. ``batch_size``: rows per
   compiled call. Every argument is checked before anything compiles (ValueError naming it).
