@@ -12,6 +12,7 @@ smollm3_jax/generation_defaults.py); they are the defaults of requests that do n
 from __future__ import annotations
 
 import os
+import time
 import sys
 
 from absl import app, flags
@@ -31,14 +32,16 @@ cli.define_sampling_flags()  # unset: the checkpoint's defaults
 flags.DEFINE_integer("max_tokens", None, "Default max_tokens (unset: the checkpoint's default).", lower_bound=1)
 flags.DEFINE_integer("seed", None, "Default seed (unset: a random seed per request).", lower_bound=0,
                      upper_bound=2**32 - 1)
-flags.DEFINE_integer("context_length", None, "Prompt + answer tokens (default: the model's maximum).",
-                     lower_bound=2)
+flags.DEFINE_integer("context_length", 4096, "Prompt + answer tokens per request (capped at the model's maximum; "
+                     "each slot holds a cache of this many tokens).", lower_bound=2)
 flags.DEFINE_integer("chunk_steps", 4, "Decode steps between streamed pieces.", lower_bound=1)
+flags.DEFINE_integer("slots", 8, "Requests (choices) decoding at once; more wait for a free slot.", lower_bound=1)
 cli.define_date_flag()
 cli.define_dtype_flag()
 cli.define_quantize_flag()
 cli.define_compilation_cache_flag()
-flags.DEFINE_bool("warmup", True, "Compile the first shape bucket before accepting requests.")
+flags.DEFINE_bool("warmup", True, "Compile every program of the slot pool before accepting requests "
+                  "(no request then waits for a compile).")
 flags.DEFINE_bool("access_log", False, "Log one line per HTTP request (uvicorn's access log).")
 
 
@@ -50,7 +53,8 @@ def main(argv):
 
   sampling_kwargs = cli.sampling_flag_values()  # validated when the flags were parsed
   limit = chat.context_limit(FLAGS.checkpoint)
-  if FLAGS.context_length is not None and FLAGS.context_length > limit:
+  context = min(FLAGS.context_length, limit) if not FLAGS["context_length"].present else FLAGS.context_length
+  if context > limit:
     raise app.UsageError(f"--context_length={FLAGS.context_length} exceeds the model's {limit} positions")
 
   print(f"loading {FLAGS.checkpoint} ...", flush=True)
@@ -59,13 +63,16 @@ def main(argv):
   name = FLAGS.model_name or os.path.basename(os.path.normpath(FLAGS.checkpoint))
   application = server.create_app(
       model, tokenizer, model_name=name, max_tokens=FLAGS.max_tokens, thinking=FLAGS.thinking, seed=FLAGS.seed,
-      context_length=FLAGS.context_length, chunk_steps=FLAGS.chunk_steps, date=FLAGS.date, **sampling_kwargs)
+      context_length=context, chunk_steps=FLAGS.chunk_steps, slots=FLAGS.slots, date=FLAGS.date,
+      **sampling_kwargs)
   defaults = application.state.server.defaults
   print("request defaults: " + ", ".join(f"{k}={v}" for k, v in defaults.items())
         + f" (checkpoint defaults from {generation_defaults.for_tokenizer(tokenizer).source})", flush=True)
   if FLAGS.warmup:
-    print("compiling ...", flush=True)
+    print(f"compiling the programs of {FLAGS.slots} slots x {context} tokens ...", flush=True)
+    t0 = time.perf_counter()
     server.warmup(application)
+    print(f"compiled in {time.perf_counter() - t0:.1f} s", flush=True)
   print(f"serving {name} on http://{FLAGS.host}:{FLAGS.port}/ (API: /v1/chat/completions)", flush=True)
   uvicorn.run(application, host=FLAGS.host, port=FLAGS.port, log_level="info", access_log=FLAGS.access_log)
 

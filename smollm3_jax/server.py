@@ -49,11 +49,12 @@ from starlette.routing import Route
 
 from smollm3_jax import sampling
 from smollm3_jax.chat import check_limits, render_chat
+from smollm3_jax.decode import EOS
 from smollm3_jax.thinking import ThinkingSplitter, prompt_opens_thinking
 from smollm3_jax.validation import check_messages
 
 FINISH_REASONS = {"eos": "stop", "newlines": "stop", "max_tokens": "length", "context": "length",
-                  "cancelled": "stop"}
+                  "cancelled": "stop", "stop": "stop"}
 MAX_BODY_BYTES = 16 * 1024 * 1024
 _LOG = logging.getLogger("smollm3_jax.server")
 
@@ -85,27 +86,35 @@ class ChatRequest:
   seed: int
   stream: bool
   include_usage: bool = True  # stream_options.include_usage (a usage record ends the stream)
+  n: int = 1                  # choices (samples) for this request
+  stop: tuple = ()            # stop strings
 
+
+# Request field of each sampling setting (OpenAI's and vLLM's names; min_tokens is vLLM's).
+REQUEST_NAMES = {name: {"min_new_tokens": "min_tokens"}.get(name, name) for name in sampling.SETTINGS
+                 if name != "logit_bias"}
+# Bounds the API puts on settings beyond the library's own checks (OpenAI's ranges).
+_API_BOUNDS = {"temperature": dict(low=0.0, high=2.0), "top_p": dict(low=0.0, high=1.0, low_open=True),
+               "top_k": dict(low=-1), "repetition_penalty": dict(low=0.0, high=10.0, low_open=True)}
 
 # What the server does with each field of a chat-completions request (OpenAI's, as the official
 # client sends them, plus vLLM's extras). A null value is the same as leaving the field out.
 APPLIED_FIELDS = frozenset({
-    "messages", "model", "temperature", "top_p", "top_k", "min_p", "repetition_penalty", "max_tokens",
-    "max_completion_tokens", "seed", "stream", "stream_options", "chat_template_kwargs"})
+    "messages", "model", "max_tokens", "max_completion_tokens", "seed", "stream", "stream_options",
+    "chat_template_kwargs", "n", "stop", "logit_bias"}) | frozenset(REQUEST_NAMES.values())
 # Accepted and without effect on the text: labels and hints for a hosted service's bookkeeping.
 INFORMATIONAL_FIELDS = frozenset({"user", "metadata", "safety_identifier", "prompt_cache_key",
                                   "prompt_cache_retention", "prompt_cache_options"})
 # Not implemented: accepted only at the value that means "off" (the same as leaving them out);
 # any other value is refused with a 400 naming the field.
 NEUTRAL_VALUES: dict[str, tuple] = {
-    "n": (1,), "stop": ("", []), "logprobs": (False,), "top_logprobs": (), "logit_bias": ({},),
-    "frequency_penalty": (0,), "presence_penalty": (0,), "tools": ([],), "functions": ([],),
+    "logprobs": (False,), "top_logprobs": (), "tools": ([],), "functions": ([],),
     "tool_choice": ("none",), "function_call": ("none",), "parallel_tool_calls": (),
     "response_format": ({"type": "text"},), "store": (False,), "modalities": (["text"],), "audio": (),
     "prediction": (), "reasoning_effort": (), "service_tier": (), "verbosity": (), "web_search_options": (),
     "moderation": ()}
-_HINTS = {"frequency_penalty": "; use 'repetition_penalty'", "presence_penalty": "; use 'repetition_penalty'",
-          "n": ": only 'n': 1 is supported"}
+_HINTS: dict[str, str] = {}
+MAX_N = 16  # choices per request
 
 
 def _number(body: dict, name: str, default, *, low=None, high=None, low_open=False, integer=False):
@@ -161,10 +170,11 @@ def _object(body: dict, name: str, keys: dict) -> dict:
   return {k: v for k, v in value.items() if v is not None}
 
 
-def parse_request(body: Any, defaults: dict, model_name: str | None = None) -> ChatRequest:
+def parse_request(body: Any, defaults: dict, model_name: str | None = None,
+                  vocab_size: int | None = None) -> ChatRequest:
   """Validates a chat-completions body (before any work); RequestError names the bad field.
   ``defaults``: the values of unset settings; ``model_name``: the one model served (another
-  ``model`` gets a 404)."""
+  ``model`` gets a 404); ``vocab_size``: bounds ``logit_bias`` ids."""
   if not isinstance(body, dict):
     raise RequestError(f"the request body must be a JSON object, got {type(body).__name__}")
   if "messages" not in body:
@@ -191,19 +201,45 @@ def parse_request(body: Any, defaults: dict, model_name: str | None = None) -> C
   kwargs = _object(body, "chat_template_kwargs", {"enable_thinking": is_bool})
   thinking = kwargs.get("enable_thinking", defaults["thinking"])
 
-  settings = dict(
-      temperature=_number(body, "temperature", defaults["temperature"], low=0.0, high=2.0),
-      top_p=_number(body, "top_p", defaults["top_p"], low=0.0, high=1.0, low_open=True),
-      top_k=_number(body, "top_k", defaults["top_k"], low=-1, integer=True),
-      min_p=_number(body, "min_p", defaults["min_p"], low=0.0, high=1.0),
-      repetition_penalty=_number(body, "repetition_penalty", defaults["repetition_penalty"], low=0.0,
-                                 high=10.0, low_open=True),
-  )
-  settings["top_k"] = max(settings["top_k"], 0)  # vLLM's -1 means off, as our 0 does
+  settings = {}
+  for name, field in REQUEST_NAMES.items():
+    spec = sampling.SETTINGS[name]
+    value = _number(body, field, defaults.get(name, spec.off), integer=spec.integer, **_API_BOUNDS.get(name, {}))
+    if name == "top_k":
+      value = max(value, 0)  # vLLM's -1 means off, as our 0 does
+    try:
+      sampling.validate_sampling_args(**{name: value})
+    except ValueError as e:
+      raise RequestError(str(e), param=field) from None
+    if name in defaults or value != spec.off:
+      settings[name] = value
+  bias = body.get("logit_bias")
+  if bias:
+    if not isinstance(bias, dict):
+      raise RequestError("'logit_bias' must be an object mapping token ids to biases", param="logit_bias")
+    parsed = {}
+    for key, value in bias.items():
+      try:
+        token = int(key)
+      except ValueError:
+        raise RequestError(f"'logit_bias' keys must be token ids, got {json.dumps(key)}", param="logit_bias") from None
+      if isinstance(value, bool) or not isinstance(value, (int, float)) or not -100 <= value <= 100:
+        raise RequestError(f"'logit_bias' values must be numbers in [-100, 100], got {json.dumps(value)}",
+                           param="logit_bias")
+      parsed[token] = float(value)
+    try:
+      sampling.validate_sampling_args(logit_bias=parsed, vocab_size=vocab_size)
+    except ValueError as e:
+      raise RequestError(str(e), param="logit_bias") from None
+    settings["logit_bias"] = parsed
+  n = _number(body, "n", 1, low=1, high=MAX_N, integer=True)
+  stop = body.get("stop")
   try:
-    sampling.validate_sampling_args(**settings)
+    from smollm3_jax.api import _check_stop
+
+    stop = _check_stop(stop if stop != "" else None)
   except ValueError as e:
-    raise RequestError(str(e)) from None
+    raise RequestError(str(e), param="stop") from None
 
   max_tokens = _number(body, "max_tokens", None, low=1, integer=True)
   max_completion = _number(body, "max_completion_tokens", None, low=1, integer=True)
@@ -215,23 +251,26 @@ def parse_request(body: Any, defaults: dict, model_name: str | None = None) -> C
   if seed is None:
     seed = defaults["seed"] if defaults["seed"] is not None else secrets.randbits(32)
   return ChatRequest(messages=messages, thinking=thinking, sampling=settings, max_tokens=max_tokens,
-                     seed=seed, stream=stream, include_usage=options.get("include_usage", True))
+                     seed=seed, stream=stream, include_usage=options.get("include_usage", True), n=n, stop=stop)
 
 
 # --------------------------------------------------------------------------------------------
-# The generation worker: one thread, one request at a time
+# The generation worker: one thread driving the slot pool that every request shares
 # --------------------------------------------------------------------------------------------
 class Job:
-  """One request's generation. Events go to ``events`` (an asyncio queue on the server's loop):
-  ("text", str) pieces, then ("done", GenerationResult) or ("error", Exception)."""
+  """One request's generation (``n`` choices, each a row of the pool). Events go to ``events`` (an
+  asyncio queue on the server's loop): ("text", (choice, str)) pieces, then ("done", [a
+  GenerationResult per choice]) or ("error", Exception) or ("cancelled", None)."""
 
-  def __init__(self, loop: asyncio.AbstractEventLoop, prompt_ids: list[int], kwargs: dict):
+  def __init__(self, loop: asyncio.AbstractEventLoop, prompt_text: str, prompt_ids: list[int], *, settings: dict,
+               max_new: int, seed: int, n: int = 1, stop: tuple = ()):
     self.loop = loop
-    self.prompt_ids = prompt_ids
-    self.kwargs = kwargs
+    self.prompt_text, self.prompt_ids = prompt_text, prompt_ids
+    self.settings, self.max_new, self.seed, self.n, self.stop = settings, max_new, seed, n, stop
     self.events: asyncio.Queue = asyncio.Queue()
     self.cancelled = threading.Event()
-    self.stream = None
+    self.rows: list = []         # the pool's Requests (set by the worker)
+    self.result: list | None = None
     self.submitted = time.perf_counter()
     self.started: float | None = None
     self.finished: float | None = None
@@ -239,9 +278,6 @@ class Job:
 
   def cancel(self):
     self.cancelled.set()
-    s = self.stream
-    if s is not None:
-      s.cancel()
 
   def post(self, kind: str, value: Any):
     try:
@@ -251,74 +287,149 @@ class Job:
 
 
 class Worker:
-  """Runs jobs one at a time on a daemon thread, in submission order."""
+  """Drives one slot pool on a daemon thread: requests join it as slots free up, every running
+  request advances at each decode chunk, and each gets the text ``generate`` gives it alone."""
 
-  def __init__(self, model, tokenizer, *, chunk_steps: int):
-    self.model = model
-    self.tokenizer = tokenizer
-    self.chunk_steps = chunk_steps
+  def __init__(self, model, tokenizer, *, chunk_steps: int, slots: int, context_length: int):
+    from smollm3_jax.engine import get_engine
+
+    self.model, self.tokenizer = model, tokenizer
+    self.engine = get_engine(model, tokenizer)
+    self.pool = self.engine.pool(slots, self.engine.cache_length_for(context_length), stop_ids=tokenizer.stop_token_ids,
+                                 context_length=context_length, chunk_steps=chunk_steps, prefill_rows=(1,))
     self._jobs: queue.Queue = queue.Queue()
+    self._running: list[Job] = []
     self.history: list[Job] = []  # finished jobs, newest last (bounded; tests and /health read it)
-    self.busy = False
     self._thread = threading.Thread(target=self._loop, name="smollm3-generation", daemon=True)
     self._thread.start()
+
+  def warmup(self) -> float:
+    """Compiles every program the pool can run; returns the seconds spent."""
+    return self.pool.warmup()
 
   def submit(self, job: Job):
     self._jobs.put(job)
 
   def pending(self) -> int:
-    return self._jobs.qsize() + int(self.busy)
+    return self._jobs.qsize() + len(self._running)
 
   def stop(self):
     self._jobs.put(None)
 
+  def _start(self, job: Job) -> None:
+    from smollm3_jax.api import row_seeds
+    from smollm3_jax.engine import Request
+    from smollm3_jax.tokenizer import IncrementalDecoder
+
+    if job.cancelled.is_set():  # the client left while the job was queued
+      self._end(job, "cancelled", None)
+      return
+    seeds = row_seeds(job.seed, job.n)
+    job.rows = [Request(prompt=job.prompt_ids, settings=job.settings, seed=int(seeds[i]), max_new=job.max_new,
+                        share=id(job), tag=(job, i)) for i in range(job.n)]
+    job.decoders = [IncrementalDecoder(self.tokenizer) for _ in range(job.n)]
+    job.fed = [0] * job.n
+    job.checked = [0] * job.n
+    job.started, job.outcome = time.perf_counter(), "running"
+    self.pool.submit(job.rows)
+    self._running.append(job)
+
+  def _end(self, job: Job, outcome: str, value) -> None:
+    job.outcome, job.finished = outcome, time.perf_counter()
+    if isinstance(value, list):
+      job.result = value
+    job.post(outcome if outcome != "done" else "done", value)
+    if job in self._running:
+      self._running.remove(job)
+    self.history = (self.history + [job])[-64:]
+
+  def _emit(self, row) -> None:
+    """Posts a row's new text; ends its job when every choice finished."""
+    from smollm3_jax.api import STOP, _stop_string_hit
+
+    job, i = row.tag
+    if job.stop and not (row.done and row.cancelled and row.reason != STOP):
+      k = _stop_string_hit(self.tokenizer, row.token_ids, job.stop, job.checked[i])
+      job.checked[i] = len(row.token_ids)
+      if k is not None:
+        row.token_ids = row.token_ids[:k]
+        if not row.done:
+          self.pool.cancel(row, STOP)
+        row.reason, row.done = STOP, True
+    if job.stop and not row.done:
+      return  # with stop strings a choice's text is sent once it ended (a stop string may cut it)
+    ids = row.token_ids[job.fed[i]:]
+    if row.done and row.reason == EOS and ids and ids[-1] in self.pool.stop_ids:
+      ids = ids[:-1]
+    job.fed[i] = len(row.token_ids)
+    piece = "".join(job.decoders[i].push(t) for t in ids)
+    if row.done:
+      piece += job.decoders[i].flush()
+      if job.stop:
+        from smollm3_jax.api import _cut_stop
+
+        piece = _cut_stop(piece, job.stop)
+    if piece:
+      job.post("text", (i, piece))
+    if all(r.done for r in job.rows):
+      self._end(job, "cancelled" if job.cancelled.is_set() else "done", self._results(job))
+
+  def _results(self, job: Job) -> list:
+    from smollm3_jax.api import GenerationResult, GenerationStats, _finish
+
+    out = []
+    for i, r in enumerate(job.rows):
+      completion, = _finish(self.tokenizer, [dataclasses.replace(r, tag=0)], [job.prompt_text], [job.prompt_ids],
+                            self.pool.stop_ids, {}, job.stop)
+      wall = (r.finished or time.perf_counter()) - (r.admitted or job.submitted)
+      stats = GenerationStats(
+          prompt_tokens=len(job.prompt_ids), generated_tokens=len(r.token_ids),
+          time_to_first_token=(r.first_token - job.submitted) if r.first_token else 0.0, decode_seconds=wall,
+          decode_tokens_per_second=len(r.token_ids) / wall if wall > 0 else 0.0, batch_size=self.pool.slots,
+          cache_length=self.pool.length, slot_utilization=self.pool.utilization(), queue_seconds=r.queue_seconds,
+          max_queue_seconds=r.queue_seconds)
+      out.append(GenerationResult([completion], stats))
+    return out
+
   def _loop(self):
-    import smollm3_jax
-
     while True:
-      job = self._jobs.get()
-      if job is None:
+      try:  # wait for work when the pool is idle; otherwise take what arrived and go on
+        jobs = [self._jobs.get()] if self.pool.idle else []
+        while True:
+          jobs.append(self._jobs.get_nowait())
+      except queue.Empty:
+        pass
+      if None in jobs:
         return
-      self.busy = True
       try:
-        if job.cancelled.is_set():  # the client left while the job was queued
-          job.outcome = "cancelled"
-          job.post("cancelled", None)
-          continue
-        job.started = time.perf_counter()
-        job.outcome = "running"
-        job.stream = smollm3_jax.stream(self.model, self.tokenizer, job.prompt_ids, hide_thinking=False,
-                                        chunk_steps=self.chunk_steps, **job.kwargs)
-        if job.cancelled.is_set():
-          job.stream.cancel()
-        for piece in job.stream:
-          job.post("text", piece)
-        job.outcome = "cancelled" if job.cancelled.is_set() else "done"
-        job.post("done", job.stream.result)
-      except Exception as e:  # noqa: BLE001  (report to the client; keep serving)
-        job.outcome = "error"
-        job.post("error", e)
-      finally:
-        job.finished = time.perf_counter()
-        self.busy = False
-        self.history = (self.history + [job])[-64:]
+        for job in jobs:
+          self._start(job)
+        for job in list(self._running):
+          if job.cancelled.is_set():
+            for r in job.rows:
+              if not r.done:
+                self.pool.cancel(r)
+        for row in self.pool.step():
+          self._emit(row)
+        for job in list(self._running):  # cancelled before any of its rows started
+          if job.cancelled.is_set() and all(r.done or r.cancelled for r in job.rows) and \
+              not any(r in self.pool.rows for r in job.rows):
+            for r in job.rows:
+              r.done = True
+            self._end(job, "cancelled", self._results(job))
+      except Exception as e:  # noqa: BLE001  (report to the clients; keep serving on a fresh pool)
+        _LOG.exception("generation failed")
+        for job in list(self._running):
+          self._end(job, "error", e)
+        self.pool = self.engine.pool(self.pool.slots, self.pool.length, stop_ids=self.pool.stop_ids,
+                                     context_length=self.pool.context, chunk_steps=self.pool.chunk_steps,
+                                     prefill_rows=self.pool.prefill_rows)
 
 
-def warmup(app: Starlette, text: str = "Hi") -> None:
-  """Compiles the programs a short default request uses (prefill and one decode chunk), so the
-  first real request does not wait for them. Runs on the caller's thread, before serving."""
-  import smollm3_jax
-
-  srv: ChatServer = app.state.server
-  defaults, context = srv.defaults, srv.context_length
-  _, ids = render_chat(srv.tokenizer, [{"role": "user", "content": text}], defaults["thinking"], srv.date)
-  settings = {k: defaults[k] for k in SAMPLING_SETTINGS}
-  s = smollm3_jax.stream(srv.model, srv.tokenizer, ids, chunk_steps=1, thinking=defaults["thinking"],
-                         max_new_tokens=min(defaults["max_tokens"], context - len(ids)), context_length=context,
-                         **settings)
-  for i, _ in enumerate(s):
-    if i >= 1:  # the first piece comes from prefill, the second from the (now compiled) decode loop
-      s.cancel()
+def warmup(app: Starlette) -> float:
+  """Compiles every program the server's slot pool can run (prefill, insert, each decode window),
+  so no request waits for a compile. Runs on the caller's thread, before serving; returns seconds."""
+  return app.state.server.worker.warmup()
 
 
 class _DisconnectAwareStream(StreamingResponse):
@@ -344,7 +455,6 @@ class _DisconnectAwareStream(StreamingResponse):
 # --------------------------------------------------------------------------------------------
 # The app
 # --------------------------------------------------------------------------------------------
-SAMPLING_SETTINGS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
 
 
 def _sse(data: Any) -> bytes:
@@ -352,9 +462,9 @@ def _sse(data: Any) -> bytes:
   return f"data: {text}\n\n".encode("utf-8")
 
 
-def _timings(job: Job, result) -> dict:
-  """llama.cpp-style timings of a finished job (milliseconds, tokens, tokens per second)."""
-  st = result.stats
+def _timings(job: Job, results) -> dict:
+  """llama.cpp-style timings of a finished job's first choice (milliseconds, tokens, tokens per second)."""
+  st = results[0].stats
   return dict(queue_ms=1000 * ((job.started or job.submitted) - job.submitted),
               prompt_n=st.prompt_tokens, prompt_ms=1000 * st.prefill_seconds,
               time_to_first_token_ms=1000 * st.time_to_first_token,
@@ -363,8 +473,8 @@ def _timings(job: Job, result) -> dict:
               predicted_per_second=st.decode_tokens_per_second)
 
 
-def _usage(result) -> dict:
-  p, c = result.stats.prompt_tokens, result.stats.generated_tokens
+def _usage(results) -> dict:
+  p, c = results[0].stats.prompt_tokens, sum(r.stats.generated_tokens for r in results)
   return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
 
 
@@ -379,9 +489,10 @@ class ChatServer:
   (started on the first request) and its queue. ``create_app`` builds it and its Starlette app."""
 
   def __init__(self, model, tokenizer, *, model_name: str, defaults: dict, context_length: int,
-               chunk_steps: int, date=None):
+               chunk_steps: int, slots: int, date=None):
     self.model, self.tokenizer, self.model_name = model, tokenizer, model_name
     self.defaults, self.context_length, self.chunk_steps, self.date = defaults, context_length, chunk_steps, date
+    self.slots = slots
     self._worker: Worker | None = None
     self.app = Starlette(
         routes=[
@@ -399,7 +510,8 @@ class ChatServer:
   @property
   def worker(self) -> Worker:
     if self._worker is None:
-      self._worker = Worker(self.model, self.tokenizer, chunk_steps=self.chunk_steps)
+      self._worker = Worker(self.model, self.tokenizer, chunk_steps=self.chunk_steps, slots=self.slots,
+                            context_length=self.context_length)
       self.app.state.worker = self._worker
     return self._worker
 
@@ -464,7 +576,7 @@ class ChatServer:
     try:
       body = await self._read_json(request)
       try:
-        req = parse_request(body, self.defaults, self.model_name)
+        req = parse_request(body, self.defaults, self.model_name, self.model.config.vocab_size)
       except RecursionError:
         raise RequestError("the request body is nested too deeply") from None
       prompt_text, ids, max_new = await run_in_threadpool(self.prepare, req)
@@ -475,10 +587,14 @@ class ChatServer:
       _LOG.warning("client %s disconnected while sending its request", f"{client.host}:{client.port}" if client else "?")
       return Response(status_code=499)
 
-    settings = dict(req.sampling, max_tokens=max_new, seed=req.seed, thinking=req.thinking)
-    job = Job(asyncio.get_running_loop(), ids, dict(
-        thinking=req.thinking, max_new_tokens=max_new, seed=req.seed, context_length=self.context_length,
-        **req.sampling))
+    settings = {REQUEST_NAMES.get(k, k): v for k, v in req.sampling.items()}  # echoed under the request's names
+    settings.update(max_tokens=max_new, seed=req.seed, thinking=req.thinking)
+    if req.n > 1:
+      settings["n"] = req.n
+    if req.stop:
+      settings["stop"] = list(req.stop)
+    job = Job(asyncio.get_running_loop(), prompt_text, ids, settings=req.sampling, max_new=max_new, seed=req.seed,
+              n=req.n, stop=req.stop)
     self.worker.submit(job)
     rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     inside = prompt_opens_thinking(prompt_text)
@@ -490,13 +606,13 @@ class ChatServer:
 
   async def _complete(self, request: Request, job: Job, rid: str, created: int, inside: bool,
                       settings: dict) -> Response:
-    pieces: list[str] = []
+    pieces: list[list[str]] = [[] for _ in range(job.n)]
 
     async def consume():
       while True:
         kind, value = await job.events.get()
         if kind == "text":
-          pieces.append(value)
+          pieces[value[0]].append(value[1])
         else:
           return kind, value
 
@@ -522,38 +638,43 @@ class ChatServer:
       return error_response(500, f"generation failed: {type(value).__name__}: {value}")
     if kind == "cancelled":
       return Response(status_code=499)
-    thinking, answer = ThinkingSplitter.split("".join(pieces), inside=inside)
-    message = {"role": "assistant", "content": answer}
-    if thinking:
-      message["reasoning_content"] = thinking
+    choices = []
+    for i, result in enumerate(value):
+      thinking, answer = ThinkingSplitter.split("".join(pieces[i]), inside=inside)
+      message = {"role": "assistant", "content": answer}
+      if thinking:
+        message["reasoning_content"] = thinking
+      choices.append({"index": i, "message": message, "finish_reason": _finish_reason(job, result)})
     return JSONResponse({
         "id": rid, "object": "chat.completion", "created": created, "model": self.model_name,
-        "choices": [{"index": 0, "message": message, "finish_reason": _finish_reason(job, value)}],
-        "usage": _usage(value), "timings": _timings(job, value), "settings": settings})
+        "choices": choices, "usage": _usage(value), "timings": _timings(job, value), "settings": settings})
 
   async def _stream_events(self, job: Job, rid: str, created: int, inside: bool, settings: dict,
                            include_usage: bool) -> AsyncIterator[bytes]:
     head = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": self.model_name}
 
-    def chunk(delta: dict, finish: str | None = None, **extra) -> bytes:
-      return _sse({**head, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra})
+    def chunk(delta: dict, finish: str | None = None, index: int = 0, **extra) -> bytes:
+      return _sse({**head, "choices": [{"index": index, "delta": delta, "finish_reason": finish}], **extra})
 
-    def deltas(parts):
+    def deltas(parts, index):
       for kind, text in parts:
-        yield chunk({"reasoning_content" if kind == "thinking" else "content": text})
+        yield chunk({"reasoning_content" if kind == "thinking" else "content": text}, index=index)
 
-    splitter = ThinkingSplitter(inside=inside)
+    splitters = [ThinkingSplitter(inside=inside) for _ in range(job.n)]
     try:
-      yield chunk({"role": "assistant", "content": ""})
+      for i in range(job.n):
+        yield chunk({"role": "assistant", "content": ""}, index=i)
       while True:
         kind, value = await job.events.get()
         if kind == "text":
-          for event in deltas(splitter.feed(value)):
+          i, text = value
+          for event in deltas(splitters[i].feed(text), i):
             yield event
         elif kind == "done":
-          for event in deltas(splitter.finish()):
-            yield event
-          yield chunk({}, _finish_reason(job, value), settings=settings)
+          for i, result in enumerate(value):
+            for event in deltas(splitters[i].finish(), i):
+              yield event
+            yield chunk({}, _finish_reason(job, result), index=i, settings=settings)
           if include_usage:
             yield _sse({**head, "choices": [], "usage": _usage(value), "timings": _timings(job, value)})
           yield _sse("[DONE]")
@@ -581,12 +702,13 @@ def create_app(model, tokenizer, *, model_name: str = "smollm3-jax", temperature
                top_p: float | None = None, top_k: int | None = None, min_p: float | None = None,
                repetition_penalty: float | None = None, max_tokens: int | None = None,
                thinking: bool | None = None, seed: int | None = None, context_length: int | None = None,
-               chunk_steps: int = 4, date=None) -> Starlette:
+               chunk_steps: int = 4, slots: int = 8, date=None) -> Starlette:
   """The Starlette app serving ``model``. Keyword arguments are the defaults for requests that leave
   a setting out; None takes the checkpoint's (:mod:`smollm3_jax.generation_defaults`; ``seed=None``:
   a fresh random seed per request). ``context_length`` (default: the model's) bounds prompt +
-  answer; ``chunk_steps`` decode steps run between streamed pieces; ``date`` is the day the chat
-  template sees (None: the day of each request)."""
+  answer; ``chunk_steps`` decode steps run between streamed pieces; ``slots``: requests (choices)
+  decoding at once, the rest wait for a free slot; ``date`` is the day the chat template sees (None:
+  the day of each request)."""
   from smollm3_jax import chat_format, generation_defaults, validation
 
   filled = generation_defaults.for_tokenizer(tokenizer).fill(
@@ -601,8 +723,9 @@ def create_app(model, tokenizer, *, model_name: str = "smollm3-jax", temperature
   if date is not None:
     chat_format.resolve_date(date)  # a malformed date fails now, not at the first request
   defaults = dict(filled, max_tokens=int(max_tokens), thinking=thinking, seed=seed)
+  slots = validation.as_count("slots", slots, low=1)
   return ChatServer(model, tokenizer, model_name=model_name, defaults=defaults, context_length=context,
-                    chunk_steps=int(chunk_steps), date=date).app
+                    chunk_steps=int(chunk_steps), slots=slots, date=date).app
 
 
 # --------------------------------------------------------------------------------------------

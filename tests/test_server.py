@@ -129,7 +129,7 @@ def test_concurrent_requests_each_get_their_own_text(base_url, model_and_tokeniz
   wants = [_expected(model_and_tokenizer, _messages(p), **s).answer for p, s in zip(prompts, settings)]
 
   async def one(client, i):
-    body = _body(_messages(prompts[i]), stream=bool(i % 2), **settings[i])
+    body = _body(_messages(prompts[i]), stream=True, **settings[i])
     if body["stream"]:
       async with client.stream("POST", "/v1/chat/completions", json=body) as r:
         assert r.status_code == 200
@@ -147,9 +147,23 @@ def test_concurrent_requests_each_get_their_own_text(base_url, model_and_tokeniz
   assert got == wants
   jobs = app.state.worker.history[done_before:]
   assert len(jobs) == len(prompts) and all(j.outcome == "done" for j in jobs)
-  # One at a time: no two generations overlapped.
+  # They shared the slot pool: generations overlapped in time.
   spans = sorted((j.started, j.finished) for j in jobs)
-  assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:]))
+  assert any(a[1] > b[0] for a, b in zip(spans, spans[1:]))
+
+
+def test_after_warmup_no_request_compiles(base_url, app):
+  """The warm-up compiled the pool's whole program set: prompts of other lengths (other prefill
+  chunk counts and read windows) and other max_tokens compile nothing more."""
+  from smollm3_jax.engine import COMPILE_COUNTS
+
+  before = dict(COMPILE_COUNTS)
+  with httpx.Client(base_url=base_url, timeout=120) as client:
+    for words, max_tokens in ((1, 2), (40, 5), (150, 3), (300, 7)):
+      r = client.post("/v1/chat/completions", json=_body(_messages("word " * words), max_tokens=max_tokens))
+      assert r.status_code == 200, r.text
+      assert r.json()["usage"]["prompt_tokens"] > words
+  assert dict(COMPILE_COUNTS) == before
 
 
 BAD_REQUESTS = [
@@ -172,7 +186,13 @@ BAD_REQUESTS = [
     ("stream not a bool", {"messages": _messages("hi"), "stream": "yes"}, 400, "'stream' must be true or false"),
     ("thinking not a bool", {"messages": _messages("hi"), "chat_template_kwargs": {"enable_thinking": "on"}}, 400,
      "enable_thinking"),
-    ("n above one", {"messages": _messages("hi"), "n": 2}, 400, "'n'"),
+    ("n above the limit", {"messages": _messages("hi"), "n": 17}, 400, "'n'"),
+    ("n zero", {"messages": _messages("hi"), "n": 0}, 400, "'n'"),
+    ("too many stop strings", {"messages": _messages("hi"), "stop": ["a", "b", "c", "d", "e"]}, 400, "stop"),
+    ("logit_bias out of range", {"messages": _messages("hi"), "logit_bias": {"5": 300}}, 400, "logit_bias"),
+    ("logit_bias id not a token", {"messages": _messages("hi"), "logit_bias": {"x": 1}}, 400, "logit_bias"),
+    ("frequency_penalty out of range", {"messages": _messages("hi"), "frequency_penalty": 3}, 400,
+     "frequency_penalty"),
     ("prompt over the context", {"messages": _messages("hello " * 700)}, 400, "the context is 512 tokens"),
     ("deeply nested json", b'{"messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", 400, "nested too deeply"),
     ("deeply nested field", b'{"messages": [{"role": "user", "content": "hi"}], "metadata": '
@@ -181,7 +201,7 @@ BAD_REQUESTS = [
     ("seed of 400 digits", b'{"messages": [{"role": "user", "content": "hi"}], "seed": 1' + b"0" * 400 + b"}",
      400, "'seed' must be <="),
     ("max_tokens overflowing", {"messages": _messages("hi"), "max_tokens": 1e400}, 400, "'max_tokens' must be finite"),
-    ("unknown field", {"messages": _messages("hi"), "typical_p": 0.5}, 400, "unknown field 'typical_p'"),
+    ("unknown field", {"messages": _messages("hi"), "best_of": 2}, 400, "unknown field 'best_of'"),
     ("both token limits", {"messages": _messages("hi"), "max_tokens": 3, "max_completion_tokens": 4}, 400, "differ"),
 ]
 
@@ -239,14 +259,14 @@ def test_client_disconnect_stops_generation(model_and_tokenizer):
     _wait_for(lambda: worker.history and worker.history[-1].finished)
     job = worker.history[-1]
     assert job.outcome == "cancelled"
-    assert job.stream.result.stats.generated_tokens < full
+    assert job.result[0].stats.generated_tokens < full
 
     # Non-streaming: the client gives up (read timeout) while its request runs.
     with pytest.raises(httpx.ReadTimeout):
       client.post("/v1/chat/completions", json=_body(_messages("Another long story.")), timeout=0.6)
     _wait_for(lambda: len(worker.history) == 2)
     assert worker.history[-1].outcome == "cancelled"
-    assert worker.history[-1].stream.result.stats.generated_tokens < full
+    assert worker.history[-1].result[0].stats.generated_tokens < full
 
     # The server still answers in full.
     r = client.post("/v1/chat/completions", json=_body(_messages("Hello")))
@@ -287,20 +307,20 @@ def test_thinking_goes_to_reasoning_content(model_and_tokenizer):
 APPLIED, INFORMATIONAL, REFUSED = "applied", "informational", "refused"
 OPENAI_FIELDS = {  # field -> (a value that asks for something, what the server must do)
     "audio": ({"voice": "alloy", "format": "wav"}, REFUSED),
-    "frequency_penalty": (0.5, REFUSED),
+    "frequency_penalty": (0.5, APPLIED),
     "function_call": ("auto", REFUSED),
     "functions": ([{"name": "f", "parameters": {"type": "object", "properties": {}}}], REFUSED),
-    "logit_bias": ({"50": 5}, REFUSED),
+    "logit_bias": ({"50": 5}, APPLIED),
     "logprobs": (True, REFUSED),
     "max_completion_tokens": (3, APPLIED),
     "max_tokens": (3, APPLIED),
     "metadata": ({"run": "test"}, INFORMATIONAL),
     "modalities": (["text", "audio"], REFUSED),
     "moderation": ({"model": "omni-moderation-latest"}, REFUSED),
-    "n": (2, REFUSED),
+    "n": (2, APPLIED),
     "parallel_tool_calls": (True, REFUSED),
     "prediction": ({"type": "content", "content": "Hi"}, REFUSED),
-    "presence_penalty": (0.5, REFUSED),
+    "presence_penalty": (0.5, APPLIED),
     "prompt_cache_key": ("key", INFORMATIONAL),
     "prompt_cache_options": ({"mode": "explicit", "ttl": "30m"}, INFORMATIONAL),
     "prompt_cache_retention": ("24h", INFORMATIONAL),
@@ -309,7 +329,7 @@ OPENAI_FIELDS = {  # field -> (a value that asks for something, what the server 
     "safety_identifier": ("someone", INFORMATIONAL),
     "seed": (7, APPLIED),
     "service_tier": ("flex", REFUSED),
-    "stop": (["\n"], REFUSED),
+    "stop": (["\n"], APPLIED),
     "store": (True, REFUSED),
     "stream": (True, APPLIED),
     "stream_options": ({"include_usage": False}, APPLIED),
@@ -325,7 +345,9 @@ OPENAI_FIELDS = {  # field -> (a value that asks for something, what the server 
 # Fields outside OpenAI's list, sent through the client's extra_body.
 EXTRA_FIELDS = {
     "top_k": (5, APPLIED), "min_p": (0.2, APPLIED), "repetition_penalty": (1.3, APPLIED),
-    "chat_template_kwargs": ({"enable_thinking": False}, APPLIED), "typical_p": (0.9, REFUSED),
+    "chat_template_kwargs": ({"enable_thinking": False}, APPLIED), "typical_p": (0.9, APPLIED),
+    "min_tokens": (3, APPLIED), "no_repeat_ngram_size": (2, APPLIED), "epsilon_cutoff": (0.01, APPLIED),
+    "eta_cutoff": (0.01, APPLIED), "chat_template": ("{{ messages }}", REFUSED),
     "response_format": ({"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}, REFUSED),
     "stream_options": ({"include_usage": True, "continuous_usage_stats": True}, REFUSED),
 }
@@ -397,11 +419,17 @@ def test_every_request_field_is_applied_or_refused(openai_client, model_and_toke
     given[field] = value
   elif field == "chat_template_kwargs":
     given["thinking"] = value["enable_thinking"]
+  elif expect == APPLIED and field not in ("stream", "stream_options"):
+    given[field] = value  # n, stop, logit_bias and the other sampling settings
   # The settings echoed are the ones given (0.7 stays 0.7), and the text is generate()'s with them.
   assert {k: settings[k] for k in given} == given
   assert all(type(settings[k]) is type(v) for k, v in given.items() if k in ("temperature", "top_p")), settings
   kw = dict(given, max_new_tokens=given.pop("max_tokens"))
   kw.update({k: settings[k] for k in MODEL_SETTINGS})
+  renames = dict(n="num_return_sequences", min_tokens="min_new_tokens")
+  kw = {renames.get(k, k): v for k, v in kw.items()}
+  if "logit_bias" in kw:
+    kw["logit_bias"] = {int(t): b for t, b in kw["logit_bias"].items()}
   want = _expected(model_and_tokenizer, _messages("Name a fruit."), **kw)
   assert text == want.answer
   if field == "stream_options":
