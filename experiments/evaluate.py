@@ -28,7 +28,9 @@ flags.DEFINE_multi_string("include_path", [], "Directories of extra task YAML fi
 flags.DEFINE_string("workdir", None, "Where results, per-sample logs and summary.csv go.")
 flags.DEFINE_multi_string("grid", [], "An axis, name=v1,v2,... (repeatable; every combination is a cell): a "
                           "gen_kwargs key (temperature, top_p, top_k, min_p, repetition_penalty, do_sample, "
-                          "max_gen_toks), thinking (the chat template's enable_thinking) or seed.")
+                          "max_gen_toks, or another sampling setting of the engine: typical_p, epsilon_cutoff, "
+                          "eta_cutoff, no_repeat_ngram_size, min_new_tokens, frequency_penalty, presence_penalty), "
+                          "thinking (the chat template's enable_thinking) or seed.")
 flags.DEFINE_string("gen_kwargs", "", "gen_kwargs of every cell, lm-eval's form: 'max_gen_toks=1024,top_p=0.95'.")
 flags.DEFINE_bool("thinking", None, "The chat template's enable_thinking when no thinking axis is given "
                   "(unset: the template's default).")

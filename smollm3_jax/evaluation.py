@@ -13,7 +13,7 @@ Workdir::
     cells/<cell>/samples_<task>.jsonl lm-eval's per-sample logs (doc, arguments, responses, metrics)
     summary.csv                      one row per finished cell: its settings, then task/metric columns
 
-An axis is a ``gen_kwargs`` key (:data:`smollm3_jax.lm_eval_model.GEN_KWARGS` but ``until``) or one
+An axis is a ``gen_kwargs`` key (:data:`smollm3_jax.lm_eval_model.GEN_KWARGS` but ``until`` and ``logit_bias``) or one
 of the model's settings :data:`MODEL_AXES` (``thinking``: the chat template's enable_thinking;
 ``seed``). A cell with a temperature samples when it is > 0 and decodes greedily at 0 (``do_sample``
 follows it unless it is an axis itself: task YAMLs such as gsm8k's say ``do_sample: false``, which
@@ -40,7 +40,12 @@ CONFIG_FILE, SUMMARY_FILE, RESULTS_FILE = "config.json", "summary.csv", "results
 
 def _gen_axes() -> tuple[str, ...]:
   from smollm3_jax.lm_eval_model import GEN_KWARGS
-  return tuple(k for k in GEN_KWARGS if k != "until")
+  return tuple(k for k in GEN_KWARGS if k not in ("until", "logit_bias"))
+
+
+def _integer_axes() -> set[str]:
+  from smollm3_jax import sampling
+  return {"seed", "max_gen_toks"} | {k for k, s in sampling.SETTINGS.items() if s.integer}
 
 
 def _value(axis: str, text: str):
@@ -55,7 +60,7 @@ def _value(axis: str, text: str):
     raise ValueError(f"grid axis {axis}: {text!r} is not a number") from None
   if not math.isfinite(number):
     raise ValueError(f"grid axis {axis}: {text!r} is not finite")
-  if axis in ("top_k", "seed", "max_gen_toks"):
+  if axis in _integer_axes():
     if not number.is_integer():
       raise ValueError(f"grid axis {axis}: {text!r} is not an integer")
     return int(number)

@@ -14,13 +14,17 @@
   already holds the chat template when lm-eval applied it), in batches of requests that share their
   ``gen_kwargs``. Mapped ``gen_kwargs``: ``temperature``, ``top_p``, ``top_k``, ``min_p``,
   ``repetition_penalty``, ``do_sample`` (false = greedy, temperature 0), ``max_gen_toks`` (and
-  lm-eval's aliases), ``until``; any other key is refused (ValueError naming it). Settings left out
-  take what ``hf`` takes (``transformers``' ``generate``): the checkpoint's generation_config.json
-  when it has one, else ``transformers``' library defaults (no repetition penalty; ``top_k=50`` when
-  sampling). A row stops at a stop id or ``max_gen_toks``; the ``until`` strings are cut on the host
-  from the decoded text (after the thinking part, with ``think_end_token``), as ``hf``'s
-  post-processing does. ``hf`` also stops a batch early once every row holds a stop string; this
-  model decodes on to the stop id or budget, so its text is the same but it may spend more tokens.
+  lm-eval's aliases), ``until``, and the engine's other settings (``typical_p``, ``epsilon_cutoff``,
+  ``eta_cutoff``, ``no_repeat_ngram_size``, ``min_new_tokens``, ``frequency_penalty``,
+  ``presence_penalty``, ``logit_bias``: off unless given); any other key is refused (ValueError
+  naming it). The five classic settings left out take what ``hf`` takes (``transformers``'
+  ``generate``): the checkpoint's generation_config.json when it has one, else ``transformers``'
+  library defaults (no repetition penalty; ``top_k=50`` when sampling). A row stops at a stop id,
+  ``max_gen_toks`` or (thinking off) the first of up to four ``until`` strings it completes; the
+  ``until`` strings are then cut on the host from the decoded text (after the thinking part, with
+  ``think_end_token``), as ``hf``'s post-processing does. With thinking on, rows decode on to the
+  stop id or the budget (a stop string inside the thinking does not end the row, where ``hf``'s
+  stopping criteria would).
   Each row samples with its own seed, a hash of ``seed``, the context and the repeat number: a
   request samples the same in any batch.
 * The chat template (``apply_chat_template=True``, ``system_instruction``) renders with the
@@ -43,13 +47,17 @@ import numpy as np
 from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
 
-from smollm3_jax import validation
+from smollm3_jax import sampling, validation
 
 log = logging.getLogger(__name__)
 
+# The sampling settings whose unset value is transformers.generate's (the generation_config's);
+# the engine's other settings (typical_p, epsilon_cutoff, eta_cutoff, no_repeat_ngram_size,
+# min_new_tokens, frequency_penalty, presence_penalty, logit_bias) are off unless a request sets them.
+CLASSIC = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
 # gen_kwargs this model understands (lm-eval's token-budget aliases are folded into max_gen_toks first).
-GEN_KWARGS = ("until", "max_gen_toks", "do_sample", "temperature", "top_p", "top_k", "min_p",
-              "repetition_penalty")
+GEN_KWARGS = ("until", "max_gen_toks", "do_sample", *CLASSIC,
+              *(k for k in sampling.SETTINGS if k not in CLASSIC))
 # What `transformers.generate` uses for a setting the checkpoint does not name (GenerationConfig).
 TRANSFORMERS_UNSET = dict(temperature=1.0, top_k=50, top_p=1.0, min_p=0.0, repetition_penalty=1.0)
 DEFAULT_MAX_GEN_TOKS = 256  # lm-eval's hf default
@@ -235,8 +243,8 @@ class SmolLM3JaxLM(TemplateLM):
     if unknown:
       raise ValueError(f"gen_kwargs: {', '.join(unknown)} not supported by smollm3_jax (it maps "
                        f"{', '.join(GEN_KWARGS)})")
-    until = handle_stop_sequences(kwargs.pop("until", None), eos=self.tok_decode([self.eot_token_id],
-                                                                                 skip_special_tokens=False))
+    until = handle_stop_sequences(kwargs.pop("until", None),
+                                  eos=self.tok_decode([self.eot_token_id], skip_special_tokens=False))
     do_sample = _to_bool("do_sample", kwargs.pop("do_sample"))
     settings = {}
     if do_sample:
@@ -245,17 +253,23 @@ class SmolLM3JaxLM(TemplateLM):
       settings["temperature"] = float(kwargs["temperature"]) if "temperature" in gen_kwargs else self._unset["temperature"]
     else:
       settings["temperature"] = 0.0
-    for name in ("top_p", "top_k", "min_p", "repetition_penalty"):
+    for name in CLASSIC[1:]:
       value = kwargs.get(name)
       settings[name] = self._unset[name] if value is None else value
     settings["top_k"] = int(settings["top_k"] or 0)
+    settings.update({k: v for k, v in kwargs.items() if k in sampling.SETTINGS and k not in CLASSIC})
     settings["max_new_tokens"] = validation.as_count("max_gen_toks", kwargs["max_gen_toks"], low=1)
     if settings["max_new_tokens"] >= self.max_length:
       raise ValueError(f"gen_kwargs: max_gen_toks {settings['max_new_tokens']} leaves no room for the "
                        f"context in max_length {self.max_length}")
-    from smollm3_jax import sampling
-    sampling.validate_sampling_args(**{k: v for k, v in settings.items() if k != "max_new_tokens"})
-    return {"settings": settings, "until": until}
+    sampling.validate_sampling_args(**{k: v for k, v in settings.items() if k != "max_new_tokens"},
+                                    vocab_size=self.model.config.vocab_size)
+    # Up to 4 of the stop strings also end rows early in the engine (the first one completed ends the
+    # row, as hf's stopping criteria); the cut itself is postprocess's. Not with thinking on: a stop
+    # string inside the thinking would end the row there, and the answer is what `until` applies to.
+    eos = self.tok_decode([self.eot_token_id], skip_special_tokens=False)
+    early = [] if self.think_end_token else [u for u in until if u and u != eos][:4]
+    return {"settings": settings, "until": until, "stop": early or None}
 
   def postprocess(self, token_ids, until) -> str:
     """The text lm-eval scores: decoded without special tokens, the thinking part dropped (text
@@ -288,7 +302,8 @@ class SmolLM3JaxLM(TemplateLM):
         for start in range(0, len(idx), self.batch_size):
           rows = idx[start:start + self.batch_size]
           result = smollm3_jax.generate(self.model, self.tokenizer, [ids[i] for i in rows],
-                                        seed=[seeds[i] for i in rows], thinking=False, **plan["settings"])
+                                        seed=[seeds[i] for i in rows], thinking=False, stop=plan["stop"],
+                                        **plan["settings"])
           for i, c in zip(rows, result.completions):
             text = self.postprocess(c.token_ids, plan["until"])
             out[i] = text

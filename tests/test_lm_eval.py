@@ -135,6 +135,16 @@ def test_gen_kwargs_mapping(lm):
   assert s["settings"] == dict(temperature=1.0, top_p=1.0, top_k=50, min_p=0.0, repetition_penalty=1.0,
                                max_new_tokens=5)
   assert lm.generation_settings({})["settings"]["max_new_tokens"] == 256  # lm-eval's default budget
+  # The engine's other settings pass through when given (off otherwise).
+  s = lm.generation_settings({"temperature": 0.8, "typical_p": 0.9, "no_repeat_ngram_size": 3,
+                              "min_new_tokens": 2, "frequency_penalty": 0.5})
+  assert {k: s["settings"][k] for k in ("typical_p", "no_repeat_ngram_size", "min_new_tokens",
+                                        "frequency_penalty")} == dict(typical_p=0.9, no_repeat_ngram_size=3,
+                                                                      min_new_tokens=2, frequency_penalty=0.5)
+  assert "eta_cutoff" not in lm.generation_settings({})["settings"]
+  # Up to four stop strings end rows early (lm-eval's eos string is already a stop id).
+  assert lm.generation_settings({"until": ["a", "b", "c", "d", "e"]})["stop"] == ["a", "b", "c", "d"]
+  assert lm.generation_settings({})["stop"] is None
 
 
 @pytest.mark.parametrize("gen_kwargs, message", [
@@ -142,6 +152,7 @@ def test_gen_kwargs_mapping(lm):
     ({"do_sample": True, "temperature": 0.0}, "temperature > 0"),
     ({"temperature": 0.5, "top_p": 1.5}, "top_p"),
     ({"max_gen_toks": 8192}, "max_gen_toks"),
+    ({"typical_p": 0.0}, "typical_p"),
 ])
 def test_bad_gen_kwargs_are_refused(lm, gen_kwargs, message):
   with pytest.raises(ValueError, match=message):
@@ -194,6 +205,7 @@ def test_thinking_is_stripped_before_until(lm, demo_model, smollm3_template_toke
   thinking = SmolLM3JaxLM(model=demo_model, tokenizer=tok, enable_thinking=True, progress=False)
   ids = tok.encode("<think>\nQ: let me think. 4\n</think>\n\nThe answer is 4.\nQ: next") + [tok.eos_token_id]
   assert thinking.postprocess(ids, ["Q:", "\n"]) == "The answer is 4."
+  assert thinking.generation_settings({"until": ["Q:"]})["stop"] is None  # no early stop inside the thinking
   assert lm.postprocess(ids, ["Q:"]) == "<think>\n"  # without thinking mode: hf's plain cut
 
 
