@@ -11,10 +11,11 @@
   trailing spaces of the context move to the continuation, an empty context scores from the
   prefix token), and a pair longer than ``max_length + 1`` loses tokens on the left, as in ``hf``.
 * ``generate_until`` runs on :func:`smollm3_jax.generate` with token-id prompts (the context
-  already holds the chat template when lm-eval applied it), in batches of requests that share their
-  ``gen_kwargs``. Mapped ``gen_kwargs``: ``temperature``, ``top_p``, ``top_k``, ``min_p``,
-  ``repetition_penalty``, ``do_sample`` (false = greedy, temperature 0), ``max_gen_toks`` (and
-  lm-eval's aliases), ``until``, and the engine's other settings (``typical_p``, ``epsilon_cutoff``,
+  already holds the chat template when lm-eval applied it), one call per set of requests that share
+  their ``gen_kwargs``, through ``batch_size`` slots of the engine's pool (continuous batching).
+  Mapped ``gen_kwargs``: ``temperature``, ``top_p``, ``top_k``, ``min_p``, ``repetition_penalty``,
+  ``do_sample`` (false = greedy, temperature 0), ``max_gen_toks`` (and lm-eval's aliases),
+  ``until``, and the engine's other settings (``typical_p``, ``epsilon_cutoff``,
   ``eta_cutoff``, ``no_repeat_ngram_size``, ``min_new_tokens``, ``frequency_penalty``,
   ``presence_penalty``, ``logit_bias``: off unless given); any other key is refused (ValueError
   naming it). The five classic settings left out take what ``hf`` takes (``transformers``'
@@ -279,7 +280,6 @@ class SmolLM3JaxLM(TemplateLM):
 
   def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
     import smollm3_jax
-    from tqdm.auto import tqdm
 
     args = [req.args for req in requests]
     groups: dict[str, list[int]] = {}
@@ -292,23 +292,18 @@ class SmolLM3JaxLM(TemplateLM):
       seeds.append(_row_seed(self.seed, context, repeats.get(context, 0)))
       repeats[context] = repeats.get(context, 0) + 1
     out: list[str | None] = [None] * len(args)
-    with tqdm(total=len(args), desc="generate_until", disable=disable_tqdm or not self.progress,
-              dynamic_ncols=True) as bar:
-      for key, idx in groups.items():
-        plan = plans[key]
-        budget = self.max_length - plan["settings"]["max_new_tokens"]  # hf: room for the new tokens
-        ids = {i: self.tok_encode(args[i][0], left_truncate_len=budget) for i in idx}
-        idx = sorted(idx, key=lambda i: -len(ids[i]))
-        for start in range(0, len(idx), self.batch_size):
-          rows = idx[start:start + self.batch_size]
-          result = smollm3_jax.generate(self.model, self.tokenizer, [ids[i] for i in rows],
-                                        seed=[seeds[i] for i in rows], thinking=False, stop=plan["stop"],
-                                        **plan["settings"])
-          for i, c in zip(rows, result.completions):
-            text = self.postprocess(c.token_ids, plan["until"])
-            out[i] = text
-            self.cache_hook.add_partial("generate_until", args[i], text)
-          bar.update(len(rows))
+    for key, idx in groups.items():
+      plan = plans[key]
+      budget = self.max_length - plan["settings"]["max_new_tokens"]  # hf: room for the new tokens
+      ids = [self.tok_encode(args[i][0], left_truncate_len=budget) for i in idx]
+      # One call per group: its rows run through `batch_size` slots of the engine's pool, a row
+      # starting as soon as another finishes (no batch waits for its longest row).
+      result = smollm3_jax.generate(self.model, self.tokenizer, ids, seed=[seeds[i] for i in idx], thinking=False,
+                                    stop=plan["stop"], slots=min(self.batch_size, len(idx)),
+                                    progress=self.progress and not disable_tqdm, **plan["settings"])
+      for i, c in zip(idx, result.completions):
+        out[i] = self.postprocess(c.token_ids, plan["until"])
+        self.cache_hook.add_partial("generate_until", args[i], out[i])
     return out
 
   # -- chat ---------------------------------------------------------------------------------------
