@@ -54,7 +54,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.seed = 0                    # the data order and the held-out split
 
   c.log_every = 1               # metrics.jsonl line every N steps
-  c.eval_every = 25             # held-out loss every N steps (0 = only at the end)
+  c.eval_every = 25             # held-out loss before the first step and every N steps (0 = only at the end)
   c.checkpoint_every = 25       # Orbax checkpoint every N steps (and at the end; 0 = only at the end)
   c.keep_checkpoints = 2
   c.export = True               # write workdir/export (from_pretrained / sweep model.checkpoint)

@@ -253,6 +253,8 @@ def _run(c: dict, workdir: str, date: str, stop_after: int | None, tqdm) -> Outc
     return loss
 
   train_losses, eval_losses = [], []
+  if start is None and c["eval_every"] and eval_ex:  # the baseline: the held-out loss before training
+    eval_losses.append((0, run_eval(0)))
   bar = tqdm(total=total, initial=step, desc="fine-tune", unit="step", disable=not c["progress"])
   done_here = 0
   # tokens/s of the training steps only (not evaluation or checkpoints), from the second step of this

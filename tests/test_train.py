@@ -441,6 +441,8 @@ def test_killed_run_resumes_to_the_same_parameters_bitwise(runs):
   assert [l["loss"] for l in lines if "loss" in l] == [
       l["loss"] for l in map(json.loads, open(os.path.join(whole.workdir, "metrics.jsonl"))) if "loss" in l]
   assert all(l["ul"] > 0 for l in lines if "loss" in l)
+  assert [l["step"] for l in lines if "eval_loss" in l] == [0, 2, 4]  # the baseline, every 2, the end
+  assert whole.eval_loss[0][0] == 0 and whole.eval_loss[-1][1] < whole.eval_loss[0][1]
 
 
 def test_resume_with_another_config_is_refused(runs):
