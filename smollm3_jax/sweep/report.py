@@ -385,7 +385,7 @@ def line_figure(summary: Sequence[Mapping], metric: str, x: str, hue: str | None
     sub = [s for s in summary if tuple(s[a] for a in others) == combo]
     xs_all = sorted({float(s[x]) for s in summary})
     # lines of one panel side by side (a small x offset) so their error bars do not hide each other
-    step = 0.08 * min(np.diff(xs_all)) / max(1, len(hues) - 1) if len(xs_all) > 1 else 0.0
+    step = 0.05 * min(np.diff(xs_all)) / max(1, len(hues) - 1) if len(xs_all) > 1 else 0.0
     for li, h in enumerate(hues):
       pts = sorted((s[x], s.get(metric, np.nan), s.get(metric + "_lo", np.nan), s.get(metric + "_hi", np.nan))
                    for s in sub if hue is None or s[hue] == h)
