@@ -224,7 +224,7 @@ class _Call:
 
 def _setup(model, tokenizer, prompts, *, chat, thinking, max_new_tokens, seed, newline_limit, stop_ids,
            context_length, engine, share_prefill=True, mesh=None, date=None, num_return_sequences=1, slots=None,
-           stop=None, **sampling_settings) -> _Call:
+           stop=None, cache_length=None, **sampling_settings) -> _Call:
   """Checks every argument (before any compile), renders the prompts and makes one request per row."""
   vocab = model.config.vocab_size
   texts, prompt_ids = render_prompts(tokenizer, prompts, chat=chat, thinking=thinking, date=date,
@@ -277,6 +277,11 @@ def _setup(model, tokenizer, prompts, *, chat, thinking, max_new_tokens, seed, n
     requests.append(Request(prompt=prompt_ids[i], settings=row, seed=int(seeds[i]), max_new=int(max_new[i]),
                             newline_limit=int(nl[i]), share=share, tag=i))
   need = max(len(p) + min(int(m), limit - len(p)) - 1 for p, m in zip(prompt_ids, max_new))
+  if cache_length is not None:  # a fixed pool length (a chat session's: one program set for every turn)
+    cache_length = validation.as_count("cache_length", cache_length, low=1)
+    if cache_length < need:
+      raise ValueError(f"cache_length {cache_length} is too short: the prompts and max_new_tokens need {need} slots")
+    need = cache_length
   # Settings echoed as given (0.7, not its float32 value 0.699999988079071).
   settings = {name: [_plain_number(v) for v in expand(name, given.get(name, sampling.SETTINGS[name].off))]
               for name in _ECHOED}
@@ -334,7 +339,7 @@ def generate(model: SmolLM3, tokenizer, prompts, *, chat: bool = True, thinking=
              max_new_tokens=None, seed=0, newline_limit=None, stop_ids=None, stop=None,
              context_length: int | None = None, engine: Engine | None = None, mesh=None,
              share_prefill: bool = True, date=None, num_return_sequences: int = 1, slots: int | None = None,
-             progress: bool = False, **sampling_settings) -> GenerationResult:
+             cache_length: int | None = None, progress: bool = False, **sampling_settings) -> GenerationResult:
   """Generates one completion per prompt (``num_return_sequences`` per prompt: prompt-major).
 
   ``prompts``: a string, a list of strings, or message lists (``chat=True`` renders them with the
@@ -350,7 +355,9 @@ def generate(model: SmolLM3, tokenizer, prompts, *, chat: bool = True, thinking=
   Rows run through a pool of ``slots`` slots (default: one per row): when there are more rows than
   slots, a row starts as soon as another finishes. A row's tokens do not depend on its slot, its
   neighbours or when it starts. Rows that repeat a prompt (``num_return_sequences``, a grid of
-  settings) run its prefill once (``share_prefill``).
+  settings) run its prefill once (``share_prefill``). ``cache_length`` fixes the cache slots per row
+  (default: what the longest prompt and budget need, rounded to a bucket): calls with one value
+  share one set of compiled programs. ``progress``: a tqdm bar of finished rows.
   ``mesh`` (a Mesh or "data=D,model=M") shards the run; by default the model's own mesh, if any.
   ``date`` is the day the chat template sees (SmolLM3 writes it into the prompt): a date,
   "YYYY-MM-DD", or None for ``$SMOLLM3_JAX_CHAT_DATE`` when set, else today.
@@ -365,7 +372,7 @@ def generate(model: SmolLM3, tokenizer, prompts, *, chat: bool = True, thinking=
   call = _setup(model, tokenizer, prompts, chat=chat, **filled, seed=seed, newline_limit=newline_limit,
                 stop_ids=stop_ids, context_length=context_length, engine=engine, mesh=mesh,
                 share_prefill=share_prefill, date=date, num_return_sequences=num_return_sequences, slots=slots,
-                stop=stop, **sampling_settings)
+                stop=stop, cache_length=cache_length, **sampling_settings)
   pool = call.pool()
   bar = None
   if progress:
@@ -449,7 +456,8 @@ class Stream:
 # stream()'s keyword arguments and their defaults (None: the checkpoint's, as in generate()).
 _DEFAULTS = dict(chat=True, thinking=None, temperature=None, top_k=None, top_p=None, min_p=None,
                  repetition_penalty=None, max_new_tokens=None, seed=0, newline_limit=None, stop_ids=None,
-                 stop=None, context_length=None, engine=None, mesh=None, share_prefill=True, date=None)
+                 stop=None, context_length=None, engine=None, mesh=None, share_prefill=True, date=None,
+                 cache_length=None)
 
 
 def stream(model: SmolLM3, tokenizer, prompt, *, hide_thinking: bool = False, chunk_steps: int = 4,

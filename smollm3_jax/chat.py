@@ -130,6 +130,22 @@ class ChatSession:
     """Room kept for the answer when trimming history."""
     return max(1, min(self.max_new_tokens, self.context_length // 2))
 
+  @property
+  def cache_length(self) -> int:
+    """Cache slots of every turn (the context, rounded to a bucket): one program set for all turns."""
+    from smollm3_jax.engine import get_engine
+
+    return get_engine(self.model, self.tokenizer).cache_length_for(self.context_length)
+
+  def warmup(self) -> float:
+    """Compiles every program a turn can run (prefill, insert, each decode window of the context),
+    so no turn waits for a compile; returns the seconds spent."""
+    from smollm3_jax.engine import get_engine
+
+    engine = get_engine(self.model, self.tokenizer)
+    pool = engine.pool(1, self.cache_length, stop_ids=self.tokenizer.stop_token_ids, context_length=self.context_length)
+    return pool.warmup()
+
   def reset(self):
     self.history = []
     self.last_stats = None
@@ -194,7 +210,7 @@ class Reply:
     self._stream = smollm3_jax.stream(
         s.model, s.tokenizer, self.prompt_ids, hide_thinking=False, chunk_steps=s.chunk_steps,
         thinking=s.thinking, max_new_tokens=s.max_new_tokens, seed=(s.seed + s.turns) % 2**32,
-        context_length=s.context_length, **s.sampling)
+        context_length=s.context_length, cache_length=s.cache_length, **s.sampling)
     if self.cancelled:
       self._stream.cancel()
     s.turns += 1

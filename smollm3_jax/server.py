@@ -95,7 +95,8 @@ REQUEST_NAMES = {name: {"min_new_tokens": "min_tokens"}.get(name, name) for name
                  if name != "logit_bias"}
 # Bounds the API puts on settings beyond the library's own checks (OpenAI's ranges).
 _API_BOUNDS = {"temperature": dict(low=0.0, high=2.0), "top_p": dict(low=0.0, high=1.0, low_open=True),
-               "top_k": dict(low=-1), "repetition_penalty": dict(low=0.0, high=10.0, low_open=True)}
+               "top_k": dict(low=-1), "min_p": dict(low=0.0, high=1.0),
+               "repetition_penalty": dict(low=0.0, high=10.0, low_open=True)}
 
 # What the server does with each field of a chat-completions request (OpenAI's, as the official
 # client sends them, plus vLLM's extras). A null value is the same as leaving the field out.

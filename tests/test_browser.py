@@ -239,5 +239,5 @@ def test_page_streams_reply_like_the_api(browser, served):
     time.sleep(0.05)
   job = app.state.worker.history[-1]
   assert job.outcome == "cancelled"
-  assert job.stream.result.stats.generated_tokens < MAX_TOKENS
+  assert job.result[0].stats.generated_tokens < MAX_TOKENS
   assert page.eval("document.getElementById('send').disabled") is False

@@ -47,6 +47,24 @@ def test_history_is_trimmed_from_the_oldest_turn(model_and_tokenizer):
   assert session.history == kept
 
 
+def test_after_warmup_later_turns_compile_nothing(model_and_tokenizer):
+  """Every turn runs in one pool of the session's context (a fixed program set the warm-up compiles):
+  the growing history moves to longer prompts and larger read windows without a compile."""
+  from smollm3_jax.engine import COMPILE_COUNTS
+
+  model, tok = model_and_tokenizer
+  session = chat.ChatSession(model, tok, context_length=512, max_new_tokens=24, temperature=0.0)
+  session.warmup()
+  before = dict(COMPILE_COUNTS)
+  lengths = []
+  for question in ("Hello there", "Tell me more " + "please " * 60, "And again " + "more " * 120):
+    reply = session.ask(question)
+    list(reply)
+    lengths.append(len(reply.prompt_ids))
+  assert lengths[0] < 256 < lengths[2]  # the third turn reads a larger window than the first
+  assert dict(COMPILE_COUNTS) == before
+
+
 def test_reply_streams_generate_text_and_joins_history(model_and_tokenizer):
   model, tok = model_and_tokenizer
   session = chat.ChatSession(model, tok, max_new_tokens=16, temperature=0.8, top_p=0.9, seed=5, chunk_steps=2)
