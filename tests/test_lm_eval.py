@@ -288,3 +288,65 @@ def test_evaluate_script_refuses_bad_flags_before_loading(tmp_path):
                           cwd=root, env=dict(os.environ, JAX_PLATFORMS="cpu"))
     assert proc.returncode == 1 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
   assert not (tmp_path / "wd").exists()
+
+
+# experiments/evaluate.py with one change: after the first cell's results are written, the child
+# touches a marker file and waits to be killed (the kill lands where the test chose, on any machine).
+_STOP_AFTER_FIRST_CELL = """
+import os, runpy, sys, time
+from smollm3_jax import evaluation
+_write_summary = evaluation.write_summary
+def write_summary(workdir, grid):
+  path = _write_summary(workdir, grid)
+  with open(os.environ["EVAL_TEST_MARKER"] + ".tmp", "w") as f:
+    f.write("1")
+  os.replace(os.environ["EVAL_TEST_MARKER"] + ".tmp", os.environ["EVAL_TEST_MARKER"])
+  time.sleep(3600)
+evaluation.write_summary = write_summary
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def test_evaluate_script_resumes_a_killed_grid(tmp_path):
+  import json
+  import signal
+  import subprocess
+  import sys
+  import time
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  script = os.path.join(root, "experiments", "evaluate.py")
+  workdir, marker = tmp_path / "wd", tmp_path / "first_cell_done"
+  wrapper = tmp_path / "stop_after_first_cell.py"
+  wrapper.write_text(_STOP_AFTER_FIRST_CELL)
+  # The perplexity task on one document (one small scoring program), two cells.
+  args = [script, "--checkpoint=demo", "--dtype=float32", "--tasks=smollm3_jax_documents", f"--include_path={DATA}",
+          "--limit=1", "--grid=seed=3,4", f"--workdir={workdir}", "--noprogress"]
+  env = dict(os.environ, JAX_PLATFORMS="cpu", EVAL_TEST_MARKER=str(marker),
+             PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  proc = subprocess.Popen([sys.executable, str(wrapper), *args], cwd=root, env=env, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE)
+  try:
+    deadline = time.monotonic() + 240
+    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+      time.sleep(0.05)
+    assert marker.exists() and proc.poll() is None, \
+        "evaluate.py did not finish a cell: " + (proc.stderr.read().decode()[-3000:] if proc.poll() is not None else "timeout")
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+      proc.wait()
+    proc.stderr.close()
+  first = workdir / "cells" / "seed=3" / "results.json"
+  stamp = first.stat().st_mtime_ns
+  assert not (workdir / "cells" / "seed=4" / "results.json").exists()
+  done = subprocess.run([sys.executable, *args], cwd=root, env=env, capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert "ran 1 cell(s), 1 done before" in done.stdout
+  assert first.stat().st_mtime_ns == stamp  # the finished cell was not redone
+  second = json.loads((workdir / "cells" / "seed=4" / "results.json").read_text())
+  assert second["cell"] == {"seed": 4} and "word_perplexity,none" in second["results"]["smollm3_jax_documents"]
+  assert len((workdir / "cells" / "seed=4" / "samples_smollm3_jax_documents.jsonl").read_text().splitlines()) == 1
+  assert (workdir / "summary.csv").read_text().count("\n") == 3  # header and two cells
