@@ -1,0 +1,143 @@
+"""Continuous batching: a row's tokens do not depend on its slot, its neighbours or when it starts
+(alone, in a full batch, or inserted mid-flight into a slot another row used); the pool's program
+set; utilization and queue figures."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from flax import nnx
+
+import smollm3_jax
+from smollm3_jax import config as C
+from smollm3_jax.engine import COMPILE_COUNTS, Engine, Request
+from smollm3_jax.model import SmolLM3
+
+# Settings per row: greedy, seeded sampling with filters, penalties, different budgets.
+ROWS = [
+    dict(temperature=0.0, max_new=9),
+    dict(temperature=0.9, top_p=0.9, seed=3, max_new=4),
+    dict(temperature=0.0, repetition_penalty=1.3, max_new=12),
+    dict(temperature=1.1, top_k=20, min_p=0.05, seed=7, max_new=6),
+    dict(temperature=0.7, repetition_penalty=1.2, seed=11, max_new=10),
+    dict(temperature=0.0, max_new=3),
+    dict(temperature=1.0, seed=5, max_new=8),
+]
+LENGTHS = [3, 17, 9, 40, 1, 25, 12]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+  model = SmolLM3(C.tiny(num_layers=2), rngs=nnx.Rngs(3))
+  rng = np.random.default_rng(0)
+  prompts = [rng.integers(1, 500, n).tolist() for n in LENGTHS]
+  return model, prompts
+
+
+def _settings(row):
+  return {k: v for k, v in row.items() if k not in ("seed", "max_new")}
+
+
+def _alone(model, prompt, row):
+  return smollm3_jax.generate(model, None, [prompt], stop_ids=[], seed=[row.get("seed", 0)],
+                              max_new_tokens=row["max_new"], **_settings(row))[0].token_ids
+
+
+@pytest.fixture(scope="module")
+def alone(tiny):
+  model, prompts = tiny
+  return [_alone(model, p, r) for p, r in zip(prompts, ROWS)]
+
+
+def test_batched_rows_equal_rows_alone(tiny, alone):
+  model, prompts = tiny
+  per_row = {k: [r.get(k, smollm3_jax.sampling.SETTINGS[k].off) for r in ROWS]
+             for k in ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")}
+  res = smollm3_jax.generate(model, None, prompts, stop_ids=[], seed=[r.get("seed", 0) for r in ROWS],
+                             max_new_tokens=[r["max_new"] for r in ROWS], **per_row)
+  assert [c.token_ids for c in res] == alone
+  assert [len(t) for t in alone] == [r["max_new"] for r in ROWS]
+
+
+@pytest.mark.parametrize("slots", [1, 2, 3])
+def test_rows_inserted_mid_flight_equal_rows_alone(tiny, alone, slots):
+  """More rows than slots: each finished row's slot is refilled by the next waiting row, whose cache
+  and state start where another row's were."""
+  model, prompts = tiny
+  engine = Engine(model, None)
+  pool = engine.pool(slots, engine.cache_length_for(max(LENGTHS) + 12), chunk_steps=2)
+  requests = [Request(prompt=p, settings=_settings(r), seed=r.get("seed", 0), max_new=r["max_new"])
+              for p, r in zip(prompts, ROWS)]
+  pool.submit(requests)
+  seen_slots = []
+  while not pool.idle:
+    seen_slots.append([None if r is None else requests.index(r) for r in pool.rows])
+    pool.step()
+  assert [r.token_ids for r in requests] == alone
+  assert all(r.done and r.reason for r in requests)
+  # Rows really started mid-flight, in slots other rows had used.
+  starts = sorted({r.admitted for r in requests})
+  assert len(starts) > 1 and any(r.queue_seconds > 0 for r in requests)
+  reused = [s for s in range(slots) if len({row[s] for row in seen_slots if row[s] is not None}) > 1]
+  assert reused
+  assert 0 < pool.utilization() <= 1
+  assert pool.stats["generated"] == sum(r["max_new"] for r in ROWS)
+
+
+def test_repeated_prompts_share_prefill_and_keep_their_own_seeds(tiny):
+  model, prompts = tiny
+  res = smollm3_jax.generate(model, None, [prompts[3]], num_return_sequences=4, temperature=1.0, seed=9,
+                             max_new_tokens=6, stop_ids=[])
+  assert res.stats.prefilled_prompts == 1 and len(res) == 4
+  seeds = smollm3_jax.api.row_seeds(9, 4)
+  for c, s in zip(res, seeds):
+    assert c.settings["seed"] == s
+    want = smollm3_jax.generate(model, None, [prompts[3]], temperature=1.0, seed=[int(s)], max_new_tokens=6,
+                                stop_ids=[])[0].token_ids
+    assert c.token_ids == want
+  assert len({tuple(c.token_ids) for c in res}) > 1  # four seeds, not one sample four times
+
+
+def test_a_pool_compiles_its_program_set_once(tiny):
+  """Warm-up compiles prefill (per rows bucket x window), insert and each decode window; then rows
+  of any prompt length and budget run without a compile."""
+  model, prompts = tiny
+  engine = Engine(model, None, prefill_chunk=64)
+  pool = engine.pool(2, 320)
+  before = dict(COMPILE_COUNTS)
+  pool.warmup()
+  # windows: 256 and the whole cache (320); prefill rows buckets 1 and 2
+  added = {k: COMPILE_COUNTS[k] - before.get(k, 0) for k in ("prefill", "insert", "decode")}
+  assert added == {"prefill": 4, "insert": 1, "decode": 2}
+  before = dict(COMPILE_COUNTS)
+  rng = np.random.default_rng(1)
+  long = rng.integers(1, 500, 290).tolist()  # 5 prefill chunks, then the 320-slot window
+  pool.submit([Request(prompt=p, max_new=m) for p, m in ((prompts[0], 4), (long, 20), (prompts[3], 9))])
+  pool.run()
+  assert dict(COMPILE_COUNTS) == before
+
+
+def test_cancelled_rows_free_their_slot(tiny):
+  model, prompts = tiny
+  engine = Engine(model, None)
+  pool = engine.pool(1, 128, chunk_steps=2)
+  first, second = (Request(prompt=p, max_new=40) for p in prompts[:2])
+  pool.submit([first, second])
+  pool.step()
+  assert pool.rows[0] is first and 0 < len(first.token_ids) < 40
+  pool.cancel(first)
+  pool.run()
+  assert first.done and smollm3_jax.decode.STOP_REASONS[first.reason] == "cancelled"
+  assert len(first.token_ids) < 40 and len(second.token_ids) == 40
+  assert second.token_ids == smollm3_jax.generate(model, None, [prompts[1]], max_new_tokens=40, stop_ids=[],
+                                                   temperature=0.0)[0].token_ids
+
+
+def test_a_request_that_does_not_fit_is_refused_before_queueing(tiny):
+  model, prompts = tiny
+  pool = Engine(model, None).pool(2, 128)
+  with pytest.raises(ValueError, match="cache slots"):
+    pool.submit([Request(prompt=prompts[0], max_new=4), Request(prompt=prompts[3], max_new=100)])
+  assert not pool.queue  # nothing queued
+  with pytest.raises(ValueError, match="empty"):
+    pool.submit([Request(prompt=[], max_new=4)])
