@@ -60,16 +60,37 @@ def run(main) -> None:
 
   app.run(main_with_cache, flags_parser=_parse_flags)
 
-SAMPLING_FLAGS = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty")
+SAMPLING_FLAGS = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty")  # checkpoint defaults apply
+BEAM_FLAGS = ("num_beams", "length_penalty", "early_stopping")
+_EARLY_STOPPING = {"false": False, "true": True, "never": "never"}
+
+
+def parse_logit_bias(value):
+  """--logit_bias text "id:bias,id:bias" -> {id: bias} (None / "" -> None); ValueError naming the flag."""
+  if value is None or isinstance(value, dict):
+    return value
+  out = {}
+  for item in filter(None, (part.strip() for part in str(value).split(","))):
+    tok, sep, bias = item.partition(":")
+    try:
+      if not sep:
+        raise ValueError
+      out[int(tok)] = float(bias)
+    except ValueError:
+      raise ValueError(f"`logit_bias` items must be 'id:bias' (e.g. '50256:-100,13:2.5'), got {item!r}") from None
+  return out or None
 
 
 def _validator(name: str):
   def check(value) -> bool:
     from smollm3_jax import sampling
-    if value is None:  # unset: the checkpoint's default
+    if value is None:  # unset: the checkpoint's default (or off)
       return True
     try:
-      sampling.validate_sampling_args(**{name: value})
+      if name == "logit_bias":
+        value = parse_logit_bias(value)
+      if value is not None:
+        sampling.validate_sampling_args(**{name: value})
     except ValueError as e:
       raise flags.ValidationError(str(e)) from None
     return True
@@ -79,20 +100,60 @@ def _validator(name: str):
 _UNSET = "unset: the checkpoint's default (see smollm3_jax/generation_defaults.py)"
 
 
-def define_sampling_flags(**defaults) -> None:
-  """--temperature, --top_k, --top_p, --min_p, --repetition_penalty (transformers' meanings), each
-  checked by the sampling module's own rules when the command line is parsed. Unset flags (None,
-  unless ``defaults`` names a value) take the checkpoint's generation defaults."""
-  unknown = set(defaults) - set(SAMPLING_FLAGS)
+def define_sampling_flags(flag_values=flags.FLAGS, **defaults) -> None:
+  """One flag per setting of ``smollm3_jax.sampling.SETTINGS`` (transformers' / OpenAI's meanings,
+  help from the registry), each checked by the sampling module's own rules when the command line is
+  parsed, and the beam-search flags --num_beams, --length_penalty, --early_stopping. Unset flags
+  (None, unless ``defaults`` names a value) take the checkpoint's generation defaults (the first five)
+  or are off. Read them with :func:`sampling_flag_values` and :func:`beam_flag_values`."""
+  from smollm3_jax.sampling import SETTINGS
+  unknown = set(defaults) - set(SETTINGS) - set(BEAM_FLAGS)
   if unknown:
     raise TypeError(f"define_sampling_flags: unknown flags {sorted(unknown)}")
-  flags.DEFINE_float("temperature", defaults.get("temperature"), f"0 = greedy; {_UNSET}.")
-  flags.DEFINE_integer("top_k", defaults.get("top_k"), f"0 = off; {_UNSET}.")
-  flags.DEFINE_float("top_p", defaults.get("top_p"), f"1 = off; {_UNSET}.")
-  flags.DEFINE_float("min_p", defaults.get("min_p"), f"0 = off; {_UNSET}.")
-  flags.DEFINE_float("repetition_penalty", defaults.get("repetition_penalty"), f"1 = off; {_UNSET}.")
-  for name in SAMPLING_FLAGS:
-    flags.register_validator(name, _validator(name))
+  for name, setting in SETTINGS.items():
+    unset = _UNSET if name in SAMPLING_FLAGS else "unset: off"
+    text = f"{setting.help} ({unset}.)"
+    if name == "logit_bias":
+      flags.DEFINE_string(name, defaults.get(name), f"'id:bias,id:bias' pairs. {text}", flag_values=flag_values)
+    elif setting.integer:
+      flags.DEFINE_integer(name, defaults.get(name), text, flag_values=flag_values)
+    else:
+      flags.DEFINE_float(name, defaults.get(name), text, flag_values=flag_values)
+    flags.register_validator(name, _validator(name), flag_values=flag_values)
+  flags.DEFINE_integer("num_beams", defaults.get("num_beams"), "Beam search with this many beams "
+                       "(transformers' do_sample=False beam search); unset or 1: no beam search.", lower_bound=1,
+                       flag_values=flag_values)
+  flags.DEFINE_float("length_penalty", defaults.get("length_penalty", 1.0), "Beam search: a finished "
+                     "hypothesis scores sum log-prob / length ** length_penalty (> 0 favours longer ones).",
+                     flag_values=flag_values)
+  flags.DEFINE_enum("early_stopping", defaults.get("early_stopping", "false"), list(_EARLY_STOPPING),
+                    "Beam search: 'true' stops when num_beams hypotheses are finished, 'false' uses "
+                    "transformers' heuristic, 'never' searches on while a better one is possible.",
+                    flag_values=flag_values)
+
+
+def sampling_flag_values(flag_values=flags.FLAGS) -> dict:
+  """The sampling flags as keyword arguments for ``generate`` / ``SamplingParams.make``: the first
+  five always (None: unset, the checkpoint's default), the other settings only when set."""
+  from smollm3_jax.sampling import SETTINGS
+  out = {name: flag_values[name].value for name in SAMPLING_FLAGS}
+  for name in SETTINGS:
+    value = flag_values[name].value
+    if name == "logit_bias":
+      value = parse_logit_bias(value)
+    if name not in SAMPLING_FLAGS and value is not None:
+      out[name] = value
+  return out
+
+
+def beam_flag_values(flag_values=flags.FLAGS) -> dict:
+  """{} unless --num_beams > 1, else the keyword arguments num_beams, length_penalty and
+  early_stopping (False / True / "never") of beam search."""
+  beams = flag_values["num_beams"].value
+  if beams is None or beams <= 1:
+    return {}
+  return dict(num_beams=beams, length_penalty=flag_values["length_penalty"].value,
+              early_stopping=_EARLY_STOPPING[flag_values["early_stopping"].value])
 
 
 def define_date_flag() -> None:
@@ -136,8 +197,3 @@ def define_quantize_flag() -> None:
   flags.DEFINE_enum("quantize", "none", list(quantize.MODES),
                     "Weight quantization after loading: 'int8' reads 4x fewer weight bytes per "
                     "decode step than float32 (activations quantized per token; see README).")
-
-
-def sampling_flag_values() -> dict:
-  """The sampling flags as keyword arguments (None: unset, the checkpoint's default)."""
-  return {name: flags.FLAGS[name].value for name in SAMPLING_FLAGS}

@@ -343,3 +343,38 @@ def test_make_and_pad_with_every_setting():
   # One registry: every setting is a field (logit_bias as ids + values) and has an off value.
   assert set(S.SETTINGS) - {"logit_bias"} | {"logit_bias_ids", "logit_bias_values"} == \
       set(S.SamplingParams.__dataclass_fields__)
+
+
+# ----------------------------------------------------------------------------
+# The CLI flags come from the registry.
+# ----------------------------------------------------------------------------
+
+
+def _parsed(*argv):
+  from absl import flags
+
+  from smollm3_jax import cli
+  fv = flags.FlagValues()
+  cli.define_sampling_flags(flag_values=fv)
+  fv(["prog", *argv])
+  return cli.sampling_flag_values(fv), cli.beam_flag_values(fv)
+
+
+def test_cli_flags_from_the_registry():
+  from absl import flags
+  values, beams = _parsed()
+  assert values == dict.fromkeys(("temperature", "top_k", "top_p", "min_p", "repetition_penalty"))
+  assert beams == {}
+  values, beams = _parsed("--typical_p=0.9", "--no_repeat_ngram_size=3", "--logit_bias=5:-100, 7:2.5",
+                          "--min_new_tokens=4", "--temperature=0.7", "--num_beams=4", "--early_stopping=never",
+                          "--length_penalty=0.5")
+  assert values["typical_p"] == 0.9 and values["no_repeat_ngram_size"] == 3 and values["min_new_tokens"] == 4
+  assert values["logit_bias"] == {5: -100.0, 7: 2.5} and values["temperature"] == 0.7
+  assert "eta_cutoff" not in values  # unset new settings stay out (off)
+  assert beams == dict(num_beams=4, length_penalty=0.5, early_stopping="never")
+  S.SamplingParams.make(2, **{k: v for k, v in values.items() if v is not None})  # None: the checkpoint default
+  for bad, match in [("--typical_p=0", "typical_p"), ("--frequency_penalty=3", "frequency_penalty"),
+                     ("--logit_bias=5", "logit_bias"), ("--no_repeat_ngram_size=-1", "no_repeat_ngram_size"),
+                     ("--num_beams=0", "num_beams"), ("--early_stopping=maybe", "early_stopping")]:
+    with pytest.raises(flags.Error, match=match):
+      _parsed(bad)
