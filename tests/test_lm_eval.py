@@ -46,7 +46,10 @@ def _evaluate(lm, task_manager, tasks=TASKS, **kwargs):
 @pytest.fixture(scope="module")
 def ours(demo_model, demo_tokenizer, task_manager):
   from smollm3_jax.lm_eval_model import SmolLM3JaxLM
-  lm = SmolLM3JaxLM(model=demo_model, tokenizer=demo_tokenizer, batch_size=32, progress=False)
+  # Two rows per program everywhere in this module (here, in `lm` and in the grid test): the three
+  # tasks' requests share one scoring shape (2 rows x 16 tokens) and one generation pool (2 slots),
+  # so the module compiles each once.
+  lm = SmolLM3JaxLM(model=demo_model, tokenizer=demo_tokenizer, batch_size=2, progress=False)
   return _evaluate(lm, task_manager)
 
 
@@ -96,7 +99,7 @@ def test_rolling_loglikelihoods_equal_hf(ours, theirs):
   task = "smollm3_jax_documents"
   a, b = _samples(ours, task), _samples(theirs, task)
   for x, y in zip(a, b):
-    # A sum over ~30 tokens of log-probabilities each within 1e-4 of hf's.
+    # A sum over ~10 tokens of log-probabilities each within 1e-4 of hf's.
     assert x["resps"][0][0] == pytest.approx(y["resps"][0][0], abs=1e-3)
   for metric in ("word_perplexity,none", "byte_perplexity,none", "bits_per_byte,none"):
     assert ours["results"][task][metric] == pytest.approx(theirs["results"][task][metric], rel=1e-5)
@@ -118,7 +121,7 @@ def test_generate_until_greedy_equals_hf(ours, theirs):
 @pytest.fixture(scope="module")
 def lm(demo_model, demo_tokenizer):
   from smollm3_jax.lm_eval_model import SmolLM3JaxLM
-  return SmolLM3JaxLM(model=demo_model, tokenizer=demo_tokenizer, batch_size=4, progress=False, seed=7)
+  return SmolLM3JaxLM(model=demo_model, tokenizer=demo_tokenizer, batch_size=2, progress=False, seed=7)
 
 
 def test_gen_kwargs_mapping(lm):
@@ -163,7 +166,7 @@ def test_sampled_rows_do_not_depend_on_their_batch(lm, demo_model, demo_tokenize
   from lm_eval.api.instance import Instance
 
   from smollm3_jax.lm_eval_model import SmolLM3JaxLM
-  # The arithmetic task's shapes (4 rows, 12 new tokens): no new compile.
+  # The arithmetic task's shapes (2 slots, 12 new tokens): no new compile; 3-4 rows through 2 slots.
   kwargs = {"temperature": 1.0, "max_gen_toks": 12, "until": []}
   contexts = ["Once upon a time", "The weather today", "Once upon a time", "My favourite food"]
 
@@ -174,7 +177,7 @@ def test_sampled_rows_do_not_depend_on_their_batch(lm, demo_model, demo_tokenize
   again = lm.generate_until(reqs([3, 1, 0, 2]))  # other rows, other neighbours
   assert again[1:] == [first[1], first[0], first[2]]
   assert first[0] != first[2]  # a repeated request samples anew
-  other_seed = SmolLM3JaxLM(model=demo_model, tokenizer=demo_tokenizer, batch_size=4, progress=False, seed=8)
+  other_seed = SmolLM3JaxLM(model=demo_model, tokenizer=demo_tokenizer, batch_size=2, progress=False, seed=8)
   assert other_seed.generate_until(reqs([0, 1, 2])) != first
 
 
@@ -222,7 +225,7 @@ def test_grid_resumes_a_killed_run(tmp_path, demo_model, demo_tokenizer, task_ma
 
   def make_lm(cell):
     made.append(evaluation.cell_name(cell))
-    return SmolLM3JaxLM(model=demo_model, tokenizer=demo_tokenizer, batch_size=32, progress=False)
+    return SmolLM3JaxLM(model=demo_model, tokenizer=demo_tokenizer, batch_size=2, progress=False)
 
   class Killed(Exception):
     pass
