@@ -27,13 +27,11 @@ def _random_batch(seed, rows=3, length=24, vocab=512, lengths=(24, 17, 9)):
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory, make_hf_model):
-  """Tiny random transformers SmolLM3s (the conftest's shapes, fewer layers), saved once: "tied" and
-  "untied" (own LM head, attention and MLP biases) with 4 layers (layer 3 is NoPE), "two" (untied,
-  2 layers: quicker to compile, for the optimisation and multi-device tests)."""
+  """Tiny random transformers SmolLM3s (the conftest's shapes, fewer layers: quicker to compile), saved
+  once: "tied" with 4 layers (layer 3 is NoPE), "two": 2 layers with its own LM head and attention and
+  MLP biases."""
   out = {}
   for name, kw in (("tied", dict(seed=10, tie_word_embeddings=True, num_hidden_layers=4)),
-                   ("untied", dict(seed=11, tie_word_embeddings=False, attention_bias=True, mlp_bias=True,
-                                   num_hidden_layers=4)),
                    ("two", dict(seed=12, tie_word_embeddings=False, attention_bias=True, mlp_bias=True,
                                 num_hidden_layers=2))):
     path = str(tmp_path_factory.mktemp(f"small_{name}"))
@@ -129,7 +127,7 @@ def _torch_loss_and_grads(hf_model, tokens, mask):
   return float(loss.detach()), grads
 
 
-@pytest.mark.parametrize("variant", ["tied", "untied"])
+@pytest.mark.parametrize("variant", ["tied", "two"])
 def test_loss_and_gradients_equal_transformers(small, variant):
   import jax
 
@@ -148,8 +146,8 @@ def test_loss_and_gradients_equal_transformers(small, variant):
   assert abs(float(loss) - ref_loss) <= 1e-4 * abs(ref_loss)
   assert int(metrics["tokens"]) == int(mask[:, 1:].sum())
   # Relative to each tensor's largest reference gradient, floored at 1e-3 of the model's largest: the
-  # key bias of a NoPE layer has a true gradient of 0 (softmax cancels a shift common to all keys), so
-  # both sides hold rounding noise there.
+  # key bias has a true gradient of 0 on a NoPE layer (softmax cancels a shift common to all keys) and
+  # near 0 with RoPE, so both sides hold mostly rounding noise there.
   scale = max(np.max(np.abs(g)) for g in ref_grads.values())
   checked = 0
   for name, g_ref in ref_grads.items():
