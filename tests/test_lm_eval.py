@@ -353,3 +353,24 @@ def test_evaluate_script_resumes_a_killed_grid(tmp_path):
   assert second["cell"] == {"seed": 4} and "word_perplexity,none" in second["results"]["smollm3_jax_documents"]
   assert len((workdir / "cells" / "seed=4" / "samples_smollm3_jax_documents.jsonl").read_text().splitlines()) == 1
   assert (workdir / "summary.csv").read_text().count("\n") == 3  # header and two cells
+
+
+def test_long_requests_lose_tokens_on_the_left_as_hf(demo_model, demo_tokenizer, demo_hf_model):
+  import torch
+
+  from smollm3_jax.lm_eval_model import SmolLM3JaxLM
+  small = SmolLM3JaxLM(model=demo_model, tokenizer=demo_tokenizer, batch_size=2, max_length=12, progress=False)
+  ctx = demo_tokenizer.encode("One two three four five six seven eight nine ten eleven twelve thirteen")
+  cont = demo_tokenizer.encode(" fourteen fifteen")
+  assert len(ctx) + len(cont) > 13
+  (ll, greedy), = small._loglikelihood_tokens([(None, ctx, cont)])
+  # hf: the model sees (context + continuation)[-(max_length + 1):][:-1]; the continuation's tokens
+  # are scored from the last len(continuation) positions.
+  inputs = (ctx + cont)[-13:][:-1]
+  with torch.no_grad():
+    logp = torch.log_softmax(demo_hf_model(torch.tensor([inputs])).logits[0].double(), -1).numpy()
+  rows = logp[-len(cont):]
+  assert ll == pytest.approx(float(rows[np.arange(len(cont)), cont].sum()), abs=1e-4)
+  assert greedy == (rows.argmax(-1).tolist() == cont)
+  with pytest.raises(ValueError, match="cannot be scored with max_length 12"):
+    small._loglikelihood_tokens([(None, ctx, ctx)])
