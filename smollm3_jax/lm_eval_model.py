@@ -257,14 +257,13 @@ class SmolLM3JaxLM(TemplateLM):
     for name in CLASSIC[1:]:
       value = kwargs.get(name)
       settings[name] = self._unset[name] if value is None else value
-    settings["top_k"] = int(settings["top_k"] or 0)
     settings.update({k: v for k, v in kwargs.items() if k in sampling.SETTINGS and k not in CLASSIC})
+    sampling.validate_sampling_args(**settings, vocab_size=self.model.config.vocab_size)  # top_k=1.5 refused
+    settings["top_k"] = int(settings["top_k"] or 0)  # a whole number (checked above); None = off
     settings["max_new_tokens"] = validation.as_count("max_gen_toks", kwargs["max_gen_toks"], low=1)
     if settings["max_new_tokens"] >= self.max_length:
       raise ValueError(f"gen_kwargs: max_gen_toks {settings['max_new_tokens']} leaves no room for the "
                        f"context in max_length {self.max_length}")
-    sampling.validate_sampling_args(**{k: v for k, v in settings.items() if k != "max_new_tokens"},
-                                    vocab_size=self.model.config.vocab_size)
     # Up to 4 of the stop strings also end rows early in the engine (the first one completed ends the
     # row, as hf's stopping criteria); the cut itself is postprocess's. Not with thinking on: a stop
     # string inside the thinking would end the row there, and the answer is what `until` applies to.

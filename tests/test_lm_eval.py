@@ -156,6 +156,7 @@ def test_gen_kwargs_mapping(lm):
     ({"temperature": 0.5, "top_p": 1.5}, "top_p"),
     ({"max_gen_toks": 8192}, "max_gen_toks"),
     ({"typical_p": 0.0}, "typical_p"),
+    ({"top_k": 1.5}, "top_k"),
 ])
 def test_bad_gen_kwargs_are_refused(lm, gen_kwargs, message):
   with pytest.raises(ValueError, match=message):
