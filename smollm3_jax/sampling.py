@@ -503,21 +503,31 @@ def process_logits(logits: jax.Array, ctx: "TokenContext | jax.Array", params: S
 
 def _process(logits: jax.Array, ctx: "TokenContext", params: SamplingParams,
              num_generated: jax.Array | None, stop_ids: jax.Array | None) -> jax.Array:
-  """The logits processors 1-5 (greedy and sampled rows alike) -> [B, V] f32."""
+  """The logits processors 1-5 (greedy and sampled rows alike) -> [B, V] f32. When no row uses
+  1, 3, 4 or 5 one conditional skips them all (the common case costs what the repetition penalty
+  alone costs); otherwise each is skipped when no row uses it."""
   x = logits.astype(jnp.float32)
-  x = jax.lax.cond(jnp.any(params.logit_bias_ids >= 0), apply_logit_bias, lambda y, *_: y, x,
-                   params.logit_bias_ids, params.logit_bias_values)
-  x = apply_repetition_penalty(x, ctx.presence, params.repetition_penalty)
-  x = jax.lax.cond(jnp.any((params.frequency_penalty != 0) | (params.presence_penalty != 0)),
-                   apply_openai_penalties, lambda y, *_: y, x, ctx.counts, params.frequency_penalty,
-                   params.presence_penalty)
-  if ctx.history.shape[1]:  # static: a context without history (a bare presence mask) has no n-grams
-    x = jax.lax.cond(jnp.any(params.no_repeat_ngram_size > 0), apply_no_repeat_ngram, lambda y, *_: y, x,
-                     ctx, params.no_repeat_ngram_size)
-  if num_generated is not None and stop_ids is not None:
-    x = jax.lax.cond(jnp.any(params.min_new_tokens > 0), apply_min_new_tokens, lambda y, *_: y, x,
-                     num_generated, params.min_new_tokens, jnp.asarray(stop_ids, jnp.int32))
-  return x
+  bias_on = jnp.any(params.logit_bias_ids >= 0)
+  penalties_on = jnp.any((params.frequency_penalty != 0) | (params.presence_penalty != 0))
+  ngram_on = jnp.any(params.no_repeat_ngram_size > 0) if ctx.history.shape[1] else jnp.bool_(False)
+  with_min_new = num_generated is not None and stop_ids is not None  # static
+  min_new_on = jnp.any(params.min_new_tokens > 0) if with_min_new else jnp.bool_(False)
+  skip = lambda y, *_: y
+
+  def every_step(x):
+    x = jax.lax.cond(bias_on, apply_logit_bias, skip, x, params.logit_bias_ids, params.logit_bias_values)
+    x = apply_repetition_penalty(x, ctx.presence, params.repetition_penalty)
+    x = jax.lax.cond(penalties_on, apply_openai_penalties, skip, x, ctx.counts, params.frequency_penalty,
+                     params.presence_penalty)
+    if ctx.history.shape[1]:  # static: a context without history (a bare presence mask) has no n-grams
+      x = jax.lax.cond(ngram_on, apply_no_repeat_ngram, skip, x, ctx, params.no_repeat_ngram_size)
+    if with_min_new:
+      x = jax.lax.cond(min_new_on, apply_min_new_tokens, skip, x, num_generated, params.min_new_tokens,
+                       jnp.asarray(stop_ids, jnp.int32))
+    return x
+
+  return jax.lax.cond(bias_on | penalties_on | ngram_on | min_new_on, every_step,
+                      lambda x: apply_repetition_penalty(x, ctx.presence, params.repetition_penalty), x)
 
 
 _BLOCK = 256  # vocabulary block for the two-level argmax / inverse-CDF below
