@@ -217,3 +217,17 @@ def test_score_script_refuses_bad_lines_before_loading(tmp_path):
   assert proc.returncode != 0 and "in.jsonl:2: expected an object with 'prompt', 'continuation'" in proc.stderr
   proc = _run_score_script(f"--input={tmp_path / 'in.jsonl'}", f"--output={tmp_path / 'o.jsonl'}", "--rolling")
   assert proc.returncode != 0 and "in.jsonl:1: expected an object with 'text'" in proc.stderr
+
+
+def test_sequences_longer_than_one_chunk(tiny):
+  model, hf = tiny
+  rng = np.random.default_rng(4)
+  # 279 and 309 positions: a 512-slot program that runs in two chunks of scoring.CHUNK (256); the
+  # continuations straddle the chunk edge.
+  pairs = _pairs(rng, model.config.vocab_size, [(250, 30), (10, 300)])
+  assert scoring.CHUNK == 256
+  out = smollm3_jax.score(model, None, [p for p, _ in pairs], [c for _, c in pairs], batch_size=2)
+  for (p, c), s in zip(pairs, out):
+    ref, ref_argmax = _hf_continuation(hf, p, c)
+    np.testing.assert_allclose(s.logprobs, ref, atol=1e-4, rtol=0)
+    assert s.greedy_token_ids == ref_argmax.tolist()
