@@ -25,6 +25,7 @@ from absl import app, flags
 
 _T_START = time.time()
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import bench_continuous  # noqa: E402  (experiments/bench_continuous.py, beside this script)
 import probes  # noqa: E402  (experiments/probes.py, beside this script)
 from smollm3_jax import cli  # noqa: E402
 
@@ -54,6 +55,13 @@ flags.DEFINE_list("check_budgets", ["1024", "8192"], "Accelerator check: allocat
 flags.DEFINE_integer("check_steps", 64, "Accelerator check: decode steps per run.")
 flags.DEFINE_bool("sampled", True, "Add the sampled-vs-greedy decode rows (batch 32, T=0.7, top_p=0.95, min_p=0.05).")
 flags.DEFINE_integer("sweep_new_tokens", 32, "Sweep row: new tokens per row.")
+flags.DEFINE_bool("continuous", True, "Add the continuous-batching rows: a 24-prompt x 2-cell sweep with a 512-token "
+                  "budget through 16 slots, refill on vs off; the server with 8 clients at once vs one after another.")
+flags.DEFINE_bool("continuous_only", False, "Only the continuous-batching rows.")
+flags.DEFINE_integer("refill_slots", 16, "Continuous rows: slots of the sweep's pool.")
+flags.DEFINE_integer("refill_prompts", 24, "Continuous rows: prompts of the sweep (x 2 cells: thinking off/on).")
+flags.DEFINE_integer("refill_budget", 512, "Continuous rows: max_new_tokens of the sweep.")
+flags.DEFINE_integer("server_clients", 8, "Continuous rows: concurrent clients of the server row.")
 flags.DEFINE_enum("compare", "none", ["none", "transformers"], "Also run transformers generate on the same weights.")
 flags.DEFINE_integer("repeats", 3, "Timed repetitions per row (best is reported; all are in the JSON).")
 flags.DEFINE_float("bandwidth_gbps", 0.0, "Device memory bandwidth for the roofline; 0 = measure it.")
@@ -269,7 +277,7 @@ def bench_decode(ours, theirs, model, tokenizer, batch_sizes, new_tokens, repeat
   import numpy as np
   rows = []
   cfg = model.config
-  steps = new_tokens - 1  # the first token comes from prefill
+  steps = new_tokens - 1  # transformers' decode steps: its first token comes with its prefill
   for b in batch_sizes:
     ids = chat_prompt_ids(tokenizer, cfg.vocab_size, b, seed=seed)
     first = ours.run(ids, new_tokens)
@@ -287,7 +295,7 @@ def bench_decode(ours, theirs, model, tokenizer, batch_sizes, new_tokens, repeat
         t_full, toks = theirs.run(ids, new_tokens)
         t_one, _ = theirs.run(ids, 1)
         row["theirs_decode_seconds"].append(max(t_full - t_one, 1e-9))
-    step = _best(row["ours_decode_seconds"]) / steps
+    step = _best(row["ours_decode_seconds"]) / new_tokens  # ours: every token from a decode step
     row["ours_tokens_per_second"] = b / step
     row["time_to_first_token"] = _best(row["ours_ttft"])
     row["cache_length"] = r.stats.cache_length
@@ -364,7 +372,7 @@ def bench_budget(model, tokenizer, budgets, repeats, seed, batch=8, steps=48):
       reference = reference or toks
       row = dict(kind="budget", cache=budget, read=label, batch=batch, steps=steps,
                  cache_length=first.stats.cache_length, compile_seconds=first.stats.compile_seconds,
-                 ours_decode_seconds=times, ours_tokens_per_second=batch * steps / _best(times),
+                 ours_decode_seconds=times, ours_tokens_per_second=batch * (steps + 1) / _best(times),
                  same_tokens=toks == reference)
       rows.append(row)
       _print_row(row)
@@ -380,7 +388,7 @@ def bench_sampled(ours, model, tokenizer, repeats, seed, batch=32, new_tokens=40
     first = ours.run(ids, new_tokens, **settings)
     times = [ours.run(ids, new_tokens, **settings).stats.decode_seconds for _ in range(repeats)]
     row = dict(kind="sampling", mode=label, batch=batch, compile_seconds=first.stats.compile_seconds,
-               ours_decode_seconds=times, ours_tokens_per_second=batch * (new_tokens - 1) / _best(times))
+               ours_decode_seconds=times, ours_tokens_per_second=batch * new_tokens / _best(times))
     rows.append(row)
     _print_row(row)
   return rows
@@ -409,7 +417,7 @@ def bench_accelerator(model, tokenizer, batches, budgets, steps, repeats, bandwi
                                            engine=engine, seed=seed, **settings)
         first = run()
         times = [run().stats.decode_seconds for _ in range(repeats)]
-        step = _best(times) / steps
+        step = _best(times) / (steps + 1)  # every token from a decode step
         filled = float(np.mean([len(p) for p in ids])) + steps / 2
         w, kv, _ = decode_bytes_per_step(model, b, filled, first.stats.cache_length, itemsize)
         row = dict(kind="accelerator", batch=b, budget=budget, mode=mode, cache_length=first.stats.cache_length,
@@ -442,6 +450,10 @@ def format_table(rows, bandwidth) -> str:
       name = f"decode b{r['batch']} {r['mode']}"
     elif r["kind"] == "accelerator":
       name = f"b{r['batch']} budget {r['budget']} {r['mode']}"
+    elif r["kind"] == "refill":
+      name = f"sweep {r['slots']} slots, refill {'on' if r['refill'] else 'off'}"
+    elif r["kind"] == "server":
+      name = f"server {r['clients']} {r['mode']}"
     else:
       name = f"sweep {r['settings']}x{r['prompts']} ({r['rows']} rows)"
     def fmt(v, spec):
@@ -484,6 +496,7 @@ def targets_text(rows, quantize: str = "none", dtype: str = "float32") -> str:
           large["ours_tokens_per_second"] / small["ours_tokens_per_second"], 0.85)
     out.append(f"  greedy tokens identical across the cache budgets: "
                f"{all(r['same_tokens'] for r in rows if r['kind'] == 'budget')}")
+  out += bench_continuous.targets(rows)
   mode = dtype if quantize == "none" else f"ours {quantize} weights, transformers {dtype}"
   return f"targets (demo checkpoint, 2-core CPU, {mode}):\n" + "\n".join(out) if out else ""
 
@@ -556,7 +569,15 @@ def _main_rows(ours, theirs, model, tokenizer, lengths, batches, bw):
     rows += bench_budget(model, tokenizer, [int(b) for b in FLAGS.cache_budgets], FLAGS.repeats, FLAGS.seed)
   if FLAGS.sampled:
     rows += bench_sampled(ours, model, tokenizer, FLAGS.repeats, FLAGS.seed)
+  if FLAGS.continuous:
+    rows += _continuous_rows(model, tokenizer)
   return rows
+
+
+def _continuous_rows(model, tokenizer):
+  rows = bench_continuous.bench_refill(model, tokenizer, slots=FLAGS.refill_slots, n_prompts=FLAGS.refill_prompts,
+                                       budget=FLAGS.refill_budget, seed=FLAGS.seed)
+  return rows + bench_continuous.bench_server(model, tokenizer, clients=FLAGS.server_clients, seed=FLAGS.seed)
 
 
 def main(argv):
@@ -621,7 +642,9 @@ def main(argv):
 
   print(f"model: {desc}, {FLAGS.dtype}; device {report['device']}", flush=True)
   rows = []
-  if FLAGS.accelerator_check:
+  if FLAGS.continuous_only:
+    rows += _continuous_rows(model, tokenizer)
+  elif FLAGS.accelerator_check:
     try:
       check = ([int(x) for x in FLAGS.check_batches], [int(x) for x in FLAGS.check_budgets])
     except ValueError as e:

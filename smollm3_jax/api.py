@@ -21,13 +21,37 @@ import numpy as np
 
 from smollm3_jax import sampling, validation
 from smollm3_jax.decode import EOS, MAX_STOP_IDS, STOP, STOP_REASONS
-from smollm3_jax.engine import CHUNK_STEPS, Engine, Request, get_engine
+from smollm3_jax.engine import CHUNK_STEPS, MAX_TOP_LOGPROBS, Engine, Request, get_engine
 from smollm3_jax.model import SmolLM3
 from smollm3_jax.thinking import VisibleText, prompt_opens_thinking, split_thinking
 
 @dataclasses.dataclass
+class TokenLogprobs:
+  """Per generated token, aligned with ``Completion.token_ids`` (arrays [T], the alternatives
+  [T, K]); log-probabilities in nats. ``logprob``: log-softmax of the model's raw logits at the
+  token; ``processed_logprob``: under the distribution it was sampled from (after the processors,
+  temperature and filters; greedy rows: the processed logits), as ``transformers``'
+  ``compute_transition_scores`` on ``output_scores``; ``entropy`` / ``processed_entropy`` of the two
+  distributions; ``rank``: 1 + the tokens with a higher raw logit; ``top_ids`` / ``top_logprobs``: the
+  K most likely raw tokens (``top_logprobs=K``)."""
+
+  logprob: np.ndarray
+  processed_logprob: np.ndarray
+  entropy: np.ndarray
+  processed_entropy: np.ndarray
+  rank: np.ndarray
+  top_ids: np.ndarray
+  top_logprobs: np.ndarray
+
+  @classmethod
+  def of(cls, record: dict, n: int) -> "TokenLogprobs":
+    return cls(**{k: np.asarray(v)[:n] for k, v in record.items()})
+
+
+@dataclasses.dataclass
 class Completion:
-  """One prompt's generation. ``token_ids`` include the stop token when one ended the row."""
+  """One prompt's generation. ``token_ids`` include the stop token when one ended the row;
+  ``logprobs`` (with ``logprobs=True``) holds per-token figures aligned with them."""
 
   prompt: str
   prompt_token_ids: list[int]
@@ -37,6 +61,7 @@ class Completion:
   answer: str
   stop_reason: str
   settings: dict[str, Any] = dataclasses.field(default_factory=dict)
+  logprobs: TokenLogprobs | None = None
 
 
 @dataclasses.dataclass
@@ -163,7 +188,8 @@ def _finish(tokenizer, requests, texts, prompt_ids, stop_ids, settings, stop=())
                         else ("", ""))
     out.append(Completion(prompt=texts[i], prompt_token_ids=list(prompt_ids[i]), token_ids=ids, text=text,
                           thinking=thinking, answer=answer, stop_reason=STOP_REASONS[r.reason],
-                          settings={k: (v[i].item() if hasattr(v[i], "item") else v[i]) for k, v in settings.items()}))
+                          settings={k: (v[i].item() if hasattr(v[i], "item") else v[i]) for k, v in settings.items()},
+                          logprobs=TokenLogprobs.of(r.record, len(ids)) if r.record is not None else None))
   return out
 
 
@@ -214,17 +240,20 @@ class _Call:
   context: int | None
   newline_guard: bool
   stop: tuple = ()
+  logprobs: bool = False
+  top_logprobs: int = 0
 
   def pool(self, chunk_steps: int = CHUNK_STEPS):
     pool = self.engine.pool(self.slots, self.length, stop_ids=self.stop_ids, context_length=self.context,
-                            newline_guard=self.newline_guard, chunk_steps=chunk_steps)
+                            newline_guard=self.newline_guard, chunk_steps=chunk_steps, logprobs=self.logprobs,
+                            top_logprobs=self.top_logprobs, shrink=True)
     pool.submit(self.requests)
     return pool
 
 
 def _setup(model, tokenizer, prompts, *, chat, thinking, max_new_tokens, seed, newline_limit, stop_ids,
            context_length, engine, share_prefill=True, mesh=None, date=None, num_return_sequences=1, slots=None,
-           stop=None, cache_length=None, **sampling_settings) -> _Call:
+           stop=None, cache_length=None, logprobs=False, top_logprobs=0, **sampling_settings) -> _Call:
   """Checks every argument (before any compile), renders the prompts and makes one request per row."""
   vocab = model.config.vocab_size
   texts, prompt_ids = render_prompts(tokenizer, prompts, chat=chat, thinking=thinking, date=date,
@@ -268,6 +297,8 @@ def _setup(model, tokenizer, prompts, *, chat, thinking, max_new_tokens, seed, n
                        f"(it needs room for at least one new token)")
   if slots is not None:
     slots = validation.as_count("slots", slots, low=1)
+  logprobs = validation.as_bool("logprobs", logprobs)
+  top_logprobs = validation.as_count("top_logprobs", top_logprobs, low=0, high=MAX_TOP_LOGPROBS)
   engine = engine or get_engine(model, tokenizer, mesh=mesh)
   engine.sync()
   share = 0 if share_prefill else None
@@ -290,7 +321,8 @@ def _setup(model, tokenizer, prompts, *, chat, thinking, max_new_tokens, seed, n
   settings.update(seed=seeds, thinking=thinking)
   return _Call(engine=engine, requests=requests, texts=texts, prompt_ids=prompt_ids, stop_ids=stop_ids,
                settings=settings, slots=engine.slots_for(min(n, slots or n)), length=engine.cache_length_for(need),
-               context=context, newline_guard=bool(nl.any()), stop=stop)
+               context=context, newline_guard=bool(nl.any()), stop=stop, logprobs=logprobs or top_logprobs > 0,
+               top_logprobs=top_logprobs)
 
 
 # Settings every Completion echoes (the rest only when given).
@@ -339,7 +371,8 @@ def generate(model: SmolLM3, tokenizer, prompts, *, chat: bool = True, thinking=
              max_new_tokens=None, seed=0, newline_limit=None, stop_ids=None, stop=None,
              context_length: int | None = None, engine: Engine | None = None, mesh=None,
              share_prefill: bool = True, date=None, num_return_sequences: int = 1, slots: int | None = None,
-             cache_length: int | None = None, progress: bool = False, **sampling_settings) -> GenerationResult:
+             cache_length: int | None = None, progress: bool = False, logprobs: bool = False,
+             top_logprobs: int = 0, **sampling_settings) -> GenerationResult:
   """Generates one completion per prompt (``num_return_sequences`` per prompt: prompt-major).
 
   ``prompts``: a string, a list of strings, or message lists (``chat=True`` renders them with the
@@ -358,6 +391,9 @@ def generate(model: SmolLM3, tokenizer, prompts, *, chat: bool = True, thinking=
   settings) run its prefill once (``share_prefill``). ``cache_length`` fixes the cache slots per row
   (default: what the longest prompt and budget need, rounded to a bucket): calls with one value
   share one set of compiled programs. ``progress``: a tqdm bar of finished rows.
+  ``logprobs=True`` records each token's log-probabilities, entropies and rank in the decode loop
+  (``Completion.logprobs``, :class:`TokenLogprobs`); ``top_logprobs=K`` (up to 20) adds the K most
+  likely alternatives. Off, they cost nothing.
   ``mesh`` (a Mesh or "data=D,model=M") shards the run; by default the model's own mesh, if any.
   ``date`` is the day the chat template sees (SmolLM3 writes it into the prompt): a date,
   "YYYY-MM-DD", or None for ``$SMOLLM3_JAX_CHAT_DATE`` when set, else today.
@@ -372,7 +408,8 @@ def generate(model: SmolLM3, tokenizer, prompts, *, chat: bool = True, thinking=
   call = _setup(model, tokenizer, prompts, chat=chat, **filled, seed=seed, newline_limit=newline_limit,
                 stop_ids=stop_ids, context_length=context_length, engine=engine, mesh=mesh,
                 share_prefill=share_prefill, date=date, num_return_sequences=num_return_sequences, slots=slots,
-                stop=stop, cache_length=cache_length, **sampling_settings)
+                stop=stop, cache_length=cache_length, logprobs=logprobs, top_logprobs=top_logprobs,
+                **sampling_settings)
   pool = call.pool()
   bar = None
   if progress:
@@ -457,7 +494,7 @@ class Stream:
 _DEFAULTS = dict(chat=True, thinking=None, temperature=None, top_k=None, top_p=None, min_p=None,
                  repetition_penalty=None, max_new_tokens=None, seed=0, newline_limit=None, stop_ids=None,
                  stop=None, context_length=None, engine=None, mesh=None, share_prefill=True, date=None,
-                 cache_length=None)
+                 cache_length=None, logprobs=False, top_logprobs=0)
 
 
 def stream(model: SmolLM3, tokenizer, prompt, *, hide_thinking: bool = False, chunk_steps: int = 4,

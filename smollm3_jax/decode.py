@@ -52,6 +52,49 @@ class RowSettings:
 
 
 @flax.struct.dataclass
+class Record:
+  """Per generated token (opt-in; a pool without it records nothing and pays nothing), token i of a
+  row at index i, as its tokens. N output slots, K alternatives (static: 0 to 20)."""
+
+  logprob: jax.Array            # [B, N] f32 log-softmax of the raw logits at the chosen token
+  processed_logprob: jax.Array  # [B, N] f32 the same under the distribution sampled from
+  entropy: jax.Array            # [B, N] f32 entropy (nats) of the raw distribution
+  processed_entropy: jax.Array  # [B, N] f32 entropy of the distribution sampled from
+  rank: jax.Array               # [B, N] int32 1 + tokens with a higher raw logit
+  top_ids: jax.Array            # [B, N, K] int32 the K most likely raw tokens
+  top_logprobs: jax.Array       # [B, N, K] f32 their raw log-probabilities
+
+  @classmethod
+  def init(cls, batch: int, length: int, top: int) -> "Record":
+    f = lambda *shape: jnp.zeros(shape, jnp.float32)
+    return cls(logprob=f(batch, length), processed_logprob=f(batch, length), entropy=f(batch, length),
+               processed_entropy=f(batch, length), rank=jnp.zeros((batch, length), jnp.int32),
+               top_ids=jnp.zeros((batch, length, top), jnp.int32), top_logprobs=f(batch, length, top))
+
+
+def _entropy(logp: jax.Array) -> jax.Array:
+  """[B, V] log-probabilities -> [B] entropy in nats (tokens of probability 0 add nothing)."""
+  return -jnp.sum(jnp.where(jnp.isfinite(logp), jnp.exp(logp) * logp, 0.0), axis=-1)
+
+
+def record_token(record: Record, logits, processed, tok, at) -> Record:
+  """``record`` with row b's entry ``at[b]`` (N or more: nothing) set for the chosen ``tok`` [B]."""
+  b = tok.shape[0]
+  rows = jnp.arange(b)
+  raw = jax.nn.log_softmax(logits, axis=-1)
+  proc = jax.nn.log_softmax(processed, axis=-1)
+  chosen = raw[rows, tok]
+  values = dict(logprob=chosen, processed_logprob=proc[rows, tok], entropy=_entropy(raw),
+                processed_entropy=_entropy(proc),
+                rank=1 + jnp.sum(logits > logits[rows, tok][:, None], axis=-1, dtype=jnp.int32))
+  k = record.top_ids.shape[-1]
+  if k:
+    top_lp, top_ids = jax.lax.top_k(raw, k)
+    values.update(top_ids=top_ids.astype(jnp.int32), top_logprobs=top_lp)
+  return record.replace(**{name: getattr(record, name).at[rows, at].set(v, mode="drop") for name, v in values.items()})
+
+
+@flax.struct.dataclass
 class DecodeState:
   """The pool's carry. B slots, S cache slots, N = S output slots per row, V = vocabulary."""
 
@@ -65,6 +108,7 @@ class DecodeState:
   reason: jax.Array                 # [B] int32 index into STOP_REASONS
   newline_run: jax.Array            # [B] int32 consecutive newline tokens
   keys: jax.Array                   # [B] per-row PRNG keys (from the row's seed)
+  record: Record | None = None      # per-token log-probabilities, when asked for
 
 
 @flax.struct.dataclass
@@ -89,6 +133,11 @@ def sample_and_stop(s: DecodeState, shared: SharedSettings, logits: jax.Array) -
   b, capacity = s.tokens.shape
   at = jnp.where(active, s.num_generated, capacity)  # finished rows write nothing
   tokens = s.tokens.at[jnp.arange(b), at].set(tok, mode="drop")
+  record = s.record
+  if record is not None:  # static: only pools that record pay for it
+    processed = sampling.process_logits(logits.astype(jnp.float32), s.context, rows.params,
+                                        num_generated=s.num_generated, stop_ids=shared.stop_ids)
+    record = record_token(record, logits.astype(jnp.float32), processed, tok, at)
   n = s.num_generated + active.astype(jnp.int32)
   position = rows.prompt_len + n - 1  # where the new token sits in its row's text
   context = sampling.observe(s.context, tok[:, None], position[:, None], active[:, None], generated=True)
@@ -102,7 +151,7 @@ def sample_and_stop(s: DecodeState, shared: SharedSettings, logits: jax.Array) -
                      NEWLINES, reason)
   reason = jnp.where(active & (reason == 0) & (rows.prompt_len + n >= shared.context_limit), CONTEXT, reason)
   return s.replace(tokens=tokens, last=tok, num_generated=n, done=reason != 0, reason=reason,
-                   newline_run=newline_run, context=context)
+                   newline_run=newline_run, context=context, record=record)
 
 
 def _gather(tree, index):
@@ -146,13 +195,20 @@ def insert(s: DecodeState, slots, source, last, rows: RowSettings, seeds, pad_id
   ``last[u]`` (its prompt's last token) at the next step, and takes ``rows`` [U] and a key from
   ``seeds[u]`` (uint32). A one-token prompt starts from an empty cache row and context."""
   cache = s.cache
-  copy = jnp.any((source != slots) & (slots < cache.batch))
+  # Copy the prefilled prompt rows (slot source[u] -> slots[u], where they differ) one by one: the
+  # work follows the copies made, never the whole pool.
+  copies = (source != slots) & (slots < cache.batch)
+  order = jnp.argsort(~copies)  # the copies first
+  src, dst = source[order], slots[order]
 
-  def copy_rows(cache):
-    put = lambda x: x.at[slots].set(jnp.take(x, source, axis=0, mode="clip"), mode="drop")
-    return cache.replace(k=tuple(map(put, cache.k)), v=tuple(map(put, cache.v)))
+  def copy_row(i, kv):
+    def put(x):
+      row = jax.lax.dynamic_slice_in_dim(x, src[i], 1, axis=0)
+      return jax.lax.dynamic_update_slice_in_dim(x, row, dst[i], axis=0)
+    return jax.tree.map(put, kv)
 
-  cache = jax.lax.cond(copy, copy_rows, lambda c: c, cache)
+  k, v = jax.lax.fori_loop(0, jnp.sum(copies), copy_row, (cache.k, cache.v))
+  cache = cache.replace(k=k, v=v)
   u = slots.shape[0]
   context = _gather(s.context, source)
   fresh = sampling.init_context(u, s.context.presence.shape[-1], cache.length)
@@ -197,7 +253,14 @@ def decode(graphdef, state, s: DecodeState, shared: SharedSettings, step_limit, 
   return jax.lax.while_loop(cond, body, (s, jnp.zeros((), jnp.int32)))
 
 
+def compact(s: DecodeState, index) -> DecodeState:
+  """The pool narrowed to the slots ``index`` [B'] (in that order): what the host runs once the queue
+  is empty and most slots idle, so the remaining rows stop paying for the empty ones."""
+  return _gather(s, index)
+
+
 # Jitted with the model's graphdef static and the pool's state donated (updated in place).
 prefill_slots_jit = jax.jit(prefill_slots, static_argnums=(0,), static_argnames=("window",), donate_argnums=(2,))
 insert_jit = jax.jit(insert, donate_argnums=(0,))
+compact_jit = jax.jit(compact)  # (a narrower output: nothing to donate into)
 decode_jit = jax.jit(decode, static_argnums=(0,), static_argnames=("window",), donate_argnums=(2,))

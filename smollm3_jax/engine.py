@@ -37,8 +37,8 @@ import numpy as np
 from flax import nnx
 
 from smollm3_jax import sampling
-from smollm3_jax.decode import (CANCELLED, MAX_STOP_IDS, DecodeState, RowSettings, SharedSettings, decode_jit, insert_jit,
-                                prefill_slots_jit)
+from smollm3_jax.decode import (CANCELLED, MAX_STOP_IDS, DecodeState, Record, RowSettings, SharedSettings,
+                                compact_jit, decode_jit, insert_jit, prefill_slots_jit)
 from smollm3_jax.kv_cache import DEFAULT_BATCH_BUCKETS, DEFAULT_BUCKETS, KVCache, bucket_length, window_length
 from smollm3_jax.model import SmolLM3
 from smollm3_jax.sharding import engine_sharding
@@ -47,9 +47,10 @@ from smollm3_jax.sharding import engine_sharding
 # each read window and rows bucket is a program of its own). Tests read it.
 COMPILE_COUNTS: collections.Counter = collections.Counter()
 # Prompt tokens a prefill call writes per row. A row's chunks depend on its own prompt only (so its
-# numbers do not depend on what else runs); long prompts take several calls. 128 keeps a short
-# chat prompt's padding small on CPU and a long prompt's calls few.
-PREFILL_CHUNK = 128
+# numbers do not depend on what else runs); long prompts take several calls. 64 keeps a short chat
+# prompt's padding small (on CPU prefill is compute-bound: padding costs its full share).
+PREFILL_CHUNK = 64
+MAX_TOP_LOGPROBS = 20  # alternatives a pool may record per token (OpenAI's limit)
 # A prefill of at least this many calls shows a progress bar.
 PREFILL_BAR_CALLS = 4
 # Tokens a decode chunk runs before the host looks at the pool again (streaming granularity).
@@ -86,6 +87,7 @@ class Request:
   tag: Any = None
   # -- filled in by the pool --
   token_ids: list = dataclasses.field(default_factory=list)  # generated so far (all of them once done)
+  record: dict | None = None    # per-token arrays aligned with token_ids (pools that record)
   reason: int = 0               # index into decode.STOP_REASONS once done
   done: bool = False
   cancelled: bool = False
@@ -205,7 +207,12 @@ class Pool:
   rows as soon as slots free up (False: only once every slot is free, i.e. fixed batches that wait
   for their longest row; for measurements); ``chunk_steps``: decode steps between two looks at the
   pool; ``prefill_rows``: the row counts of prefill calls (default 1 and B: a full pool starts in
-  one call, refills row by row; each count is one more program).
+  one call, refills row by row; each count is one more program); ``logprobs``: record each token's
+  log-probabilities, entropies and rank (:class:`~smollm3_jax.decode.Record`), with the
+  ``top_logprobs`` (0 to 20) most likely alternatives; each request's ``record`` then holds them.
+  ``shrink``: once the queue is empty, narrow the pool to the smallest batch bucket holding the rows
+  still running whenever that halves it or more (for a fixed workload: generate, sweeps; each width
+  is one more set of decode programs).
 
   Not thread-safe: one thread drives a pool (:meth:`step`); :meth:`submit` and :meth:`cancel` may be
   called from others only while holding :attr:`lock`.
@@ -213,7 +220,8 @@ class Pool:
 
   def __init__(self, engine: Engine, slots: int, length: int, *, stop_ids: Sequence[int] = (),
                context_length: int | None = None, newline_guard: bool = False, refill: bool = True,
-               chunk_steps: int = CHUNK_STEPS, prefill_rows: Sequence[int] | None = None):
+               chunk_steps: int = CHUNK_STEPS, prefill_rows: Sequence[int] | None = None,
+               logprobs: bool = False, top_logprobs: int = 0, shrink: bool = False):
     cfg = engine.config
     self.engine = engine
     self.slots = int(slots)
@@ -228,7 +236,12 @@ class Pool:
       raise ValueError(f"context_length {self.context} exceeds the model's max_position_embeddings "
                        f"{cfg.max_position_embeddings}")
     self.refill = refill
+    self.shrink = shrink
     self.chunk_steps = int(chunk_steps)
+    if not 0 <= int(top_logprobs) <= MAX_TOP_LOGPROBS:
+      raise ValueError(f"top_logprobs must be in [0, {MAX_TOP_LOGPROBS}], got {top_logprobs}")
+    self.logprobs = bool(logprobs or top_logprobs)
+    self.top_logprobs = int(top_logprobs)
     self.prefill_rows = tuple(sorted(set(prefill_rows or (1, self.slots))))
     self.pad_id = cfg.pad_token_id if cfg.pad_token_id is not None else 0
     self.lock = threading.Lock()
@@ -257,7 +270,8 @@ class Pool:
         tokens=jnp.full((b, self.length), self.pad_id, jnp.int32),
         last=jnp.zeros((b,), jnp.int32), num_generated=jnp.zeros((b,), jnp.int32),
         done=jnp.ones((b,), bool), reason=jnp.zeros((b,), jnp.int32),
-        newline_run=jnp.zeros((b,), jnp.int32), keys=sampling.row_keys(jnp.zeros((b,), jnp.uint32)))
+        newline_run=jnp.zeros((b,), jnp.int32), keys=sampling.row_keys(jnp.zeros((b,), jnp.uint32)),
+        record=Record.init(b, self.length, self.top_logprobs) if self.logprobs else None)
     if eng.sharding is not None:
       (state,), self.shared = eng.sharding.place_batch((state,), self.shared)
     return state.replace(cache=cache)
@@ -431,6 +445,7 @@ class Pool:
     if not active:
       return []
     tokens = np.array(jax.device_get(s.tokens))
+    record = jax.tree.map(np.array, jax.device_get(s.record)) if s.record is not None else None
     now = time.perf_counter()
     changed = []
     for i in active:
@@ -441,6 +456,8 @@ class Pool:
           r.first_token = now
         self.stats["generated"] += n - len(r.token_ids)
         r.token_ids = tokens[i, :n].tolist()
+        if record is not None:
+          r.record = {f.name: getattr(record, f.name)[i, :n] for f in dataclasses.fields(record)}
         changed.append(r)
       self._lengths[i] = lengths[i]
       if done[i] or r.cancelled:
@@ -461,12 +478,34 @@ class Pool:
         self._stop[i] = r.reason or CANCELLED
         self.rows[i] = None
 
+  def _narrow(self) -> None:
+    """Moves the running rows into a pool of the smallest batch bucket that holds them, when the
+    queue is empty and that bucket is at most half the pool."""
+    active = [i for i, r in enumerate(self.rows) if r is not None]
+    target = next((b for b in self.engine.batch_buckets if b >= len(active)), self.slots)
+    if self.queue or not active or target > self.slots // 2:
+      return
+    idle = [i for i, r in enumerate(self.rows) if r is None]
+    index = np.asarray((active + idle)[:target], np.int32)
+    exe, secs = self.engine._compiled_fn("compact", compact_jit, self.state, jnp.asarray(index), with_model=False)
+    self.stats["compile_seconds"] += secs
+    t0 = time.perf_counter()
+    self.state = exe(self.state, jnp.asarray(index))
+    jax.block_until_ready(self.state.done)
+    self.stats["insert_seconds"] += time.perf_counter() - t0
+    self.rows = [self.rows[i] for i in index]
+    self._lengths, self._stop = self._lengths[index], self._stop[index]
+    self.slots = target
+    self.prefill_rows = tuple(b for b in self.prefill_rows if b < target) + (target,)
+
   def step(self) -> list[Request]:
     """Admits waiting rows, runs one decode chunk and returns the requests that got new tokens or
     finished (``done``) since the last step."""
     with self.lock:
       self._free_cancelled()
       self._admit()
+      if self.shrink:
+        self._narrow()
     if not self.active:
       return []
     self._decode()

@@ -84,6 +84,28 @@ def test_rows_inserted_mid_flight_equal_rows_alone(tiny, alone, slots):
   assert pool.stats["generated"] == sum(r["max_new"] for r in ROWS)
 
 
+def test_a_narrowing_pool_keeps_every_rows_tokens(tiny, alone):
+  """Once the queue is empty the pool narrows to the rows still running (the slots left idle stop
+  costing decode work); their tokens do not change."""
+  model, prompts = tiny
+  engine = Engine(model, None)
+  length = engine.cache_length_for(max(LENGTHS) + 12)
+  outs = {}
+  for shrink in (False, True):
+    pool = engine.pool(8, length, chunk_steps=2, shrink=shrink)
+    requests = [Request(prompt=p, settings=_settings(r), seed=r.get("seed", 0), max_new=r["max_new"])
+                for p, r in zip(prompts, ROWS)]
+    pool.submit(requests)
+    widths = []
+    while not pool.idle:
+      pool.step()
+      widths.append(pool.slots)
+    assert [r.token_ids for r in requests] == alone
+    outs[shrink] = (pool.utilization(), widths)
+  (fixed, fixed_widths), (narrow, narrow_widths) = outs[False], outs[True]
+  assert set(fixed_widths) == {8} and min(narrow_widths) < 8 and narrow > fixed
+
+
 def test_repeated_prompts_share_prefill_and_keep_their_own_seeds(tiny):
   model, prompts = tiny
   res = smollm3_jax.generate(model, None, [prompts[3]], num_return_sequences=4, temperature=1.0, seed=9,

@@ -74,7 +74,8 @@ def run_rows(model, tokenizer, cfg, prompts, todo, results, *, progress, log, ma
   if engine.sharding is not None:  # a multiple of the data axis
     slots = -(-slots // engine.sharding.data_size) * engine.sharding.data_size
   pool = engine.pool(slots, engine.cache_length_for(p_len + max_new - 1),
-                     stop_ids=tokenizer.stop_token_ids, newline_guard=nl > 0, refill=refill, chunk_steps=32)
+                     stop_ids=tokenizer.stop_token_ids, newline_guard=nl > 0, refill=refill, chunk_steps=32,
+                     shrink=refill)
   pool.submit(requests)
 
   bar = None
