@@ -49,6 +49,7 @@ class RowSettings:
   prompt_len: jax.Array      # [B] int32 real prompt tokens
   max_new: jax.Array         # [B] int32 token budget
   newline_limit: jax.Array   # [B] int32, 0 = no guard
+  record: jax.Array          # [B] bool: record this row's log-probabilities (pools that record)
 
 
 @flax.struct.dataclass
@@ -134,10 +135,14 @@ def sample_and_stop(s: DecodeState, shared: SharedSettings, logits: jax.Array) -
   at = jnp.where(active, s.num_generated, capacity)  # finished rows write nothing
   tokens = s.tokens.at[jnp.arange(b), at].set(tok, mode="drop")
   record = s.record
-  if record is not None:  # static: only pools that record pay for it
-    processed = sampling.process_logits(logits.astype(jnp.float32), s.context, rows.params,
-                                        num_generated=s.num_generated, stop_ids=shared.stop_ids)
-    record = record_token(record, logits.astype(jnp.float32), processed, tok, at)
+  if record is not None:  # static: only pools that record hold the buffers; a step pays only when asked
+
+    def write(record):
+      processed = sampling.process_logits(logits.astype(jnp.float32), s.context, rows.params,
+                                          num_generated=s.num_generated, stop_ids=shared.stop_ids)
+      return record_token(record, logits.astype(jnp.float32), processed, tok, at)
+
+    record = jax.lax.cond(jnp.any(rows.record & active), write, lambda r: r, record)
   n = s.num_generated + active.astype(jnp.int32)
   position = rows.prompt_len + n - 1  # where the new token sits in its row's text
   context = sampling.observe(s.context, tok[:, None], position[:, None], active[:, None], generated=True)

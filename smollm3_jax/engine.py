@@ -85,6 +85,7 @@ class Request:
   newline_limit: int = 0
   share: Any = None
   tag: Any = None
+  logprobs: bool = True         # record this row's log-probabilities (in a pool that records)
   # -- filled in by the pool --
   token_ids: list = dataclasses.field(default_factory=list)  # generated so far (all of them once done)
   record: dict | None = None    # per-token arrays aligned with token_ids (pools that record)
@@ -287,7 +288,8 @@ class Pool:
     return RowSettings(params=sampling.SamplingParams.make(n, vocab_size=self.engine.config.vocab_size, **values),
                        prompt_len=jnp.asarray(col(lambda r: len(r.prompt), 1)),
                        max_new=jnp.asarray(col(lambda r: r.max_new, 1)),
-                       newline_limit=jnp.asarray(col(lambda r: r.newline_limit, 0)))
+                       newline_limit=jnp.asarray(col(lambda r: r.newline_limit, 0)),
+                       record=jnp.asarray(col(lambda r: r.logprobs, 0).astype(bool)))
 
   # -- queue ----------------------------------------------------------------------------------
   def check(self, request: Request) -> None:
@@ -456,7 +458,7 @@ class Pool:
           r.first_token = now
         self.stats["generated"] += n - len(r.token_ids)
         r.token_ids = tokens[i, :n].tolist()
-        if record is not None:
+        if record is not None and r.logprobs:
           r.record = {f.name: getattr(record, f.name)[i, :n] for f in dataclasses.fields(record)}
         changed.append(r)
       self._lengths[i] = lengths[i]

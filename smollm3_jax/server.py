@@ -50,6 +50,7 @@ from starlette.routing import Route
 from smollm3_jax import sampling
 from smollm3_jax.chat import check_limits, render_chat
 from smollm3_jax.decode import EOS
+from smollm3_jax.engine import MAX_TOP_LOGPROBS
 from smollm3_jax.thinking import ThinkingSplitter, prompt_opens_thinking
 from smollm3_jax.validation import check_messages
 
@@ -88,6 +89,8 @@ class ChatRequest:
   include_usage: bool = True  # stream_options.include_usage (a usage record ends the stream)
   n: int = 1                  # choices (samples) for this request
   stop: tuple = ()            # stop strings
+  logprobs: bool = False      # per-token log-probabilities in the response
+  top_logprobs: int = 0       # alternatives per token (with logprobs)
 
 
 # Request field of each sampling setting (OpenAI's and vLLM's names; min_tokens is vLLM's).
@@ -102,14 +105,14 @@ _API_BOUNDS = {"temperature": dict(low=0.0, high=2.0), "top_p": dict(low=0.0, hi
 # client sends them, plus vLLM's extras). A null value is the same as leaving the field out.
 APPLIED_FIELDS = frozenset({
     "messages", "model", "max_tokens", "max_completion_tokens", "seed", "stream", "stream_options",
-    "chat_template_kwargs", "n", "stop", "logit_bias"}) | frozenset(REQUEST_NAMES.values())
+    "chat_template_kwargs", "n", "stop", "logit_bias", "logprobs", "top_logprobs"}) | frozenset(REQUEST_NAMES.values())
 # Accepted and without effect on the text: labels and hints for a hosted service's bookkeeping.
 INFORMATIONAL_FIELDS = frozenset({"user", "metadata", "safety_identifier", "prompt_cache_key",
                                   "prompt_cache_retention", "prompt_cache_options"})
 # Not implemented: accepted only at the value that means "off" (the same as leaving them out);
 # any other value is refused with a 400 naming the field.
 NEUTRAL_VALUES: dict[str, tuple] = {
-    "logprobs": (False,), "top_logprobs": (), "tools": ([],), "functions": ([],),
+    "tools": ([],), "functions": ([],),
     "tool_choice": ("none",), "function_call": ("none",), "parallel_tool_calls": (),
     "response_format": ({"type": "text"},), "store": (False,), "modalities": (["text"],), "audio": (),
     "prediction": (), "reasoning_effort": (), "service_tier": (), "verbosity": (), "web_search_options": (),
@@ -234,6 +237,12 @@ def parse_request(body: Any, defaults: dict, model_name: str | None = None,
       raise RequestError(str(e), param="logit_bias") from None
     settings["logit_bias"] = parsed
   n = _number(body, "n", 1, low=1, high=MAX_N, integer=True)
+  logprobs = body.get("logprobs")
+  if logprobs is not None and not isinstance(logprobs, bool):
+    raise RequestError(f"'logprobs' must be true or false, got {json.dumps(logprobs)}", param="logprobs")
+  top_logprobs = _number(body, "top_logprobs", 0, low=0, high=MAX_TOP_LOGPROBS, integer=True)
+  if top_logprobs and not logprobs:
+    raise RequestError("'top_logprobs' needs 'logprobs': true", param="top_logprobs")
   stop = body.get("stop")
   try:
     from smollm3_jax.api import _check_stop
@@ -252,7 +261,8 @@ def parse_request(body: Any, defaults: dict, model_name: str | None = None,
   if seed is None:
     seed = defaults["seed"] if defaults["seed"] is not None else secrets.randbits(32)
   return ChatRequest(messages=messages, thinking=thinking, sampling=settings, max_tokens=max_tokens,
-                     seed=seed, stream=stream, include_usage=options.get("include_usage", True), n=n, stop=stop)
+                     seed=seed, stream=stream, include_usage=options.get("include_usage", True), n=n, stop=stop,
+                     logprobs=bool(logprobs), top_logprobs=top_logprobs)
 
 
 # --------------------------------------------------------------------------------------------
@@ -260,14 +270,15 @@ def parse_request(body: Any, defaults: dict, model_name: str | None = None,
 # --------------------------------------------------------------------------------------------
 class Job:
   """One request's generation (``n`` choices, each a row of the pool). Events go to ``events`` (an
-  asyncio queue on the server's loop): ("text", (choice, str)) pieces, then ("done", [a
+  asyncio queue on the server's loop): ("text", (choice, str, logprob entries)) pieces, then ("done", [a
   GenerationResult per choice]) or ("error", Exception) or ("cancelled", None)."""
 
   def __init__(self, loop: asyncio.AbstractEventLoop, prompt_text: str, prompt_ids: list[int], *, settings: dict,
-               max_new: int, seed: int, n: int = 1, stop: tuple = ()):
+               max_new: int, seed: int, n: int = 1, stop: tuple = (), logprobs: bool = False, top_logprobs: int = 0):
     self.loop = loop
     self.prompt_text, self.prompt_ids = prompt_text, prompt_ids
     self.settings, self.max_new, self.seed, self.n, self.stop = settings, max_new, seed, n, stop
+    self.logprobs, self.top_logprobs = logprobs, top_logprobs
     self.events: asyncio.Queue = asyncio.Queue()
     self.cancelled = threading.Event()
     self.rows: list = []         # the pool's Requests (set by the worker)
@@ -296,8 +307,10 @@ class Worker:
 
     self.model, self.tokenizer = model, tokenizer
     self.engine = get_engine(model, tokenizer)
+    # The pool holds log-probability buffers; a decode step computes them only when a row asks.
     self.pool = self.engine.pool(slots, self.engine.cache_length_for(context_length), stop_ids=tokenizer.stop_token_ids,
-                                 context_length=context_length, chunk_steps=chunk_steps, prefill_rows=(1,))
+                                 context_length=context_length, chunk_steps=chunk_steps, prefill_rows=(1,),
+                                 logprobs=True, top_logprobs=MAX_TOP_LOGPROBS)
     self._jobs: queue.Queue = queue.Queue()
     self._running: list[Job] = []
     self.history: list[Job] = []  # finished jobs, newest last (bounded; tests and /health read it)
@@ -327,7 +340,7 @@ class Worker:
       return
     seeds = row_seeds(job.seed, job.n)
     job.rows = [Request(prompt=job.prompt_ids, settings=job.settings, seed=int(seeds[i]), max_new=job.max_new,
-                        share=id(job), tag=(job, i)) for i in range(job.n)]
+                        share=id(job), tag=(job, i), logprobs=job.logprobs) for i in range(job.n)]
     job.decoders = [IncrementalDecoder(self.tokenizer) for _ in range(job.n)]
     job.fed = [0] * job.n
     job.checked = [0] * job.n
@@ -359,10 +372,12 @@ class Worker:
         row.reason, row.done = STOP, True
     if job.stop and not row.done:
       return  # with stop strings a choice's text is sent once it ended (a stop string may cut it)
-    ids = row.token_ids[job.fed[i]:]
+    start = job.fed[i]
+    ids = row.token_ids[start:]
     if row.done and row.reason == EOS and ids and ids[-1] in self.pool.stop_ids:
       ids = ids[:-1]
     job.fed[i] = len(row.token_ids)
+    entries = self._logprob_entries(job, row, start, start + len(ids)) if job.logprobs else None
     piece = "".join(job.decoders[i].push(t) for t in ids)
     if row.done:
       piece += job.decoders[i].flush()
@@ -370,10 +385,27 @@ class Worker:
         from smollm3_jax.api import _cut_stop
 
         piece = _cut_stop(piece, job.stop)
-    if piece:
-      job.post("text", (i, piece))
+    if piece or entries:
+      job.post("text", (i, piece, entries))
     if all(r.done for r in job.rows):
       self._end(job, "cancelled" if job.cancelled.is_set() else "done", self._results(job))
+
+  def _logprob_entries(self, job: Job, row, start: int, end: int) -> list[dict]:
+    """OpenAI's ``logprobs.content`` entries of tokens [start, end) of a row: the token, its raw
+    log-probability (log-softmax of the model's logits), its bytes, and the top alternatives."""
+    rec, tok = row.record, self.tokenizer
+    out = []
+    for t in range(start, min(end, len(row.token_ids))):
+
+      def entry(token_id, logprob):
+        raw = tok.token_bytes(int(token_id))
+        return {"token": raw.decode("utf-8", errors="replace"), "logprob": float(logprob), "bytes": list(raw)}
+
+      item = entry(row.token_ids[t], rec["logprob"][t])
+      item["top_logprobs"] = [entry(a, lp) for a, lp in zip(rec["top_ids"][t][:job.top_logprobs],
+                                                            rec["top_logprobs"][t][:job.top_logprobs])]
+      out.append(item)
+    return out
 
   def _results(self, job: Job) -> list:
     from smollm3_jax.api import GenerationResult, GenerationStats, _finish
@@ -594,8 +626,10 @@ class ChatServer:
       settings["n"] = req.n
     if req.stop:
       settings["stop"] = list(req.stop)
+    if req.logprobs:
+      settings.update(logprobs=True, top_logprobs=req.top_logprobs)
     job = Job(asyncio.get_running_loop(), prompt_text, ids, settings=req.sampling, max_new=max_new, seed=req.seed,
-              n=req.n, stop=req.stop)
+              n=req.n, stop=req.stop, logprobs=req.logprobs, top_logprobs=req.top_logprobs)
     self.worker.submit(job)
     rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     inside = prompt_opens_thinking(prompt_text)
@@ -608,12 +642,14 @@ class ChatServer:
   async def _complete(self, request: Request, job: Job, rid: str, created: int, inside: bool,
                       settings: dict) -> Response:
     pieces: list[list[str]] = [[] for _ in range(job.n)]
+    entries: list[list[dict]] = [[] for _ in range(job.n)]
 
     async def consume():
       while True:
         kind, value = await job.events.get()
         if kind == "text":
           pieces[value[0]].append(value[1])
+          entries[value[0]].extend(value[2] or [])
         else:
           return kind, value
 
@@ -645,7 +681,8 @@ class ChatServer:
       message = {"role": "assistant", "content": answer}
       if thinking:
         message["reasoning_content"] = thinking
-      choices.append({"index": i, "message": message, "finish_reason": _finish_reason(job, result)})
+      choices.append({"index": i, "message": message, "finish_reason": _finish_reason(job, result),
+                      "logprobs": {"content": entries[i]} if job.logprobs else None})
     return JSONResponse({
         "id": rid, "object": "chat.completion", "created": created, "model": self.model_name,
         "choices": choices, "usage": _usage(value), "timings": _timings(job, value), "settings": settings})
@@ -654,8 +691,14 @@ class ChatServer:
                            include_usage: bool) -> AsyncIterator[bytes]:
     head = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": self.model_name}
 
+    pending: list[list[dict]] = [[] for _ in range(job.n)]  # log-prob entries not sent yet
+
     def chunk(delta: dict, finish: str | None = None, index: int = 0, **extra) -> bytes:
-      return _sse({**head, "choices": [{"index": index, "delta": delta, "finish_reason": finish}], **extra})
+      choice = {"index": index, "delta": delta, "finish_reason": finish}
+      if job.logprobs and (pending[index] or finish):
+        choice["logprobs"] = {"content": pending[index]}
+        pending[index] = []
+      return _sse({**head, "choices": [choice], **extra})
 
     def deltas(parts, index):
       for kind, text in parts:
@@ -668,7 +711,8 @@ class ChatServer:
       while True:
         kind, value = await job.events.get()
         if kind == "text":
-          i, text = value
+          i, text, entries = value
+          pending[i].extend(entries or [])
           for event in deltas(splitters[i].feed(text), i):
             yield event
         elif kind == "done":

@@ -323,6 +323,17 @@ class Tokenizer:
   def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
     return self._backend.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
 
+  def token_bytes(self, token_id: int) -> bytes:
+    """The bytes one token stands for (a byte-level BPE token may hold part of a UTF-8
+    character: its own bytes, not a replacement character; OpenAI's ``logprobs`` report them)."""
+    token = self.id_to_token(token_id)
+    if token is None:
+      return b""
+    table = _unicode_to_byte()
+    if all(ch in table for ch in token):
+      return bytes(table[ch] for ch in token)
+    return self.decode([token_id]).encode("utf-8")
+
   # ---- chat ---------------------------------------------------------------------------------------
 
   def special_tokens_map(self) -> dict[str, str]:
@@ -358,6 +369,20 @@ class Tokenizer:
   def __repr__(self) -> str:
     return (f"Tokenizer({self.name_or_path!r}, vocab_size={self.vocab_size}, "
             f"stop_token_ids={self.stop_token_ids})")
+
+
+@functools.cache
+def _unicode_to_byte() -> dict[str, int]:
+  """The inverse of byte-level BPE's byte -> printable character table (GPT-2's bytes_to_unicode)."""
+  printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+  chars = list(printable)
+  extra = 0
+  for b in range(256):
+    if b not in printable:
+      printable.append(b)
+      chars.append(256 + extra)
+      extra += 1
+  return {chr(c): b for b, c in zip(printable, chars)}
 
 
 class IncrementalDecoder:

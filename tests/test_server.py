@@ -14,6 +14,7 @@ import sys
 import time
 
 import httpx
+import numpy as np
 import pytest
 from _helpers import SlowTokenizer
 
@@ -152,6 +153,37 @@ def test_concurrent_requests_each_get_their_own_text(base_url, model_and_tokeniz
   assert any(a[1] > b[0] for a, b in zip(spans, spans[1:]))
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_logprobs_in_openais_shape(base_url, model_and_tokenizer, stream):
+  """logprobs / top_logprobs: one entry per generated token (token, logprob, bytes, top_logprobs),
+  the values generate(logprobs=True) records; streamed entries arrive with the deltas."""
+  model, tok = model_and_tokenizer
+  messages = _messages("Name a fruit.")
+  body = _body(messages, stream=stream, temperature=0.8, seed=4, logprobs=True, top_logprobs=3)
+  want = smollm3_jax.generate(model, tok, [messages], thinking=True, temperature=0.8, top_p=1.0, seed=4,
+                              max_new_tokens=MAX_TOKENS, logprobs=True, top_logprobs=3)[0]
+  with httpx.Client(base_url=base_url, timeout=120) as client:
+    if stream:
+      with client.stream("POST", "/v1/chat/completions", json=body) as r:
+        events = [json.loads(l[6:]) for l in r.iter_lines() if l.startswith("data: {")]
+      entries = [e for ev in events for c in ev["choices"] if c.get("logprobs") for e in c["logprobs"]["content"]]
+    else:
+      out = client.post("/v1/chat/completions", json=body).json()
+      entries = out["choices"][0]["logprobs"]["content"]
+  ids = want.token_ids[:-1] if want.stop_reason == "eos" else want.token_ids
+  assert len(entries) == len(ids) > 0
+  assert b"".join(bytes(e["bytes"]) for e in entries).decode("utf-8") == tok.decode(ids)
+  np.testing.assert_allclose([e["logprob"] for e in entries], want.logprobs.logprob[:len(ids)], atol=1e-5)
+  for e, top_ids in zip(entries, want.logprobs.top_ids):
+    assert [t["token"] for t in e["top_logprobs"]] == [tok.token_bytes(int(t)).decode("utf-8", "replace")
+                                                       for t in top_ids]
+    assert e["top_logprobs"][0]["logprob"] >= e["logprob"] - 1e-6
+  # Without logprobs the field is null.
+  with httpx.Client(base_url=base_url, timeout=120) as client:
+    plain = client.post("/v1/chat/completions", json=_body(messages)).json()
+  assert plain["choices"][0]["logprobs"] is None
+
+
 def test_after_warmup_no_request_compiles(base_url, app):
   """The warm-up compiled the pool's whole program set: prompts of other lengths (other prefill
   chunk counts and read windows) and other max_tokens compile nothing more."""
@@ -191,6 +223,13 @@ BAD_REQUESTS = [
     ("too many stop strings", {"messages": _messages("hi"), "stop": ["a", "b", "c", "d", "e"]}, 400, "stop"),
     ("logit_bias out of range", {"messages": _messages("hi"), "logit_bias": {"5": 300}}, 400, "logit_bias"),
     ("logit_bias id not a token", {"messages": _messages("hi"), "logit_bias": {"x": 1}}, 400, "logit_bias"),
+    ("logprobs not a boolean", {"messages": _messages("hi"), "logprobs": "yes"}, 400, "logprobs"),
+    ("top_logprobs above 20", {"messages": _messages("hi"), "logprobs": True, "top_logprobs": 21}, 400,
+     "top_logprobs"),
+    ("top_logprobs negative", {"messages": _messages("hi"), "logprobs": True, "top_logprobs": -1}, 400,
+     "top_logprobs"),
+    ("top_logprobs a string", {"messages": _messages("hi"), "logprobs": True, "top_logprobs": "2"}, 400,
+     "top_logprobs"),
     ("frequency_penalty out of range", {"messages": _messages("hi"), "frequency_penalty": 3}, 400,
      "frequency_penalty"),
     ("prompt over the context", {"messages": _messages("hello " * 700)}, 400, "the context is 512 tokens"),
@@ -311,7 +350,7 @@ OPENAI_FIELDS = {  # field -> (a value that asks for something, what the server 
     "function_call": ("auto", REFUSED),
     "functions": ([{"name": "f", "parameters": {"type": "object", "properties": {}}}], REFUSED),
     "logit_bias": ({"50": 5}, APPLIED),
-    "logprobs": (True, REFUSED),
+    "logprobs": (True, APPLIED),
     "max_completion_tokens": (3, APPLIED),
     "max_tokens": (3, APPLIED),
     "metadata": ({"run": "test"}, INFORMATIONAL),
