@@ -31,6 +31,16 @@ B, V, L = 8, 400, 48
 STOP_IDS = np.array([7, 11, -1, -1], np.int32)  # -1: padding of the fixed-size array
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():
+  """transformers' generate on small models is per-step overhead: torch's thread pool makes it many
+  times slower on a busy 2-core machine."""
+  threads = torch.get_num_threads()
+  torch.set_num_threads(1)
+  yield
+  torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def data():
   """Random logits [B, V] (scale 3: peaked and flat rows), each row's prompt and generated ids
@@ -378,3 +388,75 @@ def test_cli_flags_from_the_registry():
                      ("--num_beams=0", "num_beams"), ("--early_stopping=maybe", "early_stopping")]:
     with pytest.raises(flags.Error, match=match):
       _parsed(bad)
+
+
+# ----------------------------------------------------------------------------
+# generate: greedy rows with each new setting, mixed in one batch, equal transformers' generate.
+# ----------------------------------------------------------------------------
+
+GEN_ROWS = [  # per row: our keyword arguments (greedy); the first row is everything off
+    {},
+    dict(no_repeat_ngram_size=1),
+    dict(no_repeat_ngram_size=2, min_new_tokens=22),
+    dict(frequency_penalty=2.0, presence_penalty=1.5),
+    dict(frequency_penalty=1.0, presence_penalty=2.0, no_repeat_ngram_size=3),
+    dict(min_new_tokens=20),
+    dict(logit_bias={}),  # filled in by the test: a bias that changes the greedy path
+    dict(typical_p=0.5, epsilon_cutoff=0.1, eta_cutoff=0.1),  # warpers: greedy rows ignore them
+]
+
+
+def _hf_greedy_row(ref, prompt, row, new, stop):
+  """transformers' greedy generate for one row's settings (the OpenAI penalties as a custom
+  processor with vLLM's formula: transformers has none)."""
+  from transformers import LogitsProcessorList
+  extra = LogitsProcessorList()
+  if row.get("frequency_penalty") or row.get("presence_penalty"):
+    extra.append(_VLLMPenalties(row.get("frequency_penalty", 0.0), row.get("presence_penalty", 0.0), len(prompt)))
+  bias = row.get("logit_bias") or {}
+  with torch.no_grad(), warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    out = ref.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                       max_new_tokens=new, do_sample=False, eos_token_id=list(stop), pad_token_id=0,
+                       top_k=None, top_p=None, temperature=None, logits_processor=extra,
+                       no_repeat_ngram_size=row.get("no_repeat_ngram_size") or None,
+                       min_new_tokens=row.get("min_new_tokens") or None,
+                       sequence_bias=[[[t], b] for t, b in bias.items()] or None)
+  return out[0, len(prompt):].tolist()
+
+
+def _check_generate(model, ref, prompt, new=24, first_stop=10):
+  """One batch of GEN_ROWS on one prompt against transformers row by row. The stop id is the first
+  token of the off row's greedy text that is new at index >= first_stop (the off row stops there; the
+  min_new_tokens rows go on); the bias lifts a token by 20."""
+  import smollm3_jax
+  off = _hf_greedy_row(ref, prompt, {}, new, [])
+  at = next(i for i in range(first_stop, new) if off[i] not in off[:i])
+  assert len(set(off[:at])) < at  # repeats for the penalties and n-gram blocking before the stop
+  stop = [off[at]]
+  rows = [dict(r) for r in GEN_ROWS]
+  rows[6]["logit_bias"] = {(off[0] + 1) % ref.config.vocab_size: 20.0}
+  names = sorted({k for r in rows for k in r})
+  kwargs = {k: [r.get(k, S.SETTINGS[k].off) for r in rows] for k in names}
+  res = smollm3_jax.generate(model, None, [prompt] * len(rows), max_new_tokens=new, stop_ids=stop,
+                             temperature=0.0, **kwargs)
+  ours = [c.token_ids for c in res.completions]
+  refs = [off[:at + 1]] + [_hf_greedy_row(ref, prompt, r, new, stop) for r in rows[1:]]
+  for b in range(len(rows)):
+    assert ours[b] == refs[b], (b, rows[b], ours[b], refs[b])
+  changed = [b for b in range(1, len(rows)) if ours[b] != ours[0]]
+  assert changed == [1, 2, 3, 4, 5, 6], changed  # every processor acted (the warpers did not: greedy)
+
+
+def test_generate_greedy_with_each_setting_equals_transformers(make_hf_model, tmp_path):
+  import smollm3_jax
+  ref = make_hf_model(seed=5, tie_word_embeddings=False)
+  with torch.no_grad():
+    ref.lm_head.weight.mul_(4.0)
+  ref.save_pretrained(tmp_path)
+  _check_generate(smollm3_jax.from_pretrained(str(tmp_path)), ref, [40, 41, 40, 41, 40])
+
+
+def test_demo_generate_greedy_with_each_setting_equals_transformers(demo_model, demo_tokenizer, demo_hf_model):
+  _check_generate(demo_model, demo_hf_model, demo_tokenizer.encode("The list of colours: red, green, blue, red,"),
+                  new=16, first_stop=7)
