@@ -609,7 +609,7 @@ def sample_tokens(logits: jax.Array, ctx: "TokenContext | jax.Array", params: Sa
 
 
 # ----------------------------------------------------------------------------
-# Keys and presence masks.
+# Keys.
 # ----------------------------------------------------------------------------
 
 
@@ -681,22 +681,3 @@ def _context(ctx: "TokenContext | jax.Array") -> TokenContext:
   b, _ = ctx.shape
   return TokenContext(presence=ctx, counts=jnp.zeros(ctx.shape, jnp.int32),
                       history=jnp.full((b, 0), -1, jnp.int32), length=jnp.zeros((b,), jnp.int32))
-
-
-def update_presence(presence: jax.Array, tokens: jax.Array, valid: jax.Array) -> jax.Array:
-  """Set presence[b, tokens[b]] where valid[b]. presence [B, V] bool, tokens/valid [B]."""
-  b, v = presence.shape
-  # Invalid rows (and out-of-range ids) point past the vocab and are dropped.
-  ok = valid & (tokens >= 0) & (tokens < v)
-  idx = jnp.where(ok, tokens, v)
-  return presence.at[jnp.arange(b), idx].set(True, mode="drop")
-
-
-def presence_from_tokens(tokens: jax.Array, valid_mask: jax.Array, vocab_size: int) -> jax.Array:
-  """[B, T] ids + [B, T] bool -> [B, V] bool, True for ids seen at valid positions."""
-  tokens = jnp.asarray(tokens)
-  b = tokens.shape[0]
-  ok = valid_mask & (tokens >= 0) & (tokens < vocab_size)
-  idx = jnp.where(ok, tokens, vocab_size)
-  rows = jnp.broadcast_to(jnp.arange(b)[:, None], tokens.shape)
-  return jnp.zeros((b, vocab_size), bool).at[rows, idx].set(True, mode="drop")

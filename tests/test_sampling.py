@@ -67,7 +67,10 @@ def _torch_rows(logits, fn):
 
 
 def _presence(ids, valid):
-  return S.presence_from_tokens(jnp.asarray(ids), jnp.asarray(valid), V)
+  """[B, V] bool: the ids at valid positions (a prompt observed into an empty TokenContext)."""
+  pos = jnp.broadcast_to(jnp.arange(ids.shape[1]), ids.shape)
+  return S.observe(S.init_context(ids.shape[0], V, ids.shape[1]), jnp.asarray(ids), pos, jnp.asarray(valid),
+                   generated=False).presence
 
 
 # ----------------------------------------------------------------------------
@@ -423,20 +426,6 @@ def test_make_take_pad():
   np.testing.assert_allclose(r.repetition_penalty[3:], 1.0)
   with pytest.raises(ValueError, match="batch"):
     p.pad_to(2)
-
-
-def test_presence_helpers():
-  ids = jnp.asarray([[1, 2, 2, 9], [0, 5, -1, 3]])
-  valid = jnp.asarray([[True, True, True, False], [False, True, True, True]])
-  pres = np.asarray(S.presence_from_tokens(ids, valid, 8))
-  expect = np.zeros((2, 8), bool)
-  expect[0, [1, 2]] = True
-  expect[1, [5, 3]] = True  # pad position 0 and the id -1 are not counted; 9 >= V is dropped
-  np.testing.assert_array_equal(pres, expect)
-  upd = np.asarray(S.update_presence(jnp.asarray(pres), jnp.asarray([7, 6]),
-                                     jnp.asarray([True, False])))
-  expect[0, 7] = True
-  np.testing.assert_array_equal(upd, expect)
 
 
 def test_token_context_observe():
