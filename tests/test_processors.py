@@ -299,6 +299,27 @@ def test_full_chain_matches_transformers_order(data):
   assert all(np.isfinite(ref[b, tok[b]]) for b in range(B))
 
 
+def test_sampled_row_independent_of_its_neighbours(data):
+  """A row's draw depends on its logits, context, settings and key only: the same row among the
+  CHAIN neighbours and among all-off neighbours draws the same tokens, over 20 keys."""
+  fn = jax.jit(lambda x, c, p, k, n: S.sample_tokens(x, c, p, k, num_generated=n, stop_ids=jnp.asarray(STOP_IDS)))
+  params = _chain_params(CHAIN)
+  alone = _chain_params([CHAIN[0]] * B)
+  n = jnp.asarray(data.gen_len, jnp.int32)
+  differ = 0
+  for step in range(20):
+    keys = S.step_keys(S.row_keys(jnp.arange(B)), step)
+    mixed = np.asarray(fn(jnp.asarray(data.logits), data.ctx, params, keys, n))
+    off = np.asarray(fn(jnp.asarray(data.logits), data.ctx, alone, keys, n))
+    for b in (1, 2, 5):
+      solo = alone.take(jnp.arange(B)).replace(**{f: getattr(alone, f).at[b].set(getattr(params, f)[b])
+                                                   for f in S.SamplingParams.__dataclass_fields__})
+      one = np.asarray(fn(jnp.asarray(data.logits), data.ctx, solo, keys, n))
+      assert one[b] == mixed[b], (step, b)
+      differ += int(one[b] != off[b])
+  assert differ > 5  # the settings change the draws: the test could see a neighbour's influence
+
+
 def test_off_settings_leave_the_chain_unchanged(data):
   """Every new setting at its off value: the chain equals the one of the old five settings."""
   old = _chain_params([r[:5] + (1.0, 0.0, 0.0, 0, 0.0, 0.0, 0, {}) for r in CHAIN])
