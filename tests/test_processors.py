@@ -320,6 +320,27 @@ def test_sampled_row_independent_of_its_neighbours(data):
   assert differ > 5  # the settings change the draws: the test could see a neighbour's influence
 
 
+def test_changing_any_setting_does_not_retrace(data):
+  """Every setting is traced: a grid over (typical_p x temperature), the penalties, n-gram sizes,
+  min_new_tokens and biases runs through one trace of the sampling step."""
+  traces = []
+
+  @jax.jit
+  def step(x, c, p, k, n):
+    traces.append(1)
+    return S.sample_tokens(x, c, p, k, num_generated=n, stop_ids=jnp.asarray(STOP_IDS))
+
+  keys = S.step_keys(S.row_keys(jnp.arange(B)), 0)
+  n = jnp.asarray(data.gen_len, jnp.int32)
+  grids = [_chain_params(CHAIN), _chain_params([CHAIN[0]] * B)]
+  grids += [S.SamplingParams.make(B, typical_p=tp, temperature=t) for tp in (0.2, 0.9, 1.0) for t in (0.0, 0.7)]
+  grids += [S.SamplingParams.make(B, frequency_penalty=-1.0, no_repeat_ngram_size=5, min_new_tokens=3,
+                                  logit_bias=[{b: float(b)} for b in range(B)], eta_cutoff=0.3, temperature=1.0)]
+  for p in grids:
+    jax.block_until_ready(step(jnp.asarray(data.logits), data.ctx, p, keys, n))
+  assert len(traces) == 1
+
+
 def test_off_settings_leave_the_chain_unchanged(data):
   """Every new setting at its off value: the chain equals the one of the old five settings."""
   old = _chain_params([r[:5] + (1.0, 0.0, 0.0, 0, 0.0, 0.0, 0, {}) for r in CHAIN])
