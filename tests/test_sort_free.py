@@ -39,6 +39,26 @@ def test_sampling_step_has_no_vocabulary_sort():
   assert _sorts(text)
 
 
+def test_decode_program_has_no_vocabulary_sort():
+  """The engine's compiled decode program, with every filter and processor on in some row."""
+  import smollm3_jax
+  from flax import nnx
+
+  from smollm3_jax import config as C
+  from smollm3_jax.engine import Engine
+  model = smollm3_jax.SmolLM3(C.tiny(vocab_size=1000), dtype=jnp.float32, rngs=nnx.Rngs(0))
+  engine = Engine(model, None)
+  smollm3_jax.generate(model, None, [[5, 6, 7]] * 4, engine=engine, max_new_tokens=4, stop_ids=[3],
+                       temperature=[0.7, 1.0, 0.7, 0.0], top_k=[0, 50, 0, 0], top_p=[0.95, 0.9, 1.0, 1.0],
+                       min_p=[0.05, 0.0, 0.1, 0.0], typical_p=[0.9, 1.0, 0.5, 1.0], eta_cutoff=[1e-3, 0, 0, 0],
+                       epsilon_cutoff=[0, 1e-3, 0, 0], no_repeat_ngram_size=[0, 2, 3, 0], frequency_penalty=0.5,
+                       presence_penalty=[0.0, 1.0, 0.0, 0.0], min_new_tokens=[0, 3, 0, 0], logit_bias={5: 1.0})
+  programs = [exe.as_text() for key, exe in engine._compiled.items() if key[0] == "decode"]
+  assert programs and all("while" in hlo for hlo in programs)  # the decode loop is there
+  for hlo in programs:
+    assert not _sorts(hlo), _sorts(hlo)[:3]
+
+
 def test_signed_zero_ties_are_kept_like_transformers():
   """-0.0 and +0.0 are equal values: a top-k cut-off at zero keeps both, as TopKLogitsWarper does
   (order keys that told them apart dropped one)."""
