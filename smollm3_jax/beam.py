@@ -15,13 +15,15 @@ Each prompt's K beams are K rows of the batch ([B * K] rows). Per step, as ``Gen
    continuation hit. A done prompt's finished buffer is frozen; the loop ends when all are done or
    the budget is spent.
 
-No logits processors are applied (transformers' default for ``do_sample=False`` with no penalty
-set). Prompts are right-padded to a length bucket and each row's tokens sit at its cache slots
+The logits processors of :mod:`smollm3_jax.sampling` (``logit_bias``, ``repetition_penalty``, the
+OpenAI penalties, ``no_repeat_ngram_size``, ``min_new_tokens``; per prompt, traced) act on each beam's
+log-probabilities before the scores are added, as transformers' ``logits_processor`` does; the
+sampling warpers do not apply (``do_sample=False``). Prompts are right-padded to a length bucket and each row's tokens sit at its cache slots
 (:mod:`smollm3_jax.kv_cache`). Static (recompile): number of prompts, prompt bucket, cache length,
 ``num_beams``, ``max_new_tokens`` and the number of stop ids; ``length_penalty`` and
 ``early_stopping`` are traced.
 
-Imports the cache, its buckets and validation only.
+Imports sampling, the cache, its buckets and validation only.
 """
 
 from __future__ import annotations
@@ -37,10 +39,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from smollm3_jax import validation
+from smollm3_jax import sampling, validation
 from smollm3_jax.kv_cache import KVCache, bucket_length
 
 _NEG = -1.0e9  # transformers' "impossible" score
+# The settings that act in beam search (do_sample=False: the logits processors, not the warpers).
+PROCESSORS = ("logit_bias", "repetition_penalty", "frequency_penalty", "presence_penalty", "no_repeat_ngram_size",
+              "min_new_tokens")
 
 
 @dataclasses.dataclass
@@ -72,6 +77,7 @@ class _Carry:
   fin_done: jax.Array    # [B, K] bool the slot holds a finished hypothesis (is_sent_finished)
   improvable: jax.Array  # [B] bool transformers' is_early_stop_heuristic_unsatisfied
   done: jax.Array        # [B] bool
+  context: sampling.TokenContext  # [B*K] rows: what the processors know of each beam's text
 
 
 def _gather(x: jax.Array, idx: jax.Array) -> jax.Array:
@@ -79,7 +85,7 @@ def _gather(x: jax.Array, idx: jax.Array) -> jax.Array:
   return jnp.take_along_axis(x, idx.reshape(idx.shape + (1,) * (x.ndim - 2)), axis=1)
 
 
-def _search(graphdef, state, tokens, lengths, stop_ids, length_penalty, early_stopping, *, num_beams: int,
+def _search(graphdef, state, tokens, lengths, stop_ids, length_penalty, early_stopping, params, *, num_beams: int,
             keep: int, max_new: int, cache_length: int):
   """The compiled search: tokens [B, P] right-padded prompts, lengths [B], stop_ids [M], and the
   traced scalars length_penalty and early_stopping (0 False, 1 True, 2 "never") -> the finished
@@ -95,11 +101,19 @@ def _search(graphdef, state, tokens, lengths, stop_ids, length_penalty, early_st
   rows = jnp.repeat(jnp.arange(b), k)  # every beam of a prompt starts from its prompt
   take = lambda x: jnp.take(x, rows, axis=0)
   cache = cache.replace(k=tuple(map(take, cache.k)), v=tuple(map(take, cache.v)), lengths=take(lengths))
+  p = tokens.shape[1]
+  context = sampling.observe(sampling.init_context(b, logits.shape[-1], cache_length), tokens,
+                             jnp.broadcast_to(jnp.arange(p, dtype=jnp.int32), tokens.shape),
+                             jnp.arange(p)[None, :] < lengths[:, None], generated=False)
+  context = jax.tree_util.tree_map(take, context)
+  params = params.take(rows)  # greedy: only the processors act
   top_mask = jnp.arange(keep) < k  # only the first K continuations may finish
 
   def body(c: _Carry) -> _Carry:
     v = c.logits.shape[-1]
-    scores = jax.nn.log_softmax(c.logits, axis=-1).reshape(b, k, v) + c.run_score[:, :, None]
+    logp = sampling.process_logits(jax.nn.log_softmax(c.logits, axis=-1), c.context, params,
+                                   num_generated=jnp.broadcast_to(c.t, (b * k,)), stop_ids=stop_ids)
+    scores = logp.reshape(b, k, v) + c.run_score[:, :, None]
     top_lp, top_idx = jax.lax.top_k(scores.reshape(b, k * v), keep)  # [B, keep], best first
     src, tok = top_idx // v, (top_idx % v).astype(jnp.int32)
     at_t = jnp.arange(n) == c.t
@@ -135,6 +149,9 @@ def _search(graphdef, state, tokens, lengths, stop_ids, length_penalty, early_st
     order = (jnp.arange(b)[:, None] * k + src).reshape(-1)
     reorder = lambda x: jnp.take(x, order, axis=0)
     cache = c.cache.replace(k=tuple(map(reorder, c.cache.k)), v=tuple(map(reorder, c.cache.v)))
+    context = jax.tree_util.tree_map(reorder, c.context)
+    context = sampling.observe(context, tok_next.reshape(-1, 1), cache.lengths[:, None],
+                               jnp.ones((b * k, 1), bool), generated=True)
     hidden, cache = model.hidden_states(tok_next.reshape(-1, 1), None, cache)
     logits = model.logits(hidden[:, 0]).astype(jnp.float32)
 
@@ -148,7 +165,7 @@ def _search(graphdef, state, tokens, lengths, stop_ids, length_penalty, early_st
     done = c.done | ~(improvable & open_beam & go_on)
     return _Carry(cache=cache, logits=logits, t=c.t + 1, run_seq=run_seq, run_score=run_score,
                   fin_seq=fin_seq, fin_score=fin_score, fin_len=fin_len, fin_done=fin_done,
-                  improvable=improvable, done=done)
+                  improvable=improvable, done=done, context=context)
 
   start = _Carry(
       cache=cache, logits=take(logits), t=jnp.zeros((), jnp.int32),
@@ -156,7 +173,7 @@ def _search(graphdef, state, tokens, lengths, stop_ids, length_penalty, early_st
       run_score=jnp.tile(jnp.where(jnp.arange(k) == 0, 0.0, _NEG).astype(jnp.float32), (b, 1)),
       fin_seq=jnp.full((b, k, n), -1, jnp.int32), fin_score=jnp.full((b, k), _NEG, jnp.float32),
       fin_len=jnp.zeros((b, k), jnp.int32), fin_done=jnp.zeros((b, k), bool),
-      improvable=jnp.ones((b,), bool), done=jnp.zeros((b,), bool))
+      improvable=jnp.ones((b,), bool), done=jnp.zeros((b,), bool), context=context)
   end = jax.lax.while_loop(lambda c: (c.t < n) & ~jnp.all(c.done), body, start)
   return end.fin_seq, end.fin_score, end.fin_len
 
@@ -167,7 +184,7 @@ _search_jit = jax.jit(_search, static_argnums=(0,),
 
 def beam_search(model, tokenizer, prompt_ids: Sequence[Sequence[int]], *, num_beams: int,
                 length_penalty: float = 1.0, early_stopping: bool | str = False, max_new_tokens: int,
-                stop_ids: Sequence[int] | None = None, num_return_sequences: int = 1) -> BeamResult:
+                stop_ids: Sequence[int] | None = None, num_return_sequences: int = 1, **settings) -> BeamResult:
   """Beam search over token-id prompts, as ``transformers`` ``generate(num_beams=..., do_sample=False)``.
 
   model: a :class:`smollm3_jax.SmolLM3`; tokenizer: decodes the best sequences into ``texts`` (None:
@@ -177,7 +194,9 @@ def beam_search(model, tokenizer, prompt_ids: Sequence[Sequence[int]], *, num_be
   (transformers' heuristic), True (stop when num_beams hypotheses are finished) or "never";
   max_new_tokens >= 1; stop_ids: the ids that finish a hypothesis (default: the tokenizer's stop ids,
   else the model config's eos ids); num_return_sequences <= num_beams hypotheses are returned per
-  prompt (best first). Every argument is checked before anything compiles.
+  prompt (best first). ``settings``: the logits processors of :data:`PROCESSORS` (names of
+  :data:`smollm3_jax.sampling.SETTINGS`; a scalar or one value per prompt). Every argument is checked
+  before anything compiles (ValueError naming it).
   """
   cfg = model.config
   vocab = cfg.vocab_size
@@ -207,6 +226,12 @@ def beam_search(model, tokenizer, prompt_ids: Sequence[Sequence[int]], *, num_be
   if longest + max_new > cfg.max_position_embeddings:
     raise ValueError(f"the longest prompt ({longest} tokens) plus max_new_tokens ({max_new}) exceeds the "
                      f"model's context ({cfg.max_position_embeddings} positions)")
+  for name, value in settings.items():
+    if name in sampling.SETTINGS and name not in PROCESSORS and value is not None \
+        and np.any(np.asarray(value) != sampling.SETTINGS[name].off):
+      raise ValueError(f"`{name}` does not apply to beam search (do_sample=False); processors: {PROCESSORS}")
+  params = sampling.SamplingParams.make(len(prompts), vocab_size=vocab, **{
+      k: v for k, v in settings.items() if k not in sampling.SETTINGS or k in PROCESSORS})
   keep = max(2, 1 + len(stop_ids)) * num_beams
   if keep > num_beams * vocab:
     raise ValueError(f"`num_beams` ({num_beams}) is too large for a vocabulary of {vocab}")
@@ -220,7 +245,7 @@ def beam_search(model, tokenizer, prompt_ids: Sequence[Sequence[int]], *, num_be
   seq, score, length = _search_jit(
       graphdef, state, jnp.asarray(tokens), jnp.asarray(lengths),
       jnp.asarray(stop_ids or (-1,), jnp.int32), jnp.float32(length_penalty),
-      jnp.int32(2 if early_stopping == "never" else int(early_stopping)), num_beams=num_beams, keep=keep,
+      jnp.int32(2 if early_stopping == "never" else int(early_stopping)), params, num_beams=num_beams, keep=keep,
       max_new=max_new, cache_length=bucket_length(p + max_new))
   seq, score, length = np.asarray(seq), np.asarray(score), np.asarray(length)
   beams = [[seq[i, j, :length[i, j]].tolist() for j in range(num_return)] for i in range(len(prompts))]

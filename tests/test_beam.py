@@ -99,6 +99,65 @@ def test_beam_search_without_stop_ids_runs_to_the_budget(tiny):
     np.testing.assert_allclose(res.beam_scores[i], scores[:2], atol=1e-4, rtol=0)
 
 
+class _VLLMPenalties:
+  """vLLM's frequency / presence penalties over each row's generated tokens (a transformers logits
+  processor: transformers has none)."""
+
+  def __init__(self, freq, pres, prompt_len):
+    self.freq, self.pres, self.prompt_len = freq, pres, prompt_len
+
+  def __call__(self, input_ids, scores):
+    out = scores.clone()
+    for r in range(scores.shape[0]):
+      counts = torch.bincount(input_ids[r, self.prompt_len:], minlength=scores.shape[-1]).to(scores.dtype)
+      out[r] -= float(np.float32(self.freq)) * counts + float(np.float32(self.pres)) * (counts > 0).to(scores.dtype)
+    return out
+
+
+PROCESSOR_ROWS = [{}, dict(no_repeat_ngram_size=2), dict(repetition_penalty=1.5),
+                  dict(frequency_penalty=1.0, presence_penalty=0.5), dict(min_new_tokens=8, logit_bias={7: 2.0})]
+
+
+def test_beam_search_with_processors_equals_transformers(tiny):
+  """The logits processors act on each beam's log-probabilities, per prompt, as transformers'."""
+  from transformers import LogitsProcessorList
+  model, ref = tiny
+  stop = ref.config.eos_token_id
+  prompts = _prompts()
+  names = sorted({k for r in PROCESSOR_ROWS for k in r})
+  from smollm3_jax.sampling import SETTINGS
+  kwargs = {k: [r.get(k, SETTINGS[k].off) for r in PROCESSOR_ROWS] for k in names}
+  res = beam_search(model, None, prompts, num_beams=BEAMS, max_new_tokens=NEW, stop_ids=stop,
+                    num_return_sequences=BEAMS, **kwargs)
+  plain = beam_search(model, None, prompts, num_beams=BEAMS, max_new_tokens=NEW, stop_ids=stop,
+                      num_return_sequences=BEAMS)
+  for i, (p, row) in enumerate(zip(prompts, PROCESSOR_ROWS)):
+    extra = LogitsProcessorList()
+    if "frequency_penalty" in row:
+      extra.append(_VLLMPenalties(row["frequency_penalty"], row["presence_penalty"], len(p)))
+    with torch.no_grad():
+      out = ref.generate(torch.tensor([p]), attention_mask=torch.ones(1, len(p), dtype=torch.long),
+                         max_new_tokens=NEW, num_beams=BEAMS, num_return_sequences=BEAMS, do_sample=False,
+                         eos_token_id=list(stop), pad_token_id=0, top_k=None, top_p=None, temperature=None,
+                         return_dict_in_generate=True, output_scores=True, logits_processor=extra,
+                         no_repeat_ngram_size=row.get("no_repeat_ngram_size"),
+                         repetition_penalty=row.get("repetition_penalty"), min_new_tokens=row.get("min_new_tokens"),
+                         sequence_bias=[[[t], b] for t, b in row.get("logit_bias", {}).items()] or None)
+    lengths = (out.beam_indices >= 0).sum(-1).tolist()
+    seqs = [out.sequences[j, len(p):len(p) + lengths[j]].tolist() for j in range(BEAMS)]
+    assert res.beams[i] == seqs, (i, row)
+    np.testing.assert_allclose(res.beam_scores[i], out.sequences_scores.tolist(), atol=1e-4, rtol=2e-6)
+    assert (res.beams[i] != plain.beams[i]) == bool(row), (i, row)  # each processor changed the beams
+
+
+def test_beam_search_refuses_sampling_settings(tiny):
+  model, _ = tiny
+  with pytest.raises(ValueError, match="top_p"):
+    beam_search(model, None, [[1, 2]], num_beams=2, max_new_tokens=2, top_p=0.9)
+  with pytest.raises(ValueError, match="typical"):
+    beam_search(model, None, [[1, 2]], num_beams=2, max_new_tokens=2, typical=0.9)
+
+
 def test_demo_beam_search_equals_transformers(demo_model, demo_tokenizer, demo_hf_model):
   texts = ["The capital of France is", "def fibonacci(n):", "Once upon a time", "1, 2, 3, 4,",
            "The best way to learn"]
