@@ -25,6 +25,7 @@ from absl import app, flags
 
 _T_START = time.time()
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import bench_baseline  # noqa: E402  (experiments/bench_baseline.py, beside this script)
 import bench_continuous  # noqa: E402  (experiments/bench_continuous.py, beside this script)
 import probes  # noqa: E402  (experiments/probes.py, beside this script)
 from smollm3_jax import cli  # noqa: E402
@@ -62,6 +63,9 @@ flags.DEFINE_integer("refill_slots", 16, "Continuous rows: slots of the sweep's 
 flags.DEFINE_integer("refill_prompts", 24, "Continuous rows: prompts of the sweep (x 2 cells: thinking off/on).")
 flags.DEFINE_integer("refill_budget", 512, "Continuous rows: max_new_tokens of the sweep.")
 flags.DEFINE_integer("server_clients", 8, "Continuous rows: concurrent clients of the server row.")
+flags.DEFINE_string("baseline", None, "Another checkout (e.g. `git worktree add /tmp/before <commit>`): decode "
+                    "tokens/s of both, greedy / sampled / sampled with log-probabilities recorded, in alternating "
+                    "fresh processes (experiments/bench_baseline.py). Runs only these rows.")
 flags.DEFINE_enum("compare", "none", ["none", "transformers"], "Also run transformers generate on the same weights.")
 flags.DEFINE_integer("repeats", 3, "Timed repetitions per row (best is reported; all are in the JSON).")
 flags.DEFINE_float("bandwidth_gbps", 0.0, "Device memory bandwidth for the roofline; 0 = measure it.")
@@ -454,6 +458,8 @@ def format_table(rows, bandwidth) -> str:
       name = f"sweep {r['slots']} slots, refill {'on' if r['refill'] else 'off'}"
     elif r["kind"] == "server":
       name = f"server {r['clients']} {r['mode']}"
+    elif r["kind"] == "baseline":
+      name = f"vs baseline: {r['mode']}"
     else:
       name = f"sweep {r['settings']}x{r['prompts']} ({r['rows']} rows)"
     def fmt(v, spec):
@@ -496,7 +502,7 @@ def targets_text(rows, quantize: str = "none", dtype: str = "float32") -> str:
           large["ours_tokens_per_second"] / small["ours_tokens_per_second"], 0.85)
     out.append(f"  greedy tokens identical across the cache budgets: "
                f"{all(r['same_tokens'] for r in rows if r['kind'] == 'budget')}")
-  out += bench_continuous.targets(rows)
+  out += bench_continuous.targets(rows) + bench_baseline.targets(rows)
   mode = dtype if quantize == "none" else f"ours {quantize} weights, transformers {dtype}"
   return f"targets (demo checkpoint, 2-core CPU, {mode}):\n" + "\n".join(out) if out else ""
 
@@ -642,7 +648,9 @@ def main(argv):
 
   print(f"model: {desc}, {FLAGS.dtype}; device {report['device']}", flush=True)
   rows = []
-  if FLAGS.continuous_only:
+  if FLAGS.baseline:
+    rows += bench_baseline.bench_baseline(FLAGS.baseline)
+  elif FLAGS.continuous_only:
     rows += _continuous_rows(model, tokenizer)
   elif FLAGS.accelerator_check:
     try:

@@ -29,6 +29,10 @@ flags.DEFINE_integer("seed", 0, "Base seed; each row derives its own from it and
                      lower_bound=0, upper_bound=2**32 - 1)
 cli.define_date_flag()
 flags.DEFINE_bool("stream", False, "Stream the (first) prompt's answer as it decodes.")
+flags.DEFINE_integer("logprobs", None, "Record each token's log-probabilities (raw and as sampled), entropies and "
+                     "rank, with this many top alternatives (0-20); printed per token and written to --output_json.",
+                     lower_bound=0, upper_bound=20)
+flags.DEFINE_list("stop", [], "Stop strings (up to 4): a row ends when its text contains one; it is cut from the text.")
 flags.DEFINE_bool("show_thinking", True, "When streaming, also print the thinking part.")
 cli.define_dtype_flag()
 cli.define_quantize_flag()
@@ -69,6 +73,16 @@ def main(argv):
   kwargs = dict(chat=FLAGS.chat, thinking=FLAGS.thinking, **sampling_kwargs,
                 max_new_tokens=FLAGS.max_new_tokens, seed=FLAGS.seed,
                 newline_limit=FLAGS.newline_limit or None, date=FLAGS.date)
+  if FLAGS.stop:
+    kwargs["stop"] = list(FLAGS.stop)
+  if FLAGS.logprobs is not None:
+    kwargs.update(logprobs=True, top_logprobs=FLAGS.logprobs)
+  beams = cli.beam_flag_values()
+  if beams and FLAGS.stream:
+    raise app.UsageError("--num_beams > 1 does not stream (beam search returns whole hypotheses)")
+  if beams and FLAGS.logprobs is not None:
+    raise app.UsageError("--logprobs records sampled or greedy decoding, not beam search")
+  kwargs.update(beams)
 
   from smollm3_jax import sharding
 
@@ -95,7 +109,10 @@ def main(argv):
       if c.thinking:
         print(f"[thinking] {c.thinking}")
       print(c.answer)
-      print(f"[{len(c.token_ids)} tokens, stop: {c.stop_reason}]\n")
+      score = f", beam score {c.score:.4f}" if c.score is not None else ""
+      print(f"[{len(c.token_ids)} tokens, stop: {c.stop_reason}{score}]\n")
+      if c.logprobs is not None:
+        _print_logprobs(tokenizer, c)
 
   print("stats: " + ", ".join(
       f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in stats.as_dict().items()))
@@ -104,11 +121,32 @@ def main(argv):
         checkpoint=FLAGS.checkpoint, settings=kwargs,
         completions=[dict(prompt=p, rendered_prompt=c.prompt, prompt_token_ids=c.prompt_token_ids,
                           token_ids=c.token_ids, text=c.text, thinking=c.thinking, answer=c.answer,
-                          stop_reason=c.stop_reason) for p, c in zip(FLAGS.prompt, completions)],
+                          stop_reason=c.stop_reason, score=c.score, logprobs=_logprobs_json(c))
+                     for p, c in zip(FLAGS.prompt, completions)],
         stats=stats.as_dict())
     from smollm3_jax.files import atomic_write
     atomic_write(FLAGS.output_json, json.dumps(out, indent=2, ensure_ascii=False))
     print(f"wrote {FLAGS.output_json}")
+
+
+def _logprobs_json(c):
+  if c.logprobs is None:
+    return None
+  lp = c.logprobs
+  return {name: getattr(lp, name).tolist() for name in ("logprob", "processed_logprob", "entropy",
+                                                         "processed_entropy", "rank", "top_ids", "top_logprobs")}
+
+
+def _print_logprobs(tokenizer, c):
+  """One line per token: the token, its raw and sampled log-probabilities, the entropy, the rank and
+  the top alternatives."""
+  lp = c.logprobs
+  print(f"{'token':>16} {'logprob':>9} {'sampled':>9} {'entropy':>8} {'rank':>5}  alternatives")
+  for t, tid in enumerate(c.token_ids):
+    alts = ", ".join(f"{tokenizer.decode([int(a)])!r} {v:.2f}" for a, v in zip(lp.top_ids[t], lp.top_logprobs[t]))
+    print(f"{tokenizer.decode([tid])!r:>16} {lp.logprob[t]:9.3f} {lp.processed_logprob[t]:9.3f} "
+          f"{lp.entropy[t]:8.3f} {int(lp.rank[t]):5d}  {alts}")
+  print()
 
 
 if __name__ == "__main__":

@@ -62,6 +62,7 @@ class Completion:
   stop_reason: str
   settings: dict[str, Any] = dataclasses.field(default_factory=dict)
   logprobs: TokenLogprobs | None = None
+  score: float | None = None  # beam search: the hypothesis' score (transformers' sequences_scores)
 
 
 @dataclasses.dataclass
@@ -372,7 +373,8 @@ def generate(model: SmolLM3, tokenizer, prompts, *, chat: bool = True, thinking=
              context_length: int | None = None, engine: Engine | None = None, mesh=None,
              share_prefill: bool = True, date=None, num_return_sequences: int = 1, slots: int | None = None,
              cache_length: int | None = None, progress: bool = False, logprobs: bool = False,
-             top_logprobs: int = 0, **sampling_settings) -> GenerationResult:
+             top_logprobs: int = 0, num_beams: int = 1, length_penalty: float = 1.0, early_stopping=False,
+             **sampling_settings) -> GenerationResult:
   """Generates one completion per prompt (``num_return_sequences`` per prompt: prompt-major).
 
   ``prompts``: a string, a list of strings, or message lists (``chat=True`` renders them with the
@@ -401,6 +403,12 @@ def generate(model: SmolLM3, tokenizer, prompts, *, chat: bool = True, thinking=
   """
   from smollm3_jax import generation_defaults
 
+  if validation.as_count("num_beams", num_beams, low=1) > 1:
+    return _beam_generate(model, tokenizer, prompts, chat=chat, thinking=thinking, max_new_tokens=max_new_tokens,
+                          num_beams=num_beams, length_penalty=length_penalty, early_stopping=early_stopping,
+                          num_return_sequences=num_return_sequences, stop_ids=stop_ids, date=date,
+                          sampled=dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p),
+                          repetition_penalty=repetition_penalty, **sampling_settings)
   filled = generation_defaults.for_tokenizer(tokenizer).fill(
       thinking=thinking, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
       repetition_penalty=repetition_penalty, max_new_tokens=max_new_tokens)
@@ -423,6 +431,46 @@ def generate(model: SmolLM3, tokenizer, prompts, *, chat: bool = True, thinking=
     bar.close()
   return GenerationResult(_finish(tokenizer, call.requests, call.texts, call.prompt_ids, call.stop_ids,
                                   call.settings, call.stop), _stats(call, pool, t_call))
+
+
+def _beam_generate(model, tokenizer, prompts, *, chat, thinking, max_new_tokens, num_beams, length_penalty,
+                   early_stopping, num_return_sequences, stop_ids, date, sampled, **processors) -> GenerationResult:
+  """generate() with num_beams > 1: beam search over the rendered prompts."""
+  from smollm3_jax import generation_defaults
+  from smollm3_jax.beam import beam_search
+
+  given = {k: v for k, v in sampled.items() if v is not None and v != sampling.SETTINGS[k].off}
+  if given:
+    raise ValueError(f"beam search is not sampled: {', '.join(given)} cannot be used with num_beams > 1")
+  defaults = generation_defaults.for_tokenizer(tokenizer)
+  thinking = defaults.thinking if thinking is None else thinking
+  max_new = defaults.max_new_tokens if max_new_tokens is None else max_new_tokens
+  texts, ids = render_prompts(tokenizer, prompts, chat=chat, thinking=thinking, date=date,
+                              vocab_size=model.config.vocab_size)
+  processors = {k: v for k, v in processors.items() if v is not None}
+  t0 = time.perf_counter()
+  res = beam_search(model, tokenizer, ids, num_beams=num_beams, length_penalty=length_penalty,
+                    early_stopping=early_stopping, max_new_tokens=max_new, stop_ids=stop_ids,
+                    num_return_sequences=num_return_sequences, **processors)
+  wall = time.perf_counter() - t0
+  stops = set(stop_ids if stop_ids is not None else
+              (tokenizer.stop_token_ids if tokenizer is not None else model.config.eos_token_id))
+  out = []
+  settings = dict(num_beams=num_beams, length_penalty=length_penalty, early_stopping=early_stopping, **processors)
+  for i, (beams, scores) in enumerate(zip(res.beams, res.beam_scores)):
+    for seq, score in zip(beams, scores):
+      ended = bool(seq) and seq[-1] in stops
+      body = seq[:-1] if ended else seq
+      text = tokenizer.decode(body) if tokenizer is not None else ""
+      thought, answer = (split_thinking(text, inside=prompt_opens_thinking(texts[i])) if tokenizer is not None
+                         else ("", ""))
+      out.append(Completion(prompt=texts[i], prompt_token_ids=list(ids[i]), token_ids=list(seq), text=text,
+                            thinking=thought, answer=answer, stop_reason="eos" if ended else "max_tokens",
+                            settings=dict(settings, thinking=thinking), score=float(score)))
+  gen = sum(len(c.token_ids) for c in out)
+  stats = GenerationStats(prompt_tokens=sum(map(len, ids)), generated_tokens=gen, decode_seconds=wall,
+                          decode_tokens_per_second=gen / wall if wall > 0 else 0.0, batch_size=len(ids) * num_beams)
+  return GenerationResult(out, stats)
 
 
 class Stream:

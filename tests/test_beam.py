@@ -183,3 +183,26 @@ def test_bad_arguments_raise_before_compiling(tiny, kwargs, match):
   args.update(kwargs)
   with pytest.raises(ValueError, match=match):
     beam_search(model, None, args.pop("prompt_ids"), **args)
+
+
+def test_generate_with_num_beams_runs_beam_search():
+  """generate(num_beams=...) returns beam_search's hypotheses as completions (best first, with their
+  scores) and refuses sampling settings before compiling."""
+  from flax import nnx
+
+  import smollm3_jax
+  from smollm3_jax import config as C
+  from smollm3_jax.beam import beam_search
+  from smollm3_jax.model import SmolLM3
+
+  model = SmolLM3(C.tiny(num_layers=2), rngs=nnx.Rngs(5))
+  prompts = [[5, 9, 14, 3], [7, 7, 21]]
+  direct = beam_search(model, None, prompts, num_beams=3, length_penalty=0.5, max_new_tokens=5, stop_ids=[],
+                       num_return_sequences=2)
+  res = smollm3_jax.generate(model, None, prompts, num_beams=3, length_penalty=0.5, max_new_tokens=5, stop_ids=[],
+                             num_return_sequences=2)
+  assert [c.token_ids for c in res] == [b for beams in direct.beams for b in beams]
+  assert [c.score for c in res] == [s for scores in direct.beam_scores for s in scores]
+  assert res[0].settings["num_beams"] == 3 and res[0].stop_reason == "max_tokens"
+  with pytest.raises(ValueError, match="temperature"):
+    smollm3_jax.generate(model, None, prompts, num_beams=3, temperature=0.7, max_new_tokens=5)
