@@ -43,6 +43,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.sweep.top_p = (0.95,)                     # 1 = off
   c.sweep.top_k = (0,)                        # 0 = off
   c.sweep.min_p = (0.0,)                      # 0 = off
+  # More axes (off by default; their values join the cell keys only when on):
+  c.sweep.typical_p = (1.0,)                  # locally typical sampling; 1 = off
+  c.sweep.epsilon_cutoff = (0.0,)             # 0 = off
+  c.sweep.eta_cutoff = (0.0,)                 # 0 = off
+  c.sweep.frequency_penalty = (0.0,)          # OpenAI / vLLM, in [-2, 2]; 0 = off
+  c.sweep.presence_penalty = (0.0,)           # OpenAI / vLLM, in [-2, 2]; 0 = off
+  c.sweep.no_repeat_ngram_size = (0,)         # 0 = off
+  c.sweep.min_new_tokens = (0,)               # stop ids masked before this many tokens; 0 = off
   # (every axis of smollm3_jax.sweep.AXES may be given; one left out is fixed at its "off" value)
 
   c.samples = 1             # samples (seeds) per sampled cell; greedy cells always run once (and greedy
@@ -64,6 +72,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.batch_size = 16         # rows per batch (fixed: the last batch is padded, one compile)
   c.mesh = ""               # device mesh, e.g. 'data=2,model=4'; '' = all devices on the data axis
   c.plots = True
+  c.record_logprobs = False # per-token log-probabilities and entropies in generations.jsonl (4 decimals),
+                            # and the cells' mean_logprob / mean_entropy (recorded in the decode loop)
   c.plot_axes = ()          # the two axes of the heatmaps and line plots, e.g. ('temperature', 'min_p');
                             # () = the two swept axes with most values; panels for the other swept axes
 

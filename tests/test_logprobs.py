@@ -114,3 +114,34 @@ def test_bad_logprob_arguments_are_refused_before_compiling(demo_model):
     smollm3_jax.generate(demo_model, None, [[1, 2, 3]], top_logprobs=21, max_new_tokens=2)
   with pytest.raises(ValueError, match="logprobs"):
     smollm3_jax.generate(demo_model, None, [[1, 2, 3]], logprobs="yes", max_new_tokens=2)
+
+
+def test_sweep_records_logprobs_per_row_and_cell_means(tmp_path, demo_tokenizer):
+  """record_logprobs: each row carries its tokens' log-probabilities and entropies (aligned with
+  token_ids) and their means; the summary has the cells' mean_logprob / mean_entropy."""
+  import csv
+  import json
+
+  from _helpers import tiny_sweep_config
+  from smollm3_jax import sweep
+
+  tok_dir = str(tmp_path / "tok")
+  demo_tokenizer.save_pretrained(tok_dir)
+  cfg = tiny_sweep_config(tok_dir, record_logprobs=True, **{"sweep.thinking": (False,),
+                                                             "sweep.repetition_penalty": (1.0,)})
+  model, tok = sweep.load_model_and_tokenizer(cfg.model)
+  out = sweep.run_sweep(cfg, str(tmp_path / "wd"), model=model, tokenizer=tok, log=lambda s: None)
+  rows = [json.loads(l) for l in (tmp_path / "wd" / "generations.jsonl").read_text().splitlines()]
+  assert len(rows) == out.total_rows == 6
+  for r in rows:
+    assert len(r["logprobs"]["logprob"]) == len(r["token_ids"]) == len(r["logprobs"]["entropy"])
+    assert all(v <= 0 for v in r["logprobs"]["logprob"])
+    assert r["mean_logprob"] == pytest.approx(np.mean(r["logprobs"]["logprob"]), abs=1e-4)
+    if r["settings"]["temperature"] == 0:  # greedy with no penalty: the sampled distribution is the raw one
+      assert r["logprobs"]["processed_logprob"] == r["logprobs"]["logprob"]
+  with open(tmp_path / "wd" / "summary.csv") as f:
+    summary = list(csv.DictReader(f))
+  for s in summary:
+    mine = [r for r in rows if r["cell_key"] == s["run_key"]]
+    assert float(s["mean_logprob"]) == pytest.approx(np.mean([r["mean_logprob"] for r in mine]), abs=1e-6)
+    assert float(s["mean_entropy"]) > 0

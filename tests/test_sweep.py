@@ -88,7 +88,8 @@ def test_sweep_writes_rows_summary_plots_and_compiles_once(tiny, tiny_sweep):
   assert "rep_pen" in out.table and out.table.count("\n") == 9
   # one heatmap and one line plot per metric with a value (one sample: no majority vote, self-BLEU,
   # pass@k), and the throughput apart
-  quality = [m for m in sweep.METRICS if m not in ("majority_accuracy", "self_bleu")]
+  # (and no log-probabilities: record_logprobs is off)
+  quality = [m for m in sweep.METRICS if m not in ("majority_accuracy", "self_bleu", "mean_logprob", "mean_entropy")]
   names = sorted(os.listdir(tmp_path / "plots"))
   assert names == sorted([f"{m}.png" for m in quality] + [f"{m}.lines.png" for m in quality] + ["throughput.png"])
   assert sorted(out.plots) == [str(tmp_path / "plots" / n) for n in names]
@@ -212,8 +213,11 @@ def test_results_file_torn_line_and_duplicates(tmp_path):
 def test_grid_expansion_and_validation(tmp_path):
   cfg = sweep.to_plain(sweep_config("demo"))
   cells = sweep.expand_grid(cfg["sweep"])
+  # (the config's other axes, at their off values, are in every cell too)
   assert len(cells) == 18 and cells[0] == dict(thinking=False, temperature=0.0, repetition_penalty=1.0,
-                                               top_p=0.95, top_k=0, min_p=0.0)
+                                               top_p=0.95, top_k=0, min_p=0.0, typical_p=1.0, epsilon_cutoff=0.0,
+                                               eta_cutoff=0.0, frequency_penalty=0.0, presence_penalty=0.0,
+                                               no_repeat_ngram_size=0, min_new_tokens=0)
   rows = sweep.make_rows([{"id": "p"}], cells, samples=3, seed=0)
   assert len(rows) == 6 * 1 + 12 * 3  # greedy cells run once
   bad = dict(cfg["sweep"], temperature=[-1.0])
@@ -306,3 +310,19 @@ def test_resume_with_another_batch_size_gives_the_same_rows(tiny, tiny_sweep, tm
   for r in rows:
     assert (r["token_ids"], r["text"], r["stop_reason"]) == \
         (full[r["key"]]["token_ids"], full[r["key"]]["text"], full[r["key"]]["stop_reason"]), r["key"]
+
+
+def test_a_typical_p_by_temperature_sweep_compiles_decode_once(tiny, tmp_path):
+  """New sampling settings are traced per-row values: a grid over them is one decode program."""
+  model, tokenizer, tok_dir = tiny
+  cfg = _tiny_config(tok_dir, **{"sweep.typical_p": (0.5, 1.0), "sweep.temperature": (0.7, 1.0),
+                                 "sweep.thinking": (False,), "sweep.repetition_penalty": (1.0,)})
+  sweep.run_sweep(cfg, str(tmp_path / "warm"), model=model, tokenizer=tokenizer, log=lambda s: None)
+  before = dict(COMPILE_COUNTS)
+  cfg2 = _tiny_config(tok_dir, **{"sweep.typical_p": (0.2, 0.9), "sweep.temperature": (0.3, 1.5),
+                                  "sweep.thinking": (False,), "sweep.repetition_penalty": (1.0,)})
+  out = sweep.run_sweep(cfg2, str(tmp_path / "wd"), model=model, tokenizer=tokenizer, log=lambda s: None)
+  assert out.new_rows == 12 and COMPILE_COUNTS["decode"] == before.get("decode", 0)
+  rows = [json.loads(l) for l in _lines(tmp_path / "wd" / "generations.jsonl") if l]
+  assert {r["settings"]["typical_p"] for r in rows} == {0.2, 0.9}
+  assert all("typical_p=0.2" in r["cell_key"] or "typical_p=0.9" in r["cell_key"] for r in rows)

@@ -8,6 +8,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Mapping
 
+import numpy as np
+
 from smollm3_jax import metrics as M
 from smollm3_jax.thinking import has_closed_thinking, prompt_opens_thinking
 
@@ -75,7 +77,7 @@ def run_rows(model, tokenizer, cfg, prompts, todo, results, *, progress, log, ma
     slots = -(-slots // engine.sharding.data_size) * engine.sharding.data_size
   pool = engine.pool(slots, engine.cache_length_for(p_len + max_new - 1),
                      stop_ids=tokenizer.stop_token_ids, newline_guard=nl > 0, refill=refill, chunk_steps=32,
-                     shrink=refill)
+                     shrink=refill, logprobs=bool(cfg.get("record_logprobs")))
   pool.submit(requests)
 
   bar = None
@@ -127,5 +129,10 @@ def _row(tokenizer, req, by_id, max_new, pool) -> dict:
                   decode_seconds=st["decode_seconds"], compile_seconds=st["compile_seconds"],
                   prefill_seconds=st["prefill_seconds"],
                   decode_tokens_per_second=st["generated"] / st["decode_seconds"] if st["decode_seconds"] else 0.0))
+  if c.logprobs is not None and c.token_ids:  # compact: 4 decimals
+    lp = c.logprobs
+    row["logprobs"] = {name: [round(float(v), 4) for v in getattr(lp, name)]
+                       for name in ("logprob", "processed_logprob", "entropy")}
+    row.update(mean_logprob=float(np.mean(lp.logprob)), mean_entropy=float(np.mean(lp.entropy)))
   row.update(_score(row, prompt))
   return row

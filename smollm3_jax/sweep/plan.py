@@ -49,6 +49,13 @@ SWEEP_AXES = (
     Axis("top_p", float, off=1.0, always_keyed=True, greedy_free=True),
     Axis("top_k", int, off=0, always_keyed=True, greedy_free=True),
     Axis("min_p", float, off=0.0, always_keyed=True, greedy_free=True),
+    Axis("typical_p", float, off=1.0, greedy_free=True),
+    Axis("epsilon_cutoff", float, off=0.0, label="eps", greedy_free=True),
+    Axis("eta_cutoff", float, off=0.0, label="eta", greedy_free=True),
+    Axis("frequency_penalty", float, off=0.0, label="fp"),
+    Axis("presence_penalty", float, off=0.0, label="pp"),
+    Axis("no_repeat_ngram_size", int, off=0, label="ngram"),
+    Axis("min_new_tokens", int, off=0, label="min_new"),
 )
 AXES = tuple(a.name for a in SWEEP_AXES)
 AXIS = {a.name: a for a in SWEEP_AXES}
@@ -85,6 +92,7 @@ def validate_config(cfg: Mapping) -> None:
   validation.as_count("newline_limit", cfg.get("newline_limit", 0))
   validation.as_count("seed", cfg.get("seed", 0), high=validation.UINT32_MAX)
   validation.as_bool("chat", cfg.get("chat", True))
+  validation.as_bool("record_logprobs", cfg.get("record_logprobs", False))
   prompts = cfg.get("prompts", {})
   validation.as_count("prompts.limit", prompts.get("limit", 0))
   if cfg.get("date"):

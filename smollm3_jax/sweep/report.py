@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import io
-import itertools
 import math
 import os
 from typing import Callable, Mapping, Sequence
@@ -34,6 +33,8 @@ METRICS = {
     "accuracy": ("acc", "share correct among rows whose prompt has a reference"),
     "majority_accuracy": ("maj", "self-consistency: share of prompts whose majority answer is correct"),
     "self_bleu": ("sbleu", "self-BLEU (0-100) of a prompt's samples, mean over prompts (higher = alike)"),
+    "mean_logprob": ("logp", "mean raw log-probability (nats) of the generated tokens (record_logprobs)"),
+    "mean_entropy": ("ent", "mean entropy (nats) of the raw next-token distribution (record_logprobs)"),
 }
 # Per-prompt pass@k columns (``pass_at_<k>``) join these when samples > 1; see :func:`pass_ks`.
 # The machine's speed, reported apart from the quality metrics (it measures the batch, not the setting).
@@ -51,6 +52,8 @@ _ROW_VALUES: dict[str, Callable[[Mapping, list], float | None]] = {
     "eos_share": lambda r, w: float(r["stop_reason"] == "eos"),
     "mean_thinking_tokens": lambda r, w: r.get("thinking_tokens", 0),
     "closed_think_share": lambda r, w: float(r["closed_think"]),
+    "mean_logprob": lambda r, w: r.get("mean_logprob"),
+    "mean_entropy": lambda r, w: r.get("mean_entropy"),
 }
 
 

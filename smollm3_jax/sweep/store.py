@@ -56,6 +56,8 @@ def _comparable(record: Mapping) -> dict:
   cfg = json.loads(json.dumps(record.get("config", {})))
   for field in RESUMABLE_FIELDS + GROWABLE_FIELDS:
     _drop(cfg, field)
+  if not cfg.get("record_logprobs"):  # off = a workdir from before the field existed
+    cfg.pop("record_logprobs", None)
   return dict(config=cfg, prompts_sha256=record.get("prompts_sha256"), version=record.get("version"))
 
 
