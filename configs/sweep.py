@@ -51,6 +51,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.sweep.presence_penalty = (0.0,)           # OpenAI / vLLM, in [-2, 2]; 0 = off
   c.sweep.no_repeat_ngram_size = (0,)         # 0 = off
   c.sweep.min_new_tokens = (0,)               # stop ids masked before this many tokens; 0 = off
+  c.sweep.num_beams = (1,)                    # > 1: beam search (needs temperature=(0.0,)); 1 = off
   # (every axis of smollm3_jax.sweep.AXES may be given; one left out is fixed at its "off" value)
 
   c.samples = 1             # samples (seeds) per sampled cell; greedy cells always run once (and greedy

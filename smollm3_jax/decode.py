@@ -196,7 +196,8 @@ def prefill_slots(graphdef, state, s: DecodeState, tokens, slots, starts, counts
 
 def insert(s: DecodeState, slots, source, last, rows: RowSettings, seeds, pad_id) -> DecodeState:
   """Starts rows in slots ``slots`` [U] (B = no row): each copies the prefilled prompt of slot
-  ``source[u]`` (itself, or the slot that prefilled the same prompt: shared prefill), feeds
+  ``source[u]`` (itself, or a slot holding the same prompt, prefilled now or for a row still there:
+  shared prefill), feeds
   ``last[u]`` (its prompt's last token) at the next step, and takes ``rows`` [U] and a key from
   ``seeds[u]`` (uint32). A one-token prompt starts from an empty cache row and context."""
   cache = s.cache
@@ -215,7 +216,9 @@ def insert(s: DecodeState, slots, source, last, rows: RowSettings, seeds, pad_id
   k, v = jax.lax.fori_loop(0, jnp.sum(copies), copy_row, (cache.k, cache.v))
   cache = cache.replace(k=k, v=v)
   u = slots.shape[0]
-  context = _gather(s.context, source)
+  # The source's prompt only: it may be a running row (the prompt's first slots never change while a
+  # row generates), whose context also holds what it generated.
+  context = sampling.prefix_context(_gather(s.context, source), rows.prompt_len - 1)
   fresh = sampling.init_context(u, s.context.presence.shape[-1], cache.length)
   empty = rows.prompt_len <= 1
   context = jax.tree.map(lambda f, x: jnp.where(empty.reshape((u,) + (1,) * (x.ndim - 1)), f, x), fresh, context)

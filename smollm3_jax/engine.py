@@ -259,6 +259,9 @@ class Pool:
     self.state = self._empty_state()
     self._lengths = np.zeros((self.slots,), np.int64)  # host copy of the cache lengths of active rows
     self._stop = np.zeros((self.slots,), np.int32)  # reasons the next decode call stops slots with
+    # (share key, prompt) -> the slots whose cache holds that prompt (a row there now, or until the slot
+    # is reused): later rows repeating the prompt copy it instead of prefilling it again.
+    self._holders: dict[Any, set[int]] = {}
 
   # -- state ----------------------------------------------------------------------------------
   def _empty_state(self) -> DecodeState:
@@ -386,13 +389,18 @@ class Pool:
     if not taken:
       return
     now = time.perf_counter()
-    placed, sources, first = [], [], {}
+    placed, sources = [], []
+    overwritten = set(free[:len(taken)])
+    for holders in self._holders.values():
+      holders -= overwritten
     for slot, r in zip(free, taken):
       r.admitted = now
       self.rows[slot] = r
       self._stop[slot] = 0
       key = (r.share, r.prompt.tobytes()) if r.share is not None else None
-      src = first.setdefault(key, slot) if key is not None else slot
+      holders = self._holders.setdefault(key, set()) if key is not None else set()
+      src = min(holders) if holders else slot
+      holders.add(slot)
       placed.append((slot, r))
       sources.append(src)
     firsts = [(slot, r) for (slot, r), src in zip(placed, sources) if src == slot]
@@ -497,6 +505,7 @@ class Pool:
     self.stats["insert_seconds"] += time.perf_counter() - t0
     self.rows = [self.rows[i] for i in index]
     self._lengths, self._stop = self._lengths[index], self._stop[index]
+    self._holders = {}
     self.slots = target
     self.prefill_rows = tuple(b for b in self.prefill_rows if b < target) + (target,)
 

@@ -673,6 +673,18 @@ def observe(ctx: TokenContext, tokens: jax.Array, positions: jax.Array, valid: j
                       length=jnp.maximum(ctx.length, end))
 
 
+def prefix_context(ctx: TokenContext, length: jax.Array) -> TokenContext:
+  """The context of each row's first ``length[b]`` positions only (a prompt, without what was generated
+  after it): presence rebuilt from the history, generated counts zero."""
+  b, v = ctx.presence.shape
+  keep = jnp.arange(ctx.history.shape[1], dtype=jnp.int32)[None, :] < length[:, None]
+  history = jnp.where(keep, ctx.history, -1)
+  rows = jnp.broadcast_to(jnp.arange(b)[:, None], history.shape)
+  presence = jnp.zeros((b, v), bool).at[rows, jnp.where(history >= 0, history, v)].set(True, mode="drop")
+  return TokenContext(presence=presence, counts=jnp.zeros_like(ctx.counts), history=history,
+                      length=jnp.minimum(ctx.length, length))
+
+
 def _context(ctx: "TokenContext | jax.Array") -> TokenContext:
   """A TokenContext; a bare [B, V] presence mask (the pre-TokenContext interface) gets empty
   counts and history."""

@@ -120,6 +120,25 @@ def test_repeated_prompts_share_prefill_and_keep_their_own_seeds(tiny):
   assert len({tuple(c.token_ids) for c in res}) > 1  # four seeds, not one sample four times
 
 
+def test_a_later_row_copies_the_prompt_of_a_running_row(tiny):
+  """Rows repeating a prompt that start in later rounds copy its cache from a slot still holding it
+  (a running or finished row), not prefilling again; the penalties see the prompt only, not what that
+  row generated."""
+  model, prompts = tiny
+  engine = Engine(model, None)
+  pool = engine.pool(2, 128, chunk_steps=2)
+  budgets = [3, 9, 4, 6, 5]
+  settings = dict(temperature=0.8, repetition_penalty=1.5, frequency_penalty=0.5, no_repeat_ngram_size=2)
+  requests = [Request(prompt=prompts[1], settings=settings, seed=i, max_new=m, share=0) for i, m in enumerate(budgets)]
+  pool.submit(requests)
+  pool.run()
+  assert pool.stats["prefilled_prompts"] == 1 and len({r.admitted for r in requests}) > 1
+  for i, (r, m) in enumerate(zip(requests, budgets)):
+    want = smollm3_jax.generate(model, None, [prompts[1]], seed=[i], max_new_tokens=m, stop_ids=[],
+                                **settings)[0].token_ids
+    assert r.token_ids == want, i
+
+
 def test_a_pool_compiles_its_program_set_once(tiny):
   """Warm-up compiles prefill (per rows bucket x window), insert and each decode window; then rows
   of any prompt length and budget run without a compile."""

@@ -217,7 +217,7 @@ def test_grid_expansion_and_validation(tmp_path):
   assert len(cells) == 18 and cells[0] == dict(thinking=False, temperature=0.0, repetition_penalty=1.0,
                                                top_p=0.95, top_k=0, min_p=0.0, typical_p=1.0, epsilon_cutoff=0.0,
                                                eta_cutoff=0.0, frequency_penalty=0.0, presence_penalty=0.0,
-                                               no_repeat_ngram_size=0, min_new_tokens=0)
+                                               no_repeat_ngram_size=0, min_new_tokens=0, num_beams=1)
   rows = sweep.make_rows([{"id": "p"}], cells, samples=3, seed=0)
   assert len(rows) == 6 * 1 + 12 * 3  # greedy cells run once
   bad = dict(cfg["sweep"], temperature=[-1.0])
@@ -326,3 +326,23 @@ def test_a_typical_p_by_temperature_sweep_compiles_decode_once(tiny, tmp_path):
   rows = [json.loads(l) for l in _lines(tmp_path / "wd" / "generations.jsonl") if l]
   assert {r["settings"]["typical_p"] for r in rows} == {0.2, 0.9}
   assert all("typical_p=0.2" in r["cell_key"] or "typical_p=0.9" in r["cell_key"] for r in rows)
+
+
+def test_num_beams_cells_run_beam_search(tiny, tmp_path):
+  """A num_beams axis: beam cells run as their own beam-search call; their rows equal
+  generate(num_beams=...) and carry the beam score; sampled beam cells are refused up front."""
+  model, tokenizer, tok_dir = tiny
+  cfg = _tiny_config(tok_dir, **{"sweep.num_beams": (1, 2), "sweep.temperature": (0.0,),
+                                 "sweep.thinking": (False,), "sweep.repetition_penalty": (1.0, 1.3)})
+  out = sweep.run_sweep(cfg, str(tmp_path / "wd"), model=model, tokenizer=tokenizer, log=lambda s: None)
+  rows = [json.loads(l) for l in _lines(tmp_path / "wd" / "generations.jsonl") if l]
+  assert out.new_rows == len(rows) == 12
+  beams = [r for r in rows if r["settings"]["num_beams"] == 2]
+  assert len(beams) == 6 and all("beam_score" in r for r in beams)
+  r = beams[0]
+  want = generate(model, tokenizer, r["prompt"], thinking=False, num_beams=2, max_new_tokens=5,
+                  repetition_penalty=r["settings"]["repetition_penalty"])[0]
+  assert want.token_ids == r["token_ids"] and want.score == pytest.approx(r["beam_score"])
+  bad = _tiny_config(tok_dir, **{"sweep.num_beams": (1, 2), "sweep.temperature": (0.0, 1.0)})
+  with pytest.raises(ValueError, match="num_beams"):
+    sweep.run_sweep(bad, str(tmp_path / "bad"), model=model, tokenizer=tokenizer, log=lambda s: None)

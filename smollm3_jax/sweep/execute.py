@@ -70,6 +70,8 @@ def run_rows(model, tokenizer, cfg, prompts, todo, results, *, progress, log, ma
   for r in todo:
     first_seen.setdefault((r["prompt_id"], r["settings"]["thinking"]), len(first_seen))
   queue = sorted(todo, key=lambda r: first_seen[(r["prompt_id"], r["settings"]["thinking"])])
+  beam_rows = [r for r in queue if r["settings"].get("num_beams", 1) > 1]  # beam cells: their own calls
+  queue = [r for r in queue if r["settings"].get("num_beams", 1) <= 1]
   requests = [Request(prompt=ids[(r["prompt_id"], r["settings"]["thinking"])],
                       settings={k: v for k, v in r["settings"].items() if k in sampling.SETTINGS},
                       seed=int(r["seed"]), max_new=max_new, newline_limit=nl, share=0, tag=r) for r in queue]
@@ -86,12 +88,18 @@ def run_rows(model, tokenizer, cfg, prompts, todo, results, *, progress, log, ma
   if progress:
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=len(requests), unit="row", desc="sweep", dynamic_ncols=True, smoothing=0.1)
+    bar = tqdm(total=len(requests) + len(beam_rows), unit="row", desc="sweep", dynamic_ncols=True, smoothing=0.1)
   groups, pending = 0, []
   try:
+    for cell_rows in _by_cell(beam_rows):
+      pending.extend(_beam_rows(model, tokenizer, cell_rows, ids, by_id, max_new))
+      results.append(pending)
+      groups, pending = groups + 1, []
+      if bar is not None:
+        bar.update(len(cell_rows))
     while not pool.idle:
       finished = [r for r in pool.step() if r.done]
-      pending.extend(_row(tokenizer, r, by_id, max_new, pool) for r in finished)
+      pending.extend(_pool_row(tokenizer, r, by_id, max_new, pool) for r in finished)
       if pending and (len(pending) >= WRITE_EVERY or pool.idle):
         results.append(pending)
         groups += 1
@@ -103,32 +111,66 @@ def run_rows(model, tokenizer, cfg, prompts, todo, results, *, progress, log, ma
   finally:
     if bar is not None:
       bar.close()
+  if not requests:
+    return groups
   log(f"sweep: {len(requests)} rows through {pool.slots} slots: slot utilization {pool.utilization():.2f}, "
       f"{pool.stats['generated']} tokens in {pool.stats['decode_seconds']:.1f}s of decode")
   return groups
 
 
-def _row(tokenizer, req, by_id, max_new, pool) -> dict:
-  """The results line of a finished request (its ``tag`` is the planned row)."""
+def _by_cell(rows):
+  cells: dict = {}
+  for r in rows:
+    cells.setdefault(r["cell_key"], []).append(r)
+  return list(cells.values())
+
+
+def _beam_rows(model, tokenizer, rows, ids, by_id, max_new) -> list[dict]:
+  """One beam-search call for a cell's rows (beam search is not sampled: one row per prompt)."""
+  import time
+
+  from smollm3_jax.api import generate
+  from smollm3_jax.beam import PROCESSORS
+  from smollm3_jax.sampling import SETTINGS
+
+  s = rows[0]["settings"]
+  processors = {k: s[k] for k in PROCESSORS if k in s and s[k] != SETTINGS[k].off}
+  t0 = time.perf_counter()
+  res = generate(model, tokenizer, [ids[(r["prompt_id"], s["thinking"])] for r in rows], num_beams=s["num_beams"],
+                 max_new_tokens=max_new, stop_ids=tokenizer.stop_token_ids, **processors)
+  wall = time.perf_counter() - t0
+  timing = dict(wall_seconds=wall, queue_seconds=0.0, slots=len(rows) * s["num_beams"],
+                decode_seconds=res.stats.decode_seconds, decode_tokens_per_second=res.stats.decode_tokens_per_second)
+  return [_row(tokenizer, r, c, by_id, max_new, timing) for r, c in zip(rows, res)]
+
+
+def _pool_row(tokenizer, req, by_id, max_new, pool) -> dict:
+  """The results line of a finished pool request (its ``tag`` is the planned row)."""
   from smollm3_jax.api import _finish
 
-  r = req.tag
-  prompt = by_id[r["prompt_id"]]
   c, = _finish(tokenizer, [dataclasses.replace(req, tag=0)], [tokenizer.decode(list(req.prompt))],
                [list(req.prompt)], pool.stop_ids, {})
-  row = dict(r, settings=dict(r["settings"], max_new_tokens=max_new))
   st = pool.stats
+  # This row's wait and run, and the pool's figures when it finished (the sweep's throughput).
+  timing = dict(queue_seconds=req.admitted - req.submitted, wall_seconds=req.finished - req.admitted,
+                slots=pool.slots, slot_utilization=pool.utilization(),
+                decode_seconds=st["decode_seconds"], compile_seconds=st["compile_seconds"],
+                prefill_seconds=st["prefill_seconds"],
+                decode_tokens_per_second=st["generated"] / st["decode_seconds"] if st["decode_seconds"] else 0.0)
+  return _row(tokenizer, req.tag, c, by_id, max_new, timing)
+
+
+def _row(tokenizer, r, c, by_id, max_new, timing) -> dict:
+  """The results line of planned row ``r`` and its Completion ``c``."""
+  prompt = by_id[r["prompt_id"]]
+  row = dict(r, settings=dict(r["settings"], max_new_tokens=max_new))
   row.update(
       prompt=prompt["prompt"], kind=prompt["kind"], text=c.text, thinking=c.thinking, answer=c.answer,
       num_tokens=len(c.token_ids), thinking_tokens=len(tokenizer.encode(c.thinking)) if c.thinking else 0,
       closed_think=has_closed_thinking(c.text, inside=prompt_opens_thinking(c.prompt)), stop_reason=c.stop_reason,
-      prompt_tokens=len(c.prompt_token_ids), token_ids=c.token_ids,
-      # This row's wait and run, and the pool's figures when it finished (the sweep's throughput).
-      timing=dict(queue_seconds=req.admitted - req.submitted, wall_seconds=req.finished - req.admitted,
-                  slots=pool.slots, slot_utilization=pool.utilization(),
-                  decode_seconds=st["decode_seconds"], compile_seconds=st["compile_seconds"],
-                  prefill_seconds=st["prefill_seconds"],
-                  decode_tokens_per_second=st["generated"] / st["decode_seconds"] if st["decode_seconds"] else 0.0))
+      prompt_tokens=len(c.prompt_token_ids), token_ids=c.token_ids, timing=timing)
+  if c.score is not None:
+    row["beam_score"] = c.score
   if c.logprobs is not None and c.token_ids:  # compact: 4 decimals
     lp = c.logprobs
     row["logprobs"] = {name: [round(float(v), 4) for v in getattr(lp, name)]

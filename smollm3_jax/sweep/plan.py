@@ -56,11 +56,12 @@ SWEEP_AXES = (
     Axis("presence_penalty", float, off=0.0, label="pp"),
     Axis("no_repeat_ngram_size", int, off=0, label="ngram"),
     Axis("min_new_tokens", int, off=0, label="min_new"),
+    Axis("num_beams", int, off=1, label="beams"),  # > 1: beam search (greedy cells only), its own calls
 )
 AXES = tuple(a.name for a in SWEEP_AXES)
 AXIS = {a.name: a for a in SWEEP_AXES}
 # The axes passed to the sampler (all but the chat template's thinking switch).
-SAMPLING_AXES = tuple(a.name for a in SWEEP_AXES if a.name != "thinking")
+SAMPLING_AXES = tuple(a.name for a in SWEEP_AXES if a.name not in ("thinking", "num_beams"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -201,6 +202,10 @@ def expand_grid(sweep: Mapping) -> list[dict]:
       validate_sampling_args(**{name: list(raw[name])})
     except ValueError as e:
       raise ValueError(f"sweep.{name}: {e}") from None
+  for i, value in enumerate(raw["num_beams"]):
+    validation.as_count(f"sweep.num_beams[{i}]", value, low=1)
+  if max(raw["num_beams"]) > 1 and any(t != 0 for t in raw["temperature"]):
+    raise ValueError("sweep.num_beams: beam search is not sampled; sweep num_beams > 1 with temperature=(0.0,)")
   cells = []
   for values in itertools.product(*(raw[a] for a in AXES)):
     cell = {a: _cast(AXIS[a], v) for a, v in zip(AXES, values)}
