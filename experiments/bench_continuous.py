@@ -18,18 +18,23 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _sweep_requests(tokenizer, n_prompts: int, budget: int, seed: int):
   """The rows of a 2-cell sweep (thinking off/on, T=0.6, top_p=0.95) over the first ``n_prompts``
-  prompts of the bundled set, as pool requests; each prompt's rows side by side (shared prefill)."""
+  prompts of the bundled set, as pool requests in the sweep runner's queue order (refill on and off
+  get the same order)."""
   from smollm3_jax.api import render_prompts
   from smollm3_jax.engine import Request
   from smollm3_jax.sweep import plan
 
+  from smollm3_jax.sweep.execute import queue_order
+
   prompts = plan.load_prompts(os.path.join(ROOT, "data", "prompts", "sweep.jsonl"), limit=n_prompts)
+  rows = [dict(prompt_id=p["id"], settings=dict(thinking=think)) for p in prompts for think in (False, True)]
+  by_id = {p["id"]: p for p in prompts}
   requests = []
-  for p in prompts:
-    for think in (False, True):
-      _, (ids,) = render_prompts(tokenizer, [p["prompt"]], thinking=think, date="2025-06-15")
-      requests.append(Request(prompt=ids, settings=dict(temperature=0.6, top_p=0.95), max_new=budget, share=0,
-                              seed=plan.row_seed(seed, p["id"], f"think={int(think)}", 0)))
+  for r in queue_order(rows, by_id):  # the sweep runner's order: longest-expected prompt kinds first
+    think = r["settings"]["thinking"]
+    _, (ids,) = render_prompts(tokenizer, [by_id[r["prompt_id"]]["prompt"]], thinking=think, date="2025-06-15")
+    requests.append(Request(prompt=ids, settings=dict(temperature=0.6, top_p=0.95), max_new=budget, share=0,
+                            seed=plan.row_seed(seed, r["prompt_id"], f"think={int(think)}", 0)))
   return requests
 
 
