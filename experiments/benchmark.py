@@ -56,13 +56,14 @@ flags.DEFINE_list("check_budgets", ["1024", "8192"], "Accelerator check: allocat
 flags.DEFINE_integer("check_steps", 64, "Accelerator check: decode steps per run.")
 flags.DEFINE_bool("sampled", True, "Add the sampled-vs-greedy decode rows (batch 32, T=0.7, top_p=0.95, min_p=0.05).")
 flags.DEFINE_integer("sweep_new_tokens", 32, "Sweep row: new tokens per row.")
-flags.DEFINE_bool("continuous", True, "Add the continuous-batching rows: a 24-prompt x 2-cell sweep with a 512-token "
+flags.DEFINE_bool("continuous", False, "Add the continuous-batching rows: a 24-prompt x 2-cell sweep with a 512-token "
                   "budget through 16 slots, refill on vs off; the server with 8 clients at once vs one after another.")
 flags.DEFINE_bool("continuous_only", False, "Only the continuous-batching rows.")
 flags.DEFINE_integer("refill_slots", 16, "Continuous rows: slots of the sweep's pool.")
 flags.DEFINE_integer("refill_prompts", 24, "Continuous rows: prompts of the sweep (x 2 cells: thinking off/on).")
 flags.DEFINE_integer("refill_budget", 512, "Continuous rows: max_new_tokens of the sweep.")
 flags.DEFINE_integer("server_clients", 8, "Continuous rows: concurrent clients of the server row.")
+flags.DEFINE_integer("server_tokens", 64, "Continuous rows: tokens each server client asks for.")
 flags.DEFINE_string("baseline", None, "Another checkout (e.g. `git worktree add /tmp/before <commit>`): decode "
                     "tokens/s of both, greedy / sampled / sampled with log-probabilities recorded, in alternating "
                     "fresh processes (experiments/bench_baseline.py). Runs only these rows.")
@@ -367,9 +368,9 @@ def bench_budget(model, tokenizer, budgets, repeats, seed, batch=8, steps=48):
   for budget in budgets:
     for label, windows in (("window", None), ("whole cache", ())):
       kw = {} if windows is None else dict(window_buckets=windows)
-      engine = Engine(model, tokenizer, buckets=(64, budget), batch_buckets=(batch,), **kw)
+      engine = Engine(model, tokenizer, batch_buckets=(batch,), **kw)
       run = lambda: smollm3_jax.generate(model, tokenizer, ids, max_new_tokens=steps + 1, stop_ids=[],
-                                         temperature=0.0, engine=engine)
+                                         temperature=0.0, engine=engine, cache_length=budget)
       first = run()
       times = [run().stats.decode_seconds for _ in range(repeats)]
       toks = [c.token_ids for c in first]
@@ -413,12 +414,11 @@ def bench_accelerator(model, tokenizer, batches, budgets, steps, repeats, bandwi
   for budget in budgets:
     for b in batches:
       ids = chat_prompt_ids(tokenizer, cfg.vocab_size, b, seed=seed)
-      prompt_bucket = max(64, 1 << (max(len(p) for p in ids) - 1).bit_length())
-      # Two buckets: the prompts' and the budget, so the cache allocated is the budget itself.
-      engine = Engine(model, tokenizer, buckets=(prompt_bucket, budget), batch_buckets=(b,))
+      engine = Engine(model, tokenizer, batch_buckets=(b,))
       for mode, settings in (("greedy", GREEDY), ("sampled", dict(GREEDY, temperature=0.6, top_p=0.95))):
+        # cache_length: the cache allocated is the budget itself
         run = lambda: smollm3_jax.generate(model, tokenizer, ids, max_new_tokens=steps + 1, stop_ids=[],
-                                           engine=engine, seed=seed, **settings)
+                                           engine=engine, seed=seed, cache_length=budget, **settings)
         first = run()
         times = [run().stats.decode_seconds for _ in range(repeats)]
         step = _best(times) / (steps + 1)  # every token from a decode step
@@ -581,9 +581,13 @@ def _main_rows(ours, theirs, model, tokenizer, lengths, batches, bw):
 
 
 def _continuous_rows(model, tokenizer):
+  if tokenizer is None:
+    raise app.UsageError("the continuous-batching rows render chat prompts: use a checkpoint with a tokenizer "
+                         "(e.g. --checkpoint=demo)")
   rows = bench_continuous.bench_refill(model, tokenizer, slots=FLAGS.refill_slots, n_prompts=FLAGS.refill_prompts,
                                        budget=FLAGS.refill_budget, seed=FLAGS.seed)
-  return rows + bench_continuous.bench_server(model, tokenizer, clients=FLAGS.server_clients, seed=FLAGS.seed)
+  return rows + bench_continuous.bench_server(model, tokenizer, clients=FLAGS.server_clients,
+                                              max_tokens=FLAGS.server_tokens, seed=FLAGS.seed)
 
 
 def main(argv):

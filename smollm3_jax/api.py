@@ -525,7 +525,10 @@ class Stream:
       if r.done and r.reason == EOS and ids and ids[-1] in call.stop_ids:
         ids = ids[:-1]
       fed = len(r.token_ids)
-      out = shown.feed("".join(self._decoder.push(t) for t in ids))
+      piece = "".join(self._decoder.push(t) for t in ids)
+      if hold:  # the whole text at once: cut at the stop string
+        piece = _cut_stop(piece + self._decoder.flush(), call.stop) if r.reason == STOP else piece
+      out = shown.feed(piece)
       if out:
         yield out
       if self.cancelled:

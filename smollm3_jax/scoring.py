@@ -162,20 +162,22 @@ def _continuation_ids(tokenizer, continuations, n: int, vocab: int) -> list[list
                      f"{type(continuations).__name__}")
   if len(continuations) != n:
     raise ValueError(f"continuations: expected one per prompt ({n}), got {len(continuations)}")
-  out = []
-  for i, c in enumerate(continuations):
-    if isinstance(c, str):
-      if tokenizer is None:
-        raise ValueError("a tokenizer is needed for text continuations (or pass token ids)")
-      ids = tokenizer.encode(c)
-    elif _is_ids(c) or (isinstance(c, (list, tuple, np.ndarray)) and len(c) == 0):
-      ids = list(c)
-    else:
-      raise ValueError(f"continuation {i} must be a string or token ids, got {type(c).__name__}")
-    if not ids:
-      raise ValueError(f"continuation {i} is empty: nothing to score")
-    out.append(validation.check_token_ids(f"continuation {i}", ids, vocab))
-  return out
+  return [_text_ids(tokenizer, c, f"continuation {i}", vocab) for i, c in enumerate(continuations)]
+
+
+def _text_ids(tokenizer, x, name: str, vocab: int) -> list[int]:
+  """Token ids of one text (encoded) or id list (checked); ValueError naming ``name`` otherwise."""
+  if isinstance(x, str):
+    if tokenizer is None:
+      raise ValueError(f"{name}: a tokenizer is needed for text (or pass token ids)")
+    ids = tokenizer.encode(x)
+  elif _is_ids(x) or (isinstance(x, (list, tuple, np.ndarray)) and len(x) == 0):
+    ids = list(x)
+  else:
+    raise ValueError(f"{name} must be a string or token ids, got {type(x).__name__}")
+  if not ids:
+    raise ValueError(f"{name} is empty: nothing to score")
+  return validation.check_token_ids(name, ids, vocab)
 
 
 def _check_fits(model: SmolLM3, prompt_ids, continuation_ids) -> None:
@@ -271,19 +273,7 @@ def score_rolling(model: SmolLM3, tokenizer, texts, *, window: int | None = None
     texts = [texts]
   if not isinstance(texts, (list, tuple)) or not texts:
     raise ValueError("texts must be a string, token ids or a non-empty list of those")
-  docs = []
-  for i, t in enumerate(texts):
-    if isinstance(t, str):
-      if tokenizer is None:
-        raise ValueError("a tokenizer is needed for text (or pass token ids)")
-      ids = tokenizer.encode(t)
-    elif _is_ids(t):
-      ids = list(t)
-    else:
-      raise ValueError(f"text {i} must be a string or token ids, got {type(t).__name__}")
-    if not ids:
-      raise ValueError(f"text {i} is empty: nothing to score")
-    docs.append(validation.check_token_ids(f"text {i}", ids, cfg.vocab_size))
+  docs = [_text_ids(tokenizer, t, f"text {i}", cfg.vocab_size) for i, t in enumerate(texts)]
   windows = [rolling_windows(ids, prefix_token_id, window, context_len) for ids in docs]
   flat = [w for ws in windows for w in ws]
   scored = iter(score_token_ids(model, flat, batch_size=batch_size, progress=progress, desc="rolling windows"))

@@ -60,6 +60,11 @@ def tiny_sweep_config(tok_dir, **changes):
   cfg.prompts.limit = 3
   cfg.batch_size = 5
   cfg.max_new_tokens = 5
+  return override(cfg, changes)
+
+
+def override(cfg, changes: dict):
+  """``cfg`` with each dotted field of ``changes`` set (as --config.a.b=... would)."""
   for k, v in changes.items():
     node = cfg
     *parents, leaf = k.split(".")

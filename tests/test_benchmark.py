@@ -105,3 +105,21 @@ def test_accelerator_check_on_the_tiny_preset(tmp_path):
     assert r["kind"] == "accelerator" and r["cache_length"] == r["budget"]
     assert r["ours_tokens_per_second"] > 0 and 0 < r["roofline_fraction"] and r["compile_seconds"] >= 0
   assert all(r["compile_seconds"] > 0 for r in rows if r["mode"] == "greedy")  # a new engine per shape
+
+
+def test_continuous_batching_rows(tmp_path):
+  """--continuous_only on the demo at toy sizes: the refill on/off rows (same tokens) and the server
+  rows (same texts) with their ratios and the targets printed."""
+  out = tmp_path / "cont.json"
+  proc = _run(["--checkpoint=demo", "--continuous_only", "--refill_slots=2", "--refill_prompts=3",
+               "--refill_budget=8", "--server_clients=2", "--server_tokens=4", "--repeats=1",
+               "--bandwidth_gbps=10", f"--cache_dir={tmp_path / 'cc'}", f"--output_json={out}"], tmp_path)
+  rows = json.loads(out.read_text())["rows"]
+  assert [(r["kind"], r.get("refill", r.get("mode"))) for r in rows] == [
+      ("refill", True), ("refill", False), ("server", "concurrent"), ("server", "sequential")]
+  on, off, together, in_turn = rows
+  assert on["same_tokens_as_refill_off"] is True and together["same_texts_as_sequential"] is True
+  assert on["rows"] == 6 and on["generated_tokens"] == off["generated_tokens"] > 0
+  assert 0 < off["slot_utilization"] <= on["slot_utilization"] <= 1
+  assert together["generated_tokens"] == in_turn["generated_tokens"] == 2 * 4
+  assert "slot utilization with refill" in proc.stdout and "clients at once vs one after another" in proc.stdout

@@ -78,3 +78,24 @@ def test_the_largest_chunk_is_one_chunk(model, tok):
   # (the step limit of a chunk is capped at the buffer: step + 2**31 - 1 would overflow int32)
   s = smollm3_jax.stream(model, tok, "hi", max_new_tokens=3, chunk_steps=2**31 - 1, temperature=0.0)
   assert "".join(s) == s.result[0].text and 1 <= len(s.result[0].token_ids) <= 3
+
+
+def test_stop_strings_end_rows_at_the_token_that_completes_them(model, tok):
+  """A row stops at the first token whose text completes a stop string (reason "stop"), its tokens are
+  the unstopped row's up to there, and the string and what follows are cut from the text; streamed
+  the same."""
+  kw = dict(temperature=0.0, max_new_tokens=24, stop_ids=[], thinking=False)
+  free = smollm3_jax.generate(model, tok, ["Tell me a story."], **kw)[0]
+  text = tok.decode(free.token_ids)
+  # A stop string made of the middle of the free text, across a token boundary.
+  cut = len(tok.decode(free.token_ids[:6]))
+  stop = text[cut - 2:cut + 3]
+  assert len(stop) == 5 and stop in text
+  res = smollm3_jax.generate(model, tok, ["Tell me a story."], stop=[stop, "never appears"], **kw)[0]
+  k = next(k for k in range(1, len(free.token_ids) + 1) if stop in tok.decode(free.token_ids[:k]))
+  assert res.stop_reason == "stop" and res.token_ids == free.token_ids[:k]
+  assert res.text == text[:text.index(stop)]
+  s = smollm3_jax.stream(model, tok, "Tell me a story.", stop=stop, **kw)
+  assert "".join(s) == res.text and s.result.completions[0].token_ids == res.token_ids
+  with pytest.raises(ValueError, match="stop"):
+    smollm3_jax.generate(model, tok, ["hi"], stop=["a", "b", "c", "d", "e"], **kw)

@@ -392,13 +392,9 @@ def _finetune_config(checkpoint, **changes):
   cfg = module.get_config("tiny")
   cfg.model.checkpoint = checkpoint
   cfg.model.tokenizer = ""
-  for k, v in changes.items():
-    node = cfg
-    *parents, leaf = k.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = v
-  return cfg
+  from _helpers import override
+
+  return override(cfg, changes)
 
 
 @pytest.fixture(scope="module")
