@@ -44,11 +44,11 @@ class Mutation:
 MUTATIONS = (
     # ---- bugs that once survived the suite (issue 22) ----------------------------------------
     Mutation("pads_in_presence", "smollm3_jax/decode.py",
-             "valid = jnp.arange(p, dtype=jnp.int32)[None, :] < lengths[:, None]",
-             "valid = jnp.arange(p, dtype=jnp.int32)[None, :] >= 0",
+             "offsets < counts[:, None], generated=False)",
+             "offsets >= 0, generated=False)",
              (G + "test_pad_slots_are_not_penalised",)),
     Mutation("eos_after_budget", "smollm3_jax/decode.py",
-             "  reason = jnp.where(undecided & is_stop, EOS, reason)\n"
+             "  reason = jnp.where(active & (reason == 0) & is_stop, EOS, reason)\n"
              "  reason = jnp.where(active & (reason == 0) & (n >= rows.max_new), MAX_TOKENS, reason)\n",
              "  reason = jnp.where(active & (reason == 0) & (n >= rows.max_new), MAX_TOKENS, reason)\n"
              "  reason = jnp.where(active & (reason == 0) & is_stop, EOS, reason)\n",
@@ -104,6 +104,20 @@ MUTATIONS = (
              "hidden, cache = model.hidden_states(s.last[:, None], None, s.cache, window)",
              "hidden, cache = model.hidden_states(s.last[:, None], s.cache.lengths[:, None] + 1, s.cache, window)",
              (G + "test_greedy_single_prompt_equals_transformers",)),
+    Mutation("key_from_slot_not_row", "smollm3_jax/decode.py",
+             "keys = sampling.step_keys(s.keys, s.num_generated)",
+             "keys = sampling.step_keys(s.keys, s.num_generated + jnp.arange(s.num_generated.shape[0]))",
+             ("tests/test_slots.py::test_rows_inserted_mid_flight_equal_rows_alone",)),
+    Mutation("insert_keeps_old_context", "smollm3_jax/decode.py",
+             "  empty = rows.prompt_len <= 1\n",
+             "  empty = rows.prompt_len < 0\n",
+             ("tests/test_slots.py::test_rows_inserted_mid_flight_equal_rows_alone",)),
+    Mutation("shared_prefill_not_copied", "smollm3_jax/decode.py",
+             "copies = (source != slots) & (slots < cache.batch)", "copies = (source != source)",
+             ("tests/test_slots.py::test_repeated_prompts_share_prefill_and_keep_their_own_seeds",)),
+    Mutation("record_raw_is_processed", "smollm3_jax/decode.py",
+             "  chosen = raw[rows, tok]\n", "  chosen = proc[rows, tok]\n",
+             ("tests/test_logprobs.py::test_recorded_logprobs_equal_transformers_on_a_tiny_smollm3",)),
     Mutation("read_window_never_left", "smollm3_jax/decode.py",
              "fits = jnp.all(s.done | (s.cache.lengths < window))", "fits = True",
              (G + "test_one_decode_program_per_read_window_used",)),
@@ -114,7 +128,8 @@ MUTATIONS = (
              "jnp.where(logits < 0, logits * p, logits / p)", "jnp.where(logits < 0, logits / p, logits * p)",
              (S + "test_repetition_penalty_matches_transformers",)),
     Mutation("generated_tokens_not_penalised", "smollm3_jax/decode.py",
-             "presence=sampling.update_presence(s.presence, tok, active)", "presence=s.presence",
+             "context = sampling.observe(s.context, tok[:, None], position[:, None], active[:, None], generated=True)",
+             "context = s.context",
              (G + "test_greedy_single_prompt_equals_transformers",)),
     Mutation("top_p_ignores_top_k_mask", "smollm3_jax/sampling.py",
              "  x = jax.lax.cond(jnp.any(params.top_k > 0),\n"

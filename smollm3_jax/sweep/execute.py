@@ -6,6 +6,7 @@ The rest of the sweep (plan, workdir, summary, plots) is :mod:`smollm3_jax.sweep
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Mapping
 
 import numpy as np
@@ -33,9 +34,10 @@ def _score(row: Mapping, prompt: Mapping) -> dict:
   return dict(correct=correct, extracted=extracted)
 
 
-# Rows are appended (and fsync'ed) in groups of at least this many, or at the end: a crash loses at
-# most the rows in flight and the unwritten group.
+# Finished rows are appended (and fsync'ed) in groups of this many, or after this many seconds, or at
+# the end: a crash loses at most the rows in flight and a few seconds' finished rows.
 WRITE_EVERY = 8
+WRITE_SECONDS = 10.0
 
 
 def run_rows(model, tokenizer, cfg, prompts, todo, results, *, progress, log, max_batches=None,
@@ -85,7 +87,7 @@ def run_rows(model, tokenizer, cfg, prompts, todo, results, *, progress, log, ma
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(requests) + len(beam_rows), unit="row", desc="sweep", dynamic_ncols=True, smoothing=0.1)
-  groups, pending = 0, []
+  groups, pending, written = 0, [], time.monotonic()
   try:
     for cell_rows in _by_cell(beam_rows):
       pending.extend(_beam_rows(model, tokenizer, cell_rows, ids, by_id, max_new))
@@ -96,10 +98,9 @@ def run_rows(model, tokenizer, cfg, prompts, todo, results, *, progress, log, ma
     while not pool.idle:
       finished = [r for r in pool.step() if r.done]
       pending.extend(_pool_row(tokenizer, r, by_id, max_new, pool) for r in finished)
-      if pending and (len(pending) >= WRITE_EVERY or pool.idle):
+      if pending and (len(pending) >= WRITE_EVERY or pool.idle or time.monotonic() - written > WRITE_SECONDS):
         results.append(pending)
-        groups += 1
-        pending = []
+        groups, pending, written = groups + 1, [], time.monotonic()
       if bar is not None and finished:
         bar.update(len(finished))
         bar.set_postfix_str(f"{pool.stats['generated'] / max(pool.stats['decode_seconds'], 1e-9):.0f} tok/s, "
@@ -139,8 +140,6 @@ def _by_cell(rows):
 
 def _beam_rows(model, tokenizer, rows, ids, by_id, max_new) -> list[dict]:
   """One beam-search call for a cell's rows (beam search is not sampled: one row per prompt)."""
-  import time
-
   from smollm3_jax.api import generate
   from smollm3_jax.beam import PROCESSORS
   from smollm3_jax.sampling import SETTINGS
