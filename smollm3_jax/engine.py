@@ -51,6 +51,11 @@ COMPILE_COUNTS: collections.Counter = collections.Counter()
 # prompt's padding small (on CPU prefill is compute-bound: padding costs its full share).
 PREFILL_CHUNK = 64
 MAX_TOP_LOGPROBS = 20  # alternatives a pool may record per token (OpenAI's limit)
+# A pool narrows to no fewer slots than this: XLA:CPU rounds decode steps of 1-3 rows differently from
+# 4 or more (measured on the tiny preset: log-probs differ by ~1e-6; 4, 5, 7 and 8 rows agree bitwise),
+# so narrowing further could change a sampled token at a near-tie, and a sweep's rows would depend on
+# its batch_size.
+NARROW_MIN = 4
 # A prefill of at least this many calls shows a progress bar.
 PREFILL_BAR_CALLS = 4
 # Tokens a decode chunk runs before the host looks at the pool again (streaming granularity).
@@ -243,7 +248,7 @@ class Pool:
       raise ValueError(f"top_logprobs must be in [0, {MAX_TOP_LOGPROBS}], got {top_logprobs}")
     self.logprobs = bool(logprobs or top_logprobs)
     self.top_logprobs = int(top_logprobs)
-    self.prefill_rows = tuple(sorted(set(prefill_rows or (1, self.slots))))
+    self.prefill_rows = tuple(sorted(set(prefill_rows or (1,))))
     self.pad_id = cfg.pad_token_id if cfg.pad_token_id is not None else 0
     self.lock = threading.Lock()
     self.queue: collections.deque[Request] = collections.deque()
@@ -492,7 +497,7 @@ class Pool:
     """Moves the running rows into a pool of the smallest batch bucket that holds them, when the
     queue is empty and that bucket is at most half the pool."""
     active = [i for i, r in enumerate(self.rows) if r is not None]
-    target = next((b for b in self.engine.batch_buckets if b >= len(active)), self.slots)
+    target = next((b for b in self.engine.batch_buckets if b >= max(len(active), NARROW_MIN)), self.slots)
     if self.queue or not active or target > self.slots // 2:
       return
     idle = [i for i, r in enumerate(self.rows) if r is None]
@@ -507,7 +512,7 @@ class Pool:
     self._lengths, self._stop = self._lengths[index], self._stop[index]
     self._holders = {}
     self.slots = target
-    self.prefill_rows = tuple(b for b in self.prefill_rows if b < target) + (target,)
+    self.prefill_rows = tuple(b for b in self.prefill_rows if b <= target) or (1,)
 
   def step(self) -> list[Request]:
     """Admits waiting rows, runs one decode chunk and returns the requests that got new tokens or

@@ -178,10 +178,10 @@ def test_settings_are_echoed_as_given(tiny_model_and_tokenizer):
 
 def test_unknown_keyword_arguments_are_refused(tiny_model_and_tokenizer):
   model, tok = tiny_model_and_tokenizer
-  with pytest.raises(TypeError, match="typical_p"):
-    smollm3_jax.generate(model, tok, ["Hi"], typical_p=0.9)
-  with pytest.raises(TypeError, match="typical_p"):
-    smollm3_jax.stream(model, tok, "Hi", typical_p=0.9)
+  with pytest.raises(TypeError, match="typicl_p"):  # (typical_p is a setting; a misspelling is not)
+    smollm3_jax.generate(model, tok, ["Hi"], typicl_p=0.9)
+  with pytest.raises(TypeError, match="typicl_p"):
+    smollm3_jax.stream(model, tok, "Hi", typicl_p=0.9)
   with pytest.raises(TypeError, match="temprature"):
     chat.ChatSession(model, tok, temprature=0.5)
   with pytest.raises(TypeError, match="temprature"):

@@ -174,7 +174,7 @@ def test_bad_input_fails_before_compiling(tiny, kwargs, message):
 
 @pytest.mark.parametrize("kwargs, message", [
     (dict(window=0), "window"), (dict(window=600), "window"), (dict(window=8, context_len=9), "context_len"),
-    (dict(texts=[[]]), "must be a string"), (dict(prefix_token_id=512), "prefix_token_id"),
+    (dict(texts=[[]]), "text 0 is empty"), (dict(prefix_token_id=512), "prefix_token_id"),
 ])
 def test_rolling_bad_input(tiny, kwargs, message):
   model, _ = tiny

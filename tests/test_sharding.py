@@ -218,9 +218,9 @@ def test_parameter_shardings_on_1x8_replicate_what_does_not_divide(multi):
 
 
 @pytest.mark.parametrize("mesh,cache_spec,shard_shape", [
-    ("8,1", "P('data', None, None, None)", [1, 4, 128, 16]),
-    ("2,4", "P('data', 'model', None, None)", [2, 1, 128, 16]),
-    ("1,8", "P(None, None, None, None)", [4, 4, 128, 16]),
+    ("8,1", "P('data', None, None, None)", [1, 4, 64, 16]),
+    ("2,4", "P('data', 'model', None, None)", [2, 1, 64, 16]),
+    ("1,8", "P(None, None, None, None)", [4, 4, 64, 16]),
 ])
 def test_cache_and_batch_shardings(multi, mesh, cache_spec, shard_shape):
   r = multi[mesh]

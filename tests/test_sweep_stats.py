@@ -97,9 +97,10 @@ def test_greedy_cells_run_once_and_are_shared():
       assert len(same) == 8 and all(t["rows"] == 3 and t["run_key"] == s["run_key"] for t in same)
       assert {t["mean_tokens"] for t in same} == {s["mean_tokens"]}
       assert len({t["cell_key"] for t in same}) == 8
-  # the axes come from one list: its names are the grid's, sampling axes are all but thinking
+  # the axes come from one list: its names are the grid's, sampling axes are all but thinking and
+  # num_beams (beam search is its own method, not a sampling setting)
   assert sweep.AXES == tuple(a.name for a in sweep.SWEEP_AXES)
-  assert set(sweep.SAMPLING_AXES) == set(sweep.AXES) - {"thinking"}
+  assert set(sweep.SAMPLING_AXES) == set(sweep.AXES) - {"thinking", "num_beams"}
 
 
 def test_config_checks_of_the_new_fields(tmp_path):

@@ -89,9 +89,9 @@ def test_chat_session_and_sweep_rows_use_the_same_rule():
   import sys
 
   from smollm3_jax import chat
-  from smollm3_jax.sweep import run
+  from smollm3_jax.sweep import execute
   gen_module = sys.modules["smollm3_jax.api"]
 
   assert chat.ThinkingSplitter is ThinkingSplitter and chat.prompt_opens_thinking is thinking.prompt_opens_thinking
-  assert run.has_closed_thinking is has_closed_thinking
+  assert execute.has_closed_thinking is has_closed_thinking
   assert gen_module.split_thinking is split_thinking and gen_module.VisibleText is VisibleText

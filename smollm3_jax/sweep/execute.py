@@ -53,7 +53,9 @@ def run_rows(model, tokenizer, cfg, prompts, todo, results, *, progress, log, ma
 
   chat = cfg.get("chat", True)
   by_id = {p["id"]: p for p in prompts}
-  ids = _render(tokenizer, prompts, {r["settings"]["thinking"] for r in todo}, chat, cfg["date"])
+  # Both thinking modes of every prompt: the cache length (from the longest) is then the same for every run
+  # of the sweep, whichever rows are left, and so are the read windows and the rows' numbers.
+  ids = _render(tokenizer, prompts, (False, True), chat, cfg["date"])
   max_new = cfg["max_new_tokens"]
   slots = cfg["batch_size"]
   p_len = max(len(v) for v in ids.values())
