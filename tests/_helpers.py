@@ -72,3 +72,27 @@ def override(cfg, changes: dict):
       node = node[p]
     node[leaf] = v
   return cfg
+
+
+def kill_at_marker(cmd, *, env, cwd, marker, what: str, timeout: float = 240) -> "subprocess.Popen":
+  """Runs ``cmd`` until it creates the file ``marker``, then SIGKILLs it (a kill at a point the test
+  chose, on any machine speed). Fails naming ``what`` if the marker never came. Returns the process."""
+  import signal
+  import subprocess
+  import time
+
+  proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+  try:
+    deadline = time.monotonic() + timeout
+    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+      time.sleep(0.05)
+    assert marker.exists() and proc.poll() is None, \
+        f"{what}: " + (proc.stderr.read().decode()[-3000:] if proc.poll() is not None else "timeout")
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+      proc.wait()
+    proc.stderr.close()
+  return proc

@@ -314,10 +314,11 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 
 def test_evaluate_script_resumes_a_killed_grid(tmp_path):
   import json
-  import signal
   import subprocess
   import sys
-  import time
+
+  from _helpers import kill_at_marker
+
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   script = os.path.join(root, "experiments", "evaluate.py")
   workdir, marker = tmp_path / "wd", tmp_path / "first_cell_done"
@@ -328,21 +329,8 @@ def test_evaluate_script_resumes_a_killed_grid(tmp_path):
           "--limit=1", "--grid=seed=3,4", f"--workdir={workdir}", "--noprogress"]
   env = dict(os.environ, JAX_PLATFORMS="cpu", EVAL_TEST_MARKER=str(marker),
              PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
-  proc = subprocess.Popen([sys.executable, str(wrapper), *args], cwd=root, env=env, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE)
-  try:
-    deadline = time.monotonic() + 240
-    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
-      time.sleep(0.05)
-    assert marker.exists() and proc.poll() is None, \
-        "evaluate.py did not finish a cell: " + (proc.stderr.read().decode()[-3000:] if proc.poll() is not None else "timeout")
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-  finally:
-    if proc.poll() is None:
-      proc.kill()
-      proc.wait()
-    proc.stderr.close()
+  kill_at_marker([sys.executable, str(wrapper), *args], env=env, cwd=root, marker=marker,
+                 what="evaluate.py did not finish a cell")
   first = workdir / "cells" / "seed=3" / "results.json"
   stamp = first.stat().st_mtime_ns
   assert not (workdir / "cells" / "seed=4" / "results.json").exists()

@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -17,7 +16,7 @@ from smollm3_jax import sweep
 from smollm3_jax.engine import COMPILE_COUNTS
 from smollm3_jax.api import generate
 
-from _helpers import sweep_config, tiny_sweep_config as _tiny_config
+from _helpers import kill_at_marker, sweep_config, tiny_sweep_config as _tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -163,20 +162,7 @@ def test_sigkill_then_resume_completes_without_gaps_or_duplicates(tiny, tmp_path
          "--config=" + os.path.join(ROOT, "configs", "sweep.py") + ":tiny", f"--workdir={workdir}", *overrides]
   env = dict(os.environ, JAX_PLATFORMS="cpu", SWEEP_TEST_MARKER=str(marker),
              PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-  proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-  try:
-    deadline = time.monotonic() + 240
-    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
-      time.sleep(0.05)
-    assert marker.exists() and proc.poll() is None, \
-        "the sweep did not reach its first batch: " + (proc.stderr.read().decode()[-2000:] if proc.poll() is not None else "timeout")
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-  finally:
-    if proc.poll() is None:
-      proc.kill()
-      proc.wait()
-    proc.stderr.close()
+  proc = kill_at_marker(cmd, env=env, cwd=ROOT, marker=marker, what="the sweep did not write its first group")
   assert proc.returncode == -signal.SIGKILL
   kept = [json.loads(l) for l in _lines(gens) if l]
   assert 0 < len(kept) == int(marker.read_text()) < 24  # exactly the first group written
