@@ -226,6 +226,17 @@ def _stop_string_hit(tokenizer, ids: list[int], stop, checked: int) -> int | Non
   return None
 
 
+def cut_at_stop_string(pool, tokenizer, row, stop, checked: int) -> None:
+  """Ends ``row`` (a pool Request) at the first token whose text completes a stop string, checking the
+  tokens after the first ``checked``: its tokens cut there, its slot freed, its reason "stop"."""
+  k = _stop_string_hit(tokenizer, row.token_ids, stop, checked)
+  if k is not None:
+    row.token_ids = row.token_ids[:k]
+    if not row.done:
+      pool.cancel(row, STOP)
+    row.reason, row.done = STOP, True
+
+
 @dataclasses.dataclass
 class _Call:
   """A checked generate/stream call: its rows as pool requests, and how to build the results."""
@@ -357,13 +368,8 @@ def _steps(call: _Call, pool) -> Iterator[list]:
       for r in changed:
         if r.done and r.cancelled:
           continue
-        k = _stop_string_hit(call.engine.tokenizer, r.token_ids, call.stop, checked.get(r.tag, 0))
-        checked[r.tag] = len(r.token_ids)
-        if k is not None:
-          r.token_ids = r.token_ids[:k]
-          if not r.done:
-            pool.cancel(r, STOP)
-          r.reason, r.done = STOP, True
+        seen, checked[r.tag] = checked.get(r.tag, 0), len(r.token_ids)
+        cut_at_stop_string(pool, call.engine.tokenizer, r, call.stop, seen)
     yield changed
 
 

@@ -359,17 +359,12 @@ class Worker:
 
   def _emit(self, row) -> None:
     """Posts a row's new text; ends its job when every choice finished."""
-    from smollm3_jax.api import STOP, _stop_string_hit
+    from smollm3_jax.api import STOP, cut_at_stop_string
 
     job, i = row.tag
     if job.stop and not (row.done and row.cancelled and row.reason != STOP):
-      k = _stop_string_hit(self.tokenizer, row.token_ids, job.stop, job.checked[i])
-      job.checked[i] = len(row.token_ids)
-      if k is not None:
-        row.token_ids = row.token_ids[:k]
-        if not row.done:
-          self.pool.cancel(row, STOP)
-        row.reason, row.done = STOP, True
+      seen, job.checked[i] = job.checked[i], len(row.token_ids)
+      cut_at_stop_string(self.pool, self.tokenizer, row, job.stop, seen)
     if job.stop and not row.done:
       return  # with stop strings a choice's text is sent once it ended (a stop string may cut it)
     start = job.fed[i]
