@@ -182,3 +182,29 @@ def test_a_request_that_does_not_fit_is_refused_before_queueing(tiny):
   assert not pool.queue  # nothing queued
   with pytest.raises(ValueError, match="empty"):
     pool.submit([Request(prompt=[], max_new=4)])
+
+
+def test_prefill_and_decode_update_the_cache_in_place(tiny):
+  """Cost follows the work: a prefill call (or a decode chunk) never copies the pool's whole cache.
+  Scattering a prefill's read window back once made XLA copy every layer's cache on every call."""
+  import re
+
+  import jax.numpy as jnp
+
+  from smollm3_jax.decode import decode_jit, prefill_slots_jit
+
+  model, _ = tiny
+  eng = Engine(model, None)
+  pool = eng.pool(8, 512, stop_ids=[])
+  k = pool.state.cache.k[0]
+  shape = "%s[%s]" % (k.dtype.name.replace("float", "f"), ",".join(map(str, k.shape)))
+  cache_copy = re.compile(re.escape(shape) + r"\{[0-9,]*\} copy\(")
+  z = jnp.zeros((1,), jnp.int32)
+  prefill, _ = eng._compiled_fn("prefill", prefill_slots_jit, eng.state, pool.state,
+                                jnp.zeros((1, eng.prefill_chunk), jnp.int32), z, z, z, window=256)
+  decode, _ = eng._compiled_fn("decode", decode_jit, eng.state, pool.state, pool.shared, jnp.asarray(1, jnp.int32),
+                               jnp.asarray(1, jnp.int32), jnp.asarray(pool._stop), window=256)
+  for exe in (prefill, decode):
+    text = exe.as_text()
+    assert shape in text                # the cache goes through the program ...
+    assert not cache_copy.findall(text)  # ... and is never copied whole
