@@ -39,6 +39,7 @@ cli.define_quantize_flag()
 cli.define_mesh_flag()
 flags.DEFINE_string("output_json", None, "Write prompts, token ids, texts, stop reasons and stats here.")
 cli.define_compilation_cache_flag()
+cli.define_distributed_flags()
 
 
 def _nonblank_prompts(prompts) -> bool:
@@ -66,6 +67,11 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
 
   import smollm3_jax
+  from smollm3_jax import distributed
+
+  # Over several processes every one generates (its devices' share of each batch); process 0 prints.
+  leader = distributed.is_leader()
+  say = print if leader else (lambda *args, **kwargs: None)
   from smollm3_jax.checkpoints.mapping import dtype_from_name
 
   dtype = None if FLAGS.dtype == "auto" else dtype_from_name(FLAGS.dtype)
@@ -93,11 +99,11 @@ def main(argv):
   if FLAGS.stream:
     streams = []
     for prompt in FLAGS.prompt:
-      print(f">>> {prompt}", flush=True)
+      say(f">>> {prompt}", flush=True)
       s = smollm3_jax.stream(model, tokenizer, prompt, hide_thinking=not FLAGS.show_thinking, **kwargs)
       for piece in s:
-        print(piece, end="", flush=True)
-      print()
+        say(piece, end="", flush=True)
+      say()
       streams.append(s.result)
     completions = [r.completions[0] for r in streams]
     stats = streams[-1].stats
@@ -105,18 +111,18 @@ def main(argv):
     result = smollm3_jax.generate(model, tokenizer, FLAGS.prompt, **kwargs)
     completions, stats = result.completions, result.stats
     for c, prompt in zip(completions, FLAGS.prompt):
-      print(f">>> {prompt}")
+      say(f">>> {prompt}")
       if c.thinking:
-        print(f"[thinking] {c.thinking}")
-      print(c.answer)
+        say(f"[thinking] {c.thinking}")
+      say(c.answer)
       score = f", beam score {c.score:.4f}" if c.score is not None else ""
-      print(f"[{len(c.token_ids)} tokens, stop: {c.stop_reason}{score}]\n")
-      if c.logprobs is not None:
+      say(f"[{len(c.token_ids)} tokens, stop: {c.stop_reason}{score}]\n")
+      if c.logprobs is not None and leader:
         _print_logprobs(tokenizer, c)
 
-  print("stats: " + ", ".join(
+  say("stats: " + ", ".join(
       f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in stats.as_dict().items()))
-  if FLAGS.output_json:
+  if FLAGS.output_json and leader:
     out = dict(
         checkpoint=FLAGS.checkpoint, settings=kwargs,
         completions=[dict(prompt=p, rendered_prompt=c.prompt, prompt_token_ids=c.prompt_token_ids,
@@ -126,7 +132,7 @@ def main(argv):
         stats=stats.as_dict())
     from smollm3_jax.files import atomic_write
     atomic_write(FLAGS.output_json, json.dumps(out, indent=2, ensure_ascii=False))
-    print(f"wrote {FLAGS.output_json}")
+    say(f"wrote {FLAGS.output_json}")
 
 
 def _logprobs_json(c):

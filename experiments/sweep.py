@@ -6,6 +6,10 @@
 
 Writes workdir/config.json, generations.jsonl, summary.csv and plots/*.png, prints the summary.
 Rerunning with the same workdir and config resumes; a different config is refused.
+
+Over several processes (hosts), every process runs this with the same flags plus its own
+--process_id (and --coordinator_address, --num_processes; or --distributed on Cloud TPU / SLURM);
+only process 0 writes the workdir (see the README).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ _CONFIG = config_flags.DEFINE_config_file(
     lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (created; reused to resume).")
 cli.define_compilation_cache_flag()
+cli.define_distributed_flags()
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -36,11 +41,15 @@ def main(argv):
     sweep.validate_config(sweep.to_plain(_CONFIG.value))
   except ValueError as e:
     raise app.UsageError(f"--config: {e}") from None
+  from smollm3_jax import distributed
+
   try:
     outcome = sweep.run_sweep(_CONFIG.value, _WORKDIR.value)
   except (sweep.ConfigMismatchError, sweep.LockedError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
+  if not distributed.is_leader():
+    return
   print()
   print(outcome.table)
   print()

@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from smollm3_jax import sampling, validation
+from smollm3_jax import distributed, sampling, validation
 from smollm3_jax.kv_cache import KVCache, bucket_length
 
 _NEG = -1.0e9  # transformers' "impossible" score
@@ -247,7 +247,7 @@ def beam_search(model, tokenizer, prompt_ids: Sequence[Sequence[int]], *, num_be
       jnp.asarray(stop_ids or (-1,), jnp.int32), jnp.float32(length_penalty),
       jnp.int32(2 if early_stopping == "never" else int(early_stopping)), params, num_beams=num_beams, keep=keep,
       max_new=max_new, cache_length=bucket_length(p + max_new))
-  seq, score, length = np.asarray(seq), np.asarray(score), np.asarray(length)
+  seq, score, length = distributed.fetch((seq, score, length))
   beams = [[seq[i, j, :length[i, j]].tolist() for j in range(num_return)] for i in range(len(prompts))]
   beam_scores = [[float(score[i, j]) for j in range(num_return)] for i in range(len(prompts))]
   texts = None

@@ -49,14 +49,27 @@ def define_compilation_cache_flag() -> None:
 
 def run(main) -> None:
   """``absl.app.run(main)`` for the scripts: quiet library logs, clear one-line errors for bad
-  config overrides, and the compilation cache when ``--compilation_cache`` is defined and set."""
+  config overrides, a multi-process run joined when the script defines its flags
+  (:func:`define_distributed_flags`), and the compilation cache when ``--compilation_cache`` is
+  defined and set."""
   quiet_logs()
 
   def main_with_cache(argv):
+    if "coordinator_address" in flags.FLAGS:  # before anything uses JAX
+      _join_distributed()
     if "compilation_cache" in flags.FLAGS and flags.FLAGS.compilation_cache:
       from smollm3_jax import runtime
       runtime.enable_compilation_cache()
-    return main(argv)
+    if "coordinator_address" not in flags.FLAGS:
+      return main(argv)
+    from smollm3_jax import distributed
+
+    try:
+      return main(argv)
+    except Exception as e:
+      if distributed.process_count() == 1:
+        raise
+      distributed.fail(e)
 
   app.run(main_with_cache, flags_parser=_parse_flags)
 
@@ -197,3 +210,32 @@ def define_quantize_flag() -> None:
   flags.DEFINE_enum("quantize", "none", list(quantize.MODES),
                     "Weight quantization after loading: 'int8' reads 4x fewer weight bytes per "
                     "decode step than float32 (activations quantized per token; see README).")
+
+
+def define_distributed_flags() -> None:
+  """--coordinator_address, --num_processes, --process_id, --distributed, --heartbeat_seconds: a run
+  over several processes (JAX's multi-controller runtime; see smollm3_jax.distributed). :func:`run`
+  joins it before ``main``."""
+  flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for a run over several processes "
+                      "(one per host); every process gets the same flags but its own --process_id.")
+  flags.DEFINE_integer("num_processes", None, "Processes in a multi-process run.", lower_bound=1)
+  flags.DEFINE_integer("process_id", None, "This process's index in [0, num_processes).", lower_bound=0)
+  flags.DEFINE_bool("distributed", False, "Join a multi-process run whose settings JAX detects from the "
+                    "environment (Cloud TPU pod slices, SLURM), without the three flags above.")
+  flags.DEFINE_integer("heartbeat_seconds", 20, "A process silent this long is declared dead and the others "
+                       "stop with an error.", lower_bound=1)
+
+  def check(values) -> bool:
+    n, i = values["num_processes"], values["process_id"]
+    if n is not None and i is not None and i >= n:
+      raise flags.ValidationError(f"--process_id={i} must be < --num_processes={n}")
+    return True
+  flags.register_multi_flags_validator(["num_processes", "process_id"], check)
+
+
+def _join_distributed() -> None:
+  from smollm3_jax import distributed
+
+  f = flags.FLAGS
+  distributed.initialize(f.coordinator_address, f.num_processes, f.process_id, auto=f.distributed,
+                         heartbeat_seconds=f.heartbeat_seconds)

@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from smollm3_jax import sampling
+from smollm3_jax import distributed, sampling
 from smollm3_jax.decode import (CANCELLED, MAX_STOP_IDS, DecodeState, Record, RowSettings, SharedSettings,
                                 compact_jit, decode_jit, insert_jit, prefill_slots_jit)
 from smollm3_jax.kv_cache import DEFAULT_BATCH_BUCKETS, DEFAULT_BUCKETS, KVCache, bucket_length, window_length
@@ -445,7 +445,7 @@ class Pool:
     self.stats["compile_seconds"] += secs
     t0 = time.perf_counter()
     self.state, steps = exe(eng.state, *args)
-    steps = int(steps)
+    steps = int(distributed.fetch(steps))
     self.stats["decode_seconds"] += time.perf_counter() - t0
     self.stats["decode_steps"] += steps
     self.stats["slot_steps"] += steps * self.slots
@@ -455,12 +455,13 @@ class Pool:
   def _harvest(self) -> list[Request]:
     """Copies new tokens to the requests; frees the slots of finished (and cancelled) rows."""
     s = self.state
-    counts, done, reason, lengths = jax.device_get((s.num_generated, s.done, s.reason, s.cache.lengths))
+    # (whole on every process, however the slots are spread over the hosts' devices)
+    counts, done, reason, lengths = distributed.fetch((s.num_generated, s.done, s.reason, s.cache.lengths))
     active = [i for i, r in enumerate(self.rows) if r is not None]
     if not active:
       return []
-    tokens = np.array(jax.device_get(s.tokens))
-    record = jax.tree.map(np.array, jax.device_get(s.record)) if s.record is not None else None
+    tokens = distributed.fetch(s.tokens)
+    record = distributed.fetch(s.record) if s.record is not None else None
     now = time.perf_counter()
     changed = []
     for i in active:

@@ -119,8 +119,14 @@ def _check_size(name: str, value) -> int:
 def make_mesh(data: int | None = None, model: int | None = None, *,
               devices: Sequence[Any] | None = None) -> Mesh:
   """A ("data", "model") mesh. Unset sizes are inferred from the device count (data takes the
-  rest); a mesh smaller than the device count uses the first ``data * model`` devices."""
+  rest); a mesh smaller than the device count uses the first ``data * model`` devices.
+
+  Over several processes (hosts) the devices are taken host by host, so the model axis stays within
+  a host (its collectives never leave it) and the data axis spans the hosts."""
   devices = list(devices if devices is not None else jax.devices())
+  hosts = len({d.process_index for d in devices})
+  if hosts > 1:
+    devices.sort(key=lambda d: (d.process_index, d.id))
   n = len(devices)
   if data is None and model is None:
     data, model = n, 1
@@ -135,6 +141,13 @@ def make_mesh(data: int | None = None, model: int | None = None, *,
   if data * model > n:
     raise ValueError(f"mesh data={data} x model={model} needs {data * model} devices, "
                      f"only {n} available ({devices[0].platform})")
+  if hosts > 1:
+    local = n // hosts
+    if local % model:
+      raise ValueError(f"mesh: model={model} must divide the {local} devices of each host (the model axis "
+                       f"stays within a host); use model=1, or a divisor of {local}")
+    if data * model != n:
+      raise ValueError(f"mesh data={data} x model={model} must use all {n} devices of the {hosts} processes")
   devs = np.asarray(devices[:data * model], dtype=object).reshape(data, model)
   return Mesh(devs, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 2)
 
@@ -151,6 +164,22 @@ def describe(mesh: Mesh) -> str:
   """E.g. ``"data=2,model=4 (8 x cpu)"``."""
   dev = mesh.devices.flat[0]
   return f"data={mesh.shape[DATA]},model={mesh.shape[MODEL]} ({mesh.size} x {dev.platform})"
+
+
+def put(x, sharding: NamedSharding) -> jax.Array:
+  """``x`` (host data, or an array on this process's devices) placed with ``sharding``. Over several
+  processes each process feeds only its own devices' slices, from its copy of ``x`` (the same on every
+  process), so this works whether or not the mesh spans other hosts."""
+  if isinstance(x, jax.Array) and x.sharding.is_equivalent_to(sharding, x.ndim):
+    return x
+  if sharding.is_fully_addressable:
+    return jax.device_put(x, sharding)
+  if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):  # typed keys: as data
+    data = np.asarray(jax.random.key_data(x))
+    spec = tuple(sharding.spec) + (None,) * (data.ndim - len(tuple(sharding.spec)))
+    return jax.random.wrap_key_data(put(data, NamedSharding(sharding.mesh, P(*spec))), impl=jax.random.key_impl(x))
+  host = np.asarray(x)
+  return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
 
 # --------------------------------------------------------------------------------------------
@@ -248,7 +277,7 @@ class MeshSharding:
       x = var.get_value()
       target = self.param_sharding(path, x.shape)
       if not (isinstance(x, jax.Array) and x.sharding.is_equivalent_to(target, x.ndim)):
-        x = jax.device_put(x, target)
+        x = put(x, target)
       flat.append((path, var.replace(x)))
     return nnx.from_flat_state(flat)
 
@@ -289,7 +318,7 @@ class MeshSharding:
     zeros = jax.jit(lambda: jnp.zeros(shape, KVCache.storage_dtype(dtype)), out_shardings=kv)
     layers = config.num_hidden_layers
     return KVCache(k=tuple(zeros() for _ in range(layers)), v=tuple(zeros() for _ in range(layers)),
-                   lengths=jax.device_put(lengths, self.batch_sharding(1)), dtype=jnp.dtype(dtype).name)
+                   lengths=put(lengths, self.batch_sharding(1)), dtype=jnp.dtype(dtype).name)
 
   def batch_sharding(self, ndim: int) -> NamedSharding:
     """Leading (batch) dimension on data, the rest replicated."""
@@ -298,9 +327,9 @@ class MeshSharding:
   def place_cache(self, cache):
     self.check_batch(cache.batch)
     kv = self.cache_sharding(cache.k[0].shape)
-    return cache.replace(k=tuple(jax.device_put(x, kv) for x in cache.k),
-                         v=tuple(jax.device_put(x, kv) for x in cache.v),
-                         lengths=jax.device_put(cache.lengths, self.batch_sharding(1)))
+    return cache.replace(k=tuple(put(x, kv) for x in cache.k),
+                         v=tuple(put(x, kv) for x in cache.v),
+                         lengths=put(cache.lengths, self.batch_sharding(1)))
 
   def place_batch(self, per_row, shared):
     """The engine's hook: ``per_row`` (a pytree whose array leaves all lead with the batch
@@ -309,12 +338,12 @@ class MeshSharding:
 
     def put_row(x):
       if np.ndim(x) == 0:
-        return jax.device_put(x, self.replicated())
+        return put(x, self.replicated())
       self.check_batch(x.shape[0])
-      return jax.device_put(x, self.batch_sharding(np.ndim(x)))
+      return put(x, self.batch_sharding(np.ndim(x)))
 
     return (jax.tree.map(put_row, per_row),
-            jax.tree.map(lambda x: jax.device_put(x, self.replicated()), shared))
+            jax.tree.map(lambda x: put(x, self.replicated()), shared))
 
   def engine_kwargs(self, batch_buckets: Sequence[int] | None = None) -> dict:
     """Engine arguments that keep every padded batch a multiple of the data axis."""

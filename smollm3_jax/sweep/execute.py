@@ -47,7 +47,8 @@ def run_rows(model, tokenizer, cfg, prompts, todo, results, *, progress, log, ma
   prompt (the grid's cells) run its prefill once when they start together, so the queue holds each
   prompt's rows side by side. ``max_batches``: run only the first ``max_batches x batch_size``
   rows (tests). ``refill=False``: fixed batches that wait for their longest row (for measurements).
-  Returns the number of groups written."""
+  ``results``: None on the processes of a multi-process run other than the leader (they run the same
+  rows, write nothing). Returns the number of groups written."""
   from smollm3_jax import sampling
   from smollm3_jax.engine import Request, get_engine
 
@@ -91,9 +92,10 @@ def run_rows(model, tokenizer, cfg, prompts, todo, results, *, progress, log, ma
     bar = tqdm(total=len(requests) + len(beam_rows), unit="row", desc="sweep", dynamic_ncols=True, smoothing=0.1)
   groups, pending, written = 0, [], time.monotonic()
   try:
+    write = results.append if results is not None else (lambda rows: None)
     for cell_rows in _by_cell(beam_rows):
       pending.extend(_beam_rows(model, tokenizer, cell_rows, ids, by_id, max_new))
-      results.append(pending)
+      write(pending)
       groups, pending = groups + 1, []
       if bar is not None:
         bar.update(len(cell_rows))
@@ -101,7 +103,7 @@ def run_rows(model, tokenizer, cfg, prompts, todo, results, *, progress, log, ma
       finished = [r for r in pool.step() if r.done]
       pending.extend(_pool_row(tokenizer, r, by_id, max_new, pool) for r in finished)
       if pending and (len(pending) >= WRITE_EVERY or pool.idle or time.monotonic() - written > WRITE_SECONDS):
-        results.append(pending)
+        write(pending)
         groups, pending, written = groups + 1, [], time.monotonic()
       if bar is not None and finished:
         bar.update(len(finished))

@@ -1,9 +1,6 @@
-"""Runs (or resumes) a sweep: plan, lock the workdir, run the missing rows in fixed-shape batches,
-write the summary and plots.
-
-Rows run in batches of one fixed size through one :class:`~smollm3_jax.engine.Engine` whose
-prompt and cache buckets are fixed for the whole sweep, so prefill compiles once and decode once per
-read window its rows reach.
+"""Runs (or resumes) a sweep: plan, lock the workdir, run the missing rows through one slot pool
+(:mod:`smollm3_jax.sweep.execute`), write the summary and plots; over several processes, only
+process 0 touches the workdir.
 """
 
 from __future__ import annotations
@@ -15,6 +12,7 @@ from typing import Callable
 
 import numpy as np
 
+from smollm3_jax import distributed
 from smollm3_jax.checkpoints.spec import load_model_and_tokenizer
 from smollm3_jax.sweep.plan import expand_grid, load_prompts, make_rows, prompts_hash, to_plain, validate_config
 from smollm3_jax.sweep.execute import run_rows
@@ -40,6 +38,10 @@ def run_sweep(config, workdir: str, *, model=None, tokenizer=None, progress: boo
   ``config``: a ConfigDict / dict as made by configs/sweep.py. ``model``/``tokenizer``: preloaded
   ones (else built from ``config.model``). ``max_batches``: stop after that many batches (tests).
   The workdir is locked for the whole run (a second run on it raises ``files.LockedError``).
+
+  Over several processes (:mod:`smollm3_jax.distributed`) every process calls this with the same
+  config; only process 0 reads and writes ``workdir`` (the others get the rows to run and the
+  outcome from it), and every process runs the rows through the same programs.
   """
   cfg = to_plain(config)
   validate_config(cfg)
@@ -50,22 +52,56 @@ def run_sweep(config, workdir: str, *, model=None, tokenizer=None, progress: boo
                          ids=pcfg.get("ids", ()))
   cells = expand_grid(cfg["sweep"])
   rows = make_rows(prompts, cells, samples=cfg["samples"], seed=cfg.get("seed", 0))
+  if not distributed.is_leader():  # only process 0 touches the workdir
+    return _run_rows_elsewhere(cfg, prompts, rows, model, tokenizer, max_batches)
   with Workdir(workdir) as wd:
-    return _run_locked(wd, cfg, prompts, cells, rows, model, tokenizer, progress, log, max_batches)
+    try:
+      cfg, todo, skipped = _plan_run(wd, cfg, prompts, cells, rows, log)
+    except Exception as e:  # the others stop with the same error instead of waiting for rows
+      distributed.broadcast(e)
+      raise
+    distributed.broadcast((cfg, [r["key"] for r in todo]))
+    outcome = _run_locked(wd, cfg, prompts, cells, rows, todo, skipped, model, tokenizer, progress, log,
+                          max_batches)
+  return distributed.broadcast(outcome)
 
 
-def _run_locked(wd, cfg, prompts, cells, rows, model, tokenizer, progress, log, max_batches) -> SweepOutcome:
-  workdir, results = wd.path, wd.results
+def _plan_run(wd, cfg, prompts, cells, rows, log):
+  """(the stored config, the rows left to run, the rows already done) of a workdir (the leader's)."""
+  results = wd.results
   cfg = wd.open(cfg, prompts_hash(prompts))  # the stored chat date on a resume
   done = results.load()
   _report_corrupt(results, log)
   check_rows(done, rows, cfg["max_new_tokens"])
-  wanted = {r["key"] for r in rows}
   todo = [r for r in rows if r["key"] not in done]
   skipped = len(rows) - len(todo)
   log(f"sweep: {len(cells)} cells x {len(prompts)} prompts -> {len(rows)} rows "
-      f"({skipped} already done, {len(todo)} to run) in {workdir}")
+      f"({skipped} already done, {len(todo)} to run) in {wd.path}"
+      + (f" on {distributed.process_count()} processes" if distributed.process_count() > 1 else ""))
+  return cfg, todo, skipped
 
+
+def _run_rows_elsewhere(cfg, prompts, rows, model, tokenizer, max_batches) -> SweepOutcome:
+  """A process other than the leader: runs the same rows through the same programs (its devices'
+  share of every batch), writes nothing, and returns the leader's outcome."""
+  plan = distributed.broadcast(None)
+  if isinstance(plan, Exception):
+    raise plan
+  cfg, keys = plan
+  keys = set(keys)
+  todo = [r for r in rows if r["key"] in keys]
+  if todo:
+    if model is None or tokenizer is None:
+      model, tokenizer = load_model_and_tokenizer(cfg["model"], mesh=cfg.get("mesh", ""))
+    run_rows(model, tokenizer, cfg, prompts, todo, None, progress=False, log=lambda s: None,
+             max_batches=max_batches)
+  return distributed.broadcast(None)
+
+
+def _run_locked(wd, cfg, prompts, cells, rows, todo, skipped, model, tokenizer, progress, log,
+                max_batches) -> SweepOutcome:
+  workdir, results = wd.path, wd.results
+  wanted = {r["key"] for r in rows}
   batches = 0
   if todo:
     if model is None or tokenizer is None:
