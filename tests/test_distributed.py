@@ -179,6 +179,50 @@ def test_a_killed_process_stops_the_other_and_a_rerun_resumes(setup, single, vic
   assert sorted(after) == sorted(rows)  # none lost, none twice, the same texts and tokens
 
 
+def _generate_child() -> None:
+  """Child mode (``python tests/test_distributed.py generate``): generate with a tiny random model on
+  the data=4 x model=2 mesh, in a multi-process run when the TEST_* variables say so."""
+  n = int(os.environ.get("TEST_NUM_PROCESSES", "1"))
+  if n > 1:
+    distributed.initialize(os.environ["TEST_COORDINATOR"], n, int(os.environ["TEST_PROCESS_ID"]))
+  import numpy as np
+  from flax import nnx
+
+  import smollm3_jax
+  from smollm3_jax import config as C
+  from smollm3_jax.model import SmolLM3
+
+  model = SmolLM3(C.tiny(num_layers=2), rngs=nnx.Rngs(0))
+  rng = np.random.default_rng(0)
+  prompts = [rng.integers(1, 500, k).tolist() for k in (3, 17, 9, 30, 5)]
+  res = smollm3_jax.generate(model, None, prompts, stop_ids=[], max_new_tokens=[6, 4, 7, 5, 6],
+                             temperature=[0.0, 0.9, 0.0, 1.0, 0.7], top_p=[1.0, 0.9, 1.0, 1.0, 0.95],
+                             seed=[1, 2, 3, 4, 5], mesh="data=4,model=2")
+  print("RESULT " + json.dumps([c.token_ids for c in res]), flush=True)
+
+
+def test_generate_over_two_processes_equals_one():
+  def run(processes):
+    port = _free_port()
+    procs = []
+    for i in range(processes):
+      env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={8 // processes}",
+                 JAX_PLATFORMS="cpu", PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+                 TEST_NUM_PROCESSES=str(processes), TEST_PROCESS_ID=str(i), TEST_COORDINATOR=f"127.0.0.1:{port}")
+      procs.append(subprocess.Popen([sys.executable, os.path.abspath(__file__), "generate"], cwd=ROOT, env=env,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    out = []
+    for rc, stdout, stderr in _finish(procs):
+      line = next((l for l in stdout.splitlines() if l.startswith("RESULT ")), None)
+      assert rc == 0 and line, stderr[-3000:]
+      out.append(json.loads(line[len("RESULT "):]))
+    return out
+
+  (one,) = run(1)
+  assert [len(t) for t in one] == [6, 4, 7, 5, 6]
+  assert run(2) == [one, one]  # every process gets every completion, the single-process tokens
+
+
 def test_single_process_helpers_are_no_ops():
   assert distributed.initialize() is False  # no coordinator, no auto-detection: one process
   assert distributed.is_leader() and distributed.process_count() == 1
@@ -191,3 +235,8 @@ def test_single_process_helpers_are_no_ops():
   assert isinstance(host, np.ndarray) and host.tolist() == [[0, 1, 2], [3, 4, 5]] and host.flags.writeable
   with pytest.raises(ValueError, match="process_id"):
     distributed.initialize("127.0.0.1:1", 2, 5)
+
+
+if __name__ == "__main__":
+  if sys.argv[1:] == ["generate"]:
+    _generate_child()
