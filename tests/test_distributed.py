@@ -223,6 +223,16 @@ def test_generate_over_two_processes_equals_one():
   assert run(2) == [one, one]  # every process gets every completion, the single-process tokens
 
 
+def test_bad_process_flags_are_usage_errors(tmp_path):
+  cmd = [sys.executable, os.path.join(ROOT, "experiments", "sweep.py"),
+         "--config=" + os.path.join(ROOT, "configs", "sweep.py") + ":tiny", f"--workdir={tmp_path / 'wd'}",
+         "--coordinator_address=127.0.0.1:1", "--num_processes=2", "--process_id=2"]
+  res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert res.returncode == 1 and "--process_id=2 must be < --num_processes=2" in res.stderr
+  assert not (tmp_path / "wd").exists()
+
+
 def test_single_process_helpers_are_no_ops():
   assert distributed.initialize() is False  # no coordinator, no auto-detection: one process
   assert distributed.is_leader() and distributed.process_count() == 1
