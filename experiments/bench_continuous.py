@@ -2,8 +2,9 @@
 
 * ``bench_refill``: a thinking-length sweep (prompts x cells, a long budget) through one slot pool,
   with refill on (a row starts as soon as a slot frees up) and off (fixed batches of the pool's size
-  that wait for their longest row: the engine before continuous batching). Same engine, same rows,
-  same tokens; slot utilization = generated tokens / (slots x decode steps).
+  that wait for their longest row: the engine before continuous batching), alternated and best of
+  two. Same engine, same rows, same tokens; slot utilization = generated tokens / (slots x decode
+  steps).
 * ``bench_server``: the chat server with N clients asking at once vs the same N requests one after
   another (aggregate generated tokens per wall second).
 """
@@ -38,8 +39,11 @@ def _sweep_requests(tokenizer, n_prompts: int, budget: int, seed: int):
   return requests
 
 
-def bench_refill(model, tokenizer, *, slots: int = 16, n_prompts: int = 24, budget: int = 512, seed: int = 0):
-  """Rows ``refill`` on and off: utilization, decode and wall tokens/s, and their ratio."""
+def bench_refill(model, tokenizer, *, slots: int = 16, n_prompts: int = 24, budget: int = 512, seed: int = 0,
+                 repeats: int = 2):
+  """Rows ``refill`` on and off: utilization, decode and wall tokens/s, and their ratio. The two runs
+  alternate ``repeats`` times (on, off, on, off, ...) and each keeps its best, so a burst of load on
+  this shared machine during one run does not decide the ratio."""
   import dataclasses
 
   from smollm3_jax.engine import get_engine
@@ -47,35 +51,41 @@ def bench_refill(model, tokenizer, *, slots: int = 16, n_prompts: int = 24, budg
   engine = get_engine(model, tokenizer)
   base = _sweep_requests(tokenizer, n_prompts, budget, seed)
   length = engine.cache_length_for(max(len(r.prompt) for r in base) + budget - 1)
-  rows, tokens = [], {}
-  for refill in (True, False):
-    requests = [dataclasses.replace(r) for r in base]
-    # refill off = the engine before continuous batching: fixed batches that wait for their longest row
-    pool = engine.pool(slots, length, stop_ids=tokenizer.stop_token_ids, refill=refill, chunk_steps=32,
-                       shrink=refill)
-    pool.warmup()  # compiles apart from the timed run
-    pool.stats.clear()
-    t0 = time.perf_counter()
-    pool.submit(requests)
-    pool.run()
-    wall = time.perf_counter() - t0
-    st = pool.stats
-    lengths = [len(r.token_ids) for r in requests]
-    tokens[refill] = [r.token_ids for r in requests]
-    row = dict(kind="refill", refill=refill, slots=slots, rows=len(requests), budget=budget,
-               generated_tokens=int(st["generated"]), decode_steps=int(st["decode_steps"]),
-               slot_utilization=pool.utilization(), wall_seconds=wall, decode_seconds=st["decode_seconds"],
-               prefill_seconds=st["prefill_seconds"] + st["insert_seconds"],
-               compile_seconds=st["compile_seconds"],
-               ours_tokens_per_second=st["generated"] / (wall - st["compile_seconds"]),
-               decode_tokens_per_second=st["generated"] / st["decode_seconds"],
-               min_length=min(lengths), max_length=max(lengths),
-               mean_queue_seconds=sum(r.queue_seconds for r in requests) / len(requests))
-    rows.append(row)
-    print("  " + ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
-          flush=True)
+  runs: dict[bool, list[dict]] = {True: [], False: []}
+  tokens: dict[bool, list] = {True: [], False: []}
+  for repeat in range(max(1, repeats)):
+    for refill in (True, False):
+      requests = [dataclasses.replace(r) for r in base]
+      # refill off = the engine before continuous batching: fixed batches that wait for their longest row
+      pool = engine.pool(slots, length, stop_ids=tokenizer.stop_token_ids, refill=refill, chunk_steps=32,
+                         shrink=refill)
+      pool.warmup()  # compiles apart from the timed run
+      pool.stats.clear()
+      t0 = time.perf_counter()
+      pool.submit(requests)
+      pool.run()
+      wall = time.perf_counter() - t0
+      st = pool.stats
+      lengths = [len(r.token_ids) for r in requests]
+      tokens[refill].append([r.token_ids for r in requests])
+      row = dict(kind="refill", refill=refill, repeat=repeat, slots=slots, rows=len(requests), budget=budget,
+                 generated_tokens=int(st["generated"]), decode_steps=int(st["decode_steps"]),
+                 slot_utilization=pool.utilization(), wall_seconds=wall, decode_seconds=st["decode_seconds"],
+                 prefill_seconds=st["prefill_seconds"] + st["insert_seconds"],
+                 compile_seconds=st["compile_seconds"],
+                 ours_tokens_per_second=st["generated"] / (wall - st["compile_seconds"]),
+                 decode_tokens_per_second=st["generated"] / st["decode_seconds"],
+                 min_length=min(lengths), max_length=max(lengths),
+                 mean_queue_seconds=sum(r.queue_seconds for r in requests) / len(requests))
+      runs[refill].append(row)
+      print("  " + ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
+            flush=True)
+  rows = [max(runs[refill], key=lambda r: r["ours_tokens_per_second"]) for refill in (True, False)]
+  for row in rows:
+    row["all_tokens_per_second"] = [r["ours_tokens_per_second"] for r in runs[row["refill"]]]
   on, off = rows
-  on["same_tokens_as_refill_off"] = tokens[True] == tokens[False]
+  first = tokens[True][0]
+  on["same_tokens_as_refill_off"] = all(t == first for t in tokens[True] + tokens[False])
   on["ratio"] = on["ours_tokens_per_second"] / off["ours_tokens_per_second"]
   return rows
 

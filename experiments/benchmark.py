@@ -585,7 +585,7 @@ def _continuous_rows(model, tokenizer):
     raise app.UsageError("the continuous-batching rows render chat prompts: use a checkpoint with a tokenizer "
                          "(e.g. --checkpoint=demo)")
   rows = bench_continuous.bench_refill(model, tokenizer, slots=FLAGS.refill_slots, n_prompts=FLAGS.refill_prompts,
-                                       budget=FLAGS.refill_budget, seed=FLAGS.seed)
+                                       budget=FLAGS.refill_budget, seed=FLAGS.seed, repeats=min(2, FLAGS.repeats))
   return rows + bench_continuous.bench_server(model, tokenizer, clients=FLAGS.server_clients,
                                               max_tokens=FLAGS.server_tokens, seed=FLAGS.seed)
 
