@@ -48,18 +48,27 @@ def _nonblank_prompts(prompts) -> bool:
   return True
 
 
-def _writable_output(path) -> bool:
+def _output_problem(path) -> str | None:
   from smollm3_jax.files import check_writable_file
   if path is not None:
     try:
       check_writable_file(path, "--output_json")
     except ValueError as e:
-      raise flags.ValidationError(str(e)) from None
+      return str(e)
+  return None
+
+
+def _writable_output(values) -> bool:
+  # Over several processes only process 0 writes the file: it checks it once all have joined (main).
+  problem = None if cli.in_multiprocess_run() else _output_problem(values["output_json"])
+  if problem:
+    raise flags.ValidationError(problem)
   return True
 
 
 flags.register_validator("prompt", _nonblank_prompts)
-flags.register_validator("output_json", _writable_output)
+flags.register_multi_flags_validator(["output_json", "coordinator_address", "num_processes", "distributed"],
+                                     _writable_output)
 
 
 def main(argv):
@@ -69,16 +78,26 @@ def main(argv):
   import smollm3_jax
   from smollm3_jax import distributed
 
-  # Over several processes every one generates (its devices' share of each batch); process 0 prints.
+  # Over several processes every one generates (its devices' share of each batch); process 0 prints
+  # and writes, and its checks and chat date hold for all (a host in another time zone or a start
+  # at midnight must not render another prompt).
   leader = distributed.is_leader()
   say = print if leader else (lambda *args, **kwargs: None)
+  date = FLAGS.date
+  if distributed.process_count() > 1:
+    from smollm3_jax.chat_format import resolve_date
+
+    problem, date = distributed.broadcast((_output_problem(FLAGS.output_json) if leader else None,
+                                           resolve_date(date)))
+    if problem:
+      raise app.UsageError(problem)
   from smollm3_jax.checkpoints.mapping import dtype_from_name
 
   dtype = None if FLAGS.dtype == "auto" else dtype_from_name(FLAGS.dtype)
   sampling_kwargs = cli.sampling_flag_values()  # validated when the flags were parsed
   kwargs = dict(chat=FLAGS.chat, thinking=FLAGS.thinking, **sampling_kwargs,
                 max_new_tokens=FLAGS.max_new_tokens, seed=FLAGS.seed,
-                newline_limit=FLAGS.newline_limit or None, date=FLAGS.date)
+                newline_limit=FLAGS.newline_limit or None, date=date)
   if FLAGS.stop:
     kwargs["stop"] = list(FLAGS.stop)
   if FLAGS.logprobs is not None:

@@ -55,20 +55,19 @@ def run(main) -> None:
   quiet_logs()
 
   def main_with_cache(argv):
-    if "coordinator_address" in flags.FLAGS:  # before anything uses JAX
-      _join_distributed()
+    joined = "coordinator_address" in flags.FLAGS and _join_distributed()  # before anything uses JAX
     if "compilation_cache" in flags.FLAGS and flags.FLAGS.compilation_cache:
       from smollm3_jax import runtime
       runtime.enable_compilation_cache()
-    if "coordinator_address" not in flags.FLAGS:
+    if not joined:
       return main(argv)
     from smollm3_jax import distributed
 
     try:
       return main(argv)
-    except Exception as e:
-      if distributed.process_count() == 1:
-        raise
+    except app.UsageError:  # raised alike on every process: they exit together
+      raise
+    except (Exception, KeyboardInterrupt) as e:  # this process alone: stop now, not at the shutdown barrier
       distributed.fail(e)
 
   app.run(main_with_cache, flags_parser=_parse_flags)
@@ -233,9 +232,16 @@ def define_distributed_flags() -> None:
   flags.register_multi_flags_validator(["num_processes", "process_id"], check)
 
 
-def _join_distributed() -> None:
+def _join_distributed() -> bool:
   from smollm3_jax import distributed
 
   f = flags.FLAGS
-  distributed.initialize(f.coordinator_address, f.num_processes, f.process_id, auto=f.distributed,
-                         heartbeat_seconds=f.heartbeat_seconds)
+  return distributed.initialize(f.coordinator_address, f.num_processes, f.process_id, auto=f.distributed,
+                                heartbeat_seconds=f.heartbeat_seconds)
+
+
+def in_multiprocess_run() -> bool:
+  """Whether the command line asks for a multi-process run (for checks that only process 0 should do)."""
+  f = flags.FLAGS
+  return "coordinator_address" in f and (f.coordinator_address is not None or f.distributed
+                                         or (f.num_processes or 1) > 1)

@@ -171,8 +171,7 @@ def _scatter(tree, index, rows):
 
 
 def prefill_slots(graphdef, state, s: DecodeState, tokens, slots, starts, counts, window: int) -> DecodeState:
-  """Writes a chunk of prompt tokens ``tokens`` [U, C] into slots ``slots`` [U] (B = no row; row 0 must
-  be a real one) at
+  """Writes a chunk of prompt tokens ``tokens`` [U, C] into slots ``slots`` [U] (B = no row) at
   positions ``starts[u] ..`` (``counts[u]`` real tokens, the rest padding). Attention reads the
   slots' first ``window`` cache slots (static; it covers every ``starts + C``). A row whose start
   is 0 begins with an empty token context. Nothing is sampled."""
@@ -183,9 +182,10 @@ def prefill_slots(graphdef, state, s: DecodeState, tokens, slots, starts, counts
   rows_v = tuple(jnp.take(v, slots, axis=0, mode="clip")[:, :, :window] for v in cache.v)
   part = KVCache(k=rows_k, v=rows_v, lengths=starts, dtype=cache.dtype)
   _, part = model.hidden_states(tokens, None, part)
-  # A padding row (slot B) repeats row 0's write (row 0 is always a real row): writing the same
-  # rows twice changes nothing, and no update needs the values it overwrites.
-  real = jnp.where(slots < cache.batch, jnp.arange(u), 0)
+  # A padding row (slot B) repeats the first real row's write: writing the same rows twice changes
+  # nothing, and no update needs the values it overwrites.
+  valid = slots < cache.batch
+  real = jnp.where(valid, jnp.arange(u), jnp.argmax(valid))
 
   def write(full, part):
     for i in range(u):
@@ -198,7 +198,7 @@ def prefill_slots(graphdef, state, s: DecodeState, tokens, slots, starts, counts
   # with the model's write into the window (a fusion that reads the cache it writes, so XLA copied
   # every layer's whole cache on every call: the demo's 16 x 1024 pool took 284 ms a call, 130 ms
   # for a 16 x 256 one).
-  k, v = jax.lax.cond(slots[0] < cache.batch, write, lambda full, part: full, (cache.k, cache.v), (part.k, part.v))
+  k, v = jax.lax.cond(jnp.any(valid), write, lambda full, part: full, (cache.k, cache.v), (part.k, part.v))
   cache = cache.replace(k=k, v=v, lengths=cache.lengths.at[slots].set(starts + counts, mode="drop"))
   context = _gather(s.context, slots)
   fresh = sampling.init_context(u, model.config.vocab_size, cache.length)

@@ -68,10 +68,12 @@ def fail(error: BaseException) -> NoReturn:
   what it most likely means."""
   traceback.print_exception(error)
   first = str(error).strip().splitlines()[0] if str(error).strip() else ""
-  print(f"error: {describe()} stopped: {type(error).__name__}: {first}\n"
-        f"In a multi-process run this most likely means that another process died or stopped answering "
-        f"(see its log). Work already written is kept: rerun every process with the same flags to resume.",
-        file=sys.stderr, flush=True)
+  if isinstance(error, (PeerLost, jax.errors.JaxRuntimeError)):  # what a dead peer looks like from here
+    why = "most likely another process died or stopped answering (see its log)"
+  else:
+    why = "the other processes stop too (their next exchange with this one fails)"
+  print(f"error: {describe()} stopped: {type(error).__name__}: {first}\n{why}. Work already written is kept: "
+        f"rerun every process with the same flags to resume.", file=sys.stderr, flush=True)
   sys.stdout.flush()
   os._exit(3)
 
@@ -105,6 +107,15 @@ def _collective(fn, *args):
                    f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
 
 
+def portable(error: BaseException) -> BaseException:
+  """``error`` if it pickles (to :func:`broadcast` it), else a RuntimeError with its type and message."""
+  try:
+    pickle.loads(pickle.dumps(error))
+    return error
+  except Exception:
+    return RuntimeError(f"{type(error).__name__}: {error}")
+
+
 def broadcast(value: Any) -> Any:
   """The leader's ``value`` (any picklable object), on every process."""
   if jax.process_count() == 1:
@@ -112,7 +123,7 @@ def broadcast(value: Any) -> Any:
   from jax.experimental import multihost_utils
 
   payload = np.frombuffer(pickle.dumps(value), np.uint8) if is_leader() else np.zeros((0,), np.uint8)
-  size = int(_collective(multihost_utils.broadcast_one_to_all, np.asarray([payload.size], np.int64))[0])
+  size = int(_collective(multihost_utils.broadcast_one_to_all, np.asarray([payload.size], np.int32))[0])
   buf = np.zeros((size,), np.uint8)
   if is_leader():
     buf[:] = payload
@@ -139,6 +150,6 @@ def fetch(tree):
       return np.array(x.addressable_data(0))
     from jax.experimental import multihost_utils
 
-    return np.asarray(_collective(multihost_utils.process_allgather, x, True))
+    return np.array(_collective(multihost_utils.process_allgather, x, True))
   return jax.tree.map(one, tree)
 

@@ -354,7 +354,7 @@ class Pool:
 
     rounds = max((-(-len(ids) // c) for _, ids, _ in pending), default=0)
     bar = tqdm(total=sum(len(ids) for _, ids, _ in pending), unit="tok", desc="prefill", leave=False,
-               dynamic_ncols=True, disable=rounds < PREFILL_BAR_CALLS)
+               dynamic_ncols=True, disable=rounds < PREFILL_BAR_CALLS or not distributed.is_leader())
     while pending:
       i = 0
       while i < len(pending):

@@ -174,6 +174,8 @@ def put(x, sharding: NamedSharding) -> jax.Array:
     return x
   if sharding.is_fully_addressable:
     return jax.device_put(x, sharding)
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:  # already spread over the hosts: reshard
+    return jax.jit(lambda a: a, out_shardings=sharding)(x)
   if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):  # typed keys: as data
     data = np.asarray(jax.random.key_data(x))
     spec = tuple(sharding.spec) + (None,) * (data.ndim - len(tuple(sharding.spec)))

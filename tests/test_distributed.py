@@ -223,6 +223,19 @@ def test_generate_over_two_processes_equals_one():
   assert run(2) == [one, one]  # every process gets every completion, the single-process tokens
 
 
+def test_a_locked_workdir_stops_every_process_with_its_error(setup):
+  """An error of the leader's before any row runs (here: the workdir is another run's) reaches every
+  process: all exit with its message, none waits for rows."""
+  from smollm3_jax.sweep.store import Workdir
+
+  workdir = setup[2] / "locked"
+  with Workdir(str(workdir)):  # held by this (test) process
+    results = _finish(_start(setup, workdir, 2), timeout=120)
+  for rc, _, stderr in results:
+    assert rc == 2 and "is in use by another run" in stderr, stderr[-3000:]
+  assert not (workdir / "generations.jsonl").exists()
+
+
 def test_bad_process_flags_are_usage_errors(tmp_path):
   cmd = [sys.executable, os.path.join(ROOT, "experiments", "sweep.py"),
          "--config=" + os.path.join(ROOT, "configs", "sweep.py") + ":tiny", f"--workdir={tmp_path / 'wd'}",

@@ -4,6 +4,7 @@ set; utilization and queue figures."""
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 import pytest
 from flax import nnx
@@ -208,3 +209,30 @@ def test_prefill_and_decode_update_the_cache_in_place(tiny):
     text = exe.as_text()
     assert shape in text                # the cache goes through the program ...
     assert not cache_copy.findall(text)  # ... and is never copied whole
+
+
+def test_prefill_rows_of_several_prompts_equal_one_by_one(tiny):
+  """Prefill calls of several prompts (``prefill_rows``), padding rows included (a 4-row call for
+  the last 3 prompts, 3-row calls for the last 1), write each slot's prompt as calls of one prompt do:
+  a padding row must not write into any slot."""
+  model, _ = tiny
+  eng = Engine(model, None, prefill_chunk=8)
+  lengths = [3, 17, 9, 40, 1, 25, 12, 5]
+  rng = np.random.default_rng(1)
+  prompts = [rng.integers(1, 500, n).tolist() for n in lengths]
+
+  def prefilled(rows):
+    pool = eng.pool(8, 64, stop_ids=[], prefill_rows=rows)
+    pool.submit([Request(prompt=p, max_new=4) for p in prompts])
+    pool._admit()  # prefill and insert, no decode step
+    assert [len(r.prompt) for r in pool.rows] == lengths  # slot i holds prompt i
+    return pool.stats["prefill_calls"], jax.device_get(pool.state.cache)
+
+  calls1, ref = prefilled((1,))
+  for rows, calls in (((4,), 2 * 5), ((3,), 3 * 5)):  # 5 chunks of 8 for the 40-token prompt
+    n_calls, got = prefilled(rows)
+    assert n_calls < calls1 and n_calls <= calls
+    assert got.lengths.tolist() == ref.lengths.tolist() == [n - 1 for n in lengths]
+    for k_ref, k_got in zip(ref.k + ref.v, got.k + got.v):
+      for i, n in enumerate(lengths):
+        np.testing.assert_allclose(k_got[i, :, :n - 1], k_ref[i, :, :n - 1], atol=1e-5, rtol=1e-5)

@@ -207,9 +207,12 @@ MUTATIONS = (
              (W + "test_sigkill_then_resume_completes_without_gaps_or_duplicates",)),
     # ---- engine cost and multi-process runs --------------------------------------------------
     Mutation("prefill_write_fused", "smollm3_jax/decode.py",
-             "k, v = jax.lax.cond(slots[0] < cache.batch, write, lambda full, part: full, (cache.k, cache.v), (part.k, part.v))",
+             "k, v = jax.lax.cond(jnp.any(valid), write, lambda full, part: full, (cache.k, cache.v), (part.k, part.v))",
              "k, v = write((cache.k, cache.v), (part.k, part.v))",
              ("tests/test_slots.py::test_prefill_and_decode_update_the_cache_in_place",)),
+    Mutation("prefill_padding_rows_write", "smollm3_jax/decode.py",
+             "real = jnp.where(valid, jnp.arange(u), jnp.argmax(valid))", "real = jnp.arange(u)",
+             ("tests/test_slots.py::test_prefill_rows_of_several_prompts_equal_one_by_one",)),
     Mutation("fetch_only_local_rows", "smollm3_jax/distributed.py",
              "return np.asarray(_collective(multihost_utils.process_allgather, x, True))",
              "return np.concatenate([np.array(x.addressable_shards[0].data)] * (x.shape[0] // x.addressable_shards[0].data.shape[0]))",

@@ -5,6 +5,7 @@ process 0 touches the workdir.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import time
@@ -40,30 +41,38 @@ def run_sweep(config, workdir: str, *, model=None, tokenizer=None, progress: boo
   The workdir is locked for the whole run (a second run on it raises ``files.LockedError``).
 
   Over several processes (:mod:`smollm3_jax.distributed`) every process calls this with the same
-  config; only process 0 reads and writes ``workdir`` (the others get the rows to run and the
-  outcome from it), and every process runs the rows through the same programs.
+  config; only process 0 reads the prompts and reads and writes ``workdir`` (the others get the
+  stored config, the prompts, the rows to run and the outcome from it), and every process runs the
+  rows through the same programs.
   """
   cfg = to_plain(config)
   validate_config(cfg)
+  if not distributed.is_leader():  # only process 0 reads the prompts and touches the workdir
+    return _run_rows_elsewhere(model, tokenizer, max_batches)
+  with contextlib.ExitStack() as stack:
+    try:  # (the lock too: a locked workdir stops every process with the same error)
+      prompts, cells, rows = _grid(cfg)
+      wd = stack.enter_context(Workdir(workdir))
+      cfg, todo, skipped = _plan_run(wd, cfg, prompts, cells, rows, log)
+    except Exception as e:  # the others stop with the same error instead of waiting for rows
+      distributed.broadcast(distributed.portable(e))
+      raise
+    # The leader's config (its stored chat date), prompts and rows: the others read no file of the sweep.
+    distributed.broadcast((cfg, prompts, todo))
+    outcome = _run_locked(wd, cfg, prompts, cells, rows, todo, skipped, model, tokenizer, progress, log,
+                          max_batches)
+  return distributed.broadcast(outcome)
+
+
+def _grid(cfg):
+  """(prompts, cells, rows) of a sweep config."""
   pcfg = cfg.get("prompts", {})
   if not pcfg.get("path"):
     raise ValueError("prompts.path: no prompt set given")
   prompts = load_prompts(pcfg["path"], limit=pcfg.get("limit", 0), kinds=pcfg.get("kinds", ()),
                          ids=pcfg.get("ids", ()))
   cells = expand_grid(cfg["sweep"])
-  rows = make_rows(prompts, cells, samples=cfg["samples"], seed=cfg.get("seed", 0))
-  if not distributed.is_leader():  # only process 0 touches the workdir
-    return _run_rows_elsewhere(cfg, prompts, rows, model, tokenizer, max_batches)
-  with Workdir(workdir) as wd:
-    try:
-      cfg, todo, skipped = _plan_run(wd, cfg, prompts, cells, rows, log)
-    except Exception as e:  # the others stop with the same error instead of waiting for rows
-      distributed.broadcast(e)
-      raise
-    distributed.broadcast((cfg, [r["key"] for r in todo]))
-    outcome = _run_locked(wd, cfg, prompts, cells, rows, todo, skipped, model, tokenizer, progress, log,
-                          max_batches)
-  return distributed.broadcast(outcome)
+  return prompts, cells, make_rows(prompts, cells, samples=cfg["samples"], seed=cfg.get("seed", 0))
 
 
 def _plan_run(wd, cfg, prompts, cells, rows, log):
@@ -81,15 +90,13 @@ def _plan_run(wd, cfg, prompts, cells, rows, log):
   return cfg, todo, skipped
 
 
-def _run_rows_elsewhere(cfg, prompts, rows, model, tokenizer, max_batches) -> SweepOutcome:
-  """A process other than the leader: runs the same rows through the same programs (its devices'
+def _run_rows_elsewhere(model, tokenizer, max_batches) -> SweepOutcome:
+  """A process other than the leader: runs the leader's rows through the same programs (its devices'
   share of every batch), writes nothing, and returns the leader's outcome."""
   plan = distributed.broadcast(None)
   if isinstance(plan, Exception):
     raise plan
-  cfg, keys = plan
-  keys = set(keys)
-  todo = [r for r in rows if r["key"] in keys]
+  cfg, prompts, todo = plan
   if todo:
     if model is None or tokenizer is None:
       model, tokenizer = load_model_and_tokenizer(cfg["model"], mesh=cfg.get("mesh", ""))
