@@ -213,8 +213,8 @@ class Pool:
   rows as soon as slots free up (False: only once every slot is free, i.e. fixed batches that wait
   for their longest row; for measurements); ``chunk_steps``: decode steps between two looks at the
   pool; ``prefill_rows``: the row counts of prefill calls (default (1,): one prompt per call, so a
-  prompt's numbers never depend on its neighbours; each count is one more program); ``logprobs``: record each token's
-  log-probabilities, entropies and rank (:class:`~smollm3_jax.decode.Record`), with the
+  prompt's numbers never depend on its neighbours; each count is one more program); ``logprobs``:
+  record each token's log-probabilities, entropies and rank (:class:`~smollm3_jax.decode.Record`), with the
   ``top_logprobs`` (0 to 20) most likely alternatives; each request's ``record`` then holds them.
   ``shrink``: once the queue is empty, narrow the pool to the smallest batch bucket holding the rows
   still running whenever that halves it or more (for a fixed workload: generate, sweeps; each width
