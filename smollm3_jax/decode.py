@@ -233,10 +233,8 @@ def insert(s: DecodeState, slots, source, last, rows: RowSettings, seeds, pad_id
   u = slots.shape[0]
   # The source's prompt only: it may be a running row (the prompt's first slots never change while a
   # row generates), whose context also holds what it generated.
+  # (a one-token prompt keeps nothing: an empty context, whatever the slot held before)
   context = sampling.prefix_context(_gather(s.context, source), rows.prompt_len - 1)
-  fresh = sampling.init_context(u, s.context.presence.shape[-1], cache.length)
-  empty = rows.prompt_len <= 1
-  context = jax.tree.map(lambda f, x: jnp.where(empty.reshape((u,) + (1,) * (x.ndim - 1)), f, x), fresh, context)
   context = sampling.observe(context, last[:, None], (rows.prompt_len - 1)[:, None], jnp.ones((u, 1), bool),
                              generated=False)
   zeros = jnp.zeros((u,), jnp.int32)
