@@ -439,36 +439,35 @@ def _print_row(row):
                            if not isinstance(v, list)}), flush=True)
 
 
+# The table's row name for each kind of row.
+_ROW_NAMES = {
+    "prefill": lambda r: f"prefill {r['prompt_length']} tok",
+    "decode": lambda r: f"decode batch {r['batch']}",
+    "budget": lambda r: f"cache {r['cache']}, {r['read']}",
+    "sampling": lambda r: f"decode b{r['batch']} {r['mode']}",
+    "accelerator": lambda r: f"b{r['batch']} budget {r['budget']} {r['mode']}",
+    "refill": lambda r: f"sweep {r['slots']} slots, refill {'on' if r['refill'] else 'off'}",
+    "server": lambda r: f"server {r['clients']} {r['mode']}",
+    "baseline": lambda r: f"vs baseline: {r['mode']}",
+    "sweep": lambda r: f"sweep {r['settings']}x{r['prompts']} ({r['rows']} rows)",
+}
+
+
+def _cell(v, spec: str) -> str:
+  """``v`` formatted with ``spec``, or a dash of the same width when the row has no such figure."""
+  return format(v, spec) if isinstance(v, (int, float)) else "-".rjust(int(spec.split(".")[0]))
+
+
 def format_table(rows, bandwidth) -> str:
   head = (f"{'row':<26}{'ours tok/s':>12}{'theirs tok/s':>14}{'ratio':>8}{'TTFT s':>9}{'compile s':>11}"
           f"{'GB/s':>8}{'roofline':>10}")
   lines = [head, "-" * len(head)]
   for r in rows:
-    if r["kind"] == "prefill":
-      name = f"prefill {r['prompt_length']} tok"
-    elif r["kind"] == "decode":
-      name = f"decode batch {r['batch']}"
-    elif r["kind"] == "budget":
-      name = f"cache {r['cache']}, {r['read']}"
-    elif r["kind"] == "sampling":
-      name = f"decode b{r['batch']} {r['mode']}"
-    elif r["kind"] == "accelerator":
-      name = f"b{r['batch']} budget {r['budget']} {r['mode']}"
-    elif r["kind"] == "refill":
-      name = f"sweep {r['slots']} slots, refill {'on' if r['refill'] else 'off'}"
-    elif r["kind"] == "server":
-      name = f"server {r['clients']} {r['mode']}"
-    elif r["kind"] == "baseline":
-      name = f"vs baseline: {r['mode']}"
-    else:
-      name = f"sweep {r['settings']}x{r['prompts']} ({r['rows']} rows)"
-    def fmt(v, spec):
-      width = int(spec.split(".")[0])
-      return format(v, spec) if isinstance(v, (int, float)) else "-".rjust(width)
-    lines.append(f"{name:<26}{fmt(r.get('ours_tokens_per_second'), '12.1f')}"
-                 f"{fmt(r.get('theirs_tokens_per_second'), '14.1f')}{fmt(r.get('ratio'), '8.2f')}"
-                 f"{fmt(r.get('time_to_first_token'), '9.3f')}{fmt(r.get('compile_seconds'), '11.2f')}"
-                 f"{fmt(r.get('achieved_gbps'), '8.2f')}{fmt(r.get('roofline_fraction'), '10.1%')}")
+    name = _ROW_NAMES.get(r["kind"], _ROW_NAMES["sweep"])(r)
+    lines.append(f"{name:<26}{_cell(r.get('ours_tokens_per_second'), '12.1f')}"
+                 f"{_cell(r.get('theirs_tokens_per_second'), '14.1f')}{_cell(r.get('ratio'), '8.2f')}"
+                 f"{_cell(r.get('time_to_first_token'), '9.3f')}{_cell(r.get('compile_seconds'), '11.2f')}"
+                 f"{_cell(r.get('achieved_gbps'), '8.2f')}{_cell(r.get('roofline_fraction'), '10.1%')}")
   if bandwidth:
     lines.append(f"roofline = (weight bytes + KV bytes of the filled prefix) per decode step / step time "
                  f"/ {bandwidth:.2f} GB/s")
