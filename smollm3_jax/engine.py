@@ -398,13 +398,20 @@ class Pool:
     overwritten = set(free[:len(taken)])
     for holders in self._holders.values():
       holders -= overwritten
+    copied = set()  # slots that copy their prompt in this round's insert: not a source before it ran
     for slot, r in zip(free, taken):
       r.admitted = now
       self.rows[slot] = r
       self._stop[slot] = 0
       key = (r.share, r.prompt.tobytes()) if r.share is not None else None
       holders = self._holders.setdefault(key, set()) if key is not None else set()
-      src = min(holders) if holders else slot
+      # A source must hold the prompt (cache and token context) before the insert: a slot prefilled
+      # now or one that held it already, never one that copies it in the same insert (its token
+      # context would still be its previous occupant's).
+      ready = holders - copied
+      src = min(ready) if ready else slot
+      if src != slot:
+        copied.add(slot)
       holders.add(slot)
       placed.append((slot, r))
       sources.append(src)

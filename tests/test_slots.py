@@ -236,3 +236,31 @@ def test_prefill_rows_of_several_prompts_equal_one_by_one(tiny):
     for k_ref, k_got in zip(ref.k + ref.v, got.k + got.v):
       for i, n in enumerate(lengths):
         np.testing.assert_allclose(k_got[i, :, :n - 1], k_ref[i, :, :n - 1], atol=1e-5, rtol=1e-5)
+
+
+def test_many_rows_sharing_prompts_through_few_slots_equal_rows_alone(tiny):
+  """Many rows over few slots, prompts repeated, penalties on: every row equals itself run alone. A row
+  admitted in the same round as another row of its prompt must take the prompt (cache and token context)
+  from a slot that holds it before the insert, never from a slot that copies it in that insert (whose
+  token context is still its previous occupant's)."""
+  model, prompts = tiny
+  engine = Engine(model, None)
+  settings = dict(temperature=0.9, repetition_penalty=1.4, frequency_penalty=0.6, presence_penalty=0.4,
+                  no_repeat_ngram_size=2)
+  rng = np.random.default_rng(1)
+  budgets = rng.integers(2, 12, 40).tolist()
+  which = rng.integers(0, 3, 40).tolist()
+  make = lambda share: [Request(prompt=prompts[(1, 2, 5)[w]], settings=settings, seed=i, max_new=m, share=share)
+                        for i, (w, m) in enumerate(zip(which, budgets))]
+  length = engine.cache_length_for(max(LENGTHS) + 12)
+  shared = make(share=0)
+  pool = engine.pool(4, length, chunk_steps=2)
+  pool.submit(shared)
+  pool.run()
+  assert pool.stats["prefilled_prompts"] < len(shared)  # the prompts really were shared
+  alone = make(share=None)
+  for r in alone:  # one row at a time through a 4-slot pool (the same decode width)
+    single = engine.pool(4, length, chunk_steps=2)
+    single.submit([r])
+    single.run()
+  assert [r.token_ids for r in shared] == [r.token_ids for r in alone]

@@ -171,6 +171,10 @@ MUTATIONS = (
     Mutation("shared_prefill_stale_holder", "smollm3_jax/engine.py",
              "      holders -= overwritten\n", "      pass\n",
              ("tests/test_slots.py::test_a_later_row_copies_the_prompt_of_a_running_row",)),
+    # issue 34.1: a row taking its prompt from a slot that copies it in the same insert
+    Mutation("shared_prefill_source_copied_same_round", "smollm3_jax/engine.py",
+             "      ready = holders - copied\n", "      ready = holders\n",
+             ("tests/test_slots.py::test_many_rows_sharing_prompts_through_few_slots_equal_rows_alone",)),
     Mutation("int8_per_tensor_scale", "smollm3_jax/quantize.py",
              "amax = np.max(np.abs(w), axis=axis, keepdims=True)", "amax = np.max(np.abs(w), keepdims=True)",
              ("tests/test_quantize.py::test_quantize_rows_matches_torch_per_channel",)),
