@@ -107,6 +107,8 @@ def main(argv):
     raise app.UsageError("--num_beams > 1 does not stream (beam search returns whole hypotheses)")
   if beams and FLAGS.logprobs is not None:
     raise app.UsageError("--logprobs records sampled or greedy decoding, not beam search")
+  if beams and (FLAGS.stop or FLAGS.newline_limit):
+    raise app.UsageError("--stop and --newline_limit end sampled or greedy rows, not beam hypotheses")
   kwargs.update(beams)
 
   from smollm3_jax import sharding

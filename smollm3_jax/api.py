@@ -410,9 +410,17 @@ def generate(model: SmolLM3, tokenizer, prompts, *, chat: bool = True, thinking=
   from smollm3_jax import generation_defaults
 
   if validation.as_count("num_beams", num_beams, low=1) > 1:
+    # What the slot engine does and beam search does not: refused by name, never dropped in silence.
+    unsupported = dict(stop=stop not in (None, (), []), logprobs=bool(logprobs), top_logprobs=top_logprobs != 0,
+                       newline_limit=newline_limit not in (None, 0))
+    named = [k for k, v in unsupported.items() if v]
+    if named:
+      raise ValueError(f"beam search does not support {', '.join(named)}: leave {'them' if len(named) > 1 else 'it'} "
+                       f"unset with num_beams > 1 (or decode with num_beams=1)")
     return _beam_generate(model, tokenizer, prompts, chat=chat, thinking=thinking, max_new_tokens=max_new_tokens,
                           num_beams=num_beams, length_penalty=length_penalty, early_stopping=early_stopping,
                           num_return_sequences=num_return_sequences, stop_ids=stop_ids, date=date,
+                          context_length=context_length,
                           sampled=dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p),
                           repetition_penalty=repetition_penalty, **sampling_settings)
   filled = generation_defaults.for_tokenizer(tokenizer).fill(
@@ -440,8 +448,10 @@ def generate(model: SmolLM3, tokenizer, prompts, *, chat: bool = True, thinking=
 
 
 def _beam_generate(model, tokenizer, prompts, *, chat, thinking, max_new_tokens, num_beams, length_penalty,
-                   early_stopping, num_return_sequences, stop_ids, date, sampled, **processors) -> GenerationResult:
-  """generate() with num_beams > 1: beam search over the rendered prompts."""
+                   early_stopping, num_return_sequences, stop_ids, date, sampled, context_length,
+                   **processors) -> GenerationResult:
+  """generate() with num_beams > 1: beam search over the rendered prompts. ``context_length``: the
+  positions a hypothesis may fill (prompt + max_new_tokens must fit: refused otherwise)."""
   from smollm3_jax import generation_defaults
   from smollm3_jax.beam import beam_search
 
@@ -454,6 +464,12 @@ def _beam_generate(model, tokenizer, prompts, *, chat, thinking, max_new_tokens,
   texts, ids = render_prompts(tokenizer, prompts, chat=chat, thinking=thinking, date=date,
                               vocab_size=model.config.vocab_size)
   processors = {k: v for k, v in processors.items() if v is not None}
+  if context_length is not None:
+    limit = validation.as_count("context_length", context_length, low=2)
+    need = max(map(len, ids)) + validation.as_count("max_new_tokens", max_new, low=1)
+    if need > limit:
+      raise ValueError(f"context_length {limit} is too short for beam search: the longest prompt and "
+                       f"max_new_tokens need {need} positions (beam hypotheses are not cut at the context)")
   t0 = time.perf_counter()
   res = beam_search(model, tokenizer, ids, num_beams=num_beams, length_penalty=length_penalty,
                     early_stopping=early_stopping, max_new_tokens=max_new, stop_ids=stop_ids,

@@ -10,6 +10,7 @@ Imports nothing from the package.
 from __future__ import annotations
 
 import dataclasses
+import math
 import json
 import os
 from typing import Any, Mapping
@@ -79,8 +80,19 @@ class SmolLM3Config:
       raise ValueError(
           f"config field 'rope_scaling' has unknown type {self.rope_scaling.rope_type!r}; "
           f"supported: {SUPPORTED_ROPE_TYPES}")
-    if self.rms_norm_eps <= 0:
-      raise ValueError(f"config field 'rms_norm_eps' must be > 0, got {self.rms_norm_eps}")
+    # Values no checkpoint can mean: each would load and give NaN or garbage logits in silence.
+    positive = dict(rms_norm_eps=self.rms_norm_eps, rope_theta=self.rope_theta)
+    if self.rope_scaling is not None:
+      sc = self.rope_scaling
+      positive.update({"rope_scaling.factor": sc.factor, "rope_scaling.beta_fast": sc.beta_fast,
+                       "rope_scaling.beta_slow": sc.beta_slow,
+                       "rope_scaling.original_max_position_embeddings": sc.original_max_position_embeddings,
+                       "rope_scaling.attention_factor": sc.attention_factor})
+    for name, value in positive.items():
+      if value is None and name.startswith("rope_scaling."):
+        continue
+      if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"config field {name!r} must be a finite number > 0, got {value!r}")
 
   # -- derived -------------------------------------------------------------------------------
   @property

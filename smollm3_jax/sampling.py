@@ -48,6 +48,10 @@ import jax.numpy as jnp
 import numpy as np
 
 MAX_LOGIT_BIAS = 16  # (id, bias) pairs per row for ``logit_bias``
+# Largest ``no_repeat_ngram_size``: blocking compares the history once per n-gram position (O(L x n)
+# per step), so an unbounded n would stall the decode loop; n-grams longer than this are not a
+# setting anyone sweeps (transformers' usual values are 2-10).
+MAX_NO_REPEAT_NGRAM = 64
 _F32_MAX = float(np.finfo(np.float32).max)
 _I32_MAX = int(np.iinfo(np.int32).max)
 
@@ -91,7 +95,9 @@ SETTINGS: dict[str, Setting] = {
                           "(Hewitt et al. 2022); 0 = off.",
                           _rule(lambda a: (a >= 0) & (a < 1), "must be in [0, 1) (0 = off)")),
     "no_repeat_ngram_size": Setting(0, np.int32, "Ban every token that would repeat an n-gram of the prompt "
-                                    "or the answer; 0 = off.", _rule(lambda a: a >= 0, "must be >= 0 (0 = off)"),
+                                    f"or the answer; 0 = off, at most {MAX_NO_REPEAT_NGRAM}.",
+                                    _rule(lambda a: (a >= 0) & (a <= MAX_NO_REPEAT_NGRAM),
+                                          f"must be in [0, {MAX_NO_REPEAT_NGRAM}] (0 = off)"),
                                     integer=True),
     "frequency_penalty": Setting(0.0, np.float32, "OpenAI / vLLM: subtract penalty x count of each generated "
                                  "token from its logit; in [-2, 2], 0 = off.",
@@ -454,7 +460,7 @@ def _ngram_banned(history: jax.Array, length: jax.Array, n: jax.Array, vocab_siz
 
   The window starting at position j (j + n <= length) bans its last token history[j + n - 1] when
   its first n - 1 tokens equal the row's last n - 1 tokens (n = 1: every token seen). One
-  compare over the history per n-gram position: O(L x max n) per step, no host loop."""
+  compare over the history per n-gram position: O(L x min(max n, length)) per step, no host loop."""
   b, l = history.shape
   cur = jnp.minimum(length, l)
   j = jnp.arange(l, dtype=jnp.int32)[None, :]
@@ -465,7 +471,10 @@ def _ngram_banned(history: jax.Array, length: jax.Array, n: jax.Array, vocab_siz
     target = jnp.take_along_axis(history, jnp.clip(cur - n + 1 + k, 0, l - 1)[:, None], axis=1)
     return match & ((k >= n - 1)[:, None] | (window == target))
 
-  match = jax.lax.fori_loop(0, jnp.max(n) - 1, compare, jnp.ones((b, l), bool))
+  # Positions k >= n - 1 match trivially, and a row with n > its length bans nothing: the loop stops at
+  # the shorter of the two, so an n far beyond the text costs what the text costs.
+  rounds = jnp.minimum(jnp.max(n), jnp.max(cur) + 1) - 1
+  match = jax.lax.fori_loop(0, rounds, compare, jnp.ones((b, l), bool))
   ok = match & (n > 0)[:, None] & (j <= (cur - n)[:, None])
   last = jnp.take_along_axis(history, jnp.clip(j + n[:, None] - 1, 0, l - 1), axis=1)
   idx = jnp.where(ok & (last >= 0) & (last < vocab_size), last, vocab_size)

@@ -206,3 +206,18 @@ def test_generate_with_num_beams_runs_beam_search():
   assert res[0].settings["num_beams"] == 3 and res[0].stop_reason == "max_tokens"
   with pytest.raises(ValueError, match="temperature"):
     smollm3_jax.generate(model, None, prompts, num_beams=3, temperature=0.7, max_new_tokens=5)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(stop=["\n"]), "stop"), (dict(logprobs=True), "logprobs"), (dict(top_logprobs=2), "top_logprobs"),
+    (dict(newline_limit=2), "newline_limit"), (dict(context_length=8), "context_length 8"),
+])
+def test_generate_with_beams_refuses_what_beam_search_does_not_do(tiny, kwargs, match):
+  """generate(num_beams > 1) applies or refuses each argument; it used to drop stop strings, log-probs,
+  the newline guard and the context length in silence (a 40-position context used 53 positions)."""
+  model, _ = tiny
+  with pytest.raises(ValueError, match=match):
+    smollm3_jax.generate(model, None, [[1, 2, 3]], num_beams=2, max_new_tokens=6, stop_ids=[], **kwargs)
+  # A context that holds the prompt and the budget is accepted.
+  ok = smollm3_jax.generate(model, None, [[1, 2, 3]], num_beams=2, max_new_tokens=6, stop_ids=[], context_length=9)
+  assert len(ok[0].token_ids) == 6

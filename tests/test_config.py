@@ -150,6 +150,15 @@ def test_to_hf_dict_round_trips_through_transformers(tmp_path):
     (dict(rms_norm_eps=0.0), "rms_norm_eps"),
     (dict(rope_scaling={"rope_type": "dynamic-ntk-magic", "factor": 2.0}), "rope_scaling"),
     (dict(rope_scaling={"rope_type": "yarn"}), "rope_scaling"),
+    # issue 34.9: these loaded (rope_theta 0 with a warning) and gave NaN logits
+    (dict(rope_theta=0), "rope_theta"), (dict(rope_theta=-5.0), "rope_theta"),
+    (dict(rope_theta=float("nan")), "rope_theta"), (dict(rope_theta=float("inf")), "rope_theta"),
+    (dict(rms_norm_eps=float("nan")), "rms_norm_eps"), (dict(rms_norm_eps=-1e-6), "rms_norm_eps"),
+    (dict(rope_parameters={"rope_type": "default", "rope_theta": 0.0}), "rope_theta"),
+    (dict(rope_scaling={"rope_type": "yarn", "factor": 0.0}), "rope_scaling.factor"),
+    (dict(rope_scaling={"rope_type": "yarn", "factor": float("nan")}), "rope_scaling.factor"),
+    (dict(rope_scaling={"rope_type": "yarn", "factor": 2.0, "original_max_position_embeddings": -4}),
+     "original_max_position_embeddings"),
 ])
 def test_impossible_configs_name_the_field(changes, field):
   with pytest.raises(ValueError, match=field):

@@ -164,6 +164,22 @@ def test_no_repeat_ngram_edge_cases():
   assert np.isneginf(out).sum(-1).tolist() == [1, 0, 1, 1, 2]
 
 
+def test_no_repeat_ngram_beyond_the_text_costs_what_the_text_costs():
+  """An n far longer than the history bans nothing, as transformers, and its loop stops at the text's
+  length (an n of 2**31 - 1 used to loop ~2**31 times inside the step: a hung decode)."""
+  rows = [[1, 2, 1, 2, 1], [3, 3, 3]]
+  ctx = S.init_context(2, 10, 16)
+  toks = jnp.asarray([r + [0] * (5 - len(r)) for r in rows])
+  valid = jnp.asarray([[i < len(r) for i in range(5)] for r in rows])
+  ctx = S.observe(ctx, toks, jnp.broadcast_to(jnp.arange(5), toks.shape), valid, generated=False)
+  for sizes in ([2147483647, 2147483647], [2, 2147483647], [3, 2]):
+    fn = jax.jit(S.apply_no_repeat_ngram)
+    out = np.asarray(fn(jnp.zeros((2, 10)), ctx, jnp.asarray(sizes, jnp.int32)))  # returns at once
+    for b, row in enumerate(rows):
+      ref = NoRepeatNGramLogitsProcessor(min(sizes[b], 1000))(torch.tensor([row]), torch.zeros((1, 10))).numpy()[0]
+      np.testing.assert_array_equal(out[b], ref)
+
+
 FREQ = [0.0, 0.5, -0.5, 2.0, 0.0, 1.0, -2.0, 0.3]
 PRES = [0.0, 0.0, 1.0, -1.0, 2.0, 0.7, 0.5, -2.0]
 
@@ -360,6 +376,8 @@ def test_off_settings_leave_the_chain_unchanged(data):
     ("epsilon_cutoff", 1.0, "epsilon_cutoff"), ("epsilon_cutoff", -0.1, "epsilon_cutoff"),
     ("eta_cutoff", [0.1, 1.0], "eta_cutoff"),
     ("no_repeat_ngram_size", -1, "no_repeat_ngram_size"), ("no_repeat_ngram_size", 2.5, "integer"),
+    ("no_repeat_ngram_size", S.MAX_NO_REPEAT_NGRAM + 1, "at most|\\[0, 64\\]"),
+    ("no_repeat_ngram_size", 2147483647, "no_repeat_ngram_size"),
     ("frequency_penalty", 2.5, "frequency_penalty"), ("presence_penalty", -2.01, "presence_penalty"),
     ("presence_penalty", float("nan"), "finite"),
     ("min_new_tokens", -3, "min_new_tokens"), ("min_new_tokens", 1.5, "min_new_tokens"),
