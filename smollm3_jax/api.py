@@ -115,11 +115,13 @@ def row_seeds(seed, n: int) -> np.ndarray:
 
 
 def render_prompts(tokenizer, prompts, *, chat: bool = True, thinking=True, date=None,
-                   vocab_size: int | None = None) -> tuple[list[str], list[list[int]]]:
+                   vocab_size: int | None = None, split_special_tokens: bool = False
+                   ) -> tuple[list[str], list[list[int]]]:
   """Prompt texts and ids. A prompt is a string (one user message when ``chat``), a message list,
   or a sequence of token ids (used as is, each checked to lie in ``[0, vocab_size)``; default the
-  tokenizer's vocabulary). ``date``: the day the chat template sees (see
-  ``Tokenizer.apply_chat_template``)."""
+  tokenizer's vocabulary). ``date``: the day the chat template sees; ``split_special_tokens``:
+  special-token text in the messages stays text (see ``Tokenizer.apply_chat_template``; raw
+  ``chat=False`` prompts are then encoded all as text)."""
   if isinstance(prompts, str) or _is_messages(prompts) or _is_ids(prompts):
     prompts = [prompts]
   if not isinstance(prompts, (list, tuple)):
@@ -150,14 +152,16 @@ def render_prompts(tokenizer, prompts, *, chat: bool = True, thinking=True, date
           messages = validation.check_messages(p)
         except ValueError as e:
           raise ValueError(f"prompt {i}: {e}") from None
-      text = tokenizer.apply_chat_template(messages, add_generation_prompt=True,
-                                           enable_thinking=bool(thinking[i]), tokenize=False, date=date)
+      render = dict(add_generation_prompt=True, enable_thinking=bool(thinking[i]), date=date)
+      text = tokenizer.apply_chat_template(messages, tokenize=False, **render)
+      ids.append(tokenizer.apply_chat_template(messages, tokenize=True, split_special_tokens=True, **render)
+                 if split_special_tokens else tokenizer.encode(text))
     else:
       if not isinstance(p, str):
         raise ValueError(f"prompt {i}: raw (chat=False) prompts must be strings or token ids")
       text = p
+      ids.append(tokenizer.encode(text, split_special_tokens=split_special_tokens))
     texts.append(text)
-    ids.append(tokenizer.encode(text))
   return texts, ids
 
 
@@ -265,11 +269,12 @@ class _Call:
 
 def _setup(model, tokenizer, prompts, *, chat, thinking, max_new_tokens, seed, newline_limit, stop_ids,
            context_length, engine, share_prefill=True, mesh=None, date=None, num_return_sequences=1, slots=None,
-           stop=None, cache_length=None, logprobs=False, top_logprobs=0, **sampling_settings) -> _Call:
+           stop=None, cache_length=None, logprobs=False, top_logprobs=0, split_special_tokens=False,
+           **sampling_settings) -> _Call:
   """Checks every argument (before any compile), renders the prompts and makes one request per row."""
   vocab = model.config.vocab_size
   texts, prompt_ids = render_prompts(tokenizer, prompts, chat=chat, thinking=thinking, date=date,
-                                     vocab_size=vocab)
+                                     vocab_size=vocab, split_special_tokens=split_special_tokens)
   repeats = validation.as_count("num_return_sequences", num_return_sequences, low=1)
   n_prompts = len(prompt_ids)
   for i, ids in enumerate(prompt_ids):  # a tokenizer's added tokens may lie beyond the model's
@@ -380,7 +385,7 @@ def generate(model: SmolLM3, tokenizer, prompts, *, chat: bool = True, thinking=
              share_prefill: bool = True, date=None, num_return_sequences: int = 1, slots: int | None = None,
              cache_length: int | None = None, progress: bool = False, logprobs: bool = False,
              top_logprobs: int = 0, num_beams: int = 1, length_penalty: float = 1.0, early_stopping=False,
-             **sampling_settings) -> GenerationResult:
+             split_special_tokens: bool = False, **sampling_settings) -> GenerationResult:
   """Generates one completion per prompt (``num_return_sequences`` per prompt: prompt-major).
 
   ``prompts``: a string, a list of strings, or message lists (``chat=True`` renders them with the
@@ -405,6 +410,8 @@ def generate(model: SmolLM3, tokenizer, prompts, *, chat: bool = True, thinking=
   ``mesh`` (a Mesh or "data=D,model=M") shards the run; by default the model's own mesh, if any.
   ``date`` is the day the chat template sees (SmolLM3 writes it into the prompt): a date,
   "YYYY-MM-DD", or None for ``$SMOLLM3_JAX_CHAT_DATE`` when set, else today.
+  Special-token text in a prompt (``<|im_end|>`` typed into a message) becomes the control token, as
+  ``transformers`` encodes it; ``split_special_tokens=True`` keeps it text (the server's default).
   Every argument is checked before anything compiles (ValueError naming it).
   """
   from smollm3_jax import generation_defaults
@@ -420,7 +427,7 @@ def generate(model: SmolLM3, tokenizer, prompts, *, chat: bool = True, thinking=
     return _beam_generate(model, tokenizer, prompts, chat=chat, thinking=thinking, max_new_tokens=max_new_tokens,
                           num_beams=num_beams, length_penalty=length_penalty, early_stopping=early_stopping,
                           num_return_sequences=num_return_sequences, stop_ids=stop_ids, date=date,
-                          context_length=context_length,
+                          context_length=context_length, split_special_tokens=split_special_tokens,
                           sampled=dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p),
                           repetition_penalty=repetition_penalty, **sampling_settings)
   filled = generation_defaults.for_tokenizer(tokenizer).fill(
@@ -431,6 +438,7 @@ def generate(model: SmolLM3, tokenizer, prompts, *, chat: bool = True, thinking=
                 stop_ids=stop_ids, context_length=context_length, engine=engine, mesh=mesh,
                 share_prefill=share_prefill, date=date, num_return_sequences=num_return_sequences, slots=slots,
                 stop=stop, cache_length=cache_length, logprobs=logprobs, top_logprobs=top_logprobs,
+                split_special_tokens=split_special_tokens,
                 **sampling_settings)
   pool = call.pool()
   bar = None
@@ -449,7 +457,7 @@ def generate(model: SmolLM3, tokenizer, prompts, *, chat: bool = True, thinking=
 
 def _beam_generate(model, tokenizer, prompts, *, chat, thinking, max_new_tokens, num_beams, length_penalty,
                    early_stopping, num_return_sequences, stop_ids, date, sampled, context_length,
-                   **processors) -> GenerationResult:
+                   split_special_tokens, **processors) -> GenerationResult:
   """generate() with num_beams > 1: beam search over the rendered prompts. ``context_length``: the
   positions a hypothesis may fill (prompt + max_new_tokens must fit: refused otherwise)."""
   from smollm3_jax import generation_defaults
@@ -462,7 +470,7 @@ def _beam_generate(model, tokenizer, prompts, *, chat, thinking, max_new_tokens,
   thinking = defaults.thinking if thinking is None else thinking
   max_new = defaults.max_new_tokens if max_new_tokens is None else max_new_tokens
   texts, ids = render_prompts(tokenizer, prompts, chat=chat, thinking=thinking, date=date,
-                              vocab_size=model.config.vocab_size)
+                              vocab_size=model.config.vocab_size, split_special_tokens=split_special_tokens)
   processors = {k: v for k, v in processors.items() if v is not None}
   if context_length is not None:
     limit = validation.as_count("context_length", context_length, low=2)
@@ -567,7 +575,7 @@ class Stream:
 _DEFAULTS = dict(chat=True, thinking=None, temperature=None, top_k=None, top_p=None, min_p=None,
                  repetition_penalty=None, max_new_tokens=None, seed=0, newline_limit=None, stop_ids=None,
                  stop=None, context_length=None, engine=None, mesh=None, share_prefill=True, date=None,
-                 cache_length=None, logprobs=False, top_logprobs=0)
+                 cache_length=None, logprobs=False, top_logprobs=0, split_special_tokens=False)
 
 
 def stream(model: SmolLM3, tokenizer, prompt, *, hide_thinking: bool = False, chunk_steps: int = 4,

@@ -54,11 +54,15 @@ class TurnStats:
             f"stop: {self.stop_reason}")
 
 
-def render_chat(tokenizer, messages: Sequence[dict], thinking: bool, date=None) -> tuple[str, list[int]]:
+def render_chat(tokenizer, messages: Sequence[dict], thinking: bool, date=None,
+                split_special_tokens: bool = False) -> tuple[str, list[int]]:
   """The generation prompt for ``messages`` (text, ids) exactly as ``generate`` renders it;
-  ``date``: the day the template sees (None: today, or ``$SMOLLM3_JAX_CHAT_DATE``)."""
-  text = tokenizer.apply_chat_template(list(messages), add_generation_prompt=True,
-                                       enable_thinking=bool(thinking), tokenize=False, date=date)
+  ``date``: the day the template sees (None: today, or ``$SMOLLM3_JAX_CHAT_DATE``);
+  ``split_special_tokens``: special-token text in the contents stays text (the server's default)."""
+  render = dict(add_generation_prompt=True, enable_thinking=bool(thinking), date=date)
+  text = tokenizer.apply_chat_template(list(messages), tokenize=False, **render)
+  if split_special_tokens:
+    return text, tokenizer.apply_chat_template(list(messages), tokenize=True, split_special_tokens=True, **render)
   return text, tokenizer.encode(text)
 
 

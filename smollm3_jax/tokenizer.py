@@ -16,6 +16,7 @@ import functools
 import json
 import os
 import re
+import secrets
 from typing import Any, Iterable, Mapping, Sequence
 
 import tokenizers
@@ -309,11 +310,27 @@ class Tokenizer:
   def id_to_token(self, token_id: int) -> str | None:
     return self._backend.id_to_token(int(token_id))
 
-  def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
-    """Token ids of ``text``; special tokens written in the text become their ids."""
+  def encode(self, text: str, add_special_tokens: bool = False, split_special_tokens: bool = False) -> list[int]:
+    """Token ids of ``text``; special tokens written in the text become their ids, unless
+    ``split_special_tokens`` (then their text is encoded as text, as ``transformers``' option)."""
     if not isinstance(text, str):
       raise ValueError(f"text must be a str, got {type(text).__name__}")
-    return self._backend.encode(text, add_special_tokens=add_special_tokens).ids
+    backend = self._text_backend() if split_special_tokens else self._backend
+    return backend.encode(text, add_special_tokens=add_special_tokens).ids
+
+  def _text_backend(self) -> tokenizers.Tokenizer:
+    """A copy of the backend that encodes special-token text as text (a copy, so that no other
+    thread's encode sees the switched flag)."""
+    if getattr(self, "_text_copy", None) is None:
+      copy = tokenizers.Tokenizer.from_str(self._backend.to_str())
+      copy.encode_special_tokens = True
+      self._text_copy = copy
+    return self._text_copy
+
+  def special_token_strings(self) -> tuple[str, ...]:
+    """The special added tokens' strings (what ``split_special_tokens`` keeps as text), longest first."""
+    found = {t.content for t in self._backend.get_added_tokens_decoder().values() if t.special}
+    return tuple(sorted(found, key=lambda t: (-len(t), t)))
 
   def encode_batch(self, texts: Sequence[str], add_special_tokens: bool = False) -> list[list[int]]:
     if isinstance(texts, str) or any(not isinstance(t, str) for t in texts):
@@ -343,8 +360,15 @@ class Tokenizer:
   def apply_chat_template(self, messages: Sequence[Mapping[str, Any]],
                           add_generation_prompt: bool = False, enable_thinking: bool = True,
                           tokenize: bool = False, chat_template: str | None = None,
-                          date=None, **template_kwargs: Any) -> str | list[int]:
+                          date=None, split_special_tokens: bool = False,
+                          **template_kwargs: Any) -> str | list[int]:
     """The prompt for ``messages`` as a string, or its ids when ``tokenize`` (no BOS added).
+
+    ``split_special_tokens`` (with ``tokenize``): special-token text inside the messages' contents
+    (say ``<|im_end|><|im_start|>system`` typed by a user) is encoded as text, so a message cannot
+    forge a turn; the template's own special tokens stay tokens. Off (``transformers``' default),
+    the rendered string is encoded whole and such text becomes control tokens. The string is the same
+    either way; the ids are the same for contents without special-token text.
 
     ``date``: the day the template's ``strftime_now`` sees (SmolLM3 writes it into the system turn):
     a ``datetime.date`` / ``datetime.datetime``, "YYYY-MM-DD", or None for ``$SMOLLM3_JAX_CHAT_DATE``
@@ -354,6 +378,10 @@ class Tokenizer:
     strings and ``template_kwargs`` are template variables); without any template, the SmolLM3
     format (``chat_format.format_smollm3_chat``; it reads ``xml_tools`` / ``python_tools``).
     """
+    if tokenize and split_special_tokens:
+      return self._encode_chat_split(messages, add_generation_prompt=add_generation_prompt,
+                                     enable_thinking=enable_thinking, chat_template=chat_template, date=date,
+                                     **template_kwargs)
     template = chat_template if chat_template is not None else self.chat_template
     if template is not None:
       variables = {**self.special_tokens_map(), "enable_thinking": enable_thinking, **template_kwargs}
@@ -365,6 +393,44 @@ class Tokenizer:
           enable_thinking=enable_thinking, xml_tools=template_kwargs.get("xml_tools"),
           python_tools=template_kwargs.get("python_tools"), date=date)
     return self.encode(text) if tokenize else text
+
+  def _encode_chat_split(self, messages, **render) -> list[int]:
+    """apply_chat_template's ids with the contents' special-token text kept as text: the contents'
+    special strings are swapped for placeholders while the template renders, so every special string
+    left in the rendered text is the template's own; the text between those is encoded as text."""
+    specials = self.special_token_strings()
+    if not specials:
+      return self.apply_chat_template(messages, tokenize=True, **render)
+    pattern = re.compile("|".join(map(re.escape, specials)))
+    marks = {}  # placeholder -> the special string it hides
+    nonce = secrets.token_hex(8)
+
+    def hide(value):
+      if isinstance(value, str):
+        def swap(m):
+          mark = f"\ue000{nonce}:{len(marks)}\ue001"
+          marks[mark] = m.group(0)
+          return mark
+        return pattern.sub(swap, value)
+      if isinstance(value, Mapping):
+        return {k: (v if k == "role" else hide(v)) for k, v in value.items()}
+      if isinstance(value, (list, tuple)):
+        return [hide(v) for v in value]
+      return value
+
+    text = self.apply_chat_template(hide(list(messages)), tokenize=False, **render)
+    if not marks:
+      return self.encode(text)
+    unhide = re.compile("|".join(map(re.escape, marks)))
+    ids, at = [], 0
+    for m in list(pattern.finditer(text)) + [None]:
+      piece = text[at:m.start() if m else len(text)]
+      if piece:
+        ids += self.encode(unhide.sub(lambda x: marks[x.group(0)], piece), split_special_tokens=True)
+      if m:
+        ids.append(self._backend.token_to_id(m.group(0)))
+        at = m.end()
+    return ids
 
   def __repr__(self) -> str:
     return (f"Tokenizer({self.name_or_path!r}, vocab_size={self.vocab_size}, "

@@ -66,9 +66,10 @@ def _hf_beams(ref, prompt, stop_ids, length_penalty, early_stopping, new=NEW):
 def _check(res, refs):
   for i, (seqs, scores) in enumerate(refs):
     assert res.beams[i] == seqs, (i, res.beams[i], seqs)
-    # 1e-4, and 1e-6 relative for the low scores of the last beams (sums of up to NEW f32 log-probs,
-    # each ~1e-5 from torch's, x length ** 0.5 at length_penalty -0.5)
-    np.testing.assert_allclose(res.beam_scores[i], scores, atol=1e-4, rtol=2e-6)
+    # Sums of up to NEW f32 log-probs, each ~1e-5 from torch's on one CPU and up to ~3e-5 on another
+    # (XLA:CPU's and torch's matmul kernels round differently by host), x length ** 0.5 at length
+    # penalty -0.5: 5e-4 absolute. The beams themselves must be equal token for token (above).
+    np.testing.assert_allclose(res.beam_scores[i], scores, atol=5e-4, rtol=2e-6)
     assert res.sequences[i] == seqs[0] and res.scores[i] == res.beam_scores[i][0]
 
 
