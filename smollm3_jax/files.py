@@ -27,6 +27,13 @@ def atomic_write(path: str | os.PathLike, data: str | bytes, *, fsync: bool = Tr
   directory = os.path.dirname(os.path.abspath(path))
   fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
   try:
+    # mkstemp creates the file 0600; give it the mode a plain open() would (the old file's, else
+    # 0666 less the umask), so a colleague or a notebook server can read what the run wrote.
+    try:
+      mode = os.stat(path).st_mode & 0o7777
+    except FileNotFoundError:
+      mode = 0o666 & ~_umask()
+    os.chmod(tmp, mode)
     with os.fdopen(fd, "wb") as f:
       f.write(data.encode("utf-8") if isinstance(data, str) else data)
       f.flush()
@@ -39,6 +46,21 @@ def atomic_write(path: str | os.PathLike, data: str | bytes, *, fsync: bool = Tr
     except OSError:
       pass
     raise
+
+
+def _umask() -> int:
+  """The process's umask, read without changing it where the OS allows (os.umask sets it too, so
+  another thread could create a file under the temporary value)."""
+  try:
+    with open("/proc/self/status", encoding="ascii") as f:
+      for line in f:
+        if line.startswith("Umask:"):
+          return int(line.split()[1], 8)
+  except (OSError, ValueError):
+    pass
+  mask = os.umask(0o022)
+  os.umask(mask)
+  return mask
 
 
 def check_writable_file(path: str | os.PathLike, name: str = "path") -> str:
