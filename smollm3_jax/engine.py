@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from smollm3_jax import distributed, sampling
+from smollm3_jax import distributed, runtime, sampling
 from smollm3_jax.decode import (CANCELLED, MAX_STOP_IDS, DecodeState, Record, RowSettings, SharedSettings,
                                 compact_jit, decode_jit, insert_jit, prefill_slots_jit)
 from smollm3_jax.kv_cache import DEFAULT_BATCH_BUCKETS, DEFAULT_BUCKETS, KVCache, bucket_length, window_length
@@ -120,6 +120,7 @@ class Engine:
                batch_buckets: Sequence[int] | None = None,
                cache_dtype=None, sharding=None, prefill_chunk: int = PREFILL_CHUNK,
                window_buckets: Sequence[int] = WINDOW_BUCKETS):
+    runtime.enable_default_caches()  # the persistent compilation cache, unless switched off
     self.model = model
     self.tokenizer = tokenizer
     self.config = model.config

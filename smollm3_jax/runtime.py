@@ -3,8 +3,12 @@
     from smollm3_jax import runtime
     runtime.enable_compilation_cache()          # before the first compile; later processes start sooner
 
-Start-up caches, both off until enabled, both in one directory (default
-``$SMOLLM3_JAX_CACHE_DIR``, else ``~/.cache/smollm3_jax/jax``):
+Start-up caches, both in one directory (default ``$SMOLLM3_JAX_CACHE_DIR``, else
+``~/.cache/smollm3_jax/jax``). The package turns both on by itself the first time it loads a model
+or builds an engine (:func:`enable_default_caches`), so a second process, or a second shape in a
+notebook, does not wait for a compile it already paid for; ``SMOLLM3_JAX_CACHE_DIR=off`` keeps them
+off, and an explicit :func:`enable_compilation_cache` / :func:`disable_compilation_cache`, or a JAX
+cache directory the caller set, is left as it is:
 
 * JAX's persistent compilation cache (compiled programs), in the directory itself;
 * the GGUF header index (:mod:`smollm3_jax.checkpoints.gguf`: metadata, vocabulary and tensor
@@ -26,7 +30,26 @@ import jax
 CACHE_ENV = "SMOLLM3_JAX_CACHE_DIR"
 GGUF_INDEX_SUBDIR = "gguf_index"
 
-_gguf_index_dir: str | None = None  # None: off (the default)
+_gguf_index_dir: str | None = None  # None: off (until enabled)
+_chosen = False  # the caches were switched explicitly: the package's default leaves them alone
+OFF_VALUES = ("off", "0", "false", "none")
+
+
+def enable_default_caches() -> str | None:
+  """The package's default, run when it loads a model or builds an engine: turns the caches on in
+  :func:`default_cache_dir` once per process, unless ``$SMOLLM3_JAX_CACHE_DIR`` is ``off``, the caller
+  switched them already (:func:`enable_compilation_cache` / :func:`disable_compilation_cache`), or
+  JAX's ``jax_compilation_cache_dir`` was set by the caller. Returns the directory, or None."""
+  global _chosen
+  if _chosen:
+    return jax.config.jax_compilation_cache_dir
+  _chosen = True
+  if os.environ.get(CACHE_ENV, "").strip().lower() in OFF_VALUES or jax.config.jax_compilation_cache_dir:
+    return None
+  try:
+    return enable_compilation_cache()
+  except OSError:  # an unwritable home: run without the caches rather than fail
+    return None
 
 
 def default_cache_dir() -> str:
@@ -46,6 +69,8 @@ def enable_compilation_cache(path: str | os.PathLike | None = None) -> str:
   in ``<path>/gguf_index`` (:func:`enable_gguf_index`). Safe to call more than once; a new path
   takes effect for later compiles and GGUF loads. Returns the directory used.
   """
+  global _chosen
+  _chosen = True
   path = os.path.abspath(os.path.expanduser(os.fspath(path))) if path else default_cache_dir()
   os.makedirs(path, exist_ok=True)
   enable_gguf_index(os.path.join(path, GGUF_INDEX_SUBDIR))
@@ -63,6 +88,8 @@ def enable_compilation_cache(path: str | os.PathLike | None = None) -> str:
 
 def disable_compilation_cache() -> None:
   """Turns the persistent compilation cache (and the GGUF header index) off for this process."""
+  global _chosen
+  _chosen = True
   disable_gguf_index()
   jax.config.update("jax_compilation_cache_dir", None)
   try:

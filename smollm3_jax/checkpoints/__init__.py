@@ -21,6 +21,7 @@ from smollm3_jax.checkpoints.mapping import build_model, check_float_dtype
 from smollm3_jax.config import SmolLM3Config
 from smollm3_jax.model import SmolLM3
 from smollm3_jax import quantize as quantize_lib
+from smollm3_jax import runtime
 from smollm3_jax.sharding import MeshSharding
 
 __all__ = ["default_dtype", "from_pretrained", "load_config", "resolve"]
@@ -78,6 +79,7 @@ def from_pretrained(checkpoint: str | os.PathLike, *, dtype=None, param_dtype=No
   mesh: load straight onto a device mesh (a ``Mesh``, a ``sharding.MeshSharding`` or a spec such as
   "data=2,model=4"; "" / "auto": all devices on the data axis): tensors are placed shard by shard as
   they are read, by the logical-axis rules of :mod:`smollm3_jax.sharding`. None: one device.
+  Turns on the start-up caches unless told otherwise (:func:`smollm3_jax.runtime.enable_default_caches`).
   """
   dtype = default_dtype() if dtype is None else dtype
   check_float_dtype(dtype, "dtype")
@@ -90,6 +92,7 @@ def from_pretrained(checkpoint: str | os.PathLike, *, dtype=None, param_dtype=No
     sharding = MeshSharding.of(mesh, load_config(checkpoint, revision=revision))
     place = sharding if sharding.mesh.size > 1 else None  # one device: exactly the plain loader
   kind, path = resolve(checkpoint, revision=revision)
+  runtime.enable_default_caches()  # before the GGUF header is read and anything compiles
   if kind == "dir" and orbax_ckpt.is_orbax_dir(path):  # converted by experiments/convert.py
     model = orbax_ckpt.restore(path, dtype=dtype, param_dtype=param_dtype, place=place)
   else:
