@@ -32,7 +32,7 @@ flags.DEFINE_bool("stream", False, "Stream the (first) prompt's answer as it dec
 flags.DEFINE_integer("logprobs", None, "Record each token's log-probabilities (raw and as sampled), entropies and "
                      "rank, with this many top alternatives (0-20); printed per token and written to --output_json.",
                      lower_bound=0, upper_bound=20)
-flags.DEFINE_list("stop", [], "Stop strings (up to 4): a row ends when its text contains one; it is cut from the text.")
+cli.define_stop_flag()
 flags.DEFINE_bool("show_thinking", True, "When streaming, also print the thinking part.")
 cli.define_dtype_flag()
 cli.define_quantize_flag()
@@ -99,7 +99,7 @@ def main(argv):
                 max_new_tokens=FLAGS.max_new_tokens, seed=FLAGS.seed,
                 newline_limit=FLAGS.newline_limit or None, date=date)
   if FLAGS.stop:
-    kwargs["stop"] = list(FLAGS.stop)
+    kwargs["stop"] = cli.stop_flag_values()
   if FLAGS.logprobs is not None:
     kwargs.update(logprobs=True, top_logprobs=FLAGS.logprobs)
   beams = cli.beam_flag_values()
@@ -116,6 +116,7 @@ def main(argv):
   tokenizer = smollm3_jax.Tokenizer.from_pretrained(FLAGS.checkpoint)
   model = smollm3_jax.from_pretrained(FLAGS.checkpoint, mesh=sharding.mesh_from_flag(FLAGS.mesh),
                                       dtype=dtype, quantize=FLAGS.quantize)
+  say("settings: " + _effective_settings(tokenizer, kwargs))
 
   if FLAGS.stream:
     streams = []
@@ -154,6 +155,22 @@ def main(argv):
     from smollm3_jax.files import atomic_write
     atomic_write(FLAGS.output_json, json.dumps(out, indent=2, ensure_ascii=False))
     say(f"wrote {FLAGS.output_json}")
+
+
+def _effective_settings(tokenizer, kwargs) -> str:
+  """What the run decodes with: each setting given, and each left unset with the checkpoint's default
+  it takes (marked "default"), e.g. the demo's repetition_penalty 1.1 at temperature 0."""
+  from smollm3_jax import generation_defaults
+
+  defaults = generation_defaults.for_tokenizer(tokenizer)
+  unset = {k for k in generation_defaults.FIELDS + ("thinking",) if kwargs.get(k) is None}
+  if kwargs.get("num_beams", 1) > 1:  # beam search takes no sampling defaults
+    unset -= {"temperature", "top_k", "top_p", "min_p"}
+  filled = dict(kwargs, **{k: getattr(defaults, k) for k in unset})
+  skip = {"chat", "date"}
+  parts = [f"{k}={v!r}" + (" (default)" if k in unset else "") for k, v in filled.items()
+           if k not in skip and v is not None and (k in unset or k in generation_defaults.FIELDS or v)]
+  return ", ".join(parts)
 
 
 def _logprobs_json(c):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ast
 import logging
+import re
 import sys
 
 from absl import app, flags
@@ -47,12 +48,22 @@ def define_compilation_cache_flag() -> None:
                     "fraction of the time; directory: $SMOLLM3_JAX_CACHE_DIR or ~/.cache/smollm3_jax/jax).")
 
 
+def _adopt_shared_flags(flag_values=flags.FLAGS) -> None:
+  """Makes every flag defined here (the sampling, dtype, mesh, ... flags) a key flag of the main
+  script: absl's ``--help`` lists a module's key flags only, and these are defined in this module."""
+  main_module = sys.argv[0]
+  for flag in flag_values.flags_by_module_dict().get(__name__, []):
+    flag_values.register_key_flag_for_module(main_module, flag)
+
+
 def run(main) -> None:
   """``absl.app.run(main)`` for the scripts: quiet library logs, clear one-line errors for bad
   config overrides, a multi-process run joined when the script defines its flags
   (:func:`define_distributed_flags`), and the compilation cache when ``--compilation_cache`` is
-  defined and set."""
+  defined and set. The shared flags this module defined for the script are its key flags, so
+  ``--help`` lists them beside the script's own (absl shows only the main module's otherwise)."""
   quiet_logs()
+  _adopt_shared_flags()
 
   def main_with_cache(argv):
     joined = "coordinator_address" in flags.FLAGS and _join_distributed()  # before anything uses JAX
@@ -166,6 +177,39 @@ def beam_flag_values(flag_values=flags.FLAGS) -> dict:
     return {}
   return dict(num_beams=beams, length_penalty=flag_values["length_penalty"].value,
               early_stopping=_EARLY_STOPPING[flag_values["early_stopping"].value])
+
+
+MAX_STOP_STRINGS = 4
+_ESCAPE = re.compile(r"\\(u[0-9a-fA-F]{4}|x[0-9a-fA-F]{2}|[ntr0\\])")
+
+
+def unescape(value: str) -> str:
+  """A flag value with printf-style escapes decoded: ``\\n``, ``\\t``, ``\\r``, ``\\0``,
+  ``\\\\``, ``\\xHH``, ``\\uXXXX`` (any other backslash is kept as written)."""
+  simple = {"n": "\n", "t": "\t", "r": "\r", "0": "\0", "\\": "\\"}
+  return _ESCAPE.sub(lambda m: simple.get(m.group(1)) or chr(int(m.group(1)[1:], 16)), value)
+
+
+def define_stop_flag() -> None:
+  """--stop, repeatable: one stop string per flag, escapes decoded (:func:`unescape`), commas kept."""
+
+  def check(values) -> bool:
+    parsed = [unescape(v) for v in values or []]
+    if len(parsed) > MAX_STOP_STRINGS:
+      raise flags.ValidationError(f"--stop: at most {MAX_STOP_STRINGS} stop strings, got {len(parsed)}")
+    if any(not v for v in parsed):
+      raise flags.ValidationError("--stop: a stop string must not be empty")
+    return True
+
+  flags.DEFINE_multi_string("stop", [], f"A stop string (repeat the flag for more, up to {MAX_STOP_STRINGS}): "
+                            "a row ends when its text contains one; it is cut from the text. Escapes "
+                            "\\n \\t \\r \\\\ \\uXXXX are decoded; commas are part of the string.")
+  flags.register_validator("stop", check)
+
+
+def stop_flag_values(flag_values=flags.FLAGS) -> list[str]:
+  """The parsed --stop strings (escapes decoded), in the order given."""
+  return [unescape(v) for v in flag_values["stop"].value or []]
 
 
 def define_date_flag() -> None:

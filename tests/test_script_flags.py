@@ -55,3 +55,38 @@ def test_scripts_print_no_backend_noise(tmp_path):
   assert proc.returncode == 0, proc.stderr[-2000:]
   for noise in ("Unable to initialize backend", "Resetting cache"):
     assert noise not in proc.stderr + proc.stdout
+
+
+@pytest.mark.parametrize("script,expected", [
+    ("generate", ["--temperature", "--top_p", "--num_beams", "--dtype", "--quantize", "--stop", "--date"]),
+    ("serve", ["--temperature", "--top_p", "--dtype", "--quantize"]),
+    ("score", ["--dtype", "--quantize"]),
+    ("sweep", ["--compilation_cache"]),
+    ("chat", ["--temperature", "--top_p", "--dtype"]),
+])
+def test_help_lists_the_shared_flags(script, expected, tmp_path):
+  """--help shows the flags defined in smollm3_jax.cli for the script (absl lists only key flags)."""
+  proc = _run(os.path.join(ROOT, "experiments", f"{script}.py"), "--help", tmp_path=tmp_path)
+  listed = {line.split(":")[0].strip().replace("--[no]", "--") for line in proc.stdout.splitlines()
+            if line.strip().startswith("--")}
+  missing = [f for f in expected if f not in listed]
+  assert listed and not missing and "Traceback" not in proc.stderr, (missing, proc.stdout[-2000:])  # (absl exits 1)
+
+
+def test_stop_flag_decodes_escapes_repeats_and_keeps_commas(tmp_path):
+  from smollm3_jax import cli
+
+  assert cli.unescape(r"\n") == "\n" and cli.unescape(r"a\tb\\n") == "a\tb\\n" and cli.unescape(r"\u00e9") == "é"
+  assert cli.unescape("x\\q") == "x\\q"
+  out = tmp_path / "gen.json"
+  proc = _run(GENERATE, "--checkpoint=demo", "--prompt=Say hi.", "--max_new_tokens=1", "--temperature=0",
+              "--stop=\\n", "--stop=a,b", "--stop=\n\n", f"--output_json={out}", tmp_path=tmp_path)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  import json
+  assert json.loads(out.read_text())["settings"]["stop"] == ["\n", "a,b", "\n\n"]
+  first = next(line for line in proc.stdout.splitlines() if line.startswith("settings: "))
+  # The run's effective settings, defaults the checkpoint adds at temperature 0 included.
+  assert "temperature=0.0" in first and "repetition_penalty=1.1 (default)" in first
+  assert "stop=['\\n', 'a,b', '\\n\\n']" in first
+  proc = _run(GENERATE, "--checkpoint=/nonexistent", *[f"--stop=s{i}" for i in range(5)], tmp_path=tmp_path)
+  assert proc.returncode == 1 and "at most 4 stop strings" in proc.stderr
