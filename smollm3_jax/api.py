@@ -498,8 +498,14 @@ def _beam_generate(model, tokenizer, prompts, *, chat, thinking, max_new_tokens,
                             thinking=thought, answer=answer, stop_reason="eos" if ended else "max_tokens",
                             settings=dict(settings, thinking=thinking), score=float(score)))
   gen = sum(len(c.token_ids) for c in out)
-  stats = GenerationStats(prompt_tokens=sum(map(len, ids)), generated_tokens=gen, decode_seconds=wall,
-                          decode_tokens_per_second=gen / wall if wall > 0 else 0.0, batch_size=len(ids) * num_beams)
+  # One program prefills the prompts and runs the search, and returns whole hypotheses: its run time
+  # is the decode time, the first tokens arrive with the last (compile included), and the rate counts
+  # the tokens returned.
+  stats = GenerationStats(prompt_tokens=sum(map(len, ids)), generated_tokens=gen, compile_seconds=res.compile_seconds,
+                          time_to_first_token=wall, decode_seconds=res.run_seconds,
+                          decode_tokens_per_second=gen / res.run_seconds if res.run_seconds > 0 else 0.0,
+                          batch_size=len(ids) * num_beams, cache_length=res.cache_length, decode_steps=res.steps,
+                          prefilled_prompts=len(ids), slot_utilization=0.0)
   return GenerationResult(out, stats)
 
 

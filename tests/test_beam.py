@@ -222,3 +222,17 @@ def test_generate_with_beams_refuses_what_beam_search_does_not_do(tiny, kwargs, 
   # A context that holds the prompt and the budget is accepted.
   ok = smollm3_jax.generate(model, None, [[1, 2, 3]], num_beams=2, max_new_tokens=6, stop_ids=[], context_length=9)
   assert len(ok[0].token_ids) == 6
+
+
+def test_generate_with_beams_reports_its_compile_run_and_cache(tiny):
+  """Beam stats are the search's own: compile seconds apart from the run (0 once compiled), the cache
+  length and steps (they printed 0, and a rate that counted the compile)."""
+  model, _ = tiny
+  kw = dict(num_beams=2, max_new_tokens=5, stop_ids=[])
+  first = smollm3_jax.generate(model, None, [[1, 2, 3], [4, 5]], **kw).stats
+  again = smollm3_jax.generate(model, None, [[1, 2, 3], [4, 5]], **kw).stats
+  assert first.compile_seconds > 0 and again.compile_seconds == 0
+  for s in (first, again):
+    assert s.cache_length >= 3 + 5 and s.decode_steps == 5 and s.decode_seconds > 0
+    assert s.time_to_first_token >= s.decode_seconds + s.compile_seconds - 1e-6
+    assert s.decode_tokens_per_second == pytest.approx(s.generated_tokens / s.decode_seconds)
