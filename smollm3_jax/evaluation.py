@@ -7,7 +7,9 @@ file per cell, resumable by cell (what ``experiments/evaluate.py`` runs).
 Workdir::
 
     config.json                      what the grid runs (tasks, checkpoint, settings, axes); a resumed
-                                     run must match it (the axes may gain values: only new cells run)
+                                     run must match it (the axes may gain values: only new cells run;
+                                     they may come in another order: "grid_axes" keeps the first run's,
+                                     which names the cells)
     cells/<cell>/results.json        lm-eval's results of the cell (its "samples" moved out), plus
                                      "cell" (the cell's settings); written last: the cell is done
     cells/<cell>/samples_<task>.jsonl lm-eval's per-sample logs (doc, arguments, responses, metrics)
@@ -18,7 +20,8 @@ of the model's settings :data:`MODEL_AXES` (``thinking``: the chat template's en
 ``seed``). A cell with a temperature samples when it is > 0 and decodes greedily at 0 (``do_sample``
 follows it unless it is an axis itself: task YAMLs such as gsm8k's say ``do_sample: false``, which
 would make every temperature greedy). Cells run in grid order; a cell whose results.json exists is skipped, so a killed run
-continues where it stopped. The workdir is locked (:class:`smollm3_jax.files.DirectoryLock`) while
+continues where it stopped (the same grid with its axes in another order is the same cells: their names
+keep the first run's axis order). The workdir is locked (:class:`smollm3_jax.files.DirectoryLock`) while
 a run holds it. Needs the ``eval`` extra.
 """
 
@@ -36,6 +39,7 @@ from smollm3_jax.files import DirectoryLock, atomic_write
 
 MODEL_AXES = ("thinking", "seed")
 CONFIG_FILE, SUMMARY_FILE, RESULTS_FILE = "config.json", "summary.csv", "results.json"
+GRID_AXES = "grid_axes"  # config.json's axis order: the first run's (json's sort_keys sorts the grid's keys)
 
 
 def _gen_axes() -> tuple[str, ...]:
@@ -99,25 +103,52 @@ def cell_name(cell: Mapping[str, Any]) -> str:
   return ",".join(parts) or "default"
 
 
-def _check_config(workdir: str, config: Mapping[str, Any]) -> None:
+def _check_config(workdir: str, config: Mapping[str, Any]) -> list[str]:
   """Writes config.json on the first run; later runs must match it, except that the axes may gain
-  values (new cells). ValueError names the differences."""
+  values (new cells) and may be given in another order (the same cells). Returns the axis order of
+  the workdir (the first run's: it names the cells' folders). ValueError names the differences."""
   path = os.path.join(workdir, CONFIG_FILE)
   current = json.loads(json.dumps(config))
+  new_grid = current.get("grid", {})
   if not os.path.exists(path):
-    atomic_write(path, json.dumps(current, indent=2, sort_keys=True))
-    return
+    # (sort_keys orders the grid's axes too: their order is kept apart)
+    atomic_write(path, json.dumps({**current, GRID_AXES: list(new_grid)}, indent=2, sort_keys=True))
+    return list(new_grid)
   with open(path, encoding="utf-8") as f:
     stored = json.load(f)
-  diff = sorted(k for k in set(stored) | set(current) if k != "grid" and stored.get(k) != current.get(k))
-  old_grid, new_grid = stored.get("grid", {}), current.get("grid", {})
-  if list(old_grid) != list(new_grid):
+  skip = ("grid", GRID_AXES)
+  diff = sorted(k for k in set(stored) | set(current) if k not in skip and stored.get(k) != current.get(k))
+  old_grid = stored.get("grid", {})
+  if set(old_grid) != set(new_grid):
     diff.append(f"grid axes ({', '.join(old_grid) or 'none'} -> {', '.join(new_grid) or 'none'})")
   if diff:
     raise ValueError(f"{workdir!r} holds a grid run with other settings ({', '.join(diff)}); use another "
                      "workdir, or the same settings to resume it")
-  if old_grid != new_grid:
-    atomic_write(path, json.dumps(current, indent=2, sort_keys=True))
+  order = stored.get(GRID_AXES)
+  if not isinstance(order, list) or sorted(order) != sorted(new_grid):
+    order = _first_axis_order(workdir, list(new_grid))
+  record = {**current, "grid": {k: new_grid[k] for k in order}, GRID_AXES: order}
+  if record != stored:
+    atomic_write(path, json.dumps(record, indent=2, sort_keys=True))
+  return order
+
+
+def _first_axis_order(workdir: str, axes: list[str]) -> list[str]:
+  """The axis order of the cells' folders of a workdir whose config.json predates ``grid_axes`` (its
+  grid's axes are sorted; the folders are named in the first run's order): the order of most finished
+  cells, else of any cell folder, else ``axes`` (no folder to match)."""
+  root = os.path.join(workdir, "cells")
+  names = sorted(os.listdir(root)) if os.path.isdir(root) else []
+  orders = [([part.partition("=")[0] for part in name.split(",")],
+             os.path.exists(os.path.join(root, name, RESULTS_FILE))) for name in names]
+  orders = [(o, done) for o, done in orders if sorted(o) == sorted(axes)]
+  if not orders:
+    return axes
+  counts: dict[tuple, list[int]] = {}  # order -> [finished cells, cell folders]
+  for o, done in orders:
+    count = counts.setdefault(tuple(o), [0, 0])
+    count[0], count[1] = count[0] + done, count[1] + 1
+  return list(max(counts, key=counts.get))
 
 
 def _metrics(results: Mapping[str, Any]) -> dict[str, Any]:
@@ -186,8 +217,9 @@ def run_grid(make_lm: Callable[[Mapping[str, Any]], Any], *, workdir: str, tasks
   os.makedirs(workdir, exist_ok=True)
   ran, skipped = [], []
   with DirectoryLock(workdir):
-    _check_config(workdir, {**config, "tasks": list(tasks), "gen_kwargs": dict(gen_kwargs or {}),
-                            "grid": {k: list(v) for k, v in grid.items()}})
+    order = _check_config(workdir, {**config, "tasks": list(tasks), "gen_kwargs": dict(gen_kwargs or {}),
+                                    "grid": {k: list(v) for k, v in grid.items()}})
+    grid = {k: grid[k] for k in order}  # the workdir's axis order: its cells keep their names
     todo = cells(grid)
     for i, cell in enumerate(todo):
       name = cell_name(cell)

@@ -137,6 +137,26 @@ def is_correct(answer: str, reference: Any, kind: str) -> bool | None:
   raise ValueError(f"kind must be 'numeric' or 'text', got {kind!r}")
 
 
+def reference_error(reference: Any, kind: str | None) -> str | None:
+  """Why :func:`is_correct` cannot score ``reference`` for an answer of ``kind`` ("expected ..., got
+  ..."), or None when it can (no reference, or no kind: nothing is scored). For checking a prompt set
+  before generating, not after. A numeric reference must be a number: a string ("1,234", "3/4") is
+  refused rather than read one way or another."""
+  if reference is None or kind is None:
+    return None
+  if kind == "numeric":
+    ok = (isinstance(reference, (int, float)) and not isinstance(reference, bool)
+          and math.isfinite(reference))
+    expected = "a finite number"
+  elif kind == "text":
+    ok = isinstance(reference, str) or (isinstance(reference, (list, tuple))
+                                         and all(isinstance(r, str) for r in reference))
+    expected = "a string or a list of strings"
+  else:
+    return f"expected an answer kind 'numeric' or 'text', got {kind!r}"
+  return None if ok else f"expected {expected} for answer_type {kind!r}, got {reference!r} ({type(reference).__name__})"
+
+
 def mean(values: Iterable[float | None]) -> float:
   """Mean of the non-None values (NaN when there is none)."""
   vals = [float(v) for v in values if v is not None]

@@ -220,6 +220,42 @@ def test_grid_expansion_and_validation(tmp_path):
   assert all(p["reference"] is not None for p in prompts if p["kind"] != "open")
 
 
+@pytest.mark.parametrize("record, message", [
+    ({"id": "a", "prompt": "x", "answer_type": "numeric", "reference": "1,234"},
+     r"p\.jsonl:2 \(prompt 'a'\): reference: expected a finite number"),
+    ({"id": "a", "prompt": "x", "answer_type": "numeric", "reference": float("nan")}, "expected a finite number"),
+    ({"id": "a", "prompt": "x", "answer_type": "text", "reference": 7}, "expected a string or a list of strings"),
+    ({"id": "a", "prompt": "x", "answer_type": "text", "reference": ["ok", 3]}, "a list of strings"),
+    ({"id": "a", "prompt": "3 + 4 =", "reference": 7}, "given without answer_type"),
+    ({"prompt": "x"}, r"p\.jsonl:2: id: expected a string, got nothing \(the field is missing\)"),
+    ({"id": 3, "prompt": "x"}, r"id: expected a string, got 3 \(int\)"),
+    ({"id": "a", "prompt": None}, "prompt: expected a string"),
+    ({"id": "a", "prompt": "x", "answer_type": "number"}, "answer_type: expected 'text', 'numeric' or null"),
+    (["a", "x"], "expected a JSON object"),
+])
+def test_bad_prompt_records_are_refused_before_anything_runs(record, message, tmp_path):
+  """A prompt record that cannot be run or scored is refused when the set is read, naming the line, the
+  prompt and the field: never after its rows were generated (every rerun would crash the same way)."""
+  path = tmp_path / "p.jsonl"
+  path.write_text(json.dumps({"id": "ok", "prompt": "fine"}) + "\n" + json.dumps(record) + "\n")
+  with pytest.raises(ValueError, match=message):
+    sweep.load_prompts(str(path))
+  cfg = sweep_config("demo")
+  cfg.prompts.path = str(path)
+  workdir = tmp_path / "wd"
+  with pytest.raises(ValueError, match=message):
+    sweep.run_sweep(cfg, str(workdir), log=lambda s: None)
+  assert not workdir.exists()  # nothing loaded, compiled or written
+
+
+def test_prompts_given_directly_need_distinct_string_ids():
+  cells = sweep.expand_grid(sweep.to_plain(sweep_config("demo"))["sweep"])
+  with pytest.raises(ValueError, match=r"prompts\[1\]: id: expected a string, got nothing"):
+    sweep.make_rows([{"id": "a"}, {"prompt": "x"}], cells, samples=1, seed=0)
+  with pytest.raises(ValueError, match=r"prompts\[1\]: duplicate prompt id 'a'"):
+    sweep.make_rows([{"id": "a"}, {"id": "a"}], cells, samples=1, seed=0)
+
+
 def test_cli_typo_fails_with_ml_collections_error(tmp_path):
   cmd = [sys.executable, os.path.join(ROOT, "experiments", "sweep.py"),
          "--config=" + os.path.join(ROOT, "configs", "sweep.py") + ":tiny", f"--workdir={tmp_path}",

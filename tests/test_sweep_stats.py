@@ -123,7 +123,7 @@ def _lines(path):
     return [l for l in f.read().split(b"\n") if l]
 
 
-def test_a_finished_sweep_grows_by_its_new_rows_only(tiny, tmp_path):  # noqa: F811
+def test_a_finished_sweep_grows_by_its_new_rows_only(tiny, tmp_path, monkeypatch):  # noqa: F811
   model, tokenizer, tok_dir = tiny
   small = {"sweep.thinking": (False,), "sweep.repetition_penalty": (1.0,), "sweep.temperature": (0.0, 1.0),
            "plots": False}  # (plots: test_sweep_plots.py)
@@ -134,6 +134,20 @@ def test_a_finished_sweep_grows_by_its_new_rows_only(tiny, tmp_path):  # noqa: F
 
   grown = dict(small, samples=2, **{"sweep.temperature": (0.0, 0.5, 1.0), "sweep.top_p": (0.95, 1.0)})
   cfg = tiny_sweep_config(tok_dir, **grown)
+  # A grow killed before its first row leaves config.json as it was: the first command still resumes.
+  stored = (tmp_path / "config.json").read_bytes()
+  from smollm3_jax.sweep import run as sweep_run
+
+  def killed(*args, **kwargs):
+    raise KeyboardInterrupt
+  monkeypatch.setattr(sweep_run, "run_rows", killed)
+  with pytest.raises(KeyboardInterrupt):
+    sweep.run_sweep(cfg, str(tmp_path), model=model, tokenizer=tokenizer, **QUIET)
+  monkeypatch.undo()
+  assert (tmp_path / "config.json").read_bytes() == stored
+  again = sweep.run_sweep(tiny_sweep_config(tok_dir, **small), str(tmp_path), model=model, tokenizer=tokenizer,
+                          **QUIET)
+  assert (again.total_rows, again.new_rows) == (6, 0)
   out = sweep.run_sweep(cfg, str(tmp_path), model=model, tokenizer=tokenizer, **QUIET)
   # 3 greedy rows shared by both top_p values + 2 temperatures x 2 top_p x 3 prompts x 2 samples
   assert (out.total_rows, out.skipped_rows, out.new_rows) == (27, 6, 21)

@@ -17,8 +17,8 @@ The package, one module per job (lower ones never import higher ones):
 
 from smollm3_jax.checkpoints.spec import load_model_and_tokenizer
 from smollm3_jax.files import LockedError
-from smollm3_jax.sweep.plan import (AXES, SAMPLING_AXES, SWEEP_AXES, Axis, cell_key, expand_grid, load_prompts,
-                                    make_rows, prompts_hash, row_seed, run_cell, swept_axes,
+from smollm3_jax.sweep.plan import (AXES, SAMPLING_AXES, SWEEP_AXES, Axis, cell_key, check_prompt, expand_grid,
+                                    load_prompts, make_rows, prompts_hash, row_seed, run_cell, swept_axes,
                                     to_plain, validate_config)
 from smollm3_jax.sweep.report import (METRICS, THROUGHPUT, format_table, heatmap_figure, line_figure, load,
                                       metric_names, pass_ks, plot_heatmaps, plot_pair, summarize, summary_csv)
@@ -28,8 +28,8 @@ from smollm3_jax.sweep.store import (FORMAT_VERSION, RESUMABLE_FIELDS, ConfigMis
 
 __all__ = [
     "AXES", "Axis", "METRICS", "FORMAT_VERSION", "RESUMABLE_FIELDS", "SAMPLING_AXES", "SWEEP_AXES", "THROUGHPUT",
-    "ConfigMismatchError", "LockedError", "ResultsFile", "SweepOutcome", "Workdir", "cell_key", "expand_grid",
-    "format_table", "heatmap_figure", "line_figure", "load", "load_model_and_tokenizer", "load_prompts",
+    "ConfigMismatchError", "LockedError", "ResultsFile", "SweepOutcome", "Workdir", "cell_key", "check_prompt",
+    "expand_grid", "format_table", "heatmap_figure", "line_figure", "load", "load_model_and_tokenizer", "load_prompts",
     "make_rows", "metric_names", "pass_ks", "plot_heatmaps", "plot_pair", "prompts_hash", "provenance",
     "row_seed", "run_cell", "run_sweep", "summarize", "summary_csv", "swept_axes", "to_plain",
     "validate_config",

@@ -132,12 +132,9 @@ def load_prompts(path: str, *, limit: int = 0, kinds: Sequence[str] = (), ids: S
         p = json.loads(line)
       except json.JSONDecodeError as e:
         raise ValueError(f"{path}:{lineno}: not valid JSON ({e})") from None
-      if not isinstance(p, dict) or not isinstance(p.get("id"), str) or not isinstance(p.get("prompt"), str):
-        raise ValueError(f"{path}:{lineno}: each line needs string fields 'id' and 'prompt'")
+      check_prompt(p, f"{path}:{lineno}")
       if p["id"] in seen:
         raise ValueError(f"{path}:{lineno}: duplicate prompt id {p['id']!r}")
-      if p.get("answer_type") not in (None, "text", "numeric"):
-        raise ValueError(f"{path}:{lineno}: answer_type must be 'text', 'numeric' or null")
       seen.add(p["id"])
       p.setdefault("kind", "open")
       p.setdefault("answer_type", None)
@@ -155,6 +152,38 @@ def load_prompts(path: str, *, limit: int = 0, kinds: Sequence[str] = (), ids: S
   if not prompts:
     raise ValueError(f"prompts: the selection from {path} is empty")
   return prompts
+
+
+def _got(record: Mapping, field: str) -> str:
+  if field not in record:
+    return "nothing (the field is missing)"
+  return f"{record[field]!r} ({type(record[field]).__name__})"
+
+
+def check_prompt(record, where: str) -> None:
+  """Refuses a prompt record with a missing or mistyped field: ValueError naming the record (``where``,
+  and its id), the field and the type expected. Checked when the prompt set is read, before anything
+  compiles: a reference that cannot be scored would otherwise fail after its rows were generated, on
+  every rerun."""
+  from smollm3_jax import metrics
+
+  if not isinstance(record, dict):
+    raise ValueError(f"{where}: expected a JSON object with string fields 'id' and 'prompt', got "
+                     f"{type(record).__name__}")
+  name = f"{where} (prompt {record['id']!r})" if isinstance(record.get("id"), str) else where
+  for field in ("id", "prompt"):
+    if not isinstance(record.get(field), str):
+      raise ValueError(f"{name}: {field}: expected a string, got {_got(record, field)}")
+  if record.get("kind") is not None and not isinstance(record["kind"], str):
+    raise ValueError(f"{name}: kind: expected a string (open, factual, math, ...), got {_got(record, 'kind')}")
+  if record.get("answer_type") not in (None, "text", "numeric"):
+    raise ValueError(f"{name}: answer_type: expected 'text', 'numeric' or null, got {_got(record, 'answer_type')}")
+  if record.get("reference") is not None and record.get("answer_type") is None:
+    raise ValueError(f"{name}: reference: given without answer_type, so nothing would score it; add "
+                     f"\"answer_type\": \"numeric\" or \"text\"")
+  problem = metrics.reference_error(record.get("reference"), record.get("answer_type"))
+  if problem:
+    raise ValueError(f"{name}: reference: {problem}")
 
 
 def prompts_hash(prompts: Sequence[Mapping]) -> str:
@@ -261,6 +290,14 @@ def make_rows(prompts: Sequence[Mapping], cells: Sequence[Mapping], *, samples: 
   """Rows in run order (cell-major, so a batch mostly holds one cell). Greedy cells
   (temperature 0) get one sample (more would repeat it) and run once per :func:`run_cell`: their
   rows carry the shared cell's key and settings (``cell``: the index of the first cell using them)."""
+  ids = set()
+  for i, p in enumerate(prompts):  # (a prompt set not read by load_prompts: its rows are keyed by id)
+    if not isinstance(p, Mapping) or not isinstance(p.get("id"), str):
+      raise ValueError(f"prompts[{i}]: id: expected a string, got "
+                       f"{_got(p, 'id') if isinstance(p, Mapping) else type(p).__name__ + ' (not a record)'}")
+    if p["id"] in ids:
+      raise ValueError(f"prompts[{i}]: duplicate prompt id {p['id']!r}")
+    ids.add(p["id"])
   rows, seen = [], set()
   for ci, cell in enumerate(cells):
     settings = run_cell(cell)

@@ -117,6 +117,8 @@ def _run_locked(wd, cfg, prompts, cells, rows, todo, skipped, model, tokenizer, 
       log(f"loaded model {cfg['model'].get('name', '')!r} in {time.perf_counter() - t0:.1f}s")
     wd.add_run(provenance(str(np.dtype(model.dtype)) if hasattr(model, "dtype") else None))
     batches = run_rows(model, tokenizer, cfg, prompts, todo, results, progress=progress, log=log, max_batches=max_batches)
+  else:
+    wd.store_pending()  # a grown grid whose rows were all done already (greedy rows shared by new cells)
 
   done = results.load()
   finished = [done[r["key"]] for r in rows if r["key"] in done]

@@ -4,9 +4,10 @@
   same directory is refused at once, naming the holder's pid; a lock left by a killed run never blocks.
 * ``config.json`` records the config (with the chat date the prompts were rendered with), a hash of
   the prompt set, and the provenance of every run (library versions, git commit, backend, device,
-  dtype). A resume may grow the sweep (more ``samples``, new values on an axis: only new rows); any
-  other change of config is refused (:class:`ConfigMismatchError`), as is a workdir whose
-  ``generations.jsonl`` has rows but whose ``config.json`` is missing or unreadable.
+  dtype). A resume may grow the sweep (more ``samples``, new values on an axis: only new rows; the
+  grown config is stored once its first new rows are durable, so a grow killed before them leaves the
+  workdir as it was and the first command still resumes it); any other change of config is refused
+  (:class:`ConfigMismatchError`), as is a workdir whose ``generations.jsonl`` has rows but whose ``config.json`` is missing or unreadable.
 * ``generations.jsonl`` (:class:`ResultsFile`): one JSON line per finished row, appended and fsync'ed
   batch by batch. A torn last line (a run killed mid-write) is cut off and its row redone; a corrupt
   line elsewhere is reported with its line number; a row whose settings or seed differ from the plan's
@@ -18,7 +19,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from smollm3_jax.files import DirectoryLock, LockedError, atomic_write
 
@@ -147,7 +148,9 @@ class Workdir:
     self.path = path
     self.config_path = os.path.join(path, CONFIG_FILE)
     self.results = ResultsFile(os.path.join(path, RESULTS_FILE))
+    self.results.after_append = self.store_pending
     self._lock = DirectoryLock(path)
+    self._pending: dict | None = None  # a grown record, stored after its first rows
 
   def __enter__(self) -> "Workdir":
     self._lock.acquire()
@@ -198,14 +201,25 @@ class Workdir:
         raise ConfigMismatchError(
             f"workdir {self.path!r} holds results of a different config ({'; '.join(diffs[:8])}"
             f"{' ...' if len(diffs) > 8 else ''}). Use a new --workdir, or delete {self.path!r} to start over.")
+      if any(old["config"].get(k) != config.get(k) for k in GROWABLE_FIELDS):
+        self._pending = record  # grown: the stored record stays until rows of the grown grid are durable
+        return config
     self._write_record(record)
     return config
 
+  def store_pending(self) -> None:
+    """Stores a grown config (called once rows are durable, or by a run with no row left to add)."""
+    if self._pending is not None:
+      record, self._pending = self._pending, None
+      self._write_record(record)
+
   def add_run(self, info: Mapping) -> None:
-    """Appends one run's provenance (:func:`provenance`) to ``config.json``'s ``runs``."""
-    record = self._read_record()
+    """Appends one run's provenance (:func:`provenance`) to ``config.json``'s ``runs`` (to the grown
+    record while that waits for its first rows)."""
+    record = self._pending if self._pending is not None else self._read_record()
     record.setdefault("runs", []).append(dict(info))
-    self._write_record(record)
+    if record is not self._pending:
+      self._write_record(record)
 
   def _write_record(self, record: Mapping) -> None:
     os.makedirs(self.path, exist_ok=True)
@@ -233,6 +247,7 @@ class ResultsFile:
   def __init__(self, path: str):
     self.path = path
     self.corrupt: list[int] = []
+    self.after_append: Callable[[], None] | None = None  # called once each append is durable
 
   def has_rows(self) -> bool:
     return os.path.exists(self.path) and os.path.getsize(self.path) > 0
@@ -271,6 +286,8 @@ class ResultsFile:
       f.write(blob)
       f.flush()
       os.fsync(f.fileno())
+    if blob and self.after_append is not None:
+      self.after_append()
 
 
 def check_rows(done: Mapping[str, Mapping], planned: Sequence[Mapping], max_new_tokens: int) -> None:
