@@ -7,7 +7,8 @@ Routes (one method each of :class:`ChatServer`): ``GET /`` (the page), ``POST /v
 (the shape vLLM and llama.cpp's server speak: messages, temperature, top_p, top_k, min_p,
 repetition_penalty, max_tokens, seed, stream, ``chat_template_kwargs.enable_thinking``; the thinking
 goes to ``reasoning_content``, the answer to ``content``; ``stream: true`` sends server-sent events
-ending with a usage record and ``[DONE]``), ``GET /v1/models``, ``GET /health``.
+ending with a usage record and ``[DONE]``), ``GET /v1/models``, ``GET /health`` (503 when the
+generation worker died or has work but made no progress for ``stall_seconds``).
 
 Settings a request leaves out take the server's defaults, and those the checkpoint's
 (:mod:`smollm3_jax.generation_defaults`). A request field the server does not implement is refused
@@ -16,11 +17,15 @@ with a 400 naming it, unless it is set to the value that means "off" (``n: 1``, 
 :data:`INFORMATIONAL_FIELDS`, :data:`NEUTRAL_VALUES`. Each response echoes the settings applied
 (``settings``), as given.
 
-One model serves every request. Generation runs on a single worker thread, one request at a time in
-arrival order (a request waits in the queue, it never shares another's cache), so each request gets
-exactly the text ``generate`` gives it alone. A client that disconnects cancels its request, queued or
+One model serves every request. Generation runs on a single worker thread over a slot pool: up to
+``slots`` choices decode together, the rest wait in arrival order; each row keeps its own cache slot,
+settings and seed, so each request gets exactly the text ``generate`` gives it alone. Special-token
+text inside message contents (``<|im_start|>`` typed by a user) is encoded as text, never as the
+template's control tokens (``split_special_tokens``): a client cannot forge turns. A client that disconnects cancels its request, queued or
 running (a running one stops after its current chunk of ``chunk_steps`` tokens). Bad requests get a
-4xx JSON error ``{"error": {"message", "type", "param", "code"}}`` before anything is queued.
+4xx JSON error ``{"error": {"message", "type", "param", "code"}}`` before anything is queued; a body
+over :data:`MAX_BODY_BYTES` (chunked or not) is refused as it arrives (413), one slower than
+``body_timeout`` gets a 408.
 """
 
 from __future__ import annotations
@@ -40,12 +45,16 @@ import uuid
 from typing import Any, AsyncIterator
 
 import anyio
-from starlette.applications import Starlette
-from starlette.concurrency import run_in_threadpool
-from starlette.exceptions import HTTPException
-from starlette.requests import ClientDisconnect, Request
-from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
-from starlette.routing import Route
+
+from smollm3_jax.extras import needs
+
+with needs("serve", "the server (smollm3_jax.server)"):
+  from starlette.applications import Starlette
+  from starlette.concurrency import run_in_threadpool
+  from starlette.exceptions import HTTPException
+  from starlette.requests import ClientDisconnect, Request
+  from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+  from starlette.routing import Route
 
 from smollm3_jax import sampling
 from smollm3_jax.chat import check_limits, render_chat
@@ -57,6 +66,8 @@ from smollm3_jax.validation import check_messages
 FINISH_REASONS = {"eos": "stop", "newlines": "stop", "max_tokens": "length", "context": "length",
                   "cancelled": "stop", "stop": "stop"}
 MAX_BODY_BYTES = 16 * 1024 * 1024
+BODY_TIMEOUT = 30.0    # seconds a request body may take to arrive (then 408)
+STALL_SECONDS = 60.0   # a worker with work and no progress for longer is "stalled" in /health
 _LOG = logging.getLogger("smollm3_jax.server")
 
 
@@ -307,15 +318,37 @@ class Worker:
 
     self.model, self.tokenizer = model, tokenizer
     self.engine = get_engine(model, tokenizer)
-    # The pool holds log-probability buffers; a decode step computes them only when a row asks.
-    self.pool = self.engine.pool(slots, self.engine.cache_length_for(context_length), stop_ids=tokenizer.stop_token_ids,
-                                 context_length=context_length, chunk_steps=chunk_steps, prefill_rows=(1,),
-                                 logprobs=True, top_logprobs=MAX_TOP_LOGPROBS)
+    self._pool_args = dict(slots=slots, length=self.engine.cache_length_for(context_length),
+                           stop_ids=tokenizer.stop_token_ids, context_length=context_length, chunk_steps=chunk_steps)
+    self.pool = self._new_pool()
     self._jobs: queue.Queue = queue.Queue()
     self._running: list[Job] = []
     self.history: list[Job] = []  # finished jobs, newest last (bounded; tests and /health read it)
+    # When the loop last got something done (a step finished, or work arrived while it waited): /health
+    # tells a worker that has work but no progress (stalled) from one that is busy.
+    self.progress = time.monotonic()
+    self.waiting = False  # blocked waiting for work (idle: no progress is due)
     self._thread = threading.Thread(target=self._loop, name="smollm3-generation", daemon=True)
     self._thread.start()
+
+  def _new_pool(self):
+    """The slot pool (at start and after a failed step: the same settings, or later requests would
+    lose what the first pool had, e.g. log-probabilities). It holds log-probability buffers; a decode
+    step computes them only when a row asks."""
+    a = self._pool_args
+    return self.engine.pool(a["slots"], a["length"], stop_ids=a["stop_ids"], context_length=a["context_length"],
+                            chunk_steps=a["chunk_steps"], prefill_rows=(1,), logprobs=True,
+                            top_logprobs=MAX_TOP_LOGPROBS)
+
+  @property
+  def alive(self) -> bool:
+    return self._thread.is_alive()
+
+  def stalled_for(self) -> float:
+    """Seconds since the last progress while there is work to do (0 when idle or waiting for work)."""
+    if self.waiting or not self.pending():
+      return 0.0
+    return max(0.0, time.monotonic() - self.progress)
 
   def warmup(self) -> float:
     """Compiles every program the pool can run; returns the seconds spent."""
@@ -344,6 +377,7 @@ class Worker:
     job.decoders = [IncrementalDecoder(self.tokenizer) for _ in range(job.n)]
     job.fed = [0] * job.n
     job.checked = [0] * job.n
+    job.closed = set()  # choices whose last piece was posted
     job.started, job.outcome = time.perf_counter(), "running"
     self.pool.submit(job.rows)
     self._running.append(job)
@@ -358,7 +392,7 @@ class Worker:
     self.history = (self.history + [job])[-64:]
 
   def _emit(self, row) -> None:
-    """Posts a row's new text; ends its job when every choice finished."""
+    """Posts a row's new text; ends its job once every choice posted its last piece."""
     from smollm3_jax.api import STOP, cut_at_stop_string
 
     job, i = row.tag
@@ -382,7 +416,11 @@ class Worker:
         piece = _cut_stop(piece, job.stop)
     if piece or entries:
       job.post("text", (i, piece, entries))
-    if all(r.done for r in job.rows):
+    if row.done:
+      job.closed.add(i)
+    # Not all(r.done for r in job.rows): the pool marks every row of a chunk done before the rows are
+    # emitted one by one, so the later ones would not have posted their last piece yet.
+    if len(job.closed) == job.n and job in self._running:
       self._end(job, "cancelled" if job.cancelled.is_set() else "done", self._results(job))
 
   def _logprob_entries(self, job: Job, row, start: int, end: int) -> list[dict]:
@@ -422,7 +460,12 @@ class Worker:
   def _loop(self):
     while True:
       try:  # wait for work when the pool is idle; otherwise take what arrived and go on
-        jobs = [self._jobs.get()] if self.pool.idle else []
+        if self.pool.idle:
+          self.waiting = True
+          jobs = [self._jobs.get()]
+          self.progress, self.waiting = time.monotonic(), False
+        else:
+          jobs = []
         while True:
           jobs.append(self._jobs.get_nowait())
       except queue.Empty:
@@ -449,9 +492,8 @@ class Worker:
         _LOG.exception("generation failed")
         for job in list(self._running):
           self._end(job, "error", e)
-        self.pool = self.engine.pool(self.pool.slots, self.pool.length, stop_ids=self.pool.stop_ids,
-                                     context_length=self.pool.context, chunk_steps=self.pool.chunk_steps,
-                                     prefill_rows=self.pool.prefill_rows)
+        self.pool = self._new_pool()
+      self.progress = time.monotonic()
 
 
 def warmup(app: Starlette) -> float:
@@ -517,10 +559,11 @@ class ChatServer:
   (started on the first request) and its queue. ``create_app`` builds it and its Starlette app."""
 
   def __init__(self, model, tokenizer, *, model_name: str, defaults: dict, context_length: int,
-               chunk_steps: int, slots: int, date=None):
+               chunk_steps: int, slots: int, date=None, body_timeout: float = BODY_TIMEOUT,
+               stall_seconds: float = STALL_SECONDS):
     self.model, self.tokenizer, self.model_name = model, tokenizer, model_name
     self.defaults, self.context_length, self.chunk_steps, self.date = defaults, context_length, chunk_steps, date
-    self.slots = slots
+    self.slots, self.body_timeout, self.stall_seconds = slots, body_timeout, stall_seconds
     self._worker: Worker | None = None
     self.app = Starlette(
         routes=[
@@ -554,7 +597,7 @@ class ChatServer:
     """(prompt text, prompt ids, token budget) of a request; RequestError when it does not fit."""
     context = self.context_length
     try:
-      text, ids = render_chat(self.tokenizer, req.messages, req.thinking, self.date)
+      text, ids = render_chat(self.tokenizer, req.messages, req.thinking, self.date, split_special_tokens=True)
     except Exception as e:  # a template may reject a conversation (e.g. role order)
       raise RequestError(f"the chat template could not render these messages: {e}", param="messages")
     if len(ids) >= context:
@@ -573,10 +616,26 @@ class ChatServer:
     return text, ids, max_new
 
   async def _read_json(self, request: Request) -> Any:
+    """The JSON body, read with its limits enforced as it arrives: a body without Content-Length
+    (chunked) or longer than it says stops at MAX_BODY_BYTES (413) before it is held whole, and a
+    body still incomplete after ``body_timeout`` seconds gets a 408 (a slow client holds no
+    connection for ever)."""
+    limit = MAX_BODY_BYTES
     length = request.headers.get("content-length") or "0"
-    if length.isdigit() and int(length) > MAX_BODY_BYTES:
-      raise RequestError(f"the request body is {length} bytes; the limit is {MAX_BODY_BYTES}", status=413)
-    raw = await request.body()
+    if length.isdigit() and int(length) > limit:
+      raise RequestError(f"the request body is {length} bytes; the limit is {limit}", status=413)
+    chunks, size = [], 0
+    try:
+      with anyio.fail_after(self.body_timeout):
+        async for chunk in request.stream():
+          size += len(chunk)
+          if size > limit:
+            raise RequestError(f"the request body is over the limit of {limit} bytes", status=413)
+          chunks.append(chunk)
+    except TimeoutError:
+      raise RequestError(f"the request body did not arrive within {self.body_timeout:g} seconds", status=408,
+                         code="request_timeout") from None
+    raw = b"".join(chunks)
     try:
       return json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -592,8 +651,17 @@ class ChatServer:
     return HTMLResponse(page)
 
   async def health(self, request: Request) -> Response:
+    """ok (200), or 503 when the worker cannot serve: its thread died ("dead"), or it has work and
+    made no progress for more than ``stall_seconds`` ("stalled", with the seconds since progress)."""
     w = self._worker
-    return JSONResponse({"status": "ok", "model": self.model_name, "pending": w.pending() if w else 0})
+    out = {"status": "ok", "model": self.model_name, "pending": w.pending() if w else 0}
+    if w is not None and not w.alive:
+      out["status"] = "dead"
+      out["error"] = "the generation worker stopped"
+    elif w is not None and w.stalled_for() > self.stall_seconds:
+      out["status"] = "stalled"
+      out["seconds_since_progress"] = round(w.stalled_for(), 3)
+    return JSONResponse(out, status_code=200 if out["status"] == "ok" else 503)
 
   async def models(self, request: Request) -> Response:
     return JSONResponse({"object": "list", "data": [
@@ -623,6 +691,8 @@ class ChatServer:
       settings["stop"] = list(req.stop)
     if req.logprobs:
       settings.update(logprobs=True, top_logprobs=req.top_logprobs)
+    if not self.worker.alive:  # nothing would ever answer the job
+      return error_response(503, "the generation worker stopped; restart the server")
     job = Job(asyncio.get_running_loop(), prompt_text, ids, settings=req.sampling, max_new=max_new, seed=req.seed,
               n=req.n, stop=req.stop, logprobs=req.logprobs, top_logprobs=req.top_logprobs)
     self.worker.submit(job)
@@ -742,13 +812,16 @@ def create_app(model, tokenizer, *, model_name: str = "smollm3-jax", temperature
                top_p: float | None = None, top_k: int | None = None, min_p: float | None = None,
                repetition_penalty: float | None = None, max_tokens: int | None = None,
                thinking: bool | None = None, seed: int | None = None, context_length: int | None = None,
-               chunk_steps: int = 4, slots: int = 8, date=None) -> Starlette:
+               chunk_steps: int = 4, slots: int = 8, date=None, body_timeout: float = BODY_TIMEOUT,
+               stall_seconds: float = STALL_SECONDS) -> Starlette:
   """The Starlette app serving ``model``. Keyword arguments are the defaults for requests that leave
   a setting out; None takes the checkpoint's (:mod:`smollm3_jax.generation_defaults`; ``seed=None``:
   a fresh random seed per request). ``context_length`` (default: the model's) bounds prompt +
   answer; ``chunk_steps`` decode steps run between streamed pieces; ``slots``: requests (choices)
   decoding at once, the rest wait for a free slot; ``date`` is the day the chat template sees (None:
-  the day of each request)."""
+  the day of each request); ``body_timeout``: seconds a request body may take to arrive (then 408);
+  ``stall_seconds``: how long the worker may have work without progress before ``/health`` says
+  "stalled" (503)."""
   from smollm3_jax import chat_format, generation_defaults, validation
 
   filled = generation_defaults.for_tokenizer(tokenizer).fill(
@@ -764,8 +837,12 @@ def create_app(model, tokenizer, *, model_name: str = "smollm3-jax", temperature
     chat_format.resolve_date(date)  # a malformed date fails now, not at the first request
   defaults = dict(filled, max_tokens=int(max_tokens), thinking=thinking, seed=seed)
   slots = validation.as_count("slots", slots, low=1)
+  for name, value in (("body_timeout", body_timeout), ("stall_seconds", stall_seconds)):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or not math.isfinite(value):
+      raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
   return ChatServer(model, tokenizer, model_name=model_name, defaults=defaults, context_length=context,
-                    chunk_steps=int(chunk_steps), slots=slots, date=date).app
+                    chunk_steps=int(chunk_steps), slots=slots, date=date, body_timeout=float(body_timeout),
+                    stall_seconds=float(stall_seconds)).app
 
 
 # --------------------------------------------------------------------------------------------

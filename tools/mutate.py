@@ -188,6 +188,37 @@ MUTATIONS = (
     Mutation("server_max_completion_tokens_zero", "smollm3_jax/server.py",
              '"max_completion_tokens", None, low=1, integer=True)', '"max_completion_tokens", None, low=0, integer=True)',
              (R + "test_out_of_range_settings_are_refused_naming_the_field",)),
+    # ---- server worker and hostile clients ------------------------------------------------------
+    # a job ended once all its rows are done: rows finishing in the same chunk lose their last piece
+    Mutation("server_job_ends_before_last_piece", "smollm3_jax/server.py",
+             "if len(job.closed) == job.n and job in self._running:", "if all(r.done for r in job.rows):",
+             ("tests/test_server.py::test_every_choice_gets_all_its_text",)),
+    Mutation("server_recovery_pool_without_logprobs", "smollm3_jax/server.py",
+             "        self.pool = self._new_pool()\n",
+             "        self.pool = self.engine.pool(self.pool.slots, self.pool.length, stop_ids=self.pool.stop_ids,\n"
+             "                                     context_length=self.pool.context, chunk_steps=self.pool.chunk_steps)\n",
+             ("tests/test_server.py::test_after_a_failed_step_the_pool_keeps_its_logprobs",)),
+    Mutation("server_health_ignores_stall", "smollm3_jax/server.py",
+             "elif w is not None and w.stalled_for() > self.stall_seconds:", "elif False:",
+             ("tests/test_server.py::test_health_reports_a_stalled_worker",)),
+    Mutation("server_chunked_body_unbounded", "smollm3_jax/server.py",
+             "          if size > limit:\n", "          if False:\n",
+             ("tests/test_server.py::test_chunked_body_over_the_limit_is_refused_while_it_arrives",)),
+    Mutation("server_slow_body_waited_for", "smollm3_jax/server.py",
+             "with anyio.fail_after(self.body_timeout):", "with contextlib.nullcontext():",
+             ("tests/test_server.py::test_slow_body_times_out_with_408",)),
+    # issue 34.10: message contents encoded as plain text: "<|im_start|>" in a message forges a turn
+    Mutation("server_contents_special_tokens_parsed", "smollm3_jax/server.py",
+             "req.thinking, self.date, split_special_tokens=True)", "req.thinking, self.date)",
+             ("tests/test_server.py::test_special_token_text_in_a_message_cannot_forge_a_turn",)),
+    # issue 34.8: a grow's config written before its first rows
+    Mutation("sweep_grow_config_written_at_once", "smollm3_jax/sweep/store.py",
+             "        self._pending = record  # grown", "        pass  # grown",
+             ("tests/test_sweep_stats.py::test_a_finished_sweep_grows_by_its_new_rows_only",)),
+    # issue 34.7: a reference of the wrong type accepted when the prompt set is read
+    Mutation("sweep_prompt_reference_unchecked", "smollm3_jax/sweep/plan.py",
+             "  if problem:\n    raise ValueError(f\"{name}: reference: {problem}\")", "  if False:\n    pass",
+             ("tests/test_sweep.py::test_bad_prompt_records_are_refused_before_anything_runs",)),
     # ---- sweeps ---------------------------------------------------------------------------------
     Mutation("summary_eos_share_counts_other_stops", "smollm3_jax/sweep/report.py",
              'float(r["stop_reason"] == "eos")', 'float(r["stop_reason"] != "max_tokens")',
