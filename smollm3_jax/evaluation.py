@@ -35,6 +35,7 @@ import math
 import os
 from typing import Any, Callable, Mapping, Sequence
 
+from smollm3_jax.extras import needs
 from smollm3_jax.files import DirectoryLock, atomic_write
 
 MODEL_AXES = ("thinking", "seed")
@@ -186,8 +187,9 @@ def write_summary(workdir: str, grid: Mapping[str, Sequence]) -> str:
 def run_cell(lm, *, directory: str, cell: Mapping[str, Any], tasks: Sequence[str], gen_kwargs: Mapping[str, Any],
              evaluate_kwargs: Mapping[str, Any]) -> dict:
   """One ``lm_eval.simple_evaluate`` with the cell's gen_kwargs; writes its samples, then its results."""
-  import lm_eval
-  from lm_eval.utils import handle_non_serializable
+  with needs("eval", "grid evaluation (smollm3_jax.evaluation)"):
+    import lm_eval
+    from lm_eval.utils import handle_non_serializable
 
   kwargs = {**gen_kwargs, **{k: v for k, v in cell.items() if k not in MODEL_AXES}}
   if "temperature" in cell and "do_sample" not in cell:  # a task's YAML often says do_sample: false

@@ -45,10 +45,13 @@ import logging
 from typing import Any
 
 import numpy as np
-from lm_eval.api.model import TemplateLM
-from lm_eval.api.registry import register_model
 
 from smollm3_jax import sampling, validation
+from smollm3_jax.extras import needs
+
+with needs("eval", "the lm-evaluation-harness model (smollm3_jax.lm_eval_model)"):
+  from lm_eval.api.model import TemplateLM
+  from lm_eval.api.registry import register_model
 
 log = logging.getLogger(__name__)
 

