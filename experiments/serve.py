@@ -43,6 +43,23 @@ cli.define_compilation_cache_flag()
 flags.DEFINE_bool("warmup", True, "Compile every program of the slot pool before accepting requests "
                   "(no request then waits for a compile).")
 flags.DEFINE_bool("access_log", False, "Log one line per HTTP request (uvicorn's access log).")
+flags.DEFINE_string("api_key", None, "Require 'Authorization: Bearer <key>' on /v1/* (else 401), as vLLM's "
+                    "--api-key; default: $SMOLLM3_JAX_API_KEY, else none.")
+
+
+def _is_loopback(host: str) -> bool:
+  """Whether ``host`` (an address or a name) only listens on this machine."""
+  import ipaddress
+  import socket
+  if host in ("localhost", ""):
+    return host == "localhost"
+  try:
+    return ipaddress.ip_address(host).is_loopback
+  except ValueError:
+    try:
+      return all(ipaddress.ip_address(a[4][0]).is_loopback for a in socket.getaddrinfo(host, None))
+    except (OSError, ValueError):
+      return False
 
 
 def main(argv):
@@ -52,6 +69,10 @@ def main(argv):
   from smollm3_jax import server
 
   sampling_kwargs = cli.sampling_flag_values()  # validated when the flags were parsed
+  api_key = FLAGS.api_key or os.environ.get("SMOLLM3_JAX_API_KEY") or None
+  if api_key is None and not _is_loopback(FLAGS.host):
+    print(f"warning: serving on {FLAGS.host}, beyond this machine, with no API key: anyone who reaches the "
+          "port can use the model; pass --api_key (or set SMOLLM3_JAX_API_KEY)", file=sys.stderr, flush=True)
   limit = chat.context_limit(FLAGS.checkpoint)
   context = min(FLAGS.context_length, limit) if not FLAGS["context_length"].present else FLAGS.context_length
   if context > limit:
@@ -64,7 +85,7 @@ def main(argv):
   application = server.create_app(
       model, tokenizer, model_name=name, max_tokens=FLAGS.max_tokens, thinking=FLAGS.thinking, seed=FLAGS.seed,
       context_length=context, chunk_steps=FLAGS.chunk_steps, slots=FLAGS.slots, date=FLAGS.date,
-      **sampling_kwargs)
+      api_key=api_key, **sampling_kwargs)
   defaults = application.state.server.defaults
   print("request defaults: " + ", ".join(f"{k}={v}" for k, v in defaults.items())
         + f" (checkpoint defaults from {generation_defaults.for_tokenizer(tokenizer).source})", flush=True)

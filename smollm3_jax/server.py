@@ -447,11 +447,16 @@ class Worker:
     for i, r in enumerate(job.rows):
       completion, = _finish(self.tokenizer, [dataclasses.replace(r, tag=0)], [job.prompt_text], [job.prompt_ids],
                             self.pool.stop_ids, {}, job.stop)
-      wall = (r.finished or time.perf_counter()) - (r.admitted or job.submitted)
+      # The row's own spans: admission -> first token (its prompt's prefill and insert, shared with rows
+      # admitted in the same round), first token -> finished (decoding).
+      admitted = r.admitted or job.submitted
+      first = r.first_token or admitted
+      decode = max(0.0, (r.finished or time.perf_counter()) - first)
       stats = GenerationStats(
           prompt_tokens=len(job.prompt_ids), generated_tokens=len(r.token_ids),
-          time_to_first_token=(r.first_token - job.submitted) if r.first_token else 0.0, decode_seconds=wall,
-          decode_tokens_per_second=len(r.token_ids) / wall if wall > 0 else 0.0, batch_size=self.pool.slots,
+          prefill_seconds=max(0.0, first - admitted),
+          time_to_first_token=(r.first_token - job.submitted) if r.first_token else 0.0, decode_seconds=decode,
+          decode_tokens_per_second=len(r.token_ids) / decode if decode > 0 else 0.0, batch_size=self.pool.slots,
           cache_length=self.pool.length, slot_utilization=self.pool.utilization(), queue_seconds=r.queue_seconds,
           max_queue_seconds=r.queue_seconds)
       out.append(GenerationResult([completion], stats))
@@ -560,8 +565,9 @@ class ChatServer:
 
   def __init__(self, model, tokenizer, *, model_name: str, defaults: dict, context_length: int,
                chunk_steps: int, slots: int, date=None, body_timeout: float = BODY_TIMEOUT,
-               stall_seconds: float = STALL_SECONDS):
+               stall_seconds: float = STALL_SECONDS, api_key: str | None = None):
     self.model, self.tokenizer, self.model_name = model, tokenizer, model_name
+    self.api_key = api_key
     self.defaults, self.context_length, self.chunk_steps, self.date = defaults, context_length, chunk_steps, date
     self.slots, self.body_timeout, self.stall_seconds = slots, body_timeout, stall_seconds
     self._worker: Worker | None = None
@@ -663,12 +669,29 @@ class ChatServer:
       out["seconds_since_progress"] = round(w.stalled_for(), 3)
     return JSONResponse(out, status_code=200 if out["status"] == "ok" else 503)
 
+  def _refused_key(self, request: Request) -> Response | None:
+    """A 401 when the server has an API key and the request does not carry it (``Authorization:
+    Bearer <key>``, as OpenAI's clients send it), else None."""
+    if self.api_key is None:
+      return None
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and secrets.compare_digest(given.strip().encode(), self.api_key.encode()):
+      return None
+    client = request.client
+    _LOG.warning("refused a request from %s with 401: no valid API key", f"{client.host}:{client.port}" if client else "?")
+    return error_response(401, "a valid API key is required (header 'Authorization: Bearer <key>')",
+                          code="invalid_api_key")
+
   async def models(self, request: Request) -> Response:
+    if (refused := self._refused_key(request)) is not None:
+      return refused
     return JSONResponse({"object": "list", "data": [
         {"id": self.model_name, "object": "model", "created": 0, "owned_by": "smollm3-jax",
          "max_model_len": self.context_length}]})
 
   async def chat_completions(self, request: Request) -> Response:
+    if (refused := self._refused_key(request)) is not None:
+      return refused
     try:
       body = await self._read_json(request)
       try:
@@ -677,6 +700,9 @@ class ChatServer:
         raise RequestError("the request body is nested too deeply") from None
       prompt_text, ids, max_new = await run_in_threadpool(self.prepare, req)
     except RequestError as e:
+      client = request.client
+      _LOG.warning("refused a request from %s with %d: %s", f"{client.host}:{client.port}" if client else "?",
+                   e.status, e.message)
       return error_response(e.status, e.message, param=e.param, code=e.code)
     except ClientDisconnect:
       client = request.client
@@ -813,7 +839,7 @@ def create_app(model, tokenizer, *, model_name: str = "smollm3-jax", temperature
                repetition_penalty: float | None = None, max_tokens: int | None = None,
                thinking: bool | None = None, seed: int | None = None, context_length: int | None = None,
                chunk_steps: int = 4, slots: int = 8, date=None, body_timeout: float = BODY_TIMEOUT,
-               stall_seconds: float = STALL_SECONDS) -> Starlette:
+               stall_seconds: float = STALL_SECONDS, api_key: str | None = None) -> Starlette:
   """The Starlette app serving ``model``. Keyword arguments are the defaults for requests that leave
   a setting out; None takes the checkpoint's (:mod:`smollm3_jax.generation_defaults`; ``seed=None``:
   a fresh random seed per request). ``context_length`` (default: the model's) bounds prompt +
@@ -821,7 +847,8 @@ def create_app(model, tokenizer, *, model_name: str = "smollm3-jax", temperature
   decoding at once, the rest wait for a free slot; ``date`` is the day the chat template sees (None:
   the day of each request); ``body_timeout``: seconds a request body may take to arrive (then 408);
   ``stall_seconds``: how long the worker may have work without progress before ``/health`` says
-  "stalled" (503)."""
+  "stalled" (503); ``api_key``: when set, ``/v1/*`` requests must send ``Authorization: Bearer
+  <api_key>`` (else 401; ``/`` and ``/health`` stay open)."""
   from smollm3_jax import chat_format, generation_defaults, validation
 
   filled = generation_defaults.for_tokenizer(tokenizer).fill(
@@ -840,9 +867,11 @@ def create_app(model, tokenizer, *, model_name: str = "smollm3-jax", temperature
   for name, value in (("body_timeout", body_timeout), ("stall_seconds", stall_seconds)):
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or not math.isfinite(value):
       raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+  if api_key is not None and (not isinstance(api_key, str) or not api_key.strip() or api_key != api_key.strip()):
+    raise ValueError("api_key must be a non-empty string without surrounding whitespace")
   return ChatServer(model, tokenizer, model_name=model_name, defaults=defaults, context_length=context,
                     chunk_steps=int(chunk_steps), slots=slots, date=date, body_timeout=float(body_timeout),
-                    stall_seconds=float(stall_seconds)).app
+                    stall_seconds=float(stall_seconds), api_key=api_key).app
 
 
 # --------------------------------------------------------------------------------------------

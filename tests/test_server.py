@@ -782,3 +782,47 @@ def test_special_token_text_in_a_message_cannot_forge_a_turn(base_url, app, mode
   assert job.prompt_ids.count(im_start) == harmless.count(im_start)
   assert job.prompt_ids == chat.render_chat(tok, forged, True, split_special_tokens=True)[1]
   assert r.json()["usage"]["prompt_tokens"] == len(job.prompt_ids)
+
+
+def test_an_api_key_guards_the_api_and_bad_requests_are_logged(model_and_tokenizer, caplog):
+  """With api_key, /v1/* needs 'Authorization: Bearer <key>' (401 naming it otherwise; / and /health
+  stay open); refused requests (401, 400) leave a log line each."""
+  model, tok = model_and_tokenizer
+  app = server.create_app(model, tok, model_name="tiny", temperature=0.0, max_tokens=MAX_TOKENS, api_key="s3cret")
+  caplog.set_level("WARNING", logger="smollm3_jax.server")
+  with server.BackgroundServer(app) as srv, httpx.Client(base_url=srv.url, timeout=60) as client:
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"},
+                    {"Authorization": "Basic s3cret"}):
+      for method, path in (("get", "/v1/models"), ("post", "/v1/chat/completions")):
+        r = client.request(method, path, headers=headers, json=_body(_messages("hi")))
+        assert r.status_code == 401, (headers, path)
+        assert r.json()["error"]["code"] == "invalid_api_key" and "Bearer" in r.json()["error"]["message"]
+    assert client.get("/health").status_code == 200 and client.get("/").status_code == 200
+    good = {"Authorization": "Bearer s3cret"}
+    assert client.get("/v1/models", headers=good).json()["data"][0]["id"] == "tiny"
+    r = client.post("/v1/chat/completions", headers=good, json=_body(_messages("hi"), temperature=9.0))
+    assert r.status_code == 400  # past the key, refused for its settings (nothing generated)
+  refused = [rec.getMessage() for rec in caplog.records if rec.name == "smollm3_jax.server"]
+  assert sum("with 401" in m for m in refused) == 8
+  assert any("with 400" in m and "temperature" in m for m in refused)
+  with pytest.raises(ValueError, match="api_key"):
+    server.create_app(model, tok, api_key=" ")
+
+
+def test_timings_count_the_prompt_and_the_decode_apart(base_url):
+  r = httpx.post(f"{base_url}/v1/chat/completions", json=_body(_messages("Tell me a story."), max_tokens=8),
+                 timeout=120)
+  t = r.json()["timings"]
+  assert t["prompt_n"] > 0 and 0 < t["prompt_ms"] <= t["time_to_first_token_ms"]
+  assert t["predicted_n"] == 8 and t["predicted_ms"] > 0
+  assert t["predicted_per_second"] == pytest.approx(8 / (t["predicted_ms"] / 1000))
+
+
+def test_serving_beyond_loopback_without_a_key_warns_before_loading(tmp_path):
+  script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments", "serve.py")
+  missing = str(tmp_path / "no_such_checkpoint")
+  for host, warned in (("0.0.0.0", True), ("127.0.0.1", False)):
+    out = subprocess.run([sys.executable, script, f"--host={host}", f"--checkpoint={missing}", "--nowarmup"],
+                         capture_output=True, text=True, timeout=120, env=dict(os.environ, SMOLLM3_JAX_API_KEY=""))
+    assert out.returncode != 0  # the checkpoint does not exist: nothing was served
+    assert ("with no API key" in out.stderr) == warned, out.stderr[-2000:]
