@@ -57,10 +57,12 @@ def test_a_temperature_x_min_p_sweep_gets_one_heatmap_per_metric(t_x_minp):
   # 2 thinking modes x (1 greedy run shared by the 3 min_p values + 2 temperatures x 3 min_p) x 3 prompts
   assert out.total_rows == 2 * 7 * 3 and len(out.summary) == 18
   names = sorted(os.listdir(workdir / "plots"))
-  metrics = [m for m in sweep.metric_names(out.summary)
-             if any(np.isfinite(s[m]) for s in out.summary)]
+  metrics = [m for m in sweep.metric_names(out.summary) if any(np.isfinite(s[m]) for s in out.summary)]
   assert "accuracy" in metrics and "mean_tokens" in metrics
-  assert names == sorted([f"{m}.png" for m in metrics] + [f"{m}.lines.png" for m in metrics] + ["throughput.png"])
+  # plotted: every metric that takes two values or more over the cells (a constant makes no plot)
+  varying = [m for m in metrics if len({s[m] for s in out.summary if np.isfinite(s[m])}) > 1]
+  assert varying and len(varying) < len(metrics)  # (the tiny model's token counts are all the budget)
+  assert names == sorted([f"{m}.png" for m in varying] + [f"{m}.lines.png" for m in varying] + ["throughput.png"])
   for metric in metrics + ["decode_tokens_per_second"]:
     fig = sweep.heatmap_figure(out.summary, metric)
     panels = _panels(fig)
@@ -76,13 +78,20 @@ def test_a_temperature_x_min_p_sweep_gets_one_heatmap_per_metric(t_x_minp):
     values = values[np.isfinite(values)]
     assert len(limits) == 1
     lo, hi = limits.pop()
-    if values.min() < values.max():
-      assert (lo, hi) == pytest.approx((values.min(), values.max()))
     (bar,) = _colorbars(fig)
     assert metric in bar.get_ylabel()
-    # each square shows the row count of its cell
+    if metric in sweep.UNIT_RANGE:  # shares: one fixed scale, said on the bar
+      assert (lo, hi) == (0.0, 1.0) and "fixed scale 0 to 1" in bar.get_ylabel()
+    elif values.min() < values.max():
+      assert (lo, hi) == pytest.approx((values.min(), values.max()))
+      assert f"{values.min():.3g} to {values.max():.3g}" in bar.get_ylabel()
+    else:
+      assert f"one value, {values.min():.3g}" in bar.get_ylabel()
+    # each square shows the rows its value was computed from: all 3 rows, or the scored ones
     notes = [t.get_text() for ax in panels for t in ax.texts]
-    assert sum("n=3" in n for n in notes) == 18
+    n = {s["scored"] for s in out.summary} if metric == "accuracy" else {3}
+    (count,) = n
+    assert sum(f"n={count}" in t for t in notes) == 18
 
 
 def test_line_plot_of_a_metric_against_one_axis_per_value_of_another(t_x_minp):
@@ -129,3 +138,25 @@ def test_figures_never_touch_pyplot_or_the_backend(t_x_minp):
         with open(os.path.join(folder, name), encoding="utf-8") as f:
           text = f.read()
         assert "matplotlib.use(" not in text and not PYPLOT_IMPORT.search(text), name
+
+
+def test_constant_metrics_are_not_plotted_and_counts_are_of_scored_rows(tmp_path):
+  """A metric with one value over the cells gets no plot; a cell's n= is the rows its value used."""
+  off = {a.name: a.off if a.off is not None else {"thinking": False, "repetition_penalty": 1.0,
+                                                  "top_p": 1.0}.get(a.name, 0.0) for a in sweep.SWEEP_AXES}
+  cells = [dict(off, cell=i, cell_key=f"c{i}", run_key=f"c{i}", temperature=t,
+                rows=6, prompts=3, scored=2, mean_tokens=10.0 + i, mean_thinking_tokens=0.0, accuracy=0.5 * i,
+                decode_tokens_per_second=80.0 - i)
+           for i, t in enumerate((0.0, 1.0))]
+  for s in cells:
+    s.update({f"{m}_lo": np.nan for m in ("mean_tokens", "mean_thinking_tokens", "accuracy")})
+    s.update({f"{m}_hi": np.nan for m in ("mean_tokens", "mean_thinking_tokens", "accuracy")})
+  paths = sweep.plot_heatmaps(cells, str(tmp_path))
+  assert sorted(os.path.basename(p) for p in paths) == [
+      "accuracy.lines.png", "accuracy.png", "mean_tokens.lines.png", "mean_tokens.png", "throughput.png"]
+  notes = [t.get_text() for ax in _panels(sweep.heatmap_figure(cells, "accuracy")) for t in ax.texts]
+  assert notes == ["0\nn=2", "0.5\nn=2"]
+  notes = [t.get_text() for ax in _panels(sweep.heatmap_figure(cells, "mean_tokens")) for t in ax.texts]
+  assert notes == ["10\nn=6", "11\nn=6"]
+  (bar,) = _colorbars(sweep.heatmap_figure(cells, "decode_tokens_per_second"))
+  assert "79 to 80" in bar.get_ylabel()

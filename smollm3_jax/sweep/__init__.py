@@ -20,14 +20,14 @@ from smollm3_jax.files import LockedError
 from smollm3_jax.sweep.plan import (AXES, SAMPLING_AXES, SWEEP_AXES, Axis, cell_key, check_prompt, expand_grid,
                                     load_prompts, make_rows, prompts_hash, row_seed, run_cell, swept_axes,
                                     to_plain, validate_config)
-from smollm3_jax.sweep.report import (METRICS, THROUGHPUT, format_table, heatmap_figure, line_figure, load,
+from smollm3_jax.sweep.report import (METRICS, THROUGHPUT, UNIT_RANGE, format_table, heatmap_figure, line_figure, load,
                                       metric_names, pass_ks, plot_heatmaps, plot_pair, summarize, summary_csv)
 from smollm3_jax.sweep.run import SweepOutcome, run_sweep
 from smollm3_jax.sweep.store import (FORMAT_VERSION, RESUMABLE_FIELDS, ConfigMismatchError, ResultsFile, Workdir,
                                      provenance)
 
 __all__ = [
-    "AXES", "Axis", "METRICS", "FORMAT_VERSION", "RESUMABLE_FIELDS", "SAMPLING_AXES", "SWEEP_AXES", "THROUGHPUT",
+    "AXES", "Axis", "METRICS", "FORMAT_VERSION", "RESUMABLE_FIELDS", "SAMPLING_AXES", "SWEEP_AXES", "THROUGHPUT", "UNIT_RANGE",
     "ConfigMismatchError", "LockedError", "ResultsFile", "SweepOutcome", "Workdir", "cell_key", "check_prompt",
     "expand_grid", "format_table", "heatmap_figure", "line_figure", "load", "load_model_and_tokenizer", "load_prompts",
     "make_rows", "metric_names", "pass_ks", "plot_heatmaps", "plot_pair", "prompts_hash", "provenance",

@@ -57,6 +57,31 @@ _ROW_VALUES: dict[str, Callable[[Mapping, list], float | None]] = {
 }
 
 
+# Metrics that are shares or rates in [0, 1] (pass@k too): their colour scale is fixed at 0-1, so a
+# colour means the same value in every plot; the others span their cells' range (said on the bar).
+UNIT_RANGE = ("distinct_1", "distinct_2", "rep4_share", "eos_share", "closed_think_share", "accuracy",
+              "majority_accuracy")
+
+
+def _unit_range(metric: str) -> bool:
+  return metric in UNIT_RANGE or metric.startswith("pass_at_")
+
+
+def counted(s: Mapping, metric: str) -> int:
+  """The rows a cell's ``metric`` was computed from: the scored rows for correctness metrics
+  (accuracy, majority, pass@k; open prompts have no reference), all its rows otherwise."""
+  if metric in ("accuracy", "majority_accuracy") or metric.startswith("pass_at_"):
+    return int(s.get("scored", 0))
+  return int(s["rows"])
+
+
+def varies(summary: Sequence[Mapping], metric: str) -> bool:
+  """Whether ``metric`` takes at least two finite values over the cells (a constant is not plotted:
+  its colour bar would span nothing)."""
+  vals = {float(s[metric]) for s in summary if _finite(s.get(metric))}
+  return len(vals) > 1
+
+
 def pass_ks(samples: int) -> list[int]:
   """The k of the pass@k columns for ``samples`` samples per cell: powers of two below it and itself
   (none for one sample)."""
@@ -315,7 +340,8 @@ def heatmap_figure(summary: Sequence[Mapping], metric: str, axes: Sequence[str] 
   """A ``matplotlib.figure.Figure``: ``metric`` over two axes (:func:`plot_pair`), one panel per
   combination of the other swept axes, one colour scale for all panels (one labelled colour bar);
   each square shows the value, its interval (when the summary has ``<metric>_lo``/``_hi``) and the
-  row count."""
+  rows it was computed from (:func:`counted`). Shares and rates are coloured on a fixed 0-1 scale,
+  other metrics over their cells' range; the colour bar says which."""
   ya, xa = plot_pair(summary, axes)
   ys = sorted({s[ya] for s in summary})
   xs = sorted({s[xa] for s in summary}) if xa else [None]
@@ -324,9 +350,13 @@ def heatmap_figure(summary: Sequence[Mapping], metric: str, axes: Sequence[str] 
   header, desc = describe(metric)
   vals = np.array([s.get(metric, np.nan) for s in summary], float)
   finite = vals[np.isfinite(vals)]
-  vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
-  if vmin == vmax:
-    vmin, vmax = vmin - 0.5, vmax + 0.5
+  if _unit_range(metric):
+    vmin, vmax, span = 0.0, 1.0, "colours: fixed scale 0 to 1"
+  else:
+    vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    span = f"colours: the cells' range, {vmin:.3g} to {vmax:.3g}"
+    if vmin == vmax:
+      vmin, vmax, span = vmin - 0.5, vmax + 0.5, f"one value, {vmin:.3g}"
   fig = _new_figure(1.6 + ncol * (0.9 + 1.1 * len(xs)), 1.2 + nrow * (0.8 + 0.65 * len(ys)))
   grid = fig.subplots(nrow, ncol, squeeze=False)
   used = []
@@ -345,9 +375,9 @@ def heatmap_figure(summary: Sequence[Mapping], metric: str, axes: Sequence[str] 
         note = f"{v:.3g}"
         if _finite(lo) and _finite(hi):
           note += f"\n[{lo:.2g}, {hi:.2g}]"
-        notes[y][x] = note + f"\nn={s['rows']}"
+        notes[y][x] = note + f"\nn={counted(s, metric)}"
       else:
-        notes[y][x] = f"-\nn={s['rows']}"
+        notes[y][x] = f"-\nn={counted(s, metric)}"
     im = ax.imshow(img, cmap="viridis", vmin=vmin, vmax=vmax, aspect="auto", origin="lower")
     for y in range(len(ys)):
       for x in range(len(xs)):
@@ -363,7 +393,7 @@ def heatmap_figure(summary: Sequence[Mapping], metric: str, axes: Sequence[str] 
   for ax in grid.flat:
     if ax not in used:
       ax.set_axis_off()
-  fig.colorbar(im, ax=used, shrink=0.9, label=f"{metric} ({header})")
+  fig.colorbar(im, ax=used, shrink=0.9, label=f"{metric} ({header}); {span}")
   fig.suptitle(f"{metric}: {desc}", fontsize=9)
   return fig
 
@@ -417,14 +447,15 @@ def _save(fig, path: str) -> str:
 
 def plot_heatmaps(summary: Sequence[Mapping], out_dir: str, axes: Sequence[str] = ()) -> list[str]:
   """Writes ``<metric>.png`` (a heatmap, :func:`heatmap_figure`) and ``<metric>.lines.png``
-  (:func:`line_figure` over the same two axes) for every quality metric with a value, and
+  (:func:`line_figure` over the same two axes) for every quality metric that varies over the cells
+  (:func:`varies`: a constant, e.g. thinking tokens of a model that never thinks, is left out), and
   ``throughput.png`` apart, into ``out_dir``; removes the PNGs an earlier report left there that this
   one did not write (another grid's). Returns the written paths."""
   ya, xa = plot_pair(summary, axes)
   os.makedirs(out_dir, exist_ok=True)
   paths = []
   for metric in metric_names(summary):
-    if not any(_finite(s.get(metric)) for s in summary):
+    if not varies(summary, metric):
       continue
     paths.append(_save(heatmap_figure(summary, metric, (ya, xa) if xa else (ya,)),
                        os.path.join(out_dir, f"{metric}.png")))
