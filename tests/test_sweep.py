@@ -22,11 +22,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-  """(model, tokenizer, tokenizer_dir): the "tiny" preset's random model; the demo tokenizer saved
-  as a directory (loads in well under a second in the subprocess test)."""
+def tiny(tmp_path_factory, smollm3_template_tokenizer):
+  """(model, tokenizer, tokenizer_dir): the "tiny" preset's random model; the demo tokenizer with
+  SmolLM3's chat template (a thinking mode), saved as a directory (loads in well under a second in
+  the subprocess test)."""
   cfg = sweep_config("tiny")
-  model, tokenizer = sweep.load_model_and_tokenizer(cfg.model)
+  model, _ = sweep.load_model_and_tokenizer(cfg.model)
+  tokenizer = smollm3_template_tokenizer
   tok_dir = str(tmp_path_factory.mktemp("tok"))
   tokenizer.save_pretrained(tok_dir)
   return model, tokenizer, tok_dir
@@ -257,6 +259,26 @@ def test_prompts_given_directly_need_distinct_string_ids():
     sweep.make_rows([{"id": "a"}, {"prompt": "x"}], cells, samples=1, seed=0)
   with pytest.raises(ValueError, match=r"prompts\[1\]: duplicate prompt id 'a'"):
     sweep.make_rows([{"id": "a"}, {"id": "a"}], cells, samples=1, seed=0)
+
+
+def test_a_checkpoint_without_a_thinking_mode_runs_each_row_once_and_says_so(tmp_path):
+  """The demo tokenizer's template (SmolLM2's) ignores enable_thinking: thinking on and off render the
+  same prompts, so the thinking=on cells read the thinking=off rows (half the rows run), said once."""
+  cfg = _tiny_config("demo")
+  model, tokenizer = sweep.load_model_and_tokenizer(sweep.to_plain(cfg)["model"])
+  cells = sweep.expand_grid(sweep.to_plain(cfg)["sweep"])
+  assert {c["thinking"] for c in cells} == {False, True}
+  logs = []
+  out = sweep.run_sweep(cfg, str(tmp_path), model=model, tokenizer=tokenizer, log=logs.append)
+  assert (out.total_rows, out.new_rows) == (12, 12)
+  assert sum("has no thinking mode" in line for line in logs) == 1
+  rows = [json.loads(l) for l in _lines(tmp_path / "generations.jsonl") if l]
+  assert {r["settings"]["thinking"] for r in rows} == {False}
+  on = {(s["temperature"], s["repetition_penalty"]): s for s in out.summary if s["thinking"]}
+  off = {(s["temperature"], s["repetition_penalty"]): s for s in out.summary if not s["thinking"]}
+  assert len(on) == len(off) == 4
+  for k, s in on.items():
+    assert s["run_key"] == off[k]["run_key"] and s["mean_tokens"] == off[k]["mean_tokens"]
 
 
 def test_cli_typo_fails_with_ml_collections_error(tmp_path):

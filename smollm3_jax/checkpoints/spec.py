@@ -14,6 +14,14 @@ from __future__ import annotations
 from typing import Mapping
 
 
+def load_tokenizer(spec: Mapping):
+  """The spec's tokenizer (``tokenizer``, else ``checkpoint``), or None when it names neither."""
+  from smollm3_jax.tokenizer import Tokenizer
+
+  source = spec.get("tokenizer") or spec.get("checkpoint") or ""
+  return Tokenizer.from_pretrained(source) if source else None
+
+
 def load_model_and_tokenizer(spec: Mapping, mesh: str = ""):
   """(model, tokenizer) from a spec (see the module docstring; a random model's vocabulary matches
   its tokenizer). ``mesh`` (e.g. "data=2,model=4"; "" = all devices on the data axis) places
@@ -26,14 +34,12 @@ def load_model_and_tokenizer(spec: Mapping, mesh: str = ""):
   from smollm3_jax.checkpoints.mapping import dtype_from_name
   from smollm3_jax import sharding
   from smollm3_jax.model import SmolLM3
-  from smollm3_jax.tokenizer import Tokenizer
 
   name = spec.get("dtype") or "auto"
   dtype = default_dtype() if name == "auto" else dtype_from_name(name, "model.dtype")
   quantize = quantize_lib.check_mode(spec.get("quantize", "none"))
   checkpoint = spec.get("checkpoint") or ""
-  tok_source = spec.get("tokenizer") or checkpoint
-  tokenizer = Tokenizer.from_pretrained(tok_source) if tok_source else None
+  tokenizer = load_tokenizer(spec)
   if checkpoint:
     return from_pretrained(checkpoint, mesh=mesh or "auto", dtype=dtype, quantize=quantize), tokenizer
   rnd = spec.get("random") or {}

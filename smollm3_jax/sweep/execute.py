@@ -27,6 +27,13 @@ def _render(tokenizer, prompts, thinking_values, chat: bool, date: str) -> dict[
   return out
 
 
+def thinking_changes_prompts(tokenizer, prompts, chat: bool, date) -> bool:
+  """Whether any prompt renders to other token ids with thinking on than off (False: a chat template
+  without a thinking mode, e.g. SmolLM2's, whose "thinking on" rows would repeat the "off" ones)."""
+  ids = _render(tokenizer, prompts, (False, True), chat, date)
+  return any(ids[(p["id"], False)] != ids[(p["id"], True)] for p in prompts)
+
+
 def _score(row: Mapping, prompt: Mapping) -> dict:
   answer_type = prompt.get("answer_type")
   correct = M.is_correct(row["answer"], prompt.get("reference"), answer_type) if answer_type else None

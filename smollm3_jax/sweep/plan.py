@@ -256,11 +256,16 @@ def complete_settings(settings: Mapping) -> dict:
   return out
 
 
-def run_cell(cell: Mapping) -> dict:
+def run_cell(cell: Mapping, *, thinking_mode: bool = True) -> dict:
   """The settings a cell's rows run with: a greedy cell (temperature 0) has its greedy-free axes
-  (top-p, top-k, min-p, ...) set to ``off``, so greedy cells differing only in them share rows."""
+  (top-p, top-k, min-p, ...) set to ``off``, so greedy cells differing only in them share rows.
+  ``thinking_mode=False`` (a chat template that renders every prompt the same with thinking on and
+  off, e.g. SmolLM2's): every cell runs with thinking off, so cells differing only in it share rows."""
+  cell = dict(cell)
+  if not thinking_mode and "thinking" in cell:
+    cell["thinking"] = False
   if cell["temperature"] != 0.0:
-    return dict(cell)
+    return cell
   return {k: (AXIS[k].off if k in AXIS and AXIS[k].greedy_free else v) for k, v in cell.items()}
 
 
@@ -286,10 +291,12 @@ def row_seed(seed: int, prompt_id: str, key: str, sample: int) -> int:
   return int.from_bytes(h.digest(), "little")
 
 
-def make_rows(prompts: Sequence[Mapping], cells: Sequence[Mapping], *, samples: int, seed: int) -> list[dict]:
+def make_rows(prompts: Sequence[Mapping], cells: Sequence[Mapping], *, samples: int, seed: int,
+              thinking_mode: bool = True) -> list[dict]:
   """Rows in run order (cell-major, so a batch mostly holds one cell). Greedy cells
   (temperature 0) get one sample (more would repeat it) and run once per :func:`run_cell`: their
-  rows carry the shared cell's key and settings (``cell``: the index of the first cell using them)."""
+  rows carry the shared cell's key and settings (``cell``: the index of the first cell using them);
+  so do cells that differ only in thinking when ``thinking_mode`` is False."""
   ids = set()
   for i, p in enumerate(prompts):  # (a prompt set not read by load_prompts: its rows are keyed by id)
     if not isinstance(p, Mapping) or not isinstance(p.get("id"), str):
@@ -300,7 +307,7 @@ def make_rows(prompts: Sequence[Mapping], cells: Sequence[Mapping], *, samples: 
     ids.add(p["id"])
   rows, seen = [], set()
   for ci, cell in enumerate(cells):
-    settings = run_cell(cell)
+    settings = run_cell(cell, thinking_mode=thinking_mode)
     ck = cell_key(settings)
     if ck in seen:
       continue

@@ -185,14 +185,15 @@ def _group_stats(rs: Sequence[Mapping], by_id: Mapping, *, greedy: bool, ks: Seq
 
 def summarize(rows: Sequence[Mapping], cells: Sequence[Mapping], prompts: Sequence[Mapping], *,
               samples: int = 1, resamples: int = 1000, level: float = 0.95, seed: int = 0,
-              log: Callable[[str], None] = lambda s: None) -> list[dict]:
+              thinking_mode: bool = True, log: Callable[[str], None] = lambda s: None) -> list[dict]:
   """One dict per cell: its settings, ``cell_key``, ``run_key`` (the ``cell_key`` of the rows it reads),
   ``rows``, ``prompts``, ``scored`` (rows scored for accuracy), every metric of
   :data:`METRICS` with its bootstrap interval (``_lo``, ``_hi``; NaN if undefined), ``pass_at_<k>``
   for k in :func:`pass_ks` (``samples``), and ``decode_tokens_per_second``.
 
   A cell's rows are those of its run key (:func:`~smollm3_jax.sweep.plan.run_cell`): greedy cells
-  that differ only in top-p / top-k / min-p share one set of rows. Intervals: seeded 95 % (``level``)
+  that differ only in top-p / top-k / min-p share one set of rows, and so do cells differing only in
+  thinking when ``thinking_mode`` is False (a checkpoint without a thinking mode). Intervals: seeded 95 % (``level``)
   percentile bootstrap over prompts and their samples (:func:`smollm3_jax.metrics.bootstrap_interval`,
   ``resamples`` draws, the same ``seed`` for every cell and metric).
   """
@@ -206,7 +207,7 @@ def summarize(rows: Sequence[Mapping], cells: Sequence[Mapping], prompts: Sequen
   cache: dict[str, dict] = {}
   out = []
   for ci, cell in enumerate(cells):
-    rk = cell_key(run_cell(cell))
+    rk = cell_key(run_cell(cell, thinking_mode=thinking_mode))
     if rk not in cache:
       cache[rk] = _group_stats(by_key.get(rk, []), by_id, greedy=cell["temperature"] == 0.0, ks=ks,
                                bleu=bleu, boot=boot)

@@ -14,9 +14,9 @@ from typing import Callable
 import numpy as np
 
 from smollm3_jax import distributed
-from smollm3_jax.checkpoints.spec import load_model_and_tokenizer
+from smollm3_jax.checkpoints.spec import load_model_and_tokenizer, load_tokenizer
 from smollm3_jax.sweep.plan import expand_grid, load_prompts, make_rows, prompts_hash, to_plain, validate_config
-from smollm3_jax.sweep.execute import run_rows
+from smollm3_jax.sweep.execute import run_rows, thinking_changes_prompts
 from smollm3_jax.sweep.report import format_table, plot_heatmaps, summarize, summary_csv
 from smollm3_jax.sweep.store import SUMMARY_FILE, ResultsFile, Workdir, check_rows, provenance
 
@@ -51,7 +51,7 @@ def run_sweep(config, workdir: str, *, model=None, tokenizer=None, progress: boo
     return _run_rows_elsewhere(model, tokenizer, max_batches)
   with contextlib.ExitStack() as stack:
     try:  # (the lock too: a locked workdir stops every process with the same error)
-      prompts, cells, rows = _grid(cfg)
+      prompts, cells, rows, thinking_mode = _grid(cfg, tokenizer, log)
       wd = stack.enter_context(Workdir(workdir))
       cfg, todo, skipped = _plan_run(wd, cfg, prompts, cells, rows, log)
     except Exception as e:  # the others stop with the same error instead of waiting for rows
@@ -60,19 +60,30 @@ def run_sweep(config, workdir: str, *, model=None, tokenizer=None, progress: boo
     # The leader's config (its stored chat date), prompts and rows: the others read no file of the sweep.
     distributed.broadcast((cfg, prompts, todo))
     outcome = _run_locked(wd, cfg, prompts, cells, rows, todo, skipped, model, tokenizer, progress, log,
-                          max_batches)
+                          max_batches, thinking_mode)
   return distributed.broadcast(outcome)
 
 
-def _grid(cfg):
-  """(prompts, cells, rows) of a sweep config."""
+def _grid(cfg, tokenizer, log):
+  """(prompts, cells, rows, thinking_mode) of a sweep config. With both thinking values on the grid,
+  the prompts are rendered both ways (``tokenizer``, else the config's): when no prompt changes, the
+  checkpoint has no thinking mode and the thinking-on cells share the thinking-off rows (said once)."""
   pcfg = cfg.get("prompts", {})
   if not pcfg.get("path"):
     raise ValueError("prompts.path: no prompt set given")
   prompts = load_prompts(pcfg["path"], limit=pcfg.get("limit", 0), kinds=pcfg.get("kinds", ()),
                          ids=pcfg.get("ids", ()))
   cells = expand_grid(cfg["sweep"])
-  return prompts, cells, make_rows(prompts, cells, samples=cfg["samples"], seed=cfg.get("seed", 0))
+  thinking_mode = True
+  if len({c["thinking"] for c in cells}) > 1:
+    tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg["model"])
+    if tokenizer is not None:
+      thinking_mode = thinking_changes_prompts(tokenizer, prompts, cfg.get("chat", True), cfg.get("date") or None)
+    if not thinking_mode:
+      log("note: the chat template renders every prompt the same with thinking on and off (this checkpoint "
+          "has no thinking mode): the thinking=on cells share the thinking=off rows")
+  rows = make_rows(prompts, cells, samples=cfg["samples"], seed=cfg.get("seed", 0), thinking_mode=thinking_mode)
+  return prompts, cells, rows, thinking_mode
 
 
 def _plan_run(wd, cfg, prompts, cells, rows, log):
@@ -106,7 +117,7 @@ def _run_rows_elsewhere(model, tokenizer, max_batches) -> SweepOutcome:
 
 
 def _run_locked(wd, cfg, prompts, cells, rows, todo, skipped, model, tokenizer, progress, log,
-                max_batches) -> SweepOutcome:
+                max_batches, thinking_mode) -> SweepOutcome:
   workdir, results = wd.path, wd.results
   wanted = {r["key"] for r in rows}
   batches = 0
@@ -127,7 +138,8 @@ def _run_locked(wd, cfg, prompts, cells, rows, todo, skipped, model, tokenizer, 
     log(f"note: {extra} rows in generations.jsonl are not part of this grid; ignored")
   stats = cfg.get("stats", {})
   summary = summarize(finished, cells, prompts, samples=cfg["samples"], resamples=stats.get("resamples", 1000),
-                      level=stats.get("level", 0.95), seed=stats.get("seed", 0), log=log)
+                      level=stats.get("level", 0.95), seed=stats.get("seed", 0), thinking_mode=thinking_mode,
+                      log=log)
   wd.write(SUMMARY_FILE, summary_csv(summary))
   table = format_table(summary)
   plots = []
