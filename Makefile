@@ -43,8 +43,12 @@ demo: $(VENV)/.demo-installed
 	  --prompt="What is the capital of France?"
 	$(PY) experiments/sweep.py --config=configs/sweep.py:demo --workdir=out/sweep_demo
 
+# Two workers (pytest-xdist), each test file on one of them (its module fixtures built once): most
+# tests compile or run small programs on one core, so two files at a time use both of CI's cores.
+TEST_WORKERS ?= 2
+
 test: install
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # Resolve pyproject.toml's ranges afresh in a scratch venv and write the versions it got to the
 # lock. Then run `make test` and commit requirements.lock if it passes.
