@@ -53,13 +53,12 @@ finally:
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-  """(tokenizer dir, wrapper path, base directory)."""
-  from smollm3_jax.tokenizer import Tokenizer
-
+def setup(tmp_path_factory, smollm3_template_tokenizer):
+  """(tokenizer dir, wrapper path, base directory). The tokenizer has SmolLM3's template (a thinking
+  mode: the grid's thinking on and off are distinct rows)."""
   base = tmp_path_factory.mktemp("distributed")
   tok_dir = str(base / "tok")
-  Tokenizer.from_pretrained("demo").save_pretrained(tok_dir)
+  smollm3_template_tokenizer.save_pretrained(tok_dir)
   wrapper = base / "wrapper.py"
   wrapper.write_text(_WRAPPER)
   return tok_dir, str(wrapper), base
