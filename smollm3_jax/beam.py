@@ -29,7 +29,6 @@ Imports sampling, the cache, its buckets and validation only.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import time
 from typing import Any, Sequence
