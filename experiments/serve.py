@@ -51,8 +51,10 @@ def _is_loopback(host: str) -> bool:
   """Whether ``host`` (an address or a name) only listens on this machine."""
   import ipaddress
   import socket
-  if host in ("localhost", ""):
-    return host == "localhost"
+  if host == "localhost":
+    return True
+  if not host:  # every interface
+    return False
   try:
     return ipaddress.ip_address(host).is_loopback
   except ValueError:

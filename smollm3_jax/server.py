@@ -532,6 +532,12 @@ class _DisconnectAwareStream(StreamingResponse):
 # --------------------------------------------------------------------------------------------
 
 
+def _client(request: Request) -> str:
+  """The client's "host:port" for log lines ("?" when unknown)."""
+  client = request.client
+  return f"{client.host}:{client.port}" if client else "?"
+
+
 def _sse(data: Any) -> bytes:
   text = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)
   return f"data: {text}\n\n".encode("utf-8")
@@ -677,8 +683,7 @@ class ChatServer:
     scheme, _, given = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() == "bearer" and secrets.compare_digest(given.strip().encode(), self.api_key.encode()):
       return None
-    client = request.client
-    _LOG.warning("refused a request from %s with 401: no valid API key", f"{client.host}:{client.port}" if client else "?")
+    _LOG.warning("refused a request from %s with 401: no valid API key", _client(request))
     return error_response(401, "a valid API key is required (header 'Authorization: Bearer <key>')",
                           code="invalid_api_key")
 
@@ -700,13 +705,10 @@ class ChatServer:
         raise RequestError("the request body is nested too deeply") from None
       prompt_text, ids, max_new = await run_in_threadpool(self.prepare, req)
     except RequestError as e:
-      client = request.client
-      _LOG.warning("refused a request from %s with %d: %s", f"{client.host}:{client.port}" if client else "?",
-                   e.status, e.message)
+      _LOG.warning("refused a request from %s with %d: %s", _client(request), e.status, e.message)
       return error_response(e.status, e.message, param=e.param, code=e.code)
     except ClientDisconnect:
-      client = request.client
-      _LOG.warning("client %s disconnected while sending its request", f"{client.host}:{client.port}" if client else "?")
+      _LOG.warning("client %s disconnected while sending its request", _client(request))
       return Response(status_code=499)
 
     settings = {REQUEST_NAMES.get(k, k): v for k, v in req.sampling.items()}  # echoed under the request's names

@@ -22,9 +22,10 @@ def load_tokenizer(spec: Mapping):
   return Tokenizer.from_pretrained(source) if source else None
 
 
-def load_model_and_tokenizer(spec: Mapping, mesh: str = ""):
+def load_model_and_tokenizer(spec: Mapping, mesh: str = "", tokenizer=None):
   """(model, tokenizer) from a spec (see the module docstring; a random model's vocabulary matches
-  its tokenizer). ``mesh`` (e.g. "data=2,model=4"; "" = all devices on the data axis) places
+  its tokenizer). ``tokenizer``: the spec's tokenizer when the caller has loaded it already
+  (:func:`load_tokenizer`; not read again). ``mesh`` (e.g. "data=2,model=4"; "" = all devices on the data axis) places
   the weights shard by shard as they load; on one device nothing is sharded."""
   from flax import nnx
 
@@ -39,7 +40,7 @@ def load_model_and_tokenizer(spec: Mapping, mesh: str = ""):
   dtype = default_dtype() if name == "auto" else dtype_from_name(name, "model.dtype")
   quantize = quantize_lib.check_mode(spec.get("quantize", "none"))
   checkpoint = spec.get("checkpoint") or ""
-  tokenizer = load_tokenizer(spec)
+  tokenizer = tokenizer if tokenizer is not None else load_tokenizer(spec)
   if checkpoint:
     return from_pretrained(checkpoint, mesh=mesh or "auto", dtype=dtype, quantize=quantize), tokenizer
   rnd = spec.get("random") or {}

@@ -51,7 +51,7 @@ def run_sweep(config, workdir: str, *, model=None, tokenizer=None, progress: boo
     return _run_rows_elsewhere(model, tokenizer, max_batches)
   with contextlib.ExitStack() as stack:
     try:  # (the lock too: a locked workdir stops every process with the same error)
-      prompts, cells, rows, thinking_mode = _grid(cfg, tokenizer, log)
+      prompts, cells, rows, thinking_mode, tokenizer = _grid(cfg, tokenizer, log)
       wd = stack.enter_context(Workdir(workdir))
       cfg, todo, skipped = _plan_run(wd, cfg, prompts, cells, rows, log)
     except Exception as e:  # the others stop with the same error instead of waiting for rows
@@ -65,9 +65,10 @@ def run_sweep(config, workdir: str, *, model=None, tokenizer=None, progress: boo
 
 
 def _grid(cfg, tokenizer, log):
-  """(prompts, cells, rows, thinking_mode) of a sweep config. With both thinking values on the grid,
+  """(prompts, cells, rows, thinking_mode, tokenizer) of a sweep config. With both thinking values on the grid,
   the prompts are rendered both ways (``tokenizer``, else the config's): when no prompt changes, the
-  checkpoint has no thinking mode and the thinking-on cells share the thinking-off rows (said once)."""
+  checkpoint has no thinking mode and the thinking-on cells share the thinking-off rows (said once).
+  The tokenizer returned is the one given, or the one loaded for this (None when neither)."""
   pcfg = cfg.get("prompts", {})
   if not pcfg.get("path"):
     raise ValueError("prompts.path: no prompt set given")
@@ -83,7 +84,7 @@ def _grid(cfg, tokenizer, log):
       log("note: the chat template renders every prompt the same with thinking on and off (this checkpoint "
           "has no thinking mode): the thinking=on cells share the thinking=off rows")
   rows = make_rows(prompts, cells, samples=cfg["samples"], seed=cfg.get("seed", 0), thinking_mode=thinking_mode)
-  return prompts, cells, rows, thinking_mode
+  return prompts, cells, rows, thinking_mode, tokenizer
 
 
 def _plan_run(wd, cfg, prompts, cells, rows, log):
@@ -124,7 +125,7 @@ def _run_locked(wd, cfg, prompts, cells, rows, todo, skipped, model, tokenizer, 
   if todo:
     if model is None or tokenizer is None:
       t0 = time.perf_counter()
-      model, tokenizer = load_model_and_tokenizer(cfg["model"], mesh=cfg.get("mesh", ""))
+      model, tokenizer = load_model_and_tokenizer(cfg["model"], mesh=cfg.get("mesh", ""), tokenizer=tokenizer)
       log(f"loaded model {cfg['model'].get('name', '')!r} in {time.perf_counter() - t0:.1f}s")
     wd.add_run(provenance(str(np.dtype(model.dtype)) if hasattr(model, "dtype") else None))
     batches = run_rows(model, tokenizer, cfg, prompts, todo, results, progress=progress, log=log, max_batches=max_batches)
