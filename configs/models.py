@@ -2,7 +2,7 @@
 
 Fields: ``name``; ``checkpoint`` ("demo", a local HF dir, a .gguf file or a hub id; empty = a
 random model); ``tokenizer`` (empty = the checkpoint's own); ``dtype`` ("float32" | "bfloat16");
-``quantize`` ("none" | "int8", see smollm3_jax.quantize); ``random`` (preset, num_layers, seed: only
+``quantize`` ("none" | "int8", see smollm3_jax.nn.quantize); ``random`` (preset, num_layers, seed: only
 used when ``checkpoint`` is empty).
 """
 

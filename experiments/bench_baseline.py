@@ -24,7 +24,7 @@ def _child(batch: int = 16, new_tokens: int = 64, repeats: int = 3) -> dict:
   import inspect
 
   import smollm3_jax
-  from smollm3_jax.checkpoints.spec import load_model_and_tokenizer
+  from smollm3_jax.loading import load_model_and_tokenizer
 
   model, tok = load_model_and_tokenizer({"checkpoint": "demo"})
   text = tok.apply_chat_template([{"role": "user", "content": "Tell me a story about a dragon."}],

@@ -21,8 +21,8 @@ def _sweep_requests(tokenizer, n_prompts: int, budget: int, seed: int):
   """The rows of a 2-cell sweep (thinking off/on, T=0.6, top_p=0.95) over the first ``n_prompts``
   prompts of the bundled set, as pool requests in the sweep runner's queue order (refill on and off
   get the same order)."""
-  from smollm3_jax.api import render_prompts
-  from smollm3_jax.engine import Request
+  from smollm3_jax.generation.api import render_prompts
+  from smollm3_jax.generation.engine import Request
   from smollm3_jax.sweep import plan
 
   from smollm3_jax.sweep.execute import queue_order
@@ -46,7 +46,7 @@ def bench_refill(model, tokenizer, *, slots: int = 16, n_prompts: int = 24, budg
   this shared machine during one run does not decide the ratio."""
   import dataclasses
 
-  from smollm3_jax.engine import get_engine
+  from smollm3_jax.generation.engine import get_engine
 
   engine = get_engine(model, tokenizer)
   base = _sweep_requests(tokenizer, n_prompts, budget, seed)
@@ -97,7 +97,7 @@ def bench_server(model, tokenizer, *, clients: int = 8, max_tokens: int = 64, se
 
   import httpx
 
-  from smollm3_jax import server
+  from smollm3_jax.serving import server
 
   app = server.create_app(model, tokenizer, temperature=0.0, max_tokens=max_tokens, slots=clients,
                           context_length=1024, seed=seed, date="2025-06-15")

@@ -36,7 +36,7 @@ flags.DEFINE_string("preset", "smollm2_135m", "Config preset for --checkpoint=ra
 flags.DEFINE_integer("num_layers", 0, "Override the preset's layer count (random weights only; 0 = preset's).")
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Parameter and activation dtype (both sides).")
 flags.DEFINE_enum("quantize", "none", ["none", "int8"], "Ours only: 'int8' quantizes our weights after "
-                  "loading (smollm3_jax.quantize); transformers keeps --dtype weights.")
+                  "loading (smollm3_jax.nn.quantize); transformers keeps --dtype weights.")
 flags.DEFINE_string("quality_text", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                                  "data", "eval", "quality.txt"),
                     "With --quantize: a text scored teacher-forced by the model before and after quantizing "
@@ -72,7 +72,7 @@ flags.DEFINE_integer("repeats", 3, "Timed repetitions per row (best is reported;
 flags.DEFINE_float("bandwidth_gbps", 0.0, "Device memory bandwidth for the roofline; 0 = measure it.")
 flags.DEFINE_integer("seed", 0, "Seed of random weights and synthetic prompts.")
 flags.DEFINE_integer("torch_threads", 0, "torch.set_num_threads for transformers (0 = torch's default).")
-flags.DEFINE_bool("compilation_cache", True, "Use the persistent compilation cache (smollm3_jax.runtime).")
+flags.DEFINE_bool("compilation_cache", True, "Use the persistent compilation cache (smollm3_jax.utils.runtime).")
 flags.DEFINE_string("cache_dir", None, "Compilation cache directory (default: runtime.default_cache_dir()).")
 flags.DEFINE_bool("startup", False, "Measure fresh-process start-up instead: time to first token and to the "
                   "end of the first generation, without / with a cold / with a warm compilation cache.")
@@ -100,8 +100,8 @@ SWEEP_THINKING = (False, True)
 # --------------------------------------------------------------------------------------------
 def load_ours(checkpoint: str, preset: str, dtype, seed: int, num_layers: int = 0, mesh: str = ""):
   """(model, tokenizer or None, description); the weights are placed on ``mesh`` as they load."""
-  from smollm3_jax import config as config_lib
-  from smollm3_jax.checkpoints.spec import load_model_and_tokenizer
+  from smollm3_jax.nn import config as config_lib
+  from smollm3_jax.loading import load_model_and_tokenizer
 
   if checkpoint == "random":
     if preset not in config_lib.PRESETS:
@@ -145,10 +145,10 @@ def hf_model_from(model, dtype_name: str):
 
 def quality_scorer(model, tokenizer, path: str, max_tokens: int = 1024):
   """Scores ``path``'s text with the model as it is now; returns a function that scores it again
-  (after quantizing) and compares the two (smollm3_jax.quantize.compare_logits). None without a
+  (after quantizing) and compares the two (smollm3_jax.nn.quantize.compare_logits). None without a
   tokenizer or text."""
   import numpy as np
-  from smollm3_jax import quantize
+  from smollm3_jax.nn import quantize
   if tokenizer is None or not path:
     return None
   with open(path) as f:
@@ -177,14 +177,14 @@ def chat_prompt_ids(tokenizer, vocab_size: int, n: int, *, thinking: bool = Fals
 # --------------------------------------------------------------------------------------------
 class Ours:
   def __init__(self, model, tokenizer):
-    from smollm3_jax import api
+    from smollm3_jax.generation import api
     self.gen = api
     self.model = model
     self.tokenizer = tokenizer
 
   def run(self, prompt_ids, new_tokens, **settings):
     """GenerationResult of a greedy (unless settings say otherwise) run of exactly new_tokens per row."""
-    from smollm3_jax.generation_defaults import GREEDY  # not the checkpoint's (sampled) defaults
+    from smollm3_jax.generation.defaults import GREEDY  # not the checkpoint's (sampled) defaults
     return self.gen.generate(self.model, self.tokenizer, prompt_ids, max_new_tokens=new_tokens,
                              stop_ids=[], **{**GREEDY, **settings})
 
@@ -360,7 +360,7 @@ def bench_budget(model, tokenizer, budgets, repeats, seed, batch=8, steps=48):
   """Decode tokens/s at allocated caches ``budgets`` for the same prompt and steps, with the read
   window (this engine) and with the whole cache read every step; greedy tokens must agree."""
   import smollm3_jax
-  from smollm3_jax.engine import Engine
+  from smollm3_jax.generation.engine import Engine
 
   cfg = model.config
   ids = chat_prompt_ids(tokenizer, cfg.vocab_size, 1, seed=seed) * batch
@@ -405,8 +405,8 @@ def bench_accelerator(model, tokenizer, batches, budgets, steps, repeats, bandwi
   import numpy as np
 
   import smollm3_jax
-  from smollm3_jax.engine import Engine
-  from smollm3_jax.generation_defaults import GREEDY
+  from smollm3_jax.generation.engine import Engine
+  from smollm3_jax.generation.defaults import GREEDY
 
   cfg = model.config
   itemsize = np.dtype(model.dtype).itemsize
@@ -512,7 +512,7 @@ def targets_text(rows, quantize: str = "none", dtype: str = "float32") -> str:
 def startup_child():
   """One fresh-process run: load, stream the first prompt; prints a JSON line of timings."""
   import jax
-  from smollm3_jax import runtime
+  from smollm3_jax.utils import runtime
   t_import = time.time() - _T_START
   if FLAGS.compilation_cache:
     runtime.enable_compilation_cache(FLAGS.cache_dir)
@@ -605,7 +605,7 @@ def main(argv):
     return startup_child()
 
   import jax
-  from smollm3_jax import runtime
+  from smollm3_jax.utils import runtime
 
   report = dict(checkpoint=FLAGS.checkpoint, dtype=FLAGS.dtype, quantize=FLAGS.quantize,
                 device=str(jax.devices()[0]), backend=jax.default_backend(), argv=sys.argv[1:])
@@ -637,7 +637,7 @@ def main(argv):
     theirs = Theirs(hf_model_from(model, FLAGS.dtype), model.config.pad_token_id or 0)
     report["torch_threads"] = torch.get_num_threads()
   if FLAGS.quantize != "none":  # after transformers copied the unquantized weights
-    from smollm3_jax import quantize
+    from smollm3_jax.nn import quantize
     score = quality_scorer(model, tokenizer, FLAGS.quality_text)
     t0 = time.time()
     quantize.apply(model, FLAGS.quantize)
@@ -684,7 +684,7 @@ def main(argv):
 
 def _write(report):
   if FLAGS.output_json:
-    from smollm3_jax.files import atomic_write
+    from smollm3_jax.utils.files import atomic_write
     atomic_write(FLAGS.output_json, json.dumps(report, indent=2, default=str))
     print(f"wrote {FLAGS.output_json}")
 

@@ -5,7 +5,7 @@
 
 Commands: /think, /no_think, /reset, /stats, /help, /quit. Ctrl-C stops the current answer.
 Sampling flags left unset take the checkpoint's defaults (its generation_config.json, else the table in
-smollm3_jax/generation_defaults.py); thinking starts on, as the chat template defaults it.
+smollm3_jax/generation/defaults.py); thinking starts on, as the chat template defaults it.
 ``--checkpoint=tiny`` is a random-weight tiny model (instant start, gibberish answers) for smoke tests.
 """
 
@@ -19,7 +19,9 @@ import threading
 from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from smollm3_jax import chat, cli, generation_defaults  # noqa: E402
+from smollm3_jax import cli  # noqa: E402
+from smollm3_jax.serving import chat
+from smollm3_jax.generation import defaults as generation_defaults
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("checkpoint", "demo", "'demo', a local HF dir, a .gguf file, a hub id, or 'tiny' (random).")

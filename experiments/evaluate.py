@@ -5,10 +5,10 @@
       --gen_kwargs=max_gen_toks=4096 --workdir=out/gsm8k_3b
 
 Each cell of the grid (every combination of the --grid axes) runs ``lm_eval.simple_evaluate`` with
-the ``smollm3_jax`` model (smollm3_jax/lm_eval_model.py) and writes lm-eval's results JSON and
+the ``smollm3_jax`` model (smollm3_jax/evaluation/lm_eval_model.py) and writes lm-eval's results JSON and
 per-sample logs under ``<workdir>/cells/<cell>/``; ``<workdir>/summary.csv`` has one row per cell.
 Running the same command again skips finished cells (a killed run resumes). See
-smollm3_jax/evaluation.py for the workdir's files.
+smollm3_jax/evaluation/grid.py for the workdir's files.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ flags.mark_flags_as_required(["tasks", "workdir"])
 
 
 def _check_grid(specs) -> bool:
-  from smollm3_jax import evaluation
+  from smollm3_jax.evaluation import grid as evaluation
   try:
     evaluation.parse_grid(specs)
   except ValueError as e:
@@ -65,7 +65,7 @@ def _check_grid(specs) -> bool:
 def _check_gen_kwargs(value) -> bool:
   from lm_eval.utils import simple_parse_args_string
 
-  from smollm3_jax import evaluation
+  from smollm3_jax.evaluation import grid as evaluation
   try:
     given = simple_parse_args_string(value)
   except Exception:  # noqa: BLE001  (lm-eval's parser raises plain errors on malformed strings)
@@ -94,9 +94,9 @@ def main(argv):
   from lm_eval.tasks import TaskManager
   from lm_eval.utils import simple_parse_args_string
 
-  from smollm3_jax import evaluation
-  from smollm3_jax.checkpoints.spec import load_model_and_tokenizer
-  from smollm3_jax.lm_eval_model import SmolLM3JaxLM
+  from smollm3_jax.evaluation import grid as evaluation
+  from smollm3_jax.loading import load_model_and_tokenizer
+  from smollm3_jax.evaluation.lm_eval_model import SmolLM3JaxLM
 
   grid = evaluation.parse_grid(FLAGS.grid)
   gen_kwargs = simple_parse_args_string(FLAGS.gen_kwargs)

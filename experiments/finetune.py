@@ -33,8 +33,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from smollm3_jax import finetune
-  from smollm3_jax.files import LockedError
+  from smollm3_jax.training import finetune
+  from smollm3_jax.utils.files import LockedError
 
   logging.set_verbosity(logging.WARNING)  # Orbax logs every checkpoint step at INFO
 

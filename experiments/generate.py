@@ -49,7 +49,7 @@ def _nonblank_prompts(prompts) -> bool:
 
 
 def _output_problem(path) -> str | None:
-  from smollm3_jax.files import check_writable_file
+  from smollm3_jax.utils.files import check_writable_file
   if path is not None:
     try:
       check_writable_file(path, "--output_json")
@@ -76,7 +76,7 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
 
   import smollm3_jax
-  from smollm3_jax import distributed
+  from smollm3_jax.utils import distributed
 
   # Over several processes every one generates (its devices' share of each batch); process 0 prints
   # and writes, and its checks and chat date hold for all (a host in another time zone or a start
@@ -85,7 +85,7 @@ def main(argv):
   say = print if leader else (lambda *args, **kwargs: None)
   date = FLAGS.date
   if distributed.process_count() > 1:
-    from smollm3_jax.chat_format import resolve_date
+    from smollm3_jax.text.chat_format import resolve_date
 
     problem, date = distributed.broadcast((_output_problem(FLAGS.output_json) if leader else None,
                                            resolve_date(date)))
@@ -111,7 +111,7 @@ def main(argv):
     raise app.UsageError("--stop and --newline_limit end sampled or greedy rows, not beam hypotheses")
   kwargs.update(beams)
 
-  from smollm3_jax import sharding
+  from smollm3_jax.nn import sharding
 
   tokenizer = smollm3_jax.Tokenizer.from_pretrained(FLAGS.checkpoint)
   model = smollm3_jax.from_pretrained(FLAGS.checkpoint, mesh=sharding.mesh_from_flag(FLAGS.mesh),
@@ -152,7 +152,7 @@ def main(argv):
                           stop_reason=c.stop_reason, score=c.score, logprobs=_logprobs_json(c))
                      for p, c in zip(FLAGS.prompt, completions)],
         stats=stats.as_dict())
-    from smollm3_jax.files import atomic_write
+    from smollm3_jax.utils.files import atomic_write
     atomic_write(FLAGS.output_json, json.dumps(out, indent=2, ensure_ascii=False))
     say(f"wrote {FLAGS.output_json}")
 
@@ -160,7 +160,7 @@ def main(argv):
 def _effective_settings(tokenizer, kwargs) -> str:
   """What the run decodes with: each setting given, and each left unset with the checkpoint's default
   it takes (marked "default"), e.g. the demo's repetition_penalty 1.1 at temperature 0."""
-  from smollm3_jax import generation_defaults
+  from smollm3_jax.generation import defaults as generation_defaults
 
   defaults = generation_defaults.for_tokenizer(tokenizer)
   unset = {k for k in generation_defaults.FIELDS + ("thinking",) if kwargs.get(k) is None}

@@ -72,7 +72,7 @@ def read_requests(path: str, rolling: bool) -> list[dict]:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from smollm3_jax.files import atomic_write, check_writable_file
+  from smollm3_jax.utils.files import atomic_write, check_writable_file
 
   try:
     rows = read_requests(FLAGS.input, FLAGS.rolling)
@@ -81,7 +81,7 @@ def main(argv):
     raise app.UsageError(str(e)) from None
 
   import smollm3_jax
-  from smollm3_jax import sharding
+  from smollm3_jax.nn import sharding
   from smollm3_jax.checkpoints.mapping import dtype_from_name
 
   dtype = None if FLAGS.dtype == "auto" else dtype_from_name(FLAGS.dtype)

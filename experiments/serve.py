@@ -5,7 +5,7 @@
     -d '{"messages": [{"role": "user", "content": "Hi!"}], "stream": true}'
 
 Sampling flags left unset take the checkpoint's defaults (its generation_config.json, else the table in
-smollm3_jax/generation_defaults.py); they are the defaults of requests that do not set them.
+smollm3_jax/generation/defaults.py); they are the defaults of requests that do not set them.
 ``--checkpoint=tiny`` is a random-weight tiny model (instant start, gibberish answers) for smoke tests.
 """
 
@@ -18,7 +18,9 @@ import sys
 from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from smollm3_jax import chat, cli, generation_defaults  # noqa: E402
+from smollm3_jax import cli  # noqa: E402
+from smollm3_jax.serving import chat
+from smollm3_jax.generation import defaults as generation_defaults
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("checkpoint", "demo", "'demo', a local HF dir, a .gguf file, a hub id, or 'tiny' (random).")
@@ -68,7 +70,7 @@ def main(argv):
   del argv
   import uvicorn
 
-  from smollm3_jax import server
+  from smollm3_jax.serving import server
 
   sampling_kwargs = cli.sampling_flag_values()  # validated when the flags were parsed
   api_key = FLAGS.api_key or os.environ.get("SMOLLM3_JAX_API_KEY") or None

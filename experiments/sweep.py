@@ -41,7 +41,7 @@ def main(argv):
     sweep.validate_config(sweep.to_plain(_CONFIG.value))
   except ValueError as e:
     raise app.UsageError(f"--config: {e}") from None
-  from smollm3_jax import distributed
+  from smollm3_jax.utils import distributed
 
   try:
     outcome = sweep.run_sweep(_CONFIG.value, _WORKDIR.value)

@@ -259,7 +259,7 @@ else:
           "chip; the rest of the chips go on the data axis. Anything that does not divide is replicated."),
       new_code_cell('''\
 import smollm3_jax
-from smollm3_jax import sharding
+from smollm3_jax.nn import sharding
 
 if ON_ACCELERATOR:
   CHECKPOINT = os.environ.get("SMOLLM3_CHECKPOINT", "HuggingFaceTB/SmolLM3-3B")

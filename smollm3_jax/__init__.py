@@ -5,16 +5,16 @@
     result = smollm3_jax.generate(model, tok, ["Hello!"], temperature=0.6, top_p=0.95)
 """
 
-from smollm3_jax import sampling
-from smollm3_jax.config import SmolLM3Config
-from smollm3_jax.kv_cache import KVCache
-from smollm3_jax.model import SmolLM3
+from smollm3_jax.generation import sampling
+from smollm3_jax.nn.config import SmolLM3Config
+from smollm3_jax.nn.kv_cache import KVCache
+from smollm3_jax.nn.model import SmolLM3
 
-from smollm3_jax.api import Completion, GenerationResult, GenerationStats, Stream, generate, stream  # noqa: E402
-from smollm3_jax.engine import Engine  # noqa: E402
-from smollm3_jax.scoring import RollingScore, Score, score, score_rolling  # noqa: E402
-from smollm3_jax.thinking import split_thinking  # noqa: E402
-from smollm3_jax.tokenizer import Tokenizer  # noqa: E402
+from smollm3_jax.generation.api import Completion, GenerationResult, GenerationStats, Stream, generate, stream  # noqa: E402
+from smollm3_jax.generation.engine import Engine  # noqa: E402
+from smollm3_jax.evaluation.scoring import RollingScore, Score, score, score_rolling  # noqa: E402
+from smollm3_jax.text.thinking import split_thinking  # noqa: E402
+from smollm3_jax.text.tokenizer import Tokenizer  # noqa: E402
 from smollm3_jax.checkpoints import from_pretrained, load_config  # noqa: E402
 
 __all__ = [

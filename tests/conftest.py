@@ -37,7 +37,7 @@ def _pinned_chat_date():
   """Pins the chat templates' date for the whole session, subprocesses included (environment)."""
   import os
 
-  from smollm3_jax.chat_format import DATE_ENV
+  from smollm3_jax.text.chat_format import DATE_ENV
   old = os.environ.get(DATE_ENV)
   os.environ[DATE_ENV] = PINNED_CHAT_DATE
   yield PINNED_CHAT_DATE
@@ -73,7 +73,7 @@ def clock(monkeypatch):
   import datetime
   import types
 
-  from smollm3_jax import chat_format
+  from smollm3_jax.text import chat_format
   monkeypatch.delenv(chat_format.DATE_ENV, raising=False)
 
   def set_day(day: str):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import smollm3_jax
-from smollm3_jax.beam import beam_search
+from smollm3_jax.generation.beam import beam_search
 
 NEW = 20
 BEAMS = 4
@@ -126,7 +126,7 @@ def test_beam_search_with_processors_equals_transformers(tiny):
   stop = ref.config.eos_token_id
   prompts = _prompts()
   names = sorted({k for r in PROCESSOR_ROWS for k in r})
-  from smollm3_jax.sampling import SETTINGS
+  from smollm3_jax.generation.sampling import SETTINGS
   kwargs = {k: [r.get(k, SETTINGS[k].off) for r in PROCESSOR_ROWS] for k in names}
   res = beam_search(model, None, prompts, num_beams=BEAMS, max_new_tokens=NEW, stop_ids=stop,
                     num_return_sequences=BEAMS, **kwargs)
@@ -192,9 +192,9 @@ def test_generate_with_num_beams_runs_beam_search():
   from flax import nnx
 
   import smollm3_jax
-  from smollm3_jax import config as C
-  from smollm3_jax.beam import beam_search
-  from smollm3_jax.model import SmolLM3
+  from smollm3_jax.nn import config as C
+  from smollm3_jax.generation.beam import beam_search
+  from smollm3_jax.nn.model import SmolLM3
 
   model = SmolLM3(C.tiny(num_layers=2), rngs=nnx.Rngs(5))
   prompts = [[5, 9, 14, 3], [7, 7, 21]]

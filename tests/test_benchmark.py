@@ -1,4 +1,4 @@
-"""Smoke tests of experiments/benchmark.py and smollm3_jax.runtime (no timing assertions)."""
+"""Smoke tests of experiments/benchmark.py and smollm3_jax.utils.runtime (no timing assertions)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import sys
 import jax
 import pytest
 
-from smollm3_jax import runtime
+from smollm3_jax.utils import runtime
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "experiments", "benchmark.py")

@@ -21,7 +21,8 @@ import httpx
 import pytest
 from _helpers import SlowTokenizer
 
-from smollm3_jax import chat, server
+from smollm3_jax.serving import chat
+from smollm3_jax.serving import server
 
 MAX_TOKENS = 24
 ARTIFACTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "artifacts")

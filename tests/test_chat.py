@@ -12,7 +12,7 @@ import sys
 import pytest
 
 import smollm3_jax
-from smollm3_jax import chat
+from smollm3_jax.serving import chat
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEMPLATE_PATH = os.path.join(ROOT, "tests", "data", "smollm3_chat_template.jinja")
@@ -50,7 +50,7 @@ def test_history_is_trimmed_from_the_oldest_turn(model_and_tokenizer):
 def test_after_warmup_later_turns_compile_nothing(model_and_tokenizer):
   """Every turn runs in one pool of the session's context (a fixed program set the warm-up compiles):
   the growing history moves to longer prompts and larger read windows without a compile."""
-  from smollm3_jax.engine import COMPILE_COUNTS
+  from smollm3_jax.generation.engine import COMPILE_COUNTS
 
   model, tok = model_and_tokenizer
   session = chat.ChatSession(model, tok, context_length=512, max_new_tokens=24, temperature=0.0)
@@ -169,7 +169,7 @@ def test_terminal_chat_in_a_pseudo_terminal(tmp_path):
 def test_the_pinned_date_reaches_the_template(model_and_tokenizer):
   """ChatSession(date=...) and create_app(date=...) render the day given, not today (the suite pins
   today to another day through the environment)."""
-  from smollm3_jax import server
+  from smollm3_jax.serving import server
 
   model, tok = model_and_tokenizer
   tok = copy.copy(tok)

@@ -17,7 +17,7 @@ from flax import nnx
 from gguf import GGMLQuantizationType as QT
 
 from smollm3_jax.checkpoints import from_pretrained, load_config
-from smollm3_jax.kv_cache import KVCache
+from smollm3_jax.nn.kv_cache import KVCache
 
 TOKENS = np.random.RandomState(0).randint(3, 512, size=(3, 24))
 
@@ -99,7 +99,7 @@ def test_bf16_rmsnorm_equals_transformers_bf16():
   differ; a variance taken in bf16 changes 12 % of them (by one bf16 step)."""
   from transformers.models.smollm3.modeling_smollm3 import SmolLM3RMSNorm
 
-  from smollm3_jax.model import RMSNorm
+  from smollm3_jax.nn.model import RMSNorm
   rng = np.random.default_rng(0)
   d = 2048
   x = (rng.standard_normal((64, d)) * 3 + rng.standard_normal((64, 1))).astype(np.float32)
@@ -123,7 +123,7 @@ def test_bf16_attention_equals_transformers_bf16():
 
   from transformers.models.smollm3.modeling_smollm3 import eager_attention_forward
 
-  from smollm3_jax.model import attend
+  from smollm3_jax.nn.model import attend
   rng = np.random.default_rng(0)
   b, t, h, kvh, d = 2, 96, 8, 2, 64
   q = (rng.standard_normal((b, t, h, d)) * 2).astype(np.float32)

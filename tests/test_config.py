@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from smollm3_jax.config import RopeScaling, SmolLM3Config, smollm3_3b
+from smollm3_jax.nn.config import RopeScaling, SmolLM3Config, smollm3_3b
 
 # HuggingFaceTB/SmolLM3-3B config.json as published (rope_theta / rope_scaling at the top level).
 PUBLISHED_3B = {

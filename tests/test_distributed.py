@@ -20,7 +20,7 @@ import time
 
 import pytest
 
-from smollm3_jax import distributed
+from smollm3_jax.utils import distributed
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -29,7 +29,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # until the test has killed a process (a kill at a point the test chose, on any machine speed).
 _WRAPPER = """
 import json, os, runpy, sys, time
-from smollm3_jax.engine import COMPILE_COUNTS
+from smollm3_jax.generation.engine import COMPILE_COUNTS
 from smollm3_jax.sweep import store
 marker = os.environ.get("SWEEP_TEST_MARKER")
 if marker:
@@ -188,8 +188,8 @@ def _generate_child() -> None:
   from flax import nnx
 
   import smollm3_jax
-  from smollm3_jax import config as C
-  from smollm3_jax.model import SmolLM3
+  from smollm3_jax.nn import config as C
+  from smollm3_jax.nn.model import SmolLM3
 
   model = SmolLM3(C.tiny(num_layers=2), rngs=nnx.Rngs(0))
   rng = np.random.default_rng(0)

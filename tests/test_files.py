@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import stat
 
-from smollm3_jax import files
+from smollm3_jax.utils import files
 
 
 def test_atomic_write_gives_new_files_the_umask_mode_and_keeps_an_old_files_mode(tmp_path):

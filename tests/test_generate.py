@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import smollm3_jax
-from smollm3_jax.engine import COMPILE_COUNTS, Engine
+from smollm3_jax.generation.engine import COMPILE_COUNTS, Engine
 
 NEW = 32
 
@@ -321,7 +321,7 @@ def test_newline_guard_counts_consecutive_newlines_only(tiny):
 def test_row_seeds_are_distinct_and_reproducible():
   """Per-row seeds from a base seed: distinct across 4096 rows, the same on every call, different
   for another base; explicit per-row seeds pass through unchanged."""
-  from smollm3_jax.api import row_seeds
+  from smollm3_jax.generation.api import row_seeds
 
   a = row_seeds(11, 4096)
   assert a.dtype == np.uint32 and len(set(a.tolist())) == 4096

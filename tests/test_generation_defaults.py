@@ -12,8 +12,10 @@ import warnings
 import pytest
 
 import smollm3_jax
-from smollm3_jax import chat, generation_defaults, server
-from smollm3_jax.chat_template import render_chat_template
+from smollm3_jax.serving import chat
+from smollm3_jax.generation import defaults as generation_defaults
+from smollm3_jax.serving import server
+from smollm3_jax.text.chat_template import render_chat_template
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEMPLATE_PATH = os.path.join(ROOT, "tests", "data", "smollm3_chat_template.jinja")

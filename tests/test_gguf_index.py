@@ -16,11 +16,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from smollm3_jax import Tokenizer, from_pretrained, runtime
-from smollm3_jax.checkpoints import gguf_tokenizer
+from smollm3_jax import Tokenizer, from_pretrained
+from smollm3_jax.utils import runtime
+from smollm3_jax.text import gguf_tokenizer
 from smollm3_jax.checkpoints import gguf as g
 from smollm3_jax.checkpoints.demo import demo_gguf_path
-from smollm3_jax.model import SmolLM3, abstract_model
+from smollm3_jax.nn.model import SmolLM3, abstract_model
 
 _PARSE = g._parse  # unpatched (the fixture counts calls of the module's one)
 TEXTS = ["Hello world, how are you?", "The capital of France is Paris. 12345 + 678 = ?",

@@ -12,8 +12,8 @@ from _helpers import ROOT
 
 
 @pytest.mark.parametrize("module, blocked, extra", [
-    ("smollm3_jax.server", "starlette", "serve"),
-    ("smollm3_jax.lm_eval_model", "lm_eval", "eval"),
+    ("smollm3_jax.serving.server", "starlette", "serve"),
+    ("smollm3_jax.evaluation.lm_eval_model", "lm_eval", "eval"),
 ])
 def test_a_missing_extra_is_named_with_its_install_command(module, blocked, extra):
   code = f"import sys; sys.modules[{blocked!r}] = None; import {module}"

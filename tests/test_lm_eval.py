@@ -1,4 +1,4 @@
-"""The lm-eval model (smollm3_jax.lm_eval_model) against lm-eval's own `hf` backend, offline.
+"""The lm-eval model (smollm3_jax.evaluation.lm_eval_model) against lm-eval's own `hf` backend, offline.
 
 The tasks are YAML files over JSONL files in tests/data/lm_eval (their `custom_dataset` reads the
 files from disk): a multiple-choice task (loglikelihood), a generate_until task and a perplexity task
@@ -45,7 +45,7 @@ def _evaluate(lm, task_manager, tasks=TASKS, **kwargs):
 
 @pytest.fixture(scope="module")
 def ours(demo_model, demo_tokenizer, task_manager):
-  from smollm3_jax.lm_eval_model import SmolLM3JaxLM
+  from smollm3_jax.evaluation.lm_eval_model import SmolLM3JaxLM
   # Two rows per program everywhere in this module (here, in `lm` and in the grid test): the three
   # tasks' requests share one scoring shape (2 rows x 16 tokens) and one generation pool (2 slots),
   # so the module compiles each once.
@@ -72,7 +72,7 @@ def theirs(demo_hf_model, hf_tokenizer, task_manager):
 def test_registered_with_lm_eval():
   from lm_eval.api.registry import get_model
 
-  from smollm3_jax.lm_eval_model import SmolLM3JaxLM
+  from smollm3_jax.evaluation.lm_eval_model import SmolLM3JaxLM
   assert get_model("smollm3_jax") is SmolLM3JaxLM
 
 
@@ -128,7 +128,7 @@ def test_generate_until_greedy_equals_hf(ours, theirs):
 # --------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def lm(demo_model, demo_tokenizer):
-  from smollm3_jax.lm_eval_model import SmolLM3JaxLM
+  from smollm3_jax.evaluation.lm_eval_model import SmolLM3JaxLM
   return SmolLM3JaxLM(model=demo_model, tokenizer=demo_tokenizer, batch_size=2, progress=False, seed=7)
 
 
@@ -174,7 +174,7 @@ def test_bad_gen_kwargs_are_refused(lm, gen_kwargs, message):
 def test_sampled_rows_do_not_depend_on_their_batch(lm, demo_model, demo_tokenizer):
   from lm_eval.api.instance import Instance
 
-  from smollm3_jax.lm_eval_model import SmolLM3JaxLM
+  from smollm3_jax.evaluation.lm_eval_model import SmolLM3JaxLM
   # The arithmetic task's shapes (2 slots, 12 new tokens): no new compile; 3-4 rows through 2 slots.
   kwargs = {"temperature": 1.0, "max_gen_toks": 12, "until": []}
   contexts = ["Once upon a time", "The weather today", "Once upon a time", "My favourite food"]
@@ -194,7 +194,7 @@ def test_chat_template_matches_transformers(smollm3_template_tokenizer, demo_mod
                                            pinned_transformers_clock):
   import copy
 
-  from smollm3_jax.lm_eval_model import SmolLM3JaxLM
+  from smollm3_jax.evaluation.lm_eval_model import SmolLM3JaxLM
   hf = copy.deepcopy(hf_tokenizer)
   hf.chat_template = smollm3_template_tokenizer.chat_template
   chat = [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "What is 2 + 2?"}]
@@ -212,7 +212,7 @@ def test_chat_template_matches_transformers(smollm3_template_tokenizer, demo_mod
 
 
 def test_thinking_is_stripped_before_until(lm, demo_model, smollm3_template_tokenizer):
-  from smollm3_jax.lm_eval_model import SmolLM3JaxLM
+  from smollm3_jax.evaluation.lm_eval_model import SmolLM3JaxLM
   tok = smollm3_template_tokenizer
   thinking = SmolLM3JaxLM(model=demo_model, tokenizer=tok, enable_thinking=True, progress=False)
   ids = tok.encode("<think>\nQ: let me think. 4\n</think>\n\nThe answer is 4.\nQ: next") + [tok.eos_token_id]
@@ -222,14 +222,14 @@ def test_thinking_is_stripped_before_until(lm, demo_model, smollm3_template_toke
 
 
 # --------------------------------------------------------------------------------------------
-# A grid of gen_kwargs (smollm3_jax.evaluation, what experiments/evaluate.py runs)
+# A grid of gen_kwargs (smollm3_jax.evaluation.grid, what experiments/evaluate.py runs)
 # --------------------------------------------------------------------------------------------
 def test_grid_resumes_a_killed_run(tmp_path, demo_model, demo_tokenizer, task_manager, ours):
   import csv
   import json
 
-  from smollm3_jax import evaluation
-  from smollm3_jax.lm_eval_model import SmolLM3JaxLM
+  from smollm3_jax.evaluation import grid as evaluation
+  from smollm3_jax.evaluation.lm_eval_model import SmolLM3JaxLM
   made = []
 
   def make_lm(cell):
@@ -283,8 +283,8 @@ def test_grid_of_two_axes_resumes_in_either_axis_order(tmp_path, demo_model, dem
   same cells, none run twice, no folder of another name."""
   import json
 
-  from smollm3_jax import evaluation
-  from smollm3_jax.lm_eval_model import SmolLM3JaxLM
+  from smollm3_jax.evaluation import grid as evaluation
+  from smollm3_jax.evaluation.lm_eval_model import SmolLM3JaxLM
   made = []
 
   def make_lm(cell):
@@ -338,7 +338,7 @@ def test_grid_of_two_axes_resumes_in_either_axis_order(tmp_path, demo_model, dem
     (["temperature=0.1,0.1"], "repeated value"),
 ])
 def test_bad_grid_specs(spec, message):
-  from smollm3_jax import evaluation
+  from smollm3_jax.evaluation import grid as evaluation
   with pytest.raises(ValueError, match=message):
     evaluation.parse_grid(spec)
 
@@ -361,7 +361,7 @@ def test_evaluate_script_refuses_bad_flags_before_loading(tmp_path):
 # touches a marker file and waits to be killed (the kill lands where the test chose, on any machine).
 _STOP_AFTER_FIRST_CELL = """
 import os, runpy, sys, time
-from smollm3_jax import evaluation
+from smollm3_jax.evaluation import grid as evaluation
 _write_summary = evaluation.write_summary
 def write_summary(workdir, grid):
   path = _write_summary(workdir, grid)
@@ -414,7 +414,7 @@ def test_evaluate_script_resumes_a_killed_grid(tmp_path):
 def test_long_requests_lose_tokens_on_the_left_as_hf(demo_model, demo_tokenizer, demo_hf_model):
   import torch
 
-  from smollm3_jax.lm_eval_model import SmolLM3JaxLM
+  from smollm3_jax.evaluation.lm_eval_model import SmolLM3JaxLM
   small = SmolLM3JaxLM(model=demo_model, tokenizer=demo_tokenizer, batch_size=2, max_length=12, progress=False)
   ctx = demo_tokenizer.encode("One two three four five six seven eight nine ten eleven twelve thirteen")
   cont = demo_tokenizer.encode(" fourteen fifteen")

@@ -40,7 +40,7 @@ def _processors(row) -> LogitsProcessorList:
 
 
 def _check_against_transformers(model, hf, prompts, new_tokens=8, processed_tol=1e-4):
-  settings = {k: [r.get(k, smollm3_jax.sampling.SETTINGS[k].off) for r in ROWS]
+  settings = {k: [r.get(k, smollm3_jax.generation.sampling.SETTINGS[k].off) for r in ROWS]
               for k in ("temperature", "top_k", "top_p", "min_p", "repetition_penalty")}
   res = smollm3_jax.generate(model, None, prompts, max_new_tokens=new_tokens, stop_ids=[], logprobs=True,
                              top_logprobs=TOP, seed=[r.get("seed", 0) for r in ROWS], **settings)
@@ -103,7 +103,7 @@ def test_recorded_logprobs_equal_transformers_on_a_tiny_smollm3(hf_checkpoints):
 def test_recorded_logprobs_equal_transformers_on_the_demo(demo_model, demo_tokenizer, demo_hf_model):
   texts = ["What is the capital of France?", "Name three colours.", "Write a haiku.", "Count to five.",
            "Say hello."]
-  _, prompts = smollm3_jax.api.render_prompts(demo_tokenizer, texts)
+  _, prompts = smollm3_jax.generation.api.render_prompts(demo_tokenizer, texts)
   # The demo's raw log-probabilities agree within 1e-4 (checked); the processed ones are compared
   # against transformers' log-softmax of its own logits, two roundings away: 2e-4.
   _check_against_transformers(demo_model, demo_hf_model, prompts, new_tokens=6, processed_tol=2e-4)

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from smollm3_jax import metrics as M
+from smollm3_jax.evaluation import metrics as M
 
 
 def test_words_and_ngrams():

@@ -21,9 +21,9 @@ def tiny_checkpoint(tmp_path_factory):
   from flax import nnx
 
   import smollm3_jax
-  from smollm3_jax import config as C
+  from smollm3_jax.nn import config as C
   from smollm3_jax.checkpoints import orbax as O
-  from smollm3_jax.model import SmolLM3
+  from smollm3_jax.nn.model import SmolLM3
 
   tok = smollm3_jax.Tokenizer.from_pretrained("demo")
   cfg = C.tiny(num_layers=2, vocab_size=tok.vocab_size, eos_token_id=(int(tok.eos_token_id),),

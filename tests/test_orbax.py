@@ -30,10 +30,10 @@ def _child(workdir: str) -> dict:
   from flax import nnx
 
   import smollm3_jax
-  from smollm3_jax import config as C
-  from smollm3_jax import sharding as S
+  from smollm3_jax.nn import config as C
+  from smollm3_jax.nn import sharding as S
   from smollm3_jax.checkpoints import orbax as O
-  from smollm3_jax.model import SmolLM3
+  from smollm3_jax.nn.model import SmolLM3
 
   cfg = C.tiny(num_layers=2, num_key_value_heads=4)
   original = _params(SmolLM3(cfg, rngs=nnx.Rngs(1)))
@@ -74,8 +74,8 @@ def multi(tmp_path_factory):
 def tiny_hf(tmp_path_factory):
   from flax import nnx
 
-  from smollm3_jax import config as C
-  from smollm3_jax.model import SmolLM3
+  from smollm3_jax.nn import config as C
+  from smollm3_jax.nn.model import SmolLM3
 
   path = str(tmp_path_factory.mktemp("tiny_hf"))
   _write_hf_dir(SmolLM3(C.tiny(num_layers=2), rngs=nnx.Rngs(0)), path)
@@ -119,9 +119,9 @@ def test_tokenizer_files_travel_with_the_checkpoint(tmp_path):
   from flax import nnx
 
   import smollm3_jax
-  from smollm3_jax import config as C
+  from smollm3_jax.nn import config as C
   from smollm3_jax.checkpoints import orbax as O
-  from smollm3_jax.model import SmolLM3
+  from smollm3_jax.nn.model import SmolLM3
 
   tok = smollm3_jax.Tokenizer.from_pretrained("demo")
   model = SmolLM3(C.tiny(num_layers=1, vocab_size=tok.vocab_size), rngs=nnx.Rngs(0))
@@ -138,9 +138,9 @@ def test_tokenizer_files_travel_with_the_checkpoint(tmp_path):
 def test_bad_directories_are_refused(tmp_path, tiny_hf):
   from flax import nnx
 
-  from smollm3_jax import config as C
+  from smollm3_jax.nn import config as C
   from smollm3_jax.checkpoints import orbax as O
-  from smollm3_jax.model import SmolLM3
+  from smollm3_jax.nn.model import SmolLM3
 
   (tmp_path / "full").mkdir()
   (tmp_path / "full" / "x.txt").write_text("keep me")

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import smollm3_jax
-from smollm3_jax.engine import COMPILE_COUNTS, Engine
+from smollm3_jax.generation.engine import COMPILE_COUNTS, Engine
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +49,7 @@ def test_chunked_prefill_equals_transformers(tied, capsys):
 
 def test_chunked_prefill_cache_equals_transformers_keys_and_values(tied):
   """Greedy tokens alone are a weak check of positions; the cache after prefill is a strong one."""
-  from smollm3_jax.engine import Request
+  from smollm3_jax.generation.engine import Request
 
   ckpt, model = tied
   rng = np.random.default_rng(1)

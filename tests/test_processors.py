@@ -25,7 +25,7 @@ from transformers.generation.logits_process import (
 )
 from transformers.generation.utils import GenerationMixin
 
-from smollm3_jax import sampling as S
+from smollm3_jax.generation import sampling as S
 
 B, V, L = 8, 400, 48
 STOP_IDS = np.array([7, 11, -1, -1], np.int32)  # -1: padding of the fixed-size array

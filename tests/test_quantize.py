@@ -12,8 +12,8 @@ import torch
 from flax import nnx
 
 import smollm3_jax
-from smollm3_jax import quantize as Q
-from smollm3_jax.engine import COMPILE_COUNTS, Engine
+from smollm3_jax.nn import quantize as Q
+from smollm3_jax.generation.engine import COMPILE_COUNTS, Engine
 
 
 def test_quantize_rows_matches_torch_per_channel():

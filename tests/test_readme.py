@@ -8,7 +8,7 @@ import os
 import re
 
 import smollm3_jax
-from smollm3_jax import generation_defaults
+from smollm3_jax.generation import defaults as generation_defaults
 
 README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
 

@@ -18,7 +18,8 @@ if sys.argv[1] == "caller":
   jax.config.update("jax_compilation_cache_dir", os.path.join(os.environ["SMOLLM3_JAX_CACHE_DIR"], "mine"))
 from flax import nnx
 import smollm3_jax
-from smollm3_jax import config as C, runtime
+from smollm3_jax.nn import config as C
+from smollm3_jax.utils import runtime
 model = smollm3_jax.SmolLM3(C.tiny(num_layers=1), rngs=nnx.Rngs(0))
 smollm3_jax.generate(model, None, [[1, 2, 3]], max_new_tokens=2, stop_ids=[])
 print("RESULT " + json.dumps(dict(dir=jax.config.jax_compilation_cache_dir, index=runtime.gguf_index_dir())))

@@ -1,4 +1,4 @@
-"""Tests for smollm3_jax.sampling: exactness to transformers' logits processors,
+"""Tests for smollm3_jax.generation.sampling: exactness to transformers' logits processors,
 sampling statistics, per-row independence, validation and no-retrace under jit."""
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from transformers.generation.logits_process import (
 )
 from transformers.generation.utils import GenerationMixin
 
-from smollm3_jax import sampling as S
+from smollm3_jax.generation import sampling as S
 
 B, V, T = 6, 1000, 40
 _SAMPLE = jax.jit(S.sample_tokens)  # one wrapper: shapes seen before reuse their compile

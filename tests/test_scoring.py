@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import smollm3_jax
-from smollm3_jax import scoring
+from smollm3_jax.evaluation import scoring
 
 
 def _hf_logprobs(hf_model, ids):

@@ -19,7 +19,8 @@ import pytest
 from _helpers import SlowTokenizer
 
 import smollm3_jax
-from smollm3_jax import chat, server
+from smollm3_jax.serving import chat
+from smollm3_jax.serving import server
 
 MAX_TOKENS = 24
 
@@ -187,7 +188,7 @@ def test_logprobs_in_openais_shape(base_url, model_and_tokenizer, stream):
 def test_after_warmup_no_request_compiles(base_url, app):
   """The warm-up compiled the pool's whole program set: prompts of other lengths (other prefill
   chunk counts and read windows) and other max_tokens compile nothing more."""
-  from smollm3_jax.engine import COMPILE_COUNTS
+  from smollm3_jax.generation.engine import COMPILE_COUNTS
 
   before = dict(COMPILE_COUNTS)
   with httpx.Client(base_url=base_url, timeout=120) as client:
@@ -789,7 +790,7 @@ def test_an_api_key_guards_the_api_and_bad_requests_are_logged(model_and_tokeniz
   stay open); refused requests (401, 400) leave a log line each."""
   model, tok = model_and_tokenizer
   app = server.create_app(model, tok, model_name="tiny", temperature=0.0, max_tokens=MAX_TOKENS, api_key="s3cret")
-  caplog.set_level("WARNING", logger="smollm3_jax.server")
+  caplog.set_level("WARNING", logger="smollm3_jax.serving.server")
   with server.BackgroundServer(app) as srv, httpx.Client(base_url=srv.url, timeout=60) as client:
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"},
                     {"Authorization": "Basic s3cret"}):
@@ -802,7 +803,7 @@ def test_an_api_key_guards_the_api_and_bad_requests_are_logged(model_and_tokeniz
     assert client.get("/v1/models", headers=good).json()["data"][0]["id"] == "tiny"
     r = client.post("/v1/chat/completions", headers=good, json=_body(_messages("hi"), temperature=9.0))
     assert r.status_code == 400  # past the key, refused for its settings (nothing generated)
-  refused = [rec.getMessage() for rec in caplog.records if rec.name == "smollm3_jax.server"]
+  refused = [rec.getMessage() for rec in caplog.records if rec.name == "smollm3_jax.serving.server"]
   assert sum("with 401" in m for m in refused) == 8
   assert any("with 400" in m and "temperature" in m for m in refused)
   with pytest.raises(ValueError, match="api_key"):

@@ -47,11 +47,11 @@ def _child(workdir: str) -> dict:
   from flax import nnx
 
   import smollm3_jax
-  from smollm3_jax import config as C
-  from smollm3_jax import quantize
-  from smollm3_jax import sharding as S
-  from smollm3_jax.engine import Engine, Request, get_engine
-  from smollm3_jax.model import SmolLM3
+  from smollm3_jax.nn import config as C
+  from smollm3_jax.nn import quantize
+  from smollm3_jax.nn import sharding as S
+  from smollm3_jax.generation.engine import Engine, Request, get_engine
+  from smollm3_jax.nn.model import SmolLM3
 
   out: dict = {"devices": len(jax.devices())}
   # 8 query heads, 4 kv heads: kv heads split on model=4 but must be replicated on model=8.
@@ -253,7 +253,7 @@ def test_uneven_cases_are_refused_clearly(multi):
 
 
 def test_parse_mesh_forms():
-  from smollm3_jax.sharding import parse_mesh
+  from smollm3_jax.nn.sharding import parse_mesh
 
   assert parse_mesh("data=2,model=4") == (2, 4)
   assert parse_mesh("(data=2, model=4)") == (2, 4)
@@ -269,10 +269,10 @@ def test_single_device_mesh_leaves_generation_untouched():
   import jax
   from flax import nnx
 
-  from smollm3_jax import config as C
-  from smollm3_jax import sharding as S
-  from smollm3_jax.api import generate
-  from smollm3_jax.model import SmolLM3
+  from smollm3_jax.nn import config as C
+  from smollm3_jax.nn import sharding as S
+  from smollm3_jax.generation.api import generate
+  from smollm3_jax.nn.model import SmolLM3
 
   model = SmolLM3(C.tiny(num_layers=2), rngs=nnx.Rngs(0))
   mesh = S.make_mesh()

@@ -10,9 +10,9 @@ import pytest
 from flax import nnx
 
 import smollm3_jax
-from smollm3_jax import config as C
-from smollm3_jax.engine import COMPILE_COUNTS, Engine, Request
-from smollm3_jax.model import SmolLM3
+from smollm3_jax.nn import config as C
+from smollm3_jax.generation.engine import COMPILE_COUNTS, Engine, Request
+from smollm3_jax.nn.model import SmolLM3
 
 # Settings per row: greedy, seeded sampling with filters, penalties, different budgets.
 ROWS = [
@@ -52,7 +52,7 @@ def alone(tiny):
 
 def test_batched_rows_equal_rows_alone(tiny, alone):
   model, prompts = tiny
-  per_row = {k: [r.get(k, smollm3_jax.sampling.SETTINGS[k].off) for r in ROWS]
+  per_row = {k: [r.get(k, smollm3_jax.generation.sampling.SETTINGS[k].off) for r in ROWS]
              for k in ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")}
   res = smollm3_jax.generate(model, None, prompts, stop_ids=[], seed=[r.get("seed", 0) for r in ROWS],
                              max_new_tokens=[r["max_new"] for r in ROWS], **per_row)
@@ -112,7 +112,7 @@ def test_repeated_prompts_share_prefill_and_keep_their_own_seeds(tiny):
   res = smollm3_jax.generate(model, None, [prompts[3]], num_return_sequences=4, temperature=1.0, seed=9,
                              max_new_tokens=6, stop_ids=[])
   assert res.stats.prefilled_prompts == 1 and len(res) == 4
-  seeds = smollm3_jax.api.row_seeds(9, 4)
+  seeds = smollm3_jax.generation.api.row_seeds(9, 4)
   for c, s in zip(res, seeds):
     assert c.settings["seed"] == s
     want = smollm3_jax.generate(model, None, [prompts[3]], temperature=1.0, seed=[int(s)], max_new_tokens=6,
@@ -169,7 +169,7 @@ def test_cancelled_rows_free_their_slot(tiny):
   assert pool.rows[0] is first and 0 < len(first.token_ids) < 40
   pool.cancel(first)
   pool.run()
-  assert first.done and smollm3_jax.decode.STOP_REASONS[first.reason] == "cancelled"
+  assert first.done and smollm3_jax.generation.decode.STOP_REASONS[first.reason] == "cancelled"
   assert len(first.token_ids) < 40 and len(second.token_ids) == 40
   assert second.token_ids == smollm3_jax.generate(model, None, [prompts[1]], max_new_tokens=40, stop_ids=[],
                                                    temperature=0.0)[0].token_ids
@@ -192,7 +192,7 @@ def test_prefill_and_decode_update_the_cache_in_place(tiny):
 
   import jax.numpy as jnp
 
-  from smollm3_jax.decode import decode_jit, prefill_slots_jit
+  from smollm3_jax.generation.decode import decode_jit, prefill_slots_jit
 
   model, _ = tiny
   eng = Engine(model, None)

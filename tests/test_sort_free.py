@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from smollm3_jax import sampling
+from smollm3_jax.generation import sampling
 
 
 def _sorts(hlo: str) -> list[str]:
@@ -44,8 +44,8 @@ def test_decode_program_has_no_vocabulary_sort():
   import smollm3_jax
   from flax import nnx
 
-  from smollm3_jax import config as C
-  from smollm3_jax.engine import Engine
+  from smollm3_jax.nn import config as C
+  from smollm3_jax.generation.engine import Engine
   model = smollm3_jax.SmolLM3(C.tiny(vocab_size=1000), dtype=jnp.float32, rngs=nnx.Rngs(0))
   engine = Engine(model, None)
   smollm3_jax.generate(model, None, [[5, 6, 7]] * 4, engine=engine, max_new_tokens=4, stop_ids=[3],

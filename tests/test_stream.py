@@ -8,7 +8,7 @@ import pytest
 from flax import nnx
 
 import smollm3_jax
-from smollm3_jax import config as C
+from smollm3_jax.nn import config as C
 
 
 
@@ -55,7 +55,7 @@ def test_stream_pieces_concatenate_to_generated_text(model, tok):
 
 
 def test_stream_reuses_compiled_programs(model, tok):
-  from smollm3_jax.engine import COMPILE_COUNTS
+  from smollm3_jax.generation.engine import COMPILE_COUNTS
 
   # (the same prompt: another length may reach another read-window bucket, one more program)
   list(smollm3_jax.stream(model, tok, "again", max_new_tokens=12, chunk_steps=2))

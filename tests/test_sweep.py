@@ -11,10 +11,10 @@ import sys
 
 import pytest
 
-from smollm3_jax import metrics as M
+from smollm3_jax.evaluation import metrics as M
 from smollm3_jax import sweep
-from smollm3_jax.engine import COMPILE_COUNTS
-from smollm3_jax.api import generate
+from smollm3_jax.generation.engine import COMPILE_COUNTS
+from smollm3_jax.generation.api import generate
 
 from _helpers import kill_at_marker, sweep_config, tiny_sweep_config as _tiny_config
 

@@ -10,7 +10,7 @@ import math
 
 import pytest
 
-from smollm3_jax import metrics as M
+from smollm3_jax.evaluation import metrics as M
 from smollm3_jax import sweep
 
 from _helpers import tiny_sweep_config

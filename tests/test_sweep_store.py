@@ -10,7 +10,8 @@ import sys
 
 import pytest
 
-from smollm3_jax import files, sweep
+from smollm3_jax import sweep
+from smollm3_jax.utils import files
 
 from _helpers import ROOT, tiny_sweep_config
 

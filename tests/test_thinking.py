@@ -7,8 +7,8 @@ import random
 
 import pytest
 
-from smollm3_jax import thinking
-from smollm3_jax.thinking import ThinkingSplitter, VisibleText, has_closed_thinking, split_thinking
+from smollm3_jax.text import thinking
+from smollm3_jax.text.thinking import ThinkingSplitter, VisibleText, has_closed_thinking, split_thinking
 
 TEXTS = [
     "plain answer", "  padded answer \n", "<think>\nreasoning here\n</think>\n\nThe answer.",
@@ -88,9 +88,9 @@ def test_chat_session_and_sweep_rows_use_the_same_rule():
   generate's split_thinking(text, inside=...): the same functions, checked here by identity."""
   import sys
 
-  from smollm3_jax import chat
+  from smollm3_jax.serving import chat
   from smollm3_jax.sweep import execute
-  gen_module = sys.modules["smollm3_jax.api"]
+  gen_module = sys.modules["smollm3_jax.generation.api"]
 
   assert chat.ThinkingSplitter is ThinkingSplitter and chat.prompt_opens_thinking is thinking.prompt_opens_thinking
   assert execute.has_closed_thinking is has_closed_thinking

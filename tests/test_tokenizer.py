@@ -8,9 +8,9 @@ import random
 
 import pytest
 
-from smollm3_jax import chat_format
+from smollm3_jax.text import chat_format
 from smollm3_jax.checkpoints import demo
-from smollm3_jax.tokenizer import IncrementalDecoder, Tokenizer
+from smollm3_jax.text.tokenizer import IncrementalDecoder, Tokenizer
 
 if os.environ.get("CI"):  # CI installs the test extra: a missing reference fails instead of skipping
   import transformers

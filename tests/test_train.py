@@ -54,7 +54,8 @@ def _load(path, dtype="float32"):
 def _child(ckpt: str) -> dict:
   import jax
 
-  from smollm3_jax import sharding, train
+  from smollm3_jax.nn import sharding
+  from smollm3_jax.training import train
 
   tokens, mask = _random_batch(0, rows=16, length=32, lengths=(32, 30, 25, 20, 32, 12, 9, 31) * 2)
   # eps = 1 keeps Adam's update smooth in the gradient (see the accumulation test), so that a
@@ -131,7 +132,7 @@ def _torch_loss_and_grads(hf_model, tokens, mask):
 def test_loss_and_gradients_equal_transformers(small, variant):
   import jax
 
-  from smollm3_jax import train
+  from smollm3_jax.training import train
   from smollm3_jax.checkpoints.mapping import hf_to_param
 
   path, hf_model = small[variant]
@@ -181,7 +182,7 @@ def _numpy_unlikelihood(logits, tokens):
 def test_unlikelihood_equals_numpy_formula():
   import jax.numpy as jnp
 
-  from smollm3_jax import train
+  from smollm3_jax.training import train
 
   rng = np.random.default_rng(3)
   vocab = 11
@@ -224,7 +225,7 @@ CHAT = [{"role": "user", "content": "What is 2 + 3?"},
 
 @pytest.mark.parametrize("enable_thinking", [True, False])
 def test_loss_mask_covers_the_assistant_turns(smollm3_template_tokenizer, enable_thinking):
-  from smollm3_jax import train_data
+  from smollm3_jax.training import data as train_data
 
   tok = smollm3_template_tokenizer
   for train_thinking, expected in [
@@ -250,7 +251,7 @@ def test_loss_mask_is_transformers_assistant_mask_less_the_generation_prompt(
   include the turn's header; ours is the same tokens less what the generation prompt already holds."""
   from transformers import PreTrainedTokenizerFast
 
-  from smollm3_jax import train_data
+  from smollm3_jax.training import data as train_data
 
   tok = smollm3_template_tokenizer
   tok.save_pretrained(tmp_path)
@@ -266,7 +267,7 @@ def test_loss_mask_is_transformers_assistant_mask_less_the_generation_prompt(
 
 
 def test_data_errors_name_the_line(tmp_path):
-  from smollm3_jax import train_data
+  from smollm3_jax.training import data as train_data
 
   path = tmp_path / "bad.jsonl"
   good = json.dumps({"messages": CHAT})
@@ -280,7 +281,7 @@ def test_data_errors_name_the_line(tmp_path):
 
 
 def test_batch_order_depends_only_on_seed_and_step():
-  from smollm3_jax import train_data
+  from smollm3_jax.training import data as train_data
 
   a = [train_data.batch_indices(10, 4, 7, s).tolist() for s in range(6)]
   assert a == [train_data.batch_indices(10, 4, 7, s).tolist() for s in range(6)]
@@ -293,7 +294,7 @@ def test_batch_order_depends_only_on_seed_and_step():
 # Optimisation
 # --------------------------------------------------------------------------------------------
 def test_fifty_steps_halve_the_training_loss(small):
-  from smollm3_jax import train
+  from smollm3_jax.training import train
 
   model = _load(small["two"][0])
   tokens, mask = _random_batch(5, rows=4, length=32, lengths=(32, 28, 24, 32))
@@ -318,7 +319,7 @@ def test_accumulation_equals_one_big_batch_and_bf16_keeps_f32_state(small):
   import jax
   import jax.numpy as jnp
 
-  from smollm3_jax import train
+  from smollm3_jax.training import train
 
   path = small["two"][0]
   tokens, mask = _random_batch(6, rows=4, length=16, lengths=(16, 16, 16, 16))
@@ -353,7 +354,8 @@ def test_accumulation_equals_one_big_batch_and_bf16_keeps_f32_state(small):
 
 
 def test_bad_settings_are_refused_before_compiling(small):
-  from smollm3_jax import finetune, train
+  from smollm3_jax.training import finetune
+  from smollm3_jax.training import train
 
   with pytest.raises(ValueError, match="warmup_steps"):
     train.OptimConfig(warmup_steps=20, total_steps=10)
@@ -413,7 +415,7 @@ def chat_checkpoint(tmp_path_factory, make_hf_model):
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, chat_checkpoint):
   """An uninterrupted run of 4 steps, and a run stopped after 3 (checkpoints at 2 and 4) then resumed."""
-  from smollm3_jax import finetune
+  from smollm3_jax.training import finetune
 
   cfg = _finetune_config(chat_checkpoint, unlikelihood_alpha=0.5, accumulation=2)
   whole_dir, killed_dir = (str(tmp_path_factory.mktemp(n)) for n in ("whole", "killed"))
@@ -440,7 +442,7 @@ def test_killed_run_resumes_to_the_same_parameters_bitwise(runs):
 
 
 def test_resume_with_another_config_is_refused(runs):
-  from smollm3_jax import finetune
+  from smollm3_jax.training import finetune
 
   cfg = runs["cfg"].copy_and_resolve_references()
   cfg.optim.learning_rate = 0.5
@@ -453,7 +455,7 @@ def test_export_loads_generates_and_sweeps(runs, tmp_path):
   from smollm3_jax import sweep
   from _helpers import tiny_sweep_config
 
-  from smollm3_jax import train
+  from smollm3_jax.training import train
 
   export = runs["whole"].export
   model = smollm3_jax.from_pretrained(export)
@@ -511,7 +513,7 @@ def test_script_refuses_a_bad_config_before_loading(tmp_path):
 
 
 def test_rerunning_a_finished_run_changes_nothing(runs):
-  from smollm3_jax import finetune
+  from smollm3_jax.training import finetune
 
   whole = runs["whole"]
   metrics = open(os.path.join(whole.workdir, "metrics.jsonl")).read()

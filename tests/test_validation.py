@@ -8,9 +8,9 @@ import pytest
 from flax import nnx
 
 import smollm3_jax
-from smollm3_jax import config as C
-from smollm3_jax.engine import COMPILE_COUNTS
-from smollm3_jax import validation
+from smollm3_jax.nn import config as C
+from smollm3_jax.generation.engine import COMPILE_COUNTS
+from smollm3_jax.utils import validation
 
 
 @pytest.fixture(scope="module")

@@ -18,11 +18,11 @@ from smollm3_jax.checkpoints import gguf as gguf_ckpt
 from smollm3_jax.checkpoints import orbax as orbax_ckpt
 from smollm3_jax.checkpoints import safetensors as st_ckpt
 from smollm3_jax.checkpoints.mapping import build_model, check_float_dtype
-from smollm3_jax.config import SmolLM3Config
-from smollm3_jax.model import SmolLM3
-from smollm3_jax import quantize as quantize_lib
-from smollm3_jax import runtime
-from smollm3_jax.sharding import MeshSharding
+from smollm3_jax.nn.config import SmolLM3Config
+from smollm3_jax.nn.model import SmolLM3
+from smollm3_jax.nn import quantize as quantize_lib
+from smollm3_jax.utils import runtime
+from smollm3_jax.nn.sharding import MeshSharding
 
 __all__ = ["default_dtype", "from_pretrained", "load_config", "resolve"]
 
@@ -75,11 +75,11 @@ def from_pretrained(checkpoint: str | os.PathLike, *, dtype=None, param_dtype=No
   param_dtype: weight storage dtype (default ``dtype``). Quantized GGUF
   tensors are dequantized to ``param_dtype``. ``place(param_path, host_array)`` puts one tensor on
   device(s) (default ``jax.device_put``); tensors are read, converted and placed one at a time.
-  quantize: None / "none", or "int8" (:func:`smollm3_jax.quantize.quantize_int8` after loading).
+  quantize: None / "none", or "int8" (:func:`smollm3_jax.nn.quantize.quantize_int8` after loading).
   mesh: load straight onto a device mesh (a ``Mesh``, a ``sharding.MeshSharding`` or a spec such as
   "data=2,model=4"; "" / "auto": all devices on the data axis): tensors are placed shard by shard as
-  they are read, by the logical-axis rules of :mod:`smollm3_jax.sharding`. None: one device.
-  Turns on the start-up caches unless told otherwise (:func:`smollm3_jax.runtime.enable_default_caches`).
+  they are read, by the logical-axis rules of :mod:`smollm3_jax.nn.sharding`. None: one device.
+  Turns on the start-up caches unless told otherwise (:func:`smollm3_jax.utils.runtime.enable_default_caches`).
   """
   dtype = default_dtype() if dtype is None else dtype
   check_float_dtype(dtype, "dtype")

@@ -8,7 +8,7 @@ match the Hugging Face rotate-half layout.
 
 Header index (a start-up cache): parsing a GGUF header with ``gguf.GGUFReader`` takes seconds (it
 walks the whole vocabulary field by field). :func:`read_header` parses it once per file version
-and process; where :func:`smollm3_jax.runtime.gguf_index_dir` names a directory (on together with
+and process; where :func:`smollm3_jax.utils.runtime.gguf_index_dir` names a directory (on together with
 the persistent compilation cache, in ``<compilation cache dir>/gguf_index``; off by default), it
 also writes a JSON index there (the metadata values, and per tensor its name, GGML type, shape,
 data offset and byte count) that later processes read in milliseconds instead. An index is used
@@ -32,10 +32,10 @@ import ml_dtypes
 import numpy as np
 from gguf import GGMLQuantizationType as QT
 
-from smollm3_jax import runtime
-from smollm3_jax.files import atomic_write
+from smollm3_jax.utils import runtime
+from smollm3_jax.utils.files import atomic_write
 from smollm3_jax.checkpoints.mapping import TensorInfo
-from smollm3_jax.config import RopeScaling, SmolLM3Config
+from smollm3_jax.nn.config import RopeScaling, SmolLM3Config
 
 SUPPORTED_ARCHITECTURES = ("llama", "smollm3")
 # SmolLM3 GGUFs carry no NoPE key (llama.cpp hard-codes the step): every 4th layer skips RoPE.

@@ -21,8 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from smollm3_jax.config import SmolLM3Config
-from smollm3_jax.model import SmolLM3, abstract_model
+from smollm3_jax.nn.config import SmolLM3Config
+from smollm3_jax.nn.model import SmolLM3, abstract_model
 
 ParamPath = tuple  # e.g. ("layers", 3, "self_attn", "q_proj", "kernel")
 Place = Callable[[ParamPath, np.ndarray], jax.Array]

@@ -25,8 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from smollm3_jax.config import SmolLM3Config
-from smollm3_jax.model import SmolLM3, abstract_model
+from smollm3_jax.nn.config import SmolLM3Config
+from smollm3_jax.nn.model import SmolLM3, abstract_model
 
 MARKER = "smollm3_jax.json"
 FORMAT = "smollm3_jax.orbax"
@@ -127,7 +127,7 @@ def restore(directory: str | os.PathLike, *, dtype=jnp.float32, param_dtype=None
             place: Callable[[tuple, np.ndarray], jax.Array] | None = None, sharding=None) -> SmolLM3:
   """Restores a model written by :func:`save`.
 
-  Target shardings come from ``sharding`` (a ``smollm3_jax.sharding.MeshSharding``) or from a
+  Target shardings come from ``sharding`` (a ``smollm3_jax.nn.sharding.MeshSharding``) or from a
   ``place`` hook that is one; each device then reads only its slice. Without either, parameters
   land on the default device. Any other ``place`` callable receives each restored host tensor.
   ``param_dtype`` (default ``dtype``) is the restored weight dtype (Orbax casts while reading).

@@ -16,7 +16,7 @@ import ml_dtypes
 import numpy as np
 
 from smollm3_jax.checkpoints.mapping import TensorInfo
-from smollm3_jax.config import SmolLM3Config
+from smollm3_jax.nn.config import SmolLM3Config
 
 CONFIG_NAME = "config.json"
 SINGLE_NAME = "model.safetensors"

@@ -15,8 +15,8 @@ The package, one module per job (lower ones never import higher ones):
 * :mod:`~smollm3_jax.sweep.run`: :func:`run_sweep`, which runs the missing rows and reports.
 """
 
-from smollm3_jax.checkpoints.spec import load_model_and_tokenizer
-from smollm3_jax.files import LockedError
+from smollm3_jax.loading import load_model_and_tokenizer
+from smollm3_jax.utils.files import LockedError
 from smollm3_jax.sweep.plan import (AXES, SAMPLING_AXES, SWEEP_AXES, Axis, cell_key, check_prompt, expand_grid,
                                     load_prompts, make_rows, prompts_hash, row_seed, run_cell, swept_axes,
                                     to_plain, validate_config)

@@ -86,7 +86,8 @@ def _as_tuple(name: str, value) -> tuple:
 
 def validate_config(cfg: Mapping) -> None:
   """Checks the sweep config (plain dict) before anything expensive; ValueError names the field."""
-  from smollm3_jax import chat_format, validation
+  from smollm3_jax.text import chat_format
+  from smollm3_jax.utils import validation
 
   for name in ("batch_size", "samples", "max_new_tokens"):
     validation.as_count(name, cfg.get(name), low=1)
@@ -165,7 +166,7 @@ def check_prompt(record, where: str) -> None:
   and its id), the field and the type expected. Checked when the prompt set is read, before anything
   compiles: a reference that cannot be scored would otherwise fail after its rows were generated, on
   every rerun."""
-  from smollm3_jax import metrics
+  from smollm3_jax.evaluation import metrics
 
   if not isinstance(record, dict):
     raise ValueError(f"{where}: expected a JSON object with string fields 'id' and 'prompt', got "
@@ -217,8 +218,8 @@ def expand_grid(sweep: Mapping) -> list[dict]:
   """The cells of the grid: every combination of the axes' values, in ``AXES`` order (thinking-major).
 
   An optional axis missing from ``sweep`` is fixed at its ``off`` value; an unknown one is an error."""
-  from smollm3_jax import validation
-  from smollm3_jax.sampling import validate_sampling_args
+  from smollm3_jax.utils import validation
+  from smollm3_jax.generation.sampling import validate_sampling_args
 
   unknown = sorted(set(sweep) - set(AXES))
   if unknown:

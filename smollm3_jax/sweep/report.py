@@ -16,8 +16,8 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from smollm3_jax import metrics as M
-from smollm3_jax.files import atomic_write
+from smollm3_jax.evaluation import metrics as M
+from smollm3_jax.utils.files import atomic_write
 from smollm3_jax.sweep.plan import AXES, SAMPLING_AXES, cell_key, run_cell, swept_axes
 
 # Quality metrics: name -> (short header, description); order = column order of summary.csv and the
@@ -194,7 +194,7 @@ def summarize(rows: Sequence[Mapping], cells: Sequence[Mapping], prompts: Sequen
   A cell's rows are those of its run key (:func:`~smollm3_jax.sweep.plan.run_cell`): greedy cells
   that differ only in top-p / top-k / min-p share one set of rows, and so do cells differing only in
   thinking when ``thinking_mode`` is False (a checkpoint without a thinking mode). Intervals: seeded 95 % (``level``)
-  percentile bootstrap over prompts and their samples (:func:`smollm3_jax.metrics.bootstrap_interval`,
+  percentile bootstrap over prompts and their samples (:func:`smollm3_jax.evaluation.metrics.bootstrap_interval`,
   ``resamples`` draws, the same ``seed`` for every cell and metric).
   """
   by_id = {p["id"]: p for p in prompts}
@@ -480,7 +480,7 @@ def load(workdir: str):
   the thinking text is ``thinking_text``, ``thinking`` the switch)
   and ``summary.csv`` (one row per cell). Reads only: a sweep still running is not disturbed (a torn
   last line or a corrupt line is skipped). Needs pandas (the ``eval`` extra)."""
-  from smollm3_jax.extras import needs
+  from smollm3_jax.utils.extras import needs
   with needs("eval", "sweep.load"):
     import pandas as pd
 

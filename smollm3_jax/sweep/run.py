@@ -13,8 +13,8 @@ from typing import Callable
 
 import numpy as np
 
-from smollm3_jax import distributed
-from smollm3_jax.checkpoints.spec import load_model_and_tokenizer, load_tokenizer
+from smollm3_jax.utils import distributed
+from smollm3_jax.loading import load_model_and_tokenizer, load_tokenizer
 from smollm3_jax.sweep.plan import expand_grid, load_prompts, make_rows, prompts_hash, to_plain, validate_config
 from smollm3_jax.sweep.execute import run_rows, thinking_changes_prompts
 from smollm3_jax.sweep.report import format_table, plot_heatmaps, summarize, summary_csv
@@ -40,7 +40,7 @@ def run_sweep(config, workdir: str, *, model=None, tokenizer=None, progress: boo
   ones (else built from ``config.model``). ``max_batches``: stop after that many batches (tests).
   The workdir is locked for the whole run (a second run on it raises ``files.LockedError``).
 
-  Over several processes (:mod:`smollm3_jax.distributed`) every process calls this with the same
+  Over several processes (:mod:`smollm3_jax.utils.distributed`) every process calls this with the same
   config; only process 0 reads the prompts and reads and writes ``workdir`` (the others get the
   stored config, the prompts, the rows to run and the outcome from it), and every process runs the
   rows through the same programs.

@@ -21,7 +21,7 @@ import os
 import subprocess
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from smollm3_jax.files import DirectoryLock, LockedError, atomic_write
+from smollm3_jax.utils.files import DirectoryLock, LockedError, atomic_write
 
 FORMAT_VERSION = 2
 # Config fields that may change between a run and its resumption (they do not change results
@@ -180,7 +180,7 @@ class Workdir:
     ``config["date"] == ""`` means "the chat date of the first run": a new workdir stores today's
     date, a resumed one keeps its stored date. Returns the config to run with.
     """
-    from smollm3_jax import chat_format
+    from smollm3_jax.text import chat_format
 
     config = json.loads(json.dumps(config))
     old = self._read_record()

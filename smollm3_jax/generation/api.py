@@ -4,8 +4,8 @@
     for piece in smollm3_jax.stream(model, tok, "Tell me a story."): ...
 
 Every argument is checked here, on the host, before anything compiles; unset sampling arguments
-take the checkpoint's defaults (:mod:`smollm3_jax.generation_defaults`). The work runs on the cached
-:class:`~smollm3_jax.engine.Engine` of the model (:func:`~smollm3_jax.engine.get_engine`).
+take the checkpoint's defaults (:mod:`smollm3_jax.generation.defaults`). The work runs on the cached
+:class:`~smollm3_jax.generation.engine.Engine` of the model (:func:`~smollm3_jax.generation.engine.get_engine`).
 
 Imports the engine, the decode constants, generation defaults, thinking, validation and sampling;
 the tokenizer is passed in (never imported at module level), and nothing here loads checkpoints.
@@ -19,11 +19,12 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from smollm3_jax import sampling, validation
-from smollm3_jax.decode import EOS, MAX_STOP_IDS, STOP, STOP_REASONS
-from smollm3_jax.engine import CHUNK_STEPS, MAX_TOP_LOGPROBS, Engine, Request, get_engine
-from smollm3_jax.model import SmolLM3
-from smollm3_jax.thinking import VisibleText, prompt_opens_thinking, split_thinking
+from smollm3_jax.generation import sampling
+from smollm3_jax.utils import validation
+from smollm3_jax.generation.decode import EOS, MAX_STOP_IDS, STOP, STOP_REASONS
+from smollm3_jax.generation.engine import CHUNK_STEPS, MAX_TOP_LOGPROBS, Engine, Request, get_engine
+from smollm3_jax.nn.model import SmolLM3
+from smollm3_jax.text.thinking import VisibleText, prompt_opens_thinking, split_thinking
 
 @dataclasses.dataclass
 class TokenLogprobs:
@@ -392,10 +393,10 @@ def generate(model: SmolLM3, tokenizer, prompts, *, chat: bool = True, thinking=
   chat template; ``thinking`` maps to its ``enable_thinking``). Every sampling argument, the seed,
   ``thinking``, ``max_new_tokens`` and ``newline_limit`` may be a scalar or one value per prompt.
   Sampling arguments, ``max_new_tokens`` and ``thinking`` left as None take the checkpoint's
-  defaults (:func:`smollm3_jax.generation_defaults.for_tokenizer`: its generation_config.json, else
+  defaults (:func:`smollm3_jax.generation.defaults.for_tokenizer`: its generation_config.json, else
   the documented table; without a tokenizer, greedy; thinking on). ``temperature=0`` is greedy.
   More settings (``typical_p``, ``frequency_penalty``, ``logit_bias``, ...: see
-  :data:`smollm3_jax.sampling.SETTINGS`) are keyword arguments too, off unless given.
+  :data:`smollm3_jax.generation.sampling.SETTINGS`) are keyword arguments too, off unless given.
   ``newline_limit=N`` stops a row after N consecutive newline tokens; ``stop``: up to 4 strings
   that end a row (cut from its text; stop reason "stop").
   Rows run through a pool of ``slots`` slots (default: one per row): when there are more rows than
@@ -414,7 +415,7 @@ def generate(model: SmolLM3, tokenizer, prompts, *, chat: bool = True, thinking=
   ``transformers`` encodes it; ``split_special_tokens=True`` keeps it text (the server's default).
   Every argument is checked before anything compiles (ValueError naming it).
   """
-  from smollm3_jax import generation_defaults
+  from smollm3_jax.generation import defaults as generation_defaults
 
   if validation.as_count("num_beams", num_beams, low=1) > 1:
     # What the slot engine does and beam search does not: refused by name, never dropped in silence.
@@ -460,8 +461,8 @@ def _beam_generate(model, tokenizer, prompts, *, chat, thinking, max_new_tokens,
                    split_special_tokens, **processors) -> GenerationResult:
   """generate() with num_beams > 1: beam search over the rendered prompts. ``context_length``: the
   positions a hypothesis may fill (prompt + max_new_tokens must fit: refused otherwise)."""
-  from smollm3_jax import generation_defaults
-  from smollm3_jax.beam import beam_search
+  from smollm3_jax.generation import defaults as generation_defaults
+  from smollm3_jax.generation.beam import beam_search
 
   given = {k: v for k, v in sampled.items() if v is not None and v != sampling.SETTINGS[k].off}
   if given:
@@ -516,8 +517,8 @@ class Stream:
   """
 
   def __init__(self, model, tokenizer, prompt, *, hide_thinking: bool = False, chunk_steps: int = 4, **kwargs):
-    from smollm3_jax import generation_defaults
-    from smollm3_jax.tokenizer import IncrementalDecoder
+    from smollm3_jax.generation import defaults as generation_defaults
+    from smollm3_jax.text.tokenizer import IncrementalDecoder
 
     unknown = sorted(set(kwargs) - set(_DEFAULTS) - set(sampling.SETTINGS))
     if unknown:

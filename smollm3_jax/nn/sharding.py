@@ -29,7 +29,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from smollm3_jax.config import SmolLM3Config
+from smollm3_jax.nn.config import SmolLM3Config
 
 DATA, MODEL = "data", "model"
 MESH_AXES = (DATA, MODEL)
@@ -311,7 +311,7 @@ class MeshSharding:
 
   def init_cache(self, config: SmolLM3Config, batch: int, length: int, dtype=jnp.float32, lengths=None):
     """An empty KVCache created directly in its sharding (never whole on one device)."""
-    from smollm3_jax.kv_cache import KVCache
+    from smollm3_jax.nn.kv_cache import KVCache
 
     self.check_batch(batch)
     lengths = np.zeros((batch,), np.int32) if lengths is None else np.asarray(lengths, np.int32)
@@ -349,7 +349,7 @@ class MeshSharding:
 
   def engine_kwargs(self, batch_buckets: Sequence[int] | None = None) -> dict:
     """Engine arguments that keep every padded batch a multiple of the data axis."""
-    from smollm3_jax.kv_cache import DEFAULT_BATCH_BUCKETS
+    from smollm3_jax.nn.kv_cache import DEFAULT_BATCH_BUCKETS
 
     batch_buckets = DEFAULT_BATCH_BUCKETS if batch_buckets is None else batch_buckets
     d = self.data_size

@@ -10,7 +10,7 @@ seeded, resumable order.
   So the header ``<|im_start|>assistant\\n`` (and, in SmolLM3's no-think mode, the empty think block
   the template writes into the prompt) is context, never a target. With ``train_thinking=False`` the
   first ``<think>...</think>`` block of each turn (and the whitespace after it; the rule of
-  :mod:`smollm3_jax.thinking`) is context too. Character spans map to tokens by the tokenizer's
+  :mod:`smollm3_jax.text.thinking`) is context too. Character spans map to tokens by the tokenizer's
   offsets: a token is a target when it starts inside a span.
 * Batches: micro-step ``i`` takes the examples at positions ``i*B .. i*B+B-1`` of an endless
   stream of epochs, each epoch a permutation drawn from ``(seed, epoch)``; so the order depends
@@ -29,9 +29,9 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from smollm3_jax import validation
-from smollm3_jax.kv_cache import DEFAULT_BUCKETS, bucket_length
-from smollm3_jax.thinking import THINK_END, THINK_START
+from smollm3_jax.utils import validation
+from smollm3_jax.nn.kv_cache import DEFAULT_BUCKETS, bucket_length
+from smollm3_jax.text.thinking import THINK_END, THINK_START
 
 
 @dataclasses.dataclass(frozen=True)

@@ -19,7 +19,7 @@ The rolling mode splits a text into windows exactly as ``lm-eval``'s ``loglikeli
 predicted once, the first from a prefix token (BOS, else EOS), each later window conditioning on at
 least ``context_len`` tokens before it.
 
-Imports the model, the cache buckets, validation and the prompt rendering of :mod:`smollm3_jax.api`.
+Imports the model, the cache buckets, validation and the prompt rendering of :mod:`smollm3_jax.generation.api`.
 """
 
 from __future__ import annotations
@@ -34,10 +34,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from smollm3_jax import validation
-from smollm3_jax.api import render_prompts
-from smollm3_jax.kv_cache import DEFAULT_BATCH_BUCKETS, DEFAULT_BUCKETS, KVCache, bucket_length
-from smollm3_jax.model import SmolLM3
+from smollm3_jax.utils import validation
+from smollm3_jax.generation.api import render_prompts
+from smollm3_jax.nn.kv_cache import DEFAULT_BATCH_BUCKETS, DEFAULT_BUCKETS, KVCache, bucket_length
+from smollm3_jax.nn.model import SmolLM3
 
 CHUNK = 256  # positions per pass through the model inside the scoring program
 # Length buckets: the cache's, plus two short ones (multiple-choice requests are often ~10-30 tokens,
@@ -194,7 +194,7 @@ def score(model: SmolLM3, tokenizer, prompts, continuations, *, chat: bool = Fal
   """Log-probabilities of each continuation given its prompt (teacher-forced).
 
   ``prompts``: strings, token id lists or (``chat=True``) message lists, as
-  :func:`smollm3_jax.api.render_prompts` takes them: with ``chat`` a prompt is rendered with the
+  :func:`smollm3_jax.generation.api.render_prompts` takes them: with ``chat`` a prompt is rendered with the
   chat template and its generation prompt (``thinking``: the template's ``enable_thinking``, per
   prompt or one value, default off: SmolLM3's template then closes an empty think block in the
   prompt, so the continuation is scored as the answer itself; ``date``: the day it writes), so a

@@ -12,7 +12,7 @@ Workdir layout (``run(config, workdir)``; ``experiments/finetune.py`` is its com
                        config and tokenizer: ``from_pretrained(export)`` and the sweep load it
 
 A run killed at any moment resumes from its last saved checkpoint with the same config: the data
-order is a function of (seed, step) (:mod:`smollm3_jax.train_data`), so the resumed run reaches
+order is a function of (seed, step) (:mod:`smollm3_jax.training.data`), so the resumed run reaches
 the parameters of an uninterrupted one.
 
 Imports the trainer, the data, the loaders and the file helpers.
@@ -28,7 +28,9 @@ import os
 import time
 from typing import Mapping
 
-from smollm3_jax import files, train, train_data
+from smollm3_jax.utils import files
+from smollm3_jax.training import train
+from smollm3_jax.training import data as train_data
 
 CONFIG_NAME = "config.json"
 METRICS_NAME = "metrics.jsonl"
@@ -99,9 +101,9 @@ def validate_config(c: Mapping) -> None:
     raise ValueError(f"model.quantize must be 'none' to fine-tune (got {c['model']['quantize']!r}); "
                      "quantize the export instead")
   if c["date"]:
-    from smollm3_jax import chat_format
+    from smollm3_jax.text import chat_format
     chat_format.resolve_date(c["date"])
-  from smollm3_jax import sharding
+  from smollm3_jax.nn import sharding
   sharding.parse_mesh(c["mesh"])
 
 
@@ -188,7 +190,7 @@ def run(config, workdir: str, *, stop_after: int | None = None) -> Outcome:
   os.makedirs(workdir, exist_ok=True)
   with files.DirectoryLock(workdir):
     stored = _check_resume(workdir, plain)
-    from smollm3_jax import chat_format
+    from smollm3_jax.text import chat_format
     date = stored.get("date") or chat_format.iso_date(plain["date"] or None)
     files.atomic_write(os.path.join(workdir, CONFIG_NAME),
                        json.dumps(dict(config=plain, date=date), indent=2) + "\n")
@@ -199,7 +201,7 @@ def _run(c: dict, workdir: str, date: str, stop_after: int | None, tqdm) -> Outc
   import orbax.checkpoint as ocp
 
   from smollm3_jax.checkpoints import orbax as orbax_ckpt
-  from smollm3_jax.checkpoints.spec import load_model_and_tokenizer
+  from smollm3_jax.loading import load_model_and_tokenizer
 
   d = c["data"]
   records = train_data.load_conversations(d["path"])

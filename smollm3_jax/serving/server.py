@@ -11,7 +11,7 @@ ending with a usage record and ``[DONE]``), ``GET /v1/models``, ``GET /health`` 
 generation worker died or has work but made no progress for ``stall_seconds``).
 
 Settings a request leaves out take the server's defaults, and those the checkpoint's
-(:mod:`smollm3_jax.generation_defaults`). A request field the server does not implement is refused
+(:mod:`smollm3_jax.generation.defaults`). A request field the server does not implement is refused
 with a 400 naming it, unless it is set to the value that means "off" (``n: 1``, ``logprobs: false``,
 ...) or is purely informational (``user``, ``metadata``): see :data:`APPLIED_FIELDS`,
 :data:`INFORMATIONAL_FIELDS`, :data:`NEUTRAL_VALUES`. Each response echoes the settings applied
@@ -46,9 +46,9 @@ from typing import Any, AsyncIterator
 
 import anyio
 
-from smollm3_jax.extras import needs
+from smollm3_jax.utils.extras import needs
 
-with needs("serve", "the server (smollm3_jax.server)"):
+with needs("serve", "the server (smollm3_jax.serving.server)"):
   from starlette.applications import Starlette
   from starlette.concurrency import run_in_threadpool
   from starlette.exceptions import HTTPException
@@ -56,19 +56,19 @@ with needs("serve", "the server (smollm3_jax.server)"):
   from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
   from starlette.routing import Route
 
-from smollm3_jax import sampling
-from smollm3_jax.chat import check_limits, render_chat
-from smollm3_jax.decode import EOS
-from smollm3_jax.engine import MAX_TOP_LOGPROBS
-from smollm3_jax.thinking import ThinkingSplitter, prompt_opens_thinking
-from smollm3_jax.validation import check_messages
+from smollm3_jax.generation import sampling
+from smollm3_jax.serving.chat import check_limits, render_chat
+from smollm3_jax.generation.decode import EOS
+from smollm3_jax.generation.engine import MAX_TOP_LOGPROBS
+from smollm3_jax.text.thinking import ThinkingSplitter, prompt_opens_thinking
+from smollm3_jax.utils.validation import check_messages
 
 FINISH_REASONS = {"eos": "stop", "newlines": "stop", "max_tokens": "length", "context": "length",
                   "cancelled": "stop", "stop": "stop"}
 MAX_BODY_BYTES = 16 * 1024 * 1024
 BODY_TIMEOUT = 30.0    # seconds a request body may take to arrive (then 408)
 STALL_SECONDS = 60.0   # a worker with work and no progress for longer is "stalled" in /health
-_LOG = logging.getLogger("smollm3_jax.server")
+_LOG = logging.getLogger("smollm3_jax.serving.server")
 
 
 class RequestError(Exception):
@@ -256,7 +256,7 @@ def parse_request(body: Any, defaults: dict, model_name: str | None = None,
     raise RequestError("'top_logprobs' needs 'logprobs': true", param="top_logprobs")
   stop = body.get("stop")
   try:
-    from smollm3_jax.api import _check_stop
+    from smollm3_jax.generation.api import _check_stop
 
     stop = _check_stop(stop if stop != "" else None)
   except ValueError as e:
@@ -314,7 +314,7 @@ class Worker:
   request advances at each decode chunk, and each gets the text ``generate`` gives it alone."""
 
   def __init__(self, model, tokenizer, *, chunk_steps: int, slots: int, context_length: int):
-    from smollm3_jax.engine import get_engine
+    from smollm3_jax.generation.engine import get_engine
 
     self.model, self.tokenizer = model, tokenizer
     self.engine = get_engine(model, tokenizer)
@@ -364,9 +364,9 @@ class Worker:
     self._jobs.put(None)
 
   def _start(self, job: Job) -> None:
-    from smollm3_jax.api import row_seeds
-    from smollm3_jax.engine import Request
-    from smollm3_jax.tokenizer import IncrementalDecoder
+    from smollm3_jax.generation.api import row_seeds
+    from smollm3_jax.generation.engine import Request
+    from smollm3_jax.text.tokenizer import IncrementalDecoder
 
     if job.cancelled.is_set():  # the client left while the job was queued
       self._end(job, "cancelled", None)
@@ -393,7 +393,7 @@ class Worker:
 
   def _emit(self, row) -> None:
     """Posts a row's new text; ends its job once every choice posted its last piece."""
-    from smollm3_jax.api import STOP, cut_at_stop_string
+    from smollm3_jax.generation.api import STOP, cut_at_stop_string
 
     job, i = row.tag
     if job.stop and not (row.done and row.cancelled and row.reason != STOP):
@@ -411,7 +411,7 @@ class Worker:
     if row.done:
       piece += job.decoders[i].flush()
       if job.stop:
-        from smollm3_jax.api import _cut_stop
+        from smollm3_jax.generation.api import _cut_stop
 
         piece = _cut_stop(piece, job.stop)
     if piece or entries:
@@ -441,7 +441,7 @@ class Worker:
     return out
 
   def _results(self, job: Job) -> list:
-    from smollm3_jax.api import GenerationResult, GenerationStats, _finish
+    from smollm3_jax.generation.api import GenerationResult, GenerationStats, _finish
 
     out = []
     for i, r in enumerate(job.rows):
@@ -657,7 +657,7 @@ class ChatServer:
 
   # ---- routes -------------------------------------------------------------------------------
   async def index(self, request: Request) -> Response:
-    page = importlib.resources.files("smollm3_jax").joinpath("static/index.html").read_text("utf-8")
+    page = importlib.resources.files("smollm3_jax").joinpath("serving/static/index.html").read_text("utf-8")
     config = dict(model=self.model_name, context_length=self.context_length, **self.defaults)
     page = page.replace("/*SERVER_CONFIG*/null", json.dumps(config).replace("</", "<\\/"))
     return HTMLResponse(page)
@@ -843,7 +843,7 @@ def create_app(model, tokenizer, *, model_name: str = "smollm3-jax", temperature
                chunk_steps: int = 4, slots: int = 8, date=None, body_timeout: float = BODY_TIMEOUT,
                stall_seconds: float = STALL_SECONDS, api_key: str | None = None) -> Starlette:
   """The Starlette app serving ``model``. Keyword arguments are the defaults for requests that leave
-  a setting out; None takes the checkpoint's (:mod:`smollm3_jax.generation_defaults`; ``seed=None``:
+  a setting out; None takes the checkpoint's (:mod:`smollm3_jax.generation.defaults`; ``seed=None``:
   a fresh random seed per request). ``context_length`` (default: the model's) bounds prompt +
   answer; ``chunk_steps`` decode steps run between streamed pieces; ``slots``: requests (choices)
   decoding at once, the rest wait for a free slot; ``date`` is the day the chat template sees (None:
@@ -851,7 +851,9 @@ def create_app(model, tokenizer, *, model_name: str = "smollm3-jax", temperature
   ``stall_seconds``: how long the worker may have work without progress before ``/health`` says
   "stalled" (503); ``api_key``: when set, ``/v1/*`` requests must send ``Authorization: Bearer
   <api_key>`` (else 401; ``/`` and ``/health`` stay open)."""
-  from smollm3_jax import chat_format, generation_defaults, validation
+  from smollm3_jax.text import chat_format
+  from smollm3_jax.generation import defaults as generation_defaults
+  from smollm3_jax.utils import validation
 
   filled = generation_defaults.for_tokenizer(tokenizer).fill(
       temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p, repetition_penalty=repetition_penalty,

@@ -6,7 +6,7 @@ Reads top to bottom like the architecture: RoPE tables, RMSNorm, grouped-query a
 Numerics follow ``transformers``' SmolLM3: RoPE tables in f32 (then cast to the activation
 dtype), attention softmax in f32, RMSNorm variance in f32.
 
-The KV cache is a plain pytree (:class:`smollm3_jax.kv_cache.KVCache`) passed in and returned:
+The KV cache is a plain pytree (:class:`smollm3_jax.nn.kv_cache.KVCache`) passed in and returned:
 ``logits, cache = model(tokens, positions, cache)``. With ``cache=None`` the call is a plain causal
 forward and returns ``(logits, None)``.
 
@@ -25,8 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from smollm3_jax.config import SmolLM3Config
-from smollm3_jax.kv_cache import KVCache
+from smollm3_jax.nn.config import SmolLM3Config
+from smollm3_jax.nn.kv_cache import KVCache
 
 Array = jax.Array
 

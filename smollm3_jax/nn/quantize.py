@@ -13,7 +13,7 @@ Quantized: the attention projections, the MLP (gate and up fused into one produc
 embedding, whose per-row scales serve the tied LM head too. Norms, RoPE, attention, softmax and
 the KV cache stay in the activation dtype. Accuracy on the demo model is measured in README.md.
 
-Imports only :mod:`smollm3_jax.sharding` (and the model it is given); never the loaders or the engine.
+Imports only :mod:`smollm3_jax.nn.sharding` (and the model it is given); never the loaders or the engine.
 """
 
 from __future__ import annotations
@@ -193,7 +193,7 @@ def quantize_int8(model: nnx.Module) -> nnx.Module:
   multi-device mesh keeps its mesh (the int8 weights get the same logical-axis shardings)."""
   if is_quantized(model):
     return model
-  from smollm3_jax import sharding  # the new int8 weights follow the model onto its mesh
+  from smollm3_jax.nn import sharding  # the new int8 weights follow the model onto its mesh
   mesh = sharding.mesh_of(model)
   for layer in model.layers:
     attn = layer.self_attn

@@ -15,11 +15,11 @@ Each prompt's K beams are K rows of the batch ([B * K] rows). Per step, as ``Gen
    continuation hit. A done prompt's finished buffer is frozen; the loop ends when all are done or
    the budget is spent.
 
-The logits processors of :mod:`smollm3_jax.sampling` (``logit_bias``, ``repetition_penalty``, the
+The logits processors of :mod:`smollm3_jax.generation.sampling` (``logit_bias``, ``repetition_penalty``, the
 OpenAI penalties, ``no_repeat_ngram_size``, ``min_new_tokens``; per prompt, traced) act on each beam's
 log-probabilities before the scores are added, as transformers' ``logits_processor`` does; the
 sampling warpers do not apply (``do_sample=False``). Prompts are right-padded to a length bucket and each row's tokens sit at its cache slots
-(:mod:`smollm3_jax.kv_cache`). Static (recompile): number of prompts, prompt bucket, cache length,
+(:mod:`smollm3_jax.nn.kv_cache`). Static (recompile): number of prompts, prompt bucket, cache length,
 ``num_beams``, ``max_new_tokens`` and the number of stop ids; ``length_penalty`` and
 ``early_stopping`` are traced.
 
@@ -39,8 +39,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from smollm3_jax import distributed, sampling, validation
-from smollm3_jax.kv_cache import KVCache, bucket_length
+from smollm3_jax.utils import distributed
+from smollm3_jax.generation import sampling
+from smollm3_jax.utils import validation
+from smollm3_jax.nn.kv_cache import KVCache, bucket_length
 
 _NEG = -1.0e9  # transformers' "impossible" score
 # The settings that act in beam search (do_sample=False: the logits processors, not the warpers).
@@ -213,7 +215,7 @@ def beam_search(model, tokenizer, prompt_ids: Sequence[Sequence[int]], *, num_be
   max_new_tokens >= 1; stop_ids: the ids that finish a hypothesis (default: the tokenizer's stop ids,
   else the model config's eos ids); num_return_sequences <= num_beams hypotheses are returned per
   prompt (best first). ``settings``: the logits processors of :data:`PROCESSORS` (names of
-  :data:`smollm3_jax.sampling.SETTINGS`; a scalar or one value per prompt). Every argument is checked
+  :data:`smollm3_jax.generation.sampling.SETTINGS`; a scalar or one value per prompt). Every argument is checked
   before anything compiles (ValueError naming it).
   """
   cfg = model.config

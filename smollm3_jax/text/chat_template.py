@@ -2,7 +2,7 @@
 ``transformers.utils.chat_template_utils``): a sandboxed jinja environment with the same filters and
 globals, messages normalised the same way, and ``strftime_now`` pinned to a chosen date.
 
-Imports nothing from the package but :mod:`smollm3_jax.chat_format` (the date).
+Imports nothing from the package but :mod:`smollm3_jax.text.chat_format` (the date).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import functools
 import json
 from typing import Any, Mapping, Sequence
 
-from smollm3_jax import chat_format
+from smollm3_jax.text import chat_format
 
 __all__ = ["normalize_messages", "render_chat_template"]
 

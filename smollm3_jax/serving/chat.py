@@ -7,7 +7,7 @@
     print(reply.stats)                # tokens, time to first token, tokens/s
 
 ``run_terminal(session)`` is the interactive loop behind ``experiments/chat.py`` (/think, /no_think,
-/reset, /stats; Ctrl-C stops the current answer). Thinking is split by :mod:`smollm3_jax.thinking`.
+/reset, /stats; Ctrl-C stops the current answer). Thinking is split by :mod:`smollm3_jax.text.thinking`.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import threading
 import time
 from typing import Any, Callable, Iterator, Sequence, TextIO
 
-from smollm3_jax.api import GenerationStats
-from smollm3_jax.thinking import ThinkingSplitter, prompt_opens_thinking
+from smollm3_jax.generation.api import GenerationStats
+from smollm3_jax.text.thinking import ThinkingSplitter, prompt_opens_thinking
 
 # --------------------------------------------------------------------------------------------
 # Chat session
@@ -32,7 +32,7 @@ class PromptTooLong(ValueError):
 
 @dataclasses.dataclass
 class TurnStats:
-  """One reply: the stream's :class:`~smollm3_jax.api.GenerationStats` (tokens, compile, time to
+  """One reply: the stream's :class:`~smollm3_jax.generation.api.GenerationStats` (tokens, compile, time to
   first token, decode rate; seconds) plus the turn's wall time, stop reason and trimmed turns."""
 
   generation: GenerationStats
@@ -78,7 +78,8 @@ def check_limits(model, *, context_length: int | None, max_new_tokens: Any, chun
                  max_name: str = "max_new_tokens", **sampling_settings: Any) -> int:
   """Checks the settings a chat session and the server share; returns the context length (default:
   the model's ``max_position_embeddings``). ValueError names the bad setting."""
-  from smollm3_jax import sampling, validation
+  from smollm3_jax.generation import sampling
+  from smollm3_jax.utils import validation
 
   sampling.validate_sampling_args(**sampling_settings)
   limit = model.config.max_position_embeddings
@@ -92,7 +93,7 @@ def check_limits(model, *, context_length: int | None, max_new_tokens: Any, chun
 class ChatSession:
   """A conversation with one model: history, thinking mode and sampling settings.
 
-  Settings left as None take the checkpoint's defaults (:mod:`smollm3_jax.generation_defaults`:
+  Settings left as None take the checkpoint's defaults (:mod:`smollm3_jax.generation.defaults`:
   its generation_config.json, else the documented table; thinking on, the template's default).
   ``context_length`` (default: the model's) bounds prompt + answer; before each turn the oldest turns
   are dropped until the prompt plus ``min(max_new_tokens, context // 2)`` tokens fit.
@@ -105,7 +106,9 @@ class ChatSession:
                seed: int = 0, temperature: float | None = None, top_k: int | None = None,
                top_p: float | None = None, min_p: float | None = None, repetition_penalty: float | None = None,
                date=None):
-    from smollm3_jax import chat_format, generation_defaults, validation
+    from smollm3_jax.text import chat_format
+    from smollm3_jax.generation import defaults as generation_defaults
+    from smollm3_jax.utils import validation
 
     self.defaults = generation_defaults.for_tokenizer(tokenizer)
     settings = self.defaults.fill(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
@@ -137,14 +140,14 @@ class ChatSession:
   @property
   def cache_length(self) -> int:
     """Cache slots of every turn (the context, rounded to a bucket): one program set for all turns."""
-    from smollm3_jax.engine import get_engine
+    from smollm3_jax.generation.engine import get_engine
 
     return get_engine(self.model, self.tokenizer).cache_length_for(self.context_length)
 
   def warmup(self) -> float:
     """Compiles every program a turn can run (prefill, insert, each decode window of the context),
     so no turn waits for a compile; returns the seconds spent."""
-    from smollm3_jax.engine import get_engine
+    from smollm3_jax.generation.engine import get_engine
 
     engine = get_engine(self.model, self.tokenizer)
     pool = engine.pool(1, self.cache_length, stop_ids=self.tokenizer.stop_token_ids, context_length=self.context_length)
@@ -253,9 +256,9 @@ def load_chat_model(checkpoint: str, *, tokenizer: str | None = None, dtype: str
   ``dtype``: "float32", "bfloat16", or None / "auto" (float32 on CPU, bfloat16 on GPU/TPU).
   ``checkpoint="tiny"`` builds a random-weight tiny model (``config.tiny``) with the vocabulary of
   ``tokenizer`` (default "demo") and ``tiny_context`` positions: it starts in seconds, for smoke tests.
-  ``quantize``: None / "none" or "int8" (:mod:`smollm3_jax.quantize`).
+  ``quantize``: None / "none" or "int8" (:mod:`smollm3_jax.nn.quantize`).
   """
-  from smollm3_jax.checkpoints.spec import load_model_and_tokenizer
+  from smollm3_jax.loading import load_model_and_tokenizer
 
   if checkpoint == TINY:
     spec = dict(tokenizer=tokenizer or "demo",

@@ -15,13 +15,13 @@ Workdir::
     cells/<cell>/samples_<task>.jsonl lm-eval's per-sample logs (doc, arguments, responses, metrics)
     summary.csv                      one row per finished cell: its settings, then task/metric columns
 
-An axis is a ``gen_kwargs`` key (:data:`smollm3_jax.lm_eval_model.GEN_KWARGS` but ``until`` and ``logit_bias``) or one
+An axis is a ``gen_kwargs`` key (:data:`smollm3_jax.evaluation.lm_eval_model.GEN_KWARGS` but ``until`` and ``logit_bias``) or one
 of the model's settings :data:`MODEL_AXES` (``thinking``: the chat template's enable_thinking;
 ``seed``). A cell with a temperature samples when it is > 0 and decodes greedily at 0 (``do_sample``
 follows it unless it is an axis itself: task YAMLs such as gsm8k's say ``do_sample: false``, which
 would make every temperature greedy). Cells run in grid order; a cell whose results.json exists is skipped, so a killed run
 continues where it stopped (the same grid with its axes in another order is the same cells: their names
-keep the first run's axis order). The workdir is locked (:class:`smollm3_jax.files.DirectoryLock`) while
+keep the first run's axis order). The workdir is locked (:class:`smollm3_jax.utils.files.DirectoryLock`) while
 a run holds it. Needs the ``eval`` extra.
 """
 
@@ -35,8 +35,8 @@ import math
 import os
 from typing import Any, Callable, Mapping, Sequence
 
-from smollm3_jax.extras import needs
-from smollm3_jax.files import DirectoryLock, atomic_write
+from smollm3_jax.utils.extras import needs
+from smollm3_jax.utils.files import DirectoryLock, atomic_write
 
 MODEL_AXES = ("thinking", "seed")
 CONFIG_FILE, SUMMARY_FILE, RESULTS_FILE = "config.json", "summary.csv", "results.json"
@@ -44,12 +44,12 @@ GRID_AXES = "grid_axes"  # config.json's axis order: the first run's (json's sor
 
 
 def _gen_axes() -> tuple[str, ...]:
-  from smollm3_jax.lm_eval_model import GEN_KWARGS
+  from smollm3_jax.evaluation.lm_eval_model import GEN_KWARGS
   return tuple(k for k in GEN_KWARGS if k not in ("until", "logit_bias"))
 
 
 def _integer_axes() -> set[str]:
-  from smollm3_jax import sampling
+  from smollm3_jax.generation import sampling
   return {"seed", "max_gen_toks"} | {k for k, s in sampling.SETTINGS.items() if s.integer}
 
 
@@ -187,7 +187,7 @@ def write_summary(workdir: str, grid: Mapping[str, Sequence]) -> str:
 def run_cell(lm, *, directory: str, cell: Mapping[str, Any], tasks: Sequence[str], gen_kwargs: Mapping[str, Any],
              evaluate_kwargs: Mapping[str, Any]) -> dict:
   """One ``lm_eval.simple_evaluate`` with the cell's gen_kwargs; writes its samples, then its results."""
-  with needs("eval", "grid evaluation (smollm3_jax.evaluation)"):
+  with needs("eval", "grid evaluation (smollm3_jax.evaluation.grid)"):
     import lm_eval
     from lm_eval.utils import handle_non_serializable
 

@@ -1,6 +1,6 @@
 """Process-level runtime settings: the on-disk start-up caches.
 
-    from smollm3_jax import runtime
+    from smollm3_jax.utils import runtime
     runtime.enable_compilation_cache()          # before the first compile; later processes start sooner
 
 Start-up caches, both in one directory (default ``$SMOLLM3_JAX_CACHE_DIR``, else

@@ -16,7 +16,7 @@ from typing import Mapping
 
 def load_tokenizer(spec: Mapping):
   """The spec's tokenizer (``tokenizer``, else ``checkpoint``), or None when it names neither."""
-  from smollm3_jax.tokenizer import Tokenizer
+  from smollm3_jax.text.tokenizer import Tokenizer
 
   source = spec.get("tokenizer") or spec.get("checkpoint") or ""
   return Tokenizer.from_pretrained(source) if source else None
@@ -29,12 +29,12 @@ def load_model_and_tokenizer(spec: Mapping, mesh: str = "", tokenizer=None):
   the weights shard by shard as they load; on one device nothing is sharded."""
   from flax import nnx
 
-  from smollm3_jax import config as config_lib
-  from smollm3_jax import quantize as quantize_lib
+  from smollm3_jax.nn import config as config_lib
+  from smollm3_jax.nn import quantize as quantize_lib
   from smollm3_jax.checkpoints import default_dtype, from_pretrained
   from smollm3_jax.checkpoints.mapping import dtype_from_name
-  from smollm3_jax import sharding
-  from smollm3_jax.model import SmolLM3
+  from smollm3_jax.nn import sharding
+  from smollm3_jax.nn.model import SmolLM3
 
   name = spec.get("dtype") or "auto"
   dtype = default_dtype() if name == "auto" else dtype_from_name(name, "model.dtype")

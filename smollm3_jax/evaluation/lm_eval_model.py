@@ -1,11 +1,11 @@
 """An ``lm-evaluation-harness`` (0.4) model on this project's engine, registered as ``smollm3_jax``.
 
-    import smollm3_jax.lm_eval_model  # registers the model name with lm-eval
+    import smollm3_jax.evaluation.lm_eval_model  # registers the model name with lm-eval
     lm_eval.simple_evaluate(model="smollm3_jax", model_args="pretrained=HuggingFaceTB/SmolLM3-3B",
                             tasks=["gsm8k_cot"], apply_chat_template=True)
     # or an object: SmolLM3JaxLM(model=model, tokenizer=tok, enable_thinking=False)
 
-* ``loglikelihood`` and ``loglikelihood_rolling`` run on :mod:`smollm3_jax.scoring` (batched,
+* ``loglikelihood`` and ``loglikelihood_rolling`` run on :mod:`smollm3_jax.evaluation.scoring` (batched,
   bucketed, one compiled program per shape). Contexts and continuations are tokenized as lm-eval's
   ``hf`` model does (:class:`lm_eval.api.model.TemplateLM`: the pair is encoded whole and split,
   trailing spaces of the context move to the continuation, an empty context scores from the
@@ -46,10 +46,11 @@ from typing import Any
 
 import numpy as np
 
-from smollm3_jax import sampling, validation
-from smollm3_jax.extras import needs
+from smollm3_jax.generation import sampling
+from smollm3_jax.utils import validation
+from smollm3_jax.utils.extras import needs
 
-with needs("eval", "the lm-evaluation-harness model (smollm3_jax.lm_eval_model)"):
+with needs("eval", "the lm-evaluation-harness model (smollm3_jax.evaluation.lm_eval_model)"):
   from lm_eval.api.model import TemplateLM
   from lm_eval.api.registry import register_model
 
@@ -87,7 +88,7 @@ class SmolLM3JaxLM(TemplateLM):
 
   ``pretrained``: a checkpoint ("demo", a directory, a .gguf, an Orbax directory or a hub id), loaded
   with ``dtype`` / ``quantize`` / ``mesh`` through ``checkpoints.spec``; or pass ``model`` (a
-  :class:`~smollm3_jax.model.SmolLM3`) and ``tokenizer`` (a :class:`~smollm3_jax.tokenizer.Tokenizer`
+  :class:`~smollm3_jax.nn.model.SmolLM3`) and ``tokenizer`` (a :class:`~smollm3_jax.text.tokenizer.Tokenizer`
   or a checkpoint to load one from). ``batch_size``: rows per compiled call. ``max_length``: the
   context (default the model's ``max_position_embeddings``). ``device`` and ``max_batch_size``
   (which lm-eval passes to every model) are ignored: JAX places the work on its default backend.
@@ -100,8 +101,8 @@ class SmolLM3JaxLM(TemplateLM):
                seed: int = 0, add_bos_token: bool | str | None = None, prefix_token_id: int | None = None,
                progress: bool = True, device: str | None = None, max_batch_size: int | None = None):
     super().__init__()
-    from smollm3_jax.model import SmolLM3
-    from smollm3_jax.tokenizer import Tokenizer
+    from smollm3_jax.nn.model import SmolLM3
+    from smollm3_jax.text.tokenizer import Tokenizer
 
     if batch_size == "auto" or batch_size is None:
       batch_size = 8
@@ -122,7 +123,7 @@ class SmolLM3JaxLM(TemplateLM):
     if model is None:
       if not isinstance(pretrained, str) or not pretrained:
         raise ValueError("pretrained must be a checkpoint ('demo', a directory, a .gguf, a hub id), or pass model=")
-      from smollm3_jax.checkpoints.spec import load_model_and_tokenizer
+      from smollm3_jax.loading import load_model_and_tokenizer
       model, loaded = load_model_and_tokenizer(
           {"checkpoint": pretrained, "tokenizer": tokenizer if isinstance(tokenizer, str) else "",
            "dtype": dtype, "quantize": quantize}, mesh)
@@ -187,7 +188,7 @@ class SmolLM3JaxLM(TemplateLM):
 
   # -- log-likelihoods --------------------------------------------------------------------------
   def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs) -> list[tuple[float, bool]]:
-    from smollm3_jax import scoring
+    from smollm3_jax.evaluation import scoring
 
     pairs = []
     for _, context_enc, continuation_enc in requests:
@@ -207,7 +208,7 @@ class SmolLM3JaxLM(TemplateLM):
     return out
 
   def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
-    from smollm3_jax import scoring
+    from smollm3_jax.evaluation import scoring
 
     texts = [self.tok_encode(req.args[0]) for req in requests]
     if any(not t for t in texts):
@@ -225,7 +226,7 @@ class SmolLM3JaxLM(TemplateLM):
   def _generation_defaults(self) -> dict:
     """What an unset sampling setting means here: ``transformers.generate``'s reading of the
     checkpoint's generation_config.json, else its library defaults (see the module docstring)."""
-    from smollm3_jax import generation_defaults
+    from smollm3_jax.generation import defaults as generation_defaults
 
     found = generation_defaults.for_tokenizer(self.tokenizer)
     if found.source in ("table", "transformers"):

@@ -3,20 +3,20 @@ the optax optimiser and the training step over the model split into (graphdef, p
 
 * Parameters travel as a flat dict ``{"layers.0.self_attn.q_proj.kernel": array, ...}`` (the keys of
   the Orbax checkpoints in :mod:`smollm3_jax.checkpoints.orbax`); :class:`Trainer` merges them back
-  into the NNX model inside the jitted programs, as :mod:`smollm3_jax.decode` does.
+  into the NNX model inside the jitted programs, as :mod:`smollm3_jax.generation.decode` does.
 * A batch is ``tokens [B, T]`` (right-padded) and ``loss_mask [B, T]`` (True where the token is a
-  training target: the assistant tokens of a chat, see :mod:`smollm3_jax.train_data`). Position t
+  training target: the assistant tokens of a chat, see :mod:`smollm3_jax.training.data`). Position t
   predicts token t + 1; the loss is averaged over the target tokens of the batch.
 * The optimiser keeps float32 state whatever the parameter dtype: the step differentiates with
   respect to a float32 copy of the parameters, updates it in float32 and rounds the result back to
   the stored dtype (bfloat16 storage therefore drops updates below bfloat16's resolution; there is
   no float32 master copy).
 * On a mesh, parameters and every parameter-shaped leaf of the optimiser state (moments, gradient
-  accumulators) take the parameter's sharding from :mod:`smollm3_jax.sharding`'s logical-axis rules;
+  accumulators) take the parameter's sharding from :mod:`smollm3_jax.nn.sharding`'s logical-axis rules;
   the batch is split on the data axis; everything else is replicated.
 
 Imports the model and sharding only (the data, the loop and the checkpoints are
-:mod:`smollm3_jax.train_data` and :mod:`smollm3_jax.finetune`).
+:mod:`smollm3_jax.training.data` and :mod:`smollm3_jax.training.finetune`).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from smollm3_jax import sharding as sharding_lib
+from smollm3_jax.nn import sharding as sharding_lib
 
 # 1 - p(c) is clamped here before the log, as in the authors' code (fairseq's candidate_penalty_ce_loss).
 UNLIKELIHOOD_CLAMP = 1e-5

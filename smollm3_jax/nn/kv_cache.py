@@ -10,7 +10,7 @@ compile time and chosen from a small set of buckets, so prompts of different len
 compiled program.
 
 Imports only the config. The default batch buckets live here too, beside the length buckets, so
-that both the engine and :mod:`smollm3_jax.sharding` can use them without importing each other.
+that both the engine and :mod:`smollm3_jax.nn.sharding` can use them without importing each other.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from smollm3_jax.config import SmolLM3Config
+from smollm3_jax.nn.config import SmolLM3Config
 
 # Lengths (tokens) that prompts and caches are rounded up to; beyond the last, multiples of it.
 DEFAULT_BUCKETS = (64, 128, 256, 512, 1024, 2048, 4096, 8192)

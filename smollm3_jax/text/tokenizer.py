@@ -4,7 +4,7 @@
 config JSON files are fetched, through the Hugging Face cache), a ``.gguf`` file, or "demo". Token ids
 match ``transformers.AutoTokenizer`` on the same checkpoint, and ``apply_chat_template`` renders the
 checkpoint's jinja template the way ``transformers`` does. Checkpoints without a template fall back to
-the SmolLM3 format written in Python (``smollm3_jax.chat_format``).
+the SmolLM3 format written in Python (``smollm3_jax.text.chat_format``).
 
 Module-level imports: ``chat_format``, ``chat_template`` and ``thinking`` only; the GGUF tokenizer rebuild
 and the demo path are imported when used, so importing the tokenizer never loads JAX or the model.
@@ -22,9 +22,9 @@ from typing import Any, Iterable, Mapping, Sequence
 import tokenizers
 from tokenizers import processors
 
-from smollm3_jax import chat_format
-from smollm3_jax.chat_template import normalize_messages, render_chat_template
-from smollm3_jax.thinking import THINK_END, THINK_START
+from smollm3_jax.text import chat_format
+from smollm3_jax.text.chat_template import normalize_messages, render_chat_template
+from smollm3_jax.text.thinking import THINK_END, THINK_START
 
 TOKENIZER_FILE = "tokenizer.json"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
@@ -240,7 +240,7 @@ class Tokenizer:
     """
     if not os.path.isfile(path):
       raise FileNotFoundError(f"GGUF file not found: {path}")
-    from smollm3_jax.checkpoints import gguf_tokenizer
+    from smollm3_jax.text import gguf_tokenizer
 
     meta = gguf_tokenizer.read_metadata(path)
     backend = gguf_tokenizer.build_backend(meta, path, match_transformers)

@@ -5,8 +5,8 @@ for the package (:func:`get_engine`).
 Continuous batching. A :class:`Pool` holds B slots over one cache of S slots per row. Rows
 (:class:`Request`) wait in its queue; between decode chunks the host takes finished rows out and
 puts waiting rows in: their prompts are written chunk by chunk into the free slots' cache
-(:func:`~smollm3_jax.decode.prefill_slots`, ``[U, C]`` tokens a call, C = ``prefill_chunk``), and
-one call of :func:`~smollm3_jax.decode.insert` starts them (rows that repeat a prompt copy its
+(:func:`~smollm3_jax.generation.decode.prefill_slots`, ``[U, C]`` tokens a call, C = ``prefill_chunk``), and
+one call of :func:`~smollm3_jax.generation.decode.insert` starts them (rows that repeat a prompt copy its
 cache: the prompt is prefilled once). A pool's programs are one prefill program per (rows bucket U,
 read window), one insert program and one decode program per read window: each compiles once per
 engine (and lands in the persistent compilation cache), and :meth:`Pool.warmup` compiles them all
@@ -19,8 +19,8 @@ Measured on the demo (batch 8, the same prompt, 48 steps, f32): with the whole 4
 every step, 92 tokens/s; with the window, 273, as with a 256-slot cache (287). The window keeps
 attention one plain product per (row, kv head), the form measured fastest on CPU.
 
-Imports the programs of :mod:`smollm3_jax.decode`, the cache, sampling and sharding; never the user
-API (:mod:`smollm3_jax.api`), the loaders, the sweep or serving.
+Imports the programs of :mod:`smollm3_jax.generation.decode`, the cache, sampling and sharding; never the user
+API (:mod:`smollm3_jax.generation.api`), the loaders, the sweep or serving.
 """
 
 from __future__ import annotations
@@ -36,12 +36,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from smollm3_jax import distributed, runtime, sampling
-from smollm3_jax.decode import (CANCELLED, MAX_STOP_IDS, DecodeState, Record, RowSettings, SharedSettings,
+from smollm3_jax.utils import distributed
+from smollm3_jax.utils import runtime
+from smollm3_jax.generation import sampling
+from smollm3_jax.generation.decode import (CANCELLED, MAX_STOP_IDS, DecodeState, Record, RowSettings, SharedSettings,
                                 compact_jit, decode_jit, insert_jit, prefill_slots_jit)
-from smollm3_jax.kv_cache import DEFAULT_BATCH_BUCKETS, DEFAULT_BUCKETS, KVCache, bucket_length, window_length
-from smollm3_jax.model import SmolLM3
-from smollm3_jax.sharding import engine_sharding
+from smollm3_jax.nn.kv_cache import DEFAULT_BATCH_BUCKETS, DEFAULT_BUCKETS, KVCache, bucket_length, window_length
+from smollm3_jax.nn.model import SmolLM3
+from smollm3_jax.nn.sharding import engine_sharding
 
 # How many programs the engines compiled in this process, by name ("prefill", "insert", "decode";
 # each read window and rows bucket is a program of its own). Tests read it.
@@ -78,7 +80,7 @@ def _aval_key(tree) -> tuple:
 class Request:
   """One row to generate, and (filled in by the pool) what it produced. Host side.
 
-  ``settings``: the row's sampling settings (names of :class:`~smollm3_jax.sampling.SamplingParams`;
+  ``settings``: the row's sampling settings (names of :class:`~smollm3_jax.generation.sampling.SamplingParams`;
   missing ones are off). Rows with the same ``share`` key (not None) and the same prompt run its
   prefill once. ``tag``: anything the caller wants back.
   """
@@ -135,7 +137,7 @@ class Engine:
     self.window_buckets = tuple(window_buckets)  # () = every decode step reads the whole cache
     if sharding is None:  # a model loaded onto a mesh brings its mesh (None on one device)
       sharding = engine_sharding(model)
-    self.sharding = sharding  # optional smollm3_jax.sharding.MeshSharding (places params, cache, batch)
+    self.sharding = sharding  # optional smollm3_jax.nn.sharding.MeshSharding (places params, cache, batch)
     self._set_state(state)
     self._compiled: dict[tuple, Any] = {}
     self._newline_ids: np.ndarray | None = None
@@ -209,13 +211,13 @@ class Engine:
 class Pool:
   """B slots decoding together over one cache of S slots per row, fed from a queue.
 
-  ``stop_ids``: the ids that end a row (at most :data:`~smollm3_jax.decode.MAX_STOP_IDS`);
+  ``stop_ids``: the ids that end a row (at most :data:`~smollm3_jax.generation.decode.MAX_STOP_IDS`);
   ``context_length``: positions a row may fill (default: the model's); ``refill``: start waiting
   rows as soon as slots free up (False: only once every slot is free, i.e. fixed batches that wait
   for their longest row; for measurements); ``chunk_steps``: decode steps between two looks at the
   pool; ``prefill_rows``: the row counts of prefill calls (default (1,): one prompt per call, so a
   prompt's numbers never depend on its neighbours; each count is one more program); ``logprobs``:
-  record each token's log-probabilities, entropies and rank (:class:`~smollm3_jax.decode.Record`), with the
+  record each token's log-probabilities, entropies and rank (:class:`~smollm3_jax.generation.decode.Record`), with the
   ``top_logprobs`` (0 to 20) most likely alternatives; each request's ``record`` then holds them.
   ``shrink``: once the queue is empty, narrow the pool to the smallest batch bucket holding the rows
   still running whenever that halves it or more (for a fixed workload: generate, sweeps; each width

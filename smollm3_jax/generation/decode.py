@@ -22,8 +22,8 @@ row's random key for its i-th token is ``fold_in(key(seed), i)``: never the slot
   model's structure.
 
 Slot = position: row b's tokens sit at cache slots ``[0, lengths[b])`` (see
-:mod:`smollm3_jax.kv_cache`). Imports the model, the cache and sampling only; the host side (queue,
-slots, buckets, compiled programs, placement) is :mod:`smollm3_jax.engine`.
+:mod:`smollm3_jax.nn.kv_cache`). Imports the model, the cache and sampling only; the host side (queue,
+slots, buckets, compiled programs, placement) is :mod:`smollm3_jax.generation.engine`.
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from smollm3_jax import sampling
-from smollm3_jax.kv_cache import KVCache
+from smollm3_jax.generation import sampling
+from smollm3_jax.nn.kv_cache import KVCache
 
 STOP_REASONS = ("", "eos", "max_tokens", "newlines", "context", "stop", "cancelled")
 EOS, MAX_TOKENS, NEWLINES, CONTEXT, STOP, CANCELLED = 1, 2, 3, 4, 5, 6  # indices into STOP_REASONS

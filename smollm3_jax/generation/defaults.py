@@ -18,7 +18,7 @@ own fallback, ``max_length=20`` for prompt and answer together, is no budget for
 of the file (``max_length``, ``num_beams``, ...) are not read. Thinking mode defaults to
 :data:`THINKING` everywhere: on, as SmolLM3's chat template itself defaults ``enable_thinking``.
 
-Imports from the package only :mod:`smollm3_jax.validation` and :mod:`smollm3_jax.sampling`, inside
+Imports from the package only :mod:`smollm3_jax.utils.validation` and :mod:`smollm3_jax.generation.sampling`, inside
 the functions that need them (no module-level dependency; generate, chat and server import this).
 """
 
@@ -100,7 +100,7 @@ def from_generation_config(config: Mapping[str, Any], source: str = "generation_
   ValueError names the file and field when a value could not be used."""
   if not isinstance(config, Mapping):
     raise ValueError(f"{source}: expected a JSON object, got {type(config).__name__}")
-  from smollm3_jax import validation
+  from smollm3_jax.utils import validation
 
   def get(name):
     value = config.get(name)
@@ -127,7 +127,7 @@ def from_generation_config(config: Mapping[str, Any], source: str = "generation_
   max_new = MAX_NEW_TOKENS if max_new is None else validation.as_count(
       f"{source}: max_new_tokens", max_new, low=1)
   defaults = GenerationDefaults(**settings, repetition_penalty=penalty, max_new_tokens=max_new, source=source)
-  from smollm3_jax import sampling
+  from smollm3_jax.generation import sampling
   try:
     sampling.validate_sampling_args(**{k: getattr(defaults, k) for k in SAMPLING_FIELDS})
   except ValueError as e:
