@@ -21,7 +21,7 @@ def _sweep_requests(tokenizer, n_prompts: int, budget: int, seed: int):
   """The rows of a 2-cell sweep (thinking off/on, T=0.6, top_p=0.95) over the first ``n_prompts``
   prompts of the bundled set, as pool requests in the sweep runner's queue order (refill on and off
   get the same order)."""
-  from smollm3_jax.generation.api import render_prompts
+  from smollm3_jax.text.prompts import render_prompts
   from smollm3_jax.generation.engine import Request
   from smollm3_jax.sweep import plan
 

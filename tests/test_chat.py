@@ -13,6 +13,7 @@ import pytest
 
 import smollm3_jax
 from smollm3_jax.serving import chat
+from smollm3_jax.text import prompts
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEMPLATE_PATH = os.path.join(ROOT, "tests", "data", "smollm3_chat_template.jinja")
@@ -39,7 +40,7 @@ def test_history_is_trimmed_from_the_oldest_turn(model_and_tokenizer):
   longer = session._messages([{"role": "user", "content": turns[dropped - 1][0]},
                               {"role": "assistant", "content": turns[dropped - 1][1]}] + session.history,
                              "latest question")
-  assert len(chat.render_chat(tok, longer, False)[1]) > session.context_length - session.reserve_tokens
+  assert len(prompts.render_chat(tok, longer, False)[1]) > session.context_length - session.reserve_tokens
   # A message that cannot fit on its own is refused, not sent; the history stays.
   kept = list(session.history)
   with pytest.raises(chat.PromptTooLong, match="too long"):

@@ -103,7 +103,7 @@ def test_recorded_logprobs_equal_transformers_on_a_tiny_smollm3(hf_checkpoints):
 def test_recorded_logprobs_equal_transformers_on_the_demo(demo_model, demo_tokenizer, demo_hf_model):
   texts = ["What is the capital of France?", "Name three colours.", "Write a haiku.", "Count to five.",
            "Say hello."]
-  _, prompts = smollm3_jax.generation.api.render_prompts(demo_tokenizer, texts)
+  _, prompts = smollm3_jax.text.prompts.render_prompts(demo_tokenizer, texts)
   # The demo's raw log-probabilities agree within 1e-4 (checked); the processed ones are compared
   # against transformers' log-softmax of its own logits, two roundings away: 2e-4.
   _check_against_transformers(demo_model, demo_hf_model, prompts, new_tokens=6, processed_tol=2e-4)

@@ -26,6 +26,7 @@ from transformers.generation.logits_process import (
 from transformers.generation.utils import GenerationMixin
 
 from smollm3_jax.generation import sampling as S
+from smollm3_jax.generation.settings import MAX_LOGIT_BIAS, MAX_NO_REPEAT_NGRAM
 
 B, V, L = 8, 400, 48
 STOP_IDS = np.array([7, 11, -1, -1], np.int32)  # -1: padding of the fixed-size array
@@ -362,12 +363,14 @@ def test_off_settings_leave_the_chain_unchanged(data):
   old = _chain_params([r[:5] + (1.0, 0.0, 0.0, 0, 0.0, 0.0, 0, {}) for r in CHAIN])
   ours = S.process_logits(jnp.asarray(data.logits), data.ctx, old, num_generated=jnp.asarray(data.gen_len),
                           stop_ids=jnp.asarray(STOP_IDS))
-  base = S.process_logits(jnp.asarray(data.logits), data.ctx.presence, old)
+  prompt_only = S.TokenContext(presence=data.ctx.presence, counts=jnp.zeros_like(data.ctx.counts),
+                               history=jnp.full_like(data.ctx.history, -1), length=jnp.zeros_like(data.ctx.length))
+  base = S.process_logits(jnp.asarray(data.logits), prompt_only, old)
   np.testing.assert_array_equal(np.asarray(ours), np.asarray(base))
 
 
 # ----------------------------------------------------------------------------
-# The registry: make, validation, pad_to.
+# The registry: make and validation.
 # ----------------------------------------------------------------------------
 
 
@@ -376,14 +379,14 @@ def test_off_settings_leave_the_chain_unchanged(data):
     ("epsilon_cutoff", 1.0, "epsilon_cutoff"), ("epsilon_cutoff", -0.1, "epsilon_cutoff"),
     ("eta_cutoff", [0.1, 1.0], "eta_cutoff"),
     ("no_repeat_ngram_size", -1, "no_repeat_ngram_size"), ("no_repeat_ngram_size", 2.5, "integer"),
-    ("no_repeat_ngram_size", S.MAX_NO_REPEAT_NGRAM + 1, "at most|\\[0, 64\\]"),
+    ("no_repeat_ngram_size", MAX_NO_REPEAT_NGRAM + 1, "at most|\\[0, 64\\]"),
     ("no_repeat_ngram_size", 2147483647, "no_repeat_ngram_size"),
     ("frequency_penalty", 2.5, "frequency_penalty"), ("presence_penalty", -2.01, "presence_penalty"),
     ("presence_penalty", float("nan"), "finite"),
     ("min_new_tokens", -3, "min_new_tokens"), ("min_new_tokens", 1.5, "min_new_tokens"),
     ("logit_bias", {"x": 1.0}, "logit_bias"), ("logit_bias", {-1: 1.0}, "logit_bias"),
     ("logit_bias", {3: float("inf")}, "logit_bias"), ("logit_bias", {1.5: 1.0}, "logit_bias"),
-    ("logit_bias", {i: 1.0 for i in range(S.MAX_LOGIT_BIAS + 1)}, "at most"),
+    ("logit_bias", {i: 1.0 for i in range(MAX_LOGIT_BIAS + 1)}, "at most"),
     ("logit_bias", [{1: 1.0}], "length"), ("logit_bias", 3.0, "logit_bias"),
     ("top_q", 0.5, "top_q"),
 ])
@@ -403,13 +406,8 @@ def test_make_and_pad_with_every_setting():
   p = S.SamplingParams.make(2, typical_p=[0.9, 1.0], no_repeat_ngram_size=3, frequency_penalty=[0.5, -0.5],
                             min_new_tokens=[4, 0], logit_bias=[{3: 1.5}, None])
   assert p.no_repeat_ngram_size.dtype == jnp.int32 and p.no_repeat_ngram_size.tolist() == [3, 3]
-  assert p.logit_bias_ids.shape == (2, S.MAX_LOGIT_BIAS) and p.logit_bias_ids[0, :2].tolist() == [3, -1]
-  assert p.logit_bias_ids[1].tolist() == [-1] * S.MAX_LOGIT_BIAS
-  q = p.pad_to(4)
-  off = S.SamplingParams.make(2)
-  for name in S.SamplingParams.__dataclass_fields__:
-    np.testing.assert_array_equal(getattr(q, name)[2:], getattr(off, name))
-    np.testing.assert_array_equal(getattr(q, name)[:2], getattr(p, name))
+  assert p.logit_bias_ids.shape == (2, MAX_LOGIT_BIAS) and p.logit_bias_ids[0, :2].tolist() == [3, -1]
+  assert p.logit_bias_ids[1].tolist() == [-1] * MAX_LOGIT_BIAS
   # One registry: every setting is a field (logit_bias as ids + values) and has an off value.
   assert set(S.SETTINGS) - {"logit_bias"} | {"logit_bias_ids", "logit_bias_values"} == \
       set(S.SamplingParams.__dataclass_fields__)

@@ -66,11 +66,16 @@ def _torch_rows(logits, fn):
                          for b in range(logits.shape[0])])
 
 
-def _presence(ids, valid):
-  """[B, V] bool: the ids at valid positions (a prompt observed into an empty TokenContext)."""
+def _context(ids, valid):
+  """The TokenContext of a prompt: the ids at valid positions observed into an empty context."""
   pos = jnp.broadcast_to(jnp.arange(ids.shape[1]), ids.shape)
   return S.observe(S.init_context(ids.shape[0], V, ids.shape[1]), jnp.asarray(ids), pos, jnp.asarray(valid),
-                   generated=False).presence
+                   generated=False)
+
+
+def _presence(ids, valid):
+  """[B, V] bool: the ids at valid positions."""
+  return _context(ids, valid).presence
 
 
 # ----------------------------------------------------------------------------
@@ -181,7 +186,7 @@ def _params(rows):
 def test_full_chain_matches_generate_processors(data):
   logits, ids, valid = data
   params = _params(CHAIN_ROWS)
-  ours = jax.jit(S.process_logits)(jnp.asarray(logits), _presence(ids, valid), params)
+  ours = jax.jit(S.process_logits)(jnp.asarray(logits), _context(ids, valid), params)
   f32 = lambda v: float(np.float32(v))
 
   def ref(b, s):
@@ -198,7 +203,7 @@ def test_full_chain_matches_generate_processors(data):
 
   # Greedy rows in sample_tokens: argmax of the penalised logits (do_sample=False).
   keys = S.row_keys(jnp.arange(B))
-  tok = np.asarray(_SAMPLE(jnp.asarray(logits), _presence(ids, valid),
+  tok = np.asarray(_SAMPLE(jnp.asarray(logits), _context(ids, valid),
                                               params, keys))
   assert tok[5] == int(np.argmax(r[5]))
   assert all(np.isfinite(r[b, tok[b]]) for b in range(B))
@@ -209,7 +214,7 @@ def test_top_p_sees_the_top_k_output():
   half of the 10 (top-p over the whole vocabulary would keep hundreds, and top-k would win)."""
   logits = (np.random.default_rng(4).standard_normal((2, V)) * 0.5).astype(np.float32)
   rows = [(1.0, 10, 0.5, 0.0, 1.0), (0.8, 20, 0.7, 0.0, 1.0)]
-  ours = np.asarray(jax.jit(S.process_logits)(jnp.asarray(logits), jnp.zeros((2, V), bool), _params(rows)))
+  ours = np.asarray(jax.jit(S.process_logits)(jnp.asarray(logits), S.init_context(2, V, 1), _params(rows)))
   f32 = lambda v: float(np.float32(v))
 
   def ref(b, s):
@@ -249,7 +254,7 @@ def test_temperature_one_matches_softmax_frequencies():
   n, small_v = 40000, 6
   row = np.array([1.0, 0.5, 0.0, -0.5, -1.5, 2.0], np.float32)
   logits = jnp.broadcast_to(jnp.asarray(row), (n, small_v))
-  presence = jnp.zeros((n, small_v), bool)
+  presence = S.init_context(n, small_v, 1)  # an empty context
   params = S.SamplingParams.make(n, temperature=1.0)
   keys = S.step_keys(S.row_keys(jnp.arange(n) + 1234), 0)
   tok = np.asarray(_SAMPLE(logits, presence, params, keys))
@@ -314,7 +319,7 @@ def test_draws_over_a_real_vocabulary_match_softmax_frequencies():
 def test_same_seed_same_tokens_and_steps_differ(data):
   logits, ids, valid = data
   params = _params([(1.0, 0, 1.0, 0.0, 1.0)] * B)
-  presence = _presence(ids, valid)
+  presence = _context(ids, valid)
   fn = _SAMPLE
   keys = S.row_keys(jnp.asarray([3, 4, 5, 6, 7, 8]))
   a = fn(jnp.asarray(logits), presence, params, S.step_keys(keys, 7))
@@ -473,7 +478,7 @@ def test_changing_values_does_not_retrace(data):
     traces["process"] += 1
     return S.process_logits(logits, presence, params)
 
-  presence = _presence(ids, valid)
+  presence = _context(ids, valid)
   keys = S.row_keys(jnp.arange(B))
   settings = [
       _params(CHAIN_ROWS),

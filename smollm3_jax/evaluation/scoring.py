@@ -7,7 +7,7 @@
 
 A pair (prompt, continuation) runs as one sequence ``prompt + continuation[:-1]``; position t's
 logits score token t + 1. Requests are sorted by length and run in batches padded to a batch bucket
-(``kv_cache.DEFAULT_BATCH_BUCKETS``) and a length bucket (``kv_cache.bucket_length`` over
+(``buckets.DEFAULT_BATCH_BUCKETS``) and a length bucket (``buckets.bucket_length`` over
 :data:`BUCKETS`): one compiled
 program per (batch, length) shape, whatever the texts. Inside the program the sequence runs in
 chunks of :data:`CHUNK` positions through a KV cache (attention memory and the ``[B, chunk, vocab]``
@@ -35,8 +35,9 @@ import numpy as np
 from flax import nnx
 
 from smollm3_jax.utils import validation
-from smollm3_jax.generation.api import render_prompts
-from smollm3_jax.nn.kv_cache import DEFAULT_BATCH_BUCKETS, DEFAULT_BUCKETS, KVCache, bucket_length
+from smollm3_jax.text.prompts import render_prompts
+from smollm3_jax.nn.kv_cache import KVCache
+from smollm3_jax.utils.buckets import DEFAULT_BATCH_BUCKETS, DEFAULT_BUCKETS, bucket_length
 from smollm3_jax.nn.model import SmolLM3
 
 CHUNK = 256  # positions per pass through the model inside the scoring program
@@ -194,7 +195,7 @@ def score(model: SmolLM3, tokenizer, prompts, continuations, *, chat: bool = Fal
   """Log-probabilities of each continuation given its prompt (teacher-forced).
 
   ``prompts``: strings, token id lists or (``chat=True``) message lists, as
-  :func:`smollm3_jax.generation.api.render_prompts` takes them: with ``chat`` a prompt is rendered with the
+  :func:`smollm3_jax.text.prompts.render_prompts` takes them: with ``chat`` a prompt is rendered with the
   chat template and its generation prompt (``thinking``: the template's ``enable_thinking``, per
   prompt or one value, default off: SmolLM3's template then closes an empty think block in the
   prompt, so the continuation is scored as the answer itself; ``date``: the day it writes), so a

@@ -15,155 +15,25 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any, Iterator
+from typing import Iterator
 
 import numpy as np
 
+from smollm3_jax.generation import defaults as generation_defaults
 from smollm3_jax.generation import sampling
-from smollm3_jax.utils import validation
-from smollm3_jax.generation.decode import EOS, MAX_STOP_IDS, STOP, STOP_REASONS
+from smollm3_jax.generation.beam import beam_search
 from smollm3_jax.generation.engine import CHUNK_STEPS, MAX_TOP_LOGPROBS, Engine, Request, get_engine
+from smollm3_jax.generation.results import Completion, GenerationResult, GenerationStats, TokenLogprobs
+from smollm3_jax.generation.runner import Row, Runner
+from smollm3_jax.generation.settings import row_seeds
+from smollm3_jax.generation.stop import check_stop, check_stop_ids
 from smollm3_jax.nn.model import SmolLM3
+from smollm3_jax.text.prompts import render_prompts
 from smollm3_jax.text.thinking import VisibleText, prompt_opens_thinking, split_thinking
+from smollm3_jax.utils import validation
 
-@dataclasses.dataclass
-class TokenLogprobs:
-  """Per generated token, aligned with ``Completion.token_ids`` (arrays [T], the alternatives
-  [T, K]); log-probabilities in nats. ``logprob``: log-softmax of the model's raw logits at the
-  token; ``processed_logprob``: under the distribution it was sampled from (after the processors,
-  temperature and filters; greedy rows: the processed logits), as ``transformers``'
-  ``compute_transition_scores`` on ``output_scores``; ``entropy`` / ``processed_entropy`` of the two
-  distributions; ``rank``: 1 + the tokens with a higher raw logit; ``top_ids`` / ``top_logprobs``: the
-  K most likely raw tokens (``top_logprobs=K``)."""
-
-  logprob: np.ndarray
-  processed_logprob: np.ndarray
-  entropy: np.ndarray
-  processed_entropy: np.ndarray
-  rank: np.ndarray
-  top_ids: np.ndarray
-  top_logprobs: np.ndarray
-
-  @classmethod
-  def of(cls, record: dict, n: int) -> "TokenLogprobs":
-    return cls(**{k: np.asarray(v)[:n] for k, v in record.items()})
-
-
-@dataclasses.dataclass
-class Completion:
-  """One prompt's generation. ``token_ids`` include the stop token when one ended the row;
-  ``logprobs`` (with ``logprobs=True``) holds per-token figures aligned with them."""
-
-  prompt: str
-  prompt_token_ids: list[int]
-  token_ids: list[int]
-  text: str
-  thinking: str
-  answer: str
-  stop_reason: str
-  settings: dict[str, Any] = dataclasses.field(default_factory=dict)
-  logprobs: TokenLogprobs | None = None
-  score: float | None = None  # beam search: the hypothesis' score (transformers' sequences_scores)
-
-
-@dataclasses.dataclass
-class GenerationStats:
-  """Timings of one call, in seconds; throughput in tokens per second."""
-
-  prompt_tokens: int = 0
-  generated_tokens: int = 0
-  compile_seconds: float = 0.0
-  prefill_seconds: float = 0.0
-  time_to_first_token: float = 0.0
-  decode_seconds: float = 0.0
-  decode_tokens_per_second: float = 0.0
-  batch_size: int = 0          # slots of the pool
-  cache_length: int = 0        # cache slots per row
-  decode_steps: int = 0
-  prefilled_prompts: int = 0     # prompts run through prefill (repeats share one)
-  slot_utilization: float = 0.0  # generated tokens / (slots x decode steps)
-  queue_seconds: float = 0.0     # mean wait of a row for a slot
-  max_queue_seconds: float = 0.0
-
-  def as_dict(self) -> dict[str, Any]:
-    return dataclasses.asdict(self)
-
-
-@dataclasses.dataclass
-class GenerationResult:
-  completions: list[Completion]
-  stats: GenerationStats
-
-  def __iter__(self):
-    return iter(self.completions)
-
-  def __len__(self):
-    return len(self.completions)
-
-  def __getitem__(self, i):
-    return self.completions[i]
-
-
-def row_seeds(seed, n: int) -> np.ndarray:
-  """Per-row seeds [n] uint32: given per row, or derived from a base seed and the row's index.
-  Seeds are integers in [0, 2**32 - 1] (ValueError otherwise: never truncated or wrapped)."""
-  if isinstance(seed, (list, tuple, np.ndarray)) and np.ndim(seed) == 1:
-    return validation.as_seeds("seed", seed, n).astype(np.uint32)
-  base = np.uint64(validation.as_count("seed", seed, low=0, high=validation.UINT32_MAX))
-  idx = np.arange(n, dtype=np.uint64)
-  mixed = (base * np.uint64(0x9E3779B1) + idx * np.uint64(0x85EBCA77) + np.uint64(0x165667B1))
-  return (mixed & np.uint64(0xFFFFFFFF)).astype(np.uint32)
-
-
-def render_prompts(tokenizer, prompts, *, chat: bool = True, thinking=True, date=None,
-                   vocab_size: int | None = None, split_special_tokens: bool = False
-                   ) -> tuple[list[str], list[list[int]]]:
-  """Prompt texts and ids. A prompt is a string (one user message when ``chat``), a message list,
-  or a sequence of token ids (used as is, each checked to lie in ``[0, vocab_size)``; default the
-  tokenizer's vocabulary). ``date``: the day the chat template sees; ``split_special_tokens``:
-  special-token text in the messages stays text (see ``Tokenizer.apply_chat_template``; raw
-  ``chat=False`` prompts are then encoded all as text)."""
-  if isinstance(prompts, str) or _is_messages(prompts) or _is_ids(prompts):
-    prompts = [prompts]
-  if not isinstance(prompts, (list, tuple)):
-    raise ValueError(f"prompts must be a string, a message list, token ids or a list of those, "
-                     f"got {type(prompts).__name__}")
-  prompts = list(prompts)
-  if not prompts:
-    raise ValueError("prompts: need at least one prompt, got an empty list")
-  thinking = validation.as_bools("thinking", thinking, len(prompts))
-  texts, ids = [], []
-  for i, p in enumerate(prompts):
-    if _is_ids(p) or (isinstance(p, (list, tuple, np.ndarray)) and len(p) == 0):
-      if len(p) == 0:
-        raise ValueError(f"prompt {i} is empty")
-      limit = vocab_size or (tokenizer.vocab_size if tokenizer is not None else 2**31 - 1)
-      ids.append(validation.check_token_ids(f"prompt {i}", p, limit))
-      texts.append(tokenizer.decode(ids[-1]) if tokenizer is not None else "")
-      continue
-    if tokenizer is None:
-      raise ValueError("a tokenizer is needed for text prompts (or pass token ids)")
-    if isinstance(p, str) and not p.strip():
-      raise ValueError(f"prompt {i} is empty (or only whitespace)")
-    if chat:
-      if isinstance(p, str):
-        messages = [{"role": "user", "content": p}]
-      else:
-        try:
-          messages = validation.check_messages(p)
-        except ValueError as e:
-          raise ValueError(f"prompt {i}: {e}") from None
-      render = dict(add_generation_prompt=True, enable_thinking=bool(thinking[i]), date=date)
-      text = tokenizer.apply_chat_template(messages, tokenize=False, **render)
-      ids.append(tokenizer.apply_chat_template(messages, tokenize=True, split_special_tokens=True, **render)
-                 if split_special_tokens else tokenizer.encode(text))
-    else:
-      if not isinstance(p, str):
-        raise ValueError(f"prompt {i}: raw (chat=False) prompts must be strings or token ids")
-      text = p
-      ids.append(tokenizer.encode(text, split_special_tokens=split_special_tokens))
-    texts.append(text)
-  return texts, ids
+__all__ = ["generate", "stream", "Stream", "Completion", "GenerationResult", "GenerationStats", "TokenLogprobs",
+           "render_prompts", "row_seeds"]
 
 
 def _plain_number(v):
@@ -171,87 +41,14 @@ def _plain_number(v):
   return v.item() if hasattr(v, "item") else v
 
 
-def _is_messages(p) -> bool:
-  return isinstance(p, (list, tuple)) and len(p) > 0 and isinstance(p[0], dict)
-
-
-def _is_ids(p) -> bool:
-  return (isinstance(p, np.ndarray) and p.ndim == 1) or (
-      isinstance(p, (list, tuple)) and len(p) > 0 and isinstance(p[0], (int, np.integer)))
-
-
-def _finish(tokenizer, requests, texts, prompt_ids, stop_ids, settings, stop=()) -> list[Completion]:
-  """Completions of finished requests (``tag`` = the row's index into texts/prompt_ids/settings)."""
-  out = []
-  for r in requests:
-    i = r.tag
-    ids = list(r.token_ids)
-    body = ids[:-1] if ids and r.reason == EOS and ids[-1] in stop_ids else ids
-    text = tokenizer.decode(body) if tokenizer is not None else ""
-    if r.reason == STOP:  # cut the stop string (and anything after it) from the text
-      text = _cut_stop(text, stop)
-    thinking, answer = (split_thinking(text, inside=prompt_opens_thinking(texts[i])) if tokenizer is not None
-                        else ("", ""))
-    out.append(Completion(prompt=texts[i], prompt_token_ids=list(prompt_ids[i]), token_ids=ids, text=text,
-                          thinking=thinking, answer=answer, stop_reason=STOP_REASONS[r.reason],
-                          settings={k: (v[i].item() if hasattr(v[i], "item") else v[i]) for k, v in settings.items()},
-                          logprobs=TokenLogprobs.of(r.record, len(ids)) if r.record is not None else None))
-  return out
-
-
-MAX_STOP_STRINGS = 4  # stop strings per call (OpenAI's limit)
-
-
-def _check_stop(stop) -> tuple[str, ...]:
-  if stop is None:
-    return ()
-  if isinstance(stop, str):
-    stop = (stop,)
-  if not isinstance(stop, (list, tuple)) or not all(isinstance(x, str) and x for x in stop):
-    raise ValueError(f"stop: a non-empty string or a list of them, got {stop!r}")
-  if len(stop) > MAX_STOP_STRINGS:
-    raise ValueError(f"stop: at most {MAX_STOP_STRINGS} strings, got {len(stop)}")
-  return tuple(stop)
-
-
-def _cut_stop(text: str, stop) -> str:
-  hits = [text.find(x) for x in stop if x in text]
-  return text[:min(hits)] if hits else text
-
-
-def _stop_string_hit(tokenizer, ids: list[int], stop, checked: int) -> int | None:
-  """The smallest k > checked with a stop string in the text of ids[:k] (the token that completes
-  it ends the row, as ``transformers``' stop strings), else None."""
-  longest = max(len(x) for x in stop)
-  for k in range(checked + 1, len(ids) + 1):
-    # The stop string ends within token k-1: decoding a tail of a few tokens is enough.
-    tail = tokenizer.decode(ids[max(0, k - longest - 4):k])
-    if any(x in tail for x in stop):
-      return k
-  return None
-
-
-def cut_at_stop_string(pool, tokenizer, row, stop, checked: int) -> None:
-  """Ends ``row`` (a pool Request) at the first token whose text completes a stop string, checking the
-  tokens after the first ``checked``: its tokens cut there, its slot freed, its reason "stop"."""
-  k = _stop_string_hit(tokenizer, row.token_ids, stop, checked)
-  if k is not None:
-    row.token_ids = row.token_ids[:k]
-    if not row.done:
-      pool.cancel(row, STOP)
-    row.reason, row.done = STOP, True
-
-
 @dataclasses.dataclass
 class _Call:
-  """A checked generate/stream call: its rows as pool requests, and how to build the results."""
+  """A checked generate/stream call: its rows, and the pool they run in."""
 
   engine: Engine
-  requests: list
-  texts: list
+  rows: list[Row]
   prompt_ids: list
   stop_ids: tuple
-  settings: dict
   slots: int
   length: int
   context: int | None
@@ -260,12 +57,14 @@ class _Call:
   logprobs: bool = False
   top_logprobs: int = 0
 
-  def pool(self, chunk_steps: int = CHUNK_STEPS):
+  def runner(self, chunk_steps: int = CHUNK_STEPS, incremental: bool = False) -> Runner:
+    """A runner over a fresh pool with every row of the call submitted (settings checked there)."""
     pool = self.engine.pool(self.slots, self.length, stop_ids=self.stop_ids, context_length=self.context,
                             newline_guard=self.newline_guard, chunk_steps=chunk_steps, logprobs=self.logprobs,
                             top_logprobs=self.top_logprobs, shrink=True)
-    pool.submit(self.requests)
-    return pool
+    runner = Runner(pool, self.engine.tokenizer, incremental=incremental)
+    runner.submit(self.rows)
+    return runner
 
 
 def _setup(model, tokenizer, prompts, *, chat, thinking, max_new_tokens, seed, newline_limit, stop_ids,
@@ -296,16 +95,9 @@ def _setup(model, tokenizer, prompts, *, chat, thinking, max_new_tokens, seed, n
     raise TypeError(f"unknown sampling setting(s): {', '.join(unknown)} (known: {', '.join(sampling.SETTINGS)})")
   given = {k: v for k, v in sampling_settings.items() if v is not None}
   rows = {k: (expand(k, v) if not isinstance(v, dict) else v) for k, v in given.items()}
-  sampling.SamplingParams.make(n, vocab_size=vocab, **rows)  # checks every value (ValueError naming it)
   seeds = row_seeds(seed, n)
-  if stop_ids is None:
-    stop_ids = tuple(tokenizer.stop_token_ids) if tokenizer is not None else tuple(cfg.eos_token_id)
-  if isinstance(stop_ids, (int, np.integer)):
-    stop_ids = (stop_ids,)
-  stop_ids = tuple(validation.check_token_ids("stop_ids", list(stop_ids), vocab))
-  if len(stop_ids) > MAX_STOP_IDS:
-    raise ValueError(f"stop_ids: at most {MAX_STOP_IDS} stop ids, got {len(stop_ids)}")
-  stop = _check_stop(stop)
+  stop_ids = check_stop_ids(stop_ids, tokenizer, cfg)
+  stop = check_stop(stop)
   if stop and tokenizer is None:
     raise ValueError("stop: stop strings need a tokenizer")
   limit = context or cfg.max_position_embeddings
@@ -324,7 +116,7 @@ def _setup(model, tokenizer, prompts, *, chat, thinking, max_new_tokens, seed, n
   for i in range(n):
     row = {k: (v[i] if isinstance(v, list) else v) for k, v in rows.items()}
     requests.append(Request(prompt=prompt_ids[i], settings=row, seed=int(seeds[i]), max_new=int(max_new[i]),
-                            newline_limit=int(nl[i]), share=share, tag=i))
+                            newline_limit=int(nl[i]), share=share))
   need = max(len(p) + min(int(m), limit - len(p)) - 1 for p, m in zip(prompt_ids, max_new))
   if cache_length is not None:  # a fixed pool length (a chat session's: one program set for every turn)
     cache_length = validation.as_count("cache_length", cache_length, low=1)
@@ -337,8 +129,10 @@ def _setup(model, tokenizer, prompts, *, chat, thinking, max_new_tokens, seed, n
   settings.update({k: [_plain_number(v) for v in expand(k, val)] for k, val in given.items()
                    if k not in _ECHOED and not isinstance(val, dict)})
   settings.update(seed=seeds, thinking=thinking)
-  return _Call(engine=engine, requests=requests, texts=texts, prompt_ids=prompt_ids, stop_ids=stop_ids,
-               settings=settings, slots=engine.slots_for(min(n, slots or n)), length=engine.cache_length_for(need),
+  echo = lambda i: {k: (v[i].item() if hasattr(v[i], "item") else v[i]) for k, v in settings.items()}
+  call_rows = [Row(request=r, prompt_text=texts[i], stop=stop, settings=echo(i)) for i, r in enumerate(requests)]
+  return _Call(engine=engine, rows=call_rows, prompt_ids=prompt_ids, stop_ids=stop_ids,
+               slots=engine.slots_for(min(n, slots or n)), length=engine.cache_length_for(need),
                context=context, newline_guard=bool(nl.any()), stop=stop, logprobs=logprobs or top_logprobs > 0,
                top_logprobs=top_logprobs)
 
@@ -348,7 +142,7 @@ _ECHOED = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty")
 
 
 def _stats(call: _Call, pool, t_call: float) -> GenerationStats:
-  reqs = call.requests
+  reqs = [row.request for row in call.rows]
   st = pool.stats
   gen = sum(len(r.token_ids) for r in reqs)
   dt = st["decode_seconds"]
@@ -362,21 +156,6 @@ def _stats(call: _Call, pool, t_call: float) -> GenerationStats:
       prefilled_prompts=int(st["prefilled_prompts"]),
       queue_seconds=float(np.mean([r.queue_seconds for r in reqs])),
       max_queue_seconds=float(max(r.queue_seconds for r in reqs)))
-
-
-def _steps(call: _Call, pool) -> Iterator[list]:
-  """Steps the pool until every request of the call finished, cutting rows at stop strings;
-  yields each step's changed requests."""
-  checked = {}
-  while not pool.idle:
-    changed = pool.step()
-    if call.stop:
-      for r in changed:
-        if r.done and r.cancelled:
-          continue
-        seen, checked[r.tag] = checked.get(r.tag, 0), len(r.token_ids)
-        cut_at_stop_string(pool, call.engine.tokenizer, r, call.stop, seen)
-    yield changed
 
 
 def generate(model: SmolLM3, tokenizer, prompts, *, chat: bool = True, thinking=None,
@@ -415,8 +194,6 @@ def generate(model: SmolLM3, tokenizer, prompts, *, chat: bool = True, thinking=
   ``transformers`` encodes it; ``split_special_tokens=True`` keeps it text (the server's default).
   Every argument is checked before anything compiles (ValueError naming it).
   """
-  from smollm3_jax.generation import defaults as generation_defaults
-
   if validation.as_count("num_beams", num_beams, low=1) > 1:
     # What the slot engine does and beam search does not: refused by name, never dropped in silence.
     unsupported = dict(stop=stop not in (None, (), []), logprobs=bool(logprobs), top_logprobs=top_logprobs != 0,
@@ -441,19 +218,18 @@ def generate(model: SmolLM3, tokenizer, prompts, *, chat: bool = True, thinking=
                 stop=stop, cache_length=cache_length, logprobs=logprobs, top_logprobs=top_logprobs,
                 split_special_tokens=split_special_tokens,
                 **sampling_settings)
-  pool = call.pool()
+  runner = call.runner()
   bar = None
   if progress:
-    from tqdm.auto import tqdm
+    from tqdm.auto import tqdm  # (lazy: tqdm picks its notebook or terminal bar when first used)
 
-    bar = tqdm(total=len(call.requests), unit="row", desc="generate", dynamic_ncols=True)
-  for changed in _steps(call, pool):
+    bar = tqdm(total=len(call.rows), unit="row", desc="generate", dynamic_ncols=True)
+  for events in runner.run():
     if bar is not None:
-      bar.update(sum(r.done for r in changed))
+      bar.update(sum(e.done for e in events))
   if bar is not None:
     bar.close()
-  return GenerationResult(_finish(tokenizer, call.requests, call.texts, call.prompt_ids, call.stop_ids,
-                                  call.settings, call.stop), _stats(call, pool, t_call))
+  return GenerationResult([row.completion for row in call.rows], _stats(call, runner.pool, t_call))
 
 
 def _beam_generate(model, tokenizer, prompts, *, chat, thinking, max_new_tokens, num_beams, length_penalty,
@@ -461,9 +237,6 @@ def _beam_generate(model, tokenizer, prompts, *, chat, thinking, max_new_tokens,
                    split_special_tokens, **processors) -> GenerationResult:
   """generate() with num_beams > 1: beam search over the rendered prompts. ``context_length``: the
   positions a hypothesis may fill (prompt + max_new_tokens must fit: refused otherwise)."""
-  from smollm3_jax.generation import defaults as generation_defaults
-  from smollm3_jax.generation.beam import beam_search
-
   given = {k: v for k, v in sampled.items() if v is not None and v != sampling.SETTINGS[k].off}
   if given:
     raise ValueError(f"beam search is not sampled: {', '.join(given)} cannot be used with num_beams > 1")
@@ -484,8 +257,7 @@ def _beam_generate(model, tokenizer, prompts, *, chat, thinking, max_new_tokens,
                     early_stopping=early_stopping, max_new_tokens=max_new, stop_ids=stop_ids,
                     num_return_sequences=num_return_sequences, **processors)
   wall = time.perf_counter() - t0
-  stops = set(stop_ids if stop_ids is not None else
-              (tokenizer.stop_token_ids if tokenizer is not None else model.config.eos_token_id))
+  stops = set(res.stop_ids)
   out = []
   settings = dict(num_beams=num_beams, length_penalty=length_penalty, early_stopping=early_stopping, **processors)
   for i, (beams, scores) in enumerate(zip(res.beams, res.beam_scores)):
@@ -517,24 +289,19 @@ class Stream:
   """
 
   def __init__(self, model, tokenizer, prompt, *, hide_thinking: bool = False, chunk_steps: int = 4, **kwargs):
-    from smollm3_jax.generation import defaults as generation_defaults
-    from smollm3_jax.text.tokenizer import IncrementalDecoder
-
     unknown = sorted(set(kwargs) - set(_DEFAULTS) - set(sampling.SETTINGS))
     if unknown:
       raise TypeError(f"stream() got unexpected keyword argument(s): {', '.join(unknown)}")
     validation.as_count("chunk_steps", chunk_steps, low=1)
-    if not (isinstance(prompt, str) or _is_messages(prompt) or _is_ids(prompt)):
+    if not (isinstance(prompt, str) or validation.is_messages(prompt) or validation.is_ids(prompt)):
       raise ValueError("stream() takes one prompt: a string, a message list or token ids")
     args = {**_DEFAULTS, **kwargs}
     args.update(generation_defaults.for_tokenizer(tokenizer).fill(
         **{name: args[name] for name in (*generation_defaults.FIELDS, "thinking")}))
     self._t_call = time.perf_counter()
     self._call = _setup(model, tokenizer, [prompt], **args)
-    self._tokenizer = tokenizer
-    self._decoder = IncrementalDecoder(tokenizer)
+    self._runner = self._call.runner(chunk_steps, incremental=True)  # (the settings are checked here)
     self._hide = hide_thinking
-    self._chunk = chunk_steps
     self.result: GenerationResult | None = None
     self.cancelled = False
 
@@ -543,39 +310,17 @@ class Stream:
     self.cancelled = True
 
   def __iter__(self) -> Iterator[str]:
-    call = self._call
-    r = call.requests[0]
-    pool = call.pool(self._chunk)
-    shown = VisibleText(self._hide, inside=prompt_opens_thinking(call.texts[0]))
-    fed = 0
-    # With stop strings the text shows once the row ended (a stop string may still cut it).
-    hold = bool(call.stop)
-    for changed in _steps(call, pool):
-      if self.cancelled and not r.done:
-        pool.cancel(r)
-        pool.step()  # frees the slot
-      if r not in changed or (hold and not r.done):
-        if self.cancelled:
-          break
-        continue
-      ids = r.token_ids[fed:]
-      if r.done and r.reason == EOS and ids and ids[-1] in call.stop_ids:
-        ids = ids[:-1]
-      fed = len(r.token_ids)
-      piece = "".join(self._decoder.push(t) for t in ids)
-      if hold:  # the whole text at once: cut at the stop string
-        piece = _cut_stop(piece + self._decoder.flush(), call.stop) if r.reason == STOP else piece
-      out = shown.feed(piece)
-      if out:
-        yield out
+    call, runner = self._call, self._runner
+    row, = call.rows
+    shown = VisibleText(self._hide, inside=prompt_opens_thinking(row.prompt_text))
+    for events in runner.run():
+      for e in events:
+        out = shown.feed(e.text, final=e.done)
+        if out:
+          yield out
       if self.cancelled:
-        break
-    tail = shown.feed(self._decoder.flush(), final=True)
-    if tail:
-      yield tail
-    self.result = GenerationResult(_finish(self._tokenizer, call.requests, call.texts, call.prompt_ids,
-                                           call.stop_ids, call.settings, call.stop),
-                                   _stats(call, pool, self._t_call))
+        runner.cancel(row)  # the next step frees its slot and ends it
+    self.result = GenerationResult([row.completion], _stats(call, runner.pool, self._t_call))
 
 
 # stream()'s keyword arguments and their defaults (None: the checkpoint's, as in generate()).

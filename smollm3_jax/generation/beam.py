@@ -42,7 +42,9 @@ from flax import nnx
 from smollm3_jax.utils import distributed
 from smollm3_jax.generation import sampling
 from smollm3_jax.utils import validation
-from smollm3_jax.nn.kv_cache import KVCache, bucket_length
+from smollm3_jax.generation.stop import check_stop_ids
+from smollm3_jax.nn.kv_cache import KVCache
+from smollm3_jax.utils.buckets import bucket_length
 
 _NEG = -1.0e9  # transformers' "impossible" score
 # The settings that act in beam search (do_sample=False: the logits processors, not the warpers).
@@ -68,6 +70,7 @@ class BeamResult:
   run_seconds: float = 0.0      # running it: prompt prefill and every search step (one program)
   cache_length: int = 0         # cache slots per beam
   steps: int = 0                # search steps run (the longest returned hypothesis)
+  stop_ids: tuple = ()          # the ids that finished a hypothesis (the defaults when none were given)
 
 
 @flax.struct.dataclass
@@ -237,11 +240,7 @@ def beam_search(model, tokenizer, prompt_ids: Sequence[Sequence[int]], *, num_be
     if isinstance(ids, (str, bytes)) or not isinstance(ids, Sequence) or not ids:
       raise ValueError(f"`prompt_ids[{i}]` must be a non-empty list of token ids, got {ids!r}")
     prompts.append(validation.check_token_ids(f"prompt_ids[{i}]", list(ids), vocab))
-  if stop_ids is None:
-    stop_ids = tuple(tokenizer.stop_token_ids) if tokenizer is not None else tuple(cfg.eos_token_id)
-  elif isinstance(stop_ids, (int, np.integer)):
-    stop_ids = (stop_ids,)
-  stop_ids = tuple(validation.check_token_ids("stop_ids", list(stop_ids), vocab))
+  stop_ids = check_stop_ids(stop_ids, tokenizer, cfg)
   longest = max(map(len, prompts))
   if longest + max_new > cfg.max_position_embeddings:
     raise ValueError(f"the longest prompt ({longest} tokens) plus max_new_tokens ({max_new}) exceeds the "
@@ -278,4 +277,4 @@ def beam_search(model, tokenizer, prompt_ids: Sequence[Sequence[int]], *, num_be
     texts = [tokenizer.decode(strip(b[0])) for b in beams]
   return BeamResult(sequences=[b[0] for b in beams], scores=[s[0] for s in beam_scores], beams=beams,
                     beam_scores=beam_scores, texts=texts, compile_seconds=compile_seconds, run_seconds=run_seconds,
-                    cache_length=cache_length, steps=int(np.max(length)))
+                    cache_length=cache_length, steps=int(np.max(length)), stop_ids=stop_ids)

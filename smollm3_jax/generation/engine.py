@@ -39,9 +39,11 @@ from flax import nnx
 from smollm3_jax.utils import distributed
 from smollm3_jax.utils import runtime
 from smollm3_jax.generation import sampling
+from smollm3_jax.generation.settings import SETTINGS, validate_sampling_args
 from smollm3_jax.generation.decode import (CANCELLED, MAX_STOP_IDS, DecodeState, Record, RowSettings, SharedSettings,
                                 compact_jit, decode_jit, insert_jit, prefill_slots_jit)
-from smollm3_jax.nn.kv_cache import DEFAULT_BATCH_BUCKETS, DEFAULT_BUCKETS, KVCache, bucket_length, window_length
+from smollm3_jax.nn.kv_cache import KVCache
+from smollm3_jax.utils.buckets import DEFAULT_BATCH_BUCKETS, DEFAULT_BUCKETS, bucket_length, window_length
 from smollm3_jax.nn.model import SmolLM3
 from smollm3_jax.nn.sharding import engine_sharding
 
@@ -296,7 +298,9 @@ class Pool:
     values = {k: [r.settings.get(k, sampling.SETTINGS[k].off) if r is not None else sampling.SETTINGS[k].off
                   for r in requests] for k in names}
     col = lambda f, fill: np.asarray([f(r) if r is not None else fill for r in requests], np.int32)
-    return RowSettings(params=sampling.SamplingParams.make(n, vocab_size=self.engine.config.vocab_size, **values),
+    # (checked once, when the rows were submitted)
+    return RowSettings(params=sampling.SamplingParams.make(n, vocab_size=self.engine.config.vocab_size,
+                                                           validate=False, **values),
                        prompt_len=jnp.asarray(col(lambda r: len(r.prompt), 1)),
                        max_new=jnp.asarray(col(lambda r: r.max_new, 1)),
                        newline_limit=jnp.asarray(col(lambda r: r.newline_limit, 0)),
@@ -318,9 +322,16 @@ class Pool:
                        f"{p + request.max_new - 1} cache slots; this pool has {self.length}")
 
   def submit(self, requests: Sequence[Request]) -> None:
-    """Queues rows (checked first: nothing is queued when one is bad)."""
+    """Queues rows (checked first, their settings too: nothing is queued when one is bad)."""
     for r in requests:
       self.check(r)
+    names = sorted({k for r in requests for k in r.settings})
+    unknown = [k for k in names if k not in SETTINGS]
+    if unknown:
+      raise ValueError(f"unknown sampling setting(s): {', '.join(unknown)} (known: {', '.join(SETTINGS)})")
+    if names:  # one value per row and setting (ValueError naming the setting)
+      validate_sampling_args(batch=len(requests), vocab_size=self.engine.config.vocab_size,
+                             **{k: [r.settings.get(k, SETTINGS[k].off) for r in requests] for k in names})
     now = time.perf_counter()
     for r in requests:
       r.submitted = now
@@ -328,9 +339,14 @@ class Pool:
     self.queue.extend(requests)
 
   def cancel(self, request: Request, reason: int = CANCELLED) -> None:
-    """Stops a row at the next look at the pool (its slot is freed; its tokens so far stay)."""
+    """Stops a row at the next look at the pool (its slot is freed; its tokens so far stay); a row
+    still waiting in the queue ends now."""
     request.cancelled = True
     request.reason = reason
+    with self.lock:
+      if request in self.queue:
+        self.queue.remove(request)
+        request.done, request.finished = True, time.perf_counter()
 
   @property
   def active(self) -> int:

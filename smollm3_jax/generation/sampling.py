@@ -2,8 +2,8 @@
 
 Every sampling setting is a traced ``[B]`` array (``logit_bias``: ``[B, MAX_LOGIT_BIAS]`` pairs), so
 a grid of settings runs as one batch inside a jitted decode loop and changing a value never
-recompiles. :data:`SETTINGS` is the one registry of settings (name, off value, dtype, range, help):
-``SamplingParams.make``, :func:`validate_sampling_args`, ``pad_to`` and the CLI flags all read it.
+recompiles. The settings' registry and their host-side checks are
+:mod:`smollm3_jax.generation.settings` (``SETTINGS`` is re-exported here).
 
 The chain, in ``GenerationMixin._get_logits_processor``'s order (each step skipped when no row uses
 it; all filters with ``filter_value=-inf`` and ``min_tokens_to_keep=1``):
@@ -34,167 +34,18 @@ anyway). See ``_top_p_keep`` for the rounding at the cut-off.
 What the processors know of each row's text is a :class:`TokenContext` (presence, generated-token
 counts, token history by position), kept up to date with :func:`observe`.
 
-Imports nothing from the package: pure functions over arrays, used by the decode loop.
+Imports only the settings registry: pure functions over arrays, used by the decode loop.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Sequence
 
 import flax
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-MAX_LOGIT_BIAS = 16  # (id, bias) pairs per row for ``logit_bias``
-# Largest ``no_repeat_ngram_size``: blocking compares the history once per n-gram position (O(L x n)
-# per step), so an unbounded n would stall the decode loop; n-grams longer than this are not a
-# setting anyone sweeps (transformers' usual values are 2-10).
-MAX_NO_REPEAT_NGRAM = 64
-_F32_MAX = float(np.finfo(np.float32).max)
-_I32_MAX = int(np.iinfo(np.int32).max)
-
-
-@dataclasses.dataclass(frozen=True)
-class Setting:
-  """One sampling setting: its off value, dtype, help line and range check.
-
-  ``check(arr)`` gets the values as float64 numpy (finite, checked before) and returns an error
-  message, or None when they are in range. ``integer``: values must be whole numbers."""
-
-  off: Any
-  dtype: type
-  help: str
-  check: Callable[[np.ndarray], str | None]
-  integer: bool = False
-
-
-def _rule(ok: Callable[[np.ndarray], np.ndarray], message: str) -> Callable[[np.ndarray], str | None]:
-  return lambda arr: None if np.all(ok(arr)) else message
-
-
-# The registry, in the order of SamplingParams' fields (logit_bias last: two fields, ids and values).
-SETTINGS: dict[str, Setting] = {
-    "temperature": Setting(0.0, np.float32, "0 = greedy (argmax of the processed logits).",
-                           _rule(lambda a: a >= 0, "must be >= 0 (0 = greedy)")),
-    "top_k": Setting(0, np.int32, "Keep the k most likely tokens; 0 = off.",
-                     _rule(lambda a: a >= 0, "must be >= 0 (0 = off)"), integer=True),
-    "top_p": Setting(1.0, np.float32, "Nucleus: keep the smallest set with this mass; 1 = off.",
-                     _rule(lambda a: (a > 0) & (a <= 1), "must be in (0, 1] (1 = off)")),
-    "min_p": Setting(0.0, np.float32, "Drop tokens below min_p x the top probability; 0 = off.",
-                     _rule(lambda a: (a >= 0) & (a <= 1), "must be in [0, 1] (0 = off)")),
-    "repetition_penalty": Setting(1.0, np.float32, "Divide (logit > 0) or multiply the logits of prompt and "
-                                  "generated tokens; 1 = off.", _rule(lambda a: a > 0, "must be > 0 (1 = off)")),
-    "typical_p": Setting(1.0, np.float32, "Locally typical sampling (Meister et al. 2022): keep the tokens "
-                         "closest to the entropy up to this mass; 1 = off.",
-                         _rule(lambda a: (a > 0) & (a <= 1), "must be in (0, 1] (1 = off)")),
-    "epsilon_cutoff": Setting(0.0, np.float32, "Drop tokens with probability < epsilon (Hewitt et al. 2022); "
-                              "0 = off.", _rule(lambda a: (a >= 0) & (a < 1), "must be in [0, 1) (0 = off)")),
-    "eta_cutoff": Setting(0.0, np.float32, "Drop tokens with probability < min(eta, sqrt(eta) exp(-entropy)) "
-                          "(Hewitt et al. 2022); 0 = off.",
-                          _rule(lambda a: (a >= 0) & (a < 1), "must be in [0, 1) (0 = off)")),
-    "no_repeat_ngram_size": Setting(0, np.int32, "Ban every token that would repeat an n-gram of the prompt "
-                                    f"or the answer; 0 = off, at most {MAX_NO_REPEAT_NGRAM}.",
-                                    _rule(lambda a: (a >= 0) & (a <= MAX_NO_REPEAT_NGRAM),
-                                          f"must be in [0, {MAX_NO_REPEAT_NGRAM}] (0 = off)"),
-                                    integer=True),
-    "frequency_penalty": Setting(0.0, np.float32, "OpenAI / vLLM: subtract penalty x count of each generated "
-                                 "token from its logit; in [-2, 2], 0 = off.",
-                                 _rule(lambda a: (a >= -2) & (a <= 2), "must be in [-2, 2] (0 = off)")),
-    "presence_penalty": Setting(0.0, np.float32, "OpenAI / vLLM: subtract penalty from the logit of every token "
-                                "generated so far; in [-2, 2], 0 = off.",
-                                _rule(lambda a: (a >= -2) & (a <= 2), "must be in [-2, 2] (0 = off)")),
-    "min_new_tokens": Setting(0, np.int32, "The stop ids are masked until a row generated this many tokens; "
-                              "0 = off.", _rule(lambda a: a >= 0, "must be >= 0 (0 = off)"), integer=True),
-    "logit_bias": Setting({}, np.float32, f"OpenAI: {{token id: bias}} added to the logits (at most "
-                          f"{MAX_LOGIT_BIAS} ids per row); empty = off.", lambda a: None),
-}
-
-
-def _as_host_array(name: str, value: Any, batch: int | None) -> np.ndarray:
-  """Scalar or sequence -> 1-D float64 numpy array (length-checked)."""
-  try:
-    arr = np.asarray(value, dtype=np.float64)
-  except (TypeError, ValueError) as e:
-    raise ValueError(f"`{name}` must be a number or a sequence of numbers, got {value!r}") from e
-  if arr.ndim > 1:
-    raise ValueError(f"`{name}` must be a scalar or 1-D, got shape {arr.shape}")
-  if arr.ndim == 1 and batch is not None and arr.shape[0] != batch:
-    raise ValueError(f"`{name}` has length {arr.shape[0]}, expected batch size {batch}")
-  if arr.ndim == 0 and batch is not None:
-    arr = np.full((batch,), float(arr))
-  return np.atleast_1d(arr)
-
-
-def _bias_pairs(value: Any, batch: int | None, vocab_size: int | None) -> tuple[np.ndarray, np.ndarray]:
-  """``logit_bias`` -> ids [R, MAX_LOGIT_BIAS] int32 (-1 = none) and biases [R, MAX_LOGIT_BIAS] f32.
-
-  ``value``: None / one mapping {token id: bias} for every row, or a sequence of per-row mappings
-  (R = its length; with ``batch``, one mapping is repeated to ``batch`` rows). Ids are ints >= 0
-  (< ``vocab_size`` when given); a bias is a finite float32 number."""
-  if value is None or isinstance(value, Mapping):
-    rows = [value or {}] * (1 if batch is None else batch)
-  elif isinstance(value, (list, tuple)) and all(v is None or isinstance(v, Mapping) for v in value):
-    rows = [v or {} for v in value]
-    if batch is not None and len(rows) != batch:
-      raise ValueError(f"`logit_bias` has length {len(rows)}, expected batch size {batch}")
-  else:
-    raise ValueError(f"`logit_bias` must be a mapping {{token id: bias}} or a sequence of them, got {value!r}")
-  ids = np.full((len(rows), MAX_LOGIT_BIAS), -1, np.int32)
-  bias = np.zeros((len(rows), MAX_LOGIT_BIAS), np.float32)
-  for r, row in enumerate(rows):
-    if len(row) > MAX_LOGIT_BIAS:
-      raise ValueError(f"`logit_bias` has {len(row)} ids in a row, at most {MAX_LOGIT_BIAS} are supported")
-    for j, (tok, b) in enumerate(row.items()):
-      if isinstance(tok, str) and tok.strip().isdigit():  # JSON keys arrive as strings
-        tok_i = int(tok)
-      elif isinstance(tok, (int, np.integer)) and not isinstance(tok, bool) and tok >= 0:
-        tok_i = int(tok)
-      else:
-        raise ValueError(f"`logit_bias` token ids must be integers >= 0, got {tok!r}")
-      if tok_i > _I32_MAX:
-        raise ValueError(f"`logit_bias` token id {tok_i} is too large")
-      if vocab_size is not None and tok_i >= vocab_size:
-        raise ValueError(f"`logit_bias` token id {tok_i} is outside the vocabulary (size {vocab_size})")
-      if isinstance(b, bool) or not isinstance(b, (int, float, np.integer, np.floating)) \
-          or not np.isfinite(b) or abs(b) > _F32_MAX:
-        raise ValueError(f"`logit_bias` biases must be finite numbers, got {b!r} for id {tok_i}")
-      ids[r, j], bias[r, j] = tok_i, b
-  return ids, bias
-
-
-def validate_sampling_args(*, batch: int | None = None, vocab_size: int | None = None, **kwargs: Any) -> None:
-  """Host-side check of sampling settings; raises ValueError naming the parameter.
-
-  Each keyword is a name of :data:`SETTINGS`, a scalar or a length-``batch`` sequence
-  (``logit_bias``: a mapping {id: bias} or a sequence of them). ``vocab_size``, when given, bounds
-  the ``logit_bias`` ids. Runs in numpy: call it before jit.
-  """
-  if batch is not None and (isinstance(batch, bool) or not isinstance(batch, (int, np.integer))
-                            or batch < 1):
-    raise ValueError(f"`batch` must be a positive int, got {batch!r}")
-  for name, value in kwargs.items():
-    if name not in SETTINGS:
-      raise ValueError(f"unknown sampling parameter `{name}`; expected one of {sorted(SETTINGS)}")
-    if name == "logit_bias":
-      _bias_pairs(value, batch, vocab_size)
-      continue
-    setting = SETTINGS[name]
-    arr = _as_host_array(name, value, batch)
-    if not np.all(np.isfinite(arr)):
-      raise ValueError(f"`{name}` must be finite, got {value!r}")
-    if np.any(np.abs(arr) > _F32_MAX):  # becomes inf in the f32 program
-      raise ValueError(f"`{name}` is too large for float32, got {value!r}")
-    if setting.integer:
-      if np.any(arr != np.round(arr)):
-        raise ValueError(f"`{name}` must be an integer, got {value!r}")
-      if np.any(np.abs(arr) > _I32_MAX):
-        raise ValueError(f"`{name}` is too large, got {value!r}")
-    message = setting.check(arr)
-    if message:
-      raise ValueError(f"`{name}` {message}, got {value!r}")
-
+from smollm3_jax.generation.settings import SETTINGS, as_host_array, bias_pairs, validate_sampling_args
 
 @flax.struct.dataclass
 class SamplingParams:
@@ -217,19 +68,22 @@ class SamplingParams:
   logit_bias_values: jax.Array     # [B, MAX_LOGIT_BIAS] f32
 
   @classmethod
-  def make(cls, batch: int, *, vocab_size: int | None = None, **settings: Any) -> "SamplingParams":
-    """Validated params. Each keyword is a name of :data:`SETTINGS` (unknown names raise a
-    ValueError naming them), a scalar or a length-``batch`` sequence; ``logit_bias`` is a mapping
-    {token id: bias} or a sequence of ``batch`` mappings. Unset settings are off."""
-    validate_sampling_args(batch=batch, vocab_size=vocab_size, **settings)
+  def make(cls, batch: int, *, vocab_size: int | None = None, validate: bool = True,
+           **settings: Any) -> "SamplingParams":
+    """Params [batch]. Each keyword is a name of :data:`SETTINGS` (unknown names raise a ValueError
+    naming them), a scalar or a length-``batch`` sequence; ``logit_bias`` is a mapping {token id:
+    bias} or a sequence of ``batch`` mappings. Unset settings are off. ``validate=False`` skips the
+    range checks for values checked before (the pool's rows, checked when submitted)."""
+    if validate:
+      validate_sampling_args(batch=batch, vocab_size=vocab_size, **settings)
     fields = {}
     for name, setting in SETTINGS.items():
       value = settings.get(name, setting.off)
       if name == "logit_bias":
-        ids, bias = _bias_pairs(value, batch, vocab_size)
+        ids, bias = bias_pairs(value, batch, vocab_size)
         fields.update(logit_bias_ids=jnp.asarray(ids), logit_bias_values=jnp.asarray(bias))
       else:
-        fields[name] = jnp.asarray(_as_host_array(name, value, batch).astype(setting.dtype))
+        fields[name] = jnp.asarray(as_host_array(name, value, batch).astype(setting.dtype))
     return cls(**fields)
 
   @property
@@ -239,16 +93,6 @@ class SamplingParams:
   def take(self, idx: Any) -> "SamplingParams":
     """Rows ``idx`` (int array / slice) of every field."""
     return jax.tree_util.tree_map(lambda a: a[idx], self)
-
-  def pad_to(self, batch: int) -> "SamplingParams":
-    """Append "off" rows (greedy, every processor off) up to ``batch`` rows."""
-    n = self.batch_size
-    if batch < n:
-      raise ValueError(f"`batch` ({batch}) is smaller than the current batch size ({n})")
-    if batch == n:
-      return self
-    off = SamplingParams.make(batch - n)
-    return jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a, b.astype(a.dtype)]), self, off)
 
 
 # ----------------------------------------------------------------------------
@@ -337,21 +181,6 @@ def _min_p_remove(logits: jax.Array, min_p: jax.Array) -> jax.Array:
   top = jnp.max(probs, axis=-1, keepdims=True)
   # The argmax has prob == top >= min_p * top (min_p <= 1): it is always kept.
   return probs < min_p[:, None] * top
-
-
-def apply_top_k(logits: jax.Array, top_k: jax.Array) -> jax.Array:
-  """-inf below each row's k-th largest logit (ties kept); k == 0: row unchanged."""
-  return jnp.where(_top_k_keep(_order_keys(logits), top_k), logits, -jnp.inf)
-
-
-def apply_top_p(logits: jax.Array, top_p: jax.Array) -> jax.Array:
-  """Nucleus filter as TopPLogitsWarper; top_p == 1: row unchanged."""
-  return jnp.where(_top_p_keep(logits, _order_keys(logits), top_p), logits, -jnp.inf)
-
-
-def apply_min_p(logits: jax.Array, min_p: jax.Array) -> jax.Array:
-  """-inf where prob < min_p * max prob (MinPLogitsWarper); min_p == 0: unchanged."""
-  return jnp.where(_min_p_remove(logits, min_p), -jnp.inf, logits)
 
 
 def _typical_keep(x: jax.Array, mass: jax.Array) -> jax.Array:
@@ -495,17 +324,17 @@ def apply_min_new_tokens(logits: jax.Array, num_generated: jax.Array, min_new_to
   return jnp.where((num_generated < min_new_tokens)[:, None] & stop[None, :v], -jnp.inf, logits)
 
 
-def process_logits(logits: jax.Array, ctx: "TokenContext | jax.Array", params: SamplingParams, *,
+def process_logits(logits: jax.Array, ctx: "TokenContext", params: SamplingParams, *,
                    num_generated: jax.Array | None = None, stop_ids: jax.Array | None = None) -> jax.Array:
   """Full chain in generate's order -> [B, V] f32: the distribution each row is sampled from.
 
   Greedy rows (temperature 0) get only the logits processors (no temperature or filters), as
   ``do_sample=False``; sampled rows get the processors, then the warpers (module docstring).
-  ``ctx``: the rows' :class:`TokenContext` (a bare [B, V] presence mask is accepted too);
+  ``ctx``: the rows' :class:`TokenContext`;
   ``num_generated`` [B] int32 tokens each row generated before this one; ``stop_ids`` [K] int32
   (-1 padded). Without them ``min_new_tokens`` masks nothing.
   """
-  x = _process(logits, _context(ctx), params, num_generated, stop_ids)
+  x = _process(logits, ctx, params, num_generated, stop_ids)
   greedy = (params.temperature == 0)[:, None]
   return jnp.where(greedy, x, _warp(x, params))
 
@@ -595,19 +424,19 @@ def _categorical_rows(keys: jax.Array, logits: jax.Array) -> jax.Array:
   return j * _BLOCK + k
 
 
-def sample_tokens(logits: jax.Array, ctx: "TokenContext | jax.Array", params: SamplingParams,
+def sample_tokens(logits: jax.Array, ctx: "TokenContext", params: SamplingParams,
                   keys: jax.Array, *, num_generated: jax.Array | None = None,
                   stop_ids: jax.Array | None = None) -> jax.Array:
   """Next token per row -> [B] int32.
 
-  logits [B, V]; ctx: the rows' :class:`TokenContext` (or a bare [B, V] presence mask);
+  logits [B, V]; ctx: the rows' :class:`TokenContext`;
   keys: [B] typed PRNG keys or [B, 2] uint32 raw keys (one per row, for this step, see
   :func:`step_keys`); num_generated [B] int32 tokens this row generated before this one;
   stop_ids [K] int32 padded with -1 (the ids ``min_new_tokens`` masks).
   Greedy rows take the argmax of the processed logits; the others draw from the warped
   logits. When every row is greedy no warping work is done.
   """
-  x = _process(logits, _context(ctx), params, num_generated, stop_ids)
+  x = _process(logits, ctx, params, num_generated, stop_ids)
   greedy_tok = argmax_rows(x)
 
   def sampled(x):
@@ -692,13 +521,3 @@ def prefix_context(ctx: TokenContext, length: jax.Array) -> TokenContext:
   presence = jnp.zeros((b, v), bool).at[rows, jnp.where(history >= 0, history, v)].set(True, mode="drop")
   return TokenContext(presence=presence, counts=jnp.zeros_like(ctx.counts), history=history,
                       length=jnp.minimum(ctx.length, length))
-
-
-def _context(ctx: "TokenContext | jax.Array") -> TokenContext:
-  """A TokenContext; a bare [B, V] presence mask (the pre-TokenContext interface) gets empty
-  counts and history."""
-  if isinstance(ctx, TokenContext):
-    return ctx
-  b, _ = ctx.shape
-  return TokenContext(presence=ctx, counts=jnp.zeros(ctx.shape, jnp.int32),
-                      history=jnp.full((b, 0), -1, jnp.int32), length=jnp.zeros((b,), jnp.int32))

@@ -30,6 +30,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from smollm3_jax.nn.config import SmolLM3Config
+from smollm3_jax.utils.buckets import DEFAULT_BATCH_BUCKETS
 
 DATA, MODEL = "data", "model"
 MESH_AXES = (DATA, MODEL)
@@ -349,8 +350,6 @@ class MeshSharding:
 
   def engine_kwargs(self, batch_buckets: Sequence[int] | None = None) -> dict:
     """Engine arguments that keep every padded batch a multiple of the data axis."""
-    from smollm3_jax.nn.kv_cache import DEFAULT_BATCH_BUCKETS
-
     batch_buckets = DEFAULT_BATCH_BUCKETS if batch_buckets is None else batch_buckets
     d = self.data_size
     buckets = sorted({-(-b // d) * d for b in batch_buckets})

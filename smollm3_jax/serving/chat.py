@@ -18,9 +18,11 @@ import signal
 import sys
 import threading
 import time
-from typing import Any, Callable, Iterator, Sequence, TextIO
+from typing import Callable, Iterator, Sequence, TextIO
 
 from smollm3_jax.generation.api import GenerationStats
+from smollm3_jax.generation.settings import check_limits
+from smollm3_jax.text.prompts import render_chat
 from smollm3_jax.text.thinking import ThinkingSplitter, prompt_opens_thinking
 
 # --------------------------------------------------------------------------------------------
@@ -54,40 +56,12 @@ class TurnStats:
             f"stop: {self.stop_reason}")
 
 
-def render_chat(tokenizer, messages: Sequence[dict], thinking: bool, date=None,
-                split_special_tokens: bool = False) -> tuple[str, list[int]]:
-  """The generation prompt for ``messages`` (text, ids) exactly as ``generate`` renders it;
-  ``date``: the day the template sees (None: today, or ``$SMOLLM3_JAX_CHAT_DATE``);
-  ``split_special_tokens``: special-token text in the contents stays text (the server's default)."""
-  render = dict(add_generation_prompt=True, enable_thinking=bool(thinking), date=date)
-  text = tokenizer.apply_chat_template(list(messages), tokenize=False, **render)
-  if split_special_tokens:
-    return text, tokenizer.apply_chat_template(list(messages), tokenize=True, split_special_tokens=True, **render)
-  return text, tokenizer.encode(text)
-
-
 def _turn_starts(history: Sequence[dict]) -> list[int]:
   """Indices in ``history`` where a turn (a user message and what follows it) begins."""
   starts = [i for i, m in enumerate(history) if m["role"] == "user"]
   if not starts or starts[0] != 0:
     starts.insert(0, 0)
   return starts
-
-
-def check_limits(model, *, context_length: int | None, max_new_tokens: Any, chunk_steps: Any,
-                 max_name: str = "max_new_tokens", **sampling_settings: Any) -> int:
-  """Checks the settings a chat session and the server share; returns the context length (default:
-  the model's ``max_position_embeddings``). ValueError names the bad setting."""
-  from smollm3_jax.generation import sampling
-  from smollm3_jax.utils import validation
-
-  sampling.validate_sampling_args(**sampling_settings)
-  limit = model.config.max_position_embeddings
-  context = limit if context_length is None else validation.as_count("context_length", context_length, low=2,
-                                                                      high=limit)
-  validation.as_count(max_name, max_new_tokens, low=1)
-  validation.as_count("chunk_steps", chunk_steps, low=1)
-  return context
 
 
 class ChatSession:

@@ -57,9 +57,13 @@ with needs("serve", "the server (smollm3_jax.serving.server)"):
   from starlette.routing import Route
 
 from smollm3_jax.generation import sampling
-from smollm3_jax.serving.chat import check_limits, render_chat
-from smollm3_jax.generation.decode import EOS
-from smollm3_jax.generation.engine import MAX_TOP_LOGPROBS
+from smollm3_jax.generation.engine import MAX_TOP_LOGPROBS, get_engine
+from smollm3_jax.generation.engine import Request as RowRequest  # (starlette's Request is the HTTP one)
+from smollm3_jax.generation.results import GenerationResult, row_stats
+from smollm3_jax.generation.runner import Row, Runner
+from smollm3_jax.generation.settings import check_limits, row_seeds
+from smollm3_jax.generation.stop import check_stop
+from smollm3_jax.text.prompts import render_chat
 from smollm3_jax.text.thinking import ThinkingSplitter, prompt_opens_thinking
 from smollm3_jax.utils.validation import check_messages
 
@@ -256,9 +260,8 @@ def parse_request(body: Any, defaults: dict, model_name: str | None = None,
     raise RequestError("'top_logprobs' needs 'logprobs': true", param="top_logprobs")
   stop = body.get("stop")
   try:
-    from smollm3_jax.generation.api import _check_stop
 
-    stop = _check_stop(stop if stop != "" else None)
+    stop = check_stop(stop if stop != "" else None)
   except ValueError as e:
     raise RequestError(str(e), param="stop") from None
 
@@ -310,17 +313,16 @@ class Job:
 
 
 class Worker:
-  """Drives one slot pool on a daemon thread: requests join it as slots free up, every running
+  """Drives one slot pool on a daemon thread, through a
+  :class:`~smollm3_jax.generation.runner.Runner`: requests join it as slots free up, every running
   request advances at each decode chunk, and each gets the text ``generate`` gives it alone."""
 
   def __init__(self, model, tokenizer, *, chunk_steps: int, slots: int, context_length: int):
-    from smollm3_jax.generation.engine import get_engine
-
     self.model, self.tokenizer = model, tokenizer
     self.engine = get_engine(model, tokenizer)
     self._pool_args = dict(slots=slots, length=self.engine.cache_length_for(context_length),
                            stop_ids=tokenizer.stop_token_ids, context_length=context_length, chunk_steps=chunk_steps)
-    self.pool = self._new_pool()
+    self.runner = self._new_runner()
     self._jobs: queue.Queue = queue.Queue()
     self._running: list[Job] = []
     self.history: list[Job] = []  # finished jobs, newest last (bounded; tests and /health read it)
@@ -331,14 +333,19 @@ class Worker:
     self._thread = threading.Thread(target=self._loop, name="smollm3-generation", daemon=True)
     self._thread.start()
 
-  def _new_pool(self):
-    """The slot pool (at start and after a failed step: the same settings, or later requests would
-    lose what the first pool had, e.g. log-probabilities). It holds log-probability buffers; a decode
-    step computes them only when a row asks."""
+  def _new_runner(self) -> Runner:
+    """The runner and its slot pool (at start and after a failed step: the same settings, or later
+    requests would lose what the first pool had, e.g. log-probabilities). The pool holds
+    log-probability buffers; a decode step computes them only when a row asks."""
     a = self._pool_args
-    return self.engine.pool(a["slots"], a["length"], stop_ids=a["stop_ids"], context_length=a["context_length"],
+    pool = self.engine.pool(a["slots"], a["length"], stop_ids=a["stop_ids"], context_length=a["context_length"],
                             chunk_steps=a["chunk_steps"], prefill_rows=(1,), logprobs=True,
                             top_logprobs=MAX_TOP_LOGPROBS)
+    return Runner(pool, self.tokenizer, incremental=True)
+
+  @property
+  def pool(self):
+    return self.runner.pool
 
   @property
   def alive(self) -> bool:
@@ -364,22 +371,16 @@ class Worker:
     self._jobs.put(None)
 
   def _start(self, job: Job) -> None:
-    from smollm3_jax.generation.api import row_seeds
-    from smollm3_jax.generation.engine import Request
-    from smollm3_jax.text.tokenizer import IncrementalDecoder
-
     if job.cancelled.is_set():  # the client left while the job was queued
       self._end(job, "cancelled", None)
       return
     seeds = row_seeds(job.seed, job.n)
-    job.rows = [Request(prompt=job.prompt_ids, settings=job.settings, seed=int(seeds[i]), max_new=job.max_new,
-                        share=id(job), tag=(job, i), logprobs=job.logprobs) for i in range(job.n)]
-    job.decoders = [IncrementalDecoder(self.tokenizer) for _ in range(job.n)]
-    job.fed = [0] * job.n
-    job.checked = [0] * job.n
+    job.rows = [Row(RowRequest(prompt=job.prompt_ids, settings=job.settings, seed=int(seeds[i]), max_new=job.max_new,
+                            share=id(job), logprobs=job.logprobs),
+                    prompt_text=job.prompt_text, stop=job.stop, tag=(job, i)) for i in range(job.n)]
     job.closed = set()  # choices whose last piece was posted
     job.started, job.outcome = time.perf_counter(), "running"
-    self.pool.submit(job.rows)
+    self.runner.submit(job.rows)
     self._running.append(job)
 
   def _end(self, job: Job, outcome: str, value) -> None:
@@ -391,81 +392,45 @@ class Worker:
       self._running.remove(job)
     self.history = (self.history + [job])[-64:]
 
-  def _emit(self, row) -> None:
-    """Posts a row's new text; ends its job once every choice posted its last piece."""
-    from smollm3_jax.generation.api import STOP, cut_at_stop_string
-
-    job, i = row.tag
-    if job.stop and not (row.done and row.cancelled and row.reason != STOP):
-      seen, job.checked[i] = job.checked[i], len(row.token_ids)
-      cut_at_stop_string(self.pool, self.tokenizer, row, job.stop, seen)
-    if job.stop and not row.done:
-      return  # with stop strings a choice's text is sent once it ended (a stop string may cut it)
-    start = job.fed[i]
-    ids = row.token_ids[start:]
-    if row.done and row.reason == EOS and ids and ids[-1] in self.pool.stop_ids:
-      ids = ids[:-1]
-    job.fed[i] = len(row.token_ids)
-    entries = self._logprob_entries(job, row, start, start + len(ids)) if job.logprobs else None
-    piece = "".join(job.decoders[i].push(t) for t in ids)
-    if row.done:
-      piece += job.decoders[i].flush()
-      if job.stop:
-        from smollm3_jax.generation.api import _cut_stop
-
-        piece = _cut_stop(piece, job.stop)
-    if piece or entries:
-      job.post("text", (i, piece, entries))
-    if row.done:
+  def _emit(self, event) -> None:
+    """Posts a choice's new text; ends its job once every choice posted its last piece."""
+    job, i = event.row.tag
+    entries = (self._logprob_entries(job, event.row.request, event.start, event.start + len(event.token_ids))
+               if job.logprobs else None)
+    if event.text or entries:
+      job.post("text", (i, event.text, entries))
+    if event.done:
       job.closed.add(i)
     # Not all(r.done for r in job.rows): the pool marks every row of a chunk done before the rows are
     # emitted one by one, so the later ones would not have posted their last piece yet.
     if len(job.closed) == job.n and job in self._running:
       self._end(job, "cancelled" if job.cancelled.is_set() else "done", self._results(job))
 
-  def _logprob_entries(self, job: Job, row, start: int, end: int) -> list[dict]:
+  def _logprob_entries(self, job: Job, request, start: int, end: int) -> list[dict]:
     """OpenAI's ``logprobs.content`` entries of tokens [start, end) of a row: the token, its raw
     log-probability (log-softmax of the model's logits), its bytes, and the top alternatives."""
-    rec, tok = row.record, self.tokenizer
+    rec, tok = request.record, self.tokenizer
     out = []
-    for t in range(start, min(end, len(row.token_ids))):
+    for t in range(start, min(end, len(request.token_ids))):
 
       def entry(token_id, logprob):
         raw = tok.token_bytes(int(token_id))
         return {"token": raw.decode("utf-8", errors="replace"), "logprob": float(logprob), "bytes": list(raw)}
 
-      item = entry(row.token_ids[t], rec["logprob"][t])
+      item = entry(request.token_ids[t], rec["logprob"][t])
       item["top_logprobs"] = [entry(a, lp) for a, lp in zip(rec["top_ids"][t][:job.top_logprobs],
                                                             rec["top_logprobs"][t][:job.top_logprobs])]
       out.append(item)
     return out
 
   def _results(self, job: Job) -> list:
-    from smollm3_jax.generation.api import GenerationResult, GenerationStats, _finish
-
-    out = []
-    for i, r in enumerate(job.rows):
-      completion, = _finish(self.tokenizer, [dataclasses.replace(r, tag=0)], [job.prompt_text], [job.prompt_ids],
-                            self.pool.stop_ids, {}, job.stop)
-      # The row's own spans: admission -> first token (its prompt's prefill and insert, shared with rows
-      # admitted in the same round), first token -> finished (decoding).
-      admitted = r.admitted or job.submitted
-      first = r.first_token or admitted
-      decode = max(0.0, (r.finished or time.perf_counter()) - first)
-      stats = GenerationStats(
-          prompt_tokens=len(job.prompt_ids), generated_tokens=len(r.token_ids),
-          prefill_seconds=max(0.0, first - admitted),
-          time_to_first_token=(r.first_token - job.submitted) if r.first_token else 0.0, decode_seconds=decode,
-          decode_tokens_per_second=len(r.token_ids) / decode if decode > 0 else 0.0, batch_size=self.pool.slots,
-          cache_length=self.pool.length, slot_utilization=self.pool.utilization(), queue_seconds=r.queue_seconds,
-          max_queue_seconds=r.queue_seconds)
-      out.append(GenerationResult([completion], stats))
-    return out
+    """A GenerationResult per choice: its Completion and its own timings."""
+    return [GenerationResult([row.completion], row_stats(row.request, self.pool, job.submitted)) for row in job.rows]
 
   def _loop(self):
     while True:
       try:  # wait for work when the pool is idle; otherwise take what arrived and go on
-        if self.pool.idle:
+        if self.runner.idle:
           self.waiting = True
           jobs = [self._jobs.get()]
           self.progress, self.waiting = time.monotonic(), False
@@ -482,22 +447,15 @@ class Worker:
           self._start(job)
         for job in list(self._running):
           if job.cancelled.is_set():
-            for r in job.rows:
-              if not r.done:
-                self.pool.cancel(r)
-        for row in self.pool.step():
-          self._emit(row)
-        for job in list(self._running):  # cancelled before any of its rows started
-          if job.cancelled.is_set() and all(r.done or r.cancelled for r in job.rows) and \
-              not any(r in self.pool.rows for r in job.rows):
-            for r in job.rows:
-              r.done = True
-            self._end(job, "cancelled", self._results(job))
+            for row in job.rows:
+              self.runner.cancel(row)
+        for event in self.runner.step():
+          self._emit(event)
       except Exception as e:  # noqa: BLE001  (report to the clients; keep serving on a fresh pool)
         _LOG.exception("generation failed")
         for job in list(self._running):
           self._end(job, "error", e)
-        self.pool = self._new_pool()
+        self.runner = self._new_runner()
       self.progress = time.monotonic()
 
 

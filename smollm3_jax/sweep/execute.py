@@ -17,7 +17,7 @@ from smollm3_jax.text.thinking import has_closed_thinking, prompt_opens_thinking
 
 def _render(tokenizer, prompts, thinking_values, chat: bool, date: str) -> dict[tuple[str, bool], list[int]]:
   """Token ids of every (prompt id, thinking) pair used by the rows, rendered on chat day ``date``."""
-  from smollm3_jax.generation.api import render_prompts
+  from smollm3_jax.text.prompts import render_prompts
 
   out = {}
   for think in sorted(thinking_values):
@@ -58,6 +58,7 @@ def run_rows(model, tokenizer, cfg, prompts, todo, results, *, progress, log, ma
   rows, write nothing). Returns the number of groups written."""
   from smollm3_jax.generation import sampling
   from smollm3_jax.generation.engine import Request, get_engine
+  from smollm3_jax.generation.runner import Row, Runner
 
   chat = cfg.get("chat", True)
   by_id = {p["id"]: p for p in prompts}
@@ -80,15 +81,18 @@ def run_rows(model, tokenizer, cfg, prompts, todo, results, *, progress, log, ma
   queue = queue_order(todo, by_id)
   beam_rows = [r for r in queue if r["settings"].get("num_beams", 1) > 1]  # beam cells: their own calls
   queue = [r for r in queue if r["settings"].get("num_beams", 1) <= 1]
-  requests = [Request(prompt=ids[(r["prompt_id"], r["settings"]["thinking"])],
+  texts = {key: tokenizer.decode(v) for key, v in ids.items()}
+  rows = [Row(Request(prompt=ids[(r["prompt_id"], r["settings"]["thinking"])],
                       settings={k: v for k, v in r["settings"].items() if k in sampling.SETTINGS},
-                      seed=int(r["seed"]), max_new=max_new, newline_limit=nl, share=0, tag=r) for r in queue]
+                      seed=int(r["seed"]), max_new=max_new, newline_limit=nl, share=0),
+              prompt_text=texts[(r["prompt_id"], r["settings"]["thinking"])], tag=r) for r in queue]
   if engine.sharding is not None:  # a multiple of the data axis
     slots = -(-slots // engine.sharding.data_size) * engine.sharding.data_size
   pool = engine.pool(slots, engine.cache_length_for(p_len + max_new - 1),
                      stop_ids=tokenizer.stop_token_ids, newline_guard=nl > 0, refill=refill, chunk_steps=32,
                      shrink=refill, logprobs=bool(cfg.get("record_logprobs")))
-  pool.submit(requests)
+  runner = Runner(pool, tokenizer)
+  runner.submit(rows)
 
   bar = None
   if progress is None:
@@ -96,7 +100,7 @@ def run_rows(model, tokenizer, cfg, prompts, todo, results, *, progress, log, ma
   if progress:
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=len(requests) + len(beam_rows), unit="row", desc="sweep", dynamic_ncols=True, smoothing=0.1)
+    bar = tqdm(total=len(rows) + len(beam_rows), unit="row", desc="sweep", dynamic_ncols=True, smoothing=0.1)
   groups, pending, written = 0, [], time.monotonic()
   try:
     write = results.append if results is not None else (lambda rows: None)
@@ -106,9 +110,9 @@ def run_rows(model, tokenizer, cfg, prompts, todo, results, *, progress, log, ma
       groups, pending = groups + 1, []
       if bar is not None:
         bar.update(len(cell_rows))
-    while not pool.idle:
-      finished = [r for r in pool.step() if r.done]
-      pending.extend(_pool_row(tokenizer, r, by_id, max_new, pool) for r in finished)
+    for events in runner.run():
+      finished = [e.row for e in events if e.done]
+      pending.extend(_pool_row(tokenizer, row, by_id, max_new, pool) for row in finished)
       if pending and (len(pending) >= WRITE_EVERY or pool.idle or time.monotonic() - written > WRITE_SECONDS):
         write(pending)
         groups, pending, written = groups + 1, [], time.monotonic()
@@ -119,9 +123,9 @@ def run_rows(model, tokenizer, cfg, prompts, todo, results, *, progress, log, ma
   finally:
     if bar is not None:
       bar.close()
-  if not requests:
+  if not rows:
     return groups
-  log(f"sweep: {len(requests)} rows through {pool.slots} slots: slot utilization {pool.utilization():.2f}, "
+  log(f"sweep: {len(rows)} rows through {pool.slots} slots: slot utilization {pool.utilization():.2f}, "
       f"{pool.stats['generated']} tokens in {pool.stats['decode_seconds']:.1f}s of decode")
   return groups
 
@@ -166,12 +170,9 @@ def _beam_rows(model, tokenizer, rows, ids, by_id, max_new) -> list[dict]:
   return [_row(tokenizer, r, c, by_id, max_new, timing) for r, c in zip(rows, res)]
 
 
-def _pool_row(tokenizer, req, by_id, max_new, pool) -> dict:
-  """The results line of a finished pool request (its ``tag`` is the planned row)."""
-  from smollm3_jax.generation.api import _finish
-
-  c, = _finish(tokenizer, [dataclasses.replace(req, tag=0)], [tokenizer.decode(list(req.prompt))],
-               [list(req.prompt)], pool.stop_ids, {})
+def _pool_row(tokenizer, row, by_id, max_new, pool) -> dict:
+  """The results line of a finished runner row (its ``tag`` is the planned row)."""
+  req, c = row.request, row.completion
   st = pool.stats
   # This row's wait and run, and the pool's figures when it finished (the sweep's throughput).
   timing = dict(queue_seconds=req.admitted - req.submitted, wall_seconds=req.finished - req.admitted,
@@ -179,7 +180,7 @@ def _pool_row(tokenizer, req, by_id, max_new, pool) -> dict:
                 decode_seconds=st["decode_seconds"], compile_seconds=st["compile_seconds"],
                 prefill_seconds=st["prefill_seconds"],
                 decode_tokens_per_second=st["generated"] / st["decode_seconds"] if st["decode_seconds"] else 0.0)
-  return _row(tokenizer, req.tag, c, by_id, max_new, timing)
+  return _row(tokenizer, row.tag, c, by_id, max_new, timing)
 
 
 def _row(tokenizer, r, c, by_id, max_new, timing) -> dict:

@@ -15,7 +15,7 @@ seeded, resumable order.
 * Batches: micro-step ``i`` takes the examples at positions ``i*B .. i*B+B-1`` of an endless
   stream of epochs, each epoch a permutation drawn from ``(seed, epoch)``; so the order depends
   only on the seed and a resumed run continues exactly where the checkpoint left off. Rows are
-  right-padded to the length bucket of the batch's longest example (``kv_cache.bucket_length``).
+  right-padded to the length bucket of the batch's longest example (``buckets.bucket_length``).
 
 Imports the tokenizer helpers (thinking tags, validation, cache buckets); never jax or the model.
 """
@@ -30,7 +30,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from smollm3_jax.utils import validation
-from smollm3_jax.nn.kv_cache import DEFAULT_BUCKETS, bucket_length
+from smollm3_jax.utils.buckets import DEFAULT_BUCKETS, bucket_length
 from smollm3_jax.text.thinking import THINK_END, THINK_START
 
 

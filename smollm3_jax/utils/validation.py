@@ -125,3 +125,14 @@ def check_messages(messages: Any) -> list[dict]:
       raise ValueError(f"messages[{i}].content must be a string, got {type(content).__name__}")
     out.append({**m, "content": content})
   return out
+
+
+def is_ids(x: Any) -> bool:
+  """Whether ``x`` is one sequence of token ids: a 1-D numpy array, or a non-empty list/tuple of ints."""
+  return (isinstance(x, np.ndarray) and x.ndim == 1) or (
+      isinstance(x, (list, tuple)) and len(x) > 0 and all(isinstance(t, (int, np.integer)) for t in x))
+
+
+def is_messages(x: Any) -> bool:
+  """Whether ``x`` is one chat (a non-empty list/tuple whose first item is a message dict)."""
+  return isinstance(x, (list, tuple)) and len(x) > 0 and isinstance(x[0], dict)
