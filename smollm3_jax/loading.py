@@ -12,11 +12,17 @@ tokenizer the model keeps the preset's vocabulary and no tokenizer is returned).
 from __future__ import annotations
 
 from typing import Mapping
+from smollm3_jax.checkpoints import default_dtype, from_pretrained
+from smollm3_jax.checkpoints.mapping import dtype_from_name
+from smollm3_jax.nn import config as config_lib
+from smollm3_jax.nn import quantize as quantize_lib
+from smollm3_jax.nn import sharding
+from smollm3_jax.nn.model import SmolLM3
+from smollm3_jax.text.tokenizer import Tokenizer
 
 
 def load_tokenizer(spec: Mapping):
   """The spec's tokenizer (``tokenizer``, else ``checkpoint``), or None when it names neither."""
-  from smollm3_jax.text.tokenizer import Tokenizer
 
   source = spec.get("tokenizer") or spec.get("checkpoint") or ""
   return Tokenizer.from_pretrained(source) if source else None
@@ -29,12 +35,6 @@ def load_model_and_tokenizer(spec: Mapping, mesh: str = "", tokenizer=None):
   the weights shard by shard as they load; on one device nothing is sharded."""
   from flax import nnx
 
-  from smollm3_jax.nn import config as config_lib
-  from smollm3_jax.nn import quantize as quantize_lib
-  from smollm3_jax.checkpoints import default_dtype, from_pretrained
-  from smollm3_jax.checkpoints.mapping import dtype_from_name
-  from smollm3_jax.nn import sharding
-  from smollm3_jax.nn.model import SmolLM3
 
   name = spec.get("dtype") or "auto"
   dtype = default_dtype() if name == "auto" else dtype_from_name(name, "model.dtype")

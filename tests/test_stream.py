@@ -99,3 +99,19 @@ def test_stop_strings_end_rows_at_the_token_that_completes_them(model, tok):
   assert "".join(s) == res.text and s.result.completions[0].token_ids == res.token_ids
   with pytest.raises(ValueError, match="stop"):
     smollm3_jax.generate(model, tok, ["hi"], stop=["a", "b", "c", "d", "e"], **kw)
+
+
+def test_a_cancelled_stream_ends_with_what_it_decoded(model, tok):
+  """cancel() after the first piece: the loop ends after at most one more chunk, and the result is the
+  row cut there (reason "cancelled"), its tokens the start of the uncancelled row's."""
+  kw = dict(temperature=0.0, max_new_tokens=48, stop_ids=[], thinking=False)
+  free = smollm3_jax.generate(model, tok, ["Tell me a story."], **kw)[0]
+  s = smollm3_jax.stream(model, tok, "Tell me a story.", chunk_steps=4, **kw)
+  pieces = []
+  for piece in s:
+    pieces.append(piece)
+    s.cancel()
+  c = s.result[0]
+  assert c.stop_reason == "cancelled" and len(c.token_ids) < 48
+  assert c.token_ids == free.token_ids[:len(c.token_ids)]
+  assert "".join(pieces) == c.text == tok.decode(c.token_ids)

@@ -56,8 +56,8 @@ MUTATIONS = (
              "newline_run = jnp.where(is_newline, s.newline_run + 1, 0)",
              "newline_run = s.newline_run + is_newline.astype(jnp.int32)",
              (G + "test_newline_guard_counts_consecutive_newlines_only",)),
-    Mutation("stop_token_in_text", "smollm3_jax/generation/api.py",
-             "body = ids[:-1] if ids and r.reason == EOS and ids[-1] in stop_ids else ids",
+    Mutation("stop_token_in_text", "smollm3_jax/generation/results.py",
+             "body = ids[:-1] if ids and request.reason == EOS and ids[-1] in stop_ids else ids",
              "body = ids",
              (G + "test_stop_token_is_reported_but_not_in_the_text",)),
     Mutation("cdf_block_offset_zero", "smollm3_jax/generation/sampling.py",
@@ -194,9 +194,10 @@ MUTATIONS = (
              "if len(job.closed) == job.n and job in self._running:", "if all(r.done for r in job.rows):",
              ("tests/test_server.py::test_every_choice_gets_all_its_text",)),
     Mutation("server_recovery_pool_without_logprobs", "smollm3_jax/serving/server.py",
-             "        self.pool = self._new_pool()\n",
-             "        self.pool = self.engine.pool(self.pool.slots, self.pool.length, stop_ids=self.pool.stop_ids,\n"
-             "                                     context_length=self.pool.context, chunk_steps=self.pool.chunk_steps)\n",
+             "        self.runner = self._new_runner()\n",
+             "        self.runner = Runner(self.engine.pool(self.pool.slots, self.pool.length, stop_ids=self.pool.stop_ids,\n"
+             "                             context_length=self.pool.context, chunk_steps=self.pool.chunk_steps),\n"
+             "                             self.tokenizer, incremental=True)\n",
              ("tests/test_server.py::test_after_a_failed_step_the_pool_keeps_its_logprobs",)),
     Mutation("server_health_ignores_stall", "smollm3_jax/serving/server.py",
              "elif w is not None and w.stalled_for() > self.stall_seconds:", "elif False:",
@@ -248,9 +249,17 @@ MUTATIONS = (
              "return np.array(_collective(multihost_utils.process_allgather, x, True))",
              "return np.concatenate([np.array(x.addressable_shards[0].data)] * (x.shape[0] // x.addressable_shards[0].data.shape[0]))",
              ("tests/test_distributed.py::test_two_processes_write_the_rows_of_one",)),
-    Mutation("row_seeds_ignore_row_index", "smollm3_jax/generation/api.py",
+    Mutation("row_seeds_ignore_row_index", "smollm3_jax/generation/settings.py",
              "idx * np.uint64(0x85EBCA77)", "idx * np.uint64(0)",
              (G + "test_row_seeds_are_distinct_and_reproducible",)),
+    Mutation("runner_drops_cancelled_rows", "smollm3_jax/generation/runner.py",
+             "    changed += [row.request for row in self._cancelled if row.request.done and id(row.request) not in seen]\n",
+             "",
+             ("tests/test_stream.py::test_a_cancelled_stream_ends_with_what_it_decoded",)),
+    Mutation("pool_submit_skips_settings_check", "smollm3_jax/generation/engine.py",
+             "    if names:  # one value per row and setting (ValueError naming the setting)\n",
+             "    if False:\n",
+             (G + "test_bad_arguments_raise_before_compiling",)),
 )
 
 

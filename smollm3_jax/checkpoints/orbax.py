@@ -27,6 +27,7 @@ from flax import nnx
 
 from smollm3_jax.nn.config import SmolLM3Config
 from smollm3_jax.nn.model import SmolLM3, abstract_model
+from smollm3_jax.checkpoints.mapping import check_float_dtype
 
 MARKER = "smollm3_jax.json"
 FORMAT = "smollm3_jax.orbax"
@@ -134,7 +135,6 @@ def restore(directory: str | os.PathLike, *, dtype=jnp.float32, param_dtype=None
   """
   import orbax.checkpoint as ocp
 
-  from smollm3_jax.checkpoints.mapping import check_float_dtype
 
   directory = os.path.abspath(os.fspath(directory))
   read_marker(directory)

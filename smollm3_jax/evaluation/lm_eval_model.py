@@ -49,6 +49,12 @@ import numpy as np
 from smollm3_jax.generation import sampling
 from smollm3_jax.utils import validation
 from smollm3_jax.utils.extras import needs
+from smollm3_jax.evaluation import scoring
+from smollm3_jax.generation import defaults as generation_defaults
+from smollm3_jax.loading import load_model_and_tokenizer
+from smollm3_jax.nn.model import SmolLM3
+from smollm3_jax.text.tokenizer import Tokenizer
+from smollm3_jax.generation.api import generate
 
 with needs("eval", "the lm-evaluation-harness model (smollm3_jax.evaluation.lm_eval_model)"):
   from lm_eval.api.model import TemplateLM
@@ -101,8 +107,6 @@ class SmolLM3JaxLM(TemplateLM):
                seed: int = 0, add_bos_token: bool | str | None = None, prefix_token_id: int | None = None,
                progress: bool = True, device: str | None = None, max_batch_size: int | None = None):
     super().__init__()
-    from smollm3_jax.nn.model import SmolLM3
-    from smollm3_jax.text.tokenizer import Tokenizer
 
     if batch_size == "auto" or batch_size is None:
       batch_size = 8
@@ -123,7 +127,6 @@ class SmolLM3JaxLM(TemplateLM):
     if model is None:
       if not isinstance(pretrained, str) or not pretrained:
         raise ValueError("pretrained must be a checkpoint ('demo', a directory, a .gguf, a hub id), or pass model=")
-      from smollm3_jax.loading import load_model_and_tokenizer
       model, loaded = load_model_and_tokenizer(
           {"checkpoint": pretrained, "tokenizer": tokenizer if isinstance(tokenizer, str) else "",
            "dtype": dtype, "quantize": quantize}, mesh)
@@ -188,7 +191,6 @@ class SmolLM3JaxLM(TemplateLM):
 
   # -- log-likelihoods --------------------------------------------------------------------------
   def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs) -> list[tuple[float, bool]]:
-    from smollm3_jax.evaluation import scoring
 
     pairs = []
     for _, context_enc, continuation_enc in requests:
@@ -208,7 +210,6 @@ class SmolLM3JaxLM(TemplateLM):
     return out
 
   def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
-    from smollm3_jax.evaluation import scoring
 
     texts = [self.tok_encode(req.args[0]) for req in requests]
     if any(not t for t in texts):
@@ -226,7 +227,6 @@ class SmolLM3JaxLM(TemplateLM):
   def _generation_defaults(self) -> dict:
     """What an unset sampling setting means here: ``transformers.generate``'s reading of the
     checkpoint's generation_config.json, else its library defaults (see the module docstring)."""
-    from smollm3_jax.generation import defaults as generation_defaults
 
     found = generation_defaults.for_tokenizer(self.tokenizer)
     if found.source in ("table", "transformers"):
@@ -282,7 +282,6 @@ class SmolLM3JaxLM(TemplateLM):
     return postprocess_generated_text(self.tok_decode(token_ids), stop=until, think_end_token=self.think_end_token)
 
   def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
-    import smollm3_jax
 
     args = [req.args for req in requests]
     groups: dict[str, list[int]] = {}
@@ -301,7 +300,7 @@ class SmolLM3JaxLM(TemplateLM):
       ids = [self.tok_encode(args[i][0], left_truncate_len=budget) for i in idx]
       # One call per group: its rows run through `batch_size` slots of the engine's pool, a row
       # starting as soon as another finishes (no batch waits for its longest row).
-      result = smollm3_jax.generate(self.model, self.tokenizer, ids, seed=[seeds[i] for i in idx], thinking=False,
+      result = generate(self.model, self.tokenizer, ids, seed=[seeds[i] for i in idx], thinking=False,
                                     stop=plan["stop"], slots=min(self.batch_size, len(idx)),
                                     progress=self.progress and not disable_tqdm, **plan["settings"])
       for i, c in zip(idx, result.completions):

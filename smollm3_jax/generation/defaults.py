@@ -29,6 +29,8 @@ import functools
 import json
 import os
 from typing import Any, Mapping
+from smollm3_jax.generation import sampling
+from smollm3_jax.utils import validation
 
 GENERATION_CONFIG_FILE = "generation_config.json"
 FIELDS = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty", "max_new_tokens")
@@ -100,7 +102,6 @@ def from_generation_config(config: Mapping[str, Any], source: str = "generation_
   ValueError names the file and field when a value could not be used."""
   if not isinstance(config, Mapping):
     raise ValueError(f"{source}: expected a JSON object, got {type(config).__name__}")
-  from smollm3_jax.utils import validation
 
   def get(name):
     value = config.get(name)
@@ -127,7 +128,6 @@ def from_generation_config(config: Mapping[str, Any], source: str = "generation_
   max_new = MAX_NEW_TOKENS if max_new is None else validation.as_count(
       f"{source}: max_new_tokens", max_new, low=1)
   defaults = GenerationDefaults(**settings, repetition_penalty=penalty, max_new_tokens=max_new, source=source)
-  from smollm3_jax.generation import sampling
   try:
     sampling.validate_sampling_args(**{k: getattr(defaults, k) for k in SAMPLING_FIELDS})
   except ValueError as e:

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from smollm3_jax.nn import sharding
 
 Array = jax.Array
 _QMAX = 127.0
@@ -193,7 +194,6 @@ def quantize_int8(model: nnx.Module) -> nnx.Module:
   multi-device mesh keeps its mesh (the int8 weights get the same logical-axis shardings)."""
   if is_quantized(model):
     return model
-  from smollm3_jax.nn import sharding  # the new int8 weights follow the model onto its mesh
   mesh = sharding.mesh_of(model)
   for layer in model.layers:
     attn = layer.self_attn

@@ -31,6 +31,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from smollm3_jax.nn.config import SmolLM3Config
 from smollm3_jax.utils.buckets import DEFAULT_BATCH_BUCKETS
+from smollm3_jax.nn.kv_cache import KVCache
 
 DATA, MODEL = "data", "model"
 MESH_AXES = (DATA, MODEL)
@@ -312,7 +313,6 @@ class MeshSharding:
 
   def init_cache(self, config: SmolLM3Config, batch: int, length: int, dtype=jnp.float32, lengths=None):
     """An empty KVCache created directly in its sharding (never whole on one device)."""
-    from smollm3_jax.nn.kv_cache import KVCache
 
     self.check_batch(batch)
     lengths = np.zeros((batch,), np.int32) if lengths is None else np.asarray(lengths, np.int32)

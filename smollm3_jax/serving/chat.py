@@ -24,6 +24,13 @@ from smollm3_jax.generation.api import GenerationStats
 from smollm3_jax.generation.settings import check_limits
 from smollm3_jax.text.prompts import render_chat
 from smollm3_jax.text.thinking import ThinkingSplitter, prompt_opens_thinking
+from smollm3_jax import checkpoints
+from smollm3_jax.generation import defaults as generation_defaults
+from smollm3_jax.generation.engine import get_engine
+from smollm3_jax.loading import load_model_and_tokenizer
+from smollm3_jax.text import chat_format
+from smollm3_jax.utils import validation
+from smollm3_jax.generation.api import stream
 
 # --------------------------------------------------------------------------------------------
 # Chat session
@@ -80,9 +87,6 @@ class ChatSession:
                seed: int = 0, temperature: float | None = None, top_k: int | None = None,
                top_p: float | None = None, min_p: float | None = None, repetition_penalty: float | None = None,
                date=None):
-    from smollm3_jax.text import chat_format
-    from smollm3_jax.generation import defaults as generation_defaults
-    from smollm3_jax.utils import validation
 
     self.defaults = generation_defaults.for_tokenizer(tokenizer)
     settings = self.defaults.fill(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
@@ -114,14 +118,12 @@ class ChatSession:
   @property
   def cache_length(self) -> int:
     """Cache slots of every turn (the context, rounded to a bucket): one program set for all turns."""
-    from smollm3_jax.generation.engine import get_engine
 
     return get_engine(self.model, self.tokenizer).cache_length_for(self.context_length)
 
   def warmup(self) -> float:
     """Compiles every program a turn can run (prefill, insert, each decode window of the context),
     so no turn waits for a compile; returns the seconds spent."""
-    from smollm3_jax.generation.engine import get_engine
 
     engine = get_engine(self.model, self.tokenizer)
     pool = engine.pool(1, self.cache_length, stop_ids=self.tokenizer.stop_token_ids, context_length=self.context_length)
@@ -184,11 +186,10 @@ class Reply:
       self._stream.cancel()
 
   def __iter__(self) -> Iterator[tuple[str, str]]:
-    import smollm3_jax
 
     s = self.session
     t0 = time.perf_counter()
-    self._stream = smollm3_jax.stream(
+    self._stream = stream(
         s.model, s.tokenizer, self.prompt_ids, hide_thinking=False, chunk_steps=s.chunk_steps,
         thinking=s.thinking, max_new_tokens=s.max_new_tokens, seed=(s.seed + s.turns) % 2**32,
         context_length=s.context_length, cache_length=s.cache_length, **s.sampling)
@@ -232,7 +233,6 @@ def load_chat_model(checkpoint: str, *, tokenizer: str | None = None, dtype: str
   ``tokenizer`` (default "demo") and ``tiny_context`` positions: it starts in seconds, for smoke tests.
   ``quantize``: None / "none" or "int8" (:mod:`smollm3_jax.nn.quantize`).
   """
-  from smollm3_jax.loading import load_model_and_tokenizer
 
   if checkpoint == TINY:
     spec = dict(tokenizer=tokenizer or "demo",
@@ -247,7 +247,6 @@ def context_limit(checkpoint: str, *, tiny_context: int = 2048) -> int:
   (so a script can refuse a too-long ``--context_length`` before the slow part)."""
   if checkpoint == TINY:
     return tiny_context
-  from smollm3_jax import checkpoints
   return checkpoints.load_config(checkpoint).max_position_embeddings
 
 

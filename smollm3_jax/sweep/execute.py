@@ -5,7 +5,6 @@ The rest of the sweep (plan, workdir, summary, plots) is :mod:`smollm3_jax.sweep
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from typing import Mapping
 
@@ -13,11 +12,17 @@ import numpy as np
 
 from smollm3_jax.evaluation import metrics as M
 from smollm3_jax.text.thinking import has_closed_thinking, prompt_opens_thinking
+from smollm3_jax.generation import sampling
+from smollm3_jax.generation.api import generate
+from smollm3_jax.generation.beam import PROCESSORS
+from smollm3_jax.generation.engine import Request, get_engine
+from smollm3_jax.generation.runner import Row, Runner
+from smollm3_jax.generation.sampling import SETTINGS
+from smollm3_jax.text.prompts import render_prompts
 
 
 def _render(tokenizer, prompts, thinking_values, chat: bool, date: str) -> dict[tuple[str, bool], list[int]]:
   """Token ids of every (prompt id, thinking) pair used by the rows, rendered on chat day ``date``."""
-  from smollm3_jax.text.prompts import render_prompts
 
   out = {}
   for think in sorted(thinking_values):
@@ -56,9 +61,6 @@ def run_rows(model, tokenizer, cfg, prompts, todo, results, *, progress, log, ma
   rows (tests). ``refill=False``: fixed batches that wait for their longest row (for measurements).
   ``results``: None on the processes of a multi-process run other than the leader (they run the same
   rows, write nothing). Returns the number of groups written."""
-  from smollm3_jax.generation import sampling
-  from smollm3_jax.generation.engine import Request, get_engine
-  from smollm3_jax.generation.runner import Row, Runner
 
   chat = cfg.get("chat", True)
   by_id = {p["id"]: p for p in prompts}
@@ -155,9 +157,6 @@ def _by_cell(rows):
 
 def _beam_rows(model, tokenizer, rows, ids, by_id, max_new) -> list[dict]:
   """One beam-search call for a cell's rows (beam search is not sampled: one row per prompt)."""
-  from smollm3_jax.generation.api import generate
-  from smollm3_jax.generation.beam import PROCESSORS
-  from smollm3_jax.generation.sampling import SETTINGS
 
   s = rows[0]["settings"]
   processors = {k: s[k] for k in PROCESSORS if k in s and s[k] != SETTINGS[k].off}
