@@ -12,6 +12,15 @@ import sys
 
 from absl import app, flags
 
+from smollm3_jax.generation import sampling
+from smollm3_jax.generation.settings import SETTINGS
+from smollm3_jax.generation.stop import MAX_STOP_STRINGS
+from smollm3_jax.nn import quantize
+from smollm3_jax.nn import sharding
+from smollm3_jax.text import chat_format
+from smollm3_jax.utils import distributed
+from smollm3_jax.utils import runtime
+
 # Libraries whose INFO lines ("Unable to initialize backend 'tpu'", "Resetting cache") are noise on
 # every script run; their warnings and errors still show.
 QUIET_LOGGERS = ("jax", "jax._src.xla_bridge", "jax._src.compilation_cache", "absl", "orbax", "httpx")
@@ -68,11 +77,9 @@ def run(main) -> None:
   def main_with_cache(argv):
     joined = "coordinator_address" in flags.FLAGS and _join_distributed()  # before anything uses JAX
     if "compilation_cache" in flags.FLAGS and flags.FLAGS.compilation_cache:
-      from smollm3_jax.utils import runtime
       runtime.enable_compilation_cache()
     if not joined:
       return main(argv)
-    from smollm3_jax.utils import distributed
 
     try:
       return main(argv)
@@ -106,7 +113,6 @@ def parse_logit_bias(value):
 
 def _validator(name: str):
   def check(value) -> bool:
-    from smollm3_jax.generation import sampling
     if value is None:  # unset: the checkpoint's default (or off)
       return True
     try:
@@ -129,7 +135,6 @@ def define_sampling_flags(flag_values=flags.FLAGS, **defaults) -> None:
   parsed, and the beam-search flags --num_beams, --length_penalty, --early_stopping. Unset flags
   (None, unless ``defaults`` names a value) take the checkpoint's generation defaults (the first five)
   or are off. Read them with :func:`sampling_flag_values` and :func:`beam_flag_values`."""
-  from smollm3_jax.generation.sampling import SETTINGS
   unknown = set(defaults) - set(SETTINGS) - set(BEAM_FLAGS)
   if unknown:
     raise TypeError(f"define_sampling_flags: unknown flags {sorted(unknown)}")
@@ -158,7 +163,6 @@ def define_sampling_flags(flag_values=flags.FLAGS, **defaults) -> None:
 def sampling_flag_values(flag_values=flags.FLAGS) -> dict:
   """The sampling flags as keyword arguments for ``generate`` / ``SamplingParams.make``: the first
   five always (None: unset, the checkpoint's default), the other settings only when set."""
-  from smollm3_jax.generation.sampling import SETTINGS
   out = {name: flag_values[name].value for name in SAMPLING_FLAGS}
   for name in SETTINGS:
     value = flag_values[name].value
@@ -179,7 +183,6 @@ def beam_flag_values(flag_values=flags.FLAGS) -> dict:
               early_stopping=_EARLY_STOPPING[flag_values["early_stopping"].value])
 
 
-MAX_STOP_STRINGS = 4
 _ESCAPE = re.compile(r"\\(u[0-9a-fA-F]{4}|x[0-9a-fA-F]{2}|[ntr0\\])")
 
 
@@ -215,7 +218,6 @@ def stop_flag_values(flag_values=flags.FLAGS) -> list[str]:
 def define_date_flag() -> None:
   """--date: the day the chat template sees ("YYYY-MM-DD"; unset: $SMOLLM3_JAX_CHAT_DATE, else today)."""
   def check(value) -> bool:
-    from smollm3_jax.text import chat_format
     if value:
       try:
         chat_format.resolve_date(value)
@@ -231,7 +233,6 @@ def define_date_flag() -> None:
 def define_mesh_flag() -> None:
   """--mesh: a device mesh spec, checked when the command line is parsed."""
   def check(value) -> bool:
-    from smollm3_jax.nn import sharding
     try:
       sharding.parse_mesh(value)
     except ValueError as e:
@@ -249,7 +250,6 @@ def define_dtype_flag() -> None:
 
 def define_quantize_flag() -> None:
   """--quantize: "none" or "int8" (int8 weights x int8 activations, see smollm3_jax.nn.quantize)."""
-  from smollm3_jax.nn import quantize
   flags.DEFINE_enum("quantize", "none", list(quantize.MODES),
                     "Weight quantization after loading: 'int8' reads 4x fewer weight bytes per "
                     "decode step than float32 (activations quantized per token; see README).")
@@ -277,7 +277,6 @@ def define_distributed_flags() -> None:
 
 
 def _join_distributed() -> bool:
-  from smollm3_jax.utils import distributed
 
   f = flags.FLAGS
   return distributed.initialize(f.coordinator_address, f.num_processes, f.process_id, auto=f.distributed,

@@ -1,4 +1,4 @@
-"""The user API: :func:`generate`, :func:`stream` and their results, and prompt rendering.
+"""The user API: :func:`generate` and :func:`stream`.
 
     result = smollm3_jax.generate(model, tok, ["Hello!"], temperature=0.6, top_p=0.95)
     for piece in smollm3_jax.stream(model, tok, "Tell me a story."): ...
@@ -7,8 +7,9 @@ Every argument is checked here, on the host, before anything compiles; unset sam
 take the checkpoint's defaults (:mod:`smollm3_jax.generation.defaults`). The work runs on the cached
 :class:`~smollm3_jax.generation.engine.Engine` of the model (:func:`~smollm3_jax.generation.engine.get_engine`).
 
-Imports the engine, the decode constants, generation defaults, thinking, validation and sampling;
-the tokenizer is passed in (never imported at module level), and nothing here loads checkpoints.
+Rows run through the :class:`~smollm3_jax.generation.runner.Runner`; ``num_beams > 1`` runs beam
+search (:mod:`smollm3_jax.generation.beam`). The tokenizer is passed in, and nothing here loads
+checkpoints.
 """
 
 from __future__ import annotations

@@ -14,13 +14,12 @@ before a user waits.
 
 Decode cost follows the text, not the budget: a decode program reads only a window ``[0, W)`` of the
 cache, W a static bucket (:data:`WINDOW_BUCKETS`) that covers every active row's length. The loop
-leaves when a row is about to outgrow the window, and the host continues with the next bucket.
-Measured on the demo (batch 8, the same prompt, 48 steps, f32): with the whole 4096-slot cache read
-every step, 92 tokens/s; with the window, 273, as with a 256-slot cache (287). The window keeps
-attention one plain product per (row, kv head), the form measured fastest on CPU.
+leaves when a row is about to outgrow the window, and the host continues with the next bucket
+(the measurements behind this: docs/performance.md). The window keeps attention one plain product
+per (row, kv head).
 
-Imports the programs of :mod:`smollm3_jax.generation.decode`, the cache, sampling and sharding; never the user
-API (:mod:`smollm3_jax.generation.api`), the loaders, the sweep or serving.
+The pool is driven by :class:`~smollm3_jax.generation.runner.Runner` (stop strings, texts, results);
+this module imports the decode programs, the cache, sampling and sharding, never the runner or the API.
 """
 
 from __future__ import annotations
@@ -76,7 +75,7 @@ def _aval_key(tree) -> tuple:
 
 
 # --------------------------------------------------------------------------------------------
-# Engine: compiled programs per shape bucket for one model
+# Request: one row to generate, and what it produced
 # --------------------------------------------------------------------------------------------
 @dataclasses.dataclass(eq=False)
 class Request:
@@ -112,6 +111,9 @@ class Request:
     return (self.admitted or time.perf_counter()) - self.submitted
 
 
+# --------------------------------------------------------------------------------------------
+# Engine: compiled programs per shape bucket for one model
+# --------------------------------------------------------------------------------------------
 class Engine:
   """Holds a model split into (graphdef, state) and its compiled programs.
 

@@ -22,6 +22,7 @@ from typing import Callable, Iterator, Sequence, TextIO
 
 from smollm3_jax.generation.api import GenerationStats
 from smollm3_jax.generation.settings import check_limits
+from smollm3_jax.generation.stop import default_stop_ids
 from smollm3_jax.text.prompts import render_chat
 from smollm3_jax.text.thinking import ThinkingSplitter, prompt_opens_thinking
 from smollm3_jax import checkpoints
@@ -118,15 +119,14 @@ class ChatSession:
   @property
   def cache_length(self) -> int:
     """Cache slots of every turn (the context, rounded to a bucket): one program set for all turns."""
-
     return get_engine(self.model, self.tokenizer).cache_length_for(self.context_length)
 
   def warmup(self) -> float:
     """Compiles every program a turn can run (prefill, insert, each decode window of the context),
     so no turn waits for a compile; returns the seconds spent."""
-
     engine = get_engine(self.model, self.tokenizer)
-    pool = engine.pool(1, self.cache_length, stop_ids=self.tokenizer.stop_token_ids, context_length=self.context_length)
+    pool = engine.pool(1, self.cache_length, stop_ids=default_stop_ids(self.tokenizer, self.model.config),
+                       context_length=self.context_length)
     return pool.warmup()
 
   def reset(self):

@@ -62,7 +62,7 @@ from smollm3_jax.generation.engine import Request as RowRequest  # (starlette's 
 from smollm3_jax.generation.results import GenerationResult, row_stats
 from smollm3_jax.generation.runner import Row, Runner
 from smollm3_jax.generation.settings import check_limits, row_seeds
-from smollm3_jax.generation.stop import check_stop
+from smollm3_jax.generation.stop import check_stop, default_stop_ids
 from smollm3_jax.text.prompts import render_chat
 from smollm3_jax.text.thinking import ThinkingSplitter, prompt_opens_thinking
 from smollm3_jax.utils.validation import check_messages
@@ -321,7 +321,7 @@ class Worker:
     self.model, self.tokenizer = model, tokenizer
     self.engine = get_engine(model, tokenizer)
     self._pool_args = dict(slots=slots, length=self.engine.cache_length_for(context_length),
-                           stop_ids=tokenizer.stop_token_ids, context_length=context_length, chunk_steps=chunk_steps)
+                           stop_ids=default_stop_ids(tokenizer, model.config), context_length=context_length, chunk_steps=chunk_steps)
     self.runner = self._new_runner()
     self._jobs: queue.Queue = queue.Queue()
     self._running: list[Job] = []

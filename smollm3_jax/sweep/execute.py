@@ -17,6 +17,7 @@ from smollm3_jax.generation.api import generate
 from smollm3_jax.generation.beam import PROCESSORS
 from smollm3_jax.generation.engine import Request, get_engine
 from smollm3_jax.generation.runner import Row, Runner
+from smollm3_jax.generation.stop import default_stop_ids
 from smollm3_jax.generation.sampling import SETTINGS
 from smollm3_jax.text.prompts import render_prompts
 
@@ -91,7 +92,7 @@ def run_rows(model, tokenizer, cfg, prompts, todo, results, *, progress, log, ma
   if engine.sharding is not None:  # a multiple of the data axis
     slots = -(-slots // engine.sharding.data_size) * engine.sharding.data_size
   pool = engine.pool(slots, engine.cache_length_for(p_len + max_new - 1),
-                     stop_ids=tokenizer.stop_token_ids, newline_guard=nl > 0, refill=refill, chunk_steps=32,
+                     stop_ids=default_stop_ids(tokenizer, model.config), newline_guard=nl > 0, refill=refill, chunk_steps=32,
                      shrink=refill, logprobs=bool(cfg.get("record_logprobs")))
   runner = Runner(pool, tokenizer)
   runner.submit(rows)
@@ -162,7 +163,7 @@ def _beam_rows(model, tokenizer, rows, ids, by_id, max_new) -> list[dict]:
   processors = {k: s[k] for k in PROCESSORS if k in s and s[k] != SETTINGS[k].off}
   t0 = time.perf_counter()
   res = generate(model, tokenizer, [ids[(r["prompt_id"], s["thinking"])] for r in rows], num_beams=s["num_beams"],
-                 max_new_tokens=max_new, stop_ids=tokenizer.stop_token_ids, **processors)
+                 max_new_tokens=max_new, **processors)
   wall = time.perf_counter() - t0
   timing = dict(wall_seconds=wall, queue_seconds=0.0, slots=len(rows) * s["num_beams"],
                 decode_seconds=res.stats.decode_seconds, decode_tokens_per_second=res.stats.decode_tokens_per_second)
