@@ -53,7 +53,7 @@ def test_decode_program_has_no_vocabulary_sort():
                        min_p=[0.05, 0.0, 0.1, 0.0], typical_p=[0.9, 1.0, 0.5, 1.0], eta_cutoff=[1e-3, 0, 0, 0],
                        epsilon_cutoff=[0, 1e-3, 0, 0], no_repeat_ngram_size=[0, 2, 3, 0], frequency_penalty=0.5,
                        presence_penalty=[0.0, 1.0, 0.0, 0.0], min_new_tokens=[0, 3, 0, 0], logit_bias={5: 1.0})
-  programs = [exe.as_text() for key, exe in engine._compiled.items() if key[0] == "decode"]
+  programs = [exe.as_text() for exe in engine.executables("decode")]
   assert programs and all("while" in hlo for hlo in programs)  # the decode loop is there
   for hlo in programs:
     assert not _sorts(hlo), _sorts(hlo)[:3]

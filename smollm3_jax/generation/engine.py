@@ -183,6 +183,11 @@ class Engine:
       self._compiled[key] = exe
       return exe, time.perf_counter() - t0
 
+  def executables(self, name: str) -> list:
+    """The compiled executables of program ``name`` ("prefill", "insert", "decode", ...) built so far:
+    their ``as_text()`` / ``memory_analysis()`` / ``cost_analysis()`` are what the compiler made."""
+    return [exe for key, exe in self._compiled.items() if key[0] == name]
+
   def newline_ids(self) -> np.ndarray:
     """Ids of tokens whose text is only newlines (for the newline guard)."""
     if self._newline_ids is None:

@@ -132,7 +132,6 @@ NEUTRAL_VALUES: dict[str, tuple] = {
     "response_format": ({"type": "text"},), "store": (False,), "modalities": (["text"],), "audio": (),
     "prediction": (), "reasoning_effort": (), "service_tier": (), "verbosity": (), "web_search_options": (),
     "moderation": ()}
-_HINTS: dict[str, str] = {}
 MAX_N = 16  # choices per request
 
 
@@ -170,7 +169,7 @@ def _check_fields(body: dict) -> None:
     if name not in NEUTRAL_VALUES:
       raise RequestError(f"unknown field '{name}': this server does not implement it", param=name)
     if not any(_same(value, off) for off in NEUTRAL_VALUES[name]):
-      raise RequestError(f"'{name}' is not supported by this server{_HINTS.get(name, '')}", param=name)
+      raise RequestError(f"'{name}' is not supported by this server", param=name)
 
 
 def _object(body: dict, name: str, keys: dict) -> dict:
@@ -387,7 +386,7 @@ class Worker:
     job.outcome, job.finished = outcome, time.perf_counter()
     if isinstance(value, list):
       job.result = value
-    job.post(outcome if outcome != "done" else "done", value)
+    job.post(outcome, value)
     if job in self._running:
       self._running.remove(job)
     self.history = (self.history + [job])[-64:]
