@@ -19,7 +19,7 @@ The rolling mode splits a text into windows exactly as ``lm-eval``'s ``loglikeli
 predicted once, the first from a prefix token (BOS, else EOS), each later window conditioning on at
 least ``context_len`` tokens before it.
 
-Imports the model, the cache buckets, validation and the prompt rendering of :mod:`smollm3_jax.generation.api`.
+Imports the model, the cache, the shape buckets, validation and the prompt rendering of :mod:`smollm3_jax.text.prompts`.
 """
 
 from __future__ import annotations
@@ -150,13 +150,8 @@ def score_token_ids(model: SmolLM3, pairs: Sequence[tuple[Sequence[int], Sequenc
 # --------------------------------------------------------------------------------------------
 # Input checks (all before anything compiles)
 # --------------------------------------------------------------------------------------------
-def _is_ids(x) -> bool:
-  return (isinstance(x, np.ndarray) and x.ndim == 1) or (
-      isinstance(x, (list, tuple)) and len(x) > 0 and all(isinstance(t, (int, np.integer)) for t in x))
-
-
 def _continuation_ids(tokenizer, continuations, n: int, vocab: int) -> list[list[int]]:
-  if isinstance(continuations, str) or _is_ids(continuations):
+  if isinstance(continuations, str) or validation.is_ids(continuations):
     continuations = [continuations]
   if not isinstance(continuations, (list, tuple)):
     raise ValueError(f"continuations must be a string, token ids or a list of those, got "
@@ -172,7 +167,7 @@ def _text_ids(tokenizer, x, name: str, vocab: int) -> list[int]:
     if tokenizer is None:
       raise ValueError(f"{name}: a tokenizer is needed for text (or pass token ids)")
     ids = tokenizer.encode(x)
-  elif _is_ids(x) or (isinstance(x, (list, tuple, np.ndarray)) and len(x) == 0):
+  elif validation.is_ids(x) or (isinstance(x, (list, tuple, np.ndarray)) and len(x) == 0):
     ids = list(x)
   else:
     raise ValueError(f"{name} must be a string or token ids, got {type(x).__name__}")
@@ -270,7 +265,7 @@ def score_rolling(model: SmolLM3, tokenizer, texts, *, window: int | None = None
     if prefix_token_id is None:
       raise ValueError("prefix_token_id: the tokenizer and the model name no BOS/EOS; pass one")
   prefix_token_id = validation.check_token_ids("prefix_token_id", [prefix_token_id], cfg.vocab_size)[0]
-  if isinstance(texts, str) or _is_ids(texts):
+  if isinstance(texts, str) or validation.is_ids(texts):
     texts = [texts]
   if not isinstance(texts, (list, tuple)) or not texts:
     raise ValueError("texts must be a string, token ids or a non-empty list of those")
