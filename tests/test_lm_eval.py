@@ -302,7 +302,7 @@ def test_grid_of_two_axes_resumes_in_either_axis_order(tmp_path, demo_model, dem
   # The perplexity task on one document: a cheap cell (its settings change no number; the files are the point).
   kwargs = dict(workdir=str(wd), tasks=["smollm3_jax_documents"], config={"checkpoint": "demo"},
                 evaluate_kwargs=dict(task_manager=task_manager, bootstrap_iters=0, limit=1), log=lambda s: None)
-  given = ["temperature=0.0,0.7", "seed=1,2"]  # not alphabetical (the README's GSM8K example: thinking, temperature)
+  given = ["temperature=0.0,0.7", "seed=1,2"]  # not alphabetical (the GSM8K example of docs/scoring-and-evaluation.md: thinking, temperature)
   names = ["temperature=0.0,seed=1", "temperature=0.0,seed=2", "temperature=0.7,seed=1", "temperature=0.7,seed=2"]
   with pytest.raises(Killed):
     evaluation.run_grid(make_lm, grid=evaluation.parse_grid(given), on_cell_done=kill, **kwargs)

@@ -348,10 +348,14 @@ def test_row_draw_independent_of_other_rows():
   # Interleaved with other rows that use other settings (greedy, top-k, min-p) and keys.
   mixed_logits = np.empty((2 * n, v), np.float32)
   mixed_logits[0::2], mixed_logits[1::2] = target, others
-  temp = np.empty(2 * n); temp[0::2], temp[1::2] = 0.8, np.tile([0.0, 1.5], n // 2)
-  top_p = np.empty(2 * n); top_p[0::2], top_p[1::2] = 0.9, 1.0
-  top_k = np.zeros(2 * n, int); top_k[1::2] = 7
-  min_p = np.zeros(2 * n); min_p[1::2] = 0.1
+  temp = np.empty(2 * n)
+  temp[0::2], temp[1::2] = 0.8, np.tile([0.0, 1.5], n // 2)
+  top_p = np.empty(2 * n)
+  top_p[0::2], top_p[1::2] = 0.9, 1.0
+  top_k = np.zeros(2 * n, int)
+  top_k[1::2] = 7
+  min_p = np.zeros(2 * n)
+  min_p[1::2] = 0.1
   other_keys = S.step_keys(S.row_keys(jnp.arange(n) + 10_000), 3)
   mixed_keys = jnp.stack([keys, other_keys], axis=1).reshape(2 * n)
   mixed = fn(jnp.asarray(mixed_logits), jnp.zeros((2 * n, v), bool),

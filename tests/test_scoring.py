@@ -113,7 +113,7 @@ def test_rolling_perplexity_equals_direct(tiny, context_len):
                                   prefix_token_id=1, batch_size=4)
   # Direct: each token scored by one transformers forward over the `window` tokens before it at most,
   # always keeping >= context_len of context (the windows lm-eval defines), written out here.
-  expected, start, pos = [], 0, 0
+  expected, pos = [], 0
   seq = [1] + doc
   while pos < len(doc):
     if pos == 0:

@@ -103,7 +103,7 @@ def tiny_dir(tmp_path_factory, template):
   hf.chat_template = template
   directory = tmp_path_factory.mktemp("tiny_tok")
   hf.save_pretrained(directory)
-  im_end, end_of_text = raw.token_to_id("<|im_end|>"), raw.token_to_id("<|end_of_text|>")
+  im_end = raw.token_to_id("<|im_end|>")
   bos = raw.token_to_id("<|begin_of_text|>")
   with open(directory / "generation_config.json", "w") as f:
     json.dump({"bos_token_id": bos, "eos_token_id": im_end}, f)

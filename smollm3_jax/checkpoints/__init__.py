@@ -1,5 +1,5 @@
 """Loading SmolLM3 weights: ``from_pretrained("demo" | file.gguf | local HF dir | Orbax dir | hub id)``,
-optionally straight onto a device mesh (``mesh=``); :mod:`.spec` loads a (model, tokenizer) pair.
+optionally straight onto a device mesh (``mesh=``); :mod:`smollm3_jax.loading` loads a (model, tokenizer) pair.
 
 Imports the config, the model, ``sharding`` and ``quantize``; never the engine, the sweep or serving.
 """

@@ -11,7 +11,7 @@ int8 x float product would instead materialise a float copy of the weights on ev
 
 Quantized: the attention projections, the MLP (gate and up fused into one product) and the
 embedding, whose per-row scales serve the tied LM head too. Norms, RoPE, attention, softmax and
-the KV cache stay in the activation dtype. Accuracy on the demo model is measured in README.md.
+the KV cache stay in the activation dtype. Accuracy on the demo model is measured in docs/performance.md.
 
 Imports only :mod:`smollm3_jax.nn.sharding` (and the model it is given); never the loaders or the engine.
 """
