@@ -4,6 +4,7 @@ from __future__ import annotations
 
 
 import jax.numpy as jnp
+import numpy as np
 import pytest
 from flax import nnx
 
@@ -115,3 +116,18 @@ def test_a_cancelled_stream_ends_with_what_it_decoded(model, tok):
   assert c.stop_reason == "cancelled" and len(c.token_ids) < 48
   assert c.token_ids == free.token_ids[:len(c.token_ids)]
   assert "".join(pieces) == c.text == tok.decode(c.token_ids)
+
+
+def test_chunks_longer_than_one_copy_slice_lose_no_token(model, tok):
+  """A decode chunk that makes more tokens than the host copies in one slice (engine.TAIL): the row is
+  still the one a short-chunk run gives, token for token, with its log-probabilities."""
+  from smollm3_jax.generation.engine import TAIL
+
+  kw = dict(temperature=0.0, max_new_tokens=2 * TAIL + 9, stop_ids=[], thinking=False, logprobs=True)
+  short = smollm3_jax.generate(model, tok, ["Tell me a story."], **kw)[0]
+  s = smollm3_jax.stream(model, tok, "Tell me a story.", chunk_steps=2 * TAIL + 9, **kw)
+  "".join(s)
+  long = s.result[0]
+  assert len(long.token_ids) == 2 * TAIL + 9 and long.token_ids == short.token_ids
+  np.testing.assert_array_equal(long.logprobs.logprob, short.logprobs.logprob)
+  np.testing.assert_array_equal(long.logprobs.rank, short.logprobs.rank)

@@ -280,8 +280,18 @@ def compact(s: DecodeState, index) -> DecodeState:
   return _gather(s, index)
 
 
+def tails(tokens, record, starts, width: int):
+  """Each row's outputs from index ``starts[b]`` on, ``width`` of them: tokens [B, N] -> [B, width]
+  (and every record field the same way; record may be None). What the host copies after a decode
+  chunk: the tokens new since its last look, not the whole [B, N] buffer. ``starts`` [B] int32 must
+  be <= N - width (the host clamps them)."""
+  take = lambda x: jax.vmap(lambda row, s: jax.lax.dynamic_slice_in_dim(row, s, width, axis=0))(x, starts)
+  return take(tokens), (jax.tree.map(take, record) if record is not None else None)
+
+
 # Jitted with the model's graphdef static and the pool's state donated (updated in place).
 prefill_slots_jit = jax.jit(prefill_slots, static_argnums=(0,), static_argnames=("window",), donate_argnums=(2,))
 insert_jit = jax.jit(insert, donate_argnums=(0,))
 compact_jit = jax.jit(compact)  # (a narrower output: nothing to donate into)
 decode_jit = jax.jit(decode, static_argnums=(0,), static_argnames=("window",), donate_argnums=(2,))
+tails_jit = jax.jit(tails, static_argnames=("width",))

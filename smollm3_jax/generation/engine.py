@@ -40,7 +40,7 @@ from smollm3_jax.utils import runtime
 from smollm3_jax.generation import sampling
 from smollm3_jax.generation.settings import SETTINGS, validate_sampling_args
 from smollm3_jax.generation.decode import (CANCELLED, MAX_STOP_IDS, DecodeState, Record, RowSettings, SharedSettings,
-                                compact_jit, decode_jit, insert_jit, prefill_slots_jit)
+                                compact_jit, decode_jit, insert_jit, prefill_slots_jit, tails_jit)
 from smollm3_jax.nn.kv_cache import KVCache
 from smollm3_jax.utils.buckets import DEFAULT_BATCH_BUCKETS, DEFAULT_BUCKETS, bucket_length, window_length
 from smollm3_jax.nn.model import SmolLM3
@@ -59,6 +59,8 @@ MAX_TOP_LOGPROBS = 20  # alternatives a pool may record per token (OpenAI's limi
 # so narrowing further could change a sampled token at a near-tie, and a sweep's rows would depend on
 # its batch_size.
 NARROW_MIN = 4
+# Outputs per row the host copies in one slice after a decode chunk (more slices when a chunk made more).
+TAIL = 64
 # A prefill of at least this many calls shows a progress bar.
 PREFILL_BAR_CALLS = 4
 # Tokens a decode chunk runs before the host looks at the pool again (streaming granularity).
@@ -493,8 +495,7 @@ class Pool:
     active = [i for i, r in enumerate(self.rows) if r is not None]
     if not active:
       return []
-    tokens = distributed.fetch(s.tokens)
-    record = distributed.fetch(s.record) if s.record is not None else None
+    new = self._fetch_new(active, counts)
     now = time.perf_counter()
     changed = []
     for i in active:
@@ -504,9 +505,12 @@ class Pool:
         if r.first_token is None:
           r.first_token = now
         self.stats["generated"] += n - len(r.token_ids)
-        r.token_ids = tokens[i, :n].tolist()
-        if record is not None and r.logprobs:
-          r.record = {f.name: getattr(record, f.name)[i, :n] for f in dataclasses.fields(record)}
+        tokens, record = new[i]
+        r.token_ids.extend(tokens)
+        if record is not None:
+          r.record = r.record or {name: [] for name in record}
+          for name, values in record.items():
+            r.record[name].extend(values)
         changed.append(r)
       self._lengths[i] = lengths[i]
       if done[i] or r.cancelled:
@@ -518,6 +522,37 @@ class Pool:
         if r not in changed:
           changed.append(r)
     return changed
+
+  def _fetch_new(self, active: list[int], counts) -> dict[int, tuple[list, dict | None]]:
+    """The tokens (and, for rows that record, the per-token records) each active slot produced since
+    the host's last look: slices of :data:`TAIL` outputs per row (several when a chunk made more),
+    so a chunk costs what it generated, not the length of the rows."""
+    s = self.state
+    n_out = s.tokens.shape[1]
+    width = min(TAIL, n_out)
+    have = {i: len(self.rows[i].token_ids) for i in active}
+    want = {i: int(counts[i]) for i in active}
+    records = s.record is not None and any(self.rows[i].logprobs for i in active)
+    out = {i: ([], {} if records and self.rows[i].logprobs else None) for i in active}
+    while any(have[i] < want[i] for i in active):
+      starts = np.zeros((self.slots,), np.int32)
+      for i in active:
+        starts[i] = min(have[i], n_out - width)
+      exe, secs = self.engine._compiled_fn("tails", tails_jit, s.tokens, s.record if records else None,
+                                           jnp.asarray(starts), with_model=False, width=width)
+      self.stats["compile_seconds"] += secs
+      tokens, record = distributed.fetch(exe(s.tokens, s.record if records else None, jnp.asarray(starts)))
+      for i in active:
+        lo = have[i] - starts[i]
+        hi = min(want[i], starts[i] + width) - starts[i]
+        if hi <= lo:
+          continue
+        out[i][0].extend(tokens[i, lo:hi].tolist())
+        if out[i][1] is not None:
+          for f in dataclasses.fields(record):
+            out[i][1].setdefault(f.name, []).extend(getattr(record, f.name)[i, lo:hi])
+        have[i] = starts[i] + hi
+    return out
 
   def _free_cancelled(self) -> None:
     """Frees the slots of cancelled rows; the next decode call stops them on the device."""
@@ -572,7 +607,7 @@ class Pool:
 
   def warmup(self) -> float:
     """Compiles every program this pool can need (each prefill rows bucket x read window, insert,
-    each decode window); returns the seconds spent compiling. Nothing runs."""
+    each decode window, the copy of new outputs); returns the seconds spent compiling. Nothing runs."""
     eng, c = self.engine, self.engine.prefill_chunk
     windows = sorted({self._window(n) for n in range(c, self.length + 1, c)} | {self._window(1)})
     total = 0.0
@@ -589,6 +624,9 @@ class Pool:
     for w in windows:
       total += eng._compiled_fn("decode", decode_jit, eng.state, self.state, self.shared, jnp.asarray(1, jnp.int32),
                                 jnp.asarray(1, jnp.int32), jnp.asarray(self._stop), window=w)[1]
+    width = min(TAIL, self.state.tokens.shape[1])
+    for record in {id(None): None, id(self.state.record): self.state.record}.values():  # (with and without records)
+      total += eng._compiled_fn("tails", tails_jit, self.state.tokens, record, z, with_model=False, width=width)[1]
     self.stats["compile_seconds"] += total
     return total
 
