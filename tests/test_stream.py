@@ -131,3 +131,27 @@ def test_chunks_longer_than_one_copy_slice_lose_no_token(model, tok):
   assert len(long.token_ids) == 2 * TAIL + 9 and long.token_ids == short.token_ids
   np.testing.assert_array_equal(long.logprobs.logprob, short.logprobs.logprob)
   np.testing.assert_array_equal(long.logprobs.rank, short.logprobs.rank)
+
+
+@pytest.mark.parametrize("call, needle", [
+    (lambda m, t: smollm3_jax.generate(m, t, ["hi"], chat="no"), "chat"),
+    (lambda m, t: smollm3_jax.generate(m, t, ["hi"], split_special_tokens="no"), "split_special_tokens"),
+    (lambda m, t: smollm3_jax.generate(m, t, ["hi"], share_prefill="no"), "share_prefill"),
+    (lambda m, t: smollm3_jax.generate(m, t, ["hi"], progress="no"), "progress"),
+    (lambda m, t: smollm3_jax.stream(m, t, "hi", hide_thinking="no"), "hide_thinking"),
+    (lambda m, t: smollm3_jax.score(m, t, ["hi"], [" there"], chat="no"), "chat"),
+    (lambda m, t: smollm3_jax.generate(m, t, ["hi"], temperature=10**400), "temperature"),
+    (lambda m, t: smollm3_jax.generate(m, t, ["hi"], top_k=10**400), "top_k"),
+    (lambda m, t: smollm3_jax.generate(m, t, ["a\ud800b"]), "prompt 0"),
+    (lambda m, t: smollm3_jax.generate(m, t, [[{"role": "user", "content": "x\udfffy"}]]), "prompt 0"),
+], ids=["chat", "split_special_tokens", "share_prefill", "progress", "hide_thinking", "score_chat",
+        "huge_temperature", "huge_top_k", "surrogate_text", "surrogate_message"])
+def test_mistyped_arguments_are_refused_by_name_before_compiling(model, tok, call, needle):
+  """Flags given as strings ("no" is truthy), integers beyond float64 and text with a lone surrogate:
+  a ValueError naming the argument, before anything compiles."""
+  from smollm3_jax.generation.engine import COMPILE_COUNTS
+
+  before = dict(COMPILE_COUNTS)
+  with pytest.raises(ValueError, match=needle):
+    call(model, tok)
+  assert dict(COMPILE_COUNTS) == before

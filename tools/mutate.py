@@ -30,6 +30,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 G, S, C = "tests/test_generate.py::", "tests/test_sampling.py::", "tests/test_checkpoints.py::"
 W, R = "tests/test_sweep.py::", "tests/test_server_requests.py::"
+H = "tests/test_hostile.py::"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -269,12 +270,73 @@ MUTATIONS = (
              "",
              ("tests/test_stream.py::test_a_cancelled_stream_ends_with_what_it_decoded",)),
     Mutation("pool_submit_skips_settings_check", "smollm3_jax/generation/engine.py",
-             "    if names:  # one value per row and setting (ValueError naming the setting)\n",
-             "    if False:\n",
+             "  if names:  # one value per row and setting\n",
+             "  if False:\n",
              (G + "test_bad_arguments_raise_before_compiling",)),
     Mutation("harvest_copies_one_slice_only", "smollm3_jax/generation/engine.py",
              "        have[i] = starts[i] + hi\n", "        have[i] = want[i]\n",
              ("tests/test_stream.py::test_chunks_longer_than_one_copy_slice_lose_no_token",)),
+    # ---- issue 14: hostile input (tools/hostile_replay.py; tests/test_hostile.py) -------------------
+    Mutation("server_json_digit_limit_500", "smollm3_jax/serving/server.py",
+             "    except ValueError:  # an integer past Python's int-string digit limit (4300): "
+             "not a JSON syntax error\n"
+             "      raise RequestError(\"the request body holds an integer with too many digits to read\") from None\n",
+             "", (H + "test_hostile_bodies_get_a_4xx_naming_the_field",)),
+    Mutation("server_lone_surrogate_accepted", "smollm3_jax/serving/server.py",
+             "  found = _lone_surrogate(body)\n", "  found = None\n",
+             (H + "test_hostile_bodies_get_a_4xx_naming_the_field",)),
+    Mutation("server_unbounded_setting_overflows", "smollm3_jax/serving/server.py",
+             "  if isinstance(value, int) and not _fits_float(value):", "  if False:",
+             (H + "test_hostile_bodies_get_a_4xx_naming_the_field",)),
+    Mutation("server_falsy_logit_bias_ignored", "smollm3_jax/serving/server.py",
+             "  if bias is not None and not isinstance(bias, dict):", "  if bias and not isinstance(bias, dict):",
+             (H + "test_hostile_bodies_get_a_4xx_naming_the_field",)),
+    Mutation("server_model_type_unchecked", "smollm3_jax/serving/server.py",
+             "  if model is not None and not isinstance(model, str):\n", "  if False:\n",
+             (H + "test_hostile_bodies_get_a_4xx_naming_the_field",)),
+    Mutation("server_field_name_echoed_whole", "smollm3_jax/serving/server.py",
+             "raise RequestError(f\"unknown field '{_name(name)}': this server does not implement it\", "
+             "param=_name(name))",
+             "raise RequestError(f\"unknown field '{name}': this server does not implement it\", param=name)",
+             (H + "test_hostile_bodies_get_a_4xx_naming_the_field",)),
+    Mutation("safetensors_header_not_object", "smollm3_jax/checkpoints/safetensors.py",
+             "  if not isinstance(header, dict):\n", "  if False:\n",
+             (H + "test_checkpoint_loaders_name_the_damaged_file",)),
+    Mutation("safetensors_entry_types_unchecked", "smollm3_jax/checkpoints/safetensors.py",
+             "      if not all(_is_count(x) for x in (*shape, begin, end)) or not isinstance(dtype_name, str):\n",
+             "      if False:\n", (H + "test_checkpoint_loaders_name_the_damaged_file",)),
+    Mutation("config_json_types_unchecked", "smollm3_jax/checkpoints/safetensors.py",
+             "  problem = _config_problem(d)\n", "  problem = None\n",
+             (H + "test_checkpoint_loaders_name_the_damaged_file",)),
+    Mutation("config_json_error_names_no_file", "smollm3_jax/checkpoints/safetensors.py",
+             "  raise ValueError(f\"{path}: {problem}\")\n", "  raise ValueError(problem)\n",
+             (H + "test_checkpoint_loaders_name_the_damaged_file",)),
+    Mutation("orbax_damaged_params_unnamed", "smollm3_jax/checkpoints/orbax.py",
+             "  with _quiet(), _damaged(params_dir):\n    restored = ckptr.restore(params_dir, target)\n",
+             "  with _quiet():\n    restored = ckptr.restore(params_dir, target)\n",
+             (H + "test_checkpoint_loaders_name_the_damaged_file",)),
+    Mutation("orbax_marker_list_unchecked", "smollm3_jax/checkpoints/orbax.py",
+             "  if not isinstance(meta, dict):\n", "  if False:\n",
+             (H + "test_checkpoint_loaders_name_the_damaged_file",)),
+    # The bundled prompt set read from the checkout's data/ (as configs/sweep.py once did): fine in a checkout,
+    # missing from an installed wheel, where the Colab notebook's sweep then finds no prompts.
+    Mutation("prompt_set_outside_the_package", "smollm3_jax/sweep/presets.py",
+             'PROMPT_SET = os.fspath(importlib.resources.files(__package__).joinpath("prompts", "sweep.jsonl"))',
+             'PROMPT_SET = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), '
+             '"data", "prompts", "sweep.jsonl")',
+             ("tests/test_notebooks.py::test_colab_notebook_runs_from_an_installed_wheel_without_the_repository",)),
+    Mutation("server_refusal_keeps_its_frames", "smollm3_jax/serving/server.py",
+             "      e.__traceback__ = e.__context__ = None\n", "",
+             (H + "test_a_refused_huge_prompt_is_freed_at_once",)),
+    Mutation("huge_setting_overflows", "smollm3_jax/generation/settings.py",
+             "  except (TypeError, ValueError, OverflowError) as e:", "  except (TypeError, ValueError) as e:",
+             ("tests/test_stream.py::test_mistyped_arguments_are_refused_by_name_before_compiling[huge_temperature]",)),
+    Mutation("chat_flag_read_by_truthiness", "smollm3_jax/text/prompts.py",
+             "  chat = validation.as_bool(\"chat\", chat)\n", "  chat = bool(chat)\n",
+             ("tests/test_stream.py::test_mistyped_arguments_are_refused_by_name_before_compiling[chat]",)),
+    Mutation("lone_surrogate_prompt_unchecked", "smollm3_jax/text/prompts.py",
+             "      text.encode(\"utf-8\")\n", "      text.encode(\"utf-8\", errors=\"surrogatepass\")\n",
+             ("tests/test_stream.py::test_mistyped_arguments_are_refused_by_name_before_compiling[surrogate_text]",)),
 )
 
 

@@ -28,6 +28,7 @@ from flax import nnx
 from smollm3_jax.nn.config import SmolLM3Config
 from smollm3_jax.nn.model import SmolLM3, abstract_model
 from smollm3_jax.checkpoints.mapping import check_float_dtype
+from smollm3_jax.checkpoints.safetensors import read_config
 
 MARKER = "smollm3_jax.json"
 FORMAT = "smollm3_jax.orbax"
@@ -48,6 +49,18 @@ def _quiet():
     logger.setLevel(level)
 
 
+@contextlib.contextmanager
+def _damaged(params_dir: str):
+  """Orbax's and TensorStore's errors on a truncated or deleted file (KeyError, a bare Exception with
+  pages of TensorStore spec, ...) as one ValueError naming the checkpoint."""
+  try:
+    yield
+  except Exception as e:  # noqa: BLE001  (whatever the storage layer raises)
+    detail = str(e).split("\n", 1)[0][:300]
+    raise ValueError(f"{params_dir}: the Orbax parameters could not be read ({type(e).__name__}: {detail}); "
+                     "the checkpoint is truncated or damaged: convert it again") from e
+
+
 def is_orbax_dir(path: str | os.PathLike) -> bool:
   """Whether ``path`` is a directory written by :func:`save`."""
   return os.path.isfile(os.path.join(os.fspath(path), MARKER))
@@ -65,11 +78,18 @@ def read_marker(directory: str | os.PathLike) -> dict:
   path = os.path.join(os.fspath(directory), MARKER)
   if not os.path.isfile(path):
     raise FileNotFoundError(f"{os.fspath(directory)!r} is not an Orbax conversion (no {MARKER})")
-  with open(path) as f:
-    meta = json.load(f)
+  try:
+    with open(path, "rb") as f:
+      meta = json.loads(f.read())
+  except ValueError as e:  # (JSONDecodeError, UnicodeDecodeError): a truncated or hand-edited marker
+    raise ValueError(f"{path} is not valid JSON ({e}): a damaged conversion; convert the checkpoint again") from None
+  if not isinstance(meta, dict):
+    raise ValueError(f"{path}: expected a JSON object, got {type(meta).__name__}; convert the checkpoint again")
   if meta.get("format") != FORMAT:
     raise ValueError(f"{path}: format {meta.get('format')!r}, expected {FORMAT!r}")
-  if int(meta.get("version", 0)) > VERSION:
+  if not isinstance(meta.get("version", 0), int) or isinstance(meta.get("version"), bool):
+    raise ValueError(f"{path}: version must be an integer, got {meta.get('version')!r}")
+  if meta.get("version", 0) > VERSION:
     raise ValueError(f"{path}: version {meta['version']} is newer than this smollm3_jax ({VERSION}); "
                      "upgrade the package")
   return meta
@@ -114,7 +134,7 @@ def load_config(directory: str | os.PathLike) -> SmolLM3Config:
   path = os.path.join(os.fspath(directory), CONFIG_NAME)
   if not os.path.isfile(path):
     raise FileNotFoundError(f"Orbax checkpoint {os.fspath(directory)!r} has no {CONFIG_NAME}")
-  return SmolLM3Config.from_json(path)
+  return read_config(path)
 
 
 def _target_sharding(place) -> Callable[[tuple, tuple], jax.sharding.Sharding] | None:
@@ -153,11 +173,15 @@ def restore(directory: str | os.PathLike, *, dtype=jnp.float32, param_dtype=None
     target[_key(path)] = jax.ShapeDtypeStruct(tuple(var.shape), param_dtype, sharding=s)
 
   params_dir = os.path.join(directory, PARAMS_DIR)
-  with _quiet():
+  if not os.path.isdir(params_dir):
+    raise FileNotFoundError(f"{params_dir}: missing; the conversion is incomplete: convert the checkpoint again")
+  with _quiet(), _damaged(params_dir):
     ckptr = ocp.StandardCheckpointer()
     stored = ckptr.metadata(params_dir)
-  stored = getattr(stored, "item_metadata", stored)
-  stored_keys = set(stored.keys()) if hasattr(stored, "keys") else set(target)
+    stored = getattr(stored, "item_metadata", stored)
+    if not hasattr(stored, "items"):  # (Orbax answers None for a directory without its metadata)
+      raise ValueError(f"no parameter metadata ({type(stored).__name__})")
+  stored_keys = set(stored.keys())
   missing, unexpected = sorted(set(target) - stored_keys), sorted(stored_keys - set(target))
   if missing or unexpected:
     raise ValueError(f"{directory}: parameters do not match its config.json "
@@ -166,7 +190,7 @@ def restore(directory: str | os.PathLike, *, dtype=jnp.float32, param_dtype=None
     shape = tuple(getattr(meta, "shape", target[k].shape))
     if shape != target[k].shape:
       raise ValueError(f"{directory}: parameter {k!r} has shape {shape}, expected {target[k].shape}")
-  with _quiet():
+  with _quiet(), _damaged(params_dir):
     restored = ckptr.restore(params_dir, target)
     ckptr.close()
 

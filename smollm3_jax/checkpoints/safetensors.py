@@ -47,7 +47,62 @@ def load_config(directory: str | os.PathLike) -> SmolLM3Config:
   path = os.path.join(directory, CONFIG_NAME)
   if not os.path.isfile(path):
     raise FileNotFoundError(f"checkpoint directory {os.fspath(directory)!r} has no {CONFIG_NAME}")
-  return SmolLM3Config.from_json(path)
+  return read_config(path)
+
+
+# The config.json fields SmolLM3Config.from_dict reads, by the JSON type each must have (null: the
+# default). Checked first: from_dict's int() / float() / bool() would read "64" or 2.7 as a number,
+# "false" as true, and fail on the rest with a message naming neither the file nor the field.
+_INT_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+               "num_key_value_heads", "head_dim", "max_position_embeddings", "no_rope_layer_interval",
+               "bos_token_id", "pad_token_id")
+_NUMBER_FIELDS = ("rope_theta", "rms_norm_eps")
+_BOOL_FIELDS = ("tie_word_embeddings", "attention_bias", "mlp_bias")
+_OBJECT_FIELDS = ("rope_parameters", "rope_scaling")
+
+
+def _is_int(v) -> bool:
+  return (isinstance(v, int) and not isinstance(v, bool)) or (isinstance(v, float) and v.is_integer())
+
+
+def _config_problem(d: dict) -> str | None:
+  """What is wrong with the types of a config.json dict (None: nothing)."""
+  def ints(v):
+    return isinstance(v, list) and all(_is_int(x) for x in v)
+
+  for name, ok, want in [*((n, _is_int, "an integer") for n in _INT_FIELDS),
+                         *((n, lambda v: isinstance(v, (int, float)) and not isinstance(v, bool), "a number")
+                           for n in _NUMBER_FIELDS),
+                         *((n, lambda v: isinstance(v, bool), "true or false") for n in _BOOL_FIELDS),
+                         *((n, lambda v: isinstance(v, dict), "an object") for n in _OBJECT_FIELDS),
+                         ("eos_token_id", lambda v: _is_int(v) or ints(v), "an integer or a list of integers"),
+                         ("no_rope_layers", ints, "a list of 0/1 integers")]:
+    value = d.get(name)
+    if value is not None and not ok(value):
+      return f"field {name!r} must be {want}, got {json.dumps(value)[:80]}"
+  return None
+
+
+def read_config(path: str | os.PathLike) -> SmolLM3Config:
+  """A checkpoint's ``config.json`` as a SmolLM3Config; ValueError naming the file (and the field)
+  when it is not JSON, not an object, or holds a value of the wrong type or range."""
+  path = os.fspath(path)
+  try:
+    with open(path, "rb") as f:
+      d = json.loads(f.read())
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise ValueError(f"{path} is not valid JSON: {e}") from None
+  except ValueError as e:  # an integer past Python's digit limit
+    raise ValueError(f"{path} is not readable JSON: {e}") from None
+  if not isinstance(d, dict):
+    raise ValueError(f"{path}: expected a JSON object of config fields, got {type(d).__name__}")
+  problem = _config_problem(d)
+  if problem is None:
+    try:
+      return SmolLM3Config.from_dict(d)
+    except (TypeError, ValueError, OverflowError) as e:  # a range check, or a nested field (rope scaling)
+      problem = str(e)
+  raise ValueError(f"{path}: {problem}")
 
 
 def read_header(path: str) -> tuple[dict, int]:
@@ -63,10 +118,16 @@ def read_header(path: str) -> tuple[dict, int]:
                        f"file of {size})")
     try:
       header = json.loads(f.read(n))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except (RecursionError, ValueError) as e:  # (JSONDecodeError, UnicodeDecodeError, too many digits)
       raise ValueError(f"{path}: corrupt safetensors header: {e}") from e
+  if not isinstance(header, dict):
+    raise ValueError(f"{path}: corrupt safetensors header: a JSON {type(header).__name__}, not an object")
   header.pop("__metadata__", None)
   return header, 8 + n
+
+
+def _is_count(x) -> bool:
+  return isinstance(x, int) and not isinstance(x, bool) and x >= 0
 
 
 def _tensor_infos(path: str, names: set[str] | None = None) -> dict[str, TensorInfo]:
@@ -89,8 +150,10 @@ def _tensor_infos(path: str, names: set[str] | None = None) -> dict[str, TensorI
       continue
     try:
       dtype_name, shape, (begin, end) = entry["dtype"], tuple(entry["shape"]), entry["data_offsets"]
+      if not all(_is_count(x) for x in (*shape, begin, end)) or not isinstance(dtype_name, str):
+        raise TypeError("shape and data_offsets must hold integers >= 0")
     except (KeyError, TypeError, ValueError) as e:
-      raise ValueError(f"{path}: corrupt header entry for tensor {name!r}: {entry!r}") from e
+      raise ValueError(f"{path}: corrupt header entry for tensor {name!r}: {str(entry)[:200]}") from e
     if dtype_name not in _DTYPES:
       raise ValueError(f"{path}: tensor {name!r} has unsupported safetensors dtype {dtype_name}")
     dt, is_float = _DTYPES[dtype_name]

@@ -23,7 +23,7 @@ import numpy as np
 from smollm3_jax.generation import defaults as generation_defaults
 from smollm3_jax.generation import sampling
 from smollm3_jax.generation.beam import beam_search
-from smollm3_jax.generation.engine import CHUNK_STEPS, MAX_TOP_LOGPROBS, Engine, Request, get_engine
+from smollm3_jax.generation.engine import CHUNK_STEPS, MAX_TOP_LOGPROBS, Engine, Request, check_settings, get_engine
 from smollm3_jax.generation.results import Completion, GenerationResult, GenerationStats, TokenLogprobs
 from smollm3_jax.generation.runner import Row, Runner
 from smollm3_jax.generation.settings import row_seeds
@@ -64,7 +64,7 @@ class _Call:
                             newline_guard=self.newline_guard, chunk_steps=chunk_steps, logprobs=self.logprobs,
                             top_logprobs=self.top_logprobs, shrink=True)
     runner = Runner(pool, self.engine.tokenizer, incremental=incremental)
-    runner.submit(self.rows)
+    runner.submit(self.rows, settings_checked=True)
     return runner
 
 
@@ -112,12 +112,13 @@ def _setup(model, tokenizer, prompts, *, chat, thinking, max_new_tokens, seed, n
   top_logprobs = validation.as_count("top_logprobs", top_logprobs, low=0, high=MAX_TOP_LOGPROBS)
   engine = engine or get_engine(model, tokenizer, mesh=mesh)
   engine.sync()
-  share = 0 if share_prefill else None
+  share = 0 if validation.as_bool("share_prefill", share_prefill) else None
   requests = []
   for i in range(n):
     row = {k: (v[i] if isinstance(v, list) else v) for k, v in rows.items()}
     requests.append(Request(prompt=prompt_ids[i], settings=row, seed=int(seeds[i]), max_new=int(max_new[i]),
                             newline_limit=int(nl[i]), share=share))
+  check_settings(requests, vocab)  # (before the pool is built: nothing allocated or compiled for bad settings)
   need = max(len(p) + min(int(m), limit - len(p)) - 1 for p, m in zip(prompt_ids, max_new))
   if cache_length is not None:  # a fixed pool length (a chat session's: one program set for every turn)
     cache_length = validation.as_count("cache_length", cache_length, low=1)
@@ -212,6 +213,7 @@ def generate(model: SmolLM3, tokenizer, prompts, *, chat: bool = True, thinking=
   filled = generation_defaults.for_tokenizer(tokenizer).fill(
       thinking=thinking, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
       repetition_penalty=repetition_penalty, max_new_tokens=max_new_tokens)
+  progress = validation.as_bool("progress", progress)
   t_call = time.perf_counter()
   call = _setup(model, tokenizer, prompts, chat=chat, **filled, seed=seed, newline_limit=newline_limit,
                 stop_ids=stop_ids, context_length=context_length, engine=engine, mesh=mesh,
@@ -294,6 +296,7 @@ class Stream:
     if unknown:
       raise TypeError(f"stream() got unexpected keyword argument(s): {', '.join(unknown)}")
     validation.as_count("chunk_steps", chunk_steps, low=1)
+    hide_thinking = validation.as_bool("hide_thinking", hide_thinking)
     if not (isinstance(prompt, str) or validation.is_messages(prompt) or validation.is_ids(prompt)):
       raise ValueError("stream() takes one prompt: a string, a message list or token ids")
     args = {**_DEFAULTS, **kwargs}

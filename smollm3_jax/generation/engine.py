@@ -116,6 +116,18 @@ class Request:
 # --------------------------------------------------------------------------------------------
 # Engine: compiled programs per shape bucket for one model
 # --------------------------------------------------------------------------------------------
+def check_settings(requests: Sequence[Request], vocab_size: int) -> None:
+  """ValueError naming the setting when a row's sampling settings are unknown or out of range (the one
+  check of a row's settings: when it is submitted, before anything runs for it)."""
+  names = sorted({k for r in requests for k in r.settings})
+  unknown = [k for k in names if k not in SETTINGS]
+  if unknown:
+    raise ValueError(f"unknown sampling setting(s): {', '.join(unknown)} (known: {', '.join(SETTINGS)})")
+  if names:  # one value per row and setting
+    validate_sampling_args(batch=len(requests), vocab_size=vocab_size,
+                           **{k: [r.settings.get(k, SETTINGS[k].off) for r in requests] for k in names})
+
+
 class Engine:
   """Holds a model split into (graphdef, state) and its compiled programs.
 
@@ -330,17 +342,13 @@ class Pool:
       raise ValueError(f"the prompt ({p} tokens) and max_new_tokens ({request.max_new}) need "
                        f"{p + request.max_new - 1} cache slots; this pool has {self.length}")
 
-  def submit(self, requests: Sequence[Request]) -> None:
-    """Queues rows (checked first, their settings too: nothing is queued when one is bad)."""
+  def submit(self, requests: Sequence[Request], *, settings_checked: bool = False) -> None:
+    """Queues rows (checked first, their settings too unless ``settings_checked`` by
+    :func:`check_settings` before: nothing is queued when one is bad)."""
     for r in requests:
       self.check(r)
-    names = sorted({k for r in requests for k in r.settings})
-    unknown = [k for k in names if k not in SETTINGS]
-    if unknown:
-      raise ValueError(f"unknown sampling setting(s): {', '.join(unknown)} (known: {', '.join(SETTINGS)})")
-    if names:  # one value per row and setting (ValueError naming the setting)
-      validate_sampling_args(batch=len(requests), vocab_size=self.engine.config.vocab_size,
-                             **{k: [r.settings.get(k, SETTINGS[k].off) for r in requests] for k in names})
+    if not settings_checked:
+      check_settings(requests, self.engine.config.vocab_size)
     now = time.perf_counter()
     for r in requests:
       r.submitted = now

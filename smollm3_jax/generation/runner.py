@@ -79,15 +79,16 @@ class Runner:
     """No row waiting, running, or ended and not yet reported."""
     return self.pool.idle and not self._cancelled
 
-  def submit(self, rows: Sequence[Row]) -> None:
-    """Queues rows (all checked first: nothing is queued when one is bad)."""
+  def submit(self, rows: Sequence[Row], *, settings_checked: bool = False) -> None:
+    """Queues rows (all checked first: nothing is queued when one is bad; ``settings_checked``: their
+    sampling settings were checked before, by :func:`~smollm3_jax.generation.engine.check_settings`)."""
     for row in rows:
       if row.stop and self.tokenizer is None:
         raise ValueError("stop: stop strings need a tokenizer")
       row.request.tag = row
       if self.incremental:
         row.decoder = IncrementalDecoder(self.tokenizer)
-    self.pool.submit([row.request for row in rows])
+    self.pool.submit([row.request for row in rows], settings_checked=settings_checked)
 
   def cancel(self, row: Row) -> None:
     """Stops a row at the next step (its tokens so far stay; reason "cancelled")."""

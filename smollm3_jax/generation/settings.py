@@ -78,12 +78,18 @@ SETTINGS: dict[str, Setting] = {
 }
 
 
+def _clip(value: Any, limit: int = 80) -> str:
+  """repr(value), cut to ``limit`` characters (an error message never echoes a huge value whole)."""
+  text = repr(value)
+  return text if len(text) <= limit else text[:limit] + "..."
+
+
 def as_host_array(name: str, value: Any, batch: int | None) -> np.ndarray:
   """Scalar or sequence -> 1-D float64 numpy array (length-checked)."""
   try:
     arr = np.asarray(value, dtype=np.float64)
-  except (TypeError, ValueError) as e:
-    raise ValueError(f"`{name}` must be a number or a sequence of numbers, got {value!r}") from e
+  except (TypeError, ValueError, OverflowError) as e:  # (OverflowError: an int beyond float64)
+    raise ValueError(f"`{name}` must be a number or a sequence of numbers, got {_clip(value)}") from None
   if arr.ndim > 1:
     raise ValueError(f"`{name}` must be a scalar or 1-D, got shape {arr.shape}")
   if arr.ndim == 1 and batch is not None and arr.shape[0] != batch:

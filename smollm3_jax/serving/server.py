@@ -135,12 +135,64 @@ NEUTRAL_VALUES: dict[str, tuple] = {
 MAX_N = 16  # choices per request
 
 
+def _shown(value: Any, limit: int = 80) -> str:
+  """``value`` as JSON for an error message, cut to about ``limit`` characters (a client may send megabytes)."""
+  try:
+    text = json.dumps(value)
+  except (TypeError, ValueError, RecursionError):
+    text = type(value).__name__
+  return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _name(key: str, limit: int = 80) -> str:
+  """A field name for an error message and ``param``, cut to ``limit`` characters."""
+  return key if len(key) <= limit else key[:limit] + "..."
+
+
+def _clip(message: str, limit: int = 300) -> str:
+  """A library's error message, cut for a response (its repr of a huge value would be echoed whole)."""
+  return message if len(message) <= limit else message[:limit] + "..."
+
+
+def _lone_surrogate(body: Any) -> tuple[str, bool] | None:
+  """(path, is a key) of the first string or key of ``body`` holding a lone surrogate (JSON's unpaired
+  ``\\ud800``-``\\udfff`` escapes; path e.g. ``messages[0].content``), else None. Such text is not
+  Unicode: encoding it later (the tokenizer, a response or log line echoing it) would fail."""
+  escaped = lambda k: k.encode("utf-8", "backslashreplace").decode("utf-8")
+  bad = lambda s: not s.isascii() and not _encodes(s)
+  stack = [(body, "")]  # (an explicit stack: a deeply nested body must not exhaust the recursion limit)
+  while stack:
+    value, path = stack.pop()
+    if isinstance(value, str):
+      if bad(value):
+        return path, False
+    elif isinstance(value, dict):
+      items = []
+      for key, item in value.items():
+        at = f"{path}.{escaped(key)}" if path else escaped(key)
+        if bad(key):
+          return at, True
+        items.append((item, at))
+      stack.extend(reversed(items))
+    elif isinstance(value, list):
+      stack.extend(reversed([(item, f"{path}[{i}]") for i, item in enumerate(value)]))
+  return None
+
+
+def _encodes(text: str) -> bool:
+  try:
+    text.encode("utf-8")
+    return True
+  except UnicodeEncodeError:
+    return False
+
+
 def _number(body: dict, name: str, default, *, low=None, high=None, low_open=False, integer=False):
   value = body.get(name)
   if value is None:
     return default
   if isinstance(value, bool) or not isinstance(value, (int, float)):
-    raise RequestError(f"'{name}' must be {'an integer' if integer else 'a number'}, got {json.dumps(value)}",
+    raise RequestError(f"'{name}' must be {'an integer' if integer else 'a number'}, got {_shown(value)}",
                        param=name)
   if isinstance(value, float):  # (a JSON integer stays a Python int of any size: never float() it)
     if not math.isfinite(value):
@@ -151,7 +203,17 @@ def _number(body: dict, name: str, default, *, low=None, high=None, low_open=Fal
     raise RequestError(f"'{name}' must be {'>' if low_open else '>='} {low}, got {value}", param=name)
   if high is not None and value > high:
     raise RequestError(f"'{name}' must be <= {high}, got {value}", param=name)
+  if isinstance(value, int) and not _fits_float(value):  # (the settings' checks convert to float64)
+    raise RequestError(f"'{name}' is out of range (a number of {len(str(value))} digits)", param=name)
   return int(value) if integer else value
+
+
+def _fits_float(value: int) -> bool:
+  try:
+    float(value)
+    return True
+  except OverflowError:
+    return False
 
 
 def _same(value: Any, off: Any) -> bool:
@@ -167,7 +229,7 @@ def _check_fields(body: dict) -> None:
     if value is None or name in APPLIED_FIELDS or name in INFORMATIONAL_FIELDS:
       continue
     if name not in NEUTRAL_VALUES:
-      raise RequestError(f"unknown field '{name}': this server does not implement it", param=name)
+      raise RequestError(f"unknown field '{_name(name)}': this server does not implement it", param=_name(name))
     if not any(_same(value, off) for off in NEUTRAL_VALUES[name]):
       raise RequestError(f"'{name}' is not supported by this server", param=name)
 
@@ -181,8 +243,8 @@ def _object(body: dict, name: str, keys: dict) -> dict:
     raise RequestError(f"'{name}' must be an object", param=name)
   for key, item in value.items():
     if key not in keys:
-      raise RequestError(f"'{name}.{key}' is not supported by this server (known: {', '.join(keys)})",
-                         param=f"{name}.{key}")
+      raise RequestError(f"'{name}.{_name(key)}' is not supported by this server (known: {', '.join(keys)})",
+                         param=f"{name}.{_name(key)}")
     if item is not None and not keys[key](item):
       raise RequestError(f"'{name}.{key}' must be true or false", param=f"{name}.{key}")
   return {k: v for k, v in value.items() if v is not None}
@@ -195,16 +257,23 @@ def parse_request(body: Any, defaults: dict, model_name: str | None = None,
   ``model`` gets a 404); ``vocab_size``: bounds ``logit_bias`` ids."""
   if not isinstance(body, dict):
     raise RequestError(f"the request body must be a JSON object, got {type(body).__name__}")
+  found = _lone_surrogate(body)
+  if found is not None:
+    path, is_key = found
+    raise RequestError(f"{'the field name ' if is_key else ''}'{path}' holds a lone surrogate (an unpaired "
+                       "\\ud800-\\udfff escape): it is not Unicode text; send valid UTF-8", param=path)
   if "messages" not in body:
     raise RequestError("'messages' is required", param="messages")
   try:
     messages = check_messages(body["messages"])
   except ValueError as e:
-    raise RequestError(str(e), param="messages") from None
+    raise RequestError(_clip(str(e)), param="messages") from None
   _check_fields(body)
   model = body.get("model")
+  if model is not None and not isinstance(model, str):
+    raise RequestError(f"'model' must be a string, got {_shown(model)}", param="model")
   if model is not None and model_name is not None and model != model_name:
-    raise RequestError(f"the model {json.dumps(model)} does not exist; this server serves {json.dumps(model_name)}",
+    raise RequestError(f"the model {_shown(model)} does not exist; this server serves {json.dumps(model_name)}",
                        param="model", code="model_not_found", status=404)
 
   stream = body.get("stream", False)
@@ -232,17 +301,17 @@ def parse_request(body: Any, defaults: dict, model_name: str | None = None,
     if name in defaults or value != spec.off:
       settings[name] = value
   bias = body.get("logit_bias")
+  if bias is not None and not isinstance(bias, dict):  # ([], 0 or "" are no "off": refused, not ignored)
+    raise RequestError("'logit_bias' must be an object mapping token ids to biases", param="logit_bias")
   if bias:
-    if not isinstance(bias, dict):
-      raise RequestError("'logit_bias' must be an object mapping token ids to biases", param="logit_bias")
     parsed = {}
     for key, value in bias.items():
       try:
         token = int(key)
       except ValueError:
-        raise RequestError(f"'logit_bias' keys must be token ids, got {json.dumps(key)}", param="logit_bias") from None
+        raise RequestError(f"'logit_bias' keys must be token ids, got {_shown(key)}", param="logit_bias") from None
       if isinstance(value, bool) or not isinstance(value, (int, float)) or not -100 <= value <= 100:
-        raise RequestError(f"'logit_bias' values must be numbers in [-100, 100], got {json.dumps(value)}",
+        raise RequestError(f"'logit_bias' values must be numbers in [-100, 100], got {_shown(value)}",
                            param="logit_bias")
       parsed[token] = float(value)
     try:
@@ -253,7 +322,7 @@ def parse_request(body: Any, defaults: dict, model_name: str | None = None,
   n = _number(body, "n", 1, low=1, high=MAX_N, integer=True)
   logprobs = body.get("logprobs")
   if logprobs is not None and not isinstance(logprobs, bool):
-    raise RequestError(f"'logprobs' must be true or false, got {json.dumps(logprobs)}", param="logprobs")
+    raise RequestError(f"'logprobs' must be true or false, got {_shown(logprobs)}", param="logprobs")
   top_logprobs = _number(body, "top_logprobs", 0, low=0, high=MAX_TOP_LOGPROBS, integer=True)
   if top_logprobs and not logprobs:
     raise RequestError("'top_logprobs' needs 'logprobs': true", param="top_logprobs")
@@ -262,7 +331,7 @@ def parse_request(body: Any, defaults: dict, model_name: str | None = None,
 
     stop = check_stop(stop if stop != "" else None)
   except ValueError as e:
-    raise RequestError(str(e), param="stop") from None
+    raise RequestError(_clip(str(e)), param="stop") from None
 
   max_tokens = _number(body, "max_tokens", None, low=1, integer=True)
   max_completion = _number(body, "max_completion_tokens", None, low=1, integer=True)
@@ -609,6 +678,8 @@ class ChatServer:
       return json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
       raise RequestError(f"the request body is not valid JSON: {e}") from None
+    except ValueError:  # an integer past Python's int-string digit limit (4300): not a JSON syntax error
+      raise RequestError("the request body holds an integer with too many digits to read") from None
     except RecursionError:
       raise RequestError("the request body is nested too deeply") from None
 
@@ -662,6 +733,9 @@ class ChatServer:
         raise RequestError("the request body is nested too deeply") from None
       prompt_text, ids, max_new = await run_in_threadpool(self.prepare, req)
     except RequestError as e:
+      # Its traceback's frames hold the body and the prompt's tokens, and through the thread pool they form a
+      # reference cycle: without this, each refused 4 MB prompt stays until the garbage collector runs.
+      e.__traceback__ = e.__context__ = None
       _LOG.warning("refused a request from %s with %d: %s", _client(request), e.status, e.message)
       return error_response(e.status, e.message, param=e.param, code=e.code)
     except ClientDisconnect:

@@ -30,6 +30,8 @@ def render_prompts(tokenizer, prompts, *, chat: bool = True, thinking=True, date
   if not prompts:
     raise ValueError("prompts: need at least one prompt, got an empty list")
   thinking = validation.as_bools("thinking", thinking, len(prompts))
+  chat = validation.as_bool("chat", chat)
+  split_special_tokens = validation.as_bool("split_special_tokens", split_special_tokens)
   texts, ids = [], []
   for i, p in enumerate(prompts):
     if validation.is_ids(p) or (isinstance(p, (list, tuple, np.ndarray)) and len(p) == 0):
@@ -51,15 +53,30 @@ def render_prompts(tokenizer, prompts, *, chat: bool = True, thinking=True, date
           messages = validation.check_messages(p)
         except ValueError as e:
           raise ValueError(f"prompt {i}: {e}") from None
+      _check_text(f"prompt {i}", messages)
       text, row_ids = render_chat(tokenizer, messages, bool(thinking[i]), date, split_special_tokens)
       ids.append(row_ids)
     else:
       if not isinstance(p, str):
         raise ValueError(f"prompt {i}: raw (chat=False) prompts must be strings or token ids")
+      _check_text(f"prompt {i}", p)
       text = p
       ids.append(tokenizer.encode(text, split_special_tokens=split_special_tokens))
     texts.append(text)
   return texts, ids
+
+
+def _check_text(name: str, prompt) -> None:
+  """ValueError when a prompt's text (a string, or the contents of its messages) is not encodable
+  text: a lone surrogate (e.g. half of an emoji from a JSON "\\ud83d") cannot be tokenized."""
+  pieces = [(name, prompt)] if isinstance(prompt, str) else [
+      (f"{name}: message {j} content", m.get("content")) for j, m in enumerate(prompt) if isinstance(m, dict)]
+  for where, text in pieces:
+    if isinstance(text, str):
+      try:
+        text.encode("utf-8")
+      except UnicodeEncodeError as e:
+        raise ValueError(f"{where} is not valid text: a lone surrogate {text[e.start]!r} at character {e.start}") from None
 
 
 def render_chat(tokenizer, messages: Sequence[dict], thinking: bool, date=None,

@@ -25,6 +25,8 @@ from tokenizers import processors
 from smollm3_jax.text import chat_format
 from smollm3_jax.text.chat_template import normalize_messages, render_chat_template
 from smollm3_jax.text.thinking import THINK_END, THINK_START
+from smollm3_jax.checkpoints import demo
+from smollm3_jax.text import gguf_tokenizer
 
 TOKENIZER_FILE = "tokenizer.json"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
@@ -172,7 +174,6 @@ class Tokenizer:
     (its cache, ``HF_HUB_OFFLINE`` and ``local_files_only`` are honoured). ``match_transformers``
     only matters for GGUF files (see ``from_gguf``).
     """
-    from smollm3_jax.checkpoints import demo  # (a path lookup; the weight loaders are not imported)
 
     if demo.is_demo(checkpoint):
       return cls.from_gguf(demo.demo_gguf_path(), match_transformers=match_transformers)
@@ -240,7 +241,6 @@ class Tokenizer:
     """
     if not os.path.isfile(path):
       raise FileNotFoundError(f"GGUF file not found: {path}")
-    from smollm3_jax.text import gguf_tokenizer
 
     meta = gguf_tokenizer.read_metadata(path)
     backend = gguf_tokenizer.build_backend(meta, path, match_transformers)
