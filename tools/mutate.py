@@ -329,7 +329,7 @@ MUTATIONS = (
              "      e.__traceback__ = e.__context__ = None\n", "",
              (H + "test_a_refused_huge_prompt_is_freed_at_once",)),
     Mutation("huge_setting_overflows", "smollm3_jax/generation/settings.py",
-             "  except (TypeError, ValueError, OverflowError) as e:", "  except (TypeError, ValueError) as e:",
+             "  except (TypeError, ValueError, OverflowError):", "  except (TypeError, ValueError):",
              ("tests/test_stream.py::test_mistyped_arguments_are_refused_by_name_before_compiling[huge_temperature]",)),
     Mutation("chat_flag_read_by_truthiness", "smollm3_jax/text/prompts.py",
              "  chat = validation.as_bool(\"chat\", chat)\n", "  chat = bool(chat)\n",

@@ -88,7 +88,7 @@ def as_host_array(name: str, value: Any, batch: int | None) -> np.ndarray:
   """Scalar or sequence -> 1-D float64 numpy array (length-checked)."""
   try:
     arr = np.asarray(value, dtype=np.float64)
-  except (TypeError, ValueError, OverflowError) as e:  # (OverflowError: an int beyond float64)
+  except (TypeError, ValueError, OverflowError):  # (OverflowError: an int beyond float64)
     raise ValueError(f"`{name}` must be a number or a sequence of numbers, got {_clip(value)}") from None
   if arr.ndim > 1:
     raise ValueError(f"`{name}` must be a scalar or 1-D, got shape {arr.shape}")
