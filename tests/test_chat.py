@@ -170,7 +170,7 @@ def test_terminal_chat_in_a_pseudo_terminal(tmp_path):
 def test_the_pinned_date_reaches_the_template(model_and_tokenizer):
   """ChatSession(date=...) and create_app(date=...) render the day given, not today (the suite pins
   today to another day through the environment)."""
-  from smollm3_jax.serving import server
+  from smollm3_jax.serving import protocol, server
 
   model, tok = model_and_tokenizer
   tok = copy.copy(tok)
@@ -180,7 +180,7 @@ def test_the_pinned_date_reaches_the_template(model_and_tokenizer):
   text = session.build_prompt("hi")[1]
   assert "Today Date: 29 February 2024" in text
   srv = server.create_app(model, tok, date="2024-02-29").state.server
-  req = server.parse_request({"messages": [{"role": "user", "content": "hi"}]}, srv.defaults)
+  req = protocol.parse_request({"messages": [{"role": "user", "content": "hi"}]}, srv.defaults)
   assert srv.prepare(req)[0] == text
   with pytest.raises(ValueError, match="date"):
     chat.ChatSession(model, tok, date="2024-02-30")

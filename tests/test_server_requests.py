@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from smollm3_jax.serving.server import RequestError, parse_request
+from smollm3_jax.serving.protocol import RequestError, parse_request
 
 DEFAULTS = dict(thinking=False, temperature=0.0, top_p=1.0, top_k=0, min_p=0.0, repetition_penalty=1.0, seed=0)
 MESSAGES = [{"role": "user", "content": "hi"}]

@@ -11,6 +11,7 @@ import sys
 
 import pytest
 
+from smollm3_jax.sweep import presets
 from smollm3_jax.evaluation import metrics as M
 from smollm3_jax import sweep
 from smollm3_jax.generation.engine import COMPILE_COUNTS
@@ -183,7 +184,7 @@ def test_sigkill_then_resume_completes_without_gaps_or_duplicates(tiny, tmp_path
   keys = [r["key"] for r in rows]
   assert len(keys) == 24 and len(set(keys)) == 24
   assert set(keys) == {r["key"] for r in sweep.make_rows(
-      sweep.load_prompts("data/prompts/sweep.jsonl", limit=3),
+      sweep.load_prompts(presets.PROMPT_SET, limit=3),
       sweep.expand_grid(sweep.to_plain(cfg)["sweep"]), samples=1, seed=0)}
   assert rows[:len(kept)] == kept  # finished rows are never rewritten
   with open(workdir / "summary.csv") as f:
@@ -218,11 +219,29 @@ def test_grid_expansion_and_validation(tmp_path):
     sweep.validate_config(dict(cfg, batch_size=0))
   with pytest.raises(FileNotFoundError, match="prompts.path"):
     sweep.load_prompts(str(tmp_path / "missing.jsonl"))
-  prompts = sweep.load_prompts("data/prompts/sweep.jsonl")
+  prompts = sweep.load_prompts(presets.PROMPT_SET)
   assert len(prompts) >= 40
   kinds = {p["kind"] for p in prompts}
   assert kinds == {"open", "factual", "math"}
   assert all(p["reference"] is not None for p in prompts if p["kind"] != "open")
+
+
+def test_sampling_axes_take_kind_and_off_from_the_settings_registry():
+  """The sweep restates no setting: each sampling axis has its kind and off value from
+  ``sampling.SETTINGS`` (temperature alone is required), so an axis the config leaves out runs with
+  the setting off, and a cell key names an optional axis only when it is on."""
+  from smollm3_jax.generation.sampling import SETTINGS
+  from smollm3_jax.sweep import plan
+
+  assert set(sweep.SAMPLING_AXES) <= set(SETTINGS)
+  for name in sweep.SAMPLING_AXES:
+    axis, setting = plan.AXIS[name], SETTINGS[name]
+    assert axis.kind is (int if setting.integer else float), name
+    assert axis.off == (None if name == "temperature" else setting.off), name
+  (cell,) = sweep.expand_grid(dict(thinking=[False], temperature=[0.5]))
+  assert {k: cell[k] for k in sweep.SAMPLING_AXES if k != "temperature"} == {
+      k: SETTINGS[k].off for k in sweep.SAMPLING_AXES if k != "temperature"}
+  assert sweep.cell_key(cell) == "think=0,t=0.5,rp=1,top_p=1,top_k=0,min_p=0"
 
 
 @pytest.mark.parametrize("record, message", [

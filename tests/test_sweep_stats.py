@@ -10,6 +10,7 @@ import math
 
 import pytest
 
+from smollm3_jax.sweep import presets
 from smollm3_jax.evaluation import metrics as M
 from smollm3_jax import sweep
 
@@ -153,7 +154,7 @@ def test_a_finished_sweep_grows_by_its_new_rows_only(tiny, tmp_path, monkeypatch
   assert (out.total_rows, out.skipped_rows, out.new_rows) == (27, 6, 21)
   after = _lines(tmp_path / "generations.jsonl")
   assert after[:6] == before and len(after) == 27  # finished rows are kept as they were
-  plan = sweep.make_rows(sweep.load_prompts("data/prompts/sweep.jsonl", limit=3),
+  plan = sweep.make_rows(sweep.load_prompts(presets.PROMPT_SET, limit=3),
                          sweep.expand_grid(sweep.to_plain(cfg)["sweep"]), samples=2, seed=0)
   assert sorted(json.loads(l)["key"] for l in after) == sorted(r["key"] for r in plan)
   record = json.loads((tmp_path / "config.json").read_text())

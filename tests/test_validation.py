@@ -93,3 +93,18 @@ def test_checkers_directly():
   assert validation.check_messages([{"role": "user", "content": [{"type": "text", "text": "a"},
                                                                  {"type": "text", "text": "b"}],
                                      "name": "x"}]) == [{"role": "user", "content": "ab", "name": "x"}]
+
+
+def test_is_ids_is_the_one_test_for_token_id_prompts(tok):
+  """``validation.is_ids``: one sequence meant as token ids (a 1-D array, or a non-empty list/tuple whose
+  first item is an int: a bad later item is then named by check_token_ids); the renderer that generate,
+  scoring and the sweep share treats exactly those as one ids prompt."""
+  from smollm3_jax.text.prompts import render_prompts
+
+  for ids in ([5, 6], (5,), [np.int64(5), 6], np.asarray([5, 6]), np.asarray([], np.int32)):
+    assert validation.is_ids(ids), ids
+  for other in ([], "56", [[5, 6]], [5.0, 6], [True, 1], np.asarray([[5, 6]]), [{"role": "user"}], None):
+    assert not validation.is_ids(other), other
+  _, one = render_prompts(tok, [5, 6])             # one prompt of two ids, not two prompts
+  _, two = render_prompts(tok, [[5, 6], np.asarray([7])])
+  assert one == [[5, 6]] and two == [[5, 6], [7]]

@@ -35,21 +35,23 @@ import math
 import os
 from typing import Any, Callable, Mapping, Sequence
 
+from smollm3_jax.utils import workdir as workdir_config
 from smollm3_jax.utils.extras import needs
 from smollm3_jax.utils.files import DirectoryLock, atomic_write
+from smollm3_jax.utils.workdir import CONFIG_FILE
+from smollm3_jax.generation import sampling
+from smollm3_jax.evaluation.lm_eval_model import GEN_KWARGS
 
 MODEL_AXES = ("thinking", "seed")
-CONFIG_FILE, SUMMARY_FILE, RESULTS_FILE = "config.json", "summary.csv", "results.json"
+SUMMARY_FILE, RESULTS_FILE = "summary.csv", "results.json"
 GRID_AXES = "grid_axes"  # config.json's axis order: the first run's (json's sort_keys sorts the grid's keys)
 
 
 def _gen_axes() -> tuple[str, ...]:
-  from smollm3_jax.evaluation.lm_eval_model import GEN_KWARGS
   return tuple(k for k in GEN_KWARGS if k not in ("until", "logit_bias"))
 
 
 def _integer_axes() -> set[str]:
-  from smollm3_jax.generation import sampling
   return {"seed", "max_gen_toks"} | {k for k, s in sampling.SETTINGS.items() if s.integer}
 
 
@@ -107,24 +109,23 @@ def cell_name(cell: Mapping[str, Any]) -> str:
 def _check_config(workdir: str, config: Mapping[str, Any]) -> list[str]:
   """Writes config.json on the first run; later runs must match it, except that the axes may gain
   values (new cells) and may be given in another order (the same cells). Returns the axis order of
-  the workdir (the first run's: it names the cells' folders). ValueError names the differences."""
+  the workdir (the first run's: it names the cells' folders). ConfigMismatchError (a ValueError)
+  names the differences, or refuses finished cells without a readable config.json."""
   path = os.path.join(workdir, CONFIG_FILE)
   current = json.loads(json.dumps(config))
   new_grid = current.get("grid", {})
-  if not os.path.exists(path):
+  root = os.path.join(workdir, "cells")
+  done = os.path.isdir(root) and any(os.path.exists(os.path.join(root, n, RESULTS_FILE)) for n in os.listdir(root))
+  stored = workdir_config.read_record(workdir, results=f"{root} has finished cells" if done else None, section=None)
+  if stored is None:
     # (sort_keys orders the grid's axes too: their order is kept apart)
     atomic_write(path, json.dumps({**current, GRID_AXES: list(new_grid)}, indent=2, sort_keys=True))
     return list(new_grid)
-  with open(path, encoding="utf-8") as f:
-    stored = json.load(f)
-  skip = ("grid", GRID_AXES)
-  diff = sorted(k for k in set(stored) | set(current) if k not in skip and stored.get(k) != current.get(k))
   old_grid = stored.get("grid", {})
-  if set(old_grid) != set(new_grid):
-    diff.append(f"grid axes ({', '.join(old_grid) or 'none'} -> {', '.join(new_grid) or 'none'})")
-  if diff:
-    raise ValueError(f"{workdir!r} holds a grid run with other settings ({', '.join(diff)}); use another "
-                     "workdir, or the same settings to resume it")
+  axes = [] if set(old_grid) == set(new_grid) else [
+      f"grid axes ({', '.join(old_grid) or 'none'} -> {', '.join(new_grid) or 'none'})"]
+  workdir_config.refuse_changes(workdir, stored, current, may_change=("grid", GRID_AXES), also=axes,
+                                what="a grid run")
   order = stored.get(GRID_AXES)
   if not isinstance(order, list) or sorted(order) != sorted(new_grid):
     order = _first_axis_order(workdir, list(new_grid))

@@ -13,6 +13,8 @@ import re
 import unicodedata
 from typing import Any, Hashable, Iterable, Sequence
 
+from smollm3_jax.utils.extras import needs
+
 
 _WORD = re.compile(r"[\w']+", re.UNICODE)
 # A number as people write it: optional sign, digits with optional thousands commas, optional
@@ -216,7 +218,6 @@ def self_bleu(texts: Sequence[str]) -> float:
   """Self-BLEU of one prompt's samples (Zhu et al. 2018, Texygen): the mean over samples of
   sacrebleu's sentence BLEU (0-100) of the sample against the other samples as references. NaN with
   fewer than two samples. Higher = samples more alike. Needs ``sacrebleu`` (the ``eval`` extra)."""
-  from smollm3_jax.utils.extras import needs
   with needs("eval", "self_bleu"):
     import sacrebleu
 

@@ -353,6 +353,9 @@ class Pool:
     for r in requests:
       r.submitted = now
       r.prompt = np.asarray(r.prompt, np.int32)
+      # Fresh outputs: the pool extends them in place, and a copied request (dataclasses.replace) would
+      # otherwise share its original's lists.
+      r.token_ids, r.record = [], None
     self.queue.extend(requests)
 
   def cancel(self, request: Request, reason: int = CANCELLED) -> None:

@@ -213,10 +213,6 @@ class MeshSharding:
   def data_size(self) -> int:
     return self.mesh.shape[DATA]
 
-  @property
-  def model_size(self) -> int:
-    return self.mesh.shape[MODEL]
-
   # -- logical axes -> PartitionSpec ----------------------------------------------------------
   def _units(self, logical: str, dim: int) -> int:
     """How many indivisible units a dimension of this logical axis holds."""
@@ -326,13 +322,6 @@ class MeshSharding:
   def batch_sharding(self, ndim: int) -> NamedSharding:
     """Leading (batch) dimension on data, the rest replicated."""
     return NamedSharding(self.mesh, P(DATA, *([None] * (ndim - 1))) if self.data_size > 1 else P())
-
-  def place_cache(self, cache):
-    self.check_batch(cache.batch)
-    kv = self.cache_sharding(cache.k[0].shape)
-    return cache.replace(k=tuple(put(x, kv) for x in cache.k),
-                         v=tuple(put(x, kv) for x in cache.v),
-                         lengths=put(cache.lengths, self.batch_sharding(1)))
 
   def place_batch(self, per_row, shared):
     """The engine's hook: ``per_row`` (a pytree whose array leaves all lead with the batch

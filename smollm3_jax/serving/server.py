@@ -1,4 +1,6 @@
-"""A local chat server: an OpenAI-style ``/v1/chat/completions`` API and a one-page web chat.
+"""The app of the local chat server: an OpenAI-style ``/v1/chat/completions`` API and a one-page web
+chat (Starlette). The request protocol is :mod:`smollm3_jax.serving.protocol`, the generation thread
+:mod:`smollm3_jax.serving.worker`; this module holds the routes and :class:`BackgroundServer`.
 
     app = create_app(model, tokenizer)            # a Starlette app; serve it with uvicorn
     uvicorn.run(app, host="127.0.0.1", port=3000)
@@ -12,17 +14,15 @@ generation worker died or has work but made no progress for ``stall_seconds``).
 
 Settings a request leaves out take the server's defaults, and those the checkpoint's
 (:mod:`smollm3_jax.generation.defaults`). A request field the server does not implement is refused
-with a 400 naming it, unless it is set to the value that means "off" (``n: 1``, ``logprobs: false``,
-...) or is purely informational (``user``, ``metadata``): see :data:`APPLIED_FIELDS`,
-:data:`INFORMATIONAL_FIELDS`, :data:`NEUTRAL_VALUES`. Each response echoes the settings applied
-(``settings``), as given.
+with a 400 naming it (:mod:`smollm3_jax.serving.protocol`). Each response echoes the settings
+applied (``settings``), as given.
 
 One model serves every request. Generation runs on a single worker thread over a slot pool: up to
 ``slots`` choices decode together, the rest wait in arrival order; each row keeps its own cache slot,
 settings and seed, so each request gets exactly the text ``generate`` gives it alone. Special-token
 text inside message contents (``<|im_start|>`` typed by a user) is encoded as text, never as the
-template's control tokens (``split_special_tokens``): a client cannot forge turns. A client that disconnects cancels its request, queued or
-running (a running one stops after its current chunk of ``chunk_steps`` tokens). Bad requests get a
+template's control tokens (``split_special_tokens``): a client cannot forge turns. A client that
+disconnects cancels its request, queued or running (a running one stops after its current chunk of ``chunk_steps`` tokens). Bad requests get a
 4xx JSON error ``{"error": {"message", "type", "param", "code"}}`` before anything is queued; a body
 over :data:`MAX_BODY_BYTES` (chunked or not) is refused as it arrives (413), one slower than
 ``body_timeout`` gets a 408.
@@ -32,12 +32,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import importlib.resources
 import json
 import logging
 import math
-import queue
 import secrets
 import threading
 import time
@@ -56,31 +54,19 @@ with needs("serve", "the server (smollm3_jax.serving.server)"):
   from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
   from starlette.routing import Route
 
-from smollm3_jax.generation import sampling
-from smollm3_jax.generation.engine import MAX_TOP_LOGPROBS, get_engine
-from smollm3_jax.generation.engine import Request as RowRequest  # (starlette's Request is the HTTP one)
-from smollm3_jax.generation.results import GenerationResult, row_stats
-from smollm3_jax.generation.runner import Row, Runner
-from smollm3_jax.generation.settings import check_limits, row_seeds
-from smollm3_jax.generation.stop import check_stop, default_stop_ids
+from smollm3_jax.generation import defaults as generation_defaults
+from smollm3_jax.generation.settings import check_limits
+from smollm3_jax.serving.protocol import FINISH_REASONS, REQUEST_NAMES, ChatRequest, RequestError, parse_request
+from smollm3_jax.serving.worker import Job, Worker
+from smollm3_jax.text import chat_format
 from smollm3_jax.text.prompts import render_chat
 from smollm3_jax.text.thinking import ThinkingSplitter, prompt_opens_thinking
-from smollm3_jax.utils.validation import check_messages
+from smollm3_jax.utils import validation
 
-FINISH_REASONS = {"eos": "stop", "newlines": "stop", "max_tokens": "length", "context": "length",
-                  "cancelled": "stop", "stop": "stop"}
 MAX_BODY_BYTES = 16 * 1024 * 1024
 BODY_TIMEOUT = 30.0    # seconds a request body may take to arrive (then 408)
 STALL_SECONDS = 60.0   # a worker with work and no progress for longer is "stalled" in /health
 _LOG = logging.getLogger("smollm3_jax.serving.server")
-
-
-class RequestError(Exception):
-  """A client error: becomes a 4xx JSON response."""
-
-  def __init__(self, message: str, *, param: str | None = None, code: str | None = None, status: int = 400):
-    super().__init__(message)
-    self.message, self.param, self.code, self.status = message, param, code, status
 
 
 def error_response(status: int, message: str, *, param: str | None = None, code: str | None = None,
@@ -88,443 +74,6 @@ def error_response(status: int, message: str, *, param: str | None = None, code:
   kind = kind or ("invalid_request_error" if status < 500 else "server_error")
   return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": code}},
                       status_code=status)
-
-
-# --------------------------------------------------------------------------------------------
-# Request parsing
-# --------------------------------------------------------------------------------------------
-@dataclasses.dataclass
-class ChatRequest:
-  messages: list[dict]
-  thinking: bool
-  sampling: dict[str, float]
-  max_tokens: int | None
-  seed: int
-  stream: bool
-  include_usage: bool = True  # stream_options.include_usage (a usage record ends the stream)
-  n: int = 1                  # choices (samples) for this request
-  stop: tuple = ()            # stop strings
-  logprobs: bool = False      # per-token log-probabilities in the response
-  top_logprobs: int = 0       # alternatives per token (with logprobs)
-
-
-# Request field of each sampling setting (OpenAI's and vLLM's names; min_tokens is vLLM's).
-REQUEST_NAMES = {name: {"min_new_tokens": "min_tokens"}.get(name, name) for name in sampling.SETTINGS
-                 if name != "logit_bias"}
-# Bounds the API puts on settings beyond the library's own checks (OpenAI's ranges).
-_API_BOUNDS = {"temperature": dict(low=0.0, high=2.0), "top_p": dict(low=0.0, high=1.0, low_open=True),
-               "top_k": dict(low=-1), "min_p": dict(low=0.0, high=1.0),
-               "repetition_penalty": dict(low=0.0, high=10.0, low_open=True)}
-
-# What the server does with each field of a chat-completions request (OpenAI's, as the official
-# client sends them, plus vLLM's extras). A null value is the same as leaving the field out.
-APPLIED_FIELDS = frozenset({
-    "messages", "model", "max_tokens", "max_completion_tokens", "seed", "stream", "stream_options",
-    "chat_template_kwargs", "n", "stop", "logit_bias", "logprobs", "top_logprobs"}) | frozenset(REQUEST_NAMES.values())
-# Accepted and without effect on the text: labels and hints for a hosted service's bookkeeping.
-INFORMATIONAL_FIELDS = frozenset({"user", "metadata", "safety_identifier", "prompt_cache_key",
-                                  "prompt_cache_retention", "prompt_cache_options"})
-# Not implemented: accepted only at the value that means "off" (the same as leaving them out);
-# any other value is refused with a 400 naming the field.
-NEUTRAL_VALUES: dict[str, tuple] = {
-    "tools": ([],), "functions": ([],),
-    "tool_choice": ("none",), "function_call": ("none",), "parallel_tool_calls": (),
-    "response_format": ({"type": "text"},), "store": (False,), "modalities": (["text"],), "audio": (),
-    "prediction": (), "reasoning_effort": (), "service_tier": (), "verbosity": (), "web_search_options": (),
-    "moderation": ()}
-MAX_N = 16  # choices per request
-
-
-def _shown(value: Any, limit: int = 80) -> str:
-  """``value`` as JSON for an error message, cut to about ``limit`` characters (a client may send megabytes)."""
-  try:
-    text = json.dumps(value)
-  except (TypeError, ValueError, RecursionError):
-    text = type(value).__name__
-  return text if len(text) <= limit else text[:limit] + "..."
-
-
-def _name(key: str, limit: int = 80) -> str:
-  """A field name for an error message and ``param``, cut to ``limit`` characters."""
-  return key if len(key) <= limit else key[:limit] + "..."
-
-
-def _clip(message: str, limit: int = 300) -> str:
-  """A library's error message, cut for a response (its repr of a huge value would be echoed whole)."""
-  return message if len(message) <= limit else message[:limit] + "..."
-
-
-def _lone_surrogate(body: Any) -> tuple[str, bool] | None:
-  """(path, is a key) of the first string or key of ``body`` holding a lone surrogate (JSON's unpaired
-  ``\\ud800``-``\\udfff`` escapes; path e.g. ``messages[0].content``), else None. Such text is not
-  Unicode: encoding it later (the tokenizer, a response or log line echoing it) would fail."""
-  escaped = lambda k: k.encode("utf-8", "backslashreplace").decode("utf-8")
-  bad = lambda s: not s.isascii() and not _encodes(s)
-  stack = [(body, "")]  # (an explicit stack: a deeply nested body must not exhaust the recursion limit)
-  while stack:
-    value, path = stack.pop()
-    if isinstance(value, str):
-      if bad(value):
-        return path, False
-    elif isinstance(value, dict):
-      items = []
-      for key, item in value.items():
-        at = f"{path}.{escaped(key)}" if path else escaped(key)
-        if bad(key):
-          return at, True
-        items.append((item, at))
-      stack.extend(reversed(items))
-    elif isinstance(value, list):
-      stack.extend(reversed([(item, f"{path}[{i}]") for i, item in enumerate(value)]))
-  return None
-
-
-def _encodes(text: str) -> bool:
-  try:
-    text.encode("utf-8")
-    return True
-  except UnicodeEncodeError:
-    return False
-
-
-def _number(body: dict, name: str, default, *, low=None, high=None, low_open=False, integer=False):
-  value = body.get(name)
-  if value is None:
-    return default
-  if isinstance(value, bool) or not isinstance(value, (int, float)):
-    raise RequestError(f"'{name}' must be {'an integer' if integer else 'a number'}, got {_shown(value)}",
-                       param=name)
-  if isinstance(value, float):  # (a JSON integer stays a Python int of any size: never float() it)
-    if not math.isfinite(value):
-      raise RequestError(f"'{name}' must be finite", param=name)
-    if integer and not value.is_integer():
-      raise RequestError(f"'{name}' must be an integer, got {value}", param=name)
-  if low is not None and (value <= low if low_open else value < low):
-    raise RequestError(f"'{name}' must be {'>' if low_open else '>='} {low}, got {value}", param=name)
-  if high is not None and value > high:
-    raise RequestError(f"'{name}' must be <= {high}, got {value}", param=name)
-  if isinstance(value, int) and not _fits_float(value):  # (the settings' checks convert to float64)
-    raise RequestError(f"'{name}' is out of range (a number of {len(str(value))} digits)", param=name)
-  return int(value) if integer else value
-
-
-def _fits_float(value: int) -> bool:
-  try:
-    float(value)
-    return True
-  except OverflowError:
-    return False
-
-
-def _same(value: Any, off: Any) -> bool:
-  """JSON equality that keeps booleans apart from numbers (0 == false in Python, not in JSON)."""
-  if isinstance(off, bool) or isinstance(value, bool):
-    return value is off
-  return value == off
-
-
-def _check_fields(body: dict) -> None:
-  """Refuses every field the server would otherwise ignore (unknown, or not implemented and not off)."""
-  for name, value in body.items():
-    if value is None or name in APPLIED_FIELDS or name in INFORMATIONAL_FIELDS:
-      continue
-    if name not in NEUTRAL_VALUES:
-      raise RequestError(f"unknown field '{_name(name)}': this server does not implement it", param=_name(name))
-    if not any(_same(value, off) for off in NEUTRAL_VALUES[name]):
-      raise RequestError(f"'{name}' is not supported by this server", param=name)
-
-
-def _object(body: dict, name: str, keys: dict) -> dict:
-  """An optional object field whose keys must all be known (``keys``: key -> its check)."""
-  value = body.get(name)
-  if value is None:
-    return {}
-  if not isinstance(value, dict):
-    raise RequestError(f"'{name}' must be an object", param=name)
-  for key, item in value.items():
-    if key not in keys:
-      raise RequestError(f"'{name}.{_name(key)}' is not supported by this server (known: {', '.join(keys)})",
-                         param=f"{name}.{_name(key)}")
-    if item is not None and not keys[key](item):
-      raise RequestError(f"'{name}.{key}' must be true or false", param=f"{name}.{key}")
-  return {k: v for k, v in value.items() if v is not None}
-
-
-def parse_request(body: Any, defaults: dict, model_name: str | None = None,
-                  vocab_size: int | None = None) -> ChatRequest:
-  """Validates a chat-completions body (before any work); RequestError names the bad field.
-  ``defaults``: the values of unset settings; ``model_name``: the one model served (another
-  ``model`` gets a 404); ``vocab_size``: bounds ``logit_bias`` ids."""
-  if not isinstance(body, dict):
-    raise RequestError(f"the request body must be a JSON object, got {type(body).__name__}")
-  found = _lone_surrogate(body)
-  if found is not None:
-    path, is_key = found
-    raise RequestError(f"{'the field name ' if is_key else ''}'{path}' holds a lone surrogate (an unpaired "
-                       "\\ud800-\\udfff escape): it is not Unicode text; send valid UTF-8", param=path)
-  if "messages" not in body:
-    raise RequestError("'messages' is required", param="messages")
-  try:
-    messages = check_messages(body["messages"])
-  except ValueError as e:
-    raise RequestError(_clip(str(e)), param="messages") from None
-  _check_fields(body)
-  model = body.get("model")
-  if model is not None and not isinstance(model, str):
-    raise RequestError(f"'model' must be a string, got {_shown(model)}", param="model")
-  if model is not None and model_name is not None and model != model_name:
-    raise RequestError(f"the model {_shown(model)} does not exist; this server serves {json.dumps(model_name)}",
-                       param="model", code="model_not_found", status=404)
-
-  stream = body.get("stream", False)
-  if stream is None:
-    stream = False
-  if not isinstance(stream, bool):
-    raise RequestError("'stream' must be true or false", param="stream")
-  is_bool = lambda v: isinstance(v, bool)
-  options = _object(body, "stream_options", {"include_usage": is_bool})
-  if options and not stream:
-    raise RequestError("'stream_options' is only allowed with 'stream': true", param="stream_options")
-  kwargs = _object(body, "chat_template_kwargs", {"enable_thinking": is_bool})
-  thinking = kwargs.get("enable_thinking", defaults["thinking"])
-
-  settings = {}
-  for name, field in REQUEST_NAMES.items():
-    spec = sampling.SETTINGS[name]
-    value = _number(body, field, defaults.get(name, spec.off), integer=spec.integer, **_API_BOUNDS.get(name, {}))
-    if name == "top_k":
-      value = max(value, 0)  # vLLM's -1 means off, as our 0 does
-    try:
-      sampling.validate_sampling_args(**{name: value})
-    except ValueError as e:
-      raise RequestError(str(e), param=field) from None
-    if name in defaults or value != spec.off:
-      settings[name] = value
-  bias = body.get("logit_bias")
-  if bias is not None and not isinstance(bias, dict):  # ([], 0 or "" are no "off": refused, not ignored)
-    raise RequestError("'logit_bias' must be an object mapping token ids to biases", param="logit_bias")
-  if bias:
-    parsed = {}
-    for key, value in bias.items():
-      try:
-        token = int(key)
-      except ValueError:
-        raise RequestError(f"'logit_bias' keys must be token ids, got {_shown(key)}", param="logit_bias") from None
-      if isinstance(value, bool) or not isinstance(value, (int, float)) or not -100 <= value <= 100:
-        raise RequestError(f"'logit_bias' values must be numbers in [-100, 100], got {_shown(value)}",
-                           param="logit_bias")
-      parsed[token] = float(value)
-    try:
-      sampling.validate_sampling_args(logit_bias=parsed, vocab_size=vocab_size)
-    except ValueError as e:
-      raise RequestError(str(e), param="logit_bias") from None
-    settings["logit_bias"] = parsed
-  n = _number(body, "n", 1, low=1, high=MAX_N, integer=True)
-  logprobs = body.get("logprobs")
-  if logprobs is not None and not isinstance(logprobs, bool):
-    raise RequestError(f"'logprobs' must be true or false, got {_shown(logprobs)}", param="logprobs")
-  top_logprobs = _number(body, "top_logprobs", 0, low=0, high=MAX_TOP_LOGPROBS, integer=True)
-  if top_logprobs and not logprobs:
-    raise RequestError("'top_logprobs' needs 'logprobs': true", param="top_logprobs")
-  stop = body.get("stop")
-  try:
-
-    stop = check_stop(stop if stop != "" else None)
-  except ValueError as e:
-    raise RequestError(_clip(str(e)), param="stop") from None
-
-  max_tokens = _number(body, "max_tokens", None, low=1, integer=True)
-  max_completion = _number(body, "max_completion_tokens", None, low=1, integer=True)
-  if max_tokens is not None and max_completion is not None and max_tokens != max_completion:
-    raise RequestError(f"'max_tokens' ({max_tokens}) and 'max_completion_tokens' ({max_completion}) differ; "
-                       "send one of them", param="max_completion_tokens")
-  max_tokens = max_completion if max_completion is not None else max_tokens
-  seed = _number(body, "seed", None, low=0, high=2 ** 32 - 1, integer=True)
-  if seed is None:
-    seed = defaults["seed"] if defaults["seed"] is not None else secrets.randbits(32)
-  return ChatRequest(messages=messages, thinking=thinking, sampling=settings, max_tokens=max_tokens,
-                     seed=seed, stream=stream, include_usage=options.get("include_usage", True), n=n, stop=stop,
-                     logprobs=bool(logprobs), top_logprobs=top_logprobs)
-
-
-# --------------------------------------------------------------------------------------------
-# The generation worker: one thread driving the slot pool that every request shares
-# --------------------------------------------------------------------------------------------
-class Job:
-  """One request's generation (``n`` choices, each a row of the pool). Events go to ``events`` (an
-  asyncio queue on the server's loop): ("text", (choice, str, logprob entries)) pieces, then ("done", [a
-  GenerationResult per choice]) or ("error", Exception) or ("cancelled", None)."""
-
-  def __init__(self, loop: asyncio.AbstractEventLoop, prompt_text: str, prompt_ids: list[int], *, settings: dict,
-               max_new: int, seed: int, n: int = 1, stop: tuple = (), logprobs: bool = False, top_logprobs: int = 0):
-    self.loop = loop
-    self.prompt_text, self.prompt_ids = prompt_text, prompt_ids
-    self.settings, self.max_new, self.seed, self.n, self.stop = settings, max_new, seed, n, stop
-    self.logprobs, self.top_logprobs = logprobs, top_logprobs
-    self.events: asyncio.Queue = asyncio.Queue()
-    self.cancelled = threading.Event()
-    self.rows: list = []         # the pool's Requests (set by the worker)
-    self.result: list | None = None
-    self.submitted = time.perf_counter()
-    self.started: float | None = None
-    self.finished: float | None = None
-    self.outcome: str = "queued"  # -> running -> done | cancelled | error
-
-  def cancel(self):
-    self.cancelled.set()
-
-  def post(self, kind: str, value: Any):
-    try:
-      self.loop.call_soon_threadsafe(self.events.put_nowait, (kind, value))
-    except RuntimeError:  # the event loop is gone (server shutting down)
-      pass
-
-
-class Worker:
-  """Drives one slot pool on a daemon thread, through a
-  :class:`~smollm3_jax.generation.runner.Runner`: requests join it as slots free up, every running
-  request advances at each decode chunk, and each gets the text ``generate`` gives it alone."""
-
-  def __init__(self, model, tokenizer, *, chunk_steps: int, slots: int, context_length: int):
-    self.model, self.tokenizer = model, tokenizer
-    self.engine = get_engine(model, tokenizer)
-    self._pool_args = dict(slots=slots, length=self.engine.cache_length_for(context_length),
-                           stop_ids=default_stop_ids(tokenizer, model.config), context_length=context_length, chunk_steps=chunk_steps)
-    self.runner = self._new_runner()
-    self._jobs: queue.Queue = queue.Queue()
-    self._running: list[Job] = []
-    self.history: list[Job] = []  # finished jobs, newest last (bounded; tests and /health read it)
-    # When the loop last got something done (a step finished, or work arrived while it waited): /health
-    # tells a worker that has work but no progress (stalled) from one that is busy.
-    self.progress = time.monotonic()
-    self.waiting = False  # blocked waiting for work (idle: no progress is due)
-    self._thread = threading.Thread(target=self._loop, name="smollm3-generation", daemon=True)
-    self._thread.start()
-
-  def _new_runner(self) -> Runner:
-    """The runner and its slot pool (at start and after a failed step: the same settings, or later
-    requests would lose what the first pool had, e.g. log-probabilities). The pool holds
-    log-probability buffers; a decode step computes them only when a row asks."""
-    a = self._pool_args
-    pool = self.engine.pool(a["slots"], a["length"], stop_ids=a["stop_ids"], context_length=a["context_length"],
-                            chunk_steps=a["chunk_steps"], prefill_rows=(1,), logprobs=True,
-                            top_logprobs=MAX_TOP_LOGPROBS)
-    return Runner(pool, self.tokenizer, incremental=True)
-
-  @property
-  def pool(self):
-    return self.runner.pool
-
-  @property
-  def alive(self) -> bool:
-    return self._thread.is_alive()
-
-  def stalled_for(self) -> float:
-    """Seconds since the last progress while there is work to do (0 when idle or waiting for work)."""
-    if self.waiting or not self.pending():
-      return 0.0
-    return max(0.0, time.monotonic() - self.progress)
-
-  def warmup(self) -> float:
-    """Compiles every program the pool can run; returns the seconds spent."""
-    return self.pool.warmup()
-
-  def submit(self, job: Job):
-    self._jobs.put(job)
-
-  def pending(self) -> int:
-    return self._jobs.qsize() + len(self._running)
-
-  def stop(self):
-    self._jobs.put(None)
-
-  def _start(self, job: Job) -> None:
-    if job.cancelled.is_set():  # the client left while the job was queued
-      self._end(job, "cancelled", None)
-      return
-    seeds = row_seeds(job.seed, job.n)
-    job.rows = [Row(RowRequest(prompt=job.prompt_ids, settings=job.settings, seed=int(seeds[i]), max_new=job.max_new,
-                            share=id(job), logprobs=job.logprobs),
-                    prompt_text=job.prompt_text, stop=job.stop, tag=(job, i)) for i in range(job.n)]
-    job.closed = set()  # choices whose last piece was posted
-    job.started, job.outcome = time.perf_counter(), "running"
-    self.runner.submit(job.rows)
-    self._running.append(job)
-
-  def _end(self, job: Job, outcome: str, value) -> None:
-    job.outcome, job.finished = outcome, time.perf_counter()
-    if isinstance(value, list):
-      job.result = value
-    job.post(outcome, value)
-    if job in self._running:
-      self._running.remove(job)
-    self.history = (self.history + [job])[-64:]
-
-  def _emit(self, event) -> None:
-    """Posts a choice's new text; ends its job once every choice posted its last piece."""
-    job, i = event.row.tag
-    entries = (self._logprob_entries(job, event.row.request, event.start, event.start + len(event.token_ids))
-               if job.logprobs else None)
-    if event.text or entries:
-      job.post("text", (i, event.text, entries))
-    if event.done:
-      job.closed.add(i)
-    # Not all(r.done for r in job.rows): the pool marks every row of a chunk done before the rows are
-    # emitted one by one, so the later ones would not have posted their last piece yet.
-    if len(job.closed) == job.n and job in self._running:
-      self._end(job, "cancelled" if job.cancelled.is_set() else "done", self._results(job))
-
-  def _logprob_entries(self, job: Job, request, start: int, end: int) -> list[dict]:
-    """OpenAI's ``logprobs.content`` entries of tokens [start, end) of a row: the token, its raw
-    log-probability (log-softmax of the model's logits), its bytes, and the top alternatives."""
-    rec, tok = request.record, self.tokenizer
-    out = []
-    for t in range(start, min(end, len(request.token_ids))):
-
-      def entry(token_id, logprob):
-        raw = tok.token_bytes(int(token_id))
-        return {"token": raw.decode("utf-8", errors="replace"), "logprob": float(logprob), "bytes": list(raw)}
-
-      item = entry(request.token_ids[t], rec["logprob"][t])
-      item["top_logprobs"] = [entry(a, lp) for a, lp in zip(rec["top_ids"][t][:job.top_logprobs],
-                                                            rec["top_logprobs"][t][:job.top_logprobs])]
-      out.append(item)
-    return out
-
-  def _results(self, job: Job) -> list:
-    """A GenerationResult per choice: its Completion and its own timings."""
-    return [GenerationResult([row.completion], row_stats(row.request, self.pool, job.submitted)) for row in job.rows]
-
-  def _loop(self):
-    while True:
-      try:  # wait for work when the pool is idle; otherwise take what arrived and go on
-        if self.runner.idle:
-          self.waiting = True
-          jobs = [self._jobs.get()]
-          self.progress, self.waiting = time.monotonic(), False
-        else:
-          jobs = []
-        while True:
-          jobs.append(self._jobs.get_nowait())
-      except queue.Empty:
-        pass
-      if None in jobs:
-        return
-      try:
-        for job in jobs:
-          self._start(job)
-        for job in list(self._running):
-          if job.cancelled.is_set():
-            for row in job.rows:
-              self.runner.cancel(row)
-        for event in self.runner.step():
-          self._emit(event)
-      except Exception as e:  # noqa: BLE001  (report to the clients; keep serving on a fresh pool)
-        _LOG.exception("generation failed")
-        for job in list(self._running):
-          self._end(job, "error", e)
-        self.runner = self._new_runner()
-      self.progress = time.monotonic()
 
 
 def warmup(app: Starlette) -> float:
@@ -882,10 +431,6 @@ def create_app(model, tokenizer, *, model_name: str = "smollm3-jax", temperature
   ``stall_seconds``: how long the worker may have work without progress before ``/health`` says
   "stalled" (503); ``api_key``: when set, ``/v1/*`` requests must send ``Authorization: Bearer
   <api_key>`` (else 401; ``/`` and ``/health`` stay open)."""
-  from smollm3_jax.text import chat_format
-  from smollm3_jax.generation import defaults as generation_defaults
-  from smollm3_jax.utils import validation
-
   filled = generation_defaults.for_tokenizer(tokenizer).fill(
       temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p, repetition_penalty=repetition_penalty,
       max_new_tokens=max_tokens, thinking=thinking)

@@ -14,6 +14,11 @@ import json
 import os
 from typing import Any, Mapping, Sequence
 
+from smollm3_jax.utils import validation
+from smollm3_jax.text import chat_format
+from smollm3_jax.generation.settings import SETTINGS, validate_sampling_args
+from smollm3_jax.evaluation import metrics
+
 
 @dataclasses.dataclass(frozen=True)
 class Axis:
@@ -38,24 +43,31 @@ class Axis:
     return self.label or self.name
 
 
+def _setting(name: str, *, required: bool = False, **kw) -> Axis:
+  """The axis of the sampling setting ``name``: its kind and ``off`` value are the setting's
+  (:data:`smollm3_jax.generation.sampling.SETTINGS`); ``required``: no ``off``, the config must give it."""
+  setting = SETTINGS[name]
+  return Axis(name, int if setting.integer else float, off=None if required else setting.off, **kw)
+
+
 # The axes of a grid, in cell order (thinking-major). A new sampling setting is one line here, e.g.
-# ``Axis("typical_p", float, off=1.0, greedy_free=True)`` for a warper of sampled rows, or
-# ``Axis("frequency_penalty", float, off=0.0)`` for a processor that changes greedy rows too (its
-# check lives in sampling.validate_sampling_args).
+# ``_setting("typical_p", greedy_free=True)`` for a warper of sampled rows, or
+# ``_setting("frequency_penalty")`` for a processor that changes greedy rows too (its check lives in
+# sampling.validate_sampling_args).
 SWEEP_AXES = (
     Axis("thinking", bool, label="think", always_keyed=True),
-    Axis("temperature", float, label="t", always_keyed=True),
-    Axis("repetition_penalty", float, off=1.0, label="rp", always_keyed=True),
-    Axis("top_p", float, off=1.0, always_keyed=True, greedy_free=True),
-    Axis("top_k", int, off=0, always_keyed=True, greedy_free=True),
-    Axis("min_p", float, off=0.0, always_keyed=True, greedy_free=True),
-    Axis("typical_p", float, off=1.0, greedy_free=True),
-    Axis("epsilon_cutoff", float, off=0.0, label="eps", greedy_free=True),
-    Axis("eta_cutoff", float, off=0.0, label="eta", greedy_free=True),
-    Axis("frequency_penalty", float, off=0.0, label="fp"),
-    Axis("presence_penalty", float, off=0.0, label="pp"),
-    Axis("no_repeat_ngram_size", int, off=0, label="ngram"),
-    Axis("min_new_tokens", int, off=0, label="min_new"),
+    _setting("temperature", required=True, label="t", always_keyed=True),
+    _setting("repetition_penalty", label="rp", always_keyed=True),
+    _setting("top_p", always_keyed=True, greedy_free=True),
+    _setting("top_k", always_keyed=True, greedy_free=True),
+    _setting("min_p", always_keyed=True, greedy_free=True),
+    _setting("typical_p", greedy_free=True),
+    _setting("epsilon_cutoff", label="eps", greedy_free=True),
+    _setting("eta_cutoff", label="eta", greedy_free=True),
+    _setting("frequency_penalty", label="fp"),
+    _setting("presence_penalty", label="pp"),
+    _setting("no_repeat_ngram_size", label="ngram"),
+    _setting("min_new_tokens", label="min_new"),
     Axis("num_beams", int, off=1, label="beams"),  # > 1: beam search (greedy cells only), its own calls
 )
 AXES = tuple(a.name for a in SWEEP_AXES)
@@ -67,13 +79,6 @@ SAMPLING_AXES = tuple(a.name for a in SWEEP_AXES if a.name not in ("thinking", "
 # --------------------------------------------------------------------------------------------
 # Config helpers
 # --------------------------------------------------------------------------------------------
-def to_plain(config) -> dict:
-  """A ConfigDict / mapping as a JSON-compatible dict (tuples become lists)."""
-  if hasattr(config, "to_dict"):
-    config = config.to_dict()
-  return json.loads(json.dumps(config, sort_keys=True))
-
-
 def _as_tuple(name: str, value) -> tuple:
   if isinstance(value, (list, tuple)):
     out = tuple(value)
@@ -86,9 +91,6 @@ def _as_tuple(name: str, value) -> tuple:
 
 def validate_config(cfg: Mapping) -> None:
   """Checks the sweep config (plain dict) before anything expensive; ValueError names the field."""
-  from smollm3_jax.text import chat_format
-  from smollm3_jax.utils import validation
-
   for name in ("batch_size", "samples", "max_new_tokens"):
     validation.as_count(name, cfg.get(name), low=1)
   validation.as_count("newline_limit", cfg.get("newline_limit", 0))
@@ -166,8 +168,6 @@ def check_prompt(record, where: str) -> None:
   and its id), the field and the type expected. Checked when the prompt set is read, before anything
   compiles: a reference that cannot be scored would otherwise fail after its rows were generated, on
   every rerun."""
-  from smollm3_jax.evaluation import metrics
-
   if not isinstance(record, dict):
     raise ValueError(f"{where}: expected a JSON object with string fields 'id' and 'prompt', got "
                      f"{type(record).__name__}")
@@ -218,9 +218,6 @@ def expand_grid(sweep: Mapping) -> list[dict]:
   """The cells of the grid: every combination of the axes' values, in ``AXES`` order (thinking-major).
 
   An optional axis missing from ``sweep`` is fixed at its ``off`` value; an unknown one is an error."""
-  from smollm3_jax.utils import validation
-  from smollm3_jax.generation.sampling import validate_sampling_args
-
   unknown = sorted(set(sweep) - set(AXES))
   if unknown:
     raise ValueError(f"sweep: unknown axes {unknown}; known: {list(AXES)}")

@@ -14,10 +14,12 @@ from typing import Callable
 import numpy as np
 
 from smollm3_jax.utils import distributed
+from smollm3_jax.utils.workdir import to_plain
 from smollm3_jax.loading import load_model_and_tokenizer, load_tokenizer
-from smollm3_jax.sweep.plan import expand_grid, load_prompts, make_rows, prompts_hash, to_plain, validate_config
+from smollm3_jax.sweep.plan import expand_grid, load_prompts, make_rows, prompts_hash, validate_config
 from smollm3_jax.sweep.execute import run_rows, thinking_changes_prompts
-from smollm3_jax.sweep.report import format_table, plot_heatmaps, summarize, summary_csv
+from smollm3_jax.sweep.plots import plot_heatmaps
+from smollm3_jax.sweep.stats import format_table, summarize, summary_csv
 from smollm3_jax.sweep.store import SUMMARY_FILE, ResultsFile, Workdir, check_rows, provenance
 
 @dataclasses.dataclass

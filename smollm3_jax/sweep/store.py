@@ -7,11 +7,16 @@
   dtype). A resume may grow the sweep (more ``samples``, new values on an axis: only new rows; the
   grown config is stored once its first new rows are durable, so a grow killed before them leaves the
   workdir as it was and the first command still resumes it); any other change of config is refused
-  (:class:`ConfigMismatchError`), as is a workdir whose ``generations.jsonl`` has rows but whose ``config.json`` is missing or unreadable.
+  (:class:`ConfigMismatchError`), as is a workdir whose ``generations.jsonl`` has rows but whose
+  ``config.json`` is missing or unreadable. The check itself (fields that may change on resume, the
+  refusal naming the differing fields) is :mod:`smollm3_jax.utils.workdir`'s, shared with fine-tuning
+  and the evaluation grid.
 * ``generations.jsonl`` (:class:`ResultsFile`): one JSON line per finished row, appended and fsync'ed
   batch by batch. A torn last line (a run killed mid-write) is cut off and its row redone; a corrupt
   line elsewhere is reported with its line number; a row whose settings or seed differ from the plan's
   row of the same key is refused.
+* :func:`load` reads a workdir's rows and summary as pandas DataFrames (read only: a sweep still
+  running is not disturbed).
 """
 
 from __future__ import annotations
@@ -21,7 +26,12 @@ import os
 import subprocess
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+from smollm3_jax.utils import workdir as workdir_config
+from smollm3_jax.utils.extras import needs
 from smollm3_jax.utils.files import DirectoryLock, LockedError, atomic_write
+from smollm3_jax.utils.workdir import CONFIG_FILE, ConfigMismatchError
+from smollm3_jax.text import chat_format
+from smollm3_jax.sweep.plan import AXES, axis_values, complete_settings
 
 FORMAT_VERSION = 2
 # Config fields that may change between a run and its resumption (they do not change results
@@ -30,59 +40,35 @@ RESUMABLE_FIELDS = ("batch_size", "prompts.path", "progress", "mesh", "plots", "
 # Config fields a finished sweep may grow (never shrink): they add rows, never change existing ones
 # (a row's key and seed depend on its prompt, cell and sample only).
 GROWABLE_FIELDS = ("samples", "sweep")
-CONFIG_FILE = "config.json"
 RESULTS_FILE = "generations.jsonl"
 SUMMARY_FILE = "summary.csv"
 # What identifies a row's results besides its key: compared row by row on resume.
 ROW_IDENTITY = ("prompt_id", "cell_key", "sample", "seed", "settings")
 
 
-class ConfigMismatchError(ValueError):
-  """The workdir holds results of another config (or of a config it cannot read)."""
-
-
-__all__ = ["ConfigMismatchError", "LockedError", "ResultsFile", "Workdir", "provenance"]
-
-
-def _drop(d: dict, dotted: str) -> None:
-  parts = dotted.split(".")
-  for part in parts[:-1]:
-    d = d.get(part, {})
-    if not isinstance(d, dict):
-      return
-  d.pop(parts[-1], None)
+__all__ = ["ConfigMismatchError", "LockedError", "ResultsFile", "Workdir", "load", "provenance"]
 
 
 def _comparable(record: Mapping) -> dict:
-  cfg = json.loads(json.dumps(record.get("config", {})))
-  for field in RESUMABLE_FIELDS + GROWABLE_FIELDS:
-    _drop(cfg, field)
+  """What must match on resume: the config (the fields that may change or grow are left out by the
+  check), the prompt set's hash and the format version."""
+  cfg = dict(record.get("config", {}))
   if not cfg.get("record_logprobs"):  # off = a workdir from before the field existed
     cfg.pop("record_logprobs", None)
   return dict(config=cfg, prompts_sha256=record.get("prompts_sha256"), version=record.get("version"))
 
 
-def _diff(a, b, prefix="") -> list[str]:
-  if isinstance(a, dict) and isinstance(b, dict):
-    out = []
-    for k in sorted(set(a) | set(b)):
-      out += _diff(a.get(k, "<missing>"), b.get(k, "<missing>"), f"{prefix}{k}.")
-    return out
-  return [] if a == b else [f"{prefix[:-1]}: {a!r} -> {b!r}"]
-
-
 def _shrunk(old: Mapping, new: Mapping) -> list[str]:
   """What a grown config lost of the stored one: fewer ``samples``, or values missing from an axis
   (values compared after the axis cast, so 1 and 1.0 are one value)."""
-  from smollm3_jax.sweep.plan import AXES, axis_values
-
   out = []
   if new.get("samples", 1) < old.get("samples", 1):
     out.append(f"samples: {old.get('samples')!r} -> {new.get('samples')!r} (a sweep may add samples, not drop them)")
   old_axes, new_axes = old.get("sweep", {}), new.get("sweep", {})
   for name in sorted(set(old_axes) | set(new_axes)):
     if name not in AXES:
-      out += _diff(old_axes.get(name, "<missing>"), new_axes.get(name, "<missing>"), f"sweep.{name}.")
+      pick = lambda axes: {"sweep": {name: axes[name]} if name in axes else {}}
+      out += workdir_config.differences(pick(old_axes), pick(new_axes))
       continue
     was, now = axis_values(old_axes, name), axis_values(new_axes, name)
     lost = [v for v in was if v not in now]
@@ -160,19 +146,9 @@ class Workdir:
     self._lock.release()
 
   def _read_record(self) -> dict | None:
-    """The stored record; None when there is none. Refuses an unreadable one."""
-    if not os.path.exists(self.config_path):
-      return None
-    try:
-      with open(self.config_path, encoding="utf-8") as f:
-        record = json.load(f)
-      if not isinstance(record, dict) or not isinstance(record.get("config"), dict):
-        raise ValueError("not a sweep record")
-      return record
-    except (OSError, ValueError) as e:
-      raise ConfigMismatchError(
-          f"{self.config_path} is unreadable ({e}); the rows in this workdir cannot be matched to a "
-          f"config. Use a new --workdir, or delete {self.path!r} to start over.") from None
+    """The stored record; None when there is none. Refuses an unreadable one, and rows without one."""
+    results = f"{self.results.path} has rows" if self.results.has_rows() else None
+    return workdir_config.read_record(self.path, results=results)
 
   def open(self, config: Mapping, prompts_sha256: str) -> dict:
     """Checks ``config`` against the stored one (or stores it).
@@ -180,14 +156,8 @@ class Workdir:
     ``config["date"] == ""`` means "the chat date of the first run": a new workdir stores today's
     date, a resumed one keeps its stored date. Returns the config to run with.
     """
-    from smollm3_jax.text import chat_format
-
     config = json.loads(json.dumps(config))
     old = self._read_record()
-    if old is None and self.results.has_rows():
-      raise ConfigMismatchError(
-          f"{self.results.path} has rows but {self.config_path} is missing: they cannot be matched "
-          f"to a config (max_new_tokens, seed, ...). Use a new --workdir, or delete {self.path!r}.")
     if not config.get("date"):
       stored = (old or {}).get("config", {}).get("date")
       config["date"] = stored or chat_format.iso_date(None)
@@ -196,11 +166,9 @@ class Workdir:
     record = dict(version=FORMAT_VERSION, config=config, prompts_sha256=prompts_sha256,
                   runs=list((old or {}).get("runs", [])))
     if old is not None:
-      diffs = _diff(_comparable(old), _comparable(record)) + _shrunk(old["config"], config)
-      if diffs:
-        raise ConfigMismatchError(
-            f"workdir {self.path!r} holds results of a different config ({'; '.join(diffs[:8])}"
-            f"{' ...' if len(diffs) > 8 else ''}). Use a new --workdir, or delete {self.path!r} to start over.")
+      workdir_config.refuse_changes(self.path, _comparable(old), _comparable(record),
+                                    may_change=[f"config.{f}" for f in RESUMABLE_FIELDS + GROWABLE_FIELDS],
+                                    also=_shrunk(old["config"], config))
       if any(old["config"].get(k) != config.get(k) for k in GROWABLE_FIELDS):
         self._pending = record  # grown: the stored record stays until rows of the grown grid are durable
         return config
@@ -293,8 +261,6 @@ class ResultsFile:
 def check_rows(done: Mapping[str, Mapping], planned: Sequence[Mapping], max_new_tokens: int) -> None:
   """Refuses finished rows whose identity (prompt, cell, sample, seed, settings with the token
   budget) differs from the planned row of the same key: results of another run mixed in."""
-  from smollm3_jax.sweep.plan import complete_settings
-
   bad = []
   for row in planned:
     got = done.get(row["key"])
@@ -309,3 +275,27 @@ def check_rows(done: Mapping[str, Mapping], planned: Sequence[Mapping], max_new_
     raise ConfigMismatchError(
         f"{len(bad)} finished rows differ from this config's rows of the same key (settings or seed), "
         f"e.g. {bad[0]!r}: the results file mixes runs. Use a new --workdir.")
+
+
+# --------------------------------------------------------------------------------------------
+# DataFrames
+# --------------------------------------------------------------------------------------------
+def load(workdir: str):
+  """``(rows, summary)``: pandas DataFrames of a sweep's ``generations.jsonl`` (one row per
+  generation; ``settings`` flattened into one column per setting, ``timing`` into ``timing.<field>``;
+  the thinking text is ``thinking_text``, ``thinking`` the switch)
+  and ``summary.csv`` (one row per cell). Reads only: a sweep still running is not disturbed (a torn
+  last line or a corrupt line is skipped). Needs pandas (the ``eval`` extra)."""
+  with needs("eval", "sweep.load"):
+    import pandas as pd
+
+  summary_path = os.path.join(workdir, SUMMARY_FILE)
+  if not os.path.isfile(summary_path):
+    raise FileNotFoundError(f"{summary_path}: no summary (run or resume the sweep in {workdir!r} to write it)")
+  records = list(ResultsFile(os.path.join(workdir, RESULTS_FILE)).load(repair=False).values())
+  rows = pd.json_normalize(records, sep=".") if records else pd.DataFrame()
+  settings = {c: c.split(".", 1)[1] for c in rows.columns if c.startswith("settings.")}
+  # A row field named like a setting (the thinking text vs the thinking switch) becomes <name>_text.
+  rows = rows.rename(columns={c: f"{c}_text" for c in settings.values() if c in rows.columns})
+  rows = rows.rename(columns=settings)
+  return rows, pd.read_csv(summary_path)

@@ -28,11 +28,16 @@ import os
 import time
 from typing import Mapping
 
-from smollm3_jax.utils import files
+from smollm3_jax.utils import files, workdir as workdir_config
+from smollm3_jax.utils.workdir import CONFIG_FILE, to_plain
+from smollm3_jax.nn import sharding
+from smollm3_jax.checkpoints import orbax as orbax_ckpt
+from smollm3_jax.text import chat_format
+from smollm3_jax.loading import load_model_and_tokenizer
 from smollm3_jax.training import train
 from smollm3_jax.training import data as train_data
 
-CONFIG_NAME = "config.json"
+CONFIG_NAME = CONFIG_FILE
 METRICS_NAME = "metrics.jsonl"
 CHECKPOINTS_DIR = "checkpoints"
 EXPORT_DIR = "export"
@@ -52,13 +57,6 @@ class Outcome:
   eval_loss: list                # (step, eval cross-entropy) per evaluation of this process
   export: str | None             # the export directory (None when stopped early or export=False)
   params: dict                   # the final parameters (flat dict of arrays)
-
-
-def to_plain(config) -> dict:
-  """A ConfigDict (or mapping) as plain JSON-able values (tuples as lists)."""
-  if hasattr(config, "to_dict"):
-    config = config.to_dict()
-  return json.loads(json.dumps(config, default=list))
 
 
 def _flat(d: Mapping, prefix: str = "") -> dict:
@@ -101,9 +99,7 @@ def validate_config(c: Mapping) -> None:
     raise ValueError(f"model.quantize must be 'none' to fine-tune (got {c['model']['quantize']!r}); "
                      "quantize the export instead")
   if c["date"]:
-    from smollm3_jax.text import chat_format
     chat_format.resolve_date(c["date"])
-  from smollm3_jax.nn import sharding
   sharding.parse_mesh(c["mesh"])
 
 
@@ -113,23 +109,17 @@ def optim_fields(c: Mapping) -> dict:
 
 
 def _check_resume(workdir: str, plain: dict) -> dict:
-  """Writes config.json on the first run; on a resume checks the config matches (except
-  :data:`RESUMABLE_FIELDS`) and returns the stored one (its chat date is reused)."""
-  path = os.path.join(workdir, CONFIG_NAME)
-  has_ckpt = os.path.isdir(os.path.join(workdir, CHECKPOINTS_DIR)) and any(
-      n.isdigit() for n in os.listdir(os.path.join(workdir, CHECKPOINTS_DIR)))
-  if not os.path.isfile(path):
-    if has_ckpt:
-      raise ValueError(f"{workdir}: checkpoints without a {CONFIG_NAME}; cannot tell which config they are of")
+  """The stored record of a resumed run ({} on a first run; its chat date is reused), once its config
+  matches ``plain`` except :data:`RESUMABLE_FIELDS`. ConfigMismatchError (a ValueError) names the
+  differing fields, or refuses checkpoints without a readable config.json."""
+  ckpt_dir = os.path.join(workdir, CHECKPOINTS_DIR)
+  has_ckpt = os.path.isdir(ckpt_dir) and any(n.isdigit() for n in os.listdir(ckpt_dir))
+  stored = workdir_config.read_record(workdir, results=f"{ckpt_dir} has checkpoints" if has_ckpt else None,
+                                      name=CONFIG_NAME)
+  if stored is None:
     return {}
-  with open(path, encoding="utf-8") as f:
-    stored = json.load(f)
-  old, new = _flat(stored.get("config", {})), _flat(plain)
-  diff = sorted(k for k in set(old) | set(new)
-                if k not in RESUMABLE_FIELDS and old.get(k, "<missing>") != new.get(k, "<missing>"))
-  if diff:
-    lines = "; ".join(f"{k}: {old.get(k, '<missing>')!r} -> {new.get(k, '<missing>')!r}" for k in diff[:8])
-    raise ValueError(f"{workdir} holds a run with a different config ({lines}); use another workdir")
+  workdir_config.refuse_changes(workdir, stored["config"], plain, may_change=RESUMABLE_FIELDS,
+                                what="a fine-tuning run")
   return stored
 
 
@@ -190,7 +180,6 @@ def run(config, workdir: str, *, stop_after: int | None = None) -> Outcome:
   os.makedirs(workdir, exist_ok=True)
   with files.DirectoryLock(workdir):
     stored = _check_resume(workdir, plain)
-    from smollm3_jax.text import chat_format
     date = stored.get("date") or chat_format.iso_date(plain["date"] or None)
     files.atomic_write(os.path.join(workdir, CONFIG_NAME),
                        json.dumps(dict(config=plain, date=date), indent=2) + "\n")
@@ -199,9 +188,6 @@ def run(config, workdir: str, *, stop_after: int | None = None) -> Outcome:
 
 def _run(c: dict, workdir: str, date: str, stop_after: int | None, tqdm) -> Outcome:
   import orbax.checkpoint as ocp
-
-  from smollm3_jax.checkpoints import orbax as orbax_ckpt
-  from smollm3_jax.loading import load_model_and_tokenizer
 
   d = c["data"]
   records = train_data.load_conversations(d["path"])

@@ -128,9 +128,12 @@ def check_messages(messages: Any) -> list[dict]:
 
 
 def is_ids(x: Any) -> bool:
-  """Whether ``x`` is one sequence of token ids: a 1-D numpy array, or a non-empty list/tuple of ints."""
+  """Whether ``x`` is meant as one sequence of token ids: a 1-D numpy array, or a non-empty list/tuple
+  whose first item is an int (its other items are checked by :func:`check_token_ids`, which names a
+  bad one, rather than the sequence being taken for something else)."""
   return (isinstance(x, np.ndarray) and x.ndim == 1) or (
-      isinstance(x, (list, tuple)) and len(x) > 0 and all(isinstance(t, (int, np.integer)) for t in x))
+      isinstance(x, (list, tuple)) and len(x) > 0 and isinstance(x[0], (int, np.integer))
+      and not isinstance(x[0], bool))
 
 
 def is_messages(x: Any) -> bool:

@@ -1,12 +1,14 @@
-"""Decode tokens/s of this checkout against another one (say, the commit before a change), in one
-run: fresh processes alternate between the two checkouts, so both see the same machine load.
+"""Decode tokens/s of this checkout against another one (``--baseline``, say the commit before a change),
+in one run: fresh processes alternate between the two checkouts, so both see the same machine load.
 
   python experiments/benchmark.py --baseline=/tmp/before     # a `git worktree add /tmp/before <commit>`
 
 Rows (demo checkpoint, batch 16, 64 tokens, no early stop): greedy; sampled (T=0.7, top_p=0.95,
 min_p=0.05); and for this checkout also sampled with per-token log-probabilities recorded
-(``logprobs=True, top_logprobs=5``). Imported by experiments/benchmark.py; run as a script it is the
-child that measures one checkout (``python bench_baseline.py --child``).
+(``logprobs=True, top_logprobs=5``). Run as a script it is the child that measures one checkout
+(``python experiments/benchmarks/baseline.py --child``, with that checkout first on PYTHONPATH): the
+child imports nothing but the library of the checkout it measures (not :mod:`benchmarks.common`, which
+the other checkout may lack or have in another form).
 """
 
 from __future__ import annotations
@@ -16,8 +18,16 @@ import os
 import subprocess
 import sys
 
+from absl import flags
+
+flags.DEFINE_string("baseline", None, "Another checkout (e.g. `git worktree add /tmp/before <commit>`): decode "
+                    "tokens/s of both, greedy / sampled / sampled with log-probabilities recorded, in alternating "
+                    "fresh processes (experiments/benchmarks/baseline.py). Runs only these rows.")
+
 HERE = os.path.abspath(__file__)
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(HERE)))  # this checkout
 SETTINGS = {"greedy": dict(temperature=0.0), "sampled": dict(temperature=0.7, top_p=0.95, min_p=0.05)}
+ROW_NAMES = {"baseline": lambda r: f"vs baseline: {r['mode']}"}
 
 
 def _child(batch: int = 16, new_tokens: int = 64, repeats: int = 3) -> dict:
@@ -60,10 +70,11 @@ def _run(checkout: str) -> dict:
 
 def bench_baseline(baseline: str, rounds: int = 2) -> list[dict]:
   """Rows comparing this checkout with ``baseline``: best tokens/s of ``rounds`` alternating runs."""
-  here = os.path.dirname(os.path.dirname(HERE))
+  from benchmarks.common import print_row
+
   best: dict[str, dict[str, float]] = {"baseline": {}, "current": {}}
   for _ in range(rounds):
-    for name, path in (("baseline", baseline), ("current", here)):
+    for name, path in (("baseline", baseline), ("current", ROOT)):
       for label, value in _run(path).items():
         if label != "checkout":
           best[name][label] = max(best[name].get(label, 0.0), value)
@@ -73,11 +84,13 @@ def bench_baseline(baseline: str, rounds: int = 2) -> list[dict]:
     row = dict(kind="baseline", mode=label, ours_tokens_per_second=value, theirs_tokens_per_second=base,
                ratio=value / base, baseline=baseline)
     rows.append(row)
-    print("  " + json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)
+    print_row(row)
   return rows
 
 
 def targets(rows) -> list[str]:
+  from benchmarks.common import target
+
   out = []
   for r in rows:
     if r["kind"] != "baseline":
@@ -85,8 +98,7 @@ def targets(rows) -> list[str]:
     if r["mode"] == "sampled + logprobs":
       out.append(f"  recording log-probabilities costs: {r['ratio']:.2f}x the sampled decode tokens/s (printed)")
     else:
-      out.append(f"  {r['mode']} decode vs the baseline checkout: {r['ratio']:.2f}x (target >= 0.97x) "
-                 f"{'OK' if r['ratio'] >= 0.97 else 'MISSED'}")
+      out += target(f"{r['mode']} decode vs the baseline checkout", r["ratio"], 0.97, "{:.2f}x")
   return out
 
 

@@ -1,20 +1,47 @@
-"""Continuous-batching rows of experiments/benchmark.py (imported by it; not a script of its own).
+"""Continuous-batching rows (``--continuous``, or alone with ``--continuous_only``; a checkpoint with a
+tokenizer, e.g. demo):
 
-* ``bench_refill``: a thinking-length sweep (prompts x cells, a long budget) through one slot pool,
-  with refill on (a row starts as soon as a slot frees up) and off (fixed batches of the pool's size
-  that wait for their longest row: the engine before continuous batching), alternated and best of
-  two. Same engine, same rows, same tokens; slot utilization = generated tokens / (slots x decode
-  steps).
-* ``bench_server``: the chat server with N clients asking at once vs the same N requests one after
+* ``refill``: a thinking-length sweep (prompts x cells, a long budget) through one slot pool, with
+  refill on (a row starts as soon as a slot frees up) and off (fixed batches of the pool's size that
+  wait for their longest row: the engine before continuous batching), alternated and best of two.
+  Same engine, same rows, same tokens; slot utilization = generated tokens / (slots x decode steps).
+* ``server``: the chat server with N clients asking at once vs the same N requests one after
   another (aggregate generated tokens per wall second).
 """
 
 from __future__ import annotations
 
 import os
-import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from absl import app, flags
+
+from benchmarks.common import DATE, ROOT, print_row, target, wall_seconds
+
+FLAGS = flags.FLAGS
+flags.DEFINE_bool("continuous", False, "Add the continuous-batching rows: a 24-prompt x 2-cell sweep with a 512-token "
+                  "budget through 16 slots, refill on vs off; the server with 8 clients at once vs one after another.")
+flags.DEFINE_bool("continuous_only", False, "Only the continuous-batching rows.")
+flags.DEFINE_integer("refill_slots", 16, "Continuous rows: slots of the sweep's pool.")
+flags.DEFINE_integer("refill_prompts", 24, "Continuous rows: prompts of the sweep (x 2 cells: thinking off/on).")
+flags.DEFINE_integer("refill_budget", 512, "Continuous rows: max_new_tokens of the sweep.")
+flags.DEFINE_integer("server_clients", 8, "Continuous rows: concurrent clients of the server row.")
+flags.DEFINE_integer("server_tokens", 64, "Continuous rows: tokens each server client asks for.")
+
+ROW_NAMES = {
+    "refill": lambda r: f"sweep {r['slots']} slots, refill {'on' if r['refill'] else 'off'}",
+    "server": lambda r: f"server {r['clients']} {r['mode']}",
+}
+
+
+def flag_rows(model, tokenizer) -> list[dict]:
+  """The refill and server rows as the flags say."""
+  if tokenizer is None:
+    raise app.UsageError("the continuous-batching rows render chat prompts: use a checkpoint with a tokenizer "
+                         "(e.g. --checkpoint=demo)")
+  out = bench_refill(model, tokenizer, slots=FLAGS.refill_slots, n_prompts=FLAGS.refill_prompts,
+                     budget=FLAGS.refill_budget, seed=FLAGS.seed, repeats=min(2, FLAGS.repeats))
+  return out + bench_server(model, tokenizer, clients=FLAGS.server_clients, max_tokens=FLAGS.server_tokens,
+                            seed=FLAGS.seed)
 
 
 def _sweep_requests(tokenizer, n_prompts: int, budget: int, seed: int):
@@ -24,7 +51,6 @@ def _sweep_requests(tokenizer, n_prompts: int, budget: int, seed: int):
   from smollm3_jax.text.prompts import render_prompts
   from smollm3_jax.generation.engine import Request
   from smollm3_jax.sweep import plan
-
   from smollm3_jax.sweep.execute import queue_order
 
   prompts = plan.load_prompts(os.path.join(ROOT, "data", "prompts", "sweep.jsonl"), limit=n_prompts)
@@ -33,7 +59,7 @@ def _sweep_requests(tokenizer, n_prompts: int, budget: int, seed: int):
   requests = []
   for r in queue_order(rows, by_id):  # the sweep runner's order: longest-expected prompt kinds first
     think = r["settings"]["thinking"]
-    _, (ids,) = render_prompts(tokenizer, [by_id[r["prompt_id"]]["prompt"]], thinking=think, date="2025-06-15")
+    _, (ids,) = render_prompts(tokenizer, [by_id[r["prompt_id"]]["prompt"]], thinking=think, date=DATE)
     requests.append(Request(prompt=ids, settings=dict(temperature=0.6, top_p=0.95), max_new=budget, share=0,
                             seed=plan.row_seed(seed, r["prompt_id"], f"think={int(think)}", 0)))
   return requests
@@ -44,27 +70,24 @@ def bench_refill(model, tokenizer, *, slots: int = 16, n_prompts: int = 24, budg
   """Rows ``refill`` on and off: utilization, decode and wall tokens/s, and their ratio. The two runs
   alternate ``repeats`` times (on, off, on, off, ...) and each keeps its best, so a burst of load on
   this shared machine during one run does not decide the ratio."""
-  import dataclasses
-
   from smollm3_jax.generation.engine import get_engine
 
   engine = get_engine(model, tokenizer)
-  base = _sweep_requests(tokenizer, n_prompts, budget, seed)
-  length = engine.cache_length_for(max(len(r.prompt) for r in base) + budget - 1)
+  prompts = _sweep_requests(tokenizer, n_prompts, budget, seed)
+  length = engine.cache_length_for(max(len(r.prompt) for r in prompts) + budget - 1)
   runs: dict[bool, list[dict]] = {True: [], False: []}
   tokens: dict[bool, list] = {True: [], False: []}
   for repeat in range(max(1, repeats)):
     for refill in (True, False):
-      requests = [dataclasses.replace(r) for r in base]
+      # Fresh requests each run (a copy would share the lists the pool extends: token ids, records).
+      requests = _sweep_requests(tokenizer, n_prompts, budget, seed)
       # refill off = the engine before continuous batching: fixed batches that wait for their longest row
       pool = engine.pool(slots, length, stop_ids=tokenizer.stop_token_ids, refill=refill, chunk_steps=32,
                          shrink=refill)
       pool.warmup()  # compiles apart from the timed run
       pool.stats.clear()
-      t0 = time.perf_counter()
       pool.submit(requests)
-      pool.run()
-      wall = time.perf_counter() - t0
+      _, wall = wall_seconds(pool.run)
       st = pool.stats
       lengths = [len(r.token_ids) for r in requests]
       tokens[refill].append([r.token_ids for r in requests])
@@ -78,8 +101,7 @@ def bench_refill(model, tokenizer, *, slots: int = 16, n_prompts: int = 24, budg
                  min_length=min(lengths), max_length=max(lengths),
                  mean_queue_seconds=sum(r.queue_seconds for r in requests) / len(requests))
       runs[refill].append(row)
-      print("  " + ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
-            flush=True)
+      print_row(row)
   rows = [max(runs[refill], key=lambda r: r["ours_tokens_per_second"]) for refill in (True, False)]
   for row in rows:
     row["all_tokens_per_second"] = [r["ours_tokens_per_second"] for r in runs[row["refill"]]]
@@ -100,10 +122,8 @@ def bench_server(model, tokenizer, *, clients: int = 8, max_tokens: int = 64, se
   from smollm3_jax.serving import server
 
   app = server.create_app(model, tokenizer, temperature=0.0, max_tokens=max_tokens, slots=clients,
-                          context_length=1024, seed=seed, date="2025-06-15")
-  t0 = time.perf_counter()
-  server.warmup(app)
-  warm = time.perf_counter() - t0
+                          context_length=1024, seed=seed, date=DATE)
+  _, warm = wall_seconds(lambda: server.warmup(app))
   topics = ["the sea", "a city at night", "an old clock", "a mountain", "the first snow", "a library",
             "a train", "a garden", "the moon", "a market"]
   bodies = [dict(messages=[{"role": "user", "content": f"Write a short poem about {topics[i % len(topics)]}."}],
@@ -127,9 +147,7 @@ def bench_server(model, tokenizer, *, clients: int = 8, max_tokens: int = 64, se
   with server.BackgroundServer(app) as srv:
     asyncio.run(in_turn(srv.url))  # settles the first-use costs outside the timings
     for mode, run in (("concurrent", together), ("sequential", in_turn)):
-      t0 = time.perf_counter()
-      outs = asyncio.run(run(srv.url))
-      wall = time.perf_counter() - t0
+      outs, wall = wall_seconds(lambda: asyncio.run(run(srv.url)))
       generated = sum(o["usage"]["completion_tokens"] for o in outs)
       rows.append(dict(kind="server", mode=mode, clients=clients, max_tokens=max_tokens, wall_seconds=wall,
                        generated_tokens=generated, ours_tokens_per_second=generated / wall,
@@ -138,8 +156,7 @@ def bench_server(model, tokenizer, *, clients: int = 8, max_tokens: int = 64, se
   concurrent["ratio"] = concurrent["ours_tokens_per_second"] / sequential["ours_tokens_per_second"]
   concurrent["same_texts_as_sequential"] = concurrent["texts"] == sequential["texts"]
   for row in rows:
-    print("  " + ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
-                           if k != "texts"), flush=True)
+    print_row(row, skip=("texts",))
   return rows
 
 
@@ -148,13 +165,12 @@ def targets(rows) -> list[str]:
   out = []
   on = next((r for r in rows if r["kind"] == "refill" and r["refill"]), None)
   if on is not None:
-    out.append(f"  slot utilization with refill: {on['slot_utilization']:.2f} (target >= 0.80) "
-               f"{'OK' if on['slot_utilization'] >= 0.8 else 'MISSED'}")
-    out.append(f"  sweep tokens/s, refill on vs off: {on['ratio']:.2f}x (target >= 2.00x) "
-               f"{'OK' if on['ratio'] >= 2 else 'MISSED'}; same tokens: {on['same_tokens_as_refill_off']}")
+    out += target("slot utilization with refill", on["slot_utilization"], 0.8)
+    out += [line + f"; same tokens: {on['same_tokens_as_refill_off']}"
+            for line in target("sweep tokens/s, refill on vs off", on["ratio"], 2.0, "{:.2f}x")]
   srv = next((r for r in rows if r["kind"] == "server" and r["mode"] == "concurrent"), None)
   if srv is not None:
-    out.append(f"  server, {srv['clients']} clients at once vs one after another: {srv['ratio']:.2f}x "
-               f"(target >= 4.00x) {'OK' if srv['ratio'] >= 4 else 'MISSED'}; same texts: "
-               f"{srv['same_texts_as_sequential']}")
+    out += [line + f"; same texts: {srv['same_texts_as_sequential']}"
+            for line in target(f"server, {srv['clients']} clients at once vs one after another", srv["ratio"], 4.0,
+                               "{:.2f}x")]
   return out
