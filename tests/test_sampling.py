@@ -26,6 +26,18 @@ from smollm3_jax.generation import sampling as S
 
 B, V, T = 6, 1000, 40
 _SAMPLE = jax.jit(S.sample_tokens)  # one wrapper: shapes seen before reuse their compile
+_PROCESS = jax.jit(S.process_logits)
+
+
+def _empty(n, v):
+  """A context with nothing observed and no history (n-gram bans compiled out)."""
+  return S.init_context(n, v, 0)
+
+
+def _filtered(logits, **setting):
+  """The chain at temperature 1 with one filter set per row: what that filter alone leaves."""
+  n, v = logits.shape
+  return _PROCESS(jnp.asarray(logits), _empty(n, v), S.SamplingParams.make(n, temperature=1.0, **setting))
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +124,7 @@ def test_temperature_matches_transformers(data):
 def test_top_k_matches_transformers(data):
   logits, _, _ = data
   ks = [0, 1, 50, 990, 999, 2000]
-  ours = S.apply_top_k(jnp.asarray(logits), jnp.asarray(ks, jnp.int32))
+  ours = _filtered(logits, top_k=ks)
 
   def ref(b, s):
     return s if ks[b] == 0 else TopKLogitsWarper(ks[b])(None, s)
@@ -125,7 +137,7 @@ def test_top_k_matches_transformers(data):
 def test_top_p_matches_transformers(data):
   logits, _, _ = data
   ps = [1.0, 0.05, 0.5, 0.9, 0.99, 0.3]
-  ours = S.apply_top_p(jnp.asarray(logits), jnp.asarray(ps, jnp.float32))
+  ours = _filtered(logits, top_p=ps)
 
   def ref(b, s):  # generate adds the warper only for top_p < 1
     return s if ps[b] == 1.0 else TopPLogitsWarper(float(np.float32(ps[b])))(None, s)
@@ -139,7 +151,7 @@ def test_top_p_matches_transformers(data):
 def test_min_p_matches_transformers(data):
   logits, _, _ = data
   mps = [0.0, 0.01, 0.1, 0.5, 1.0, 0.05]
-  ours = S.apply_min_p(jnp.asarray(logits), jnp.asarray(mps, jnp.float32))
+  ours = _filtered(logits, min_p=mps)
 
   def ref(b, s):
     return s if mps[b] == 0.0 else MinPLogitsWarper(float(np.float32(mps[b])))(None, s)
@@ -291,7 +303,7 @@ def test_draws_over_a_real_vocabulary_match_softmax_frequencies():
   logits = jnp.broadcast_to(jnp.asarray(row), (2 * n, v))
   params = S.SamplingParams.make(2 * n, temperature=[1.0] * n + [0.7] * n, top_p=[1.0] * n + [0.9] * n)
   keys = S.step_keys(S.row_keys(jnp.arange(2 * n) + 99), 0)
-  tok = np.asarray(_SAMPLE(logits, jnp.zeros((2 * n, v), bool), params, keys))
+  tok = np.asarray(_SAMPLE(logits, _empty(2 * n, v), params, keys))
   cold = set(range(v)) - set(hot.tolist())
   bins = [np.asarray([t]) for t in hot] + [np.asarray(sorted(t for t in cold if t // 256 == k)) for k in range(4)]
 
@@ -343,7 +355,7 @@ def test_row_draw_independent_of_other_rows():
   fn = _SAMPLE
 
   # Target rows alone: top-p sampling, each with its own key.
-  alone = fn(jnp.broadcast_to(jnp.asarray(target), (n, v)), jnp.zeros((n, v), bool),
+  alone = fn(jnp.broadcast_to(jnp.asarray(target), (n, v)), _empty(n, v),
              S.SamplingParams.make(n, temperature=0.8, top_p=0.9), keys)
   # Interleaved with other rows that use other settings (greedy, top-k, min-p) and keys.
   mixed_logits = np.empty((2 * n, v), np.float32)
@@ -358,14 +370,14 @@ def test_row_draw_independent_of_other_rows():
   min_p[1::2] = 0.1
   other_keys = S.step_keys(S.row_keys(jnp.arange(n) + 10_000), 3)
   mixed_keys = jnp.stack([keys, other_keys], axis=1).reshape(2 * n)
-  mixed = fn(jnp.asarray(mixed_logits), jnp.zeros((2 * n, v), bool),
+  mixed = fn(jnp.asarray(mixed_logits), _empty(2 * n, v),
              S.SamplingParams.make(2 * n, temperature=temp, top_p=top_p, top_k=top_k, min_p=min_p),
              mixed_keys)
   np.testing.assert_array_equal(np.asarray(mixed)[0::2], np.asarray(alone))
   assert len(set(np.asarray(alone).tolist())) > 1  # really sampled
 
   # A greedy row gives the same token on the all-greedy fast path and in a mixed batch.
-  greedy_alone = fn(jnp.asarray(others[:1]), jnp.zeros((1, v), bool),
+  greedy_alone = fn(jnp.asarray(others[:1]), _empty(1, v),
                     S.SamplingParams.make(1), keys[:1])
   assert int(greedy_alone[0]) == int(np.argmax(others[0])) == int(mixed[1])
 
@@ -387,7 +399,7 @@ def test_filtered_tokens_never_sampled(setting):
   kept = set(np.flatnonzero(np.isfinite(s.numpy()[0])).tolist())
   assert 1 < len(kept) < v
   tok = _SAMPLE(jnp.broadcast_to(jnp.asarray(row), (n, v)),
-                                 jnp.zeros((n, v), bool), params,
+                                 _empty(n, v), params,
                                  S.row_keys(jnp.arange(n)))
   assert set(np.asarray(tok).tolist()) == kept  # only kept tokens, and all of them
 
@@ -420,21 +432,14 @@ def test_validation_accepts_good_and_rejects_unknown():
     S.validate_sampling_args(top_q=0.5)
 
 
-def test_make_take_pad():
+def test_make_take():
   p = S.SamplingParams.make(3, temperature=[0.0, 0.5, 1.0], top_k=4, top_p=[1.0, 0.9, 0.5],
                             repetition_penalty=1.2)
   assert p.temperature.dtype == jnp.float32 and p.top_k.dtype == jnp.int32
   assert p.top_k.tolist() == [4, 4, 4] and p.min_p.tolist() == [0.0] * 3
   q = p.take(jnp.asarray([2, 0]))
   np.testing.assert_allclose(q.top_p, [0.5, 1.0])
-  r = p.pad_to(5)
-  assert r.temperature.shape == (5,)
-  np.testing.assert_allclose(r.temperature[3:], 0.0)
-  assert r.top_k[3:].tolist() == [0, 0]
-  np.testing.assert_allclose(r.top_p[3:], 1.0)
-  np.testing.assert_allclose(r.repetition_penalty[3:], 1.0)
-  with pytest.raises(ValueError, match="batch"):
-    p.pad_to(2)
+  assert q.batch_size == 2 and q.top_k.tolist() == [4, 4]
 
 
 def test_token_context_observe():

@@ -11,6 +11,8 @@ import numpy as np
 
 from smollm3_jax.generation import sampling
 
+_PROCESS = jax.jit(sampling.process_logits)
+
 
 def _sorts(hlo: str) -> list[str]:
   return [line for line in hlo.splitlines() if re.search(r"\bsort\(", line)]
@@ -66,9 +68,11 @@ def test_signed_zero_ties_are_kept_like_transformers():
   from transformers.generation.logits_process import TopKLogitsWarper
 
   logits = np.asarray([[0.0, -0.0, -1.0, -2.0], [-0.0, 0.0, 1.0, -3.0]], np.float32)
-  ours = np.asarray(sampling.apply_top_k(jnp.asarray(logits), jnp.asarray([1, 2], jnp.int32)))
+  ours = np.asarray(_PROCESS(jnp.asarray(logits), sampling.init_context(2, 4, 0),
+                                 sampling.SamplingParams.make(2, temperature=1.0, top_k=[1, 2])))
   for row, k in enumerate((1, 2)):
     ref = TopKLogitsWarper(k)(None, torch.tensor(logits[row:row + 1])).numpy()
     np.testing.assert_array_equal(np.isinf(ours[row:row + 1]), np.isinf(ref))
-  ours_p = np.asarray(sampling.apply_top_p(jnp.asarray(logits[:1]), jnp.asarray([0.3], jnp.float32)))
+  ours_p = np.asarray(_PROCESS(jnp.asarray(logits[:1]), sampling.init_context(1, 4, 0),
+                                   sampling.SamplingParams.make(1, temperature=1.0, top_p=0.3)))
   assert np.isfinite(ours_p[0, :2]).all()  # the two zeros are one value: both kept or both dropped

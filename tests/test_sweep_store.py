@@ -155,6 +155,79 @@ def test_a_corrupt_middle_line_is_reported_and_its_row_redone(tiny, tmp_path):
   assert len(keys) == 24
 
 
+@pytest.fixture(scope="module")
+def five_rows(tiny, tmp_path_factory):
+  """A workdir holding the sweep's first 5 rows (and its config), to copy and damage."""
+  model, tok, tok_dir = tiny
+  path = str(tmp_path_factory.mktemp("five"))
+  sweep.run_sweep(tiny_sweep_config(tok_dir), path, model=model, tokenizer=tok, max_batches=1, **QUIET)
+  return path
+
+
+def _damaged_copy(five_rows, tmp_path, lineno, **changes):
+  """A copy of ``five_rows`` whose line ``lineno`` (1-based) has ``changes``; (workdir, the original row)."""
+  import shutil
+
+  workdir = str(tmp_path / "wd")
+  shutil.copytree(five_rows, workdir)
+  rows = _rows(workdir)
+  original = dict(rows[lineno - 1])
+  rows[lineno - 1].update(changes)
+  for k in [k for k, v in changes.items() if v is _DROP]:
+    del rows[lineno - 1][k]
+  with open(os.path.join(workdir, "generations.jsonl"), "w", encoding="utf-8") as f:
+    f.write("".join(json.dumps(r) + "\n" for r in rows))
+  return workdir, original
+
+
+_DROP = object()
+_RESULTS = lambda row: {k: v for k, v in row.items() if k not in ("timing", "digest")}
+
+
+@pytest.mark.parametrize("changes", [dict(settings="x"), dict(num_tokens="five"), dict(text=5),
+                                     dict(closed_think="no"), dict(token_ids=None), dict(answer=_DROP)],
+                         ids=["settings", "num_tokens", "text", "closed_think", "token_ids", "no_answer"])
+def test_a_row_with_a_field_of_the_wrong_type_is_corrupt_and_redone(tiny, five_rows, tmp_path, changes):
+  """A mistyped (or missing) field is a corrupt line, like one that does not parse: warned with the file and
+  line, its row redone; never a crash in the check or the summary, never accepted."""
+  model, tok, tok_dir = tiny
+  workdir, original = _damaged_copy(five_rows, tmp_path, 2, **changes)
+  messages = []
+  out = sweep.run_sweep(tiny_sweep_config(tok_dir), workdir, model=model, tokenizer=tok, max_batches=1,
+                        log=messages.append)
+  path = os.path.join(workdir, "generations.jsonl")
+  (name,) = changes
+  assert any(f"1 corrupt lines in {path} (line 2: " in m and repr(name) in m for m in messages), messages
+  assert out.skipped_rows == 4 and out.new_rows == 5  # the damaged row first among the rows run
+  kept = sweep.ResultsFile(path, checked=True).load()
+  assert _RESULTS(kept[original["key"]]) == _RESULTS(original)  # the same generation, run again
+  assert len(_rows(workdir)) == 10  # the damaged line stays (reported on each resume), nothing rewritten
+
+
+def test_a_hand_edited_row_is_found_by_its_digest_and_redone(tiny, five_rows, tmp_path):
+  """A row's results carry a digest: an edited text is redone (never in the summary or sweep.load); a row
+  without a digest (an older version's) is accepted with one note."""
+  model, tok, tok_dir = tiny
+  assert all(r["digest"] == sweep.store.row_digest(r) for r in _rows(five_rows))
+  workdir, original = _damaged_copy(five_rows, tmp_path, 2, text="HACKED hacked", answer="HACKED")
+  lines = (tmp_path / "wd" / "generations.jsonl").read_text().splitlines(keepends=True)
+  old_style = json.loads(lines[3])
+  del old_style["digest"]
+  lines[3] = json.dumps(old_style) + "\n"
+  (tmp_path / "wd" / "generations.jsonl").write_text("".join(lines))
+  messages = []
+  out = sweep.run_sweep(tiny_sweep_config(tok_dir), workdir, model=model, tokenizer=tok, max_batches=1,
+                        log=messages.append)
+  assert any("1 corrupt lines" in m and "line 2: its results do not match its digest" in m for m in messages)
+  assert [m for m in messages if "no digest" in m] == [
+      f"note: 1 rows in {workdir}/generations.jsonl have no digest (written by an older version): accepted, but an "
+      "edit of their results would go unnoticed"]
+  assert out.skipped_rows == 4 and out.new_rows == 5
+  rows, _ = sweep.load(workdir)
+  assert not rows["text"].str.contains("HACKED").any() and len(rows) == 9
+  assert rows.set_index("key").loc[original["key"], "text"] == original["text"]
+
+
 def test_atomic_write_leaves_no_temporary_file(tmp_path, monkeypatch):
   target = tmp_path / "out.json"
   target.write_text("old")

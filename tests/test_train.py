@@ -521,3 +521,71 @@ def test_rerunning_a_finished_run_changes_nothing(runs):
   assert again.resumed_from == 4 and again.steps == 4 and again.train_loss == [] and again.eval_loss == []
   assert open(os.path.join(whole.workdir, "metrics.jsonl")).read() == metrics
   assert all(np.array_equal(np.asarray(again.params[k]), np.asarray(v)) for k, v in whole.params.items())
+
+
+def _metric_keys(workdir):
+  """(step, a training line?) of each line of metrics.jsonl, in file order."""
+  return [(l["step"], "loss" in l) for l in map(json.loads, open(os.path.join(workdir, "metrics.jsonl")))]
+
+
+def test_every_resume_logs_each_metrics_line_once(runs, tmp_path, monkeypatch):
+  """Stopped before the first checkpoint (the step-0 baseline once logged), then killed between the last
+  evaluation and the last checkpoint, then resumed: each metrics line once, the uninterrupted parameters."""
+  from smollm3_jax.training import finetune
+
+  cfg, whole = runs["cfg"].copy_and_resolve_references(), runs["whole"]
+  cfg.export = False  # (a field that may change on resume)
+  workdir = str(tmp_path / "wd")
+  finetune.run(cfg, workdir, stop_after=1)  # no checkpoint yet (the first is at step 2): starts over
+  assert _metric_keys(workdir) == [(0, False), (1, True)]
+  log = finetune._append_metrics
+
+  def killed_at_the_last_evaluation(path, record):
+    if record["step"] == cfg.steps and "eval_loss" in record:
+      raise KeyboardInterrupt  # before its line: a resume must log it
+    log(path, record)
+  monkeypatch.setattr(finetune, "_append_metrics", killed_at_the_last_evaluation)
+  with pytest.raises(KeyboardInterrupt):
+    finetune.run(cfg, workdir)
+  monkeypatch.undo()
+  out = finetune.run(cfg, workdir)
+  assert out.resumed_from == 2 and out.steps == 4
+  assert _metric_keys(workdir) == _metric_keys(whole.workdir) == [
+      (0, False), (1, True), (2, True), (2, False), (3, True), (4, True), (4, False)]
+  assert all(np.array_equal(np.asarray(out.params[k]), np.asarray(v)) for k, v in whole.params.items())
+
+
+@pytest.mark.parametrize("damage", ["cut", "state_deleted"])
+def test_a_damaged_checkpoint_is_refused_naming_its_step(runs, tmp_path, capfd, damage):
+  """The newest checkpoint's array files cut in half, or its state deleted: a short ValueError naming the step
+  and its directory (not pages of TensorStore error, a KeyError, or "Event loop is closed" tracebacks); deleting
+  the step as it says resumes from the one before: the uninterrupted run's parameters, each metrics line once."""
+  import shutil
+
+  from smollm3_jax.training import finetune
+
+  cfg, whole = runs["cfg"].copy_and_resolve_references(), runs["whole"]
+  cfg.export = False
+  workdir = tmp_path / "wd"
+  shutil.copytree(runs["resumed"].workdir, workdir)
+  step_dir = workdir / "checkpoints" / "4"
+  if damage == "cut":
+    arrays = [p for p in (step_dir / "state").rglob("*") if p.is_file() and p.parent.name == "d"
+              and p.stat().st_size > 100]
+    assert arrays
+    for p in arrays:
+      os.truncate(p, p.stat().st_size // 2)
+  else:
+    shutil.rmtree(step_dir / "state")
+  capfd.readouterr()
+  with pytest.raises(ValueError) as e:
+    finetune.run(cfg, str(workdir))
+  message = str(e.value)
+  assert message.startswith(f"{step_dir}: checkpoint step 4 is damaged") and f"Delete {step_dir}" in message
+  assert len(message) < 1000, message
+  assert "Event loop is closed" not in capfd.readouterr().err
+  if damage == "cut":
+    shutil.rmtree(step_dir)
+    out = finetune.run(cfg, str(workdir))
+    assert out.resumed_from == 2 and _metric_keys(workdir) == _metric_keys(whole.workdir)
+    assert all(np.array_equal(np.asarray(out.params[k]), np.asarray(v)) for k, v in whole.params.items())

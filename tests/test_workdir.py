@@ -84,6 +84,42 @@ def test_sweep_workdir_refuses_another_config_and_lets_resumable_fields_change(t
   assert sweep.ConfigMismatchError is workdir.ConfigMismatchError
 
 
+@pytest.mark.parametrize("field,value,needle", [("sweep", "x", 'sweep: expected an object, got "x"'),
+                                                ("samples", "two", "samples"),
+                                                ("sweep.temperature", ["hot"], "sweep.temperature"),
+                                                ("date", 5, "date"),
+                                                ("stats", [], "stats: expected an object")])
+def test_sweep_workdir_refuses_a_damaged_stored_config_naming_the_field(tmp_path, field, value, needle):
+  """A mistyped field of the stored config (a hand-edited or damaged config.json): a ConfigMismatchError
+  naming the file and the field, before the resume reads it (once 'sweep.temperature: missing axis')."""
+  cfg = sweep.to_plain(tiny_sweep_config("demo"))
+  with sweep.Workdir(str(tmp_path)) as wd:
+    stored = wd.open(cfg, "sha")
+  record = json.loads((tmp_path / "config.json").read_text())
+  *parents, leaf = field.split(".")
+  node = record["config"]
+  for p in parents:
+    node = node[p]
+  node[leaf] = value
+  (tmp_path / "config.json").write_text(json.dumps(record))
+  with sweep.Workdir(str(tmp_path)) as wd:
+    with pytest.raises(sweep.ConfigMismatchError, match="config.json is damaged") as e:
+      wd.open(stored, "sha")
+  assert needle in str(e.value) and len(str(e.value)) < 500, str(e.value)
+
+
+def test_read_record_check_names_the_file_and_the_field(tmp_path):
+  (tmp_path / "config.json").write_text('{"config": {"n": "x"}}')
+
+  def check(config):
+    if not isinstance(config["n"], int):
+      raise ValueError(f"n: expected an integer, got {config['n']!r}")
+  with pytest.raises(workdir.ConfigMismatchError, match=r"config.json is damaged: .*n: expected an integer, got 'x'"):
+    workdir.read_record(str(tmp_path), results=None, check=check)
+  (tmp_path / "config.json").write_text('{"config": {"n": 1}}')
+  assert workdir.read_record(str(tmp_path), results=None, check=check) == {"config": {"n": 1}}
+
+
 # ---- fine-tuning -------------------------------------------------------------------------------
 def _finetune_config(**changes):
   spec = importlib.util.spec_from_file_location("finetune_config", os.path.join(ROOT, "configs", "finetune.py"))

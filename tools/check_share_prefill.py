@@ -24,10 +24,10 @@ def main() -> None:
   args = parser.parse_args()
 
   import smollm3_jax
-  from smollm3_jax.sweep import plan
+  from smollm3_jax.sweep import plan, presets
 
   model, tok = smollm3_jax.from_pretrained("demo"), smollm3_jax.Tokenizer.from_pretrained("demo")
-  prompts = plan.load_prompts(os.path.join(ROOT, "data", "prompts", "sweep.jsonl"), limit=args.prompts)
+  prompts = plan.load_prompts(presets.PROMPT_SET, limit=args.prompts)
   texts = [p["prompt"] for p in prompts for _ in (False, True)]
   thinking = [think for _ in prompts for think in (False, True)]
   seeds = [plan.row_seed(0, p["id"], f"think={int(think)}", 0) for p in prompts for think in (False, True)]

@@ -1245,13 +1245,19 @@ def _sweep_reference(r: Run):
 
 
 def _rows(workdir: str) -> list:
-  """The parsable lines of generations.jsonl (a corrupt line stays in the file, reported, its row redone)."""
-  with open(os.path.join(workdir, "generations.jsonl"), "rb") as f:
-    lines = [l for l in f.read().split(b"\n") if l.strip()]
+  """The parsable lines of generations.jsonl less those the sweep reports corrupt (a corrupt line stays in
+  the file, reported, its row redone; a row with a mistyped field or a wrong digest parses but is no row)."""
+  from smollm3_jax.sweep import store
+  path = os.path.join(workdir, "generations.jsonl")
+  results = store.ResultsFile(path, checked=True)
+  results.load(repair=False)
+  with open(path, "rb") as f:
+    lines = f.read().split(b"\n")
   out = []
-  for line in lines:
-    with contextlib.suppress(ValueError):
-      out.append(json.loads(line))
+  for lineno, line in enumerate(lines, 1):
+    if line.strip() and lineno not in results.corrupt:
+      with contextlib.suppress(ValueError):
+        out.append(json.loads(line))
   return out
 
 
@@ -1378,8 +1384,10 @@ def _(r):
       "line of a key wins; foreign rows noted and ignored): the uninterrupted run's summary")
 def _(r):
   _, _, _, ref = _sweep_reference(r)
-  foreign = json.dumps({"key": "zzz|x", "text": "x"}).encode()
-  workdir, logs, out = _edited(r, "dup_foreign", lambda ls: ls + [ls[0], foreign])
+  # (a whole row of another cell: a line of two fields is no row at all, reported corrupt)
+  foreign = lambda line: _set(line, key="zzz|x", cell_key="zzz")
+  workdir, logs, out = _edited(r, "dup_foreign", lambda ls: ls + [ls[0], foreign(ls[0])])
+  check(not any("corrupt" in l for l in logs), f"logs {logs}")
   check(not isinstance(out, Exception), f"{type(out).__name__}: {out}")
   check(out.new_rows == 0 and any("not part of this grid" in l for l in logs), f"logs {logs}")
   check(_summary(workdir) == _summary(ref), "summary.csv differs")
@@ -1392,15 +1400,17 @@ def _(r):
   bad = []
   for name, changes in (("settings", {"settings": "x"}), ("num_tokens", {"num_tokens": "five"}), ("text", {"text": 5}),
                         ("closed_think", {"closed_think": "no"}), ("token_ids", {"token_ids": None})):
-    workdir, _, out = _edited(r, f"wrong_type_{name}", lambda ls: ls[:1] + [_set(ls[1], **changes)] + ls[2:])
+    workdir, logs, out = _edited(r, f"wrong_type_{name}", lambda ls: ls[:1] + [_set(ls[1], **changes)] + ls[2:])
     if isinstance(out, Exception):
       if "generations.jsonl" not in str(out):
         bad.append(f"{name}: {type(out).__name__}: {str(out)[:80]}")
+    elif not any("generations.jsonl" in l and "line 2" in l for l in logs):
+      bad.append(f"{name}: accepted in silence ({out.new_rows} rows redone)")
     else:
       try:
         _same_as_reference(r, workdir)
       except Failed as e:
-        bad.append(f"{name}: accepted, {e}")
+        bad.append(f"{name}: redone, {e}")
   check(not bad, "; ".join(bad))
   return "5 variants: clear errors or redone"
 
@@ -1408,11 +1418,12 @@ def _(r):
 @case("sweep.row_text_edited", "a row whose text was edited by hand (settings and seed intact): a clear error or "
       "the row redone, never its text in the summary")
 def _(r):
-  workdir, _, out = _edited(r, "edited_text", lambda ls: ls[:1] + [_set(ls[1], text="HACKED hacked", answer="HACKED")]
-                            + ls[2:])
+  workdir, logs, out = _edited(r, "edited_text", lambda ls: ls[:1] + [_set(ls[1], text="HACKED hacked",
+                                                                           answer="HACKED")] + ls[2:])
   if isinstance(out, Exception):
     return _clear_error(out, "generations.jsonl")
-  return _same_as_reference(r, workdir)
+  check(any("generations.jsonl" in l and "line 2" in l for l in logs), f"no warning naming line 2: {logs}")
+  return f"warned and redone ({out.new_rows} row); " + _same_as_reference(r, workdir)
 
 
 @case("sweep.damaged_config_json", "config.json cut, a list, or its stored sweep mistyped: ConfigMismatchError "

@@ -147,6 +147,10 @@ MUTATIONS = (
     Mutation("top_k_off_by_one", "smollm3_jax/generation/sampling.py",
              "dtype=jnp.int32)[:, None] >= k\n", "dtype=jnp.int32)[:, None] >= k + 1\n",
              (S + "test_top_k_matches_transformers",)),
+    # -0.0 and +0.0 with different order keys (a ``x + 0.0`` that XLA folds away under jit did this).
+    Mutation("order_keys_keep_zero_sign", "smollm3_jax/generation/sampling.py",
+             "  bits = jnp.where(bits == jnp.uint32(0x80000000), jnp.uint32(0), bits)\n", "",
+             ("tests/test_sort_free.py::test_signed_zero_ties_are_kept_like_transformers",)),
     Mutation("min_p_absolute", "smollm3_jax/generation/sampling.py",
              "return probs < min_p[:, None] * top", "return probs < min_p[:, None]",
              (S + "test_min_p_matches_transformers",)),
@@ -337,6 +341,31 @@ MUTATIONS = (
     Mutation("lone_surrogate_prompt_unchecked", "smollm3_jax/text/prompts.py",
              "      text.encode(\"utf-8\")\n", "      text.encode(\"utf-8\", errors=\"surrogatepass\")\n",
              ("tests/test_stream.py::test_mistyped_arguments_are_refused_by_name_before_compiling[surrogate_text]",)),
+    # ---- hostile replay, sweep and fine-tuning workdirs (hand-edited rows and configs, damaged checkpoints) ----
+    Mutation("sweep_row_types_unchecked", "smollm3_jax/sweep/store.py",
+             "      return f\"no {name!r}\"\n    if not ok(row[name]):\n",
+             "      return f\"no {name!r}\"\n    if False:\n",
+             ("tests/test_sweep_store.py::test_a_row_with_a_field_of_the_wrong_type_is_corrupt_and_redone",)),
+    Mutation("sweep_row_digest_unchecked", "smollm3_jax/sweep/store.py",
+             "  if \"digest\" in row and row[\"digest\"] != row_digest(row):\n", "  if False:\n",
+             ("tests/test_sweep_store.py::test_a_hand_edited_row_is_found_by_its_digest_and_redone",)),
+    Mutation("sweep_stored_config_unchecked", "smollm3_jax/sweep/store.py",
+             "    return workdir_config.read_record(self.path, results=results, check=_check_stored)\n",
+             "    return workdir_config.read_record(self.path, results=results)\n",
+             ("tests/test_workdir.py::test_sweep_workdir_refuses_a_damaged_stored_config_naming_the_field",)),
+    Mutation("finetune_baseline_kept_on_restart", "smollm3_jax/training/finetune.py",
+             "    _metrics_lines(workdir, -1)  # no checkpoint", "    _metrics_lines(workdir, 0)  # no checkpoint",
+             ("tests/test_train.py::test_every_resume_logs_each_metrics_line_once",)),
+    Mutation("finetune_last_eval_after_last_checkpoint", "smollm3_jax/training/finetune.py",
+             "      eval_losses.append((total, run_eval(total)))\n      if mngr.latest_step() != total:\n"
+             "        save(total)\n",
+             "      if mngr.latest_step() != total:\n        save(total)\n"
+             "      eval_losses.append((total, run_eval(total)))\n",
+             ("tests/test_train.py::test_every_resume_logs_each_metrics_line_once",)),
+    Mutation("finetune_damaged_checkpoint_raw_error", "smollm3_jax/training/finetune.py",
+             "    restored = mngr.restore(step, args=args)\n  except Exception as e:",
+             "    restored = mngr.restore(step, args=args)\n  except ZeroDivisionError as e:",
+             ("tests/test_train.py::test_a_damaged_checkpoint_is_refused_naming_its_step",)),
 )
 
 

@@ -11,11 +11,10 @@ tokenizer, e.g. demo):
 
 from __future__ import annotations
 
-import os
 
 from absl import app, flags
 
-from benchmarks.common import DATE, ROOT, print_row, target, wall_seconds
+from benchmarks.common import DATE, print_row, target, wall_seconds
 
 FLAGS = flags.FLAGS
 flags.DEFINE_bool("continuous", False, "Add the continuous-batching rows: a 24-prompt x 2-cell sweep with a 512-token "
@@ -50,10 +49,10 @@ def _sweep_requests(tokenizer, n_prompts: int, budget: int, seed: int):
   get the same order)."""
   from smollm3_jax.text.prompts import render_prompts
   from smollm3_jax.generation.engine import Request
-  from smollm3_jax.sweep import plan
+  from smollm3_jax.sweep import plan, presets
   from smollm3_jax.sweep.execute import queue_order
 
-  prompts = plan.load_prompts(os.path.join(ROOT, "data", "prompts", "sweep.jsonl"), limit=n_prompts)
+  prompts = plan.load_prompts(presets.PROMPT_SET, limit=n_prompts)
   rows = [dict(prompt_id=p["id"], settings=dict(thinking=think)) for p in prompts for think in (False, True)]
   by_id = {p["id"]: p for p in prompts}
   requests = []

@@ -120,8 +120,10 @@ def _order_keys(x: jax.Array) -> jax.Array:
   The cut-offs below are searched over these keys, which makes them exact: 32 rounds of bisection
   pin one value out of 2**32, with no rounding of the search itself.
   """
-  x = x + 0.0  # -0.0 -> +0.0: equal values get equal keys (a tie at a cut-off stays a tie)
   bits = jax.lax.bitcast_convert_type(x, jnp.uint32)
+  # -0.0 -> +0.0: equal values get equal keys (a tie at a cut-off stays a tie). On the bits: XLA's
+  # simplifier folds ``x + 0.0`` to ``x`` under jit, which keeps the sign of a zero.
+  bits = jnp.where(bits == jnp.uint32(0x80000000), jnp.uint32(0), bits)
   negative = (bits >> 31) == 1
   return jnp.where(negative, ~bits, bits | jnp.uint32(0x80000000))
 

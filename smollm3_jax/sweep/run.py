@@ -154,7 +154,12 @@ def _run_locked(wd, cfg, prompts, cells, rows, todo, skipped, model, tokenizer, 
 
 
 def _report_corrupt(results: ResultsFile, log) -> None:
+  """Warns of the lines of the results file that are no rows (with why), and once of rows of older versions
+  (no digest: their results cannot be checked)."""
   if results.corrupt:
-    lines = ", ".join(map(str, results.corrupt[:10])) + (" ..." if len(results.corrupt) > 10 else "")
-    log(f"warning: {len(results.corrupt)} corrupt lines in {results.path} (line {lines}) are not "
-        f"rows; their rows (if any) run again")
+    lines = "; ".join(f"line {n}: {results.problems.get(n, 'corrupt')}" for n in results.corrupt[:10])
+    log(f"warning: {len(results.corrupt)} corrupt lines in {results.path} ({lines}"
+        f"{' ...' if len(results.corrupt) > 10 else ''}) are not rows; their rows (if any) run again")
+  if results.undigested:
+    log(f"note: {results.undigested} rows in {results.path} have no digest (written by an older version): "
+        f"accepted, but an edit of their results would go unnoticed")

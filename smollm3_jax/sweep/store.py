@@ -12,16 +12,20 @@
   refusal naming the differing fields) is :mod:`smollm3_jax.utils.workdir`'s, shared with fine-tuning
   and the evaluation grid.
 * ``generations.jsonl`` (:class:`ResultsFile`): one JSON line per finished row, appended and fsync'ed
-  batch by batch. A torn last line (a run killed mid-write) is cut off and its row redone; a corrupt
-  line elsewhere is reported with its line number; a row whose settings or seed differ from the plan's
-  row of the same key is refused.
+  batch by batch, each with a ``digest`` of its results (:func:`row_digest`). A torn last line (a run
+  killed mid-write) is cut off and its row redone; a corrupt line elsewhere (not JSON, a field missing
+  or of the wrong type, results that do not match their digest: edited by hand) is reported with its
+  line number and its row redone; a row whose settings or seed differ from the plan's row of the same
+  key is refused. Rows of older versions, written without a digest, are accepted (one warning).
 * :func:`load` reads a workdir's rows and summary as pandas DataFrames (read only: a sweep still
   running is not disturbed).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import os
 import subprocess
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -31,8 +35,9 @@ from smollm3_jax.utils.extras import needs
 from smollm3_jax.utils.files import DirectoryLock, LockedError, atomic_write
 from smollm3_jax.utils.workdir import CONFIG_FILE, ConfigMismatchError
 from smollm3_jax.text import chat_format
-from smollm3_jax.sweep.plan import AXES, axis_values, complete_settings
+from smollm3_jax.sweep.plan import AXES, axis_values, complete_settings, validate_config
 
+# (Row digests left it at 2: this version reads rows without one, older ones ignore the field.)
 FORMAT_VERSION = 2
 # Config fields that may change between a run and its resumption (they do not change results
 # beyond float noise from another batch shape).
@@ -44,9 +49,13 @@ RESULTS_FILE = "generations.jsonl"
 SUMMARY_FILE = "summary.csv"
 # What identifies a row's results besides its key: compared row by row on resume.
 ROW_IDENTITY = ("prompt_id", "cell_key", "sample", "seed", "settings")
+# Left out of a row's digest: its identity (an edit there is another run's row: refused by check_rows,
+# not redone), the machine's timings (they differ between runs of the same row) and the digest itself.
+UNDIGESTED = ("key", *ROW_IDENTITY, "timing", "digest")
 
 
-__all__ = ["ConfigMismatchError", "LockedError", "ResultsFile", "Workdir", "load", "provenance"]
+__all__ = ["ConfigMismatchError", "LockedError", "ResultsFile", "Workdir", "load", "provenance", "row_digest",
+           "row_problem"]
 
 
 def _comparable(record: Mapping) -> dict:
@@ -76,6 +85,15 @@ def _shrunk(old: Mapping, new: Mapping) -> list[str]:
       out.append(f"sweep.{name}: {list(was)!r} -> {list(now)!r} (values {lost!r} are missing; a sweep may add "
                  f"values to an axis, not drop them)")
   return out
+
+
+def _check_stored(config: Mapping) -> None:
+  """The stored config passes a new config's checks (a damaged or hand-edited config.json is refused
+  naming the field, before the resume reads its grid, samples or date)."""
+  for name in ("sweep", "prompts", "stats"):  # (validate_config looks into these)
+    if not isinstance(config.get(name, {}), Mapping):
+      raise ValueError(f"{name}: expected an object, got {json.dumps(config[name])[:60]}")
+  validate_config(config)
 
 
 # --------------------------------------------------------------------------------------------
@@ -133,7 +151,7 @@ class Workdir:
   def __init__(self, path: str):
     self.path = path
     self.config_path = os.path.join(path, CONFIG_FILE)
-    self.results = ResultsFile(os.path.join(path, RESULTS_FILE))
+    self.results = ResultsFile(os.path.join(path, RESULTS_FILE), checked=True)
     self.results.after_append = self.store_pending
     self._lock = DirectoryLock(path)
     self._pending: dict | None = None  # a grown record, stored after its first rows
@@ -148,7 +166,7 @@ class Workdir:
   def _read_record(self) -> dict | None:
     """The stored record; None when there is none. Refuses an unreadable one, and rows without one."""
     results = f"{self.results.path} has rows" if self.results.has_rows() else None
-    return workdir_config.read_record(self.path, results=results)
+    return workdir_config.read_record(self.path, results=results, check=_check_stored)
 
   def open(self, config: Mapping, prompts_sha256: str) -> dict:
     """Checks ``config`` against the stored one (or stores it).
@@ -203,27 +221,94 @@ class Workdir:
 # --------------------------------------------------------------------------------------------
 # The results file
 # --------------------------------------------------------------------------------------------
+def _is_count(v) -> bool:
+  return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _is_number(v) -> bool:
+  return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+_STR = ("a string", lambda v: isinstance(v, str))
+_COUNT = ("an integer >= 0", _is_count)
+_NUMBER = ("a number", _is_number)
+# A sweep row's fields, each with what it must be (what the resume and the summary read them as). Every
+# row of this format version has these (execute._row writes them); other fields are kept as they are.
+ROW_FIELDS = {
+    "key": _STR, "prompt_id": _STR, "cell": _COUNT, "cell_key": _STR, "sample": _COUNT, "seed": _COUNT,
+    "settings": ("an object", lambda v: isinstance(v, dict)), "prompt": _STR, "kind": _STR, "text": _STR,
+    "thinking": _STR, "answer": _STR, "num_tokens": _COUNT, "thinking_tokens": _COUNT,
+    "closed_think": ("true or false", lambda v: isinstance(v, bool)), "stop_reason": _STR, "prompt_tokens": _COUNT,
+    "token_ids": ("a list of token ids", lambda v: isinstance(v, list) and all(map(_is_count, v))),
+    "timing": ("an object of numbers", lambda v: isinstance(v, dict) and all(map(_is_number, v.values()))),
+    "correct": ("true, false or null", lambda v: v is None or isinstance(v, bool)),
+    "extracted": ("a number or null", lambda v: v is None or _is_number(v)),
+}
+# Fields only some rows have (beam cells, record_logprobs, rows of this version on): checked when present.
+OPTIONAL_ROW_FIELDS = {
+    "beam_score": _NUMBER, "mean_logprob": _NUMBER, "mean_entropy": _NUMBER,
+    "logprobs": ("an object of number lists", lambda v: isinstance(v, dict) and all(
+        isinstance(x, list) and all(map(_is_number, x)) for x in v.values())),
+    "digest": ("a sha256 hex digest", lambda v: isinstance(v, str) and len(v) == 64),
+}
+
+
+def row_digest(row: Mapping) -> str:
+  """sha256 of a canonical JSON of a row's results (every field but :data:`UNDIGESTED`): written with each
+  row, compared on load, so a row edited by hand is found (and redone) instead of entering the summary."""
+  fields = {k: v for k, v in row.items() if k not in UNDIGESTED}
+  # (through JSON first: a row about to be written and the same row read back give the same text)
+  text = json.dumps(json.loads(json.dumps(fields)), sort_keys=True, separators=(",", ":"))
+  return hashlib.sha256(text.encode()).hexdigest()
+
+
+def row_problem(row: Any) -> str | None:
+  """Why a parsed line of ``generations.jsonl`` is no sweep row (None when it is one): not an object, a field
+  missing or of the wrong type (:data:`ROW_FIELDS`), or results that do not match their digest."""
+  if not isinstance(row, dict):
+    return f"a JSON {type(row).__name__}, not an object"
+  for name, (what, ok) in ROW_FIELDS.items():
+    if name not in row:
+      return f"no {name!r}"
+    if not ok(row[name]):
+      return f"{name!r} is {json.dumps(row[name])[:40]}, not {what}"
+  for name, (what, ok) in OPTIONAL_ROW_FIELDS.items():
+    if name in row and not ok(row[name]):
+      return f"{name!r} is {json.dumps(row[name])[:40]}, not {what}"
+  if "digest" in row and row["digest"] != row_digest(row):
+    return "its results do not match its digest (edited after it was written)"
+  return None
+
+
 class ResultsFile:
   """Append-only JSONL of finished rows, made durable batch by batch.
 
   A run killed mid-write leaves at most one torn (newline-less) last line: ``load`` drops it
-  (truncating the file so later appends start on a fresh line). A complete line that does not parse
-  is never skipped in silence: ``load`` lists them in ``corrupt`` (1-based line numbers) and the
-  caller reports them (their rows are redone).
+  (truncating the file so later appends start on a fresh line). A complete line that is no row is
+  never skipped in silence: ``load`` lists them in ``corrupt`` (1-based line numbers; ``problems``: why,
+  by line) and the caller reports them (their rows are redone).
+
+  ``checked=True`` (a sweep's ``generations.jsonl``): ``append`` writes each row with its
+  :func:`row_digest`, and a line is a row only if :func:`row_problem` finds nothing (every field of the
+  right type, the digest matching); rows without a digest (older versions) are accepted and counted in
+  ``undigested``. Else any JSON object with a ``key`` is a row.
   """
 
-  def __init__(self, path: str):
+  def __init__(self, path: str, *, checked: bool = False):
     self.path = path
+    self.checked = checked
     self.corrupt: list[int] = []
+    self.problems: dict[int, str] = {}
+    self.undigested = 0
     self.after_append: Callable[[], None] | None = None  # called once each append is durable
 
   def has_rows(self) -> bool:
     return os.path.exists(self.path) and os.path.getsize(self.path) > 0
 
   def load(self, repair: bool = True) -> dict[str, dict]:
-    """Finished rows by key (the first line of a key wins). ``repair=False``: read only (a torn last
-    line is skipped, not cut off; for readers of a sweep that may still be running)."""
-    self.corrupt = []
+    """Finished rows by key (the first row of a key wins; corrupt lines do not count). ``repair=False``:
+    read only (a torn last line is skipped, not cut off; for readers of a sweep that may still be running)."""
+    self.corrupt, self.problems, self.undigested = [], {}, 0
     if not os.path.exists(self.path):
       return {}
     with open(self.path, "rb") as f:
@@ -241,14 +326,25 @@ class ResultsFile:
       try:
         row = json.loads(line)
       except (json.JSONDecodeError, UnicodeDecodeError):
-        row = None
-      if not isinstance(row, dict) or "key" not in row:
         self.corrupt.append(lineno)
+        self.problems[lineno] = "not JSON"
         continue
+      if self.checked:
+        problem = row_problem(row)
+      else:
+        problem = None if isinstance(row, dict) and "key" in row else "not an object with a 'key'"
+      if problem is not None:
+        self.corrupt.append(lineno)
+        self.problems[lineno] = problem
+        continue
+      if self.checked and row["key"] not in rows and "digest" not in row:
+        self.undigested += 1
       rows.setdefault(row["key"], row)
     return rows
 
   def append(self, rows: Iterable[Mapping]) -> None:
+    if self.checked:
+      rows = [dict(r, digest=row_digest(r)) for r in rows]
     blob = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode()
     with open(self.path, "ab") as f:
       f.write(blob)
@@ -285,14 +381,15 @@ def load(workdir: str):
   generation; ``settings`` flattened into one column per setting, ``timing`` into ``timing.<field>``;
   the thinking text is ``thinking_text``, ``thinking`` the switch)
   and ``summary.csv`` (one row per cell). Reads only: a sweep still running is not disturbed (a torn
-  last line or a corrupt line is skipped). Needs pandas (the ``eval`` extra)."""
+  last line or a corrupt line, as :class:`ResultsFile` finds them, is skipped). Needs pandas (the
+  ``eval`` extra)."""
   with needs("eval", "sweep.load"):
     import pandas as pd
 
   summary_path = os.path.join(workdir, SUMMARY_FILE)
   if not os.path.isfile(summary_path):
     raise FileNotFoundError(f"{summary_path}: no summary (run or resume the sweep in {workdir!r} to write it)")
-  records = list(ResultsFile(os.path.join(workdir, RESULTS_FILE)).load(repair=False).values())
+  records = list(ResultsFile(os.path.join(workdir, RESULTS_FILE), checked=True).load(repair=False).values())
   rows = pd.json_normalize(records, sep=".") if records else pd.DataFrame()
   settings = {c: c.split(".", 1)[1] for c in rows.columns if c.startswith("settings.")}
   # A row field named like a setting (the thinking text vs the thinking switch) becomes <name>_text.

@@ -13,7 +13,9 @@ Workdir layout (``run(config, workdir)``; ``experiments/finetune.py`` is its com
 
 A run killed at any moment resumes from its last saved checkpoint with the same config: the data
 order is a function of (seed, step) (:mod:`smollm3_jax.training.data`), so the resumed run reaches
-the parameters of an uninterrupted one.
+the parameters of an uninterrupted one, and ``metrics.jsonl`` holds each line once (those past the
+checkpoint are dropped and logged again). A committed checkpoint that cannot be restored (files cut or
+deleted) is refused naming its step and directory, never passed over in silence.
 
 Imports the trainer, the data, the loaders and the file helpers.
 """
@@ -25,6 +27,7 @@ import json
 import logging
 import math
 import os
+import sys
 import time
 from typing import Mapping
 
@@ -124,7 +127,8 @@ def _check_resume(workdir: str, plain: dict) -> dict:
 
 
 def _metrics_lines(workdir: str, keep_until: int) -> None:
-  """Drops metric lines past ``keep_until`` (a resumed run logs those steps again)."""
+  """Drops metric lines past step ``keep_until`` (a resumed run logs those steps again; -1: every line, for
+  a run that starts over, its baseline evaluation at step 0 included)."""
   path = os.path.join(workdir, METRICS_NAME)
   if not os.path.isfile(path):
     return
@@ -142,6 +146,40 @@ def _metrics_lines(workdir: str, keep_until: int) -> None:
 def _append_metrics(workdir: str, record: dict) -> None:
   with open(os.path.join(workdir, METRICS_NAME), "a", encoding="utf-8") as f:
     f.write(json.dumps(record) + "\n")
+
+
+def _closed_loop_filter(previous):
+  """``sys.unraisablehook`` less the "Event loop is closed" RuntimeErrors of a failed Orbax restore: TensorStore
+  reads still in flight when the first one failed finish after Orbax's event loop closed, and their callbacks'
+  errors would print a traceback each on stderr (even after the restore returned). Others go to ``previous``."""
+  if getattr(previous, "closed_loop_filter", False):
+    return previous
+
+  def hook(unraisable):
+    if not (unraisable.exc_type is RuntimeError and str(unraisable.exc_value) == "Event loop is closed"):
+      previous(unraisable)
+  hook.closed_loop_filter = True
+  return hook
+
+
+def _restore(mngr, step: int, args, workdir: str):
+  """(params, opt_state) of checkpoint ``step``; a damaged one (array files cut, its state deleted: Orbax's
+  KeyError or pages of TensorStore error) is a short ValueError naming the step and its directory."""
+  previous = sys.unraisablehook
+  sys.unraisablehook = _closed_loop_filter(previous)
+  try:
+    restored = mngr.restore(step, args=args)
+  except Exception as e:  # noqa: BLE001  (whatever the storage layer raises for a damaged file)
+    mngr.close()  # (the filter stays: the reads in flight end later)
+    directory = os.path.join(workdir, CHECKPOINTS_DIR, str(step))
+    detail = str(e).split("\n", 1)[0][:300]
+    # No fall-back to an older step: a checkpoint is committed atomically, so damage is the disk's or a
+    # hand's, which the user should hear of; deleting the step is the one-line way to fall back.
+    raise ValueError(f"{directory}: checkpoint step {step} is damaged and cannot be restored ({type(e).__name__}: "
+                     f"{detail}). Delete {directory} to resume from the checkpoint before it (or from the start), "
+                     "or use a new --workdir.") from None
+  sys.unraisablehook = previous
+  return restored["state"]["params"], restored["state"]["opt_state"]
 
 
 def _checkpoint_manager(workdir: str, keep: int):
@@ -215,14 +253,13 @@ def _run(c: dict, workdir: str, date: str, stop_after: int | None, tqdm) -> Outc
   mngr = _checkpoint_manager(workdir, c["keep_checkpoints"])
   start = mngr.latest_step()
   if start is not None:
-    restored = mngr.restore(start, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(trainer.abstract_state()), meta=ocp.args.JsonRestore()))
-    params, opt_state = restored["state"]["params"], restored["state"]["opt_state"]
+    params, opt_state = _restore(mngr, start, ocp.args.Composite(
+        state=ocp.args.StandardRestore(trainer.abstract_state()), meta=ocp.args.JsonRestore()), workdir)
     _metrics_lines(workdir, start)
   else:
     params = trainer.params(model)
     opt_state = trainer.init_opt_state(params)
-    _metrics_lines(workdir, 0)
+    _metrics_lines(workdir, -1)  # no checkpoint: everything runs again, the step-0 baseline too
   del model
   step = start or 0
 
@@ -282,9 +319,11 @@ def _run(c: dict, workdir: str, date: str, stop_after: int | None, tqdm) -> Outc
   export = None
   if step == total:
     if start != total:  # (a run that had already finished only exports again)
+      # The last evaluation before the last checkpoint: a run killed between them resumes before the end
+      # and logs it then (after the checkpoint, a resume would find the run finished, its line missing).
+      eval_losses.append((total, run_eval(total)))
       if mngr.latest_step() != total:
         save(total)
-      eval_losses.append((total, run_eval(total)))
     if c["export"]:
       export = orbax_ckpt.save(os.path.join(workdir, EXPORT_DIR), trainer.model(params), tokenizer=tokenizer,
                                source=f"fine-tuned from {c['model']['checkpoint'] or 'a random model'}",

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 CONFIG_FILE = "config.json"
 MISSING = "<missing>"  # the value shown for a field one of the two configs lacks
@@ -36,12 +36,14 @@ def to_plain(config) -> dict:
 
 
 def read_record(workdir: str, *, results: str | None, section: str | None = "config",
-                name: str = CONFIG_FILE) -> dict | None:
+                name: str = CONFIG_FILE, check: Callable[[dict], None] | None = None) -> dict | None:
   """The JSON object stored in ``<workdir>/<name>``, or None when there is none.
 
   ConfigMismatchError when the file is unreadable (not JSON, not an object, or its ``section`` not an
   object), or when it is missing while the workdir holds results: ``results`` says what they are
-  (e.g. ``"out/x/generations.jsonl has rows"``; None = the workdir holds none)."""
+  (e.g. ``"out/x/generations.jsonl has rows"``; None = the workdir holds none). ``check``: the caller's
+  check of the stored ``section`` (the record without one), e.g. its config's own validation; its
+  ValueError or TypeError naming a field is a ConfigMismatchError naming the file and that field."""
   path = os.path.join(workdir, name)
   if not os.path.exists(path):
     if results:
@@ -53,10 +55,17 @@ def read_record(workdir: str, *, results: str | None, section: str | None = "con
       record = json.load(f)
     if not isinstance(record, dict) or (section is not None and not isinstance(record.get(section), dict)):
       raise ValueError(f"not a record with a {section!r} object" if section else "not a JSON object")
-    return record
   except (OSError, ValueError) as e:  # (json.JSONDecodeError and UnicodeDecodeError are ValueErrors)
     raise ConfigMismatchError(f"{path} is unreadable ({e}); the results in this workdir cannot be matched to a "
                               f"config. Use a new --workdir, or delete {workdir!r} to start over.") from None
+  if check is not None:
+    try:
+      check(record[section] if section is not None else record)
+    except (TypeError, ValueError) as e:  # a damaged or hand-edited field: never a crash further on
+      where = f"its stored {section!r}" if section is not None else "it"
+      raise ConfigMismatchError(f"{path} is damaged: {where} fails the config check ({e}). Restore the field, use a "
+                                f"new --workdir, or delete {workdir!r} to start over.") from None
+  return record
 
 
 def _without(config: Any, fields: Iterable[str]) -> Any:
