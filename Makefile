@@ -50,14 +50,14 @@ demo: $(VENV)/.demo-installed
 # tests compile or run small programs on one core, so two files at a time use both of CI's cores.
 TEST_WORKERS ?= 2
 
-test: install lint docs
+test: install lint format-check docs
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
-# Errors only (pyproject.toml's [tool.ruff]: E4, E7, E9, F).
+# Errors and import order (pyproject.toml's [tool.ruff]: E4, E7, E9, F, I).
 lint: install
 	$(PY) -m ruff check $(LINT_PATHS)
 
-# The formatter's verdict, apart from make test (the code is not ruff-formatted yet).
+# The formatter's verdict (ruff format, pyproject.toml's [tool.ruff.format]); `ruff format` fixes it.
 format-check: install
 	$(PY) -m ruff format --check $(LINT_PATHS)
 

@@ -28,13 +28,22 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import probes  # noqa: E402  (experiments/probes.py, beside this script)
 from benchmarks import accelerator, baseline, common, continuous, startup, throughput  # noqa: E402
 from benchmarks.common import FLAGS  # noqa: E402
+
 from smollm3_jax import cli  # noqa: E402
 
-flags.DEFINE_enum("quantize", "none", ["none", "int8"], "Ours only: 'int8' quantizes our weights after "
-                  "loading (smollm3_jax.nn.quantize); transformers keeps --dtype weights.")
-flags.DEFINE_string("quality_text", os.path.join(common.ROOT, "data", "eval", "quality.txt"),
-                    "With --quantize: a text scored teacher-forced by the model before and after quantizing "
-                    "(top-1 agreement, KL, perplexities).")
+flags.DEFINE_enum(
+  "quantize",
+  "none",
+  ["none", "int8"],
+  "Ours only: 'int8' quantizes our weights after "
+  "loading (smollm3_jax.nn.quantize); transformers keeps --dtype weights.",
+)
+flags.DEFINE_string(
+  "quality_text",
+  os.path.join(common.ROOT, "data", "eval", "quality.txt"),
+  "With --quantize: a text scored teacher-forced by the model before and after quantizing "
+  "(top-1 agreement, KL, perplexities).",
+)
 flags.DEFINE_enum("compare", "none", ["none", "transformers"], "Also run transformers generate on the same weights.")
 flags.DEFINE_float("bandwidth_gbps", 0.0, "Device memory bandwidth for the roofline; 0 = measure it.")
 flags.DEFINE_integer("torch_threads", 0, "torch.set_num_threads for transformers (0 = torch's default).")
@@ -62,12 +71,14 @@ def _load(report: dict):
   theirs = None
   if FLAGS.compare == "transformers":
     import torch
+
     if FLAGS.torch_threads:
       torch.set_num_threads(FLAGS.torch_threads)
     theirs = common.Theirs(common.hf_model_from(model, FLAGS.dtype), model.config.pad_token_id or 0)
     report["torch_threads"] = torch.get_num_threads()
   if FLAGS.quantize != "none":
     from smollm3_jax.nn import quantize
+
     score = common.quality_scorer(model, tokenizer, FLAGS.quality_text)
     t0 = time.time()
     quantize.apply(model, FLAGS.quantize)
@@ -75,8 +86,11 @@ def _load(report: dict):
     desc += f", {FLAGS.quantize} weights"
     if score is not None:
       report["quality"] = score()
-      print("quality vs unquantized (teacher-forced on --quality_text): " + ", ".join(
-          f"{k} {v:.4g}" for k, v in report["quality"].items()), flush=True)
+      print(
+        "quality vs unquantized (teacher-forced on --quality_text): "
+        + ", ".join(f"{k} {v:.4g}" for k, v in report["quality"].items()),
+        flush=True,
+      )
   print(f"model: {desc}, {FLAGS.dtype}; device {report['device']}", flush=True)
   return model, tokenizer, common.Ours(model, tokenizer), theirs
 
@@ -91,10 +105,17 @@ def main(argv):
     return startup.child(_T_START)
 
   import jax
+
   from smollm3_jax.utils import runtime
 
-  report = dict(checkpoint=FLAGS.checkpoint, dtype=FLAGS.dtype, quantize=FLAGS.quantize,
-                device=str(jax.devices()[0]), backend=jax.default_backend(), argv=sys.argv[1:])
+  report = dict(
+    checkpoint=FLAGS.checkpoint,
+    dtype=FLAGS.dtype,
+    quantize=FLAGS.quantize,
+    device=str(jax.devices()[0]),
+    backend=jax.default_backend(),
+    argv=sys.argv[1:],
+  )
   if FLAGS.startup:
     report["startup"] = startup.run()
     _write(report)
@@ -107,8 +128,11 @@ def main(argv):
     probe = probes.measure_bandwidth()
     report["bandwidth_probe"] = probe
     bw = probe["gbps"]
-    print(f"bandwidth probe: sum {probe['sum_gbps']:.1f} GB/s, gemv {probe['gemv_gbps']:.1f} GB/s "
-          f"-> roofline {bw:.1f} GB/s", flush=True)
+    print(
+      f"bandwidth probe: sum {probe['sum_gbps']:.1f} GB/s, gemv {probe['gemv_gbps']:.1f} GB/s "
+      f"-> roofline {bw:.1f} GB/s",
+      flush=True,
+    )
   report["bandwidth_gbps"] = bw
 
   model, tokenizer, ours, theirs = _load(report)
@@ -122,14 +146,18 @@ def main(argv):
     rows = throughput.flag_rows(ours, theirs, model, tokenizer, bw)
     if FLAGS.continuous:
       rows += continuous.flag_rows(model, tokenizer)
-  report.update(rows=rows, peak_device_memory_bytes=probes.peak_memory_bytes(),
-                host_peak_rss_bytes=probes.host_peak_rss_bytes())
+  report.update(
+    rows=rows, peak_device_memory_bytes=probes.peak_memory_bytes(), host_peak_rss_bytes=probes.host_peak_rss_bytes()
+  )
   print()
   print(common.format_table(rows, bw, ROW_NAMES))
   mem = report["peak_device_memory_bytes"]
-  print(f"peak device memory: {mem / 2**20:.0f} MiB" if mem else
-        f"peak device memory: not reported by the backend (process peak RSS "
-        f"{(report['host_peak_rss_bytes'] or 0) / 2**20:.0f} MiB)")
+  print(
+    f"peak device memory: {mem / 2**20:.0f} MiB"
+    if mem
+    else f"peak device memory: not reported by the backend (process peak RSS "
+    f"{(report['host_peak_rss_bytes'] or 0) / 2**20:.0f} MiB)"
+  )
   if FLAGS.checkpoint == "demo":
     text = targets_text(rows, FLAGS.quantize, FLAGS.dtype)
     if text:
@@ -140,6 +168,7 @@ def main(argv):
 def _write(report):
   if FLAGS.output_json:
     from smollm3_jax.utils.files import atomic_write
+
     atomic_write(FLAGS.output_json, json.dumps(report, indent=2, default=str))
     print(f"wrote {FLAGS.output_json}")
 

@@ -26,8 +26,15 @@ flags.DEFINE_bool("tokenizer", True, "Also save the tokenizer files.")
 flags.DEFINE_bool("verify", True, "Restore the result and check it equals the converted parameters.")
 
 
-def convert(checkpoint: str, output: str, *, dtype: str = "bfloat16", overwrite: bool = False,
-            tokenizer: bool = True, verify: bool = True) -> dict:
+def convert(
+  checkpoint: str,
+  output: str,
+  *,
+  dtype: str = "bfloat16",
+  overwrite: bool = False,
+  tokenizer: bool = True,
+  verify: bool = True,
+) -> dict:
   """The package's conversion, with the checkpoint's own tokenizer saved when ``tokenizer``."""
   import smollm3_jax
   from smollm3_jax.checkpoints.convert import convert as convert_checkpoint
@@ -41,11 +48,19 @@ def main(argv):
   if not FLAGS.output:
     raise app.UsageError("--output is required")
   logging.set_verbosity(logging.WARNING)  # Orbax logs every step at INFO
-  stats = convert(FLAGS.checkpoint, FLAGS.output, dtype=FLAGS.dtype, overwrite=FLAGS.overwrite,
-                  tokenizer=FLAGS.tokenizer, verify=FLAGS.verify)
-  print(f"wrote {stats['output']} ({stats['bytes'] / 2**20:.1f} MiB): read {stats['load_seconds']:.1f}s, "
-        f"save {stats['save_seconds']:.1f}s" +
-        (f", verified restore {stats['restore_seconds']:.1f}s" if "restore_seconds" in stats else ""))
+  stats = convert(
+    FLAGS.checkpoint,
+    FLAGS.output,
+    dtype=FLAGS.dtype,
+    overwrite=FLAGS.overwrite,
+    tokenizer=FLAGS.tokenizer,
+    verify=FLAGS.verify,
+  )
+  print(
+    f"wrote {stats['output']} ({stats['bytes'] / 2**20:.1f} MiB): read {stats['load_seconds']:.1f}s, "
+    f"save {stats['save_seconds']:.1f}s"
+    + (f", verified restore {stats['restore_seconds']:.1f}s" if "restore_seconds" in stats else "")
+  )
 
 
 if __name__ == "__main__":

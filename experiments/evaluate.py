@@ -26,14 +26,21 @@ flags.DEFINE_string("checkpoint", "demo", "'demo', a local HF dir, a .gguf file,
 flags.DEFINE_list("tasks", None, "lm-eval task (or group) names, comma-separated.")
 flags.DEFINE_multi_string("include_path", [], "Directories of extra task YAML files (repeatable).")
 flags.DEFINE_string("workdir", None, "Where results, per-sample logs and summary.csv go.")
-flags.DEFINE_multi_string("grid", [], "An axis, name=v1,v2,... (repeatable; every combination is a cell): a "
-                          "gen_kwargs key (temperature, top_p, top_k, min_p, repetition_penalty, do_sample, "
-                          "max_gen_toks, or another sampling setting of the engine: typical_p, epsilon_cutoff, "
-                          "eta_cutoff, no_repeat_ngram_size, min_new_tokens, frequency_penalty, presence_penalty), "
-                          "thinking (the chat template's enable_thinking) or seed.")
+flags.DEFINE_multi_string(
+  "grid",
+  [],
+  "An axis, name=v1,v2,... (repeatable; every combination is a cell): a "
+  "gen_kwargs key (temperature, top_p, top_k, min_p, repetition_penalty, do_sample, "
+  "max_gen_toks, or another sampling setting of the engine: typical_p, epsilon_cutoff, "
+  "eta_cutoff, no_repeat_ngram_size, min_new_tokens, frequency_penalty, presence_penalty), "
+  "thinking (the chat template's enable_thinking) or seed.",
+)
 flags.DEFINE_string("gen_kwargs", "", "gen_kwargs of every cell, lm-eval's form: 'max_gen_toks=1024,top_p=0.95'.")
-flags.DEFINE_bool("thinking", None, "The chat template's enable_thinking when no thinking axis is given "
-                  "(unset: the template's default).")
+flags.DEFINE_bool(
+  "thinking",
+  None,
+  "The chat template's enable_thinking when no thinking axis is given (unset: the template's default).",
+)
 flags.DEFINE_string("think_end_token", None, "Answers are the text after it (default '</think>' with thinking on).")
 flags.DEFINE_bool("apply_chat_template", False, "Render prompts with the chat template (instruct models).")
 flags.DEFINE_bool("fewshot_as_multiturn", False, "With --apply_chat_template: few-shot examples as chat turns.")
@@ -42,8 +49,13 @@ flags.DEFINE_integer("num_fewshot", None, "Few-shot examples (unset: each task's
 flags.DEFINE_float("limit", None, "Documents per task (a count, or a fraction when < 1).", lower_bound=0)
 flags.DEFINE_integer("batch_size", 8, "Rows per compiled call.", lower_bound=1)
 flags.DEFINE_integer("max_length", None, "Context in tokens (unset: the model's).", lower_bound=2)
-flags.DEFINE_integer("seed", 0, "Seed of lm-eval's shuffles and few-shot draws, and of the sampled rows "
-                     "(unless a seed axis is given).", lower_bound=0, upper_bound=2**32 - 1)
+flags.DEFINE_integer(
+  "seed",
+  0,
+  "Seed of lm-eval's shuffles and few-shot draws, and of the sampled rows (unless a seed axis is given).",
+  lower_bound=0,
+  upper_bound=2**32 - 1,
+)
 flags.DEFINE_bool("progress", True, "Progress bars.")
 cli.define_date_flag()
 cli.define_dtype_flag()
@@ -55,6 +67,7 @@ flags.mark_flags_as_required(["tasks", "workdir"])
 
 def _check_grid(specs) -> bool:
   from smollm3_jax.evaluation import grid as evaluation
+
   try:
     evaluation.parse_grid(specs)
   except ValueError as e:
@@ -66,6 +79,7 @@ def _check_gen_kwargs(value) -> bool:
   from lm_eval.utils import simple_parse_args_string
 
   from smollm3_jax.evaluation import grid as evaluation
+
   try:
     given = simple_parse_args_string(value)
   except Exception:  # noqa: BLE001  (lm-eval's parser raises plain errors on malformed strings)
@@ -95,8 +109,8 @@ def main(argv):
   from lm_eval.utils import simple_parse_args_string
 
   from smollm3_jax.evaluation import grid as evaluation
-  from smollm3_jax.loading import load_model_and_tokenizer
   from smollm3_jax.evaluation.lm_eval_model import SmolLM3JaxLM
+  from smollm3_jax.loading import load_model_and_tokenizer
 
   grid = evaluation.parse_grid(FLAGS.grid)
   gen_kwargs = simple_parse_args_string(FLAGS.gen_kwargs)
@@ -110,30 +124,66 @@ def main(argv):
   limit = FLAGS.limit
   if limit is not None and limit >= 1:
     limit = int(limit)
-  config = dict(checkpoint=FLAGS.checkpoint, dtype=FLAGS.dtype, quantize=FLAGS.quantize, thinking=FLAGS.thinking,
-                think_end_token=FLAGS.think_end_token, apply_chat_template=FLAGS.apply_chat_template,
-                fewshot_as_multiturn=FLAGS.fewshot_as_multiturn, system_instruction=FLAGS.system_instruction,
-                num_fewshot=FLAGS.num_fewshot, limit=limit, max_length=FLAGS.max_length, seed=FLAGS.seed,
-                date=FLAGS.date)
+  config = dict(
+    checkpoint=FLAGS.checkpoint,
+    dtype=FLAGS.dtype,
+    quantize=FLAGS.quantize,
+    thinking=FLAGS.thinking,
+    think_end_token=FLAGS.think_end_token,
+    apply_chat_template=FLAGS.apply_chat_template,
+    fewshot_as_multiturn=FLAGS.fewshot_as_multiturn,
+    system_instruction=FLAGS.system_instruction,
+    num_fewshot=FLAGS.num_fewshot,
+    limit=limit,
+    max_length=FLAGS.max_length,
+    seed=FLAGS.seed,
+    date=FLAGS.date,
+  )
   model, tokenizer = load_model_and_tokenizer(
-      {"checkpoint": FLAGS.checkpoint, "dtype": FLAGS.dtype, "quantize": FLAGS.quantize}, FLAGS.mesh)
+    {"checkpoint": FLAGS.checkpoint, "dtype": FLAGS.dtype, "quantize": FLAGS.quantize}, FLAGS.mesh
+  )
 
   def make_lm(cell):
-    return SmolLM3JaxLM(model=model, tokenizer=tokenizer, batch_size=FLAGS.batch_size, max_length=FLAGS.max_length,
-                        enable_thinking=cell.get("thinking", FLAGS.thinking), think_end_token=FLAGS.think_end_token,
-                        date=FLAGS.date, seed=cell.get("seed", FLAGS.seed), progress=FLAGS.progress)
+    return SmolLM3JaxLM(
+      model=model,
+      tokenizer=tokenizer,
+      batch_size=FLAGS.batch_size,
+      max_length=FLAGS.max_length,
+      enable_thinking=cell.get("thinking", FLAGS.thinking),
+      think_end_token=FLAGS.think_end_token,
+      date=FLAGS.date,
+      seed=cell.get("seed", FLAGS.seed),
+      progress=FLAGS.progress,
+    )
 
   seed = FLAGS.seed
-  evaluate_kwargs = dict(task_manager=task_manager, num_fewshot=FLAGS.num_fewshot, limit=limit,
-                         apply_chat_template=FLAGS.apply_chat_template, fewshot_as_multiturn=FLAGS.fewshot_as_multiturn,
-                         system_instruction=FLAGS.system_instruction, random_seed=seed, numpy_random_seed=seed,
-                         torch_random_seed=seed, fewshot_random_seed=seed)
-  out = evaluation.run_grid(make_lm, workdir=FLAGS.workdir, tasks=FLAGS.tasks, grid=grid, config=config,
-                            gen_kwargs=gen_kwargs, evaluate_kwargs=evaluate_kwargs)
+  evaluate_kwargs = dict(
+    task_manager=task_manager,
+    num_fewshot=FLAGS.num_fewshot,
+    limit=limit,
+    apply_chat_template=FLAGS.apply_chat_template,
+    fewshot_as_multiturn=FLAGS.fewshot_as_multiturn,
+    system_instruction=FLAGS.system_instruction,
+    random_seed=seed,
+    numpy_random_seed=seed,
+    torch_random_seed=seed,
+    fewshot_random_seed=seed,
+  )
+  out = evaluation.run_grid(
+    make_lm,
+    workdir=FLAGS.workdir,
+    tasks=FLAGS.tasks,
+    grid=grid,
+    config=config,
+    gen_kwargs=gen_kwargs,
+    evaluate_kwargs=evaluate_kwargs,
+  )
   with open(out["summary"], encoding="utf-8") as f:
     print(f.read())
-  print(f"ran {len(out['ran'])} cell(s), {len(out['skipped'])} done before; results and per-sample logs in "
-        f"{os.path.join(FLAGS.workdir, 'cells')}, summary in {out['summary']}")
+  print(
+    f"ran {len(out['ran'])} cell(s), {len(out['skipped'])} done before; results and per-sample logs in "
+    f"{os.path.join(FLAGS.workdir, 'cells')}, summary in {out['summary']}"
+  )
 
 
 if __name__ == "__main__":

@@ -21,11 +21,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from smollm3_jax import cli  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Fine-tuning config file, e.g. configs/finetune.py:demo (argument: model preset).",
-    lock_config=True)
+  "config", None, "Fine-tuning config file, e.g. configs/finetune.py:demo (argument: model preset).", lock_config=True
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (created; reused to resume).")
-_STOP_AFTER = flags.DEFINE_integer("stop_after", None, "Leave after this many steps of this run "
-                                   "(no extra checkpoint: stands for a kill).", lower_bound=1)
+_STOP_AFTER = flags.DEFINE_integer(
+  "stop_after", None, "Leave after this many steps of this run (no extra checkpoint: stands for a kill).", lower_bound=1
+)
 cli.define_compilation_cache_flag()
 flags.mark_flags_as_required(["config", "workdir"])
 
@@ -58,8 +59,10 @@ def main(argv):
   if out.export:
     print(f"export: {out.export}")
     preset = _CONFIG.value.model.get("name", "demo")
-    print(f"sweep it: python experiments/sweep.py --config=configs/sweep.py:{preset} "
-          f"--workdir=<dir> --config.model.checkpoint={out.export}")
+    print(
+      f"sweep it: python experiments/sweep.py --config=configs/sweep.py:{preset} "
+      f"--workdir=<dir> --config.model.checkpoint={out.export}"
+    )
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Measurement probes used by the benchmark only: memory bandwidth, peak memory, bytes of a pytree.
 
-    import probes                               # from experiments/ (the benchmark's directory)
-    gbps = probes.measure_bandwidth()["gbps"]   # device memory bandwidth, GB/s (for rooflines)
+import probes                               # from experiments/ (the benchmark's directory)
+gbps = probes.measure_bandwidth()["gbps"]   # device memory bandwidth, GB/s (for rooflines)
 """
 
 from __future__ import annotations
@@ -43,8 +43,7 @@ def measure_bandwidth(nbytes: int | None = None, *, repeats: int = 10, device=No
   size = x.size * 4
   sum_s = _time_best(jax.jit(jnp.sum), (x,), repeats)
   gemv_s = _time_best(jax.jit(lambda a, b: a @ b), (x, v), repeats)
-  out = dict(sum_gbps=size / sum_s / 1e9, gemv_gbps=size / gemv_s / 1e9, nbytes=int(size),
-             device=str(device))
+  out = dict(sum_gbps=size / sum_s / 1e9, gemv_gbps=size / gemv_s / 1e9, nbytes=int(size), device=str(device))
   out["gbps"] = max(out["sum_gbps"], out["gemv_gbps"])
   del x, v
   return out
@@ -69,14 +68,21 @@ def host_peak_rss_bytes() -> int | None:
   """Peak resident memory of this process (the CPU backend's memory), where the OS reports it."""
   try:
     import resource
+
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
   except Exception:  # pragma: no cover - non-POSIX
     return None
   import sys
+
   return int(rss if sys.platform == "darwin" else rss * 1024)
 
 
 def tree_nbytes(tree) -> int:
   """Total bytes of the array leaves of a pytree."""
-  return int(sum(np.prod(x.shape) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree)
-                 if hasattr(x, "shape") and hasattr(x, "dtype")))
+  return int(
+    sum(
+      np.prod(x.shape) * np.dtype(x.dtype).itemsize
+      for x in jax.tree.leaves(tree)
+      if hasattr(x, "shape") and hasattr(x, "dtype")
+    )
+  )

@@ -30,11 +30,18 @@ flags.DEFINE_string("input", None, "JSONL file of {prompt, continuation} (or {te
 flags.DEFINE_string("output", None, "JSONL file to write, one result per input line.")
 flags.DEFINE_bool("rolling", False, "Score whole texts in rolling windows (log-likelihood and perplexity).")
 flags.DEFINE_integer("window", None, "--rolling: tokens per window (unset: the model's context).", lower_bound=1)
-flags.DEFINE_integer("context_len", 1, "--rolling: least context each later window keeps (lm-eval's "
-                     "context_len; 1 = disjoint windows).", lower_bound=1)
+flags.DEFINE_integer(
+  "context_len",
+  1,
+  "--rolling: least context each later window keeps (lm-eval's context_len; 1 = disjoint windows).",
+  lower_bound=1,
+)
 flags.DEFINE_bool("chat", False, "Render prompts with the chat template (continuations are the assistant's reply).")
-flags.DEFINE_bool("thinking", False, "--chat: the template's enable_thinking (off: the continuation is "
-                  "scored as the answer, after an empty think block).")
+flags.DEFINE_bool(
+  "thinking",
+  False,
+  "--chat: the template's enable_thinking (off: the continuation is scored as the answer, after an empty think block).",
+)
 flags.DEFINE_integer("batch_size", 8, "Rows per compiled call.", lower_bound=1)
 flags.DEFINE_bool("progress", True, "Show a progress bar.")
 cli.define_date_flag()
@@ -61,8 +68,10 @@ def read_requests(path: str, rolling: bool) -> list[dict]:
       except json.JSONDecodeError as e:
         raise ValueError(f"{path}:{n}: not JSON ({e})") from None
       if not isinstance(row, dict) or any(k not in row for k in need):
-        raise ValueError(f"{path}:{n}: expected an object with {', '.join(repr(k) for k in need)}"
-                         + (" (or drop --rolling)" if rolling else " (or pass --rolling for {'text': ...})"))
+        raise ValueError(
+          f"{path}:{n}: expected an object with {', '.join(repr(k) for k in need)}"
+          + (" (or drop --rolling)" if rolling else " (or pass --rolling for {'text': ...})")
+        )
       rows.append(row)
   if not rows:
     raise ValueError(f"--input: {path} holds no requests")
@@ -81,37 +90,70 @@ def main(argv):
     raise app.UsageError(str(e)) from None
 
   import smollm3_jax
-  from smollm3_jax.nn import sharding
   from smollm3_jax.checkpoints.mapping import dtype_from_name
+  from smollm3_jax.nn import sharding
 
   dtype = None if FLAGS.dtype == "auto" else dtype_from_name(FLAGS.dtype)
   tokenizer = smollm3_jax.Tokenizer.from_pretrained(FLAGS.checkpoint)
-  model = smollm3_jax.from_pretrained(FLAGS.checkpoint, mesh=sharding.mesh_from_flag(FLAGS.mesh),
-                                      dtype=dtype, quantize=FLAGS.quantize)
+  model = smollm3_jax.from_pretrained(
+    FLAGS.checkpoint, mesh=sharding.mesh_from_flag(FLAGS.mesh), dtype=dtype, quantize=FLAGS.quantize
+  )
   t0 = time.perf_counter()
   out = []
   if FLAGS.rolling:
-    scores = smollm3_jax.score_rolling(model, tokenizer, [r["text"] for r in rows], window=FLAGS.window,
-                                       context_len=FLAGS.context_len, batch_size=FLAGS.batch_size,
-                                       progress=FLAGS.progress)
+    scores = smollm3_jax.score_rolling(
+      model,
+      tokenizer,
+      [r["text"] for r in rows],
+      window=FLAGS.window,
+      context_len=FLAGS.context_len,
+      batch_size=FLAGS.batch_size,
+      progress=FLAGS.progress,
+    )
     for row, s in zip(rows, scores):
-      out.append({**row, "token_ids": s.token_ids, "logprobs": s.logprobs.tolist(),
-                  "log_likelihood": s.log_likelihood, "num_tokens": s.num_tokens, "perplexity": s.perplexity,
-                  "num_windows": s.num_windows})
+      out.append(
+        {
+          **row,
+          "token_ids": s.token_ids,
+          "logprobs": s.logprobs.tolist(),
+          "log_likelihood": s.log_likelihood,
+          "num_tokens": s.num_tokens,
+          "perplexity": s.perplexity,
+          "num_windows": s.num_windows,
+        }
+      )
   else:
-    scores = smollm3_jax.score(model, tokenizer, [r["prompt"] for r in rows], [r["continuation"] for r in rows],
-                               chat=FLAGS.chat, thinking=FLAGS.thinking, date=FLAGS.date,
-                               batch_size=FLAGS.batch_size, progress=FLAGS.progress)
+    scores = smollm3_jax.score(
+      model,
+      tokenizer,
+      [r["prompt"] for r in rows],
+      [r["continuation"] for r in rows],
+      chat=FLAGS.chat,
+      thinking=FLAGS.thinking,
+      date=FLAGS.date,
+      batch_size=FLAGS.batch_size,
+      progress=FLAGS.progress,
+    )
     for row, s in zip(rows, scores):
-      out.append({**row, "token_ids": s.token_ids, "logprobs": s.logprobs.tolist(),
-                  "log_likelihood": s.log_likelihood, "num_tokens": len(s.token_ids), "is_greedy": s.is_greedy})
+      out.append(
+        {
+          **row,
+          "token_ids": s.token_ids,
+          "logprobs": s.logprobs.tolist(),
+          "log_likelihood": s.log_likelihood,
+          "num_tokens": len(s.token_ids),
+          "is_greedy": s.is_greedy,
+        }
+      )
   seconds = time.perf_counter() - t0
   atomic_write(FLAGS.output, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in out))
   tokens = sum(r["num_tokens"] for r in out)
   total = sum(r["log_likelihood"] for r in out)
-  print(f"scored {len(out)} {'texts' if FLAGS.rolling else 'continuations'} ({tokens} tokens) in {seconds:.1f} s "
-        f"(compiles included): log-likelihood {total:.3f}, perplexity over all tokens "
-        f"{math.exp(-total / tokens):.3f}")
+  print(
+    f"scored {len(out)} {'texts' if FLAGS.rolling else 'continuations'} ({tokens} tokens) in {seconds:.1f} s "
+    f"(compiles included): log-likelihood {total:.3f}, perplexity over all tokens "
+    f"{math.exp(-total / tokens):.3f}"
+  )
   print(f"wrote {FLAGS.output}")
 
 

@@ -24,8 +24,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from smollm3_jax import cli  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Sweep config file, e.g. configs/sweep.py:demo (argument: model preset).",
-    lock_config=True)
+  "config", None, "Sweep config file, e.g. configs/sweep.py:demo (argument: model preset).", lock_config=True
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (created; reused to resume).")
 cli.define_compilation_cache_flag()
 cli.define_distributed_flags()
@@ -53,14 +53,17 @@ def main(argv):
   print()
   print(outcome.table)
   print()
-  print(f"rows: {outcome.total_rows} ({outcome.skipped_rows} resumed, {outcome.new_rows} new, "
-        f"{outcome.batches} batches)")
+  print(
+    f"rows: {outcome.total_rows} ({outcome.skipped_rows} resumed, {outcome.new_rows} new, {outcome.batches} batches)"
+  )
   wd = outcome.workdir
   print(f"generations: {os.path.join(wd, 'generations.jsonl')}")
   print(f"summary:     {os.path.join(wd, 'summary.csv')}")
   if outcome.plots:
-    print(f"plots:       {os.path.join(wd, 'plots')}/ ({len(outcome.plots)} PNGs: "
-          f"{', '.join(os.path.basename(p) for p in outcome.plots[:3])}, ...)")
+    print(
+      f"plots:       {os.path.join(wd, 'plots')}/ ({len(outcome.plots)} PNGs: "
+      f"{', '.join(os.path.basename(p) for p in outcome.plots[:3])}, ...)"
+    )
 
 
 if __name__ == "__main__":

@@ -15,11 +15,9 @@ from absl import app, flags
 from smollm3_jax.generation import sampling
 from smollm3_jax.generation.settings import SETTINGS
 from smollm3_jax.generation.stop import MAX_STOP_STRINGS
-from smollm3_jax.nn import quantize
-from smollm3_jax.nn import sharding
+from smollm3_jax.nn import quantize, sharding
 from smollm3_jax.text import chat_format
-from smollm3_jax.utils import distributed
-from smollm3_jax.utils import runtime
+from smollm3_jax.utils import distributed, runtime
 
 # Libraries whose INFO lines ("Unable to initialize backend 'tpu'", "Resetting cache") are noise on
 # every script run; their warnings and errors still show.
@@ -53,8 +51,12 @@ def _parse_flags(argv: list[str]) -> list[str]:
 def define_compilation_cache_flag() -> None:
   """--compilation_cache (default on): :func:`run` turns on the persistent compilation cache
   before ``main`` when it is set."""
-  flags.DEFINE_bool("compilation_cache", True, "Persistent compilation cache (the second start compiles in a "
-                    "fraction of the time; directory: $SMOLLM3_JAX_CACHE_DIR or ~/.cache/smollm3_jax/jax).")
+  flags.DEFINE_bool(
+    "compilation_cache",
+    True,
+    "Persistent compilation cache (the second start compiles in a "
+    "fraction of the time; directory: $SMOLLM3_JAX_CACHE_DIR or ~/.cache/smollm3_jax/jax).",
+  )
 
 
 def _adopt_shared_flags(flag_values=flags.FLAGS) -> None:
@@ -90,6 +92,7 @@ def run(main) -> None:
 
   app.run(main_with_cache, flags_parser=_parse_flags)
 
+
 SAMPLING_FLAGS = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty")  # checkpoint defaults apply
 BEAM_FLAGS = ("num_beams", "length_penalty", "early_stopping")
 _EARLY_STOPPING = {"false": False, "true": True, "never": "never"}
@@ -123,6 +126,7 @@ def _validator(name: str):
     except ValueError as e:
       raise flags.ValidationError(str(e)) from None
     return True
+
   return check
 
 
@@ -148,16 +152,27 @@ def define_sampling_flags(flag_values=flags.FLAGS, **defaults) -> None:
     else:
       flags.DEFINE_float(name, defaults.get(name), text, flag_values=flag_values)
     flags.register_validator(name, _validator(name), flag_values=flag_values)
-  flags.DEFINE_integer("num_beams", defaults.get("num_beams"), "Beam search with this many beams "
-                       "(transformers' do_sample=False beam search); unset or 1: no beam search.", lower_bound=1,
-                       flag_values=flag_values)
-  flags.DEFINE_float("length_penalty", defaults.get("length_penalty", 1.0), "Beam search: a finished "
-                     "hypothesis scores sum log-prob / length ** length_penalty (> 0 favours longer ones).",
-                     flag_values=flag_values)
-  flags.DEFINE_enum("early_stopping", defaults.get("early_stopping", "false"), list(_EARLY_STOPPING),
-                    "Beam search: 'true' stops when num_beams hypotheses are finished, 'false' uses "
-                    "transformers' heuristic, 'never' searches on while a better one is possible.",
-                    flag_values=flag_values)
+  flags.DEFINE_integer(
+    "num_beams",
+    defaults.get("num_beams"),
+    "Beam search with this many beams (transformers' do_sample=False beam search); unset or 1: no beam search.",
+    lower_bound=1,
+    flag_values=flag_values,
+  )
+  flags.DEFINE_float(
+    "length_penalty",
+    defaults.get("length_penalty", 1.0),
+    "Beam search: a finished hypothesis scores sum log-prob / length ** length_penalty (> 0 favours longer ones).",
+    flag_values=flag_values,
+  )
+  flags.DEFINE_enum(
+    "early_stopping",
+    defaults.get("early_stopping", "false"),
+    list(_EARLY_STOPPING),
+    "Beam search: 'true' stops when num_beams hypotheses are finished, 'false' uses "
+    "transformers' heuristic, 'never' searches on while a better one is possible.",
+    flag_values=flag_values,
+  )
 
 
 def sampling_flag_values(flag_values=flags.FLAGS) -> dict:
@@ -179,8 +194,11 @@ def beam_flag_values(flag_values=flags.FLAGS) -> dict:
   beams = flag_values["num_beams"].value
   if beams is None or beams <= 1:
     return {}
-  return dict(num_beams=beams, length_penalty=flag_values["length_penalty"].value,
-              early_stopping=_EARLY_STOPPING[flag_values["early_stopping"].value])
+  return dict(
+    num_beams=beams,
+    length_penalty=flag_values["length_penalty"].value,
+    early_stopping=_EARLY_STOPPING[flag_values["early_stopping"].value],
+  )
 
 
 _ESCAPE = re.compile(r"\\(u[0-9a-fA-F]{4}|x[0-9a-fA-F]{2}|[ntr0\\])")
@@ -204,9 +222,13 @@ def define_stop_flag() -> None:
       raise flags.ValidationError("--stop: a stop string must not be empty")
     return True
 
-  flags.DEFINE_multi_string("stop", [], f"A stop string (repeat the flag for more, up to {MAX_STOP_STRINGS}): "
-                            "a row ends when its text contains one; it is cut from the text. Escapes "
-                            "\\n \\t \\r \\\\ \\uXXXX are decoded; commas are part of the string.")
+  flags.DEFINE_multi_string(
+    "stop",
+    [],
+    f"A stop string (repeat the flag for more, up to {MAX_STOP_STRINGS}): "
+    "a row ends when its text contains one; it is cut from the text. Escapes "
+    "\\n \\t \\r \\\\ \\uXXXX are decoded; commas are part of the string.",
+  )
   flags.register_validator("stop", check)
 
 
@@ -217,6 +239,7 @@ def stop_flag_values(flag_values=flags.FLAGS) -> list[str]:
 
 def define_date_flag() -> None:
   """--date: the day the chat template sees ("YYYY-MM-DD"; unset: $SMOLLM3_JAX_CHAT_DATE, else today)."""
+
   def check(value) -> bool:
     if value:
       try:
@@ -224,67 +247,97 @@ def define_date_flag() -> None:
       except ValueError as e:
         raise flags.ValidationError(str(e)) from None
     return True
-  flags.DEFINE_string("date", None, "The date the chat template writes into the prompt (SmolLM3 does), "
-                      "'YYYY-MM-DD'; unset: $SMOLLM3_JAX_CHAT_DATE when set, else today. Pin it to "
-                      "render the same prompt on any day.")
+
+  flags.DEFINE_string(
+    "date",
+    None,
+    "The date the chat template writes into the prompt (SmolLM3 does), "
+    "'YYYY-MM-DD'; unset: $SMOLLM3_JAX_CHAT_DATE when set, else today. Pin it to "
+    "render the same prompt on any day.",
+  )
   flags.register_validator("date", check)
 
 
 def define_mesh_flag() -> None:
   """--mesh: a device mesh spec, checked when the command line is parsed."""
+
   def check(value) -> bool:
     try:
       sharding.parse_mesh(value)
     except ValueError as e:
       raise flags.ValidationError(str(e)) from None
     return True
+
   flags.DEFINE_string("mesh", "", "Device mesh, e.g. 'data=2,model=4' ('' = all devices on the data axis).")
   flags.register_validator("mesh", check)
 
 
 def define_dtype_flag() -> None:
   """--dtype: "auto" (float32 on CPU, bfloat16 on GPU/TPU), "float32" or "bfloat16"."""
-  flags.DEFINE_enum("dtype", "auto", ["auto", "float32", "bfloat16"],
-                    "Parameter and activation dtype (auto: float32 on CPU, bfloat16 on GPU/TPU).")
+  flags.DEFINE_enum(
+    "dtype",
+    "auto",
+    ["auto", "float32", "bfloat16"],
+    "Parameter and activation dtype (auto: float32 on CPU, bfloat16 on GPU/TPU).",
+  )
 
 
 def define_quantize_flag() -> None:
   """--quantize: "none" or "int8" (int8 weights x int8 activations, see smollm3_jax.nn.quantize)."""
-  flags.DEFINE_enum("quantize", "none", list(quantize.MODES),
-                    "Weight quantization after loading: 'int8' reads 4x fewer weight bytes per "
-                    "decode step than float32 (activations quantized per token; docs/performance.md measures it).")
+  flags.DEFINE_enum(
+    "quantize",
+    "none",
+    list(quantize.MODES),
+    "Weight quantization after loading: 'int8' reads 4x fewer weight bytes per "
+    "decode step than float32 (activations quantized per token; docs/performance.md measures it).",
+  )
 
 
 def define_distributed_flags() -> None:
   """--coordinator_address, --num_processes, --process_id, --distributed, --heartbeat_seconds: a run
   over several processes (JAX's multi-controller runtime; see smollm3_jax.utils.distributed). :func:`run`
   joins it before ``main``."""
-  flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for a run over several processes "
-                      "(one per host); every process gets the same flags but its own --process_id.")
+  flags.DEFINE_string(
+    "coordinator_address",
+    None,
+    "host:port of process 0, for a run over several processes "
+    "(one per host); every process gets the same flags but its own --process_id.",
+  )
   flags.DEFINE_integer("num_processes", None, "Processes in a multi-process run.", lower_bound=1)
   flags.DEFINE_integer("process_id", None, "This process's index in [0, num_processes).", lower_bound=0)
-  flags.DEFINE_bool("distributed", False, "Join a multi-process run whose settings JAX detects from the "
-                    "environment (Cloud TPU pod slices, SLURM), without the three flags above.")
-  flags.DEFINE_integer("heartbeat_seconds", 20, "A process silent this long is declared dead and the others "
-                       "stop with an error.", lower_bound=1)
+  flags.DEFINE_bool(
+    "distributed",
+    False,
+    "Join a multi-process run whose settings JAX detects from the "
+    "environment (Cloud TPU pod slices, SLURM), without the three flags above.",
+  )
+  flags.DEFINE_integer(
+    "heartbeat_seconds",
+    20,
+    "A process silent this long is declared dead and the others stop with an error.",
+    lower_bound=1,
+  )
 
   def check(values) -> bool:
     n, i = values["num_processes"], values["process_id"]
     if n is not None and i is not None and i >= n:
       raise flags.ValidationError(f"--process_id={i} must be < --num_processes={n}")
     return True
+
   flags.register_multi_flags_validator(["num_processes", "process_id"], check)
 
 
 def _join_distributed() -> bool:
 
   f = flags.FLAGS
-  return distributed.initialize(f.coordinator_address, f.num_processes, f.process_id, auto=f.distributed,
-                                heartbeat_seconds=f.heartbeat_seconds)
+  return distributed.initialize(
+    f.coordinator_address, f.num_processes, f.process_id, auto=f.distributed, heartbeat_seconds=f.heartbeat_seconds
+  )
 
 
 def in_multiprocess_run() -> bool:
   """Whether the command line asks for a multi-process run (for checks that only process 0 should do)."""
   f = flags.FLAGS
-  return "coordinator_address" in f and (f.coordinator_address is not None or f.distributed
-                                         or (f.num_processes or 1) > 1)
+  return "coordinator_address" in f and (
+    f.coordinator_address is not None or f.distributed or (f.num_processes or 1) > 1
+  )

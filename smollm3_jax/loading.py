@@ -12,6 +12,7 @@ tokenizer the model keeps the preset's vocabulary and no tokenizer is returned).
 from __future__ import annotations
 
 from typing import Mapping
+
 from smollm3_jax.checkpoints import default_dtype, from_pretrained
 from smollm3_jax.checkpoints.mapping import dtype_from_name
 from smollm3_jax.nn import config as config_lib
@@ -35,7 +36,6 @@ def load_model_and_tokenizer(spec: Mapping, mesh: str = "", tokenizer=None):
   the weights shard by shard as they load; on one device nothing is sharded."""
   from flax import nnx
 
-
   name = spec.get("dtype") or "auto"
   dtype = default_dtype() if name == "auto" else dtype_from_name(name, "model.dtype")
   quantize = quantize_lib.check_mode(spec.get("quantize", "none"))
@@ -48,9 +48,15 @@ def load_model_and_tokenizer(spec: Mapping, mesh: str = "", tokenizer=None):
   if preset not in config_lib.PRESETS:
     raise ValueError(f"model.random.preset must be one of {sorted(config_lib.PRESETS)}, got {preset!r}")
   # With a tokenizer, the random model takes its vocabulary and special ids (to decode its text).
-  changes = {} if tokenizer is None else dict(
-      vocab_size=tokenizer.vocab_size, eos_token_id=(int(tokenizer.eos_token_id),),
-      pad_token_id=int(tokenizer.pad_token_id))
+  changes = (
+    {}
+    if tokenizer is None
+    else dict(
+      vocab_size=tokenizer.vocab_size,
+      eos_token_id=(int(tokenizer.eos_token_id),),
+      pad_token_id=int(tokenizer.pad_token_id),
+    )
+  )
   num_layers = int(rnd.get("num_layers", 2 if preset == "tiny" else 0))
   if rnd.get("max_position_embeddings"):
     changes["max_position_embeddings"] = int(rnd["max_position_embeddings"])
@@ -59,9 +65,10 @@ def load_model_and_tokenizer(spec: Mapping, mesh: str = "", tokenizer=None):
   else:
     cfg = config_lib.PRESETS[preset]().replace(**changes)
     if num_layers:  # the preset's widths, fewer layers (its RoPE / NoPE pattern repeated)
-      cfg = cfg.replace(num_hidden_layers=num_layers,
-                        no_rope_layers=tuple(cfg.no_rope_layers[i % len(cfg.no_rope_layers)]
-                                             for i in range(num_layers)))
+      cfg = cfg.replace(
+        num_hidden_layers=num_layers,
+        no_rope_layers=tuple(cfg.no_rope_layers[i % len(cfg.no_rope_layers)] for i in range(num_layers)),
+      )
   model = SmolLM3(cfg, dtype=dtype, rngs=nnx.Rngs(int(rnd.get("seed", 0))))
   sharding.engine_sharding(model, mesh or None)  # moves the weights onto a multi-device mesh
   return quantize_lib.apply(model, quantize), tokenizer

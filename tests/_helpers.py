@@ -12,15 +12,15 @@ import time
 def run_multidevice_child(script: str, arg: str, *, devices: int = 8, timeout: int = 900) -> dict:
   """Runs ``script`` (a test module's ``__main__``) in a fresh process that sees ``devices`` fake
   CPU devices (set before JAX starts) and returns the JSON it prints after ``RESULT ``."""
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-             JAX_PLATFORMS="cpu")
+  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-  proc = subprocess.run([sys.executable, os.path.abspath(script), arg], env=env, capture_output=True,
-                        text=True, timeout=timeout)
+  proc = subprocess.run(
+    [sys.executable, os.path.abspath(script), arg], env=env, capture_output=True, text=True, timeout=timeout
+  )
   line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
   assert proc.returncode == 0 and line, f"child failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
-  return json.loads(line[len("RESULT "):])
+  return json.loads(line[len("RESULT ") :])
 
 
 class SlowTokenizer:
@@ -44,6 +44,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def sweep_config(preset: str):
   """configs/sweep.py's ``get_config(preset)`` (config files are loaded by path, as absl does)."""
   import importlib.util
+
   spec = importlib.util.spec_from_file_location("sweep_config", os.path.join(ROOT, "configs", "sweep.py"))
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
@@ -86,8 +87,9 @@ def kill_at_marker(cmd, *, env, cwd, marker, what: str, timeout: float = 240) ->
     deadline = time.monotonic() + timeout
     while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
       time.sleep(0.05)
-    assert marker.exists() and proc.poll() is None, \
-        f"{what}: " + (proc.stderr.read().decode()[-3000:] if proc.poll() is not None else "timeout")
+    assert marker.exists() and proc.poll() is None, f"{what}: " + (
+      proc.stderr.read().decode()[-3000:] if proc.poll() is not None else "timeout"
+    )
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
   finally:

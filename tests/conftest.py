@@ -7,10 +7,22 @@ import math
 
 import pytest
 
-TINY = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=8,
-            num_attention_heads=8, num_key_value_heads=2, head_dim=16, max_position_embeddings=512,
-            rms_norm_eps=1e-6, no_rope_layer_interval=4, bos_token_id=1, eos_token_id=2,
-            pad_token_id=0, rope_parameters={"rope_type": "default", "rope_theta": 10000.0})
+TINY = dict(
+  vocab_size=512,
+  hidden_size=64,
+  intermediate_size=128,
+  num_hidden_layers=8,
+  num_attention_heads=8,
+  num_key_value_heads=2,
+  head_dim=16,
+  max_position_embeddings=512,
+  rms_norm_eps=1e-6,
+  no_rope_layer_interval=4,
+  bos_token_id=1,
+  eos_token_id=2,
+  pad_token_id=0,
+  rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -18,6 +30,7 @@ def _private_cache_dir(tmp_path_factory):
   """Scripts the tests run (subprocesses inherit the environment) keep their start-up caches here,
   not in the user's ~/.cache."""
   import os
+
   old = os.environ.get("SMOLLM3_JAX_CACHE_DIR")
   os.environ["SMOLLM3_JAX_CACHE_DIR"] = str(tmp_path_factory.mktemp("smollm3_jax_cache"))
   yield os.environ["SMOLLM3_JAX_CACHE_DIR"]
@@ -38,6 +51,7 @@ def _pinned_chat_date():
   import os
 
   from smollm3_jax.text.chat_format import DATE_ENV
+
   old = os.environ.get(DATE_ENV)
   os.environ[DATE_ENV] = PINNED_CHAT_DATE
   yield PINNED_CHAT_DATE
@@ -74,6 +88,7 @@ def clock(monkeypatch):
   import types
 
   from smollm3_jax.text import chat_format
+
   monkeypatch.delenv(chat_format.DATE_ENV, raising=False)
 
   def set_day(day: str):
@@ -85,6 +100,7 @@ def clock(monkeypatch):
         return moment
 
     monkeypatch.setattr(chat_format, "datetime", types.SimpleNamespace(datetime=Fake, date=datetime.date))
+
   return set_day
 
 
@@ -95,6 +111,7 @@ def smollm3_template_tokenizer():
   import os
 
   import smollm3_jax
+
   t = copy.copy(smollm3_jax.Tokenizer.from_pretrained("demo"))
   with open(os.path.join(os.path.dirname(__file__), "data", "smollm3_chat_template.jinja")) as f:
     t.chat_template = f.read()
@@ -118,6 +135,7 @@ def make_hf_model(seed: int = 0, **overrides):
   every logit ~0 and hide errors): linear weights ~ N(0, 1/fan_in), norms ~ 1 + N(0, 0.1^2)."""
   import torch
   import transformers
+
   cfg = transformers.SmolLM3Config(**{**TINY, **overrides})
   torch.manual_seed(seed)
   model = transformers.SmolLM3ForCausalLM(cfg).eval()
@@ -149,11 +167,18 @@ def hf_checkpoints(tmp_path_factory):
   """
   cache: dict[str, HFCheckpoint] = {}
   variants = {
-      "tied": dict(seed=0, tie_word_embeddings=True),
-      "untied": dict(seed=1, tie_word_embeddings=False, attention_bias=True, mlp_bias=True),
-      "yarn": dict(seed=2, tie_word_embeddings=True, rope_parameters={
-          "rope_type": "yarn", "rope_theta": 10000.0, "factor": 2.0,
-          "original_max_position_embeddings": 256}),
+    "tied": dict(seed=0, tie_word_embeddings=True),
+    "untied": dict(seed=1, tie_word_embeddings=False, attention_bias=True, mlp_bias=True),
+    "yarn": dict(
+      seed=2,
+      tie_word_embeddings=True,
+      rope_parameters={
+        "rope_type": "yarn",
+        "rope_theta": 10000.0,
+        "factor": 2.0,
+        "original_max_position_embeddings": 256,
+      },
+    ),
   }
 
   def get(name: str) -> HFCheckpoint:
@@ -179,12 +204,14 @@ def demo_model():
   import jax.numpy as jnp
 
   import smollm3_jax
+
   return smollm3_jax.from_pretrained("demo", dtype=jnp.float32)
 
 
 @pytest.fixture(scope="session")
 def demo_tokenizer():
   import smollm3_jax
+
   return smollm3_jax.Tokenizer.from_pretrained("demo")
 
 
@@ -197,5 +224,6 @@ def demo_hf_model():
   from transformers import AutoModelForCausalLM
 
   from smollm3_jax.checkpoints.demo import demo_gguf_path
+
   directory, name = os.path.split(demo_gguf_path())
   return AutoModelForCausalLM.from_pretrained(directory, gguf_file=name, dtype=torch.float32).eval()

@@ -18,18 +18,33 @@ SCRIPT = os.path.join(ROOT, "experiments", "benchmark.py")
 
 def _run(args, tmp_path):
   env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-  proc = subprocess.run([sys.executable, SCRIPT, *args], capture_output=True, text=True, env=env,
-                        cwd=str(tmp_path), timeout=600)
+  proc = subprocess.run(
+    [sys.executable, SCRIPT, *args], capture_output=True, text=True, env=env, cwd=str(tmp_path), timeout=600
+  )
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
   return proc
 
 
 def test_benchmark_tiny_vs_transformers(tmp_path):
   out = tmp_path / "bench.json"
-  proc = _run(["--checkpoint=random", "--preset=tiny", "--num_layers=2", "--prompt_lengths=16",
-               "--batch_sizes=1,2", "--new_tokens=3", "--sweep_new_tokens=2", "--repeats=1",
-               "--compare=transformers", "--bandwidth_gbps=10", f"--cache_dir={tmp_path / 'cc'}",
-               "--cache_budgets=256,1024", f"--output_json={out}"], tmp_path)
+  proc = _run(
+    [
+      "--checkpoint=random",
+      "--preset=tiny",
+      "--num_layers=2",
+      "--prompt_lengths=16",
+      "--batch_sizes=1,2",
+      "--new_tokens=3",
+      "--sweep_new_tokens=2",
+      "--repeats=1",
+      "--compare=transformers",
+      "--bandwidth_gbps=10",
+      f"--cache_dir={tmp_path / 'cc'}",
+      "--cache_budgets=256,1024",
+      f"--output_json={out}",
+    ],
+    tmp_path,
+  )
   assert "decode batch 2" in proc.stdout and "ratio" in proc.stdout
   report = json.loads(out.read_text())
   assert report["bandwidth_gbps"] == 10
@@ -38,8 +53,12 @@ def test_benchmark_tiny_vs_transformers(tmp_path):
   prefill, d1, d2, sweep = report["rows"][:4]
   budget, sampling_rows = report["rows"][4:8], report["rows"][8:]
   # The cache-budget rows: each allocated cache read through the window and whole; same greedy tokens.
-  assert [(r["cache"], r["read"]) for r in budget] == [(256, "window"), (256, "whole cache"),
-                                                        (1024, "window"), (1024, "whole cache")]
+  assert [(r["cache"], r["read"]) for r in budget] == [
+    (256, "window"),
+    (256, "whole cache"),
+    (1024, "window"),
+    (1024, "whole cache"),
+  ]
   assert all(r["same_tokens"] and r["ours_tokens_per_second"] > 0 for r in budget)
   assert [r["mode"] for r in sampling_rows] == ["greedy", "sampled"]
   assert all(r["ours_tokens_per_second"] > 0 and r["batch"] == 32 for r in sampling_rows)
@@ -60,20 +79,39 @@ def test_benchmark_tiny_vs_transformers(tmp_path):
 
 def test_benchmark_rejects_bad_flags(tmp_path):
   env = dict(os.environ, PYTHONPATH=ROOT)
-  proc = subprocess.run([sys.executable, SCRIPT, "--checkpoint=random", "--preset=tiny",
-                         "--batch_sizes=0"], capture_output=True, text=True, env=env, cwd=str(tmp_path))
+  proc = subprocess.run(
+    [sys.executable, SCRIPT, "--checkpoint=random", "--preset=tiny", "--batch_sizes=0"],
+    capture_output=True,
+    text=True,
+    env=env,
+    cwd=str(tmp_path),
+  )
   assert proc.returncode != 0 and "batch sizes must be >= 1" in proc.stderr
 
 
 def test_help_lists_every_benchmarks_flags(tmp_path):
   """Each benchmark module defines its own flags; the entry point's --help lists them all."""
   env = dict(os.environ, PYTHONPATH=ROOT)
-  proc = subprocess.run([sys.executable, SCRIPT, "--help"], capture_output=True, text=True, env=env,
-                        cwd=str(tmp_path))
-  listed = {line.split(":")[0].strip().replace("--[no]", "--") for line in proc.stdout.splitlines()
-            if line.strip().startswith("--")}
-  for flag in ("--checkpoint", "--repeats", "--compare", "--prompt_lengths", "--cache_budgets", "--accelerator_check",
-               "--check_steps", "--continuous_only", "--refill_slots", "--server_clients", "--baseline", "--startup"):
+  proc = subprocess.run([sys.executable, SCRIPT, "--help"], capture_output=True, text=True, env=env, cwd=str(tmp_path))
+  listed = {
+    line.split(":")[0].strip().replace("--[no]", "--")
+    for line in proc.stdout.splitlines()
+    if line.strip().startswith("--")
+  }
+  for flag in (
+    "--checkpoint",
+    "--repeats",
+    "--compare",
+    "--prompt_lengths",
+    "--cache_budgets",
+    "--accelerator_check",
+    "--check_steps",
+    "--continuous_only",
+    "--refill_slots",
+    "--server_clients",
+    "--baseline",
+    "--startup",
+  ):
     assert flag in listed, (flag, proc.stdout[-2000:], proc.stderr[-2000:])
 
 
@@ -86,8 +124,13 @@ def test_baseline_child_runs_from_another_checkout(tmp_path):
   proc = subprocess.run([sys.executable, child], capture_output=True, text=True, env=env, cwd=str(tmp_path))
   assert proc.returncode == 0 and not proc.stdout, proc.stderr[-3000:]
   code = "import benchmarks.baseline as b; print(b.ROOT)"
-  proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(tmp_path),
-                        env=dict(os.environ, PYTHONPATH=os.path.join(ROOT, "experiments")))
+  proc = subprocess.run(
+    [sys.executable, "-c", code],
+    capture_output=True,
+    text=True,
+    cwd=str(tmp_path),
+    env=dict(os.environ, PYTHONPATH=os.path.join(ROOT, "experiments")),
+  )
   assert proc.stdout.strip() == ROOT, proc.stderr[-3000:]
 
 
@@ -112,6 +155,7 @@ def test_enable_compilation_cache(tmp_path, monkeypatch):
 def test_measure_bandwidth_small():
   sys.path.insert(0, os.path.join(ROOT, "experiments"))
   import probes
+
   probe = probes.measure_bandwidth(4 * 2**20, repeats=2)
   assert probe["gbps"] > 0 and probe["gbps"] == max(probe["sum_gbps"], probe["gemv_gbps"])
   assert probe["nbytes"] == 4 * 2**20
@@ -121,12 +165,27 @@ def test_accelerator_check_on_the_tiny_preset(tmp_path):
   """The GPU/TPU check's command, on the tiny preset: every batch x budget x mode row, with the
   budget really allocated, a roofline fraction and compile seconds."""
   out = tmp_path / "check.json"
-  _run(["--checkpoint=random", "--preset=tiny", "--num_layers=2", "--dtype=bfloat16", "--accelerator_check",
-        "--check_batches=1,4", "--check_budgets=256,512", "--check_steps=4", "--repeats=1",
-        "--bandwidth_gbps=10", f"--cache_dir={tmp_path / 'cc'}", f"--output_json={out}"], tmp_path)
+  _run(
+    [
+      "--checkpoint=random",
+      "--preset=tiny",
+      "--num_layers=2",
+      "--dtype=bfloat16",
+      "--accelerator_check",
+      "--check_batches=1,4",
+      "--check_budgets=256,512",
+      "--check_steps=4",
+      "--repeats=1",
+      "--bandwidth_gbps=10",
+      f"--cache_dir={tmp_path / 'cc'}",
+      f"--output_json={out}",
+    ],
+    tmp_path,
+  )
   rows = json.loads(out.read_text())["rows"]
   assert [(r["budget"], r["batch"], r["mode"]) for r in rows] == [
-      (budget, b, mode) for budget in (256, 512) for b in (1, 4) for mode in ("greedy", "sampled")]
+    (budget, b, mode) for budget in (256, 512) for b in (1, 4) for mode in ("greedy", "sampled")
+  ]
   for r in rows:
     assert r["kind"] == "accelerator" and r["cache_length"] == r["budget"]
     assert r["ours_tokens_per_second"] > 0 and 0 < r["roofline_fraction"] and r["compile_seconds"] >= 0
@@ -137,12 +196,29 @@ def test_continuous_batching_rows(tmp_path):
   """--continuous_only on the demo at toy sizes: the refill on/off rows (same tokens) and the server
   rows (same texts) with their ratios and the targets printed."""
   out = tmp_path / "cont.json"
-  proc = _run(["--checkpoint=demo", "--continuous_only", "--refill_slots=2", "--refill_prompts=3",
-               "--refill_budget=8", "--server_clients=2", "--server_tokens=4", "--repeats=1",
-               "--bandwidth_gbps=10", f"--cache_dir={tmp_path / 'cc'}", f"--output_json={out}"], tmp_path)
+  proc = _run(
+    [
+      "--checkpoint=demo",
+      "--continuous_only",
+      "--refill_slots=2",
+      "--refill_prompts=3",
+      "--refill_budget=8",
+      "--server_clients=2",
+      "--server_tokens=4",
+      "--repeats=1",
+      "--bandwidth_gbps=10",
+      f"--cache_dir={tmp_path / 'cc'}",
+      f"--output_json={out}",
+    ],
+    tmp_path,
+  )
   rows = json.loads(out.read_text())["rows"]
   assert [(r["kind"], r.get("refill", r.get("mode"))) for r in rows] == [
-      ("refill", True), ("refill", False), ("server", "concurrent"), ("server", "sequential")]
+    ("refill", True),
+    ("refill", False),
+    ("server", "concurrent"),
+    ("server", "sequential"),
+  ]
   on, off, together, in_turn = rows
   assert on["same_tokens_as_refill_off"] is True and together["same_texts_as_sequential"] is True
   assert on["rows"] == 6 and on["generated_tokens"] == off["generated_tokens"] > 0

@@ -20,14 +20,23 @@ import httpx
 import pytest
 from _helpers import SlowTokenizer
 
-from smollm3_jax.serving import chat
-from smollm3_jax.serving import server
+from smollm3_jax.serving import chat, server
 
 MAX_TOKENS = 24
 ARTIFACTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "artifacts")
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--disable-dev-shm-usage", "--window-size=1100,800", "--remote-debugging-pipe"]
+CHROMIUM_FLAGS = [
+  "--headless",
+  "--no-sandbox",
+  "--disable-gpu",
+  "--disable-quic",
+  "--no-first-run",
+  "--disable-background-networking",
+  "--disable-component-update",
+  "--disable-sync",
+  "--disable-dev-shm-usage",
+  "--window-size=1100,800",
+  "--remote-debugging-pipe",
+]
 
 
 def _chromium_binary() -> str | None:
@@ -48,8 +57,12 @@ class Chromium:
     self._log = open(log_path, "wb")
     # Chromium reads commands on fd 3 and writes replies on fd 4.
     self.proc = subprocess.Popen(
-        ["bash", "-c", f'exec "$0" "$@" 3<&{to_browser_r} 4>&{from_browser_w}', *args],
-        pass_fds=(to_browser_r, from_browser_w), stdin=subprocess.DEVNULL, stdout=self._log, stderr=self._log)
+      ["bash", "-c", f'exec "$0" "$@" 3<&{to_browser_r} 4>&{from_browser_w}', *args],
+      pass_fds=(to_browser_r, from_browser_w),
+      stdin=subprocess.DEVNULL,
+      stdout=self._log,
+      stderr=self._log,
+    )
     os.close(to_browser_r)
     os.close(from_browser_w)
     self._next_id = 0
@@ -139,8 +152,10 @@ class Page:
     self.eval("document.getElementById('input').focus()")
     self.send("Input.insertText", {"text": text})
     for kind in ("keyDown", "keyUp"):
-      self.send("Input.dispatchKeyEvent", {"type": kind, "key": "Enter", "code": "Enter",
-                                           "windowsVirtualKeyCode": 13, "nativeVirtualKeyCode": 13})
+      self.send(
+        "Input.dispatchKeyEvent",
+        {"type": kind, "key": "Enter", "code": "Enter", "windowsVirtualKeyCode": 13, "nativeVirtualKeyCode": 13},
+      )
 
 
 # Records every change of the newest assistant message (its state and answer text).
@@ -175,8 +190,16 @@ def browser(tmp_path_factory):
 @pytest.fixture(scope="module")
 def served():
   model, tok = chat.load_chat_model("tiny", tiny_context=512)
-  app = server.create_app(model, SlowTokenizer(tok, 0.02), model_name="tiny", temperature=0.6, top_p=0.95,
-                          max_tokens=MAX_TOKENS, thinking=False, chunk_steps=1)
+  app = server.create_app(
+    model,
+    SlowTokenizer(tok, 0.02),
+    model_name="tiny",
+    temperature=0.6,
+    top_p=0.95,
+    max_tokens=MAX_TOKENS,
+    thinking=False,
+    chunk_steps=1,
+  )
   server.warmup(app)
   with server.BackgroundServer(app) as srv:
     yield app, srv.url
@@ -189,24 +212,36 @@ def test_page_streams_reply_like_the_api(browser, served):
   page.wait_for("document.readyState === 'complete' && !!document.getElementById('send')")
   assert page.eval("document.getElementById('model-name').textContent").endswith("tiny")
   # Greedy, fixed budget: the API gives the same text for the same settings.
-  page.eval("""(() => { const v = (id, x) => document.getElementById(id).value = x;
+  page.eval(
+    """(() => { const v = (id, x) => document.getElementById(id).value = x;
                 v('temperature', '0'); v('top_p', '1'); v('max_tokens', '%d'); v('seed', '7');
-                document.getElementById('thinking').checked = false; return true; })()""" % MAX_TOKENS)
+                document.getElementById('thinking').checked = false; return true; })()"""
+    % MAX_TOKENS
+  )
   page.eval(OBSERVER)
   message = "What is the capital of France?"
   page.type_and_enter(message)
   page.wait_for(f"{LAST} && {LAST}.dataset.state !== 'streaming'", timeout=120)
   state, final, stats, user = page.eval(
-      f"[{LAST}.dataset.state, {LAST}.querySelector('.answer').textContent, "
-      f"{LAST}.querySelector('.stats').textContent, document.querySelector('.msg.user').textContent]")
+    f"[{LAST}.dataset.state, {LAST}.querySelector('.answer').textContent, "
+    f"{LAST}.querySelector('.stats').textContent, document.querySelector('.msg.user').textContent]"
+  )
   assert state == "done", stats
   assert user == message
   assert "tokens" in stats and "tokens/s" in stats
 
   with httpx.Client(base_url=url, timeout=60) as client:
-    r = client.post("/v1/chat/completions", json={
-        "messages": [{"role": "user", "content": message}], "temperature": 0, "top_p": 1,
-        "max_tokens": MAX_TOKENS, "seed": 7, "chat_template_kwargs": {"enable_thinking": False}})
+    r = client.post(
+      "/v1/chat/completions",
+      json={
+        "messages": [{"role": "user", "content": message}],
+        "temperature": 0,
+        "top_p": 1,
+        "max_tokens": MAX_TOKENS,
+        "seed": 7,
+        "chat_template_kwargs": {"enable_thinking": False},
+      },
+    )
   assert r.status_code == 200, r.text
   assert final == r.json()["choices"][0]["message"]["content"]
   assert final

@@ -18,6 +18,7 @@ from smollm3_jax.text import prompts
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEMPLATE_PATH = os.path.join(ROOT, "tests", "data", "smollm3_chat_template.jinja")
 
+
 @pytest.fixture(scope="module")
 def model_and_tokenizer():
   return chat.load_chat_model("tiny", tiny_context=512)
@@ -32,14 +33,17 @@ def test_history_is_trimmed_from_the_oldest_turn(model_and_tokenizer):
   messages, text, ids, dropped = session.build_prompt("latest question")
   assert dropped > 0
   assert len(ids) <= session.context_length - session.reserve_tokens
-  assert session.history == [m for q, a in turns[dropped:] for m in
-                             ({"role": "user", "content": q}, {"role": "assistant", "content": a})]
+  assert session.history == [
+    m for q, a in turns[dropped:] for m in ({"role": "user", "content": q}, {"role": "assistant", "content": a})
+  ]
   assert messages[0] == {"role": "system", "content": "Be brief."}
   assert messages[-1] == {"role": "user", "content": "latest question"}
   # One turn fewer would not have fit.
-  longer = session._messages([{"role": "user", "content": turns[dropped - 1][0]},
-                              {"role": "assistant", "content": turns[dropped - 1][1]}] + session.history,
-                             "latest question")
+  longer = session._messages(
+    [{"role": "user", "content": turns[dropped - 1][0]}, {"role": "assistant", "content": turns[dropped - 1][1]}]
+    + session.history,
+    "latest question",
+  )
   assert len(prompts.render_chat(tok, longer, False)[1]) > session.context_length - session.reserve_tokens
   # A message that cannot fit on its own is refused, not sent; the history stays.
   kept = list(session.history)
@@ -72,11 +76,18 @@ def test_reply_streams_generate_text_and_joins_history(model_and_tokenizer):
   reply = session.ask("Hello there")
   pieces = list(reply)
   assert len(pieces) > 1 and {k for k, _ in pieces} <= {"thinking", "answer"}
-  want = smollm3_jax.generate(model, tok, [[{"role": "user", "content": "Hello there"}]], thinking=True,
-                              max_new_tokens=16, temperature=0.8, top_p=0.9, seed=5).completions[0]
+  want = smollm3_jax.generate(
+    model,
+    tok,
+    [[{"role": "user", "content": "Hello there"}]],
+    thinking=True,
+    max_new_tokens=16,
+    temperature=0.8,
+    top_p=0.9,
+    seed=5,
+  ).completions[0]
   assert reply.answer == want.answer and reply.thinking == want.thinking
-  assert session.history == [{"role": "user", "content": "Hello there"},
-                             {"role": "assistant", "content": want.answer}]
+  assert session.history == [{"role": "user", "content": "Hello there"}, {"role": "assistant", "content": want.answer}]
   assert reply.stats.generated_tokens == 16 and reply.stats.stop_reason == "max_tokens"
   assert reply.stats.time_to_first_token > 0 and reply.stats.tokens_per_second > 0
   # Cancelled after the first piece: stops early, keeps the partial answer.
@@ -104,8 +115,14 @@ def test_terminal_commands_and_thinking_switch(model_and_tokenizer):
   out = io.StringIO()
   chat.run_terminal(session, input_fn=scripted_input, out=out)
   text = out.getvalue()
-  for needle in ["/no_think", "[no reply yet]", "[thinking mode on]", "unknown command /bogus",
-                 "[thinking mode off]", "[history cleared]"]:
+  for needle in [
+    "/no_think",
+    "[no reply yet]",
+    "[thinking mode on]",
+    "unknown command /bogus",
+    "[thinking mode off]",
+    "[history cleared]",
+  ]:
     assert needle in text
   assert "/think" in prompts["/bogus"] and "/no_think" in prompts["/think"]  # rendered after each switch
 
@@ -117,13 +134,21 @@ def test_terminal_chat_in_a_pseudo_terminal(tmp_path):
   import pexpect
 
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT, TERM="xterm")
-  args = [sys.executable, os.path.join(ROOT, "experiments", "chat.py"), "--checkpoint=tiny",
-          "--context_length=512", "--max_new_tokens=300", "--chunk_steps=1", "--temperature=0"]
+  args = [
+    sys.executable,
+    os.path.join(ROOT, "experiments", "chat.py"),
+    "--checkpoint=tiny",
+    "--context_length=512",
+    "--max_new_tokens=300",
+    "--chunk_steps=1",
+    "--temperature=0",
+  ]
   master, slave = pty.openpty()
   # `setsid -c`: a new session whose controlling terminal is the pty (no fork of this threaded process
   # outside subprocess's exec path).
-  proc = subprocess.Popen(["setsid", "-c", *args], stdin=slave, stdout=slave, stderr=slave, env=env,
-                          cwd=str(tmp_path), close_fds=True)
+  proc = subprocess.Popen(
+    ["setsid", "-c", *args], stdin=slave, stdout=slave, stderr=slave, env=env, cwd=str(tmp_path), close_fds=True
+  )
   os.close(slave)
   log = open(tmp_path / "chat.log", "w")
   child = fdpexpect.fdspawn(master, encoding="utf-8", timeout=180)
@@ -191,8 +216,14 @@ def test_the_pinned_date_reaches_the_template(model_and_tokenizer):
 @pytest.mark.parametrize("flag,needle", [("--context_length=99999", "context_length"), ("--date=2024-02-30", "date")])
 def test_chat_script_refuses_bad_flags_before_loading(flag, needle):
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
-  proc = subprocess.run([sys.executable, os.path.join(ROOT, "experiments", "chat.py"), "--checkpoint=demo", flag],
-                        capture_output=True, text=True, timeout=300, env=env, stdin=subprocess.DEVNULL)
+  proc = subprocess.run(
+    [sys.executable, os.path.join(ROOT, "experiments", "chat.py"), "--checkpoint=demo", flag],
+    capture_output=True,
+    text=True,
+    timeout=300,
+    env=env,
+    stdin=subprocess.DEVNULL,
+  )
   assert proc.returncode != 0
   assert needle in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
   assert "loading" not in proc.stdout

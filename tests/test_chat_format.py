@@ -9,8 +9,8 @@ import pytest
 from flax import nnx
 
 import smollm3_jax
-from smollm3_jax.text import chat_format
 from smollm3_jax.nn import config as C
+from smollm3_jax.text import chat_format
 
 MESSAGES = [{"role": "user", "content": "What day is it?"}]
 

@@ -38,8 +38,7 @@ def our_logits(model, tokens, jit: bool = True) -> np.ndarray:
 
 
 def flat_params(model) -> dict:
-  return {tuple(p): np.asarray(v[...], np.float32)
-          for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+  return {tuple(p): np.asarray(v[...], np.float32) for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
 
 
 # --------------------------------------------------------------------------------------------
@@ -66,8 +65,8 @@ def test_f32_logits_match_transformers(hf_checkpoints, variant):
 def _hf_bf16(path):
   """transformers' own bf16 load of a saved checkpoint, eager attention (softmax in f32, as ours)."""
   import transformers
-  return transformers.SmolLM3ForCausalLM.from_pretrained(path, dtype=torch.bfloat16,
-                                                         attn_implementation="eager").eval()
+
+  return transformers.SmolLM3ForCausalLM.from_pretrained(path, dtype=torch.bfloat16, attn_implementation="eager").eval()
 
 
 def test_bf16_load_is_close(hf_checkpoints):
@@ -81,8 +80,10 @@ def test_bf16_load_is_close(hf_checkpoints):
   assert model.embed_tokens.embedding[...].dtype == jnp.bfloat16
   logits = our_logits(model, TOKENS)
   ref = hf_logits(_hf_bf16(ckpt.path), TOKENS)
-  print(f"bf16 vs transformers bf16: max |diff| {np.abs(logits - ref).max():.3g}, max |logit| "
-        f"{np.abs(ref).max():.3g}, argmax agreement {(logits.argmax(-1) == ref.argmax(-1)).mean():.3f}")
+  print(
+    f"bf16 vs transformers bf16: max |diff| {np.abs(logits - ref).max():.3g}, max |logit| "
+    f"{np.abs(ref).max():.3g}, argmax agreement {(logits.argmax(-1) == ref.argmax(-1)).mean():.3f}"
+  )
   assert np.abs(logits - ref).max() < 0.03 * np.abs(ref).max()
   assert (logits.argmax(-1) == ref.argmax(-1)).mean() > 0.9
 
@@ -100,6 +101,7 @@ def test_bf16_rmsnorm_equals_transformers_bf16():
   from transformers.models.smollm3.modeling_smollm3 import SmolLM3RMSNorm
 
   from smollm3_jax.nn.model import RMSNorm
+
   rng = np.random.default_rng(0)
   d = 2048
   x = (rng.standard_normal((64, d)) * 3 + rng.standard_normal((64, 1))).astype(np.float32)
@@ -124,6 +126,7 @@ def test_bf16_attention_equals_transformers_bf16():
   from transformers.models.smollm3.modeling_smollm3 import eager_attention_forward
 
   from smollm3_jax.nn.model import attend
+
   rng = np.random.default_rng(0)
   b, t, h, kvh, d = 2, 96, 8, 2, 64
   q = (rng.standard_normal((b, t, h, d)) * 2).astype(np.float32)
@@ -137,14 +140,15 @@ def test_bf16_attention_equals_transformers_bf16():
   causal = torch.full((t, t), torch.finfo(torch.bfloat16).min, dtype=torch.bfloat16).triu(1)[None, None]
   module = types.SimpleNamespace(num_key_value_groups=h // kvh, training=False)
   with torch.no_grad():
-    expected, _ = eager_attention_forward(module, tb(q).transpose(1, 2), tb(k), tb(v), causal, d ** -0.5)
+    expected, _ = eager_attention_forward(module, tb(q).transpose(1, 2), tb(k), tb(v), causal, d**-0.5)
   assert _mismatch(out, expected.reshape(b, t, h * d).float().numpy()) < 0.01
 
 
 def test_linear_rope_scaling_matches_transformers(make_hf_model, tmp_path):
   """rope_type "linear" (positions divided by the factor), saved by transformers, loaded by us."""
-  hf = make_hf_model(seed=6, tie_word_embeddings=True,
-                     rope_parameters={"rope_type": "linear", "rope_theta": 10000.0, "factor": 4.0})
+  hf = make_hf_model(
+    seed=6, tie_word_embeddings=True, rope_parameters={"rope_type": "linear", "rope_theta": 10000.0, "factor": 4.0}
+  )
   hf.save_pretrained(tmp_path)
   model = from_pretrained(str(tmp_path))
   assert (model.config.rope_scaling.rope_type, model.config.rope_scaling.factor) == ("linear", 4.0)
@@ -185,14 +189,16 @@ def test_kv_cache_steps_match_full_forward(hf_checkpoints, dtype, rel_tol):
   logits, cache = step(model, jnp.asarray(tokens[:, :10]), positions(0, 10), cache)
   pieces = [np.asarray(logits, np.float32)]
   for t in range(10, 16):
-    logits, cache = step(model, jnp.asarray(tokens[:, t:t + 1]), positions(t, t + 1), cache)
+    logits, cache = step(model, jnp.asarray(tokens[:, t : t + 1]), positions(t, t + 1), cache)
     pieces.append(np.asarray(logits, np.float32))
   incremental = np.concatenate(pieces, axis=1)
   # The cached path reduces over the 32-slot cache, the full forward over 16 keys: same math,
   # different rounding.
   scale = np.abs(full).max()
-  print(f"{np.dtype(dtype).name}: max |incremental - full| = {np.abs(incremental - full).max():.3g}, "
-        f"max |logit| = {scale:.3g}")
+  print(
+    f"{np.dtype(dtype).name}: max |incremental - full| = {np.abs(incremental - full).max():.3g}, "
+    f"max |logit| = {scale:.3g}"
+  )
   np.testing.assert_allclose(incremental, full, rtol=0, atol=rel_tol * scale)
   if dtype == jnp.float32:  # and both equal transformers
     np.testing.assert_allclose(incremental, hf_logits(ckpt.model, tokens), rtol=0, atol=1e-4)
@@ -259,8 +265,11 @@ def test_wrong_shape(hf_checkpoints, tmp_path):
   t = _tensors(d)
   t["model.layers.2.self_attn.k_proj.weight"] = np.zeros((16, 64), np.float32)
   _rewrite(d, t)
-  with pytest.raises(ValueError, match=r"'model\.layers\.2\.self_attn\.k_proj\.weight' has shape "
-                                       r"\(16, 64\), expected \(32, 64\)"):
+  with pytest.raises(
+    ValueError,
+    match=r"'model\.layers\.2\.self_attn\.k_proj\.weight' has shape "
+    r"\(16, 64\), expected \(32, 64\)",
+  ):
     from_pretrained(d)
 
 
@@ -321,6 +330,7 @@ def test_nonexistent_path(tmp_path):
 @pytest.fixture
 def offline_hub(monkeypatch, tmp_path):
   from huggingface_hub import constants
+
   cache = tmp_path / "hub"
   cache.mkdir()
   monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -346,8 +356,7 @@ def test_hub_id_offline_from_cache(offline_hub, hf_checkpoints):
   (repo / "refs").mkdir()
   (repo / "refs" / "main").write_text(revision)
   model = from_pretrained("someone/tiny-smollm3")
-  np.testing.assert_allclose(our_logits(model, TOKENS), hf_logits(ckpt.model, TOKENS), rtol=0,
-                             atol=1e-4)
+  np.testing.assert_allclose(our_logits(model, TOKENS), hf_logits(ckpt.model, TOKENS), rtol=0, atol=1e-4)
 
 
 # --------------------------------------------------------------------------------------------
@@ -359,14 +368,20 @@ def llama_cpp_permute(w: np.ndarray, n_head: int) -> np.ndarray:
 
 
 GGUF_NAMES = {
-    "model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
-    "lm_head.weight": "output.weight",
+  "model.embed_tokens.weight": "token_embd.weight",
+  "model.norm.weight": "output_norm.weight",
+  "lm_head.weight": "output.weight",
 }
 GGUF_LAYER_NAMES = {
-    "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
-    "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
-    "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm",
-    "post_attention_layernorm": "ffn_norm",
+  "self_attn.q_proj": "attn_q",
+  "self_attn.k_proj": "attn_k",
+  "self_attn.v_proj": "attn_v",
+  "self_attn.o_proj": "attn_output",
+  "mlp.gate_proj": "ffn_gate",
+  "mlp.up_proj": "ffn_up",
+  "mlp.down_proj": "ffn_down",
+  "input_layernorm": "attn_norm",
+  "post_attention_layernorm": "ffn_norm",
 }
 
 
@@ -463,8 +478,9 @@ def test_gguf_rope_scaling_metadata(hf_checkpoints, tmp_path):
   cfg = load_config(path)
   assert (cfg.rope_scaling.rope_type, cfg.rope_scaling.factor) == ("yarn", 2.0)
   assert cfg.rope_scaling.original_max_position_embeddings == 256
-  np.testing.assert_allclose(our_logits(from_pretrained(path), TOKENS), hf_logits(ckpt.model, TOKENS),
-                             rtol=0, atol=1e-4)
+  np.testing.assert_allclose(
+    our_logits(from_pretrained(path), TOKENS), hf_logits(ckpt.model, TOKENS), rtol=0, atol=1e-4
+  )
 
 
 @pytest.mark.parametrize("source", ["list", "interval"])
@@ -482,8 +498,7 @@ def test_gguf_no_rope_layers_metadata(make_hf_model, tmp_path, source):
   assert list(hf.config.no_rope_layers) == layout
   path = write_gguf(tmp_path / "nope.gguf", hf, metadata=add)
   assert load_config(path).no_rope_layers == tuple(layout)
-  np.testing.assert_allclose(our_logits(from_pretrained(path), TOKENS), hf_logits(hf, TOKENS), rtol=0,
-                             atol=1e-4)
+  np.testing.assert_allclose(our_logits(from_pretrained(path), TOKENS), hf_logits(hf, TOKENS), rtol=0, atol=1e-4)
 
 
 def _random_k_quant_bytes(rng, rows, cols, qtype):
@@ -499,17 +514,29 @@ def _random_k_quant_bytes(rng, rows, cols, qtype):
   return data.reshape(rows, -1)
 
 
-@pytest.mark.parametrize("qtype", [QT.F16, QT.BF16, QT.Q4_0, QT.Q4_1, QT.Q5_0, QT.Q8_0, QT.Q4_K,
-                                   QT.Q6_K])
+@pytest.mark.parametrize("qtype", [QT.F16, QT.BF16, QT.Q4_0, QT.Q4_1, QT.Q5_0, QT.Q8_0, QT.Q4_K, QT.Q6_K])
 def test_gguf_tensor_types(tmp_path, make_hf_model, qtype):
   """A 1-layer llama GGUF with every projection stored as ``qtype``: each loads as gguf's reference
   dequantization (K-quants need rows of 256, hence hidden 256)."""
-  hf = make_hf_model(seed=3, hidden_size=256, intermediate_size=256, num_hidden_layers=1,
-                     num_attention_heads=4, num_key_value_heads=2, head_dim=64, vocab_size=64,
-                     tie_word_embeddings=True)
+  hf = make_hf_model(
+    seed=3,
+    hidden_size=256,
+    intermediate_size=256,
+    num_hidden_layers=1,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=64,
+    vocab_size=64,
+    tie_word_embeddings=True,
+  )
   rng = np.random.RandomState(0)
-  names = ["blk.0.attn_v.weight", "blk.0.attn_output.weight", "blk.0.ffn_gate.weight",
-           "blk.0.ffn_up.weight", "blk.0.ffn_down.weight"]
+  names = [
+    "blk.0.attn_v.weight",
+    "blk.0.attn_output.weight",
+    "blk.0.ffn_gate.weight",
+    "blk.0.ffn_up.weight",
+    "blk.0.ffn_down.weight",
+  ]
   sd = {gguf_name(k): v.numpy() for k, v in hf.state_dict().items()}
   raw, expected = {}, {}
   for name in names:
@@ -524,9 +551,13 @@ def test_gguf_tensor_types(tmp_path, make_hf_model, qtype):
   assert load_config(path).no_rope_layers == (1,)  # llama: RoPE everywhere
   model = from_pretrained(path)
   layer = model.layers[0]
-  got = {"blk.0.attn_v.weight": layer.self_attn.v_proj, "blk.0.attn_output.weight":
-         layer.self_attn.o_proj, "blk.0.ffn_gate.weight": layer.mlp.gate_proj,
-         "blk.0.ffn_up.weight": layer.mlp.up_proj, "blk.0.ffn_down.weight": layer.mlp.down_proj}
+  got = {
+    "blk.0.attn_v.weight": layer.self_attn.v_proj,
+    "blk.0.attn_output.weight": layer.self_attn.o_proj,
+    "blk.0.ffn_gate.weight": layer.mlp.gate_proj,
+    "blk.0.ffn_up.weight": layer.mlp.up_proj,
+    "blk.0.ffn_down.weight": layer.mlp.down_proj,
+  }
   for name, module in got.items():
     np.testing.assert_array_equal(np.asarray(module.kernel[...]).T, expected[name], err_msg=name)
   if qtype not in (QT.Q4_K, QT.Q6_K):  # real weights: close to the originals
@@ -579,17 +610,24 @@ def demo(demo_model, demo_hf_model):
   from transformers import AutoTokenizer
 
   from smollm3_jax.checkpoints.demo import demo_gguf_path
+
   directory, name = os.path.split(demo_gguf_path())
   tok = AutoTokenizer.from_pretrained(directory, gguf_file=name)
-  ids = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
-                                add_generation_prompt=True, return_dict=False)
+  ids = tok.apply_chat_template(
+    [{"role": "user", "content": "What is the capital of France?"}], add_generation_prompt=True, return_dict=False
+  )
   return demo_model, demo_hf_model, np.asarray([ids])
 
 
 def test_demo_config(demo):
   cfg = demo[0].config
-  assert (cfg.num_hidden_layers, cfg.hidden_size, cfg.num_attention_heads,
-          cfg.num_key_value_heads, cfg.vocab_size) == (30, 576, 9, 3, 49152)
+  assert (cfg.num_hidden_layers, cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.vocab_size) == (
+    30,
+    576,
+    9,
+    3,
+    49152,
+  )
   assert cfg.tie_word_embeddings and all(cfg.no_rope_layers)
   assert (cfg.bos_token_id, cfg.eos_token_id) == (1, (2,))
 

@@ -21,14 +21,23 @@ def theirs(demo_hf_model):
 def test_greedy_48_tokens_equal_transformers(ours, theirs):
   model, tok = ours
   prompt = "Give me three tips for learning to play the guitar."
-  res = smollm3_jax.generate(model, tok, [prompt], max_new_tokens=48, stop_ids=[], temperature=0.0,
-                             repetition_penalty=1.0, top_p=1.0)  # plain greedy (the demo's defaults sample)
+  res = smollm3_jax.generate(
+    model, tok, [prompt], max_new_tokens=48, stop_ids=[], temperature=0.0, repetition_penalty=1.0, top_p=1.0
+  )  # plain greedy (the demo's defaults sample)
   ids = res[0].prompt_token_ids
   with torch.no_grad():
-    out = theirs.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                          max_new_tokens=48, do_sample=False, top_k=None, top_p=None, temperature=None,
-                          eos_token_id=None, pad_token_id=tok.pad_token_id)
-  assert res[0].token_ids == out[0, len(ids):].tolist()
+    out = theirs.generate(
+      torch.tensor([ids]),
+      attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+      max_new_tokens=48,
+      do_sample=False,
+      top_k=None,
+      top_p=None,
+      temperature=None,
+      eos_token_id=None,
+      pad_token_id=tok.pad_token_id,
+    )
+  assert res[0].token_ids == out[0, len(ids) :].tolist()
   assert len(res[0].token_ids) == 48
 
 

@@ -73,16 +73,28 @@ def _free_port() -> int:
 def _start(setup, workdir, processes: int, *, marker=None) -> list[subprocess.Popen]:
   """Starts the sweep on ``processes`` processes (8 fake devices in all); returns them."""
   tok_dir, wrapper, _ = setup
-  flags = ["--config=" + os.path.join(ROOT, "configs", "sweep.py") + ":tiny", f"--workdir={workdir}",
-           "--config.model.tokenizer=" + tok_dir, "--config.progress=False", "--config.prompts.limit=3",
-           "--config.batch_size=8", "--config.max_new_tokens=8", "--config.mesh=data=4,model=2",
-           "--config.plots=False", "--nocompilation_cache"]
+  flags = [
+    "--config=" + os.path.join(ROOT, "configs", "sweep.py") + ":tiny",
+    f"--workdir={workdir}",
+    "--config.model.tokenizer=" + tok_dir,
+    "--config.progress=False",
+    "--config.prompts.limit=3",
+    "--config.batch_size=8",
+    "--config.max_new_tokens=8",
+    "--config.mesh=data=4,model=2",
+    "--config.plots=False",
+    "--nocompilation_cache",
+  ]
   if processes > 1:
     flags += [f"--coordinator_address=127.0.0.1:{_free_port()}", f"--num_processes={processes}"]
   procs = []
   for i in range(processes):
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={8 // processes}",
-               JAX_PLATFORMS="cpu", PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = dict(
+      os.environ,
+      XLA_FLAGS=f"--xla_force_host_platform_device_count={8 // processes}",
+      JAX_PLATFORMS="cpu",
+      PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    )
     env.pop("SWEEP_TEST_MARKER", None)
     if marker is not None and i == 0:
       env["SWEEP_TEST_MARKER"] = str(marker)
@@ -109,7 +121,7 @@ def _finish(procs, timeout=600) -> list[tuple[int, str, str]]:
 
 def _compiles(stdout: str) -> dict:
   line = next(l for l in stdout.splitlines() if l.startswith("COMPILES "))
-  return json.loads(line[len("COMPILES "):])
+  return json.loads(line[len("COMPILES ") :])
 
 
 def _rows(workdir) -> list[tuple]:
@@ -122,7 +134,7 @@ def _rows(workdir) -> list[tuple]:
 def single(setup):
   """The single-process run (8 devices): its rows and compile counts."""
   workdir = setup[2] / "single"
-  (rc, stdout, stderr), = _finish(_start(setup, workdir, 1))
+  ((rc, stdout, stderr),) = _finish(_start(setup, workdir, 1))
   assert rc == 0, stderr[-3000:]
   return _rows(workdir), _compiles(stdout)
 
@@ -174,7 +186,7 @@ def test_a_killed_process_stops_the_other_and_a_rerun_resumes(setup, single, vic
     assert rc == 0, stderr[-3000:]
   assert f"rows: 24 ({len(kept)} resumed, {24 - len(kept)} new" in results[0][1]
   after = _rows(workdir)
-  assert after[:len(kept)] == kept  # finished rows are never rewritten
+  assert after[: len(kept)] == kept  # finished rows are never rewritten
   assert sorted(after) == sorted(rows)  # none lost, none twice, the same texts and tokens
 
 
@@ -194,9 +206,17 @@ def _generate_child() -> None:
   model = SmolLM3(C.tiny(num_layers=2), rngs=nnx.Rngs(0))
   rng = np.random.default_rng(0)
   prompts = [rng.integers(1, 500, k).tolist() for k in (3, 17, 9, 30, 5)]
-  res = smollm3_jax.generate(model, None, prompts, stop_ids=[], max_new_tokens=[6, 4, 7, 5, 6],
-                             temperature=[0.0, 0.9, 0.0, 1.0, 0.7], top_p=[1.0, 0.9, 1.0, 1.0, 0.95],
-                             seed=[1, 2, 3, 4, 5], mesh="data=4,model=2")
+  res = smollm3_jax.generate(
+    model,
+    None,
+    prompts,
+    stop_ids=[],
+    max_new_tokens=[6, 4, 7, 5, 6],
+    temperature=[0.0, 0.9, 0.0, 1.0, 0.7],
+    top_p=[1.0, 0.9, 1.0, 1.0, 0.95],
+    seed=[1, 2, 3, 4, 5],
+    mesh="data=4,model=2",
+  )
   print("RESULT " + json.dumps([c.token_ids for c in res]), flush=True)
 
 
@@ -205,16 +225,30 @@ def test_generate_over_two_processes_equals_one():
     port = _free_port()
     procs = []
     for i in range(processes):
-      env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={8 // processes}",
-                 JAX_PLATFORMS="cpu", PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
-                 TEST_NUM_PROCESSES=str(processes), TEST_PROCESS_ID=str(i), TEST_COORDINATOR=f"127.0.0.1:{port}")
-      procs.append(subprocess.Popen([sys.executable, os.path.abspath(__file__), "generate"], cwd=ROOT, env=env,
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+      env = dict(
+        os.environ,
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={8 // processes}",
+        JAX_PLATFORMS="cpu",
+        PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        TEST_NUM_PROCESSES=str(processes),
+        TEST_PROCESS_ID=str(i),
+        TEST_COORDINATOR=f"127.0.0.1:{port}",
+      )
+      procs.append(
+        subprocess.Popen(
+          [sys.executable, os.path.abspath(__file__), "generate"],
+          cwd=ROOT,
+          env=env,
+          stdout=subprocess.PIPE,
+          stderr=subprocess.PIPE,
+          text=True,
+        )
+      )
     out = []
     for rc, stdout, stderr in _finish(procs):
       line = next((l for l in stdout.splitlines() if l.startswith("RESULT ")), None)
       assert rc == 0 and line, stderr[-3000:]
-      out.append(json.loads(line[len("RESULT "):]))
+      out.append(json.loads(line[len("RESULT ") :]))
     return out
 
   (one,) = run(1)
@@ -236,11 +270,18 @@ def test_a_locked_workdir_stops_every_process_with_its_error(setup):
 
 
 def test_bad_process_flags_are_usage_errors(tmp_path):
-  cmd = [sys.executable, os.path.join(ROOT, "experiments", "sweep.py"),
-         "--config=" + os.path.join(ROOT, "configs", "sweep.py") + ":tiny", f"--workdir={tmp_path / 'wd'}",
-         "--coordinator_address=127.0.0.1:1", "--num_processes=2", "--process_id=2"]
-  res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120,
-                       env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  cmd = [
+    sys.executable,
+    os.path.join(ROOT, "experiments", "sweep.py"),
+    "--config=" + os.path.join(ROOT, "configs", "sweep.py") + ":tiny",
+    f"--workdir={tmp_path / 'wd'}",
+    "--coordinator_address=127.0.0.1:1",
+    "--num_processes=2",
+    "--process_id=2",
+  ]
+  res = subprocess.run(
+    cmd, cwd=ROOT, capture_output=True, text=True, timeout=120, env=dict(os.environ, JAX_PLATFORMS="cpu")
+  )
   assert res.returncode == 1 and "--process_id=2 must be < --num_processes=2" in res.stderr
   assert not (tmp_path / "wd").exists()
 
@@ -250,8 +291,9 @@ def test_single_process_helpers_are_no_ops():
   assert distributed.is_leader() and distributed.process_count() == 1
   assert distributed.broadcast({"a": 1}) == {"a": 1}
   distributed.barrier("x")
-  import numpy as np
   import jax.numpy as jnp
+  import numpy as np
+
   x = jnp.arange(6).reshape(2, 3)
   host = distributed.fetch({"x": x})["x"]
   assert isinstance(host, np.ndarray) and host.tolist() == [[0, 1, 2], [3, 4, 5]] and host.flags.writeable

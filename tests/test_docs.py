@@ -35,8 +35,8 @@ def _modules() -> list[str]:
 
 
 def _dotted(rel: str) -> str:
-  name = "smollm3_jax." + rel[:-len(".py")].replace("/", ".")
-  return name[:-len(".__init__")] if name.endswith(".__init__") else name
+  name = "smollm3_jax." + rel[: -len(".py")].replace("/", ".")
+  return name[: -len(".__init__")] if name.endswith(".__init__") else name
 
 
 def test_decoding_page_defaults_table_is_the_codes():
@@ -68,7 +68,7 @@ def _dotted_path(module: str) -> str | None:
 def test_readme_is_a_landing_page_whose_links_resolve():
   text = _read("README.md")
   assert len(text.splitlines()) <= 250
-  setup = text[text.index("\n## Set up\n"):]
+  setup = text[text.index("\n## Set up\n") :]
   block = re.search(r"```bash\n(.*?)```", setup, re.S).group(1)
   assert [line.split("#")[0].strip() for line in block.splitlines()] == ["make demo", "make test"]
   for target in re.findall(r"\]\(((?!https?:)[^)#]+)(?:#[^)]*)?\)", text):
@@ -80,6 +80,7 @@ def test_readme_is_a_landing_page_whose_links_resolve():
 
 def test_every_docs_page_is_in_the_site_nav():
   nav = _read("mkdocs.yml")
-  pages = [os.path.relpath(p, DOCS).replace(os.sep, "/") for p in glob.glob(os.path.join(DOCS, "**", "*.md"),
-                                                                           recursive=True)]
+  pages = [
+    os.path.relpath(p, DOCS).replace(os.sep, "/") for p in glob.glob(os.path.join(DOCS, "**", "*.md"), recursive=True)
+  ]
   assert pages and all(p in nav for p in pages), [p for p in pages if p not in nav]

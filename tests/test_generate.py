@@ -44,10 +44,18 @@ def _prompts(lengths, seed=0):
 
 def _hf_greedy(ref, prompt, new=NEW, repetition_penalty=1.0):
   with torch.no_grad():
-    out = ref.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
-                       max_new_tokens=new, do_sample=False, repetition_penalty=repetition_penalty,
-                       eos_token_id=None, pad_token_id=0, top_k=None, top_p=None)
-  return out[0, len(prompt):].tolist()
+    out = ref.generate(
+      torch.tensor([prompt]),
+      attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+      max_new_tokens=new,
+      do_sample=False,
+      repetition_penalty=repetition_penalty,
+      eos_token_id=None,
+      pad_token_id=0,
+      top_k=None,
+      top_p=None,
+    )
+  return out[0, len(prompt) :].tolist()
 
 
 @pytest.mark.parametrize("penalty", [1.0, 1.3])
@@ -77,8 +85,17 @@ def test_compiles_once_for_lengths_and_settings_in_a_bucket(tiny):
   before = dict(COMPILE_COUNTS)
   for temperature in (0.0, 0.7, 1.2):
     for penalty in (1.0, 1.1, 1.4):
-      res = smollm3_jax.generate(model, None, prompts, engine=engine, max_new_tokens=8, stop_ids=[],
-                                 temperature=temperature, repetition_penalty=penalty, seed=3)
+      res = smollm3_jax.generate(
+        model,
+        None,
+        prompts,
+        engine=engine,
+        max_new_tokens=8,
+        stop_ids=[],
+        temperature=temperature,
+        repetition_penalty=penalty,
+        seed=3,
+      )
       assert [len(c.token_ids) for c in res] == [8, 8, 8]
   assert COMPILE_COUNTS["prefill"] - before.get("prefill", 0) == 1
   assert COMPILE_COUNTS["decode"] - before.get("decode", 0) == 1
@@ -89,8 +106,16 @@ def test_row_depends_only_on_its_prompt_settings_and_seed(tiny):
   prompts = _prompts([5, 12, 8, 14])
   kw = dict(max_new_tokens=16, stop_ids=[])
   alone = smollm3_jax.generate(model, None, [prompts[1]], temperature=0.9, top_p=0.9, seed=[1234], **kw)
-  batch = smollm3_jax.generate(model, None, prompts, temperature=[1.0, 0.9, 0.0, 0.5], top_p=[1.0, 0.9, 1.0, 0.8],
-                               repetition_penalty=[1.2, 1.0, 1.0, 1.1], seed=[7, 1234, 8, 9], **kw)
+  batch = smollm3_jax.generate(
+    model,
+    None,
+    prompts,
+    temperature=[1.0, 0.9, 0.0, 0.5],
+    top_p=[1.0, 0.9, 1.0, 0.8],
+    repetition_penalty=[1.2, 1.0, 1.0, 1.1],
+    seed=[7, 1234, 8, 9],
+    **kw,
+  )
   assert alone[0].token_ids == batch[1].token_ids
   again = smollm3_jax.generate(model, None, [prompts[1]], temperature=0.9, top_p=0.9, seed=[1234], **kw)
   assert again[0].token_ids == alone[0].token_ids
@@ -118,7 +143,7 @@ def test_per_row_stops_and_reasons(tiny):
   for c, f, hit, budget in zip(res, free, first_hit, [20, 20, 7]):
     if hit is not None and hit < budget:
       assert c.stop_reason == "eos"
-      assert c.token_ids == f.token_ids[:hit + 1]  # the stop token is reported, the text excludes it
+      assert c.token_ids == f.token_ids[: hit + 1]  # the stop token is reported, the text excludes it
     else:
       assert c.stop_reason == "max_tokens"
       assert c.token_ids == f.token_ids[:budget]
@@ -137,7 +162,9 @@ def test_context_stop_and_context_error(tiny):
     smollm3_jax.generate(model, None, prompts, max_new_tokens=4, context_length=10**6)
 
 
-@pytest.mark.parametrize("kwargs, name", [
+@pytest.mark.parametrize(
+  "kwargs, name",
+  [
     (dict(temperature=-0.1), "temperature"),
     (dict(top_p=0.0), "top_p"),
     (dict(top_p=1.5), "top_p"),
@@ -145,7 +172,8 @@ def test_context_stop_and_context_error(tiny):
     (dict(min_p=1.5), "min_p"),
     (dict(repetition_penalty=0.0), "repetition_penalty"),
     (dict(max_new_tokens=0), "max_new_tokens"),
-])
+  ],
+)
 def test_bad_arguments_raise_before_compiling(tiny, kwargs, name):
   model, _ = tiny
   before = dict(COMPILE_COUNTS)
@@ -195,8 +223,9 @@ def test_newline_guard_stops_after_n_consecutive_newline_tokens(tiny):
       break
   tok = _NewlineTokenizer(model.config.vocab_size, newline_ids)
   engine = Engine(model, tok)
-  res = smollm3_jax.generate(model, tok, [prompt, prompt], engine=engine, max_new_tokens=24, stop_ids=[],
-                             newline_limit=[limit, 0])
+  res = smollm3_jax.generate(
+    model, tok, [prompt, prompt], engine=engine, max_new_tokens=24, stop_ids=[], newline_limit=[limit, 0]
+  )
   guarded, unguarded = res
   assert guarded.stop_reason == "newlines"
   assert guarded.token_ids == free[:expected]
@@ -209,8 +238,13 @@ def test_shared_prefill_gives_the_same_tokens(tiny):
   distinct = _prompts([5, 12, 9])
   # Repeats before the last distinct prompt first appears: row i's prompt is not prompt i.
   prompts = [distinct[i] for i in (0, 0, 1, 0, 2, 1, 2, 2, 0, 1)]
-  kw = dict(max_new_tokens=12, stop_ids=[], temperature=[0.0, 0.8] * 5, repetition_penalty=[1.0] * 5 + [1.3] * 5,
-            seed=list(range(10)))
+  kw = dict(
+    max_new_tokens=12,
+    stop_ids=[],
+    temperature=[0.0, 0.8] * 5,
+    repetition_penalty=[1.0] * 5 + [1.3] * 5,
+    seed=list(range(10)),
+  )
   plain = smollm3_jax.generate(model, None, prompts, share_prefill=False, **kw)
   shared = smollm3_jax.generate(model, None, prompts, share_prefill=True, **kw)
   assert [c.token_ids for c in shared] == [c.token_ids for c in plain]
@@ -253,8 +287,9 @@ def test_pad_slots_are_not_penalised(tiny):
   top2 = first.topk(2).values
   assert int(first.argmax()) == pad and top2[0] / 3 < top2[1]  # a penalised pad would lose the argmax
   long = _prompts([20], seed=3)[0]
-  res = smollm3_jax.generate(model, None, [PAD_PROMPT, long], max_new_tokens=6, stop_ids=[],
-                             repetition_penalty=[3.0, 1.0])
+  res = smollm3_jax.generate(
+    model, None, [PAD_PROMPT, long], max_new_tokens=6, stop_ids=[], repetition_penalty=[3.0, 1.0]
+  )
   assert res[0].token_ids == _hf_greedy(ref, PAD_PROMPT, new=6, repetition_penalty=3.0)
   assert res[0].token_ids[0] == pad
 
@@ -266,10 +301,9 @@ def test_stop_token_on_the_last_allowed_step_is_eos(tiny):
   prompt = _prompts([7], seed=4)[0]
   free = smollm3_jax.generate(model, None, [prompt], max_new_tokens=12, stop_ids=[])[0].token_ids
   k = max(i for i in range(1, 12) if free[i] not in free[:i])  # a token's first appearance
-  res = smollm3_jax.generate(model, None, [prompt, prompt], max_new_tokens=[k + 1, k + 2],
-                             stop_ids=[free[k]])
+  res = smollm3_jax.generate(model, None, [prompt, prompt], max_new_tokens=[k + 1, k + 2], stop_ids=[free[k]])
   for c in res:
-    assert (c.stop_reason, c.token_ids) == ("eos", free[:k + 1])
+    assert (c.stop_reason, c.token_ids) == ("eos", free[: k + 1])
 
 
 class _IdTokenizer:
@@ -289,7 +323,7 @@ def test_stop_token_is_reported_but_not_in_the_text(tiny):
   k = next(i for i in range(2, 10) if free[i] not in free[:i])
   tok = _IdTokenizer()
   c = smollm3_jax.generate(model, tok, [prompt], max_new_tokens=10, stop_ids=[free[k]], engine=Engine(model, tok))[0]
-  assert c.stop_reason == "eos" and c.token_ids == free[:k + 1]
+  assert c.stop_reason == "eos" and c.token_ids == free[: k + 1]
   assert c.text == tok.decode(free[:k]) and c.answer == c.text
 
 
@@ -310,11 +344,13 @@ def test_newline_guard_counts_consecutive_newlines_only(tiny):
   free = smollm3_jax.generate(model, None, [prompt], max_new_tokens=24, stop_ids=[])[0].token_ids
   # Two "newline" tokens that each appear but never next to one another: a guard with limit 2
   # must not fire (one that never resets its count stops at the second).
-  newline_ids = next({a, b} for a, b in itertools.combinations(sorted(set(free)), 2)
-                     if _newline_stop(free, {a, b}, 2) is None)
+  newline_ids = next(
+    {a, b} for a, b in itertools.combinations(sorted(set(free)), 2) if _newline_stop(free, {a, b}, 2) is None
+  )
   tok = _NewlineTokenizer(model.config.vocab_size, newline_ids)
-  res = smollm3_jax.generate(model, tok, [prompt], engine=Engine(model, tok), max_new_tokens=24,
-                             stop_ids=[], newline_limit=2)
+  res = smollm3_jax.generate(
+    model, tok, [prompt], engine=Engine(model, tok), max_new_tokens=24, stop_ids=[], newline_limit=2
+  )
   assert res[0].stop_reason == "max_tokens" and res[0].token_ids == free
 
 

@@ -12,9 +12,8 @@ import warnings
 import pytest
 
 import smollm3_jax
-from smollm3_jax.serving import chat
 from smollm3_jax.generation import defaults as generation_defaults
-from smollm3_jax.serving import server
+from smollm3_jax.serving import chat, server
 from smollm3_jax.text.chat_template import render_chat_template
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -23,14 +22,13 @@ TEMPLATE_PATH = os.path.join(ROOT, "tests", "data", "smollm3_chat_template.jinja
 # generation_config.json contents, as checkpoints ship them (the first is what save_pretrained of a
 # transformers model without generation settings writes; the second is SmolLM3-3B's recommendation).
 CONFIGS = [
-    {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0},
-    {"do_sample": True, "temperature": 0.6, "top_p": 0.95},
-    {"do_sample": True, "temperature": 0.7, "top_k": 20, "top_p": 0.8, "repetition_penalty": 1.05,
-     "max_new_tokens": 300},
-    {"do_sample": True},
-    {"do_sample": True, "top_k": 0, "min_p": 0.1},
-    {"do_sample": False, "temperature": 0.9, "top_p": 0.5, "repetition_penalty": 1.3},
-    {"temperature": 0.9, "max_new_tokens": 64},
+  {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0},
+  {"do_sample": True, "temperature": 0.6, "top_p": 0.95},
+  {"do_sample": True, "temperature": 0.7, "top_k": 20, "top_p": 0.8, "repetition_penalty": 1.05, "max_new_tokens": 300},
+  {"do_sample": True},
+  {"do_sample": True, "top_k": 0, "min_p": 0.1},
+  {"do_sample": False, "temperature": 0.9, "top_p": 0.5, "repetition_penalty": 1.3},
+  {"temperature": 0.9, "max_new_tokens": 64},
 ]
 
 
@@ -45,8 +43,7 @@ def _processors(gc) -> list[tuple]:
   holder.config = types.SimpleNamespace(is_encoder_decoder=False)
   with warnings.catch_warnings():
     warnings.simplefilter("ignore")
-    procs = GenerationMixin._get_logits_processor(holder, generation_config=gc, input_ids_seq_length=4,
-                                                  device="cpu")
+    procs = GenerationMixin._get_logits_processor(holder, generation_config=gc, input_ids_seq_length=4, device="cpu")
   params = ("temperature", "top_k", "top_p", "min_p", "penalty")
   return [(type(p).__name__, {k: float(getattr(p, k)) for k in params if hasattr(p, k)}) for p in procs]
 
@@ -54,10 +51,17 @@ def _processors(gc) -> list[tuple]:
 def _ours_as_transformers(d: generation_defaults.GenerationDefaults):
   """A GenerationConfig that asks transformers for exactly our settings (temperature 0 = greedy)."""
   from transformers import GenerationConfig
+
   if d.temperature == 0:
     return GenerationConfig(do_sample=False, repetition_penalty=d.repetition_penalty)
-  return GenerationConfig(do_sample=True, temperature=d.temperature, top_k=d.top_k, top_p=d.top_p,
-                          min_p=d.min_p or None, repetition_penalty=d.repetition_penalty)
+  return GenerationConfig(
+    do_sample=True,
+    temperature=d.temperature,
+    top_k=d.top_k,
+    top_p=d.top_p,
+    min_p=d.min_p or None,
+    repetition_penalty=d.repetition_penalty,
+  )
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=[str(i) for i in range(len(CONFIGS))])
@@ -76,9 +80,13 @@ def test_values_are_kept_as_written_and_bad_files_are_named(tmp_path):
   d = generation_defaults.from_generation_config({"do_sample": True, "temperature": 0.7, "top_p": 0.9})
   assert repr(d.temperature) == "0.7" and d.top_k == 50  # transformers' top_k default when sampling
   path = tmp_path / "generation_config.json"
-  for bad, needle in [({"do_sample": True, "temperature": 0}, "temperature"),
-                      ({"do_sample": "yes"}, "do_sample"), ({"do_sample": True, "top_p": 1.5}, "top_p"),
-                      ({"max_new_tokens": 0}, "max_new_tokens"), ({"repetition_penalty": "x"}, "repetition_penalty")]:
+  for bad, needle in [
+    ({"do_sample": True, "temperature": 0}, "temperature"),
+    ({"do_sample": "yes"}, "do_sample"),
+    ({"do_sample": True, "top_p": 1.5}, "top_p"),
+    ({"max_new_tokens": 0}, "max_new_tokens"),
+    ({"repetition_penalty": "x"}, "repetition_penalty"),
+  ]:
     path.write_text(json.dumps(bad))
     with pytest.raises(ValueError, match=needle) as info:
       generation_defaults.for_checkpoint(str(tmp_path))
@@ -91,8 +99,9 @@ def test_values_are_kept_as_written_and_bad_files_are_named(tmp_path):
 def test_sources(hf_checkpoints, demo_tokenizer):
   # The demo GGUF has no generation_config.json: the table. No tokenizer: greedy.
   assert generation_defaults.for_tokenizer(demo_tokenizer) == generation_defaults.table_defaults()
-  assert generation_defaults.for_tokenizer(None).as_dict() == dict(generation_defaults.GREEDY,
-                                                                   max_new_tokens=generation_defaults.MAX_NEW_TOKENS)
+  assert generation_defaults.for_tokenizer(None).as_dict() == dict(
+    generation_defaults.GREEDY, max_new_tokens=generation_defaults.MAX_NEW_TOKENS
+  )
   # A tiny transformers checkpoint saved with save_pretrained: its file names no do_sample, so greedy
   # (what the existing tests that leave the settings out rely on).
   path = hf_checkpoints("tied").path
@@ -129,8 +138,7 @@ def test_generate_stream_chat_and_server_take_the_checkpoints_defaults(tiny_mode
   tok = smollm3_jax.Tokenizer.from_pretrained(checkpoint_dir)
   messages = [{"role": "user", "content": "Hello"}]
   unset = smollm3_jax.generate(model, tok, [messages], seed=3)[0]
-  explicit = smollm3_jax.generate(model, tok, [messages], seed=3, thinking=True, max_new_tokens=5,
-                                  **FILE_SETTINGS)[0]
+  explicit = smollm3_jax.generate(model, tok, [messages], seed=3, thinking=True, max_new_tokens=5, **FILE_SETTINGS)[0]
   assert {k: unset.settings[k] for k in FILE_SETTINGS} == FILE_SETTINGS  # as written in the file
   assert unset.token_ids == explicit.token_ids and len(unset.token_ids) <= 5
   assert unset.settings["thinking"] is True
@@ -166,16 +174,19 @@ def test_one_thinking_default_the_templates(tiny_model_and_tokenizer):
   app = server.create_app(model, tok)
   assert app.state.server.defaults["thinking"] is True
   from starlette.testclient import TestClient
+
   with TestClient(app) as client:  # the page's thinking checkbox starts from the server's default
     assert '"thinking": true' in client.get("/").text
 
 
 def test_settings_are_echoed_as_given(tiny_model_and_tokenizer):
   model, tok = tiny_model_and_tokenizer
-  c = smollm3_jax.generate(model, tok, ["Hi"], temperature=0.7, top_p=0.9, repetition_penalty=1.1,
-                           max_new_tokens=2)[0]
+  c = smollm3_jax.generate(model, tok, ["Hi"], temperature=0.7, top_p=0.9, repetition_penalty=1.1, max_new_tokens=2)[0]
   assert (repr(c.settings["temperature"]), repr(c.settings["top_p"]), repr(c.settings["repetition_penalty"])) == (
-      "0.7", "0.9", "1.1")
+    "0.7",
+    "0.9",
+    "1.1",
+  )
 
 
 def test_unknown_keyword_arguments_are_refused(tiny_model_and_tokenizer):

@@ -17,15 +17,18 @@ import pytest
 from flax import nnx
 
 from smollm3_jax import Tokenizer, from_pretrained
-from smollm3_jax.utils import runtime
-from smollm3_jax.text import gguf_tokenizer
 from smollm3_jax.checkpoints import gguf as g
 from smollm3_jax.checkpoints.demo import demo_gguf_path
 from smollm3_jax.nn.model import SmolLM3, abstract_model
+from smollm3_jax.text import gguf_tokenizer
+from smollm3_jax.utils import runtime
 
 _PARSE = g._parse  # unpatched (the fixture counts calls of the module's one)
-TEXTS = ["Hello world, how are you?", "The capital of France is Paris. 12345 + 678 = ?",
-         "<|im_start|>user\nÜnïcödé — 日本語 🙂<|im_end|>\n"]
+TEXTS = [
+  "Hello world, how are you?",
+  "The capital of France is Paris. 12345 + 678 = ?",
+  "<|im_start|>user\nÜnïcödé — 日本語 🙂<|im_end|>\n",
+]
 
 
 def _clear_process_caches():
@@ -53,8 +56,7 @@ def index_dir(tmp_path, monkeypatch):
 def _fresh_header(path):
   """A header parsed by gguf.GGUFReader in this process, bypassing every cache."""
   st = os.stat(path)
-  return _PARSE(path=os.path.realpath(path), size=st.st_size, mtime_ns=st.st_mtime_ns,
-                  inode=st.st_ino)
+  return _PARSE(path=os.path.realpath(path), size=st.st_size, mtime_ns=st.st_mtime_ns, inode=st.st_ino)
 
 
 def _index_files(directory):
@@ -79,19 +81,25 @@ def write_tiny_gguf(path, *, seed=0, eps=1e-5, hidden=16):
   w.add_token_types([1] * vocab)
   w.add_token_merges(["t 1", "t 2"])
   w.add_eos_token_id(2)
-  shapes = {"token_embd.weight": (vocab, hidden), "output_norm.weight": (hidden,),
-            "blk.0.attn_norm.weight": (hidden,), "blk.0.ffn_norm.weight": (hidden,),
-            "blk.0.attn_q.weight": (heads * head_dim, hidden),
-            "blk.0.attn_k.weight": (kv_heads * head_dim, hidden),
-            "blk.0.attn_v.weight": (kv_heads * head_dim, hidden),
-            "blk.0.attn_output.weight": (hidden, heads * head_dim),
-            "blk.0.ffn_gate.weight": (ffn, hidden), "blk.0.ffn_up.weight": (ffn, hidden),
-            "blk.0.ffn_down.weight": (hidden, ffn)}
+  shapes = {
+    "token_embd.weight": (vocab, hidden),
+    "output_norm.weight": (hidden,),
+    "blk.0.attn_norm.weight": (hidden,),
+    "blk.0.ffn_norm.weight": (hidden,),
+    "blk.0.attn_q.weight": (heads * head_dim, hidden),
+    "blk.0.attn_k.weight": (kv_heads * head_dim, hidden),
+    "blk.0.attn_v.weight": (kv_heads * head_dim, hidden),
+    "blk.0.attn_output.weight": (hidden, heads * head_dim),
+    "blk.0.ffn_gate.weight": (ffn, hidden),
+    "blk.0.ffn_up.weight": (ffn, hidden),
+    "blk.0.ffn_down.weight": (hidden, ffn),
+  }
   for name, shape in shapes.items():
     x = rng.standard_normal(shape).astype(np.float32)
     if name == "blk.0.ffn_down.weight":  # rows of ffn = 32: one Q8_0 block each
-      w.add_tensor(name, gguf.quants.quantize(x, gguf.GGMLQuantizationType.Q8_0),
-                   raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+      w.add_tensor(
+        name, gguf.quants.quantize(x, gguf.GGMLQuantizationType.Q8_0), raw_dtype=gguf.GGMLQuantizationType.Q8_0
+      )
     else:
       w.add_tensor(name, x)
   w.write_header_to_file()
@@ -149,8 +157,7 @@ def test_index_is_json_keyed_by_file_version(index_dir, tmp_path):
   record = json.loads(open(os.path.join(directory, name), encoding="utf-8").read())
   st = os.stat(path)
   assert record["version"] == g.INDEX_VERSION and record["path"] == os.path.realpath(path)
-  assert (record["size"], record["mtime_ns"], record["inode"]) == (st.st_size, st.st_mtime_ns,
-                                                                   st.st_ino)
+  assert (record["size"], record["mtime_ns"], record["inode"]) == (st.st_size, st.st_mtime_ns, st.st_ino)
   assert record["fields"]["tokenizer.ggml.tokens"][:2] == ["t0", "t1"]
   assert record["tensors"][0][0] == "token_embd.weight"
 
@@ -163,8 +170,9 @@ def test_tiny_model_loads_the_same_from_the_index(index_dir, tmp_path):
   second = from_pretrained(path)
   assert len(parses) == 1  # the second load read the index
   assert first.config == second.config
-  for (p, a), (q, b) in zip(nnx.to_flat_state(nnx.state(first, nnx.Param)),
-                            nnx.to_flat_state(nnx.state(second, nnx.Param))):
+  for (p, a), (q, b) in zip(
+    nnx.to_flat_state(nnx.state(first, nnx.Param)), nnx.to_flat_state(nnx.state(second, nnx.Param))
+  ):
     assert p == q
     np.testing.assert_array_equal(np.asarray(a[...]), np.asarray(b[...]), err_msg=str(p))
 
@@ -207,8 +215,7 @@ def test_truncated_after_indexing_still_fails_clearly(index_dir, tmp_path):
     from_pretrained(path)
 
 
-@pytest.mark.parametrize("garbage", [b"", b"\x00\xffnot json", b"[1, 2]", b'{"version": 1}',
-                                     "tensors"])
+@pytest.mark.parametrize("garbage", [b"", b"\x00\xffnot json", b"[1, 2]", b'{"version": 1}', "tensors"])
 def test_corrupt_index_is_ignored_and_rewritten(index_dir, tmp_path, garbage):
   directory, parses = index_dir
   path = write_tiny_gguf(tmp_path / "tiny.gguf")
@@ -275,11 +282,9 @@ def test_abstract_model_matches_random_init_structure(tmp_path):
   config = g.load_config(write_tiny_gguf(tmp_path / "tiny.gguf"))
   for dtype, param_dtype in [(jnp.float32, None), (jnp.bfloat16, jnp.float32)]:
     got = abstract_model(config, dtype=dtype, param_dtype=param_dtype)
-    ref = nnx.eval_shape(lambda: SmolLM3(config, dtype=dtype, param_dtype=param_dtype,
-                                         rngs=nnx.Rngs(0)))
+    ref = nnx.eval_shape(lambda: SmolLM3(config, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(0)))
     assert nnx.graphdef(got) == nnx.graphdef(ref)
-    flat = lambda m: [(p, v.get_value().shape, v.get_value().dtype)
-                      for p, v in nnx.to_flat_state(nnx.state(m))]
+    flat = lambda m: [(p, v.get_value().shape, v.get_value().dtype) for p, v in nnx.to_flat_state(nnx.state(m))]
     assert flat(got) == flat(ref)
   a = SmolLM3(config, rngs=nnx.Rngs(0))
   b = SmolLM3(config, rngs=nnx.Rngs(0))

@@ -33,9 +33,14 @@ def _replay_module():
 @pytest.mark.parametrize("groups", ["loaders", "api,evaluate,server", "sweep,finetune"])
 def test_replay(groups):
   """Every case of these groups gets its expected outcome (the server's memory check included)."""
-  proc = subprocess.run([sys.executable, SCRIPT, f"--groups={groups}", f"--skip={','.join(KNOWN_BUGS)}"],
-                        capture_output=True, text=True, timeout=900, cwd=ROOT,
-                        env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  proc = subprocess.run(
+    [sys.executable, SCRIPT, f"--groups={groups}", f"--skip={','.join(KNOWN_BUGS)}"],
+    capture_output=True,
+    text=True,
+    timeout=900,
+    cwd=ROOT,
+    env=dict(os.environ, JAX_PLATFORMS="cpu"),
+  )
   lines = [l for l in proc.stdout.splitlines() if " ok " in l or " FAIL " in l or "cases ok" in l]
   print("\n".join(lines))
   assert proc.returncode == 0, "\n".join(lines) + "\n" + proc.stderr[-3000:]
@@ -55,6 +60,7 @@ def client():
   from starlette.testclient import TestClient
 
   from smollm3_jax.serving import chat, server
+
   model, tok = chat.load_chat_model("tiny", tiny_context=512)
   app = server.create_app(model, tok, model_name="tiny", temperature=0.0, max_tokens=8, chunk_steps=2, seed=0)
   with TestClient(app) as c:
@@ -67,21 +73,32 @@ def _hostile_bodies():
   sur = "\ud800"
   hello = [{"role": "user", "content": "hi"}]
   cases = [
-      ("surrogate content", {"messages": [{"role": "user", "content": "a" + sur}]}, 400, "messages[0].content",
-       "lone surrogate"),
-      ("surrogate stop", {"messages": hello, "stop": [sur], "stream": True}, 400, "stop[0]", "lone surrogate"),
-      ("surrogate field name", {"messages": hello, sur: 1}, 400, "\\ud800", "lone surrogate"),
-      ("surrogate metadata", {"messages": hello, "metadata": {"k": [sur]}}, 400, "metadata.k[0]", "lone surrogate"),
-      ("5000 digits", b'{"messages": [{"role": "user", "content": "hi"}], "seed": 1' + b"0" * 5000 + b"}", 400, None,
-       "too many digits"),
+    (
+      "surrogate content",
+      {"messages": [{"role": "user", "content": "a" + sur}]},
+      400,
+      "messages[0].content",
+      "lone surrogate",
+    ),
+    ("surrogate stop", {"messages": hello, "stop": [sur], "stream": True}, 400, "stop[0]", "lone surrogate"),
+    ("surrogate field name", {"messages": hello, sur: 1}, 400, "\\ud800", "lone surrogate"),
+    ("surrogate metadata", {"messages": hello, "metadata": {"k": [sur]}}, 400, "metadata.k[0]", "lone surrogate"),
+    (
+      "5000 digits",
+      b'{"messages": [{"role": "user", "content": "hi"}], "seed": 1' + b"0" * 5000 + b"}",
+      400,
+      None,
+      "too many digits",
+    ),
   ]
   cases += [(f"wrong type {i}",) + c for i, c in enumerate(replay.wrong_type_requests())]
   cases += [(f"huge number {i}",) + c for i, c in enumerate(replay.huge_number_requests())]
   return cases
 
 
-@pytest.mark.parametrize("name,body,status,param,needle", _hostile_bodies(), ids=lambda v: v if isinstance(v, str)
-                         and len(v) < 40 else None)
+@pytest.mark.parametrize(
+  "name,body,status,param,needle", _hostile_bodies(), ids=lambda v: v if isinstance(v, str) and len(v) < 40 else None
+)
 def test_hostile_bodies_get_a_4xx_naming_the_field(client, name, body, status, param, needle):
   content = body if isinstance(body, bytes) else json.dumps(body).encode()
   r = client.post("/v1/chat/completions", content=content, headers={"Content-Type": "application/json"})

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import os
 
+import lm_eval  # in the test extra: a missing install fails here, not skips
 import numpy as np
 import pytest
-
-import lm_eval  # in the test extra: a missing install fails here, not skips
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "lm_eval")
 TASKS = ["smollm3_jax_capitals", "smollm3_jax_arithmetic", "smollm3_jax_documents"]
@@ -20,8 +19,11 @@ TASKS = ["smollm3_jax_capitals", "smollm3_jax_arithmetic", "smollm3_jax_document
 
 @pytest.fixture(scope="module", autouse=True)
 def offline(tmp_path_factory):
-  keys = {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1",
-          "HF_DATASETS_CACHE": str(tmp_path_factory.mktemp("hf_datasets"))}
+  keys = {
+    "HF_DATASETS_OFFLINE": "1",
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_CACHE": str(tmp_path_factory.mktemp("hf_datasets")),
+  }
   old = {k: os.environ.get(k) for k in keys}
   os.environ.update(keys)
   yield
@@ -35,17 +37,20 @@ def offline(tmp_path_factory):
 @pytest.fixture(scope="module")
 def task_manager(offline):
   from lm_eval.tasks import TaskManager
+
   return TaskManager(include_path=DATA, include_defaults=False)
 
 
 def _evaluate(lm, task_manager, tasks=TASKS, **kwargs):
-  return lm_eval.simple_evaluate(model=lm, tasks=tasks, task_manager=task_manager, log_samples=True,
-                                 bootstrap_iters=0, **kwargs)
+  return lm_eval.simple_evaluate(
+    model=lm, tasks=tasks, task_manager=task_manager, log_samples=True, bootstrap_iters=0, **kwargs
+  )
 
 
 @pytest.fixture(scope="module")
 def ours(demo_model, demo_tokenizer, task_manager):
   from smollm3_jax.evaluation.lm_eval_model import SmolLM3JaxLM
+
   # Two rows per program everywhere in this module (here, in `lm` and in the grid test): the three
   # tasks' requests share one scoring shape (2 rows x 16 tokens) and one generation pool (2 slots),
   # so the module compiles each once.
@@ -59,6 +64,7 @@ def hf_tokenizer():
   from transformers import AutoTokenizer
 
   from smollm3_jax.checkpoints.demo import demo_gguf_path
+
   directory, name = os.path.split(demo_gguf_path())
   return AutoTokenizer.from_pretrained(directory, gguf_file=name)
 
@@ -66,6 +72,7 @@ def hf_tokenizer():
 @pytest.fixture(scope="module")
 def theirs(demo_hf_model, hf_tokenizer, task_manager):
   from lm_eval.models.huggingface import HFLM
+
   return _evaluate(HFLM(pretrained=demo_hf_model, tokenizer=hf_tokenizer, batch_size=32), task_manager)
 
 
@@ -73,6 +80,7 @@ def test_registered_with_lm_eval():
   from lm_eval.api.registry import get_model
 
   from smollm3_jax.evaluation.lm_eval_model import SmolLM3JaxLM
+
   assert get_model("smollm3_jax") is SmolLM3JaxLM
 
 
@@ -129,6 +137,7 @@ def test_generate_until_greedy_equals_hf(ours, theirs):
 @pytest.fixture(scope="module")
 def lm(demo_model, demo_tokenizer):
   from smollm3_jax.evaluation.lm_eval_model import SmolLM3JaxLM
+
   return SmolLM3JaxLM(model=demo_model, tokenizer=demo_tokenizer, batch_size=2, progress=False, seed=7)
 
 
@@ -136,36 +145,51 @@ def test_gen_kwargs_mapping(lm):
   greedy = lm.generation_settings({"until": ["\n"], "do_sample": False, "temperature": 0.7})
   assert greedy["settings"]["temperature"] == 0.0
   assert greedy["until"] == ["\n", "<|im_end|>"]  # lm-eval's eos added, as hf
-  s = lm.generation_settings({"temperature": 0.6, "top_p": 0.9, "top_k": 20, "min_p": 0.05,
-                              "repetition_penalty": 1.2, "max_gen_toks": 33, "until": "Q:"})
-  assert s["settings"] == dict(temperature=0.6, top_p=0.9, top_k=20, min_p=0.05, repetition_penalty=1.2,
-                               max_new_tokens=33)
+  s = lm.generation_settings(
+    {
+      "temperature": 0.6,
+      "top_p": 0.9,
+      "top_k": 20,
+      "min_p": 0.05,
+      "repetition_penalty": 1.2,
+      "max_gen_toks": 33,
+      "until": "Q:",
+    }
+  )
+  assert s["settings"] == dict(
+    temperature=0.6, top_p=0.9, top_k=20, min_p=0.05, repetition_penalty=1.2, max_new_tokens=33
+  )
   assert s["until"] == ["Q:", "<|im_end|>"]
   # Unset: what transformers.generate uses for a checkpoint without generation_config.json (the demo).
   s = lm.generation_settings({"do_sample": True, "max_new_tokens": 5})
-  assert s["settings"] == dict(temperature=1.0, top_p=1.0, top_k=50, min_p=0.0, repetition_penalty=1.0,
-                               max_new_tokens=5)
+  assert s["settings"] == dict(
+    temperature=1.0, top_p=1.0, top_k=50, min_p=0.0, repetition_penalty=1.0, max_new_tokens=5
+  )
   assert lm.generation_settings({})["settings"]["max_new_tokens"] == 256  # lm-eval's default budget
   # The engine's other settings pass through when given (off otherwise).
-  s = lm.generation_settings({"temperature": 0.8, "typical_p": 0.9, "no_repeat_ngram_size": 3,
-                              "min_new_tokens": 2, "frequency_penalty": 0.5})
-  assert {k: s["settings"][k] for k in ("typical_p", "no_repeat_ngram_size", "min_new_tokens",
-                                        "frequency_penalty")} == dict(typical_p=0.9, no_repeat_ngram_size=3,
-                                                                      min_new_tokens=2, frequency_penalty=0.5)
+  s = lm.generation_settings(
+    {"temperature": 0.8, "typical_p": 0.9, "no_repeat_ngram_size": 3, "min_new_tokens": 2, "frequency_penalty": 0.5}
+  )
+  assert {
+    k: s["settings"][k] for k in ("typical_p", "no_repeat_ngram_size", "min_new_tokens", "frequency_penalty")
+  } == dict(typical_p=0.9, no_repeat_ngram_size=3, min_new_tokens=2, frequency_penalty=0.5)
   assert "eta_cutoff" not in lm.generation_settings({})["settings"]
   # Up to four stop strings end rows early (lm-eval's eos string is already a stop id).
   assert lm.generation_settings({"until": ["a", "b", "c", "d", "e"]})["stop"] == ["a", "b", "c", "d"]
   assert lm.generation_settings({})["stop"] is None
 
 
-@pytest.mark.parametrize("gen_kwargs, message", [
+@pytest.mark.parametrize(
+  "gen_kwargs, message",
+  [
     ({"num_beams": 4}, "num_beams not supported"),
     ({"do_sample": True, "temperature": 0.0}, "temperature > 0"),
     ({"temperature": 0.5, "top_p": 1.5}, "top_p"),
     ({"max_gen_toks": 8192}, "max_gen_toks"),
     ({"typical_p": 0.0}, "typical_p"),
     ({"top_k": 1.5}, "top_k"),
-])
+  ],
+)
 def test_bad_gen_kwargs_are_refused(lm, gen_kwargs, message):
   with pytest.raises(ValueError, match=message):
     lm.generation_settings(gen_kwargs)
@@ -175,6 +199,7 @@ def test_sampled_rows_do_not_depend_on_their_batch(lm, demo_model, demo_tokenize
   from lm_eval.api.instance import Instance
 
   from smollm3_jax.evaluation.lm_eval_model import SmolLM3JaxLM
+
   # The arithmetic task's shapes (2 slots, 12 new tokens): no new compile; 3-4 rows through 2 slots.
   kwargs = {"temperature": 1.0, "max_gen_toks": 12, "until": []}
   contexts = ["Once upon a time", "The weather today", "Once upon a time", "My favourite food"]
@@ -190,29 +215,32 @@ def test_sampled_rows_do_not_depend_on_their_batch(lm, demo_model, demo_tokenize
   assert other_seed.generate_until(reqs([0, 1, 2])) != first
 
 
-def test_chat_template_matches_transformers(smollm3_template_tokenizer, demo_model, hf_tokenizer,
-                                           pinned_transformers_clock):
+def test_chat_template_matches_transformers(
+  smollm3_template_tokenizer, demo_model, hf_tokenizer, pinned_transformers_clock
+):
   import copy
 
   from smollm3_jax.evaluation.lm_eval_model import SmolLM3JaxLM
+
   hf = copy.deepcopy(hf_tokenizer)
   hf.chat_template = smollm3_template_tokenizer.chat_template
   chat = [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "What is 2 + 2?"}]
   prefixed = chat + [{"role": "assistant", "content": "The answer is"}]
   for thinking in (True, False):
-    lm = SmolLM3JaxLM(model=demo_model, tokenizer=smollm3_template_tokenizer, enable_thinking=thinking,
-                      progress=False)
+    lm = SmolLM3JaxLM(model=demo_model, tokenizer=smollm3_template_tokenizer, enable_thinking=thinking, progress=False)
     assert lm.apply_chat_template(chat) == hf.apply_chat_template(
-        chat, tokenize=False, add_generation_prompt=True, enable_thinking=thinking)
+      chat, tokenize=False, add_generation_prompt=True, enable_thinking=thinking
+    )
     # A task's gen_prefix: lm-eval asks for no generation prompt; the assistant turn stays open.
     assert lm.apply_chat_template(prefixed, add_generation_prompt=False) == hf.apply_chat_template(
-        prefixed, tokenize=False, add_generation_prompt=False, continue_final_message=True,
-        enable_thinking=thinking)
+      prefixed, tokenize=False, add_generation_prompt=False, continue_final_message=True, enable_thinking=thinking
+    )
     assert lm.think_end_token == ("</think>" if thinking else None)
 
 
 def test_thinking_is_stripped_before_until(lm, demo_model, smollm3_template_tokenizer):
   from smollm3_jax.evaluation.lm_eval_model import SmolLM3JaxLM
+
   tok = smollm3_template_tokenizer
   thinking = SmolLM3JaxLM(model=demo_model, tokenizer=tok, enable_thinking=True, progress=False)
   ids = tok.encode("<think>\nQ: let me think. 4\n</think>\n\nThe answer is 4.\nQ: next") + [tok.eos_token_id]
@@ -230,6 +258,7 @@ def test_grid_resumes_a_killed_run(tmp_path, demo_model, demo_tokenizer, task_ma
 
   from smollm3_jax.evaluation import grid as evaluation
   from smollm3_jax.evaluation.lm_eval_model import SmolLM3JaxLM
+
   made = []
 
   def make_lm(cell):
@@ -243,8 +272,13 @@ def test_grid_resumes_a_killed_run(tmp_path, demo_model, demo_tokenizer, task_ma
     raise Killed(name)
 
   wd = tmp_path / "wd"
-  kwargs = dict(workdir=str(wd), tasks=["smollm3_jax_arithmetic"], config={"checkpoint": "demo"},
-                evaluate_kwargs=dict(task_manager=task_manager, bootstrap_iters=0), log=lambda s: None)
+  kwargs = dict(
+    workdir=str(wd),
+    tasks=["smollm3_jax_arithmetic"],
+    config={"checkpoint": "demo"},
+    evaluate_kwargs=dict(task_manager=task_manager, bootstrap_iters=0),
+    log=lambda s: None,
+  )
   grid = evaluation.parse_grid(["temperature=0.0,0.7"])
   with pytest.raises(Killed):  # killed after the first cell
     evaluation.run_grid(make_lm, grid=grid, on_cell_done=kill, **kwargs)
@@ -285,12 +319,14 @@ def test_grid_of_two_axes_resumes_in_either_axis_order(tmp_path, demo_model, dem
 
   from smollm3_jax.evaluation import grid as evaluation
   from smollm3_jax.evaluation.lm_eval_model import SmolLM3JaxLM
+
   made = []
 
   def make_lm(cell):
     made.append(evaluation.cell_name(cell))
-    return SmolLM3JaxLM(model=demo_model, tokenizer=demo_tokenizer, batch_size=2, progress=False,
-                        seed=cell.get("seed", 0))
+    return SmolLM3JaxLM(
+      model=demo_model, tokenizer=demo_tokenizer, batch_size=2, progress=False, seed=cell.get("seed", 0)
+    )
 
   class Killed(Exception):
     pass
@@ -300,9 +336,17 @@ def test_grid_of_two_axes_resumes_in_either_axis_order(tmp_path, demo_model, dem
 
   wd = tmp_path / "wd"
   # The perplexity task on one document: a cheap cell (its settings change no number; the files are the point).
-  kwargs = dict(workdir=str(wd), tasks=["smollm3_jax_documents"], config={"checkpoint": "demo"},
-                evaluate_kwargs=dict(task_manager=task_manager, bootstrap_iters=0, limit=1), log=lambda s: None)
-  given = ["temperature=0.0,0.7", "seed=1,2"]  # not alphabetical (the GSM8K example of docs/scoring-and-evaluation.md: thinking, temperature)
+  kwargs = dict(
+    workdir=str(wd),
+    tasks=["smollm3_jax_documents"],
+    config={"checkpoint": "demo"},
+    evaluate_kwargs=dict(task_manager=task_manager, bootstrap_iters=0, limit=1),
+    log=lambda s: None,
+  )
+  given = [
+    "temperature=0.0,0.7",
+    "seed=1,2",
+  ]  # not alphabetical (the GSM8K example of docs/scoring-and-evaluation.md: thinking, temperature)
   names = ["temperature=0.0,seed=1", "temperature=0.0,seed=2", "temperature=0.7,seed=1", "temperature=0.7,seed=2"]
   with pytest.raises(Killed):
     evaluation.run_grid(make_lm, grid=evaluation.parse_grid(given), on_cell_done=kill, **kwargs)
@@ -332,13 +376,20 @@ def test_grid_of_two_axes_resumes_in_either_axis_order(tmp_path, demo_model, dem
   assert len(os.listdir(wd / "cells")) == 6
 
 
-@pytest.mark.parametrize("spec, message", [
-    (["temprature=0.1"], "unknown axis 'temprature'"), (["temperature=0.1,abc"], "not a number"),
-    (["thinking=yes"], "true or false"), (["top_k=1.5"], "not an integer"), (["temperature"], "name=v1"),
+@pytest.mark.parametrize(
+  "spec, message",
+  [
+    (["temprature=0.1"], "unknown axis 'temprature'"),
+    (["temperature=0.1,abc"], "not a number"),
+    (["thinking=yes"], "true or false"),
+    (["top_k=1.5"], "not an integer"),
+    (["temperature"], "name=v1"),
     (["temperature=0.1,0.1"], "repeated value"),
-])
+  ],
+)
 def test_bad_grid_specs(spec, message):
   from smollm3_jax.evaluation import grid as evaluation
+
   with pytest.raises(ValueError, match=message):
     evaluation.parse_grid(spec)
 
@@ -346,13 +397,22 @@ def test_bad_grid_specs(spec, message):
 def test_evaluate_script_refuses_bad_flags_before_loading(tmp_path):
   import subprocess
   import sys
+
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   script = os.path.join(root, "experiments", "evaluate.py")
-  for args, message in [(["--grid=temprature=0.1"], "unknown axis 'temprature'"),
-                        (["--gen_kwargs=num_beams=4"], "num_beams not supported")]:
+  for args, message in [
+    (["--grid=temprature=0.1"], "unknown axis 'temprature'"),
+    (["--gen_kwargs=num_beams=4"], "num_beams not supported"),
+  ]:
     base = ["--checkpoint=/nonexistent/never/loaded", f"--workdir={tmp_path / 'wd'}", "--tasks=smollm3_jax_capitals"]
-    proc = subprocess.run([sys.executable, script, *base, *args], capture_output=True, text=True, timeout=120,
-                          cwd=root, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    proc = subprocess.run(
+      [sys.executable, script, *base, *args],
+      capture_output=True,
+      text=True,
+      timeout=120,
+      cwd=root,
+      env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    )
     assert proc.returncode == 1 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
   assert not (tmp_path / "wd").exists()
 
@@ -389,12 +449,27 @@ def test_evaluate_script_resumes_a_killed_grid(tmp_path):
   wrapper.write_text(_STOP_AFTER_FIRST_CELL)
   # The perplexity task on one document (one small scoring program), two cells; two axes, not in
   # alphabetical order (config.json's keys are: the rerun must still match it).
-  args = [script, "--checkpoint=demo", "--dtype=float32", "--tasks=smollm3_jax_documents", f"--include_path={DATA}",
-          "--limit=1", "--grid=temperature=0.0", "--grid=seed=3,4", f"--workdir={workdir}", "--noprogress"]
-  env = dict(os.environ, JAX_PLATFORMS="cpu", EVAL_TEST_MARKER=str(marker),
-             PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
-  kill_at_marker([sys.executable, str(wrapper), *args], env=env, cwd=root, marker=marker,
-                 what="evaluate.py did not finish a cell")
+  args = [
+    script,
+    "--checkpoint=demo",
+    "--dtype=float32",
+    "--tasks=smollm3_jax_documents",
+    f"--include_path={DATA}",
+    "--limit=1",
+    "--grid=temperature=0.0",
+    "--grid=seed=3,4",
+    f"--workdir={workdir}",
+    "--noprogress",
+  ]
+  env = dict(
+    os.environ,
+    JAX_PLATFORMS="cpu",
+    EVAL_TEST_MARKER=str(marker),
+    PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""),
+  )
+  kill_at_marker(
+    [sys.executable, str(wrapper), *args], env=env, cwd=root, marker=marker, what="evaluate.py did not finish a cell"
+  )
   first = workdir / "cells" / "temperature=0.0,seed=3" / "results.json"
   stamp = first.stat().st_mtime_ns
   assert not (workdir / "cells" / "temperature=0.0,seed=4" / "results.json").exists()
@@ -415,17 +490,18 @@ def test_long_requests_lose_tokens_on_the_left_as_hf(demo_model, demo_tokenizer,
   import torch
 
   from smollm3_jax.evaluation.lm_eval_model import SmolLM3JaxLM
+
   small = SmolLM3JaxLM(model=demo_model, tokenizer=demo_tokenizer, batch_size=2, max_length=12, progress=False)
   ctx = demo_tokenizer.encode("One two three four five six seven eight nine ten eleven twelve thirteen")
   cont = demo_tokenizer.encode(" fourteen fifteen")
   assert len(ctx) + len(cont) > 13
-  (ll, greedy), = small._loglikelihood_tokens([(None, ctx, cont)])
+  ((ll, greedy),) = small._loglikelihood_tokens([(None, ctx, cont)])
   # hf: the model sees (context + continuation)[-(max_length + 1):][:-1]; the continuation's tokens
   # are scored from the last len(continuation) positions.
   inputs = (ctx + cont)[-13:][:-1]
   with torch.no_grad():
     logp = torch.log_softmax(demo_hf_model(torch.tensor([inputs])).logits[0].double(), -1).numpy()
-  rows = logp[-len(cont):]
+  rows = logp[-len(cont) :]
   assert ll == pytest.approx(float(rows[np.arange(len(cont)), cont].sum()), abs=1e-4)
   assert greedy == (rows.argmax(-1).tolist() == cont)
   with pytest.raises(ValueError, match="cannot be scored with max_length 12"):

@@ -37,7 +37,9 @@ def test_repeated_ngram_share():
   assert M.repeated_ngram_share(list(range(10)), 4) == 0.0
 
 
-@pytest.mark.parametrize("text,value", [
+@pytest.mark.parametrize(
+  "text,value",
+  [
     ("17 + 25 = 42", 42.0),
     ("The answer is 42.", 42.0),
     ("Answer: -3.5 degrees", -3.5),
@@ -48,7 +50,8 @@ def test_repeated_ngram_share():
     ("x = 2 + 3 = 5, check: 5", 5.0),
     ("no number here", None),
     ("H2O is water", None),
-])
+  ],
+)
 def test_extract_number(text, value):
   got = M.extract_number(text)
   assert got == value if value is None else got == pytest.approx(value)
@@ -114,10 +117,13 @@ def test_majority_vote():
 def test_self_bleu_equals_sacrebleu_called_directly():
   import sacrebleu
 
-  texts = ["the cat sat on the mat", "the cat sat on a mat today", "a dog ran far away from the mat",
-           "the cat sat on the mat"]
-  want = sum(sacrebleu.sentence_bleu(texts[i], [t for j, t in enumerate(texts) if j != i]).score
-             for i in range(4)) / 4
+  texts = [
+    "the cat sat on the mat",
+    "the cat sat on a mat today",
+    "a dog ran far away from the mat",
+    "the cat sat on the mat",
+  ]
+  want = sum(sacrebleu.sentence_bleu(texts[i], [t for j, t in enumerate(texts) if j != i]).score for i in range(4)) / 4
   assert M.self_bleu(texts) == pytest.approx(want, rel=1e-12)
   assert 0 < want < 100
   assert M.self_bleu(["same words here", "same words here"]) == pytest.approx(100.0)

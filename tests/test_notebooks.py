@@ -30,13 +30,14 @@ def tiny_checkpoint(tmp_path_factory):
   from flax import nnx
 
   import smollm3_jax
-  from smollm3_jax.nn import config as C
   from smollm3_jax.checkpoints import orbax as O
+  from smollm3_jax.nn import config as C
   from smollm3_jax.nn.model import SmolLM3
 
   tok = smollm3_jax.Tokenizer.from_pretrained("demo")
-  cfg = C.tiny(num_layers=2, vocab_size=tok.vocab_size, eos_token_id=(int(tok.eos_token_id),),
-               pad_token_id=int(tok.pad_token_id))
+  cfg = C.tiny(
+    num_layers=2, vocab_size=tok.vocab_size, eos_token_id=(int(tok.eos_token_id),), pad_token_id=int(tok.pad_token_id)
+  )
   path = tmp_path_factory.mktemp("nb") / "tiny_orbax"
   O.save(path, SmolLM3(cfg, rngs=nnx.Rngs(0)), tokenizer=tok, source="tiny random (tests)")
   return str(path)
@@ -66,13 +67,25 @@ def wheel_install(tmp_path_factory):
   is never activated."""
   base = tmp_path_factory.mktemp("wheel")
   src = base / "src"
-  shutil.copytree(os.path.join(ROOT, "smollm3_jax"), src / "smollm3_jax",
-                  ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+  shutil.copytree(
+    os.path.join(ROOT, "smollm3_jax"), src / "smollm3_jax", ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+  )
   for name in ("pyproject.toml", "README.md", "LICENSE"):
     if os.path.exists(os.path.join(ROOT, name)):
       shutil.copy(os.path.join(ROOT, name), src / name)
-  _run(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "--no-index",
-       "-w", str(base / "dist"), str(src))
+  _run(
+    sys.executable,
+    "-m",
+    "pip",
+    "wheel",
+    "-q",
+    "--no-deps",
+    "--no-build-isolation",
+    "--no-index",
+    "-w",
+    str(base / "dist"),
+    str(src),
+  )
   (wheel,) = glob.glob(str(base / "dist" / "smollm3_jax-*.whl"))
   _run(sys.executable, "-m", "venv", "--without-pip", str(base / "venv"))
   python = str(base / "venv" / "bin" / "python")
@@ -82,9 +95,15 @@ def wheel_install(tmp_path_factory):
   _run(sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--target", purelib, wheel)
   kernels = base / "jupyter" / "kernels" / KERNEL
   kernels.mkdir(parents=True)
-  (kernels / "kernel.json").write_text(json.dumps({
-      "argv": [python, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-      "display_name": "smollm3-jax wheel", "language": "python"}))
+  (kernels / "kernel.json").write_text(
+    json.dumps(
+      {
+        "argv": [python, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "smollm3-jax wheel",
+        "language": "python",
+      }
+    )
+  )
   return str(base / "jupyter"), purelib, python
 
 
@@ -103,10 +122,10 @@ def test_notebook_runs(name, tiny_checkpoint, tmp_path, monkeypatch):
   monkeypatch.setenv("JAX_PLATFORMS", "cpu")
   monkeypatch.setenv("HF_HUB_OFFLINE", "1")
   nb = nbformat.read(os.path.join(NOTEBOOKS, f"{name}.ipynb"), as_version=4)
-  NotebookClient(nb, timeout=300, kernel_name="python3",
-                 resources={"metadata": {"path": NOTEBOOKS}}).execute()
-  text = "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs
-                   if o.get("output_type") == "stream")
+  NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": NOTEBOOKS}}).execute()
+  text = "\n".join(
+    o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.get("output_type") == "stream"
+  )
   if name == "quickstart":
     assert "loaded" in text and "tokens, stop:" in text and "GenerationStats" in text
   elif name == "sweep_analysis":
@@ -114,14 +133,21 @@ def test_notebook_runs(name, tiny_checkpoint, tmp_path, monkeypatch):
     assert "cells," in text and "generations" in text
     # The figures are in the outputs: the library's line plots and heatmaps, and the notebook's own
     # pyplot figure drawn after the sweep ran in this kernel (the sweep left the backend alone).
-    images = {marker: sum("image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code"
-                          and marker in c.source for o in c.outputs)
-              for marker in ("sweep.line_figure(", "sweep.heatmap_figure(", "plt.show()")}
+    images = {
+      marker: sum(
+        "image/png" in o.get("data", {})
+        for c in nb.cells
+        if c.cell_type == "code" and marker in c.source
+        for o in c.outputs
+      )
+      for marker in ("sweep.line_figure(", "sweep.heatmap_figure(", "plt.show()")
+    }
     assert images == {"sweep.line_figure(": 3, "sweep.heatmap_figure(": 2, "plt.show()": 1}, images
 
 
-def test_colab_notebook_runs_from_an_installed_wheel_without_the_repository(wheel_install, tiny_checkpoint, tmp_path,
-                                                                              monkeypatch):
+def test_colab_notebook_runs_from_an_installed_wheel_without_the_repository(
+  wheel_install, tiny_checkpoint, tmp_path, monkeypatch
+):
   """As on Colab after the install cell: only the installed package, no configs/, experiments/ or data/."""
   from nbclient import NotebookClient
 
@@ -131,8 +157,13 @@ def test_colab_notebook_runs_from_an_installed_wheel_without_the_repository(whee
   shutil.copy(os.path.join(NOTEBOOKS, "colab_tpu.ipynb"), run)
   for var in ("PYTHONPATH", "SMOLLM3_JAX_REPO", "SMOLLM3_NOTEBOOK_INSTALL", "SMOLLM3_ORBAX_DIR"):
     monkeypatch.delenv(var, raising=False)
-  probe = _run(python, "-c", "import importlib.util as u, smollm3_jax; "
-               "print(smollm3_jax.__file__, [m for m in ('configs', 'experiments') if u.find_spec(m)])", cwd=run)
+  probe = _run(
+    python,
+    "-c",
+    "import importlib.util as u, smollm3_jax; "
+    "print(smollm3_jax.__file__, [m for m in ('configs', 'experiments') if u.find_spec(m)])",
+    cwd=run,
+  )
   assert probe.split() == [os.path.join(purelib, "smollm3_jax", "__init__.py"), "[]"], probe
 
   monkeypatch.setenv("JUPYTER_PATH", jupyter_path)
@@ -145,8 +176,9 @@ def test_colab_notebook_runs_from_an_installed_wheel_without_the_repository(whee
   monkeypatch.setenv("HF_HUB_OFFLINE", "1")
   nb = nbformat.read(str(run / "colab_tpu.ipynb"), as_version=4)
   NotebookClient(nb, timeout=300, kernel_name=KERNEL, resources={"metadata": {"path": str(run)}}).execute()
-  text = "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs
-                   if o.get("output_type") == "stream")
+  text = "\n".join(
+    o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.get("output_type") == "stream"
+  )
   assert "not installing" in text
   assert f"smollm3_jax from {os.path.join(purelib, 'smollm3_jax')}\n" in text
   assert f"converted {tiny_checkpoint!r} to {tmp_path / 'orbax'}" in text
@@ -154,5 +186,6 @@ def test_colab_notebook_runs_from_an_installed_wheel_without_the_repository(whee
   assert os.path.isfile(tmp_path / "sweep" / "summary.csv")
   # the tiny preset's prompts: the prompt set inside the installed package
   with open(tmp_path / "sweep" / "config.json") as f:
-    assert json.load(f)["config"]["prompts"]["path"] == os.path.join(purelib, "smollm3_jax", "sweep", "prompts",
-                                                                      "sweep.jsonl")
+    assert json.load(f)["config"]["prompts"]["path"] == os.path.join(
+      purelib, "smollm3_jax", "sweep", "prompts", "sweep.jsonl"
+    )

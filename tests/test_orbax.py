@@ -30,9 +30,9 @@ def _child(workdir: str) -> dict:
   from flax import nnx
 
   import smollm3_jax
+  from smollm3_jax.checkpoints import orbax as O
   from smollm3_jax.nn import config as C
   from smollm3_jax.nn import sharding as S
-  from smollm3_jax.checkpoints import orbax as O
   from smollm3_jax.nn.model import SmolLM3
 
   cfg = C.tiny(num_layers=2, num_key_value_heads=4)
@@ -50,13 +50,18 @@ def _child(workdir: str) -> dict:
     q = model.layers[0].self_attn.q_proj.kernel.get_value()
     k = model.layers[1].self_attn.k_proj.kernel.get_value()
     result[spec] = dict(
-        equal=all(np.array_equal(got[p], original[p]) for p in original),
-        placed=sh.is_placed(model), q=str(q.sharding.spec), k=str(k.sharding.spec),
-        q_shard=list(q.addressable_shards[0].data.shape), mesh=S.describe(q.sharding.mesh))
+      equal=all(np.array_equal(got[p], original[p]) for p in original),
+      placed=sh.is_placed(model),
+      q=str(q.sharding.spec),
+      k=str(k.sharding.spec),
+      q_shard=list(q.addressable_shards[0].data.shape),
+      mesh=S.describe(q.sharding.mesh),
+    )
   one = smollm3_jax.from_pretrained(out)
   x = one.embed_tokens.embedding.get_value()
-  result["single"] = dict(equal=all(np.array_equal(_params(one)[p], original[p]) for p in original),
-                          devices=len(x.sharding.device_set))
+  result["single"] = dict(
+    equal=all(np.array_equal(_params(one)[p], original[p]) for p in original), devices=len(x.sharding.device_set)
+  )
   return result
 
 
@@ -108,10 +113,10 @@ def test_converted_model_generates_like_the_source(tiny_hf, tmp_path):
   from experiments.convert import convert
 
   convert(tiny_hf, str(tmp_path / "out"), dtype="float32", tokenizer=False, verify=False)
-  a = smollm3_jax.generate(smollm3_jax.from_pretrained(tiny_hf), None, [[5, 6, 7]], max_new_tokens=6,
-                           stop_ids=[])
-  b = smollm3_jax.generate(smollm3_jax.from_pretrained(str(tmp_path / "out")), None, [[5, 6, 7]],
-                           max_new_tokens=6, stop_ids=[])
+  a = smollm3_jax.generate(smollm3_jax.from_pretrained(tiny_hf), None, [[5, 6, 7]], max_new_tokens=6, stop_ids=[])
+  b = smollm3_jax.generate(
+    smollm3_jax.from_pretrained(str(tmp_path / "out")), None, [[5, 6, 7]], max_new_tokens=6, stop_ids=[]
+  )
   assert a[0].token_ids == b[0].token_ids and len(a[0].token_ids) == 6
 
 
@@ -119,8 +124,8 @@ def test_tokenizer_files_travel_with_the_checkpoint(tmp_path):
   from flax import nnx
 
   import smollm3_jax
-  from smollm3_jax.nn import config as C
   from smollm3_jax.checkpoints import orbax as O
+  from smollm3_jax.nn import config as C
   from smollm3_jax.nn.model import SmolLM3
 
   tok = smollm3_jax.Tokenizer.from_pretrained("demo")
@@ -130,16 +135,17 @@ def test_tokenizer_files_travel_with_the_checkpoint(tmp_path):
   text = "Hello, world! 12345 <|im_start|>user\nCafé ünïcödé"
   assert again.encode(text) == tok.encode(text)
   messages = [{"role": "user", "content": "What is 2+2?"}]
-  assert (again.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-          == tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
+  assert again.apply_chat_template(messages, add_generation_prompt=True, tokenize=False) == tok.apply_chat_template(
+    messages, add_generation_prompt=True, tokenize=False
+  )
   assert again.stop_token_ids == tok.stop_token_ids
 
 
 def test_bad_directories_are_refused(tmp_path, tiny_hf):
   from flax import nnx
 
-  from smollm3_jax.nn import config as C
   from smollm3_jax.checkpoints import orbax as O
+  from smollm3_jax.nn import config as C
   from smollm3_jax.nn.model import SmolLM3
 
   (tmp_path / "full").mkdir()
@@ -161,9 +167,11 @@ def test_bad_directories_are_refused(tmp_path, tiny_hf):
 
 def test_restore_onto_other_meshes(multi):
   assert multi["devices"] == 8
-  expect = {"data=8,model=1": ("P(None, None)", [64, 128]),
-            "data=1,model=8": ("P(None, 'model')", [64, 16]),
-            "data=2,model=4": ("P(None, 'model')", [64, 32])}
+  expect = {
+    "data=8,model=1": ("P(None, None)", [64, 128]),
+    "data=1,model=8": ("P(None, 'model')", [64, 16]),
+    "data=2,model=4": ("P(None, 'model')", [64, 32]),
+  }
   for spec, (q_spec, q_shard) in expect.items():
     r = multi[spec]
     assert r["equal"], spec

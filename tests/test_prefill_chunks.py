@@ -30,10 +30,16 @@ def test_chunked_prefill_equals_transformers(tied, capsys):
   assert res.stats.cache_length == 256
   for prompt, c in zip(prompts, res):
     with torch.no_grad():
-      ref = ckpt.model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
-                                max_new_tokens=8, do_sample=False, eos_token_id=None, pad_token_id=0)
-    expected = ref[0, len(prompt):].tolist()
-    assert c.token_ids == expected[:len(c.token_ids)] and len(c.token_ids) == 8
+      ref = ckpt.model.generate(
+        torch.tensor([prompt]),
+        attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+        max_new_tokens=8,
+        do_sample=False,
+        eos_token_id=None,
+        pad_token_id=0,
+      )
+    expected = ref[0, len(prompt) :].tolist()
+    assert c.token_ids == expected[: len(c.token_ids)] and len(c.token_ids) == 8
   # The same programs run a prompt that fills almost every slot.
   long = [rng.integers(3, 512, size=250).tolist()]
   capsys.readouterr()
@@ -42,8 +48,14 @@ def test_chunked_prefill_equals_transformers(tied, capsys):
   assert dict(COMPILE_COUNTS) == before
   assert "prefill" in capsys.readouterr().err  # four chunks: a progress bar
   with torch.no_grad():
-    ref = ckpt.model.generate(torch.tensor(long), attention_mask=torch.ones(1, 250, dtype=torch.long),
-                              max_new_tokens=4, do_sample=False, eos_token_id=None, pad_token_id=0)
+    ref = ckpt.model.generate(
+      torch.tensor(long),
+      attention_mask=torch.ones(1, 250, dtype=torch.long),
+      max_new_tokens=4,
+      do_sample=False,
+      eos_token_id=None,
+      pad_token_id=0,
+    )
   assert again[0].token_ids == ref[0, 250:].tolist()
 
 

@@ -12,8 +12,8 @@ import torch
 from flax import nnx
 
 import smollm3_jax
-from smollm3_jax.nn import quantize as Q
 from smollm3_jax.generation.engine import COMPILE_COUNTS, Engine
+from smollm3_jax.nn import quantize as Q
 
 
 def test_quantize_rows_matches_torch_per_channel():
@@ -24,8 +24,13 @@ def test_quantize_rows_matches_torch_per_channel():
   assert q.dtype == np.int8 and scale.shape == (24, 1) and scale[5, 0] == 1.0
   with warnings.catch_warnings():  # torch deprecates its quantized tensors, not the arithmetic
     warnings.simplefilter("ignore", UserWarning)
-    ref = torch.quantize_per_channel(torch.from_numpy(w), torch.from_numpy(scale[:, 0].astype(np.float64)),
-                                     torch.zeros(24, dtype=torch.long), 0, torch.qint8)
+    ref = torch.quantize_per_channel(
+      torch.from_numpy(w),
+      torch.from_numpy(scale[:, 0].astype(np.float64)),
+      torch.zeros(24, dtype=torch.long),
+      0,
+      torch.qint8,
+    )
   np.testing.assert_array_equal(q, ref.int_repr().numpy())
   np.testing.assert_array_equal(np.abs(q).max(axis=1)[np.arange(24) != 5], 127)
   assert np.all(np.abs(w - q * scale) <= scale / 2 + 1e-7)
@@ -35,6 +40,7 @@ def test_quantize_rows_matches_torch_per_channel():
 def test_int8_matmul_equals_integer_reference(lead):
   """quantize(x) @ q.T in exact integers, rescaled; the one-row case (padded to two) included."""
   import jax.numpy as jnp
+
   rs = np.random.RandomState(1)
   x = rs.randn(*lead, 48).astype(np.float32)
   q = rs.randint(-127, 128, (20, 48)).astype(np.int8)
@@ -61,7 +67,8 @@ def test_compare_logits_equals_torch():
   ce = torch.nn.functional.cross_entropy(g, torch.from_numpy(targets))
   assert q["perplexity"] == pytest.approx(np.exp(ce.item()), rel=1e-9)
   assert q["perplexity_reference"] == pytest.approx(
-      np.exp(torch.nn.functional.cross_entropy(r, torch.from_numpy(targets)).item()), rel=1e-9)
+    np.exp(torch.nn.functional.cross_entropy(r, torch.from_numpy(targets)).item()), rel=1e-9
+  )
 
 
 def test_bad_mode_is_refused_before_loading():
@@ -76,9 +83,9 @@ def _hf_with_int8_scheme(hf_model, ours):
   """A copy of ``hf_model`` whose weights are our dequantized int8 weights and whose every Linear
   quantizes its input per token first (forward pre-hooks): the W8A8 scheme, in torch."""
   import copy
+
   hm = copy.deepcopy(hf_model)
-  deq = lambda lin: torch.from_numpy(np.asarray(lin.qkernel[...], np.float32)
-                                     * np.asarray(lin.qscale[...])[:, None])
+  deq = lambda lin: torch.from_numpy(np.asarray(lin.qkernel[...], np.float32) * np.asarray(lin.qscale[...])[:, None])
   with torch.no_grad():
     for layer, ref in zip(ours.layers, hm.model.layers):
       for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
@@ -88,8 +95,9 @@ def _hf_with_int8_scheme(hf_model, ours):
       ref.mlp.up_proj.weight.copy_(gate_up[1::2])
       ref.mlp.down_proj.weight.copy_(deq(layer.mlp.down_proj))
     emb = ours.embed_tokens
-    hm.model.embed_tokens.weight.copy_(torch.from_numpy(
-        np.asarray(emb.qembedding[...], np.float32) * np.asarray(emb.qscale[...])[:, None]))
+    hm.model.embed_tokens.weight.copy_(
+      torch.from_numpy(np.asarray(emb.qembedding[...], np.float32) * np.asarray(emb.qscale[...])[:, None])
+    )
     if not hm.config.tie_word_embeddings:
       hm.lm_head.weight.copy_(deq(ours.lm_head))
 
@@ -105,9 +113,9 @@ def _hf_with_int8_scheme(hf_model, ours):
   return hm
 
 
-@pytest.mark.parametrize("variant", [
-    dict(tie_word_embeddings=True),
-    dict(tie_word_embeddings=False, attention_bias=True, mlp_bias=True)])
+@pytest.mark.parametrize(
+  "variant", [dict(tie_word_embeddings=True), dict(tie_word_embeddings=False, attention_bias=True, mlp_bias=True)]
+)
 def test_int8_logits_equal_transformers_with_the_same_scheme(make_hf_model, tmp_path, variant):
   # Four layers (the last one NoPE): deep enough to cover every part, shallow enough that no
   # activation lands within float rounding of a .5 tie, which would change one code and then grow.
@@ -138,13 +146,15 @@ def test_int8_demo_quality_and_answer(demo_model, demo_tokenizer):
   q = Q.compare_logits(np.asarray(demo_model(ids)[0][0, :-1]), np.asarray(ours8(ids)[0][0, :-1]), ids[0, 1:])
   assert q["top1_agreement"] > 0.8 and q["mean_kl"] < 0.1, q
   assert q["perplexity"] < 1.2 * q["perplexity_reference"], q
-  prompt = demo_tokenizer.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
-                                              add_generation_prompt=True)
+  prompt = demo_tokenizer.apply_chat_template(
+    [{"role": "user", "content": "What is the capital of France?"}], add_generation_prompt=True
+  )
   # Plain greedy (the checkpoint's defaults sample with a penalty). The rendered text goes in as the
   # user message, as before: with the question rendered once, int8 greedy answers
   # "L'Étoile, la France, est la maquette de la" (f32: "The capital of France is Paris.").
-  res = smollm3_jax.generate(ours8, demo_tokenizer, [prompt], max_new_tokens=16, temperature=0.0,
-                             repetition_penalty=1.0, top_p=1.0)
+  res = smollm3_jax.generate(
+    ours8, demo_tokenizer, [prompt], max_new_tokens=16, temperature=0.0, repetition_penalty=1.0, top_p=1.0
+  )
   assert "Paris" in res[0].text
 
 
@@ -163,13 +173,13 @@ def test_int8_rows_are_independent_and_compile_once(tiny8):
   kw = dict(engine=engine, max_new_tokens=10, stop_ids=[])
   before = dict(COMPILE_COUNTS)
   batch = smollm3_jax.generate(tiny8, None, prompts, temperature=[0.0, 0.8, 1.1], seed=[1, 2, 3], **kw)
-  again = smollm3_jax.generate(tiny8, None, prompts, temperature=[0.5, 0.8, 0.0],
-                               repetition_penalty=[1.0, 1.0, 1.3], seed=[9, 2, 4], **kw)
+  again = smollm3_jax.generate(
+    tiny8, None, prompts, temperature=[0.5, 0.8, 0.0], repetition_penalty=[1.0, 1.0, 1.3], seed=[9, 2, 4], **kw
+  )
   assert COMPILE_COUNTS["prefill"] - before.get("prefill", 0) == 1
   assert COMPILE_COUNTS["decode"] - before.get("decode", 0) == 1
   assert batch[1].token_ids == again[1].token_ids  # same prompt, setting and seed in a new batch
-  alone = smollm3_jax.generate(tiny8, None, [prompts[1]], temperature=0.8, seed=[2], max_new_tokens=10,
-                               stop_ids=[])
+  alone = smollm3_jax.generate(tiny8, None, [prompts[1]], temperature=0.8, seed=[2], max_new_tokens=10, stop_ids=[])
   assert alone[0].token_ids == batch[1].token_ids  # batch 1 pads the int8 products to two rows
 
 

@@ -21,7 +21,7 @@ def _readme() -> str:
 def quick_start() -> str:
   """The first python code block under "## Quick start"."""
   text = _readme()
-  use = text[text.index("\n## Quick start\n"):]
+  use = text[text.index("\n## Quick start\n") :]
   return re.search(r"```python\n(.*?)```", use, re.S).group(1)
 
 
@@ -47,7 +47,7 @@ def test_quick_start_runs_as_written_on_the_demo(monkeypatch):
   streamed = s.result.completions[0]
   table = generation_defaults.table_defaults()
   assert {k: streamed.settings[k] for k in generation_defaults.SAMPLING_FIELDS} == {
-      k: getattr(table, k) for k in generation_defaults.SAMPLING_FIELDS}
+    k: getattr(table, k) for k in generation_defaults.SAMPLING_FIELDS
+  }
   assert streamed.answer.strip() and streamed.answer.strip()[:20] in printed
   assert s.result.stats.generated_tokens == len(streamed.token_ids) <= 128
-

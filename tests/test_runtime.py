@@ -28,14 +28,15 @@ print("RESULT " + json.dumps(dict(dir=jax.config.jax_compilation_cache_dir, inde
 
 @pytest.mark.parametrize("case", ["default", "off", "caller"])
 def test_library_use_turns_the_compilation_cache_on_unless_told_otherwise(tmp_path, case):
-  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu",
-             SMOLLM3_JAX_CACHE_DIR="off" if case == "off" else str(tmp_path))
+  env = dict(
+    os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu", SMOLLM3_JAX_CACHE_DIR="off" if case == "off" else str(tmp_path)
+  )
   if case == "off":
     env["HOME"] = str(tmp_path)  # nothing may land in a default directory either
   proc = subprocess.run([sys.executable, "-c", CHILD, case], capture_output=True, text=True, env=env, timeout=300)
   line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
   assert proc.returncode == 0 and line, proc.stderr[-3000:]
-  got = json.loads(line[len("RESULT "):])
+  got = json.loads(line[len("RESULT ") :])
   if case == "default":
     assert got["dir"] == str(tmp_path) and got["index"] == os.path.join(str(tmp_path), "gguf_index")
     assert any(name.endswith("-cache") or "cache" in name for name in os.listdir(tmp_path)), os.listdir(tmp_path)

@@ -14,11 +14,11 @@ import pytest
 import torch
 from transformers import GenerationConfig
 from transformers.generation.logits_process import (
-    MinPLogitsWarper,
-    RepetitionPenaltyLogitsProcessor,
-    TemperatureLogitsWarper,
-    TopKLogitsWarper,
-    TopPLogitsWarper,
+  MinPLogitsWarper,
+  RepetitionPenaltyLogitsProcessor,
+  TemperatureLogitsWarper,
+  TopKLogitsWarper,
+  TopPLogitsWarper,
 )
 from transformers.generation.utils import GenerationMixin
 
@@ -74,15 +74,15 @@ def _assert_same(ours, ref):
 
 def _torch_rows(logits, fn):
   """Apply fn(b, scores[1, V]) row by row -> [B, V] numpy."""
-  return np.concatenate([fn(b, torch.from_numpy(logits[b:b + 1].copy())).numpy()
-                         for b in range(logits.shape[0])])
+  return np.concatenate([fn(b, torch.from_numpy(logits[b : b + 1].copy())).numpy() for b in range(logits.shape[0])])
 
 
 def _context(ids, valid):
   """The TokenContext of a prompt: the ids at valid positions observed into an empty context."""
   pos = jnp.broadcast_to(jnp.arange(ids.shape[1]), ids.shape)
-  return S.observe(S.init_context(ids.shape[0], V, ids.shape[1]), jnp.asarray(ids), pos, jnp.asarray(valid),
-                   generated=False)
+  return S.observe(
+    S.init_context(ids.shape[0], V, ids.shape[1]), jnp.asarray(ids), pos, jnp.asarray(valid), generated=False
+  )
 
 
 def _presence(ids, valid):
@@ -166,33 +166,41 @@ def _generate_processors(temperature, top_k, top_p, min_p, repetition_penalty, p
   holder = object.__new__(type("_Holder", (GenerationMixin,), {}))
   holder.config = types.SimpleNamespace(is_encoder_decoder=False)
   if temperature == 0.0:
-    gc = GenerationConfig(do_sample=False, repetition_penalty=repetition_penalty,
-                          temperature=None, top_k=None, top_p=None)
+    gc = GenerationConfig(
+      do_sample=False, repetition_penalty=repetition_penalty, temperature=None, top_k=None, top_p=None
+    )
   else:
-    gc = GenerationConfig(do_sample=True, temperature=temperature, top_k=top_k, top_p=top_p,
-                          min_p=None if min_p == 0.0 else min_p,
-                          repetition_penalty=repetition_penalty)
+    gc = GenerationConfig(
+      do_sample=True,
+      temperature=temperature,
+      top_k=top_k,
+      top_p=top_p,
+      min_p=None if min_p == 0.0 else min_p,
+      repetition_penalty=repetition_penalty,
+    )
   with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     return GenerationMixin._get_logits_processor(
-        holder, generation_config=gc, input_ids_seq_length=prompt_len, device="cpu")
+      holder, generation_config=gc, input_ids_seq_length=prompt_len, device="cpu"
+    )
 
 
 # (temperature, top_k, top_p, min_p, repetition_penalty) per row, incl. "off" values
 CHAIN_ROWS = [
-    (1.0, 0, 1.0, 0.0, 1.0),   # everything off
-    (0.7, 10, 1.0, 0.0, 1.3),
-    (1.3, 0, 0.9, 0.0, 0.8),
-    (0.5, 50, 0.8, 0.05, 1.1),
-    (2.0, 0, 1.0, 0.1, 1.0),
-    (0.0, 5, 0.5, 0.2, 1.5),   # greedy: only the repetition penalty applies
+  (1.0, 0, 1.0, 0.0, 1.0),  # everything off
+  (0.7, 10, 1.0, 0.0, 1.3),
+  (1.3, 0, 0.9, 0.0, 0.8),
+  (0.5, 50, 0.8, 0.05, 1.1),
+  (2.0, 0, 1.0, 0.1, 1.0),
+  (0.0, 5, 0.5, 0.2, 1.5),  # greedy: only the repetition penalty applies
 ]
 
 
 def _params(rows):
   cols = list(zip(*rows))
-  return S.SamplingParams.make(len(rows), temperature=cols[0], top_k=cols[1], top_p=cols[2],
-                               min_p=cols[3], repetition_penalty=cols[4])
+  return S.SamplingParams.make(
+    len(rows), temperature=cols[0], top_k=cols[1], top_p=cols[2], min_p=cols[3], repetition_penalty=cols[4]
+  )
 
 
 def test_full_chain_matches_generate_processors(data):
@@ -215,8 +223,7 @@ def test_full_chain_matches_generate_processors(data):
 
   # Greedy rows in sample_tokens: argmax of the penalised logits (do_sample=False).
   keys = S.row_keys(jnp.arange(B))
-  tok = np.asarray(_SAMPLE(jnp.asarray(logits), _context(ids, valid),
-                                              params, keys))
+  tok = np.asarray(_SAMPLE(jnp.asarray(logits), _context(ids, valid), params, keys))
   assert tok[5] == int(np.argmax(r[5]))
   assert all(np.isfinite(r[b, tok[b]]) for b in range(B))
 
@@ -247,6 +254,7 @@ def _chi2_threshold(df: int, p_value: float) -> float:
   """x with P(chi2_df > x) <= p_value."""
   try:
     from scipy.stats import chi2
+
     return float(chi2.isf(p_value, df))
   except ImportError:
     # Chernoff bound, valid for x > df: P(X > x) <= (x/df * exp(1 - x/df))^(df/2).
@@ -296,8 +304,9 @@ def test_draws_over_a_real_vocabulary_match_softmax_frequencies():
   v, n = 1000, 4000
   rng = np.random.default_rng(7)
   row = (rng.standard_normal(v) - 3.0).astype(np.float32)
-  hot = np.concatenate([rng.choice(256, 3, replace=False), [255, 256, 511, 512, 767, 768, 999],
-                        256 + rng.choice(743, 14, replace=False)])
+  hot = np.concatenate(
+    [rng.choice(256, 3, replace=False), [255, 256, 511, 512, 767, 768, 999], 256 + rng.choice(743, 14, replace=False)]
+  )
   hot = np.unique(hot)
   row[hot] = rng.uniform(1.0, 3.0, hot.size).astype(np.float32)
   logits = jnp.broadcast_to(jnp.asarray(row), (2 * n, v))
@@ -318,12 +327,12 @@ def test_draws_over_a_real_vocabulary_match_softmax_frequencies():
     assert p[256:].sum() > 0.8
     if top_p < 1.0:  # the nucleus: the cold tokens are out, a hot one too
       kept = p > 0
-      assert set(tok[half * n:(half + 1) * n].tolist()) <= set(np.flatnonzero(kept).tolist())
+      assert set(tok[half * n : (half + 1) * n].tolist()) <= set(np.flatnonzero(kept).tolist())
       assert kept.sum() < hot.size
       bins_h = [b for b in bins if p[b].sum() > 0]
     else:
       bins_h = bins
-    stat = _chi2_bins(tok[half * n:(half + 1) * n], p, bins_h)
+    stat = _chi2_bins(tok[half * n : (half + 1) * n], p, bins_h)
     print(f"T={t} top_p={top_p}: chi2 {stat:.1f} on {len(bins_h) - 1} df")
     assert stat < _chi2_threshold(len(bins_h) - 1, 1e-6), (t, top_p, stat)
 
@@ -338,8 +347,7 @@ def test_same_seed_same_tokens_and_steps_differ(data):
   b = fn(jnp.asarray(logits), presence, params, S.step_keys(S.row_keys(jnp.asarray([3, 4, 5, 6, 7, 8])), 7))
   np.testing.assert_array_equal(a, b)
   assert a.dtype == jnp.int32 and a.shape == (B,)
-  draws = np.stack([np.asarray(fn(jnp.asarray(logits), presence, params, S.step_keys(keys, s)))
-                    for s in range(8)])
+  draws = np.stack([np.asarray(fn(jnp.asarray(logits), presence, params, S.step_keys(keys, s))) for s in range(8)])
   assert len({tuple(d) for d in draws}) > 1
   # Raw uint32 [B, 2] keys are accepted too.
   raw = jax.random.key_data(S.step_keys(keys, 7))
@@ -355,8 +363,12 @@ def test_row_draw_independent_of_other_rows():
   fn = _SAMPLE
 
   # Target rows alone: top-p sampling, each with its own key.
-  alone = fn(jnp.broadcast_to(jnp.asarray(target), (n, v)), _empty(n, v),
-             S.SamplingParams.make(n, temperature=0.8, top_p=0.9), keys)
+  alone = fn(
+    jnp.broadcast_to(jnp.asarray(target), (n, v)),
+    _empty(n, v),
+    S.SamplingParams.make(n, temperature=0.8, top_p=0.9),
+    keys,
+  )
   # Interleaved with other rows that use other settings (greedy, top-k, min-p) and keys.
   mixed_logits = np.empty((2 * n, v), np.float32)
   mixed_logits[0::2], mixed_logits[1::2] = target, others
@@ -370,20 +382,23 @@ def test_row_draw_independent_of_other_rows():
   min_p[1::2] = 0.1
   other_keys = S.step_keys(S.row_keys(jnp.arange(n) + 10_000), 3)
   mixed_keys = jnp.stack([keys, other_keys], axis=1).reshape(2 * n)
-  mixed = fn(jnp.asarray(mixed_logits), _empty(2 * n, v),
-             S.SamplingParams.make(2 * n, temperature=temp, top_p=top_p, top_k=top_k, min_p=min_p),
-             mixed_keys)
+  mixed = fn(
+    jnp.asarray(mixed_logits),
+    _empty(2 * n, v),
+    S.SamplingParams.make(2 * n, temperature=temp, top_p=top_p, top_k=top_k, min_p=min_p),
+    mixed_keys,
+  )
   np.testing.assert_array_equal(np.asarray(mixed)[0::2], np.asarray(alone))
   assert len(set(np.asarray(alone).tolist())) > 1  # really sampled
 
   # A greedy row gives the same token on the all-greedy fast path and in a mixed batch.
-  greedy_alone = fn(jnp.asarray(others[:1]), _empty(1, v),
-                    S.SamplingParams.make(1), keys[:1])
+  greedy_alone = fn(jnp.asarray(others[:1]), _empty(1, v), S.SamplingParams.make(1), keys[:1])
   assert int(greedy_alone[0]) == int(np.argmax(others[0])) == int(mixed[1])
 
 
-@pytest.mark.parametrize("setting", [dict(top_k=3), dict(top_p=0.6), dict(min_p=0.3),
-                                     dict(top_k=8, top_p=0.7, min_p=0.2)])
+@pytest.mark.parametrize(
+  "setting", [dict(top_k=3), dict(top_p=0.6), dict(min_p=0.3), dict(top_k=8, top_p=0.7, min_p=0.2)]
+)
 def test_filtered_tokens_never_sampled(setting):
   n, v = 4000, 50
   row = (np.random.default_rng(2).standard_normal(v) * 1.5).astype(np.float32)
@@ -398,9 +413,7 @@ def test_filtered_tokens_never_sampled(setting):
     s = MinPLogitsWarper(float(np.float32(setting["min_p"])))(None, s)
   kept = set(np.flatnonzero(np.isfinite(s.numpy()[0])).tolist())
   assert 1 < len(kept) < v
-  tok = _SAMPLE(jnp.broadcast_to(jnp.asarray(row), (n, v)),
-                                 _empty(n, v), params,
-                                 S.row_keys(jnp.arange(n)))
+  tok = _SAMPLE(jnp.broadcast_to(jnp.asarray(row), (n, v)), _empty(n, v), params, S.row_keys(jnp.arange(n)))
   assert set(np.asarray(tok).tolist()) == kept  # only kept tokens, and all of them
 
 
@@ -409,15 +422,24 @@ def test_filtered_tokens_never_sampled(setting):
 # ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name,value", [
-    ("temperature", -0.1), ("temperature", float("nan")),
-    ("top_k", -1), ("top_k", 2.5),
-    ("top_p", 0.0), ("top_p", 1.01), ("top_p", float("inf")),
-    ("min_p", -0.01), ("min_p", 1.5),
-    ("repetition_penalty", 0.0), ("repetition_penalty", -1.0),
+@pytest.mark.parametrize(
+  "name,value",
+  [
+    ("temperature", -0.1),
+    ("temperature", float("nan")),
+    ("top_k", -1),
+    ("top_k", 2.5),
+    ("top_p", 0.0),
+    ("top_p", 1.01),
+    ("top_p", float("inf")),
+    ("min_p", -0.01),
+    ("min_p", 1.5),
+    ("repetition_penalty", 0.0),
+    ("repetition_penalty", -1.0),
     ("temperature", [0.5, 1.0]),  # wrong length
     ("top_k", [[1, 2, 3]]),  # wrong rank
-])
+  ],
+)
 def test_validation_names_the_parameter(name, value):
   with pytest.raises(ValueError, match=name):
     S.SamplingParams.make(3, **{name: value})
@@ -426,15 +448,13 @@ def test_validation_names_the_parameter(name, value):
 
 
 def test_validation_accepts_good_and_rejects_unknown():
-  S.validate_sampling_args(temperature=[0.0, 0.7], top_k=[0, 40], top_p=1.0, min_p=[0.0, 1.0],
-                           repetition_penalty=0.5)
+  S.validate_sampling_args(temperature=[0.0, 0.7], top_k=[0, 40], top_p=1.0, min_p=[0.0, 1.0], repetition_penalty=0.5)
   with pytest.raises(ValueError, match="top_q"):
     S.validate_sampling_args(top_q=0.5)
 
 
 def test_make_take():
-  p = S.SamplingParams.make(3, temperature=[0.0, 0.5, 1.0], top_k=4, top_p=[1.0, 0.9, 0.5],
-                            repetition_penalty=1.2)
+  p = S.SamplingParams.make(3, temperature=[0.0, 0.5, 1.0], top_k=4, top_p=[1.0, 0.9, 0.5], repetition_penalty=1.2)
   assert p.temperature.dtype == jnp.float32 and p.top_k.dtype == jnp.int32
   assert p.top_k.tolist() == [4, 4, 4] and p.min_p.tolist() == [0.0] * 3
   q = p.take(jnp.asarray([2, 0]))
@@ -446,14 +466,22 @@ def test_token_context_observe():
   """observe: prompt chunks set presence and history; sampled tokens are also counted; invalid
   entries, ids outside the vocabulary and positions outside the history are dropped."""
   ctx = S.init_context(2, 8, 6)
-  ctx = S.observe(ctx, jnp.asarray([[1, 2, 2], [0, 5, -1]]), jnp.asarray([[0, 1, 2], [0, 1, 2]]),
-                  jnp.asarray([[True, True, True], [False, True, True]]), generated=False)
-  ctx = S.observe(ctx, jnp.asarray([[2, 9, 4], [6, 6, 6]]), jnp.asarray([[3, 4, 9], [2, 3, 4]]),
-                  jnp.asarray([[True, True, True], [True, True, False]]), generated=False)
-  ctx = S.observe(ctx, jnp.asarray([[7], [6]]), jnp.asarray([[5], [4]]), jnp.asarray([[True], [True]]),
-                  generated=True)
-  ctx = S.observe(ctx, jnp.asarray([[7], [3]]), jnp.asarray([[6], [5]]), jnp.asarray([[True], [False]]),
-                  generated=True)
+  ctx = S.observe(
+    ctx,
+    jnp.asarray([[1, 2, 2], [0, 5, -1]]),
+    jnp.asarray([[0, 1, 2], [0, 1, 2]]),
+    jnp.asarray([[True, True, True], [False, True, True]]),
+    generated=False,
+  )
+  ctx = S.observe(
+    ctx,
+    jnp.asarray([[2, 9, 4], [6, 6, 6]]),
+    jnp.asarray([[3, 4, 9], [2, 3, 4]]),
+    jnp.asarray([[True, True, True], [True, True, False]]),
+    generated=False,
+  )
+  ctx = S.observe(ctx, jnp.asarray([[7], [6]]), jnp.asarray([[5], [4]]), jnp.asarray([[True], [True]]), generated=True)
+  ctx = S.observe(ctx, jnp.asarray([[7], [3]]), jnp.asarray([[6], [5]]), jnp.asarray([[True], [False]]), generated=True)
   presence = np.zeros((2, 8), bool)
   presence[0, [1, 2, 4, 7]] = True
   presence[1, [5, 6]] = True
@@ -490,10 +518,10 @@ def test_changing_values_does_not_retrace(data):
   presence = _context(ids, valid)
   keys = S.row_keys(jnp.arange(B))
   settings = [
-      _params(CHAIN_ROWS),
-      S.SamplingParams.make(B),  # all greedy
-      S.SamplingParams.make(B, temperature=0.9, top_k=[1, 2, 3, 4, 5, 6], min_p=0.1),
-      S.SamplingParams.make(B, temperature=1.0, top_p=0.5, repetition_penalty=2.0),
+    _params(CHAIN_ROWS),
+    S.SamplingParams.make(B),  # all greedy
+    S.SamplingParams.make(B, temperature=0.9, top_k=[1, 2, 3, 4, 5, 6], min_p=0.1),
+    S.SamplingParams.make(B, temperature=1.0, top_p=0.5, repetition_penalty=2.0),
   ]
   for step, p in enumerate(settings):
     sample(jnp.asarray(logits), presence, p, keys, step).block_until_ready()

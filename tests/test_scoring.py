@@ -15,6 +15,7 @@ from smollm3_jax.evaluation import scoring
 def _hf_logprobs(hf_model, ids):
   """log-softmax of transformers' logits over ``ids`` [T]: [T, V] float64 (position t scores t + 1)."""
   import torch
+
   with torch.no_grad():
     logits = hf_model(torch.tensor([ids])).logits[0].double()
   return torch.log_softmax(logits, dim=-1).numpy()
@@ -23,7 +24,7 @@ def _hf_logprobs(hf_model, ids):
 def _hf_continuation(hf_model, prompt, cont):
   """(log p of each continuation token, argmax ids) from one transformers forward."""
   lp = _hf_logprobs(hf_model, list(prompt) + list(cont)[:-1])
-  rows = lp[len(prompt) - 1:]
+  rows = lp[len(prompt) - 1 :]
   return rows[np.arange(len(cont)), cont], rows.argmax(-1)
 
 
@@ -81,13 +82,13 @@ def test_score_equals_transformers_demo_text_and_chat(demo_model, demo_tokenizer
   prompts = ["The capital of France is", "def add(a, b):\n    return", "Water boils at"]
   conts = [" Paris.", " a + b", " 100 degrees Celsius at sea level."]
   out = smollm3_jax.score(demo_model, demo_tokenizer, prompts, conts)
-  chat = smollm3_jax.score(demo_model, demo_tokenizer, ["What is 2 + 2?"], ["2 + 2 = 4."], chat=True,
-                           thinking=False)[0]
+  chat = smollm3_jax.score(demo_model, demo_tokenizer, ["What is 2 + 2?"], ["2 + 2 = 4."], chat=True, thinking=False)[0]
   for p, c, s in zip(prompts, conts, out):
     ref, _ = _hf_continuation(demo_hf_model, demo_tokenizer.encode(p), demo_tokenizer.encode(c))
     np.testing.assert_allclose(s.logprobs, ref, atol=1e-4, rtol=0)
-  rendered = demo_tokenizer.apply_chat_template([{"role": "user", "content": "What is 2 + 2?"}],
-                                                add_generation_prompt=True, enable_thinking=False)
+  rendered = demo_tokenizer.apply_chat_template(
+    [{"role": "user", "content": "What is 2 + 2?"}], add_generation_prompt=True, enable_thinking=False
+  )
   assert chat.prompt == rendered and chat.prompt_token_ids == demo_tokenizer.encode(rendered)
   ref, _ = _hf_continuation(demo_hf_model, chat.prompt_token_ids, demo_tokenizer.encode("2 + 2 = 4."))
   np.testing.assert_allclose(chat.logprobs, ref, atol=1e-4, rtol=0)
@@ -96,6 +97,7 @@ def test_score_equals_transformers_demo_text_and_chat(demo_model, demo_tokenizer
 
 def test_rolling_windows_equal_lm_eval():
   from lm_eval import utils
+
   rng = np.random.default_rng(2)
   for n, window, ctx in [(1, 4, 1), (10, 4, 1), (17, 5, 3), (9, 9, 9), (30, 8, 2), (8, 8, 1)]:
     ids = rng.integers(0, 100, n).tolist()
@@ -109,8 +111,9 @@ def test_rolling_perplexity_equals_direct(tiny, context_len):
   rng = np.random.default_rng(3)
   doc = rng.integers(3, 512, 70).tolist()
   window = 24  # 70 tokens need 3+ windows
-  res = smollm3_jax.score_rolling(model, None, [doc, doc[:10]], window=window, context_len=context_len,
-                                  prefix_token_id=1, batch_size=4)
+  res = smollm3_jax.score_rolling(
+    model, None, [doc, doc[:10]], window=window, context_len=context_len, prefix_token_id=1, batch_size=4
+  )
   # Direct: each token scored by one transformers forward over the `window` tokens before it at most,
   # always keeping >= context_len of context (the windows lm-eval defines), written out here.
   expected, pos = [], 0
@@ -123,7 +126,7 @@ def test_rolling_perplexity_equals_direct(tiny, context_len):
     else:
       span = min(len(doc) - pos, window - context_len + 1)
       end = pos + span  # predict doc[pos:end] from the window of `window` inputs ending at doc[end - 2]
-      inputs = doc[end - 1 - window:end - 1]
+      inputs = doc[end - 1 - window : end - 1]
       lp = _hf_logprobs(hf, inputs)
       expected += [lp[len(inputs) - span + j, doc[pos + j]] for j in range(span)]
     pos += span
@@ -136,8 +139,10 @@ def test_rolling_perplexity_equals_direct(tiny, context_len):
 
 
 def test_rolling_demo_text_longer_than_window(demo_model, demo_tokenizer, demo_hf_model):
-  text = ("The quick brown fox jumps over the lazy dog. " * 3 + "Pack my box with five dozen liquor jugs. "
-          "How vexingly quick daft zebras jump! Sphinx of black quartz, judge my vow.")
+  text = (
+    "The quick brown fox jumps over the lazy dog. " * 3 + "Pack my box with five dozen liquor jugs. "
+    "How vexingly quick daft zebras jump! Sphinx of black quartz, judge my vow."
+  )
   ids = demo_tokenizer.encode(text)
   w = 16
   r = smollm3_jax.score_rolling(demo_model, demo_tokenizer, text, window=w)[0]
@@ -147,14 +152,16 @@ def test_rolling_demo_text_longer_than_window(demo_model, demo_tokenizer, demo_h
   expected, seq = [], [demo_tokenizer.bos_token_id] + ids
   for k in range(r.num_windows):
     end = min(w * k + w, len(ids))
-    inputs, preds = seq[max(end - w, 0):end], ids[w * k:end]
+    inputs, preds = seq[max(end - w, 0) : end], ids[w * k : end]
     lp = _hf_logprobs(demo_hf_model, inputs)
     expected += [lp[len(inputs) - len(preds) + j, t] for j, t in enumerate(preds)]
   np.testing.assert_allclose(r.logprobs, expected, atol=1e-4, rtol=0)
   assert r.perplexity == pytest.approx(math.exp(-np.sum(expected) / len(ids)), rel=1e-5)
 
 
-@pytest.mark.parametrize("kwargs, message", [
+@pytest.mark.parametrize(
+  "kwargs, message",
+  [
     (dict(prompts=[[1, 2]], continuations=[[3], [4]]), "one per prompt"),
     (dict(prompts=["a"], continuations=["b"]), "a tokenizer is needed"),
     (dict(prompts=[[1, 2]], continuations=[[]]), "continuation 0 is empty"),
@@ -163,7 +170,8 @@ def test_rolling_demo_text_longer_than_window(demo_model, demo_tokenizer, demo_h
     (dict(prompts=[[1] * 500], continuations=[[3] * 20]), "positions; the model has 512"),
     (dict(prompts=[[1]], continuations=[[3]], batch_size=0), "batch_size"),
     (dict(prompts=[[1]], continuations=[3.5]), "continuation 0 must be"),
-])
+  ],
+)
 def test_bad_input_fails_before_compiling(tiny, kwargs, message):
   model, _ = tiny
   before = scoring.TRACE_COUNTS["score"]
@@ -172,10 +180,16 @@ def test_bad_input_fails_before_compiling(tiny, kwargs, message):
   assert scoring.TRACE_COUNTS["score"] == before
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(window=0), "window"), (dict(window=600), "window"), (dict(window=8, context_len=9), "context_len"),
-    (dict(texts=[[]]), "text 0 is empty"), (dict(prefix_token_id=512), "prefix_token_id"),
-])
+@pytest.mark.parametrize(
+  "kwargs, message",
+  [
+    (dict(window=0), "window"),
+    (dict(window=600), "window"),
+    (dict(window=8, context_len=9), "context_len"),
+    (dict(texts=[[]]), "text 0 is empty"),
+    (dict(prefix_token_id=512), "prefix_token_id"),
+  ],
+)
 def test_rolling_bad_input(tiny, kwargs, message):
   model, _ = tiny
   kwargs = {"texts": [[1, 2, 3]], "prefix_token_id": 1, **kwargs}
@@ -187,19 +201,29 @@ def _run_score_script(*args):
   import os
   import subprocess
   import sys
+
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  return subprocess.run([sys.executable, os.path.join(root, "experiments", "score.py"), *args],
-                        capture_output=True, text=True, timeout=300, cwd=root)
+  return subprocess.run(
+    [sys.executable, os.path.join(root, "experiments", "score.py"), *args],
+    capture_output=True,
+    text=True,
+    timeout=300,
+    cwd=root,
+  )
 
 
 def test_score_script_writes_jsonl(tmp_path, demo_model, demo_tokenizer):
   import json
-  rows = [{"id": "a", "prompt": "The capital of France is", "continuation": " Paris."},
-          {"id": "b", "prompt": "Water boils at", "continuation": [220, 1135]}]
+
+  rows = [
+    {"id": "a", "prompt": "The capital of France is", "continuation": " Paris."},
+    {"id": "b", "prompt": "Water boils at", "continuation": [220, 1135]},
+  ]
   (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
   out = tmp_path / "out.jsonl"
-  proc = _run_score_script("--checkpoint=demo", f"--input={tmp_path / 'in.jsonl'}", f"--output={out}",
-                           "--noprogress", "--dtype=float32")
+  proc = _run_score_script(
+    "--checkpoint=demo", f"--input={tmp_path / 'in.jsonl'}", f"--output={out}", "--noprogress", "--dtype=float32"
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   got = [json.loads(line) for line in out.read_text().splitlines()]
   ref = smollm3_jax.score(demo_model, demo_tokenizer, [r["prompt"] for r in rows], [r["continuation"] for r in rows])

@@ -19,9 +19,8 @@ import pytest
 from _helpers import SlowTokenizer
 
 import smollm3_jax
-from smollm3_jax.serving import chat
+from smollm3_jax.serving import chat, server
 from smollm3_jax.text import prompts
-from smollm3_jax.serving import server
 
 MAX_TOKENS = 24
 
@@ -38,8 +37,9 @@ def model_and_tokenizer():
 @pytest.fixture(scope="module")
 def app(model_and_tokenizer):
   model, tok = model_and_tokenizer
-  app = server.create_app(model, tok, model_name="tiny", temperature=0.0, top_p=1.0, max_tokens=MAX_TOKENS,
-                          chunk_steps=2, seed=0)
+  app = server.create_app(
+    model, tok, model_name="tiny", temperature=0.0, top_p=1.0, max_tokens=MAX_TOKENS, chunk_steps=2, seed=0
+  )
   server.warmup(app)
   return app
 
@@ -58,8 +58,9 @@ def _expected(model_and_tokenizer, messages, **settings):
 
 
 def _body(messages, *, temperature=0.0, top_p=1.0, max_tokens=MAX_TOKENS, seed=0, stream=False, **extra):
-  return dict(messages=messages, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed,
-              stream=stream, **extra)
+  return dict(
+    messages=messages, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed, stream=stream, **extra
+  )
 
 
 def _read_sse(lines) -> tuple[str, str, list[dict], str | None]:
@@ -69,7 +70,7 @@ def _read_sse(lines) -> tuple[str, str, list[dict], str | None]:
     if not line.startswith("data: "):
       assert line == "", f"unexpected SSE line {line!r}"
       continue
-    data = line[len("data: "):]
+    data = line[len("data: ") :]
     if data == "[DONE]":
       done = True
       continue
@@ -91,13 +92,23 @@ def _stream_request(client: httpx.Client, body: dict):
     return _read_sse(list(r.iter_lines()))
 
 
-@pytest.mark.parametrize("settings", [dict(temperature=0.0), dict(temperature=0.9, top_p=0.8, seed=1234)],
-                         ids=["greedy", "sampled"])
+@pytest.mark.parametrize(
+  "settings", [dict(temperature=0.0), dict(temperature=0.9, top_p=0.8, seed=1234)], ids=["greedy", "sampled"]
+)
 def test_streaming_and_non_streaming_match_generate(base_url, model_and_tokenizer, settings):
-  messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a color."},
-              {"role": "assistant", "content": "Blue."}, {"role": "user", "content": "Another one?"}]
-  want = _expected(model_and_tokenizer, messages, temperature=settings["temperature"],
-                   top_p=settings.get("top_p", 1.0), seed=settings.get("seed", 0))
+  messages = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "Name a color."},
+    {"role": "assistant", "content": "Blue."},
+    {"role": "user", "content": "Another one?"},
+  ]
+  want = _expected(
+    model_and_tokenizer,
+    messages,
+    temperature=settings["temperature"],
+    top_p=settings.get("top_p", 1.0),
+    seed=settings.get("seed", 0),
+  )
   assert want.text  # the comparison is about real text
   with httpx.Client(base_url=base_url, timeout=120) as client:
     r = client.post("/v1/chat/completions", json=_body(messages, **settings))
@@ -109,8 +120,11 @@ def test_streaming_and_non_streaming_match_generate(base_url, model_and_tokenize
     assert message["content"] == want.answer
     assert message.get("reasoning_content", "") == want.thinking
     assert out["choices"][0]["finish_reason"] == ("stop" if want.stop_reason == "eos" else "length")
-    assert out["usage"] == {"prompt_tokens": len(want.prompt_token_ids), "completion_tokens": len(want.token_ids),
-                            "total_tokens": len(want.prompt_token_ids) + len(want.token_ids)}
+    assert out["usage"] == {
+      "prompt_tokens": len(want.prompt_token_ids),
+      "completion_tokens": len(want.token_ids),
+      "total_tokens": len(want.prompt_token_ids) + len(want.token_ids),
+    }
     assert out["timings"]["predicted_n"] == len(want.token_ids)
 
     content, reasoning, events, finish = _stream_request(client, _body(messages, stream=True, **settings))
@@ -124,11 +138,22 @@ def test_streaming_and_non_streaming_match_generate(base_url, model_and_tokenize
 
 
 def test_concurrent_requests_each_get_their_own_text(base_url, model_and_tokenizer, app):
-  prompts = ["What is two plus two?", "Tell me a joke.", "Hi!", "Translate 'cat' to French.",
-             "Why is the sky blue?", "Count to three."]
-  settings = [dict(temperature=0.0, seed=0), dict(temperature=1.0, top_p=0.9, seed=5),
-              dict(temperature=0.7, seed=11), dict(temperature=0.0, seed=3), dict(temperature=1.2, seed=8),
-              dict(temperature=0.5, top_p=0.5, seed=2)]
+  prompts = [
+    "What is two plus two?",
+    "Tell me a joke.",
+    "Hi!",
+    "Translate 'cat' to French.",
+    "Why is the sky blue?",
+    "Count to three.",
+  ]
+  settings = [
+    dict(temperature=0.0, seed=0),
+    dict(temperature=1.0, top_p=0.9, seed=5),
+    dict(temperature=0.7, seed=11),
+    dict(temperature=0.0, seed=3),
+    dict(temperature=1.2, seed=8),
+    dict(temperature=0.5, top_p=0.5, seed=2),
+  ]
   wants = [_expected(model_and_tokenizer, _messages(p), **s).answer for p, s in zip(prompts, settings)]
 
   async def one(client, i):
@@ -162,8 +187,18 @@ def test_logprobs_in_openais_shape(base_url, model_and_tokenizer, stream):
   model, tok = model_and_tokenizer
   messages = _messages("Name a fruit.")
   body = _body(messages, stream=stream, temperature=0.8, seed=4, logprobs=True, top_logprobs=3)
-  want = smollm3_jax.generate(model, tok, [messages], thinking=True, temperature=0.8, top_p=1.0, seed=4,
-                              max_new_tokens=MAX_TOKENS, logprobs=True, top_logprobs=3)[0]
+  want = smollm3_jax.generate(
+    model,
+    tok,
+    [messages],
+    thinking=True,
+    temperature=0.8,
+    top_p=1.0,
+    seed=4,
+    max_new_tokens=MAX_TOKENS,
+    logprobs=True,
+    top_logprobs=3,
+  )[0]
   with httpx.Client(base_url=base_url, timeout=120) as client:
     if stream:
       with client.stream("POST", "/v1/chat/completions", json=body) as r:
@@ -175,10 +210,11 @@ def test_logprobs_in_openais_shape(base_url, model_and_tokenizer, stream):
   ids = want.token_ids[:-1] if want.stop_reason == "eos" else want.token_ids
   assert len(entries) == len(ids) > 0
   assert b"".join(bytes(e["bytes"]) for e in entries).decode("utf-8") == tok.decode(ids)
-  np.testing.assert_allclose([e["logprob"] for e in entries], want.logprobs.logprob[:len(ids)], atol=1e-5)
+  np.testing.assert_allclose([e["logprob"] for e in entries], want.logprobs.logprob[: len(ids)], atol=1e-5)
   for e, top_ids in zip(entries, want.logprobs.top_ids):
-    assert [t["token"] for t in e["top_logprobs"]] == [tok.token_bytes(int(t)).decode("utf-8", "replace")
-                                                       for t in top_ids]
+    assert [t["token"] for t in e["top_logprobs"]] == [
+      tok.token_bytes(int(t)).decode("utf-8", "replace") for t in top_ids
+    ]
     assert e["top_logprobs"][0]["logprob"] >= e["logprob"] - 1e-6
   # Without logprobs the field is null.
   with httpx.Client(base_url=base_url, timeout=120) as client:
@@ -201,49 +237,57 @@ def test_after_warmup_no_request_compiles(base_url, app):
 
 
 BAD_REQUESTS = [
-    ("malformed json", b'{"messages": [', 400, "not valid JSON"),
-    ("not an object", b"[1, 2]", 400, "JSON object"),
-    ("no messages", {"temperature": 0}, 400, "'messages' is required"),
-    ("empty messages", {"messages": []}, 400, "non-empty list"),
-    ("unknown role", {"messages": [{"role": "robot", "content": "hi"}]}, 400, "got 'robot'"),
-    ("content not a string", {"messages": [{"role": "user", "content": 5}]}, 400, "content must be a string"),
-    ("message not an object", {"messages": ["hi"]}, 400, "messages[0] must be an object"),
-    ("temperature too high", {"messages": _messages("hi"), "temperature": 2.5}, 400, "'temperature' must be <= 2"),
-    ("temperature negative", {"messages": _messages("hi"), "temperature": -0.1}, 400, "'temperature' must be >= 0"),
-    ("temperature a string", {"messages": _messages("hi"), "temperature": "hot"}, 400, "'temperature' must be a number"),
-    ("top_p zero", {"messages": _messages("hi"), "top_p": 0}, 400, "'top_p' must be > 0"),
-    ("top_p above one", {"messages": _messages("hi"), "top_p": 1.5}, 400, "'top_p' must be <= 1"),
-    ("max_tokens zero", {"messages": _messages("hi"), "max_tokens": 0}, 400, "'max_tokens' must be >= 1"),
-    ("max_tokens fraction", {"messages": _messages("hi"), "max_tokens": 2.5}, 400, "'max_tokens' must be an integer"),
-    ("max_tokens past context", {"messages": _messages("hi"), "max_tokens": 5000}, 400, "at most"),
-    ("seed not an int", {"messages": _messages("hi"), "seed": "abc"}, 400, "'seed' must be an integer"),
-    ("stream not a bool", {"messages": _messages("hi"), "stream": "yes"}, 400, "'stream' must be true or false"),
-    ("thinking not a bool", {"messages": _messages("hi"), "chat_template_kwargs": {"enable_thinking": "on"}}, 400,
-     "enable_thinking"),
-    ("n above the limit", {"messages": _messages("hi"), "n": 17}, 400, "'n'"),
-    ("n zero", {"messages": _messages("hi"), "n": 0}, 400, "'n'"),
-    ("too many stop strings", {"messages": _messages("hi"), "stop": ["a", "b", "c", "d", "e"]}, 400, "stop"),
-    ("logit_bias out of range", {"messages": _messages("hi"), "logit_bias": {"5": 300}}, 400, "logit_bias"),
-    ("logit_bias id not a token", {"messages": _messages("hi"), "logit_bias": {"x": 1}}, 400, "logit_bias"),
-    ("logprobs not a boolean", {"messages": _messages("hi"), "logprobs": "yes"}, 400, "logprobs"),
-    ("top_logprobs above 20", {"messages": _messages("hi"), "logprobs": True, "top_logprobs": 21}, 400,
-     "top_logprobs"),
-    ("top_logprobs negative", {"messages": _messages("hi"), "logprobs": True, "top_logprobs": -1}, 400,
-     "top_logprobs"),
-    ("top_logprobs a string", {"messages": _messages("hi"), "logprobs": True, "top_logprobs": "2"}, 400,
-     "top_logprobs"),
-    ("frequency_penalty out of range", {"messages": _messages("hi"), "frequency_penalty": 3}, 400,
-     "frequency_penalty"),
-    ("prompt over the context", {"messages": _messages("hello " * 700)}, 400, "the context is 512 tokens"),
-    ("deeply nested json", b'{"messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", 400, "nested too deeply"),
-    ("deeply nested field", b'{"messages": [{"role": "user", "content": "hi"}], "metadata": '
-     + b'{"a": ' * 500 + b"1" + b"}" * 500 + b"}", 200, ""),
-    ("seed out of range", {"messages": _messages("hi"), "seed": 2 ** 32}, 400, "'seed' must be <="),
-    ("seed of 400 digits", b'{"messages": [{"role": "user", "content": "hi"}], "seed": 1' + b"0" * 400 + b"}",
-     400, "'seed' must be <="),
-    ("max_tokens overflowing", {"messages": _messages("hi"), "max_tokens": 1e400}, 400, "'max_tokens' must be finite"),
-    ("unknown field", {"messages": _messages("hi"), "best_of": 2}, 400, "unknown field 'best_of'"),
-    ("both token limits", {"messages": _messages("hi"), "max_tokens": 3, "max_completion_tokens": 4}, 400, "differ"),
+  ("malformed json", b'{"messages": [', 400, "not valid JSON"),
+  ("not an object", b"[1, 2]", 400, "JSON object"),
+  ("no messages", {"temperature": 0}, 400, "'messages' is required"),
+  ("empty messages", {"messages": []}, 400, "non-empty list"),
+  ("unknown role", {"messages": [{"role": "robot", "content": "hi"}]}, 400, "got 'robot'"),
+  ("content not a string", {"messages": [{"role": "user", "content": 5}]}, 400, "content must be a string"),
+  ("message not an object", {"messages": ["hi"]}, 400, "messages[0] must be an object"),
+  ("temperature too high", {"messages": _messages("hi"), "temperature": 2.5}, 400, "'temperature' must be <= 2"),
+  ("temperature negative", {"messages": _messages("hi"), "temperature": -0.1}, 400, "'temperature' must be >= 0"),
+  ("temperature a string", {"messages": _messages("hi"), "temperature": "hot"}, 400, "'temperature' must be a number"),
+  ("top_p zero", {"messages": _messages("hi"), "top_p": 0}, 400, "'top_p' must be > 0"),
+  ("top_p above one", {"messages": _messages("hi"), "top_p": 1.5}, 400, "'top_p' must be <= 1"),
+  ("max_tokens zero", {"messages": _messages("hi"), "max_tokens": 0}, 400, "'max_tokens' must be >= 1"),
+  ("max_tokens fraction", {"messages": _messages("hi"), "max_tokens": 2.5}, 400, "'max_tokens' must be an integer"),
+  ("max_tokens past context", {"messages": _messages("hi"), "max_tokens": 5000}, 400, "at most"),
+  ("seed not an int", {"messages": _messages("hi"), "seed": "abc"}, 400, "'seed' must be an integer"),
+  ("stream not a bool", {"messages": _messages("hi"), "stream": "yes"}, 400, "'stream' must be true or false"),
+  (
+    "thinking not a bool",
+    {"messages": _messages("hi"), "chat_template_kwargs": {"enable_thinking": "on"}},
+    400,
+    "enable_thinking",
+  ),
+  ("n above the limit", {"messages": _messages("hi"), "n": 17}, 400, "'n'"),
+  ("n zero", {"messages": _messages("hi"), "n": 0}, 400, "'n'"),
+  ("too many stop strings", {"messages": _messages("hi"), "stop": ["a", "b", "c", "d", "e"]}, 400, "stop"),
+  ("logit_bias out of range", {"messages": _messages("hi"), "logit_bias": {"5": 300}}, 400, "logit_bias"),
+  ("logit_bias id not a token", {"messages": _messages("hi"), "logit_bias": {"x": 1}}, 400, "logit_bias"),
+  ("logprobs not a boolean", {"messages": _messages("hi"), "logprobs": "yes"}, 400, "logprobs"),
+  ("top_logprobs above 20", {"messages": _messages("hi"), "logprobs": True, "top_logprobs": 21}, 400, "top_logprobs"),
+  ("top_logprobs negative", {"messages": _messages("hi"), "logprobs": True, "top_logprobs": -1}, 400, "top_logprobs"),
+  ("top_logprobs a string", {"messages": _messages("hi"), "logprobs": True, "top_logprobs": "2"}, 400, "top_logprobs"),
+  ("frequency_penalty out of range", {"messages": _messages("hi"), "frequency_penalty": 3}, 400, "frequency_penalty"),
+  ("prompt over the context", {"messages": _messages("hello " * 700)}, 400, "the context is 512 tokens"),
+  ("deeply nested json", b'{"messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", 400, "nested too deeply"),
+  (
+    "deeply nested field",
+    b'{"messages": [{"role": "user", "content": "hi"}], "metadata": ' + b'{"a": ' * 500 + b"1" + b"}" * 500 + b"}",
+    200,
+    "",
+  ),
+  ("seed out of range", {"messages": _messages("hi"), "seed": 2**32}, 400, "'seed' must be <="),
+  (
+    "seed of 400 digits",
+    b'{"messages": [{"role": "user", "content": "hi"}], "seed": 1' + b"0" * 400 + b"}",
+    400,
+    "'seed' must be <=",
+  ),
+  ("max_tokens overflowing", {"messages": _messages("hi"), "max_tokens": 1e400}, 400, "'max_tokens' must be finite"),
+  ("unknown field", {"messages": _messages("hi"), "best_of": 2}, 400, "unknown field 'best_of'"),
+  ("both token limits", {"messages": _messages("hi"), "max_tokens": 3, "max_completion_tokens": 4}, 400, "differ"),
 ]
 
 
@@ -286,8 +330,7 @@ def _wait_for(predicate, timeout=30.0):
 
 def test_client_disconnect_stops_generation(model_and_tokenizer):
   model, tok = model_and_tokenizer
-  slow = server.create_app(model, SlowTokenizer(tok, 0.05), temperature=0.0, max_tokens=MAX_TOKENS,
-                           chunk_steps=1)
+  slow = server.create_app(model, SlowTokenizer(tok, 0.05), temperature=0.0, max_tokens=MAX_TOKENS, chunk_steps=1)
   full = MAX_TOKENS
   with server.BackgroundServer(slow) as srv, httpx.Client(base_url=srv.url, timeout=60) as client:
     body = _body(_messages("Tell me a long story."), stream=True)
@@ -316,8 +359,10 @@ def test_client_disconnect_stops_generation(model_and_tokenizer):
 
 # A minimal ChatML template whose thinking mode opens the <think> block in the prompt, so everything
 # the model writes until "</think>" is reasoning.
-THINK_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
-                  "<|im_start|>assistant\n{% if enable_thinking %}<think>\n{% endif %}")
+THINK_TEMPLATE = (
+  "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+  "<|im_start|>assistant\n{% if enable_thinking %}<think>\n{% endif %}"
+)
 
 
 def test_thinking_goes_to_reasoning_content(model_and_tokenizer):
@@ -347,54 +392,69 @@ def test_thinking_goes_to_reasoning_content(model_and_tokenizer):
 # --------------------------------------------------------------------------------------------
 APPLIED, INFORMATIONAL, REFUSED = "applied", "informational", "refused"
 OPENAI_FIELDS = {  # field -> (a value that asks for something, what the server must do)
-    "audio": ({"voice": "alloy", "format": "wav"}, REFUSED),
-    "frequency_penalty": (0.5, APPLIED),
-    "function_call": ("auto", REFUSED),
-    "functions": ([{"name": "f", "parameters": {"type": "object", "properties": {}}}], REFUSED),
-    "logit_bias": ({"50": 5}, APPLIED),
-    "logprobs": (True, APPLIED),
-    "max_completion_tokens": (3, APPLIED),
-    "max_tokens": (3, APPLIED),
-    "metadata": ({"run": "test"}, INFORMATIONAL),
-    "modalities": (["text", "audio"], REFUSED),
-    "moderation": ({"model": "omni-moderation-latest"}, REFUSED),
-    "n": (2, APPLIED),
-    "parallel_tool_calls": (True, REFUSED),
-    "prediction": ({"type": "content", "content": "Hi"}, REFUSED),
-    "presence_penalty": (0.5, APPLIED),
-    "prompt_cache_key": ("key", INFORMATIONAL),
-    "prompt_cache_options": ({"mode": "explicit", "ttl": "30m"}, INFORMATIONAL),
-    "prompt_cache_retention": ("24h", INFORMATIONAL),
-    "reasoning_effort": ("low", REFUSED),
-    "response_format": ({"type": "json_object"}, REFUSED),
-    "safety_identifier": ("someone", INFORMATIONAL),
-    "seed": (7, APPLIED),
-    "service_tier": ("flex", REFUSED),
-    "stop": (["\n"], APPLIED),
-    "store": (True, REFUSED),
-    "stream": (True, APPLIED),
-    "stream_options": ({"include_usage": False}, APPLIED),
-    "temperature": (0.7, APPLIED),
-    "tool_choice": ("auto", REFUSED),
-    "tools": ([{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}], REFUSED),
-    "top_logprobs": (2, REFUSED),
-    "top_p": (0.8, APPLIED),
-    "user": ("someone", INFORMATIONAL),
-    "verbosity": ("low", REFUSED),
-    "web_search_options": ({"search_context_size": "low"}, REFUSED),
+  "audio": ({"voice": "alloy", "format": "wav"}, REFUSED),
+  "frequency_penalty": (0.5, APPLIED),
+  "function_call": ("auto", REFUSED),
+  "functions": ([{"name": "f", "parameters": {"type": "object", "properties": {}}}], REFUSED),
+  "logit_bias": ({"50": 5}, APPLIED),
+  "logprobs": (True, APPLIED),
+  "max_completion_tokens": (3, APPLIED),
+  "max_tokens": (3, APPLIED),
+  "metadata": ({"run": "test"}, INFORMATIONAL),
+  "modalities": (["text", "audio"], REFUSED),
+  "moderation": ({"model": "omni-moderation-latest"}, REFUSED),
+  "n": (2, APPLIED),
+  "parallel_tool_calls": (True, REFUSED),
+  "prediction": ({"type": "content", "content": "Hi"}, REFUSED),
+  "presence_penalty": (0.5, APPLIED),
+  "prompt_cache_key": ("key", INFORMATIONAL),
+  "prompt_cache_options": ({"mode": "explicit", "ttl": "30m"}, INFORMATIONAL),
+  "prompt_cache_retention": ("24h", INFORMATIONAL),
+  "reasoning_effort": ("low", REFUSED),
+  "response_format": ({"type": "json_object"}, REFUSED),
+  "safety_identifier": ("someone", INFORMATIONAL),
+  "seed": (7, APPLIED),
+  "service_tier": ("flex", REFUSED),
+  "stop": (["\n"], APPLIED),
+  "store": (True, REFUSED),
+  "stream": (True, APPLIED),
+  "stream_options": ({"include_usage": False}, APPLIED),
+  "temperature": (0.7, APPLIED),
+  "tool_choice": ("auto", REFUSED),
+  "tools": ([{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}], REFUSED),
+  "top_logprobs": (2, REFUSED),
+  "top_p": (0.8, APPLIED),
+  "user": ("someone", INFORMATIONAL),
+  "verbosity": ("low", REFUSED),
+  "web_search_options": ({"search_context_size": "low"}, REFUSED),
 }
 # Fields outside OpenAI's list, sent through the client's extra_body.
 EXTRA_FIELDS = {
-    "top_k": (5, APPLIED), "min_p": (0.2, APPLIED), "repetition_penalty": (1.3, APPLIED),
-    "chat_template_kwargs": ({"enable_thinking": False}, APPLIED), "typical_p": (0.9, APPLIED),
-    "min_tokens": (3, APPLIED), "no_repeat_ngram_size": (2, APPLIED), "epsilon_cutoff": (0.01, APPLIED),
-    "eta_cutoff": (0.01, APPLIED), "chat_template": ("{{ messages }}", REFUSED),
-    "response_format": ({"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}, REFUSED),
-    "stream_options": ({"include_usage": True, "continuous_usage_stats": True}, REFUSED),
+  "top_k": (5, APPLIED),
+  "min_p": (0.2, APPLIED),
+  "repetition_penalty": (1.3, APPLIED),
+  "chat_template_kwargs": ({"enable_thinking": False}, APPLIED),
+  "typical_p": (0.9, APPLIED),
+  "min_tokens": (3, APPLIED),
+  "no_repeat_ngram_size": (2, APPLIED),
+  "epsilon_cutoff": (0.01, APPLIED),
+  "eta_cutoff": (0.01, APPLIED),
+  "chat_template": ("{{ messages }}", REFUSED),
+  "response_format": ({"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}, REFUSED),
+  "stream_options": ({"include_usage": True, "continuous_usage_stats": True}, REFUSED),
 }
 # Values that mean "off" (the same as leaving the field out) are accepted.
-NEUTRAL = dict(n=1, logprobs=False, stop=[], frequency_penalty=0, presence_penalty=0.0, tool_choice="none",
-               response_format={"type": "text"}, store=False, logit_bias={})
+NEUTRAL = dict(
+  n=1,
+  logprobs=False,
+  stop=[],
+  frequency_penalty=0,
+  presence_penalty=0.0,
+  tool_choice="none",
+  response_format={"type": "text"},
+  store=False,
+  logit_bias={},
+)
 MODEL_SETTINGS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
 
 
@@ -439,10 +499,11 @@ def _create(client, field, value, extra: bool):
   return "".join(text), settings, usage
 
 
-@pytest.mark.parametrize("field,value,expect,extra",
-                         [(f, v, e, False) for f, (v, e) in OPENAI_FIELDS.items()]
-                         + [(f, v, e, True) for f, (v, e) in EXTRA_FIELDS.items()],
-                         ids=list(OPENAI_FIELDS) + [f"extra_body.{f}" for f in EXTRA_FIELDS])
+@pytest.mark.parametrize(
+  "field,value,expect,extra",
+  [(f, v, e, False) for f, (v, e) in OPENAI_FIELDS.items()] + [(f, v, e, True) for f, (v, e) in EXTRA_FIELDS.items()],
+  ids=list(OPENAI_FIELDS) + [f"extra_body.{f}" for f in EXTRA_FIELDS],
+)
 def test_every_request_field_is_applied_or_refused(openai_client, model_and_tokenizer, field, value, expect, extra):
   import openai
 
@@ -482,8 +543,9 @@ def test_every_request_field_is_applied_or_refused(openai_client, model_and_toke
 
 
 def test_neutral_values_of_unimplemented_fields_are_accepted(openai_client, model_and_tokenizer):
-  out = openai_client.chat.completions.create(model="tiny", messages=_messages("Name a fruit."), temperature=0.0,
-                                              seed=0, max_tokens=MAX_TOKENS, **NEUTRAL)
+  out = openai_client.chat.completions.create(
+    model="tiny", messages=_messages("Name a fruit."), temperature=0.0, seed=0, max_tokens=MAX_TOKENS, **NEUTRAL
+  )
   assert out.choices[0].message.content == _expected(model_and_tokenizer, _messages("Name a fruit.")).answer
 
 
@@ -512,8 +574,10 @@ def test_client_leaving_mid_body_is_one_log_line(base_url, caplog):
   url = urllib.parse.urlparse(base_url)
   with caplog.at_level(logging.INFO):
     with socket.create_connection((url.hostname, url.port)) as sock:
-      sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                   b"Content-Length: 1000\r\n\r\n{\"messages\": [")
+      sock.sendall(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 1000\r\n\r\n{\"messages\": ["
+      )
       time.sleep(0.3)
     _wait_for(lambda: any("disconnected" in r.getMessage() for r in caplog.records), timeout=10)
     time.sleep(0.3)  # room for a traceback to be logged, if one were coming
@@ -521,7 +585,8 @@ def test_client_leaving_mid_body_is_one_log_line(base_url, caplog):
       assert client.post("/v1/chat/completions", json=_body(_messages("Hi"), max_tokens=2)).status_code == 200
   lines = [r for r in caplog.records if r.levelno >= logging.WARNING]
   assert len(lines) == 1 and "disconnected while sending its request" in lines[0].getMessage(), [
-      r.getMessage() for r in lines]
+    r.getMessage() for r in lines
+  ]
   assert lines[0].exc_info is None
 
 
@@ -533,12 +598,19 @@ def _script_env():
   return dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=os.path.dirname(root))
 
 
-@pytest.mark.parametrize("flag,needle", [("--max_tokens=0", "max_tokens"), ("--chunk_steps=0", "chunk_steps"),
-                                         ("--context_length=99999", "context_length"),
-                                         ("--temprature=0.5", "temprature")])
+@pytest.mark.parametrize(
+  "flag,needle",
+  [
+    ("--max_tokens=0", "max_tokens"),
+    ("--chunk_steps=0", "chunk_steps"),
+    ("--context_length=99999", "context_length"),
+    ("--temprature=0.5", "temprature"),
+  ],
+)
 def test_serve_script_refuses_bad_flags_before_loading(flag, needle):
-  proc = subprocess.run([sys.executable, SERVE, "--checkpoint=demo", flag], capture_output=True, text=True,
-                        timeout=300, env=_script_env())
+  proc = subprocess.run(
+    [sys.executable, SERVE, "--checkpoint=demo", flag], capture_output=True, text=True, timeout=300, env=_script_env()
+  )
   assert proc.returncode != 0
   assert needle in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
   assert "loading" not in proc.stdout
@@ -552,12 +624,16 @@ def test_serve_script_access_log_is_off_by_default(tmp_path):
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
   log = open(tmp_path / "serve.log", "w+")
-  proc = subprocess.Popen([sys.executable, SERVE, "--checkpoint=tiny", "--warmup=false", f"--port={port}"],
-                          stdout=log, stderr=subprocess.STDOUT, text=True, env=_script_env())
+  proc = subprocess.Popen(
+    [sys.executable, SERVE, "--checkpoint=tiny", "--warmup=false", f"--port={port}"],
+    stdout=log,
+    stderr=subprocess.STDOUT,
+    text=True,
+    env=_script_env(),
+  )
   try:
     url = f"http://127.0.0.1:{port}"
-    _wait_for(lambda: proc.poll() is not None or "Uvicorn running" in (tmp_path / "serve.log").read_text(),
-              timeout=180)
+    _wait_for(lambda: proc.poll() is not None or "Uvicorn running" in (tmp_path / "serve.log").read_text(), timeout=180)
     assert proc.poll() is None, (tmp_path / "serve.log").read_text()
     with httpx.Client(base_url=url, timeout=120) as client:
       assert client.get("/health").status_code == 200
@@ -594,10 +670,20 @@ def test_every_choice_gets_all_its_text(base_url, model_and_tokenizer, n, temper
   Text, usage and log-prob entries are generate's (num_return_sequences=n), choice by choice."""
   model, tok = model_and_tokenizer
   messages = _messages("Say hi.")
-  want = smollm3_jax.generate(model, tok, [messages], thinking=True, temperature=temperature, top_p=1.0, seed=3,
-                              max_new_tokens=max_tokens, num_return_sequences=n).completions
-  body = _body(messages, temperature=temperature, seed=3, max_tokens=max_tokens, stream=stream, n=n, logprobs=True,
-               top_logprobs=2)
+  want = smollm3_jax.generate(
+    model,
+    tok,
+    [messages],
+    thinking=True,
+    temperature=temperature,
+    top_p=1.0,
+    seed=3,
+    max_new_tokens=max_tokens,
+    num_return_sequences=n,
+  ).completions
+  body = _body(
+    messages, temperature=temperature, seed=3, max_tokens=max_tokens, stream=stream, n=n, logprobs=True, top_logprobs=2
+  )
   with httpx.Client(base_url=base_url, timeout=120) as client:
     if stream:
       with client.stream("POST", "/v1/chat/completions", json=body) as r:
@@ -640,8 +726,9 @@ def _raw_response(sock) -> tuple[int, bytes]:
 
 
 def _chunked_head(path="/v1/chat/completions") -> bytes:
-  return (f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-          "Transfer-Encoding: chunked\r\n\r\n").encode()
+  return (
+    f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+  ).encode()
 
 
 def _chunk(data: bytes) -> bytes:
@@ -663,9 +750,11 @@ def test_chunked_body_over_the_limit_is_refused_while_it_arrives(base_url, monke
     status, body = _raw_response(sock)
   assert status == 413, body
   assert "limit of 4096 bytes" in json.loads(body)["error"]["message"]
+
   # A chunked body under the limit is read as before.
   def parts():
     yield json.dumps(_body(_messages("Hi"), max_tokens=2)).encode()
+
   with httpx.Client(base_url=base_url, timeout=120) as client:
     r = client.post("/v1/chat/completions", content=parts(), headers={"Content-Type": "application/json"})
   assert r.status_code == 200, r.text
@@ -683,8 +772,10 @@ def test_slow_body_times_out_with_408(model_and_tokenizer, chunked):
     if chunked:
       sock.sendall(_chunked_head() + _chunk(b'{"messages": ['))
     else:
-      sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                   b"Content-Length: 1000\r\n\r\n{\"messages\": [")
+      sock.sendall(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 1000\r\n\r\n{\"messages\": ["
+      )
     status, body = _raw_response(sock)
     assert status == 408, body
     assert 0.4 < time.monotonic() - start < 15
@@ -699,8 +790,9 @@ def test_health_reports_a_stalled_worker(model_and_tokenizer):
   import threading
 
   model, tok = model_and_tokenizer
-  app = server.create_app(model, tok, model_name="tiny", temperature=0.0, max_tokens=MAX_TOKENS, chunk_steps=2,
-                          seed=0, stall_seconds=0.3)
+  app = server.create_app(
+    model, tok, model_name="tiny", temperature=0.0, max_tokens=MAX_TOKENS, chunk_steps=2, seed=0, stall_seconds=0.3
+  )
   worker = app.state.server.worker
   release, entered = threading.Event(), threading.Event()
   step = worker.pool.step
@@ -711,8 +803,11 @@ def test_health_reports_a_stalled_worker(model_and_tokenizer):
     return step()
 
   worker.pool.step = stuck_step
-  with server.BackgroundServer(app) as srv, httpx.Client(base_url=srv.url, timeout=120) as client, \
-      concurrent.futures.ThreadPoolExecutor(1) as pool:
+  with (
+    server.BackgroundServer(app) as srv,
+    httpx.Client(base_url=srv.url, timeout=120) as client,
+    concurrent.futures.ThreadPoolExecutor(1) as pool,
+  ):
     try:
       assert client.get("/health").json()["status"] == "ok"  # idle: no progress is due
       time.sleep(0.5)
@@ -746,8 +841,7 @@ def test_after_a_failed_step_the_pool_keeps_its_logprobs(model_and_tokenizer):
   """A generation error rebuilds the pool with the same settings: a later request with logprobs and
   top_logprobs still gets them (the rebuilt pool once had no log-prob buffers)."""
   model, tok = model_and_tokenizer
-  app = server.create_app(model, tok, model_name="tiny", temperature=0.0, max_tokens=MAX_TOKENS, chunk_steps=2,
-                          seed=0)
+  app = server.create_app(model, tok, model_name="tiny", temperature=0.0, max_tokens=MAX_TOKENS, chunk_steps=2, seed=0)
   worker = app.state.server.worker
 
   def failing_step():
@@ -757,12 +851,14 @@ def test_after_a_failed_step_the_pool_keeps_its_logprobs(model_and_tokenizer):
   with server.BackgroundServer(app) as srv, httpx.Client(base_url=srv.url, timeout=120) as client:
     r = client.post("/v1/chat/completions", json=_body(_messages("Hi"), max_tokens=3))
     assert r.status_code == 500 and "planted failure" in r.json()["error"]["message"], r.text
-    r = client.post("/v1/chat/completions", json=_body(_messages("Name a fruit."), max_tokens=5, logprobs=True,
-                                                        top_logprobs=2))
+    r = client.post(
+      "/v1/chat/completions", json=_body(_messages("Name a fruit."), max_tokens=5, logprobs=True, top_logprobs=2)
+    )
     assert r.status_code == 200, r.text
     choice = r.json()["choices"][0]
-    assert len(choice["logprobs"]["content"]) == r.json()["usage"]["completion_tokens"] - \
-        (choice["finish_reason"] == "stop")
+    assert len(choice["logprobs"]["content"]) == r.json()["usage"]["completion_tokens"] - (
+      choice["finish_reason"] == "stop"
+    )
     assert all(len(e["top_logprobs"]) == 2 for e in choice["logprobs"]["content"])
     assert client.get("/health").json()["status"] == "ok"
 
@@ -793,8 +889,12 @@ def test_an_api_key_guards_the_api_and_bad_requests_are_logged(model_and_tokeniz
   app = server.create_app(model, tok, model_name="tiny", temperature=0.0, max_tokens=MAX_TOKENS, api_key="s3cret")
   caplog.set_level("WARNING", logger="smollm3_jax.serving.server")
   with server.BackgroundServer(app) as srv, httpx.Client(base_url=srv.url, timeout=60) as client:
-    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"},
-                    {"Authorization": "Basic s3cret"}):
+    for headers in (
+      {},
+      {"Authorization": "Bearer wrong"},
+      {"Authorization": "s3cret"},
+      {"Authorization": "Basic s3cret"},
+    ):
       for method, path in (("get", "/v1/models"), ("post", "/v1/chat/completions")):
         r = client.request(method, path, headers=headers, json=_body(_messages("hi")))
         assert r.status_code == 401, (headers, path)
@@ -812,8 +912,9 @@ def test_an_api_key_guards_the_api_and_bad_requests_are_logged(model_and_tokeniz
 
 
 def test_timings_count_the_prompt_and_the_decode_apart(base_url):
-  r = httpx.post(f"{base_url}/v1/chat/completions", json=_body(_messages("Tell me a story."), max_tokens=8),
-                 timeout=120)
+  r = httpx.post(
+    f"{base_url}/v1/chat/completions", json=_body(_messages("Tell me a story."), max_tokens=8), timeout=120
+  )
   t = r.json()["timings"]
   assert t["prompt_n"] > 0 and 0 < t["prompt_ms"] <= t["time_to_first_token_ms"]
   assert t["predicted_n"] == 8 and t["predicted_ms"] > 0
@@ -824,7 +925,12 @@ def test_serving_beyond_loopback_without_a_key_warns_before_loading(tmp_path):
   script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments", "serve.py")
   missing = str(tmp_path / "no_such_checkpoint")
   for host, warned in (("0.0.0.0", True), ("127.0.0.1", False)):
-    out = subprocess.run([sys.executable, script, f"--host={host}", f"--checkpoint={missing}", "--nowarmup"],
-                         capture_output=True, text=True, timeout=120, env=dict(os.environ, SMOLLM3_JAX_API_KEY=""))
+    out = subprocess.run(
+      [sys.executable, script, f"--host={host}", f"--checkpoint={missing}", "--nowarmup"],
+      capture_output=True,
+      text=True,
+      timeout=120,
+      env=dict(os.environ, SMOLLM3_JAX_API_KEY=""),
+    )
     assert out.returncode != 0  # the checkpoint does not exist: nothing was served
     assert ("with no API key" in out.stderr) == warned, out.stderr[-2000:]

@@ -15,7 +15,9 @@ def _parse(**fields):
   return parse_request({"messages": MESSAGES, **fields}, DEFAULTS)
 
 
-@pytest.mark.parametrize("field, value, needle", [
+@pytest.mark.parametrize(
+  "field, value, needle",
+  [
     ("top_k", -2, "'top_k' must be >= -1"),
     ("top_k", 2.5, "'top_k' must be an integer"),
     ("top_k", "40", "'top_k' must be an integer"),
@@ -27,7 +29,8 @@ def _parse(**fields):
     ("max_completion_tokens", 0, "'max_completion_tokens' must be >= 1"),
     ("max_completion_tokens", 2.5, "'max_completion_tokens' must be an integer"),
     ("max_completion_tokens", True, "'max_completion_tokens' must be an integer"),
-])
+  ],
+)
 def test_out_of_range_settings_are_refused_naming_the_field(field, value, needle):
   with pytest.raises(RequestError) as e:
     _parse(**{field: value})
@@ -42,5 +45,4 @@ def test_edge_values_are_accepted():
   assert (req.sampling["top_k"], req.sampling["repetition_penalty"], req.max_tokens) == (40, 0.5, 7)
   assert isinstance(req.max_tokens, int)
   assert _parse(max_tokens=5, max_completion_tokens=5).max_tokens == 5  # the same limit twice is fine
-  assert _parse().sampling == {k: DEFAULTS[k] for k in ("temperature", "top_p", "top_k", "min_p",
-                                                        "repetition_penalty")}
+  assert _parse().sampling == {k: DEFAULTS[k] for k in ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")}

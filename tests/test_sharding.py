@@ -47,10 +47,10 @@ def _child(workdir: str) -> dict:
   from flax import nnx
 
   import smollm3_jax
+  from smollm3_jax.generation.engine import Engine, Request, get_engine
   from smollm3_jax.nn import config as C
   from smollm3_jax.nn import quantize
   from smollm3_jax.nn import sharding as S
-  from smollm3_jax.generation.engine import Engine, Request, get_engine
   from smollm3_jax.nn.model import SmolLM3
 
   out: dict = {"devices": len(jax.devices())}
@@ -68,8 +68,10 @@ def _child(workdir: str) -> dict:
   out["reference_engine_sharding"] = repr(get_engine(ref).sharding)
 
   def specs(tree):
-    return {jax.tree_util.keystr(p): [str(x.sharding.spec), list(x.addressable_shards[0].data.shape)]
-            for p, x in jax.tree_util.tree_leaves_with_path(tree)}
+    return {
+      jax.tree_util.keystr(p): [str(x.sharding.spec), list(x.addressable_shards[0].data.shape)]
+      for p, x in jax.tree_util.tree_leaves_with_path(tree)
+    }
 
   for spec in MESHES:
     d, m = spec.split(",")
@@ -77,18 +79,25 @@ def _child(workdir: str) -> dict:
     res = smollm3_jax.generate(model, None, prompts, **kw)
     eng = get_engine(model)
     pool = eng.pool(eng.slots_for(3), eng.cache_length_for(max(map(len, prompts)) + NEW))
-    placed = dict(cache=specs(pool.state.cache.k[0]), tokens_in=specs(pool.state.tokens),
-                  presence=specs(pool.state.context.presence))
+    placed = dict(
+      cache=specs(pool.state.cache.k[0]),
+      tokens_in=specs(pool.state.tokens),
+      presence=specs(pool.state.context.presence),
+    )
     pool.submit([Request(prompt=p, max_new=NEW) for p in prompts])
     pool.run()  # donates the state to each program
     s = pool.state
     one = smollm3_jax.generate(model, None, prompts[:1], **kw) if m != "8" else res
     out[spec] = dict(
-        tokens=[c.token_ids for c in res], one=one[0].token_ids, batch=res.stats.batch_size,
-        batch_one=one.stats.batch_size,
-        params={k: v for k, v in specs(nnx.state(model, nnx.Param)).items() if "layers'][0]" in k
-                or "layers" not in k},
-        cache_after=specs(s.cache.k[0]), mesh=S.describe(S.mesh_of(model)), **placed)
+      tokens=[c.token_ids for c in res],
+      one=one[0].token_ids,
+      batch=res.stats.batch_size,
+      batch_one=one.stats.batch_size,
+      params={k: v for k, v in specs(nnx.state(model, nnx.Param)).items() if "layers'][0]" in k or "layers" not in k},
+      cache_after=specs(s.cache.k[0]),
+      mesh=S.describe(S.mesh_of(model)),
+      **placed,
+    )
 
   # An already-loaded single-device model moved onto a mesh; streaming on it.
   moved = smollm3_jax.from_pretrained(ckpt)
@@ -112,12 +121,12 @@ def _child(workdir: str) -> dict:
   S.engine_sharding(moved8, "data=2,model=4")
   quantize.quantize_int8(moved8)  # quantized where it lives: stays on its mesh
   out["int8"] = dict(
-      reference=[c.token_ids for c in smollm3_jax.generate(ref8, None, prompts, **kw)],
-      mesh=[c.token_ids for c in smollm3_jax.generate(on_mesh8, None, prompts, **kw)],
-      moved=[c.token_ids for c in smollm3_jax.generate(moved8, None, prompts, **kw)],
-      params={k: v for k, v in specs(nnx.state(on_mesh8, nnx.Param)).items() if "layers'][0]" in k
-              or "layers" not in k},
-      moved_mesh=S.describe(S.mesh_of(moved8)))
+    reference=[c.token_ids for c in smollm3_jax.generate(ref8, None, prompts, **kw)],
+    mesh=[c.token_ids for c in smollm3_jax.generate(on_mesh8, None, prompts, **kw)],
+    moved=[c.token_ids for c in smollm3_jax.generate(moved8, None, prompts, **kw)],
+    params={k: v for k, v in specs(nnx.state(on_mesh8, nnx.Param)).items() if "layers'][0]" in k or "layers" not in k},
+    moved_mesh=S.describe(S.mesh_of(moved8)),
+  )
 
   # Uneven cases: refused with a clear error, before any compile.
   errors = {}
@@ -174,15 +183,15 @@ def _param(multi, mesh, suffix):
 def test_parameter_shardings_on_2x4(multi):
   # tiny config: hidden 64, 8 heads x 16, 4 kv heads x 16, mlp 128, vocab 512 (4 layers)
   expect = {
-      "['embed_tokens']['embedding'].value": ["P('model', None)", [128, 64]],
-      "['q_proj']['kernel'].value": ["P(None, 'model')", [64, 32]],
-      "['k_proj']['kernel'].value": ["P(None, 'model')", [64, 16]],
-      "['v_proj']['kernel'].value": ["P(None, 'model')", [64, 16]],
-      "['o_proj']['kernel'].value": ["P('model', None)", [32, 64]],
-      "['gate_proj']['kernel'].value": ["P(None, 'model')", [64, 32]],
-      "['up_proj']['kernel'].value": ["P(None, 'model')", [64, 32]],
-      "['down_proj']['kernel'].value": ["P('model', None)", [32, 64]],
-      "['input_layernorm']['scale'].value": ["P(None,)", [64]],
+    "['embed_tokens']['embedding'].value": ["P('model', None)", [128, 64]],
+    "['q_proj']['kernel'].value": ["P(None, 'model')", [64, 32]],
+    "['k_proj']['kernel'].value": ["P(None, 'model')", [64, 16]],
+    "['v_proj']['kernel'].value": ["P(None, 'model')", [64, 16]],
+    "['o_proj']['kernel'].value": ["P('model', None)", [32, 64]],
+    "['gate_proj']['kernel'].value": ["P(None, 'model')", [64, 32]],
+    "['up_proj']['kernel'].value": ["P(None, 'model')", [64, 32]],
+    "['down_proj']['kernel'].value": ["P('model', None)", [32, 64]],
+    "['input_layernorm']['scale'].value": ["P(None,)", [64]],
   }
   for suffix, want in expect.items():
     assert _param(multi, "2,4", suffix) == want, suffix
@@ -193,15 +202,15 @@ def test_int8_weights_on_a_mesh(multi):
   assert r["mesh"] == r["reference"] and r["moved"] == r["reference"]
   assert r["moved_mesh"].startswith("data=2,model=4")
   expect = {  # int8 kernels are stored [out, in]; gate/up fused (rows interleaved) on the mlp axis
-      "['embed_tokens']['qembedding'].value": ["P('model', None)", [128, 64]],
-      "['embed_tokens']['qscale'].value": ["P('model',)", [128]],
-      "['q_proj']['qkernel'].value": ["P('model', None)", [32, 64]],
-      "['q_proj']['qscale'].value": ["P('model',)", [32]],
-      "['k_proj']['qkernel'].value": ["P('model', None)", [16, 64]],
-      "['o_proj']['qkernel'].value": ["P(None, 'model')", [64, 32]],
-      "['gate_up_proj']['qkernel'].value": ["P('model', None)", [64, 64]],
-      "['down_proj']['qkernel'].value": ["P(None, 'model')", [64, 32]],
-      "['down_proj']['qscale'].value": ["P(None,)", [64]],
+    "['embed_tokens']['qembedding'].value": ["P('model', None)", [128, 64]],
+    "['embed_tokens']['qscale'].value": ["P('model',)", [128]],
+    "['q_proj']['qkernel'].value": ["P('model', None)", [32, 64]],
+    "['q_proj']['qscale'].value": ["P('model',)", [32]],
+    "['k_proj']['qkernel'].value": ["P('model', None)", [16, 64]],
+    "['o_proj']['qkernel'].value": ["P(None, 'model')", [64, 32]],
+    "['gate_up_proj']['qkernel'].value": ["P('model', None)", [64, 64]],
+    "['down_proj']['qkernel'].value": ["P(None, 'model')", [64, 32]],
+    "['down_proj']['qscale'].value": ["P(None,)", [64]],
   }
   for suffix, want in expect.items():
     hits = [v for k, v in r["params"].items() if k.endswith(suffix)]
@@ -217,22 +226,25 @@ def test_parameter_shardings_on_1x8_replicate_what_does_not_divide(multi):
   assert _param(multi, "8,1", "['q_proj']['kernel'].value") == ["P(None, None)", [64, 128]]
 
 
-@pytest.mark.parametrize("mesh,cache_spec,shard_shape", [
+@pytest.mark.parametrize(
+  "mesh,cache_spec,shard_shape",
+  [
     ("8,1", "P('data', None, None, None)", [1, 4, 64, 16]),
     ("2,4", "P('data', 'model', None, None)", [2, 1, 64, 16]),
     ("1,8", "P(None, None, None, None)", [4, 4, 64, 16]),
-])
+  ],
+)
 def test_cache_and_batch_shardings(multi, mesh, cache_spec, shard_shape):
   r = multi[mesh]
-  (spec, shape), = r["cache"].values()
+  ((spec, shape),) = r["cache"].values()
   assert spec == cache_spec and shape == shard_shape
   # the compiled programs keep the cache in that layout
-  (spec_after, shape_after), = r["cache_after"].values()
+  ((spec_after, shape_after),) = r["cache_after"].values()
   assert shape_after == shard_shape
   data = int(mesh.split(",")[0])
-  (tok_spec, tok_shape), = r["tokens_in"].values()
+  ((tok_spec, tok_shape),) = r["tokens_in"].values()
   assert tok_shape[0] == r["batch"] // data
-  (p_spec, p_shape), = r["presence"].values()
+  ((p_spec, p_shape),) = r["presence"].values()
   assert p_shape == [r["batch"] // data, 512]
 
 
@@ -269,9 +281,9 @@ def test_single_device_mesh_leaves_generation_untouched():
   import jax
   from flax import nnx
 
+  from smollm3_jax.generation.api import generate
   from smollm3_jax.nn import config as C
   from smollm3_jax.nn import sharding as S
-  from smollm3_jax.generation.api import generate
   from smollm3_jax.nn.model import SmolLM3
 
   model = SmolLM3(C.tiny(num_layers=2), rngs=nnx.Rngs(0))
@@ -281,7 +293,7 @@ def test_single_device_mesh_leaves_generation_untouched():
   if devices == 1:
     assert S.engine_sharding(model, mesh) is None
     assert S.engine_sharding(model) is None
-  prompts = [[5 + i, 6, 7 + i, 9][:2 + i % 3] for i in range(2 * devices)]
+  prompts = [[5 + i, 6, 7 + i, 9][: 2 + i % 3] for i in range(2 * devices)]
   kw = dict(max_new_tokens=6, stop_ids=[], temperature=[0.0, 1.0] * devices, seed=list(range(2 * devices)))
   plain = generate(model, None, prompts, **kw)
   meshed = generate(model, None, prompts, mesh=mesh, **kw)

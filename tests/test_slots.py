@@ -10,19 +10,19 @@ import pytest
 from flax import nnx
 
 import smollm3_jax
-from smollm3_jax.nn import config as C
 from smollm3_jax.generation.engine import COMPILE_COUNTS, Engine, Request
+from smollm3_jax.nn import config as C
 from smollm3_jax.nn.model import SmolLM3
 
 # Settings per row: greedy, seeded sampling with filters, penalties, different budgets.
 ROWS = [
-    dict(temperature=0.0, max_new=9),
-    dict(temperature=0.9, top_p=0.9, seed=3, max_new=4),
-    dict(temperature=0.0, repetition_penalty=1.3, max_new=12),
-    dict(temperature=1.1, top_k=20, min_p=0.05, seed=7, max_new=6),
-    dict(temperature=0.7, repetition_penalty=1.2, seed=11, max_new=10),
-    dict(temperature=0.0, max_new=3),
-    dict(temperature=1.0, seed=5, max_new=8),
+  dict(temperature=0.0, max_new=9),
+  dict(temperature=0.9, top_p=0.9, seed=3, max_new=4),
+  dict(temperature=0.0, repetition_penalty=1.3, max_new=12),
+  dict(temperature=1.1, top_k=20, min_p=0.05, seed=7, max_new=6),
+  dict(temperature=0.7, repetition_penalty=1.2, seed=11, max_new=10),
+  dict(temperature=0.0, max_new=3),
+  dict(temperature=1.0, seed=5, max_new=8),
 ]
 LENGTHS = [3, 17, 9, 40, 1, 25, 12]
 
@@ -40,8 +40,9 @@ def _settings(row):
 
 
 def _alone(model, prompt, row):
-  return smollm3_jax.generate(model, None, [prompt], stop_ids=[], seed=[row.get("seed", 0)],
-                              max_new_tokens=row["max_new"], **_settings(row))[0].token_ids
+  return smollm3_jax.generate(
+    model, None, [prompt], stop_ids=[], seed=[row.get("seed", 0)], max_new_tokens=row["max_new"], **_settings(row)
+  )[0].token_ids
 
 
 @pytest.fixture(scope="module")
@@ -52,10 +53,19 @@ def alone(tiny):
 
 def test_batched_rows_equal_rows_alone(tiny, alone):
   model, prompts = tiny
-  per_row = {k: [r.get(k, smollm3_jax.generation.sampling.SETTINGS[k].off) for r in ROWS]
-             for k in ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")}
-  res = smollm3_jax.generate(model, None, prompts, stop_ids=[], seed=[r.get("seed", 0) for r in ROWS],
-                             max_new_tokens=[r["max_new"] for r in ROWS], **per_row)
+  per_row = {
+    k: [r.get(k, smollm3_jax.generation.sampling.SETTINGS[k].off) for r in ROWS]
+    for k in ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
+  }
+  res = smollm3_jax.generate(
+    model,
+    None,
+    prompts,
+    stop_ids=[],
+    seed=[r.get("seed", 0) for r in ROWS],
+    max_new_tokens=[r["max_new"] for r in ROWS],
+    **per_row,
+  )
   assert [c.token_ids for c in res] == alone
   assert [len(t) for t in alone] == [r["max_new"] for r in ROWS]
 
@@ -67,8 +77,9 @@ def test_rows_inserted_mid_flight_equal_rows_alone(tiny, alone, slots):
   model, prompts = tiny
   engine = Engine(model, None)
   pool = engine.pool(slots, engine.cache_length_for(max(LENGTHS) + 12), chunk_steps=2)
-  requests = [Request(prompt=p, settings=_settings(r), seed=r.get("seed", 0), max_new=r["max_new"])
-              for p, r in zip(prompts, ROWS)]
+  requests = [
+    Request(prompt=p, settings=_settings(r), seed=r.get("seed", 0), max_new=r["max_new"]) for p, r in zip(prompts, ROWS)
+  ]
   pool.submit(requests)
   seen_slots = []
   while not pool.idle:
@@ -94,8 +105,10 @@ def test_a_narrowing_pool_keeps_every_rows_tokens(tiny, alone):
   outs = {}
   for shrink in (False, True):
     pool = engine.pool(8, length, chunk_steps=2, shrink=shrink)
-    requests = [Request(prompt=p, settings=_settings(r), seed=r.get("seed", 0), max_new=r["max_new"])
-                for p, r in zip(prompts, ROWS)]
+    requests = [
+      Request(prompt=p, settings=_settings(r), seed=r.get("seed", 0), max_new=r["max_new"])
+      for p, r in zip(prompts, ROWS)
+    ]
     pool.submit(requests)
     widths = []
     while not pool.idle:
@@ -109,14 +122,16 @@ def test_a_narrowing_pool_keeps_every_rows_tokens(tiny, alone):
 
 def test_repeated_prompts_share_prefill_and_keep_their_own_seeds(tiny):
   model, prompts = tiny
-  res = smollm3_jax.generate(model, None, [prompts[3]], num_return_sequences=4, temperature=1.0, seed=9,
-                             max_new_tokens=6, stop_ids=[])
+  res = smollm3_jax.generate(
+    model, None, [prompts[3]], num_return_sequences=4, temperature=1.0, seed=9, max_new_tokens=6, stop_ids=[]
+  )
   assert res.stats.prefilled_prompts == 1 and len(res) == 4
   seeds = smollm3_jax.generation.api.row_seeds(9, 4)
   for c, s in zip(res, seeds):
     assert c.settings["seed"] == s
-    want = smollm3_jax.generate(model, None, [prompts[3]], temperature=1.0, seed=[int(s)], max_new_tokens=6,
-                                stop_ids=[])[0].token_ids
+    want = smollm3_jax.generate(
+      model, None, [prompts[3]], temperature=1.0, seed=[int(s)], max_new_tokens=6, stop_ids=[]
+    )[0].token_ids
     assert c.token_ids == want
   assert len({tuple(c.token_ids) for c in res}) > 1  # four seeds, not one sample four times
 
@@ -135,8 +150,9 @@ def test_a_later_row_copies_the_prompt_of_a_running_row(tiny):
   pool.run()
   assert pool.stats["prefilled_prompts"] == 1 and len({r.admitted for r in requests}) > 1
   for i, (r, m) in enumerate(zip(requests, budgets)):
-    want = smollm3_jax.generate(model, None, [prompts[1]], seed=[i], max_new_tokens=m, stop_ids=[],
-                                **settings)[0].token_ids
+    want = smollm3_jax.generate(model, None, [prompts[1]], seed=[i], max_new_tokens=m, stop_ids=[], **settings)[
+      0
+    ].token_ids
     assert r.token_ids == want, i
 
 
@@ -171,8 +187,10 @@ def test_cancelled_rows_free_their_slot(tiny):
   pool.run()
   assert first.done and smollm3_jax.generation.decode.STOP_REASONS[first.reason] == "cancelled"
   assert len(first.token_ids) < 40 and len(second.token_ids) == 40
-  assert second.token_ids == smollm3_jax.generate(model, None, [prompts[1]], max_new_tokens=40, stop_ids=[],
-                                                   temperature=0.0)[0].token_ids
+  assert (
+    second.token_ids
+    == smollm3_jax.generate(model, None, [prompts[1]], max_new_tokens=40, stop_ids=[], temperature=0.0)[0].token_ids
+  )
 
 
 def test_a_request_that_does_not_fit_is_refused_before_queueing(tiny):
@@ -201,13 +219,31 @@ def test_prefill_and_decode_update_the_cache_in_place(tiny):
   shape = "%s[%s]" % (k.dtype.name.replace("float", "f"), ",".join(map(str, k.shape)))
   cache_copy = re.compile(re.escape(shape) + r"\{[0-9,]*\} copy\(")
   z = jnp.zeros((1,), jnp.int32)
-  prefill, _ = eng._compiled_fn("prefill", prefill_slots_jit, eng.state, pool.state,
-                                jnp.zeros((1, eng.prefill_chunk), jnp.int32), z, z, z, window=256)
-  decode, _ = eng._compiled_fn("decode", decode_jit, eng.state, pool.state, pool.shared, jnp.asarray(1, jnp.int32),
-                               jnp.asarray(1, jnp.int32), jnp.asarray(pool._stop), window=256)
+  prefill, _ = eng._compiled_fn(
+    "prefill",
+    prefill_slots_jit,
+    eng.state,
+    pool.state,
+    jnp.zeros((1, eng.prefill_chunk), jnp.int32),
+    z,
+    z,
+    z,
+    window=256,
+  )
+  decode, _ = eng._compiled_fn(
+    "decode",
+    decode_jit,
+    eng.state,
+    pool.state,
+    pool.shared,
+    jnp.asarray(1, jnp.int32),
+    jnp.asarray(1, jnp.int32),
+    jnp.asarray(pool._stop),
+    window=256,
+  )
   for exe in (prefill, decode):
     text = exe.as_text()
-    assert shape in text                # the cache goes through the program ...
+    assert shape in text  # the cache goes through the program ...
     assert not cache_copy.findall(text)  # ... and is never copied whole
 
 
@@ -235,7 +271,7 @@ def test_prefill_rows_of_several_prompts_equal_one_by_one(tiny):
     assert got.lengths.tolist() == ref.lengths.tolist() == [n - 1 for n in lengths]
     for k_ref, k_got in zip(ref.k + ref.v, got.k + got.v):
       for i, n in enumerate(lengths):
-        np.testing.assert_allclose(k_got[i, :, :n - 1], k_ref[i, :, :n - 1], atol=1e-5, rtol=1e-5)
+        np.testing.assert_allclose(k_got[i, :, : n - 1], k_ref[i, :, : n - 1], atol=1e-5, rtol=1e-5)
 
 
 def test_many_rows_sharing_prompts_through_few_slots_equal_rows_alone(tiny):
@@ -245,13 +281,16 @@ def test_many_rows_sharing_prompts_through_few_slots_equal_rows_alone(tiny):
   token context is still its previous occupant's)."""
   model, prompts = tiny
   engine = Engine(model, None)
-  settings = dict(temperature=0.9, repetition_penalty=1.4, frequency_penalty=0.6, presence_penalty=0.4,
-                  no_repeat_ngram_size=2)
+  settings = dict(
+    temperature=0.9, repetition_penalty=1.4, frequency_penalty=0.6, presence_penalty=0.4, no_repeat_ngram_size=2
+  )
   rng = np.random.default_rng(1)
   budgets = rng.integers(2, 12, 40).tolist()
   which = rng.integers(0, 3, 40).tolist()
-  make = lambda share: [Request(prompt=prompts[(1, 2, 5)[w]], settings=settings, seed=i, max_new=m, share=share)
-                        for i, (w, m) in enumerate(zip(which, budgets))]
+  make = lambda share: [
+    Request(prompt=prompts[(1, 2, 5)[w]], settings=settings, seed=i, max_new=m, share=share)
+    for i, (w, m) in enumerate(zip(which, budgets))
+  ]
   length = engine.cache_length_for(max(LENGTHS) + 12)
   shared = make(share=0)
   pool = engine.pool(4, length, chunk_steps=2)

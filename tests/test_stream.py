@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -10,7 +9,6 @@ from flax import nnx
 
 import smollm3_jax
 from smollm3_jax.nn import config as C
-
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +26,9 @@ def model(tok):
 def test_thinking_flag_maps_to_enable_thinking(model, tok):
   res = smollm3_jax.generate(model, tok, ["Hi there", "Hi there"], thinking=[True, False], max_new_tokens=3)
   on, off = res
-  assert on.prompt == tok.apply_chat_template([{"role": "user", "content": "Hi there"}],
-                                              add_generation_prompt=True, enable_thinking=True)
+  assert on.prompt == tok.apply_chat_template(
+    [{"role": "user", "content": "Hi there"}], add_generation_prompt=True, enable_thinking=True
+  )
   assert on.prompt.endswith("<|im_start|>assistant\n") and "/think" in on.prompt
   assert off.prompt.endswith("<|im_start|>assistant\n<think>\n\n</think>\n") and "/no_think" in off.prompt
   for c in res:
@@ -90,12 +89,12 @@ def test_stop_strings_end_rows_at_the_token_that_completes_them(model, tok):
   text = tok.decode(free.token_ids)
   # A stop string made of the middle of the free text, across a token boundary.
   cut = len(tok.decode(free.token_ids[:6]))
-  stop = text[cut - 2:cut + 3]
+  stop = text[cut - 2 : cut + 3]
   assert len(stop) == 5 and stop in text
   res = smollm3_jax.generate(model, tok, ["Tell me a story."], stop=[stop, "never appears"], **kw)[0]
   k = next(k for k in range(1, len(free.token_ids) + 1) if stop in tok.decode(free.token_ids[:k]))
   assert res.stop_reason == "stop" and res.token_ids == free.token_ids[:k]
-  assert res.text == text[:text.index(stop)]
+  assert res.text == text[: text.index(stop)]
   s = smollm3_jax.stream(model, tok, "Tell me a story.", stop=stop, **kw)
   assert "".join(s) == res.text and s.result.completions[0].token_ids == res.token_ids
   with pytest.raises(ValueError, match="stop"):
@@ -114,7 +113,7 @@ def test_a_cancelled_stream_ends_with_what_it_decoded(model, tok):
     s.cancel()
   c = s.result[0]
   assert c.stop_reason == "cancelled" and len(c.token_ids) < 48
-  assert c.token_ids == free.token_ids[:len(c.token_ids)]
+  assert c.token_ids == free.token_ids[: len(c.token_ids)]
   assert "".join(pieces) == c.text == tok.decode(c.token_ids)
 
 
@@ -133,7 +132,9 @@ def test_chunks_longer_than_one_copy_slice_lose_no_token(model, tok):
   np.testing.assert_array_equal(long.logprobs.rank, short.logprobs.rank)
 
 
-@pytest.mark.parametrize("call, needle", [
+@pytest.mark.parametrize(
+  "call, needle",
+  [
     (lambda m, t: smollm3_jax.generate(m, t, ["hi"], chat="no"), "chat"),
     (lambda m, t: smollm3_jax.generate(m, t, ["hi"], split_special_tokens="no"), "split_special_tokens"),
     (lambda m, t: smollm3_jax.generate(m, t, ["hi"], share_prefill="no"), "share_prefill"),
@@ -144,8 +145,20 @@ def test_chunks_longer_than_one_copy_slice_lose_no_token(model, tok):
     (lambda m, t: smollm3_jax.generate(m, t, ["hi"], top_k=10**400), "top_k"),
     (lambda m, t: smollm3_jax.generate(m, t, ["a\ud800b"]), "prompt 0"),
     (lambda m, t: smollm3_jax.generate(m, t, [[{"role": "user", "content": "x\udfffy"}]]), "prompt 0"),
-], ids=["chat", "split_special_tokens", "share_prefill", "progress", "hide_thinking", "score_chat",
-        "huge_temperature", "huge_top_k", "surrogate_text", "surrogate_message"])
+  ],
+  ids=[
+    "chat",
+    "split_special_tokens",
+    "share_prefill",
+    "progress",
+    "hide_thinking",
+    "score_chat",
+    "huge_temperature",
+    "huge_top_k",
+    "surrogate_text",
+    "surrogate_message",
+  ],
+)
 def test_mistyped_arguments_are_refused_by_name_before_compiling(model, tok, call, needle):
   """Flags given as strings ("no" is truthy), integers beyond float64 and text with a lone surrogate:
   a ValueError naming the argument, before anything compiles."""

@@ -10,14 +10,14 @@ import subprocess
 import sys
 
 import pytest
+from _helpers import kill_at_marker, sweep_config
+from _helpers import tiny_sweep_config as _tiny_config
 
-from smollm3_jax.sweep import presets
-from smollm3_jax.evaluation import metrics as M
 from smollm3_jax import sweep
-from smollm3_jax.generation.engine import COMPILE_COUNTS
+from smollm3_jax.evaluation import metrics as M
 from smollm3_jax.generation.api import generate
-
-from _helpers import kill_at_marker, sweep_config, tiny_sweep_config as _tiny_config
+from smollm3_jax.generation.engine import COMPILE_COUNTS
+from smollm3_jax.sweep import presets
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -62,8 +62,7 @@ def test_sweep_writes_rows_summary_plots_and_compiles_once(tiny, tiny_sweep):
 
   rows = [json.loads(l) for l in _lines(tmp_path / "generations.jsonl") if l]
   assert len(rows) == 24 and len({r["key"] for r in rows}) == 24
-  cells = {(r["settings"]["thinking"], r["settings"]["temperature"], r["settings"]["repetition_penalty"])
-           for r in rows}
+  cells = {(r["settings"]["thinking"], r["settings"]["temperature"], r["settings"]["repetition_penalty"]) for r in rows}
   assert cells == {(th, t, rp) for th in (False, True) for t in (0.0, 1.0) for rp in (1.0, 1.3)}
   assert {r["prompt_id"] for r in rows} == {"capital_france", "add_small", "story_lighthouse"}
   for r in rows:
@@ -125,9 +124,19 @@ def test_rows_equal_generating_each_setting_alone(tiny, tiny_sweep):
   sampled = [r for r in rows if r["settings"]["temperature"] == 1.0 and r["settings"]["repetition_penalty"] == 1.3]
   for r in [greedy] + sampled[:2]:
     s = r["settings"]
-    alone = generate(model, tokenizer, r["prompt"], thinking=s["thinking"], temperature=s["temperature"],
-                     repetition_penalty=s["repetition_penalty"], top_p=s["top_p"], top_k=s["top_k"],
-                     min_p=s["min_p"], seed=[r["seed"]], max_new_tokens=s["max_new_tokens"])
+    alone = generate(
+      model,
+      tokenizer,
+      r["prompt"],
+      thinking=s["thinking"],
+      temperature=s["temperature"],
+      repetition_penalty=s["repetition_penalty"],
+      top_p=s["top_p"],
+      top_k=s["top_k"],
+      min_p=s["min_p"],
+      seed=[r["seed"]],
+      max_new_tokens=s["max_new_tokens"],
+    )
     assert alone.completions[0].token_ids == r["token_ids"], r["key"]
     assert alone.completions[0].text == r["text"]
   # Seeds depend on (prompt, cell, sample), not on the batch position: distinct per row.
@@ -162,12 +171,27 @@ def test_sigkill_then_resume_completes_without_gaps_or_duplicates(tiny, tmp_path
   marker = tmp_path / "first_batch_written"
   wrapper = tmp_path / "stop_after_first_batch.py"
   wrapper.write_text(_STOP_AFTER_FIRST_BATCH)
-  overrides = ["--config.model.tokenizer=" + tok_dir, "--config.progress=False", "--config.prompts.limit=3",
-               "--config.batch_size=5", "--config.max_new_tokens=5"]
-  cmd = [sys.executable, str(wrapper), os.path.join(ROOT, "experiments", "sweep.py"),
-         "--config=" + os.path.join(ROOT, "configs", "sweep.py") + ":tiny", f"--workdir={workdir}", *overrides]
-  env = dict(os.environ, JAX_PLATFORMS="cpu", SWEEP_TEST_MARKER=str(marker),
-             PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  overrides = [
+    "--config.model.tokenizer=" + tok_dir,
+    "--config.progress=False",
+    "--config.prompts.limit=3",
+    "--config.batch_size=5",
+    "--config.max_new_tokens=5",
+  ]
+  cmd = [
+    sys.executable,
+    str(wrapper),
+    os.path.join(ROOT, "experiments", "sweep.py"),
+    "--config=" + os.path.join(ROOT, "configs", "sweep.py") + ":tiny",
+    f"--workdir={workdir}",
+    *overrides,
+  ]
+  env = dict(
+    os.environ,
+    JAX_PLATFORMS="cpu",
+    SWEEP_TEST_MARKER=str(marker),
+    PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+  )
   proc = kill_at_marker(cmd, env=env, cwd=ROOT, marker=marker, what="the sweep did not write its first group")
   assert proc.returncode == -signal.SIGKILL
   kept = [json.loads(l) for l in _lines(gens) if l]
@@ -183,10 +207,16 @@ def test_sigkill_then_resume_completes_without_gaps_or_duplicates(tiny, tmp_path
   rows = [json.loads(l) for l in lines]  # every line parses: the torn one is gone
   keys = [r["key"] for r in rows]
   assert len(keys) == 24 and len(set(keys)) == 24
-  assert set(keys) == {r["key"] for r in sweep.make_rows(
+  assert set(keys) == {
+    r["key"]
+    for r in sweep.make_rows(
       sweep.load_prompts(presets.PROMPT_SET, limit=3),
-      sweep.expand_grid(sweep.to_plain(cfg)["sweep"]), samples=1, seed=0)}
-  assert rows[:len(kept)] == kept  # finished rows are never rewritten
+      sweep.expand_grid(sweep.to_plain(cfg)["sweep"]),
+      samples=1,
+      seed=0,
+    )
+  }
+  assert rows[: len(kept)] == kept  # finished rows are never rewritten
   with open(workdir / "summary.csv") as f:
     assert sum(1 for _ in csv.DictReader(f)) == 8
 
@@ -206,10 +236,22 @@ def test_grid_expansion_and_validation(tmp_path):
   cfg = sweep.to_plain(sweep_config("demo"))
   cells = sweep.expand_grid(cfg["sweep"])
   # (the config's other axes, at their off values, are in every cell too)
-  assert len(cells) == 18 and cells[0] == dict(thinking=False, temperature=0.0, repetition_penalty=1.0,
-                                               top_p=0.95, top_k=0, min_p=0.0, typical_p=1.0, epsilon_cutoff=0.0,
-                                               eta_cutoff=0.0, frequency_penalty=0.0, presence_penalty=0.0,
-                                               no_repeat_ngram_size=0, min_new_tokens=0, num_beams=1)
+  assert len(cells) == 18 and cells[0] == dict(
+    thinking=False,
+    temperature=0.0,
+    repetition_penalty=1.0,
+    top_p=0.95,
+    top_k=0,
+    min_p=0.0,
+    typical_p=1.0,
+    epsilon_cutoff=0.0,
+    eta_cutoff=0.0,
+    frequency_penalty=0.0,
+    presence_penalty=0.0,
+    no_repeat_ngram_size=0,
+    min_new_tokens=0,
+    num_beams=1,
+  )
   rows = sweep.make_rows([{"id": "p"}], cells, samples=3, seed=0)
   assert len(rows) == 6 * 1 + 12 * 3  # greedy cells run once
   bad = dict(cfg["sweep"], temperature=[-1.0])
@@ -240,13 +282,18 @@ def test_sampling_axes_take_kind_and_off_from_the_settings_registry():
     assert axis.off == (None if name == "temperature" else setting.off), name
   (cell,) = sweep.expand_grid(dict(thinking=[False], temperature=[0.5]))
   assert {k: cell[k] for k in sweep.SAMPLING_AXES if k != "temperature"} == {
-      k: SETTINGS[k].off for k in sweep.SAMPLING_AXES if k != "temperature"}
+    k: SETTINGS[k].off for k in sweep.SAMPLING_AXES if k != "temperature"
+  }
   assert sweep.cell_key(cell) == "think=0,t=0.5,rp=1,top_p=1,top_k=0,min_p=0"
 
 
-@pytest.mark.parametrize("record, message", [
-    ({"id": "a", "prompt": "x", "answer_type": "numeric", "reference": "1,234"},
-     r"p\.jsonl:2 \(prompt 'a'\): reference: expected a finite number"),
+@pytest.mark.parametrize(
+  "record, message",
+  [
+    (
+      {"id": "a", "prompt": "x", "answer_type": "numeric", "reference": "1,234"},
+      r"p\.jsonl:2 \(prompt 'a'\): reference: expected a finite number",
+    ),
     ({"id": "a", "prompt": "x", "answer_type": "numeric", "reference": float("nan")}, "expected a finite number"),
     ({"id": "a", "prompt": "x", "answer_type": "text", "reference": 7}, "expected a string or a list of strings"),
     ({"id": "a", "prompt": "x", "answer_type": "text", "reference": ["ok", 3]}, "a list of strings"),
@@ -256,7 +303,8 @@ def test_sampling_axes_take_kind_and_off_from_the_settings_registry():
     ({"id": "a", "prompt": None}, "prompt: expected a string"),
     ({"id": "a", "prompt": "x", "answer_type": "number"}, "answer_type: expected 'text', 'numeric' or null"),
     (["a", "x"], "expected a JSON object"),
-])
+  ],
+)
 def test_bad_prompt_records_are_refused_before_anything_runs(record, message, tmp_path):
   """A prompt record that cannot be run or scored is refused when the set is read, naming the line, the
   prompt and the field: never after its rows were generated (every rerun would crash the same way)."""
@@ -301,9 +349,13 @@ def test_a_checkpoint_without_a_thinking_mode_runs_each_row_once_and_says_so(tmp
 
 
 def test_cli_typo_fails_with_ml_collections_error(tmp_path):
-  cmd = [sys.executable, os.path.join(ROOT, "experiments", "sweep.py"),
-         "--config=" + os.path.join(ROOT, "configs", "sweep.py") + ":tiny", f"--workdir={tmp_path}",
-         "--config.sweep.temprature=(0.0,)"]
+  cmd = [
+    sys.executable,
+    os.path.join(ROOT, "experiments", "sweep.py"),
+    "--config=" + os.path.join(ROOT, "configs", "sweep.py") + ":tiny",
+    f"--workdir={tmp_path}",
+    "--config.sweep.temprature=(0.0,)",
+  ]
   res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
   assert res.returncode != 0
   assert 'Did you mean "temperature"' in res.stderr
@@ -314,31 +366,45 @@ def test_summary_columns_recomputed_from_rows(tmp_path):
   """summary.csv's accuracy, eos, rep4 and closed-think shares equal values worked out by hand from rows
   built for the purpose (every column non-trivial), and the tiny sweep's columns equal the same
   formulas applied to its generations.jsonl."""
-  cells = sweep.expand_grid(dict(temperature=[0.0, 1.0], repetition_penalty=[1.0], thinking=[False],
-                                 top_p=[1.0], top_k=[0], min_p=[0.0]))
+  cells = sweep.expand_grid(
+    dict(temperature=[0.0, 1.0], repetition_penalty=[1.0], thinking=[False], top_p=[1.0], top_k=[0], min_p=[0.0])
+  )
   keys = [sweep.cell_key(c) for c in cells]
-  prompts = [dict(id="sum", prompt="2+2?", kind="math", answer_type="numeric", reference=4),
-             dict(id="open", prompt="Tell a story.", kind="open", answer_type=None, reference=None)]
+  prompts = [
+    dict(id="sum", prompt="2+2?", kind="math", answer_type="numeric", reference=4),
+    dict(id="open", prompt="Tell a story.", kind="open", answer_type=None, reference=None),
+  ]
 
   def row(cell, prompt_id, text, answer, stop, closed=False):
-    return dict(cell_key=keys[cell], prompt_id=prompt_id, text=text, answer=answer, stop_reason=stop,
-                num_tokens=len(text.split()), thinking_tokens=0, closed_think=closed,
-                timing=dict(decode_tokens_per_second=10.0))
+    return dict(
+      cell_key=keys[cell],
+      prompt_id=prompt_id,
+      text=text,
+      answer=answer,
+      stop_reason=stop,
+      num_tokens=len(text.split()),
+      thinking_tokens=0,
+      closed_think=closed,
+      timing=dict(decode_tokens_per_second=10.0),
+    )
 
   rows = [
-      row(0, "sum", "the answer is 4", "4", "eos", closed=True),
-      row(0, "sum", "a b c d a b c d", "5", "max_tokens"),      # 5 four-grams, 1 repeats one
-      row(0, "open", "x y z w x y z w x y z w", "", "eos"),      # 9 four-grams, 5 repeat
-      row(1, "sum", "4", "4", "newlines"),
-      row(1, "sum", "four is 4 and 4", "4", "eos"),
+    row(0, "sum", "the answer is 4", "4", "eos", closed=True),
+    row(0, "sum", "a b c d a b c d", "5", "max_tokens"),  # 5 four-grams, 1 repeats one
+    row(0, "open", "x y z w x y z w x y z w", "", "eos"),  # 9 four-grams, 5 repeat
+    row(1, "sum", "4", "4", "newlines"),
+    row(1, "sum", "four is 4 and 4", "4", "eos"),
   ]
   path = tmp_path / "summary.csv"
   path.write_text(sweep.summary_csv(sweep.summarize(rows, cells, prompts)))
   with open(path) as f:
     got = {r["cell_key"]: r for r in csv.DictReader(f)}
-  expected = {keys[0]: dict(rows=3, accuracy=1 / 2, eos_share=2 / 3, rep4_share=(0 + 1 / 5 + 5 / 9) / 3,
-                            closed_think_share=1 / 3),
-              keys[1]: dict(rows=2, accuracy=1.0, eos_share=1 / 2, rep4_share=(0 + 0) / 2, closed_think_share=0.0)}
+  expected = {
+    keys[0]: dict(
+      rows=3, accuracy=1 / 2, eos_share=2 / 3, rep4_share=(0 + 1 / 5 + 5 / 9) / 3, closed_think_share=1 / 3
+    ),
+    keys[1]: dict(rows=2, accuracy=1.0, eos_share=1 / 2, rep4_share=(0 + 0) / 2, closed_think_share=0.0),
+  }
   for key, want in expected.items():
     assert int(got[key]["rows"]) == want["rows"]
     for col in ("accuracy", "eos_share", "rep4_share", "closed_think_share"):
@@ -364,32 +430,57 @@ def test_resume_with_another_batch_size_gives_the_same_rows(tiny, tmp_path):
   key. (Widths that are multiples of 4: XLA:CPU rounds the rows of a 4-wide vector's remainder
   differently, ~1e-6 in the log-probs, which can move a sampled token at a near-tie.)"""
   model, tokenizer, tok_dir = tiny
-  sweep.run_sweep(_tiny_config(tok_dir, batch_size=4), str(tmp_path / "full"), model=model, tokenizer=tokenizer,
-                  log=lambda s: None)
+  sweep.run_sweep(
+    _tiny_config(tok_dir, batch_size=4), str(tmp_path / "full"), model=model, tokenizer=tokenizer, log=lambda s: None
+  )
   full = {r["key"]: r for r in map(json.loads, filter(None, _lines(tmp_path / "full" / "generations.jsonl")))}
-  first = sweep.run_sweep(_tiny_config(tok_dir, batch_size=4), str(tmp_path / "wd"), model=model,
-                          tokenizer=tokenizer, log=lambda s: None, max_batches=2)
+  first = sweep.run_sweep(
+    _tiny_config(tok_dir, batch_size=4),
+    str(tmp_path / "wd"),
+    model=model,
+    tokenizer=tokenizer,
+    log=lambda s: None,
+    max_batches=2,
+  )
   assert first.new_rows == 8
-  out = sweep.run_sweep(_tiny_config(tok_dir, batch_size=8), str(tmp_path / "wd"), model=model, tokenizer=tokenizer,
-                        log=lambda s: None)
+  out = sweep.run_sweep(
+    _tiny_config(tok_dir, batch_size=8), str(tmp_path / "wd"), model=model, tokenizer=tokenizer, log=lambda s: None
+  )
   assert (out.skipped_rows, out.new_rows) == (8, 16) and out.batches >= 1
   rows = [json.loads(l) for l in _lines(tmp_path / "wd" / "generations.jsonl") if l]
   assert sorted(r["key"] for r in rows) == sorted(full)
   assert {r["timing"]["slots"] for r in rows} == {4, 8}
   for r in rows:
-    assert (r["token_ids"], r["text"], r["stop_reason"]) == \
-        (full[r["key"]]["token_ids"], full[r["key"]]["text"], full[r["key"]]["stop_reason"]), r["key"]
+    assert (r["token_ids"], r["text"], r["stop_reason"]) == (
+      full[r["key"]]["token_ids"],
+      full[r["key"]]["text"],
+      full[r["key"]]["stop_reason"],
+    ), r["key"]
 
 
 def test_a_typical_p_by_temperature_sweep_compiles_decode_once(tiny, tmp_path):
   """New sampling settings are traced per-row values: a grid over them is one decode program."""
   model, tokenizer, tok_dir = tiny
-  cfg = _tiny_config(tok_dir, **{"sweep.typical_p": (0.5, 1.0), "sweep.temperature": (0.7, 1.0),
-                                 "sweep.thinking": (False,), "sweep.repetition_penalty": (1.0,)})
+  cfg = _tiny_config(
+    tok_dir,
+    **{
+      "sweep.typical_p": (0.5, 1.0),
+      "sweep.temperature": (0.7, 1.0),
+      "sweep.thinking": (False,),
+      "sweep.repetition_penalty": (1.0,),
+    },
+  )
   sweep.run_sweep(cfg, str(tmp_path / "warm"), model=model, tokenizer=tokenizer, log=lambda s: None)
   before = dict(COMPILE_COUNTS)
-  cfg2 = _tiny_config(tok_dir, **{"sweep.typical_p": (0.2, 0.9), "sweep.temperature": (0.3, 1.5),
-                                  "sweep.thinking": (False,), "sweep.repetition_penalty": (1.0,)})
+  cfg2 = _tiny_config(
+    tok_dir,
+    **{
+      "sweep.typical_p": (0.2, 0.9),
+      "sweep.temperature": (0.3, 1.5),
+      "sweep.thinking": (False,),
+      "sweep.repetition_penalty": (1.0,),
+    },
+  )
   out = sweep.run_sweep(cfg2, str(tmp_path / "wd"), model=model, tokenizer=tokenizer, log=lambda s: None)
   assert out.new_rows == 12 and COMPILE_COUNTS["decode"] == before.get("decode", 0)
   rows = [json.loads(l) for l in _lines(tmp_path / "wd" / "generations.jsonl") if l]
@@ -401,16 +492,30 @@ def test_num_beams_cells_run_beam_search(tiny, tmp_path):
   """A num_beams axis: beam cells run as their own beam-search call; their rows equal
   generate(num_beams=...) and carry the beam score; sampled beam cells are refused up front."""
   model, tokenizer, tok_dir = tiny
-  cfg = _tiny_config(tok_dir, **{"sweep.num_beams": (1, 2), "sweep.temperature": (0.0,),
-                                 "sweep.thinking": (False,), "sweep.repetition_penalty": (1.0, 1.3)})
+  cfg = _tiny_config(
+    tok_dir,
+    **{
+      "sweep.num_beams": (1, 2),
+      "sweep.temperature": (0.0,),
+      "sweep.thinking": (False,),
+      "sweep.repetition_penalty": (1.0, 1.3),
+    },
+  )
   out = sweep.run_sweep(cfg, str(tmp_path / "wd"), model=model, tokenizer=tokenizer, log=lambda s: None)
   rows = [json.loads(l) for l in _lines(tmp_path / "wd" / "generations.jsonl") if l]
   assert out.new_rows == len(rows) == 12
   beams = [r for r in rows if r["settings"]["num_beams"] == 2]
   assert len(beams) == 6 and all("beam_score" in r for r in beams)
   r = beams[0]
-  want = generate(model, tokenizer, r["prompt"], thinking=False, num_beams=2, max_new_tokens=5,
-                  repetition_penalty=r["settings"]["repetition_penalty"])[0]
+  want = generate(
+    model,
+    tokenizer,
+    r["prompt"],
+    thinking=False,
+    num_beams=2,
+    max_new_tokens=5,
+    repetition_penalty=r["settings"]["repetition_penalty"],
+  )[0]
   assert want.token_ids == r["token_ids"] and want.score == pytest.approx(r["beam_score"])
   bad = _tiny_config(tok_dir, **{"sweep.num_beams": (1, 2), "sweep.temperature": (0.0, 1.0)})
   with pytest.raises(ValueError, match="num_beams"):

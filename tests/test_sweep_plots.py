@@ -9,16 +9,22 @@ import sys
 
 import numpy as np
 import pytest
-
-from smollm3_jax import sweep
-
 from _helpers import ROOT, tiny_sweep_config
 from test_sweep import tiny  # noqa: F401  (the tiny random model and the saved demo tokenizer)
 
-PYPLOT_IMPORT = re.compile(r"^\s*(import matplotlib\.pyplot|from matplotlib(\.pyplot)? import .*pyplot|"
-                           r"from matplotlib\.pyplot import)", re.MULTILINE)
-T_X_MINP = {"sweep.temperature": (0.0, 0.7, 1.0), "sweep.min_p": (0.0, 0.05, 0.1),
-            "sweep.repetition_penalty": (1.0,), "sweep.top_p": (1.0,)}
+from smollm3_jax import sweep
+
+PYPLOT_IMPORT = re.compile(
+  r"^\s*(import matplotlib\.pyplot|from matplotlib(\.pyplot)? import .*pyplot|"
+  r"from matplotlib\.pyplot import)",
+  re.MULTILINE,
+)
+T_X_MINP = {
+  "sweep.temperature": (0.0, 0.7, 1.0),
+  "sweep.min_p": (0.0, 0.05, 0.1),
+  "sweep.repetition_penalty": (1.0,),
+  "sweep.top_p": (1.0,),
+}
 
 
 def _refuse_backend_changes(mp: pytest.MonkeyPatch) -> None:
@@ -39,8 +45,9 @@ def t_x_minp(tiny, tmp_path_factory):  # noqa: F811
   workdir = tmp_path_factory.mktemp("t_x_minp")
   with pytest.MonkeyPatch.context() as mp:
     _refuse_backend_changes(mp)
-    out = sweep.run_sweep(tiny_sweep_config(tok_dir, **T_X_MINP), str(workdir), model=model, tokenizer=tokenizer,
-                          log=lambda s: None)
+    out = sweep.run_sweep(
+      tiny_sweep_config(tok_dir, **T_X_MINP), str(workdir), model=model, tokenizer=tokenizer, log=lambda s: None
+    )
   return workdir, out
 
 
@@ -104,8 +111,9 @@ def test_line_plot_of_a_metric_against_one_axis_per_value_of_another(t_x_minp):
     assert labels == ["min_p=0", "min_p=0.05", "min_p=0.1"]
     assert ax.get_xlabel() == "temperature"
     for (line, caps, (bars,)), m in zip(ax.containers, (0.0, 0.05, 0.1)):
-      cells = sorted((s for s in out.summary if s["thinking"] == mode and s["min_p"] == m),
-                     key=lambda s: s["temperature"])
+      cells = sorted(
+        (s for s in out.summary if s["thinking"] == mode and s["min_p"] == m), key=lambda s: s["temperature"]
+      )
       assert line.get_ydata() == pytest.approx([s["distinct_1"] for s in cells])
       # the error bar of each point spans the cell's bootstrap interval
       spans = [v for seg in bars.get_segments() for v in seg[:, 1]]
@@ -142,18 +150,40 @@ def test_figures_never_touch_pyplot_or_the_backend(t_x_minp):
 
 def test_constant_metrics_are_not_plotted_and_counts_are_of_scored_rows(tmp_path):
   """A metric with one value over the cells gets no plot; a cell's n= is the rows its value used."""
-  off = {a.name: a.off if a.off is not None else {"thinking": False, "repetition_penalty": 1.0,
-                                                  "top_p": 1.0}.get(a.name, 0.0) for a in sweep.SWEEP_AXES}
-  cells = [dict(off, cell=i, cell_key=f"c{i}", run_key=f"c{i}", temperature=t,
-                rows=6, prompts=3, scored=2, mean_tokens=10.0 + i, mean_thinking_tokens=0.0, accuracy=0.5 * i,
-                decode_tokens_per_second=80.0 - i)
-           for i, t in enumerate((0.0, 1.0))]
+  off = {
+    a.name: a.off
+    if a.off is not None
+    else {"thinking": False, "repetition_penalty": 1.0, "top_p": 1.0}.get(a.name, 0.0)
+    for a in sweep.SWEEP_AXES
+  }
+  cells = [
+    dict(
+      off,
+      cell=i,
+      cell_key=f"c{i}",
+      run_key=f"c{i}",
+      temperature=t,
+      rows=6,
+      prompts=3,
+      scored=2,
+      mean_tokens=10.0 + i,
+      mean_thinking_tokens=0.0,
+      accuracy=0.5 * i,
+      decode_tokens_per_second=80.0 - i,
+    )
+    for i, t in enumerate((0.0, 1.0))
+  ]
   for s in cells:
     s.update({f"{m}_lo": np.nan for m in ("mean_tokens", "mean_thinking_tokens", "accuracy")})
     s.update({f"{m}_hi": np.nan for m in ("mean_tokens", "mean_thinking_tokens", "accuracy")})
   paths = sweep.plot_heatmaps(cells, str(tmp_path))
   assert sorted(os.path.basename(p) for p in paths) == [
-      "accuracy.lines.png", "accuracy.png", "mean_tokens.lines.png", "mean_tokens.png", "throughput.png"]
+    "accuracy.lines.png",
+    "accuracy.png",
+    "mean_tokens.lines.png",
+    "mean_tokens.png",
+    "throughput.png",
+  ]
   notes = [t.get_text() for ax in _panels(sweep.heatmap_figure(cells, "accuracy")) for t in ax.texts]
   assert notes == ["0\nn=2", "0.5\nn=2"]
   notes = [t.get_text() for ax in _panels(sweep.heatmap_figure(cells, "mean_tokens")) for t in ax.texts]

@@ -9,11 +9,10 @@ import subprocess
 import sys
 
 import pytest
+from _helpers import ROOT, tiny_sweep_config
 
 from smollm3_jax import sweep
 from smollm3_jax.utils import files
-
-from _helpers import ROOT, tiny_sweep_config
 
 QUIET = dict(log=lambda s: None)
 
@@ -60,8 +59,9 @@ def test_resume_on_another_day_renders_the_first_days_prompts(tiny, tmp_path, cl
   assert day1 != day2
   # An explicit, different date on resume is a different config.
   with pytest.raises(sweep.ConfigMismatchError, match="date"):
-    sweep.run_sweep(tiny_sweep_config(tok_dir, date="2031-02-04"), str(tmp_path / "split"), model=model,
-                    tokenizer=tok, **QUIET)
+    sweep.run_sweep(
+      tiny_sweep_config(tok_dir, date="2031-02-04"), str(tmp_path / "split"), model=model, tokenizer=tok, **QUIET
+    )
 
 
 def test_config_json_records_provenance(tiny, tmp_path):
@@ -72,6 +72,7 @@ def test_config_json_records_provenance(tiny, tmp_path):
   assert set(run["versions"]) == {"jax", "jaxlib", "flax", "numpy", "tokenizers", "smollm3-jax"}
   import jax
   import numpy as np
+
   assert run["versions"]["jax"] == jax.__version__ and run["versions"]["numpy"] == np.__version__
   assert run["backend"] == jax.default_backend() and run["device_kind"] == jax.devices()[0].device_kind
   assert run["dtype"] == "float32"
@@ -90,20 +91,29 @@ def test_a_held_workdir_is_refused_naming_the_holder(tiny, tmp_path):
       sweep.run_sweep(tiny_sweep_config(tok_dir), str(tmp_path), model=model, tokenizer=tok, **QUIET)
   assert not os.path.exists(tmp_path / "generations.jsonl")
   # Released: the next run proceeds (a lock left by a finished or killed process never blocks).
-  out = sweep.run_sweep(tiny_sweep_config(tok_dir), str(tmp_path), model=model, tokenizer=tok, max_batches=1,
-                        **QUIET)
+  out = sweep.run_sweep(tiny_sweep_config(tok_dir), str(tmp_path), model=model, tokenizer=tok, max_batches=1, **QUIET)
   assert out.new_rows == 5
 
 
 def test_two_sweeps_started_together_one_refuses_no_row_twice(tiny, tmp_path):
   _, _, tok_dir = tiny
-  cmd = [sys.executable, os.path.join(ROOT, "experiments", "sweep.py"),
-         "--config=" + os.path.join(ROOT, "configs", "sweep.py") + ":tiny", f"--workdir={tmp_path}",
-         "--config.model.tokenizer=" + tok_dir, "--config.progress=False", "--config.prompts.limit=3",
-         "--config.batch_size=5", "--config.max_new_tokens=5", "--nocompilation_cache"]
+  cmd = [
+    sys.executable,
+    os.path.join(ROOT, "experiments", "sweep.py"),
+    "--config=" + os.path.join(ROOT, "configs", "sweep.py") + ":tiny",
+    f"--workdir={tmp_path}",
+    "--config.model.tokenizer=" + tok_dir,
+    "--config.progress=False",
+    "--config.prompts.limit=3",
+    "--config.batch_size=5",
+    "--config.max_new_tokens=5",
+    "--nocompilation_cache",
+  ]
   env = dict(os.environ, JAX_PLATFORMS="cpu")
-  procs = [subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-           for _ in range(2)]
+  procs = [
+    subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for _ in range(2)
+  ]
   outs = [p.communicate(timeout=300) for p in procs]
   codes = sorted(p.returncode for p in procs)
   assert codes == [0, 2], outs
@@ -184,17 +194,27 @@ _DROP = object()
 _RESULTS = lambda row: {k: v for k, v in row.items() if k not in ("timing", "digest")}
 
 
-@pytest.mark.parametrize("changes", [dict(settings="x"), dict(num_tokens="five"), dict(text=5),
-                                     dict(closed_think="no"), dict(token_ids=None), dict(answer=_DROP)],
-                         ids=["settings", "num_tokens", "text", "closed_think", "token_ids", "no_answer"])
+@pytest.mark.parametrize(
+  "changes",
+  [
+    dict(settings="x"),
+    dict(num_tokens="five"),
+    dict(text=5),
+    dict(closed_think="no"),
+    dict(token_ids=None),
+    dict(answer=_DROP),
+  ],
+  ids=["settings", "num_tokens", "text", "closed_think", "token_ids", "no_answer"],
+)
 def test_a_row_with_a_field_of_the_wrong_type_is_corrupt_and_redone(tiny, five_rows, tmp_path, changes):
   """A mistyped (or missing) field is a corrupt line, like one that does not parse: warned with the file and
   line, its row redone; never a crash in the check or the summary, never accepted."""
   model, tok, tok_dir = tiny
   workdir, original = _damaged_copy(five_rows, tmp_path, 2, **changes)
   messages = []
-  out = sweep.run_sweep(tiny_sweep_config(tok_dir), workdir, model=model, tokenizer=tok, max_batches=1,
-                        log=messages.append)
+  out = sweep.run_sweep(
+    tiny_sweep_config(tok_dir), workdir, model=model, tokenizer=tok, max_batches=1, log=messages.append
+  )
   path = os.path.join(workdir, "generations.jsonl")
   (name,) = changes
   assert any(f"1 corrupt lines in {path} (line 2: " in m and repr(name) in m for m in messages), messages
@@ -216,12 +236,14 @@ def test_a_hand_edited_row_is_found_by_its_digest_and_redone(tiny, five_rows, tm
   lines[3] = json.dumps(old_style) + "\n"
   (tmp_path / "wd" / "generations.jsonl").write_text("".join(lines))
   messages = []
-  out = sweep.run_sweep(tiny_sweep_config(tok_dir), workdir, model=model, tokenizer=tok, max_batches=1,
-                        log=messages.append)
+  out = sweep.run_sweep(
+    tiny_sweep_config(tok_dir), workdir, model=model, tokenizer=tok, max_batches=1, log=messages.append
+  )
   assert any("1 corrupt lines" in m and "line 2: its results do not match its digest" in m for m in messages)
   assert [m for m in messages if "no digest" in m] == [
-      f"note: 1 rows in {workdir}/generations.jsonl have no digest (written by an older version): accepted, but an "
-      "edit of their results would go unnoticed"]
+    f"note: 1 rows in {workdir}/generations.jsonl have no digest (written by an older version): accepted, but an "
+    "edit of their results would go unnoticed"
+  ]
   assert out.skipped_rows == 4 and out.new_rows == 5
   rows, _ = sweep.load(workdir)
   assert not rows["text"].str.contains("HACKED").any() and len(rows) == 9
@@ -249,7 +271,9 @@ def test_atomic_write_leaves_no_temporary_file(tmp_path, monkeypatch):
   assert target.read_text() == "new" and os.listdir(tmp_path) != []
 
 
-@pytest.mark.parametrize("field,value,message", [
+@pytest.mark.parametrize(
+  "field,value,message",
+  [
     ("prompts.limit", -1, "prompts.limit"),
     ("seed", 2**32, "seed"),
     ("seed", 1.5, "seed"),
@@ -257,7 +281,8 @@ def test_atomic_write_leaves_no_temporary_file(tmp_path, monkeypatch):
     ("sweep.temperature", (1e39,), "too large for float32"),
     ("date", "31/12/2025", "date"),
     ("newline_limit", -4, "newline_limit"),
-])
+  ],
+)
 def test_bad_config_fields_are_refused_before_anything_runs(field, value, message, tmp_path):
   cfg = sweep.to_plain(tiny_sweep_config("demo"))
   node = cfg
@@ -272,6 +297,7 @@ def test_bad_config_fields_are_refused_before_anything_runs(field, value, messag
 
 def test_plots_leave_the_callers_matplotlib_backend_alone(tiny, tmp_path):
   import matplotlib
+
   before = matplotlib.get_backend()
   model, tok, tok_dir = tiny
   sweep.run_sweep(tiny_sweep_config(tok_dir), str(tmp_path), model=model, tokenizer=tok, max_batches=1, **QUIET)

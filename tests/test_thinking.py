@@ -11,11 +11,20 @@ from smollm3_jax.text import thinking
 from smollm3_jax.text.thinking import ThinkingSplitter, VisibleText, has_closed_thinking, split_thinking
 
 TEXTS = [
-    "plain answer", "  padded answer \n", "<think>\nreasoning here\n</think>\n\nThe answer.",
-    "<think>unclosed thinking", "<think></think>", "before <think>mid</think> after",
-    "<think>a</think>b<think>c</think>d", "no tags but a < sign and </thin", "<thin", "",
-    "\n\n<think>\n\n</think>\n\n  answer with trailing spaces   ", "x</think>", "a</think>b<think>c</think>d",
-    "<think>😀 ünï</think>日本",
+  "plain answer",
+  "  padded answer \n",
+  "<think>\nreasoning here\n</think>\n\nThe answer.",
+  "<think>unclosed thinking",
+  "<think></think>",
+  "before <think>mid</think> after",
+  "<think>a</think>b<think>c</think>d",
+  "no tags but a < sign and </thin",
+  "<thin",
+  "",
+  "\n\n<think>\n\n</think>\n\n  answer with trailing spaces   ",
+  "x</think>",
+  "a</think>b<think>c</think>d",
+  "<think>😀 ünï</think>日本",
 ]
 
 
@@ -65,11 +74,14 @@ def test_streaming_split_equals_whole_text_split_for_any_chunking(text, inside):
     assert "".join(v.feed(p) for p in pieces) + v.feed("", final=True) == want[1], pieces
 
 
-@pytest.mark.parametrize("pieces", [
+@pytest.mark.parametrize(
+  "pieces",
+  [
     ["<think>\nabc", " def\n</think>\n", "The answer"],
     ["<th", "ink>\nabc</th", "ink>\nThe", " answer"],
     ["<think>", "abc", "<", "/", "think>", "\n", "The answer"],
-])
+  ],
+)
 def test_hidden_thinking_never_reaches_the_stream(pieces):
   v = VisibleText(hide=True)
   outs = [v.feed(p) for p in pieces] + [v.feed("", final=True)]
@@ -90,6 +102,7 @@ def test_chat_session_and_sweep_rows_use_the_same_rule():
 
   from smollm3_jax.serving import chat
   from smollm3_jax.sweep import execute
+
   gen_module = sys.modules["smollm3_jax.generation.api"]
 
   assert chat.ThinkingSplitter is ThinkingSplitter and chat.prompt_opens_thinking is thinking.prompt_opens_thinking

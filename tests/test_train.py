@@ -31,9 +31,10 @@ def small(tmp_path_factory, make_hf_model):
   once: "tied" with 4 layers (layer 3 is NoPE), "two": 2 layers with its own LM head and attention and
   MLP biases."""
   out = {}
-  for name, kw in (("tied", dict(seed=10, tie_word_embeddings=True, num_hidden_layers=4)),
-                   ("two", dict(seed=12, tie_word_embeddings=False, attention_bias=True, mlp_bias=True,
-                                num_hidden_layers=2))):
+  for name, kw in (
+    ("tied", dict(seed=10, tie_word_embeddings=True, num_hidden_layers=4)),
+    ("two", dict(seed=12, tie_word_embeddings=False, attention_bias=True, mlp_bias=True, num_hidden_layers=2)),
+  ):
     path = str(tmp_path_factory.mktemp(f"small_{name}"))
     model = make_hf_model(**kw)
     model.save_pretrained(path)
@@ -45,6 +46,7 @@ def _load(path, dtype="float32"):
   import jax.numpy as jnp
 
   import smollm3_jax
+
   return smollm3_jax.from_pretrained(path, dtype=getattr(jnp, dtype))
 
 
@@ -60,16 +62,16 @@ def _child(ckpt: str) -> dict:
   tokens, mask = _random_batch(0, rows=16, length=32, lengths=(32, 30, 25, 20, 32, 12, 9, 31) * 2)
   # eps = 1 keeps Adam's update smooth in the gradient (see the accumulation test), so that a
   # difference in the step shows as a difference in the update.
-  optim = train.OptimConfig(learning_rate=1.0, warmup_steps=0, total_steps=10, weight_decay=0.1, eps=1.0,
-                            accumulation=2)
+  optim = train.OptimConfig(
+    learning_rate=1.0, warmup_steps=0, total_steps=10, weight_decay=0.1, eps=1.0, accumulation=2
+  )
   out = {"devices": jax.device_count()}
   results = {}
   for mesh in ("1,1", "2,4"):  # data and model axes both split
     model = _load(ckpt)
     if mesh == "1,1":
       initial = {k: np.asarray(v) for k, v in train.ModelDef(model).params(model).items()}
-    trainer = train.Trainer(model, optim, unlikelihood_alpha=0.3,
-                            mesh=sharding.make_mesh(*map(int, mesh.split(","))))
+    trainer = train.Trainer(model, optim, unlikelihood_alpha=0.3, mesh=sharding.make_mesh(*map(int, mesh.split(","))))
     params = trainer.params(model)
     opt = trainer.init_opt_state(params)
     losses = []
@@ -80,20 +82,28 @@ def _child(ckpt: str) -> dict:
     if mesh == "2,4":
       q = "layers.0.self_attn.q_proj.kernel"
       mu = opt.inner_opt_state[1][0].mu[q]  # MultiSteps -> chain(clip, adamw) -> adam state
-      out["specs"] = dict(param=list(params[q].sharding.spec), mu=list(mu.sharding.spec),
-                          mu_dtype=str(mu.dtype), acc=list(opt.acc_grads[q].sharding.spec),
-                          embed=list(params["embed_tokens.embedding"].sharding.spec),
-                          count=list(opt.mini_step.sharding.spec),
-                          batch=list(trainer.place_batch(tokens[:8], mask[:8]).tokens.sharding.spec))
+      out["specs"] = dict(
+        param=list(params[q].sharding.spec),
+        mu=list(mu.sharding.spec),
+        mu_dtype=str(mu.dtype),
+        acc=list(opt.acc_grads[q].sharding.spec),
+        embed=list(params["embed_tokens.embedding"].sharding.spec),
+        count=list(opt.mini_step.sharding.spec),
+        batch=list(trainer.place_batch(tokens[:8], mask[:8]).tokens.sharding.spec),
+      )
   ref = results["1,1"]
   for mesh in ("2,4",):
     got = results[mesh]
     out[mesh] = dict(
-        losses=got["losses"], ref_losses=ref["losses"],
-        # the difference of the parameters relative to how far the one-device steps moved them
-        max_rel=max(float(np.max(np.abs(got["params"][k] - ref["params"][k])))
-                    / float(np.max(np.abs(ref["params"][k] - v))) for k, v in initial.items()),
-        changed=min(float(np.max(np.abs(ref["params"][k] - v))) for k, v in initial.items()))
+      losses=got["losses"],
+      ref_losses=ref["losses"],
+      # the difference of the parameters relative to how far the one-device steps moved them
+      max_rel=max(
+        float(np.max(np.abs(got["params"][k] - ref["params"][k]))) / float(np.max(np.abs(ref["params"][k] - v)))
+        for k, v in initial.items()
+      ),
+      changed=min(float(np.max(np.abs(ref["params"][k] - v))) for k, v in initial.items()),
+    )
   try:
     trainer.place_batch(tokens[:3], mask[:3])
   except ValueError as e:
@@ -132,16 +142,17 @@ def _torch_loss_and_grads(hf_model, tokens, mask):
 def test_loss_and_gradients_equal_transformers(small, variant):
   import jax
 
-  from smollm3_jax.training import train
   from smollm3_jax.checkpoints.mapping import hf_to_param
+  from smollm3_jax.training import train
 
   path, hf_model = small[variant]
   model = _load(path)
   defn = train.ModelDef(model)
   tokens, mask = _random_batch(1)
   batch = train.Batch(tokens=tokens, loss_mask=mask)
-  (loss, metrics), grads = jax.jit(jax.value_and_grad(
-      lambda p: train.batch_loss(defn.merge(p), batch), has_aux=True))(defn.params(model))
+  (loss, metrics), grads = jax.jit(jax.value_and_grad(lambda p: train.batch_loss(defn.merge(p), batch), has_aux=True))(
+    defn.params(model)
+  )
   ref_loss, ref_grads = _torch_loss_and_grads(hf_model, tokens, mask)
 
   assert abs(float(loss) - ref_loss) <= 1e-4 * abs(ref_loss)
@@ -202,8 +213,9 @@ def test_unlikelihood_equals_numpy_formula():
   # In the loss: (sum of CE + alpha * sum of UL over the targets) / targets.
   mask = rng.random(tokens.shape) < 0.7
   alpha = 0.7
-  loss, m = train.batch_loss(lambda t: (jnp.asarray(logits), None),
-                             train.Batch(tokens=jnp.asarray(tokens), loss_mask=jnp.asarray(mask)), alpha)
+  loss, m = train.batch_loss(
+    lambda t: (jnp.asarray(logits), None), train.Batch(tokens=jnp.asarray(tokens), loss_mask=jnp.asarray(mask)), alpha
+  )
   w = np.zeros(tokens.shape)
   w[:, :-1] = mask[:, 1:]
   lp = logits.astype(np.float64) - np.log(np.exp(logits.astype(np.float64)).sum(-1, keepdims=True))
@@ -217,10 +229,12 @@ def test_unlikelihood_equals_numpy_formula():
 # --------------------------------------------------------------------------------------------
 # The chat loss mask
 # --------------------------------------------------------------------------------------------
-CHAT = [{"role": "user", "content": "What is 2 + 3?"},
-        {"role": "assistant", "content": "<think>\n2 + 3 = 5.\n</think>\nIt is 5."},
-        {"role": "user", "content": "And 2 + 4?"},
-        {"role": "assistant", "content": "6."}]
+CHAT = [
+  {"role": "user", "content": "What is 2 + 3?"},
+  {"role": "assistant", "content": "<think>\n2 + 3 = 5.\n</think>\nIt is 5."},
+  {"role": "user", "content": "And 2 + 4?"},
+  {"role": "assistant", "content": "6."},
+]
 
 
 @pytest.mark.parametrize("enable_thinking", [True, False])
@@ -229,10 +243,10 @@ def test_loss_mask_covers_the_assistant_turns(smollm3_template_tokenizer, enable
 
   tok = smollm3_template_tokenizer
   for train_thinking, expected in [
-      (True, "<think>\n2 + 3 = 5.\n</think>\nIt is 5.<|im_end|>\n6.<|im_end|>\n"),
-      (False, "It is 5.<|im_end|>\n6.<|im_end|>\n")]:
-    ex = train_data.encode_conversation(tok, CHAT, enable_thinking=enable_thinking,
-                                        train_thinking=train_thinking)
+    (True, "<think>\n2 + 3 = 5.\n</think>\nIt is 5.<|im_end|>\n6.<|im_end|>\n"),
+    (False, "It is 5.<|im_end|>\n6.<|im_end|>\n"),
+  ]:
+    ex = train_data.encode_conversation(tok, CHAT, enable_thinking=enable_thinking, train_thinking=train_thinking)
     assert tok.decode(ex.tokens[ex.loss_mask]) == expected
     # The tokens are the rendering's, and the prompt side (headers, the no-think empty block) is context.
     text = tok.apply_chat_template(CHAT, enable_thinking=enable_thinking)
@@ -240,13 +254,16 @@ def test_loss_mask_covers_the_assistant_turns(smollm3_template_tokenizer, enable
     runs = np.flatnonzero(np.diff(ex.loss_mask.astype(int)) == 1) + 1
     for start in runs:
       assert tok.decode(ex.tokens[:start]).endswith(
-          "<|im_start|>assistant\n" + ("" if enable_thinking else "<think>\n\n</think>\n")
-          + ("" if train_thinking or start == runs[-1] else "<think>\n2 + 3 = 5.\n</think>\n"))
+        "<|im_start|>assistant\n"
+        + ("" if enable_thinking else "<think>\n\n</think>\n")
+        + ("" if train_thinking or start == runs[-1] else "<think>\n2 + 3 = 5.\n</think>\n")
+      )
 
 
 @pytest.mark.parametrize("enable_thinking", [True, False])
 def test_loss_mask_is_transformers_assistant_mask_less_the_generation_prompt(
-    smollm3_template_tokenizer, pinned_transformers_clock, tmp_path, enable_thinking):
+  smollm3_template_tokenizer, pinned_transformers_clock, tmp_path, enable_thinking
+):
   """transformers' ``return_assistant_tokens_mask`` marks the template's {% generation %} blocks, which
   include the turn's header; ours is the same tokens less what the generation prompt already holds."""
   from transformers import PreTrainedTokenizerFast
@@ -256,8 +273,9 @@ def test_loss_mask_is_transformers_assistant_mask_less_the_generation_prompt(
   tok = smollm3_template_tokenizer
   tok.save_pretrained(tmp_path)
   hf = PreTrainedTokenizerFast.from_pretrained(str(tmp_path))
-  out = hf.apply_chat_template(CHAT, tokenize=True, return_dict=True, return_assistant_tokens_mask=True,
-                               enable_thinking=enable_thinking)
+  out = hf.apply_chat_template(
+    CHAT, tokenize=True, return_dict=True, return_assistant_tokens_mask=True, enable_thinking=enable_thinking
+  )
   ex = train_data.encode_conversation(tok, CHAT, enable_thinking=enable_thinking)
   assert ex.tokens.tolist() == list(out["input_ids"])
   theirs = np.asarray(out["assistant_masks"], bool)
@@ -271,10 +289,12 @@ def test_data_errors_name_the_line(tmp_path):
 
   path = tmp_path / "bad.jsonl"
   good = json.dumps({"messages": CHAT})
-  for line, message in [("{not json", "bad.jsonl:2: not valid JSON"),
-                        (json.dumps({"messages": [{"role": "user", "content": "hi"}]}), "no assistant message"),
-                        (json.dumps({"messages": CHAT, "enable_thinking": "yes"}), "enable_thinking must be"),
-                        (json.dumps({"messages": [{"role": "robot", "content": "x"}]}), "role must be one of")]:
+  for line, message in [
+    ("{not json", "bad.jsonl:2: not valid JSON"),
+    (json.dumps({"messages": [{"role": "user", "content": "hi"}]}), "no assistant message"),
+    (json.dumps({"messages": CHAT, "enable_thinking": "yes"}), "enable_thinking must be"),
+    (json.dumps({"messages": [{"role": "robot", "content": "x"}]}), "role must be one of"),
+  ]:
     path.write_text(good + "\n" + line + "\n")
     with pytest.raises(ValueError, match=message):
       train_data.load_conversations(path)
@@ -299,8 +319,9 @@ def test_fifty_steps_halve_the_training_loss(small):
   model = _load(small["two"][0])
   tokens, mask = _random_batch(5, rows=4, length=32, lengths=(32, 28, 24, 32))
   mask[:, :8] = False  # a "prompt" that is context only
-  trainer = train.Trainer(model, train.OptimConfig(learning_rate=3e-3, warmup_steps=5, total_steps=50,
-                                                   weight_decay=0.01))
+  trainer = train.Trainer(
+    model, train.OptimConfig(learning_rate=3e-3, warmup_steps=5, total_steps=50, weight_decay=0.01)
+  )
   params = trainer.params(model)
   opt = trainer.init_opt_state(params)
   batch = trainer.place_batch(tokens, mask)
@@ -330,8 +351,9 @@ def test_accumulation_equals_one_big_batch_and_bf16_keeps_f32_state(small):
     model = _load(path)
     # eps = 1: Adam's first update g / (|g| + eps) is smooth in g (with a tiny eps it is sign(g), and
     # the rounding of a near-zero gradient would flip whole updates).
-    trainer = train.Trainer(model, train.OptimConfig(learning_rate=1.0, warmup_steps=0, total_steps=4,
-                                                     eps=1.0, accumulation=accum))
+    trainer = train.Trainer(
+      model, train.OptimConfig(learning_rate=1.0, warmup_steps=0, total_steps=4, eps=1.0, accumulation=accum)
+    )
     params = trainer.params(model)
     opt = trainer.init_opt_state(params)
     for h in halves:
@@ -345,8 +367,9 @@ def test_accumulation_equals_one_big_batch_and_bf16_keeps_f32_state(small):
   trainer = train.Trainer(model, train.OptimConfig(learning_rate=1e-2, warmup_steps=0, total_steps=4))
   params = trainer.params(model)
   # The step's output types, traced (not compiled): bfloat16 parameters, float32 optimiser state.
-  params, opt, _ = jax.eval_shape(trainer.step, params, trainer.init_opt_state(params),
-                                  trainer.place_batch(tokens, mask))
+  params, opt, _ = jax.eval_shape(
+    trainer.step, params, trainer.init_opt_state(params), trainer.place_batch(tokens, mask)
+  )
   assert {str(v.dtype) for v in params.values()} == {"bfloat16"}
   adam = opt[1][0]  # chain(clip, adamw) -> adamw's scale_by_adam state
   assert {str(v.dtype) for v in adam.mu.values()} == {"float32"} == {str(v.dtype) for v in adam.nu.values()}
@@ -354,8 +377,7 @@ def test_accumulation_equals_one_big_batch_and_bf16_keeps_f32_state(small):
 
 
 def test_bad_settings_are_refused_before_compiling(small):
-  from smollm3_jax.training import finetune
-  from smollm3_jax.training import train
+  from smollm3_jax.training import finetune, train
 
   with pytest.raises(ValueError, match="warmup_steps"):
     train.OptimConfig(warmup_steps=20, total_steps=10)
@@ -368,9 +390,13 @@ def test_bad_settings_are_refused_before_compiling(small):
   with pytest.raises(ValueError, match="token ids must lie"):
     trainer.place_batch(np.full((1, 4), 512), np.ones((1, 4), bool))
   cfg = _finetune_config("unused")
-  for field, value, message in [("steps", 0, "steps must be"), ("unlikelihood_alpha", -0.5, "unlikelihood_alpha"),
-                                ("data.path", "/nonexistent.jsonl", "data.path"),
-                                ("optim.b1", 1.5, "b1"), ("mesh", "pipe=2", "unknown axis")]:
+  for field, value, message in [
+    ("steps", 0, "steps must be"),
+    ("unlikelihood_alpha", -0.5, "unlikelihood_alpha"),
+    ("data.path", "/nonexistent.jsonl", "data.path"),
+    ("optim.b1", 1.5, "b1"),
+    ("mesh", "pipe=2", "unknown axis"),
+  ]:
     plain = finetune.to_plain(cfg)
     node = plain
     *parents, leaf = field.split(".")
@@ -406,8 +432,14 @@ def chat_checkpoint(tmp_path_factory, make_hf_model):
 
   path = str(tmp_path_factory.mktemp("ft_ckpt"))
   tok = smollm3_jax.Tokenizer.from_pretrained("demo")
-  make_hf_model(seed=4, vocab_size=tok.vocab_size, num_hidden_layers=2, tie_word_embeddings=True,
-                pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id).save_pretrained(path)
+  make_hf_model(
+    seed=4,
+    vocab_size=tok.vocab_size,
+    num_hidden_layers=2,
+    tie_word_embeddings=True,
+    pad_token_id=tok.pad_token_id,
+    eos_token_id=tok.eos_token_id,
+  ).save_pretrained(path)
   tok.save_pretrained(path)
   return path
 
@@ -435,7 +467,8 @@ def test_killed_run_resumes_to_the_same_parameters_bitwise(runs):
   lines = [json.loads(l) for l in open(os.path.join(resumed.workdir, "metrics.jsonl"))]
   assert [l["step"] for l in lines if "loss" in l] == [1, 2, 3, 4]
   assert [l["loss"] for l in lines if "loss" in l] == [
-      l["loss"] for l in map(json.loads, open(os.path.join(whole.workdir, "metrics.jsonl"))) if "loss" in l]
+    l["loss"] for l in map(json.loads, open(os.path.join(whole.workdir, "metrics.jsonl"))) if "loss" in l
+  ]
   assert all(l["ul"] > 0 for l in lines if "loss" in l)
   assert [l["step"] for l in lines if "eval_loss" in l] == [0, 2, 4]  # the baseline, every 2, the end
   assert whole.eval_loss[0][0] == 0 and whole.eval_loss[-1][1] < whole.eval_loss[0][1]
@@ -451,10 +484,10 @@ def test_resume_with_another_config_is_refused(runs):
 
 
 def test_export_loads_generates_and_sweeps(runs, tmp_path):
-  import smollm3_jax
-  from smollm3_jax import sweep
   from _helpers import tiny_sweep_config
 
+  import smollm3_jax
+  from smollm3_jax import sweep
   from smollm3_jax.training import train
 
   export = runs["whole"].export
@@ -465,10 +498,20 @@ def test_export_loads_generates_and_sweeps(runs, tmp_path):
   assert all(np.array_equal(np.asarray(loaded[k]), np.asarray(v)) for k, v in runs["whole"].params.items())
   result = smollm3_jax.generate(model, tok, ["What is 2 + 2?"], temperature=0.0, max_new_tokens=3)
   assert result[0].stop_reason in ("eos", "max_tokens") and len(result[0].token_ids) <= 3
-  cfg = tiny_sweep_config("", **{"model.checkpoint": export, "model.tokenizer": "", "prompts.limit": 1,
-                                 "sweep.temperature": (0.0,), "sweep.repetition_penalty": (1.0,),
-                                 "sweep.thinking": (False,), "max_new_tokens": 2, "batch_size": 1,
-                                 "plots": False})
+  cfg = tiny_sweep_config(
+    "",
+    **{
+      "model.checkpoint": export,
+      "model.tokenizer": "",
+      "prompts.limit": 1,
+      "sweep.temperature": (0.0,),
+      "sweep.repetition_penalty": (1.0,),
+      "sweep.thinking": (False,),
+      "max_new_tokens": 2,
+      "batch_size": 1,
+      "plots": False,
+    },
+  )
   outcome = sweep.run_sweep(cfg, str(tmp_path / "sweep"))
   assert outcome.total_rows == 1 and outcome.new_rows == 1
 
@@ -501,13 +544,24 @@ def test_script_refuses_a_bad_config_before_loading(tmp_path):
   import subprocess
 
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  for override, message in [("--config.optim.learning_rat=1e-3", 'Did you mean "learning_rate"'),
-                            ("--config.steps=0", "steps must be an integer >= 1")]:
+  for override, message in [
+    ("--config.optim.learning_rat=1e-3", 'Did you mean "learning_rate"'),
+    ("--config.steps=0", "steps must be an integer >= 1"),
+  ]:
     proc = subprocess.run(
-        [sys.executable, os.path.join(root, "experiments", "finetune.py"),
-         "--config=" + os.path.join(root, "configs", "finetune.py") + ":tiny", f"--workdir={tmp_path / 'wd'}",
-         override], capture_output=True, text=True, timeout=120, cwd=root,
-        env=dict(os.environ, JAX_PLATFORMS="cpu"))
+      [
+        sys.executable,
+        os.path.join(root, "experiments", "finetune.py"),
+        "--config=" + os.path.join(root, "configs", "finetune.py") + ":tiny",
+        f"--workdir={tmp_path / 'wd'}",
+        override,
+      ],
+      capture_output=True,
+      text=True,
+      timeout=120,
+      cwd=root,
+      env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    )
     assert proc.returncode == 1 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert not os.path.exists(tmp_path / "wd")
 
@@ -544,14 +598,18 @@ def test_every_resume_logs_each_metrics_line_once(runs, tmp_path, monkeypatch):
     if record["step"] == cfg.steps and "eval_loss" in record:
       raise KeyboardInterrupt  # before its line: a resume must log it
     log(path, record)
+
   monkeypatch.setattr(finetune, "_append_metrics", killed_at_the_last_evaluation)
   with pytest.raises(KeyboardInterrupt):
     finetune.run(cfg, workdir)
   monkeypatch.undo()
   out = finetune.run(cfg, workdir)
   assert out.resumed_from == 2 and out.steps == 4
-  assert _metric_keys(workdir) == _metric_keys(whole.workdir) == [
-      (0, False), (1, True), (2, True), (2, False), (3, True), (4, True), (4, False)]
+  assert (
+    _metric_keys(workdir)
+    == _metric_keys(whole.workdir)
+    == [(0, False), (1, True), (2, True), (2, False), (3, True), (4, True), (4, False)]
+  )
   assert all(np.array_equal(np.asarray(out.params[k]), np.asarray(v)) for k, v in whole.params.items())
 
 
@@ -570,8 +628,9 @@ def test_a_damaged_checkpoint_is_refused_naming_its_step(runs, tmp_path, capfd, 
   shutil.copytree(runs["resumed"].workdir, workdir)
   step_dir = workdir / "checkpoints" / "4"
   if damage == "cut":
-    arrays = [p for p in (step_dir / "state").rglob("*") if p.is_file() and p.parent.name == "d"
-              and p.stat().st_size > 100]
+    arrays = [
+      p for p in (step_dir / "state").rglob("*") if p.is_file() and p.parent.name == "d" and p.stat().st_size > 100
+    ]
     assert arrays
     for p in arrays:
       os.truncate(p, p.stat().st_size // 2)

@@ -11,13 +11,12 @@ import os
 
 import ml_collections
 import pytest
+from _helpers import ROOT, override, tiny_sweep_config
 
 from smollm3_jax import sweep
 from smollm3_jax.evaluation import grid as evaluation
 from smollm3_jax.training import finetune
 from smollm3_jax.utils import workdir
-
-from _helpers import ROOT, override, tiny_sweep_config
 
 
 def test_to_plain_turns_config_dicts_and_tuples_into_sorted_json_values():
@@ -33,8 +32,12 @@ def test_to_plain_turns_config_dicts_and_tuples_into_sorted_json_values():
 def test_differences_name_dotted_fields_with_both_values():
   old = dict(a=1, b=dict(c=2, d=[1, 2]), e="x", f=dict(g=1))
   new = dict(a=1, b=dict(c=3, d=[1, 2]), h=None, f=dict(g=2))
-  assert workdir.differences(old, new) == ["b.c: 2 -> 3", "e: 'x' -> '<missing>'", "f.g: 1 -> 2",
-                                           "h: '<missing>' -> None"]
+  assert workdir.differences(old, new) == [
+    "b.c: 2 -> 3",
+    "e: 'x' -> '<missing>'",
+    "f.g: 1 -> 2",
+    "h: '<missing>' -> None",
+  ]
   # A field that may change is left out with everything under it; a dotted one only that leaf.
   assert workdir.differences(old, new, may_change=("b", "e", "h", "f.g")) == []
   assert workdir.differences(old, new, may_change=("b.c", "e", "h")) == ["f.g: 1 -> 2"]
@@ -84,11 +87,16 @@ def test_sweep_workdir_refuses_another_config_and_lets_resumable_fields_change(t
   assert sweep.ConfigMismatchError is workdir.ConfigMismatchError
 
 
-@pytest.mark.parametrize("field,value,needle", [("sweep", "x", 'sweep: expected an object, got "x"'),
-                                                ("samples", "two", "samples"),
-                                                ("sweep.temperature", ["hot"], "sweep.temperature"),
-                                                ("date", 5, "date"),
-                                                ("stats", [], "stats: expected an object")])
+@pytest.mark.parametrize(
+  "field,value,needle",
+  [
+    ("sweep", "x", 'sweep: expected an object, got "x"'),
+    ("samples", "two", "samples"),
+    ("sweep.temperature", ["hot"], "sweep.temperature"),
+    ("date", 5, "date"),
+    ("stats", [], "stats: expected an object"),
+  ],
+)
 def test_sweep_workdir_refuses_a_damaged_stored_config_naming_the_field(tmp_path, field, value, needle):
   """A mistyped field of the stored config (a hand-edited or damaged config.json): a ConfigMismatchError
   naming the file and the field, before the resume reads it (once 'sweep.temperature: missing axis')."""
@@ -114,6 +122,7 @@ def test_read_record_check_names_the_file_and_the_field(tmp_path):
   def check(config):
     if not isinstance(config["n"], int):
       raise ValueError(f"n: expected an integer, got {config['n']!r}")
+
   with pytest.raises(workdir.ConfigMismatchError, match=r"config.json is damaged: .*n: expected an integer, got 'x'"):
     workdir.read_record(str(tmp_path), results=None, check=check)
   (tmp_path / "config.json").write_text('{"config": {"n": 1}}')
@@ -143,8 +152,11 @@ def test_finetune_resume_check_names_the_field_and_skips_resumable_ones(tmp_path
   plain = workdir.to_plain(_finetune_config())
   (tmp_path / "config.json").write_text(json.dumps(dict(config=plain, date="2025-06-15")))
   other = _finetune_config(**{"optim.learning_rate": 0.5, "progress": True, "data.eval_path": ""})
-  with pytest.raises(workdir.ConfigMismatchError, match=r"a fine-tuning run of a different config "
-                                                        r"\(optim.learning_rate: 0.001 -> 0.5\)"):
+  with pytest.raises(
+    workdir.ConfigMismatchError,
+    match=r"a fine-tuning run of a different config "
+    r"\(optim.learning_rate: 0.001 -> 0.5\)",
+  ):
     finetune.run(other, str(tmp_path))
   stored = json.loads((tmp_path / "config.json").read_text())
   assert stored["config"]["optim"]["learning_rate"] == 0.001
@@ -167,19 +179,25 @@ def test_grid_refuses_another_config_naming_the_field(tmp_path):
     evaluation.run_grid(_stop, grid=grid, **kwargs)
   with pytest.raises(_Stop):  # a grown axis and another axis order pass
     evaluation.run_grid(_stop, grid=evaluation.parse_grid(["temperature=0.7,0.0,1.0"]), **kwargs)
-  with pytest.raises(workdir.ConfigMismatchError, match=r"a grid run of a different config \(tasks: \['t1'\] -> "
-                                                        r"\['t2'\]\)"):
+  with pytest.raises(
+    workdir.ConfigMismatchError,
+    match=r"a grid run of a different config \(tasks: \['t1'\] -> "
+    r"\['t2'\]\)",
+  ):
     evaluation.run_grid(_stop, grid=grid, **{**kwargs, "tasks": ["t2"]})
   with pytest.raises(workdir.ConfigMismatchError, match=r"checkpoint: 'demo' -> 'other'.*grid axes"):
-    evaluation.run_grid(_stop, grid=evaluation.parse_grid(["top_p=0.9"]), **{**kwargs, "config": {"checkpoint": "other"}})
+    evaluation.run_grid(
+      _stop, grid=evaluation.parse_grid(["top_p=0.9"]), **{**kwargs, "config": {"checkpoint": "other"}}
+    )
 
 
 def test_grid_refuses_finished_cells_without_a_readable_config(tmp_path):
   cell = tmp_path / "cells" / "temperature=0.0"
   os.makedirs(cell)
   (cell / "results.json").write_text("{}")
-  kwargs = dict(workdir=str(tmp_path), tasks=["t1"], grid=evaluation.parse_grid(["temperature=0.0"]),
-                config={}, log=lambda s: None)
+  kwargs = dict(
+    workdir=str(tmp_path), tasks=["t1"], grid=evaluation.parse_grid(["temperature=0.0"]), config={}, log=lambda s: None
+  )
   with pytest.raises(workdir.ConfigMismatchError, match="has finished cells but .*config.json is missing"):
     evaluation.run_grid(_stop, **kwargs)
   (tmp_path / "config.json").write_text("[]")

@@ -34,12 +34,24 @@ def main() -> None:
   out = {}
   for share in (True, False):
     t0 = time.perf_counter()
-    res = smollm3_jax.generate(model, tok, texts, thinking=thinking, temperature=0.6, top_p=0.95, seed=seeds,
-                               max_new_tokens=args.max_new_tokens, slots=args.slots, share_prefill=share,
-                               date="2025-06-15")
+    res = smollm3_jax.generate(
+      model,
+      tok,
+      texts,
+      thinking=thinking,
+      temperature=0.6,
+      top_p=0.95,
+      seed=seeds,
+      max_new_tokens=args.max_new_tokens,
+      slots=args.slots,
+      share_prefill=share,
+      date="2025-06-15",
+    )
     out[share] = [c.token_ids for c in res]
-    print(f"share_prefill={share}: {len(res)} rows, {sum(map(len, out[share]))} tokens, "
-          f"{time.perf_counter() - t0:.1f} s", flush=True)
+    print(
+      f"share_prefill={share}: {len(res)} rows, {sum(map(len, out[share]))} tokens, {time.perf_counter() - t0:.1f} s",
+      flush=True,
+    )
   differ = [i for i, (a, b) in enumerate(zip(out[True], out[False])) if a != b]
   print(f"rows differing between share_prefill on and off: {len(differ)} of {len(texts)} {differ}")
   sys.exit(1 if differ else 0)

@@ -25,17 +25,17 @@ PACKAGE = "smollm3_jax"
 
 # Layer (a subpackage or a top-level module of the package) -> rank; equal ranks are siblings.
 LAYERS = {
-    "utils": 0,        # validation, files, workdirs, runtime, distributed, shape buckets
-    "nn": 1,           # config, model, KV cache, quantization, sharding
-    "checkpoints": 2,  # weight files: GGUF, safetensors, Orbax, the hub, the demo
-    "text": 3,         # tokenizer, chat template and format, thinking, prompt rendering
-    "loading": 4,      # model + tokenizer from one checkpoint spec
-    "generation": 5,   # settings and sampling, decode programs, engine and pool, runner, beam search
-    "evaluation": 6,   # scoring, metrics, lm-eval model, the evaluation grid
-    "sweep": 7,        # decoding sweeps: plan, run, store, statistics, plots
-    "training": 7,     # fine-tuning
-    "serving": 8,      # chat session, OpenAI-style server
-    "cli": 9,          # the scripts' shared flags
+  "utils": 0,  # validation, files, workdirs, runtime, distributed, shape buckets
+  "nn": 1,  # config, model, KV cache, quantization, sharding
+  "checkpoints": 2,  # weight files: GGUF, safetensors, Orbax, the hub, the demo
+  "text": 3,  # tokenizer, chat template and format, thinking, prompt rendering
+  "loading": 4,  # model + tokenizer from one checkpoint spec
+  "generation": 5,  # settings and sampling, decode programs, engine and pool, runner, beam search
+  "evaluation": 6,  # scoring, metrics, lm-eval model, the evaluation grid
+  "sweep": 7,  # decoding sweeps: plan, run, store, statistics, plots
+  "training": 7,  # fine-tuning
+  "serving": 8,  # chat session, OpenAI-style server
+  "cli": 9,  # the scripts' shared flags
 }
 
 
@@ -90,7 +90,7 @@ def modules() -> dict[str, str]:
       if name.endswith(".py"):
         path = os.path.join(dirpath, name)
         rel = os.path.relpath(path, ROOT)[:-3].replace(os.sep, ".")
-        out[rel[:-len(".__init__")] if rel.endswith(".__init__") else rel] = path
+        out[rel[: -len(".__init__")] if rel.endswith(".__init__") else rel] = path
   return out
 
 
@@ -109,7 +109,7 @@ def edges(include_lazy: bool) -> dict[str, set[str]]:
         if node.level:  # relative import
           parts = mod.split(".")
           parts = parts if is_pkg else parts[:-1]
-          base = ".".join(parts[:len(parts) - node.level + 1] + ([base] if base else []))
+          base = ".".join(parts[: len(parts) - node.level + 1] + ([base] if base else []))
         targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in mods else base for a in node.names]
       else:
         continue
@@ -170,6 +170,8 @@ if __name__ == "__main__":
   for mod, target in up:
     print(f"upward: {mod} -> {target}")
   kind = "module-level and lazy" if "--all" in sys.argv else "module-level"
-  print(f"{len(found)} import cycles and {len(up)} imports from a higher layer among {len(modules())} modules"
-        f" ({kind} imports)")
+  print(
+    f"{len(found)} import cycles and {len(up)} imports from a higher layer among {len(modules())} modules"
+    f" ({kind} imports)"
+  )
   sys.exit(1 if found or up else 0)

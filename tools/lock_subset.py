@@ -41,11 +41,16 @@ def closure(roots=ROOTS) -> set[str]:
 
 def main(lock: str, out: str) -> None:
   keep = closure()
-  lines = [line for line in open(lock, encoding="utf-8").read().splitlines()
-           if line and not line.startswith("#") and _norm(line.split("==")[0]) in keep]
+  lines = [
+    line
+    for line in open(lock, encoding="utf-8").read().splitlines()
+    if line and not line.startswith("#") and _norm(line.split("==")[0]) in keep
+  ]
   with open(out, "w", encoding="utf-8") as f:
-    f.write("# What make demo installs: the base dependencies' closure within requirements.lock.\n"
-            "# Written by tools/lock_subset.py (make lock); do not edit.\n")
+    f.write(
+      "# What make demo installs: the base dependencies' closure within requirements.lock.\n"
+      "# Written by tools/lock_subset.py (make lock); do not edit.\n"
+    )
     f.write("\n".join(lines) + "\n")
   print(f"{out}: {len(lines)} of the lock's packages")
 

@@ -12,9 +12,13 @@ from absl import app, flags
 from benchmarks.common import best, chat_prompt_ids, decode_bytes_per_step, print_row, timed
 
 FLAGS = flags.FLAGS
-flags.DEFINE_bool("accelerator_check", False, "Only the accelerator check: decode tokens/s, roofline and compile "
-                  "seconds at --check_batches x --check_budgets, greedy and sampled (T=0.6, top_p=0.95). "
-                  "On a GPU/TPU: --checkpoint=random --preset=smollm3_3b --dtype=bfloat16 --accelerator_check.")
+flags.DEFINE_bool(
+  "accelerator_check",
+  False,
+  "Only the accelerator check: decode tokens/s, roofline and compile "
+  "seconds at --check_batches x --check_budgets, greedy and sampled (T=0.6, top_p=0.95). "
+  "On a GPU/TPU: --checkpoint=random --preset=smollm3_3b --dtype=bfloat16 --accelerator_check.",
+)
 flags.DEFINE_list("check_batches", ["1", "8", "64"], "Accelerator check: batch sizes.")
 flags.DEFINE_list("check_budgets", ["1024", "8192"], "Accelerator check: allocated cache lengths (token budgets).")
 flags.DEFINE_integer("check_steps", 64, "Accelerator check: decode steps per run.")
@@ -28,8 +32,7 @@ def flag_rows(model, tokenizer, bandwidth: float) -> list[dict]:
     batches, budgets = [int(x) for x in FLAGS.check_batches], [int(x) for x in FLAGS.check_budgets]
   except ValueError as e:
     raise app.UsageError(f"--check_batches / --check_budgets must be integers: {e}")
-  return bench_accelerator(model, tokenizer, batches, budgets, FLAGS.check_steps, FLAGS.repeats, bandwidth,
-                           FLAGS.seed)
+  return bench_accelerator(model, tokenizer, batches, budgets, FLAGS.check_steps, FLAGS.repeats, bandwidth, FLAGS.seed)
 
 
 def bench_accelerator(model, tokenizer, batches, budgets, steps, repeats, bandwidth, seed):
@@ -38,8 +41,8 @@ def bench_accelerator(model, tokenizer, batches, budgets, steps, repeats, bandwi
   import numpy as np
 
   import smollm3_jax
-  from smollm3_jax.generation.engine import Engine
   from smollm3_jax.generation.defaults import GREEDY
+  from smollm3_jax.generation.engine import Engine
 
   cfg = model.config
   itemsize = np.dtype(model.dtype).itemsize
@@ -50,15 +53,32 @@ def bench_accelerator(model, tokenizer, batches, budgets, steps, repeats, bandwi
       engine = Engine(model, tokenizer, batch_buckets=(b,))
       for mode, settings in (("greedy", GREEDY), ("sampled", dict(GREEDY, temperature=0.6, top_p=0.95))):
         # cache_length: the cache allocated is the budget itself
-        run = lambda: smollm3_jax.generate(model, tokenizer, ids, max_new_tokens=steps + 1, stop_ids=[],
-                                           engine=engine, seed=seed, cache_length=budget, **settings)
+        run = lambda: smollm3_jax.generate(
+          model,
+          tokenizer,
+          ids,
+          max_new_tokens=steps + 1,
+          stop_ids=[],
+          engine=engine,
+          seed=seed,
+          cache_length=budget,
+          **settings,
+        )
         first, times = timed(run, repeats, lambda r: r.stats.decode_seconds)
         step = best(times) / (steps + 1)  # every token from a decode step
         filled = float(np.mean([len(p) for p in ids])) + steps / 2
         w, kv, _ = decode_bytes_per_step(model, b, filled, first.stats.cache_length, itemsize)
-        row = dict(kind="accelerator", batch=b, budget=budget, mode=mode, cache_length=first.stats.cache_length,
-                   compile_seconds=first.stats.compile_seconds, step_ms=step * 1e3,
-                   ours_tokens_per_second=b / step, achieved_gbps=(w + kv) / step / 1e9)
+        row = dict(
+          kind="accelerator",
+          batch=b,
+          budget=budget,
+          mode=mode,
+          cache_length=first.stats.cache_length,
+          compile_seconds=first.stats.compile_seconds,
+          step_ms=step * 1e3,
+          ours_tokens_per_second=b / step,
+          achieved_gbps=(w + kv) / step / 1e9,
+        )
         if bandwidth:
           row["roofline_fraction"] = row["achieved_gbps"] / bandwidth
         out.append(row)

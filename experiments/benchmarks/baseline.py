@@ -20,9 +20,13 @@ import sys
 
 from absl import flags
 
-flags.DEFINE_string("baseline", None, "Another checkout (e.g. `git worktree add /tmp/before <commit>`): decode "
-                    "tokens/s of both, greedy / sampled / sampled with log-probabilities recorded, in alternating "
-                    "fresh processes (experiments/benchmarks/baseline.py). Runs only these rows.")
+flags.DEFINE_string(
+  "baseline",
+  None,
+  "Another checkout (e.g. `git worktree add /tmp/before <commit>`): decode "
+  "tokens/s of both, greedy / sampled / sampled with log-probabilities recorded, in alternating "
+  "fresh processes (experiments/benchmarks/baseline.py). Runs only these rows.",
+)
 
 HERE = os.path.abspath(__file__)
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(HERE)))  # this checkout
@@ -37,8 +41,12 @@ def _child(batch: int = 16, new_tokens: int = 64, repeats: int = 3) -> dict:
   from smollm3_jax.loading import load_model_and_tokenizer
 
   model, tok = load_model_and_tokenizer({"checkpoint": "demo"})
-  text = tok.apply_chat_template([{"role": "user", "content": "Tell me a story about a dragon."}],
-                                 add_generation_prompt=True, tokenize=False, date="2025-06-15")
+  text = tok.apply_chat_template(
+    [{"role": "user", "content": "Tell me a story about a dragon."}],
+    add_generation_prompt=True,
+    tokenize=False,
+    date="2025-06-15",
+  )
   ids = tok.encode(text)
   records = "logprobs" in inspect.signature(smollm3_jax.generate).parameters
   # Before continuous batching the first token came from prefill: decode ran new_tokens - 1 steps.
@@ -50,8 +58,9 @@ def _child(batch: int = 16, new_tokens: int = 64, repeats: int = 3) -> dict:
   for label, kw in runs.items():
     times = []
     for rep in range(repeats + 1):
-      r = smollm3_jax.generate(model, tok, [ids] * batch, max_new_tokens=new_tokens, stop_ids=[],
-                               seed=list(range(batch)), **kw)
+      r = smollm3_jax.generate(
+        model, tok, [ids] * batch, max_new_tokens=new_tokens, stop_ids=[], seed=list(range(batch)), **kw
+      )
       if rep:  # the first run compiles
         times.append(r.stats.decode_seconds)
     out[label] = batch * steps / min(times)
@@ -60,8 +69,9 @@ def _child(batch: int = 16, new_tokens: int = 64, repeats: int = 3) -> dict:
 
 def _run(checkout: str) -> dict:
   env = dict(os.environ, PYTHONPATH=checkout)
-  proc = subprocess.run([sys.executable, HERE, "--child"], env=env, capture_output=True, text=True, timeout=1200,
-                        cwd=checkout)
+  proc = subprocess.run(
+    [sys.executable, HERE, "--child"], env=env, capture_output=True, text=True, timeout=1200, cwd=checkout
+  )
   line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
   if proc.returncode or line is None:
     raise RuntimeError(f"baseline child failed in {checkout}:\n{proc.stderr[-3000:]}")
@@ -81,8 +91,14 @@ def bench_baseline(baseline: str, rounds: int = 2) -> list[dict]:
   rows = []
   for label, value in best["current"].items():
     base = best["baseline"].get(label, best["current"].get("sampled"))
-    row = dict(kind="baseline", mode=label, ours_tokens_per_second=value, theirs_tokens_per_second=base,
-               ratio=value / base, baseline=baseline)
+    row = dict(
+      kind="baseline",
+      mode=label,
+      ours_tokens_per_second=value,
+      theirs_tokens_per_second=base,
+      ratio=value / base,
+      baseline=baseline,
+    )
     rows.append(row)
     print_row(row)
   return rows

@@ -33,14 +33,14 @@ flags.DEFINE_bool("compilation_cache", True, "Use the persistent compilation cac
 flags.DEFINE_string("cache_dir", None, "Compilation cache directory (default: runtime.default_cache_dir()).")
 
 CHAT_PROMPTS = [
-    "Write a short story about a robot learning to paint.",
-    "What is the capital of France?",
-    "Explain photosynthesis to a ten-year-old.",
-    "Give me three tips for writing clean Python code.",
-    "How do vaccines work?",
-    "Summarize the plot of Romeo and Juliet in a few sentences.",
-    "What are the main differences between a list and a tuple?",
-    "Describe a sunset over the ocean.",
+  "Write a short story about a robot learning to paint.",
+  "What is the capital of France?",
+  "Explain photosynthesis to a ten-year-old.",
+  "Give me three tips for writing clean Python code.",
+  "How do vaccines work?",
+  "Summarize the plot of Romeo and Juliet in a few sentences.",
+  "What are the main differences between a list and a tuple?",
+  "Describe a sunset over the ocean.",
 ]
 DATE = "2025-06-15"  # the chat date of rendered prompts: the same tokens on any day
 
@@ -74,8 +74,17 @@ def wall_seconds(run: Callable[[], Any]) -> tuple[Any, float]:
 
 def print_row(row: Mapping, skip: Sequence[str] = ()) -> None:
   """One row as a JSON line (floats rounded; lists and ``skip`` left out: they are in the JSON file)."""
-  print("  " + json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()
-                           if not isinstance(v, list) and k not in skip}), flush=True)
+  print(
+    "  "
+    + json.dumps(
+      {
+        k: (round(v, 3) if isinstance(v, float) else v)
+        for k, v in row.items()
+        if not isinstance(v, list) and k not in skip
+      }
+    ),
+    flush=True,
+  )
 
 
 def target(name: str, value, goal, fmt: str = "{:.2f}") -> list[str]:
@@ -92,18 +101,23 @@ def _cell(v, spec: str) -> str:
 
 def format_table(rows: Sequence[Mapping], bandwidth: float, names: Mapping[str, Callable[[Mapping], str]]) -> str:
   """The printed table: one line per row (``names[kind](row)`` names it), ours vs theirs, the roofline."""
-  head = (f"{'row':<26}{'ours tok/s':>12}{'theirs tok/s':>14}{'ratio':>8}{'TTFT s':>9}{'compile s':>11}"
-          f"{'GB/s':>8}{'roofline':>10}")
+  head = (
+    f"{'row':<26}{'ours tok/s':>12}{'theirs tok/s':>14}{'ratio':>8}{'TTFT s':>9}{'compile s':>11}"
+    f"{'GB/s':>8}{'roofline':>10}"
+  )
   lines = [head, "-" * len(head)]
   for r in rows:
     name = names[r["kind"]](r)
-    lines.append(f"{name:<26}{_cell(r.get('ours_tokens_per_second'), '12.1f')}"
-                 f"{_cell(r.get('theirs_tokens_per_second'), '14.1f')}{_cell(r.get('ratio'), '8.2f')}"
-                 f"{_cell(r.get('time_to_first_token'), '9.3f')}{_cell(r.get('compile_seconds'), '11.2f')}"
-                 f"{_cell(r.get('achieved_gbps'), '8.2f')}{_cell(r.get('roofline_fraction'), '10.1%')}")
+    lines.append(
+      f"{name:<26}{_cell(r.get('ours_tokens_per_second'), '12.1f')}"
+      f"{_cell(r.get('theirs_tokens_per_second'), '14.1f')}{_cell(r.get('ratio'), '8.2f')}"
+      f"{_cell(r.get('time_to_first_token'), '9.3f')}{_cell(r.get('compile_seconds'), '11.2f')}"
+      f"{_cell(r.get('achieved_gbps'), '8.2f')}{_cell(r.get('roofline_fraction'), '10.1%')}"
+    )
   if bandwidth:
-    lines.append(f"roofline = (weight bytes + KV bytes of the filled prefix) per decode step / step time "
-                 f"/ {bandwidth:.2f} GB/s")
+    lines.append(
+      f"roofline = (weight bytes + KV bytes of the filled prefix) per decode step / step time / {bandwidth:.2f} GB/s"
+    )
   return "\n".join(lines)
 
 
@@ -112,8 +126,8 @@ def format_table(rows: Sequence[Mapping], bandwidth: float, names: Mapping[str, 
 # --------------------------------------------------------------------------------------------
 def load_ours(checkpoint: str, preset: str, dtype, seed: int, num_layers: int = 0, mesh: str = ""):
   """(model, tokenizer or None, description); the weights are placed on ``mesh`` as they load."""
-  from smollm3_jax.nn import config as config_lib
   from smollm3_jax.loading import load_model_and_tokenizer
+  from smollm3_jax.nn import config as config_lib
 
   if checkpoint == "random":
     if preset not in config_lib.PRESETS:
@@ -127,20 +141,26 @@ def load_ours(checkpoint: str, preset: str, dtype, seed: int, num_layers: int = 
 
 def load_from_flags():
   """:func:`load_ours` as the model flags say."""
-  return load_ours(FLAGS.checkpoint, FLAGS.preset, FLAGS.dtype, FLAGS.seed, num_layers=FLAGS.num_layers,
-                   mesh=FLAGS.mesh)
+  return load_ours(
+    FLAGS.checkpoint, FLAGS.preset, FLAGS.dtype, FLAGS.seed, num_layers=FLAGS.num_layers, mesh=FLAGS.mesh
+  )
 
 
 def chat_prompt_ids(tokenizer, vocab_size: int, n: int, *, thinking: bool = False, seed: int = 0):
   """n chat prompts as token ids (synthetic ids of chat-prompt length without a tokenizer)."""
   import numpy as np
+
   if tokenizer is None:
     rs = np.random.RandomState(seed)
     return [rs.randint(1, vocab_size, 24 + 5 * (i % 8)).tolist() for i in range(n)]
   out = []
   for i in range(n):
-    text = tokenizer.apply_chat_template([{"role": "user", "content": CHAT_PROMPTS[i % len(CHAT_PROMPTS)]}],
-                                         add_generation_prompt=True, enable_thinking=thinking, tokenize=False)
+    text = tokenizer.apply_chat_template(
+      [{"role": "user", "content": CHAT_PROMPTS[i % len(CHAT_PROMPTS)]}],
+      add_generation_prompt=True,
+      enable_thinking=thinking,
+      tokenize=False,
+    )
     out.append(tokenizer.encode(text))
   return out
 
@@ -149,6 +169,7 @@ def decode_bytes_per_step(model, batch, filled, cache_length, cache_itemsize):
   """(weight bytes read per decode step, KV bytes of ``filled`` slots, KV bytes of the whole cache)."""
   import probes
   from flax import nnx
+
   cfg = model.config
   weights = probes.tree_nbytes(nnx.state(model, nnx.Param))
   if not cfg.tie_word_embeddings:  # only B rows of an untied embedding table are read
@@ -164,10 +185,10 @@ def hf_model_from(model, dtype_name: str):
   import torch
   import transformers
   from flax import nnx
+
   from smollm3_jax.checkpoints.mapping import param_to_hf
 
-  hf_cfg = transformers.SmolLM3Config(**{k: v for k, v in model.config.to_hf_dict().items()
-                                         if k != "architectures"})
+  hf_cfg = transformers.SmolLM3Config(**{k: v for k, v in model.config.to_hf_dict().items() if k != "architectures"})
   torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype_name]
   hm = transformers.SmolLM3ForCausalLM(hf_cfg)
   state = {}
@@ -193,14 +214,17 @@ def quality_scorer(model, tokenizer, path: str, max_tokens: int = 1024):
   (after quantizing) and compares the two (smollm3_jax.nn.quantize.compare_logits). None without a
   tokenizer or text."""
   import numpy as np
+
   from smollm3_jax.nn import quantize
+
   if tokenizer is None or not path:
     return None
   with open(path) as f:
     ids = np.asarray([tokenizer.encode(f.read())[:max_tokens]])
   reference = np.asarray(model(ids)[0][0, :-1])
-  return lambda: dict(tokens=int(ids.shape[1]), **quantize.compare_logits(
-      reference, np.asarray(model(ids)[0][0, :-1]), ids[0, 1:]))
+  return lambda: dict(
+    tokens=int(ids.shape[1]), **quantize.compare_logits(reference, np.asarray(model(ids)[0][0, :-1]), ids[0, 1:])
+  )
 
 
 # --------------------------------------------------------------------------------------------
@@ -215,8 +239,10 @@ class Ours:
     """GenerationResult of a greedy (unless settings say otherwise) run of exactly new_tokens per row."""
     from smollm3_jax.generation import api
     from smollm3_jax.generation.defaults import GREEDY  # not the checkpoint's (sampled) defaults
-    return api.generate(self.model, self.tokenizer, prompt_ids, max_new_tokens=new_tokens, stop_ids=[],
-                        **{**GREEDY, **settings})
+
+    return api.generate(
+      self.model, self.tokenizer, prompt_ids, max_new_tokens=new_tokens, stop_ids=[], **{**GREEDY, **settings}
+    )
 
 
 class Theirs:
@@ -224,6 +250,7 @@ class Theirs:
 
   def __init__(self, hm, pad_id: int):
     import torch
+
     self.torch = torch
     self.hm = hm
     self.pad_id = pad_id
@@ -235,28 +262,32 @@ class Theirs:
     ids = torch.full((len(prompt_ids), width), self.pad_id, dtype=torch.long)
     mask = torch.zeros((len(prompt_ids), width), dtype=torch.long)
     for i, p in enumerate(prompt_ids):
-      ids[i, width - len(p):] = torch.tensor(p)
-      mask[i, width - len(p):] = 1
+      ids[i, width - len(p) :] = torch.tensor(p)
+      mask[i, width - len(p) :] = 1
     return ids.to(self.device), mask.to(self.device)
 
   def run(self, prompt_ids, new_tokens, *, temperature=0.0, repetition_penalty=1.0, seed=0):
     """(seconds, generated ids [B, new_tokens] as lists)."""
     torch = self.torch
     ids, mask = self._batch(prompt_ids)
-    kw = dict(do_sample=False) if temperature == 0 else dict(do_sample=True, temperature=float(temperature),
-                                                               top_k=0, top_p=1.0)
+    kw = (
+      dict(do_sample=False)
+      if temperature == 0
+      else dict(do_sample=True, temperature=float(temperature), top_k=0, top_p=1.0)
+    )
     torch.manual_seed(seed)
     self._sync()
 
     def generate():
       with torch.no_grad():
-        out = self.hm.generate(ids, attention_mask=mask, max_new_tokens=new_tokens,
-                               repetition_penalty=float(repetition_penalty), **kw)
+        out = self.hm.generate(
+          ids, attention_mask=mask, max_new_tokens=new_tokens, repetition_penalty=float(repetition_penalty), **kw
+        )
       self._sync()  # (a CUDA run has finished only once synchronized)
       return out
 
     out, dt = wall_seconds(generate)
-    return dt, out[:, ids.shape[1]:].tolist()
+    return dt, out[:, ids.shape[1] :].tolist()
 
   def _sync(self):
     if self.device.type == "cuda":

@@ -26,9 +26,13 @@ flags.DEFINE_list("prompt_lengths", ["128", "512", "2048"], "Prefill rows: promp
 flags.DEFINE_list("batch_sizes", ["1", "8", "32"], "Decode rows: batch sizes.")
 flags.DEFINE_bool("sweep", True, "Add the 3x3x2-settings x 8-prompts sweep row.")
 flags.DEFINE_integer("sweep_new_tokens", 32, "Sweep row: new tokens per row.")
-flags.DEFINE_list("cache_budgets", ["256", "1024", "4096"], "Cache-budget rows: allocated cache lengths (batch 8, "
-                  "the same prompt and 48 decode steps), each with the read window and with the whole cache read "
-                  "every step (the engine before read windows); empty = no budget rows.")
+flags.DEFINE_list(
+  "cache_budgets",
+  ["256", "1024", "4096"],
+  "Cache-budget rows: allocated cache lengths (batch 8, "
+  "the same prompt and 48 decode steps), each with the read window and with the whole cache read "
+  "every step (the engine before read windows); empty = no budget rows.",
+)
 flags.DEFINE_bool("sampled", True, "Add the sampled-vs-greedy decode rows (batch 32, T=0.7, top_p=0.95, min_p=0.05).")
 
 SWEEP_TEMPERATURES = (0.0, 0.7, 1.0)
@@ -36,11 +40,11 @@ SWEEP_PENALTIES = (1.0, 1.1, 1.3)
 SWEEP_THINKING = (False, True)
 
 ROW_NAMES = {
-    "prefill": lambda r: f"prefill {r['prompt_length']} tok",
-    "decode": lambda r: f"decode batch {r['batch']}",
-    "sweep": lambda r: f"sweep {r['settings']}x{r['prompts']} ({r['rows']} rows)",
-    "budget": lambda r: f"cache {r['cache']}, {r['read']}",
-    "sampling": lambda r: f"decode b{r['batch']} {r['mode']}",
+  "prefill": lambda r: f"prefill {r['prompt_length']} tok",
+  "decode": lambda r: f"decode batch {r['batch']}",
+  "sweep": lambda r: f"sweep {r['settings']}x{r['prompts']} ({r['rows']} rows)",
+  "budget": lambda r: f"cache {r['cache']}, {r['read']}",
+  "sampling": lambda r: f"decode b{r['batch']} {r['mode']}",
 }
 
 
@@ -60,8 +64,7 @@ def flag_rows(ours, theirs, model, tokenizer, bandwidth: float) -> list[dict]:
   """The rows the flags ask for (``theirs``: transformers, or None)."""
   lengths, batches = checked_flags()
   out = bench_prefill(ours, theirs, model.config, lengths, FLAGS.repeats, FLAGS.seed)
-  out += bench_decode(ours, theirs, model, tokenizer, batches, FLAGS.new_tokens, FLAGS.repeats, bandwidth,
-                      FLAGS.seed)
+  out += bench_decode(ours, theirs, model, tokenizer, batches, FLAGS.new_tokens, FLAGS.repeats, bandwidth, FLAGS.seed)
   if FLAGS.sweep:
     out += bench_sweep(ours, theirs, model, tokenizer, FLAGS.sweep_new_tokens, FLAGS.repeats, FLAGS.seed)
   if FLAGS.cache_budgets:
@@ -73,6 +76,7 @@ def flag_rows(ours, theirs, model, tokenizer, bandwidth: float) -> list[dict]:
 
 def bench_prefill(ours, theirs, cfg, lengths, repeats, seed):
   import numpy as np
+
   out = []
   rs = np.random.RandomState(seed + 1)
   for length in lengths:
@@ -81,8 +85,15 @@ def bench_prefill(ours, theirs, cfg, lengths, repeats, seed):
       continue
     ids = [rs.randint(1, cfg.vocab_size, length).tolist()]
     first = ours.run(ids, 1)
-    row = dict(kind="prefill", prompt_length=length, batch=1, compile_seconds=first.stats.compile_seconds,
-               ours_seconds=[], ours_ttft=[], theirs_seconds=[])
+    row = dict(
+      kind="prefill",
+      prompt_length=length,
+      batch=1,
+      compile_seconds=first.stats.compile_seconds,
+      ours_seconds=[],
+      ours_ttft=[],
+      theirs_seconds=[],
+    )
     if theirs is not None:
       theirs.run(ids, 1)  # warm-up
     for _ in range(repeats):
@@ -103,15 +114,23 @@ def bench_prefill(ours, theirs, cfg, lengths, repeats, seed):
 
 def bench_decode(ours, theirs, model, tokenizer, batch_sizes, new_tokens, repeats, bandwidth, seed):
   import numpy as np
+
   out = []
   cfg = model.config
   steps = new_tokens - 1  # transformers' decode steps: its first token comes with its prefill
   for b in batch_sizes:
     ids = chat_prompt_ids(tokenizer, cfg.vocab_size, b, seed=seed)
     first = ours.run(ids, new_tokens)
-    row = dict(kind="decode", batch=b, new_tokens=new_tokens, prompt_tokens=[len(p) for p in ids],
-               compile_seconds=first.stats.compile_seconds, ours_decode_seconds=[], ours_ttft=[],
-               theirs_decode_seconds=[])
+    row = dict(
+      kind="decode",
+      batch=b,
+      new_tokens=new_tokens,
+      prompt_tokens=[len(p) for p in ids],
+      compile_seconds=first.stats.compile_seconds,
+      ours_decode_seconds=[],
+      ours_ttft=[],
+      theirs_decode_seconds=[],
+    )
     if theirs is not None:
       theirs.run(ids, min(new_tokens, 8))  # warm-up
     for _ in range(repeats):
@@ -130,8 +149,12 @@ def bench_decode(ours, theirs, model, tokenizer, batch_sizes, new_tokens, repeat
     itemsize = np.dtype(model.dtype).itemsize  # the engine's cache dtype defaults to the model's
     avg_real = float(np.mean(row["prompt_tokens"])) + steps / 2
     w, kv_real, kv_full = decode_bytes_per_step(model, b, avg_real, r.stats.cache_length, itemsize)
-    row.update(weight_bytes=w, kv_bytes_per_step=kv_real, kv_bytes_read_per_step=kv_full,
-               achieved_gbps=(w + kv_real) / step / 1e9)
+    row.update(
+      weight_bytes=w,
+      kv_bytes_per_step=kv_real,
+      kv_bytes_read_per_step=kv_full,
+      achieved_gbps=(w + kv_real) / step / 1e9,
+    )
     if bandwidth:
       row["roofline_fraction"] = row["achieved_gbps"] / bandwidth
     if theirs is not None:
@@ -156,9 +179,17 @@ def bench_sweep(ours, theirs, model, tokenizer, new_tokens, repeats, seed):
       pens.append(r)
   total = len(ids) * new_tokens
   first = ours.run(ids, new_tokens, temperature=temps, repetition_penalty=pens, seed=seed, share_prefill=True)
-  row = dict(kind="sweep", settings=len(grid), prompts=8, rows=len(ids), new_tokens=new_tokens,
-             batch=first.stats.batch_size, compile_seconds=first.stats.compile_seconds, ours_seconds=[],
-             theirs_seconds=[])
+  row = dict(
+    kind="sweep",
+    settings=len(grid),
+    prompts=8,
+    rows=len(ids),
+    new_tokens=new_tokens,
+    batch=first.stats.batch_size,
+    compile_seconds=first.stats.compile_seconds,
+    ours_seconds=[],
+    theirs_seconds=[],
+  )
   if theirs is not None:
     theirs.run(prompts[False], 2)  # warm-up
   for rep in range(repeats):
@@ -166,8 +197,9 @@ def bench_sweep(ours, theirs, model, tokenizer, new_tokens, repeats, seed):
     ours.run(ids, new_tokens, temperature=temps, repetition_penalty=pens, seed=seed + rep, share_prefill=True)
     row["ours_seconds"].append(time.perf_counter() - t0)
     if theirs is not None and rep == 0:  # setting by setting is slow: one timed pass
-      row["theirs_seconds"].append(sum(theirs.run(prompts[th], new_tokens, temperature=t, repetition_penalty=r,
-                                                  seed=seed)[0] for t, r, th in grid))
+      row["theirs_seconds"].append(
+        sum(theirs.run(prompts[th], new_tokens, temperature=t, repetition_penalty=r, seed=seed)[0] for t, r, th in grid)
+      )
   row["ours_tokens_per_second"] = total / best(row["ours_seconds"])
   if theirs is not None:
     row["theirs_tokens_per_second"] = total / best(row["theirs_seconds"])
@@ -188,15 +220,31 @@ def bench_budget(model, tokenizer, budgets, repeats, seed, batch=8, steps=48):
     for label, windows in (("window", None), ("whole cache", ())):
       kw = {} if windows is None else dict(window_buckets=windows)
       engine = Engine(model, tokenizer, batch_buckets=(batch,), **kw)
-      run = lambda: smollm3_jax.generate(model, tokenizer, ids, max_new_tokens=steps + 1, stop_ids=[],
-                                         temperature=0.0, engine=engine, cache_length=budget)
+      run = lambda: smollm3_jax.generate(
+        model,
+        tokenizer,
+        ids,
+        max_new_tokens=steps + 1,
+        stop_ids=[],
+        temperature=0.0,
+        engine=engine,
+        cache_length=budget,
+      )
       first, times = timed(run, repeats, lambda r: r.stats.decode_seconds)
       toks = [c.token_ids for c in first]
       reference = reference or toks
-      row = dict(kind="budget", cache=budget, read=label, batch=batch, steps=steps,
-                 cache_length=first.stats.cache_length, compile_seconds=first.stats.compile_seconds,
-                 ours_decode_seconds=times, ours_tokens_per_second=batch * (steps + 1) / best(times),
-                 same_tokens=toks == reference)
+      row = dict(
+        kind="budget",
+        cache=budget,
+        read=label,
+        batch=batch,
+        steps=steps,
+        cache_length=first.stats.cache_length,
+        compile_seconds=first.stats.compile_seconds,
+        ours_decode_seconds=times,
+        ours_tokens_per_second=batch * (steps + 1) / best(times),
+        same_tokens=toks == reference,
+      )
       out.append(row)
       print_row(row)
   return out
@@ -206,11 +254,19 @@ def bench_sampled(ours, model, tokenizer, repeats, seed, batch=32, new_tokens=40
   """Decode tokens/s at batch ``batch``: greedy, and sampled with T=0.7, top_p=0.95, min_p=0.05."""
   ids = chat_prompt_ids(tokenizer, model.config.vocab_size, batch, seed=seed)
   out = []
-  for label, settings in (("greedy", dict(temperature=0.0)),
-                          ("sampled", dict(temperature=0.7, top_p=0.95, min_p=0.05, seed=seed))):
+  for label, settings in (
+    ("greedy", dict(temperature=0.0)),
+    ("sampled", dict(temperature=0.7, top_p=0.95, min_p=0.05, seed=seed)),
+  ):
     first, times = timed(lambda: ours.run(ids, new_tokens, **settings), repeats, lambda r: r.stats.decode_seconds)
-    row = dict(kind="sampling", mode=label, batch=batch, compile_seconds=first.stats.compile_seconds,
-               ours_decode_seconds=times, ours_tokens_per_second=batch * new_tokens / best(times))
+    row = dict(
+      kind="sampling",
+      mode=label,
+      batch=batch,
+      compile_seconds=first.stats.compile_seconds,
+      ours_decode_seconds=times,
+      ours_tokens_per_second=batch * new_tokens / best(times),
+    )
     out.append(row)
     print_row(row)
   return out
@@ -232,8 +288,13 @@ def targets(rows) -> list[str]:
   windowed = {r["cache"]: r for r in rows if r["kind"] == "budget" and r["read"] == "window"}
   if windowed:
     small, large = windowed[min(windowed)], windowed[max(windowed)]
-    out += target(f"decode with a {large['cache']}-slot cache vs {small['cache']} (read window)",
-                  large["ours_tokens_per_second"] / small["ours_tokens_per_second"], 0.85)
-    out.append(f"  greedy tokens identical across the cache budgets: "
-               f"{all(r['same_tokens'] for r in rows if r['kind'] == 'budget')}")
+    out += target(
+      f"decode with a {large['cache']}-slot cache vs {small['cache']} (read window)",
+      large["ours_tokens_per_second"] / small["ours_tokens_per_second"],
+      0.85,
+    )
+    out.append(
+      f"  greedy tokens identical across the cache budgets: "
+      f"{all(r['same_tokens'] for r in rows if r['kind'] == 'budget')}"
+    )
   return out

@@ -18,17 +18,18 @@ from smollm3_jax.checkpoints import gguf as gguf_ckpt
 from smollm3_jax.checkpoints import orbax as orbax_ckpt
 from smollm3_jax.checkpoints import safetensors as st_ckpt
 from smollm3_jax.checkpoints.mapping import build_model, check_float_dtype
+from smollm3_jax.nn import quantize as quantize_lib
 from smollm3_jax.nn.config import SmolLM3Config
 from smollm3_jax.nn.model import SmolLM3
-from smollm3_jax.nn import quantize as quantize_lib
-from smollm3_jax.utils import runtime
 from smollm3_jax.nn.sharding import MeshSharding
+from smollm3_jax.utils import runtime
 
 __all__ = ["default_dtype", "from_pretrained", "load_config", "resolve"]
 
 
-def resolve(checkpoint: str | os.PathLike, *, revision: str | None = None,
-            config_only: bool = False) -> tuple[str, str]:
+def resolve(
+  checkpoint: str | os.PathLike, *, revision: str | None = None, config_only: bool = False
+) -> tuple[str, str]:
   """(kind, local path) with kind "gguf" (a file) or "dir" (an HF checkpoint directory).
 
   "demo" is the bundled GGUF; an existing ``.gguf`` file or directory is used as is; any other
@@ -45,8 +46,10 @@ def resolve(checkpoint: str | os.PathLike, *, revision: str | None = None,
     with open(path, "rb") as f:
       if f.read(4) == b"GGUF":
         return "gguf", path
-    raise ValueError(f"checkpoint {path!r} is a file but not a GGUF; pass a .gguf file, a "
-                     "checkpoint directory (config.json + *.safetensors) or a Hub id")
+    raise ValueError(
+      f"checkpoint {path!r} is a file but not a GGUF; pass a .gguf file, a "
+      "checkpoint directory (config.json + *.safetensors) or a Hub id"
+    )
   if hub.looks_like_repo_id(path):
     return "dir", hub.snapshot(path, revision=revision, config_only=config_only)
   raise FileNotFoundError(f"checkpoint {path!r}: no such file or directory (and not a Hub id)")
@@ -66,9 +69,16 @@ def default_dtype():
   return jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
 
 
-def from_pretrained(checkpoint: str | os.PathLike, *, dtype=None, param_dtype=None,
-                    place: Callable[[tuple, np.ndarray], jax.Array] | None = None,
-                    revision: str | None = None, quantize: str | None = None, mesh=None) -> SmolLM3:
+def from_pretrained(
+  checkpoint: str | os.PathLike,
+  *,
+  dtype=None,
+  param_dtype=None,
+  place: Callable[[tuple, np.ndarray], jax.Array] | None = None,
+  revision: str | None = None,
+  quantize: str | None = None,
+  mesh=None,
+) -> SmolLM3:
   """Loads a :class:`SmolLM3` from "demo", a ``.gguf`` file, a local HF directory or a Hub id.
 
   dtype: activation dtype (None: :func:`default_dtype`, float32 on CPU, bfloat16 on GPU/TPU);
@@ -101,6 +111,5 @@ def from_pretrained(checkpoint: str | os.PathLike, *, dtype=None, param_dtype=No
     else:
       config = st_ckpt.load_config(path)
       tensors = st_ckpt.tensor_source(path)
-    model = build_model(config, tensors, dtype=dtype, param_dtype=param_dtype, place=place,
-                        source=path)
+    model = build_model(config, tensors, dtype=dtype, param_dtype=param_dtype, place=place, source=path)
   return quantize_lib.apply(model, quantize)

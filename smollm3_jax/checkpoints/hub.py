@@ -17,9 +17,13 @@ _REPO_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 def looks_like_repo_id(checkpoint: str) -> bool:
   """True for ``name`` or ``org/name`` strings that are not paths on disk."""
-  return (isinstance(checkpoint, str) and bool(_REPO_ID_RE.match(checkpoint))
-          and not os.path.exists(checkpoint) and not checkpoint.endswith(".gguf")
-          and ".." not in checkpoint)
+  return (
+    isinstance(checkpoint, str)
+    and bool(_REPO_ID_RE.match(checkpoint))
+    and not os.path.exists(checkpoint)
+    and not checkpoint.endswith(".gguf")
+    and ".." not in checkpoint
+  )
 
 
 def snapshot(repo_id: str, *, revision: str | None = None, config_only: bool = False) -> str:
@@ -35,10 +39,12 @@ def snapshot(repo_id: str, *, revision: str | None = None, config_only: bool = F
   except errors.LocalEntryNotFoundError as e:
     offline = " (HF_HUB_OFFLINE is set)" if constants.HF_HUB_OFFLINE else ""
     raise FileNotFoundError(
-        f"checkpoint {repo_id!r} is not a local path and is not in the Hugging Face cache "
-        f"({constants.HF_HUB_CACHE}), and it could not be downloaded{offline}. Download it first "
-        f"(huggingface-cli download {repo_id}) or pass a local directory / .gguf file.") from e
+      f"checkpoint {repo_id!r} is not a local path and is not in the Hugging Face cache "
+      f"({constants.HF_HUB_CACHE}), and it could not be downloaded{offline}. Download it first "
+      f"(huggingface-cli download {repo_id}) or pass a local directory / .gguf file."
+    ) from e
   except (errors.RepositoryNotFoundError, errors.RevisionNotFoundError) as e:
     raise FileNotFoundError(
-        f"checkpoint {repo_id!r} is not a local path and no such repository/revision exists on "
-        f"the Hugging Face Hub (or it is private / gated: log in with `hf auth login`)") from e
+      f"checkpoint {repo_id!r} is not a local path and no such repository/revision exists on "
+      f"the Hugging Face Hub (or it is private / gated: log in with `hf auth login`)"
+    ) from e

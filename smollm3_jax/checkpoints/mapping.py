@@ -43,17 +43,17 @@ class TensorInfo:
 # HF name patterns -> (param path template, transpose?). "{i}" is the layer index.
 _LAYER_RE = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
 _LAYER_PARAMS = {
-    **{f"self_attn.{n}_proj.weight": (("self_attn", f"{n}_proj", "kernel"), True) for n in "qkvo"},
-    **{f"self_attn.{n}_proj.bias": (("self_attn", f"{n}_proj", "bias"), False) for n in "qkvo"},
-    **{f"mlp.{n}_proj.weight": (("mlp", f"{n}_proj", "kernel"), True) for n in ("gate", "up", "down")},
-    **{f"mlp.{n}_proj.bias": (("mlp", f"{n}_proj", "bias"), False) for n in ("gate", "up", "down")},
-    "input_layernorm.weight": (("input_layernorm", "scale"), False),
-    "post_attention_layernorm.weight": (("post_attention_layernorm", "scale"), False),
+  **{f"self_attn.{n}_proj.weight": (("self_attn", f"{n}_proj", "kernel"), True) for n in "qkvo"},
+  **{f"self_attn.{n}_proj.bias": (("self_attn", f"{n}_proj", "bias"), False) for n in "qkvo"},
+  **{f"mlp.{n}_proj.weight": (("mlp", f"{n}_proj", "kernel"), True) for n in ("gate", "up", "down")},
+  **{f"mlp.{n}_proj.bias": (("mlp", f"{n}_proj", "bias"), False) for n in ("gate", "up", "down")},
+  "input_layernorm.weight": (("input_layernorm", "scale"), False),
+  "post_attention_layernorm.weight": (("post_attention_layernorm", "scale"), False),
 }
 _TOP_PARAMS = {
-    "model.embed_tokens.weight": (("embed_tokens", "embedding"), False),
-    "model.norm.weight": (("norm", "scale"), False),
-    "lm_head.weight": (("lm_head", "kernel"), True),
+  "model.embed_tokens.weight": (("embed_tokens", "embedding"), False),
+  "model.norm.weight": (("norm", "scale"), False),
+  "lm_head.weight": (("lm_head", "kernel"), True),
 }
 # Stored tensors that carry no parameters (old checkpoints saved RoPE buffers).
 _IGNORED_RE = re.compile(r"(^|\.)rotary_emb\.inv_freq$")
@@ -108,8 +108,15 @@ def default_place(path: ParamPath, host: np.ndarray) -> jax.Array:
   return jax.device_put(host)
 
 
-def build_model(config: SmolLM3Config, tensors: Mapping[str, TensorInfo], *, dtype=jnp.float32,
-                param_dtype=None, place: Place | None = None, source: str = "checkpoint") -> SmolLM3:
+def build_model(
+  config: SmolLM3Config,
+  tensors: Mapping[str, TensorInfo],
+  *,
+  dtype=jnp.float32,
+  param_dtype=None,
+  place: Place | None = None,
+  source: str = "checkpoint",
+) -> SmolLM3:
   """Builds a :class:`SmolLM3` from HF-named tensors.
 
   Every check (names, shapes, stored dtypes) runs before the first tensor is read. Each tensor is
@@ -143,8 +150,7 @@ def build_model(config: SmolLM3Config, tensors: Mapping[str, TensorInfo], *, dty
       continue
     plan[path] = (name, transpose)
   if unexpected:
-    raise ValueError(f"{source}: unexpected tensors not used by this SmolLM3 config: "
-                     f"{_listing(unexpected)}")
+    raise ValueError(f"{source}: unexpected tensors not used by this SmolLM3 config: {_listing(unexpected)}")
   missing = [param_to_hf(p) for p in expected if p not in plan]
   if missing:
     raise ValueError(f"{source}: missing tensors: {_listing(missing)}")
@@ -153,11 +159,13 @@ def build_model(config: SmolLM3Config, tensors: Mapping[str, TensorInfo], *, dty
     want = tuple(expected[path].shape)
     want_stored = want[::-1] if transpose else want
     if tuple(info.shape) != want_stored:
-      raise ValueError(f"{source}: tensor {name!r} has shape {tuple(info.shape)}, expected "
-                       f"{want_stored} for this config")
+      raise ValueError(
+        f"{source}: tensor {name!r} has shape {tuple(info.shape)}, expected {want_stored} for this config"
+      )
     if not info.is_float:
-      raise ValueError(f"{source}: tensor {name!r} is stored as {info.dtype}, which cannot be "
-                       f"converted to {param_dtype.name} weights")
+      raise ValueError(
+        f"{source}: tensor {name!r} is stored as {info.dtype}, which cannot be converted to {param_dtype.name} weights"
+      )
 
   # -- read -> convert -> place -> drop, a few tensors at a time ------------------------------
   # Reading and converting (dequantizing, transposing, casting: numpy, which releases the GIL) runs

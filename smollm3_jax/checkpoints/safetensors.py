@@ -24,18 +24,18 @@ INDEX_NAME = "model.safetensors.index.json"
 
 # safetensors dtype -> (numpy dtype, converts to float weights?)
 _DTYPES = {
-    "F64": (np.dtype("<f8"), True),
-    "F32": (np.dtype("<f4"), True),
-    "F16": (np.dtype("<f2"), True),
-    "BF16": (np.dtype(ml_dtypes.bfloat16), True),
-    "F8_E4M3": (np.dtype(ml_dtypes.float8_e4m3fn), True),
-    "F8_E5M2": (np.dtype(ml_dtypes.float8_e5m2), True),
-    "I64": (np.dtype("<i8"), False),
-    "I32": (np.dtype("<i4"), False),
-    "I16": (np.dtype("<i2"), False),
-    "I8": (np.dtype("i1"), False),
-    "U8": (np.dtype("u1"), False),
-    "BOOL": (np.dtype("?"), False),
+  "F64": (np.dtype("<f8"), True),
+  "F32": (np.dtype("<f4"), True),
+  "F16": (np.dtype("<f2"), True),
+  "BF16": (np.dtype(ml_dtypes.bfloat16), True),
+  "F8_E4M3": (np.dtype(ml_dtypes.float8_e4m3fn), True),
+  "F8_E5M2": (np.dtype(ml_dtypes.float8_e5m2), True),
+  "I64": (np.dtype("<i8"), False),
+  "I32": (np.dtype("<i4"), False),
+  "I16": (np.dtype("<i2"), False),
+  "I8": (np.dtype("i1"), False),
+  "U8": (np.dtype("u1"), False),
+  "BOOL": (np.dtype("?"), False),
 }
 
 
@@ -53,9 +53,19 @@ def load_config(directory: str | os.PathLike) -> SmolLM3Config:
 # The config.json fields SmolLM3Config.from_dict reads, by the JSON type each must have (null: the
 # default). Checked first: from_dict's int() / float() / bool() would read "64" or 2.7 as a number,
 # "false" as true, and fail on the rest with a message naming neither the file nor the field.
-_INT_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-               "num_key_value_heads", "head_dim", "max_position_embeddings", "no_rope_layer_interval",
-               "bos_token_id", "pad_token_id")
+_INT_FIELDS = (
+  "vocab_size",
+  "hidden_size",
+  "intermediate_size",
+  "num_hidden_layers",
+  "num_attention_heads",
+  "num_key_value_heads",
+  "head_dim",
+  "max_position_embeddings",
+  "no_rope_layer_interval",
+  "bos_token_id",
+  "pad_token_id",
+)
 _NUMBER_FIELDS = ("rope_theta", "rms_norm_eps")
 _BOOL_FIELDS = ("tie_word_embeddings", "attention_bias", "mlp_bias")
 _OBJECT_FIELDS = ("rope_parameters", "rope_scaling")
@@ -67,16 +77,18 @@ def _is_int(v) -> bool:
 
 def _config_problem(d: dict) -> str | None:
   """What is wrong with the types of a config.json dict (None: nothing)."""
+
   def ints(v):
     return isinstance(v, list) and all(_is_int(x) for x in v)
 
-  for name, ok, want in [*((n, _is_int, "an integer") for n in _INT_FIELDS),
-                         *((n, lambda v: isinstance(v, (int, float)) and not isinstance(v, bool), "a number")
-                           for n in _NUMBER_FIELDS),
-                         *((n, lambda v: isinstance(v, bool), "true or false") for n in _BOOL_FIELDS),
-                         *((n, lambda v: isinstance(v, dict), "an object") for n in _OBJECT_FIELDS),
-                         ("eos_token_id", lambda v: _is_int(v) or ints(v), "an integer or a list of integers"),
-                         ("no_rope_layers", ints, "a list of 0/1 integers")]:
+  for name, ok, want in [
+    *((n, _is_int, "an integer") for n in _INT_FIELDS),
+    *((n, lambda v: isinstance(v, (int, float)) and not isinstance(v, bool), "a number") for n in _NUMBER_FIELDS),
+    *((n, lambda v: isinstance(v, bool), "true or false") for n in _BOOL_FIELDS),
+    *((n, lambda v: isinstance(v, dict), "an object") for n in _OBJECT_FIELDS),
+    ("eos_token_id", lambda v: _is_int(v) or ints(v), "an integer or a list of integers"),
+    ("no_rope_layers", ints, "a list of 0/1 integers"),
+  ]:
     value = d.get(name)
     if value is not None and not ok(value):
       return f"field {name!r} must be {want}, got {json.dumps(value)[:80]}"
@@ -114,8 +126,7 @@ def read_header(path: str) -> tuple[dict, int]:
       raise ValueError(f"{path}: not a safetensors file (shorter than its 8-byte header length)")
     (n,) = struct.unpack("<Q", raw)
     if n > size - 8:
-      raise ValueError(f"{path}: truncated or corrupt safetensors file (header of {n} bytes, "
-                       f"file of {size})")
+      raise ValueError(f"{path}: truncated or corrupt safetensors file (header of {n} bytes, file of {size})")
     try:
       header = json.loads(f.read(n))
     except (RecursionError, ValueError) as e:  # (JSONDecodeError, UnicodeDecodeError, too many digits)
@@ -141,7 +152,8 @@ def _tensor_infos(path: str, names: set[str] | None = None) -> dict[str, TensorI
       nonlocal mmap
       if mmap is None:
         mmap = np.memmap(path, dtype=np.uint8, mode="r")
-      return mmap[data_start + begin:data_start + end].view(dt).reshape(shape)
+      return mmap[data_start + begin : data_start + end].view(dt).reshape(shape)
+
     return read
 
   infos = {}
@@ -159,11 +171,11 @@ def _tensor_infos(path: str, names: set[str] | None = None) -> dict[str, TensorI
     dt, is_float = _DTYPES[dtype_name]
     nbytes = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
     if end - begin != nbytes or begin < 0:
-      raise ValueError(f"{path}: tensor {name!r} ({dtype_name} {shape}) spans {end - begin} bytes, "
-                       f"expected {nbytes}")
+      raise ValueError(f"{path}: tensor {name!r} ({dtype_name} {shape}) spans {end - begin} bytes, expected {nbytes}")
     if data_start + end > size:
-      raise ValueError(f"{path}: truncated safetensors file: tensor {name!r} ends at byte "
-                       f"{data_start + end} but the file has {size}")
+      raise ValueError(
+        f"{path}: truncated safetensors file: tensor {name!r} ends at byte {data_start + end} but the file has {size}"
+      )
     infos[name] = TensorInfo(shape, dtype_name, is_float, reader(dt, shape, begin, end), path)
   return infos
 
@@ -191,13 +203,11 @@ def tensor_source(directory: str | os.PathLike) -> dict[str, TensorInfo]:
       found = _tensor_infos(shard_path, names)
       absent = names - found.keys()
       if absent:
-        raise ValueError(f"{shard_path}: tensors listed in {INDEX_NAME} are not in this shard: "
-                         f"{sorted(absent)[:10]}")
+        raise ValueError(f"{shard_path}: tensors listed in {INDEX_NAME} are not in this shard: {sorted(absent)[:10]}")
       infos.update(found)
     return infos
   if os.path.isfile(single_path):
     return _tensor_infos(single_path)
   others = sorted(f for f in os.listdir(directory) if f.endswith((".bin", ".pt", ".pth")))
   hint = f" (found {others}; only safetensors weights are supported)" if others else ""
-  raise FileNotFoundError(f"checkpoint directory {directory!r} has neither {SINGLE_NAME} nor "
-                          f"{INDEX_NAME}{hint}")
+  raise FileNotFoundError(f"checkpoint directory {directory!r} has neither {SINGLE_NAME} nor {INDEX_NAME}{hint}")

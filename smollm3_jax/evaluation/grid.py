@@ -35,12 +35,12 @@ import math
 import os
 from typing import Any, Callable, Mapping, Sequence
 
+from smollm3_jax.evaluation.lm_eval_model import GEN_KWARGS
+from smollm3_jax.generation import sampling
 from smollm3_jax.utils import workdir as workdir_config
 from smollm3_jax.utils.extras import needs
 from smollm3_jax.utils.files import DirectoryLock, atomic_write
 from smollm3_jax.utils.workdir import CONFIG_FILE
-from smollm3_jax.generation import sampling
-from smollm3_jax.evaluation.lm_eval_model import GEN_KWARGS
 
 MODEL_AXES = ("thinking", "seed")
 SUMMARY_FILE, RESULTS_FILE = "summary.csv", "results.json"
@@ -122,10 +122,12 @@ def _check_config(workdir: str, config: Mapping[str, Any]) -> list[str]:
     atomic_write(path, json.dumps({**current, GRID_AXES: list(new_grid)}, indent=2, sort_keys=True))
     return list(new_grid)
   old_grid = stored.get("grid", {})
-  axes = [] if set(old_grid) == set(new_grid) else [
-      f"grid axes ({', '.join(old_grid) or 'none'} -> {', '.join(new_grid) or 'none'})"]
-  workdir_config.refuse_changes(workdir, stored, current, may_change=("grid", GRID_AXES), also=axes,
-                                what="a grid run")
+  axes = (
+    []
+    if set(old_grid) == set(new_grid)
+    else [f"grid axes ({', '.join(old_grid) or 'none'} -> {', '.join(new_grid) or 'none'})"]
+  )
+  workdir_config.refuse_changes(workdir, stored, current, may_change=("grid", GRID_AXES), also=axes, what="a grid run")
   order = stored.get(GRID_AXES)
   if not isinstance(order, list) or sorted(order) != sorted(new_grid):
     order = _first_axis_order(workdir, list(new_grid))
@@ -141,8 +143,10 @@ def _first_axis_order(workdir: str, axes: list[str]) -> list[str]:
   cells, else of any cell folder, else ``axes`` (no folder to match)."""
   root = os.path.join(workdir, "cells")
   names = sorted(os.listdir(root)) if os.path.isdir(root) else []
-  orders = [([part.partition("=")[0] for part in name.split(",")],
-             os.path.exists(os.path.join(root, name, RESULTS_FILE))) for name in names]
+  orders = [
+    ([part.partition("=")[0] for part in name.split(",")], os.path.exists(os.path.join(root, name, RESULTS_FILE)))
+    for name in names
+  ]
   orders = [(o, done) for o, done in orders if sorted(o) == sorted(axes)]
   if not orders:
     return axes
@@ -185,8 +189,15 @@ def write_summary(workdir: str, grid: Mapping[str, Sequence]) -> str:
   return path
 
 
-def run_cell(lm, *, directory: str, cell: Mapping[str, Any], tasks: Sequence[str], gen_kwargs: Mapping[str, Any],
-             evaluate_kwargs: Mapping[str, Any]) -> dict:
+def run_cell(
+  lm,
+  *,
+  directory: str,
+  cell: Mapping[str, Any],
+  tasks: Sequence[str],
+  gen_kwargs: Mapping[str, Any],
+  evaluate_kwargs: Mapping[str, Any],
+) -> dict:
   """One ``lm_eval.simple_evaluate`` with the cell's gen_kwargs; writes its samples, then its results."""
   with needs("eval", "grid evaluation (smollm3_jax.evaluation.grid)"):
     import lm_eval
@@ -195,8 +206,9 @@ def run_cell(lm, *, directory: str, cell: Mapping[str, Any], tasks: Sequence[str
   kwargs = {**gen_kwargs, **{k: v for k, v in cell.items() if k not in MODEL_AXES}}
   if "temperature" in cell and "do_sample" not in cell:  # a task's YAML often says do_sample: false
     kwargs["do_sample"] = cell["temperature"] > 0
-  results = lm_eval.simple_evaluate(model=lm, tasks=list(tasks), gen_kwargs=kwargs or None, log_samples=True,
-                                    **evaluate_kwargs)
+  results = lm_eval.simple_evaluate(
+    model=lm, tasks=list(tasks), gen_kwargs=kwargs or None, log_samples=True, **evaluate_kwargs
+  )
   os.makedirs(directory, exist_ok=True)
   dump = lambda x, **kw: json.dumps(x, default=handle_non_serializable, ensure_ascii=False, **kw)
   for task, samples in (results.pop("samples", None) or {}).items():
@@ -206,10 +218,18 @@ def run_cell(lm, *, directory: str, cell: Mapping[str, Any], tasks: Sequence[str
   return results
 
 
-def run_grid(make_lm: Callable[[Mapping[str, Any]], Any], *, workdir: str, tasks: Sequence[str],
-             grid: Mapping[str, Sequence], config: Mapping[str, Any], gen_kwargs: Mapping[str, Any] | None = None,
-             evaluate_kwargs: Mapping[str, Any] | None = None, on_cell_done: Callable[[str], None] | None = None,
-             log: Callable[[str], None] = print) -> dict:
+def run_grid(
+  make_lm: Callable[[Mapping[str, Any]], Any],
+  *,
+  workdir: str,
+  tasks: Sequence[str],
+  grid: Mapping[str, Sequence],
+  config: Mapping[str, Any],
+  gen_kwargs: Mapping[str, Any] | None = None,
+  evaluate_kwargs: Mapping[str, Any] | None = None,
+  on_cell_done: Callable[[str], None] | None = None,
+  log: Callable[[str], None] = print,
+) -> dict:
   """Runs every unfinished cell of ``grid`` into ``workdir`` (module docstring) and writes the
   summary. ``make_lm(cell)`` returns the lm-eval model for a cell (it reads the cell's
   :data:`MODEL_AXES`); ``config``: the run's settings, checked against the workdir's;
@@ -220,8 +240,15 @@ def run_grid(make_lm: Callable[[Mapping[str, Any]], Any], *, workdir: str, tasks
   os.makedirs(workdir, exist_ok=True)
   ran, skipped = [], []
   with DirectoryLock(workdir):
-    order = _check_config(workdir, {**config, "tasks": list(tasks), "gen_kwargs": dict(gen_kwargs or {}),
-                                    "grid": {k: list(v) for k, v in grid.items()}})
+    order = _check_config(
+      workdir,
+      {
+        **config,
+        "tasks": list(tasks),
+        "gen_kwargs": dict(gen_kwargs or {}),
+        "grid": {k: list(v) for k, v in grid.items()},
+      },
+    )
     grid = {k: grid[k] for k in order}  # the workdir's axis order: its cells keep their names
     todo = cells(grid)
     for i, cell in enumerate(todo):
@@ -232,8 +259,14 @@ def run_grid(make_lm: Callable[[Mapping[str, Any]], Any], *, workdir: str, tasks
         log(f"[{i + 1}/{len(todo)}] {name}: done before, skipped")
         continue
       log(f"[{i + 1}/{len(todo)}] {name}: running")
-      run_cell(make_lm(cell), directory=directory, cell=cell, tasks=tasks, gen_kwargs=gen_kwargs or {},
-               evaluate_kwargs=evaluate_kwargs or {})
+      run_cell(
+        make_lm(cell),
+        directory=directory,
+        cell=cell,
+        tasks=tasks,
+        gen_kwargs=gen_kwargs or {},
+        evaluate_kwargs=evaluate_kwargs or {},
+      )
       ran.append(name)
       write_summary(workdir, grid)
       if on_cell_done is not None:

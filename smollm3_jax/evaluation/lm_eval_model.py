@@ -46,15 +46,15 @@ from typing import Any
 
 import numpy as np
 
-from smollm3_jax.generation import sampling
-from smollm3_jax.utils import validation
-from smollm3_jax.utils.extras import needs
 from smollm3_jax.evaluation import scoring
 from smollm3_jax.generation import defaults as generation_defaults
+from smollm3_jax.generation import sampling
+from smollm3_jax.generation.api import generate
 from smollm3_jax.loading import load_model_and_tokenizer
 from smollm3_jax.nn.model import SmolLM3
 from smollm3_jax.text.tokenizer import Tokenizer
-from smollm3_jax.generation.api import generate
+from smollm3_jax.utils import validation
+from smollm3_jax.utils.extras import needs
 
 with needs("eval", "the lm-evaluation-harness model (smollm3_jax.evaluation.lm_eval_model)"):
   from lm_eval.api.model import TemplateLM
@@ -67,8 +67,7 @@ log = logging.getLogger(__name__)
 # min_new_tokens, frequency_penalty, presence_penalty, logit_bias) are off unless a request sets them.
 CLASSIC = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
 # gen_kwargs this model understands (lm-eval's token-budget aliases are folded into max_gen_toks first).
-GEN_KWARGS = ("until", "max_gen_toks", "do_sample", *CLASSIC,
-              *(k for k in sampling.SETTINGS if k not in CLASSIC))
+GEN_KWARGS = ("until", "max_gen_toks", "do_sample", *CLASSIC, *(k for k in sampling.SETTINGS if k not in CLASSIC))
 # What `transformers.generate` uses for a setting the checkpoint does not name (GenerationConfig).
 TRANSFORMERS_UNSET = dict(temperature=1.0, top_k=50, top_p=1.0, min_p=0.0, repetition_penalty=1.0)
 DEFAULT_MAX_GEN_TOKS = 256  # lm-eval's hf default
@@ -100,12 +99,29 @@ class SmolLM3JaxLM(TemplateLM):
   (which lm-eval passes to every model) are ignored: JAX places the work on its default backend.
   """
 
-  def __init__(self, pretrained: str | Any = "demo", *, model=None, tokenizer=None, batch_size: int | str = 8,
-               max_length: int | None = None, max_gen_toks: int = DEFAULT_MAX_GEN_TOKS, dtype: str = "auto",
-               quantize: str = "none", mesh: str = "", enable_thinking: bool | str | None = None,
-               think_end_token: str | None = None, chat_template_args: dict | None = None, date: str | None = None,
-               seed: int = 0, add_bos_token: bool | str | None = None, prefix_token_id: int | None = None,
-               progress: bool = True, device: str | None = None, max_batch_size: int | None = None):
+  def __init__(
+    self,
+    pretrained: str | Any = "demo",
+    *,
+    model=None,
+    tokenizer=None,
+    batch_size: int | str = 8,
+    max_length: int | None = None,
+    max_gen_toks: int = DEFAULT_MAX_GEN_TOKS,
+    dtype: str = "auto",
+    quantize: str = "none",
+    mesh: str = "",
+    enable_thinking: bool | str | None = None,
+    think_end_token: str | None = None,
+    chat_template_args: dict | None = None,
+    date: str | None = None,
+    seed: int = 0,
+    add_bos_token: bool | str | None = None,
+    prefix_token_id: int | None = None,
+    progress: bool = True,
+    device: str | None = None,
+    max_batch_size: int | None = None,
+  ):
     super().__init__()
 
     if batch_size == "auto" or batch_size is None:
@@ -120,16 +136,23 @@ class SmolLM3JaxLM(TemplateLM):
     self.chat_template_args = dict(chat_template_args or {})
     if self.enable_thinking is not None:
       self.chat_template_args["enable_thinking"] = self.enable_thinking
-    self.think_end_token = think_end_token if think_end_token is not None else (
-        "</think>" if self.enable_thinking else None)
+    self.think_end_token = (
+      think_end_token if think_end_token is not None else ("</think>" if self.enable_thinking else None)
+    )
     if isinstance(pretrained, SmolLM3):
       model, pretrained = pretrained, None
     if model is None:
       if not isinstance(pretrained, str) or not pretrained:
         raise ValueError("pretrained must be a checkpoint ('demo', a directory, a .gguf, a hub id), or pass model=")
       model, loaded = load_model_and_tokenizer(
-          {"checkpoint": pretrained, "tokenizer": tokenizer if isinstance(tokenizer, str) else "",
-           "dtype": dtype, "quantize": quantize}, mesh)
+        {
+          "checkpoint": pretrained,
+          "tokenizer": tokenizer if isinstance(tokenizer, str) else "",
+          "dtype": dtype,
+          "quantize": quantize,
+        },
+        mesh,
+      )
       tokenizer = tokenizer if isinstance(tokenizer, Tokenizer) else loaded
     elif not isinstance(model, SmolLM3):
       raise ValueError(f"model must be a smollm3_jax SmolLM3, got {type(model).__name__}")
@@ -140,10 +163,14 @@ class SmolLM3JaxLM(TemplateLM):
     self.model = model
     self.tokenizer = tokenizer
     limit = model.config.max_position_embeddings
-    self._max_length = (limit if max_length is None
-                        else validation.as_count("max_length", int(max_length), low=2, high=limit))
-    self.custom_prefix_token_id = None if prefix_token_id is None else validation.check_token_ids(
-        "prefix_token_id", [int(prefix_token_id)], model.config.vocab_size)[0]
+    self._max_length = (
+      limit if max_length is None else validation.as_count("max_length", int(max_length), low=2, high=limit)
+    )
+    self.custom_prefix_token_id = (
+      None
+      if prefix_token_id is None
+      else validation.check_token_ids("prefix_token_id", [int(prefix_token_id)], model.config.vocab_size)[0]
+    )
     self._unset = self._generation_defaults()
 
   # -- what TemplateLM needs ------------------------------------------------------------------
@@ -174,8 +201,9 @@ class SmolLM3JaxLM(TemplateLM):
       return None
     return self.tokenizer.chat_template or "smollm3_jax built-in SmolLM3 chat format"
 
-  def tok_encode(self, string: str, add_special_tokens: bool | None = None, left_truncate_len: int | None = None,
-                 **kwargs) -> list[int]:
+  def tok_encode(
+    self, string: str, add_special_tokens: bool | None = None, left_truncate_len: int | None = None, **kwargs
+  ) -> list[int]:
     """As ``hf``'s: the tokenizer's special tokens unless told otherwise or the text already starts
     with the prefix token."""
     if add_special_tokens is None:
@@ -195,12 +223,14 @@ class SmolLM3JaxLM(TemplateLM):
     pairs = []
     for _, context_enc, continuation_enc in requests:
       if not continuation_enc or len(continuation_enc) > self.max_length:
-        raise ValueError(f"a continuation of {len(continuation_enc)} tokens cannot be scored with "
-                         f"max_length {self.max_length}")
-      seq = (list(context_enc) + list(continuation_enc))[-(self.max_length + 1):]  # hf's left truncation
-      pairs.append((seq[:len(seq) - len(continuation_enc)], list(continuation_enc)))
-    scored = scoring.score_token_ids(self.model, pairs, batch_size=self.batch_size,
-                                     progress=self.progress and not disable_tqdm, desc="loglikelihood")
+        raise ValueError(
+          f"a continuation of {len(continuation_enc)} tokens cannot be scored with max_length {self.max_length}"
+        )
+      seq = (list(context_enc) + list(continuation_enc))[-(self.max_length + 1) :]  # hf's left truncation
+      pairs.append((seq[: len(seq) - len(continuation_enc)], list(continuation_enc)))
+    scored = scoring.score_token_ids(
+      self.model, pairs, batch_size=self.batch_size, progress=self.progress and not disable_tqdm, desc="loglikelihood"
+    )
     out = []
     for (key, _, cont), (logprobs, argmax) in zip(requests, scored):
       answer = (float(logprobs.sum()), bool(np.array_equal(argmax, cont)))
@@ -214,9 +244,16 @@ class SmolLM3JaxLM(TemplateLM):
     texts = [self.tok_encode(req.args[0]) for req in requests]
     if any(not t for t in texts):
       raise ValueError("loglikelihood_rolling: a document encodes to no tokens")
-    scores = scoring.score_rolling(self.model, None, texts, window=self.max_length, context_len=1,
-                                   prefix_token_id=self.prefix_token_id, batch_size=self.batch_size,
-                                   progress=self.progress and not disable_tqdm)
+    scores = scoring.score_rolling(
+      self.model,
+      None,
+      texts,
+      window=self.max_length,
+      context_len=1,
+      prefix_token_id=self.prefix_token_id,
+      batch_size=self.batch_size,
+      progress=self.progress and not disable_tqdm,
+    )
     out = []
     for req, s in zip(requests, scores):
       out.append(s.log_likelihood)
@@ -246,16 +283,20 @@ class SmolLM3JaxLM(TemplateLM):
     kwargs = dict(normalize_gen_kwargs(gen_kwargs, self.max_gen_toks))
     unknown = sorted(set(kwargs) - set(GEN_KWARGS))
     if unknown:
-      raise ValueError(f"gen_kwargs: {', '.join(unknown)} not supported by smollm3_jax (it maps "
-                       f"{', '.join(GEN_KWARGS)})")
-    until = handle_stop_sequences(kwargs.pop("until", None),
-                                  eos=self.tok_decode([self.eot_token_id], skip_special_tokens=False))
+      raise ValueError(
+        f"gen_kwargs: {', '.join(unknown)} not supported by smollm3_jax (it maps {', '.join(GEN_KWARGS)})"
+      )
+    until = handle_stop_sequences(
+      kwargs.pop("until", None), eos=self.tok_decode([self.eot_token_id], skip_special_tokens=False)
+    )
     do_sample = _to_bool("do_sample", kwargs.pop("do_sample"))
     settings = {}
     if do_sample:
       if "temperature" in gen_kwargs and float(kwargs["temperature"]) == 0.0:
         raise ValueError("gen_kwargs: do_sample=True needs a temperature > 0 (temperature 0 is greedy)")
-      settings["temperature"] = float(kwargs["temperature"]) if "temperature" in gen_kwargs else self._unset["temperature"]
+      settings["temperature"] = (
+        float(kwargs["temperature"]) if "temperature" in gen_kwargs else self._unset["temperature"]
+      )
     else:
       settings["temperature"] = 0.0
     for name in CLASSIC[1:]:
@@ -266,8 +307,10 @@ class SmolLM3JaxLM(TemplateLM):
     settings["top_k"] = int(settings["top_k"] or 0)  # a whole number (checked above); None = off
     settings["max_new_tokens"] = validation.as_count("max_gen_toks", kwargs["max_gen_toks"], low=1)
     if settings["max_new_tokens"] >= self.max_length:
-      raise ValueError(f"gen_kwargs: max_gen_toks {settings['max_new_tokens']} leaves no room for the "
-                       f"context in max_length {self.max_length}")
+      raise ValueError(
+        f"gen_kwargs: max_gen_toks {settings['max_new_tokens']} leaves no room for the "
+        f"context in max_length {self.max_length}"
+      )
     # Up to 4 of the stop strings also end rows early in the engine (the first one completed ends the
     # row, as hf's stopping criteria); the cut itself is postprocess's. Not with thinking on: a stop
     # string inside the thinking would end the row there, and the answer is what `until` applies to.
@@ -279,6 +322,7 @@ class SmolLM3JaxLM(TemplateLM):
     """The text lm-eval scores: decoded without special tokens, the thinking part dropped (text
     after the last ``think_end_token``), cut at the first of each ``until`` string (as ``hf``)."""
     from lm_eval.models.utils import postprocess_generated_text
+
     return postprocess_generated_text(self.tok_decode(token_ids), stop=until, think_end_token=self.think_end_token)
 
   def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
@@ -300,9 +344,17 @@ class SmolLM3JaxLM(TemplateLM):
       ids = [self.tok_encode(args[i][0], left_truncate_len=budget) for i in idx]
       # One call per group: its rows run through `batch_size` slots of the engine's pool, a row
       # starting as soon as another finishes (no batch waits for its longest row).
-      result = generate(self.model, self.tokenizer, ids, seed=[seeds[i] for i in idx], thinking=False,
-                                    stop=plan["stop"], slots=min(self.batch_size, len(idx)),
-                                    progress=self.progress and not disable_tqdm, **plan["settings"])
+      result = generate(
+        self.model,
+        self.tokenizer,
+        ids,
+        seed=[seeds[i] for i in idx],
+        thinking=False,
+        stop=plan["stop"],
+        slots=min(self.batch_size, len(idx)),
+        progress=self.progress and not disable_tqdm,
+        **plan["settings"],
+      )
       for i, c in zip(idx, result.completions):
         out[i] = self.postprocess(c.token_ids, plan["until"])
         self.cache_hook.add_partial("generate_until", args[i], out[i])
@@ -319,8 +371,10 @@ class SmolLM3JaxLM(TemplateLM):
     thinking = kwargs.pop("enable_thinking", True)
 
     def render(msgs):
-      return self.tokenizer.apply_chat_template(msgs, add_generation_prompt=add_generation_prompt,
-                                                enable_thinking=bool(thinking), date=self.date, **kwargs)
+      return self.tokenizer.apply_chat_template(
+        msgs, add_generation_prompt=add_generation_prompt, enable_thinking=bool(thinking), date=self.date, **kwargs
+      )
+
     try:
       text = render(messages)
     except jinja2.exceptions.TemplateError:  # as hf: a template that refuses the system role
@@ -333,12 +387,17 @@ class SmolLM3JaxLM(TemplateLM):
 
   def get_model_info(self) -> dict:
     import jax
-    return {"model_num_parameters": int(sum(x.size for x in jax.tree.leaves(_params(self.model)))),
-            "model_dtype": str(np.dtype(self.model.dtype)), "checkpoint": str(self.tokenizer.name_or_path)}
+
+    return {
+      "model_num_parameters": int(sum(x.size for x in jax.tree.leaves(_params(self.model)))),
+      "model_dtype": str(np.dtype(self.model.dtype)),
+      "checkpoint": str(self.tokenizer.name_or_path),
+    }
 
 
 def _params(model):
   from flax import nnx
+
   return nnx.state(model, nnx.Param)
 
 
@@ -348,6 +407,6 @@ def _continue_final_message(rendered: str, final: str) -> str:
   if not final.strip():
     return rendered
   at = rendered.rindex(final.strip())
-  if rendered[at:at + len(final.lstrip())] == final.lstrip():
-    return rendered[:at + len(final.lstrip())]
-  return rendered[:at + len(final.strip())]
+  if rendered[at : at + len(final.lstrip())] == final.lstrip():
+    return rendered[: at + len(final.lstrip())]
+  return rendered[: at + len(final.strip())]

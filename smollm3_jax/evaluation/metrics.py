@@ -15,7 +15,6 @@ from typing import Any, Hashable, Iterable, Sequence
 
 from smollm3_jax.utils.extras import needs
 
-
 _WORD = re.compile(r"[\w']+", re.UNICODE)
 # A number as people write it: optional sign, digits with optional thousands commas, optional
 # decimals, or a simple fraction a/b. Group 1 is the whole number.
@@ -35,7 +34,7 @@ def ngrams(tokens: Sequence[Hashable], n: int) -> list[tuple]:
   """All contiguous n-grams of ``tokens`` (empty when there are fewer than n tokens)."""
   if n < 1:
     raise ValueError(f"n must be >= 1, got {n}")
-  return [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
+  return [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
 
 
 def distinct_n(tokens: Sequence[Hashable], n: int) -> float:
@@ -90,7 +89,8 @@ def parse_number(text: str) -> float | None:
 
 
 _FINAL_MARKERS = re.compile(
-    r"(?:\\boxed\{|answer\s*(?:is|:)|=\s*|equals\s+|result\s*(?:is|:)|total\s*(?:is|:))", re.IGNORECASE)
+  r"(?:\\boxed\{|answer\s*(?:is|:)|=\s*|equals\s+|result\s*(?:is|:)|total\s*(?:is|:))", re.IGNORECASE
+)
 
 
 def extract_number(text: str) -> float | None:
@@ -106,7 +106,7 @@ def extract_number(text: str) -> float | None:
       return parse_number(found[-1])
   markers = list(_FINAL_MARKERS.finditer(text))
   if markers:
-    found = _NUMBER.findall(text[markers[-1].end():])
+    found = _NUMBER.findall(text[markers[-1].end() :])
     if found:
       return parse_number(found[0])
   found = _NUMBER.findall(text)
@@ -147,12 +147,12 @@ def reference_error(reference: Any, kind: str | None) -> str | None:
   if reference is None or kind is None:
     return None
   if kind == "numeric":
-    ok = (isinstance(reference, (int, float)) and not isinstance(reference, bool)
-          and math.isfinite(reference))
+    ok = isinstance(reference, (int, float)) and not isinstance(reference, bool) and math.isfinite(reference)
     expected = "a finite number"
   elif kind == "text":
-    ok = isinstance(reference, str) or (isinstance(reference, (list, tuple))
-                                         and all(isinstance(r, str) for r in reference))
+    ok = isinstance(reference, str) or (
+      isinstance(reference, (list, tuple)) and all(isinstance(r, str) for r in reference)
+    )
     expected = "a string or a list of strings"
   else:
     return f"expected an answer kind 'numeric' or 'text', got {kind!r}"
@@ -224,15 +224,15 @@ def self_bleu(texts: Sequence[str]) -> float:
   texts = list(texts)
   if len(texts) < 2:
     return float("nan")
-  return sum(sacrebleu.sentence_bleu(t, texts[:i] + texts[i + 1:]).score
-             for i, t in enumerate(texts)) / len(texts)
+  return sum(sacrebleu.sentence_bleu(t, texts[:i] + texts[i + 1 :]).score for i, t in enumerate(texts)) / len(texts)
 
 
 BOOTSTRAP_BLOCK = 2_000_000  # draws per block of resamples (memory bound: ~50 MB of temporaries)
 
 
-def bootstrap_interval(groups: Sequence[Sequence[float | None]], *, resamples: int = 1000,
-                       level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+def bootstrap_interval(
+  groups: Sequence[Sequence[float | None]], *, resamples: int = 1000, level: float = 0.95, seed: int = 0
+) -> tuple[float, float]:
   """Percentile bootstrap interval of the pooled mean of ``groups`` (one group per prompt, one value
   per sample), resampling prompts and then samples within each drawn prompt (a two-stage cluster
   bootstrap). None values are dropped; empty groups are dropped. (NaN, NaN) when nothing is left.
@@ -258,7 +258,7 @@ def bootstrap_interval(groups: Sequence[Sequence[float | None]], *, resamples: i
   width = int(sizes.max())
   vals = np.zeros((len(kept), width))
   for i, g in enumerate(kept):
-    vals[i, :len(g)] = g
+    vals[i, : len(g)] = g
   rng = np.random.default_rng(seed)
   stats = np.empty(resamples)
   # Blocks of resamples bound the memory of the (block, P, N) draws.
@@ -267,10 +267,10 @@ def bootstrap_interval(groups: Sequence[Sequence[float | None]], *, resamples: i
     b = min(chunk, resamples - start)
     p = rng.integers(0, len(kept), (b, len(kept)))
     u = rng.random((b, len(kept), width))
-    n = sizes[p]                                           # (b, P)
+    n = sizes[p]  # (b, P)
     j = np.minimum((u * n[..., None]).astype(np.int64), width - 1)
     used = np.arange(width)[None, None, :] < n[..., None]  # (b, P, N)
     drawn = np.take_along_axis(vals[p], j, axis=2)
-    stats[start:start + b] = np.where(used, drawn, 0.0).sum(axis=(1, 2)) / n.sum(axis=1)
+    stats[start : start + b] = np.where(used, drawn, 0.0).sum(axis=(1, 2)) / n.sum(axis=1)
   lo, hi = np.quantile(stats, [(1 - level) / 2, (1 + level) / 2])
   return float(lo), float(hi)

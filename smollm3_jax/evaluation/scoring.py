@@ -34,11 +34,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from smollm3_jax.utils import validation
-from smollm3_jax.text.prompts import render_prompts
 from smollm3_jax.nn.kv_cache import KVCache
-from smollm3_jax.utils.buckets import DEFAULT_BATCH_BUCKETS, DEFAULT_BUCKETS, bucket_length
 from smollm3_jax.nn.model import SmolLM3
+from smollm3_jax.text.prompts import render_prompts
+from smollm3_jax.utils import validation
+from smollm3_jax.utils.buckets import DEFAULT_BATCH_BUCKETS, DEFAULT_BUCKETS, bucket_length
 
 CHUNK = 256  # positions per pass through the model inside the scoring program
 # Length buckets: the cache's, plus two short ones (multiple-choice requests are often ~10-30 tokens,
@@ -114,12 +114,17 @@ _score_jit = jax.jit(_score_program, static_argnums=(0,))
 
 def _batches(order: Sequence[int], size: int) -> Iterator[list[int]]:
   for i in range(0, len(order), size):
-    yield list(order[i:i + size])
+    yield list(order[i : i + size])
 
 
-def score_token_ids(model: SmolLM3, pairs: Sequence[tuple[Sequence[int], Sequence[int]]], *,
-                    batch_size: int = 8, progress: bool = False, desc: str = "scoring"
-                    ) -> list[tuple[np.ndarray, np.ndarray]]:
+def score_token_ids(
+  model: SmolLM3,
+  pairs: Sequence[tuple[Sequence[int], Sequence[int]]],
+  *,
+  batch_size: int = 8,
+  progress: bool = False,
+  desc: str = "scoring",
+) -> list[tuple[np.ndarray, np.ndarray]]:
   """(log-probabilities [n_i] f32, argmax ids [n_i]) of each continuation in ``pairs`` of
   (prompt ids, continuation ids), both non-empty and already checked; the work of :func:`score`.
   Longest first in batches of ``batch_size``, each padded to a batch and a length bucket."""
@@ -129,6 +134,7 @@ def score_token_ids(model: SmolLM3, pairs: Sequence[tuple[Sequence[int], Sequenc
   order = sorted(range(len(pairs)), key=lambda i: -totals[i])
   out: list = [None] * len(pairs)
   from tqdm.auto import tqdm
+
   with tqdm(total=len(pairs), desc=desc, unit="seq", disable=not progress, dynamic_ncols=True) as bar:
     for idx in _batches(order, batch_size):
       rows = next((b for b in DEFAULT_BATCH_BUCKETS if b >= len(idx)), len(idx))
@@ -137,8 +143,8 @@ def score_token_ids(model: SmolLM3, pairs: Sequence[tuple[Sequence[int], Sequenc
       targets = np.zeros((rows, length), np.int32)
       for r, i in enumerate(idx):
         seq = list(pairs[i][0]) + list(pairs[i][1])
-        tokens[r, :len(seq) - 1] = seq[:-1]
-        targets[r, :len(seq) - 1] = seq[1:]
+        tokens[r, : len(seq) - 1] = seq[:-1]
+        targets[r, : len(seq) - 1] = seq[1:]
       logp, argmax = jax.device_get(_score_jit(graphdef, state, jnp.asarray(tokens), jnp.asarray(targets)))
       for r, i in enumerate(idx):
         start, end = len(pairs[i][0]) - 1, totals[i]  # positions that predict the continuation
@@ -154,8 +160,9 @@ def _continuation_ids(tokenizer, continuations, n: int, vocab: int) -> list[list
   if isinstance(continuations, str) or validation.is_ids(continuations):
     continuations = [continuations]
   if not isinstance(continuations, (list, tuple)):
-    raise ValueError(f"continuations must be a string, token ids or a list of those, got "
-                     f"{type(continuations).__name__}")
+    raise ValueError(
+      f"continuations must be a string, token ids or a list of those, got {type(continuations).__name__}"
+    )
   if len(continuations) != n:
     raise ValueError(f"continuations: expected one per prompt ({n}), got {len(continuations)}")
   return [_text_ids(tokenizer, c, f"continuation {i}", vocab) for i, c in enumerate(continuations)]
@@ -180,13 +187,25 @@ def _check_fits(model: SmolLM3, prompt_ids, continuation_ids) -> None:
   limit = model.config.max_position_embeddings
   for i, (p, c) in enumerate(zip(prompt_ids, continuation_ids)):
     if len(p) + len(c) - 1 > limit:
-      raise ValueError(f"prompt {i} ({len(p)} tokens) with its continuation ({len(c)} tokens) needs "
-                       f"{len(p) + len(c) - 1} positions; the model has {limit} (score_rolling scores "
-                       "long texts in windows)")
+      raise ValueError(
+        f"prompt {i} ({len(p)} tokens) with its continuation ({len(c)} tokens) needs "
+        f"{len(p) + len(c) - 1} positions; the model has {limit} (score_rolling scores "
+        "long texts in windows)"
+      )
 
 
-def score(model: SmolLM3, tokenizer, prompts, continuations, *, chat: bool = False, thinking=False,
-          date=None, batch_size: int = 8, progress: bool = False) -> list[Score]:
+def score(
+  model: SmolLM3,
+  tokenizer,
+  prompts,
+  continuations,
+  *,
+  chat: bool = False,
+  thinking=False,
+  date=None,
+  batch_size: int = 8,
+  progress: bool = False,
+) -> list[Score]:
   """Log-probabilities of each continuation given its prompt (teacher-forced).
 
   ``prompts``: strings, token id lists or (``chat=True``) message lists, as
@@ -201,23 +220,32 @@ def score(model: SmolLM3, tokenizer, prompts, continuations, *, chat: bool = Fal
   """
   batch_size = validation.as_count("batch_size", batch_size, low=1)
   vocab = model.config.vocab_size
-  texts, prompt_ids = render_prompts(tokenizer, prompts, chat=chat, thinking=thinking, date=date,
-                                     vocab_size=vocab)
+  texts, prompt_ids = render_prompts(tokenizer, prompts, chat=chat, thinking=thinking, date=date, vocab_size=vocab)
   for i, ids in enumerate(prompt_ids):
     prompt_ids[i] = validation.check_token_ids(f"prompt {i}", ids, vocab)
   cont_ids = _continuation_ids(tokenizer, continuations, len(prompt_ids), vocab)
   _check_fits(model, prompt_ids, cont_ids)
   scored = score_token_ids(model, list(zip(prompt_ids, cont_ids)), batch_size=batch_size, progress=progress)
-  return [Score(prompt=t, prompt_token_ids=p, token_ids=c, logprobs=lp, log_likelihood=float(lp.sum()),
-                is_greedy=bool(np.array_equal(am, c)), greedy_token_ids=am.tolist())
-          for t, p, c, (lp, am) in zip(texts, prompt_ids, cont_ids, scored)]
+  return [
+    Score(
+      prompt=t,
+      prompt_token_ids=p,
+      token_ids=c,
+      logprobs=lp,
+      log_likelihood=float(lp.sum()),
+      is_greedy=bool(np.array_equal(am, c)),
+      greedy_token_ids=am.tolist(),
+    )
+    for t, p, c, (lp, am) in zip(texts, prompt_ids, cont_ids, scored)
+  ]
 
 
 # --------------------------------------------------------------------------------------------
 # Rolling windows (lm-eval's loglikelihood_rolling)
 # --------------------------------------------------------------------------------------------
-def rolling_windows(token_ids: Sequence[int], prefix_token: int, window: int, context_len: int = 1
-                    ) -> list[tuple[list[int], list[int]]]:
+def rolling_windows(
+  token_ids: Sequence[int], prefix_token: int, window: int, context_len: int = 1
+) -> list[tuple[list[int], list[int]]]:
   """(context, predicted) pairs covering ``token_ids``, each predicted token once: lm-eval's
   ``get_rolling_token_windows`` (``max_seq_len=window``) followed by ``make_disjoint_window``. The
   first window predicts the first ``window`` tokens from ``[prefix_token] + tokens``; each later one
@@ -230,20 +258,28 @@ def rolling_windows(token_ids: Sequence[int], prefix_token: int, window: int, co
     return []
   pred_len = window - context_len + 1
   first = min(window, len(tokens))
-  pairs = [([prefix_token] + tokens[:first - 1], tokens[:first])]
+  pairs = [([prefix_token] + tokens[: first - 1], tokens[:first])]
   done = first
   while done < len(tokens):
     n = min(len(tokens) - done, pred_len)
     end = done + n
-    inputs = tokens[max(end - window - 1, 0):end - 1]
-    pairs.append((inputs, tokens[end - n:end]))
+    inputs = tokens[max(end - window - 1, 0) : end - 1]
+    pairs.append((inputs, tokens[end - n : end]))
     done = end
-  return [(a[:len(a) - (len(b) - 1)], b) for a, b in pairs]  # make_disjoint_window
+  return [(a[: len(a) - (len(b) - 1)], b) for a, b in pairs]  # make_disjoint_window
 
 
-def score_rolling(model: SmolLM3, tokenizer, texts, *, window: int | None = None, context_len: int = 1,
-                  prefix_token_id: int | None = None, batch_size: int = 8,
-                  progress: bool = False) -> list[RollingScore]:
+def score_rolling(
+  model: SmolLM3,
+  tokenizer,
+  texts,
+  *,
+  window: int | None = None,
+  context_len: int = 1,
+  prefix_token_id: int | None = None,
+  batch_size: int = 8,
+  progress: bool = False,
+) -> list[RollingScore]:
   """Log-likelihood and perplexity of whole texts, in windows of at most ``window`` tokens (default:
   the model's ``max_position_embeddings``) as lm-eval's ``loglikelihood_rolling`` cuts them.
 
@@ -260,7 +296,8 @@ def score_rolling(model: SmolLM3, tokenizer, texts, *, window: int | None = None
   context_len = validation.as_count("context_len", context_len, low=1, high=window)
   if prefix_token_id is None:
     candidates = ([tokenizer.bos_token_id, tokenizer.eos_token_id] if tokenizer is not None else []) + [
-        cfg.bos_token_id]
+      cfg.bos_token_id
+    ]
     prefix_token_id = next((t for t in candidates if t is not None), None)
     if prefix_token_id is None:
       raise ValueError("prefix_token_id: the tokenizer and the model name no BOS/EOS; pass one")
@@ -277,6 +314,14 @@ def score_rolling(model: SmolLM3, tokenizer, texts, *, window: int | None = None
   for ids, ws in zip(docs, windows):
     logprobs = np.concatenate([next(scored)[0] for _ in ws])
     total = float(logprobs.sum())
-    out.append(RollingScore(token_ids=ids, logprobs=logprobs, log_likelihood=total, num_tokens=len(ids),
-                            perplexity=math.exp(-total / len(ids)), num_windows=len(ws)))
+    out.append(
+      RollingScore(
+        token_ids=ids,
+        logprobs=logprobs,
+        log_likelihood=total,
+        num_tokens=len(ids),
+        perplexity=math.exp(-total / len(ids)),
+        num_windows=len(ws),
+      )
+    )
   return out

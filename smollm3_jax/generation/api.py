@@ -33,8 +33,17 @@ from smollm3_jax.text.prompts import render_prompts
 from smollm3_jax.text.thinking import VisibleText, prompt_opens_thinking, split_thinking
 from smollm3_jax.utils import validation
 
-__all__ = ["generate", "stream", "Stream", "Completion", "GenerationResult", "GenerationStats", "TokenLogprobs",
-           "render_prompts", "row_seeds"]
+__all__ = [
+  "generate",
+  "stream",
+  "Stream",
+  "Completion",
+  "GenerationResult",
+  "GenerationStats",
+  "TokenLogprobs",
+  "render_prompts",
+  "row_seeds",
+]
 
 
 def _plain_number(v):
@@ -60,22 +69,58 @@ class _Call:
 
   def runner(self, chunk_steps: int = CHUNK_STEPS, incremental: bool = False) -> Runner:
     """A runner over a fresh pool with every row of the call submitted (settings checked there)."""
-    pool = self.engine.pool(self.slots, self.length, stop_ids=self.stop_ids, context_length=self.context,
-                            newline_guard=self.newline_guard, chunk_steps=chunk_steps, logprobs=self.logprobs,
-                            top_logprobs=self.top_logprobs, shrink=True)
+    pool = self.engine.pool(
+      self.slots,
+      self.length,
+      stop_ids=self.stop_ids,
+      context_length=self.context,
+      newline_guard=self.newline_guard,
+      chunk_steps=chunk_steps,
+      logprobs=self.logprobs,
+      top_logprobs=self.top_logprobs,
+      shrink=True,
+    )
     runner = Runner(pool, self.engine.tokenizer, incremental=incremental)
     runner.submit(self.rows, settings_checked=True)
     return runner
 
 
-def _setup(model, tokenizer, prompts, *, chat, thinking, max_new_tokens, seed, newline_limit, stop_ids,
-           context_length, engine, share_prefill=True, mesh=None, date=None, num_return_sequences=1, slots=None,
-           stop=None, cache_length=None, logprobs=False, top_logprobs=0, split_special_tokens=False,
-           **sampling_settings) -> _Call:
+def _setup(
+  model,
+  tokenizer,
+  prompts,
+  *,
+  chat,
+  thinking,
+  max_new_tokens,
+  seed,
+  newline_limit,
+  stop_ids,
+  context_length,
+  engine,
+  share_prefill=True,
+  mesh=None,
+  date=None,
+  num_return_sequences=1,
+  slots=None,
+  stop=None,
+  cache_length=None,
+  logprobs=False,
+  top_logprobs=0,
+  split_special_tokens=False,
+  **sampling_settings,
+) -> _Call:
   """Checks every argument (before any compile), renders the prompts and makes one request per row."""
   vocab = model.config.vocab_size
-  texts, prompt_ids = render_prompts(tokenizer, prompts, chat=chat, thinking=thinking, date=date,
-                                     vocab_size=vocab, split_special_tokens=split_special_tokens)
+  texts, prompt_ids = render_prompts(
+    tokenizer,
+    prompts,
+    chat=chat,
+    thinking=thinking,
+    date=date,
+    vocab_size=vocab,
+    split_special_tokens=split_special_tokens,
+  )
   repeats = validation.as_count("num_return_sequences", num_return_sequences, low=1)
   n_prompts = len(prompt_ids)
   for i, ids in enumerate(prompt_ids):  # a tokenizer's added tokens may lie beyond the model's
@@ -104,8 +149,10 @@ def _setup(model, tokenizer, prompts, *, chat, thinking, max_new_tokens, seed, n
   limit = context or cfg.max_position_embeddings
   for i, p in enumerate(prompt_ids):
     if len(p) >= limit:
-      raise ValueError(f"prompt {i} has {len(p)} tokens, which does not fit the context of {limit} tokens "
-                       f"(it needs room for at least one new token)")
+      raise ValueError(
+        f"prompt {i} has {len(p)} tokens, which does not fit the context of {limit} tokens "
+        f"(it needs room for at least one new token)"
+      )
   if slots is not None:
     slots = validation.as_count("slots", slots, low=1)
   logprobs = validation.as_bool("logprobs", logprobs)
@@ -116,8 +163,16 @@ def _setup(model, tokenizer, prompts, *, chat, thinking, max_new_tokens, seed, n
   requests = []
   for i in range(n):
     row = {k: (v[i] if isinstance(v, list) else v) for k, v in rows.items()}
-    requests.append(Request(prompt=prompt_ids[i], settings=row, seed=int(seeds[i]), max_new=int(max_new[i]),
-                            newline_limit=int(nl[i]), share=share))
+    requests.append(
+      Request(
+        prompt=prompt_ids[i],
+        settings=row,
+        seed=int(seeds[i]),
+        max_new=int(max_new[i]),
+        newline_limit=int(nl[i]),
+        share=share,
+      )
+    )
   check_settings(requests, vocab)  # (before the pool is built: nothing allocated or compiled for bad settings)
   need = max(len(p) + min(int(m), limit - len(p)) - 1 for p, m in zip(prompt_ids, max_new))
   if cache_length is not None:  # a fixed pool length (a chat session's: one program set for every turn)
@@ -126,17 +181,32 @@ def _setup(model, tokenizer, prompts, *, chat, thinking, max_new_tokens, seed, n
       raise ValueError(f"cache_length {cache_length} is too short: the prompts and max_new_tokens need {need} slots")
     need = cache_length
   # Settings echoed as given (0.7, not its float32 value 0.699999988079071).
-  settings = {name: [_plain_number(v) for v in expand(name, given.get(name, sampling.SETTINGS[name].off))]
-              for name in _ECHOED}
-  settings.update({k: [_plain_number(v) for v in expand(k, val)] for k, val in given.items()
-                   if k not in _ECHOED and not isinstance(val, dict)})
+  settings = {
+    name: [_plain_number(v) for v in expand(name, given.get(name, sampling.SETTINGS[name].off))] for name in _ECHOED
+  }
+  settings.update(
+    {
+      k: [_plain_number(v) for v in expand(k, val)]
+      for k, val in given.items()
+      if k not in _ECHOED and not isinstance(val, dict)
+    }
+  )
   settings.update(seed=seeds, thinking=thinking)
   echo = lambda i: {k: (v[i].item() if hasattr(v[i], "item") else v[i]) for k, v in settings.items()}
   call_rows = [Row(request=r, prompt_text=texts[i], stop=stop, settings=echo(i)) for i, r in enumerate(requests)]
-  return _Call(engine=engine, rows=call_rows, prompt_ids=prompt_ids, stop_ids=stop_ids,
-               slots=engine.slots_for(min(n, slots or n)), length=engine.cache_length_for(need),
-               context=context, newline_guard=bool(nl.any()), stop=stop, logprobs=logprobs or top_logprobs > 0,
-               top_logprobs=top_logprobs)
+  return _Call(
+    engine=engine,
+    rows=call_rows,
+    prompt_ids=prompt_ids,
+    stop_ids=stop_ids,
+    slots=engine.slots_for(min(n, slots or n)),
+    length=engine.cache_length_for(need),
+    context=context,
+    newline_guard=bool(nl.any()),
+    stop=stop,
+    logprobs=logprobs or top_logprobs > 0,
+    top_logprobs=top_logprobs,
+  )
 
 
 # Settings every Completion echoes (the rest only when given).
@@ -150,24 +220,57 @@ def _stats(call: _Call, pool, t_call: float) -> GenerationStats:
   dt = st["decode_seconds"]
   firsts = [r.first_token for r in reqs if r.first_token is not None]
   return GenerationStats(
-      prompt_tokens=int(sum(len(p) for p in call.prompt_ids)), generated_tokens=gen,
-      compile_seconds=st["compile_seconds"], prefill_seconds=st["prefill_seconds"] + st["insert_seconds"],
-      time_to_first_token=(min(firsts) - t_call) if firsts else 0.0, decode_seconds=dt,
-      decode_tokens_per_second=gen / dt if dt > 0 else 0.0, batch_size=pool.slots, cache_length=pool.length,
-      slot_utilization=pool.utilization(), decode_steps=int(st["decode_steps"]),
-      prefilled_prompts=int(st["prefilled_prompts"]),
-      queue_seconds=float(np.mean([r.queue_seconds for r in reqs])),
-      max_queue_seconds=float(max(r.queue_seconds for r in reqs)))
+    prompt_tokens=int(sum(len(p) for p in call.prompt_ids)),
+    generated_tokens=gen,
+    compile_seconds=st["compile_seconds"],
+    prefill_seconds=st["prefill_seconds"] + st["insert_seconds"],
+    time_to_first_token=(min(firsts) - t_call) if firsts else 0.0,
+    decode_seconds=dt,
+    decode_tokens_per_second=gen / dt if dt > 0 else 0.0,
+    batch_size=pool.slots,
+    cache_length=pool.length,
+    slot_utilization=pool.utilization(),
+    decode_steps=int(st["decode_steps"]),
+    prefilled_prompts=int(st["prefilled_prompts"]),
+    queue_seconds=float(np.mean([r.queue_seconds for r in reqs])),
+    max_queue_seconds=float(max(r.queue_seconds for r in reqs)),
+  )
 
 
-def generate(model: SmolLM3, tokenizer, prompts, *, chat: bool = True, thinking=None,
-             temperature=None, top_k=None, top_p=None, min_p=None, repetition_penalty=None,
-             max_new_tokens=None, seed=0, newline_limit=None, stop_ids=None, stop=None,
-             context_length: int | None = None, engine: Engine | None = None, mesh=None,
-             share_prefill: bool = True, date=None, num_return_sequences: int = 1, slots: int | None = None,
-             cache_length: int | None = None, progress: bool = False, logprobs: bool = False,
-             top_logprobs: int = 0, num_beams: int = 1, length_penalty: float = 1.0, early_stopping=False,
-             split_special_tokens: bool = False, **sampling_settings) -> GenerationResult:
+def generate(
+  model: SmolLM3,
+  tokenizer,
+  prompts,
+  *,
+  chat: bool = True,
+  thinking=None,
+  temperature=None,
+  top_k=None,
+  top_p=None,
+  min_p=None,
+  repetition_penalty=None,
+  max_new_tokens=None,
+  seed=0,
+  newline_limit=None,
+  stop_ids=None,
+  stop=None,
+  context_length: int | None = None,
+  engine: Engine | None = None,
+  mesh=None,
+  share_prefill: bool = True,
+  date=None,
+  num_return_sequences: int = 1,
+  slots: int | None = None,
+  cache_length: int | None = None,
+  progress: bool = False,
+  logprobs: bool = False,
+  top_logprobs: int = 0,
+  num_beams: int = 1,
+  length_penalty: float = 1.0,
+  early_stopping=False,
+  split_special_tokens: bool = False,
+  **sampling_settings,
+) -> GenerationResult:
   """Generates one completion per prompt (``num_return_sequences`` per prompt: prompt-major).
 
   ``prompts``: a string, a list of strings, or message lists (``chat=True`` renders them with the
@@ -198,29 +301,71 @@ def generate(model: SmolLM3, tokenizer, prompts, *, chat: bool = True, thinking=
   """
   if validation.as_count("num_beams", num_beams, low=1) > 1:
     # What the slot engine does and beam search does not: refused by name, never dropped in silence.
-    unsupported = dict(stop=stop not in (None, (), []), logprobs=bool(logprobs), top_logprobs=top_logprobs != 0,
-                       newline_limit=newline_limit not in (None, 0))
+    unsupported = dict(
+      stop=stop not in (None, (), []),
+      logprobs=bool(logprobs),
+      top_logprobs=top_logprobs != 0,
+      newline_limit=newline_limit not in (None, 0),
+    )
     named = [k for k, v in unsupported.items() if v]
     if named:
-      raise ValueError(f"beam search does not support {', '.join(named)}: leave {'them' if len(named) > 1 else 'it'} "
-                       f"unset with num_beams > 1 (or decode with num_beams=1)")
-    return _beam_generate(model, tokenizer, prompts, chat=chat, thinking=thinking, max_new_tokens=max_new_tokens,
-                          num_beams=num_beams, length_penalty=length_penalty, early_stopping=early_stopping,
-                          num_return_sequences=num_return_sequences, stop_ids=stop_ids, date=date,
-                          context_length=context_length, split_special_tokens=split_special_tokens,
-                          sampled=dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p),
-                          repetition_penalty=repetition_penalty, **sampling_settings)
+      raise ValueError(
+        f"beam search does not support {', '.join(named)}: leave {'them' if len(named) > 1 else 'it'} "
+        f"unset with num_beams > 1 (or decode with num_beams=1)"
+      )
+    return _beam_generate(
+      model,
+      tokenizer,
+      prompts,
+      chat=chat,
+      thinking=thinking,
+      max_new_tokens=max_new_tokens,
+      num_beams=num_beams,
+      length_penalty=length_penalty,
+      early_stopping=early_stopping,
+      num_return_sequences=num_return_sequences,
+      stop_ids=stop_ids,
+      date=date,
+      context_length=context_length,
+      split_special_tokens=split_special_tokens,
+      sampled=dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p),
+      repetition_penalty=repetition_penalty,
+      **sampling_settings,
+    )
   filled = generation_defaults.for_tokenizer(tokenizer).fill(
-      thinking=thinking, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-      repetition_penalty=repetition_penalty, max_new_tokens=max_new_tokens)
+    thinking=thinking,
+    temperature=temperature,
+    top_k=top_k,
+    top_p=top_p,
+    min_p=min_p,
+    repetition_penalty=repetition_penalty,
+    max_new_tokens=max_new_tokens,
+  )
   progress = validation.as_bool("progress", progress)
   t_call = time.perf_counter()
-  call = _setup(model, tokenizer, prompts, chat=chat, **filled, seed=seed, newline_limit=newline_limit,
-                stop_ids=stop_ids, context_length=context_length, engine=engine, mesh=mesh,
-                share_prefill=share_prefill, date=date, num_return_sequences=num_return_sequences, slots=slots,
-                stop=stop, cache_length=cache_length, logprobs=logprobs, top_logprobs=top_logprobs,
-                split_special_tokens=split_special_tokens,
-                **sampling_settings)
+  call = _setup(
+    model,
+    tokenizer,
+    prompts,
+    chat=chat,
+    **filled,
+    seed=seed,
+    newline_limit=newline_limit,
+    stop_ids=stop_ids,
+    context_length=context_length,
+    engine=engine,
+    mesh=mesh,
+    share_prefill=share_prefill,
+    date=date,
+    num_return_sequences=num_return_sequences,
+    slots=slots,
+    stop=stop,
+    cache_length=cache_length,
+    logprobs=logprobs,
+    top_logprobs=top_logprobs,
+    split_special_tokens=split_special_tokens,
+    **sampling_settings,
+  )
   runner = call.runner()
   bar = None
   if progress:
@@ -235,9 +380,25 @@ def generate(model: SmolLM3, tokenizer, prompts, *, chat: bool = True, thinking=
   return GenerationResult([row.completion for row in call.rows], _stats(call, runner.pool, t_call))
 
 
-def _beam_generate(model, tokenizer, prompts, *, chat, thinking, max_new_tokens, num_beams, length_penalty,
-                   early_stopping, num_return_sequences, stop_ids, date, sampled, context_length,
-                   split_special_tokens, **processors) -> GenerationResult:
+def _beam_generate(
+  model,
+  tokenizer,
+  prompts,
+  *,
+  chat,
+  thinking,
+  max_new_tokens,
+  num_beams,
+  length_penalty,
+  early_stopping,
+  num_return_sequences,
+  stop_ids,
+  date,
+  sampled,
+  context_length,
+  split_special_tokens,
+  **processors,
+) -> GenerationResult:
   """generate() with num_beams > 1: beam search over the rendered prompts. ``context_length``: the
   positions a hypothesis may fill (prompt + max_new_tokens must fit: refused otherwise)."""
   given = {k: v for k, v in sampled.items() if v is not None and v != sampling.SETTINGS[k].off}
@@ -246,19 +407,37 @@ def _beam_generate(model, tokenizer, prompts, *, chat, thinking, max_new_tokens,
   defaults = generation_defaults.for_tokenizer(tokenizer)
   thinking = defaults.thinking if thinking is None else thinking
   max_new = defaults.max_new_tokens if max_new_tokens is None else max_new_tokens
-  texts, ids = render_prompts(tokenizer, prompts, chat=chat, thinking=thinking, date=date,
-                              vocab_size=model.config.vocab_size, split_special_tokens=split_special_tokens)
+  texts, ids = render_prompts(
+    tokenizer,
+    prompts,
+    chat=chat,
+    thinking=thinking,
+    date=date,
+    vocab_size=model.config.vocab_size,
+    split_special_tokens=split_special_tokens,
+  )
   processors = {k: v for k, v in processors.items() if v is not None}
   if context_length is not None:
     limit = validation.as_count("context_length", context_length, low=2)
     need = max(map(len, ids)) + validation.as_count("max_new_tokens", max_new, low=1)
     if need > limit:
-      raise ValueError(f"context_length {limit} is too short for beam search: the longest prompt and "
-                       f"max_new_tokens need {need} positions (beam hypotheses are not cut at the context)")
+      raise ValueError(
+        f"context_length {limit} is too short for beam search: the longest prompt and "
+        f"max_new_tokens need {need} positions (beam hypotheses are not cut at the context)"
+      )
   t0 = time.perf_counter()
-  res = beam_search(model, tokenizer, ids, num_beams=num_beams, length_penalty=length_penalty,
-                    early_stopping=early_stopping, max_new_tokens=max_new, stop_ids=stop_ids,
-                    num_return_sequences=num_return_sequences, **processors)
+  res = beam_search(
+    model,
+    tokenizer,
+    ids,
+    num_beams=num_beams,
+    length_penalty=length_penalty,
+    early_stopping=early_stopping,
+    max_new_tokens=max_new,
+    stop_ids=stop_ids,
+    num_return_sequences=num_return_sequences,
+    **processors,
+  )
   wall = time.perf_counter() - t0
   stops = set(res.stop_ids)
   out = []
@@ -268,20 +447,39 @@ def _beam_generate(model, tokenizer, prompts, *, chat, thinking, max_new_tokens,
       ended = bool(seq) and seq[-1] in stops
       body = seq[:-1] if ended else seq
       text = tokenizer.decode(body) if tokenizer is not None else ""
-      thought, answer = (split_thinking(text, inside=prompt_opens_thinking(texts[i])) if tokenizer is not None
-                         else ("", ""))
-      out.append(Completion(prompt=texts[i], prompt_token_ids=list(ids[i]), token_ids=list(seq), text=text,
-                            thinking=thought, answer=answer, stop_reason="eos" if ended else "max_tokens",
-                            settings=dict(settings, thinking=thinking), score=float(score)))
+      thought, answer = (
+        split_thinking(text, inside=prompt_opens_thinking(texts[i])) if tokenizer is not None else ("", "")
+      )
+      out.append(
+        Completion(
+          prompt=texts[i],
+          prompt_token_ids=list(ids[i]),
+          token_ids=list(seq),
+          text=text,
+          thinking=thought,
+          answer=answer,
+          stop_reason="eos" if ended else "max_tokens",
+          settings=dict(settings, thinking=thinking),
+          score=float(score),
+        )
+      )
   gen = sum(len(c.token_ids) for c in out)
   # One program prefills the prompts and runs the search, and returns whole hypotheses: its run time
   # is the decode time, the first tokens arrive with the last (compile included), and the rate counts
   # the tokens returned.
-  stats = GenerationStats(prompt_tokens=sum(map(len, ids)), generated_tokens=gen, compile_seconds=res.compile_seconds,
-                          time_to_first_token=wall, decode_seconds=res.run_seconds,
-                          decode_tokens_per_second=gen / res.run_seconds if res.run_seconds > 0 else 0.0,
-                          batch_size=len(ids) * num_beams, cache_length=res.cache_length, decode_steps=res.steps,
-                          prefilled_prompts=len(ids), slot_utilization=0.0)
+  stats = GenerationStats(
+    prompt_tokens=sum(map(len, ids)),
+    generated_tokens=gen,
+    compile_seconds=res.compile_seconds,
+    time_to_first_token=wall,
+    decode_seconds=res.run_seconds,
+    decode_tokens_per_second=gen / res.run_seconds if res.run_seconds > 0 else 0.0,
+    batch_size=len(ids) * num_beams,
+    cache_length=res.cache_length,
+    decode_steps=res.steps,
+    prefilled_prompts=len(ids),
+    slot_utilization=0.0,
+  )
   return GenerationResult(out, stats)
 
 
@@ -300,8 +498,11 @@ class Stream:
     if not (isinstance(prompt, str) or validation.is_messages(prompt) or validation.is_ids(prompt)):
       raise ValueError("stream() takes one prompt: a string, a message list or token ids")
     args = {**_DEFAULTS, **kwargs}
-    args.update(generation_defaults.for_tokenizer(tokenizer).fill(
-        **{name: args[name] for name in (*generation_defaults.FIELDS, "thinking")}))
+    args.update(
+      generation_defaults.for_tokenizer(tokenizer).fill(
+        **{name: args[name] for name in (*generation_defaults.FIELDS, "thinking")}
+      )
+    )
     self._t_call = time.perf_counter()
     self._call = _setup(model, tokenizer, [prompt], **args)
     self._runner = self._call.runner(chunk_steps, incremental=True)  # (the settings are checked here)
@@ -315,7 +516,7 @@ class Stream:
 
   def __iter__(self) -> Iterator[str]:
     call, runner = self._call, self._runner
-    row, = call.rows
+    (row,) = call.rows
     shown = VisibleText(self._hide, inside=prompt_opens_thinking(row.prompt_text))
     for events in runner.run():
       for e in events:
@@ -328,18 +529,36 @@ class Stream:
 
 
 # stream()'s keyword arguments and their defaults (None: the checkpoint's, as in generate()).
-_DEFAULTS = dict(chat=True, thinking=None, temperature=None, top_k=None, top_p=None, min_p=None,
-                 repetition_penalty=None, max_new_tokens=None, seed=0, newline_limit=None, stop_ids=None,
-                 stop=None, context_length=None, engine=None, mesh=None, share_prefill=True, date=None,
-                 cache_length=None, logprobs=False, top_logprobs=0, split_special_tokens=False)
+_DEFAULTS = dict(
+  chat=True,
+  thinking=None,
+  temperature=None,
+  top_k=None,
+  top_p=None,
+  min_p=None,
+  repetition_penalty=None,
+  max_new_tokens=None,
+  seed=0,
+  newline_limit=None,
+  stop_ids=None,
+  stop=None,
+  context_length=None,
+  engine=None,
+  mesh=None,
+  share_prefill=True,
+  date=None,
+  cache_length=None,
+  logprobs=False,
+  top_logprobs=0,
+  split_special_tokens=False,
+)
 
 
-def stream(model: SmolLM3, tokenizer, prompt, *, hide_thinking: bool = False, chunk_steps: int = 4,
-           **kwargs) -> Stream:
+def stream(model: SmolLM3, tokenizer, prompt, *, hide_thinking: bool = False, chunk_steps: int = 4, **kwargs) -> Stream:
   """Streams one prompt's completion as text pieces (same arguments as :func:`generate`).
 
-      s = stream(model, tok, "Tell me a story.")
-      for piece in s: print(piece, end="")
-      s.result          # after the loop: the GenerationResult, as generate() returns it (stats included)
+  s = stream(model, tok, "Tell me a story.")
+  for piece in s: print(piece, end="")
+  s.result          # after the loop: the GenerationResult, as generate() returns it (stats included)
   """
   return Stream(model, tokenizer, prompt, hide_thinking=hide_thinking, chunk_steps=chunk_steps, **kwargs)

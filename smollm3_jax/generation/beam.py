@@ -39,17 +39,22 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from smollm3_jax.utils import distributed
 from smollm3_jax.generation import sampling
-from smollm3_jax.utils import validation
 from smollm3_jax.generation.stop import check_stop_ids
 from smollm3_jax.nn.kv_cache import KVCache
+from smollm3_jax.utils import distributed, validation
 from smollm3_jax.utils.buckets import bucket_length
 
 _NEG = -1.0e9  # transformers' "impossible" score
 # The settings that act in beam search (do_sample=False: the logits processors, not the warpers).
-PROCESSORS = ("logit_bias", "repetition_penalty", "frequency_penalty", "presence_penalty", "no_repeat_ngram_size",
-              "min_new_tokens")
+PROCESSORS = (
+  "logit_bias",
+  "repetition_penalty",
+  "frequency_penalty",
+  "presence_penalty",
+  "no_repeat_ngram_size",
+  "min_new_tokens",
+)
 
 
 @dataclasses.dataclass
@@ -67,25 +72,25 @@ class BeamResult:
   beam_scores: list[list[float]]
   texts: list[str] | None = None
   compile_seconds: float = 0.0  # compiling the search program (0 when this process compiled it before)
-  run_seconds: float = 0.0      # running it: prompt prefill and every search step (one program)
-  cache_length: int = 0         # cache slots per beam
-  steps: int = 0                # search steps run (the longest returned hypothesis)
-  stop_ids: tuple = ()          # the ids that finished a hypothesis (the defaults when none were given)
+  run_seconds: float = 0.0  # running it: prompt prefill and every search step (one program)
+  cache_length: int = 0  # cache slots per beam
+  steps: int = 0  # search steps run (the longest returned hypothesis)
+  stop_ids: tuple = ()  # the ids that finished a hypothesis (the defaults when none were given)
 
 
 @flax.struct.dataclass
 class _Carry:
   cache: KVCache
-  logits: jax.Array      # [B*K, V] f32 next-token logits of the running beams
-  t: jax.Array           # [] int32 tokens generated so far
-  run_seq: jax.Array     # [B, K, N] int32 running beams' tokens
-  run_score: jax.Array   # [B, K] f32 sum of log-probs
-  fin_seq: jax.Array     # [B, K, N] int32 finished hypotheses (best first)
-  fin_score: jax.Array   # [B, K] f32 length-penalised scores
-  fin_len: jax.Array     # [B, K] int32 generated tokens of each finished hypothesis
-  fin_done: jax.Array    # [B, K] bool the slot holds a finished hypothesis (is_sent_finished)
+  logits: jax.Array  # [B*K, V] f32 next-token logits of the running beams
+  t: jax.Array  # [] int32 tokens generated so far
+  run_seq: jax.Array  # [B, K, N] int32 running beams' tokens
+  run_score: jax.Array  # [B, K] f32 sum of log-probs
+  fin_seq: jax.Array  # [B, K, N] int32 finished hypotheses (best first)
+  fin_score: jax.Array  # [B, K] f32 length-penalised scores
+  fin_len: jax.Array  # [B, K] int32 generated tokens of each finished hypothesis
+  fin_done: jax.Array  # [B, K] bool the slot holds a finished hypothesis (is_sent_finished)
   improvable: jax.Array  # [B] bool transformers' is_early_stop_heuristic_unsatisfied
-  done: jax.Array        # [B] bool
+  done: jax.Array  # [B] bool
   context: sampling.TokenContext  # [B*K] rows: what the processors know of each beam's text
 
 
@@ -94,8 +99,21 @@ def _gather(x: jax.Array, idx: jax.Array) -> jax.Array:
   return jnp.take_along_axis(x, idx.reshape(idx.shape + (1,) * (x.ndim - 2)), axis=1)
 
 
-def _search(graphdef, state, tokens, lengths, stop_ids, length_penalty, early_stopping, params, *, num_beams: int,
-            keep: int, max_new: int, cache_length: int):
+def _search(
+  graphdef,
+  state,
+  tokens,
+  lengths,
+  stop_ids,
+  length_penalty,
+  early_stopping,
+  params,
+  *,
+  num_beams: int,
+  keep: int,
+  max_new: int,
+  cache_length: int,
+):
   """The compiled search: tokens [B, P] right-padded prompts, lengths [B], stop_ids [M], and the
   traced scalars length_penalty and early_stopping (0 False, 1 True, 2 "never") -> the finished
   hypotheses [B, K, N], their scores [B, K] and lengths [B, K], best first."""
@@ -111,17 +129,26 @@ def _search(graphdef, state, tokens, lengths, stop_ids, length_penalty, early_st
   take = lambda x: jnp.take(x, rows, axis=0)
   cache = cache.replace(k=tuple(map(take, cache.k)), v=tuple(map(take, cache.v)), lengths=take(lengths))
   p = tokens.shape[1]
-  context = sampling.observe(sampling.init_context(b, logits.shape[-1], cache_length), tokens,
-                             jnp.broadcast_to(jnp.arange(p, dtype=jnp.int32), tokens.shape),
-                             jnp.arange(p)[None, :] < lengths[:, None], generated=False)
+  context = sampling.observe(
+    sampling.init_context(b, logits.shape[-1], cache_length),
+    tokens,
+    jnp.broadcast_to(jnp.arange(p, dtype=jnp.int32), tokens.shape),
+    jnp.arange(p)[None, :] < lengths[:, None],
+    generated=False,
+  )
   context = jax.tree_util.tree_map(take, context)
   params = params.take(rows)  # greedy: only the processors act
   top_mask = jnp.arange(keep) < k  # only the first K continuations may finish
 
   def body(c: _Carry) -> _Carry:
     v = c.logits.shape[-1]
-    logp = sampling.process_logits(jax.nn.log_softmax(c.logits, axis=-1), c.context, params,
-                                   num_generated=jnp.broadcast_to(c.t, (b * k,)), stop_ids=stop_ids)
+    logp = sampling.process_logits(
+      jax.nn.log_softmax(c.logits, axis=-1),
+      c.context,
+      params,
+      num_generated=jnp.broadcast_to(c.t, (b * k,)),
+      stop_ids=stop_ids,
+    )
     scores = logp.reshape(b, k, v) + c.run_score[:, :, None]
     top_lp, top_idx = jax.lax.top_k(scores.reshape(b, k * v), keep)  # [B, keep], best first
     src, tok = top_idx // v, (top_idx % v).astype(jnp.int32)
@@ -151,44 +178,64 @@ def _search(graphdef, state, tokens, lengths, stop_ids, length_penalty, early_st
     fin_done = pick(c.fin_done, just)
     frozen = c.done[:, None]
     fin_seq = jnp.where(frozen[:, :, None], c.fin_seq, fin_seq)
-    fin_score, fin_len, fin_done = (jnp.where(frozen, old, new) for old, new in
-                                    ((c.fin_score, fin_score), (c.fin_len, fin_len), (c.fin_done, fin_done)))
+    fin_score, fin_len, fin_done = (
+      jnp.where(frozen, old, new)
+      for old, new in ((c.fin_score, fin_score), (c.fin_len, fin_len), (c.fin_done, fin_done))
+    )
 
     # Reorder the cache rows by source beam, then run the chosen tokens.
     order = (jnp.arange(b)[:, None] * k + src).reshape(-1)
     reorder = lambda x: jnp.take(x, order, axis=0)
     cache = c.cache.replace(k=tuple(map(reorder, c.cache.k)), v=tuple(map(reorder, c.cache.v)))
     context = jax.tree_util.tree_map(reorder, c.context)
-    context = sampling.observe(context, tok_next.reshape(-1, 1), cache.lengths[:, None],
-                               jnp.ones((b * k, 1), bool), generated=True)
+    context = sampling.observe(
+      context, tok_next.reshape(-1, 1), cache.lengths[:, None], jnp.ones((b * k, 1), bool), generated=True
+    )
     hidden, cache = model.hidden_states(tok_next.reshape(-1, 1), None, cache)
     logits = model.logits(hidden[:, 0]).astype(jnp.float32)
 
     # Stop rules (transformers' _check_early_stop_heuristic / _beam_search_has_unfinished_sequences).
     length = jnp.where((early_stopping == 2) & (lp > 0), jnp.float32(n), jnp.float32(c.t + 1))
-    best_running = run_score[:, :1] / length ** lp
+    best_running = run_score[:, :1] / length**lp
     worst = jnp.where(fin_done, jnp.min(fin_score, -1, keepdims=True), _NEG)
     improvable = c.improvable & jnp.any(best_running > worst, -1)
     open_beam = ~(jnp.all(fin_done, -1) & (early_stopping == 1))
     go_on = ~jnp.all(hits, -1)
     done = c.done | ~(improvable & open_beam & go_on)
-    return _Carry(cache=cache, logits=logits, t=c.t + 1, run_seq=run_seq, run_score=run_score,
-                  fin_seq=fin_seq, fin_score=fin_score, fin_len=fin_len, fin_done=fin_done,
-                  improvable=improvable, done=done, context=context)
+    return _Carry(
+      cache=cache,
+      logits=logits,
+      t=c.t + 1,
+      run_seq=run_seq,
+      run_score=run_score,
+      fin_seq=fin_seq,
+      fin_score=fin_score,
+      fin_len=fin_len,
+      fin_done=fin_done,
+      improvable=improvable,
+      done=done,
+      context=context,
+    )
 
   start = _Carry(
-      cache=cache, logits=take(logits), t=jnp.zeros((), jnp.int32),
-      run_seq=jnp.full((b, k, n), -1, jnp.int32),
-      run_score=jnp.tile(jnp.where(jnp.arange(k) == 0, 0.0, _NEG).astype(jnp.float32), (b, 1)),
-      fin_seq=jnp.full((b, k, n), -1, jnp.int32), fin_score=jnp.full((b, k), _NEG, jnp.float32),
-      fin_len=jnp.zeros((b, k), jnp.int32), fin_done=jnp.zeros((b, k), bool),
-      improvable=jnp.ones((b,), bool), done=jnp.zeros((b,), bool), context=context)
+    cache=cache,
+    logits=take(logits),
+    t=jnp.zeros((), jnp.int32),
+    run_seq=jnp.full((b, k, n), -1, jnp.int32),
+    run_score=jnp.tile(jnp.where(jnp.arange(k) == 0, 0.0, _NEG).astype(jnp.float32), (b, 1)),
+    fin_seq=jnp.full((b, k, n), -1, jnp.int32),
+    fin_score=jnp.full((b, k), _NEG, jnp.float32),
+    fin_len=jnp.zeros((b, k), jnp.int32),
+    fin_done=jnp.zeros((b, k), bool),
+    improvable=jnp.ones((b,), bool),
+    done=jnp.zeros((b,), bool),
+    context=context,
+  )
   end = jax.lax.while_loop(lambda c: (c.t < n) & ~jnp.all(c.done), body, start)
   return end.fin_seq, end.fin_score, end.fin_len
 
 
-_search_jit = jax.jit(_search, static_argnums=(0,),
-                      static_argnames=("num_beams", "keep", "max_new", "cache_length"))
+_search_jit = jax.jit(_search, static_argnums=(0,), static_argnames=("num_beams", "keep", "max_new", "cache_length"))
 _COMPILED: dict[tuple, Any] = {}  # (shapes and static values) -> executable, so compile and run time apart
 
 
@@ -205,9 +252,19 @@ def _compiled_search(graphdef, *args, **static):
   return exe, time.perf_counter() - t0
 
 
-def beam_search(model, tokenizer, prompt_ids: Sequence[Sequence[int]], *, num_beams: int,
-                length_penalty: float = 1.0, early_stopping: bool | str = False, max_new_tokens: int,
-                stop_ids: Sequence[int] | None = None, num_return_sequences: int = 1, **settings) -> BeamResult:
+def beam_search(
+  model,
+  tokenizer,
+  prompt_ids: Sequence[Sequence[int]],
+  *,
+  num_beams: int,
+  length_penalty: float = 1.0,
+  early_stopping: bool | str = False,
+  max_new_tokens: int,
+  stop_ids: Sequence[int] | None = None,
+  num_return_sequences: int = 1,
+  **settings,
+) -> BeamResult:
   """Beam search over token-id prompts, as ``transformers`` ``generate(num_beams=..., do_sample=False)``.
 
   model: a :class:`smollm3_jax.SmolLM3`; tokenizer: decodes the best sequences into ``texts`` (None:
@@ -228,8 +285,11 @@ def beam_search(model, tokenizer, prompt_ids: Sequence[Sequence[int]], *, num_be
   num_return = validation.as_count("num_return_sequences", num_return_sequences, low=1)
   if num_return > num_beams:
     raise ValueError(f"`num_return_sequences` ({num_return}) must be <= `num_beams` ({num_beams})")
-  if isinstance(length_penalty, bool) or not isinstance(length_penalty, (int, float, np.integer, np.floating)) \
-      or not math.isfinite(length_penalty):
+  if (
+    isinstance(length_penalty, bool)
+    or not isinstance(length_penalty, (int, float, np.integer, np.floating))
+    or not math.isfinite(length_penalty)
+  ):
     raise ValueError(f"`length_penalty` must be a finite number, got {length_penalty!r}")
   if not any(early_stopping is v for v in (False, True)) and early_stopping != "never":
     raise ValueError(f"`early_stopping` must be False, True or 'never', got {early_stopping!r}")
@@ -243,14 +303,23 @@ def beam_search(model, tokenizer, prompt_ids: Sequence[Sequence[int]], *, num_be
   stop_ids = check_stop_ids(stop_ids, tokenizer, cfg)
   longest = max(map(len, prompts))
   if longest + max_new > cfg.max_position_embeddings:
-    raise ValueError(f"the longest prompt ({longest} tokens) plus max_new_tokens ({max_new}) exceeds the "
-                     f"model's context ({cfg.max_position_embeddings} positions)")
+    raise ValueError(
+      f"the longest prompt ({longest} tokens) plus max_new_tokens ({max_new}) exceeds the "
+      f"model's context ({cfg.max_position_embeddings} positions)"
+    )
   for name, value in settings.items():
-    if name in sampling.SETTINGS and name not in PROCESSORS and value is not None \
-        and np.any(np.asarray(value) != sampling.SETTINGS[name].off):
+    if (
+      name in sampling.SETTINGS
+      and name not in PROCESSORS
+      and value is not None
+      and np.any(np.asarray(value) != sampling.SETTINGS[name].off)
+    ):
       raise ValueError(f"`{name}` does not apply to beam search (do_sample=False); processors: {PROCESSORS}")
-  params = sampling.SamplingParams.make(len(prompts), vocab_size=vocab, **{
-      k: v for k, v in settings.items() if k not in sampling.SETTINGS or k in PROCESSORS})
+  params = sampling.SamplingParams.make(
+    len(prompts),
+    vocab_size=vocab,
+    **{k: v for k, v in settings.items() if k not in sampling.SETTINGS or k in PROCESSORS},
+  )
   keep = max(2, 1 + len(stop_ids)) * num_beams
   if keep > num_beams * vocab:
     raise ValueError(f"`num_beams` ({num_beams}) is too large for a vocabulary of {vocab}")
@@ -258,23 +327,40 @@ def beam_search(model, tokenizer, prompt_ids: Sequence[Sequence[int]], *, num_be
   p = bucket_length(longest)
   tokens = np.zeros((len(prompts), p), np.int32)
   for i, ids in enumerate(prompts):
-    tokens[i, :len(ids)] = ids
+    tokens[i, : len(ids)] = ids
   lengths = np.asarray([len(ids) for ids in prompts], np.int32)
   graphdef, state = nnx.split(model)
   cache_length = bucket_length(p + max_new)
-  args = (state, jnp.asarray(tokens), jnp.asarray(lengths), jnp.asarray(stop_ids or (-1,), jnp.int32),
-          jnp.float32(length_penalty), jnp.int32(2 if early_stopping == "never" else int(early_stopping)), params)
-  exe, compile_seconds = _compiled_search(graphdef, *args, num_beams=num_beams, keep=keep, max_new=max_new,
-                                          cache_length=cache_length)
+  args = (
+    state,
+    jnp.asarray(tokens),
+    jnp.asarray(lengths),
+    jnp.asarray(stop_ids or (-1,), jnp.int32),
+    jnp.float32(length_penalty),
+    jnp.int32(2 if early_stopping == "never" else int(early_stopping)),
+    params,
+  )
+  exe, compile_seconds = _compiled_search(
+    graphdef, *args, num_beams=num_beams, keep=keep, max_new=max_new, cache_length=cache_length
+  )
   t0 = time.perf_counter()
   seq, score, length = distributed.fetch(exe(*args))
   run_seconds = time.perf_counter() - t0
-  beams = [[seq[i, j, :length[i, j]].tolist() for j in range(num_return)] for i in range(len(prompts))]
+  beams = [[seq[i, j, : length[i, j]].tolist() for j in range(num_return)] for i in range(len(prompts))]
   beam_scores = [[float(score[i, j]) for j in range(num_return)] for i in range(len(prompts))]
   texts = None
   if tokenizer is not None:
     strip = lambda ids: ids[:-1] if ids and ids[-1] in stop_ids else ids
     texts = [tokenizer.decode(strip(b[0])) for b in beams]
-  return BeamResult(sequences=[b[0] for b in beams], scores=[s[0] for s in beam_scores], beams=beams,
-                    beam_scores=beam_scores, texts=texts, compile_seconds=compile_seconds, run_seconds=run_seconds,
-                    cache_length=cache_length, steps=int(np.max(length)), stop_ids=stop_ids)
+  return BeamResult(
+    sequences=[b[0] for b in beams],
+    scores=[s[0] for s in beam_scores],
+    beams=beams,
+    beam_scores=beam_scores,
+    texts=texts,
+    compile_seconds=compile_seconds,
+    run_seconds=run_seconds,
+    cache_length=cache_length,
+    steps=int(np.max(length)),
+    stop_ids=stop_ids,
+  )

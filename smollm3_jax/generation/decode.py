@@ -46,10 +46,10 @@ class RowSettings:
   """Each slot's row constants, ``[B]`` (set by :func:`insert`)."""
 
   params: sampling.SamplingParams
-  prompt_len: jax.Array      # [B] int32 real prompt tokens
-  max_new: jax.Array         # [B] int32 token budget
-  newline_limit: jax.Array   # [B] int32, 0 = no guard
-  record: jax.Array          # [B] bool: record this row's log-probabilities (pools that record)
+  prompt_len: jax.Array  # [B] int32 real prompt tokens
+  max_new: jax.Array  # [B] int32 token budget
+  newline_limit: jax.Array  # [B] int32, 0 = no guard
+  record: jax.Array  # [B] bool: record this row's log-probabilities (pools that record)
 
 
 @flax.struct.dataclass
@@ -57,20 +57,26 @@ class Record:
   """Per generated token (opt-in; a pool without it records nothing and pays nothing), token i of a
   row at index i, as its tokens. N output slots, K alternatives (static: 0 to 20)."""
 
-  logprob: jax.Array            # [B, N] f32 log-softmax of the raw logits at the chosen token
+  logprob: jax.Array  # [B, N] f32 log-softmax of the raw logits at the chosen token
   processed_logprob: jax.Array  # [B, N] f32 the same under the distribution sampled from
-  entropy: jax.Array            # [B, N] f32 entropy (nats) of the raw distribution
+  entropy: jax.Array  # [B, N] f32 entropy (nats) of the raw distribution
   processed_entropy: jax.Array  # [B, N] f32 entropy of the distribution sampled from
-  rank: jax.Array               # [B, N] int32 1 + tokens with a higher raw logit
-  top_ids: jax.Array            # [B, N, K] int32 the K most likely raw tokens
-  top_logprobs: jax.Array       # [B, N, K] f32 their raw log-probabilities
+  rank: jax.Array  # [B, N] int32 1 + tokens with a higher raw logit
+  top_ids: jax.Array  # [B, N, K] int32 the K most likely raw tokens
+  top_logprobs: jax.Array  # [B, N, K] f32 their raw log-probabilities
 
   @classmethod
   def init(cls, batch: int, length: int, top: int) -> "Record":
     f = lambda *shape: jnp.zeros(shape, jnp.float32)
-    return cls(logprob=f(batch, length), processed_logprob=f(batch, length), entropy=f(batch, length),
-               processed_entropy=f(batch, length), rank=jnp.zeros((batch, length), jnp.int32),
-               top_ids=jnp.zeros((batch, length, top), jnp.int32), top_logprobs=f(batch, length, top))
+    return cls(
+      logprob=f(batch, length),
+      processed_logprob=f(batch, length),
+      entropy=f(batch, length),
+      processed_entropy=f(batch, length),
+      rank=jnp.zeros((batch, length), jnp.int32),
+      top_ids=jnp.zeros((batch, length, top), jnp.int32),
+      top_logprobs=f(batch, length, top),
+    )
 
 
 def _entropy(logp: jax.Array) -> jax.Array:
@@ -85,9 +91,13 @@ def record_token(record: Record, logits, processed, tok, at) -> Record:
   raw = jax.nn.log_softmax(logits, axis=-1)
   proc = jax.nn.log_softmax(processed, axis=-1)
   chosen = raw[rows, tok]
-  values = dict(logprob=chosen, processed_logprob=proc[rows, tok], entropy=_entropy(raw),
-                processed_entropy=_entropy(proc),
-                rank=1 + jnp.sum(logits > logits[rows, tok][:, None], axis=-1, dtype=jnp.int32))
+  values = dict(
+    logprob=chosen,
+    processed_logprob=proc[rows, tok],
+    entropy=_entropy(raw),
+    processed_entropy=_entropy(proc),
+    rank=1 + jnp.sum(logits > logits[rows, tok][:, None], axis=-1, dtype=jnp.int32),
+  )
   k = record.top_ids.shape[-1]
   if k:
     top_lp, top_ids = jax.lax.top_k(raw, k)
@@ -99,27 +109,27 @@ def record_token(record: Record, logits, processed, tok, at) -> Record:
 class DecodeState:
   """The pool's carry. B slots, S cache slots, N = S output slots per row, V = vocabulary."""
 
-  cache: KVCache                    # [B, KVH, S, D] per layer; lengths [B]
+  cache: KVCache  # [B, KVH, S, D] per layer; lengths [B]
   rows: RowSettings
-  context: sampling.TokenContext    # what the processors know of each row's text
-  tokens: jax.Array                 # [B, N] int32 generated tokens, token i of a row at index i
-  last: jax.Array                   # [B] int32 the token the next step feeds
-  num_generated: jax.Array          # [B] int32
-  done: jax.Array                   # [B] bool (an empty slot is done)
-  reason: jax.Array                 # [B] int32 index into STOP_REASONS
-  newline_run: jax.Array            # [B] int32 consecutive newline tokens
-  keys: jax.Array                   # [B] per-row PRNG keys (from the row's seed)
-  record: Record | None = None      # per-token log-probabilities, when asked for
+  context: sampling.TokenContext  # what the processors know of each row's text
+  tokens: jax.Array  # [B, N] int32 generated tokens, token i of a row at index i
+  last: jax.Array  # [B] int32 the token the next step feeds
+  num_generated: jax.Array  # [B] int32
+  done: jax.Array  # [B] bool (an empty slot is done)
+  reason: jax.Array  # [B] int32 index into STOP_REASONS
+  newline_run: jax.Array  # [B] int32 consecutive newline tokens
+  keys: jax.Array  # [B] per-row PRNG keys (from the row's seed)
+  record: Record | None = None  # per-token log-probabilities, when asked for
 
 
 @flax.struct.dataclass
 class SharedSettings:
   """Constants of a pool, shared by every slot."""
 
-  context_limit: jax.Array   # [] int32 positions a row may fill (prompt + generated)
-  stop_ids: jax.Array        # [MAX_STOP_IDS] int32, -1 padded
-  newline_ids: jax.Array     # [M] int32 tokens that are only newlines
-  pad_id: jax.Array          # [] int32
+  context_limit: jax.Array  # [] int32 positions a row may fill (prompt + generated)
+  stop_ids: jax.Array  # [MAX_STOP_IDS] int32, -1 padded
+  newline_ids: jax.Array  # [M] int32 tokens that are only newlines
+  pad_id: jax.Array  # [] int32
 
 
 def sample_and_stop(s: DecodeState, shared: SharedSettings, logits: jax.Array) -> DecodeState:
@@ -127,8 +137,9 @@ def sample_and_stop(s: DecodeState, shared: SharedSettings, logits: jax.Array) -
   order: a stop id, the token budget, the newline guard, the context limit)."""
   rows = s.rows
   keys = sampling.step_keys(s.keys, s.num_generated)
-  tok = sampling.sample_tokens(logits.astype(jnp.float32), s.context, rows.params, keys,
-                               num_generated=s.num_generated, stop_ids=shared.stop_ids)
+  tok = sampling.sample_tokens(
+    logits.astype(jnp.float32), s.context, rows.params, keys, num_generated=s.num_generated, stop_ids=shared.stop_ids
+  )
   active = ~s.done
   tok = jnp.where(active, tok, shared.pad_id).astype(jnp.int32)
   b, capacity = s.tokens.shape
@@ -138,8 +149,9 @@ def sample_and_stop(s: DecodeState, shared: SharedSettings, logits: jax.Array) -
   if record is not None:  # static: only pools that record hold the buffers; a step pays only when asked
 
     def write(record):
-      processed = sampling.process_logits(logits.astype(jnp.float32), s.context, rows.params,
-                                          num_generated=s.num_generated, stop_ids=shared.stop_ids)
+      processed = sampling.process_logits(
+        logits.astype(jnp.float32), s.context, rows.params, num_generated=s.num_generated, stop_ids=shared.stop_ids
+      )
       return record_token(record, logits.astype(jnp.float32), processed, tok, at)
 
     record = jax.lax.cond(jnp.any(rows.record & active), write, lambda r: r, record)
@@ -152,11 +164,20 @@ def sample_and_stop(s: DecodeState, shared: SharedSettings, logits: jax.Array) -
   reason = s.reason
   reason = jnp.where(active & (reason == 0) & is_stop, EOS, reason)
   reason = jnp.where(active & (reason == 0) & (n >= rows.max_new), MAX_TOKENS, reason)
-  reason = jnp.where(active & (reason == 0) & (rows.newline_limit > 0) & (newline_run >= rows.newline_limit),
-                     NEWLINES, reason)
+  reason = jnp.where(
+    active & (reason == 0) & (rows.newline_limit > 0) & (newline_run >= rows.newline_limit), NEWLINES, reason
+  )
   reason = jnp.where(active & (reason == 0) & (rows.prompt_len + n >= shared.context_limit), CONTEXT, reason)
-  return s.replace(tokens=tokens, last=tok, num_generated=n, done=reason != 0, reason=reason,
-                   newline_run=newline_run, context=context, record=record)
+  return s.replace(
+    tokens=tokens,
+    last=tok,
+    num_generated=n,
+    done=reason != 0,
+    reason=reason,
+    newline_run=newline_run,
+    context=context,
+    record=record,
+  )
 
 
 def _gather(tree, index):
@@ -166,8 +187,9 @@ def _gather(tree, index):
 
 def _scatter(tree, index, rows):
   """``tree`` with rows ``index`` [U] set to ``rows``; an index past the batch writes nothing."""
-  return jax.tree.map(lambda x, r: x.at[index].set(r if r.dtype == x.dtype else r.astype(x.dtype), mode="drop"),
-                      tree, rows)
+  return jax.tree.map(
+    lambda x, r: x.at[index].set(r if r.dtype == x.dtype else r.astype(x.dtype), mode="drop"), tree, rows
+  )
 
 
 def prefill_slots(graphdef, state, s: DecodeState, tokens, slots, starts, counts, window: int) -> DecodeState:
@@ -190,8 +212,9 @@ def prefill_slots(graphdef, state, s: DecodeState, tokens, slots, starts, counts
   def write(full, part):
     for i in range(u):
       at = (slots[real[i]], 0, 0, 0)
-      full = jax.tree.map(lambda f, p: jax.lax.dynamic_update_slice(f, jax.lax.dynamic_index_in_dim(p, real[i], 0), at),
-                          full, part)
+      full = jax.tree.map(
+        lambda f, p: jax.lax.dynamic_update_slice(f, jax.lax.dynamic_index_in_dim(p, real[i], 0), at), full, part
+      )
     return full
 
   # Each row's read window goes back in place. The conditional keeps XLA from fusing this update
@@ -202,8 +225,9 @@ def prefill_slots(graphdef, state, s: DecodeState, tokens, slots, starts, counts
   cache = cache.replace(k=k, v=v, lengths=cache.lengths.at[slots].set(starts + counts, mode="drop"))
   context = _gather(s.context, slots)
   fresh = sampling.init_context(u, model.config.vocab_size, cache.length)
-  context = jax.tree.map(lambda f, x: jnp.where((starts == 0).reshape((u,) + (1,) * (x.ndim - 1)), f, x),
-                         fresh, context)
+  context = jax.tree.map(
+    lambda f, x: jnp.where((starts == 0).reshape((u,) + (1,) * (x.ndim - 1)), f, x), fresh, context
+  )
   offsets = jnp.arange(c, dtype=jnp.int32)[None, :]
   context = sampling.observe(context, tokens, starts[:, None] + offsets, offsets < counts[:, None], generated=False)
   return s.replace(cache=cache, context=_scatter(s.context, slots, context))
@@ -226,6 +250,7 @@ def insert(s: DecodeState, slots, source, last, rows: RowSettings, seeds, pad_id
     def put(x):
       row = jax.lax.dynamic_slice_in_dim(x, src[i], 1, axis=0)
       return jax.lax.dynamic_update_slice_in_dim(x, row, dst[i], axis=0)
+
     return jax.tree.map(put, kv)
 
   k, v = jax.lax.fori_loop(0, jnp.sum(copies), copy_row, (cache.k, cache.v))
@@ -235,19 +260,28 @@ def insert(s: DecodeState, slots, source, last, rows: RowSettings, seeds, pad_id
   # row generates), whose context also holds what it generated.
   # (a one-token prompt keeps nothing: an empty context, whatever the slot held before)
   context = sampling.prefix_context(_gather(s.context, source), rows.prompt_len - 1)
-  context = sampling.observe(context, last[:, None], (rows.prompt_len - 1)[:, None], jnp.ones((u, 1), bool),
-                             generated=False)
+  context = sampling.observe(
+    context, last[:, None], (rows.prompt_len - 1)[:, None], jnp.ones((u, 1), bool), generated=False
+  )
   zeros = jnp.zeros((u,), jnp.int32)
   started = dict(
-      rows=rows, context=context, last=last.astype(jnp.int32), num_generated=zeros, done=jnp.zeros((u,), bool),
-      reason=zeros, newline_run=zeros, keys=sampling.row_keys(seeds),
-      tokens=jnp.full((u, s.tokens.shape[1]), pad_id, jnp.int32))
+    rows=rows,
+    context=context,
+    last=last.astype(jnp.int32),
+    num_generated=zeros,
+    done=jnp.zeros((u,), bool),
+    reason=zeros,
+    newline_run=zeros,
+    keys=sampling.row_keys(seeds),
+    tokens=jnp.full((u, s.tokens.shape[1]), pad_id, jnp.int32),
+  )
   s = s.replace(cache=cache.replace(lengths=cache.lengths.at[slots].set(rows.prompt_len - 1, mode="drop")))
   return s.replace(**{name: _scatter(getattr(s, name), slots, value) for name, value in started.items()})
 
 
-def decode(graphdef, state, s: DecodeState, shared: SharedSettings, step_limit, free_target, stop_rows,
-           window: int) -> tuple[DecodeState, jax.Array]:
+def decode(
+  graphdef, state, s: DecodeState, shared: SharedSettings, step_limit, free_target, stop_rows, window: int
+) -> tuple[DecodeState, jax.Array]:
   """Decodes every slot until ``step_limit`` steps ran, ``free_target`` slots are done (the host
   has rows waiting for them), every row stopped, or an active row's next slot falls outside the
   read ``window`` (static: attention reads only the cache's first ``window`` slots). First, the

@@ -29,6 +29,7 @@ import functools
 import json
 import os
 from typing import Any, Mapping
+
 from smollm3_jax.generation import sampling
 from smollm3_jax.utils import validation
 
@@ -39,8 +40,7 @@ THINKING = True  # the chat template's default (SmolLM3: enable_thinking default
 MAX_NEW_TOKENS = 512  # token budget when the checkpoint names none
 
 # transformers' GenerationConfig._get_default_generation_params() for the fields read here.
-TRANSFORMERS_DEFAULTS = dict(do_sample=False, temperature=1.0, top_k=50, top_p=1.0, min_p=None,
-                             repetition_penalty=1.0)
+TRANSFORMERS_DEFAULTS = dict(do_sample=False, temperature=1.0, top_k=50, top_p=1.0, min_p=None, repetition_penalty=1.0)
 
 # The neutral settings: plain argmax, no filter, no penalty (what a tokenizer-less call gets).
 GREEDY = dict(temperature=0.0, top_k=0, top_p=1.0, min_p=0.0, repetition_penalty=1.0)
@@ -48,15 +48,21 @@ GREEDY = dict(temperature=0.0, top_k=0, top_p=1.0, min_p=0.0, repetition_penalty
 # Defaults for checkpoints without a generation_config.json (the demo GGUF, SmolLM2-135M-Instruct):
 # field -> (value, why). Measured on the demo, 12 answers of 256 tokens each (4 prompts x 3 seeds).
 TABLE: dict[str, tuple[Any, str]] = {
-    "temperature": (0.6, "SmolLM3-3B's model card recommends it (the demo is its small sibling)"),
-    "top_p": (0.95, "the same model card's recommendation; cuts the long tail of the 49k vocabulary"),
-    "top_k": (0, "off: top_p already bounds the candidates"),
-    "min_p": (0.0, "off"),
-    "repetition_penalty": (1.1, "the demo loops without it: at 0.6 / 0.95 and no penalty 4 of 12 answers "
-                           "repeated 26-64 % of their word 4-grams until the budget; at 1.1 none did (<= 1 %), "
-                           "and 7 of 12 ended by themselves (1.2: 4 of 12)"),
-    "max_new_tokens": (MAX_NEW_TOKENS, "enough for a chat answer; a loop that slips through stops within "
-                       "~40 s on 2 CPU cores (the chat decodes the demo at ~14 tokens/s)"),
+  "temperature": (0.6, "SmolLM3-3B's model card recommends it (the demo is its small sibling)"),
+  "top_p": (0.95, "the same model card's recommendation; cuts the long tail of the 49k vocabulary"),
+  "top_k": (0, "off: top_p already bounds the candidates"),
+  "min_p": (0.0, "off"),
+  "repetition_penalty": (
+    1.1,
+    "the demo loops without it: at 0.6 / 0.95 and no penalty 4 of 12 answers "
+    "repeated 26-64 % of their word 4-grams until the budget; at 1.1 none did (<= 1 %), "
+    "and 7 of 12 ended by themselves (1.2: 4 of 12)",
+  ),
+  "max_new_tokens": (
+    MAX_NEW_TOKENS,
+    "enough for a chat answer; a loop that slips through stops within "
+    "~40 s on 2 CPU cores (the chat decodes the demo at ~14 tokens/s)",
+  ),
 }
 
 
@@ -96,8 +102,7 @@ def transformers_defaults() -> GenerationDefaults:
   return GenerationDefaults(**GREEDY, max_new_tokens=MAX_NEW_TOKENS, source="transformers")
 
 
-def from_generation_config(config: Mapping[str, Any], source: str = "generation_config.json"
-                           ) -> GenerationDefaults:
+def from_generation_config(config: Mapping[str, Any], source: str = "generation_config.json") -> GenerationDefaults:
   """Defaults from a generation_config.json's fields, with ``transformers``' meaning (module doc).
   ValueError names the file and field when a value could not be used."""
   if not isinstance(config, Mapping):
@@ -120,13 +125,16 @@ def from_generation_config(config: Mapping[str, Any], source: str = "generation_
     temperature = number("temperature", get("temperature"))
     if temperature <= 0:  # transformers refuses to sample at temperature 0 as well
       raise ValueError(f"{source}: do_sample is true but temperature is {temperature}; it must be > 0")
-    settings = dict(temperature=temperature, top_k=number("top_k", get("top_k")),
-                    top_p=number("top_p", get("top_p")), min_p=number("min_p", get("min_p") or 0.0))
+    settings = dict(
+      temperature=temperature,
+      top_k=number("top_k", get("top_k")),
+      top_p=number("top_p", get("top_p")),
+      min_p=number("min_p", get("min_p") or 0.0),
+    )
   else:  # greedy: transformers ignores the sampling fields
     settings = {k: v for k, v in GREEDY.items() if k != "repetition_penalty"}
   max_new = config.get("max_new_tokens")
-  max_new = MAX_NEW_TOKENS if max_new is None else validation.as_count(
-      f"{source}: max_new_tokens", max_new, low=1)
+  max_new = MAX_NEW_TOKENS if max_new is None else validation.as_count(f"{source}: max_new_tokens", max_new, low=1)
   defaults = GenerationDefaults(**settings, repetition_penalty=penalty, max_new_tokens=max_new, source=source)
   try:
     sampling.validate_sampling_args(**{k: getattr(defaults, k) for k in SAMPLING_FIELDS})
@@ -158,6 +166,7 @@ def generation_config_path(checkpoint: str | os.PathLike | None) -> str | None:
     return None  # a file (GGUF), "demo", or not a hub id
   try:
     import huggingface_hub
+
     cached = huggingface_hub.try_to_load_from_cache(path, GENERATION_CONFIG_FILE)
   except Exception:  # noqa: BLE001  (not a valid repo id, no cache: no file)
     return None

@@ -25,9 +25,9 @@ this module imports the decode programs, the cache, sampling and sharding, never
 from __future__ import annotations
 
 import collections
-import time
 import dataclasses
 import threading
+import time
 from typing import Any, Sequence
 
 import jax
@@ -35,16 +35,26 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from smollm3_jax.utils import distributed
-from smollm3_jax.utils import runtime
 from smollm3_jax.generation import sampling
+from smollm3_jax.generation.decode import (
+  CANCELLED,
+  MAX_STOP_IDS,
+  DecodeState,
+  Record,
+  RowSettings,
+  SharedSettings,
+  compact_jit,
+  decode_jit,
+  insert_jit,
+  prefill_slots_jit,
+  tails_jit,
+)
 from smollm3_jax.generation.settings import SETTINGS, validate_sampling_args
-from smollm3_jax.generation.decode import (CANCELLED, MAX_STOP_IDS, DecodeState, Record, RowSettings, SharedSettings,
-                                compact_jit, decode_jit, insert_jit, prefill_slots_jit, tails_jit)
 from smollm3_jax.nn.kv_cache import KVCache
-from smollm3_jax.utils.buckets import DEFAULT_BATCH_BUCKETS, DEFAULT_BUCKETS, bucket_length, window_length
 from smollm3_jax.nn.model import SmolLM3
 from smollm3_jax.nn.sharding import engine_sharding
+from smollm3_jax.utils import distributed, runtime
+from smollm3_jax.utils.buckets import DEFAULT_BATCH_BUCKETS, DEFAULT_BUCKETS, bucket_length, window_length
 
 # How many programs the engines compiled in this process, by name ("prefill", "insert", "decode";
 # each read window and rows bucket is a program of its own). Tests read it.
@@ -72,8 +82,7 @@ MAX_ENGINES = 4  # engines hold their model and compiled programs: keep the late
 
 def _aval_key(tree) -> tuple:
   leaves, treedef = jax.tree.flatten(tree)
-  return (treedef, tuple((tuple(x.shape), str(x.dtype), str(getattr(x, "sharding", None)))
-                         for x in leaves))
+  return (treedef, tuple((tuple(x.shape), str(x.dtype), str(getattr(x, "sharding", None))) for x in leaves))
 
 
 # --------------------------------------------------------------------------------------------
@@ -95,14 +104,14 @@ class Request:
   newline_limit: int = 0
   share: Any = None
   tag: Any = None
-  logprobs: bool = True         # record this row's log-probabilities (in a pool that records)
+  logprobs: bool = True  # record this row's log-probabilities (in a pool that records)
   # -- filled in by the pool --
   token_ids: list = dataclasses.field(default_factory=list)  # generated so far (all of them once done)
-  record: dict | None = None    # per-token arrays aligned with token_ids (pools that record)
-  reason: int = 0               # index into decode.STOP_REASONS once done
+  record: dict | None = None  # per-token arrays aligned with token_ids (pools that record)
+  reason: int = 0  # index into decode.STOP_REASONS once done
   done: bool = False
   cancelled: bool = False
-  submitted: float = 0.0        # perf_counter times
+  submitted: float = 0.0  # perf_counter times
   admitted: float | None = None
   first_token: float | None = None
   finished: float | None = None
@@ -124,8 +133,11 @@ def check_settings(requests: Sequence[Request], vocab_size: int) -> None:
   if unknown:
     raise ValueError(f"unknown sampling setting(s): {', '.join(unknown)} (known: {', '.join(SETTINGS)})")
   if names:  # one value per row and setting
-    validate_sampling_args(batch=len(requests), vocab_size=vocab_size,
-                           **{k: [r.settings.get(k, SETTINGS[k].off) for r in requests] for k in names})
+    validate_sampling_args(
+      batch=len(requests),
+      vocab_size=vocab_size,
+      **{k: [r.settings.get(k, SETTINGS[k].off) for r in requests] for k in names},
+    )
 
 
 class Engine:
@@ -136,10 +148,18 @@ class Engine:
   writes per row; ``window_buckets`` the read windows of the programs (() = the whole cache).
   """
 
-  def __init__(self, model: SmolLM3, tokenizer=None, *, buckets: Sequence[int] = DEFAULT_BUCKETS,
-               batch_buckets: Sequence[int] | None = None,
-               cache_dtype=None, sharding=None, prefill_chunk: int = PREFILL_CHUNK,
-               window_buckets: Sequence[int] = WINDOW_BUCKETS):
+  def __init__(
+    self,
+    model: SmolLM3,
+    tokenizer=None,
+    *,
+    buckets: Sequence[int] = DEFAULT_BUCKETS,
+    batch_buckets: Sequence[int] | None = None,
+    cache_dtype=None,
+    sharding=None,
+    prefill_chunk: int = PREFILL_CHUNK,
+    window_buckets: Sequence[int] = WINDOW_BUCKETS,
+  ):
     runtime.enable_default_caches()  # the persistent compilation cache, unless switched off
     self.model = model
     self.tokenizer = tokenizer
@@ -250,10 +270,22 @@ class Pool:
   called from others only while holding :attr:`lock`.
   """
 
-  def __init__(self, engine: Engine, slots: int, length: int, *, stop_ids: Sequence[int] = (),
-               context_length: int | None = None, newline_guard: bool = False, refill: bool = True,
-               chunk_steps: int = CHUNK_STEPS, prefill_rows: Sequence[int] | None = None,
-               logprobs: bool = False, top_logprobs: int = 0, shrink: bool = False):
+  def __init__(
+    self,
+    engine: Engine,
+    slots: int,
+    length: int,
+    *,
+    stop_ids: Sequence[int] = (),
+    context_length: int | None = None,
+    newline_guard: bool = False,
+    refill: bool = True,
+    chunk_steps: int = CHUNK_STEPS,
+    prefill_rows: Sequence[int] | None = None,
+    logprobs: bool = False,
+    top_logprobs: int = 0,
+    shrink: bool = False,
+  ):
     cfg = engine.config
     self.engine = engine
     self.slots = int(slots)
@@ -265,8 +297,9 @@ class Pool:
       raise ValueError(f"stop_ids: at most {MAX_STOP_IDS} stop ids, got {len(stop_ids)}")
     self.context = int(context_length or cfg.max_position_embeddings)
     if self.context > cfg.max_position_embeddings:
-      raise ValueError(f"context_length {self.context} exceeds the model's max_position_embeddings "
-                       f"{cfg.max_position_embeddings}")
+      raise ValueError(
+        f"context_length {self.context} exceeds the model's max_position_embeddings {cfg.max_position_embeddings}"
+      )
     self.refill = refill
     self.shrink = shrink
     self.chunk_steps = int(chunk_steps)
@@ -281,12 +314,15 @@ class Pool:
     self.rows: list[Request | None] = [None] * self.slots  # the request in each slot
     self.stats = collections.Counter()  # seconds, steps and tokens of this pool's work
     stop_arr = np.full((MAX_STOP_IDS,), -1, np.int32)
-    stop_arr[:len(stop_ids)] = stop_ids
+    stop_arr[: len(stop_ids)] = stop_ids
     self.stop_ids = tuple(stop_ids)
     newline_ids = engine.newline_ids() if newline_guard else np.asarray([-1], np.int32)
-    self.shared = SharedSettings(context_limit=jnp.asarray(min(self.context, self.length + 1), jnp.int32),
-                                 stop_ids=jnp.asarray(stop_arr), newline_ids=jnp.asarray(newline_ids),
-                                 pad_id=jnp.asarray(self.pad_id, jnp.int32))
+    self.shared = SharedSettings(
+      context_limit=jnp.asarray(min(self.context, self.length + 1), jnp.int32),
+      stop_ids=jnp.asarray(stop_arr),
+      newline_ids=jnp.asarray(newline_ids),
+      pad_id=jnp.asarray(self.pad_id, jnp.int32),
+    )
     self.state = self._empty_state()
     self._lengths = np.zeros((self.slots,), np.int64)  # host copy of the cache lengths of active rows
     self._stop = np.zeros((self.slots,), np.int32)  # reasons the next decode call stops slots with
@@ -300,13 +336,18 @@ class Pool:
     init_cache = eng.sharding.init_cache if eng.sharding is not None else KVCache.init
     cache = init_cache(cfg, b, self.length, eng.cache_dtype)
     state = DecodeState(
-        cache=None, rows=self._row_settings([None] * b),
-        context=sampling.init_context(b, cfg.vocab_size, self.length),
-        tokens=jnp.full((b, self.length), self.pad_id, jnp.int32),
-        last=jnp.zeros((b,), jnp.int32), num_generated=jnp.zeros((b,), jnp.int32),
-        done=jnp.ones((b,), bool), reason=jnp.zeros((b,), jnp.int32),
-        newline_run=jnp.zeros((b,), jnp.int32), keys=sampling.row_keys(jnp.zeros((b,), jnp.uint32)),
-        record=Record.init(b, self.length, self.top_logprobs) if self.logprobs else None)
+      cache=None,
+      rows=self._row_settings([None] * b),
+      context=sampling.init_context(b, cfg.vocab_size, self.length),
+      tokens=jnp.full((b, self.length), self.pad_id, jnp.int32),
+      last=jnp.zeros((b,), jnp.int32),
+      num_generated=jnp.zeros((b,), jnp.int32),
+      done=jnp.ones((b,), bool),
+      reason=jnp.zeros((b,), jnp.int32),
+      newline_run=jnp.zeros((b,), jnp.int32),
+      keys=sampling.row_keys(jnp.zeros((b,), jnp.uint32)),
+      record=Record.init(b, self.length, self.top_logprobs) if self.logprobs else None,
+    )
     if eng.sharding is not None:
       (state,), self.shared = eng.sharding.place_batch((state,), self.shared)
     return state.replace(cache=cache)
@@ -316,16 +357,19 @@ class Pool:
     live = [r for r in requests if r is not None]
     names = sorted({k for r in live for k in r.settings})
     n = len(requests)
-    values = {k: [r.settings.get(k, sampling.SETTINGS[k].off) if r is not None else sampling.SETTINGS[k].off
-                  for r in requests] for k in names}
+    values = {
+      k: [r.settings.get(k, sampling.SETTINGS[k].off) if r is not None else sampling.SETTINGS[k].off for r in requests]
+      for k in names
+    }
     col = lambda f, fill: np.asarray([f(r) if r is not None else fill for r in requests], np.int32)
     # (checked once, when the rows were submitted)
-    return RowSettings(params=sampling.SamplingParams.make(n, vocab_size=self.engine.config.vocab_size,
-                                                           validate=False, **values),
-                       prompt_len=jnp.asarray(col(lambda r: len(r.prompt), 1)),
-                       max_new=jnp.asarray(col(lambda r: r.max_new, 1)),
-                       newline_limit=jnp.asarray(col(lambda r: r.newline_limit, 0)),
-                       record=jnp.asarray(col(lambda r: r.logprobs, 0).astype(bool)))
+    return RowSettings(
+      params=sampling.SamplingParams.make(n, vocab_size=self.engine.config.vocab_size, validate=False, **values),
+      prompt_len=jnp.asarray(col(lambda r: len(r.prompt), 1)),
+      max_new=jnp.asarray(col(lambda r: r.max_new, 1)),
+      newline_limit=jnp.asarray(col(lambda r: r.newline_limit, 0)),
+      record=jnp.asarray(col(lambda r: r.logprobs, 0).astype(bool)),
+    )
 
   # -- queue ----------------------------------------------------------------------------------
   def check(self, request: Request) -> None:
@@ -334,13 +378,17 @@ class Pool:
     if p == 0:
       raise ValueError("prompt is empty: nothing to condition on")
     if p >= self.context:
-      raise ValueError(f"the prompt has {p} tokens, which does not fit the context of {self.context} tokens "
-                       f"(it needs room for at least one new token)")
+      raise ValueError(
+        f"the prompt has {p} tokens, which does not fit the context of {self.context} tokens "
+        f"(it needs room for at least one new token)"
+      )
     if request.max_new < 1:
       raise ValueError(f"max_new_tokens must be >= 1, got {request.max_new}")
     if p + min(request.max_new, self.context - p) - 1 > self.length:
-      raise ValueError(f"the prompt ({p} tokens) and max_new_tokens ({request.max_new}) need "
-                       f"{p + request.max_new - 1} cache slots; this pool has {self.length}")
+      raise ValueError(
+        f"the prompt ({p} tokens) and max_new_tokens ({request.max_new}) need "
+        f"{p + request.max_new - 1} cache slots; this pool has {self.length}"
+      )
 
   def submit(self, requests: Sequence[Request], *, settings_checked: bool = False) -> None:
     """Queues rows (checked first, their settings too unless ``settings_checked`` by
@@ -392,21 +440,27 @@ class Pool:
     from tqdm.auto import tqdm
 
     rounds = max((-(-len(ids) // c) for _, ids, _ in pending), default=0)
-    bar = tqdm(total=sum(len(ids) for _, ids, _ in pending), unit="tok", desc="prefill", leave=False,
-               dynamic_ncols=True, disable=rounds < PREFILL_BAR_CALLS or not distributed.is_leader())
+    bar = tqdm(
+      total=sum(len(ids) for _, ids, _ in pending),
+      unit="tok",
+      desc="prefill",
+      leave=False,
+      dynamic_ncols=True,
+      disable=rounds < PREFILL_BAR_CALLS or not distributed.is_leader(),
+    )
     while pending:
       i = 0
       while i < len(pending):
         left = len(pending) - i
         u = max((b for b in self.prefill_rows if b <= left), default=self.prefill_rows[0])
-        group, i = pending[i:i + u], i + u
+        group, i = pending[i : i + u], i + u
         tokens = np.full((u, c), self.pad_id, np.int32)
         slots = np.full((u,), self.slots, np.int32)
         starts = np.zeros((u,), np.int32)
         counts = np.zeros((u,), np.int32)
         for j, (slot, ids, start) in enumerate(group):
-          piece = ids[start:start + c]
-          tokens[j, :len(piece)], slots[j], starts[j], counts[j] = piece, slot, start, len(piece)
+          piece = ids[start : start + c]
+          tokens[j, : len(piece)], slots[j], starts[j], counts[j] = piece, slot, start, len(piece)
         window = self._window(int(starts.max()) + c)
         args = (self.state, *map(jnp.asarray, (tokens, slots, starts, counts)))
         exe, secs = eng._compiled_fn("prefill", prefill_slots_jit, eng.state, *args, window=window)
@@ -434,7 +488,7 @@ class Pool:
       return
     now = time.perf_counter()
     placed, sources = [], []
-    overwritten = set(free[:len(taken)])
+    overwritten = set(free[: len(taken)])
     for holders in self._holders.values():
       holders -= overwritten
     copied = set()  # slots that copy their prompt in this round's insert: not a source before it ran
@@ -484,8 +538,13 @@ class Pool:
     window = self._window(int(self._lengths[active].max()) + 1)
     done_now = self.slots - len(active)
     free_target = done_now + 1 if (self.queue and self.refill) else self.slots + 1
-    args = (self.state, self.shared, jnp.asarray(self.chunk_steps, jnp.int32), jnp.asarray(free_target, jnp.int32),
-            jnp.asarray(self._stop))
+    args = (
+      self.state,
+      self.shared,
+      jnp.asarray(self.chunk_steps, jnp.int32),
+      jnp.asarray(free_target, jnp.int32),
+      jnp.asarray(self._stop),
+    )
     self._stop[:] = 0
     exe, secs = eng._compiled_fn("decode", decode_jit, eng.state, *args, window=window)
     self.stats["compile_seconds"] += secs
@@ -549,8 +608,9 @@ class Pool:
       starts = np.zeros((self.slots,), np.int32)
       for i in active:
         starts[i] = min(have[i], n_out - width)
-      exe, secs = self.engine._compiled_fn("tails", tails_jit, s.tokens, s.record if records else None,
-                                           jnp.asarray(starts), with_model=False, width=width)
+      exe, secs = self.engine._compiled_fn(
+        "tails", tails_jit, s.tokens, s.record if records else None, jnp.asarray(starts), with_model=False, width=width
+      )
       self.stats["compile_seconds"] += secs
       tokens, record = distributed.fetch(exe(s.tokens, s.record if records else None, jnp.asarray(starts)))
       for i in active:
@@ -626,15 +686,35 @@ class Pool:
       z = jnp.zeros((u,), jnp.int32)
       for w in windows:
         if w >= c:
-          total += eng._compiled_fn("prefill", prefill_slots_jit, eng.state, self.state, jnp.zeros((u, c), jnp.int32),
-                                    z, z, z, window=w)[1]
+          total += eng._compiled_fn(
+            "prefill", prefill_slots_jit, eng.state, self.state, jnp.zeros((u, c), jnp.int32), z, z, z, window=w
+          )[1]
     b = self.slots
     z = jnp.zeros((b,), jnp.int32)
-    total += eng._compiled_fn("insert", insert_jit, self.state, z, z, z, self._row_settings([None] * b),
-                              jnp.zeros((b,), jnp.uint32), self.shared.pad_id, with_model=False)[1]
+    total += eng._compiled_fn(
+      "insert",
+      insert_jit,
+      self.state,
+      z,
+      z,
+      z,
+      self._row_settings([None] * b),
+      jnp.zeros((b,), jnp.uint32),
+      self.shared.pad_id,
+      with_model=False,
+    )[1]
     for w in windows:
-      total += eng._compiled_fn("decode", decode_jit, eng.state, self.state, self.shared, jnp.asarray(1, jnp.int32),
-                                jnp.asarray(1, jnp.int32), jnp.asarray(self._stop), window=w)[1]
+      total += eng._compiled_fn(
+        "decode",
+        decode_jit,
+        eng.state,
+        self.state,
+        self.shared,
+        jnp.asarray(1, jnp.int32),
+        jnp.asarray(1, jnp.int32),
+        jnp.asarray(self._stop),
+        window=w,
+      )[1]
     width = min(TAIL, self.state.tokens.shape[1])
     for record in {id(None): None, id(self.state.record): self.state.record}.values():  # (with and without records)
       total += eng._compiled_fn("tails", tails_jit, self.state.tokens, record, z, with_model=False, width=width)[1]

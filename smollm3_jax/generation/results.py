@@ -67,12 +67,12 @@ class GenerationStats:
   time_to_first_token: float = 0.0
   decode_seconds: float = 0.0
   decode_tokens_per_second: float = 0.0
-  batch_size: int = 0          # slots of the pool
-  cache_length: int = 0        # cache slots per row
+  batch_size: int = 0  # slots of the pool
+  cache_length: int = 0  # cache slots per row
   decode_steps: int = 0
-  prefilled_prompts: int = 0     # prompts run through prefill (repeats share one)
+  prefilled_prompts: int = 0  # prompts run through prefill (repeats share one)
   slot_utilization: float = 0.0  # generated tokens / (slots x decode steps)
-  queue_seconds: float = 0.0     # mean wait of a row for a slot
+  queue_seconds: float = 0.0  # mean wait of a row for a slot
   max_queue_seconds: float = 0.0
 
   def as_dict(self) -> dict[str, Any]:
@@ -94,8 +94,9 @@ class GenerationResult:
     return self.completions[i]
 
 
-def completion_of(tokenizer, request, prompt_text: str, stop_ids: Sequence[int], stop: Sequence[str] = (),
-                  settings: dict | None = None) -> Completion:
+def completion_of(
+  tokenizer, request, prompt_text: str, stop_ids: Sequence[int], stop: Sequence[str] = (), settings: dict | None = None
+) -> Completion:
   """The Completion of a finished pool row (:class:`~smollm3_jax.generation.engine.Request`): its
   final stop token left out of the text (kept in ``token_ids``), a stop string and what follows it
   cut (reason "stop"), the text split into thinking and answer. Without a tokenizer the texts are
@@ -105,13 +106,21 @@ def completion_of(tokenizer, request, prompt_text: str, stop_ids: Sequence[int],
   text = tokenizer.decode(body) if tokenizer is not None else ""
   if request.reason == STOP:  # cut the stop string (and anything after it) from the text
     text = cut_stop(text, stop)
-  thinking, answer = (split_thinking(text, inside=prompt_opens_thinking(prompt_text)) if tokenizer is not None
-                      else ("", ""))
+  thinking, answer = (
+    split_thinking(text, inside=prompt_opens_thinking(prompt_text)) if tokenizer is not None else ("", "")
+  )
   record = request.record
-  return Completion(prompt=prompt_text, prompt_token_ids=[int(t) for t in request.prompt], token_ids=ids,
-                    text=text, thinking=thinking, answer=answer, stop_reason=STOP_REASONS[request.reason],
-                    settings=dict(settings or {}),
-                    logprobs=TokenLogprobs.of(record, len(ids)) if record is not None else None)
+  return Completion(
+    prompt=prompt_text,
+    prompt_token_ids=[int(t) for t in request.prompt],
+    token_ids=ids,
+    text=text,
+    thinking=thinking,
+    answer=answer,
+    stop_reason=STOP_REASONS[request.reason],
+    settings=dict(settings or {}),
+    logprobs=TokenLogprobs.of(record, len(ids)) if record is not None else None,
+  )
 
 
 def row_stats(request, pool, since: float) -> GenerationStats:
@@ -123,8 +132,15 @@ def row_stats(request, pool, since: float) -> GenerationStats:
   decode = max(0.0, (request.finished or time.perf_counter()) - first)
   n = len(request.token_ids)
   return GenerationStats(
-      prompt_tokens=len(request.prompt), generated_tokens=n, prefill_seconds=max(0.0, first - admitted),
-      time_to_first_token=(request.first_token - since) if request.first_token else 0.0, decode_seconds=decode,
-      decode_tokens_per_second=n / decode if decode > 0 else 0.0, batch_size=pool.slots, cache_length=pool.length,
-      slot_utilization=pool.utilization(), queue_seconds=request.queue_seconds,
-      max_queue_seconds=request.queue_seconds)
+    prompt_tokens=len(request.prompt),
+    generated_tokens=n,
+    prefill_seconds=max(0.0, first - admitted),
+    time_to_first_token=(request.first_token - since) if request.first_token else 0.0,
+    decode_seconds=decode,
+    decode_tokens_per_second=n / decode if decode > 0 else 0.0,
+    batch_size=pool.slots,
+    cache_length=pool.length,
+    slot_utilization=pool.utilization(),
+    queue_seconds=request.queue_seconds,
+    max_queue_seconds=request.queue_seconds,
+  )

@@ -41,8 +41,8 @@ class Row:
   tag: Any = None
   completion: Completion | None = None
   # -- the runner's --
-  fed: int = 0       # tokens already handed out in events
-  checked: int = 0   # tokens already searched for stop strings
+  fed: int = 0  # tokens already handed out in events
+  checked: int = 0  # tokens already searched for stop strings
   decoder: IncrementalDecoder | None = None
 
   @property
@@ -122,8 +122,7 @@ class Runner:
           if req.reason == STOP:
             text = cut_stop(text, row.stop)
       if req.done:
-        row.completion = completion_of(self.tokenizer, req, row.prompt_text, self.pool.stop_ids, row.stop,
-                                       row.settings)
+        row.completion = completion_of(self.tokenizer, req, row.prompt_text, self.pool.stop_ids, row.stop, row.settings)
       if ids or text or req.done:
         events.append(Event(row=row, start=start, token_ids=list(ids), text=text, done=req.done))
     return events

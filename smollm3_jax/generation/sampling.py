@@ -47,29 +47,31 @@ import jax.numpy as jnp
 
 from smollm3_jax.generation.settings import SETTINGS, as_host_array, bias_pairs, validate_sampling_args
 
+
 @flax.struct.dataclass
 class SamplingParams:
   """Per-row sampling settings: every field has the batch [B] as its first axis. See
   :data:`SETTINGS` for the meanings and off values."""
 
-  temperature: jax.Array           # [B] f32, 0.0 = greedy
-  top_k: jax.Array                 # [B] int32, 0 = off
-  top_p: jax.Array                 # [B] f32 in (0, 1], 1.0 = off
-  min_p: jax.Array                 # [B] f32 in [0, 1], 0.0 = off
-  repetition_penalty: jax.Array    # [B] f32 > 0, 1.0 = off
-  typical_p: jax.Array             # [B] f32 in (0, 1], 1.0 = off
-  epsilon_cutoff: jax.Array        # [B] f32 in [0, 1), 0.0 = off
-  eta_cutoff: jax.Array            # [B] f32 in [0, 1), 0.0 = off
+  temperature: jax.Array  # [B] f32, 0.0 = greedy
+  top_k: jax.Array  # [B] int32, 0 = off
+  top_p: jax.Array  # [B] f32 in (0, 1], 1.0 = off
+  min_p: jax.Array  # [B] f32 in [0, 1], 0.0 = off
+  repetition_penalty: jax.Array  # [B] f32 > 0, 1.0 = off
+  typical_p: jax.Array  # [B] f32 in (0, 1], 1.0 = off
+  epsilon_cutoff: jax.Array  # [B] f32 in [0, 1), 0.0 = off
+  eta_cutoff: jax.Array  # [B] f32 in [0, 1), 0.0 = off
   no_repeat_ngram_size: jax.Array  # [B] int32 >= 0, 0 = off
-  frequency_penalty: jax.Array     # [B] f32 in [-2, 2], 0.0 = off
-  presence_penalty: jax.Array      # [B] f32 in [-2, 2], 0.0 = off
-  min_new_tokens: jax.Array        # [B] int32 >= 0, 0 = off
-  logit_bias_ids: jax.Array        # [B, MAX_LOGIT_BIAS] int32, -1 = no pair
-  logit_bias_values: jax.Array     # [B, MAX_LOGIT_BIAS] f32
+  frequency_penalty: jax.Array  # [B] f32 in [-2, 2], 0.0 = off
+  presence_penalty: jax.Array  # [B] f32 in [-2, 2], 0.0 = off
+  min_new_tokens: jax.Array  # [B] int32 >= 0, 0 = off
+  logit_bias_ids: jax.Array  # [B, MAX_LOGIT_BIAS] int32, -1 = no pair
+  logit_bias_values: jax.Array  # [B, MAX_LOGIT_BIAS] f32
 
   @classmethod
-  def make(cls, batch: int, *, vocab_size: int | None = None, validate: bool = True,
-           **settings: Any) -> "SamplingParams":
+  def make(
+    cls, batch: int, *, vocab_size: int | None = None, validate: bool = True, **settings: Any
+  ) -> "SamplingParams":
     """Params [batch]. Each keyword is a name of :data:`SETTINGS` (unknown names raise a ValueError
     naming them), a scalar or a length-``batch`` sequence; ``logit_bias`` is a mapping {token id:
     bias} or a sequence of ``batch`` mappings. Unset settings are off. ``validate=False`` skips the
@@ -100,8 +102,7 @@ class SamplingParams:
 # ----------------------------------------------------------------------------
 
 
-def apply_repetition_penalty(logits: jax.Array, presence: jax.Array,
-                             penalty: jax.Array) -> jax.Array:
+def apply_repetition_penalty(logits: jax.Array, presence: jax.Array, penalty: jax.Array) -> jax.Array:
   """Penalise present tokens: logit<0 -> logit*p, else logit/p. presence: [B, V] bool."""
   p = penalty.astype(logits.dtype)[:, None]
   penalised = jnp.where(logits < 0, logits * p, logits / p)
@@ -243,22 +244,32 @@ def _filter_chain(x: jax.Array, params: SamplingParams) -> jax.Array:
   bisection over order keys or elementwise (no sort of the vocabulary: sorting 49k-128k values
   per row per step is slow on TPUs and GPUs). Each filter is skipped when no row uses it."""
   keys = _order_keys(x)
-  x = jax.lax.cond(jnp.any(params.top_k > 0),
-                   lambda: jnp.where(_top_k_keep(keys, params.top_k), x, -jnp.inf), lambda: x)
-  x = jax.lax.cond(jnp.any(params.top_p < 1.0),
-                   lambda: jnp.where(_top_p_keep(x, keys, params.top_p), x, -jnp.inf), lambda: x)
+  x = jax.lax.cond(
+    jnp.any(params.top_k > 0), lambda: jnp.where(_top_k_keep(keys, params.top_k), x, -jnp.inf), lambda: x
+  )
+  x = jax.lax.cond(
+    jnp.any(params.top_p < 1.0), lambda: jnp.where(_top_p_keep(x, keys, params.top_p), x, -jnp.inf), lambda: x
+  )
   # min-p needs only an elementwise softmax of the top-k/top-p output.
   x = jnp.where(_min_p_remove(x, params.min_p), -jnp.inf, x)
   x = jax.lax.cond(jnp.any(params.typical_p < 1.0), apply_typical_p, lambda y, _: y, x, params.typical_p)
-  x = jax.lax.cond(jnp.any(params.epsilon_cutoff > 0), apply_epsilon_cutoff, lambda y, _: y, x,
-                   params.epsilon_cutoff)
+  x = jax.lax.cond(jnp.any(params.epsilon_cutoff > 0), apply_epsilon_cutoff, lambda y, _: y, x, params.epsilon_cutoff)
   return jax.lax.cond(jnp.any(params.eta_cutoff > 0), apply_eta_cutoff, lambda y, _: y, x, params.eta_cutoff)
 
 
 def _needs_filter(params: SamplingParams) -> jax.Array:
   sampled = params.temperature > 0
-  return jnp.any(sampled & ((params.top_k > 0) | (params.top_p < 1.0) | (params.min_p > 0)
-                            | (params.typical_p < 1.0) | (params.epsilon_cutoff > 0) | (params.eta_cutoff > 0)))
+  return jnp.any(
+    sampled
+    & (
+      (params.top_k > 0)
+      | (params.top_p < 1.0)
+      | (params.min_p > 0)
+      | (params.typical_p < 1.0)
+      | (params.epsilon_cutoff > 0)
+      | (params.eta_cutoff > 0)
+    )
+  )
 
 
 def _warp(x: jax.Array, params: SamplingParams) -> jax.Array:
@@ -276,8 +287,9 @@ def apply_logit_bias(logits: jax.Array, ids: jax.Array, values: jax.Array) -> ja
   return logits.at[jnp.arange(b)[:, None], idx].add(values.astype(logits.dtype), mode="drop")
 
 
-def apply_openai_penalties(logits: jax.Array, counts: jax.Array, frequency_penalty: jax.Array,
-                           presence_penalty: jax.Array) -> jax.Array:
+def apply_openai_penalties(
+  logits: jax.Array, counts: jax.Array, frequency_penalty: jax.Array, presence_penalty: jax.Array
+) -> jax.Array:
   """vLLM's frequency and presence penalties: logit - f * count - p * [count > 0]; counts [B, V]
   int32 of the generated tokens (not the prompt), penalties [B]."""
   counts = counts.astype(logits.dtype)
@@ -317,8 +329,9 @@ def apply_no_repeat_ngram(logits: jax.Array, ctx: "TokenContext", n: jax.Array) 
   return jnp.where(_ngram_banned(ctx.history, ctx.length, n, logits.shape[1]), -jnp.inf, logits)
 
 
-def apply_min_new_tokens(logits: jax.Array, num_generated: jax.Array, min_new_tokens: jax.Array,
-                         stop_ids: jax.Array) -> jax.Array:
+def apply_min_new_tokens(
+  logits: jax.Array, num_generated: jax.Array, min_new_tokens: jax.Array, stop_ids: jax.Array
+) -> jax.Array:
   """-inf on the stop ids [K] (-1 padded) of rows that generated fewer than min_new_tokens tokens
   (MinNewTokensLengthLogitsProcessor)."""
   v = logits.shape[1]
@@ -326,8 +339,14 @@ def apply_min_new_tokens(logits: jax.Array, num_generated: jax.Array, min_new_to
   return jnp.where((num_generated < min_new_tokens)[:, None] & stop[None, :v], -jnp.inf, logits)
 
 
-def process_logits(logits: jax.Array, ctx: "TokenContext", params: SamplingParams, *,
-                   num_generated: jax.Array | None = None, stop_ids: jax.Array | None = None) -> jax.Array:
+def process_logits(
+  logits: jax.Array,
+  ctx: "TokenContext",
+  params: SamplingParams,
+  *,
+  num_generated: jax.Array | None = None,
+  stop_ids: jax.Array | None = None,
+) -> jax.Array:
   """Full chain in generate's order -> [B, V] f32: the distribution each row is sampled from.
 
   Greedy rows (temperature 0) get only the logits processors (no temperature or filters), as
@@ -341,8 +360,13 @@ def process_logits(logits: jax.Array, ctx: "TokenContext", params: SamplingParam
   return jnp.where(greedy, x, _warp(x, params))
 
 
-def _process(logits: jax.Array, ctx: "TokenContext", params: SamplingParams,
-             num_generated: jax.Array | None, stop_ids: jax.Array | None) -> jax.Array:
+def _process(
+  logits: jax.Array,
+  ctx: "TokenContext",
+  params: SamplingParams,
+  num_generated: jax.Array | None,
+  stop_ids: jax.Array | None,
+) -> jax.Array:
   """The logits processors 1-5 (greedy and sampled rows alike) -> [B, V] f32. When no row uses
   1, 3, 4 or 5 one conditional skips them all (the common case costs what the repetition penalty
   alone costs); otherwise each is skipped when no row uses it."""
@@ -357,17 +381,29 @@ def _process(logits: jax.Array, ctx: "TokenContext", params: SamplingParams,
   def every_step(x):
     x = jax.lax.cond(bias_on, apply_logit_bias, skip, x, params.logit_bias_ids, params.logit_bias_values)
     x = apply_repetition_penalty(x, ctx.presence, params.repetition_penalty)
-    x = jax.lax.cond(penalties_on, apply_openai_penalties, skip, x, ctx.counts, params.frequency_penalty,
-                     params.presence_penalty)
+    x = jax.lax.cond(
+      penalties_on, apply_openai_penalties, skip, x, ctx.counts, params.frequency_penalty, params.presence_penalty
+    )
     if ctx.history.shape[1]:  # static: a context without history (a bare presence mask) has no n-grams
       x = jax.lax.cond(ngram_on, apply_no_repeat_ngram, skip, x, ctx, params.no_repeat_ngram_size)
     if with_min_new:
-      x = jax.lax.cond(min_new_on, apply_min_new_tokens, skip, x, num_generated, params.min_new_tokens,
-                       jnp.asarray(stop_ids, jnp.int32))
+      x = jax.lax.cond(
+        min_new_on,
+        apply_min_new_tokens,
+        skip,
+        x,
+        num_generated,
+        params.min_new_tokens,
+        jnp.asarray(stop_ids, jnp.int32),
+      )
     return x
 
-  return jax.lax.cond(bias_on | penalties_on | ngram_on | min_new_on, every_step,
-                      lambda x: apply_repetition_penalty(x, ctx.presence, params.repetition_penalty), x)
+  return jax.lax.cond(
+    bias_on | penalties_on | ngram_on | min_new_on,
+    every_step,
+    lambda x: apply_repetition_penalty(x, ctx.presence, params.repetition_penalty),
+    x,
+  )
 
 
 _BLOCK = 256  # vocabulary block for the two-level argmax / inverse-CDF below
@@ -421,14 +457,19 @@ def _categorical_rows(keys: jax.Array, logits: jax.Array) -> jax.Array:
   before = jnp.where(j > 0, jnp.take_along_axis(block_cdf, jnp.maximum(j - 1, 0)[:, None], -1)[:, 0], 0.0)
   inner = jnp.take_along_axis(p, j[:, None, None], 1)[:, 0]  # [B, BLOCK]
   inner_alive = inner > 0
-  k = _first_true((before[:, None] + jnp.cumsum(inner, -1) > u[:, None]) & inner_alive,
-                  _last_true(inner_alive))
+  k = _first_true((before[:, None] + jnp.cumsum(inner, -1) > u[:, None]) & inner_alive, _last_true(inner_alive))
   return j * _BLOCK + k
 
 
-def sample_tokens(logits: jax.Array, ctx: "TokenContext", params: SamplingParams,
-                  keys: jax.Array, *, num_generated: jax.Array | None = None,
-                  stop_ids: jax.Array | None = None) -> jax.Array:
+def sample_tokens(
+  logits: jax.Array,
+  ctx: "TokenContext",
+  params: SamplingParams,
+  keys: jax.Array,
+  *,
+  num_generated: jax.Array | None = None,
+  stop_ids: jax.Array | None = None,
+) -> jax.Array:
   """Next token per row -> [B] int32.
 
   logits [B, V]; ctx: the rows' :class:`TokenContext`;
@@ -479,21 +520,24 @@ class TokenContext:
   first axis (the engine gathers/scatters rows of it by slot)."""
 
   presence: jax.Array  # [B, V] bool, prompt + generated tokens (repetition penalty)
-  counts: jax.Array    # [B, V] int32, generated tokens only (frequency / presence penalties)
-  history: jax.Array   # [B, L] int32 token id at each position (slot = position, as the KV cache), -1 = none
-  length: jax.Array    # [B] int32 1 + the last position observed (tokens of the row so far)
+  counts: jax.Array  # [B, V] int32, generated tokens only (frequency / presence penalties)
+  history: jax.Array  # [B, L] int32 token id at each position (slot = position, as the KV cache), -1 = none
+  length: jax.Array  # [B] int32 1 + the last position observed (tokens of the row so far)
 
 
 def init_context(batch: int, vocab_size: int, length: int) -> TokenContext:
   """Empty rows: ``batch`` rows, vocabulary ``vocab_size``, ``length`` positions."""
-  return TokenContext(presence=jnp.zeros((batch, vocab_size), bool),
-                      counts=jnp.zeros((batch, vocab_size), jnp.int32),
-                      history=jnp.full((batch, length), -1, jnp.int32),
-                      length=jnp.zeros((batch,), jnp.int32))
+  return TokenContext(
+    presence=jnp.zeros((batch, vocab_size), bool),
+    counts=jnp.zeros((batch, vocab_size), jnp.int32),
+    history=jnp.full((batch, length), -1, jnp.int32),
+    length=jnp.zeros((batch,), jnp.int32),
+  )
 
 
-def observe(ctx: TokenContext, tokens: jax.Array, positions: jax.Array, valid: jax.Array, *,
-            generated: bool) -> TokenContext:
+def observe(
+  ctx: TokenContext, tokens: jax.Array, positions: jax.Array, valid: jax.Array, *, generated: bool
+) -> TokenContext:
   """Records tokens [B, T] at positions [B, T] where valid [B, T]: prompt chunks
   (``generated=False``) or the sampled token (T = 1, ``generated=True``, also counted).
   Out-of-range ids and positions are dropped."""
@@ -509,8 +553,7 @@ def observe(ctx: TokenContext, tokens: jax.Array, positions: jax.Array, valid: j
   at = jnp.where(ok & (positions >= 0) & (positions < l), positions, l)
   history = ctx.history.at[rows, at].set(tokens, mode="drop")
   end = jnp.max(jnp.where(ok, positions + 1, 0), axis=1)
-  return TokenContext(presence=presence, counts=counts, history=history,
-                      length=jnp.maximum(ctx.length, end))
+  return TokenContext(presence=presence, counts=counts, history=history, length=jnp.maximum(ctx.length, end))
 
 
 def prefix_context(ctx: TokenContext, length: jax.Array) -> TokenContext:
@@ -521,5 +564,6 @@ def prefix_context(ctx: TokenContext, length: jax.Array) -> TokenContext:
   history = jnp.where(keep, ctx.history, -1)
   rows = jnp.broadcast_to(jnp.arange(b)[:, None], history.shape)
   presence = jnp.zeros((b, v), bool).at[rows, jnp.where(history >= 0, history, v)].set(True, mode="drop")
-  return TokenContext(presence=presence, counts=jnp.zeros_like(ctx.counts), history=history,
-                      length=jnp.minimum(ctx.length, length))
+  return TokenContext(
+    presence=presence, counts=jnp.zeros_like(ctx.counts), history=history, length=jnp.minimum(ctx.length, length)
+  )

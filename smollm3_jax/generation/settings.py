@@ -42,39 +42,87 @@ def _rule(ok: Callable[[np.ndarray], np.ndarray], message: str) -> Callable[[np.
 
 # The registry, in the order of SamplingParams' fields (logit_bias last: two fields, ids and values).
 SETTINGS: dict[str, Setting] = {
-    "temperature": Setting(0.0, np.float32, "0 = greedy (argmax of the processed logits).",
-                           _rule(lambda a: a >= 0, "must be >= 0 (0 = greedy)")),
-    "top_k": Setting(0, np.int32, "Keep the k most likely tokens; 0 = off.",
-                     _rule(lambda a: a >= 0, "must be >= 0 (0 = off)"), integer=True),
-    "top_p": Setting(1.0, np.float32, "Nucleus: keep the smallest set with this mass; 1 = off.",
-                     _rule(lambda a: (a > 0) & (a <= 1), "must be in (0, 1] (1 = off)")),
-    "min_p": Setting(0.0, np.float32, "Drop tokens below min_p x the top probability; 0 = off.",
-                     _rule(lambda a: (a >= 0) & (a <= 1), "must be in [0, 1] (0 = off)")),
-    "repetition_penalty": Setting(1.0, np.float32, "Divide (logit > 0) or multiply the logits of prompt and "
-                                  "generated tokens; 1 = off.", _rule(lambda a: a > 0, "must be > 0 (1 = off)")),
-    "typical_p": Setting(1.0, np.float32, "Locally typical sampling (Meister et al. 2022): keep the tokens "
-                         "closest to the entropy up to this mass; 1 = off.",
-                         _rule(lambda a: (a > 0) & (a <= 1), "must be in (0, 1] (1 = off)")),
-    "epsilon_cutoff": Setting(0.0, np.float32, "Drop tokens with probability < epsilon (Hewitt et al. 2022); "
-                              "0 = off.", _rule(lambda a: (a >= 0) & (a < 1), "must be in [0, 1) (0 = off)")),
-    "eta_cutoff": Setting(0.0, np.float32, "Drop tokens with probability < min(eta, sqrt(eta) exp(-entropy)) "
-                          "(Hewitt et al. 2022); 0 = off.",
-                          _rule(lambda a: (a >= 0) & (a < 1), "must be in [0, 1) (0 = off)")),
-    "no_repeat_ngram_size": Setting(0, np.int32, "Ban every token that would repeat an n-gram of the prompt "
-                                    f"or the answer; 0 = off, at most {MAX_NO_REPEAT_NGRAM}.",
-                                    _rule(lambda a: (a >= 0) & (a <= MAX_NO_REPEAT_NGRAM),
-                                          f"must be in [0, {MAX_NO_REPEAT_NGRAM}] (0 = off)"),
-                                    integer=True),
-    "frequency_penalty": Setting(0.0, np.float32, "OpenAI / vLLM: subtract penalty x count of each generated "
-                                 "token from its logit; in [-2, 2], 0 = off.",
-                                 _rule(lambda a: (a >= -2) & (a <= 2), "must be in [-2, 2] (0 = off)")),
-    "presence_penalty": Setting(0.0, np.float32, "OpenAI / vLLM: subtract penalty from the logit of every token "
-                                "generated so far; in [-2, 2], 0 = off.",
-                                _rule(lambda a: (a >= -2) & (a <= 2), "must be in [-2, 2] (0 = off)")),
-    "min_new_tokens": Setting(0, np.int32, "The stop ids are masked until a row generated this many tokens; "
-                              "0 = off.", _rule(lambda a: a >= 0, "must be >= 0 (0 = off)"), integer=True),
-    "logit_bias": Setting({}, np.float32, f"OpenAI: {{token id: bias}} added to the logits (at most "
-                          f"{MAX_LOGIT_BIAS} ids per row); empty = off.", lambda a: None),
+  "temperature": Setting(
+    0.0,
+    np.float32,
+    "0 = greedy (argmax of the processed logits).",
+    _rule(lambda a: a >= 0, "must be >= 0 (0 = greedy)"),
+  ),
+  "top_k": Setting(
+    0,
+    np.int32,
+    "Keep the k most likely tokens; 0 = off.",
+    _rule(lambda a: a >= 0, "must be >= 0 (0 = off)"),
+    integer=True,
+  ),
+  "top_p": Setting(
+    1.0,
+    np.float32,
+    "Nucleus: keep the smallest set with this mass; 1 = off.",
+    _rule(lambda a: (a > 0) & (a <= 1), "must be in (0, 1] (1 = off)"),
+  ),
+  "min_p": Setting(
+    0.0,
+    np.float32,
+    "Drop tokens below min_p x the top probability; 0 = off.",
+    _rule(lambda a: (a >= 0) & (a <= 1), "must be in [0, 1] (0 = off)"),
+  ),
+  "repetition_penalty": Setting(
+    1.0,
+    np.float32,
+    "Divide (logit > 0) or multiply the logits of prompt and generated tokens; 1 = off.",
+    _rule(lambda a: a > 0, "must be > 0 (1 = off)"),
+  ),
+  "typical_p": Setting(
+    1.0,
+    np.float32,
+    "Locally typical sampling (Meister et al. 2022): keep the tokens closest to the entropy up to this mass; 1 = off.",
+    _rule(lambda a: (a > 0) & (a <= 1), "must be in (0, 1] (1 = off)"),
+  ),
+  "epsilon_cutoff": Setting(
+    0.0,
+    np.float32,
+    "Drop tokens with probability < epsilon (Hewitt et al. 2022); 0 = off.",
+    _rule(lambda a: (a >= 0) & (a < 1), "must be in [0, 1) (0 = off)"),
+  ),
+  "eta_cutoff": Setting(
+    0.0,
+    np.float32,
+    "Drop tokens with probability < min(eta, sqrt(eta) exp(-entropy)) (Hewitt et al. 2022); 0 = off.",
+    _rule(lambda a: (a >= 0) & (a < 1), "must be in [0, 1) (0 = off)"),
+  ),
+  "no_repeat_ngram_size": Setting(
+    0,
+    np.int32,
+    f"Ban every token that would repeat an n-gram of the prompt or the answer; 0 = off, at most {MAX_NO_REPEAT_NGRAM}.",
+    _rule(lambda a: (a >= 0) & (a <= MAX_NO_REPEAT_NGRAM), f"must be in [0, {MAX_NO_REPEAT_NGRAM}] (0 = off)"),
+    integer=True,
+  ),
+  "frequency_penalty": Setting(
+    0.0,
+    np.float32,
+    "OpenAI / vLLM: subtract penalty x count of each generated token from its logit; in [-2, 2], 0 = off.",
+    _rule(lambda a: (a >= -2) & (a <= 2), "must be in [-2, 2] (0 = off)"),
+  ),
+  "presence_penalty": Setting(
+    0.0,
+    np.float32,
+    "OpenAI / vLLM: subtract penalty from the logit of every token generated so far; in [-2, 2], 0 = off.",
+    _rule(lambda a: (a >= -2) & (a <= 2), "must be in [-2, 2] (0 = off)"),
+  ),
+  "min_new_tokens": Setting(
+    0,
+    np.int32,
+    "The stop ids are masked until a row generated this many tokens; 0 = off.",
+    _rule(lambda a: a >= 0, "must be >= 0 (0 = off)"),
+    integer=True,
+  ),
+  "logit_bias": Setting(
+    {},
+    np.float32,
+    f"OpenAI: {{token id: bias}} added to the logits (at most {MAX_LOGIT_BIAS} ids per row); empty = off.",
+    lambda a: None,
+  ),
 }
 
 
@@ -129,8 +177,12 @@ def bias_pairs(value: Any, batch: int | None, vocab_size: int | None) -> tuple[n
         raise ValueError(f"`logit_bias` token id {tok_i} is too large")
       if vocab_size is not None and tok_i >= vocab_size:
         raise ValueError(f"`logit_bias` token id {tok_i} is outside the vocabulary (size {vocab_size})")
-      if isinstance(b, bool) or not isinstance(b, (int, float, np.integer, np.floating)) \
-          or not np.isfinite(b) or abs(b) > _F32_MAX:
+      if (
+        isinstance(b, bool)
+        or not isinstance(b, (int, float, np.integer, np.floating))
+        or not np.isfinite(b)
+        or abs(b) > _F32_MAX
+      ):
         raise ValueError(f"`logit_bias` biases must be finite numbers, got {b!r} for id {tok_i}")
       ids[r, j], bias[r, j] = tok_i, b
   return ids, bias
@@ -143,8 +195,7 @@ def validate_sampling_args(*, batch: int | None = None, vocab_size: int | None =
   (``logit_bias``: a mapping {id: bias} or a sequence of them). ``vocab_size``, when given, bounds
   the ``logit_bias`` ids. Runs in numpy: call it before jit.
   """
-  if batch is not None and (isinstance(batch, bool) or not isinstance(batch, (int, np.integer))
-                            or batch < 1):
+  if batch is not None and (isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1):
     raise ValueError(f"`batch` must be a positive int, got {batch!r}")
   for name, value in kwargs.items():
     if name not in SETTINGS:
@@ -168,14 +219,22 @@ def validate_sampling_args(*, batch: int | None = None, vocab_size: int | None =
       raise ValueError(f"`{name}` {message}, got {value!r}")
 
 
-def check_limits(model, *, context_length: int | None, max_new_tokens: Any, chunk_steps: Any,
-                 max_name: str = "max_new_tokens", **sampling_settings: Any) -> int:
+def check_limits(
+  model,
+  *,
+  context_length: int | None,
+  max_new_tokens: Any,
+  chunk_steps: Any,
+  max_name: str = "max_new_tokens",
+  **sampling_settings: Any,
+) -> int:
   """Checks the limits a chat session and the server share (and sampling settings); returns the context length (default:
   the model's ``max_position_embeddings``). ValueError names the bad setting."""
   validate_sampling_args(**sampling_settings)
   limit = model.config.max_position_embeddings
-  context = limit if context_length is None else validation.as_count("context_length", context_length, low=2,
-                                                                      high=limit)
+  context = (
+    limit if context_length is None else validation.as_count("context_length", context_length, low=2, high=limit)
+  )
   validation.as_count(max_name, max_new_tokens, low=1)
   validation.as_count("chunk_steps", chunk_steps, low=1)
   return context
@@ -188,5 +247,5 @@ def row_seeds(seed, n: int) -> np.ndarray:
     return validation.as_seeds("seed", seed, n).astype(np.uint32)
   base = np.uint64(validation.as_count("seed", seed, low=0, high=validation.UINT32_MAX))
   idx = np.arange(n, dtype=np.uint64)
-  mixed = (base * np.uint64(0x9E3779B1) + idx * np.uint64(0x85EBCA77) + np.uint64(0x165667B1))
+  mixed = base * np.uint64(0x9E3779B1) + idx * np.uint64(0x85EBCA77) + np.uint64(0x165667B1)
   return (mixed & np.uint64(0xFFFFFFFF)).astype(np.uint32)

@@ -29,7 +29,7 @@ def check_stop(stop) -> tuple[str, ...]:
 def cut_stop(text: str, stop) -> str:
   """``text`` up to the first of the stop strings it contains (all of it when none)."""
   hits = [text.find(x) for x in stop if x in text]
-  return text[:min(hits)] if hits else text
+  return text[: min(hits)] if hits else text
 
 
 def stop_string_hit(tokenizer, ids: list[int], stop, checked: int) -> int | None:
@@ -38,7 +38,7 @@ def stop_string_hit(tokenizer, ids: list[int], stop, checked: int) -> int | None
   longest = max(len(x) for x in stop)
   for k in range(checked + 1, len(ids) + 1):
     # The stop string ends within token k-1: decoding a tail of a few tokens is enough.
-    tail = tokenizer.decode(ids[max(0, k - longest - 4):k])
+    tail = tokenizer.decode(ids[max(0, k - longest - 4) : k])
     if any(x in tail for x in stop):
       return k
   return None

@@ -10,8 +10,8 @@ Imports nothing from the package.
 from __future__ import annotations
 
 import dataclasses
-import math
 import json
+import math
 import os
 from typing import Any, Mapping
 
@@ -58,36 +58,51 @@ class SmolLM3Config:
   pad_token_id: int | None = 128004
 
   def __post_init__(self):
-    for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-                 "num_attention_heads", "num_key_value_heads", "head_dim",
-                 "max_position_embeddings"):
+    for name in (
+      "vocab_size",
+      "hidden_size",
+      "intermediate_size",
+      "num_hidden_layers",
+      "num_attention_heads",
+      "num_key_value_heads",
+      "head_dim",
+      "max_position_embeddings",
+    ):
       value = getattr(self, name)
       if not isinstance(value, int) or value <= 0:
         raise ValueError(f"config field {name!r} must be a positive integer, got {value!r}")
     if self.num_attention_heads % self.num_key_value_heads:
       raise ValueError(
-          f"config field 'num_attention_heads' ({self.num_attention_heads}) must be divisible "
-          f"by 'num_key_value_heads' ({self.num_key_value_heads})")
+        f"config field 'num_attention_heads' ({self.num_attention_heads}) must be divisible "
+        f"by 'num_key_value_heads' ({self.num_key_value_heads})"
+      )
     if len(self.no_rope_layers) != self.num_hidden_layers:
       raise ValueError(
-          f"config field 'no_rope_layers' has {len(self.no_rope_layers)} entries but "
-          f"'num_hidden_layers' is {self.num_hidden_layers}")
+        f"config field 'no_rope_layers' has {len(self.no_rope_layers)} entries but "
+        f"'num_hidden_layers' is {self.num_hidden_layers}"
+      )
     if any(v not in (0, 1) for v in self.no_rope_layers):
       raise ValueError(f"config field 'no_rope_layers' must hold only 0/1, got {self.no_rope_layers}")
     if self.head_dim % 2:
       raise ValueError(f"config field 'head_dim' must be even for RoPE, got {self.head_dim}")
     if self.rope_scaling is not None and self.rope_scaling.rope_type not in SUPPORTED_ROPE_TYPES:
       raise ValueError(
-          f"config field 'rope_scaling' has unknown type {self.rope_scaling.rope_type!r}; "
-          f"supported: {SUPPORTED_ROPE_TYPES}")
+        f"config field 'rope_scaling' has unknown type {self.rope_scaling.rope_type!r}; "
+        f"supported: {SUPPORTED_ROPE_TYPES}"
+      )
     # Values no checkpoint can mean: each would load and give NaN or garbage logits in silence.
     positive = dict(rms_norm_eps=self.rms_norm_eps, rope_theta=self.rope_theta)
     if self.rope_scaling is not None:
       sc = self.rope_scaling
-      positive.update({"rope_scaling.factor": sc.factor, "rope_scaling.beta_fast": sc.beta_fast,
-                       "rope_scaling.beta_slow": sc.beta_slow,
-                       "rope_scaling.original_max_position_embeddings": sc.original_max_position_embeddings,
-                       "rope_scaling.attention_factor": sc.attention_factor})
+      positive.update(
+        {
+          "rope_scaling.factor": sc.factor,
+          "rope_scaling.beta_fast": sc.beta_fast,
+          "rope_scaling.beta_slow": sc.beta_slow,
+          "rope_scaling.original_max_position_embeddings": sc.original_max_position_embeddings,
+          "rope_scaling.attention_factor": sc.attention_factor,
+        }
+      )
     for name, value in positive.items():
       if value is None and name.startswith("rope_scaling."):
         continue
@@ -125,7 +140,9 @@ class SmolLM3Config:
     if isinstance(rope_params, Mapping) and rope_params:
       rope_params = dict(rope_params)
       rope_theta = rope_params.pop("rope_theta", d.get("rope_theta", defaults.rope_theta))
-      rope_scaling_d = rope_params if rope_params.get("rope_type", rope_params.get("type", "default")) != "default" else None
+      rope_scaling_d = (
+        rope_params if rope_params.get("rope_type", rope_params.get("type", "default")) != "default" else None
+      )
     else:
       rope_theta = get("rope_theta", defaults.rope_theta)
       rope_scaling_d = d.get("rope_scaling")
@@ -145,24 +162,24 @@ class SmolLM3Config:
     eos = tuple(int(e) for e in eos) if isinstance(eos, (list, tuple)) else ((int(eos),) if eos is not None else ())
 
     return cls(
-        vocab_size=int(get("vocab_size", defaults.vocab_size)),
-        hidden_size=hidden,
-        intermediate_size=int(get("intermediate_size", defaults.intermediate_size)),
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        num_key_value_heads=int(get("num_key_value_heads", heads)),
-        head_dim=int(head_dim),
-        rope_theta=float(rope_theta),
-        rope_scaling=rope_scaling,
-        max_position_embeddings=int(get("max_position_embeddings", defaults.max_position_embeddings)),
-        rms_norm_eps=float(get("rms_norm_eps", defaults.rms_norm_eps)),
-        tie_word_embeddings=bool(d.get("tie_word_embeddings", True)),
-        no_rope_layers=tuple(int(v) for v in no_rope),
-        attention_bias=bool(d.get("attention_bias", False)),
-        mlp_bias=bool(d.get("mlp_bias", False)),
-        bos_token_id=d.get("bos_token_id"),
-        eos_token_id=eos,
-        pad_token_id=d.get("pad_token_id"),
+      vocab_size=int(get("vocab_size", defaults.vocab_size)),
+      hidden_size=hidden,
+      intermediate_size=int(get("intermediate_size", defaults.intermediate_size)),
+      num_hidden_layers=layers,
+      num_attention_heads=heads,
+      num_key_value_heads=int(get("num_key_value_heads", heads)),
+      head_dim=int(head_dim),
+      rope_theta=float(rope_theta),
+      rope_scaling=rope_scaling,
+      max_position_embeddings=int(get("max_position_embeddings", defaults.max_position_embeddings)),
+      rms_norm_eps=float(get("rms_norm_eps", defaults.rms_norm_eps)),
+      tie_word_embeddings=bool(d.get("tie_word_embeddings", True)),
+      no_rope_layers=tuple(int(v) for v in no_rope),
+      attention_bias=bool(d.get("attention_bias", False)),
+      mlp_bias=bool(d.get("mlp_bias", False)),
+      bos_token_id=d.get("bos_token_id"),
+      eos_token_id=eos,
+      pad_token_id=d.get("pad_token_id"),
     )
 
   @classmethod
@@ -184,27 +201,27 @@ class SmolLM3Config:
       rope_parameters.update(rs)
     eos = list(self.eos_token_id)
     return {
-        "architectures": ["SmolLM3ForCausalLM"],
-        "model_type": "smollm3",
-        "vocab_size": self.vocab_size,
-        "hidden_size": self.hidden_size,
-        "intermediate_size": self.intermediate_size,
-        "num_hidden_layers": self.num_hidden_layers,
-        "num_attention_heads": self.num_attention_heads,
-        "num_key_value_heads": self.num_key_value_heads,
-        "head_dim": self.head_dim,
-        "rope_theta": self.rope_theta,
-        "rope_parameters": rope_parameters,
-        "max_position_embeddings": self.max_position_embeddings,
-        "rms_norm_eps": self.rms_norm_eps,
-        "tie_word_embeddings": self.tie_word_embeddings,
-        "no_rope_layers": list(self.no_rope_layers),
-        "attention_bias": self.attention_bias,
-        "mlp_bias": self.mlp_bias,
-        "bos_token_id": self.bos_token_id,
-        "eos_token_id": eos[0] if len(eos) == 1 else eos,
-        "pad_token_id": self.pad_token_id,
-        "hidden_act": "silu",
+      "architectures": ["SmolLM3ForCausalLM"],
+      "model_type": "smollm3",
+      "vocab_size": self.vocab_size,
+      "hidden_size": self.hidden_size,
+      "intermediate_size": self.intermediate_size,
+      "num_hidden_layers": self.num_hidden_layers,
+      "num_attention_heads": self.num_attention_heads,
+      "num_key_value_heads": self.num_key_value_heads,
+      "head_dim": self.head_dim,
+      "rope_theta": self.rope_theta,
+      "rope_parameters": rope_parameters,
+      "max_position_embeddings": self.max_position_embeddings,
+      "rms_norm_eps": self.rms_norm_eps,
+      "tie_word_embeddings": self.tie_word_embeddings,
+      "no_rope_layers": list(self.no_rope_layers),
+      "attention_bias": self.attention_bias,
+      "mlp_bias": self.mlp_bias,
+      "bos_token_id": self.bos_token_id,
+      "eos_token_id": eos[0] if len(eos) == 1 else eos,
+      "pad_token_id": self.pad_token_id,
+      "hidden_act": "silu",
     }
 
 
@@ -214,24 +231,24 @@ def _parse_rope_scaling(d: Mapping[str, Any] | None) -> RopeScaling | None:
   d = dict(d)
   rope_type = d.get("rope_type", d.get("type", "default"))
   if rope_type not in SUPPORTED_ROPE_TYPES:
-    raise ValueError(
-        f"config field 'rope_scaling' has unknown type {rope_type!r}; supported: {SUPPORTED_ROPE_TYPES}")
+    raise ValueError(f"config field 'rope_scaling' has unknown type {rope_type!r}; supported: {SUPPORTED_ROPE_TYPES}")
   if rope_type == "default":
     return None
   if "factor" not in d:
     raise ValueError(f"config field 'rope_scaling' ({rope_type}) needs 'factor'")
   opt = lambda k: None if d.get(k) is None else float(d[k])
   return RopeScaling(
-      rope_type=rope_type,
-      factor=float(d["factor"]),
-      original_max_position_embeddings=(int(d["original_max_position_embeddings"])
-                                        if d.get("original_max_position_embeddings") else None),
-      attention_factor=opt("attention_factor"),
-      beta_fast=float(d.get("beta_fast") or 32.0),
-      beta_slow=float(d.get("beta_slow") or 1.0),
-      mscale=opt("mscale"),
-      mscale_all_dim=opt("mscale_all_dim"),
-      truncate=bool(d.get("truncate", True)),
+    rope_type=rope_type,
+    factor=float(d["factor"]),
+    original_max_position_embeddings=(
+      int(d["original_max_position_embeddings"]) if d.get("original_max_position_embeddings") else None
+    ),
+    attention_factor=opt("attention_factor"),
+    beta_fast=float(d.get("beta_fast") or 32.0),
+    beta_slow=float(d.get("beta_slow") or 1.0),
+    mscale=opt("mscale"),
+    mscale_all_dim=opt("mscale_all_dim"),
+    truncate=bool(d.get("truncate", True)),
   )
 
 
@@ -244,20 +261,43 @@ def smollm3_3b() -> SmolLM3Config:
 def smollm2_135m() -> SmolLM3Config:
   """SmolLM2-135M(-Instruct): Llama layout, RoPE on every layer."""
   return SmolLM3Config(
-      vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-      num_attention_heads=9, num_key_value_heads=3, head_dim=64, rope_theta=100000.0,
-      max_position_embeddings=8192, rms_norm_eps=1e-5, tie_word_embeddings=True,
-      no_rope_layers=(1,) * 30, bos_token_id=1, eos_token_id=(2,), pad_token_id=2)
+    vocab_size=49152,
+    hidden_size=576,
+    intermediate_size=1536,
+    num_hidden_layers=30,
+    num_attention_heads=9,
+    num_key_value_heads=3,
+    head_dim=64,
+    rope_theta=100000.0,
+    max_position_embeddings=8192,
+    rms_norm_eps=1e-5,
+    tie_word_embeddings=True,
+    no_rope_layers=(1,) * 30,
+    bos_token_id=1,
+    eos_token_id=(2,),
+    pad_token_id=2,
+  )
 
 
 def tiny(num_layers: int = 8, vocab_size: int = 512, **changes) -> SmolLM3Config:
   """A tiny random-weight SmolLM3 for tests: NoPE every 4th layer, GQA ratio 4."""
   cfg = SmolLM3Config(
-      vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=num_layers,
-      num_attention_heads=8, num_key_value_heads=2, head_dim=16, rope_theta=10000.0,
-      max_position_embeddings=512, rms_norm_eps=1e-6, tie_word_embeddings=True,
-      no_rope_layers=tuple(int((i + 1) % 4 != 0) for i in range(num_layers)),
-      bos_token_id=None, eos_token_id=(vocab_size - 1,), pad_token_id=0)
+    vocab_size=vocab_size,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=num_layers,
+    num_attention_heads=8,
+    num_key_value_heads=2,
+    head_dim=16,
+    rope_theta=10000.0,
+    max_position_embeddings=512,
+    rms_norm_eps=1e-6,
+    tie_word_embeddings=True,
+    no_rope_layers=tuple(int((i + 1) % 4 != 0) for i in range(num_layers)),
+    bos_token_id=None,
+    eos_token_id=(vocab_size - 1,),
+    pad_token_id=0,
+  )
   return cfg.replace(**changes) if changes else cfg
 
 

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 
 from smollm3_jax.nn.config import SmolLM3Config
 
+
 @flax.struct.dataclass
 class KVCache:
   """Keys and values of every layer.
@@ -50,8 +51,9 @@ class KVCache:
     return (batch, config.num_key_value_heads, length, config.head_dim)
 
   @classmethod
-  def init(cls, config: SmolLM3Config, batch: int, length: int, dtype=jnp.float32,
-           lengths: jax.Array | None = None) -> "KVCache":
+  def init(
+    cls, config: SmolLM3Config, batch: int, length: int, dtype=jnp.float32, lengths: jax.Array | None = None
+  ) -> "KVCache":
     shape = cls.layer_shape(config, batch, length)
     zeros = lambda: tuple(jnp.zeros(shape, cls.storage_dtype(dtype)) for _ in range(config.num_hidden_layers))
     lengths = jnp.zeros((batch,), jnp.int32) if lengths is None else jnp.asarray(lengths, jnp.int32)

@@ -39,7 +39,7 @@ def rope_inv_freq(config: SmolLM3Config) -> tuple[np.ndarray, float]:
   dim = config.head_dim
   base = np.float32(config.rope_theta)
   exponents = np.arange(0, dim, 2, dtype=np.float32) / np.float32(dim)
-  pos_freqs = base ** exponents
+  pos_freqs = base**exponents
   inv_freq = (1.0 / pos_freqs).astype(np.float32)
   rs = config.rope_scaling
   if rs is None:
@@ -127,7 +127,7 @@ def attend(q: Array, k: Array, v: Array, mask: Array) -> Array:
   # One [t*g, d] x [d, s] product per (row, kv head): on CPU this plain batched form runs 2-2.5x
   # faster than an einsum that keeps t and g apart (which XLA lowers with extra transposes).
   q = q.reshape(b, t, kvh, g, d).transpose(0, 2, 1, 3, 4).reshape(b, kvh, t * g, d)
-  scores = jnp.einsum("bkqd,bksd->bkqs", q, k) * jnp.asarray(d ** -0.5, q.dtype)
+  scores = jnp.einsum("bkqd,bksd->bkqs", q, k) * jnp.asarray(d**-0.5, q.dtype)
   scores = scores.astype(jnp.float32).reshape(b, kvh, t, g, s)
   scores = jnp.where(mask[:, None, :, None, :], scores, jnp.finfo(jnp.float32).min)
   probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype).reshape(b, kvh, t * g, s)
@@ -148,9 +148,16 @@ class Attention(nnx.Module):
     self.v_proj = _linear(c.hidden_size, c.num_key_value_heads * c.head_dim, c.attention_bias, **kw)
     self.o_proj = _linear(c.num_attention_heads * c.head_dim, c.hidden_size, c.attention_bias, **kw)
 
-  def __call__(self, x: Array, cos: Array, sin: Array, mask: Array, k_cache: Array | None = None,
-               v_cache: Array | None = None, cache: KVCache | None = None
-               ) -> tuple[Array, Array | None, Array | None]:
+  def __call__(
+    self,
+    x: Array,
+    cos: Array,
+    sin: Array,
+    mask: Array,
+    k_cache: Array | None = None,
+    v_cache: Array | None = None,
+    cache: KVCache | None = None,
+  ) -> tuple[Array, Array | None, Array | None]:
     """x: [B, T, hidden]; cos, sin: [B, T, D] RoPE tables; mask: [B, T, W] bool. With a cache
     (this layer's k/v [B, KVH, S, D] and ``cache`` for the rows' lengths), the new keys/values are
     written at each row's slots [lengths[b], lengths[b] + T) and attention reads the first W slots
@@ -193,9 +200,16 @@ class DecoderLayer(nnx.Module):
     self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, **kw)
     self.mlp = MLP(config, rngs=rngs, **kw)
 
-  def __call__(self, x: Array, cos: Array, sin: Array, mask: Array, k_cache: Array | None = None,
-               v_cache: Array | None = None, cache: KVCache | None = None
-               ) -> tuple[Array, Array | None, Array | None]:
+  def __call__(
+    self,
+    x: Array,
+    cos: Array,
+    sin: Array,
+    mask: Array,
+    k_cache: Array | None = None,
+    v_cache: Array | None = None,
+    cache: KVCache | None = None,
+  ) -> tuple[Array, Array | None, Array | None]:
     """x: [B, T, hidden] -> (x [B, T, hidden], k_cache, v_cache), as :meth:`Attention.__call__`."""
     h, k_cache, v_cache = self.self_attn(self.input_layernorm(x), cos, sin, mask, k_cache, v_cache, cache)
     x = x + h
@@ -213,22 +227,21 @@ class SmolLM3(nnx.Module):
   ``dtype``).
   """
 
-  def __init__(self, config: SmolLM3Config, *, dtype=jnp.float32, param_dtype=None,
-               rngs: nnx.Rngs | None = None):
+  def __init__(self, config: SmolLM3Config, *, dtype=jnp.float32, param_dtype=None, rngs: nnx.Rngs | None = None):
     param_dtype = param_dtype or dtype
     rngs = rngs if rngs is not None else nnx.Rngs(0)
     self.config = config
     self.dtype = dtype
     kw = dict(dtype=dtype, param_dtype=param_dtype)
     self.embed_tokens = nnx.Embed(config.vocab_size, config.hidden_size, rngs=rngs, **kw)
-    self.layers = nnx.List([DecoderLayer(config, i, rngs=rngs, **kw)
-                            for i in range(config.num_hidden_layers)])
+    self.layers = nnx.List([DecoderLayer(config, i, rngs=rngs, **kw) for i in range(config.num_hidden_layers)])
     self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, **kw)
     if not config.tie_word_embeddings:
       self.lm_head = _linear(config.hidden_size, config.vocab_size, False, rngs=rngs, **kw)
 
-  def hidden_states(self, tokens: Array, positions: Array | None = None,
-                    cache: KVCache | None = None, window: int | None = None) -> tuple[Array, KVCache | None]:
+  def hidden_states(
+    self, tokens: Array, positions: Array | None = None, cache: KVCache | None = None, window: int | None = None
+  ) -> tuple[Array, KVCache | None]:
     """Final-normed hidden states [B, T, hidden] and the updated cache.
 
     tokens, positions: int32 [B, T]. Positions default to 0..T-1, or with a cache to each row's
@@ -264,8 +277,9 @@ class SmolLM3(nnx.Module):
       return self.embed_tokens.attend(hidden)
     return self.lm_head(hidden)
 
-  def __call__(self, tokens: Array, positions: Array | None = None,
-               cache: KVCache | None = None, window: int | None = None) -> tuple[Array, KVCache | None]:
+  def __call__(
+    self, tokens: Array, positions: Array | None = None, cache: KVCache | None = None, window: int | None = None
+  ) -> tuple[Array, KVCache | None]:
     """logits [B, T, vocab] and the updated cache (None without a cache)."""
     hidden, cache = self.hidden_states(tokens, positions, cache, window)
     return self.logits(hidden), cache
@@ -285,5 +299,4 @@ class _FixedKey:
 
 def abstract_model(config: SmolLM3Config, *, dtype=jnp.float32, param_dtype=None) -> SmolLM3:
   """The model with ShapeDtypeStruct leaves: allocates nothing (used by the loaders)."""
-  return nnx.eval_shape(lambda: SmolLM3(config, dtype=dtype, param_dtype=param_dtype,
-                                        rngs=_FixedKey()))
+  return nnx.eval_shape(lambda: SmolLM3(config, dtype=dtype, param_dtype=param_dtype, rngs=_FixedKey()))

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+
 from smollm3_jax.nn import sharding
 
 Array = jax.Array
@@ -91,8 +92,14 @@ def _bias_param(module) -> nnx.Param | None:
 class Int8Linear(nnx.Module):
   """Drop-in for ``nnx.Linear``: int8 kernel stored [out, in], one f32 scale per output."""
 
-  def __init__(self, linear: nnx.Linear | None = None, *, kernel_out_in: np.ndarray | None = None,
-               bias: np.ndarray | None = None, dtype=jnp.float32):
+  def __init__(
+    self,
+    linear: nnx.Linear | None = None,
+    *,
+    kernel_out_in: np.ndarray | None = None,
+    bias: np.ndarray | None = None,
+    dtype=jnp.float32,
+  ):
     if linear is not None:
       kernel_out_in = np.asarray(linear.kernel.get_value(), np.float32).T
       bias_param = _bias_param(linear)
@@ -125,12 +132,12 @@ class Int8MLP(nnx.Module):
     biases = [_bias_param(p) for p in (mlp.gate_proj, mlp.up_proj)]
     bias = None
     if biases[0] is not None or biases[1] is not None:
-      gb, ub = (np.zeros(gate.shape[0], np.float32) if b is None else np.asarray(b.get_value())
-                for b in biases)
+      gb, ub = (np.zeros(gate.shape[0], np.float32) if b is None else np.asarray(b.get_value()) for b in biases)
       bias = np.stack([gb, ub], axis=1).reshape(-1)
     dtype = mlp.gate_proj.dtype or jnp.float32
-    self.gate_up_proj = Int8Linear(kernel_out_in=np.stack([gate, up], axis=1).reshape(-1, gate.shape[1]),
-                                   bias=bias, dtype=dtype)
+    self.gate_up_proj = Int8Linear(
+      kernel_out_in=np.stack([gate, up], axis=1).reshape(-1, gate.shape[1]), bias=bias, dtype=dtype
+    )
     self.down_proj = Int8Linear(mlp.down_proj)
 
   def __call__(self, x: Array) -> Array:
@@ -166,14 +173,17 @@ def compare_logits(reference: np.ndarray, logits: np.ndarray, targets: np.ndarra
   logits) in nats, averaged over positions) and, when ``targets`` [T] (the next tokens) are given,
   the perplexity of each.
   """
+
   def log_softmax(x):
     x = np.asarray(x, np.float64)
     x = x - x.max(-1, keepdims=True)
     return x - np.log(np.exp(x).sum(-1, keepdims=True))
 
   ref, got = log_softmax(reference), log_softmax(logits)
-  out = dict(top1_agreement=float(np.mean(ref.argmax(-1) == got.argmax(-1))),
-             mean_kl=float(np.mean((np.exp(ref) * (ref - got)).sum(-1))))
+  out = dict(
+    top1_agreement=float(np.mean(ref.argmax(-1) == got.argmax(-1))),
+    mean_kl=float(np.mean((np.exp(ref) * (ref - got)).sum(-1))),
+  )
   if targets is not None:
     rows = np.arange(len(targets))
     out["perplexity_reference"] = float(np.exp(-ref[rows, targets].mean()))

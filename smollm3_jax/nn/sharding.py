@@ -27,43 +27,48 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from smollm3_jax.nn.config import SmolLM3Config
-from smollm3_jax.utils.buckets import DEFAULT_BATCH_BUCKETS
 from smollm3_jax.nn.kv_cache import KVCache
+from smollm3_jax.utils.buckets import DEFAULT_BATCH_BUCKETS
 
 DATA, MODEL = "data", "model"
 MESH_AXES = (DATA, MODEL)
 
 # Logical axis -> mesh axis (None = replicated).
 LOGICAL_RULES: dict[str, str | None] = {
-    "batch": DATA,
-    "heads": MODEL,      # query heads (q_proj out, o_proj in)
-    "kv_heads": MODEL,   # key/value heads (k/v_proj out, KV cache)
-    "mlp": MODEL,        # MLP hidden (gate/up out, down in)
-    "vocab": MODEL,      # embedding rows / LM head columns
-    "embed": None,       # the residual stream stays whole on every device
-    "length": None,
-    "head_dim": None,
+  "batch": DATA,
+  "heads": MODEL,  # query heads (q_proj out, o_proj in)
+  "kv_heads": MODEL,  # key/value heads (k/v_proj out, KV cache)
+  "mlp": MODEL,  # MLP hidden (gate/up out, down in)
+  "vocab": MODEL,  # embedding rows / LM head columns
+  "embed": None,  # the residual stream stays whole on every device
+  "length": None,
+  "head_dim": None,
 }
 
 # Param path suffix -> logical axes of its dimensions. Paths mirror HF names (see model.py).
 # Kernels are stored [in, out]; a bias is split like its kernel's output axis.
 _KERNEL_AXES = {
-    "lm_head": ("embed", "vocab"),
-    "q_proj": ("embed", "heads"), "k_proj": ("embed", "kv_heads"), "v_proj": ("embed", "kv_heads"),
-    "o_proj": ("heads", "embed"),
-    "gate_proj": ("embed", "mlp"), "up_proj": ("embed", "mlp"), "down_proj": ("mlp", "embed"),
+  "lm_head": ("embed", "vocab"),
+  "q_proj": ("embed", "heads"),
+  "k_proj": ("embed", "kv_heads"),
+  "v_proj": ("embed", "kv_heads"),
+  "o_proj": ("heads", "embed"),
+  "gate_proj": ("embed", "mlp"),
+  "up_proj": ("embed", "mlp"),
+  "down_proj": ("mlp", "embed"),
 }
 PARAM_AXES: dict[tuple[str, str], tuple[str, ...]] = {("embed_tokens", "embedding"): ("vocab", "embed")}
 PARAM_AXES.update({(name, "kernel"): axes for name, axes in _KERNEL_AXES.items()})
 PARAM_AXES.update({(name, "bias"): axes[-1:] for name, axes in _KERNEL_AXES.items() if name != "lm_head"})
 # int8 mode (quantize.py): kernels stored [out, in] with one scale per output; embedding rows scaled.
-PARAM_AXES.update({(name, "qkernel"): axes[::-1] for (name, kind), axes in list(PARAM_AXES.items())
-                   if kind == "kernel"})
-PARAM_AXES.update({(name, "qscale"): axes[-1:] for (name, kind), axes in list(PARAM_AXES.items())
-                   if kind == "kernel"})
+PARAM_AXES.update(
+  {(name, "qkernel"): axes[::-1] for (name, kind), axes in list(PARAM_AXES.items()) if kind == "kernel"}
+)
+PARAM_AXES.update({(name, "qscale"): axes[-1:] for (name, kind), axes in list(PARAM_AXES.items()) if kind == "kernel"})
 PARAM_AXES[("embed_tokens", "qembedding")] = ("vocab", "embed")
 PARAM_AXES[("embed_tokens", "qscale")] = ("vocab",)
 PARAM_AXES[("gate_up_proj", "qkernel")] = ("mlp", "embed")  # gate/up rows interleaved
@@ -118,8 +123,7 @@ def _check_size(name: str, value) -> int:
   return n
 
 
-def make_mesh(data: int | None = None, model: int | None = None, *,
-              devices: Sequence[Any] | None = None) -> Mesh:
+def make_mesh(data: int | None = None, model: int | None = None, *, devices: Sequence[Any] | None = None) -> Mesh:
   """A ("data", "model") mesh. Unset sizes are inferred from the device count (data takes the
   rest); a mesh smaller than the device count uses the first ``data * model`` devices.
 
@@ -141,16 +145,19 @@ def make_mesh(data: int | None = None, model: int | None = None, *,
       raise ValueError(f"mesh: data={data} does not divide the {n} available devices")
     model = n // data
   if data * model > n:
-    raise ValueError(f"mesh data={data} x model={model} needs {data * model} devices, "
-                     f"only {n} available ({devices[0].platform})")
+    raise ValueError(
+      f"mesh data={data} x model={model} needs {data * model} devices, only {n} available ({devices[0].platform})"
+    )
   if hosts > 1:
     local = n // hosts
     if local % model:
-      raise ValueError(f"mesh: model={model} must divide the {local} devices of each host (the model axis "
-                       f"stays within a host); use model=1, or a divisor of {local}")
+      raise ValueError(
+        f"mesh: model={model} must divide the {local} devices of each host (the model axis "
+        f"stays within a host); use model=1, or a divisor of {local}"
+      )
     if data * model != n:
       raise ValueError(f"mesh data={data} x model={model} must use all {n} devices of the {hosts} processes")
-  devs = np.asarray(devices[:data * model], dtype=object).reshape(data, model)
+  devs = np.asarray(devices[: data * model], dtype=object).reshape(data, model)
   return Mesh(devs, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 2)
 
 
@@ -201,8 +208,7 @@ class MeshSharding:
   config: SmolLM3Config
 
   @classmethod
-  def of(cls, mesh: "Mesh | MeshSharding | str | Sequence[int] | None",
-         config: SmolLM3Config) -> "MeshSharding":
+  def of(cls, mesh: "Mesh | MeshSharding | str | Sequence[int] | None", config: SmolLM3Config) -> "MeshSharding":
     if isinstance(mesh, MeshSharding):
       if mesh.config != config:
         raise ValueError("mesh: this MeshSharding was built for another model config")
@@ -266,8 +272,7 @@ class MeshSharding:
 
   def param_shardings(self, state: nnx.State) -> nnx.State:
     """A state of NamedShardings matching ``state`` (arrays or ShapeDtypeStructs)."""
-    flat = [(path, var.replace(self.param_sharding(path, var.shape)))
-            for path, var in nnx.to_flat_state(state)]
+    flat = [(path, var.replace(self.param_sharding(path, var.shape))) for path, var in nnx.to_flat_state(state)]
     return nnx.from_flat_state(flat)
 
   def shard_state(self, state: nnx.State) -> nnx.State:
@@ -290,8 +295,7 @@ class MeshSharding:
     """Whether every parameter already carries its intended sharding."""
     for path, var in nnx.to_flat_state(nnx.state(model)):
       x = var.get_value()
-      if not (isinstance(x, jax.Array)
-              and x.sharding.is_equivalent_to(self.param_sharding(path, x.shape), x.ndim)):
+      if not (isinstance(x, jax.Array) and x.sharding.is_equivalent_to(self.param_sharding(path, x.shape), x.ndim)):
         return False
     return True
 
@@ -303,9 +307,10 @@ class MeshSharding:
   def check_batch(self, batch: int):
     if batch % self.data_size:
       raise ValueError(
-          f"batch of {batch} rows does not divide the mesh's data axis ({self.data_size}); use batch "
-          f"buckets that are multiples of it (MeshSharding.engine_kwargs() gives them) or a smaller "
-          f"data axis")
+        f"batch of {batch} rows does not divide the mesh's data axis ({self.data_size}); use batch "
+        f"buckets that are multiples of it (MeshSharding.engine_kwargs() gives them) or a smaller "
+        f"data axis"
+      )
 
   def init_cache(self, config: SmolLM3Config, batch: int, length: int, dtype=jnp.float32, lengths=None):
     """An empty KVCache created directly in its sharding (never whole on one device)."""
@@ -316,8 +321,12 @@ class MeshSharding:
     kv = self.cache_sharding(shape)
     zeros = jax.jit(lambda: jnp.zeros(shape, KVCache.storage_dtype(dtype)), out_shardings=kv)
     layers = config.num_hidden_layers
-    return KVCache(k=tuple(zeros() for _ in range(layers)), v=tuple(zeros() for _ in range(layers)),
-                   lengths=put(lengths, self.batch_sharding(1)), dtype=jnp.dtype(dtype).name)
+    return KVCache(
+      k=tuple(zeros() for _ in range(layers)),
+      v=tuple(zeros() for _ in range(layers)),
+      lengths=put(lengths, self.batch_sharding(1)),
+      dtype=jnp.dtype(dtype).name,
+    )
 
   def batch_sharding(self, ndim: int) -> NamedSharding:
     """Leading (batch) dimension on data, the rest replicated."""
@@ -334,8 +343,7 @@ class MeshSharding:
       self.check_batch(x.shape[0])
       return put(x, self.batch_sharding(np.ndim(x)))
 
-    return (jax.tree.map(put_row, per_row),
-            jax.tree.map(lambda x: put(x, self.replicated()), shared))
+    return (jax.tree.map(put_row, per_row), jax.tree.map(lambda x: put(x, self.replicated()), shared))
 
   def engine_kwargs(self, batch_buckets: Sequence[int] | None = None) -> dict:
     """Engine arguments that keep every padded batch a multiple of the data axis."""

@@ -20,18 +20,18 @@ import threading
 import time
 from typing import Callable, Iterator, Sequence, TextIO
 
-from smollm3_jax.generation.api import GenerationStats
-from smollm3_jax.generation.settings import check_limits
-from smollm3_jax.generation.stop import default_stop_ids
-from smollm3_jax.text.prompts import render_chat
-from smollm3_jax.text.thinking import ThinkingSplitter, prompt_opens_thinking
 from smollm3_jax import checkpoints
 from smollm3_jax.generation import defaults as generation_defaults
+from smollm3_jax.generation.api import GenerationStats, stream
 from smollm3_jax.generation.engine import get_engine
+from smollm3_jax.generation.settings import check_limits
+from smollm3_jax.generation.stop import default_stop_ids
 from smollm3_jax.loading import load_model_and_tokenizer
 from smollm3_jax.text import chat_format
+from smollm3_jax.text.prompts import render_chat
+from smollm3_jax.text.thinking import ThinkingSplitter, prompt_opens_thinking
 from smollm3_jax.utils import validation
-from smollm3_jax.generation.api import stream
+
 
 # --------------------------------------------------------------------------------------------
 # Chat session
@@ -54,14 +54,17 @@ class TurnStats:
   generated_tokens = property(lambda self: self.generation.generated_tokens)
   time_to_first_token = property(lambda self: self.generation.time_to_first_token)
   compile_seconds = property(lambda self: self.generation.compile_seconds)
-  tokens_per_second = property(lambda self: self.generation.decode_tokens_per_second,
-                               doc="the decode rate (first token excluded)")
+  tokens_per_second = property(
+    lambda self: self.generation.decode_tokens_per_second, doc="the decode rate (first token excluded)"
+  )
 
   def describe(self) -> str:
-    return (f"{self.generated_tokens} tokens (prompt {self.prompt_tokens}), "
-            f"time to first token {self.time_to_first_token:.3f} s, {self.tokens_per_second:.1f} tokens/s, "
-            f"total {self.total_seconds:.2f} s (compile {self.compile_seconds:.2f} s), "
-            f"stop: {self.stop_reason}")
+    return (
+      f"{self.generated_tokens} tokens (prompt {self.prompt_tokens}), "
+      f"time to first token {self.time_to_first_token:.3f} s, {self.tokens_per_second:.1f} tokens/s, "
+      f"total {self.total_seconds:.2f} s (compile {self.compile_seconds:.2f} s), "
+      f"stop: {self.stop_reason}"
+    )
 
 
 def _turn_starts(history: Sequence[dict]) -> list[int]:
@@ -83,19 +86,39 @@ class ChatSession:
   sees (None: today).
   """
 
-  def __init__(self, model, tokenizer, *, system: str | None = None, thinking: bool | None = None,
-               context_length: int | None = None, max_new_tokens: int | None = None, chunk_steps: int = 4,
-               seed: int = 0, temperature: float | None = None, top_k: int | None = None,
-               top_p: float | None = None, min_p: float | None = None, repetition_penalty: float | None = None,
-               date=None):
+  def __init__(
+    self,
+    model,
+    tokenizer,
+    *,
+    system: str | None = None,
+    thinking: bool | None = None,
+    context_length: int | None = None,
+    max_new_tokens: int | None = None,
+    chunk_steps: int = 4,
+    seed: int = 0,
+    temperature: float | None = None,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    min_p: float | None = None,
+    repetition_penalty: float | None = None,
+    date=None,
+  ):
 
     self.defaults = generation_defaults.for_tokenizer(tokenizer)
-    settings = self.defaults.fill(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-                                  repetition_penalty=repetition_penalty, max_new_tokens=max_new_tokens,
-                                  thinking=thinking)
+    settings = self.defaults.fill(
+      temperature=temperature,
+      top_k=top_k,
+      top_p=top_p,
+      min_p=min_p,
+      repetition_penalty=repetition_penalty,
+      max_new_tokens=max_new_tokens,
+      thinking=thinking,
+    )
     thinking, max_new_tokens = settings.pop("thinking"), settings.pop("max_new_tokens")
-    self.context_length = check_limits(model, context_length=context_length, max_new_tokens=max_new_tokens,
-                                       chunk_steps=chunk_steps, **settings)
+    self.context_length = check_limits(
+      model, context_length=context_length, max_new_tokens=max_new_tokens, chunk_steps=chunk_steps, **settings
+    )
     if date is not None:
       chat_format.resolve_date(date)  # a malformed date fails here, not at the first turn
     self.model = model
@@ -125,8 +148,12 @@ class ChatSession:
     """Compiles every program a turn can run (prefill, insert, each decode window of the context),
     so no turn waits for a compile; returns the seconds spent."""
     engine = get_engine(self.model, self.tokenizer)
-    pool = engine.pool(1, self.cache_length, stop_ids=default_stop_ids(self.tokenizer, self.model.config),
-                       context_length=self.context_length)
+    pool = engine.pool(
+      1,
+      self.cache_length,
+      stop_ids=default_stop_ids(self.tokenizer, self.model.config),
+      context_length=self.context_length,
+    )
     return pool.warmup()
 
   def reset(self):
@@ -151,8 +178,9 @@ class ChatSession:
           self.history = list(kept)
         return messages, text, ids, dropped
     raise PromptTooLong(
-        f"the message is too long: its prompt has {len(ids)} tokens but the context of "
-        f"{self.context_length} tokens leaves {budget} for it (after {self.reserve_tokens} for the answer)")
+      f"the message is too long: its prompt has {len(ids)} tokens but the context of "
+      f"{self.context_length} tokens leaves {budget} for it (after {self.reserve_tokens} for the answer)"
+    )
 
   def ask(self, user_text: str) -> "Reply":
     """Starts a reply to ``user_text`` (nothing runs until it is iterated)."""
@@ -167,8 +195,7 @@ class Reply:
   after the current chunk. When iteration ends the turn joins the history (a stopped answer with
   its partial text; one stopped before any answer text is dropped)."""
 
-  def __init__(self, session: ChatSession, user_text: str, prompt_text: str, prompt_ids: list[int],
-               trimmed_turns: int):
+  def __init__(self, session: ChatSession, user_text: str, prompt_text: str, prompt_ids: list[int], trimmed_turns: int):
     self.session = session
     self.user_text = user_text
     self.prompt_text = prompt_text
@@ -190,9 +217,18 @@ class Reply:
     s = self.session
     t0 = time.perf_counter()
     self._stream = stream(
-        s.model, s.tokenizer, self.prompt_ids, hide_thinking=False, chunk_steps=s.chunk_steps,
-        thinking=s.thinking, max_new_tokens=s.max_new_tokens, seed=(s.seed + s.turns) % 2**32,
-        context_length=s.context_length, cache_length=s.cache_length, **s.sampling)
+      s.model,
+      s.tokenizer,
+      self.prompt_ids,
+      hide_thinking=False,
+      chunk_steps=s.chunk_steps,
+      thinking=s.thinking,
+      max_new_tokens=s.max_new_tokens,
+      seed=(s.seed + s.turns) % 2**32,
+      context_length=s.context_length,
+      cache_length=s.cache_length,
+      **s.sampling,
+    )
     if self.cancelled:
       self._stream.cancel()
     s.turns += 1
@@ -210,12 +246,14 @@ class Reply:
     st = result.stats
     c = result.completions[0]
     self.stats = TurnStats(
-        st, total_seconds=time.perf_counter() - t0,
-        stop_reason="cancelled" if self.cancelled else c.stop_reason, trimmed_turns=self.trimmed_turns)
+      st,
+      total_seconds=time.perf_counter() - t0,
+      stop_reason="cancelled" if self.cancelled else c.stop_reason,
+      trimmed_turns=self.trimmed_turns,
+    )
     s.last_stats = self.stats
     if self.answer or not self.cancelled:
-      s.history += [{"role": "user", "content": self.user_text},
-                    {"role": "assistant", "content": self.answer}]
+      s.history += [{"role": "user", "content": self.user_text}, {"role": "assistant", "content": self.answer}]
 
 
 # --------------------------------------------------------------------------------------------
@@ -224,8 +262,15 @@ class Reply:
 TINY = "tiny"
 
 
-def load_chat_model(checkpoint: str, *, tokenizer: str | None = None, dtype: str | None = None,
-                    tiny_context: int = 2048, seed: int = 0, quantize: str | None = None):
+def load_chat_model(
+  checkpoint: str,
+  *,
+  tokenizer: str | None = None,
+  dtype: str | None = None,
+  tiny_context: int = 2048,
+  seed: int = 0,
+  quantize: str | None = None,
+):
   """(model, tokenizer) for a checkpoint ("demo", .gguf, HF dir, hub id).
 
   ``dtype``: "float32", "bfloat16", or None / "auto" (float32 on CPU, bfloat16 on GPU/TPU).
@@ -235,8 +280,10 @@ def load_chat_model(checkpoint: str, *, tokenizer: str | None = None, dtype: str
   """
 
   if checkpoint == TINY:
-    spec = dict(tokenizer=tokenizer or "demo",
-                random=dict(preset="tiny", num_layers=8, seed=seed, max_position_embeddings=tiny_context))
+    spec = dict(
+      tokenizer=tokenizer or "demo",
+      random=dict(preset="tiny", num_layers=8, seed=seed, max_position_embeddings=tiny_context),
+    )
   else:
     spec = dict(checkpoint=checkpoint, tokenizer=tokenizer)
   return load_model_and_tokenizer(dict(spec, dtype=dtype or "auto", quantize=quantize or "none"))
@@ -288,6 +335,7 @@ class _Interrupts:
       signal.signal(signal.SIGINT, self._previous)
     if self._tty is not None:
       import termios
+
       fd, attributes = self._tty
       termios.tcsetattr(fd, termios.TCSANOW, attributes)
     return False
@@ -298,6 +346,7 @@ def _without_echoctl(stream) -> tuple[int, list] | None:
   flag); returns (fd, previous attributes) to restore, or None when ``stream`` is not a terminal."""
   try:
     import termios
+
     fd = stream.fileno()
     if not os.isatty(fd):
       return None
@@ -310,8 +359,14 @@ def _without_echoctl(stream) -> tuple[int, list] | None:
     return None
 
 
-def run_terminal(session: ChatSession, *, show_thinking: bool = True, input_fn: Callable[[str], str] = input,
-                 out: TextIO | None = None, color: bool | None = None) -> None:
+def run_terminal(
+  session: ChatSession,
+  *,
+  show_thinking: bool = True,
+  input_fn: Callable[[str], str] = input,
+  out: TextIO | None = None,
+  color: bool | None = None,
+) -> None:
   """Interactive chat on a terminal until /quit or end of input."""
   out = out or sys.stdout
   if color is None:  # ANSI styles only on a real terminal that wants them
@@ -323,9 +378,11 @@ def run_terminal(session: ChatSession, *, show_thinking: bool = True, input_fn: 
     out.flush()
 
   settings = ", ".join(f"{k} {v}" for k, v in session.sampling.items())
-  say(f"chat: thinking {'on' if session.thinking else 'off'}, {settings}, up to {session.max_new_tokens} "
-      f"tokens per answer, context {session.context_length} tokens (defaults from {session.defaults.source}).\n"
-      "/help for commands, Ctrl-C stops an answer, Ctrl-D quits.")
+  say(
+    f"chat: thinking {'on' if session.thinking else 'off'}, {settings}, up to {session.max_new_tokens} "
+    f"tokens per answer, context {session.context_length} tokens (defaults from {session.defaults.source}).\n"
+    "/help for commands, Ctrl-C stops an answer, Ctrl-D quits."
+  )
   while True:
     try:
       line = input_fn("you> ")
@@ -365,8 +422,10 @@ def run_terminal(session: ChatSession, *, show_thinking: bool = True, input_fn: 
       say(f"[not sent: {e}]")
       continue
     if reply.trimmed_turns:
-      say(f"[history trimmed: dropped the {reply.trimmed_turns} oldest turn(s) to fit the context of "
-          f"{session.context_length} tokens]")
+      say(
+        f"[history trimmed: dropped the {reply.trimmed_turns} oldest turn(s) to fit the context of "
+        f"{session.context_length} tokens]"
+      )
     say(f"{bold}assistant>{reset} ", end="")
     kind_shown = None
     try:

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import secrets
 import math
+import secrets
 from typing import Any
 
 from smollm3_jax.generation import sampling
@@ -21,8 +21,14 @@ from smollm3_jax.generation.stop import check_stop
 from smollm3_jax.utils.validation import check_messages
 
 # What the API calls each stop reason (finish_reason).
-FINISH_REASONS = {"eos": "stop", "newlines": "stop", "max_tokens": "length", "context": "length",
-                  "cancelled": "stop", "stop": "stop"}
+FINISH_REASONS = {
+  "eos": "stop",
+  "newlines": "stop",
+  "max_tokens": "length",
+  "context": "length",
+  "cancelled": "stop",
+  "stop": "stop",
+}
 
 
 class RequestError(Exception):
@@ -31,7 +37,6 @@ class RequestError(Exception):
   def __init__(self, message: str, *, param: str | None = None, code: str | None = None, status: int = 400):
     super().__init__(message)
     self.message, self.param, self.code, self.status = message, param, code, status
-
 
 
 # --------------------------------------------------------------------------------------------
@@ -46,36 +51,67 @@ class ChatRequest:
   seed: int
   stream: bool
   include_usage: bool = True  # stream_options.include_usage (a usage record ends the stream)
-  n: int = 1                  # choices (samples) for this request
-  stop: tuple = ()            # stop strings
-  logprobs: bool = False      # per-token log-probabilities in the response
-  top_logprobs: int = 0       # alternatives per token (with logprobs)
+  n: int = 1  # choices (samples) for this request
+  stop: tuple = ()  # stop strings
+  logprobs: bool = False  # per-token log-probabilities in the response
+  top_logprobs: int = 0  # alternatives per token (with logprobs)
 
 
 # Request field of each sampling setting (OpenAI's and vLLM's names; min_tokens is vLLM's).
-REQUEST_NAMES = {name: {"min_new_tokens": "min_tokens"}.get(name, name) for name in sampling.SETTINGS
-                 if name != "logit_bias"}
+REQUEST_NAMES = {
+  name: {"min_new_tokens": "min_tokens"}.get(name, name) for name in sampling.SETTINGS if name != "logit_bias"
+}
 # Bounds the API puts on settings beyond the library's own checks (OpenAI's ranges).
-_API_BOUNDS = {"temperature": dict(low=0.0, high=2.0), "top_p": dict(low=0.0, high=1.0, low_open=True),
-               "top_k": dict(low=-1), "min_p": dict(low=0.0, high=1.0),
-               "repetition_penalty": dict(low=0.0, high=10.0, low_open=True)}
+_API_BOUNDS = {
+  "temperature": dict(low=0.0, high=2.0),
+  "top_p": dict(low=0.0, high=1.0, low_open=True),
+  "top_k": dict(low=-1),
+  "min_p": dict(low=0.0, high=1.0),
+  "repetition_penalty": dict(low=0.0, high=10.0, low_open=True),
+}
 
 # What the server does with each field of a chat-completions request (OpenAI's, as the official
 # client sends them, plus vLLM's extras). A null value is the same as leaving the field out.
-APPLIED_FIELDS = frozenset({
-    "messages", "model", "max_tokens", "max_completion_tokens", "seed", "stream", "stream_options",
-    "chat_template_kwargs", "n", "stop", "logit_bias", "logprobs", "top_logprobs"}) | frozenset(REQUEST_NAMES.values())
+APPLIED_FIELDS = frozenset(
+  {
+    "messages",
+    "model",
+    "max_tokens",
+    "max_completion_tokens",
+    "seed",
+    "stream",
+    "stream_options",
+    "chat_template_kwargs",
+    "n",
+    "stop",
+    "logit_bias",
+    "logprobs",
+    "top_logprobs",
+  }
+) | frozenset(REQUEST_NAMES.values())
 # Accepted and without effect on the text: labels and hints for a hosted service's bookkeeping.
-INFORMATIONAL_FIELDS = frozenset({"user", "metadata", "safety_identifier", "prompt_cache_key",
-                                  "prompt_cache_retention", "prompt_cache_options"})
+INFORMATIONAL_FIELDS = frozenset(
+  {"user", "metadata", "safety_identifier", "prompt_cache_key", "prompt_cache_retention", "prompt_cache_options"}
+)
 # Not implemented: accepted only at the value that means "off" (the same as leaving them out);
 # any other value is refused with a 400 naming the field.
 NEUTRAL_VALUES: dict[str, tuple] = {
-    "tools": ([],), "functions": ([],),
-    "tool_choice": ("none",), "function_call": ("none",), "parallel_tool_calls": (),
-    "response_format": ({"type": "text"},), "store": (False,), "modalities": (["text"],), "audio": (),
-    "prediction": (), "reasoning_effort": (), "service_tier": (), "verbosity": (), "web_search_options": (),
-    "moderation": ()}
+  "tools": ([],),
+  "functions": ([],),
+  "tool_choice": ("none",),
+  "function_call": ("none",),
+  "parallel_tool_calls": (),
+  "response_format": ({"type": "text"},),
+  "store": (False,),
+  "modalities": (["text"],),
+  "audio": (),
+  "prediction": (),
+  "reasoning_effort": (),
+  "service_tier": (),
+  "verbosity": (),
+  "web_search_options": (),
+  "moderation": (),
+}
 MAX_N = 16  # choices per request
 
 
@@ -136,8 +172,7 @@ def _number(body: dict, name: str, default, *, low=None, high=None, low_open=Fal
   if value is None:
     return default
   if isinstance(value, bool) or not isinstance(value, (int, float)):
-    raise RequestError(f"'{name}' must be {'an integer' if integer else 'a number'}, got {_shown(value)}",
-                       param=name)
+    raise RequestError(f"'{name}' must be {'an integer' if integer else 'a number'}, got {_shown(value)}", param=name)
   if isinstance(value, float):  # (a JSON integer stays a Python int of any size: never float() it)
     if not math.isfinite(value):
       raise RequestError(f"'{name}' must be finite", param=name)
@@ -187,15 +222,18 @@ def _object(body: dict, name: str, keys: dict) -> dict:
     raise RequestError(f"'{name}' must be an object", param=name)
   for key, item in value.items():
     if key not in keys:
-      raise RequestError(f"'{name}.{_name(key)}' is not supported by this server (known: {', '.join(keys)})",
-                         param=f"{name}.{_name(key)}")
+      raise RequestError(
+        f"'{name}.{_name(key)}' is not supported by this server (known: {', '.join(keys)})",
+        param=f"{name}.{_name(key)}",
+      )
     if item is not None and not keys[key](item):
       raise RequestError(f"'{name}.{key}' must be true or false", param=f"{name}.{key}")
   return {k: v for k, v in value.items() if v is not None}
 
 
-def parse_request(body: Any, defaults: dict, model_name: str | None = None,
-                  vocab_size: int | None = None) -> ChatRequest:
+def parse_request(
+  body: Any, defaults: dict, model_name: str | None = None, vocab_size: int | None = None
+) -> ChatRequest:
   """Validates a chat-completions body (before any work); RequestError names the bad field.
   ``defaults``: the values of unset settings; ``model_name``: the one model served (another
   ``model`` gets a 404); ``vocab_size``: bounds ``logit_bias`` ids."""
@@ -204,8 +242,11 @@ def parse_request(body: Any, defaults: dict, model_name: str | None = None,
   found = _lone_surrogate(body)
   if found is not None:
     path, is_key = found
-    raise RequestError(f"{'the field name ' if is_key else ''}'{path}' holds a lone surrogate (an unpaired "
-                       "\\ud800-\\udfff escape): it is not Unicode text; send valid UTF-8", param=path)
+    raise RequestError(
+      f"{'the field name ' if is_key else ''}'{path}' holds a lone surrogate (an unpaired "
+      "\\ud800-\\udfff escape): it is not Unicode text; send valid UTF-8",
+      param=path,
+    )
   if "messages" not in body:
     raise RequestError("'messages' is required", param="messages")
   try:
@@ -217,8 +258,12 @@ def parse_request(body: Any, defaults: dict, model_name: str | None = None,
   if model is not None and not isinstance(model, str):
     raise RequestError(f"'model' must be a string, got {_shown(model)}", param="model")
   if model is not None and model_name is not None and model != model_name:
-    raise RequestError(f"the model {_shown(model)} does not exist; this server serves {json.dumps(model_name)}",
-                       param="model", code="model_not_found", status=404)
+    raise RequestError(
+      f"the model {_shown(model)} does not exist; this server serves {json.dumps(model_name)}",
+      param="model",
+      code="model_not_found",
+      status=404,
+    )
 
   stream = body.get("stream", False)
   if stream is None:
@@ -255,8 +300,9 @@ def parse_request(body: Any, defaults: dict, model_name: str | None = None,
       except ValueError:
         raise RequestError(f"'logit_bias' keys must be token ids, got {_shown(key)}", param="logit_bias") from None
       if isinstance(value, bool) or not isinstance(value, (int, float)) or not -100 <= value <= 100:
-        raise RequestError(f"'logit_bias' values must be numbers in [-100, 100], got {_shown(value)}",
-                           param="logit_bias")
+        raise RequestError(
+          f"'logit_bias' values must be numbers in [-100, 100], got {_shown(value)}", param="logit_bias"
+        )
       parsed[token] = float(value)
     try:
       sampling.validate_sampling_args(logit_bias=parsed, vocab_size=vocab_size)
@@ -272,7 +318,6 @@ def parse_request(body: Any, defaults: dict, model_name: str | None = None,
     raise RequestError("'top_logprobs' needs 'logprobs': true", param="top_logprobs")
   stop = body.get("stop")
   try:
-
     stop = check_stop(stop if stop != "" else None)
   except ValueError as e:
     raise RequestError(_clip(str(e)), param="stop") from None
@@ -280,12 +325,24 @@ def parse_request(body: Any, defaults: dict, model_name: str | None = None,
   max_tokens = _number(body, "max_tokens", None, low=1, integer=True)
   max_completion = _number(body, "max_completion_tokens", None, low=1, integer=True)
   if max_tokens is not None and max_completion is not None and max_tokens != max_completion:
-    raise RequestError(f"'max_tokens' ({max_tokens}) and 'max_completion_tokens' ({max_completion}) differ; "
-                       "send one of them", param="max_completion_tokens")
+    raise RequestError(
+      f"'max_tokens' ({max_tokens}) and 'max_completion_tokens' ({max_completion}) differ; send one of them",
+      param="max_completion_tokens",
+    )
   max_tokens = max_completion if max_completion is not None else max_tokens
-  seed = _number(body, "seed", None, low=0, high=2 ** 32 - 1, integer=True)
+  seed = _number(body, "seed", None, low=0, high=2**32 - 1, integer=True)
   if seed is None:
     seed = defaults["seed"] if defaults["seed"] is not None else secrets.randbits(32)
-  return ChatRequest(messages=messages, thinking=thinking, sampling=settings, max_tokens=max_tokens,
-                     seed=seed, stream=stream, include_usage=options.get("include_usage", True), n=n, stop=stop,
-                     logprobs=bool(logprobs), top_logprobs=top_logprobs)
+  return ChatRequest(
+    messages=messages,
+    thinking=thinking,
+    sampling=settings,
+    max_tokens=max_tokens,
+    seed=seed,
+    stream=stream,
+    include_usage=options.get("include_usage", True),
+    n=n,
+    stop=stop,
+    logprobs=bool(logprobs),
+    top_logprobs=top_logprobs,
+  )

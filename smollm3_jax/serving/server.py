@@ -64,16 +64,16 @@ from smollm3_jax.text.thinking import ThinkingSplitter, prompt_opens_thinking
 from smollm3_jax.utils import validation
 
 MAX_BODY_BYTES = 16 * 1024 * 1024
-BODY_TIMEOUT = 30.0    # seconds a request body may take to arrive (then 408)
-STALL_SECONDS = 60.0   # a worker with work and no progress for longer is "stalled" in /health
+BODY_TIMEOUT = 30.0  # seconds a request body may take to arrive (then 408)
+STALL_SECONDS = 60.0  # a worker with work and no progress for longer is "stalled" in /health
 _LOG = logging.getLogger("smollm3_jax.serving.server")
 
 
-def error_response(status: int, message: str, *, param: str | None = None, code: str | None = None,
-                   kind: str | None = None) -> JSONResponse:
+def error_response(
+  status: int, message: str, *, param: str | None = None, code: str | None = None, kind: str | None = None
+) -> JSONResponse:
   kind = kind or ("invalid_request_error" if status < 500 else "server_error")
-  return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": code}},
-                      status_code=status)
+  return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": code}}, status_code=status)
 
 
 def warmup(app: Starlette) -> float:
@@ -121,12 +121,16 @@ def _sse(data: Any) -> bytes:
 def _timings(job: Job, results) -> dict:
   """llama.cpp-style timings of a finished job's first choice (milliseconds, tokens, tokens per second)."""
   st = results[0].stats
-  return dict(queue_ms=1000 * ((job.started or job.submitted) - job.submitted),
-              prompt_n=st.prompt_tokens, prompt_ms=1000 * st.prefill_seconds,
-              time_to_first_token_ms=1000 * st.time_to_first_token,
-              compile_ms=1000 * st.compile_seconds,
-              predicted_n=st.generated_tokens, predicted_ms=1000 * st.decode_seconds,
-              predicted_per_second=st.decode_tokens_per_second)
+  return dict(
+    queue_ms=1000 * ((job.started or job.submitted) - job.submitted),
+    prompt_n=st.prompt_tokens,
+    prompt_ms=1000 * st.prefill_seconds,
+    time_to_first_token_ms=1000 * st.time_to_first_token,
+    compile_ms=1000 * st.compile_seconds,
+    predicted_n=st.generated_tokens,
+    predicted_ms=1000 * st.decode_seconds,
+    predicted_per_second=st.decode_tokens_per_second,
+  )
 
 
 def _usage(results) -> dict:
@@ -144,23 +148,36 @@ class ChatServer:
   """One model behind the routes: one method per route, and the owner of the generation worker
   (started on the first request) and its queue. ``create_app`` builds it and its Starlette app."""
 
-  def __init__(self, model, tokenizer, *, model_name: str, defaults: dict, context_length: int,
-               chunk_steps: int, slots: int, date=None, body_timeout: float = BODY_TIMEOUT,
-               stall_seconds: float = STALL_SECONDS, api_key: str | None = None):
+  def __init__(
+    self,
+    model,
+    tokenizer,
+    *,
+    model_name: str,
+    defaults: dict,
+    context_length: int,
+    chunk_steps: int,
+    slots: int,
+    date=None,
+    body_timeout: float = BODY_TIMEOUT,
+    stall_seconds: float = STALL_SECONDS,
+    api_key: str | None = None,
+  ):
     self.model, self.tokenizer, self.model_name = model, tokenizer, model_name
     self.api_key = api_key
     self.defaults, self.context_length, self.chunk_steps, self.date = defaults, context_length, chunk_steps, date
     self.slots, self.body_timeout, self.stall_seconds = slots, body_timeout, stall_seconds
     self._worker: Worker | None = None
     self.app = Starlette(
-        routes=[
-            Route("/", self.index, methods=["GET"]),
-            Route("/health", self.health, methods=["GET"]),
-            Route("/v1/models", self.models, methods=["GET"]),
-            Route("/v1/chat/completions", self.chat_completions, methods=["POST"]),
-        ],
-        exception_handlers={HTTPException: self.http_error, Exception: self.server_error},
-        lifespan=self.lifespan)
+      routes=[
+        Route("/", self.index, methods=["GET"]),
+        Route("/health", self.health, methods=["GET"]),
+        Route("/v1/models", self.models, methods=["GET"]),
+        Route("/v1/chat/completions", self.chat_completions, methods=["POST"]),
+      ],
+      exception_handlers={HTTPException: self.http_error, Exception: self.server_error},
+      lifespan=self.lifespan,
+    )
     self.app.state.server = self
     self.app.state.worker = None  # set when the worker starts (tests read its history)
 
@@ -168,8 +185,9 @@ class ChatServer:
   @property
   def worker(self) -> Worker:
     if self._worker is None:
-      self._worker = Worker(self.model, self.tokenizer, chunk_steps=self.chunk_steps, slots=self.slots,
-                            context_length=self.context_length)
+      self._worker = Worker(
+        self.model, self.tokenizer, chunk_steps=self.chunk_steps, slots=self.slots, context_length=self.context_length
+      )
       self.app.state.worker = self._worker
     return self._worker
 
@@ -188,16 +206,22 @@ class ChatServer:
     except Exception as e:  # a template may reject a conversation (e.g. role order)
       raise RequestError(f"the chat template could not render these messages: {e}", param="messages")
     if len(ids) >= context:
-      raise RequestError(f"the prompt has {len(ids)} tokens, but the context is {context} tokens (it needs "
-                         "room for at least one new token); shorten the messages",
-                         param="messages", code="context_length_exceeded")
+      raise RequestError(
+        f"the prompt has {len(ids)} tokens, but the context is {context} tokens (it needs "
+        "room for at least one new token); shorten the messages",
+        param="messages",
+        code="context_length_exceeded",
+      )
     room = context - len(ids)
     if req.max_tokens is None:
       max_new = min(self.defaults["max_tokens"], room)
     elif req.max_tokens > room:
-      raise RequestError(f"max_tokens={req.max_tokens} is too large: the prompt has {len(ids)} tokens and the "
-                         f"context is {context}, so at most {room} new tokens fit",
-                         param="max_tokens", code="context_length_exceeded")
+      raise RequestError(
+        f"max_tokens={req.max_tokens} is too large: the prompt has {len(ids)} tokens and the "
+        f"context is {context}, so at most {room} new tokens fit",
+        param="max_tokens",
+        code="context_length_exceeded",
+      )
     else:
       max_new = req.max_tokens
     return text, ids, max_new
@@ -220,8 +244,9 @@ class ChatServer:
             raise RequestError(f"the request body is over the limit of {limit} bytes", status=413)
           chunks.append(chunk)
     except TimeoutError:
-      raise RequestError(f"the request body did not arrive within {self.body_timeout:g} seconds", status=408,
-                         code="request_timeout") from None
+      raise RequestError(
+        f"the request body did not arrive within {self.body_timeout:g} seconds", status=408, code="request_timeout"
+      ) from None
     raw = b"".join(chunks)
     try:
       return json.loads(raw)
@@ -261,15 +286,27 @@ class ChatServer:
     if scheme.lower() == "bearer" and secrets.compare_digest(given.strip().encode(), self.api_key.encode()):
       return None
     _LOG.warning("refused a request from %s with 401: no valid API key", _client(request))
-    return error_response(401, "a valid API key is required (header 'Authorization: Bearer <key>')",
-                          code="invalid_api_key")
+    return error_response(
+      401, "a valid API key is required (header 'Authorization: Bearer <key>')", code="invalid_api_key"
+    )
 
   async def models(self, request: Request) -> Response:
     if (refused := self._refused_key(request)) is not None:
       return refused
-    return JSONResponse({"object": "list", "data": [
-        {"id": self.model_name, "object": "model", "created": 0, "owned_by": "smollm3-jax",
-         "max_model_len": self.context_length}]})
+    return JSONResponse(
+      {
+        "object": "list",
+        "data": [
+          {
+            "id": self.model_name,
+            "object": "model",
+            "created": 0,
+            "owned_by": "smollm3-jax",
+            "max_model_len": self.context_length,
+          }
+        ],
+      }
+    )
 
   async def chat_completions(self, request: Request) -> Response:
     if (refused := self._refused_key(request)) is not None:
@@ -301,19 +338,31 @@ class ChatServer:
       settings.update(logprobs=True, top_logprobs=req.top_logprobs)
     if not self.worker.alive:  # nothing would ever answer the job
       return error_response(503, "the generation worker stopped; restart the server")
-    job = Job(asyncio.get_running_loop(), prompt_text, ids, settings=req.sampling, max_new=max_new, seed=req.seed,
-              n=req.n, stop=req.stop, logprobs=req.logprobs, top_logprobs=req.top_logprobs)
+    job = Job(
+      asyncio.get_running_loop(),
+      prompt_text,
+      ids,
+      settings=req.sampling,
+      max_new=max_new,
+      seed=req.seed,
+      n=req.n,
+      stop=req.stop,
+      logprobs=req.logprobs,
+      top_logprobs=req.top_logprobs,
+    )
     self.worker.submit(job)
     rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     inside = prompt_opens_thinking(prompt_text)
     if req.stream:
       events = self._stream_events(job, rid, created, inside, settings, req.include_usage)
-      return _DisconnectAwareStream(events, media_type="text/event-stream",
-                                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+      return _DisconnectAwareStream(
+        events, media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+      )
     return await self._complete(request, job, rid, created, inside, settings)
 
-  async def _complete(self, request: Request, job: Job, rid: str, created: int, inside: bool,
-                      settings: dict) -> Response:
+  async def _complete(
+    self, request: Request, job: Job, rid: str, created: int, inside: bool, settings: dict
+  ) -> Response:
     pieces: list[list[str]] = [[] for _ in range(job.n)]
     entries: list[list[dict]] = [[] for _ in range(job.n)]
 
@@ -354,14 +403,30 @@ class ChatServer:
       message = {"role": "assistant", "content": answer}
       if thinking:
         message["reasoning_content"] = thinking
-      choices.append({"index": i, "message": message, "finish_reason": _finish_reason(job, result),
-                      "logprobs": {"content": entries[i]} if job.logprobs else None})
-    return JSONResponse({
-        "id": rid, "object": "chat.completion", "created": created, "model": self.model_name,
-        "choices": choices, "usage": _usage(value), "timings": _timings(job, value), "settings": settings})
+      choices.append(
+        {
+          "index": i,
+          "message": message,
+          "finish_reason": _finish_reason(job, result),
+          "logprobs": {"content": entries[i]} if job.logprobs else None,
+        }
+      )
+    return JSONResponse(
+      {
+        "id": rid,
+        "object": "chat.completion",
+        "created": created,
+        "model": self.model_name,
+        "choices": choices,
+        "usage": _usage(value),
+        "timings": _timings(job, value),
+        "settings": settings,
+      }
+    )
 
-  async def _stream_events(self, job: Job, rid: str, created: int, inside: bool, settings: dict,
-                           include_usage: bool) -> AsyncIterator[bytes]:
+  async def _stream_events(
+    self, job: Job, rid: str, created: int, inside: bool, settings: dict, include_usage: bool
+  ) -> AsyncIterator[bytes]:
     head = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": self.model_name}
 
     pending: list[list[dict]] = [[] for _ in range(job.n)]  # log-prob entries not sent yet
@@ -398,8 +463,16 @@ class ChatServer:
           yield _sse("[DONE]")
           return
         elif kind == "error":
-          yield _sse({"error": {"message": f"generation failed: {type(value).__name__}: {value}",
-                                "type": "server_error", "param": None, "code": None}})
+          yield _sse(
+            {
+              "error": {
+                "message": f"generation failed: {type(value).__name__}: {value}",
+                "type": "server_error",
+                "param": None,
+                "code": None,
+              }
+            }
+          )
           yield _sse("[DONE]")
           return
         else:  # cancelled before it started
@@ -409,19 +482,35 @@ class ChatServer:
 
   # ---- errors -------------------------------------------------------------------------------
   async def http_error(self, request: Request, exc: HTTPException) -> Response:
-    return error_response(exc.status_code, exc.detail or "error",
-                          kind="not_found_error" if exc.status_code == 404 else None)
+    return error_response(
+      exc.status_code, exc.detail or "error", kind="not_found_error" if exc.status_code == 404 else None
+    )
 
   async def server_error(self, request: Request, exc: Exception) -> Response:
     return error_response(500, f"internal error: {type(exc).__name__}: {exc}")
 
 
-def create_app(model, tokenizer, *, model_name: str = "smollm3-jax", temperature: float | None = None,
-               top_p: float | None = None, top_k: int | None = None, min_p: float | None = None,
-               repetition_penalty: float | None = None, max_tokens: int | None = None,
-               thinking: bool | None = None, seed: int | None = None, context_length: int | None = None,
-               chunk_steps: int = 4, slots: int = 8, date=None, body_timeout: float = BODY_TIMEOUT,
-               stall_seconds: float = STALL_SECONDS, api_key: str | None = None) -> Starlette:
+def create_app(
+  model,
+  tokenizer,
+  *,
+  model_name: str = "smollm3-jax",
+  temperature: float | None = None,
+  top_p: float | None = None,
+  top_k: int | None = None,
+  min_p: float | None = None,
+  repetition_penalty: float | None = None,
+  max_tokens: int | None = None,
+  thinking: bool | None = None,
+  seed: int | None = None,
+  context_length: int | None = None,
+  chunk_steps: int = 4,
+  slots: int = 8,
+  date=None,
+  body_timeout: float = BODY_TIMEOUT,
+  stall_seconds: float = STALL_SECONDS,
+  api_key: str | None = None,
+) -> Starlette:
   """The Starlette app serving ``model``. Keyword arguments are the defaults for requests that leave
   a setting out; None takes the checkpoint's (:mod:`smollm3_jax.generation.defaults`; ``seed=None``:
   a fresh random seed per request). ``context_length`` (default: the model's) bounds prompt +
@@ -432,12 +521,24 @@ def create_app(model, tokenizer, *, model_name: str = "smollm3-jax", temperature
   "stalled" (503); ``api_key``: when set, ``/v1/*`` requests must send ``Authorization: Bearer
   <api_key>`` (else 401; ``/`` and ``/health`` stay open)."""
   filled = generation_defaults.for_tokenizer(tokenizer).fill(
-      temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p, repetition_penalty=repetition_penalty,
-      max_new_tokens=max_tokens, thinking=thinking)
+    temperature=temperature,
+    top_p=top_p,
+    top_k=top_k,
+    min_p=min_p,
+    repetition_penalty=repetition_penalty,
+    max_new_tokens=max_tokens,
+    thinking=thinking,
+  )
   max_tokens = filled.pop("max_new_tokens")
   thinking = validation.as_bool("thinking", filled.pop("thinking"))
-  context = check_limits(model, context_length=context_length, max_new_tokens=max_tokens, chunk_steps=chunk_steps,
-                         max_name="max_tokens", **filled)
+  context = check_limits(
+    model,
+    context_length=context_length,
+    max_new_tokens=max_tokens,
+    chunk_steps=chunk_steps,
+    max_name="max_tokens",
+    **filled,
+  )
   if seed is not None:
     seed = validation.as_count("seed", seed, low=0, high=validation.UINT32_MAX)
   if date is not None:
@@ -449,9 +550,19 @@ def create_app(model, tokenizer, *, model_name: str = "smollm3-jax", temperature
       raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
   if api_key is not None and (not isinstance(api_key, str) or not api_key.strip() or api_key != api_key.strip()):
     raise ValueError("api_key must be a non-empty string without surrounding whitespace")
-  return ChatServer(model, tokenizer, model_name=model_name, defaults=defaults, context_length=context,
-                    chunk_steps=int(chunk_steps), slots=slots, date=date, body_timeout=float(body_timeout),
-                    stall_seconds=float(stall_seconds), api_key=api_key).app
+  return ChatServer(
+    model,
+    tokenizer,
+    model_name=model_name,
+    defaults=defaults,
+    context_length=context,
+    chunk_steps=int(chunk_steps),
+    slots=slots,
+    date=date,
+    body_timeout=float(body_timeout),
+    stall_seconds=float(stall_seconds),
+    api_key=api_key,
+  ).app
 
 
 # --------------------------------------------------------------------------------------------
@@ -460,8 +571,16 @@ def create_app(model, tokenizer, *, model_name: str = "smollm3-jax", temperature
 class BackgroundServer:
   """uvicorn serving ``app`` on a daemon thread: ``.url``, ``.stop()``; a context manager."""
 
-  def __init__(self, app: Starlette, *, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning",
-               access_log: bool = False, start_timeout: float = 30.0):
+  def __init__(
+    self,
+    app: Starlette,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    log_level: str = "warning",
+    access_log: bool = False,
+    start_timeout: float = 30.0,
+  ):
     import socket
 
     import uvicorn
@@ -473,8 +592,9 @@ class BackgroundServer:
     self.host, self.port = self._socket.getsockname()[:2]
     self.url = f"http://{self.host}:{self.port}"
     self._server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, access_log=access_log, lifespan="on"))
-    self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._socket]},
-                                    name="smollm3-uvicorn", daemon=True)
+    self._thread = threading.Thread(
+      target=self._server.run, kwargs={"sockets": [self._socket]}, name="smollm3-uvicorn", daemon=True
+    )
     self._thread.start()
     deadline = time.monotonic() + start_timeout
     while not self._server.started:

@@ -30,15 +30,27 @@ class Job:
   asyncio queue on the server's loop): ("text", (choice, str, logprob entries)) pieces, then ("done", [a
   GenerationResult per choice]) or ("error", Exception) or ("cancelled", None)."""
 
-  def __init__(self, loop: asyncio.AbstractEventLoop, prompt_text: str, prompt_ids: list[int], *, settings: dict,
-               max_new: int, seed: int, n: int = 1, stop: tuple = (), logprobs: bool = False, top_logprobs: int = 0):
+  def __init__(
+    self,
+    loop: asyncio.AbstractEventLoop,
+    prompt_text: str,
+    prompt_ids: list[int],
+    *,
+    settings: dict,
+    max_new: int,
+    seed: int,
+    n: int = 1,
+    stop: tuple = (),
+    logprobs: bool = False,
+    top_logprobs: int = 0,
+  ):
     self.loop = loop
     self.prompt_text, self.prompt_ids = prompt_text, prompt_ids
     self.settings, self.max_new, self.seed, self.n, self.stop = settings, max_new, seed, n, stop
     self.logprobs, self.top_logprobs = logprobs, top_logprobs
     self.events: asyncio.Queue = asyncio.Queue()
     self.cancelled = threading.Event()
-    self.rows: list = []         # the pool's Requests (set by the worker)
+    self.rows: list = []  # the pool's Requests (set by the worker)
     self.result: list | None = None
     self.submitted = time.perf_counter()
     self.started: float | None = None
@@ -63,8 +75,13 @@ class Worker:
   def __init__(self, model, tokenizer, *, chunk_steps: int, slots: int, context_length: int):
     self.model, self.tokenizer = model, tokenizer
     self.engine = get_engine(model, tokenizer)
-    self._pool_args = dict(slots=slots, length=self.engine.cache_length_for(context_length),
-                           stop_ids=default_stop_ids(tokenizer, model.config), context_length=context_length, chunk_steps=chunk_steps)
+    self._pool_args = dict(
+      slots=slots,
+      length=self.engine.cache_length_for(context_length),
+      stop_ids=default_stop_ids(tokenizer, model.config),
+      context_length=context_length,
+      chunk_steps=chunk_steps,
+    )
     self.runner = self._new_runner()
     self._jobs: queue.Queue = queue.Queue()
     self._running: list[Job] = []
@@ -81,9 +98,16 @@ class Worker:
     requests would lose what the first pool had, e.g. log-probabilities). The pool holds
     log-probability buffers; a decode step computes them only when a row asks."""
     a = self._pool_args
-    pool = self.engine.pool(a["slots"], a["length"], stop_ids=a["stop_ids"], context_length=a["context_length"],
-                            chunk_steps=a["chunk_steps"], prefill_rows=(1,), logprobs=True,
-                            top_logprobs=MAX_TOP_LOGPROBS)
+    pool = self.engine.pool(
+      a["slots"],
+      a["length"],
+      stop_ids=a["stop_ids"],
+      context_length=a["context_length"],
+      chunk_steps=a["chunk_steps"],
+      prefill_rows=(1,),
+      logprobs=True,
+      top_logprobs=MAX_TOP_LOGPROBS,
+    )
     return Runner(pool, self.tokenizer, incremental=True)
 
   @property
@@ -118,9 +142,22 @@ class Worker:
       self._end(job, "cancelled", None)
       return
     seeds = row_seeds(job.seed, job.n)
-    job.rows = [Row(RowRequest(prompt=job.prompt_ids, settings=job.settings, seed=int(seeds[i]), max_new=job.max_new,
-                            share=id(job), logprobs=job.logprobs),
-                    prompt_text=job.prompt_text, stop=job.stop, tag=(job, i)) for i in range(job.n)]
+    job.rows = [
+      Row(
+        RowRequest(
+          prompt=job.prompt_ids,
+          settings=job.settings,
+          seed=int(seeds[i]),
+          max_new=job.max_new,
+          share=id(job),
+          logprobs=job.logprobs,
+        ),
+        prompt_text=job.prompt_text,
+        stop=job.stop,
+        tag=(job, i),
+      )
+      for i in range(job.n)
+    ]
     job.closed = set()  # choices whose last piece was posted
     job.started, job.outcome = time.perf_counter(), "running"
     self.runner.submit(job.rows)
@@ -138,8 +175,11 @@ class Worker:
   def _emit(self, event) -> None:
     """Posts a choice's new text; ends its job once every choice posted its last piece."""
     job, i = event.row.tag
-    entries = (self._logprob_entries(job, event.row.request, event.start, event.start + len(event.token_ids))
-               if job.logprobs else None)
+    entries = (
+      self._logprob_entries(job, event.row.request, event.start, event.start + len(event.token_ids))
+      if job.logprobs
+      else None
+    )
     if event.text or entries:
       job.post("text", (i, event.text, entries))
     if event.done:
@@ -161,8 +201,9 @@ class Worker:
         return {"token": raw.decode("utf-8", errors="replace"), "logprob": float(logprob), "bytes": list(raw)}
 
       item = entry(request.token_ids[t], rec["logprob"][t])
-      item["top_logprobs"] = [entry(a, lp) for a, lp in zip(rec["top_ids"][t][:job.top_logprobs],
-                                                            rec["top_logprobs"][t][:job.top_logprobs])]
+      item["top_logprobs"] = [
+        entry(a, lp) for a, lp in zip(rec["top_ids"][t][: job.top_logprobs], rec["top_logprobs"][t][: job.top_logprobs])
+      ]
       out.append(item)
     return out
 

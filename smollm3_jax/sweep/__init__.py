@@ -20,22 +20,74 @@ The package, one module per job (lower ones never import higher ones):
 """
 
 from smollm3_jax.loading import load_model_and_tokenizer
-from smollm3_jax.utils.files import LockedError
-from smollm3_jax.utils.workdir import to_plain
-from smollm3_jax.sweep.plan import (AXES, SAMPLING_AXES, SWEEP_AXES, Axis, cell_key, check_prompt, expand_grid,
-                                    load_prompts, make_rows, prompts_hash, row_seed, run_cell, swept_axes,
-                                    validate_config)
+from smollm3_jax.sweep.plan import (
+  AXES,
+  SAMPLING_AXES,
+  SWEEP_AXES,
+  Axis,
+  cell_key,
+  check_prompt,
+  expand_grid,
+  load_prompts,
+  make_rows,
+  prompts_hash,
+  row_seed,
+  run_cell,
+  swept_axes,
+  validate_config,
+)
 from smollm3_jax.sweep.plots import UNIT_RANGE, heatmap_figure, line_figure, plot_heatmaps, plot_pair
 from smollm3_jax.sweep.run import SweepOutcome, run_sweep
 from smollm3_jax.sweep.stats import METRICS, THROUGHPUT, format_table, metric_names, pass_ks, summarize, summary_csv
-from smollm3_jax.sweep.store import (FORMAT_VERSION, RESUMABLE_FIELDS, ConfigMismatchError, ResultsFile, Workdir,
-                                     load, provenance)
+from smollm3_jax.sweep.store import (
+  FORMAT_VERSION,
+  RESUMABLE_FIELDS,
+  ConfigMismatchError,
+  ResultsFile,
+  Workdir,
+  load,
+  provenance,
+)
+from smollm3_jax.utils.files import LockedError
+from smollm3_jax.utils.workdir import to_plain
 
 __all__ = [
-    "AXES", "Axis", "METRICS", "FORMAT_VERSION", "RESUMABLE_FIELDS", "SAMPLING_AXES", "SWEEP_AXES", "THROUGHPUT", "UNIT_RANGE",
-    "ConfigMismatchError", "LockedError", "ResultsFile", "SweepOutcome", "Workdir", "cell_key", "check_prompt",
-    "expand_grid", "format_table", "heatmap_figure", "line_figure", "load", "load_model_and_tokenizer", "load_prompts",
-    "make_rows", "metric_names", "pass_ks", "plot_heatmaps", "plot_pair", "prompts_hash", "provenance",
-    "row_seed", "run_cell", "run_sweep", "summarize", "summary_csv", "swept_axes", "to_plain",
-    "validate_config",
+  "AXES",
+  "Axis",
+  "METRICS",
+  "FORMAT_VERSION",
+  "RESUMABLE_FIELDS",
+  "SAMPLING_AXES",
+  "SWEEP_AXES",
+  "THROUGHPUT",
+  "UNIT_RANGE",
+  "ConfigMismatchError",
+  "LockedError",
+  "ResultsFile",
+  "SweepOutcome",
+  "Workdir",
+  "cell_key",
+  "check_prompt",
+  "expand_grid",
+  "format_table",
+  "heatmap_figure",
+  "line_figure",
+  "load",
+  "load_model_and_tokenizer",
+  "load_prompts",
+  "make_rows",
+  "metric_names",
+  "pass_ks",
+  "plot_heatmaps",
+  "plot_pair",
+  "prompts_hash",
+  "provenance",
+  "row_seed",
+  "run_cell",
+  "run_sweep",
+  "summarize",
+  "summary_csv",
+  "swept_axes",
+  "to_plain",
+  "validate_config",
 ]

@@ -11,15 +11,15 @@ from typing import Mapping
 import numpy as np
 
 from smollm3_jax.evaluation import metrics as M
-from smollm3_jax.text.thinking import has_closed_thinking, prompt_opens_thinking
 from smollm3_jax.generation import sampling
 from smollm3_jax.generation.api import generate
 from smollm3_jax.generation.beam import PROCESSORS
 from smollm3_jax.generation.engine import Request, get_engine
 from smollm3_jax.generation.runner import Row, Runner
-from smollm3_jax.generation.stop import default_stop_ids
 from smollm3_jax.generation.sampling import SETTINGS
+from smollm3_jax.generation.stop import default_stop_ids
 from smollm3_jax.text.prompts import render_prompts
+from smollm3_jax.text.thinking import has_closed_thinking, prompt_opens_thinking
 
 
 def _render(tokenizer, prompts, thinking_values, chat: bool, date: str) -> dict[tuple[str, bool], list[int]]:
@@ -53,8 +53,9 @@ WRITE_EVERY = 8
 WRITE_SECONDS = 10.0
 
 
-def run_rows(model, tokenizer, cfg, prompts, todo, results, *, progress, log, max_batches=None,
-             refill: bool = True) -> int:
+def run_rows(
+  model, tokenizer, cfg, prompts, todo, results, *, progress, log, max_batches=None, refill: bool = True
+) -> int:
   """Runs ``todo`` rows through one slot pool of ``cfg["batch_size"]`` slots: a row starts as soon
   as a slot frees up, and is appended to ``results`` soon after it finishes. Rows that repeat a
   prompt (the grid's cells) run its prefill once when they start together, so the queue holds each
@@ -73,27 +74,46 @@ def run_rows(model, tokenizer, cfg, prompts, todo, results, *, progress, log, ma
   p_len = max(len(v) for v in ids.values())
   context = model.config.max_position_embeddings
   if p_len + max_new > context:
-    raise ValueError(f"max_new_tokens {max_new} + the longest prompt ({p_len} tokens) exceed the "
-                     f"model's context of {context} tokens")
+    raise ValueError(
+      f"max_new_tokens {max_new} + the longest prompt ({p_len} tokens) exceed the model's context of {context} tokens"
+    )
   # (the package's engine cache: a resumed sweep of the same model does not recompile)
   engine = get_engine(model, tokenizer)
   engine.sync()
   nl = int(cfg.get("newline_limit", 0) or 0)
   if max_batches is not None:
-    todo = todo[:max_batches * slots]
+    todo = todo[: max_batches * slots]
   queue = queue_order(todo, by_id)
   beam_rows = [r for r in queue if r["settings"].get("num_beams", 1) > 1]  # beam cells: their own calls
   queue = [r for r in queue if r["settings"].get("num_beams", 1) <= 1]
   texts = {key: tokenizer.decode(v) for key, v in ids.items()}
-  rows = [Row(Request(prompt=ids[(r["prompt_id"], r["settings"]["thinking"])],
-                      settings={k: v for k, v in r["settings"].items() if k in sampling.SETTINGS},
-                      seed=int(r["seed"]), max_new=max_new, newline_limit=nl, share=0),
-              prompt_text=texts[(r["prompt_id"], r["settings"]["thinking"])], tag=r) for r in queue]
+  rows = [
+    Row(
+      Request(
+        prompt=ids[(r["prompt_id"], r["settings"]["thinking"])],
+        settings={k: v for k, v in r["settings"].items() if k in sampling.SETTINGS},
+        seed=int(r["seed"]),
+        max_new=max_new,
+        newline_limit=nl,
+        share=0,
+      ),
+      prompt_text=texts[(r["prompt_id"], r["settings"]["thinking"])],
+      tag=r,
+    )
+    for r in queue
+  ]
   if engine.sharding is not None:  # a multiple of the data axis
     slots = -(-slots // engine.sharding.data_size) * engine.sharding.data_size
-  pool = engine.pool(slots, engine.cache_length_for(p_len + max_new - 1),
-                     stop_ids=default_stop_ids(tokenizer, model.config), newline_guard=nl > 0, refill=refill, chunk_steps=32,
-                     shrink=refill, logprobs=bool(cfg.get("record_logprobs")))
+  pool = engine.pool(
+    slots,
+    engine.cache_length_for(p_len + max_new - 1),
+    stop_ids=default_stop_ids(tokenizer, model.config),
+    newline_guard=nl > 0,
+    refill=refill,
+    chunk_steps=32,
+    shrink=refill,
+    logprobs=bool(cfg.get("record_logprobs")),
+  )
   runner = Runner(pool, tokenizer)
   runner.submit(rows)
 
@@ -121,15 +141,20 @@ def run_rows(model, tokenizer, cfg, prompts, todo, results, *, progress, log, ma
         groups, pending, written = groups + 1, [], time.monotonic()
       if bar is not None and finished:
         bar.update(len(finished))
-        bar.set_postfix_str(f"{pool.stats['generated'] / max(pool.stats['decode_seconds'], 1e-9):.0f} tok/s, "
-                            f"slots used {pool.utilization():.0%}", refresh=False)
+        bar.set_postfix_str(
+          f"{pool.stats['generated'] / max(pool.stats['decode_seconds'], 1e-9):.0f} tok/s, "
+          f"slots used {pool.utilization():.0%}",
+          refresh=False,
+        )
   finally:
     if bar is not None:
       bar.close()
   if not rows:
     return groups
-  log(f"sweep: {len(rows)} rows through {pool.slots} slots: slot utilization {pool.utilization():.2f}, "
-      f"{pool.stats['generated']} tokens in {pool.stats['decode_seconds']:.1f}s of decode")
+  log(
+    f"sweep: {len(rows)} rows through {pool.slots} slots: slot utilization {pool.utilization():.2f}, "
+    f"{pool.stats['generated']} tokens in {pool.stats['decode_seconds']:.1f}s of decode"
+  )
   return groups
 
 
@@ -162,11 +187,22 @@ def _beam_rows(model, tokenizer, rows, ids, by_id, max_new) -> list[dict]:
   s = rows[0]["settings"]
   processors = {k: s[k] for k in PROCESSORS if k in s and s[k] != SETTINGS[k].off}
   t0 = time.perf_counter()
-  res = generate(model, tokenizer, [ids[(r["prompt_id"], s["thinking"])] for r in rows], num_beams=s["num_beams"],
-                 max_new_tokens=max_new, **processors)
+  res = generate(
+    model,
+    tokenizer,
+    [ids[(r["prompt_id"], s["thinking"])] for r in rows],
+    num_beams=s["num_beams"],
+    max_new_tokens=max_new,
+    **processors,
+  )
   wall = time.perf_counter() - t0
-  timing = dict(wall_seconds=wall, queue_seconds=0.0, slots=len(rows) * s["num_beams"],
-                decode_seconds=res.stats.decode_seconds, decode_tokens_per_second=res.stats.decode_tokens_per_second)
+  timing = dict(
+    wall_seconds=wall,
+    queue_seconds=0.0,
+    slots=len(rows) * s["num_beams"],
+    decode_seconds=res.stats.decode_seconds,
+    decode_tokens_per_second=res.stats.decode_tokens_per_second,
+  )
   return [_row(tokenizer, r, c, by_id, max_new, timing) for r, c in zip(rows, res)]
 
 
@@ -175,11 +211,16 @@ def _pool_row(tokenizer, row, by_id, max_new, pool) -> dict:
   req, c = row.request, row.completion
   st = pool.stats
   # This row's wait and run, and the pool's figures when it finished (the sweep's throughput).
-  timing = dict(queue_seconds=req.admitted - req.submitted, wall_seconds=req.finished - req.admitted,
-                slots=pool.slots, slot_utilization=pool.utilization(),
-                decode_seconds=st["decode_seconds"], compile_seconds=st["compile_seconds"],
-                prefill_seconds=st["prefill_seconds"],
-                decode_tokens_per_second=st["generated"] / st["decode_seconds"] if st["decode_seconds"] else 0.0)
+  timing = dict(
+    queue_seconds=req.admitted - req.submitted,
+    wall_seconds=req.finished - req.admitted,
+    slots=pool.slots,
+    slot_utilization=pool.utilization(),
+    decode_seconds=st["decode_seconds"],
+    compile_seconds=st["compile_seconds"],
+    prefill_seconds=st["prefill_seconds"],
+    decode_tokens_per_second=st["generated"] / st["decode_seconds"] if st["decode_seconds"] else 0.0,
+  )
   return _row(tokenizer, row.tag, c, by_id, max_new, timing)
 
 
@@ -188,16 +229,26 @@ def _row(tokenizer, r, c, by_id, max_new, timing) -> dict:
   prompt = by_id[r["prompt_id"]]
   row = dict(r, settings=dict(r["settings"], max_new_tokens=max_new))
   row.update(
-      prompt=prompt["prompt"], kind=prompt["kind"], text=c.text, thinking=c.thinking, answer=c.answer,
-      num_tokens=len(c.token_ids), thinking_tokens=len(tokenizer.encode(c.thinking)) if c.thinking else 0,
-      closed_think=has_closed_thinking(c.text, inside=prompt_opens_thinking(c.prompt)), stop_reason=c.stop_reason,
-      prompt_tokens=len(c.prompt_token_ids), token_ids=c.token_ids, timing=timing)
+    prompt=prompt["prompt"],
+    kind=prompt["kind"],
+    text=c.text,
+    thinking=c.thinking,
+    answer=c.answer,
+    num_tokens=len(c.token_ids),
+    thinking_tokens=len(tokenizer.encode(c.thinking)) if c.thinking else 0,
+    closed_think=has_closed_thinking(c.text, inside=prompt_opens_thinking(c.prompt)),
+    stop_reason=c.stop_reason,
+    prompt_tokens=len(c.prompt_token_ids),
+    token_ids=c.token_ids,
+    timing=timing,
+  )
   if c.score is not None:
     row["beam_score"] = c.score
   if c.logprobs is not None and c.token_ids:  # compact: 4 decimals
     lp = c.logprobs
-    row["logprobs"] = {name: [round(float(v), 4) for v in getattr(lp, name)]
-                       for name in ("logprob", "processed_logprob", "entropy")}
+    row["logprobs"] = {
+      name: [round(float(v), 4) for v in getattr(lp, name)] for name in ("logprob", "processed_logprob", "entropy")
+    }
     row.update(mean_logprob=float(np.mean(lp.logprob)), mean_entropy=float(np.mean(lp.entropy)))
   row.update(_score(row, prompt))
   return row

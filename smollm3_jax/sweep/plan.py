@@ -14,10 +14,10 @@ import json
 import os
 from typing import Any, Mapping, Sequence
 
-from smollm3_jax.utils import validation
-from smollm3_jax.text import chat_format
-from smollm3_jax.generation.settings import SETTINGS, validate_sampling_args
 from smollm3_jax.evaluation import metrics
+from smollm3_jax.generation.settings import SETTINGS, validate_sampling_args
+from smollm3_jax.text import chat_format
+from smollm3_jax.utils import validation
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,6 +31,7 @@ class Axis:
   0) does not depend on it (a warper applied to sampled rows only: greedy is the argmax of the
   processed logits), so greedy cells that differ only in such axes share one run.
   """
+
   name: str
   kind: type
   off: Any = None
@@ -55,20 +56,20 @@ def _setting(name: str, *, required: bool = False, **kw) -> Axis:
 # ``_setting("frequency_penalty")`` for a processor that changes greedy rows too (its check lives in
 # sampling.validate_sampling_args).
 SWEEP_AXES = (
-    Axis("thinking", bool, label="think", always_keyed=True),
-    _setting("temperature", required=True, label="t", always_keyed=True),
-    _setting("repetition_penalty", label="rp", always_keyed=True),
-    _setting("top_p", always_keyed=True, greedy_free=True),
-    _setting("top_k", always_keyed=True, greedy_free=True),
-    _setting("min_p", always_keyed=True, greedy_free=True),
-    _setting("typical_p", greedy_free=True),
-    _setting("epsilon_cutoff", label="eps", greedy_free=True),
-    _setting("eta_cutoff", label="eta", greedy_free=True),
-    _setting("frequency_penalty", label="fp"),
-    _setting("presence_penalty", label="pp"),
-    _setting("no_repeat_ngram_size", label="ngram"),
-    _setting("min_new_tokens", label="min_new"),
-    Axis("num_beams", int, off=1, label="beams"),  # > 1: beam search (greedy cells only), its own calls
+  Axis("thinking", bool, label="think", always_keyed=True),
+  _setting("temperature", required=True, label="t", always_keyed=True),
+  _setting("repetition_penalty", label="rp", always_keyed=True),
+  _setting("top_p", always_keyed=True, greedy_free=True),
+  _setting("top_k", always_keyed=True, greedy_free=True),
+  _setting("min_p", always_keyed=True, greedy_free=True),
+  _setting("typical_p", greedy_free=True),
+  _setting("epsilon_cutoff", label="eps", greedy_free=True),
+  _setting("eta_cutoff", label="eta", greedy_free=True),
+  _setting("frequency_penalty", label="fp"),
+  _setting("presence_penalty", label="pp"),
+  _setting("no_repeat_ngram_size", label="ngram"),
+  _setting("min_new_tokens", label="min_new"),
+  Axis("num_beams", int, off=1, label="beams"),  # > 1: beam search (greedy cells only), its own calls
 )
 AXES = tuple(a.name for a in SWEEP_AXES)
 AXIS = {a.name: a for a in SWEEP_AXES}
@@ -169,8 +170,9 @@ def check_prompt(record, where: str) -> None:
   compiles: a reference that cannot be scored would otherwise fail after its rows were generated, on
   every rerun."""
   if not isinstance(record, dict):
-    raise ValueError(f"{where}: expected a JSON object with string fields 'id' and 'prompt', got "
-                     f"{type(record).__name__}")
+    raise ValueError(
+      f"{where}: expected a JSON object with string fields 'id' and 'prompt', got {type(record).__name__}"
+    )
   name = f"{where} (prompt {record['id']!r})" if isinstance(record.get("id"), str) else where
   for field in ("id", "prompt"):
     if not isinstance(record.get(field), str):
@@ -180,8 +182,10 @@ def check_prompt(record, where: str) -> None:
   if record.get("answer_type") not in (None, "text", "numeric"):
     raise ValueError(f"{name}: answer_type: expected 'text', 'numeric' or null, got {_got(record, 'answer_type')}")
   if record.get("reference") is not None and record.get("answer_type") is None:
-    raise ValueError(f"{name}: reference: given without answer_type, so nothing would score it; add "
-                     f"\"answer_type\": \"numeric\" or \"text\"")
+    raise ValueError(
+      f"{name}: reference: given without answer_type, so nothing would score it; add "
+      f"\"answer_type\": \"numeric\" or \"text\""
+    )
   problem = metrics.reference_error(record.get("reference"), record.get("answer_type"))
   if problem:
     raise ValueError(f"{name}: reference: {problem}")
@@ -289,8 +293,9 @@ def row_seed(seed: int, prompt_id: str, key: str, sample: int) -> int:
   return int.from_bytes(h.digest(), "little")
 
 
-def make_rows(prompts: Sequence[Mapping], cells: Sequence[Mapping], *, samples: int, seed: int,
-              thinking_mode: bool = True) -> list[dict]:
+def make_rows(
+  prompts: Sequence[Mapping], cells: Sequence[Mapping], *, samples: int, seed: int, thinking_mode: bool = True
+) -> list[dict]:
   """Rows in run order (cell-major, so a batch mostly holds one cell). Greedy cells
   (temperature 0) get one sample (more would repeat it) and run once per :func:`run_cell`: their
   rows carry the shared cell's key and settings (``cell``: the index of the first cell using them);
@@ -298,8 +303,10 @@ def make_rows(prompts: Sequence[Mapping], cells: Sequence[Mapping], *, samples: 
   ids = set()
   for i, p in enumerate(prompts):  # (a prompt set not read by load_prompts: its rows are keyed by id)
     if not isinstance(p, Mapping) or not isinstance(p.get("id"), str):
-      raise ValueError(f"prompts[{i}]: id: expected a string, got "
-                       f"{_got(p, 'id') if isinstance(p, Mapping) else type(p).__name__ + ' (not a record)'}")
+      raise ValueError(
+        f"prompts[{i}]: id: expected a string, got "
+        f"{_got(p, 'id') if isinstance(p, Mapping) else type(p).__name__ + ' (not a record)'}"
+      )
     if p["id"] in ids:
       raise ValueError(f"prompts[{i}]: duplicate prompt id {p['id']!r}")
     ids.add(p["id"])
@@ -313,6 +320,15 @@ def make_rows(prompts: Sequence[Mapping], cells: Sequence[Mapping], *, samples: 
     n = 1 if cell["temperature"] == 0.0 else samples
     for p in prompts:
       for s in range(n):
-        rows.append(dict(key=f"{p['id']}|{ck}|s{s}", prompt_id=p["id"], cell=ci, cell_key=ck, sample=s,
-                         seed=row_seed(seed, p["id"], ck, s), settings=dict(settings)))
+        rows.append(
+          dict(
+            key=f"{p['id']}|{ck}|s{s}",
+            prompt_id=p["id"],
+            cell=ci,
+            cell_key=ck,
+            sample=s,
+            seed=row_seed(seed, p["id"], ck, s),
+            settings=dict(settings),
+          )
+        )
   return rows

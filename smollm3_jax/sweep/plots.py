@@ -14,14 +14,21 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from smollm3_jax.utils.files import atomic_write
 from smollm3_jax.sweep.plan import AXES, SAMPLING_AXES, swept_axes
 from smollm3_jax.sweep.stats import THROUGHPUT, counted, describe, is_finite, metric_names
+from smollm3_jax.utils.files import atomic_write
 
 # Metrics that are shares or rates in [0, 1] (pass@k too): their colour scale is fixed at 0-1, so a
 # colour means the same value in every plot; the others span their cells' range (said on the bar).
-UNIT_RANGE = ("distinct_1", "distinct_2", "rep4_share", "eos_share", "closed_think_share", "accuracy",
-              "majority_accuracy")
+UNIT_RANGE = (
+  "distinct_1",
+  "distinct_2",
+  "rep4_share",
+  "eos_share",
+  "closed_think_share",
+  "accuracy",
+  "majority_accuracy",
+)
 
 
 def _unit_range(metric: str) -> bool:
@@ -47,8 +54,10 @@ def plot_pair(summary: Sequence[Mapping], named: Sequence[str] = ()) -> tuple[st
     raise ValueError(f"plot_axes: at most two distinct axes, got {list(named)}")
   counts = {a: len({s[a] for s in summary}) for a in AXES}
   # ties: sampling settings before the thinking switch (a mode reads best as panels), then AXES order
-  rest = sorted((a for a in swept_axes(summary) if a not in named),
-                key=lambda a: (-counts[a], a not in SAMPLING_AXES, AXES.index(a)))
+  rest = sorted(
+    (a for a in swept_axes(summary) if a not in named),
+    key=lambda a: (-counts[a], a not in SAMPLING_AXES, AXES.index(a)),
+  )
   pair = (list(named) + rest + [None, None])[:2]
   if pair[0] is None:
     pair[0] = "temperature"
@@ -149,8 +158,15 @@ def heatmap_figure(summary: Sequence[Mapping], metric: str, axes: Sequence[str] 
     for y in range(len(ys)):
       for x in range(len(xs)):
         v = img[y, x]
-        ax.text(x, y, notes[y][x], ha="center", va="center", fontsize=7,
-                color="white" if np.isnan(v) or v < (vmin + vmax) / 2 else "black")
+        ax.text(
+          x,
+          y,
+          notes[y][x],
+          ha="center",
+          va="center",
+          fontsize=7,
+          color="white" if np.isnan(v) or v < (vmin + vmax) / 2 else "black",
+        )
     ax.set_xticks(range(len(xs)), [_label(v) for v in xs] if xa else [""])
     ax.set_yticks(range(len(ys)), [_label(v) for v in ys])
     ax.set_xlabel(xa or "")
@@ -187,8 +203,11 @@ def line_figure(summary: Sequence[Mapping], metric: str, x: str, hue: str | None
     # lines of one panel side by side (a small x offset) so their error bars do not hide each other
     step = 0.05 * min(np.diff(xs_all)) / max(1, len(hues) - 1) if len(xs_all) > 1 else 0.0
     for li, h in enumerate(hues):
-      pts = sorted((s[x], s.get(metric, np.nan), s.get(metric + "_lo", np.nan), s.get(metric + "_hi", np.nan))
-                   for s in sub if hue is None or s[hue] == h)
+      pts = sorted(
+        (s[x], s.get(metric, np.nan), s.get(metric + "_lo", np.nan), s.get(metric + "_hi", np.nan))
+        for s in sub
+        if hue is None or s[hue] == h
+      )
       xv = np.array([float(p[0]) for p in pts]) + (li - (len(hues) - 1) / 2) * step
       yv, lo, hi = (np.array([float(p[j]) for p in pts]) for j in (1, 2, 3))
       err = np.vstack([yv - lo, hi - yv]) if np.isfinite(lo).any() else None
@@ -202,8 +221,9 @@ def line_figure(summary: Sequence[Mapping], metric: str, x: str, hue: str | None
   for ax in grid.flat:
     if ax not in used:
       ax.set_axis_off()
-  fig.suptitle(f"{metric}: {desc}" + ("  (bars: bootstrap interval)" if metric + "_lo" in summary[0] else ""),
-               fontsize=9)
+  fig.suptitle(
+    f"{metric}: {desc}" + ("  (bars: bootstrap interval)" if metric + "_lo" in summary[0] else ""), fontsize=9
+  )
   return fig
 
 
@@ -224,13 +244,15 @@ def plot_heatmaps(summary: Sequence[Mapping], out_dir: str, axes: Sequence[str] 
   for metric in metric_names(summary):
     if not varies(summary, metric):
       continue
-    paths.append(_save(heatmap_figure(summary, metric, (ya, xa) if xa else (ya,)),
-                       os.path.join(out_dir, f"{metric}.png")))
+    paths.append(
+      _save(heatmap_figure(summary, metric, (ya, xa) if xa else (ya,)), os.path.join(out_dir, f"{metric}.png"))
+    )
     paths.append(_save(line_figure(summary, metric, ya, xa), os.path.join(out_dir, f"{metric}.lines.png")))
   for metric in THROUGHPUT:
     if any(is_finite(s.get(metric)) for s in summary):
-      paths.append(_save(heatmap_figure(summary, metric, (ya, xa) if xa else (ya,)),
-                         os.path.join(out_dir, "throughput.png")))
+      paths.append(
+        _save(heatmap_figure(summary, metric, (ya, xa) if xa else (ya,)), os.path.join(out_dir, "throughput.png"))
+      )
   for name in os.listdir(out_dir):
     if name.endswith(".png") and os.path.join(out_dir, name) not in paths:
       os.remove(os.path.join(out_dir, name))

@@ -13,20 +13,21 @@ from typing import Callable
 
 import numpy as np
 
-from smollm3_jax.utils import distributed
-from smollm3_jax.utils.workdir import to_plain
 from smollm3_jax.loading import load_model_and_tokenizer, load_tokenizer
-from smollm3_jax.sweep.plan import expand_grid, load_prompts, make_rows, prompts_hash, validate_config
 from smollm3_jax.sweep.execute import run_rows, thinking_changes_prompts
+from smollm3_jax.sweep.plan import expand_grid, load_prompts, make_rows, prompts_hash, validate_config
 from smollm3_jax.sweep.plots import plot_heatmaps
 from smollm3_jax.sweep.stats import format_table, summarize, summary_csv
 from smollm3_jax.sweep.store import SUMMARY_FILE, ResultsFile, Workdir, check_rows, provenance
+from smollm3_jax.utils import distributed
+from smollm3_jax.utils.workdir import to_plain
+
 
 @dataclasses.dataclass
 class SweepOutcome:
   workdir: str
   total_rows: int
-  skipped_rows: int   # already finished before this run
+  skipped_rows: int  # already finished before this run
   new_rows: int
   batches: int
   summary: list[dict]
@@ -34,8 +35,16 @@ class SweepOutcome:
   table: str
 
 
-def run_sweep(config, workdir: str, *, model=None, tokenizer=None, progress: bool | None = None,
-              log: Callable[[str], None] = print, max_batches: int | None = None) -> SweepOutcome:
+def run_sweep(
+  config,
+  workdir: str,
+  *,
+  model=None,
+  tokenizer=None,
+  progress: bool | None = None,
+  log: Callable[[str], None] = print,
+  max_batches: int | None = None,
+) -> SweepOutcome:
   """Runs (or resumes) a sweep in ``workdir`` and writes its summary and plots.
 
   ``config``: a ConfigDict / dict as made by configs/sweep.py. ``model``/``tokenizer``: preloaded
@@ -61,8 +70,9 @@ def run_sweep(config, workdir: str, *, model=None, tokenizer=None, progress: boo
       raise
     # The leader's config (its stored chat date), prompts and rows: the others read no file of the sweep.
     distributed.broadcast((cfg, prompts, todo))
-    outcome = _run_locked(wd, cfg, prompts, cells, rows, todo, skipped, model, tokenizer, progress, log,
-                          max_batches, thinking_mode)
+    outcome = _run_locked(
+      wd, cfg, prompts, cells, rows, todo, skipped, model, tokenizer, progress, log, max_batches, thinking_mode
+    )
   return distributed.broadcast(outcome)
 
 
@@ -74,8 +84,7 @@ def _grid(cfg, tokenizer, log):
   pcfg = cfg.get("prompts", {})
   if not pcfg.get("path"):
     raise ValueError("prompts.path: no prompt set given")
-  prompts = load_prompts(pcfg["path"], limit=pcfg.get("limit", 0), kinds=pcfg.get("kinds", ()),
-                         ids=pcfg.get("ids", ()))
+  prompts = load_prompts(pcfg["path"], limit=pcfg.get("limit", 0), kinds=pcfg.get("kinds", ()), ids=pcfg.get("ids", ()))
   cells = expand_grid(cfg["sweep"])
   thinking_mode = True
   if len({c["thinking"] for c in cells}) > 1:
@@ -83,8 +92,10 @@ def _grid(cfg, tokenizer, log):
     if tokenizer is not None:
       thinking_mode = thinking_changes_prompts(tokenizer, prompts, cfg.get("chat", True), cfg.get("date") or None)
     if not thinking_mode:
-      log("note: the chat template renders every prompt the same with thinking on and off (this checkpoint "
-          "has no thinking mode): the thinking=on cells share the thinking=off rows")
+      log(
+        "note: the chat template renders every prompt the same with thinking on and off (this checkpoint "
+        "has no thinking mode): the thinking=on cells share the thinking=off rows"
+      )
   rows = make_rows(prompts, cells, samples=cfg["samples"], seed=cfg.get("seed", 0), thinking_mode=thinking_mode)
   return prompts, cells, rows, thinking_mode, tokenizer
 
@@ -98,9 +109,11 @@ def _plan_run(wd, cfg, prompts, cells, rows, log):
   check_rows(done, rows, cfg["max_new_tokens"])
   todo = [r for r in rows if r["key"] not in done]
   skipped = len(rows) - len(todo)
-  log(f"sweep: {len(cells)} cells x {len(prompts)} prompts -> {len(rows)} rows "
-      f"({skipped} already done, {len(todo)} to run) in {wd.path}"
-      + (f" on {distributed.process_count()} processes" if distributed.process_count() > 1 else ""))
+  log(
+    f"sweep: {len(cells)} cells x {len(prompts)} prompts -> {len(rows)} rows "
+    f"({skipped} already done, {len(todo)} to run) in {wd.path}"
+    + (f" on {distributed.process_count()} processes" if distributed.process_count() > 1 else "")
+  )
   return cfg, todo, skipped
 
 
@@ -114,13 +127,13 @@ def _run_rows_elsewhere(model, tokenizer, max_batches) -> SweepOutcome:
   if todo:
     if model is None or tokenizer is None:
       model, tokenizer = load_model_and_tokenizer(cfg["model"], mesh=cfg.get("mesh", ""))
-    run_rows(model, tokenizer, cfg, prompts, todo, None, progress=False, log=lambda s: None,
-             max_batches=max_batches)
+    run_rows(model, tokenizer, cfg, prompts, todo, None, progress=False, log=lambda s: None, max_batches=max_batches)
   return distributed.broadcast(None)
 
 
-def _run_locked(wd, cfg, prompts, cells, rows, todo, skipped, model, tokenizer, progress, log,
-                max_batches, thinking_mode) -> SweepOutcome:
+def _run_locked(
+  wd, cfg, prompts, cells, rows, todo, skipped, model, tokenizer, progress, log, max_batches, thinking_mode
+) -> SweepOutcome:
   workdir, results = wd.path, wd.results
   wanted = {r["key"] for r in rows}
   batches = 0
@@ -130,7 +143,9 @@ def _run_locked(wd, cfg, prompts, cells, rows, todo, skipped, model, tokenizer, 
       model, tokenizer = load_model_and_tokenizer(cfg["model"], mesh=cfg.get("mesh", ""), tokenizer=tokenizer)
       log(f"loaded model {cfg['model'].get('name', '')!r} in {time.perf_counter() - t0:.1f}s")
     wd.add_run(provenance(str(np.dtype(model.dtype)) if hasattr(model, "dtype") else None))
-    batches = run_rows(model, tokenizer, cfg, prompts, todo, results, progress=progress, log=log, max_batches=max_batches)
+    batches = run_rows(
+      model, tokenizer, cfg, prompts, todo, results, progress=progress, log=log, max_batches=max_batches
+    )
   else:
     wd.store_pending()  # a grown grid whose rows were all done already (greedy rows shared by new cells)
 
@@ -140,17 +155,32 @@ def _run_locked(wd, cfg, prompts, cells, rows, todo, skipped, model, tokenizer, 
   if extra:
     log(f"note: {extra} rows in generations.jsonl are not part of this grid; ignored")
   stats = cfg.get("stats", {})
-  summary = summarize(finished, cells, prompts, samples=cfg["samples"], resamples=stats.get("resamples", 1000),
-                      level=stats.get("level", 0.95), seed=stats.get("seed", 0), thinking_mode=thinking_mode,
-                      log=log)
+  summary = summarize(
+    finished,
+    cells,
+    prompts,
+    samples=cfg["samples"],
+    resamples=stats.get("resamples", 1000),
+    level=stats.get("level", 0.95),
+    seed=stats.get("seed", 0),
+    thinking_mode=thinking_mode,
+    log=log,
+  )
   wd.write(SUMMARY_FILE, summary_csv(summary))
   table = format_table(summary)
   plots = []
   if cfg.get("plots", True) and finished:
     plots = plot_heatmaps(summary, os.path.join(workdir, "plots"), axes=cfg.get("plot_axes", ()))
-  return SweepOutcome(workdir=workdir, total_rows=len(rows), skipped_rows=skipped,
-                      new_rows=len(finished) - skipped, batches=batches, summary=summary, plots=plots,
-                      table=table)
+  return SweepOutcome(
+    workdir=workdir,
+    total_rows=len(rows),
+    skipped_rows=skipped,
+    new_rows=len(finished) - skipped,
+    batches=batches,
+    summary=summary,
+    plots=plots,
+    table=table,
+  )
 
 
 def _report_corrupt(results: ResultsFile, log) -> None:
@@ -158,8 +188,12 @@ def _report_corrupt(results: ResultsFile, log) -> None:
   (no digest: their results cannot be checked)."""
   if results.corrupt:
     lines = "; ".join(f"line {n}: {results.problems.get(n, 'corrupt')}" for n in results.corrupt[:10])
-    log(f"warning: {len(results.corrupt)} corrupt lines in {results.path} ({lines}"
-        f"{' ...' if len(results.corrupt) > 10 else ''}) are not rows; their rows (if any) run again")
+    log(
+      f"warning: {len(results.corrupt)} corrupt lines in {results.path} ({lines}"
+      f"{' ...' if len(results.corrupt) > 10 else ''}) are not rows; their rows (if any) run again"
+    )
   if results.undigested:
-    log(f"note: {results.undigested} rows in {results.path} have no digest (written by an older version): "
-        f"accepted, but an edit of their results would go unnoticed")
+    log(
+      f"note: {results.undigested} rows in {results.path} have no digest (written by an older version): "
+      f"accepted, but an edit of their results would go unnoticed"
+    )

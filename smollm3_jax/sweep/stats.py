@@ -19,37 +19,36 @@ from smollm3_jax.sweep.plan import AXES, cell_key, run_cell, swept_axes
 # Quality metrics: name -> (short header, description); order = column order of summary.csv and the
 # table. Each has a 95 % bootstrap interval (``<name>_lo``, ``<name>_hi``).
 METRICS = {
-    "mean_tokens": ("tokens", "mean generated tokens per row (stop token included)"),
-    "distinct_1": ("dist1", "mean per-row distinct-1 over words of the whole text"),
-    "distinct_2": ("dist2", "mean per-row distinct-2 over words of the whole text"),
-    "rep4_share": ("rep4", "mean per-row share of word 4-grams repeating an earlier one"),
-    "eos_share": ("eos", "share of rows stopped by an EOS / stop token"),
-    "mean_thinking_tokens": ("think_tok", "mean tokens of the thinking part"),
-    "closed_think_share": ("closed", "share of rows whose text contains </think>"),
-    "accuracy": ("acc", "share correct among rows whose prompt has a reference"),
-    "majority_accuracy": ("maj", "self-consistency: share of prompts whose majority answer is correct"),
-    "self_bleu": ("sbleu", "self-BLEU (0-100) of a prompt's samples, mean over prompts (higher = alike)"),
-    "mean_logprob": ("logp", "mean raw log-probability (nats) of the generated tokens (record_logprobs)"),
-    "mean_entropy": ("ent", "mean entropy (nats) of the raw next-token distribution (record_logprobs)"),
+  "mean_tokens": ("tokens", "mean generated tokens per row (stop token included)"),
+  "distinct_1": ("dist1", "mean per-row distinct-1 over words of the whole text"),
+  "distinct_2": ("dist2", "mean per-row distinct-2 over words of the whole text"),
+  "rep4_share": ("rep4", "mean per-row share of word 4-grams repeating an earlier one"),
+  "eos_share": ("eos", "share of rows stopped by an EOS / stop token"),
+  "mean_thinking_tokens": ("think_tok", "mean tokens of the thinking part"),
+  "closed_think_share": ("closed", "share of rows whose text contains </think>"),
+  "accuracy": ("acc", "share correct among rows whose prompt has a reference"),
+  "majority_accuracy": ("maj", "self-consistency: share of prompts whose majority answer is correct"),
+  "self_bleu": ("sbleu", "self-BLEU (0-100) of a prompt's samples, mean over prompts (higher = alike)"),
+  "mean_logprob": ("logp", "mean raw log-probability (nats) of the generated tokens (record_logprobs)"),
+  "mean_entropy": ("ent", "mean entropy (nats) of the raw next-token distribution (record_logprobs)"),
 }
 # Per-prompt pass@k columns (``pass_at_<k>``) join these when samples > 1; see :func:`pass_ks`.
 # The machine's speed, reported apart from the quality metrics (it measures the batch, not the setting).
 THROUGHPUT = {
-    "decode_tokens_per_second": ("tok/s", "decode tokens/s of the rows' batches / slots (the machine, "
-                                          "not the setting)"),
+  "decode_tokens_per_second": ("tok/s", "decode tokens/s of the rows' batches / slots (the machine, not the setting)"),
 }
 
 # Per-row values of the row metrics (None = the row does not count, e.g. an open prompt's accuracy).
 _ROW_VALUES: dict[str, Callable[[Mapping, list], float | None]] = {
-    "mean_tokens": lambda r, w: r["num_tokens"],
-    "distinct_1": lambda r, w: M.distinct_n(w, 1),
-    "distinct_2": lambda r, w: M.distinct_n(w, 2),
-    "rep4_share": lambda r, w: M.repeated_ngram_share(w, 4),
-    "eos_share": lambda r, w: float(r["stop_reason"] == "eos"),
-    "mean_thinking_tokens": lambda r, w: r.get("thinking_tokens", 0),
-    "closed_think_share": lambda r, w: float(r["closed_think"]),
-    "mean_logprob": lambda r, w: r.get("mean_logprob"),
-    "mean_entropy": lambda r, w: r.get("mean_entropy"),
+  "mean_tokens": lambda r, w: r["num_tokens"],
+  "distinct_1": lambda r, w: M.distinct_n(w, 1),
+  "distinct_2": lambda r, w: M.distinct_n(w, 2),
+  "rep4_share": lambda r, w: M.repeated_ngram_share(w, 4),
+  "eos_share": lambda r, w: float(r["stop_reason"] == "eos"),
+  "mean_thinking_tokens": lambda r, w: r.get("thinking_tokens", 0),
+  "closed_think_share": lambda r, w: float(r["closed_think"]),
+  "mean_logprob": lambda r, w: r.get("mean_logprob"),
+  "mean_entropy": lambda r, w: r.get("mean_entropy"),
 }
 
 
@@ -66,14 +65,16 @@ def pass_ks(samples: int) -> list[int]:
   (none for one sample)."""
   if samples < 2:
     return []
-  return sorted({2 ** i for i in range(samples.bit_length()) if 2 ** i < samples} | {samples})
+  return sorted({2**i for i in range(samples.bit_length()) if 2**i < samples} | {samples})
 
 
 def metric_names(summary: Sequence[Mapping]) -> list[str]:
   """The quality metrics present in ``summary`` (``METRICS`` then any ``pass_at_<k>``), in order."""
   keys = set(summary[0]) if summary else set()
-  passes = sorted((k for k in keys if k.startswith("pass_at_") and not k.endswith(("_lo", "_hi"))),
-                  key=lambda k: int(k.rsplit("_", 1)[1]))
+  passes = sorted(
+    (k for k in keys if k.startswith("pass_at_") and not k.endswith(("_lo", "_hi"))),
+    key=lambda k: int(k.rsplit("_", 1)[1]),
+  )
   return [m for m in METRICS if m in keys] + passes
 
 
@@ -95,14 +96,16 @@ def describe(metric: str) -> tuple[str, str]:
 def _self_bleu_available(log) -> bool:
   try:
     import sacrebleu  # noqa: F401
+
     return True
   except ImportError:
     log("note: sacrebleu is not installed (pip install 'smollm3-jax[eval]'): self_bleu is left empty")
     return False
 
 
-def _group_stats(rs: Sequence[Mapping], by_id: Mapping, *, greedy: bool, ks: Sequence[int],
-                 bleu: bool, boot: Mapping) -> dict:
+def _group_stats(
+  rs: Sequence[Mapping], by_id: Mapping, *, greedy: bool, ks: Sequence[int], bleu: bool, boot: Mapping
+) -> dict:
   """Metrics, intervals and counts of the rows of one run key (one cell, or greedy cells sharing rows).
 
   Rows are grouped by prompt in the prompt set's order, then by sample: the bootstrap draws do not
@@ -124,8 +127,11 @@ def _group_stats(rs: Sequence[Mapping], by_id: Mapping, *, greedy: bool, ks: Seq
 
   # Correctness per row of prompts with a reference.
   refs = {pid: by_id.get(pid, {}) for pid in by_prompt}
-  scored = {pid: [M.is_correct(r["answer"], p.get("reference"), p["answer_type"]) for r in by_prompt[pid]]
-            for pid, p in refs.items() if p.get("answer_type") and p.get("reference") is not None}
+  scored = {
+    pid: [M.is_correct(r["answer"], p.get("reference"), p["answer_type"]) for r in by_prompt[pid]]
+    for pid, p in refs.items()
+    if p.get("answer_type") and p.get("reference") is not None
+  }
   scored = {pid: v for pid, v in scored.items() if all(c is not None for c in v)}
   groups = [[float(c) for c in v] for v in scored.values()]
   put("accuracy", groups, M.mean(v for g in groups for v in g))
@@ -157,14 +163,22 @@ def _group_stats(rs: Sequence[Mapping], by_id: Mapping, *, greedy: bool, ks: Seq
   # Tokens-weighted throughput: sum(tokens) / sum(tokens / rate) = tokens over decode time.
   tps = [(r["num_tokens"], (r.get("timing") or {}).get("decode_tokens_per_second") or 0.0) for r in rs]
   tps = [(n, v) for n, v in tps if v > 0]
-  out["decode_tokens_per_second"] = (sum(n for n, _ in tps) / sum(n / v for n, v in tps)
-                                     if tps else float("nan"))
+  out["decode_tokens_per_second"] = sum(n for n, _ in tps) / sum(n / v for n, v in tps) if tps else float("nan")
   return out
 
 
-def summarize(rows: Sequence[Mapping], cells: Sequence[Mapping], prompts: Sequence[Mapping], *,
-              samples: int = 1, resamples: int = 1000, level: float = 0.95, seed: int = 0,
-              thinking_mode: bool = True, log: Callable[[str], None] = lambda s: None) -> list[dict]:
+def summarize(
+  rows: Sequence[Mapping],
+  cells: Sequence[Mapping],
+  prompts: Sequence[Mapping],
+  *,
+  samples: int = 1,
+  resamples: int = 1000,
+  level: float = 0.95,
+  seed: int = 0,
+  thinking_mode: bool = True,
+  log: Callable[[str], None] = lambda s: None,
+) -> list[dict]:
   """One dict per cell: its settings, ``cell_key``, ``run_key`` (the ``cell_key`` of the rows it reads),
   ``rows``, ``prompts``, ``scored`` (rows scored for accuracy), every metric of
   :data:`METRICS` with its bootstrap interval (``_lo``, ``_hi``; NaN if undefined), ``pass_at_<k>``
@@ -188,8 +202,9 @@ def summarize(rows: Sequence[Mapping], cells: Sequence[Mapping], prompts: Sequen
   for ci, cell in enumerate(cells):
     rk = cell_key(run_cell(cell, thinking_mode=thinking_mode))
     if rk not in cache:
-      cache[rk] = _group_stats(by_key.get(rk, []), by_id, greedy=cell["temperature"] == 0.0, ks=ks,
-                               bleu=bleu, boot=boot)
+      cache[rk] = _group_stats(
+        by_key.get(rk, []), by_id, greedy=cell["temperature"] == 0.0, ks=ks, bleu=bleu, boot=boot
+      )
     out.append(dict(cell=ci, cell_key=cell_key(cell), run_key=rk, **cell, **cache[rk]))
   return out
 
@@ -236,10 +251,21 @@ def format_table(summary: Sequence[Mapping]) -> str:
   axes = swept_axes(summary) or ["temperature"]
   short = {"thinking": "think", "temperature": "temp", "repetition_penalty": "rep_pen"}
   metrics = [m for m in metric_names(summary) if any(is_finite(s.get(m)) for s in summary)]
-  head = [short.get(a, a) for a in axes] + ["rows"] + [describe(m)[0] for m in metrics] + ["|"] + \
-      [THROUGHPUT[t][0] for t in THROUGHPUT]
-  body = [[_fmt(s[a]) for a in axes] + [str(s["rows"])] + [_fmt(s[m]) for m in metrics] + ["|"] +
-          [_fmt(s.get(t, float("nan"))) for t in THROUGHPUT] for s in summary]
+  head = (
+    [short.get(a, a) for a in axes]
+    + ["rows"]
+    + [describe(m)[0] for m in metrics]
+    + ["|"]
+    + [THROUGHPUT[t][0] for t in THROUGHPUT]
+  )
+  body = [
+    [_fmt(s[a]) for a in axes]
+    + [str(s["rows"])]
+    + [_fmt(s[m]) for m in metrics]
+    + ["|"]
+    + [_fmt(s.get(t, float("nan"))) for t in THROUGHPUT]
+    for s in summary
+  ]
   widths = [max(len(h), *(len(r[i]) for r in body)) if body else len(h) for i, h in enumerate(head)]
   lines = ["  ".join(h.rjust(w) for h, w in zip(head, widths))]
   lines.append("  ".join("-" * w for w in widths))

@@ -25,17 +25,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import subprocess
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+from smollm3_jax.sweep.plan import AXES, axis_values, complete_settings, validate_config
+from smollm3_jax.text import chat_format
 from smollm3_jax.utils import workdir as workdir_config
 from smollm3_jax.utils.extras import needs
 from smollm3_jax.utils.files import DirectoryLock, LockedError, atomic_write
 from smollm3_jax.utils.workdir import CONFIG_FILE, ConfigMismatchError
-from smollm3_jax.text import chat_format
-from smollm3_jax.sweep.plan import AXES, axis_values, complete_settings, validate_config
 
 # (Row digests left it at 2: this version reads rows without one, older ones ignore the field.)
 FORMAT_VERSION = 2
@@ -54,8 +53,16 @@ ROW_IDENTITY = ("prompt_id", "cell_key", "sample", "seed", "settings")
 UNDIGESTED = ("key", *ROW_IDENTITY, "timing", "digest")
 
 
-__all__ = ["ConfigMismatchError", "LockedError", "ResultsFile", "Workdir", "load", "provenance", "row_digest",
-           "row_problem"]
+__all__ = [
+  "ConfigMismatchError",
+  "LockedError",
+  "ResultsFile",
+  "Workdir",
+  "load",
+  "provenance",
+  "row_digest",
+  "row_problem",
+]
 
 
 def _comparable(record: Mapping) -> dict:
@@ -82,8 +89,10 @@ def _shrunk(old: Mapping, new: Mapping) -> list[str]:
     was, now = axis_values(old_axes, name), axis_values(new_axes, name)
     lost = [v for v in was if v not in now]
     if lost:
-      out.append(f"sweep.{name}: {list(was)!r} -> {list(now)!r} (values {lost!r} are missing; a sweep may add "
-                 f"values to an axis, not drop them)")
+      out.append(
+        f"sweep.{name}: {list(was)!r} -> {list(now)!r} (values {lost!r} are missing; a sweep may add "
+        f"values to an axis, not drop them)"
+      )
   return out
 
 
@@ -106,8 +115,7 @@ def _git_commit() -> str | None:
   """The project's git commit (with "-dirty" when the tree has changes), when it runs from a clone."""
   here = os.path.dirname(os.path.abspath(__file__))
   try:
-    run = lambda *args: subprocess.run(["git", *args], cwd=here, capture_output=True, text=True,
-                                       timeout=5)
+    run = lambda *args: subprocess.run(["git", *args], cwd=here, capture_output=True, text=True, timeout=5)
     head = run("rev-parse", "HEAD")
     if head.returncode != 0:
       return None
@@ -132,10 +140,16 @@ def provenance(dtype: str | None = None) -> dict[str, Any]:
     except metadata.PackageNotFoundError:
       versions[name] = None
   devices = jax.devices()
-  return dict(versions=versions, git_commit=_git_commit(), backend=jax.default_backend(),
-              device_kind=devices[0].device_kind, device_count=len(devices),
-              process_count=jax.process_count(), dtype=dtype,
-              started_utc=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+  return dict(
+    versions=versions,
+    git_commit=_git_commit(),
+    backend=jax.default_backend(),
+    device_kind=devices[0].device_kind,
+    device_count=len(devices),
+    process_count=jax.process_count(),
+    dtype=dtype,
+    started_utc=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+  )
 
 
 # --------------------------------------------------------------------------------------------
@@ -181,12 +195,17 @@ class Workdir:
       config["date"] = stored or chat_format.iso_date(None)
     else:
       config["date"] = chat_format.iso_date(config["date"])
-    record = dict(version=FORMAT_VERSION, config=config, prompts_sha256=prompts_sha256,
-                  runs=list((old or {}).get("runs", [])))
+    record = dict(
+      version=FORMAT_VERSION, config=config, prompts_sha256=prompts_sha256, runs=list((old or {}).get("runs", []))
+    )
     if old is not None:
-      workdir_config.refuse_changes(self.path, _comparable(old), _comparable(record),
-                                    may_change=[f"config.{f}" for f in RESUMABLE_FIELDS + GROWABLE_FIELDS],
-                                    also=_shrunk(old["config"], config))
+      workdir_config.refuse_changes(
+        self.path,
+        _comparable(old),
+        _comparable(record),
+        may_change=[f"config.{f}" for f in RESUMABLE_FIELDS + GROWABLE_FIELDS],
+        also=_shrunk(old["config"], config),
+      )
       if any(old["config"].get(k) != config.get(k) for k in GROWABLE_FIELDS):
         self._pending = record  # grown: the stored record stays until rows of the grown grid are durable
         return config
@@ -235,21 +254,38 @@ _NUMBER = ("a number", _is_number)
 # A sweep row's fields, each with what it must be (what the resume and the summary read them as). Every
 # row of this format version has these (execute._row writes them); other fields are kept as they are.
 ROW_FIELDS = {
-    "key": _STR, "prompt_id": _STR, "cell": _COUNT, "cell_key": _STR, "sample": _COUNT, "seed": _COUNT,
-    "settings": ("an object", lambda v: isinstance(v, dict)), "prompt": _STR, "kind": _STR, "text": _STR,
-    "thinking": _STR, "answer": _STR, "num_tokens": _COUNT, "thinking_tokens": _COUNT,
-    "closed_think": ("true or false", lambda v: isinstance(v, bool)), "stop_reason": _STR, "prompt_tokens": _COUNT,
-    "token_ids": ("a list of token ids", lambda v: isinstance(v, list) and all(map(_is_count, v))),
-    "timing": ("an object of numbers", lambda v: isinstance(v, dict) and all(map(_is_number, v.values()))),
-    "correct": ("true, false or null", lambda v: v is None or isinstance(v, bool)),
-    "extracted": ("a number or null", lambda v: v is None or _is_number(v)),
+  "key": _STR,
+  "prompt_id": _STR,
+  "cell": _COUNT,
+  "cell_key": _STR,
+  "sample": _COUNT,
+  "seed": _COUNT,
+  "settings": ("an object", lambda v: isinstance(v, dict)),
+  "prompt": _STR,
+  "kind": _STR,
+  "text": _STR,
+  "thinking": _STR,
+  "answer": _STR,
+  "num_tokens": _COUNT,
+  "thinking_tokens": _COUNT,
+  "closed_think": ("true or false", lambda v: isinstance(v, bool)),
+  "stop_reason": _STR,
+  "prompt_tokens": _COUNT,
+  "token_ids": ("a list of token ids", lambda v: isinstance(v, list) and all(map(_is_count, v))),
+  "timing": ("an object of numbers", lambda v: isinstance(v, dict) and all(map(_is_number, v.values()))),
+  "correct": ("true, false or null", lambda v: v is None or isinstance(v, bool)),
+  "extracted": ("a number or null", lambda v: v is None or _is_number(v)),
 }
 # Fields only some rows have (beam cells, record_logprobs, rows of this version on): checked when present.
 OPTIONAL_ROW_FIELDS = {
-    "beam_score": _NUMBER, "mean_logprob": _NUMBER, "mean_entropy": _NUMBER,
-    "logprobs": ("an object of number lists", lambda v: isinstance(v, dict) and all(
-        isinstance(x, list) and all(map(_is_number, x)) for x in v.values())),
-    "digest": ("a sha256 hex digest", lambda v: isinstance(v, str) and len(v) == 64),
+  "beam_score": _NUMBER,
+  "mean_logprob": _NUMBER,
+  "mean_entropy": _NUMBER,
+  "logprobs": (
+    "an object of number lists",
+    lambda v: isinstance(v, dict) and all(isinstance(x, list) and all(map(_is_number, x)) for x in v.values()),
+  ),
+  "digest": ("a sha256 hex digest", lambda v: isinstance(v, str) and len(v) == 64),
 }
 
 
@@ -369,8 +405,9 @@ def check_rows(done: Mapping[str, Mapping], planned: Sequence[Mapping], max_new_
       bad.append(row["key"])
   if bad:
     raise ConfigMismatchError(
-        f"{len(bad)} finished rows differ from this config's rows of the same key (settings or seed), "
-        f"e.g. {bad[0]!r}: the results file mixes runs. Use a new --workdir.")
+      f"{len(bad)} finished rows differ from this config's rows of the same key (settings or seed), "
+      f"e.g. {bad[0]!r}: the results file mixes runs. Use a new --workdir."
+    )
 
 
 # --------------------------------------------------------------------------------------------

@@ -30,35 +30,40 @@ KNOWLEDGE_CUTOFF = "June 2025"
 DATE_FORMAT = "%d %B %Y"
 
 DEFAULT_SYSTEM_THINK = (
-    "You are a helpful AI assistant named SmolLM, trained by Hugging Face. Your role as an assistant "
-    "involves thoroughly exploring questions through a systematic thinking process before providing the "
-    "final precise and accurate solutions. This requires engaging in a comprehensive cycle of analysis, "
-    "summarizing, exploration, reassessment, reflection, backtracking, and iteration to develop "
-    "well-considered thinking process. Please structure your response into two main sections: Thought and "
-    "Solution using the specified format: <think> Thought section </think> Solution section. In the Thought "
-    "section, detail your reasoning process in steps. Each step should include detailed considerations such "
-    "as analysing questions, summarizing relevant findings, brainstorming new ideas, verifying the accuracy "
-    "of the current steps, refining any errors, and revisiting previous steps. In the Solution section, based "
-    "on various attempts, explorations, and reflections from the Thought section, systematically present the "
-    "final solution that you deem correct. The Solution section should be logical, accurate, and concise and "
-    "detail necessary steps needed to reach the conclusion.")
+  "You are a helpful AI assistant named SmolLM, trained by Hugging Face. Your role as an assistant "
+  "involves thoroughly exploring questions through a systematic thinking process before providing the "
+  "final precise and accurate solutions. This requires engaging in a comprehensive cycle of analysis, "
+  "summarizing, exploration, reassessment, reflection, backtracking, and iteration to develop "
+  "well-considered thinking process. Please structure your response into two main sections: Thought and "
+  "Solution using the specified format: <think> Thought section </think> Solution section. In the Thought "
+  "section, detail your reasoning process in steps. Each step should include detailed considerations such "
+  "as analysing questions, summarizing relevant findings, brainstorming new ideas, verifying the accuracy "
+  "of the current steps, refining any errors, and revisiting previous steps. In the Solution section, based "
+  "on various attempts, explorations, and reflections from the Thought section, systematically present the "
+  "final solution that you deem correct. The Solution section should be logical, accurate, and concise and "
+  "detail necessary steps needed to reach the conclusion."
+)
 DEFAULT_SYSTEM_NO_THINK = "You are a helpful AI assistant named SmolLM, trained by Hugging Face."
 
 XML_TOOLS_HEADER = (
-    "You may call one or more functions to assist with the user query.\n"
-    "You are provided with function signatures within <tools></tools> XML tags:\n\n<tools>\n")
+  "You may call one or more functions to assist with the user query.\n"
+  "You are provided with function signatures within <tools></tools> XML tags:\n\n<tools>\n"
+)
 XML_TOOLS_FOOTER = (
-    "</tools>\n\nFor each function call, return a json object with function name and arguments within "
-    "<tool_call></tool_call> XML tags:\n<tool_call>\n"
-    "{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</tool_call>")
+  "</tools>\n\nFor each function call, return a json object with function name and arguments within "
+  "<tool_call></tool_call> XML tags:\n<tool_call>\n"
+  "{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</tool_call>"
+)
 PYTHON_TOOLS_HEADER = (
-    "When you send a message containing Python code between '<code>' and '</code>' tags, it will be "
-    "executed in a stateful Jupyter notebook environment, and you will then be given the output to "
-    "continued reasoning in an agentic loop.\n\n"
-    "You can use the following tools in your python code like regular functions:\n<tools>\n")
+  "When you send a message containing Python code between '<code>' and '</code>' tags, it will be "
+  "executed in a stateful Jupyter notebook environment, and you will then be given the output to "
+  "continued reasoning in an agentic loop.\n\n"
+  "You can use the following tools in your python code like regular functions:\n<tools>\n"
+)
 PYTHON_TOOLS_FOOTER = (
-    "</tools>\n\nThe state persists between code executions: so variables that you define in one step "
-    "are still available thereafter.")
+  "</tools>\n\nThe state persists between code executions: so variables that you define in one step "
+  "are still available thereafter."
+)
 
 
 # The date every chat template sees when no ``date=`` is passed (ISO "YYYY-MM-DD"), instead of the
@@ -89,8 +94,7 @@ def resolve_date(date: DateLike = None) -> datetime.datetime:
     except ValueError:
       raise ValueError(f"date must be an ISO date 'YYYY-MM-DD', got {date!r}") from None
     return datetime.datetime(day.year, day.month, day.day)
-  raise ValueError(f"date must be a datetime.date, a datetime.datetime or 'YYYY-MM-DD', got "
-                   f"{type(date).__name__}")
+  raise ValueError(f"date must be a datetime.date, a datetime.datetime or 'YYYY-MM-DD', got {type(date).__name__}")
 
 
 def iso_date(date: DateLike = None) -> str:
@@ -118,12 +122,15 @@ def _message_text(message: Mapping[str, Any]) -> str:
   return content if isinstance(content, str) else ""
 
 
-def format_smollm3_chat(messages: Sequence[Mapping[str, Any]],
-                        add_generation_prompt: bool = False,
-                        enable_thinking: bool = True,
-                        xml_tools: Sequence[Any] | None = None,
-                        python_tools: Sequence[Any] | None = None,
-                        today: str | None = None, date: DateLike = None) -> str:
+def format_smollm3_chat(
+  messages: Sequence[Mapping[str, Any]],
+  add_generation_prompt: bool = False,
+  enable_thinking: bool = True,
+  xml_tools: Sequence[Any] | None = None,
+  python_tools: Sequence[Any] | None = None,
+  today: str | None = None,
+  date: DateLike = None,
+) -> str:
   """Renders ``messages`` (dicts with "role" and "content") as a SmolLM3 prompt string.
 
   ``today`` is the date string for the metadata block (default: ``today_string(date)``). Tools are written

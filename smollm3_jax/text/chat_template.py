@@ -25,6 +25,7 @@ def _compile_template(template: str):
 
   class GenerationBlock(Extension):
     """``{% generation %}...{% endgeneration %}`` marks assistant text; rendering keeps it unchanged."""
+
     tags = {"generation"}
 
     def parse(self, parser):
@@ -52,21 +53,20 @@ def _compile_template(template: str):
     def _check(key):
       if isinstance(key, str) and key.startswith("_"):
         raise jinja2.exceptions.SecurityError(
-            f"chat templates may not set underscore attributes on a namespace, got {key!r}")
+          f"chat templates may not set underscore attributes on a namespace, got {key!r}"
+        )
 
   def raise_exception(message):
     raise jinja2.exceptions.TemplateError(message)
 
   def tojson(value, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
     # Unlike jinja's own filter: no HTML escaping, and json.dumps' options exposed.
-    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators,
-                      sort_keys=sort_keys)
+    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
 
   def strftime_now(fmt):  # replaced per render by the pinned date (render_chat_template)
     return chat_format.resolve_date(None).strftime(fmt)
 
-  env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                      extensions=[GenerationBlock, loopcontrols])
+  env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[GenerationBlock, loopcontrols])
   env.filters["tojson"] = tojson
   env.globals["raise_exception"] = raise_exception
   env.globals["strftime_now"] = strftime_now
@@ -109,8 +109,14 @@ def normalize_messages(messages: Sequence[Mapping[str, Any]]) -> list[dict]:
   return out
 
 
-def render_chat_template(template: str, messages: Sequence[Mapping[str, Any]],
-                         add_generation_prompt: bool = False, *, date=None, **variables: Any) -> str:
+def render_chat_template(
+  template: str,
+  messages: Sequence[Mapping[str, Any]],
+  add_generation_prompt: bool = False,
+  *,
+  date=None,
+  **variables: Any,
+) -> str:
   """Renders a jinja chat template as ``transformers``' ``apply_chat_template(tokenize=False)``.
 
   ``date`` is what the template's ``strftime_now`` sees (see ``chat_format.resolve_date``: a date,
@@ -123,5 +129,9 @@ def render_chat_template(template: str, messages: Sequence[Mapping[str, Any]],
   variables.setdefault("tools", None)
   variables.setdefault("documents", None)
   # A render-time variable shadows the environment's global of the same name.
-  return compiled.render(messages=messages, add_generation_prompt=add_generation_prompt,
-                         strftime_now=lambda fmt: now.strftime(fmt), **variables)
+  return compiled.render(
+    messages=messages,
+    add_generation_prompt=add_generation_prompt,
+    strftime_now=lambda fmt: now.strftime(fmt),
+    **variables,
+  )

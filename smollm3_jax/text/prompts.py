@@ -13,9 +13,16 @@ import numpy as np
 from smollm3_jax.utils import validation
 
 
-def render_prompts(tokenizer, prompts, *, chat: bool = True, thinking=True, date=None,
-                   vocab_size: int | None = None, split_special_tokens: bool = False
-                   ) -> tuple[list[str], list[list[int]]]:
+def render_prompts(
+  tokenizer,
+  prompts,
+  *,
+  chat: bool = True,
+  thinking=True,
+  date=None,
+  vocab_size: int | None = None,
+  split_special_tokens: bool = False,
+) -> tuple[list[str], list[list[int]]]:
   """Prompt texts and ids. A prompt is a string (one user message when ``chat``), a message list,
   or a sequence of token ids (used as is, each checked to lie in ``[0, vocab_size)``; default the
   tokenizer's vocabulary). ``date``: the day the chat template sees; ``split_special_tokens``:
@@ -24,8 +31,9 @@ def render_prompts(tokenizer, prompts, *, chat: bool = True, thinking=True, date
   if isinstance(prompts, str) or validation.is_messages(prompts) or validation.is_ids(prompts):
     prompts = [prompts]
   if not isinstance(prompts, (list, tuple)):
-    raise ValueError(f"prompts must be a string, a message list, token ids or a list of those, "
-                     f"got {type(prompts).__name__}")
+    raise ValueError(
+      f"prompts must be a string, a message list, token ids or a list of those, got {type(prompts).__name__}"
+    )
   prompts = list(prompts)
   if not prompts:
     raise ValueError("prompts: need at least one prompt, got an empty list")
@@ -69,18 +77,24 @@ def render_prompts(tokenizer, prompts, *, chat: bool = True, thinking=True, date
 def _check_text(name: str, prompt) -> None:
   """ValueError when a prompt's text (a string, or the contents of its messages) is not encodable
   text: a lone surrogate (e.g. half of an emoji from a JSON "\\ud83d") cannot be tokenized."""
-  pieces = [(name, prompt)] if isinstance(prompt, str) else [
-      (f"{name}: message {j} content", m.get("content")) for j, m in enumerate(prompt) if isinstance(m, dict)]
+  pieces = (
+    [(name, prompt)]
+    if isinstance(prompt, str)
+    else [(f"{name}: message {j} content", m.get("content")) for j, m in enumerate(prompt) if isinstance(m, dict)]
+  )
   for where, text in pieces:
     if isinstance(text, str):
       try:
         text.encode("utf-8")
       except UnicodeEncodeError as e:
-        raise ValueError(f"{where} is not valid text: a lone surrogate {text[e.start]!r} at character {e.start}") from None
+        raise ValueError(
+          f"{where} is not valid text: a lone surrogate {text[e.start]!r} at character {e.start}"
+        ) from None
 
 
-def render_chat(tokenizer, messages: Sequence[dict], thinking: bool, date=None,
-                split_special_tokens: bool = False) -> tuple[str, list[int]]:
+def render_chat(
+  tokenizer, messages: Sequence[dict], thinking: bool, date=None, split_special_tokens: bool = False
+) -> tuple[str, list[int]]:
   """The generation prompt for ``messages`` (text, ids) exactly as ``generate`` renders it;
   ``date``: the day the template sees (None: today, or ``$SMOLLM3_JAX_CHAT_DATE``);
   ``split_special_tokens``: special-token text in the contents stays text (the server's default)."""

@@ -19,8 +19,15 @@ from __future__ import annotations
 THINK_START = "<think>"
 THINK_END = "</think>"
 
-__all__ = ["THINK_START", "THINK_END", "ThinkingSplitter", "VisibleText", "has_closed_thinking",
-           "prompt_opens_thinking", "split_thinking"]
+__all__ = [
+  "THINK_START",
+  "THINK_END",
+  "ThinkingSplitter",
+  "VisibleText",
+  "has_closed_thinking",
+  "prompt_opens_thinking",
+  "split_thinking",
+]
 
 
 def prompt_opens_thinking(prompt_text: str) -> bool:
@@ -51,7 +58,7 @@ class _Stripper:
       self.started = True
     text = self.pending + text
     body = text.rstrip()
-    self.pending = text[len(body):]
+    self.pending = text[len(body) :]
     return body
 
 
@@ -86,13 +93,13 @@ class ThinkingSplitter:
       i = self._buffer.find(tag)
       if i >= 0:
         self._emit(kind, self._buffer[:i], out)
-        self._buffer = self._buffer[i + len(tag):]
+        self._buffer = self._buffer[i + len(tag) :]
         self._state = "inside" if self._state == "before" else "after"
         continue
       # Hold back a suffix that may be the start of the tag.
       keep = max((k for k in range(1, len(tag)) if self._buffer.endswith(tag[:k])), default=0)
-      self._emit(kind, self._buffer[:len(self._buffer) - keep], out)
-      self._buffer = self._buffer[len(self._buffer) - keep:]
+      self._emit(kind, self._buffer[: len(self._buffer) - keep], out)
+      self._buffer = self._buffer[len(self._buffer) - keep :]
       break
     return out
 

@@ -22,11 +22,10 @@ from typing import Any, Iterable, Mapping, Sequence
 import tokenizers
 from tokenizers import processors
 
-from smollm3_jax.text import chat_format
+from smollm3_jax.checkpoints import demo
+from smollm3_jax.text import chat_format, gguf_tokenizer
 from smollm3_jax.text.chat_template import normalize_messages, render_chat_template
 from smollm3_jax.text.thinking import THINK_END, THINK_START
-from smollm3_jax.checkpoints import demo
-from smollm3_jax.text import gguf_tokenizer
 
 TOKENIZER_FILE = "tokenizer.json"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
@@ -36,9 +35,15 @@ MODEL_CONFIG_FILE = "config.json"
 CHAT_TEMPLATE_FILE = "chat_template.jinja"
 CHAT_TEMPLATE_JSON_FILE = "chat_template.json"
 # The only files a hub download fetches: never weights.
-HUB_ALLOW_PATTERNS = (TOKENIZER_FILE, TOKENIZER_CONFIG_FILE, SPECIAL_TOKENS_MAP_FILE,
-                      GENERATION_CONFIG_FILE, MODEL_CONFIG_FILE, CHAT_TEMPLATE_FILE,
-                      CHAT_TEMPLATE_JSON_FILE)
+HUB_ALLOW_PATTERNS = (
+  TOKENIZER_FILE,
+  TOKENIZER_CONFIG_FILE,
+  SPECIAL_TOKENS_MAP_FILE,
+  GENERATION_CONFIG_FILE,
+  MODEL_CONFIG_FILE,
+  CHAT_TEMPLATE_FILE,
+  CHAT_TEMPLATE_JSON_FILE,
+)
 
 # Tokens that end a turn or a document in the ChatML / Llama-3 families: stop tokens whenever present.
 STOP_TOKEN_NAMES = ("<|im_end|>", "<|endoftext|>", "<|end_of_text|>")
@@ -86,8 +91,9 @@ def _id_list(value: Any) -> list[int]:
   return []
 
 
-def _post_processor(bos: str | None, bos_id: int | None, add_bos: bool,
-                    eos: str | None, eos_id: int | None, add_eos: bool) -> processors.PostProcessor:
+def _post_processor(
+  bos: str | None, bos_id: int | None, add_bos: bool, eos: str | None, eos_id: int | None, add_eos: bool
+) -> processors.PostProcessor:
   """BOS/EOS insertion for ``add_special_tokens=True``, built as transformers builds it."""
   add_bos = bool(add_bos and bos is not None and bos_id is not None)
   add_eos = bool(add_eos and eos is not None and eos_id is not None)
@@ -110,16 +116,20 @@ class Tokenizer:
   ``bos_token`` / ``eos_token`` / ``pad_token`` / ``unk_token``.
   """
 
-  def __init__(self, backend: tokenizers.Tokenizer, *,
-               bos_token: str | None = None,
-               eos_token: str | None = None,
-               pad_token: str | None = None,
-               unk_token: str | None = None,
-               chat_template: str | None = None,
-               bos_token_id: int | None = None,
-               eos_token_ids: Iterable[int] = (),
-               pad_token_id: int | None = None,
-               name_or_path: str | None = None):
+  def __init__(
+    self,
+    backend: tokenizers.Tokenizer,
+    *,
+    bos_token: str | None = None,
+    eos_token: str | None = None,
+    pad_token: str | None = None,
+    unk_token: str | None = None,
+    chat_template: str | None = None,
+    bos_token_id: int | None = None,
+    eos_token_ids: Iterable[int] = (),
+    pad_token_id: int | None = None,
+    name_or_path: str | None = None,
+  ):
     """``*_token`` strings come from tokenizer_config.json; ``*_id``s from generation_config.json /
     config.json fill in tokens the tokenizer config leaves out. ``eos_token_ids`` lists every stop id
     the checkpoint declares (generation_config's ``eos_token_id``)."""
@@ -128,8 +138,12 @@ class Tokenizer:
     self._backend = backend
     self.name_or_path = name_or_path
     # The strings the checkpoint names (what transformers hands a chat template), before any id fallback.
-    self._named_tokens = {"bos_token": bos_token, "eos_token": eos_token, "unk_token": unk_token,
-                          "pad_token": pad_token}
+    self._named_tokens = {
+      "bos_token": bos_token,
+      "eos_token": eos_token,
+      "unk_token": unk_token,
+      "pad_token": pad_token,
+    }
     self.chat_template = chat_template or None
 
     def lookup(token):
@@ -165,9 +179,15 @@ class Tokenizer:
   # ---- loading ------------------------------------------------------------------------------------
 
   @classmethod
-  def from_pretrained(cls, checkpoint: str | os.PathLike, *, revision: str | None = None,
-                      cache_dir: str | None = None, local_files_only: bool = False,
-                      match_transformers: bool = True) -> "Tokenizer":
+  def from_pretrained(
+    cls,
+    checkpoint: str | os.PathLike,
+    *,
+    revision: str | None = None,
+    cache_dir: str | None = None,
+    local_files_only: bool = False,
+    match_transformers: bool = True,
+  ) -> "Tokenizer":
     """Loads from a local directory, a hub id, a ``.gguf`` file or "demo".
 
     Hub ids fetch only the tokenizer/config JSON files with ``huggingface_hub.snapshot_download``
@@ -190,8 +210,9 @@ class Tokenizer:
       raise ValueError(f"checkpoint {path!r} is a file but not a .gguf; pass its directory instead")
     if not _HUB_ID.match(path) or path.count("/") > 1:
       raise FileNotFoundError(f"checkpoint directory not found: {path}")
-    return cls.from_directory(_download(path, revision=revision, cache_dir=cache_dir,
-                                        local_files_only=local_files_only), name_or_path=path)
+    return cls.from_directory(
+      _download(path, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only), name_or_path=path
+    )
 
   @classmethod
   def from_directory(cls, directory: str, name_or_path: str | None = None) -> "Tokenizer":
@@ -199,8 +220,8 @@ class Tokenizer:
     tokenizer_file = os.path.join(directory, TOKENIZER_FILE)
     if not os.path.isfile(tokenizer_file):
       raise FileNotFoundError(
-          f"tokenizer file not found: {tokenizer_file} (only fast tokenizers saved as "
-          f"{TOKENIZER_FILE} are supported)")
+        f"tokenizer file not found: {tokenizer_file} (only fast tokenizers saved as {TOKENIZER_FILE} are supported)"
+      )
     backend = tokenizers.Tokenizer.from_file(tokenizer_file)
     config = _read_optional_json(directory, TOKENIZER_CONFIG_FILE)
     special_map = _read_optional_json(directory, SPECIAL_TOKENS_MAP_FILE)
@@ -215,8 +236,13 @@ class Tokenizer:
     # transformers rebuilds the post-processor when the config states add_bos/add_eos explicitly.
     if "add_bos_token" in config or "add_eos_token" in config or backend.post_processor is None:
       backend.post_processor = _post_processor(
-          bos, backend.token_to_id(bos) if bos else None, config.get("add_bos_token", False),
-          eos, backend.token_to_id(eos) if eos else None, config.get("add_eos_token", False))
+        bos,
+        backend.token_to_id(bos) if bos else None,
+        config.get("add_bos_token", False),
+        eos,
+        backend.token_to_id(eos) if eos else None,
+        config.get("add_eos_token", False),
+      )
 
     def first_id(key):
       for source in (generation, model_config):
@@ -226,10 +252,18 @@ class Tokenizer:
       return None
 
     eos_ids = _id_list(generation.get("eos_token_id")) or _id_list(model_config.get("eos_token_id"))
-    return cls(backend, bos_token=bos, eos_token=eos, pad_token=token("pad_token"),
-               unk_token=token("unk_token"), chat_template=_read_chat_template(directory, config),
-               bos_token_id=first_id("bos_token_id"), eos_token_ids=eos_ids,
-               pad_token_id=first_id("pad_token_id"), name_or_path=name_or_path or directory)
+    return cls(
+      backend,
+      bos_token=bos,
+      eos_token=eos,
+      pad_token=token("pad_token"),
+      unk_token=token("unk_token"),
+      chat_template=_read_chat_template(directory, config),
+      bos_token_id=first_id("bos_token_id"),
+      eos_token_ids=eos_ids,
+      pad_token_id=first_id("pad_token_id"),
+      name_or_path=name_or_path or directory,
+    )
 
   @classmethod
   def from_gguf(cls, path: str, match_transformers: bool = True) -> "Tokenizer":
@@ -256,11 +290,23 @@ class Tokenizer:
 
     bos, eos = name("bos_token_id"), name("eos_token_id")
     backend.post_processor = _post_processor(
-        bos, meta.get("bos_token_id"), meta.get("add_bos_token", False),
-        eos, meta.get("eos_token_id"), meta.get("add_eos_token", False))
-    return cls(backend, bos_token=bos, eos_token=eos, pad_token=name("padding_token_id"),
-               unk_token=name("unknown_token_id"), chat_template=meta.get("chat_template"),
-               eos_token_ids=_id_list(meta.get("eos_token_id")), name_or_path=path)
+      bos,
+      meta.get("bos_token_id"),
+      meta.get("add_bos_token", False),
+      eos,
+      meta.get("eos_token_id"),
+      meta.get("add_eos_token", False),
+    )
+    return cls(
+      backend,
+      bos_token=bos,
+      eos_token=eos,
+      pad_token=name("padding_token_id"),
+      unk_token=name("unknown_token_id"),
+      chat_template=meta.get("chat_template"),
+      eos_token_ids=_id_list(meta.get("eos_token_id")),
+      name_or_path=path,
+    )
 
   # ---- saving -------------------------------------------------------------------------------------
 
@@ -270,8 +316,7 @@ class Tokenizer:
     directory = os.fspath(directory)
     os.makedirs(directory, exist_ok=True)
     self._backend.save(os.path.join(directory, TOKENIZER_FILE))
-    config = {"tokenizer_class": "PreTrainedTokenizerFast", **self._named_tokens,
-              "clean_up_tokenization_spaces": False}
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", **self._named_tokens, "clean_up_tokenization_spaces": False}
     if self.chat_template is not None:
       config["chat_template"] = self.chat_template
     with open(os.path.join(directory, TOKENIZER_CONFIG_FILE), "w", encoding="utf-8") as f:
@@ -286,8 +331,9 @@ class Tokenizer:
           f.write(self.chat_template)
     generation_path = os.path.join(directory, GENERATION_CONFIG_FILE)
     generation = _read_json(generation_path) if os.path.isfile(generation_path) else {}
-    generation.update(bos_token_id=self.bos_token_id, eos_token_id=list(self.stop_token_ids),
-                      pad_token_id=self.pad_token_id)
+    generation.update(
+      bos_token_id=self.bos_token_id, eos_token_id=list(self.stop_token_ids), pad_token_id=self.pad_token_id
+    )
     with open(generation_path, "w", encoding="utf-8") as f:
       json.dump(generation, f, indent=2)
 
@@ -357,11 +403,17 @@ class Tokenizer:
     """The token strings a chat template sees (bos_token, eos_token, unk_token, pad_token)."""
     return {k: v for k, v in self._named_tokens.items() if v is not None}
 
-  def apply_chat_template(self, messages: Sequence[Mapping[str, Any]],
-                          add_generation_prompt: bool = False, enable_thinking: bool = True,
-                          tokenize: bool = False, chat_template: str | None = None,
-                          date=None, split_special_tokens: bool = False,
-                          **template_kwargs: Any) -> str | list[int]:
+  def apply_chat_template(
+    self,
+    messages: Sequence[Mapping[str, Any]],
+    add_generation_prompt: bool = False,
+    enable_thinking: bool = True,
+    tokenize: bool = False,
+    chat_template: str | None = None,
+    date=None,
+    split_special_tokens: bool = False,
+    **template_kwargs: Any,
+  ) -> str | list[int]:
     """The prompt for ``messages`` as a string, or its ids when ``tokenize`` (no BOS added).
 
     ``split_special_tokens`` (with ``tokenize``): special-token text inside the messages' contents
@@ -379,19 +431,29 @@ class Tokenizer:
     format (``chat_format.format_smollm3_chat``; it reads ``xml_tools`` / ``python_tools``).
     """
     if tokenize and split_special_tokens:
-      return self._encode_chat_split(messages, add_generation_prompt=add_generation_prompt,
-                                     enable_thinking=enable_thinking, chat_template=chat_template, date=date,
-                                     **template_kwargs)
+      return self._encode_chat_split(
+        messages,
+        add_generation_prompt=add_generation_prompt,
+        enable_thinking=enable_thinking,
+        chat_template=chat_template,
+        date=date,
+        **template_kwargs,
+      )
     template = chat_template if chat_template is not None else self.chat_template
     if template is not None:
       variables = {**self.special_tokens_map(), "enable_thinking": enable_thinking, **template_kwargs}
-      text = render_chat_template(template, messages, add_generation_prompt=add_generation_prompt,
-                                  date=date, **variables)
+      text = render_chat_template(
+        template, messages, add_generation_prompt=add_generation_prompt, date=date, **variables
+      )
     else:
       text = chat_format.format_smollm3_chat(
-          normalize_messages(messages), add_generation_prompt=add_generation_prompt,
-          enable_thinking=enable_thinking, xml_tools=template_kwargs.get("xml_tools"),
-          python_tools=template_kwargs.get("python_tools"), date=date)
+        normalize_messages(messages),
+        add_generation_prompt=add_generation_prompt,
+        enable_thinking=enable_thinking,
+        xml_tools=template_kwargs.get("xml_tools"),
+        python_tools=template_kwargs.get("python_tools"),
+        date=date,
+      )
     return self.encode(text) if tokenize else text
 
   def _encode_chat_split(self, messages, **render) -> list[int]:
@@ -407,10 +469,12 @@ class Tokenizer:
 
     def hide(value):
       if isinstance(value, str):
+
         def swap(m):
           mark = f"\ue000{nonce}:{len(marks)}\ue001"
           marks[mark] = m.group(0)
           return mark
+
         return pattern.sub(swap, value)
       if isinstance(value, Mapping):
         return {k: (v if k == "role" else hide(v)) for k, v in value.items()}
@@ -424,7 +488,7 @@ class Tokenizer:
     unhide = re.compile("|".join(map(re.escape, marks)))
     ids, at = [], 0
     for m in list(pattern.finditer(text)) + [None]:
-      piece = text[at:m.start() if m else len(text)]
+      piece = text[at : m.start() if m else len(text)]
       if piece:
         ids += self.encode(unhide.sub(lambda x: marks[x.group(0)], piece), split_special_tokens=True)
       if m:
@@ -433,8 +497,7 @@ class Tokenizer:
     return ids
 
   def __repr__(self) -> str:
-    return (f"Tokenizer({self.name_or_path!r}, vocab_size={self.vocab_size}, "
-            f"stop_token_ids={self.stop_token_ids})")
+    return f"Tokenizer({self.name_or_path!r}, vocab_size={self.vocab_size}, stop_token_ids={self.stop_token_ids})"
 
 
 @functools.cache
@@ -478,11 +541,11 @@ class IncrementalDecoder:
   def push(self, token_id: int) -> str:
     self._ids.append(int(token_id))
     decode = functools.partial(self._tokenizer.decode, skip_special_tokens=self._skip)
-    before = decode(self._ids[self._prefix:self._read])
-    now = decode(self._ids[self._prefix:])
+    before = decode(self._ids[self._prefix : self._read])
+    now = decode(self._ids[self._prefix :])
     # A trailing U+FFFD means the last token ended inside a UTF-8 character: wait for the rest.
     if len(now) > len(before) and not now.endswith(REPLACEMENT_CHAR) and now.startswith(before):
-      new = now[len(before):]
+      new = now[len(before) :]
       self._prefix, self._read = self._read, len(self._ids)
       self._emitted.append(new)
       return new
@@ -493,10 +556,10 @@ class IncrementalDecoder:
     full = self._tokenizer.decode(self._ids, skip_special_tokens=self._skip)
     done = "".join(self._emitted)
     if full.startswith(done):
-      rest = full[len(done):]
+      rest = full[len(done) :]
     else:  # cannot happen with byte-level decoders; never emit text twice
-      before = self._tokenizer.decode(self._ids[self._prefix:self._read], skip_special_tokens=self._skip)
-      rest = self._tokenizer.decode(self._ids[self._prefix:], skip_special_tokens=self._skip)[len(before):]
+      before = self._tokenizer.decode(self._ids[self._prefix : self._read], skip_special_tokens=self._skip)
+      rest = self._tokenizer.decode(self._ids[self._prefix :], skip_special_tokens=self._skip)[len(before) :]
     self._emitted.append(rest)
     self._prefix = self._read = len(self._ids)
     return rest
@@ -526,19 +589,23 @@ def _download(repo_id: str, revision: str | None, cache_dir: str | None, local_f
   import huggingface_hub
   from huggingface_hub import constants, errors
 
-  offline = local_files_only or constants.is_offline_mode() or (
-      os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE"))
+  offline = (
+    local_files_only
+    or constants.is_offline_mode()
+    or (os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE"))
+  )
   try:
-    return huggingface_hub.snapshot_download(repo_id, revision=revision, cache_dir=cache_dir,
-                                             allow_patterns=list(HUB_ALLOW_PATTERNS),
-                                             local_files_only=offline)
+    return huggingface_hub.snapshot_download(
+      repo_id, revision=revision, cache_dir=cache_dir, allow_patterns=list(HUB_ALLOW_PATTERNS), local_files_only=offline
+    )
   except (errors.LocalEntryNotFoundError, errors.OfflineModeIsEnabled) as e:
     cache = cache_dir or constants.HF_HUB_CACHE
     raise FileNotFoundError(
-        f"the tokenizer of hub id {repo_id!r} is not in the Hugging Face cache ({cache}) and "
-        f"{'downloads are disabled (HF_HUB_OFFLINE / local_files_only)' if offline else 'the hub is unreachable'}; "
-        f"download it while online or pass a local directory (no directory {repo_id!r} exists "
-        f"here either)") from e
+      f"the tokenizer of hub id {repo_id!r} is not in the Hugging Face cache ({cache}) and "
+      f"{'downloads are disabled (HF_HUB_OFFLINE / local_files_only)' if offline else 'the hub is unreachable'}; "
+      f"download it while online or pass a local directory (no directory {repo_id!r} exists "
+      f"here either)"
+    ) from e
   except errors.HfHubHTTPError as e:
     raise FileNotFoundError(f"could not fetch the tokenizer of hub id {repo_id!r}: {e}") from e
 

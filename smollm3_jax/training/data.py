@@ -29,9 +29,9 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from smollm3_jax.text.thinking import THINK_END, THINK_START
 from smollm3_jax.utils import validation
 from smollm3_jax.utils.buckets import DEFAULT_BUCKETS, bucket_length
-from smollm3_jax.text.thinking import THINK_END, THINK_START
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,26 +97,36 @@ def _thinking_span(text: str, start: int, end: int) -> tuple[int, int] | None:
   return begin, stop
 
 
-def assistant_spans(tokenizer, messages: Sequence[Mapping[str, Any]], *, enable_thinking: bool = True,
-                    train_thinking: bool = True, date=None) -> tuple[str, list[tuple[int, int]]]:
+def assistant_spans(
+  tokenizer,
+  messages: Sequence[Mapping[str, Any]],
+  *,
+  enable_thinking: bool = True,
+  train_thinking: bool = True,
+  date=None,
+) -> tuple[str, list[tuple[int, int]]]:
   """(rendered conversation, character spans of its targets) — see the module docstring.
 
   Raises ValueError when the template does not render a conversation as a prefix of its
   continuation (a template that rewrites earlier turns; its targets cannot be located)."""
+
   def render(msgs, gen):
-    return tokenizer.apply_chat_template(list(msgs), add_generation_prompt=gen,
-                                         enable_thinking=enable_thinking, tokenize=False, date=date)
+    return tokenizer.apply_chat_template(
+      list(msgs), add_generation_prompt=gen, enable_thinking=enable_thinking, tokenize=False, date=date
+    )
 
   text = render(messages, False)
   spans = []
   for k, m in enumerate(messages):
     if m["role"] != "assistant" or k == 0:
       continue
-    prompt, upto = render(messages[:k], True), render(messages[:k + 1], False)
+    prompt, upto = render(messages[:k], True), render(messages[: k + 1], False)
     if not (upto.startswith(prompt) and text.startswith(upto)):
-      raise ValueError(f"chat template: the rendering of the first {k} messages plus the generation "
-                       "prompt is not a prefix of the conversation's rendering; cannot locate "
-                       f"assistant message {k}")
+      raise ValueError(
+        f"chat template: the rendering of the first {k} messages plus the generation "
+        "prompt is not a prefix of the conversation's rendering; cannot locate "
+        f"assistant message {k}"
+      )
     start, end = len(prompt), len(upto)
     think = None if train_thinking else _thinking_span(text, start, end)
     if think is None:
@@ -126,11 +136,13 @@ def assistant_spans(tokenizer, messages: Sequence[Mapping[str, Any]], *, enable_
   return text, spans
 
 
-def encode_conversation(tokenizer, messages, *, enable_thinking: bool = True, train_thinking: bool = True,
-                        date=None) -> Example:
+def encode_conversation(
+  tokenizer, messages, *, enable_thinking: bool = True, train_thinking: bool = True, date=None
+) -> Example:
   """Token ids (no BOS added, as the chat prompts of generation) and the loss mask of a conversation."""
-  text, spans = assistant_spans(tokenizer, messages, enable_thinking=enable_thinking,
-                                train_thinking=train_thinking, date=date)
+  text, spans = assistant_spans(
+    tokenizer, messages, enable_thinking=enable_thinking, train_thinking=train_thinking, date=date
+  )
   enc = tokenizer.backend.encode(text, add_special_tokens=False)
   starts = np.asarray([o[0] for o in enc.offsets], np.int64)
   mask = np.zeros(len(starts), bool)
@@ -139,15 +151,26 @@ def encode_conversation(tokenizer, messages, *, enable_thinking: bool = True, tr
   return Example(np.asarray(enc.ids, np.int32), mask)
 
 
-def encode_records(tokenizer, records: Sequence[Mapping], *, max_length: int, thinking_default: bool = True,
-                   train_thinking: bool = True, date=None) -> tuple[list[Example], int]:
+def encode_records(
+  tokenizer,
+  records: Sequence[Mapping],
+  *,
+  max_length: int,
+  thinking_default: bool = True,
+  train_thinking: bool = True,
+  date=None,
+) -> tuple[list[Example], int]:
   """Encodes records; examples longer than ``max_length`` are cut to it (their targets beyond the cut
   dropped) and those left with no target are skipped. Returns (examples, number cut)."""
   out, cut = [], 0
   for rec in records:
-    ex = encode_conversation(tokenizer, rec["messages"],
-                             enable_thinking=rec.get("enable_thinking", thinking_default),
-                             train_thinking=train_thinking, date=date)
+    ex = encode_conversation(
+      tokenizer,
+      rec["messages"],
+      enable_thinking=rec.get("enable_thinking", thinking_default),
+      train_thinking=train_thinking,
+      date=date,
+    )
     if len(ex) > max_length:
       cut += 1
       ex = Example(ex.tokens[:max_length], ex.loss_mask[:max_length])
@@ -166,8 +189,7 @@ def split(records: Sequence, eval_fraction: float, seed: int) -> tuple[list, lis
     raise ValueError(f"eval_fraction {eval_fraction} leaves no training data ({n} records)")
   order = np.random.default_rng([int(seed), 0x5EED]).permutation(n)
   held = set(order[:n_eval].tolist())
-  return ([r for i, r in enumerate(records) if i not in held],
-          [r for i, r in enumerate(records) if i in held])
+  return ([r for i, r in enumerate(records) if i not in held], [r for i, r in enumerate(records) if i in held])
 
 
 def batch_indices(num_examples: int, batch_size: int, seed: int, step: int) -> np.ndarray:
@@ -181,8 +203,14 @@ def batch_indices(num_examples: int, batch_size: int, seed: int, step: int) -> n
   return out
 
 
-def pad_batch(examples: Sequence[Example], pad_id: int, *, rows: int | None = None, max_length: int,
-              buckets: Sequence[int] = DEFAULT_BUCKETS) -> tuple[np.ndarray, np.ndarray]:
+def pad_batch(
+  examples: Sequence[Example],
+  pad_id: int,
+  *,
+  rows: int | None = None,
+  max_length: int,
+  buckets: Sequence[int] = DEFAULT_BUCKETS,
+) -> tuple[np.ndarray, np.ndarray]:
   """(tokens int32 [rows, T], loss_mask bool [rows, T]): right-padded with ``pad_id`` to the bucket of
   the longest example (at most ``max_length``); extra rows (up to ``rows``) are all padding."""
   rows = len(examples) if rows is None else rows
@@ -191,6 +219,6 @@ def pad_batch(examples: Sequence[Example], pad_id: int, *, rows: int | None = No
   tokens = np.full((rows, t), pad_id, np.int32)
   mask = np.zeros((rows, t), bool)
   for i, e in enumerate(examples):
-    tokens[i, :len(e)] = e.tokens
-    mask[i, :len(e)] = e.loss_mask
+    tokens[i, : len(e)] = e.tokens
+    mask[i, : len(e)] = e.loss_mask
   return tokens, mask

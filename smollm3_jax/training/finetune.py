@@ -31,22 +31,32 @@ import sys
 import time
 from typing import Mapping
 
-from smollm3_jax.utils import files, workdir as workdir_config
-from smollm3_jax.utils.workdir import CONFIG_FILE, to_plain
-from smollm3_jax.nn import sharding
 from smollm3_jax.checkpoints import orbax as orbax_ckpt
-from smollm3_jax.text import chat_format
 from smollm3_jax.loading import load_model_and_tokenizer
-from smollm3_jax.training import train
+from smollm3_jax.nn import sharding
+from smollm3_jax.text import chat_format
 from smollm3_jax.training import data as train_data
+from smollm3_jax.training import train
+from smollm3_jax.utils import files
+from smollm3_jax.utils import workdir as workdir_config
+from smollm3_jax.utils.workdir import CONFIG_FILE, to_plain
 
 CONFIG_NAME = CONFIG_FILE
 METRICS_NAME = "metrics.jsonl"
 CHECKPOINTS_DIR = "checkpoints"
 EXPORT_DIR = "export"
 # Fields that may change between a run and its resumption (they do not change what is computed).
-RESUMABLE_FIELDS = ("progress", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints",
-                    "mesh", "export", "data.path", "data.eval_path")
+RESUMABLE_FIELDS = (
+  "progress",
+  "log_every",
+  "eval_every",
+  "checkpoint_every",
+  "keep_checkpoints",
+  "mesh",
+  "export",
+  "data.path",
+  "data.eval_path",
+)
 
 _log = logging.getLogger(__name__)
 
@@ -54,12 +64,12 @@ _log = logging.getLogger(__name__)
 @dataclasses.dataclass
 class Outcome:
   workdir: str
-  steps: int                     # optimiser steps reached
-  resumed_from: int | None       # the checkpoint step a resumed run started from
-  train_loss: list               # (step, loss) per logged step of this process
-  eval_loss: list                # (step, eval cross-entropy) per evaluation of this process
-  export: str | None             # the export directory (None when stopped early or export=False)
-  params: dict                   # the final parameters (flat dict of arrays)
+  steps: int  # optimiser steps reached
+  resumed_from: int | None  # the checkpoint step a resumed run started from
+  train_loss: list  # (step, loss) per logged step of this process
+  eval_loss: list  # (step, eval cross-entropy) per evaluation of this process
+  export: str | None  # the export directory (None when stopped early or export=False)
+  params: dict  # the final parameters (flat dict of arrays)
 
 
 def _flat(d: Mapping, prefix: str = "") -> dict:
@@ -74,6 +84,7 @@ def _flat(d: Mapping, prefix: str = "") -> dict:
 
 def validate_config(c: Mapping) -> None:
   """The config's own checks (before anything loads); ValueError names the field."""
+
   def count(name, low=1):
     v = _flat(c)[name]
     if not isinstance(v, int) or isinstance(v, bool) or v < low:
@@ -99,8 +110,9 @@ def validate_config(c: Mapping) -> None:
     if not isinstance(d[name], bool):
       raise ValueError(f"data.{name} must be True or False, got {d[name]!r}")
   if c["model"].get("quantize", "none") not in ("none", "", None):
-    raise ValueError(f"model.quantize must be 'none' to fine-tune (got {c['model']['quantize']!r}); "
-                     "quantize the export instead")
+    raise ValueError(
+      f"model.quantize must be 'none' to fine-tune (got {c['model']['quantize']!r}); quantize the export instead"
+    )
   if c["date"]:
     chat_format.resolve_date(c["date"])
   sharding.parse_mesh(c["mesh"])
@@ -117,12 +129,12 @@ def _check_resume(workdir: str, plain: dict) -> dict:
   differing fields, or refuses checkpoints without a readable config.json."""
   ckpt_dir = os.path.join(workdir, CHECKPOINTS_DIR)
   has_ckpt = os.path.isdir(ckpt_dir) and any(n.isdigit() for n in os.listdir(ckpt_dir))
-  stored = workdir_config.read_record(workdir, results=f"{ckpt_dir} has checkpoints" if has_ckpt else None,
-                                      name=CONFIG_NAME)
+  stored = workdir_config.read_record(
+    workdir, results=f"{ckpt_dir} has checkpoints" if has_ckpt else None, name=CONFIG_NAME
+  )
   if stored is None:
     return {}
-  workdir_config.refuse_changes(workdir, stored["config"], plain, may_change=RESUMABLE_FIELDS,
-                                what="a fine-tuning run")
+  workdir_config.refuse_changes(workdir, stored["config"], plain, may_change=RESUMABLE_FIELDS, what="a fine-tuning run")
   return stored
 
 
@@ -158,6 +170,7 @@ def _closed_loop_filter(previous):
   def hook(unraisable):
     if not (unraisable.exc_type is RuntimeError and str(unraisable.exc_value) == "Event loop is closed"):
       previous(unraisable)
+
   hook.closed_loop_filter = True
   return hook
 
@@ -175,9 +188,11 @@ def _restore(mngr, step: int, args, workdir: str):
     detail = str(e).split("\n", 1)[0][:300]
     # No fall-back to an older step: a checkpoint is committed atomically, so damage is the disk's or a
     # hand's, which the user should hear of; deleting the step is the one-line way to fall back.
-    raise ValueError(f"{directory}: checkpoint step {step} is damaged and cannot be restored ({type(e).__name__}: "
-                     f"{detail}). Delete {directory} to resume from the checkpoint before it (or from the start), "
-                     "or use a new --workdir.") from None
+    raise ValueError(
+      f"{directory}: checkpoint step {step} is damaged and cannot be restored ({type(e).__name__}: "
+      f"{detail}). Delete {directory} to resume from the checkpoint before it (or from the start), "
+      "or use a new --workdir."
+    ) from None
   sys.unraisablehook = previous
   return restored["state"]["params"], restored["state"]["opt_state"]
 
@@ -185,19 +200,22 @@ def _restore(mngr, step: int, args, workdir: str):
 def _checkpoint_manager(workdir: str, keep: int):
   import orbax.checkpoint as ocp
 
-  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                         # Synchronous: the step donates the arrays a save reads.
-                                         enable_async_checkpointing=False)
+  options = ocp.CheckpointManagerOptions(
+    max_to_keep=keep,
+    create=True,
+    # Synchronous: the step donates the arrays a save reads.
+    enable_async_checkpointing=False,
+  )
   return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), CHECKPOINTS_DIR), options=options)
 
 
-def evaluate(trainer: train.Trainer, params, examples, *, batch_size: int, pad_id: int,
-             max_length: int) -> tuple[float, int]:
+def evaluate(
+  trainer: train.Trainer, params, examples, *, batch_size: int, pad_id: int, max_length: int
+) -> tuple[float, int]:
   """Cross-entropy per target token over ``examples`` (batches padded with empty rows), and the count."""
   ce, n = 0.0, 0
   for i in range(0, len(examples), batch_size):
-    tokens, mask = train_data.pad_batch(examples[i:i + batch_size], pad_id, rows=batch_size,
-                                        max_length=max_length)
+    tokens, mask = train_data.pad_batch(examples[i : i + batch_size], pad_id, rows=batch_size, max_length=max_length)
     sums = trainer.eval_sums(params, trainer.place_batch(tokens, mask))
     ce += float(sums["ce"])
     n += int(sums["tokens"])
@@ -219,8 +237,7 @@ def run(config, workdir: str, *, stop_after: int | None = None) -> Outcome:
   with files.DirectoryLock(workdir):
     stored = _check_resume(workdir, plain)
     date = stored.get("date") or chat_format.iso_date(plain["date"] or None)
-    files.atomic_write(os.path.join(workdir, CONFIG_NAME),
-                       json.dumps(dict(config=plain, date=date), indent=2) + "\n")
+    files.atomic_write(os.path.join(workdir, CONFIG_NAME), json.dumps(dict(config=plain, date=date), indent=2) + "\n")
     return _run(plain, workdir, date, stop_after, tqdm)
 
 
@@ -238,8 +255,9 @@ def _run(c: dict, workdir: str, date: str, stop_after: int | None, tqdm) -> Outc
   if tokenizer is None:
     raise ValueError("model: fine-tuning needs a tokenizer (set model.tokenizer for a random model)")
   pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
-  enc = dict(max_length=d["max_length"], thinking_default=d["thinking_default"],
-             train_thinking=d["train_thinking"], date=date)
+  enc = dict(
+    max_length=d["max_length"], thinking_default=d["thinking_default"], train_thinking=d["train_thinking"], date=date
+  )
   train_ex, cut = train_data.encode_records(tokenizer, train_recs, **enc)
   eval_ex, _ = train_data.encode_records(tokenizer, eval_recs, **enc)
   if not train_ex:
@@ -247,14 +265,22 @@ def _run(c: dict, workdir: str, date: str, stop_after: int | None, tqdm) -> Outc
   if cut:
     _log.warning("%d training conversations were cut to data.max_length=%d", cut, d["max_length"])
 
-  trainer = train.Trainer(model, train.OptimConfig.from_mapping(optim_fields(c)),
-                          unlikelihood_alpha=c["unlikelihood_alpha"], mesh=c["mesh"] or None)
+  trainer = train.Trainer(
+    model,
+    train.OptimConfig.from_mapping(optim_fields(c)),
+    unlikelihood_alpha=c["unlikelihood_alpha"],
+    mesh=c["mesh"] or None,
+  )
   accum, total = c["accumulation"], c["steps"]
   mngr = _checkpoint_manager(workdir, c["keep_checkpoints"])
   start = mngr.latest_step()
   if start is not None:
-    params, opt_state = _restore(mngr, start, ocp.args.Composite(
-        state=ocp.args.StandardRestore(trainer.abstract_state()), meta=ocp.args.JsonRestore()), workdir)
+    params, opt_state = _restore(
+      mngr,
+      start,
+      ocp.args.Composite(state=ocp.args.StandardRestore(trainer.abstract_state()), meta=ocp.args.JsonRestore()),
+      workdir,
+    )
     _metrics_lines(workdir, start)
   else:
     params = trainer.params(model)
@@ -264,16 +290,19 @@ def _run(c: dict, workdir: str, date: str, stop_after: int | None, tqdm) -> Outc
   step = start or 0
 
   def save(at: int):
-    mngr.save(at, args=ocp.args.Composite(
+    mngr.save(
+      at,
+      args=ocp.args.Composite(
         state=ocp.args.StandardSave({"params": params, "opt_state": opt_state}),
-        meta=ocp.args.JsonSave(dict(step=at, micro_steps=at * accum, date=date))))
+        meta=ocp.args.JsonSave(dict(step=at, micro_steps=at * accum, date=date)),
+      ),
+    )
     mngr.wait_until_finished()
 
   def run_eval(at: int):
     if not eval_ex:
       return None
-    loss, n = evaluate(trainer, params, eval_ex, batch_size=c["batch_size"], pad_id=pad_id,
-                       max_length=d["max_length"])
+    loss, n = evaluate(trainer, params, eval_ex, batch_size=c["batch_size"], pad_id=pad_id, max_length=d["max_length"])
     _append_metrics(workdir, dict(step=at, eval_loss=loss, eval_tokens=n))
     return loss
 
@@ -305,9 +334,18 @@ def _run(c: dict, workdir: str, date: str, stop_after: int | None, tqdm) -> Outc
       bar.set_postfix(loss=f"{sums['loss']:.4f}", tok_s=f"{rate:.0f}")
       if step % c["log_every"] == 0 or step == total:
         train_losses.append((step, sums["loss"]))
-        _append_metrics(workdir, dict(step=step, loss=sums["loss"], ce=sums["ce"], ul=sums["ul"],
-                                      grad_norm=sums["grad_norm"], lr=trainer.learning_rate(step - 1),
-                                      tokens_per_second=rate))
+        _append_metrics(
+          workdir,
+          dict(
+            step=step,
+            loss=sums["loss"],
+            ce=sums["ce"],
+            ul=sums["ul"],
+            grad_norm=sums["grad_norm"],
+            lr=trainer.learning_rate(step - 1),
+            tokens_per_second=rate,
+          ),
+        )
       if eval_ex and c["eval_every"] and step % c["eval_every"] == 0 and step < total:
         eval_losses.append((step, run_eval(step)))
         bar.set_postfix(loss=f"{sums['loss']:.4f}", eval=f"{eval_losses[-1][1]:.4f}", tok_s=f"{rate:.0f}")
@@ -325,9 +363,20 @@ def _run(c: dict, workdir: str, date: str, stop_after: int | None, tqdm) -> Outc
       if mngr.latest_step() != total:
         save(total)
     if c["export"]:
-      export = orbax_ckpt.save(os.path.join(workdir, EXPORT_DIR), trainer.model(params), tokenizer=tokenizer,
-                               source=f"fine-tuned from {c['model']['checkpoint'] or 'a random model'}",
-                               overwrite=True)
+      export = orbax_ckpt.save(
+        os.path.join(workdir, EXPORT_DIR),
+        trainer.model(params),
+        tokenizer=tokenizer,
+        source=f"fine-tuned from {c['model']['checkpoint'] or 'a random model'}",
+        overwrite=True,
+      )
   mngr.close()
-  return Outcome(workdir=workdir, steps=step, resumed_from=start, train_loss=train_losses,
-                 eval_loss=[e for e in eval_losses if e[1] is not None], export=export, params=params)
+  return Outcome(
+    workdir=workdir,
+    steps=step,
+    resumed_from=start,
+    train_loss=train_losses,
+    eval_loss=[e for e in eval_losses if e[1] is not None],
+    export=export,
+    params=params,
+  )

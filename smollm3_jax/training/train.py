@@ -114,13 +114,13 @@ class OptimConfig:
   learning_rate: float = 1e-4
   warmup_steps: int = 10
   total_steps: int = 100
-  end_learning_rate_ratio: float = 0.1   # the cosine ends at learning_rate * this
-  weight_decay: float = 0.0              # on kernels and embeddings only (not norms or biases)
+  end_learning_rate_ratio: float = 0.1  # the cosine ends at learning_rate * this
+  weight_decay: float = 0.0  # on kernels and embeddings only (not norms or biases)
   b1: float = 0.9
   b2: float = 0.999
   eps: float = 1e-8
-  clip_norm: float = 1.0                 # 0 = no clipping
-  accumulation: int = 1                  # micro-batches per update (optax.MultiSteps when > 1)
+  clip_norm: float = 1.0  # 0 = no clipping
+  accumulation: int = 1  # micro-batches per update (optax.MultiSteps when > 1)
 
   def __post_init__(self):
     for name in ("warmup_steps", "total_steps", "accumulation"):
@@ -129,8 +129,13 @@ class OptimConfig:
         raise ValueError(f"optim.{name} must be an integer >= {1 if name != 'warmup_steps' else 0}, got {v!r}")
     if self.warmup_steps > self.total_steps:
       raise ValueError(f"optim.warmup_steps ({self.warmup_steps}) exceeds optim.total_steps ({self.total_steps})")
-    for name, low in (("learning_rate", 0.0), ("weight_decay", 0.0), ("clip_norm", 0.0),
-                      ("end_learning_rate_ratio", 0.0), ("eps", 0.0)):
+    for name, low in (
+      ("learning_rate", 0.0),
+      ("weight_decay", 0.0),
+      ("clip_norm", 0.0),
+      ("end_learning_rate_ratio", 0.0),
+      ("eps", 0.0),
+    ):
       v = getattr(self, name)
       if not isinstance(v, (int, float)) or isinstance(v, bool) or not np.isfinite(v) or v < low:
         raise ValueError(f"optim.{name} must be a finite number >= {low}, got {v!r}")
@@ -152,9 +157,12 @@ class OptimConfig:
 def schedule(cfg: OptimConfig) -> optax.Schedule:
   """Learning rate by optimiser step: 0 -> peak over the warm-up, cosine to the end value."""
   return optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=cfg.learning_rate, warmup_steps=cfg.warmup_steps,
-      decay_steps=max(cfg.total_steps, cfg.warmup_steps + 1),
-      end_value=cfg.learning_rate * cfg.end_learning_rate_ratio)
+    init_value=0.0,
+    peak_value=cfg.learning_rate,
+    warmup_steps=cfg.warmup_steps,
+    decay_steps=max(cfg.total_steps, cfg.warmup_steps + 1),
+    end_value=cfg.learning_rate * cfg.end_learning_rate_ratio,
+  )
 
 
 def _decays(params: Params) -> Params:
@@ -166,8 +174,9 @@ def make_optimizer(cfg: OptimConfig) -> optax.GradientTransformation:
   chain = []
   if cfg.clip_norm:
     chain.append(optax.clip_by_global_norm(cfg.clip_norm))
-  chain.append(optax.adamw(schedule(cfg), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
-                           weight_decay=cfg.weight_decay, mask=_decays))
+  chain.append(
+    optax.adamw(schedule(cfg), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay, mask=_decays)
+  )
   tx = optax.chain(*chain)
   return optax.MultiSteps(tx, every_k_schedule=cfg.accumulation) if cfg.accumulation > 1 else tx
 
@@ -186,19 +195,25 @@ class ModelDef:
   def __init__(self, model: nnx.Module):
     self.graphdef, state = nnx.split(model)
     flat = nnx.to_flat_state(state)
-    bad = [param_key(p) for p, v in flat
-           if not isinstance(v, nnx.Param) or not jnp.issubdtype(v.get_value().dtype, jnp.floating)]
+    bad = [
+      param_key(p)
+      for p, v in flat
+      if not isinstance(v, nnx.Param) or not jnp.issubdtype(v.get_value().dtype, jnp.floating)
+    ]
     if bad:
-      raise ValueError(f"cannot train this model: {bad[:3]} are not float parameters (an int8-quantized "
-                       "model? train the float model and quantize after)")
+      raise ValueError(
+        f"cannot train this model: {bad[:3]} are not float parameters (an int8-quantized "
+        "model? train the float model and quantize after)"
+      )
     self.config = model.config
     self.keys = [param_key(p) for p, _ in flat]
     # What the compiled programs depend on: the graph and every parameter's shape and dtype.
-    self.signature = (self.graphdef, tuple((param_key(p), tuple(v.get_value().shape), str(v.get_value().dtype))
-                                           for p, v in flat))
+    self.signature = (
+      self.graphdef,
+      tuple((param_key(p), tuple(v.get_value().shape), str(v.get_value().dtype)) for p, v in flat),
+    )
     # Shape-only templates: merging replaces their values (no reference to the loaded arrays).
-    self._templates = [(p, v.replace(jax.ShapeDtypeStruct(v.get_value().shape, v.get_value().dtype)))
-                       for p, v in flat]
+    self._templates = [(p, v.replace(jax.ShapeDtypeStruct(v.get_value().shape, v.get_value().dtype))) for p, v in flat]
 
   def params(self, model: nnx.Module) -> Params:
     return {param_key(p): v.get_value() for p, v in nnx.to_flat_state(nnx.state(model))}
@@ -213,10 +228,12 @@ class ModelDef:
 
 def _f32(tree):
   """Float32 copies of arrays (or ShapeDtypeStructs)."""
+
   def cast(x):
     if isinstance(x, jax.ShapeDtypeStruct):
       return jax.ShapeDtypeStruct(x.shape, jnp.float32)
     return x.astype(jnp.float32)
+
   return jax.tree.map(cast, tree)
 
 
@@ -260,12 +277,17 @@ class Trainer:
       self.opt_shardings = jax.tree_util.tree_map_with_path(self._opt_leaf_sharding, self.abstract_opt_state)
     batch_s = self._batch_sharding()
     self._init = jax.jit(lambda p: self.tx.init(_f32(p)), out_shardings=self.opt_shardings)
-    self._step = jax.jit(functools.partial(_train_step, self.defn, self.tx, alpha),
-                         in_shardings=(self.param_shardings, self.opt_shardings, batch_s),
-                         out_shardings=(self.param_shardings, self.opt_shardings, self.replicated),
-                         donate_argnums=(0, 1))
-    self._eval = jax.jit(functools.partial(_eval_sums, self.defn),
-                         in_shardings=(self.param_shardings, batch_s), out_shardings=self.replicated)
+    self._step = jax.jit(
+      functools.partial(_train_step, self.defn, self.tx, alpha),
+      in_shardings=(self.param_shardings, self.opt_shardings, batch_s),
+      out_shardings=(self.param_shardings, self.opt_shardings, self.replicated),
+      donate_argnums=(0, 1),
+    )
+    self._eval = jax.jit(
+      functools.partial(_eval_sums, self.defn),
+      in_shardings=(self.param_shardings, batch_s),
+      out_shardings=self.replicated,
+    )
     _PROGRAMS[key] = {k: v for k, v in self.__dict__.items() if k not in ("defn", "sharding")}
     while len(_PROGRAMS) > _MAX_PROGRAMS:
       _PROGRAMS.popitem(last=False)
@@ -299,10 +321,10 @@ class Trainer:
   def abstract_state(self) -> dict:
     """{"params", "opt_state"} as ShapeDtypeStructs with their target shardings (Orbax restore)."""
     abstract = self.defn.abstract()
-    params = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=self.param_shardings[k])
-              for k, v in abstract.items()}
-    opt = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                       self.abstract_opt_state, self.opt_shardings)
+    params = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=self.param_shardings[k]) for k, v in abstract.items()}
+    opt = jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), self.abstract_opt_state, self.opt_shardings
+    )
     return {"params": params, "opt_state": opt}
 
   def model(self, params: Params) -> nnx.Module:

@@ -35,9 +35,14 @@ class PeerLost(RuntimeError):
   """A collective with the other processes failed: one of them died or stopped answering."""
 
 
-def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
-               process_id: int | None = None, *, auto: bool = False,
-               heartbeat_seconds: int = HEARTBEAT_SECONDS) -> bool:
+def initialize(
+  coordinator_address: str | None = None,
+  num_processes: int | None = None,
+  process_id: int | None = None,
+  *,
+  auto: bool = False,
+  heartbeat_seconds: int = HEARTBEAT_SECONDS,
+) -> bool:
   """Joins a multi-process run; returns whether one was joined (False: a single process).
 
   ``coordinator_address`` ("host:port" of process 0), ``num_processes`` and ``process_id``: as
@@ -56,9 +61,13 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     raise ValueError(f"heartbeat_seconds must be >= 1, got {heartbeat_seconds}")
   if num_processes == 1:
     return False
-  jax.distributed.initialize(coordinator_address, num_processes, process_id,
-                             heartbeat_timeout_seconds=int(heartbeat_seconds),
-                             shutdown_timeout_seconds=SHUTDOWN_SECONDS)
+  jax.distributed.initialize(
+    coordinator_address,
+    num_processes,
+    process_id,
+    heartbeat_timeout_seconds=int(heartbeat_seconds),
+    shutdown_timeout_seconds=SHUTDOWN_SECONDS,
+  )
   return True
 
 
@@ -72,8 +81,12 @@ def fail(error: BaseException) -> NoReturn:
     why = "most likely another process died or stopped answering (see its log)"
   else:
     why = "the other processes stop too (their next exchange with this one fails)"
-  print(f"error: {describe()} stopped: {type(error).__name__}: {first}\n{why}. Work already written is kept: "
-        f"rerun every process with the same flags to resume.", file=sys.stderr, flush=True)
+  print(
+    f"error: {describe()} stopped: {type(error).__name__}: {first}\n{why}. Work already written is kept: "
+    f"rerun every process with the same flags to resume.",
+    file=sys.stderr,
+    flush=True,
+  )
   sys.stdout.flush()
   os._exit(3)
 
@@ -93,8 +106,10 @@ def is_leader() -> bool:
 
 def describe() -> str:
   """E.g. "process 1 of 2 (4 local cpu devices)"."""
-  return (f"process {jax.process_index()} of {jax.process_count()} "
-          f"({jax.local_device_count()} local {jax.devices()[0].platform} devices)")
+  return (
+    f"process {jax.process_index()} of {jax.process_count()} "
+    f"({jax.local_device_count()} local {jax.devices()[0].platform} devices)"
+  )
 
 
 def _collective(fn, *args):
@@ -103,8 +118,10 @@ def _collective(fn, *args):
   try:
     return fn(*args)
   except Exception as e:  # a peer that died surfaces as a runtime error of the collective
-    raise PeerLost(f"{describe()}: lost contact with another process (it may have died; see its log): "
-                   f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
+    raise PeerLost(
+      f"{describe()}: lost contact with another process (it may have died; see its log): "
+      f"{str(e).splitlines()[0] if str(e) else type(e).__name__}"
+    ) from e
 
 
 def portable(error: BaseException) -> BaseException:
@@ -143,6 +160,7 @@ def fetch(tree):
   """Host (numpy) copies of the arrays in ``tree``, whole on every process, however they are sharded
   over the processes' devices (a collective when some shards live on other hosts). Copies: on CPU a
   device buffer's host view would change when a program reuses (donates) the buffer."""
+
   def one(x):
     if not isinstance(x, jax.Array) or x.is_fully_addressable:
       return np.array(jax.device_get(x))
@@ -151,5 +169,5 @@ def fetch(tree):
     from jax.experimental import multihost_utils
 
     return np.array(_collective(multihost_utils.process_allgather, x, True))
-  return jax.tree.map(one, tree)
 
+  return jax.tree.map(one, tree)

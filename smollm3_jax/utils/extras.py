@@ -22,5 +22,6 @@ def needs(extra: str, what: str) -> Iterator[None]:
     top = (e.name or "").partition(".")[0]
     if top not in EXTRAS[extra]:
       raise
-    raise ModuleNotFoundError(f"{what} needs the {extra!r} extra ({top} is not installed): "
-                              f"pip install 'smollm3-jax[{extra}]'", name=e.name) from None
+    raise ModuleNotFoundError(
+      f"{what} needs the {extra!r} extra ({top} is not installed): pip install 'smollm3-jax[{extra}]'", name=e.name
+    ) from None

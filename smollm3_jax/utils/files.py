@@ -113,8 +113,9 @@ class DirectoryLock:
       holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
       os.close(fd)
       if e.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-        raise LockedError(f"{self.directory!r} is in use by another run (pid {holder}); wait for it "
-                          "to finish or use another directory") from None
+        raise LockedError(
+          f"{self.directory!r} is in use by another run (pid {holder}); wait for it to finish or use another directory"
+        ) from None
       raise
     os.ftruncate(fd, 0)
     os.write(fd, f"{os.getpid()}\n".encode())

@@ -78,6 +78,7 @@ def enable_compilation_cache(path: str | os.PathLike | None = None) -> str:
     jax.config.update("jax_compilation_cache_dir", path)
     try:  # the cache object is created lazily on first use; drop one bound to an older dir
       from jax._src import compilation_cache as _cc
+
       _cc.reset_cache()
     except Exception:  # pragma: no cover - private API moved; the config update still applies
       pass
@@ -94,6 +95,7 @@ def disable_compilation_cache() -> None:
   jax.config.update("jax_compilation_cache_dir", None)
   try:
     from jax._src import compilation_cache as _cc
+
     _cc.reset_cache()
   except Exception:  # pragma: no cover
     pass
@@ -105,8 +107,11 @@ def enable_gguf_index(path: str | os.PathLike | None = None) -> str:
   processes read it instead of parsing the header. The directory is created on first write.
   Returns the directory used."""
   global _gguf_index_dir
-  _gguf_index_dir = (os.path.abspath(os.path.expanduser(os.fspath(path))) if path
-                     else os.path.join(default_cache_dir(), GGUF_INDEX_SUBDIR))
+  _gguf_index_dir = (
+    os.path.abspath(os.path.expanduser(os.fspath(path)))
+    if path
+    else os.path.join(default_cache_dir(), GGUF_INDEX_SUBDIR)
+  )
   return _gguf_index_dir
 
 

@@ -56,8 +56,9 @@ def per_row(name: str, value: Any, n: int) -> list:
 def as_counts(name: str, value: Any, n: int, *, low: int = 0, high: int = INT32_MAX) -> np.ndarray:
   """Per-row counts [n] int64, each checked as :func:`as_count` (the message names the row)."""
   rows = per_row(name, value, n)
-  return np.asarray([as_count(name if n == 1 else f"{name}[{i}]", v, low=low, high=high)
-                     for i, v in enumerate(rows)], np.int64)
+  return np.asarray(
+    [as_count(name if n == 1 else f"{name}[{i}]", v, low=low, high=high) for i, v in enumerate(rows)], np.int64
+  )
 
 
 def as_seeds(name: str, value: Any, n: int) -> np.ndarray:
@@ -85,13 +86,17 @@ def check_token_ids(name: str, ids: Sequence[Any], vocab_size: int) -> list[int]
   if arr.ndim != 1:
     raise ValueError(f"{name} must be a 1-D sequence of token ids, got shape {arr.shape}")
   if arr.dtype.kind not in "iu":  # bools, floats, strings, ints beyond int64: check one by one
-    arr = np.asarray([_integer(f"{name}[{j}]", t) if abs(_integer(f"{name}[{j}]", t)) < 2**62 else -1
-                      for j, t in enumerate(arr.tolist())], np.int64)
+    arr = np.asarray(
+      [
+        _integer(f"{name}[{j}]", t) if abs(_integer(f"{name}[{j}]", t)) < 2**62 else -1
+        for j, t in enumerate(arr.tolist())
+      ],
+      np.int64,
+    )
   bad = (arr < 0) | (arr >= vocab_size)
   if bad.any():
     j = int(np.argmax(bad))
-    raise ValueError(f"{name}[{j}] = {ids[j]} is not a token id of this model (ids are in "
-                     f"[0, {vocab_size}))")
+    raise ValueError(f"{name}[{j}] = {ids[j]} is not a token id of this model (ids are in [0, {vocab_size}))")
   return arr.astype(np.int64).tolist()
 
 
@@ -132,8 +137,8 @@ def is_ids(x: Any) -> bool:
   whose first item is an int (its other items are checked by :func:`check_token_ids`, which names a
   bad one, rather than the sequence being taken for something else)."""
   return (isinstance(x, np.ndarray) and x.ndim == 1) or (
-      isinstance(x, (list, tuple)) and len(x) > 0 and isinstance(x[0], (int, np.integer))
-      and not isinstance(x[0], bool))
+    isinstance(x, (list, tuple)) and len(x) > 0 and isinstance(x[0], (int, np.integer)) and not isinstance(x[0], bool)
+  )
 
 
 def is_messages(x: Any) -> bool:

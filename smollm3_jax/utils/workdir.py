@@ -35,8 +35,14 @@ def to_plain(config) -> dict:
   return json.loads(json.dumps(config, sort_keys=True, default=list))
 
 
-def read_record(workdir: str, *, results: str | None, section: str | None = "config",
-                name: str = CONFIG_FILE, check: Callable[[dict], None] | None = None) -> dict | None:
+def read_record(
+  workdir: str,
+  *,
+  results: str | None,
+  section: str | None = "config",
+  name: str = CONFIG_FILE,
+  check: Callable[[dict], None] | None = None,
+) -> dict | None:
   """The JSON object stored in ``<workdir>/<name>``, or None when there is none.
 
   ConfigMismatchError when the file is unreadable (not JSON, not an object, or its ``section`` not an
@@ -47,8 +53,10 @@ def read_record(workdir: str, *, results: str | None, section: str | None = "con
   path = os.path.join(workdir, name)
   if not os.path.exists(path):
     if results:
-      raise ConfigMismatchError(f"{results} but {path} is missing: they cannot be matched to a config. Use a new "
-                                f"--workdir, or delete {workdir!r} to start over.")
+      raise ConfigMismatchError(
+        f"{results} but {path} is missing: they cannot be matched to a config. Use a new "
+        f"--workdir, or delete {workdir!r} to start over."
+      )
     return None
   try:
     with open(path, encoding="utf-8") as f:
@@ -56,15 +64,19 @@ def read_record(workdir: str, *, results: str | None, section: str | None = "con
     if not isinstance(record, dict) or (section is not None and not isinstance(record.get(section), dict)):
       raise ValueError(f"not a record with a {section!r} object" if section else "not a JSON object")
   except (OSError, ValueError) as e:  # (json.JSONDecodeError and UnicodeDecodeError are ValueErrors)
-    raise ConfigMismatchError(f"{path} is unreadable ({e}); the results in this workdir cannot be matched to a "
-                              f"config. Use a new --workdir, or delete {workdir!r} to start over.") from None
+    raise ConfigMismatchError(
+      f"{path} is unreadable ({e}); the results in this workdir cannot be matched to a "
+      f"config. Use a new --workdir, or delete {workdir!r} to start over."
+    ) from None
   if check is not None:
     try:
       check(record[section] if section is not None else record)
     except (TypeError, ValueError) as e:  # a damaged or hand-edited field: never a crash further on
       where = f"its stored {section!r}" if section is not None else "it"
-      raise ConfigMismatchError(f"{path} is damaged: {where} fails the config check ({e}). Restore the field, use a "
-                                f"new --workdir, or delete {workdir!r} to start over.") from None
+      raise ConfigMismatchError(
+        f"{path} is damaged: {where} fails the config check ({e}). Restore the field, use a "
+        f"new --workdir, or delete {workdir!r} to start over."
+      ) from None
   return record
 
 
@@ -97,13 +109,21 @@ def differences(old: Mapping, new: Mapping, *, may_change: Iterable[str] = ()) -
   return _diff(_without(old, may_change), _without(new, may_change), "")
 
 
-def refuse_changes(workdir: str, old: Mapping, new: Mapping, *, may_change: Iterable[str] = (),
-                   also: Sequence[str] = (), what: str = "results") -> None:
+def refuse_changes(
+  workdir: str,
+  old: Mapping,
+  new: Mapping,
+  *,
+  may_change: Iterable[str] = (),
+  also: Sequence[str] = (),
+  what: str = "results",
+) -> None:
   """ConfigMismatchError naming the differences (:func:`differences`, then ``also``: the caller's own
   findings, e.g. values dropped from a grid) when the stored config ``old`` and the new ``new`` differ
   in more than the fields that ``may_change``; ``what`` the workdir holds names them in the message."""
   diffs = differences(old, new, may_change=may_change) + list(also)
   if diffs:
     raise ConfigMismatchError(
-        f"workdir {workdir!r} holds {what} of a different config ({'; '.join(diffs[:SHOWN])}"
-        f"{' ...' if len(diffs) > SHOWN else ''}). Use a new --workdir, or delete {workdir!r} to start over.")
+      f"workdir {workdir!r} holds {what} of a different config ({'; '.join(diffs[:SHOWN])}"
+      f"{' ...' if len(diffs) > SHOWN else ''}). Use a new --workdir, or delete {workdir!r} to start over."
+    )
