@@ -52,6 +52,7 @@ sys.path.insert(0, ROOT)
 GROUPS = ("loaders", "api", "evaluate", "server", "sweep", "finetune")
 SERVER_MAX_TOKENS = 8  # the server's default budget (--max_tokens)
 SERVER_CONTEXT = 512
+SERVER_SLOTS = 8
 RSS_FIRST, RSS_LAST = 20, 200  # requests after which the server's resident memory is compared
 DISCONNECTS = 12  # streams abandoned after their first piece
 
@@ -768,7 +769,7 @@ class ServerProcess:
       "--top_p=1",
       f"--max_tokens={SERVER_MAX_TOKENS}",
       "--chunk_steps=2",
-      "--slots=8",
+      f"--slots={SERVER_SLOTS}",
       f"--date={DATE}",
       "--model_name=tiny",
     ]
@@ -865,34 +866,45 @@ def _body(text_or_messages, *, temperature=0.0, top_p=1.0, seed=0, max_tokens=SE
 
 
 def _alone(r: Run, body: dict):
-  """What ``generate`` gives the request of ``body`` alone: its Completions (one per choice).
+  """The Completions (one per choice) the request of ``body`` gets alone, in a pool of the server's
+  shape: its slots, cache length, context and log-probability buffers, through the same runner.
 
-  With the server pool's cache length: programs over another cache length (generate's default fits
-  the request) round a few logits differently in the last bit, and a sampled draw near a boundary of
-  the cumulative distribution then picks the neighbouring token (seen at temperature 1 on this random
-  model); the same length keeps the comparison independent of float rounding."""
-  import smollm3_jax
-  from smollm3_jax.generation.engine import get_engine
+  The same programs as the server's, so the comparison is bitwise on any machine. ``generate`` with one
+  row runs a narrower pool, and XLA:CPU rounds a few logits of a 4-row program differently from an
+  8-row one in the last bit on some CPUs (not on others): a sampled draw near a boundary of the
+  cumulative distribution then picks the neighbouring token. (That a pool's rows equal
+  ``transformers`` and ``generate`` is the generation tests' job.)"""
+  from smollm3_jax.generation.engine import MAX_TOP_LOGPROBS, Request, get_engine
+  from smollm3_jax.generation.runner import Row, Runner
+  from smollm3_jax.generation.settings import row_seeds
+  from smollm3_jax.generation.stop import check_stop, default_stop_ids
 
   model, tok = r.tiny()
-  return smollm3_jax.generate(
-    model,
-    tok,
-    [body["messages"]],
-    thinking=body["chat_template_kwargs"]["enable_thinking"],
-    date=DATE,
-    split_special_tokens=True,
-    temperature=body["temperature"],
-    top_p=body["top_p"],
-    top_k=0,
-    min_p=0.0,
-    repetition_penalty=1.0,
-    seed=body["seed"],
-    max_new_tokens=body["max_tokens"],
-    num_return_sequences=body.get("n", 1),
-    stop=body.get("stop"),
-    cache_length=get_engine(model, tok).cache_length_for(SERVER_CONTEXT),
-  ).completions
+  eng = get_engine(model, tok)
+  thinking = body["chat_template_kwargs"]["enable_thinking"]
+  template = dict(add_generation_prompt=True, enable_thinking=thinking, date=DATE)
+  text = tok.apply_chat_template(body["messages"], **template)
+  ids = tok.apply_chat_template(body["messages"], tokenize=True, split_special_tokens=True, **template)
+  settings = {k: body[k] for k in ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")}
+  pool = eng.pool(
+    SERVER_SLOTS,
+    eng.cache_length_for(SERVER_CONTEXT),
+    stop_ids=default_stop_ids(tok, model.config),
+    context_length=SERVER_CONTEXT,
+    prefill_rows=(1,),
+    logprobs=True,
+    top_logprobs=MAX_TOP_LOGPROBS,
+  )
+  stop = check_stop(body.get("stop"))
+  rows = [
+    Row(Request(prompt=ids, settings=settings, seed=int(seed), max_new=body["max_tokens"], share=0), text, stop)
+    for seed in row_seeds(body["seed"], body.get("n", 1))
+  ]
+  runner = Runner(pool, tok)
+  runner.submit(rows)
+  for _ in runner.run():
+    pass
+  return [row.completion for row in rows]
 
 
 def _post(r: Run, body, *, timeout: float = 120) -> tuple[int, Any]:
@@ -957,7 +969,7 @@ def _stream(r: Run, body: dict) -> tuple[dict, dict, dict]:
 
 
 def _same_as_alone(r: Run, body: dict, *, stream: bool = False) -> str:
-  """Sends ``body``; its choices must hold exactly the text ``generate`` gives the request alone."""
+  """Sends ``body``; its choices must hold exactly the text the request gets alone (:func:`_alone`)."""
   want = _alone(r, body)
   if stream:
     content, reasoning, usage = _stream(r, body)
@@ -967,7 +979,7 @@ def _same_as_alone(r: Run, body: dict, *, stream: bool = False) -> str:
     check(status == 200, f"status {status}: {str(out)[:300]}")
     got = [(c["message"]["content"], c["message"].get("reasoning_content", "")) for c in out["choices"]]
     usage = out["usage"]
-  check(got == [(w.answer, w.thinking) for w in want], f"texts {got!r} != generate's {[w.answer for w in want]!r}")
+  check(got == [(w.answer, w.thinking) for w in want], f"texts {got!r} != alone's {[w.answer for w in want]!r}")
   check(usage["completion_tokens"] == sum(len(w.token_ids) for w in want), f"usage {usage}")
   return f"{len(want)} choice(s) equal generate: {want[0].answer[:40]!r}"
 
@@ -1470,7 +1482,7 @@ def _(r):
   wrong = [i for i, (g, w) in enumerate(zip(got, wants)) if g != w]
   check(
     not wrong,
-    f"requests {wrong} got other texts than generate's, e.g. {got[wrong[0]] if wrong else ''!r} != "
+    f"requests {wrong} got other texts than alone, e.g. {got[wrong[0]] if wrong else ''!r} != "
     f"{wants[wrong[0]] if wrong else ''!r}",
   )
   # And each the same when it runs alone on the server (the same programs: bitwise on any machine).
