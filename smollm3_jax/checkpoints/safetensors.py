@@ -16,7 +16,7 @@ import ml_dtypes
 import numpy as np
 
 from smollm3_jax.checkpoints.mapping import TensorInfo
-from smollm3_jax.nn.config import SmolLM3Config
+from smollm3_jax.nn.config import SIZE_FIELDS, SmolLM3Config
 
 CONFIG_NAME = "config.json"
 SINGLE_NAME = "model.safetensors"
@@ -53,19 +53,7 @@ def load_config(directory: str | os.PathLike) -> SmolLM3Config:
 # The config.json fields SmolLM3Config.from_dict reads, by the JSON type each must have (null: the
 # default). Checked first: from_dict's int() / float() / bool() would read "64" or 2.7 as a number,
 # "false" as true, and fail on the rest with a message naming neither the file nor the field.
-_INT_FIELDS = (
-  "vocab_size",
-  "hidden_size",
-  "intermediate_size",
-  "num_hidden_layers",
-  "num_attention_heads",
-  "num_key_value_heads",
-  "head_dim",
-  "max_position_embeddings",
-  "no_rope_layer_interval",
-  "bos_token_id",
-  "pad_token_id",
-)
+_INT_FIELDS = (*SIZE_FIELDS, "no_rope_layer_interval", "bos_token_id", "pad_token_id")
 _NUMBER_FIELDS = ("rope_theta", "rms_norm_eps")
 _BOOL_FIELDS = ("tie_word_embeddings", "attention_bias", "mlp_bias")
 _OBJECT_FIELDS = ("rope_parameters", "rope_scaling")

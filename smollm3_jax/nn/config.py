@@ -19,6 +19,19 @@ from typing import Any, Mapping
 SUPPORTED_ROPE_TYPES = ("default", "yarn", "linear")
 
 
+# The fields that are sizes: positive integers.
+SIZE_FIELDS = (
+  "vocab_size",
+  "hidden_size",
+  "intermediate_size",
+  "num_hidden_layers",
+  "num_attention_heads",
+  "num_key_value_heads",
+  "head_dim",
+  "max_position_embeddings",
+)
+
+
 @dataclasses.dataclass(frozen=True)
 class RopeScaling:
   """RoPE frequency scaling (None in the config means plain RoPE)."""
@@ -58,16 +71,7 @@ class SmolLM3Config:
   pad_token_id: int | None = 128004
 
   def __post_init__(self):
-    for name in (
-      "vocab_size",
-      "hidden_size",
-      "intermediate_size",
-      "num_hidden_layers",
-      "num_attention_heads",
-      "num_key_value_heads",
-      "head_dim",
-      "max_position_embeddings",
-    ):
+    for name in SIZE_FIELDS:
       value = getattr(self, name)
       if not isinstance(value, int) or value <= 0:
         raise ValueError(f"config field {name!r} must be a positive integer, got {value!r}")
