@@ -5,6 +5,7 @@ the benchmarks in experiments/benchmarks/ (one module per kind of row, each with
   python experiments/benchmark.py --checkpoint=random --preset=smollm3_3b --dtype=bfloat16   # GPU, no download
   python experiments/benchmark.py --checkpoint=demo --startup          # fresh-process start-up, cold vs warm cache
   python experiments/benchmark.py --checkpoint=demo --continuous_only  # slot refill on/off, the server's clients
+  python experiments/benchmark.py --host_loop   # host seconds per decode chunk at 1k vs 32k generated tokens
   python experiments/benchmark.py --baseline=/tmp/before               # decode vs another checkout
   python experiments/benchmark.py --checkpoint=random --preset=smollm3_3b --dtype=bfloat16 --accelerator_check
 
@@ -26,7 +27,7 @@ from absl import app, flags
 _T_START = time.time()  # (start-up children count their import time from here)
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import probes  # noqa: E402  (experiments/probes.py, beside this script)
-from benchmarks import accelerator, baseline, common, continuous, startup, throughput  # noqa: E402
+from benchmarks import accelerator, baseline, common, continuous, host, startup, throughput  # noqa: E402
 from benchmarks.common import FLAGS  # noqa: E402
 
 from smollm3_jax import cli  # noqa: E402
@@ -49,7 +50,7 @@ flags.DEFINE_float("bandwidth_gbps", 0.0, "Device memory bandwidth for the roofl
 flags.DEFINE_integer("torch_threads", 0, "torch.set_num_threads for transformers (0 = torch's default).")
 flags.DEFINE_string("output_json", None, "Write all figures here.")
 
-BENCHMARKS = (throughput, accelerator, continuous, baseline)  # the modules whose rows a run can hold
+BENCHMARKS = (throughput, accelerator, continuous, baseline, host)  # the modules whose rows a run can hold
 for _module in (common, startup) + BENCHMARKS:
   flags.adopt_module_key_flags(_module)  # --help lists every benchmark's flags
 ROW_NAMES = {kind: name for m in BENCHMARKS for kind, name in m.ROW_NAMES.items()}
@@ -122,6 +123,14 @@ def main(argv):
     return
   if FLAGS.compilation_cache:
     report["compilation_cache"] = runtime.enable_compilation_cache(FLAGS.cache_dir)
+  if FLAGS.host_loop:  # (its own tiny model: the flags' checkpoint is not loaded)
+    try:
+      report["rows"] = rows = host.flag_rows()
+    except ValueError as e:
+      raise app.UsageError(str(e)) from None
+    print("\n".join(host.targets(rows)))
+    _write(report)
+    return
 
   bw = FLAGS.bandwidth_gbps
   if not bw:

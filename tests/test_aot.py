@@ -1,0 +1,202 @@
+"""The deviceless compile check (smollm3_jax/generation/aot.py, experiments/aot.py): the tiny model's
+programs compiled for a compile-only TPU v5e (libtpu is a test dependency: nothing here is skipped),
+their figures consistent, whole-cache copies counted, an over-sized pool reported as not fitting.
+
+The model is the tiny preset with 2 layers (what the checkpoint presets' random model uses), so the
+whole file compiles in well under a minute on one core."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import pytest
+from flax import nnx
+
+from smollm3_jax.generation import aot
+from smollm3_jax.nn import config as config_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "experiments", "aot.py")
+SLOTS, LENGTH = 8, 512  # read windows 256 and 512: two prefill and two decode programs
+# Programs that copy a whole cache layer today, (program, window) -> copies: the target is none. Empty
+# on v5e:1x1 (the 3B model's programs make none either; docs/performance.md). On v5e:2x4 the tiny
+# model's decode programs make 4 (not compiled here).
+KNOWN_CACHE_COPIES: dict[tuple[str, int], int] = {}
+
+
+@pytest.fixture(scope="module")
+def tgt():
+  return aot.target("v5e:1x1")
+
+
+@pytest.fixture(scope="module")
+def model():
+  return aot.abstract_model(config_lib.tiny(num_layers=2), dtype=jnp.bfloat16)
+
+
+@pytest.fixture(scope="module")
+def pool_rows(model, tgt):
+  return aot.pool_programs(model, tgt, SLOTS, LENGTH, keep_hlo=True)
+
+
+def _weights(model, tgt) -> int:
+  return aot.tree_bytes(aot.place_model_state(nnx.state(model), tgt, model.config))
+
+
+def _cache_bytes(model, slots, length) -> int:
+  cfg = model.config
+  return 2 * cfg.num_hidden_layers * slots * cfg.num_key_value_heads * length * cfg.head_dim * 2  # (uint16)
+
+
+def _whole_copies(hlo: str, shape: str) -> int:
+  """A second count of whole-buffer copies: ``copy(`` lines whose result is ``shape`` in device memory."""
+  n = 0
+  for line in hlo.splitlines():
+    m = re.search(r"= (\S+) copy\(", line)
+    if m and m.group(1).startswith(shape + "{") and "S(" not in m.group(1):
+      n += 1
+  return n
+
+
+def test_every_pool_program_compiles_fits_and_its_figures_agree(pool_rows, model, tgt):
+  assert [(r.program, r.window) for r in pool_rows] == [
+    ("prefill", 256),
+    ("prefill", 512),
+    ("insert", 0),
+    ("decode", 256),
+    ("decode", 512),
+    ("tails", 0),
+  ]
+  weights, cache = _weights(model, tgt), _cache_bytes(model, SLOTS, LENGTH)
+  for r in pool_rows:
+    label = f"{r.program} {r.window}"
+    assert r.fits and not r.error and 0 < r.hbm_bytes <= tgt.hbm_bytes, label
+    assert r.slots == SLOTS and r.cache_length == LENGTH and r.compile_seconds > 0, label
+    assert r.bytes_accessed > 0 and r.ideal_bytes > 0 and r.hbm_traffic > 0, label
+    # XLA counts at least what the program cannot avoid; the HBM estimate is a part of XLA's count.
+    assert r.ratio >= 1.0 and r.hbm_traffic <= r.bytes_accessed, label
+    assert r.ratio == pytest.approx(r.bytes_accessed / r.ideal_bytes), label
+    if r.program in ("prefill", "decode"):
+      assert r.argument_bytes >= weights + cache and r.flops > 0, label
+      assert r.ideal_bytes >= weights + cache * r.window // LENGTH // (SLOTS if r.program == "prefill" else 1), label
+    if r.program == "insert":
+      assert r.argument_bytes >= cache, label
+  decode = {r.window: r for r in pool_rows if r.program == "decode"}
+  assert decode[512].ideal_bytes - decode[256].ideal_bytes == cache // 2  # half the cache more to read
+  assert decode[512].flops > decode[256].flops
+
+
+def test_no_pool_program_copies_a_whole_cache_layer(pool_rows):
+  shape = f"u16[{SLOTS},2,{LENGTH},16]"  # one layer's keys (or values), as the cache stores bfloat16
+  for r in pool_rows:
+    assert r.cache_copies == _whole_copies(r.hlo, shape), r.program
+    assert r.cache_copies == KNOWN_CACHE_COPIES.get((r.program, r.window), 0), (r.program, r.window)
+
+
+def test_a_planted_whole_cache_copy_is_counted(tgt):
+  # An output that is its (undonated) input: XLA copies the whole buffer, 512 MB (too big for on-chip memory).
+  shape = (64, 8, 4096, 128)
+  x = jax.ShapeDtypeStruct(shape, jnp.uint16, sharding=aot.replicated(tgt))
+  row, _ = aot.compile_row(
+    "copy", jax.jit(lambda c: (c, c + 1)), (x,), tgt=tgt, cache_shapes=(("uint16", shape),), keep_hlo=True
+  )
+  assert row.cache_copies == _whole_copies(row.hlo, "u16[64,8,4096,128]") >= 1
+  # Moves into another memory space (TPU prefetches into VMEM) and other shapes are not counted.
+  text = (
+    "  %copy.1 = u16[8,2,512,16]{3,2,1,0:T(8,128)(2,1)S(1)} copy(%p)\n"
+    "  %copy.2 = u16[8,2,512,16]{3,2,1,0:T(8,128)(2,1)} copy(%p)\n"
+    "  %copy-start.3 = (u16[8,2,512,16]{3,2,1,0}, u16[8,2,512,16]{3,2,1,0}, u32[]) copy-start(%p)\n"
+    "  %copy-start.4 = (u16[8,2,512,16]{3,2,1,0:S(1)}, u16[8,2,512,16]{3,2,1,0}, u32[]) copy-start(%p)\n"
+    "  %copy.5 = u16[8,2,256,16]{3,2,1,0} copy(%p)\n"
+  )
+  assert aot.count_copies(text, (("uint16", (8, 2, 512, 16)),)) == 2
+
+
+def test_an_oversized_pool_is_reported_as_not_fitting(model, tgt):
+  row, exe = aot.decode_row(model, tgt, 128, 2**21)  # 128 x 2M slots: ~70 GB of keys and values
+  assert exe is None and not row.fits and aot.is_oom(row.error)
+  assert row.hbm_bytes > tgt.hbm_bytes  # what the compiler asked for
+
+
+def test_largest_pool_is_the_last_size_that_fits(model, tgt):
+  # Wide kv heads: ~540 MB per slot at 16k slots, so HBM holds a few dozen and each compile is quick.
+  wide = aot.abstract_model(config_lib.tiny(num_layers=4, num_key_value_heads=8, head_dim=256), dtype=jnp.bfloat16)
+  n, rows = aot.largest_pool(wide, tgt, 2**14)
+  assert 8 < n < 64 and len(rows) <= 6
+  by_slots = {r.slots: r for r in rows}
+  assert by_slots[n].fits and not by_slots[n + 1].fits and aot.is_oom(by_slots[n + 1].error)
+  capped, rows = aot.largest_pool(model, tgt, 256, upper=16)
+  assert capped == 16 and len(rows) == 1 and rows[0].fits
+
+
+def test_beam_search_and_int8_decode_compile_and_fit(model, tgt):
+  row = aot.beam_row(model, tgt, keep_hlo=True)
+  assert row.fits and row.program == "beam" and row.slots == 4 and row.flops > 0 and row.ratio >= 1.0
+  assert row.argument_bytes >= _weights(model, tgt)
+  assert row.cache_copies == _whole_copies(row.hlo, f"u16[4,2,{row.cache_length},16]") == 0
+  int8 = aot.abstract_model(model.config, dtype=jnp.bfloat16, quantize_mode="int8")
+  assert _weights(int8, tgt) < _weights(model, tgt)
+  row, _ = aot.decode_row(int8, tgt, 4, 256)
+  assert row.fits and row.argument_bytes >= _weights(int8, tgt) and row.ratio >= 1.0
+
+
+def test_the_traffic_estimate_sees_the_weights_and_the_read_window(pool_rows):
+  decode = [r for r in pool_rows if r.program == "decode"]
+  for r in decode:
+    ops = aot.traffic_by_op(r.hlo, 10**6)
+    assert sum(b for b, _ in ops) == r.hbm_traffic == sum(t.bytes for t in aot.traffic(r.hlo, None))
+  assert decode[1].hbm_traffic > decode[0].hbm_traffic  # twice the window read
+
+
+def _script(*args, tmp_path):
+  env = dict(os.environ, SMOLLM3_JAX_CACHE_DIR=str(tmp_path / "jax_cache"))
+  return subprocess.run(
+    [sys.executable, SCRIPT, "--preset=tiny", "--num_layers=2", *args],
+    capture_output=True,
+    text=True,
+    env=env,
+    timeout=300,
+    cwd=ROOT,
+  )
+
+
+@pytest.mark.parametrize(
+  "flag,message",
+  [
+    ("--cache_length=100", "must be a multiple of the prefill chunk"),
+    ("--windows=256,x", "'x' is not an integer"),
+    ("--target=v5e:2x4 --slots=4", "must be a multiple of v5e:2x4's 8 chips"),
+  ],
+)
+def test_the_script_refuses_bad_flags_before_compiling(flag, message, tmp_path):
+  out = tmp_path / "out.json"
+  proc = _script(*flag.split(), f"--output_json={out}", tmp_path=tmp_path)
+  assert proc.returncode == 1 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+  assert "compiling for" not in proc.stdout and not out.exists()
+
+
+def test_the_script_compiles_pool_score_and_train_programs_and_writes_json(tmp_path):
+  out = tmp_path / "aot.json"
+  proc = _script(
+    "--slots=4",
+    "--cache_length=128",
+    "--programs=pool,score,train",
+    "--train_length=64",
+    "--traffic=2",
+    f"--output_json={out}",
+    tmp_path=tmp_path,
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  report = json.loads(out.read_text())
+  rows = report["rows"]
+  assert [r["program"] for r in rows] == ["prefill", "insert", "decode", "tails", "score", "train"]
+  assert all(r["fits"] and r["ideal_bytes"] > 0 and r["ratio"] >= 1.0 and r["hbm_bytes"] > 0 for r in rows)
+  assert all(r["flops"] > 0 for r in rows if r["program"] in ("prefill", "decode", "score", "train"))
+  assert set(aot.FIELDS) <= set(rows[0]) and report["target"] == "v5e:1x1" and report["num_layers"] == 2
+  assert "score" in proc.stdout and "estimated HBM traffic" in proc.stdout
