@@ -53,22 +53,13 @@ from smollm3_jax.generation.settings import SETTINGS, validate_sampling_args
 from smollm3_jax.nn.kv_cache import KVCache
 from smollm3_jax.nn.model import SmolLM3
 from smollm3_jax.nn.sharding import engine_sharding
-from smollm3_jax.utils import distributed, runtime
-from smollm3_jax.utils.buckets import DEFAULT_BATCH_BUCKETS, DEFAULT_BUCKETS, bucket_length, window_length
+from smollm3_jax.utils import backend, distributed, runtime
+from smollm3_jax.utils.buckets import DEFAULT_BUCKETS, bucket_length, window_length
 
 # How many programs the engines compiled in this process, by name ("prefill", "insert", "decode";
 # each read window and rows bucket is a program of its own). Tests read it.
 COMPILE_COUNTS: collections.Counter = collections.Counter()
-# Prompt tokens a prefill call writes per row. A row's chunks depend on its own prompt only (so its
-# numbers do not depend on what else runs); long prompts take several calls. 64 keeps a short chat
-# prompt's padding small (on CPU prefill is compute-bound: padding costs its full share).
-PREFILL_CHUNK = 64
 MAX_TOP_LOGPROBS = 20  # alternatives a pool may record per token (OpenAI's limit)
-# A pool narrows to no fewer slots than this: XLA:CPU rounds decode steps of 1-3 rows differently from
-# 4 or more (measured on the tiny preset: log-probs differ by ~1e-6; 4, 5, 7 and 8 rows agree bitwise),
-# so narrowing further could change a sampled token at a near-tie, and a sweep's rows would depend on
-# its batch_size.
-NARROW_MIN = 4
 # Outputs per row the host copies in one slice after a decode chunk (more slices when a chunk made more).
 TAIL = 64
 # A prefill of at least this many calls shows a progress bar.
@@ -157,7 +148,7 @@ class Engine:
     batch_buckets: Sequence[int] | None = None,
     cache_dtype=None,
     sharding=None,
-    prefill_chunk: int = PREFILL_CHUNK,
+    prefill_chunk: int | None = None,
     window_buckets: Sequence[int] = WINDOW_BUCKETS,
   ):
     runtime.enable_default_caches()  # the persistent compilation cache, unless switched off
@@ -167,8 +158,11 @@ class Engine:
     self.graphdef, state = nnx.split(model)
     self._source_leaves = jax.tree.leaves(state)
     self.buckets = tuple(buckets)
-    self.batch_buckets = tuple(sorted(batch_buckets or DEFAULT_BATCH_BUCKETS))
+    # The backend's choices (utils/backend.py), from where the parameters live.
+    self.choices = backend.choices(backend.platform_of(state))
+    self.batch_buckets = tuple(sorted(batch_buckets or self.choices.batch_buckets))
     self.cache_dtype = cache_dtype or model.dtype
+    prefill_chunk = self.choices.prefill_chunk if prefill_chunk is None else prefill_chunk
     if prefill_chunk < 1 or prefill_chunk & (prefill_chunk - 1):
       raise ValueError(f"prefill_chunk must be a power of two, got {prefill_chunk}")
     self.prefill_chunk = prefill_chunk
@@ -307,7 +301,7 @@ class Pool:
       raise ValueError(f"top_logprobs must be in [0, {MAX_TOP_LOGPROBS}], got {top_logprobs}")
     self.logprobs = bool(logprobs or top_logprobs)
     self.top_logprobs = int(top_logprobs)
-    self.prefill_rows = tuple(sorted(set(prefill_rows or (1,))))
+    self.prefill_rows = tuple(sorted(set(prefill_rows or engine.choices.prefill_rows)))
     self.pad_id = cfg.pad_token_id if cfg.pad_token_id is not None else 0
     self.lock = threading.Lock()
     self.queue: collections.deque[Request] = collections.deque()
@@ -467,7 +461,7 @@ class Pool:
         self.stats["compile_seconds"] += secs
         t0 = time.perf_counter()
         self.state = exe(eng.state, *args)
-        jax.block_until_ready(self.state.cache.lengths)
+        self._sync(self.state.cache.lengths)
         self.stats["prefill_seconds"] += time.perf_counter() - t0
         self.stats["prefill_calls"] += 1
         bar.update(int(counts.sum()))
@@ -527,8 +521,14 @@ class Pool:
     self.stats["compile_seconds"] += secs
     t0 = time.perf_counter()
     self.state = exe(*args)
-    jax.block_until_ready(self.state.done)
+    self._sync(self.state.done)
     self.stats["insert_seconds"] += time.perf_counter() - t0
+
+  def _sync(self, x) -> None:
+    """Waits for ``x`` where the backend's choices time each phase apart (``sync_phases``); elsewhere
+    the host goes on while the device runs the queued programs (the phase seconds count the dispatch)."""
+    if self.engine.choices.sync_phases:
+      jax.block_until_ready(x)
 
   def _decode(self) -> None:
     """One decode chunk over the pool; returns after at most ``chunk_steps`` steps (sooner when a
@@ -637,7 +637,9 @@ class Pool:
     """Moves the running rows into a pool of the smallest batch bucket that holds them, when the
     queue is empty and that bucket is at most half the pool."""
     active = [i for i, r in enumerate(self.rows) if r is not None]
-    target = next((b for b in self.engine.batch_buckets if b >= max(len(active), NARROW_MIN)), self.slots)
+    target = next(
+      (b for b in self.engine.batch_buckets if b >= max(len(active), self.engine.choices.narrow_min)), self.slots
+    )
     if self.queue or not active or target > self.slots // 2:
       return
     idle = [i for i, r in enumerate(self.rows) if r is None]
@@ -646,7 +648,7 @@ class Pool:
     self.stats["compile_seconds"] += secs
     t0 = time.perf_counter()
     self.state = exe(self.state, jnp.asarray(index))
-    jax.block_until_ready(self.state.done)
+    self._sync(self.state.done)
     self.stats["insert_seconds"] += time.perf_counter() - t0
     self.rows = [self.rows[i] for i in index]
     self._lengths, self._stop = self._lengths[index], self._stop[index]

@@ -1,0 +1,79 @@
+"""The engine's choices that depend on the backend its programs run on, in one place.
+
+=================  =========  =========  ==========================================================
+choice             cpu        tpu / gpu  why
+=================  =========  =========  ==========================================================
+``sync_phases``    True       False      The pool waits for each prefill and insert program before
+                                         it goes on, to time the phases apart. On XLA:CPU the
+                                         programs share the host's cores, so nothing is lost. On an
+                                         accelerator the wait stalls the host while the device could
+                                         already run the next queued program; without it the phase
+                                         seconds count the dispatch only and the decode seconds hold
+                                         the wait (the host needs a result only after a decode chunk).
+``prefill_chunk``  64         64         Prompt tokens a prefill call writes per row. CPU: prefill is
+                                         compute-bound, so padding costs its full share and 64 keeps
+                                         a chat prompt's padding small. On a TPU a call reads every
+                                         weight whatever its width (SmolLM3-3B, v5e-1: 6.2 GB a call,
+                                         ``experiments/aot.py``), so wider calls cost less per token;
+                                         kept at 64 until the per-call figures of wider chunks are
+                                         measured against the padding they add.
+``prefill_rows``   (1,)       (1,)       Prompts per prefill call. One, so a prompt's numbers never
+                                         depend on what is prefilled beside it.
+``narrow_min``     4          4          A pool narrows to no fewer slots. XLA:CPU rounds decode
+                                         steps of 1-3 rows differently from 4 or more (tiny preset:
+                                         log-probs ~1e-6 apart), so narrowing further could change a
+                                         sampled token at a near-tie. Not measured on TPU/GPU: kept.
+``batch_buckets``  fine       fine       Slot counts pools round up to (:data:`~smollm3_jax.utils.
+                                         buckets.DEFAULT_BATCH_BUCKETS`): little padding, more
+                                         programs; the same everywhere until TPU compile counts and
+                                         padding are weighed.
+=================  =========  =========  ==========================================================
+
+Measured figures, with their dates and commands, are in ``docs/performance.md``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+
+from smollm3_jax.utils.buckets import DEFAULT_BATCH_BUCKETS
+
+__all__ = ["Choices", "choices", "platform_of"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Choices:
+  """One backend's choices (the table of the module docstring). All static: shapes and host logic."""
+
+  sync_phases: bool
+  prefill_chunk: int = 64
+  prefill_rows: tuple[int, ...] = (1,)
+  narrow_min: int = 4
+  batch_buckets: tuple[int, ...] = DEFAULT_BATCH_BUCKETS
+
+
+_CHOICES = {
+  "cpu": Choices(sync_phases=True),
+  "tpu": Choices(sync_phases=False),
+  "gpu": Choices(sync_phases=False),
+}
+
+
+def choices(platform: str | None = None) -> Choices:
+  """The choices of ``platform`` ("cpu", "tpu", "gpu"; "cuda" and "rocm" are "gpu"; default: JAX's
+  default backend). An unknown platform gets the accelerators' choices."""
+  platform = (platform or jax.default_backend()).lower()
+  platform = "gpu" if platform in ("cuda", "rocm") else platform
+  return _CHOICES.get(platform, _CHOICES["tpu"])
+
+
+def platform_of(tree) -> str:
+  """The platform of the devices the first array (or ``ShapeDtypeStruct`` with a sharding) of
+  ``tree`` lives on; JAX's default backend when it has none."""
+  for leaf in jax.tree.leaves(tree):
+    sharding = getattr(leaf, "sharding", None)
+    if sharding is not None:
+      return next(iter(sharding.device_set)).platform
+  return jax.default_backend()
