@@ -227,6 +227,14 @@ MUTATIONS = (
     "dtype=jnp.int32)[:, None] >= k + 1\n",
     (S + "test_top_k_matches_transformers",),
   ),
+  # The pool waits between programs on every backend (the accelerators' choice not to is ignored).
+  Mutation(
+    "pool_waits_on_every_backend",
+    "smollm3_jax/generation/engine.py",
+    "    if self.engine.choices.sync_phases:\n      jax.block_until_ready(x)\n",
+    "    jax.block_until_ready(x)\n",
+    ("tests/test_backend.py::test_a_pool_that_does_not_wait_between_programs_gives_the_same_tokens",),
+  ),
   # -0.0 and +0.0 with different order keys (a ``x + 0.0`` that XLA folds away under jit did this).
   Mutation(
     "order_keys_keep_zero_sign",
