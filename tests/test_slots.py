@@ -4,6 +4,8 @@ set; utilization and queue figures."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
@@ -303,3 +305,27 @@ def test_many_rows_sharing_prompts_through_few_slots_equal_rows_alone(tiny):
     single.submit([r])
     single.run()
   assert [r.token_ids for r in shared] == [r.token_ids for r in alone]
+
+
+def test_a_shared_prompt_longer_than_one_copy_block_is_copied_whole():
+  """Insert copies a shared prompt's cache row block by block (decode.COPY_BLOCK slots at a time): a
+  prompt reaching into the last, partial block of a 1088-slot cache gives each sharing row the tokens it
+  gets with its own prefill."""
+  from smollm3_jax.generation.decode import COPY_BLOCK
+
+  model = SmolLM3(dataclasses.replace(C.tiny(num_layers=2), max_position_embeddings=2048), rngs=nnx.Rngs(3))
+  engine = Engine(model, None)
+  length = 2 * COPY_BLOCK + 64
+  prompt = np.random.default_rng(4).integers(1, 500, length - 40).tolist()  # into the third block
+  make = lambda share: [
+    Request(prompt=prompt, settings=dict(temperature=0.8), seed=i, max_new=8, share=share) for i in range(4)
+  ]
+  shared, alone = make(0), make(None)
+  for rows in (shared, alone):
+    pool = engine.pool(4, length, chunk_steps=4)
+    pool.submit(rows)
+    pool.run()
+    if rows is shared:
+      assert pool.stats["prefilled_prompts"] == 1  # one prefill, three copies
+  assert [r.token_ids for r in shared] == [r.token_ids for r in alone]
+  assert all(len(r.token_ids) == 8 for r in shared)

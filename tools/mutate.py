@@ -235,6 +235,14 @@ MUTATIONS = (
     "    jax.block_until_ready(x)\n",
     ("tests/test_backend.py::test_a_pool_that_does_not_wait_between_programs_gives_the_same_tokens",),
   ),
+  # Insert's block copy leaves the last block of a shared prompt's row out.
+  Mutation(
+    "insert_copy_drops_last_block",
+    "smollm3_jax/generation/decode.py",
+    "      for start in range(0, length, block):\n",
+    "      for start in range(0, length - block, block):\n",
+    ("tests/test_slots.py::test_a_shared_prompt_longer_than_one_copy_block_is_copied_whole",),
+  ),
   # -0.0 and +0.0 with different order keys (a ``x + 0.0`` that XLA folds away under jit did this).
   Mutation(
     "order_keys_keep_zero_sign",
@@ -688,6 +696,19 @@ MUTATIONS = (
     '    if not any("S(" in layout for layout in layouts):\n      n += 1\n',
     "    if False:\n      n += 1\n",
     ("tests/test_aot.py::test_a_planted_whole_cache_copy_is_counted",),
+  ),
+  Mutation(
+    "prefill_window_copied_and_written_back",
+    "smollm3_jax/generation/decode.py",
+    "  part = KVCache(k=cache.k, v=cache.v, lengths=starts, dtype=cache.dtype, rows=slots)\n"
+    "  _, part = model.hidden_states(tokens, None, part, window)\n"
+    "  k, v = part.k, part.v\n",
+    "  rows = lambda kv: tuple(jnp.take(x, slots, axis=0, mode='clip')[:, :, :window] for x in kv)\n"
+    "  part = KVCache(k=rows(cache.k), v=rows(cache.v), lengths=starts, dtype=cache.dtype)\n"
+    "  _, part = model.hidden_states(tokens, None, part)\n"
+    "  back = lambda kv, new: tuple(jax.lax.dynamic_update_slice(f, p, (slots[0], 0, 0, 0)) for f, p in zip(kv, new))\n"
+    "  k, v = back(cache.k, part.k), back(cache.v, part.v)\n",
+    ("tests/test_aot.py::test_prefill_moves_little_more_than_its_ideal",),
   ),
 )
 

@@ -32,12 +32,18 @@ class KVCache:
   updates and slices, which copies the whole cache at every decode step (measured at 4096 slots,
   batch 8: the bfloat16 step cost grew with the allocated cache, the uint16 one does not); on
   GPU/TPU the bitcasts cost nothing either.
+
+  rows (optional, [U] int32): the cache holds the whole pool's B rows but the model runs U of them,
+  row u being pool row ``rows[u]`` (B or more: no row; its writes repeat a real row's, its reads are
+  discarded) with ``lengths`` [U]: a prefill writes only its new chunk into the (donated) pool cache
+  and reads each row's window in place, never a copy of the rows' windows.
   """
 
   k: tuple[jax.Array, ...]
   v: tuple[jax.Array, ...]
   lengths: jax.Array
   dtype: str = flax.struct.field(pytree_node=False, default="float32")
+  rows: jax.Array | None = None
 
   @staticmethod
   def storage_dtype(dtype) -> jnp.dtype:
@@ -81,10 +87,28 @@ class KVCache:
     new = new.astype(self.dtype)
     if new.dtype != cache.dtype:
       new = jax.lax.bitcast_convert_type(new, cache.dtype)
-    put = lambda c, x, i: jax.lax.dynamic_update_slice(c, x, (0, i, 0))
-    return jax.vmap(put)(cache, new, self.lengths)
+    if self.rows is None:
+      put = lambda c, x, i: jax.lax.dynamic_update_slice(c, x, (0, i, 0))
+      return jax.vmap(put)(cache, new, self.lengths)
+    # Row u's chunk at (rows[u], lengths[u]), one update each, in place. A row past the pool repeats
+    # the first real row's write (the same values twice change nothing); with no real row at all each
+    # update writes back what it overwrites.
+    valid = self.rows < cache.shape[0]
+    real = jnp.where(valid, jnp.arange(valid.shape[0]), jnp.argmax(valid))
+    for u in range(new.shape[0]):
+      i = real[u]
+      at = (self.rows[i], 0, self.lengths[i], 0)
+      chunk = jax.lax.dynamic_index_in_dim(new, i, 0)
+      chunk = jnp.where(jnp.any(valid), chunk, jax.lax.dynamic_slice(cache, at, chunk.shape))
+      cache = jax.lax.dynamic_update_slice(cache, chunk, at)
+    return cache
 
   def read(self, cache: jax.Array, window: int) -> jax.Array:
     """The values of one layer's first ``window`` slots, [B, KVH, window, D] in ``dtype``."""
-    x = cache[:, :, :window]
+    if self.rows is None:
+      x = cache[:, :, :window]
+    else:  # row u's window, sliced from the pool row it runs in (clipped into range)
+      size = (1,) + cache.shape[1:2] + (window,) + cache.shape[3:]
+      rows = [jax.lax.dynamic_slice(cache, (self.rows[u], 0, 0, 0), size) for u in range(self.rows.shape[0])]
+      x = rows[0] if len(rows) == 1 else jnp.concatenate(rows, axis=0)
     return x if x.dtype == jnp.dtype(self.dtype) else jax.lax.bitcast_convert_type(x, self.dtype)
