@@ -473,17 +473,10 @@ MUTATIONS = (
   ),
   # ---- engine cost and multi-process runs --------------------------------------------------
   Mutation(
-    "prefill_write_fused",
-    "smollm3_jax/generation/decode.py",
-    "k, v = jax.lax.cond(jnp.any(valid), write, lambda full, part: full, (cache.k, cache.v), (part.k, part.v))",
-    "k, v = write((cache.k, cache.v), (part.k, part.v))",
-    ("tests/test_slots.py::test_prefill_and_decode_update_the_cache_in_place",),
-  ),
-  Mutation(
     "prefill_padding_rows_write",
-    "smollm3_jax/generation/decode.py",
-    "real = jnp.where(valid, jnp.arange(u), jnp.argmax(valid))",
-    "real = jnp.arange(u)",
+    "smollm3_jax/nn/kv_cache.py",
+    "real = jnp.where(valid, jnp.arange(valid.shape[0]), jnp.argmax(valid))",
+    "real = jnp.arange(valid.shape[0])",
     ("tests/test_slots.py::test_prefill_rows_of_several_prompts_equal_one_by_one",),
   ),
   Mutation(
