@@ -122,6 +122,8 @@ def test_a_planted_whole_cache_copy_is_counted(tgt):
     "  %copy-start.3 = (u16[8,2,512,16]{3,2,1,0}, u16[8,2,512,16]{3,2,1,0}, u32[]) copy-start(%p)\n"
     "  %copy-start.4 = (u16[8,2,512,16]{3,2,1,0:S(1)}, u16[8,2,512,16]{3,2,1,0}, u32[]) copy-start(%p)\n"
     "  %copy.5 = u16[8,2,256,16]{3,2,1,0} copy(%p)\n"
+    "  %v = u16[8,2,512,16]{3,2,1,0:T(8,128)(2,1)S(1)} fusion(%p), kind=kLoop\n"
+    "  %copy.6 = u16[8,2,512,16]{3,2,1,0:T(8,128)(2,1)} copy(%v)\n"  # out of on-chip memory
   )
   assert aot.count_copies(text, (("uint16", (8, 2, 512, 16)),)) == 2
 
@@ -208,3 +210,95 @@ def test_the_script_compiles_pool_score_and_train_programs_and_writes_json(tmp_p
   assert all(r["flops"] > 0 for r in rows if r["program"] in ("prefill", "decode", "score", "train"))
   assert set(aot.FIELDS) <= set(rows[0]) and report["target"] == "v5e:1x1" and report["num_layers"] == 2
   assert "score" in proc.stdout and "estimated HBM traffic" in proc.stdout
+
+
+def _weight_shapes(model) -> tuple:
+  return tuple({(jnp.dtype(x.dtype).name, tuple(x.shape)) for x in jax.tree.leaves(nnx.state(model)) if x.ndim == 2})
+
+
+def test_no_program_re_lays_out_a_weight(pool_rows, model, tgt):
+  # The q/k/v projections read as [hidden, heads, head_dim] (model.project_heads): a product reshaped
+  # into heads afterwards made XLA:TPU copy every q/k/v kernel into another layout at each decode
+  # call (the 3B model on v5e: 0.54 GB a call). The tiny model never showed it; one layer of the 3B
+  # model (its attention and vocabulary, a narrow MLP: ~5 s to compile) did.
+  shapes = _weight_shapes(model)
+  for r in pool_rows:
+    assert aot.count_copies(r.hlo, shapes) == 0, (r.program, r.window)
+  cfg = config_lib.smollm3_3b()
+  layer = aot.abstract_model(
+    cfg.replace(num_hidden_layers=1, no_rope_layers=cfg.no_rope_layers[:1], intermediate_size=256), jnp.bfloat16
+  )
+  row, _ = aot.decode_row(layer, tgt, 8, 256, keep_hlo=True)
+  assert row.fits and aot.count_copies(row.hlo, _weight_shapes(layer)) == 0
+
+
+def test_decode_on_an_accelerator_searches_the_filters_cut_offs_in_wide_rounds(pool_rows):
+  # The TPU choices (utils.backend) reach the compiled decode step: the top-k/top-p/typical searches
+  # run 8 rounds of radix 16, not 32 of bisection (sampling._bisect).
+  for r in (r for r in pool_rows if r.program == "decode"):
+    mod = aot._Module(r.hlo)
+    trips = sorted(aot._trip_count(mod, i) for c in mod.comps.values() for i in c if i.op == "while")
+    assert trips.count(8) >= 3 and 32 not in trips, trips
+
+
+def test_the_traffic_estimate_takes_one_branch_and_counts_inner_loops():
+  # A conditional runs one branch: the estimate takes the costliest ("max") or the cheapest ("min");
+  # a loop inside the program's loop counts its trip count of times.
+  text = """HloModule m
+
+%cheap (p: f32[1024]) -> f32[1024] {
+  %p = f32[1024]{0} parameter(0)
+  ROOT %n = f32[1024]{0} negate(%p)
+}
+
+%dear (p: f32[1024]) -> f32[1024] {
+  %p = f32[1024]{0} parameter(0)
+  %a = f32[1024]{0} negate(%p)
+  ROOT %b = f32[1024]{0} negate(%a)
+}
+
+%inner_cond (t: (s32[], f32[1024])) -> pred[] {
+  %t = (s32[], f32[1024]{0}) parameter(0)
+  %i = s32[] get-tuple-element(%t), index=0
+  %five = s32[] constant(5)
+  ROOT %lt = pred[] compare(%i, %five), direction=LT
+}
+
+%inner_body (t: (s32[], f32[1024])) -> (s32[], f32[1024]) {
+  %t = (s32[], f32[1024]{0}) parameter(0)
+  %i = s32[] get-tuple-element(%t), index=0
+  %x = f32[1024]{0} get-tuple-element(%t), index=1
+  %y = f32[1024]{0} negate(%x)
+  ROOT %r = (s32[], f32[1024]{0}) tuple(%i, %y)
+}
+
+%outer_cond (t: (s32[], f32[1024])) -> pred[] {
+  %t = (s32[], f32[1024]{0}) parameter(0)
+  %i = s32[] get-tuple-element(%t), index=0
+  %hundred = s32[] constant(100)
+  ROOT %lt = pred[] compare(%i, %hundred), direction=LT
+}
+
+%outer_body (t: (s32[], f32[1024])) -> (s32[], f32[1024]) {
+  %t = (s32[], f32[1024]{0}) parameter(0)
+  %w = (s32[], f32[1024]{0}) while(%t), condition=%inner_cond, body=%inner_body
+  %i = s32[] get-tuple-element(%w), index=0
+  %x = f32[1024]{0} get-tuple-element(%w), index=1
+  %k = s32[] constant(0)
+  %z = f32[1024]{0} conditional(%k, %x, %x), branch_computations={%cheap, %dear}
+  ROOT %r = (s32[], f32[1024]{0}) tuple(%i, %z)
+}
+
+ENTRY %main (x: f32[1024]) -> f32[1024] {
+  %x = f32[1024]{0} parameter(0)
+  %z = s32[] constant(0)
+  %t = (s32[], f32[1024]{0}) tuple(%z, %x)
+  %w = (s32[], f32[1024]{0}) while(%t), condition=%outer_cond, body=%outer_body
+  ROOT %r = f32[1024]{0} get-tuple-element(%w), index=1
+}
+"""
+  one = 2 * 4096  # a negate reads and writes 4 KB
+  loops = 6 * 9  # the conditions' compares: 4 + 4 bytes read, 1 written; the inner one 5 times
+  # The outer loop counts once (per step); the inner one 5 times; then one branch.
+  assert aot.hbm_traffic(text, "min") == 5 * one + one + loops
+  assert aot.hbm_traffic(text, "max") == 5 * one + 2 * one + loops

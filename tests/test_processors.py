@@ -97,8 +97,10 @@ EPSILON = [0.0, 3e-4, 1e-3, 0.0, 0.01, 0.05, 0.2, 0.0009]
 ETA = [0.0, 3e-4, 1e-3, 0.0, 0.01, 0.05, 0.2, 0.0009]
 
 
-def test_typical_p_matches_transformers(data):
-  ours = jax.jit(S.apply_typical_p)(jnp.asarray(data.logits), jnp.asarray(TYPICAL, jnp.float32))
+@pytest.mark.parametrize("radix", [2, 16])  # the cut-off search's width (sampling._bisect)
+def test_typical_p_matches_transformers(data, radix):
+  fn = jax.jit(lambda x, m: S.apply_typical_p(x, m, radix))
+  ours = fn(jnp.asarray(data.logits), jnp.asarray(TYPICAL, jnp.float32))
   ref = _rows(data, lambda b, i, s: s if TYPICAL[b] == 1.0 else TypicalLogitsWarper(_f32(TYPICAL[b]))(i, s))
   _assert_same(ours, ref)
   kept = np.isfinite(ref).sum(-1)
@@ -346,9 +348,11 @@ def _generate_list(row, prompt_len):
   return procs
 
 
-def test_full_chain_matches_transformers_order(data):
+@pytest.mark.parametrize("radix", [2, 16])  # the filters' search width: CPU's and the accelerators' (utils.backend)
+def test_full_chain_matches_transformers_order(data, radix):
   params = _chain_params(CHAIN)
-  fn = jax.jit(lambda x, c, p, n: S.process_logits(x, c, p, num_generated=n, stop_ids=jnp.asarray(STOP_IDS)))
+  stop = jnp.asarray(STOP_IDS)
+  fn = jax.jit(lambda x, c, p, n: S.process_logits(x, c, p, num_generated=n, stop_ids=stop, radix=radix))
   ours = np.asarray(fn(jnp.asarray(data.logits), data.ctx, params, jnp.asarray(data.gen_len, jnp.int32)))
   lists = [_generate_list(CHAIN[b], int(data.prompt_len[b])) for b in range(B)]
   kinds = [type(q).__name__ for q in lists[1]]
@@ -369,7 +373,7 @@ def test_full_chain_matches_transformers_order(data):
   _assert_same(ours, ref, rtol=2e-6)
   assert all(np.isfinite(ref[b]).sum() > 1 for b in range(B))  # active, not degenerate
   # Greedy row: sample_tokens takes the argmax of the processed logits.
-  tok = jax.jit(lambda x, c, p, k, n: S.sample_tokens(x, c, p, k, num_generated=n, stop_ids=jnp.asarray(STOP_IDS)))(
+  tok = jax.jit(lambda x, c, p, k, n: S.sample_tokens(x, c, p, k, num_generated=n, stop_ids=stop, radix=radix))(
     jnp.asarray(data.logits),
     data.ctx,
     params,

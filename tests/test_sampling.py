@@ -3,6 +3,7 @@ sampling statistics, per-row independence, validation and no-retrace under jit."
 
 from __future__ import annotations
 
+import functools
 import math
 import types
 import warnings
@@ -27,6 +28,7 @@ from smollm3_jax.generation import sampling as S
 B, V, T = 6, 1000, 40
 _SAMPLE = jax.jit(S.sample_tokens)  # one wrapper: shapes seen before reuse their compile
 _PROCESS = jax.jit(S.process_logits)
+_PROCESS_WIDE = {r: jax.jit(functools.partial(S.process_logits, radix=r)) for r in (4, 16, 32)}
 
 
 def _empty(n, v):
@@ -34,10 +36,14 @@ def _empty(n, v):
   return S.init_context(n, v, 0)
 
 
-def _filtered(logits, **setting):
-  """The chain at temperature 1 with one filter set per row: what that filter alone leaves."""
+def _filtered(logits, radix=2, **setting):
+  """The chain at temperature 1 with one filter set per row: what that filter alone leaves (the
+  cut-off searches of ``radix``: sampling._bisect)."""
   n, v = logits.shape
-  return _PROCESS(jnp.asarray(logits), _empty(n, v), S.SamplingParams.make(n, temperature=1.0, **setting))
+  params = S.SamplingParams.make(n, temperature=1.0, **setting)
+  if radix == 2:
+    return _PROCESS(jnp.asarray(logits), _empty(n, v), params)
+  return _PROCESS_WIDE[radix](jnp.asarray(logits), _empty(n, v), params)
 
 
 @pytest.fixture(scope="module")
@@ -121,10 +127,14 @@ def test_temperature_matches_transformers(data):
   _assert_same(ours, _torch_rows(logits, ref))
 
 
-def test_top_k_matches_transformers(data):
+RADICES = [2, 4, 16, 32]  # the search widths: CPU's (2) and the accelerators' (16, utils.backend)
+
+
+@pytest.mark.parametrize("radix", RADICES)
+def test_top_k_matches_transformers(data, radix):
   logits, _, _ = data
   ks = [0, 1, 50, 990, 999, 2000]
-  ours = _filtered(logits, top_k=ks)
+  ours = _filtered(logits, radix, top_k=ks)
 
   def ref(b, s):
     return s if ks[b] == 0 else TopKLogitsWarper(ks[b])(None, s)
@@ -134,10 +144,11 @@ def test_top_k_matches_transformers(data):
   assert np.isfinite(np.asarray(ours)).sum(-1).tolist() == [V, 1, 50, 990, V, V]
 
 
-def test_top_p_matches_transformers(data):
+@pytest.mark.parametrize("radix", RADICES)
+def test_top_p_matches_transformers(data, radix):
   logits, _, _ = data
   ps = [1.0, 0.05, 0.5, 0.9, 0.99, 0.3]
-  ours = _filtered(logits, top_p=ps)
+  ours = _filtered(logits, radix, top_p=ps)
 
   def ref(b, s):  # generate adds the warper only for top_p < 1
     return s if ps[b] == 1.0 else TopPLogitsWarper(float(np.float32(ps[b])))(None, s)
@@ -146,6 +157,27 @@ def test_top_p_matches_transformers(data):
   _assert_same(ours, r)
   n_kept = np.isfinite(r).sum(-1)
   assert n_kept[0] == V and len(set(n_kept.tolist())) == B  # every row filters differently
+
+
+@pytest.mark.parametrize("radix", RADICES)
+def test_cut_offs_are_exact_between_adjacent_floats(radix):
+  # Logits one float apart (consecutive f32 values, shuffled) and one far below them (-80: its
+  # probability is tiny but not 0), so the search starts from a wide interval: one that stopped short
+  # of the exact key would keep a neighbour of the k-th value (top-k) or of the nucleus' edge (top-p).
+  rng = np.random.default_rng(1)
+  v = 2048
+  chain = [np.float32(2.0)]
+  for _ in range(v - 2):
+    chain.append(np.nextafter(chain[-1], np.float32(-np.inf), dtype=np.float32))
+  chain.append(np.float32(-80.0))
+  logits = np.stack([rng.permutation(np.asarray(chain, np.float32)) for _ in range(4)])
+  ks = [1, 7, 500, 2047]
+  ours = _filtered(logits, radix, top_k=ks)
+  _assert_same(ours, _torch_rows(logits, lambda b, s: TopKLogitsWarper(ks[b])(None, s)))
+  assert np.isfinite(np.asarray(ours)).sum(-1).tolist() == ks
+  ps = [0.001, 0.3, 0.7, 0.999]
+  ours = _filtered(logits, radix, top_p=ps)
+  _assert_same(ours, _torch_rows(logits, lambda b, s: TopPLogitsWarper(float(np.float32(ps[b])))(None, s)))
 
 
 def test_min_p_matches_transformers(data):

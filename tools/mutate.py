@@ -691,6 +691,41 @@ MUTATIONS = (
     ("tests/test_aot.py::test_a_planted_whole_cache_copy_is_counted",),
   ),
   Mutation(
+    "qkv_product_reshaped_into_heads",
+    "smollm3_jax/nn/model.py",
+    "  if not isinstance(proj, nnx.Linear):\n    return proj(x).reshape(",
+    "  if True:\n    return proj(x).reshape(",
+    ("tests/test_aot.py::test_no_program_re_lays_out_a_weight",),
+  ),
+  Mutation(
+    "tpu_searches_by_bisection",
+    "smollm3_jax/utils/backend.py",
+    '  "tpu": Choices(sync_phases=False, search_radix=16),',
+    '  "tpu": Choices(sync_phases=False, search_radix=2),',
+    ("tests/test_aot.py::test_decode_on_an_accelerator_searches_the_filters_cut_offs_in_wide_rounds",),
+  ),
+  Mutation(
+    "aot_compiles_with_the_host_choices",
+    "smollm3_jax/generation/aot.py",
+    '    kwargs.setdefault("choices", backend.choices(tgt.devices[0].platform))\n',
+    "",
+    ("tests/test_aot.py::test_decode_on_an_accelerator_searches_the_filters_cut_offs_in_wide_rounds",),
+  ),
+  Mutation(
+    "search_stops_a_round_early",
+    "smollm3_jax/generation/sampling.py",
+    "  rounds = -(-32 // shift)\n",
+    "  rounds = -(-32 // shift) - 1\n",
+    (S + "test_cut_offs_are_exact_between_adjacent_floats",),
+  ),
+  Mutation(
+    "traffic_sums_every_branch",
+    "smollm3_jax/generation/aot.py",
+    "        out += pick(options, key=lambda t: sum(x.bytes for x in t), default=[])\n",
+    "        out += [t for o in options for t in o]\n",
+    ("tests/test_aot.py::test_the_traffic_estimate_takes_one_branch_and_counts_inner_loops",),
+  ),
+  Mutation(
     "prefill_window_copied_and_written_back",
     "smollm3_jax/generation/decode.py",
     "  part = KVCache(k=cache.k, v=cache.v, lengths=starts, dtype=cache.dtype, rows=slots)\n"

@@ -23,13 +23,17 @@ Each compiled program gives one :class:`Row`:
   there, so it is not the HBM traffic (the 3B model's cacheless forward step: 10.3 GB for 6.15 GB
   of weights read once);
 * ``hbm_traffic``: an estimate of the HBM bytes from the optimized HLO (:func:`traffic`: only buffers
-  in device memory, slices and in-place updates by what they touch); the same forward step: 6.20 GB;
+  in device memory, slices and in-place updates by what they touch, loops inside the program's loop
+  by their trip count, the costliest branch of each conditional: every sampling processor on); the
+  same forward step: 6.20 GB. ``plain_traffic``: the same with each conditional's cheapest branch
+  (for decode, a pool whose rows use no processor or filter: greedy or plain temperature sampling);
 * ``ideal_bytes``, the traffic the program cannot avoid (decode: the weights, the keys and values of
   the read window and the per-row sampling state read, one token's keys and values written; prefill:
   the weights plus the rows' windows read and their new chunk written; insert: the per-row state
   rewritten plus one cached prompt copied; beam search: the weights twice (prompt, one step) and
   the beams' cache written and read once; the rest: each argument read and each output written once),
-  with ``ratio`` = bytes accessed / ideal and ``hbm_ratio`` = hbm_traffic / ideal;
+  with ``ratio`` = bytes accessed / ideal, ``hbm_ratio`` = hbm_traffic / ideal and ``plain_ratio``
+  = plain_traffic / ideal;
 * ``cache_copies``: HLO ``copy`` instructions whose result is a whole cache layer buffer in device
   memory.
 
@@ -65,6 +69,7 @@ from smollm3_jax.nn import quantize
 from smollm3_jax.nn.kv_cache import KVCache
 from smollm3_jax.nn.model import SmolLM3
 from smollm3_jax.nn.sharding import MeshSharding, make_mesh
+from smollm3_jax.utils import backend
 
 GIB = 2**30
 # HBM per chip (bytes) as the compiler lets a program use it: v5e has 16 GiB and XLA allows 15.75 GiB
@@ -91,6 +96,8 @@ FIELDS = (
   "ideal_bytes",
   "ratio",
   "hbm_ratio",
+  "plain_traffic",
+  "plain_ratio",
   "cache_copies",
   "compile_seconds",
   "error",
@@ -309,6 +316,8 @@ class Row:
   ideal_bytes: int = 0
   ratio: float = 0.0  # bytes_accessed / ideal_bytes
   hbm_ratio: float = 0.0  # hbm_traffic / ideal_bytes
+  plain_traffic: int = 0  # the same with each conditional's cheapest branch (no sampling processor on)
+  plain_ratio: float = 0.0  # plain_traffic / ideal_bytes
   cache_copies: int = 0
   compile_seconds: float = 0.0
   error: str = ""
@@ -350,19 +359,29 @@ _HLO_DTYPE = {
 def count_copies(hlo_text: str, shapes: Sequence[tuple[str, tuple[int, ...]]]) -> int:
   """HLO ``copy`` / ``copy-start`` instructions (in any computation, fused ones included) whose result
   has one of ``shapes`` ((numpy dtype name, dims) pairs, e.g. a cache layer's per-device shard) in
-  device memory. A move into or out of another memory space (a TPU layout annotated ``S(n)``: the
-  compiler prefetching a small buffer into on-chip memory) is not counted."""
+  device memory. A move into or out of another memory space (a TPU layout annotated ``S(n)`` on the
+  result or the source: the compiler staging a buffer through on-chip memory) is not counted."""
   wanted = {(_HLO_DTYPE.get(d, d), ",".join(map(str, dims))) for d, dims in shapes}
+  lines = hlo_text.splitlines()
+  # The layout each instruction's result has (a plain copy's operand: where it copies from).
+  layout_of = {}
+  for line in lines:
+    d = re.match(r"\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*\S+?\[[^\]]*\]\{([^}]*)\}", line)
+    if d:
+      layout_of[d.group(1)] = d.group(2)
   n = 0
-  for line in hlo_text.splitlines():
-    m = re.search(r"=\s*(.*?)\s(copy|copy-start)\(", line)
+  for line in lines:
+    m = re.search(r"=\s*(.*?)\s(copy|copy-start)\(%?([\w.\-]+)", line)
     if m is None:
       continue
     result = _SHAPE.search(m.group(1))
     if result is None or (result.group(1), result.group(2)) not in wanted:
       continue
-    # copy-start's result is (destination, source, context): both layouts tell the memory spaces.
+    # copy-start's result is (destination, source, context): both layouts tell the memory spaces; a
+    # copy's source is its operand.
     layouts = re.findall(r"\]\{([^}]*)\}", m.group(1))[: 2 if m.group(2) == "copy-start" else 1]
+    if m.group(2) == "copy":
+      layouts.append(layout_of.get(m.group(3), ""))
     if not any("S(" in layout for layout in layouts):
       n += 1
   return n
@@ -423,10 +442,12 @@ def compile_row(
   row.bytes_accessed = float(cost.get("bytes accessed", 0.0))
   text = exe.as_text()
   row.hbm_traffic = hbm_traffic(text)
+  row.plain_traffic = hbm_traffic(text, branches="min")
   row.ideal_bytes = int(ideal_bytes or (row.argument_bytes + row.output_bytes))
   if row.ideal_bytes:
     row.ratio = row.bytes_accessed / row.ideal_bytes
     row.hbm_ratio = row.hbm_traffic / row.ideal_bytes
+    row.plain_ratio = row.plain_traffic / row.ideal_bytes
   row.cache_copies = count_copies(text, cache_shapes) if cache_shapes else 0
   row.hlo = text if keep_hlo else None
   return row, exe
@@ -456,7 +477,9 @@ class AotEngine(engine_lib.Engine):
         **kwargs,
         "batch_buckets": self.target_sharding.engine_kwargs(kwargs.get("batch_buckets"))["batch_buckets"],
       }
-    super().__init__(model, sharding=None, **kwargs)  # (placed here, on the target's devices)
+    # (placed here, on the target's devices, with the target's choices)
+    kwargs.setdefault("choices", backend.choices(tgt.devices[0].platform))
+    super().__init__(model, sharding=None, **kwargs)
     self.keep_hlo = keep_hlo
     self.rows: list[Row] = []
     self.executables_by_row: list[Any] = []
@@ -758,6 +781,7 @@ def format_table(rows: Sequence[Row]) -> str:
     "ideal_GB",
     "ratio",
     "hlo_ratio",
+    "plain_ratio",
     "copies",
     "compile_s",
   )
@@ -782,6 +806,7 @@ def format_table(rows: Sequence[Row]) -> str:
         gb(r.ideal_bytes),
         f"{r.ratio:.2f}",
         f"{r.hbm_ratio:.2f}",
+        f"{r.plain_ratio:.2f}",
         str(r.cache_copies),
         f"{r.compile_seconds:.1f}",
       )
@@ -827,6 +852,7 @@ _FREE_OPS = {
   "while",
   "conditional",
   "call",
+  "call-done",
   "after-all",
   "partition-id",
   "replica-id",
@@ -911,26 +937,15 @@ def _called(instr: _Instr, key: str) -> str | None:
   return m.group(1) if m else None
 
 
-def _executed(comps: dict, entry: str | None) -> list[str]:
-  """Computations the device runs as programs of their own (the entry, loop bodies and conditions,
-  branches, called computations); fused computations are not among them."""
-  seen: list[str] = []
-  todo = [entry] if entry else []
-  while todo:
-    c = todo.pop()
-    if c in seen or c not in comps:
-      continue
-    seen.append(c)
-    for ins in comps[c]:
-      if ins.op in ("while", "conditional", "call", "async-start"):
-        for key in ("body", "condition", "to_apply", "true_computation", "false_computation", "calls"):
-          callee = _called(ins, key)
-          if callee:
-            todo.append(callee)
-        m = re.search(r"branch_computations=\{([^}]*)\}", ins.attrs)
-        if m:
-          todo.extend(x.strip().lstrip("%") for x in m.group(1).split(","))
-  return seen
+_CALLEE_KEYS = ("body", "condition", "to_apply", "calls")
+
+
+def _branches(ins: _Instr) -> list[str]:
+  """The branch computations of a ``conditional``."""
+  m = re.search(r"branch_computations=\{([^}]*)\}", ins.attrs)
+  if m:
+    return [x.strip().lstrip("%") for x in m.group(1).split(",")]
+  return [c for c in (_called(ins, "true_computation"), _called(ins, "false_computation")) if c]
 
 
 class _Module:
@@ -1009,11 +1024,14 @@ class _Module:
       size, in_hbm = results[k] if k < len(results) else (0, False)
       while part is not None and part.op in ("bitcast", "copy") and part.operands:
         part = self.by_name.get(part.operands[0])
-      if part is not None and part.op == "dynamic-update-slice":
+      if part is not None and part.op in ("dynamic-update-slice", "scatter"):
+        # In place: a dynamic-update-slice writes its update (operand 1), a scatter its updates
+        # (the last operand), into the parameter they update.
         base = self.by_name.get(part.operands[0])
         if base is not None and base.op == "parameter":
           in_place.add(int(re.match(r"(\d+)", base.line.split("parameter(", 1)[-1]).group(1)))
-          update = self.by_name.get(part.operands[1]) if len(part.operands) > 1 else None
+          which = 1 if part.op == "dynamic-update-slice" else len(part.operands) - 1
+          update = self.by_name.get(part.operands[which]) if len(part.operands) > which else None
           size = sum(b for b, _ in _arrays(update.shape)) if update is not None else 0
       written += size if in_hbm else 0
     return written, in_place
@@ -1025,6 +1043,8 @@ class _Module:
       return 0
     operand = lambda i: self.by_name.get(ins.operands[i]) if i < len(ins.operands) else None
     in_hbm = lambda x: x is not None and _hbm(x.shape) > 0
+    if op == "call-start":  # an asynchronous call (e.g. a scatter offloaded to the SparseCore): its
+      return 0  # computation is counted where it runs (``to_apply``)
     if op in ("copy-start", "slice-start"):  # (destination | (source), slice, context)
       arrays = _arrays(ins.shape)
       src = operand(0)
@@ -1070,30 +1090,66 @@ class Traffic:
   text: str  # the instruction, cut to 200 characters
 
 
-def traffic(hlo_text: str, top: int | None = 15) -> list[Traffic]:
+def _trip_count(mod: "_Module", loop: _Instr) -> int:
+  """Iterations of a ``while`` whose condition is ``counter < N`` for a constant N (what
+  ``fori_loop`` over constant bounds compiles to, counting from 0); 1 when it cannot tell."""
+  cond = mod.comps.get(_called(loop, "condition") or "", [])
+  root = next((ins for ins in cond if ins.line.startswith("ROOT")), None)
+  if root is None or root.op != "compare" or "direction=LT" not in root.attrs or len(root.operands) != 2:
+    return 1
+  bound = mod.by_name.get(root.operands[1])
+  m = re.search(r"constant\((\d+)\)", bound.line) if bound is not None and bound.op == "constant" else None
+  return int(m.group(1)) if m else 1
+
+
+def traffic(hlo_text: str, top: int | None = 15, branches: str = "max") -> list[Traffic]:
   """An estimate of a compiled program's device-memory (HBM) traffic, per instruction the device runs
-  (the entry computation, loop bodies and branches, never inside a fusion), largest first (``top``
-  of them; None: all). Counts only buffers in device memory: on TPU a buffer in on-chip memory (a
-  layout with a memory space ``S(n)``) moves nothing through HBM, where XLA's ``bytes accessed``
-  counts every operand and result wherever it lives. A slice counts what it takes, an in-place
+  (the entry computation, loop bodies, called computations and one branch of each conditional: the
+  costliest with ``branches="max"``, an upper bound; the cheapest with ``"min"``, which for the
+  decode step is the path of rows that use no sampling processor; never inside a fusion), largest
+  first (``top`` of them; None: all). Counts only buffers in device memory: on TPU a buffer in on-chip memory (a layout with a
+  memory space ``S(n)``) moves nothing through HBM, where XLA's ``bytes accessed`` counts every
+  operand and result wherever it lives. A slice counts what it takes, an in-place
   dynamic-update-slice its update, a fusion what it reads of each operand (only the slices it takes;
   not the buffer it updates in place) and writes. A loop body counts once (per step, as XLA's
-  figures). Buffers' tile padding is not counted."""
+  figures); a loop inside it counts its trip count of times when its bound is a constant. Buffers'
+  tile padding is not counted."""
   mod = _Module(hlo_text)
-  out = []
-  for c in _executed(mod.comps, mod.entry):
+  memo: dict[str, list[Traffic]] = {}
+
+  def run(c: str, stack: tuple[str, ...]) -> list[Traffic]:
+    if c in memo:
+      return memo[c]
+    if c in stack or c not in mod.comps:
+      return []
+    out = []
     for ins in mod.comps[c]:
       b = mod.cost(ins)
       if b:
         m = re.search(r'op_name="([^"]*)"', ins.attrs)
         out.append(Traffic(b, ins.op, c, m.group(1) if m else "", ins.line[:200]))
-  out.sort(key=lambda t: -t.bytes)
+      if ins.op == "conditional":
+        options = [run(x, stack + (c,)) for x in _branches(ins)]
+        pick = max if branches == "max" else min
+        out += pick(options, key=lambda t: sum(x.bytes for x in t), default=[])
+      elif ins.op in ("while", "call", "async-start", "call-start"):
+        # A loop inside the program's loop (e.g. the filters' bisection) runs its trip count per step;
+        # the outermost loop (the decode steps) counts once: the figures are per step.
+        times = _trip_count(mod, ins) if ins.op == "while" and stack else 1
+        for key in _CALLEE_KEYS:
+          callee = _called(ins, key)
+          if callee:
+            out += [dataclasses.replace(t, bytes=t.bytes * times) for t in run(callee, stack + (c,))]
+    memo[c] = out
+    return out
+
+  out = sorted(run(mod.entry, ()) if mod.entry else [], key=lambda t: -t.bytes)
   return out if top is None else out[:top]
 
 
-def hbm_traffic(hlo_text: str) -> int:
+def hbm_traffic(hlo_text: str, branches: str = "max") -> int:
   """The total of :func:`traffic`: estimated HBM bytes one run (one loop step) of the program moves."""
-  return sum(t.bytes for t in traffic(hlo_text, None))
+  return sum(t.bytes for t in traffic(hlo_text, None, branches))
 
 
 def traffic_by_op(hlo_text: str, top: int = 12) -> list[tuple[int, str]]:

@@ -131,6 +131,8 @@ class SharedSettings:
   stop_ids: jax.Array  # [MAX_STOP_IDS] int32, -1 padded
   newline_ids: jax.Array  # [M] int32 tokens that are only newlines
   pad_id: jax.Array  # [] int32
+  # (static) the filters' search width (sampling.RADICES; the backend's choice: utils.backend)
+  search_radix: int = flax.struct.field(pytree_node=False, default=2)
 
 
 def sample_and_stop(s: DecodeState, shared: SharedSettings, logits: jax.Array) -> DecodeState:
@@ -138,9 +140,13 @@ def sample_and_stop(s: DecodeState, shared: SharedSettings, logits: jax.Array) -
   order: a stop id, the token budget, the newline guard, the context limit)."""
   rows = s.rows
   keys = sampling.step_keys(s.keys, s.num_generated)
-  tok = sampling.sample_tokens(
-    logits.astype(jnp.float32), s.context, rows.params, keys, num_generated=s.num_generated, stop_ids=shared.stop_ids
-  )
+  logits = logits.astype(jnp.float32)
+  chain = dict(num_generated=s.num_generated, stop_ids=shared.stop_ids, radix=shared.search_radix)
+  if s.record is None:  # static
+    tok = sampling.sample_tokens(logits, s.context, rows.params, keys, **chain)
+  else:  # the processed logits serve the draw and the record (one pass of the chain, not two)
+    processed = sampling.process_logits(logits, s.context, rows.params, **chain)
+    tok = sampling.choose_tokens(processed, rows.params, keys)
   active = ~s.done
   tok = jnp.where(active, tok, shared.pad_id).astype(jnp.int32)
   b, capacity = s.tokens.shape
@@ -150,10 +156,7 @@ def sample_and_stop(s: DecodeState, shared: SharedSettings, logits: jax.Array) -
   if record is not None:  # static: only pools that record hold the buffers; a step pays only when asked
 
     def write(record):
-      processed = sampling.process_logits(
-        logits.astype(jnp.float32), s.context, rows.params, num_generated=s.num_generated, stop_ids=shared.stop_ids
-      )
-      return record_token(record, logits.astype(jnp.float32), processed, tok, at)
+      return record_token(record, logits, processed, tok, at)
 
     record = jax.lax.cond(jnp.any(rows.record & active), write, lambda r: r, record)
   n = s.num_generated + active.astype(jnp.int32)

@@ -136,7 +136,9 @@ class Engine:
 
   ``buckets`` are the lengths prompts and caches round up to; ``batch_buckets`` the slot counts
   (and prefill row counts) pools round up to; ``prefill_chunk`` the prompt tokens a prefill call
-  writes per row; ``window_buckets`` the read windows of the programs (() = the whole cache).
+  writes per row; ``window_buckets`` the read windows of the programs (() = the whole cache);
+  ``choices`` the backend's (:mod:`~smollm3_jax.utils.backend`; default: those of the platform the
+  parameters live on).
   """
 
   def __init__(
@@ -150,6 +152,7 @@ class Engine:
     sharding=None,
     prefill_chunk: int | None = None,
     window_buckets: Sequence[int] = WINDOW_BUCKETS,
+    choices: backend.Choices | None = None,
   ):
     runtime.enable_default_caches()  # the persistent compilation cache, unless switched off
     self.model = model
@@ -159,7 +162,7 @@ class Engine:
     self._source_leaves = jax.tree.leaves(state)
     self.buckets = tuple(buckets)
     # The backend's choices (utils/backend.py), from where the parameters live.
-    self.choices = backend.choices(backend.platform_of(state))
+    self.choices = choices or backend.choices(backend.platform_of(state))
     self.batch_buckets = tuple(sorted(batch_buckets or self.choices.batch_buckets))
     self.cache_dtype = cache_dtype or model.dtype
     prefill_chunk = self.choices.prefill_chunk if prefill_chunk is None else prefill_chunk
@@ -316,6 +319,7 @@ class Pool:
       stop_ids=jnp.asarray(stop_arr),
       newline_ids=jnp.asarray(newline_ids),
       pad_id=jnp.asarray(self.pad_id, jnp.int32),
+      search_radix=engine.choices.search_radix,
     )
     self.state = self._empty_state()
     self._lengths = np.zeros((self.slots,), np.int64)  # host copy of the cache lengths of active rows

@@ -129,33 +129,57 @@ def _order_keys(x: jax.Array) -> jax.Array:
   return jnp.where(negative, ~bits, bits | jnp.uint32(0x80000000))
 
 
-def _bisect(lo: jax.Array, hi: jax.Array, keep_up: Callable[[jax.Array], jax.Array]) -> jax.Array:
+RADICES = (2, 4, 8, 16, 32)  # the ways a search round may split its interval (powers of two)
+
+
+def check_radix(radix: int) -> int:
+  """``radix`` if it is one of :data:`RADICES`; ValueError naming them otherwise."""
+  if radix not in RADICES:
+    raise ValueError(f"search radix {radix!r} is not one of {RADICES}")
+  return radix
+
+
+def _bisect(lo: jax.Array, hi: jax.Array, keep_up: Callable[[jax.Array], jax.Array], radix: int = 2) -> jax.Array:
   """Per row, the largest key ``t`` in [lo, hi] with ``keep_up(t)`` true ([B] uint32), for a
-  predicate true at ``lo`` and monotone (true up to some key, false above). 32 rounds of
-  compare-and-reduce over the vocabulary; no sort."""
+  predicate true at ``lo`` and monotone (true up to some key, false above); no sort.
+
+  ``keep_up`` maps candidate keys [B, R] to [B, R] bool. Each round tests ``radix - 1`` keys that
+  split the interval into ``radix`` parts, in one pass over the vocabulary, and keeps the part
+  holding the answer: 32 / log2(radix) rounds (static ``radix`` in :data:`RADICES`; 2: bisection,
+  32 rounds). Every radix finds the same key; a wider one reads the vocabulary fewer times, which is
+  what a memory-bound accelerator pays for, and compares more per read, which a CPU pays for."""
+  check_radix(radix)
+  shift = radix.bit_length() - 1
+  rounds = -(-32 // shift)
+  j = jnp.arange(1, radix, dtype=jnp.uint32)
 
   def round_(_, bounds):
     lo, hi = bounds
     gap = hi - lo
-    mid = lo + (gap >> 1) + (gap & 1)  # the upper middle: no overflow, and it always moves
-    ok = keep_up(mid)
-    return jnp.where(ok, mid, lo), jnp.where(ok, hi, mid - 1)
+    step = (gap >> shift) + 1  # (radix - 1) * step < 2**32: no overflow
+    cand = lo[:, None] + jnp.minimum(j[None, :] * step[:, None], gap[:, None])  # [B, R-1], ascending
+    ok = keep_up(cand)
+    count = jnp.sum(ok, axis=-1)  # monotone: the first ``count`` candidates hold
+    new_lo = jnp.where(count > 0, jnp.take_along_axis(cand, jnp.maximum(count - 1, 0)[:, None], -1)[:, 0], lo)
+    above = jnp.take_along_axis(cand, jnp.minimum(count, radix - 2)[:, None], -1)[:, 0]
+    new_hi = jnp.where(count < radix - 1, above - 1, hi)
+    return new_lo, new_hi
 
-  lo, hi = jax.lax.fori_loop(0, 32, round_, (lo, jnp.maximum(lo, hi)))
+  lo, hi = jax.lax.fori_loop(0, rounds, round_, (lo, jnp.maximum(lo, hi)))
   return lo
 
 
-def _top_k_keep(keys: jax.Array, top_k: jax.Array) -> jax.Array:
+def _top_k_keep(keys: jax.Array, top_k: jax.Array, radix: int = 2) -> jax.Array:
   """[B, V] bool: TopKLogitsWarper's kept set: values >= the k-th largest (ties kept, as
   transformers' ``scores < topk(...)[..., -1]``); every entry where top_k == 0."""
   v = keys.shape[-1]
   k = jnp.clip(top_k, 1, v)[:, None]  # min_tokens_to_keep=1, and transformers clamps k to V
-  count_at_least = lambda t: jnp.sum(keys >= t[:, None], axis=-1, dtype=jnp.int32)[:, None] >= k
-  kth = _bisect(jnp.min(keys, -1), jnp.max(keys, -1), lambda t: count_at_least(t)[:, 0])
+  count_at_least = lambda t: jnp.sum(keys[:, None, :] >= t[:, :, None], axis=-1, dtype=jnp.int32) >= k
+  kth = _bisect(jnp.min(keys, -1), jnp.max(keys, -1), count_at_least, radix)
   return (keys >= kth[:, None]) | (top_k <= 0)[:, None]
 
 
-def _top_p_keep(x: jax.Array, keys: jax.Array, top_p: jax.Array) -> jax.Array:
+def _top_p_keep(x: jax.Array, keys: jax.Array, top_p: jax.Array, radix: int = 2) -> jax.Array:
   """[B, V] bool: TopPLogitsWarper's kept set on logits ``x`` (-inf = already removed).
 
   transformers sorts ascending and removes the entries whose cumulative probability is <= 1 - top_p,
@@ -170,10 +194,10 @@ def _top_p_keep(x: jax.Array, keys: jax.Array, top_p: jax.Array) -> jax.Array:
   limit = (1.0 - top_p)[:, None]
   top = jnp.max(keys, -1)
   # A key t is removed iff the mass at or below it is <= 1 - top_p; find the largest removed key.
-  removed = lambda t: (jnp.sum(jnp.where(keys <= t[:, None], probs, 0.0), -1)[:, None] <= limit)[:, 0]
+  removed = lambda t: jnp.sum(jnp.where(keys[:, None, :] <= t[:, :, None], probs[:, None, :], 0.0), -1) <= limit
   low = jnp.min(jnp.where(probs > 0, keys, top[:, None]), -1)  # lowest key with mass
   below = low - 1
-  last_removed = _bisect(below, top - 1, lambda t: (t == below) | removed(t))
+  last_removed = _bisect(below, top - 1, lambda t: (t == below[:, None]) | removed(t), radix)
   keep = keys > last_removed[:, None]
   return keep | (top_p >= 1.0)[:, None]
 
@@ -186,7 +210,7 @@ def _min_p_remove(logits: jax.Array, min_p: jax.Array) -> jax.Array:
   return probs < min_p[:, None] * top
 
 
-def _typical_keep(x: jax.Array, mass: jax.Array) -> jax.Array:
+def _typical_keep(x: jax.Array, mass: jax.Array, radix: int = 2) -> jax.Array:
   """[B, V] bool: TypicalLogitsWarper's kept set on logits ``x`` (-inf = already removed).
 
   transformers sorts the tokens by d = |-log p - H| (H the entropy) and keeps those with d at or
@@ -201,8 +225,8 @@ def _typical_keep(x: jax.Array, mass: jax.Array) -> jax.Array:
   keys = _order_keys(jnp.abs(-logp - entropy))  # +inf (highest) where p == 0
   # The largest key whose mass at or below it is still < mass; the cut-off is the next key above.
   below = jnp.min(keys, -1) - 1  # keys of d >= 0 are >= 2**31: no wrap-around
-  short = lambda t: jnp.sum(jnp.where(keys <= t[:, None], p, 0.0), -1) < mass
-  last_short = _bisect(below, jnp.max(keys, -1), lambda t: (t == below) | short(t))
+  short = lambda t: jnp.sum(jnp.where(keys[:, None, :] <= t[:, :, None], p[:, None, :], 0.0), -1) < mass[:, None]
+  last_short = _bisect(below, jnp.max(keys, -1), lambda t: (t == below[:, None]) | short(t), radix)
   cut = jnp.min(jnp.where(keys > last_short[:, None], keys, jnp.uint32(0xFFFFFFFF)), -1)
   return (keys <= cut[:, None]) | (mass >= 1.0)[:, None]
 
@@ -224,9 +248,9 @@ def _eta_remove(x: jax.Array, eta: jax.Array) -> jax.Array:
   return (probs < cut) & (x < jnp.max(x, -1, keepdims=True))
 
 
-def apply_typical_p(logits: jax.Array, typical_p: jax.Array) -> jax.Array:
+def apply_typical_p(logits: jax.Array, typical_p: jax.Array, radix: int = 2) -> jax.Array:
   """Locally typical filter as TypicalLogitsWarper; typical_p == 1: row unchanged."""
-  return jnp.where(_typical_keep(logits, typical_p), logits, -jnp.inf)
+  return jnp.where(_typical_keep(logits, typical_p, radix), logits, -jnp.inf)
 
 
 def apply_epsilon_cutoff(logits: jax.Array, epsilon: jax.Array) -> jax.Array:
@@ -239,20 +263,22 @@ def apply_eta_cutoff(logits: jax.Array, eta: jax.Array) -> jax.Array:
   return jnp.where(_eta_remove(logits, eta), -jnp.inf, logits)
 
 
-def _filter_chain(x: jax.Array, params: SamplingParams) -> jax.Array:
-  """top-k -> top-p -> min-p -> typical -> epsilon -> eta on temperature-scaled logits, by
-  bisection over order keys or elementwise (no sort of the vocabulary: sorting 49k-128k values
-  per row per step is slow on TPUs and GPUs). Each filter is skipped when no row uses it."""
+def _filter_chain(x: jax.Array, params: SamplingParams, radix: int = 2) -> jax.Array:
+  """top-k -> top-p -> min-p -> typical -> epsilon -> eta on temperature-scaled logits, by a
+  search over order keys (:func:`_bisect`, ``radix``) or elementwise (no sort of the vocabulary:
+  sorting 49k-128k values per row per step is slow on TPUs and GPUs). Each filter is skipped when
+  no row uses it."""
   keys = _order_keys(x)
   x = jax.lax.cond(
-    jnp.any(params.top_k > 0), lambda: jnp.where(_top_k_keep(keys, params.top_k), x, -jnp.inf), lambda: x
+    jnp.any(params.top_k > 0), lambda: jnp.where(_top_k_keep(keys, params.top_k, radix), x, -jnp.inf), lambda: x
   )
   x = jax.lax.cond(
-    jnp.any(params.top_p < 1.0), lambda: jnp.where(_top_p_keep(x, keys, params.top_p), x, -jnp.inf), lambda: x
+    jnp.any(params.top_p < 1.0), lambda: jnp.where(_top_p_keep(x, keys, params.top_p, radix), x, -jnp.inf), lambda: x
   )
   # min-p needs only an elementwise softmax of the top-k/top-p output.
   x = jnp.where(_min_p_remove(x, params.min_p), -jnp.inf, x)
-  x = jax.lax.cond(jnp.any(params.typical_p < 1.0), apply_typical_p, lambda y, _: y, x, params.typical_p)
+  typical = lambda y, m: apply_typical_p(y, m, radix)
+  x = jax.lax.cond(jnp.any(params.typical_p < 1.0), typical, lambda y, _: y, x, params.typical_p)
   x = jax.lax.cond(jnp.any(params.epsilon_cutoff > 0), apply_epsilon_cutoff, lambda y, _: y, x, params.epsilon_cutoff)
   return jax.lax.cond(jnp.any(params.eta_cutoff > 0), apply_eta_cutoff, lambda y, _: y, x, params.eta_cutoff)
 
@@ -272,11 +298,12 @@ def _needs_filter(params: SamplingParams) -> jax.Array:
   )
 
 
-def _warp(x: jax.Array, params: SamplingParams) -> jax.Array:
+def _warp(x: jax.Array, params: SamplingParams, radix: int = 2) -> jax.Array:
   """Temperature then (only if some sampled row uses one) the filters."""
   x = apply_temperature(x, params.temperature)
   # Skip the filters when no row uses one (e.g. plain temperature sampling).
-  return jax.lax.cond(_needs_filter(params), _filter_chain, lambda y, _: y, x, params)
+  chain = lambda y, p: _filter_chain(y, p, radix)
+  return jax.lax.cond(_needs_filter(params), chain, lambda y, _: y, x, params)
 
 
 def apply_logit_bias(logits: jax.Array, ids: jax.Array, values: jax.Array) -> jax.Array:
@@ -346,6 +373,7 @@ def process_logits(
   *,
   num_generated: jax.Array | None = None,
   stop_ids: jax.Array | None = None,
+  radix: int = 2,
 ) -> jax.Array:
   """Full chain in generate's order -> [B, V] f32: the distribution each row is sampled from.
 
@@ -353,11 +381,13 @@ def process_logits(
   ``do_sample=False``; sampled rows get the processors, then the warpers (module docstring).
   ``ctx``: the rows' :class:`TokenContext`;
   ``num_generated`` [B] int32 tokens each row generated before this one; ``stop_ids`` [K] int32
-  (-1 padded). Without them ``min_new_tokens`` masks nothing.
+  (-1 padded). Without them ``min_new_tokens`` masks nothing. ``radix`` (static): the filters'
+  search width (:func:`_bisect`; the same result for every radix).
   """
   x = _process(logits, ctx, params, num_generated, stop_ids)
-  greedy = (params.temperature == 0)[:, None]
-  return jnp.where(greedy, x, _warp(x, params))
+  greedy = params.temperature == 0
+  warped = lambda x: jnp.where(greedy[:, None], x, _warp(x, params, radix))
+  return jax.lax.cond(jnp.all(greedy), lambda x: x, warped, x)  # every row greedy: no warping work
 
 
 def _process(
@@ -469,24 +499,40 @@ def sample_tokens(
   *,
   num_generated: jax.Array | None = None,
   stop_ids: jax.Array | None = None,
+  radix: int = 2,
 ) -> jax.Array:
   """Next token per row -> [B] int32.
 
   logits [B, V]; ctx: the rows' :class:`TokenContext`;
   keys: [B] typed PRNG keys or [B, 2] uint32 raw keys (one per row, for this step, see
   :func:`step_keys`); num_generated [B] int32 tokens this row generated before this one;
-  stop_ids [K] int32 padded with -1 (the ids ``min_new_tokens`` masks).
-  Greedy rows take the argmax of the processed logits; the others draw from the warped
-  logits. When every row is greedy no warping work is done.
+  stop_ids [K] int32 padded with -1 (the ids ``min_new_tokens`` masks); ``radix`` (static): as
+  :func:`process_logits`. Greedy rows take the argmax of the processed logits; the others draw from
+  the warped logits. When every row is greedy no warping work is done. The same tokens as
+  :func:`choose_tokens` of :func:`process_logits`, with fewer passes over the rows (the warped
+  logits are drawn from where they are made, not first merged with the greedy rows').
   """
   x = _process(logits, ctx, params, num_generated, stop_ids)
   greedy_tok = argmax_rows(x)
 
   def sampled(x):
-    tok = _categorical_rows(keys, _warp(x, params)).astype(jnp.int32)
+    tok = _categorical_rows(keys, _warp(x, params, radix)).astype(jnp.int32)
     return jnp.where(params.temperature == 0, greedy_tok, tok)
 
   return jax.lax.cond(jnp.all(params.temperature == 0), lambda _: greedy_tok, sampled, x)
+
+
+def choose_tokens(processed: jax.Array, params: SamplingParams, keys: jax.Array) -> jax.Array:
+  """Next token per row -> [B] int32 from :func:`process_logits`' output [B, V]: the argmax for
+  greedy rows, a draw (one key per row) for the others: the tokens :func:`sample_tokens` gives. A
+  decode step that records log-probabilities processes the logits once, for both."""
+  greedy_tok = argmax_rows(processed)
+
+  def sampled(x):
+    tok = _categorical_rows(keys, x).astype(jnp.int32)
+    return jnp.where(params.temperature == 0, greedy_tok, tok)
+
+  return jax.lax.cond(jnp.all(params.temperature == 0), lambda _: greedy_tok, sampled, processed)
 
 
 # ----------------------------------------------------------------------------

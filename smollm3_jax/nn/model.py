@@ -135,6 +135,22 @@ def attend(q: Array, k: Array, v: Array, mask: Array) -> Array:
   return out.reshape(b, kvh, t, g, d).transpose(0, 2, 1, 3, 4).reshape(b, t, h * d)
 
 
+def project_heads(proj, x: Array, heads: int, head_dim: int) -> Array:
+  """x [B, T, hidden] through ``proj`` (kernel [hidden, heads * head_dim]) -> [B, T, heads, head_dim].
+
+  A float kernel is read as [hidden, heads, head_dim] and contracted in one product: the same
+  as ``proj(x)`` reshaped, but XLA:TPU then keeps the stored layout of the weight, where a reshape of
+  the product's result makes it re-lay out every q/k/v kernel (a copy of each) at every decode call
+  (``experiments/aot.py``). Other layers (int8) are called as they are."""
+  if not isinstance(proj, nnx.Linear):
+    return proj(x).reshape(*x.shape[:-1], heads, head_dim)
+  bias = proj.bias[...] if proj.bias is not None else None
+  x, kernel, bias = proj.promote_dtype((x, proj.kernel[...], bias), dtype=proj.dtype)  # as nnx.Linear does
+  kernel = kernel.reshape(kernel.shape[0], heads, head_dim)
+  out = jax.lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())), precision=proj.precision)
+  return out if bias is None else out + bias.reshape(heads, head_dim)
+
+
 class Attention(nnx.Module):
   """Grouped-query self-attention; RoPE on this layer iff ``use_rope``."""
 
@@ -164,11 +180,15 @@ class Attention(nnx.Module):
     (W = the mask's width). Returns (out [B, T, hidden], k_cache, v_cache)."""
     c = self.config
     b, t, _ = x.shape
-    q = self.q_proj(x).reshape(b, t, c.num_attention_heads, c.head_dim)
-    k = self.k_proj(x).reshape(b, t, c.num_key_value_heads, c.head_dim)
-    v = self.v_proj(x).reshape(b, t, c.num_key_value_heads, c.head_dim)
+    q = project_heads(self.q_proj, x, c.num_attention_heads, c.head_dim)
+    k = project_heads(self.k_proj, x, c.num_key_value_heads, c.head_dim)
+    v = project_heads(self.v_proj, x, c.num_key_value_heads, c.head_dim)
     if self.use_rope:
       q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    else:
+      # Without RoPE between them, XLA:TPU fuses the query's move to head-major order (in `attend`)
+      # into its projection and pays for it by re-laying out the weight on every call.
+      q = jax.lax.optimization_barrier(q)
     k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, KVH, T, D]
     if k_cache is not None:
       k_cache, v_cache = cache.write(k_cache, k), cache.write(v_cache, v)

@@ -23,6 +23,14 @@ choice             cpu        tpu / gpu  why
                                          steps of 1-3 rows differently from 4 or more (tiny preset:
                                          log-probs ~1e-6 apart), so narrowing further could change a
                                          sampled token at a near-tie. Not measured on TPU/GPU: kept.
+``search_radix``   2          16         The ways each round of the sampling filters' cut-off search
+                                         (top-k, top-p, typical-p) splits its interval. Every radix
+                                         finds the same cut-off. 2: 32 rounds, each one pass over
+                                         the vocabulary; 16: 8 rounds comparing 15 keys per pass. On
+                                         XLA:CPU the pass is compute-bound: 16 takes 2.3x as long
+                                         (8 rows x 49k, top-k and top-p). On a TPU each pass reads
+                                         the rows' logits from HBM: 16 reads them 4x fewer times
+                                         (the decode step's bytes, ``experiments/aot.py``).
 ``batch_buckets``  fine       fine       Slot counts pools round up to (:data:`~smollm3_jax.utils.
                                          buckets.DEFAULT_BATCH_BUCKETS`): little padding, more
                                          programs; the same everywhere until TPU compile counts and
@@ -51,13 +59,14 @@ class Choices:
   prefill_chunk: int = 64
   prefill_rows: tuple[int, ...] = (1,)
   narrow_min: int = 4
+  search_radix: int = 2
   batch_buckets: tuple[int, ...] = DEFAULT_BATCH_BUCKETS
 
 
 _CHOICES = {
   "cpu": Choices(sync_phases=True),
-  "tpu": Choices(sync_phases=False),
-  "gpu": Choices(sync_phases=False),
+  "tpu": Choices(sync_phases=False, search_radix=16),
+  "gpu": Choices(sync_phases=False, search_radix=16),
 }
 
 
