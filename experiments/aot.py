@@ -37,9 +37,16 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from smollm3_jax import cli  # noqa: E402
 from smollm3_jax.generation import aot  # noqa: E402
 from smollm3_jax.nn import config as config_lib  # noqa: E402
+from smollm3_jax.utils import backend  # noqa: E402
 
 PROGRAMS = ("pool", "beam", "score", "train")
-PREFILL_CHUNK = 64  # the engine's (every cache length is a multiple of it)
+
+
+def prefill_chunk(target_name: str) -> int:
+  """The engine's prefill chunk on ``target_name``'s backend (utils/backend.py): every cache length
+  is a multiple of it."""
+  return backend.choices("gpu" if target_name == "h100" else "tpu").prefill_chunk
+
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("target", "v5e:1x1", list(aot.TARGETS), "The accelerator to compile for (compile-only devices).")
@@ -51,8 +58,8 @@ flags.DEFINE_integer("slots", 8, "Pool slots (rows decoded together); the scorin
 flags.DEFINE_integer(
   "cache_length",
   4096,
-  f"Cache slots per row (a multiple of {PREFILL_CHUNK}); the scoring program's length.",
-  lower_bound=PREFILL_CHUNK,
+  "Cache slots per row (a multiple of the target's prefill chunk); the scoring program's length.",
+  lower_bound=1,
 )
 flags.DEFINE_list(
   "windows",
@@ -98,9 +105,14 @@ def _validator(check):
   return run
 
 
-def _check_cache_length(n: int) -> None:
-  if n % PREFILL_CHUNK:
-    raise flags.ValidationError(f"--cache_length: {n} must be a multiple of the prefill chunk ({PREFILL_CHUNK})")
+def _check_cache_length(values) -> bool:
+  chunk = prefill_chunk(values["target"])
+  if values["cache_length"] % chunk:
+    raise flags.ValidationError(
+      f"--cache_length: {values['cache_length']} must be a multiple of {values['target']}'s prefill chunk ({chunk})"
+    )
+  _positive_ints("largest_pool_contexts", values["largest_pool_contexts"], chunk)
+  return True
 
 
 def _check_windows(values) -> bool:
@@ -158,11 +170,8 @@ def _gpu_problem() -> str | None:
   return None
 
 
-flags.register_validator("cache_length", _validator(_check_cache_length))
+flags.register_multi_flags_validator(["cache_length", "target", "largest_pool_contexts"], _check_cache_length)
 flags.register_validator("programs", _validator(_check_programs))
-flags.register_validator(
-  "largest_pool_contexts", _validator(lambda v: _positive_ints("largest_pool_contexts", v, PREFILL_CHUNK))
-)
 flags.register_validator("output_json", _validator(_check_output))
 flags.register_validator("target", _validator(_check_target))
 flags.register_multi_flags_validator(["windows", "cache_length"], _check_windows)
@@ -267,7 +276,7 @@ def main(argv):
 
   programs = list(dict.fromkeys(FLAGS.programs))
   windows = _positive_ints("windows", FLAGS.windows)
-  contexts = _positive_ints("largest_pool_contexts", FLAGS.largest_pool_contexts, PREFILL_CHUNK)
+  contexts = _positive_ints("largest_pool_contexts", FLAGS.largest_pool_contexts, prefill_chunk(FLAGS.target))
   cfg = config_lib.PRESETS[FLAGS.preset]()
   if FLAGS.num_layers:
     layers = FLAGS.num_layers
@@ -280,7 +289,9 @@ def main(argv):
     tgt = aot.target(FLAGS.target)
   except (RuntimeError, ValueError) as e:
     raise app.UsageError(str(e)) from None
-  model = aot.abstract_model(cfg, dtype=dtype, quantize_mode=FLAGS.quantize)
+  model = aot.abstract_model(
+    cfg, dtype=dtype, quantize_mode=FLAGS.quantize, platform="gpu" if FLAGS.target == "h100" else "tpu"
+  )
   engine_kwargs = dict(window_buckets=tuple(sorted(set(windows)))) if windows else None
   keep = FLAGS.traffic > 0
   desc = (

@@ -35,8 +35,8 @@ from smollm3_jax import cli  # noqa: E402
 flags.DEFINE_enum(
   "quantize",
   "none",
-  ["none", "int8"],
-  "Ours only: 'int8' quantizes our weights after "
+  ["none", "int8", "int8_w8a8", "int8_weights"],
+  "Ours only: an int8 scheme quantizes our weights after "
   "loading (smollm3_jax.nn.quantize); transformers keeps --dtype weights.",
 )
 flags.DEFINE_string(

@@ -283,13 +283,14 @@ def define_dtype_flag() -> None:
 
 
 def define_quantize_flag() -> None:
-  """--quantize: "none" or "int8" (int8 weights x int8 activations, see smollm3_jax.nn.quantize)."""
+  """--quantize: "none" or an int8 scheme (see smollm3_jax.nn.quantize)."""
   flags.DEFINE_enum(
     "quantize",
     "none",
     list(quantize.MODES),
-    "Weight quantization after loading: 'int8' reads 4x fewer weight bytes per "
-    "decode step than float32 (activations quantized per token; docs/performance.md measures it).",
+    "Weight quantization after loading: int8 weights read 4x fewer bytes per decode step than "
+    "float32. 'int8_w8a8' also quantizes the activations per token, 'int8_weights' does not; 'int8' "
+    "is the backend's scheme (W8A8 on CPU, weight-only on TPU/GPU; docs/performance.md measures both).",
   )
 
 

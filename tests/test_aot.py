@@ -7,6 +7,7 @@ whole file compiles in well under a minute on one core."""
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import re
@@ -152,8 +153,15 @@ def test_beam_search_and_int8_decode_compile_and_fit(model, tgt):
   assert row.cache_copies == _whole_copies(row.hlo, f"u16[4,2,{row.cache_length},16]") == 0
   int8 = aot.abstract_model(model.config, dtype=jnp.bfloat16, quantize_mode="int8")
   assert _weights(int8, tgt) < _weights(model, tgt)
-  row, _ = aot.decode_row(int8, tgt, 4, 256)
+  row, _ = aot.decode_row(int8, tgt, 4, 256, keep_hlo=True)
   assert row.fits and row.argument_bytes >= _weights(int8, tgt) and row.ratio >= 1.0
+  # "int8" on a TPU is weight-only (utils.backend): the products accumulate in f32; W8A8's int8 x int8
+  # products accumulate in s32.
+  products = lambda hlo: collections.Counter(re.findall(r"= (\w+)\[[^\]]*\]\S* (?:convolution|dot)\(", hlo))
+  assert products(row.hlo)["s32"] == 0 and products(row.hlo)["f32"] > 0
+  w8a8 = aot.abstract_model(model.config, dtype=jnp.bfloat16, quantize_mode="int8_w8a8")
+  row, _ = aot.decode_row(w8a8, tgt, 4, 256, keep_hlo=True)
+  assert row.fits and products(row.hlo)["s32"] > 0
 
 
 def test_the_traffic_estimate_sees_the_weights_and_the_read_window(pool_rows):
@@ -179,7 +187,7 @@ def _script(*args, tmp_path):
 @pytest.mark.parametrize(
   "flag,message",
   [
-    ("--cache_length=100", "must be a multiple of the prefill chunk"),
+    ("--cache_length=100", "must be a multiple of v5e:1x1's prefill chunk"),
     ("--windows=256,x", "'x' is not an integer"),
     ("--target=v5e:2x4 --slots=4", "must be a multiple of v5e:2x4's 8 chips"),
   ],

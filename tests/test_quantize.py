@@ -54,6 +54,21 @@ def test_int8_matmul_equals_integer_reference(lead):
   np.testing.assert_allclose(got.reshape(-1, 20), ref, rtol=1e-6, atol=1e-6)
 
 
+def test_weight_only_int8_matmul_is_the_dequantized_product():
+  """activations=False: x @ (q * scale).T, x unrounded, accumulated in f32."""
+  import jax.numpy as jnp
+
+  rs = np.random.RandomState(3)
+  x = rs.randn(3, 5, 48).astype(np.float32)
+  q = rs.randint(-127, 128, (20, 48)).astype(np.int8)
+  scale = rs.uniform(0.001, 0.1, 20).astype(np.float32)
+  got = np.asarray(Q.int8_matmul(jnp.asarray(x), jnp.asarray(q), jnp.asarray(scale), activations=False))
+  ref = x.astype(np.float64) @ (q.astype(np.float64) * scale[:, None]).T
+  np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+  w8a8 = np.asarray(Q.int8_matmul(jnp.asarray(x), jnp.asarray(q), jnp.asarray(scale)))
+  assert np.abs(w8a8 - ref).max() > 100 * np.abs(got - ref).max()  # the activations' rounding shows
+
+
 def test_compare_logits_equals_torch():
   rs = np.random.RandomState(5)
   ref, got = rs.randn(7, 30) * 3, rs.randn(7, 30) * 3
@@ -72,16 +87,19 @@ def test_compare_logits_equals_torch():
 
 
 def test_bad_mode_is_refused_before_loading():
-  with pytest.raises(ValueError, match=r"quantize='int4' is not one of \('none', 'int8'\)"):
+  with pytest.raises(
+    ValueError, match=r"quantize='int4' is not one of \('none', 'int8', 'int8_w8a8', 'int8_weights'\)"
+  ):
     smollm3_jax.from_pretrained("/nonexistent/checkpoint", quantize="int4")
 
 
 # --------------------------------------------------------------------------------------------
 # The model against transformers running the same scheme
 # --------------------------------------------------------------------------------------------
-def _hf_with_int8_scheme(hf_model, ours):
-  """A copy of ``hf_model`` whose weights are our dequantized int8 weights and whose every Linear
-  quantizes its input per token first (forward pre-hooks): the W8A8 scheme, in torch."""
+def _hf_with_int8_scheme(hf_model, ours, activations=True):
+  """A copy of ``hf_model`` whose weights are our dequantized int8 weights and (``activations``) whose
+  every Linear quantizes its input per token first (forward pre-hooks): the W8A8 scheme, in torch;
+  without: the weight-only scheme."""
   import copy
 
   hm = copy.deepcopy(hf_model)
@@ -108,24 +126,27 @@ def _hf_with_int8_scheme(hf_model, ours):
     return (torch.clamp(torch.round(x / s), -127, 127) * s,)
 
   for module in hm.modules():
-    if isinstance(module, torch.nn.Linear):
+    if isinstance(module, torch.nn.Linear) and activations:
       module.register_forward_pre_hook(fake_quant)
   return hm
 
 
+@pytest.mark.parametrize("mode", ["int8", "int8_weights"])  # on CPU "int8" is W8A8 (utils.backend)
 @pytest.mark.parametrize(
   "variant", [dict(tie_word_embeddings=True), dict(tie_word_embeddings=False, attention_bias=True, mlp_bias=True)]
 )
-def test_int8_logits_equal_transformers_with_the_same_scheme(make_hf_model, tmp_path, variant):
+def test_int8_logits_equal_transformers_with_the_same_scheme(make_hf_model, tmp_path, variant, mode):
   # Four layers (the last one NoPE): deep enough to cover every part, shallow enough that no
   # activation lands within float rounding of a .5 tie, which would change one code and then grow.
   hf_model = make_hf_model(seed=4, num_hidden_layers=4, **variant)
   hf_model.save_pretrained(tmp_path)
-  ours = smollm3_jax.from_pretrained(str(tmp_path), quantize="int8")
+  ours = smollm3_jax.from_pretrained(str(tmp_path), quantize=mode)
   assert Q.is_quantized(ours)
+  activations = mode == "int8"
+  assert ours.layers[0].mlp.down_proj.activations is activations and ours.embed_tokens.activations is activations
   ids = np.random.RandomState(2).randint(3, hf_model.config.vocab_size, (2, 17))
   got = np.asarray(ours(ids)[0])
-  ref_model = _hf_with_int8_scheme(hf_model, ours)
+  ref_model = _hf_with_int8_scheme(hf_model, ours, activations)
   with torch.no_grad():
     ref = ref_model(torch.from_numpy(ids)).logits.numpy()
     exact = hf_model(torch.from_numpy(ids)).logits.numpy()

@@ -700,9 +700,23 @@ MUTATIONS = (
   Mutation(
     "tpu_searches_by_bisection",
     "smollm3_jax/utils/backend.py",
-    '  "tpu": Choices(sync_phases=False, search_radix=16),',
-    '  "tpu": Choices(sync_phases=False, search_radix=2),',
+    '  "tpu": Choices(sync_phases=False, search_radix=16, int8_w8a8=False),',
+    '  "tpu": Choices(sync_phases=False, search_radix=2, int8_w8a8=False),',
     ("tests/test_aot.py::test_decode_on_an_accelerator_searches_the_filters_cut_offs_in_wide_rounds",),
+  ),
+  Mutation(
+    "tpu_int8_quantizes_activations",
+    "smollm3_jax/utils/backend.py",
+    '  "tpu": Choices(sync_phases=False, search_radix=16, int8_w8a8=False),',
+    '  "tpu": Choices(sync_phases=False, search_radix=16, int8_w8a8=True),',
+    ("tests/test_aot.py::test_beam_search_and_int8_decode_compile_and_fit",),
+  ),
+  Mutation(
+    "weight_only_int8_rounds_the_activations",
+    "smollm3_jax/nn/quantize.py",
+    "  if not activations:\n    acc = jax.lax.dot_general(",
+    "  if False:\n    acc = jax.lax.dot_general(",
+    ("tests/test_quantize.py::test_weight_only_int8_matmul_is_the_dequantized_product",),
   ),
   Mutation(
     "aot_compiles_with_the_host_choices",

@@ -85,7 +85,8 @@ def from_pretrained(
   param_dtype: weight storage dtype (default ``dtype``). Quantized GGUF
   tensors are dequantized to ``param_dtype``. ``place(param_path, host_array)`` puts one tensor on
   device(s) (default ``jax.device_put``); tensors are read, converted and placed one at a time.
-  quantize: None / "none", or "int8" (:func:`smollm3_jax.nn.quantize.quantize_int8` after loading).
+  quantize: None / "none", or an int8 scheme of :data:`smollm3_jax.nn.quantize.MODES` ("int8": the
+  backend's; :func:`smollm3_jax.nn.quantize.apply` after loading).
   mesh: load straight onto a device mesh (a ``Mesh``, a ``sharding.MeshSharding`` or a spec such as
   "data=2,model=4"; "" / "auto": all devices on the data axis): tensors are placed shard by shard as
   they are read, by the logical-axis rules of :mod:`smollm3_jax.nn.sharding`. None: one device.

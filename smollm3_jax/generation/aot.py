@@ -184,13 +184,15 @@ def _gpu_devices() -> tuple:
 # --------------------------------------------------------------------------------------------
 # Abstract weights and placement
 # --------------------------------------------------------------------------------------------
-def abstract_model(config: config_lib.SmolLM3Config, dtype=jnp.bfloat16, quantize_mode: str = "none") -> SmolLM3:
-  """The model with ShapeDtypeStruct parameters (nothing allocated). ``quantize_mode`` "int8" gives
-  the int8 model's parameter shapes (:mod:`smollm3_jax.nn.quantize` needs concrete weights: its
-  modules are built on one-row stand-ins and given the full shapes)."""
+def abstract_model(
+  config: config_lib.SmolLM3Config, dtype=jnp.bfloat16, quantize_mode: str = "none", platform: str = "tpu"
+) -> SmolLM3:
+  """The model with ShapeDtypeStruct parameters (nothing allocated). An int8 ``quantize_mode`` gives
+  the int8 model's parameter shapes and scheme ("int8": ``platform``'s; :mod:`smollm3_jax.nn.quantize`
+  needs concrete weights: its modules are built on one-row stand-ins and given the full shapes)."""
   model = model_lib.abstract_model(config, dtype=dtype)
-  if quantize.check_mode(quantize_mode) == "int8":
-    _abstract_int8(model)
+  if quantize.check_mode(quantize_mode) != "none":
+    _abstract_int8(model, quantize.activations_of(quantize_mode, platform))
   return model
 
 
@@ -198,9 +200,12 @@ def _sds(shape, dtype) -> jax.ShapeDtypeStruct:
   return jax.ShapeDtypeStruct(tuple(shape), dtype)
 
 
-def _int8_linear(out: int, inp: int, bias: bool, dtype) -> quantize.Int8Linear:
+def _int8_linear(out: int, inp: int, bias: bool, dtype, activations: bool) -> quantize.Int8Linear:
   lin = quantize.Int8Linear(
-    kernel_out_in=np.zeros((1, 1), np.float32), bias=np.zeros((1,)) if bias else None, dtype=dtype
+    kernel_out_in=np.zeros((1, 1), np.float32),
+    bias=np.zeros((1,)) if bias else None,
+    dtype=dtype,
+    activations=activations,
   )
   lin.qkernel = nnx.Param(_sds((out, inp), jnp.int8))
   lin.qscale = nnx.Param(_sds((out,), jnp.float32))
@@ -210,28 +215,31 @@ def _int8_linear(out: int, inp: int, bias: bool, dtype) -> quantize.Int8Linear:
   return lin
 
 
-def _abstract_int8(model: SmolLM3) -> None:
+def _abstract_int8(model: SmolLM3, activations: bool) -> None:
   """``quantize_int8``'s module layout on an abstract model, in place (shapes as it makes them)."""
   cfg, dtype = model.config, model.dtype
+  a = dict(activations=activations)
   for layer in model.layers:
     attn = layer.self_attn
     for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
       kernel = getattr(attn, name).kernel.get_value()
       setattr(
-        attn, name, _int8_linear(kernel.shape[1], kernel.shape[0], cfg.attention_bias and name != "o_proj", dtype)
+        attn,
+        name,
+        _int8_linear(kernel.shape[1], kernel.shape[0], cfg.attention_bias and name != "o_proj", dtype, **a),
       )
     one = lambda: nnx.Linear(1, 1, use_bias=cfg.mlp_bias, dtype=dtype, rngs=nnx.Rngs(0))
-    int8_mlp = quantize.Int8MLP(types.SimpleNamespace(gate_proj=one(), up_proj=one(), down_proj=one()))
-    int8_mlp.gate_up_proj = _int8_linear(2 * cfg.intermediate_size, cfg.hidden_size, cfg.mlp_bias, dtype)
-    int8_mlp.down_proj = _int8_linear(cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias, dtype)
+    int8_mlp = quantize.Int8MLP(types.SimpleNamespace(gate_proj=one(), up_proj=one(), down_proj=one()), **a)
+    int8_mlp.gate_up_proj = _int8_linear(2 * cfg.intermediate_size, cfg.hidden_size, cfg.mlp_bias, dtype, **a)
+    int8_mlp.down_proj = _int8_linear(cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias, dtype, **a)
     layer.mlp = int8_mlp
-  embed = quantize.Int8Embed(nnx.Embed(1, 1, rngs=nnx.Rngs(0), dtype=dtype))
+  embed = quantize.Int8Embed(nnx.Embed(1, 1, rngs=nnx.Rngs(0), dtype=dtype), **a)
   embed.qembedding = nnx.Param(_sds((cfg.vocab_size, cfg.hidden_size), jnp.int8))
   embed.qscale = nnx.Param(_sds((cfg.vocab_size,), jnp.float32))
   embed.num_embeddings, embed.features = cfg.vocab_size, cfg.hidden_size
   model.embed_tokens = embed
   if hasattr(model, "lm_head"):
-    model.lm_head = _int8_linear(cfg.vocab_size, cfg.hidden_size, False, dtype)
+    model.lm_head = _int8_linear(cfg.vocab_size, cfg.hidden_size, False, dtype, **a)
 
 
 def place(tree, sharding_of: Callable[[Any], Any]):

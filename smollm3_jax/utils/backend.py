@@ -31,6 +31,14 @@ choice             cpu        tpu / gpu  why
                                          (8 rows x 49k, top-k and top-p). On a TPU each pass reads
                                          the rows' logits from HBM: 16 reads them 4x fewer times
                                          (the decode step's bytes, ``experiments/aot.py``).
+``int8_w8a8``      True       False      What ``quantize="int8"`` means (:mod:`~smollm3_jax.nn.
+                                         quantize`). CPU: int8 x int8 products (W8A8) run in
+                                         YNNPACK's kernels, where int8 x float would widen every
+                                         weight in memory per call. TPU/GPU: weight-only, the norm
+                                         there: the widening fuses into the matmul (HBM holds int8:
+                                         the 3B decode step compiled for v5e reads 3.5 GB, not 6.2)
+                                         and unrounded activations are more accurate (the demo: KL
+                                         0.006 against W8A8's 0.035).
 ``batch_buckets``  fine       fine       Slot counts pools round up to (:data:`~smollm3_jax.utils.
                                          buckets.DEFAULT_BATCH_BUCKETS`): little padding, more
                                          programs; the same everywhere until TPU compile counts and
@@ -60,13 +68,14 @@ class Choices:
   prefill_rows: tuple[int, ...] = (1,)
   narrow_min: int = 4
   search_radix: int = 2
+  int8_w8a8: bool = True
   batch_buckets: tuple[int, ...] = DEFAULT_BATCH_BUCKETS
 
 
 _CHOICES = {
   "cpu": Choices(sync_phases=True),
-  "tpu": Choices(sync_phases=False, search_radix=16),
-  "gpu": Choices(sync_phases=False, search_radix=16),
+  "tpu": Choices(sync_phases=False, search_radix=16, int8_w8a8=False),
+  "gpu": Choices(sync_phases=False, search_radix=16, int8_w8a8=False),
 }
 
 
