@@ -75,6 +75,8 @@ def test_every_pool_program_compiles_fits_and_its_figures_agree(pool_rows, model
     ("tails", 0),
   ]
   weights, cache = _weights(model, tgt), _cache_bytes(model, SLOTS, LENGTH)
+  embedding = aot.tree_bytes(aot.place_model_state(nnx.state(model), tgt, model.config)["embed_tokens"])
+  assert 0 < embedding < weights
   for r in pool_rows:
     label = f"{r.program} {r.window}"
     assert r.fits and not r.error and 0 < r.hbm_bytes <= tgt.hbm_bytes, label
@@ -85,7 +87,10 @@ def test_every_pool_program_compiles_fits_and_its_figures_agree(pool_rows, model
     assert r.ratio == pytest.approx(r.bytes_accessed / r.ideal_bytes), label
     if r.program in ("prefill", "decode"):
       assert r.argument_bytes >= weights + cache and r.flops > 0, label
-      assert r.ideal_bytes >= weights + cache * r.window // LENGTH // (SLOTS if r.program == "prefill" else 1), label
+      # (prefill runs no LM head: it reads the chunk's rows of the embedding, not the whole table)
+      skipped = embedding if r.program == "prefill" else 0
+      rows = SLOTS if r.program == "prefill" else 1
+      assert r.ideal_bytes >= weights - skipped + cache * r.window // LENGTH // rows, label
     if r.program == "insert":
       assert r.argument_bytes >= cache, label
   decode = {r.window: r for r in pool_rows if r.program == "decode"}
@@ -95,10 +100,10 @@ def test_every_pool_program_compiles_fits_and_its_figures_agree(pool_rows, model
 
 def test_prefill_moves_little_more_than_its_ideal(pool_rows):
   # Prefill writes only its chunk into the pool cache and reads the row's window in place: HLO estimate /
-  # ideal 0.76 and 0.72 at windows 256 and 512 (2026-12-07). Through a gathered copy of the window,
-  # written back whole, it was 1.01 and 1.18.
+  # ideal 0.93 and 0.84 at windows 256 and 512 (2026-12-07; the ideal without the LM head prefill does
+  # not run). Through a gathered copy of the window, written back whole, it was well above 1.
   prefill = {r.window: r for r in pool_rows if r.program == "prefill"}
-  assert prefill[256].hbm_ratio < 0.9 and prefill[512].hbm_ratio < 0.9, {w: r.hbm_ratio for w, r in prefill.items()}
+  assert prefill[256].hbm_ratio < 1.0 and prefill[512].hbm_ratio < 1.0, {w: r.hbm_ratio for w, r in prefill.items()}
 
 
 def test_no_pool_program_copies_a_whole_cache_layer(pool_rows):

@@ -573,8 +573,12 @@ class AotEngine(engine_lib.Engine):
       w = int(static["window"])
       return weights + kv * w // length + kv // length + small
     if name == "prefill":
+      # No LM head (nothing is sampled): of the embedding, only the chunk's rows are read.
       w, (u, c) = int(static["window"]), tuple(args[2].shape)
-      return weights + kv * u * (w + c) // (b * length)
+      embed = tree_bytes(self.state["embed_tokens"])
+      head = tree_bytes(self.state["lm_head"]) if "lm_head" in self.state else 0
+      rows = embed * u * c // self.config.vocab_size
+      return weights - embed - head + rows + kv * u * (w + c) // (b * length)
     if name == "insert":
       rest = tree_bytes(s.replace(cache=cache.replace(k=(), v=())))
       return 2 * rest + 2 * kv // b  # rewrite the per-row state, copy one prompt's cache row
