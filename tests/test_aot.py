@@ -16,6 +16,7 @@ import sys
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 from flax import nnx
 
@@ -99,11 +100,12 @@ def test_every_pool_program_compiles_fits_and_its_figures_agree(pool_rows, model
 
 
 def test_prefill_moves_little_more_than_its_ideal(pool_rows):
-  # Prefill writes only its chunk into the pool cache and reads the row's window in place: HLO estimate /
-  # ideal 0.93 and 0.84 at windows 256 and 512 (2026-12-07; the ideal without the LM head prefill does
-  # not run). Through a gathered copy of the window, written back whole, it was well above 1.
+  # Prefill writes only its chunk into the pool cache and reads the row's window in place. With the
+  # TPU's 256-token chunk (2026-12-07; the ideal without the LM head prefill does not run): HLO
+  # estimate / ideal 1.00 at window 256 (the chunk is the whole window) and 0.92 at 512; through a
+  # gathered copy of the window written back whole, 0.91 and 1.26.
   prefill = {r.window: r for r in pool_rows if r.program == "prefill"}
-  assert prefill[256].hbm_ratio < 1.0 and prefill[512].hbm_ratio < 1.0, {w: r.hbm_ratio for w, r in prefill.items()}
+  assert prefill[256].hbm_ratio < 1.05 and prefill[512].hbm_ratio < 1.0, {w: r.hbm_ratio for w, r in prefill.items()}
 
 
 def test_no_pool_program_copies_a_whole_cache_layer(pool_rows):
@@ -208,7 +210,7 @@ def test_the_script_compiles_pool_score_and_train_programs_and_writes_json(tmp_p
   out = tmp_path / "aot.json"
   proc = _script(
     "--slots=4",
-    "--cache_length=128",
+    "--cache_length=256",
     "--programs=pool,score,train",
     "--train_length=64",
     "--traffic=2",
@@ -315,3 +317,42 @@ ENTRY %main (x: f32[1024]) -> f32[1024] {
   # The outer loop counts once (per step); the inner one 5 times; then one branch.
   assert aot.hbm_traffic(text, "min") == 5 * one + one + loops
   assert aot.hbm_traffic(text, "max") == 5 * one + 2 * one + loops
+
+
+def test_decode_does_not_round_trip_the_cache_through_on_chip_memory(model, tgt):
+  # With the window covering the whole cache, XLA:TPU's memory-space assignment moved each cache layer
+  # into on-chip memory and back every step (a whole-layer copy each way). The TPU choices'
+  # compiler option (utils.backend) keeps it in HBM: the tiny model's 64 x 1024 decode, plain path,
+  # 1.85x its ideal without it, 1.12x with it (2026-12-07).
+  row, _ = aot.decode_row(model, tgt, 64, 1024, 1024)
+  assert row.fits and row.plain_ratio < 1.3, row.plain_ratio
+
+
+def test_compile_only_programs_skip_the_persistent_cache(tgt, tmp_path):
+  # A compile-only TPU executable cannot be loaded back in this process: it is neither written to the
+  # cache nor read from it, and the host's own compiles still use the cache afterwards (JAX decides
+  # once per process whether to use it; the pause asks it again).
+  from smollm3_jax.utils import runtime
+
+  def entries():
+    return sorted(f for f in os.listdir(tmp_path) if f.endswith("-cache"))
+
+  was = jax.config.jax_compilation_cache_dir
+  runtime.enable_compilation_cache(tmp_path)
+  try:
+    ones = np.ones((8, 8), np.float32)
+    jax.jit(lambda a: a @ a + 2.0)(ones).block_until_ready()  # the host's: cached
+    host = entries()
+    assert len(host) == 1, host
+    x = jax.ShapeDtypeStruct((128, 128), jnp.float32, sharding=aot.replicated(tgt))
+    for _ in range(2):  # the second would read what the first wrote
+      row, exe = aot.compile_row("sq", jax.jit(lambda a: a @ a + 3.0), (x,), tgt=tgt)
+      assert row.fits and exe is not None
+    assert entries() == host
+    jax.jit(lambda a: a @ a + 4.0)(ones).block_until_ready()
+    assert len(entries()) == 2, entries()
+  finally:
+    if was:
+      runtime.enable_compilation_cache(was)
+    else:
+      runtime.disable_compilation_cache()

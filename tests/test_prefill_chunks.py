@@ -3,12 +3,15 @@ to transformers, and the cache they leave equals transformers' keys and values."
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
 import smollm3_jax
 from smollm3_jax.generation.engine import COMPILE_COUNTS, Engine
+from smollm3_jax.utils import backend
 
 
 @pytest.fixture(scope="module")
@@ -83,3 +86,26 @@ def test_chunked_prefill_cache_equals_transformers_keys_and_values(tied):
       ref_k, ref_v = ref_k[:, :filled], ref_v[:, :filled]
       np.testing.assert_allclose(ours_k, ref_k, rtol=2e-4, atol=2e-4 * np.abs(ref_k).max())
       np.testing.assert_allclose(ours_v, ref_v, rtol=2e-4, atol=2e-4 * np.abs(ref_v).max())
+
+
+def test_the_accelerators_prefill_shape_equals_transformers(tied):
+  # The TPU/GPU choice (utils.backend): prefill chunks wider than the CPU's 64, here 128 (a 200-token
+  # prompt in two calls, the second partly padding; a 37-token prompt in one).
+  ckpt, model = tied
+  choices = dataclasses.replace(backend.choices("cpu"), prefill_chunk=128)
+  engine = Engine(model, None, buckets=(128, 256, 512), batch_buckets=(2,), choices=choices)
+  assert engine.prefill_chunk == 128
+  rng = np.random.default_rng(1)
+  prompts = [rng.integers(3, 512, size=200).tolist(), rng.integers(3, 512, size=37).tolist()]
+  res = smollm3_jax.generate(model, None, prompts, max_new_tokens=8, temperature=0.0, engine=engine)
+  for prompt, c in zip(prompts, res):
+    with torch.no_grad():
+      ref = ckpt.model.generate(
+        torch.tensor([prompt]),
+        attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+        max_new_tokens=8,
+        do_sample=False,
+        eos_token_id=None,
+        pad_token_id=0,
+      )
+    assert c.token_ids == ref[0, len(prompt) :].tolist()

@@ -69,7 +69,7 @@ from smollm3_jax.nn import quantize
 from smollm3_jax.nn.kv_cache import KVCache
 from smollm3_jax.nn.model import SmolLM3
 from smollm3_jax.nn.sharding import MeshSharding, make_mesh
-from smollm3_jax.utils import backend
+from smollm3_jax.utils import backend, runtime
 
 GIB = 2**30
 # HBM per chip (bytes) as the compiler lets a program use it: v5e has 16 GiB and XLA allows 15.75 GiB
@@ -405,20 +405,21 @@ def compile_row(
   ideal_bytes: int = 0,
   cache_shapes: Sequence = (),
   keep_hlo: bool = False,
+  compiler_options: dict | None = None,
   **fields,
 ) -> tuple[Row, Any]:
   """Lowers ``fn(*args, **static)`` (``fn`` jitted; ``args``: ShapeDtypeStructs placed on ``tgt``'s
   devices, or concrete values) and compiles it for ``tgt``; returns (its :class:`Row`, the executable
   or None). An out-of-memory compile gives ``fits=False``, the memory asked for (``hbm_bytes``) and
   the error; other errors propagate. ``ideal_bytes`` 0: arguments + outputs (each read or written
-  once). The persistent compilation cache is off during the compile (compile-only executables are
-  not worth keeping)."""
+  once); ``compiler_options``: XLA's, for this compile (the engine's: ``Choices.compiler_options``).
+  The persistent compilation cache is off during the compile (compile-only executables are not worth
+  keeping)."""
   row = Row(program=name, target=tgt.name, **fields)
   t0 = time.perf_counter()
-  cache_was = jax.config.jax_enable_compilation_cache
-  jax.config.update("jax_enable_compilation_cache", False)
   try:
-    exe = fn.lower(*_abstract_args(tuple(args)), **(static or {})).compile()
+    with runtime.compilation_cache_paused():
+      exe = fn.lower(*_abstract_args(tuple(args)), **(static or {})).compile(compiler_options or None)
   except Exception as e:  # (XLA raises JaxRuntimeError; the message says what ran out)
     if not is_oom(e):
       raise
@@ -427,8 +428,6 @@ def compile_row(
     row.error = text.splitlines()[0][:300]
     row.hbm_bytes = _oom_bytes(text)
     return row, None
-  finally:
-    jax.config.update("jax_enable_compilation_cache", cache_was)
   row.compile_seconds = time.perf_counter() - t0
   mem = exe.memory_analysis()
   if mem is not None:
@@ -550,6 +549,7 @@ class AotEngine(engine_lib.Engine):
       keep_hlo=self.keep_hlo,
       ideal_bytes=self._ideal(name, args, static, pool_state),
       cache_shapes=self._cache_shapes,
+      compiler_options=dict(self.choices.compiler_options),
       **fields,
     )
     self._compiled[key] = exe

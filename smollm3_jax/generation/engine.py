@@ -209,7 +209,7 @@ class Engine:
         return exe, 0.0
       t0 = time.perf_counter()
       lowered = fn.lower(self.graphdef, *args, **static) if with_model else fn.lower(*args, **static)
-      exe = lowered.compile()
+      exe = lowered.compile(dict(self.choices.compiler_options) or None)
       COMPILE_COUNTS[name] += 1
       self._compiled[key] = exe
       return exe, time.perf_counter() - t0

@@ -1,49 +1,54 @@
 """The engine's choices that depend on the backend its programs run on, in one place.
 
-=================  =========  =========  ==========================================================
-choice             cpu        tpu / gpu  why
-=================  =========  =========  ==========================================================
-``sync_phases``    True       False      The pool waits for each prefill and insert program before
-                                         it goes on, to time the phases apart. On XLA:CPU the
-                                         programs share the host's cores, so nothing is lost. On an
-                                         accelerator the wait stalls the host while the device could
-                                         already run the next queued program; without it the phase
-                                         seconds count the dispatch only and the decode seconds hold
-                                         the wait (the host needs a result only after a decode chunk).
-``prefill_chunk``  64         64         Prompt tokens a prefill call writes per row. CPU: prefill is
-                                         compute-bound, so padding costs its full share and 64 keeps
-                                         a chat prompt's padding small. On a TPU a call reads every
-                                         weight whatever its width (SmolLM3-3B, v5e-1: 6.2 GB a call,
-                                         ``experiments/aot.py``), so wider calls cost less per token;
-                                         kept at 64 until the per-call figures of wider chunks are
-                                         measured against the padding they add.
-``prefill_rows``   (1,)       (1,)       Prompts per prefill call. One, so a prompt's numbers never
-                                         depend on what is prefilled beside it.
-``narrow_min``     4          4          A pool narrows to no fewer slots. XLA:CPU rounds decode
-                                         steps of 1-3 rows differently from 4 or more (tiny preset:
-                                         log-probs ~1e-6 apart), so narrowing further could change a
-                                         sampled token at a near-tie. Not measured on TPU/GPU: kept.
-``search_radix``   2          16         The ways each round of the sampling filters' cut-off search
-                                         (top-k, top-p, typical-p) splits its interval. Every radix
-                                         finds the same cut-off. 2: 32 rounds, each one pass over
-                                         the vocabulary; 16: 8 rounds comparing 15 keys per pass. On
-                                         XLA:CPU the pass is compute-bound: 16 takes 2.3x as long
-                                         (8 rows x 49k, top-k and top-p). On a TPU each pass reads
-                                         the rows' logits from HBM: 16 reads them 4x fewer times
-                                         (the decode step's bytes, ``experiments/aot.py``).
-``int8_w8a8``      True       False      What ``quantize="int8"`` means (:mod:`~smollm3_jax.nn.
-                                         quantize`). CPU: int8 x int8 products (W8A8) run in
-                                         YNNPACK's kernels, where int8 x float would widen every
-                                         weight in memory per call. TPU/GPU: weight-only, the norm
-                                         there: the widening fuses into the matmul (HBM holds int8:
-                                         the 3B decode step compiled for v5e reads 3.5 GB, not 6.2)
-                                         and unrounded activations are more accurate (the demo: KL
-                                         0.006 against W8A8's 0.035).
-``batch_buckets``  fine       fine       Slot counts pools round up to (:data:`~smollm3_jax.utils.
-                                         buckets.DEFAULT_BATCH_BUCKETS`): little padding, more
-                                         programs; the same everywhere until TPU compile counts and
-                                         padding are weighed.
-=================  =========  =========  ==========================================================
+====================== ====== ========= ==============================================================
+choice                 cpu    tpu/gpu   why
+====================== ====== ========= ==============================================================
+``sync_phases``        True   False     The pool waits for each prefill and insert program before it
+                                        goes on, to time the phases apart. On XLA:CPU the programs
+                                        share the host's cores, so nothing is lost. On an accelerator
+                                        the wait stalls the host while the device could already run
+                                        the next queued program; without it the phase seconds count
+                                        the dispatch only and the decode seconds hold the wait (the
+                                        host needs a result only after a decode chunk).
+``prefill_chunk``      64     256       Prompt tokens a prefill call writes per row. CPU: prefill is
+                                        compute-bound, so padding costs its full share and 64 keeps a
+                                        chat prompt's padding small. TPU/GPU: a call reads every
+                                        weight whatever its width, so a wider call costs less per
+                                        token until the chip turns compute-bound; 256 tokens is about
+                                        where a v5e does (its FLOP/s over its bytes/s; an H100's ratio
+                                        is similar, v6e's nearer 512). SmolLM3's chat template alone
+                                        is longer than 64 tokens.
+``prefill_rows``       (1,)   (1,)      Prompts per prefill call. One, so a prompt's numbers never
+                                        depend on what is prefilled beside it.
+``narrow_min``         4      4         A pool narrows to no fewer slots. XLA:CPU rounds decode steps
+                                        of 1-3 rows differently from 4 or more (tiny preset: log-probs
+                                        ~1e-6 apart), so narrowing further could change a sampled
+                                        token at a near-tie. On TPU/GPU a padded row costs little next
+                                        to the weights a step reads: kept.
+``search_radix``       2      16        The ways each round of the sampling filters' cut-off search
+                                        (top-k, top-p, typical-p) splits its interval; every radix
+                                        finds the same cut-off. 2: 32 rounds, each one pass over the
+                                        vocabulary; 16: 8 rounds comparing 15 keys per pass. On
+                                        XLA:CPU a pass is compute-bound, so 16 is slower; on a TPU
+                                        each pass reads the rows' logits from HBM, so 16 reads them 4x
+                                        fewer times.
+``int8_w8a8``          True   False     What ``quantize="int8"`` means
+                                        (:mod:`~smollm3_jax.nn.quantize`). CPU: int8 x int8 products
+                                        (W8A8) run in YNNPACK's kernels, where int8 x float would
+                                        widen every weight in memory per call. TPU/GPU: weight-only,
+                                        the norm there: the widening fuses into the matmul (HBM holds
+                                        int8) and unrounded activations are more accurate.
+``compiler_options``   ()     see why   XLA options for every program the engine compiles. TPU:
+                                        ``xla_tpu_msa_inefficient_use_to_copy_ratio=1.0``: when a
+                                        decode step's window covers the whole cache, XLA's
+                                        memory-space assignment otherwise moves each cache layer into
+                                        on-chip memory and back every step.
+``batch_buckets``      fine   fine      Slot counts pools round up to
+                                        (:data:`~smollm3_jax.utils.buckets.DEFAULT_BATCH_BUCKETS`):
+                                        little padding, more programs. Kept on TPU/GPU, where the
+                                        server and chat compile a pool's programs before the first
+                                        request (``Pool.warmup``) and a coarser set pads more rows.
+====================== ====== ========= ==============================================================
 
 Measured figures, with their dates and commands, are in ``docs/performance.md``.
 """
@@ -69,13 +74,20 @@ class Choices:
   narrow_min: int = 4
   search_radix: int = 2
   int8_w8a8: bool = True
+  compiler_options: tuple[tuple[str, str], ...] = ()  # XLA's, for every program the engine compiles
   batch_buckets: tuple[int, ...] = DEFAULT_BATCH_BUCKETS
 
 
 _CHOICES = {
   "cpu": Choices(sync_phases=True),
-  "tpu": Choices(sync_phases=False, search_radix=16, int8_w8a8=False),
-  "gpu": Choices(sync_phases=False, search_radix=16, int8_w8a8=False),
+  "tpu": Choices(
+    sync_phases=False,
+    prefill_chunk=256,
+    search_radix=16,
+    int8_w8a8=False,
+    compiler_options=(("xla_tpu_msa_inefficient_use_to_copy_ratio", "1.0"),),
+  ),
+  "gpu": Choices(sync_phases=False, prefill_chunk=256, search_radix=16, int8_w8a8=False),
 }
 
 

@@ -16,13 +16,15 @@ cache directory the caller set, is left as it is:
   ``gguf_index/`` subdirectory (JAX only touches its own ``*-cache`` files).
 
 :func:`enable_compilation_cache` turns on both, :func:`disable_compilation_cache` turns off both;
-:func:`enable_gguf_index` / :func:`disable_gguf_index` switch the index alone.
+:func:`enable_gguf_index` / :func:`disable_gguf_index` switch the index alone; compiles inside
+:func:`compilation_cache_paused` skip the compilation cache.
 
 Imports nothing from the package.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import jax
@@ -52,6 +54,29 @@ def enable_default_caches() -> str | None:
     return None
 
 
+def _reset_jax_cache() -> None:
+  try:  # JAX decides once per process whether to use its cache (and binds it to one dir): ask again
+    from jax._src import compilation_cache as _cc
+
+    _cc.reset_cache()
+  except Exception:  # pragma: no cover - private API moved; the config update still applies
+    pass
+
+
+@contextlib.contextmanager
+def compilation_cache_paused():
+  """Compiles inside neither read nor write the persistent compilation cache (compile-only
+  executables for a device this process cannot load: nothing worth keeping, nothing to read)."""
+  was = jax.config.jax_enable_compilation_cache
+  jax.config.update("jax_enable_compilation_cache", False)
+  _reset_jax_cache()
+  try:
+    yield
+  finally:
+    jax.config.update("jax_enable_compilation_cache", was)
+    _reset_jax_cache()
+
+
 def default_cache_dir() -> str:
   """``$SMOLLM3_JAX_CACHE_DIR``, else ``$XDG_CACHE_HOME/smollm3_jax/jax`` (``~/.cache/...``)."""
   env = os.environ.get(CACHE_ENV)
@@ -76,12 +101,7 @@ def enable_compilation_cache(path: str | os.PathLike | None = None) -> str:
   enable_gguf_index(os.path.join(path, GGUF_INDEX_SUBDIR))
   if jax.config.jax_compilation_cache_dir != path:
     jax.config.update("jax_compilation_cache_dir", path)
-    try:  # the cache object is created lazily on first use; drop one bound to an older dir
-      from jax._src import compilation_cache as _cc
-
-      _cc.reset_cache()
-    except Exception:  # pragma: no cover - private API moved; the config update still applies
-      pass
+    _reset_jax_cache()
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
   return path
@@ -93,12 +113,7 @@ def disable_compilation_cache() -> None:
   _chosen = True
   disable_gguf_index()
   jax.config.update("jax_compilation_cache_dir", None)
-  try:
-    from jax._src import compilation_cache as _cc
-
-    _cc.reset_cache()
-  except Exception:  # pragma: no cover
-    pass
+  _reset_jax_cache()
 
 
 def enable_gguf_index(path: str | os.PathLike | None = None) -> str:
