@@ -89,10 +89,11 @@ def test_chunked_prefill_cache_equals_transformers_keys_and_values(tied):
 
 
 def test_the_accelerators_prefill_shape_equals_transformers(tied):
-  # The TPU/GPU choice (utils.backend): prefill chunks wider than the CPU's 64, here 128 (a 200-token
-  # prompt in two calls, the second partly padding; a 37-token prompt in one).
+  # The TPU/GPU choices (utils.backend): prefill chunks wider than the CPU's 64, here 128 (a 200-token
+  # prompt in two calls, the second partly padding; a 37-token prompt in one), whose attention takes
+  # the queries in blocks (here of 16, at every window).
   ckpt, model = tied
-  choices = dataclasses.replace(backend.choices("cpu"), prefill_chunk=128)
+  choices = dataclasses.replace(backend.choices("cpu"), prefill_chunk=128, query_block=16, query_block_window=0)
   engine = Engine(model, None, buckets=(128, 256, 512), batch_buckets=(2,), choices=choices)
   assert engine.prefill_chunk == 128
   rng = np.random.default_rng(1)
@@ -109,3 +110,33 @@ def test_the_accelerators_prefill_shape_equals_transformers(tied):
         pad_token_id=0,
       )
     assert c.token_ids == ref[0, len(prompt) :].tolist()
+
+
+def _attention_numpy(q, k, v, mask):
+  """Grouped-query softmax attention in float64: q [B, T, H, D], k/v [B, KVH, S, D], mask [B, T, S]."""
+  b, t, h, d = q.shape
+  g = h // k.shape[1]
+  kk, vv = np.repeat(k, g, axis=1), np.repeat(v, g, axis=1)  # [B, H, S, D]
+  scores = np.einsum("bthd,bhsd->bhts", q, kk) / np.sqrt(d)
+  scores = np.where(mask[:, None], scores, -np.inf)
+  p = np.exp(scores - scores.max(-1, keepdims=True))
+  p /= p.sum(-1, keepdims=True)
+  return np.einsum("bhts,bhsd->bthd", p, vv).reshape(b, t, h * d)
+
+
+def test_attention_in_query_blocks_equals_the_formula():
+  import jax
+  import jax.numpy as jnp
+
+  from smollm3_jax.nn import model as model_lib
+
+  rng = np.random.default_rng(2)
+  q = rng.standard_normal((2, 40, 8, 16))
+  k, v = rng.standard_normal((2, 2, 2, 64, 16))
+  mask = np.tril(np.ones((40, 64), bool), k=24)[None].repeat(2, 0)
+  mask[1, :, :5] = False  # rows differ: a block must take its own rows of the mask
+  ref = _attention_numpy(q, k, v, mask)
+  for block in (0, 16, 7):  # off, dividing 40 unevenly, not dividing it
+    args = (*(jnp.asarray(a, jnp.float32) for a in (q, k, v)), jnp.asarray(mask))
+    out = jax.jit(lambda *a, b=block: model_lib.attend(*a, query_block=b))(*args)
+    np.testing.assert_allclose(np.asarray(out), ref, rtol=2e-5, atol=2e-5)

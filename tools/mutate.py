@@ -740,6 +740,30 @@ MUTATIONS = (
     ("tests/test_aot.py::test_compile_only_programs_skip_the_persistent_cache",),
   ),
   Mutation(
+    "tpu_prefill_attends_all_queries_at_once",
+    "smollm3_jax/utils/backend.py",
+    "    query_block=64,\n",
+    "    query_block=0,\n",
+    ("tests/test_aot.py::test_a_wide_prefill_against_a_long_window_keeps_its_scores_on_chip",),
+  ),
+  Mutation(
+    "query_blocks_share_the_first_block_s_mask",
+    "smollm3_jax/nn/model.py",
+    "attend(q[:, i : i + query_block], k, v, mask[:, i : i + query_block])",
+    "attend(q[:, i : i + query_block], k, v, mask[:, :query_block])",
+    (
+      "tests/test_prefill_chunks.py::test_attention_in_query_blocks_equals_the_formula",
+      "tests/test_prefill_chunks.py::test_the_accelerators_prefill_shape_equals_transformers",
+    ),
+  ),
+  Mutation(
+    "query_blocks_drop_the_last_partial_block",
+    "smollm3_jax/nn/model.py",
+    "for i in range(0, t, query_block)]",
+    "for i in range(0, t - t % query_block, query_block)]",
+    ("tests/test_prefill_chunks.py::test_attention_in_query_blocks_equals_the_formula",),
+  ),
+  Mutation(
     "aot_compiles_with_the_host_choices",
     "smollm3_jax/generation/aot.py",
     '    kwargs.setdefault("choices", backend.choices(tgt.devices[0].platform))\n',

@@ -62,7 +62,7 @@ from jax.sharding import SingleDeviceSharding
 
 from smollm3_jax.generation import beam
 from smollm3_jax.generation import engine as engine_lib
-from smollm3_jax.generation.decode import DecodeState, decode_jit
+from smollm3_jax.generation.decode import DecodeState, decode_jit, prefill_slots_jit
 from smollm3_jax.nn import config as config_lib
 from smollm3_jax.nn import model as model_lib
 from smollm3_jax.nn import quantize
@@ -650,6 +650,38 @@ def decode_row(
   return eng.rows[-1], exe
 
 
+def prefill_row(
+  model: SmolLM3,
+  tgt: Target,
+  slots: int,
+  cache_length: int,
+  window: int | None = None,
+  *,
+  keep_hlo: bool = False,
+  engine_kwargs: dict | None = None,
+  **pool_kwargs,
+) -> tuple[Row, Any]:
+  """The prefill program alone (one prompt's chunk, with the engine's query blocks), at read
+  ``window`` (default: the whole cache); (row, executable or None when it does not fit)."""
+  eng, pool = _pool(model, tgt, slots, cache_length, keep_hlo, engine_kwargs, pool_kwargs)
+  w = int(window or cache_length)
+  z = jnp.zeros((1,), jnp.int32)
+  tokens = jnp.zeros((1, eng.prefill_chunk), jnp.int32)
+  exe, _ = eng._compiled_fn(
+    "prefill",
+    prefill_slots_jit,
+    eng.state,
+    pool.state,
+    tokens,
+    z,
+    z,
+    z,
+    window=w,
+    query_block=eng.choices.query_block_at(w),
+  )
+  return eng.rows[-1], exe
+
+
 def slot_bytes(model: SmolLM3, cache_length: int, *, engine_kwargs: dict | None = None, **pool_kwargs) -> int:
   """Bytes one slot of a pool takes: its keys and values over all layers and its per-row state (token
   buffer, sampling context, settings), as the engine lays them out (nothing allocated)."""
@@ -1199,6 +1231,7 @@ __all__ = [
   "place",
   "place_model_state",
   "pool_programs",
+  "prefill_row",
   "replicated",
   "slot_bytes",
   "target",

@@ -196,18 +196,21 @@ def _scatter(tree, index, rows):
   )
 
 
-def prefill_slots(graphdef, state, s: DecodeState, tokens, slots, starts, counts, window: int) -> DecodeState:
+def prefill_slots(
+  graphdef, state, s: DecodeState, tokens, slots, starts, counts, window: int, query_block: int = 0
+) -> DecodeState:
   """Writes a chunk of prompt tokens ``tokens`` [U, C] into slots ``slots`` [U] (B = no row) at
   positions ``starts[u] ..`` (``counts[u]`` real tokens, the rest padding). Attention reads the
-  slots' first ``window`` cache slots (static; it covers every ``starts + C``). A row whose start
-  is 0 begins with an empty token context. Nothing is sampled."""
+  slots' first ``window`` cache slots (static; it covers every ``starts + C``), taking the queries
+  in blocks of ``query_block`` (static; 0: all at once; :func:`~smollm3_jax.nn.model.attend`). A row
+  whose start is 0 begins with an empty token context. Nothing is sampled."""
   model = nnx.merge(graphdef, state)
   u, c = tokens.shape
   cache = s.cache
   # The model runs the U rows inside the pool's cache: it writes each row's new chunk in place (the
   # cache is donated) and reads the rows' windows from it, never a copy of the windows (a gathered
   # copy of the rows' windows, written back whole, moved ~3x the window's bytes at window 4096).
-  part = KVCache(k=cache.k, v=cache.v, lengths=starts, dtype=cache.dtype, rows=slots)
+  part = KVCache(k=cache.k, v=cache.v, lengths=starts, dtype=cache.dtype, rows=slots, query_block=query_block)
   _, part = model.hidden_states(tokens, None, part, window)
   k, v = part.k, part.v
   cache = cache.replace(k=k, v=v, lengths=cache.lengths.at[slots].set(starts + counts, mode="drop"))
@@ -319,7 +322,9 @@ def tails(tokens, record, starts, width: int):
 
 
 # Jitted with the model's graphdef static and the pool's state donated (updated in place).
-prefill_slots_jit = jax.jit(prefill_slots, static_argnums=(0,), static_argnames=("window",), donate_argnums=(2,))
+prefill_slots_jit = jax.jit(
+  prefill_slots, static_argnums=(0,), static_argnames=("window", "query_block"), donate_argnums=(2,)
+)
 insert_jit = jax.jit(insert, donate_argnums=(0,))
 compact_jit = jax.jit(compact)  # (a narrower output: nothing to donate into)
 decode_jit = jax.jit(decode, static_argnums=(0,), static_argnames=("window",), donate_argnums=(2,))

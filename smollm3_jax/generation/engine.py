@@ -461,7 +461,9 @@ class Pool:
           tokens[j, : len(piece)], slots[j], starts[j], counts[j] = piece, slot, start, len(piece)
         window = self._window(int(starts.max()) + c)
         args = (self.state, *map(jnp.asarray, (tokens, slots, starts, counts)))
-        exe, secs = eng._compiled_fn("prefill", prefill_slots_jit, eng.state, *args, window=window)
+        exe, secs = eng._compiled_fn(
+          "prefill", prefill_slots_jit, eng.state, *args, window=window, query_block=eng.choices.query_block_at(window)
+        )
         self.stats["compile_seconds"] += secs
         t0 = time.perf_counter()
         self.state = exe(eng.state, *args)
@@ -693,7 +695,16 @@ class Pool:
       for w in windows:
         if w >= c:
           total += eng._compiled_fn(
-            "prefill", prefill_slots_jit, eng.state, self.state, jnp.zeros((u, c), jnp.int32), z, z, z, window=w
+            "prefill",
+            prefill_slots_jit,
+            eng.state,
+            self.state,
+            jnp.zeros((u, c), jnp.int32),
+            z,
+            z,
+            z,
+            window=w,
+            query_block=eng.choices.query_block_at(w),
           )[1]
     b = self.slots
     z = jnp.zeros((b,), jnp.int32)

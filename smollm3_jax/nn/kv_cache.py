@@ -44,6 +44,9 @@ class KVCache:
   lengths: jax.Array
   dtype: str = flax.struct.field(pytree_node=False, default="float32")
   rows: jax.Array | None = None
+  # (static) attention over this cache takes the new tokens' queries in blocks of this many tokens
+  # (0: all at once); see model.attend
+  query_block: int = flax.struct.field(pytree_node=False, default=0)
 
   @staticmethod
   def storage_dtype(dtype) -> jnp.dtype:

@@ -114,13 +114,20 @@ def _linear(d_in, d_out, bias, *, dtype, param_dtype, rngs):
   return nnx.Linear(d_in, d_out, use_bias=bias, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
 
-def attend(q: Array, k: Array, v: Array, mask: Array) -> Array:
+def attend(q: Array, k: Array, v: Array, mask: Array, query_block: int = 0) -> Array:
   """Grouped-query attention.
 
   q: [B, T, H, D]; k, v: [B, KVH, S, D] (head-major, as the cache stores them, so that the two
   products read the cache without a transpose); mask: [B, T, S] bool (True = may attend).
-  Query head h reads kv head h // (H // KVH). Returns [B, T, H * D].
+  Query head h reads kv head h // (H // KVH). Returns [B, T, H * D]. ``query_block`` (static; 0:
+  off): the queries in blocks of that many tokens, each block's scores [B, KVH, block * G, S] made
+  and used apart (each query's numbers are its own either way), so that a wide chunk's scores
+  against a long window need not go through device memory at once (``utils.backend``).
   """
+  if query_block and q.shape[1] > query_block:
+    t = q.shape[1]
+    blocks = [attend(q[:, i : i + query_block], k, v, mask[:, i : i + query_block]) for i in range(0, t, query_block)]
+    return jnp.concatenate(blocks, axis=1)
   b, t, h, d = q.shape
   kvh, s = k.shape[1], k.shape[2]
   g = h // kvh
@@ -194,7 +201,7 @@ class Attention(nnx.Module):
       k_cache, v_cache = cache.write(k_cache, k), cache.write(v_cache, v)
       w = mask.shape[-1]  # the read window: only slots that can hold this batch's tokens
       k, v = cache.read(k_cache, w).astype(q.dtype), cache.read(v_cache, w).astype(q.dtype)
-    return self.o_proj(attend(q, k, v, mask)), k_cache, v_cache
+    return self.o_proj(attend(q, k, v, mask, cache.query_block if cache is not None else 0)), k_cache, v_cache
 
 
 class MLP(nnx.Module):

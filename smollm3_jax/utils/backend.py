@@ -74,8 +74,14 @@ class Choices:
   narrow_min: int = 4
   search_radix: int = 2
   int8_w8a8: bool = True
+  query_block: int = 0  # prefill's attention takes its queries in blocks of this many (0: all at once)
+  query_block_window: int = 0  # ... at read windows of at least this many cache slots
   compiler_options: tuple[tuple[str, str], ...] = ()  # XLA's, for every program the engine compiles
   batch_buckets: tuple[int, ...] = DEFAULT_BATCH_BUCKETS
+
+  def query_block_at(self, window: int) -> int:
+    """The query block of a prefill program reading ``window`` cache slots (0: none)."""
+    return self.query_block if self.query_block and window >= self.query_block_window else 0
 
 
 _CHOICES = {
@@ -85,6 +91,8 @@ _CHOICES = {
     prefill_chunk=256,
     search_radix=16,
     int8_w8a8=False,
+    query_block=64,
+    query_block_window=2048,
     compiler_options=(("xla_tpu_msa_inefficient_use_to_copy_ratio", "1.0"),),
   ),
   "gpu": Choices(sync_phases=False, prefill_chunk=256, search_radix=16, int8_w8a8=False),
