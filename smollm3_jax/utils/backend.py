@@ -20,6 +20,13 @@ choice                 cpu    tpu/gpu   why
                                         is longer than 64 tokens.
 ``prefill_rows``       (1,)   (1,)      Prompts per prefill call. One, so a prompt's numbers never
                                         depend on what is prefilled beside it.
+``query_block``        0      64 / 0    Prefill's attention takes its queries in blocks of this many
+                                        tokens at read windows of at least ``query_block_window``
+                                        slots (a static choice per program; every query's numbers are
+                                        its own either way). On TPU (64, from 2048): a 256-token
+                                        chunk's scores against a long window otherwise go through HBM
+                                        (v6e); shorter windows keep them on chip without blocks, which
+                                        are then a little slower. CPU/GPU: off.
 ``narrow_min``         4      4         A pool narrows to no fewer slots. XLA:CPU rounds decode steps
                                         of 1-3 rows differently from 4 or more (tiny preset: log-probs
                                         ~1e-6 apart), so narrowing further could change a sampled
