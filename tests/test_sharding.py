@@ -65,6 +65,9 @@ def _child(workdir: str) -> dict:
   ref = smollm3_jax.from_pretrained(ckpt)
   out["reference"] = [c.token_ids for c in smollm3_jax.generate(ref, None, prompts, **kw)]
   out["reference_one"] = smollm3_jax.generate(ref, None, prompts[:1], **kw)[0].token_ids
+  # Repeated prompts: prefilled once, then copied into the other rows' slots (on a mesh, across chips).
+  shared = [prompts[1]] * 3 + [prompts[0]] * 3 + [prompts[2]] * 2
+  out["reference_shared"] = [c.token_ids for c in smollm3_jax.generate(ref, None, shared, **kw)]
   out["reference_engine_sharding"] = repr(get_engine(ref).sharding)
 
   def specs(tree):
@@ -88,8 +91,11 @@ def _child(workdir: str) -> dict:
     pool.run()  # donates the state to each program
     s = pool.state
     one = smollm3_jax.generate(model, None, prompts[:1], **kw) if m != "8" else res
+    copied = smollm3_jax.generate(model, None, shared, **kw)
     out[spec] = dict(
       tokens=[c.token_ids for c in res],
+      shared=[c.token_ids for c in copied],
+      shared_prefilled=copied.stats.prefilled_prompts,
       one=one[0].token_ids,
       batch=res.stats.batch_size,
       batch_one=one.stats.batch_size,
@@ -166,6 +172,8 @@ def test_child_sees_eight_devices(multi):
 @pytest.mark.parametrize("mesh", MESHES)
 def test_sharded_greedy_tokens_equal_single_device(multi, mesh):
   assert multi[mesh]["tokens"] == multi["reference"]
+  # rows whose prompt was copied from another row's slot (another chip's, on a data axis)
+  assert multi[mesh]["shared"] == multi["reference_shared"] and multi[mesh]["shared_prefilled"] == 3
   assert all(len(t) == NEW for t in multi["reference"])
   # one prompt: the batch is padded up to a multiple of the data axis
   if mesh != "1,8":

@@ -764,6 +764,20 @@ MUTATIONS = (
     ("tests/test_prefill_chunks.py::test_attention_in_query_blocks_equals_the_formula",),
   ),
   Mutation(
+    "mesh_rows_read_from_the_other_chips",
+    "smollm3_jax/nn/kv_cache.py",
+    "jnp.sum(jnp.where(owner, bits, jnp.zeros_like(bits))",
+    "jnp.sum(jnp.where(~owner, bits, jnp.zeros_like(bits))",
+    ("tests/test_sharding.py::test_sharded_greedy_tokens_equal_single_device",),
+  ),
+  Mutation(
+    "mesh_rows_indexed_across_the_split_axis",
+    "smollm3_jax/generation/engine.py",
+    "    return batch_shards(self.state.cache.k[0])\n",
+    "    return 1\n",
+    ("tests/test_aot.py::test_prefill_and_insert_on_a_mesh_touch_only_their_rows",),
+  ),
+  Mutation(
     "aot_compiles_with_the_host_choices",
     "smollm3_jax/generation/aot.py",
     '    kwargs.setdefault("choices", backend.choices(tgt.devices[0].platform))\n',

@@ -62,13 +62,13 @@ from jax.sharding import SingleDeviceSharding
 
 from smollm3_jax.generation import beam
 from smollm3_jax.generation import engine as engine_lib
-from smollm3_jax.generation.decode import DecodeState, decode_jit, prefill_slots_jit
+from smollm3_jax.generation.decode import DecodeState, decode_jit, insert_jit, prefill_slots_jit
 from smollm3_jax.nn import config as config_lib
 from smollm3_jax.nn import model as model_lib
 from smollm3_jax.nn import quantize
 from smollm3_jax.nn.kv_cache import KVCache
 from smollm3_jax.nn.model import SmolLM3
-from smollm3_jax.nn.sharding import MeshSharding, make_mesh
+from smollm3_jax.nn.sharding import MeshSharding, batch_shards, make_mesh
 from smollm3_jax.utils import backend, runtime
 
 GIB = 2**30
@@ -564,6 +564,8 @@ class AotEngine(engine_lib.Engine):
     cache = s.cache
     kv = tree_bytes((cache.k, cache.v))  # the whole cache on one device
     b, length = cache.batch, cache.length
+    # A row lives on one device of those the rows are split over: its bytes there are a whole row's.
+    row = kv * batch_shards(cache.k[0]) // b
     weights = tree_bytes(self.state)
     if name == "decode":
       # The sampling state a step reads (token counts and presence per row, the row's settings, its
@@ -578,10 +580,10 @@ class AotEngine(engine_lib.Engine):
       embed = tree_bytes(self.state["embed_tokens"])
       head = tree_bytes(self.state["lm_head"]) if "lm_head" in self.state else 0
       rows = embed * u * c // self.config.vocab_size
-      return weights - embed - head + rows + kv * u * (w + c) // (b * length)
+      return weights - embed - head + rows + row * u * (w + c) // length
     if name == "insert":
       rest = tree_bytes(s.replace(cache=cache.replace(k=(), v=())))
-      return 2 * rest + 2 * kv // b  # rewrite the per-row state, copy one prompt's cache row
+      return 2 * rest + 2 * row  # rewrite the per-row state, copy one prompt's cache row
     return 0
 
 
@@ -678,6 +680,30 @@ def prefill_row(
     z,
     window=w,
     query_block=eng.choices.query_block_at(w),
+    shards=pool._row_shards,
+  )
+  return eng.rows[-1], exe
+
+
+def insert_row(
+  model: SmolLM3, tgt: Target, slots: int, cache_length: int, *, engine_kwargs: dict | None = None, **pool_kwargs
+) -> tuple[Row, Any]:
+  """The insert program alone (rows started, shared prompts copied between slots); (row, executable
+  or None when it does not fit)."""
+  eng, pool = _pool(model, tgt, slots, cache_length, False, engine_kwargs, pool_kwargs)
+  z = jnp.zeros((slots,), jnp.int32)
+  exe, _ = eng._compiled_fn(
+    "insert",
+    insert_jit,
+    pool.state,
+    z,
+    z,
+    z,
+    pool._row_settings([None] * slots),
+    jnp.zeros((slots,), jnp.uint32),
+    pool.shared.pad_id,
+    with_model=False,
+    shards=pool._row_shards,
   )
   return eng.rows[-1], exe
 
@@ -1225,6 +1251,7 @@ __all__ = [
   "decode_row",
   "format_table",
   "hbm_traffic",
+  "insert_row",
   "is_oom",
   "largest_pool",
   "parse_hlo",

@@ -34,7 +34,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from smollm3_jax.generation import sampling
-from smollm3_jax.nn.kv_cache import KVCache
+from smollm3_jax.nn.kv_cache import KVCache, merge_rows, put_row, put_split_row, split_rows, take_row, take_split_row
 
 STOP_REASONS = ("", "eos", "max_tokens", "newlines", "context", "stop", "cancelled")
 EOS, MAX_TOKENS, NEWLINES, CONTEXT, STOP, CANCELLED = 1, 2, 3, 4, 5, 6  # indices into STOP_REASONS
@@ -197,20 +197,23 @@ def _scatter(tree, index, rows):
 
 
 def prefill_slots(
-  graphdef, state, s: DecodeState, tokens, slots, starts, counts, window: int, query_block: int = 0
+  graphdef, state, s: DecodeState, tokens, slots, starts, counts, window: int, query_block: int = 0, shards: int = 1
 ) -> DecodeState:
   """Writes a chunk of prompt tokens ``tokens`` [U, C] into slots ``slots`` [U] (B = no row) at
   positions ``starts[u] ..`` (``counts[u]`` real tokens, the rest padding). Attention reads the
   slots' first ``window`` cache slots (static; it covers every ``starts + C``), taking the queries
-  in blocks of ``query_block`` (static; 0: all at once; :func:`~smollm3_jax.nn.model.attend`). A row
-  whose start is 0 begins with an empty token context. Nothing is sampled."""
+  in blocks of ``query_block`` (static; 0: all at once; :func:`~smollm3_jax.nn.model.attend`).
+  ``shards`` (static): the devices the pool's rows are split over (``KVCache.shards``). A row whose
+  start is 0 begins with an empty token context. Nothing is sampled."""
   model = nnx.merge(graphdef, state)
   u, c = tokens.shape
   cache = s.cache
   # The model runs the U rows inside the pool's cache: it writes each row's new chunk in place (the
   # cache is donated) and reads the rows' windows from it, never a copy of the windows (a gathered
   # copy of the rows' windows, written back whole, moved ~3x the window's bytes at window 4096).
-  part = KVCache(k=cache.k, v=cache.v, lengths=starts, dtype=cache.dtype, rows=slots, query_block=query_block)
+  part = KVCache(
+    k=cache.k, v=cache.v, lengths=starts, dtype=cache.dtype, rows=slots, query_block=query_block, shards=shards
+  )
   _, part = model.hidden_states(tokens, None, part, window)
   k, v = part.k, part.v
   cache = cache.replace(k=k, v=v, lengths=cache.lengths.at[slots].set(starts + counts, mode="drop"))
@@ -224,12 +227,13 @@ def prefill_slots(
   return s.replace(cache=cache, context=_scatter(s.context, slots, context))
 
 
-def insert(s: DecodeState, slots, source, last, rows: RowSettings, seeds, pad_id) -> DecodeState:
+def insert(s: DecodeState, slots, source, last, rows: RowSettings, seeds, pad_id, shards: int = 1) -> DecodeState:
   """Starts rows in slots ``slots`` [U] (B = no row): each copies the prefilled prompt of slot
   ``source[u]`` (itself, or a slot holding the same prompt, prefilled now or for a row still there:
   shared prefill), feeds
   ``last[u]`` (its prompt's last token) at the next step, and takes ``rows`` [U] and a key from
-  ``seeds[u]`` (uint32). A one-token prompt starts from an empty cache row and context."""
+  ``seeds[u]`` (uint32). A one-token prompt starts from an empty cache row and context. ``shards``
+  (static): the devices the pool's rows are split over (``KVCache.shards``)."""
   cache = s.cache
   # Copy the prefilled prompt rows (slot source[u] -> slots[u], where they differ) one by one: the
   # work follows the copies made, never the whole pool.
@@ -241,17 +245,24 @@ def insert(s: DecodeState, slots, source, last, rows: RowSettings, seeds, pad_id
     def put(x):
       # Block by block along the slots: each block passes through a temporary small enough for the
       # TPU to keep on chip (a whole row's slice went through HBM: read and written twice).
-      length = x.shape[2]
+      length = x.shape[-2]
       block = min(length, COPY_BLOCK)
       for start in range(0, length, block):
         size = min(block, length - start)
-        part = jax.lax.dynamic_slice(x, (src[i], 0, start, 0), (1, x.shape[1], size, x.shape[3]))
-        x = jax.lax.dynamic_update_slice(x, part, (dst[i], 0, start, 0))
+        if shards == 1:
+          x = put_row(x, take_row(x, src[i], start, size), dst[i], start)
+        else:
+          x = put_split_row(x, take_split_row(x, src[i], start, size), dst[i], start)
       return x
 
     return jax.tree.map(put, kv)
 
-  k, v = jax.lax.fori_loop(0, jnp.sum(copies), copy_row, (cache.k, cache.v))
+  # Rows split over devices: the loop carries each device's rows as [shards, B / shards, ...] (a
+  # reshape inside the loop made XLA copy every layer's cache in and out of it).
+  kv = (cache.k, cache.v) if shards == 1 else jax.tree.map(lambda x: split_rows(x, shards), (cache.k, cache.v))
+  k, v = jax.lax.fori_loop(0, jnp.sum(copies), copy_row, kv)
+  if shards > 1:
+    k, v = jax.tree.map(merge_rows, (k, v))
   cache = cache.replace(k=k, v=v)
   u = slots.shape[0]
   # The source's prompt only: it may be a running row (the prompt's first slots never change while a
@@ -323,9 +334,9 @@ def tails(tokens, record, starts, width: int):
 
 # Jitted with the model's graphdef static and the pool's state donated (updated in place).
 prefill_slots_jit = jax.jit(
-  prefill_slots, static_argnums=(0,), static_argnames=("window", "query_block"), donate_argnums=(2,)
+  prefill_slots, static_argnums=(0,), static_argnames=("window", "query_block", "shards"), donate_argnums=(2,)
 )
-insert_jit = jax.jit(insert, donate_argnums=(0,))
+insert_jit = jax.jit(insert, static_argnames=("shards",), donate_argnums=(0,))
 compact_jit = jax.jit(compact)  # (a narrower output: nothing to donate into)
 decode_jit = jax.jit(decode, static_argnums=(0,), static_argnames=("window",), donate_argnums=(2,))
 tails_jit = jax.jit(tails, static_argnames=("width",))

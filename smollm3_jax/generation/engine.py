@@ -52,7 +52,7 @@ from smollm3_jax.generation.decode import (
 from smollm3_jax.generation.settings import SETTINGS, validate_sampling_args
 from smollm3_jax.nn.kv_cache import KVCache
 from smollm3_jax.nn.model import SmolLM3
-from smollm3_jax.nn.sharding import engine_sharding
+from smollm3_jax.nn.sharding import batch_shards, engine_sharding
 from smollm3_jax.utils import backend, distributed, runtime
 from smollm3_jax.utils.buckets import DEFAULT_BUCKETS, bucket_length, window_length
 
@@ -423,6 +423,11 @@ class Pool:
     return not self.queue and not self.active
 
   # -- programs -------------------------------------------------------------------------------
+  @property
+  def _row_shards(self) -> int:
+    """The devices this pool's rows are split over (prefill's and insert's row access follows)."""
+    return batch_shards(self.state.cache.k[0])
+
   def _window(self, needed: int) -> int:
     eng = self.engine
     if not eng.window_buckets:
@@ -462,7 +467,13 @@ class Pool:
         window = self._window(int(starts.max()) + c)
         args = (self.state, *map(jnp.asarray, (tokens, slots, starts, counts)))
         exe, secs = eng._compiled_fn(
-          "prefill", prefill_slots_jit, eng.state, *args, window=window, query_block=eng.choices.query_block_at(window)
+          "prefill",
+          prefill_slots_jit,
+          eng.state,
+          *args,
+          window=window,
+          query_block=eng.choices.query_block_at(window),
+          shards=self._row_shards,
         )
         self.stats["compile_seconds"] += secs
         t0 = time.perf_counter()
@@ -523,7 +534,7 @@ class Pool:
     rows = self._row_settings(requests)
     args = (self.state, *map(jnp.asarray, (slots, source, last)), rows, jnp.asarray(seeds), self.shared.pad_id)
     eng = self.engine
-    exe, secs = eng._compiled_fn("insert", insert_jit, *args, with_model=False)
+    exe, secs = eng._compiled_fn("insert", insert_jit, *args, with_model=False, shards=self._row_shards)
     self.stats["compile_seconds"] += secs
     t0 = time.perf_counter()
     self.state = exe(*args)
@@ -705,6 +716,7 @@ class Pool:
             z,
             window=w,
             query_block=eng.choices.query_block_at(w),
+            shards=self._row_shards,
           )[1]
     b = self.slots
     z = jnp.zeros((b,), jnp.int32)
@@ -719,6 +731,7 @@ class Pool:
       jnp.zeros((b,), jnp.uint32),
       self.shared.pad_id,
       with_model=False,
+      shards=self._row_shards,
     )[1]
     for w in windows:
       total += eng._compiled_fn(

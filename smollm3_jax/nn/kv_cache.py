@@ -47,6 +47,9 @@ class KVCache:
   # (static) attention over this cache takes the new tokens' queries in blocks of this many tokens
   # (0: all at once); see model.attend
   query_block: int = flax.struct.field(pytree_node=False, default=0)
+  # (static) the devices the batch axis is split over (a mesh's data axis): ``rows`` reads and writes
+  # go through take_row / put_row, each device touching its own rows only
+  shards: int = flax.struct.field(pytree_node=False, default=1)
 
   @staticmethod
   def storage_dtype(dtype) -> jnp.dtype:
@@ -100,18 +103,70 @@ class KVCache:
     real = jnp.where(valid, jnp.arange(valid.shape[0]), jnp.argmax(valid))
     for u in range(new.shape[0]):
       i = real[u]
-      at = (self.rows[i], 0, self.lengths[i], 0)
+      row, start = self.rows[i], self.lengths[i]
       chunk = jax.lax.dynamic_index_in_dim(new, i, 0)
-      chunk = jnp.where(jnp.any(valid), chunk, jax.lax.dynamic_slice(cache, at, chunk.shape))
-      cache = jax.lax.dynamic_update_slice(cache, chunk, at)
+      chunk = jnp.where(jnp.any(valid), chunk, take_row(cache, row, start, chunk.shape[2], self.shards))
+      cache = put_row(cache, chunk, row, start, self.shards)
     return cache
 
   def read(self, cache: jax.Array, window: int) -> jax.Array:
     """The values of one layer's first ``window`` slots, [B, KVH, window, D] in ``dtype``."""
     if self.rows is None:
       x = cache[:, :, :window]
-    else:  # row u's window, sliced from the pool row it runs in (clipped into range)
-      size = (1,) + cache.shape[1:2] + (window,) + cache.shape[3:]
-      rows = [jax.lax.dynamic_slice(cache, (self.rows[u], 0, 0, 0), size) for u in range(self.rows.shape[0])]
+    else:  # row u's window, sliced from the pool row it runs in (a row past the pool: discarded)
+      rows = [take_row(cache, self.rows[u], 0, window, self.shards) for u in range(self.rows.shape[0])]
       x = rows[0] if len(rows) == 1 else jnp.concatenate(rows, axis=0)
     return x if x.dtype == jnp.dtype(self.dtype) else jax.lax.bitcast_convert_type(x, self.dtype)
+
+
+def split_rows(x: jax.Array, shards: int) -> jax.Array:
+  """[B, ...] as [shards, B / shards, ...]: the outer axis one device's rows each (a free reshape)."""
+  return x.reshape((shards, x.shape[0] // shards) + x.shape[1:])
+
+
+def merge_rows(xs: jax.Array) -> jax.Array:
+  """The inverse of :func:`split_rows`."""
+  return xs.reshape((xs.shape[0] * xs.shape[1],) + xs.shape[2:])
+
+
+def take_split_row(xs: jax.Array, row, start, size: int) -> jax.Array:
+  """:func:`take_row` of a cache in :func:`split_rows` form [shards, B / shards, KVH, S, D]."""
+  shards, per = xs.shape[:2]
+  part = jax.lax.dynamic_slice(xs, (0, row % per, 0, start, 0), (shards, 1, xs.shape[2], size, xs.shape[4]))
+  owner = (jnp.arange(shards) == row // per).reshape((shards,) + (1,) * 4)
+  bits = part if jnp.issubdtype(part.dtype, jnp.integer) else jax.lax.bitcast_convert_type(part, _uint(part.dtype))
+  bits = jnp.sum(jnp.where(owner, bits, jnp.zeros_like(bits)), axis=0, dtype=bits.dtype)
+  return bits if bits.dtype == part.dtype else jax.lax.bitcast_convert_type(bits, part.dtype)
+
+
+def put_split_row(xs: jax.Array, part: jax.Array, row, start) -> jax.Array:
+  """:func:`put_row` into a cache in :func:`split_rows` form."""
+  shards, per = xs.shape[:2]
+  at = (0, row % per, 0, start, 0)
+  held = jax.lax.dynamic_slice(xs, at, (shards,) + part.shape)
+  owner = (jnp.arange(shards) == row // per).reshape((shards,) + (1,) * 4)
+  return jax.lax.dynamic_update_slice(xs, jnp.where(owner, part[None], held), at)
+
+
+def take_row(x: jax.Array, row, start, size: int, shards: int = 1) -> jax.Array:
+  """Slots ``start .. start + size`` of row ``row`` of one layer's cache ``x`` [B, KVH, S, D]:
+  [1, KVH, size, D]. ``shards`` > 1 (the batch axis split over that many devices): each device
+  slices its own rows at the row's local index and the owner's slice is kept (a sum with zeros,
+  over the bits: exact; one slice crosses devices). A dynamic index into the split axis itself made
+  XLA gather the whole cache onto every device. A row past the pool (``row`` >= B): zeros."""
+  if shards == 1:
+    return jax.lax.dynamic_slice(x, (row, 0, start, 0), (1, x.shape[1], size, x.shape[3]))
+  return take_split_row(split_rows(x, shards), row, start, size)
+
+
+def put_row(x: jax.Array, part: jax.Array, row, start, shards: int = 1) -> jax.Array:
+  """``x`` [B, KVH, S, D] with ``part`` [1, KVH, T, D] written at row ``row``'s slots ``start ..``, in
+  place. ``shards`` > 1: every device writes the row's local index in its own rows, the owner
+  ``part`` and the others what they hold (no cross-device traffic; ``row`` >= B changes nothing)."""
+  if shards == 1:
+    return jax.lax.dynamic_update_slice(x, part, (row, 0, start, 0))
+  return merge_rows(put_split_row(split_rows(x, shards), part, row, start))
+
+
+def _uint(dtype) -> jnp.dtype:
+  return jnp.dtype(f"uint{jnp.dtype(dtype).itemsize * 8}")

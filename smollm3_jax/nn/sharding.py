@@ -356,6 +356,15 @@ class MeshSharding:
 # --------------------------------------------------------------------------------------------
 # Helpers for generate() / CLIs
 # --------------------------------------------------------------------------------------------
+def batch_shards(x) -> int:
+  """How many pieces the leading (batch) axis of a placed array (or ShapeDtypeStruct) is split into
+  across devices: 1 on one device or when that axis is replicated."""
+  sharding = getattr(x, "sharding", None)
+  if sharding is None or not x.shape:
+    return 1
+  return x.shape[0] // sharding.shard_shape(tuple(x.shape))[0]
+
+
 def mesh_of(model: nnx.Module) -> Mesh | None:
   """The multi-device mesh the model's parameters live on (from its embedding), else None."""
   x = jax.tree.leaves(nnx.state(model.embed_tokens))[0]
