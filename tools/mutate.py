@@ -801,7 +801,9 @@ MUTATIONS = (
   Mutation(
     "prefill_window_copied_and_written_back",
     "smollm3_jax/generation/decode.py",
-    "  part = KVCache(k=cache.k, v=cache.v, lengths=starts, dtype=cache.dtype, rows=slots)\n"
+    "  part = KVCache(\n"
+    "    k=cache.k, v=cache.v, lengths=starts, dtype=cache.dtype, rows=slots, query_block=query_block, shards=shards\n"
+    "  )\n"
     "  _, part = model.hidden_states(tokens, None, part, window)\n"
     "  k, v = part.k, part.v\n",
     "  rows = lambda kv: tuple(jnp.take(x, slots, axis=0, mode='clip')[:, :, :window] for x in kv)\n"
