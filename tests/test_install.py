@@ -29,12 +29,17 @@ def test_the_demo_lock_is_the_base_closure_of_the_lock(tmp_path):
   """requirements-demo.lock (what make demo installs) is what tools/lock_subset.py derives from
   requirements.lock now: the base dependencies and the demo wheel, no test, serve or eval package."""
   out = tmp_path / "demo.lock"
-  subprocess.run(
+  proc = subprocess.run(
     [sys.executable, os.path.join(ROOT, "tools", "lock_subset.py"), os.path.join(ROOT, "requirements.lock"), str(out)],
-    check=True,
     capture_output=True,
+    text=True,
     timeout=120,
   )
+  if proc.returncode and "does not hold" in proc.stderr:
+    # The closure comes from the installed packages' metadata, so only the lock's own versions give the
+    # lock's closure (make newest-stack installs newer ones).
+    pytest.skip(proc.stderr.strip().splitlines()[-1])
+  assert proc.returncode == 0, proc.stderr
   committed = open(os.path.join(ROOT, "requirements-demo.lock"), encoding="utf-8").read()
   assert out.read_text() == committed, "requirements-demo.lock is stale: run make lock"
   names = {line.split("==")[0].lower() for line in committed.splitlines() if "==" in line}

@@ -39,13 +39,32 @@ def closure(roots=ROOTS) -> set[str]:
   return seen
 
 
+def unlike_lock(lock_lines, names) -> list[str]:
+  """ "name: installed X, lock Y" for each of ``names`` whose installed version is not the lock's (the
+  closure read from other versions' metadata is not the lock's: e.g. python-dateutil 4 no longer needs six)."""
+  pinned = {
+    _norm(line.split("==")[0]): line.split("==")[1].strip()
+    for line in lock_lines
+    if "==" in line and not line.startswith("#")
+  }
+  out = []
+  for name in sorted(names):
+    try:
+      have = md.version(name).split("+")[0]  # the lock drops local tags (torch's +cpu)
+    except md.PackageNotFoundError:
+      have = None
+    if name in pinned and have != pinned[name]:
+      out.append(f"{name}: installed {have}, lock {pinned[name]}")
+  return out
+
+
 def main(lock: str, out: str) -> None:
   keep = closure()
-  lines = [
-    line
-    for line in open(lock, encoding="utf-8").read().splitlines()
-    if line and not line.startswith("#") and _norm(line.split("==")[0]) in keep
-  ]
+  text = open(lock, encoding="utf-8").read().splitlines()
+  unlike = unlike_lock(text, keep - {"smollm3-jax"})
+  if unlike:
+    sys.exit(f"{sys.executable} does not hold {lock} (make install does): " + "; ".join(unlike))
+  lines = [line for line in text if line and not line.startswith("#") and _norm(line.split("==")[0]) in keep]
   with open(out, "w", encoding="utf-8") as f:
     f.write(
       "# What make demo installs: the base dependencies' closure within requirements.lock.\n"

