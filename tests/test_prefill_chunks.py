@@ -20,6 +20,20 @@ def tied(hf_checkpoints):
   return ckpt, smollm3_jax.from_pretrained(ckpt.path)
 
 
+def _greedy_reference(ckpt, prompt: list[int], new: int) -> list[int]:
+  """transformers' greedy continuation of ``prompt`` (no stop token)."""
+  with torch.no_grad():
+    ref = ckpt.model.generate(
+      torch.tensor([prompt]),
+      attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+      max_new_tokens=new,
+      do_sample=False,
+      eos_token_id=None,
+      pad_token_id=0,
+    )
+  return ref[0, len(prompt) :].tolist()
+
+
 def test_chunked_prefill_equals_transformers(tied, capsys):
   ckpt, model = tied
   rng = np.random.default_rng(0)
@@ -32,16 +46,7 @@ def test_chunked_prefill_equals_transformers(tied, capsys):
   assert COMPILE_COUNTS["prefill"] - before.get("prefill", 0) == 1
   assert res.stats.cache_length == 256
   for prompt, c in zip(prompts, res):
-    with torch.no_grad():
-      ref = ckpt.model.generate(
-        torch.tensor([prompt]),
-        attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
-        max_new_tokens=8,
-        do_sample=False,
-        eos_token_id=None,
-        pad_token_id=0,
-      )
-    expected = ref[0, len(prompt) :].tolist()
+    expected = _greedy_reference(ckpt, prompt, 8)
     assert c.token_ids == expected[: len(c.token_ids)] and len(c.token_ids) == 8
   # The same programs run a prompt that fills almost every slot.
   long = [rng.integers(3, 512, size=250).tolist()]
@@ -100,16 +105,7 @@ def test_the_accelerators_prefill_shape_equals_transformers(tied):
   prompts = [rng.integers(3, 512, size=200).tolist(), rng.integers(3, 512, size=37).tolist()]
   res = smollm3_jax.generate(model, None, prompts, max_new_tokens=8, temperature=0.0, engine=engine)
   for prompt, c in zip(prompts, res):
-    with torch.no_grad():
-      ref = ckpt.model.generate(
-        torch.tensor([prompt]),
-        attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
-        max_new_tokens=8,
-        do_sample=False,
-        eos_token_id=None,
-        pad_token_id=0,
-      )
-    assert c.token_ids == ref[0, len(prompt) :].tolist()
+    assert c.token_ids == _greedy_reference(ckpt, prompt, 8)
 
 
 def _attention_numpy(q, k, v, mask):
